@@ -1,0 +1,82 @@
+"""Celery configuration for payrecon workers and beat.
+
+Read by ``worker.app``. Values come from the environment through
+``worker.settings`` (the broker URL) so that a worker and a producer agree.
+"""
+
+from __future__ import annotations
+
+import os
+
+from kombu import Queue
+
+broker_url = os.environ.get("CELERY_BROKER_URL", "")
+broker_connection_retry_on_startup = True
+
+# JSON only: producers in any language; no pickle ever crosses the broker.
+task_serializer = "json"
+accept_content = ["json"]
+result_serializer = "json"
+task_ignore_result = True
+result_backend = None
+
+# Every task may run twice (acks after the work, redelivered if a worker dies):
+# each one is idempotent by database constraints and row locks.
+task_acks_late = True
+task_reject_on_worker_lost = True
+task_acks_on_failure_or_timeout = True
+
+# Verification waits on the provider (0.1-2 s a call): a thread pool with many
+# threads keeps many calls in flight; a few prefetched messages per thread keep
+# the threads busy without hoarding messages another worker could take.
+worker_pool = "threads"
+worker_concurrency = int(os.environ.get("PAYRECON_WORKER_CONCURRENCY", "32"))
+worker_prefetch_multiplier = 4
+worker_max_tasks_per_child = None
+worker_hijack_root_logger = False
+
+# Redis redelivers an unacknowledged message after the visibility timeout. It must be
+# longer than any countdown we schedule (longest verification retry: 15 min) or
+# a delayed message would be delivered twice while still waiting.
+VISIBILITY_TIMEOUT = 2 * 3600
+broker_transport_options = {"visibility_timeout": VISIBILITY_TIMEOUT}
+
+task_time_limit = 300
+task_soft_time_limit = 240
+
+task_default_queue = "webhooks"
+task_queues = (
+    Queue("webhooks"),  # contract: ingest_webhook and register_payment
+    Queue("verify"),  # retries and janitor re-checks
+    Queue("maintenance"),  # beat jobs
+)
+task_routes = {
+    "payrecon.ingest_webhook": {"queue": "webhooks"},
+    "payrecon.register_payment": {"queue": "webhooks"},
+    "payrecon.retry_delivery": {"queue": "verify"},
+    "payrecon.verify_payment": {"queue": "verify"},
+    "payrecon.recheck_due": {"queue": "maintenance"},
+    "payrecon.expire_subscriptions": {"queue": "maintenance"},
+}
+
+timezone = os.environ.get("PAYRECON_TIMEZONE", "Africa/Abidjan")
+enable_utc = True
+
+beat_schedule = {
+    "recheck-due-payments": {
+        "task": "payrecon.recheck_due",
+        "schedule": float(os.environ.get("PAYRECON_RECHECK_INTERVAL", "15")),
+    },
+    "expire-subscriptions": {
+        "task": "payrecon.expire_subscriptions",
+        "schedule": float(os.environ.get("PAYRECON_EXPIRE_INTERVAL", "60")),
+    },
+}
+
+if broker_url.startswith("sqla+sqlite"):
+    # Embedded demo broker (kombu's SQLAlchemy transport). Its transport options are
+    # passed to create_engine, so the polling interval is set on the class instead.
+    from kombu.transport import sqlalchemy as _sqla
+
+    _sqla.Transport.polling_interval = 0.1  # type: ignore[attr-defined]
+    broker_transport_options = {"connect_args": {"timeout": 30}}

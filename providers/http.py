@@ -1,0 +1,252 @@
+"""HTTP plumbing shared by every provider client: session, status mapping, retries.
+
+Three rules live here and nowhere else:
+
+* every request has an explicit ``(connect, read)`` timeout;
+* an HTTP status becomes a ``ProviderError`` subclass in :func:`raise_for_status` only;
+* retries are ours (tenacity), never urllib3's, and only for failures that may heal by
+  themselves: timeouts, connection errors, 5xx and 429.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import requests
+from requests.adapters import HTTPAdapter
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception_type,
+    stop_after_attempt,
+    stop_after_delay,
+    wait_random_exponential,
+)
+from tenacity.wait import wait_base
+
+from providers.base import (
+    ProviderAuthError,
+    ProviderBadRequest,
+    ProviderNotFound,
+    ProviderRateLimited,
+    ProviderTransientError,
+)
+
+#: Headers providers (or their CDN) use to identify one request in their logs.
+REQUEST_ID_HEADERS = (
+    "X-Request-Id",
+    "X-Correlation-Id",
+    "Request-Id",
+    "X-Amzn-RequestId",
+    "X-Amz-Cf-Id",
+    "CF-Ray",
+)
+
+BODY_EXCERPT_CHARS = 200
+DEFAULT_TIMEOUT: tuple[float, float] = (3.05, 10.0)
+
+#: Signature of the hook that pulls a provider code out of an error body.
+CodeExtractor = Callable[[requests.Response], str | None]
+
+
+class RateLimited(ProviderRateLimited):
+    """A ``ProviderRateLimited`` that also carries the server's ``Retry-After``, in seconds.
+
+    Lives here rather than in ``providers.base`` because only the retry loop needs it;
+    callers may keep catching ``ProviderRateLimited``.
+    """
+
+    def __init__(self, message: str, *, retry_after: float | None = None, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.retry_after = retry_after
+
+
+def build_session(user_agent: str = "payrecon/0.1") -> requests.Session:
+    """Return a pooled ``requests.Session`` with retries disabled and a User-Agent set.
+
+    CinetPay sits behind a bot filter that refuses requests without a User-Agent
+    (error 1010), so the header is always set.
+    """
+    session = requests.Session()
+    # max_retries=0: urllib3 must not retry behind our back; send() owns the policy.
+    adapter = HTTPAdapter(pool_connections=8, pool_maxsize=64, max_retries=0)
+    session.mount("https://", adapter)
+    session.mount("http://", adapter)
+    session.headers["User-Agent"] = user_agent
+    session.headers["Accept"] = "application/json"
+    return session
+
+
+def _request_id(response: requests.Response) -> str | None:
+    for name in REQUEST_ID_HEADERS:
+        value = response.headers.get(name)
+        if value:
+            return value[:100]
+    return None
+
+
+def body_excerpt(text: str, limit: int = BODY_EXCERPT_CHARS, *, redact: Sequence[str] = ()) -> str:
+    """Collapse whitespace, mask ``redact`` strings and truncate ``text`` for an error message."""
+    flat = " ".join(text.split())
+    for secret in redact:
+        # A provider may echo the request (apikey included) in its error body.
+        if secret:
+            flat = flat.replace(secret, "***")
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
+def parse_retry_after(value: str | None, *, now: datetime | None = None) -> float | None:
+    """Parse a ``Retry-After`` header (delta-seconds or HTTP-date) into seconds, or None."""
+    if value is None or not value.strip():
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    delta = (when - (now or datetime.now(UTC))).total_seconds()
+    return max(delta, 0.0)
+
+
+def raise_for_status(
+    provider: str,
+    response: requests.Response,
+    *,
+    code: str | None = None,
+    request_id: str | None = None,
+    redact: Sequence[str] = (),
+) -> None:
+    """Raise the ``ProviderError`` matching ``response``'s HTTP status; return if 1xx-3xx.
+
+    429 → ``RateLimited`` (a ``ProviderRateLimited``), 5xx → ``ProviderTransientError``,
+    401/403 → ``ProviderAuthError``, 404 → ``ProviderNotFound``, other 4xx →
+    ``ProviderBadRequest``. ``code`` is the provider's own error code when the caller
+    could read one from the body; ``redact`` lists secrets to mask in the body excerpt.
+    """
+    status = response.status_code
+    if status < 400:
+        return
+    rid = request_id or _request_id(response)
+    reason = response.reason or "error"
+    message = f"HTTP {status} {reason}"
+    excerpt = body_excerpt(response.text or "", redact=redact)
+    if excerpt:
+        message = f"{message}: {excerpt}"
+    common: dict[str, Any] = {"provider": provider, "http_status": status, "code": code, "request_id": rid}
+    if status == 429:
+        retry_after = parse_retry_after(response.headers.get("Retry-After"))
+        raise RateLimited(message, retry_after=retry_after, **common)
+    if status >= 500:
+        raise ProviderTransientError(message, **common)
+    if status in (401, 403):
+        raise ProviderAuthError(message, **common)
+    if status == 404:
+        raise ProviderNotFound(message, **common)
+    raise ProviderBadRequest(message, **common)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How :func:`send` retries. Tests swap ``wait`` (and ``sleep``) so nothing sleeps."""
+
+    max_attempts: int = 3
+    #: Overall budget in seconds, across attempts and waits.
+    deadline: float = 20.0
+    wait: wait_base = field(default_factory=lambda: wait_random_exponential(multiplier=0.5, max=5))
+    #: Upper bound for a server-sent Retry-After; a provider asking for an hour is
+    #: better served by the pipeline's own, later retry.
+    retry_after_cap: float = 10.0
+    sleep: Callable[[float], None] = time.sleep
+
+    def _wait(self, state: RetryCallState) -> float:
+        outcome = state.outcome
+        exc = outcome.exception() if outcome is not None else None
+        if isinstance(exc, RateLimited) and exc.retry_after is not None:
+            # The server told us when to come back: that beats our own guess.
+            return min(exc.retry_after, self.retry_after_cap)
+        return float(self.wait(state))
+
+    def retrying(self) -> Retrying:
+        """A tenacity ``Retrying`` for this policy (reraises the last ``ProviderError``)."""
+        return Retrying(
+            stop=stop_after_attempt(self.max_attempts) | stop_after_delay(self.deadline),
+            wait=self._wait,
+            retry=retry_if_exception_type(ProviderTransientError),
+            sleep=self.sleep,
+            reraise=True,
+        )
+
+
+DEFAULT_POLICY = RetryPolicy()
+
+
+def _attempt(
+    session: requests.Session,
+    provider: str,
+    method: str,
+    url: str,
+    *,
+    timeout: tuple[float, float],
+    error_code: CodeExtractor | None,
+    redact: Sequence[str],
+    kwargs: Mapping[str, Any],
+) -> requests.Response:
+    try:
+        response = session.request(method, url, timeout=timeout, **kwargs)
+    except requests.Timeout as exc:
+        raise ProviderTransientError(f"timeout after {timeout} s", provider=provider) from exc
+    except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as exc:
+        # Never echo the exception text blindly: it may contain the full URL; the type is enough.
+        raise ProviderTransientError(f"connection failed ({type(exc).__name__})", provider=provider) from exc
+    except requests.RequestException as exc:
+        # Invalid URL, bad schema, too many redirects: our configuration, not a passing glitch.
+        raise ProviderBadRequest(f"request failed ({type(exc).__name__})", provider=provider) from exc
+    if response.status_code >= 400:
+        code = error_code(response) if error_code is not None else None
+        raise_for_status(provider, response, code=code, redact=redact)
+    return response
+
+
+def send(
+    session: requests.Session,
+    provider: str,
+    method: str,
+    url: str,
+    *,
+    timeout: tuple[float, float] = DEFAULT_TIMEOUT,
+    policy: RetryPolicy = DEFAULT_POLICY,
+    error_code: CodeExtractor | None = None,
+    redact: Sequence[str] = (),
+    **kwargs: Any,
+) -> requests.Response:
+    """Send one request with ``policy``'s retries; return a response with status < 400.
+
+    Timeouts, connection errors, 5xx and 429 are retried (honouring ``Retry-After``),
+    everything else raises at once. The caller sees the last ``ProviderError``, never
+    a tenacity ``RetryError``. ``error_code`` reads the provider's code from an error
+    body; ``redact`` masks secrets in error messages. ``kwargs`` go to
+    ``Session.request`` (``json``, ``data``, ``headers``...).
+    """
+    for attempt in policy.retrying():
+        with attempt:
+            return _attempt(
+                session,
+                provider,
+                method,
+                url,
+                timeout=timeout,
+                error_code=error_code,
+                redact=redact,
+                kwargs=kwargs,
+            )
+    # Retrying with reraise=True either returns above or raises; this is unreachable.
+    raise AssertionError("unreachable")  # pragma: no cover

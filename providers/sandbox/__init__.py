@@ -1,0 +1,54 @@
+"""payrecon's provider sandbox: a local, in-memory stand-in for the providers' APIs.
+
+Like stripe-mock, it lets merchants' developers (and payrecon's own tests) run the
+whole flow offline: it speaks each provider's real wire format, keeps transactions
+in memory, sends real signed notifications, and can be scripted to misbehave.
+Only CinetPay (checkout API v2) is implemented so far.
+
+Run it: ``payrecon sandbox`` (or ``python -c "from providers.sandbox import serve; serve()"``)
+prints its URL and the credentials it accepts (defaults: apikey ``sandbox-api-key``,
+site_id ``100000``, secret key ``sandbox-secret-key``). Embed it::
+
+    with SandboxServer() as server:
+        client = CinetPayClient(api_url=server.url, api_key="sandbox-api-key",
+                                site_id="100000", secret_key="sandbox-secret-key")
+
+Wire API: ``POST /v2/payment`` and ``POST /v2/payment/check`` (see ``cinetpay.py``).
+
+Control API (JSON, under ``/_sandbox/``; bad input → 400 ``{"error": ...}``):
+
+``POST /_sandbox/cinetpay/transactions``
+    ``{"transaction_id", "amount" (int, minor units), "currency" ("XOF"), "fate"
+    ("accepted" | "refused" | "waiting" | "waiting_then_accepted" |
+    "waiting_then_refused"), "pending_checks" (checks answered waiting before a
+    waiting_then_* fate turns final, default 1), "confirm_amount" / "confirm_currency"
+    (what CinetPay reports instead: tampering), "faults" (consumed in order by this
+    transaction's next checks), "payment_method", "phone", "notify_url",
+    "description", "metadata"}`` → 201 with the state.
+``GET /_sandbox/cinetpay/transactions[/{id}]``
+    State: ``status``, ``check_count`` (checks that named it, faulted ones
+    included), ``waiting_answers``, ``notifications`` sent...
+``POST /_sandbox/cinetpay/transactions/{id}/status`` ``{"status"}``
+    Force ACCEPTED / REFUSED / WAITING_FOR_CUSTOMER now; ends the fate's script.
+``POST /_sandbox/cinetpay/transactions/{id}/notification``
+    ``{"forged", "tamper": {field: value}, "deliver_to", "method"}`` → ``{"envelope":
+    <payrecon.webhook/1>, "delivered": <HTTP status | null>, "delivery_error"}``.
+    ``forged`` signs with a wrong key; ``tamper`` edits fields after signing.
+``POST /_sandbox/cinetpay/ping`` ``{"deliver_to"}``
+    CinetPay's empty GET ping (also ``{"ping": true}`` on the route above).
+``POST /_sandbox/faults`` ``{"path", "faults"}``, ``POST /_sandbox/reset``, ``GET /_sandbox/health``
+
+A fault is ``{"status": 500}``, ``{"status": 429, "retry_after": 0}``,
+``{"delay": 1.5}`` (answer slowly, then normally), ``{"drop": true}`` (close the
+connection) or ``{"status": 200, "body": "<html>"}`` (a custom body). Global faults
+for a path are consumed before per-transaction ones.
+
+Whenever a transaction with a ``notify_url`` changes status (forced, or a
+waiting_then_* fate turning final), the sandbox POSTs a signed notification to it
+in a background thread, as CinetPay notifies at every status change.
+"""
+
+from providers.sandbox.client import SandboxClient, SandboxError
+from providers.sandbox.server import DEFAULT_PORT, SandboxServer, serve
+
+__all__ = ["DEFAULT_PORT", "SandboxClient", "SandboxError", "SandboxServer", "serve"]

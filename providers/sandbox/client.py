@@ -1,0 +1,142 @@
+"""``SandboxClient``: a small Python wrapper of the sandbox's control API.
+
+Used by payrecon's tests and demo, and by merchants' developers who drive the
+sandbox from their own test suites::
+
+    with SandboxServer() as server, SandboxClient(server.url) as sandbox:
+        sandbox.create_cinetpay("order-1", 5000, fate="waiting_then_accepted", pending_checks=2)
+"""
+
+from __future__ import annotations
+
+from types import TracebackType
+from typing import Any, Self, cast
+from urllib.parse import quote
+
+import requests
+
+
+class SandboxError(Exception):
+    """The sandbox refused a control call (``status`` and its ``{"error": ...}`` text)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"sandbox answered {status}: {message}")
+        self.status = status
+        self.message = message
+
+
+class SandboxClient:
+    """Control-API client for a running sandbox at ``base_url``."""
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        session: requests.Session | None = None,
+        timeout: tuple[float, float] = (2.0, 15.0),
+    ) -> None:
+        """Talk to the sandbox at ``base_url`` (e.g. ``SandboxServer.url``)."""
+        self.base_url = base_url.rstrip("/")
+        self.timeout = timeout
+        self._owns_session = session is None
+        self._session = session if session is not None else requests.Session()
+
+    def _call(self, method: str, path: str, payload: Any = None) -> Any:
+        response = self._session.request(method, f"{self.base_url}{path}", json=payload, timeout=self.timeout)
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+        if response.status_code >= 400:
+            message = body.get("error") if isinstance(body, dict) else None
+            raise SandboxError(response.status_code, str(message or response.text[:200]))
+        return body
+
+    @staticmethod
+    def _txn_path(transaction_id: str) -> str:
+        return f"/_sandbox/cinetpay/transactions/{quote(transaction_id, safe='')}"
+
+    # ------------------------------------------------------------------ CinetPay
+
+    def create_cinetpay(
+        self, transaction_id: str, amount: int, currency: str = "XOF", fate: str = "accepted", **options: Any
+    ) -> dict[str, Any]:
+        """Script a CinetPay transaction (``amount`` in minor units); return its state.
+
+        ``options``: ``pending_checks``, ``confirm_amount``, ``confirm_currency``,
+        ``faults``, ``payment_method``, ``phone``, ``notify_url``, ``description``,
+        ``metadata``.
+        """
+        payload = {"transaction_id": transaction_id, "amount": amount, "currency": currency, "fate": fate}
+        return cast(dict[str, Any], self._call("POST", "/_sandbox/cinetpay/transactions", payload | options))
+
+    def get_cinetpay(self, transaction_id: str) -> dict[str, Any]:
+        """State of a CinetPay transaction, including ``status`` and ``check_count``."""
+        return cast(dict[str, Any], self._call("GET", self._txn_path(transaction_id)))
+
+    def list_cinetpay(self) -> list[dict[str, Any]]:
+        """Every CinetPay transaction."""
+        return cast(list[dict[str, Any]], self._call("GET", "/_sandbox/cinetpay/transactions"))
+
+    def set_cinetpay_status(self, transaction_id: str, status: str) -> dict[str, Any]:
+        """Force ``ACCEPTED``/``REFUSED``/``WAITING_FOR_CUSTOMER`` now (notifies ``notify_url``)."""
+        path = f"{self._txn_path(transaction_id)}/status"
+        return cast(dict[str, Any], self._call("POST", path, {"status": status}))
+
+    def send_cinetpay_notification(
+        self,
+        transaction_id: str,
+        *,
+        forged: bool = False,
+        tamper: dict[str, str] | None = None,
+        deliver_to: str | None = None,
+        method: str = "POST",
+    ) -> dict[str, Any]:
+        """Build (and optionally deliver) a notification; return ``envelope``, ``delivered``, ``delivery_error``."""
+        payload = {"forged": forged, "tamper": tamper, "deliver_to": deliver_to, "method": method}
+        path = f"{self._txn_path(transaction_id)}/notification"
+        return cast(dict[str, Any], self._call("POST", path, payload))
+
+    def cinetpay_notification(
+        self,
+        transaction_id: str,
+        *,
+        forged: bool = False,
+        tamper: dict[str, str] | None = None,
+        deliver_to: str | None = None,
+    ) -> dict[str, Any]:
+        """A signed (or forged/tampered) notification as a ``payrecon.webhook/1`` envelope dict."""
+        result = self.send_cinetpay_notification(transaction_id, forged=forged, tamper=tamper, deliver_to=deliver_to)
+        return cast(dict[str, Any], result["envelope"])
+
+    def cinetpay_ping(self, *, deliver_to: str | None = None) -> dict[str, Any]:
+        """CinetPay's empty GET ping as an envelope dict."""
+        result = self._call("POST", "/_sandbox/cinetpay/ping", {"deliver_to": deliver_to})
+        return cast(dict[str, Any], result["envelope"])
+
+    # ------------------------------------------------------------------ shared
+
+    def add_faults(self, path: str, faults: list[dict[str, Any]]) -> dict[str, Any]:
+        """Queue global faults for a wire path, e.g. ``/v2/payment/check``."""
+        return cast(dict[str, Any], self._call("POST", "/_sandbox/faults", {"path": path, "faults": faults}))
+
+    def reset(self) -> None:
+        """Forget every transaction and fault."""
+        self._call("POST", "/_sandbox/reset")
+
+    def health(self) -> dict[str, Any]:
+        """``{"status": "ok", "providers": [...], "faults": {...}}``."""
+        return cast(dict[str, Any], self._call("GET", "/_sandbox/health"))
+
+    def close(self) -> None:
+        """Close the HTTP session if this client created it."""
+        if self._owns_session:
+            self._session.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()

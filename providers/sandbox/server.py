@@ -1,0 +1,255 @@
+"""The sandbox HTTP server: ``SandboxServer`` (tests, embedding) and ``serve()`` (CLI).
+
+One ``ThreadingHTTPServer`` (a daemon thread per connection, HTTP/1.1 keep-alive)
+routes every request through a :class:`~providers.sandbox.web.Router` holding each
+provider's wire and control routes plus the shared ones:
+
+* ``GET /_sandbox/health``: ``{"status": "ok", "providers": [...]}``
+* ``POST /_sandbox/faults`` ``{"path", "faults": [...]}``: global faults for a wire
+  path, consumed in order before any per-transaction fault;
+* ``POST /_sandbox/reset``: forget every transaction and fault.
+
+Adding a provider: write a class with ``name`` and ``register(router)`` next to
+``cinetpay.py`` and append it to ``SandboxServer.providers``.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import FrameType, TracebackType
+from typing import Any, Self, cast
+from urllib.parse import parse_qs, urlsplit
+
+from providers.sandbox.cinetpay import CinetPaySandbox
+from providers.sandbox.state import ControlError, SandboxState, check_keys, parse_faults
+from providers.sandbox.web import Notifier, ProviderSandbox, Request, Response, Router, json_response
+
+DEFAULT_PORT = 8765  # same as `payrecon sandbox --port`
+#: The sandbox's own, public, CinetPay merchant credentials (never real ones).
+SANDBOX_API_KEY = "sandbox-api-key"
+SANDBOX_SITE_ID = "100000"
+SANDBOX_SECRET_KEY = "sandbox-secret-key"  # noqa: S105 - a published test value
+MAX_BODY = 1_000_000
+
+
+class _HTTPServer(ThreadingHTTPServer):
+    daemon_threads = True
+    router: Router
+    verbose: bool
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that hung up (timeout tests do it on purpose) is not an error worth a traceback.
+        exc = sys.exc_info()[1]
+        if isinstance(exc, ConnectionError | TimeoutError):
+            return
+        super().handle_error(request, client_address)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "payrecon-sandbox/0.1"
+    timeout = 30  # idle keep-alive connections are closed after this
+    # Headers and body go out in separate writes: without TCP_NODELAY, Nagle + delayed ACK
+    # add ~40 ms to every keep-alive answer.
+    disable_nagle_algorithm = True
+
+    def _handle(self) -> None:
+        server = cast(_HTTPServer, self.server)
+        if self.headers.get("Transfer-Encoding"):
+            self._write(411, b'{"error": "send a Content-Length, not chunked"}', {})
+            self.close_connection = True
+            return
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            length = -1
+        if not 0 <= length <= MAX_BODY:
+            self._write(413 if length > MAX_BODY else 400, b'{"error": "bad Content-Length"}', {})
+            self.close_connection = True
+            return
+        body = self.rfile.read(length) if length else b""
+        split = urlsplit(self.path)
+        request = Request(
+            method=self.command,
+            path=split.path,
+            query=parse_qs(split.query, keep_blank_values=True),
+            headers={name.lower(): value for name, value in self.headers.items()},
+            body=body,
+        )
+        response = server.router.dispatch(request)
+        if response.delay:
+            threading.Event().wait(response.delay)
+        if response.drop:
+            self.close_connection = True
+            return
+        self._write(response.status, response.body, response.headers)
+
+    def _write(self, status: int, body: bytes, headers: Any) -> None:
+        try:
+            self.send_response(status)
+            for name, value in headers.items():
+                self.send_header(name, value)
+            if "Content-Type" not in headers:
+                self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(body)
+        except (ConnectionError, TimeoutError):
+            self.close_connection = True
+
+    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = _handle
+
+    def log_message(self, format: str, *args: Any) -> None:
+        if cast(_HTTPServer, self.server).verbose:
+            super().log_message(format, *args)
+
+
+class SandboxServer:
+    """Local imitation of the providers' APIs, in memory, on a background thread.
+
+    ``port=0`` picks a free port; read it back from :attr:`url` after :meth:`start`.
+    """
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        cinetpay_api_key: str = SANDBOX_API_KEY,
+        cinetpay_site_id: str = SANDBOX_SITE_ID,
+        cinetpay_secret_key: str = SANDBOX_SECRET_KEY,
+        verbose: bool = False,
+    ) -> None:
+        """Configure the server and the merchant credentials it accepts; nothing is bound yet."""
+        self.host = host
+        self.port = port
+        self.verbose = verbose
+        self.state = SandboxState()
+        self.notifier = Notifier()
+        self.cinetpay_credentials = {
+            "api_key": cinetpay_api_key,
+            "site_id": cinetpay_site_id,
+            "secret_key": cinetpay_secret_key,
+        }
+        self.router = Router(self.state)
+        self.providers: list[ProviderSandbox] = [
+            CinetPaySandbox(self.state, self.notifier, base_url=lambda: self.url, **self.cinetpay_credentials),
+        ]
+        for provider in self.providers:
+            provider.register(self.router)
+        self.router.add("GET", "/_sandbox/health", self._health)
+        self.router.add("POST", "/_sandbox/faults", self._add_faults)
+        self.router.add("POST", "/_sandbox/reset", self._reset)
+        self._httpd: _HTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        """Base URL, e.g. ``http://127.0.0.1:54321`` (only once started)."""
+        if self._httpd is None:
+            raise RuntimeError("sandbox server is not started")
+        host, port = self._httpd.server_address[:2]
+        host = host.decode() if isinstance(host, bytes) else host
+        return f"http://{f'[{host}]' if ':' in host else host}:{port}"
+
+    def start(self) -> Self:
+        """Bind and serve on a daemon thread; return ``self``."""
+        if self._httpd is not None:
+            return self
+        httpd = _HTTPServer((self.host, self.port), _Handler)
+        httpd.router = self.router
+        httpd.verbose = self.verbose
+        self._httpd = httpd
+        self._thread = threading.Thread(
+            target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, name="payrecon-sandbox", daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop serving, close the socket, wait briefly for pending notifications."""
+        httpd, self._httpd = self._httpd, None
+        if httpd is None:
+            return
+        httpd.shutdown()
+        httpd.server_close()
+        if self._thread is not None:
+            self._thread.join(5)
+            self._thread = None
+        self.notifier.join(5)
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    # ------------------------------------------------------------------ shared control routes
+
+    def _health(self, request: Request) -> Response:
+        names = [p.name for p in self.providers]
+        return json_response(200, {"status": "ok", "providers": names, "faults": self.state.global_faults()})
+
+    def _add_faults(self, request: Request) -> Response:
+        payload = request.json_object()
+        check_keys(payload, {"path", "faults"}, "faults")
+        path = payload.get("path")
+        if not isinstance(path, str) or not path.startswith("/") or path.startswith("/_sandbox"):
+            raise ControlError("path must be a provider API path such as /v2/payment/check")
+        faults = parse_faults(payload.get("faults"))
+        if not faults:
+            raise ControlError("faults must be a non-empty list")
+        queued = self.state.add_faults(path, faults)
+        return json_response(200, {"path": path, "queued": queued})
+
+    def _reset(self, request: Request) -> Response:
+        self.state.reset()
+        return json_response(200, {"status": "reset"})
+
+
+def serve(
+    host: str = "127.0.0.1",
+    port: int = DEFAULT_PORT,
+    *,
+    cinetpay_api_key: str = SANDBOX_API_KEY,
+    cinetpay_site_id: str = SANDBOX_SITE_ID,
+    cinetpay_secret_key: str = SANDBOX_SECRET_KEY,
+    verbose: bool = True,
+) -> None:
+    """Run the sandbox in the foreground until SIGINT or SIGTERM (``payrecon sandbox``)."""
+    server = SandboxServer(
+        host,
+        port,
+        cinetpay_api_key=cinetpay_api_key,
+        cinetpay_site_id=cinetpay_site_id,
+        cinetpay_secret_key=cinetpay_secret_key,
+        verbose=verbose,
+    ).start()
+    stopping = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stopping.set()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        sys.stdout.write(
+            f"payrecon provider sandbox listening on {server.url}\n"
+            f"  CinetPay: api_url={server.url} apikey={cinetpay_api_key} "
+            f"site_id={cinetpay_site_id} secret_key={cinetpay_secret_key}\n"
+            f"  control API: {server.url}/_sandbox/ (see providers/sandbox/__init__.py)\n"
+            "Press Ctrl+C to stop.\n"
+        )
+        sys.stdout.flush()
+        while not stopping.wait(0.5):
+            pass
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        server.stop()
+        sys.stdout.write("payrecon provider sandbox stopped\n")

@@ -1,0 +1,60 @@
+"""Alembic environment. The URL comes from the Config (set by ``reconciliation.migrate``)
+or from ``DATABASE_URL``."""
+
+from __future__ import annotations
+
+import os
+
+from alembic import context
+from sqlalchemy import engine_from_config, pool
+
+from reconciliation.models import Base
+
+config = context.config
+target_metadata = Base.metadata
+
+
+def _url() -> str:
+    url = config.get_main_option("sqlalchemy.url") or os.environ.get("DATABASE_URL")
+    if not url:
+        raise SystemExit("DATABASE_URL is not set: it must name the database to migrate")
+    return url
+
+
+def run_offline() -> None:
+    context.configure(url=_url(), target_metadata=target_metadata, literal_binds=True, render_as_batch=True)
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+def run_online() -> None:
+    connectable = config.attributes.get("connection")
+    if connectable is not None:
+        _run(connectable)
+        return
+    section = config.get_section(config.config_ini_section, {})
+    section["sqlalchemy.url"] = _url()
+    engine = engine_from_config(section, prefix="sqlalchemy.", poolclass=pool.NullPool)
+    with engine.connect() as connection:
+        _run(connection)
+    engine.dispose()
+
+
+def _run(connection: object) -> None:
+    context.configure(
+        connection=connection,  # type: ignore[arg-type]
+        target_metadata=target_metadata,
+        render_as_batch=True,
+        compare_type=True,
+    )
+    with context.begin_transaction():
+        if connection.dialect.name == "postgresql":  # type: ignore[attr-defined]
+            # Two deploys migrating at once must not interleave.
+            context.execute("SELECT pg_advisory_xact_lock(7072698)")
+        context.run_migrations()
+
+
+if context.is_offline_mode():
+    run_offline()
+else:
+    run_online()

@@ -1,0 +1,338 @@
+"""Database models (SQLAlchemy 2). PostgreSQL in production and tests; SQLite for the demo.
+
+Idempotency lives here, as constraints: one inbox row per (provider, dedupe key),
+one payment per (provider, reference), one journal per (payment, kind), one
+subscription grant per payment. Ledger rows are append-only (enforced by
+triggers created in the migrations).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    DateTime,
+    Enum,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+    func,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+#: JSON on SQLite, JSONB on PostgreSQL.
+JsonType = JSON().with_variant(JSONB(), "postgresql")
+#: BIGINT primary keys on PostgreSQL, INTEGER (rowid alias) on SQLite.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+def _enum(cls: type[StrEnum], name: str) -> Enum:
+    # Stored as VARCHAR + CHECK so adding a value is a plain migration.
+    return Enum(
+        cls,
+        name=name,
+        native_enum=False,
+        create_constraint=True,
+        length=24,
+        values_callable=lambda e: [m.value for m in e],
+    )
+
+
+class PaymentStatus(StrEnum):
+    REGISTERED = "registered"
+    PENDING = "pending"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    EXPIRED = "expired"
+    REFUNDED = "refunded"
+
+
+FINAL_STATUSES = frozenset(
+    {PaymentStatus.SUCCEEDED, PaymentStatus.FAILED, PaymentStatus.EXPIRED, PaymentStatus.REFUNDED}
+)
+
+
+class InboxStatus(StrEnum):
+    RECEIVED = "received"  # stored, not processed yet
+    PROCESSED = "processed"  # verified and settled (whatever the outcome)
+    PING = "ping"  # a liveness probe; nothing to do
+    IGNORED = "ignored"  # authentic but not about a payment we track
+    FORGED = "forged"  # failed authentication: quarantined, no API call spent
+    MALFORMED = "malformed"  # cannot be parsed: dead-lettered
+    FAILED = "failed"  # verification gave up (provider errors): dead-lettered
+
+
+class FlagKind(StrEnum):
+    ORPHAN = "orphan"  # paid, but no registration known (yet)
+    AMOUNT_MISMATCH = "amount_mismatch"
+    CURRENCY_MISMATCH = "currency_mismatch"
+    LATE_SUCCESS = "late_success"  # success after failed/expired: honoured
+    ADOPTED = "adopted"  # orphan adopted by a late registration
+    REGRESSION_IGNORED = "regression_ignored"  # failed/pending answer after a success
+    CLAIM_DISAGREES = "claim_disagrees"  # the webhook claimed something the API denied
+
+
+class Payment(Base):
+    """One payment attempt, keyed by the merchant's reference at its provider."""
+
+    __tablename__ = "payments"
+    __table_args__ = (
+        UniqueConstraint("provider", "reference"),
+        CheckConstraint("amount IS NULL OR amount > 0", name="amount_positive"),
+        CheckConstraint("periods >= 1", name="periods_positive"),
+        Index("ix_payments_due", "next_check_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    provider: Mapped[str] = mapped_column(String(32))
+    reference: Mapped[str] = mapped_column(String(100))
+    status: Mapped[PaymentStatus] = mapped_column(_enum(PaymentStatus, "payment_status"))
+    # What the merchant registered. NULL while the payment is an orphan.
+    amount: Mapped[int | None] = mapped_column(BigInteger)
+    currency: Mapped[str | None] = mapped_column(String(3))
+    account: Mapped[str | None] = mapped_column(String(200))
+    plan_code: Mapped[str | None] = mapped_column(String(100))
+    periods: Mapped[int] = mapped_column(Integer, default=1)
+    provider_data: Mapped[dict[str, Any]] = mapped_column(JsonType, default=dict)
+    metadata_: Mapped[dict[str, Any] | None] = mapped_column("metadata", JsonType)
+    registration_raw: Mapped[str | None] = mapped_column(Text)
+    registered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # What the provider confirmed (from its status API only).
+    confirmed_amount: Mapped[int | None] = mapped_column(BigInteger)
+    confirmed_currency: Mapped[str | None] = mapped_column(String(3))
+    provider_transaction_id: Mapped[str | None] = mapped_column(String(200))
+    paid_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # True once the ledger holds this payment as revenue and access was granted.
+    settled: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    finalized_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Re-check schedule for non-final payments (the janitor).
+    next_check_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    check_count: Mapped[int] = mapped_column(Integer, default=0)
+
+    verifications: Mapped[list[Verification]] = relationship(back_populates="payment", order_by="Verification.id")
+    flags: Mapped[list[PaymentFlag]] = relationship(order_by="PaymentFlag.id")
+
+    @property
+    def is_orphan(self) -> bool:
+        return self.registered_at is None
+
+
+class PaymentFlag(Base):
+    """Something about a payment a person should look at. One row per kind."""
+
+    __tablename__ = "payment_flags"
+    __table_args__ = (UniqueConstraint("payment_id", "kind"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    payment_id: Mapped[int] = mapped_column(ForeignKey("payments.id"), index=True)
+    kind: Mapped[FlagKind] = mapped_column(_enum(FlagKind, "flag_kind"))
+    detail: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class InboxDelivery(Base):
+    """Every webhook delivery. The first raw envelope is kept byte for byte, repeats counted."""
+
+    __tablename__ = "inbox"
+    __table_args__ = (UniqueConstraint("provider", "dedupe_key"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    provider: Mapped[str] = mapped_column(String(32))
+    dedupe_key: Mapped[str] = mapped_column(String(200))
+    status: Mapped[InboxStatus] = mapped_column(_enum(InboxStatus, "inbox_status"))
+    reference: Mapped[str | None] = mapped_column(String(100), index=True)
+    method: Mapped[str] = mapped_column(String(10))
+    path: Mapped[str] = mapped_column(Text)
+    headers: Mapped[dict[str, str]] = mapped_column(JsonType)
+    body: Mapped[str] = mapped_column(Text)
+    envelope_raw: Mapped[str] = mapped_column(Text)
+    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    first_seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    last_seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    repeat_count: Mapped[int] = mapped_column(Integer, default=0)
+    detail: Mapped[str] = mapped_column(Text, default="")
+
+
+class Verification(Base):
+    """One question to the provider's API: what the webhook claimed next to what the API answered."""
+
+    __tablename__ = "verifications"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    payment_id: Mapped[int] = mapped_column(ForeignKey("payments.id"), index=True)
+    inbox_id: Mapped[int | None] = mapped_column(ForeignKey("inbox.id"))
+    trigger: Mapped[str] = mapped_column(String(24))  # webhook | recheck | registration | manual
+    claimed_status: Mapped[str | None] = mapped_column(String(64))
+    claimed_amount: Mapped[int | None] = mapped_column(BigInteger)
+    claimed_currency: Mapped[str | None] = mapped_column(String(3))
+    outcome: Mapped[str | None] = mapped_column(String(24))  # normalised answer, NULL on error
+    provider_status: Mapped[str | None] = mapped_column(String(64))
+    provider_code: Mapped[str | None] = mapped_column(String(64))
+    provider_message: Mapped[str | None] = mapped_column(Text)
+    answered_amount: Mapped[int | None] = mapped_column(BigInteger)
+    answered_currency: Mapped[str | None] = mapped_column(String(3))
+    error: Mapped[str | None] = mapped_column(Text)
+    decision: Mapped[str] = mapped_column(Text, default="")
+    raw_response: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+    payment: Mapped[Payment] = relationship(back_populates="verifications")
+
+
+# --------------------------------------------------------------------------- ledger
+
+
+class Account(Base):
+    """A ledger account in one currency, e.g. ``provider_clearing:cinetpay`` in XOF."""
+
+    __tablename__ = "ledger_accounts"
+    __table_args__ = (UniqueConstraint("code", "currency"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    code: Mapped[str] = mapped_column(String(100))
+    currency: Mapped[str] = mapped_column(String(3))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class Journal(Base):
+    """A balanced set of entries. Never updated or deleted; corrections are new journals."""
+
+    __tablename__ = "ledger_journals"
+    __table_args__ = (
+        # One journal per payment and kind: the settlement path is idempotent by this key.
+        UniqueConstraint("payment_id", "kind"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    payment_id: Mapped[int | None] = mapped_column(ForeignKey("payments.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(40))
+    memo: Mapped[str] = mapped_column(Text, default="")
+    reverses_id: Mapped[int | None] = mapped_column(ForeignKey("ledger_journals.id"))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+    entries: Mapped[list[Entry]] = relationship(order_by="Entry.id")
+
+
+class Entry(Base):
+    """One side of a journal. ``amount`` is positive; ``side`` says debit or credit."""
+
+    __tablename__ = "ledger_entries"
+    __table_args__ = (
+        CheckConstraint("amount > 0", name="amount_positive"),
+        CheckConstraint("side IN ('debit', 'credit')", name="side_valid"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    journal_id: Mapped[int] = mapped_column(ForeignKey("ledger_journals.id"), index=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("ledger_accounts.id"), index=True)
+    side: Mapped[str] = mapped_column(String(6))
+    amount: Mapped[int] = mapped_column(BigInteger)
+    currency: Mapped[str] = mapped_column(String(3))
+
+
+# --------------------------------------------------------------------------- subscriptions
+
+
+class Plan(Base):
+    """The plan catalogue. Ships with both platforms' plans; editable."""
+
+    __tablename__ = "plans"
+
+    code: Mapped[str] = mapped_column(String(100), primary_key=True)
+    product: Mapped[str] = mapped_column(String(100))
+    name: Mapped[str] = mapped_column(String(200))
+    price: Mapped[int] = mapped_column(BigInteger)  # minor units, per period
+    currency: Mapped[str] = mapped_column(String(3))
+    period_days: Mapped[int] = mapped_column(Integer)
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+
+    __table_args__ = (
+        CheckConstraint("price >= 0", name="price_non_negative"),
+        CheckConstraint("period_days > 0", name="period_positive"),
+    )
+
+
+class Subscription(Base):
+    """Access of one account to one product. ``ends_at`` is the entitlement."""
+
+    __tablename__ = "subscriptions"
+    __table_args__ = (UniqueConstraint("product", "account"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    product: Mapped[str] = mapped_column(String(100))
+    account: Mapped[str] = mapped_column(String(200))
+    plan_code: Mapped[str] = mapped_column(ForeignKey("plans.code"))
+    starts_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    ends_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    expired_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+    grants: Mapped[list[SubscriptionGrant]] = relationship(order_by="SubscriptionGrant.id")
+
+
+class SubscriptionGrant(Base):
+    """One period of access granted by one payment. Exactly one per payment."""
+
+    __tablename__ = "subscription_grants"
+    __table_args__ = (
+        UniqueConstraint("payment_id"),
+        CheckConstraint("days > 0", name="days_positive"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    subscription_id: Mapped[int] = mapped_column(ForeignKey("subscriptions.id"), index=True)
+    payment_id: Mapped[int] = mapped_column(ForeignKey("payments.id"))
+    plan_code: Mapped[str] = mapped_column(ForeignKey("plans.code"))
+    periods: Mapped[int] = mapped_column(Integer)
+    days: Mapped[int] = mapped_column(Integer)
+    starts_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    ends_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+    payment: Mapped[Payment] = relationship()
+
+
+# --------------------------------------------------------------------------- dead letters
+
+
+class DeadLetter(Base):
+    """Input the worker could not process, kept whole for replay with the reason."""
+
+    __tablename__ = "dead_letters"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    task: Mapped[str] = mapped_column(String(100))
+    reason: Mapped[str] = mapped_column(String(64))  # invalid_envelope, malformed_body, ...
+    detail: Mapped[str] = mapped_column(Text)
+    payload: Mapped[str] = mapped_column(Text)  # the raw input, as received
+    provider: Mapped[str | None] = mapped_column(String(32))
+    reference: Mapped[str | None] = mapped_column(String(100))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    replayed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

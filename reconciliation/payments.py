@@ -1,0 +1,381 @@
+"""Payments: registration, orphans, and settlement of a verified provider answer.
+
+Every function here runs inside the caller's transaction. Whatever touches a
+payment's money or access first takes the payment's row lock
+(``SELECT ... FOR UPDATE``), and the ledger and grants are unique per payment,
+so any number of concurrent deliveries settle a payment once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from enum import StrEnum
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from providers.base import Delivery, Outcome, RegistrationView, VerifiedStatus
+from reconciliation import ledger
+from reconciliation.dialect import insert
+from reconciliation.models import (
+    FINAL_STATUSES,
+    FlagKind,
+    Journal,
+    Payment,
+    PaymentFlag,
+    PaymentStatus,
+    Verification,
+)
+from reconciliation.states import transition
+from reconciliation.subscriptions import get_plan, grant_for_payment
+from schemas.messages import PaymentRegistration
+
+# Journal kinds, unique per payment.
+SETTLEMENT = "settlement"  # Dr provider clearing / Cr revenue
+SUSPENSE = "suspense"  # Dr provider clearing / Cr suspense (unattributable money)
+SUSPENSE_REVERSAL = "suspense_reversal"  # mirror of SUSPENSE once the money is attributed
+
+
+@dataclass(frozen=True, slots=True)
+class RecheckPolicy:
+    """When to ask the provider again about a non-final payment, and when to stop."""
+
+    schedule: tuple[int, ...]  # seconds after each check
+    give_up_after: int  # seconds after registration (or first sight)
+
+    def next_check(self, check_count: int, now: datetime) -> datetime:
+        delay = self.schedule[min(check_count, len(self.schedule) - 1)]
+        return now + timedelta(seconds=delay)
+
+
+@dataclass(frozen=True, slots=True)
+class Context:
+    now: datetime
+    tz: ZoneInfo
+    policy: RecheckPolicy
+
+
+class RegistrationConflict(ValueError):
+    """The reference is already registered with different data."""
+
+
+class RegisterOutcome(StrEnum):
+    CREATED = "created"
+    DUPLICATE = "duplicate"
+    ADOPTED = "adopted"
+
+
+def registration_view(payment: Payment) -> RegistrationView:
+    return RegistrationView(
+        reference=payment.reference,
+        amount=payment.amount,
+        currency=payment.currency,
+        provider_data=dict(payment.provider_data or {}),
+    )
+
+
+def find(session: Session, provider: str, reference: str, *, lock: bool = False) -> Payment | None:
+    query = select(Payment).where(Payment.provider == provider, Payment.reference == reference)
+    if lock:
+        query = query.with_for_update().execution_options(populate_existing=True)
+    return session.scalars(query).one_or_none()
+
+
+def flag(session: Session, payment: Payment, kind: FlagKind, detail: str) -> None:
+    """Raise a flag once per (payment, kind); later details do not overwrite the first."""
+    session.execute(
+        insert(session, PaymentFlag)
+        .values(payment_id=payment.id, kind=kind, detail=detail)
+        .on_conflict_do_nothing(index_elements=["payment_id", "kind"])
+    )
+
+
+# --------------------------------------------------------------------------- registration
+
+
+def register(session: Session, reg: PaymentRegistration, raw: str, ctx: Context) -> tuple[RegisterOutcome, Payment]:
+    """Record a payment registration. Adopts an orphan with the same reference."""
+    plan = get_plan(session, reg.plan)
+    if plan.currency != reg.currency:
+        raise RegistrationConflict(f"plan {plan.code!r} is sold in {plan.currency}, not {reg.currency}")
+    registered_at = reg.created_at or ctx.now
+    fields = {
+        "amount": reg.amount,
+        "currency": reg.currency,
+        "account": reg.account,
+        "plan_code": reg.plan,
+        "periods": reg.periods,
+        "provider_data": reg.provider_data,
+        "metadata_": reg.metadata,
+        "registration_raw": raw,
+        "registered_at": registered_at,
+    }
+    inserted = session.execute(
+        insert(session, Payment)
+        .values(
+            provider=reg.provider.value,
+            reference=reg.reference,
+            status=PaymentStatus.REGISTERED,
+            settled=False,
+            check_count=0,
+            created_at=ctx.now,
+            updated_at=ctx.now,
+            next_check_at=ctx.policy.next_check(0, ctx.now),
+            **{("metadata" if k == "metadata_" else k): v for k, v in fields.items()},
+        )
+        .on_conflict_do_nothing(index_elements=["provider", "reference"])
+        .returning(Payment.id)
+    ).first()
+    payment = find(session, reg.provider.value, reg.reference, lock=True)
+    assert payment is not None  # noqa: S101 - inserted above or by a concurrent writer
+    if inserted is not None:
+        return RegisterOutcome.CREATED, payment
+    if not payment.is_orphan:
+        same = (
+            payment.amount == reg.amount
+            and payment.currency == reg.currency
+            and payment.account == reg.account
+            and payment.plan_code == reg.plan
+            and payment.periods == reg.periods
+        )
+        if not same:
+            raise RegistrationConflict(
+                f"reference {reg.reference!r} is already registered at {reg.provider.value} with other "
+                f"data (amount {payment.amount} {payment.currency}, account {payment.account!r}, "
+                f"plan {payment.plan_code!r} x{payment.periods})"
+            )
+        return RegisterOutcome.DUPLICATE, payment
+    _adopt(session, payment, fields, ctx)
+    return RegisterOutcome.ADOPTED, payment
+
+
+def _adopt(session: Session, payment: Payment, fields: dict[str, object], ctx: Context) -> None:
+    """An orphan (paid before we knew it) meets its registration: settle it normally."""
+    for key, value in fields.items():
+        setattr(payment, key, value)
+    payment.updated_at = ctx.now
+    flag(session, payment, FlagKind.ADOPTED, "registration arrived after the provider's notification")
+    if payment.status is PaymentStatus.SUCCEEDED and not payment.settled:
+        suspense = _journal(session, payment, SUSPENSE)
+        decision = _settle_paid(session, payment, ctx)
+        if suspense is not None and payment.settled:
+            ledger.reverse(
+                session,
+                suspense,
+                kind=SUSPENSE_REVERSAL,
+                memo=f"orphan {payment.reference} adopted by its registration",
+            )
+        session.add(
+            Verification(
+                payment_id=payment.id,
+                trigger="registration",
+                outcome=payment.status.value,
+                answered_amount=payment.confirmed_amount,
+                answered_currency=payment.confirmed_currency,
+                decision=f"orphan adopted: {decision}",
+                created_at=ctx.now,
+            )
+        )
+    elif payment.status not in FINAL_STATUSES:
+        payment.next_check_at = ctx.now
+    session.flush()
+
+
+def _journal(session: Session, payment: Payment, kind: str) -> Journal | None:
+    return session.scalars(select(Journal).where(Journal.payment_id == payment.id, Journal.kind == kind)).first()
+
+
+# --------------------------------------------------------------------------- settlement
+
+
+def lock_or_create_orphan(session: Session, provider: str, reference: str, ctx: Context) -> Payment:
+    """The payment row, locked; an orphan row (no registration) if the reference is unknown."""
+    session.execute(
+        insert(session, Payment)
+        .values(
+            provider=provider,
+            reference=reference,
+            status=PaymentStatus.REGISTERED,
+            settled=False,
+            check_count=0,
+            periods=1,
+            provider_data={},
+            created_at=ctx.now,
+            updated_at=ctx.now,
+        )
+        .on_conflict_do_nothing(index_elements=["provider", "reference"])
+    )
+    payment = find(session, provider, reference, lock=True)
+    assert payment is not None  # noqa: S101
+    return payment
+
+
+def apply_answer(
+    session: Session,
+    payment: Payment,
+    answer: VerifiedStatus,
+    ctx: Context,
+    *,
+    trigger: str,
+    claim: Delivery | None = None,
+    inbox_id: int | None = None,
+) -> Verification:
+    """Move a locked payment with the provider's verified answer; record the attempt."""
+    step = transition(payment.status, answer.outcome)
+    notes = [step.note]
+    previous = payment.status
+    payment.status = step.status
+    payment.updated_at = ctx.now
+    if answer.outcome in (Outcome.SUCCEEDED, Outcome.REFUNDED):
+        payment.confirmed_amount = answer.amount if answer.amount is not None else payment.confirmed_amount
+        payment.confirmed_currency = answer.currency or payment.confirmed_currency
+        payment.provider_transaction_id = answer.provider_transaction_id or payment.provider_transaction_id
+        payment.paid_at = answer.paid_at or payment.paid_at
+    if step.flag is not None:
+        flag(session, payment, step.flag, step.note)
+    if payment.is_orphan:
+        flag(session, payment, FlagKind.ORPHAN, "no registration for this reference")
+    if claim is not None and _claim_disagrees(claim, answer):
+        flag(
+            session,
+            payment,
+            FlagKind.CLAIM_DISAGREES,
+            f"webhook claimed {claim.claimed_amount} {claim.claimed_currency}, "
+            f"provider confirmed {answer.amount} {answer.currency}",
+        )
+        notes.append("webhook claim differs from the provider's answer")
+    if step.money_moved:
+        notes.append(_settle_paid(session, payment, ctx))
+    if step.status in FINAL_STATUSES:
+        payment.finalized_at = payment.finalized_at if previous is step.status else ctx.now
+        payment.next_check_at = None
+    else:
+        _schedule_or_expire(payment, ctx, notes)
+    verification = Verification(
+        payment_id=payment.id,
+        inbox_id=inbox_id,
+        trigger=trigger,
+        claimed_status=claim.claimed_status if claim else None,
+        claimed_amount=claim.claimed_amount if claim else None,
+        claimed_currency=claim.claimed_currency if claim else None,
+        outcome=answer.outcome.value,
+        provider_status=answer.provider_status,
+        provider_code=answer.provider_code,
+        provider_message=answer.provider_message,
+        answered_amount=answer.amount,
+        answered_currency=answer.currency,
+        decision="; ".join(n for n in notes if n),
+        raw_response=answer.raw,
+        created_at=ctx.now,
+    )
+    session.add(verification)
+    session.flush()
+    return verification
+
+
+def record_error(
+    session: Session,
+    payment: Payment,
+    error: str,
+    ctx: Context,
+    *,
+    trigger: str,
+    claim: Delivery | None = None,
+    inbox_id: int | None = None,
+    reschedule: bool = True,
+) -> Verification:
+    """A verification that got no answer: keep it in the history, try again later."""
+    notes = ["no answer from the provider"]
+    if reschedule and payment.status not in FINAL_STATUSES:
+        _schedule_or_expire(payment, ctx, notes)
+    verification = Verification(
+        payment_id=payment.id,
+        inbox_id=inbox_id,
+        trigger=trigger,
+        claimed_status=claim.claimed_status if claim else None,
+        claimed_amount=claim.claimed_amount if claim else None,
+        claimed_currency=claim.claimed_currency if claim else None,
+        error=error,
+        decision="; ".join(notes),
+        created_at=ctx.now,
+    )
+    session.add(verification)
+    session.flush()
+    return verification
+
+
+def _schedule_or_expire(payment: Payment, ctx: Context, notes: list[str]) -> None:
+    payment.check_count += 1
+    since = payment.registered_at or payment.created_at
+    if ctx.now >= since + timedelta(seconds=ctx.policy.give_up_after):
+        payment.status = PaymentStatus.EXPIRED
+        payment.finalized_at = ctx.now
+        payment.next_check_at = None
+        notes.append(f"gave up after {ctx.policy.give_up_after} s without a final answer: expired")
+        return
+    payment.next_check_at = ctx.policy.next_check(payment.check_count - 1, ctx.now)
+
+
+def _claim_disagrees(claim: Delivery, answer: VerifiedStatus) -> bool:
+    if claim.claimed_amount is not None and answer.amount is not None and claim.claimed_amount != answer.amount:
+        return True
+    return bool(
+        claim.claimed_currency is not None and answer.currency is not None and claim.claimed_currency != answer.currency
+    )
+
+
+def _settle_paid(session: Session, payment: Payment, ctx: Context) -> str:
+    """Post the money of a confirmed success and grant access, or hold it in suspense."""
+    amount = payment.confirmed_amount
+    currency = payment.confirmed_currency
+    if amount is None or currency is None:
+        # The provider said paid without an amount: we cannot post what we do not know.
+        flag(session, payment, FlagKind.AMOUNT_MISMATCH, "provider confirmed success without an amount")
+        return "success without amount: nothing posted, flagged"
+    clearing = ledger.clearing(payment.provider)
+    if payment.is_orphan:
+        if _journal(session, payment, SUSPENSE) is None:
+            ledger.post(
+                session,
+                ledger.transfer(clearing, ledger.SUSPENSE, amount, currency),
+                kind=SUSPENSE,
+                payment_id=payment.id,
+                memo=f"orphan {payment.reference}: paid, no registration",
+            )
+        return "orphan: money held in suspense"
+    mismatch = None
+    if currency != payment.currency:
+        mismatch = (
+            FlagKind.CURRENCY_MISMATCH,
+            f"registered {payment.currency}, provider confirmed {currency}",
+        )
+    elif amount != payment.amount:
+        mismatch = (
+            FlagKind.AMOUNT_MISMATCH,
+            f"registered {payment.amount} {payment.currency}, provider confirmed {amount} {currency}",
+        )
+    if mismatch is not None:
+        flag(session, payment, *mismatch)
+        if _journal(session, payment, SUSPENSE) is None:
+            ledger.post(
+                session,
+                ledger.transfer(clearing, ledger.SUSPENSE, amount, currency),
+                kind=SUSPENSE,
+                payment_id=payment.id,
+                memo=f"{payment.reference}: {mismatch[1]}",
+            )
+        return f"{mismatch[0].value}: no access granted, money held in suspense"
+    if payment.settled:
+        return "already settled"
+    ledger.post(
+        session,
+        ledger.transfer(clearing, ledger.REVENUE, amount, currency),
+        kind=SETTLEMENT,
+        payment_id=payment.id,
+        memo=f"{payment.reference}: {payment.periods} x {payment.plan_code} for {payment.account}",
+    )
+    result = grant_for_payment(session, payment, ctx.now, ctx.tz)
+    payment.settled = True
+    return f"settled: {result.grant.days} days granted, access until {result.grant.ends_at.isoformat()}"

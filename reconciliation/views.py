@@ -1,0 +1,196 @@
+"""Read models for operators and finance staff: plain dicts, JSON-ready."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from reconciliation import ledger
+from reconciliation.models import (
+    InboxDelivery,
+    Journal,
+    Payment,
+    PaymentStatus,
+    Subscription,
+    SubscriptionGrant,
+)
+
+
+def iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def find_payments(session: Session, reference: str, provider: str | None = None) -> list[Payment]:
+    query = select(Payment).where(Payment.reference == reference).order_by(Payment.provider)
+    if provider:
+        query = query.where(Payment.provider == provider)
+    return list(session.scalars(query))
+
+
+def payment_detail(session: Session, payment: Payment) -> dict[str, Any]:
+    journals = session.scalars(select(Journal).where(Journal.payment_id == payment.id).order_by(Journal.id))
+    grant = session.scalars(select(SubscriptionGrant).where(SubscriptionGrant.payment_id == payment.id)).first()
+    deliveries = session.scalars(
+        select(InboxDelivery)
+        .where(InboxDelivery.provider == payment.provider, InboxDelivery.reference == payment.reference)
+        .order_by(InboxDelivery.id)
+    )
+    return {
+        "reference": payment.reference,
+        "provider": payment.provider,
+        "status": payment.status.value,
+        "amount": payment.amount,
+        "currency": payment.currency,
+        "account": payment.account,
+        "plan": payment.plan_code,
+        "periods": payment.periods,
+        "orphan": payment.is_orphan,
+        "settled": payment.settled,
+        "confirmed_amount": payment.confirmed_amount,
+        "confirmed_currency": payment.confirmed_currency,
+        "provider_transaction_id": payment.provider_transaction_id,
+        "paid_at": iso(payment.paid_at),
+        "registered_at": iso(payment.registered_at),
+        "finalized_at": iso(payment.finalized_at),
+        "next_check_at": iso(payment.next_check_at),
+        "flags": [{"kind": f.kind.value, "detail": f.detail, "at": iso(f.created_at)} for f in payment.flags],
+        "verifications": [
+            {
+                "at": iso(v.created_at),
+                "trigger": v.trigger,
+                "claimed": {
+                    "status": v.claimed_status,
+                    "amount": v.claimed_amount,
+                    "currency": v.claimed_currency,
+                },
+                "answered": {
+                    "outcome": v.outcome,
+                    "provider_status": v.provider_status,
+                    "provider_code": v.provider_code,
+                    "amount": v.answered_amount,
+                    "currency": v.answered_currency,
+                },
+                "error": v.error,
+                "decision": v.decision,
+            }
+            for v in payment.verifications
+        ],
+        "deliveries": [
+            {
+                "inbox_id": d.id,
+                "status": d.status.value,
+                "method": d.method,
+                "received_at": iso(d.received_at),
+                "repeats": d.repeat_count,
+                "detail": d.detail,
+            }
+            for d in deliveries
+        ],
+        "journals": [
+            {
+                "id": j.id,
+                "kind": j.kind,
+                "memo": j.memo,
+                "at": iso(j.created_at),
+                "entries": [
+                    {"account": e_account, "side": e.side, "amount": e.amount, "currency": e.currency}
+                    for e, e_account in _entries(session, j)
+                ],
+            }
+            for j in journals
+        ],
+        "grant": (
+            {
+                "days": grant.days,
+                "periods": grant.periods,
+                "plan": grant.plan_code,
+                "starts_at": iso(grant.starts_at),
+                "ends_at": iso(grant.ends_at),
+            }
+            if grant
+            else None
+        ),
+    }
+
+
+def _entries(session: Session, journal: Journal) -> list[tuple[Any, str]]:
+    from reconciliation.models import Account, Entry
+
+    return [
+        (entry, code)
+        for entry, code in session.execute(
+            select(Entry, Account.code)
+            .join(Account, Account.id == Entry.account_id)
+            .where(Entry.journal_id == journal.id)
+            .order_by(Entry.id)
+        )
+    ]
+
+
+def subscriptions_of(session: Session, account: str, product: str | None, now: datetime) -> list[dict[str, Any]]:
+    query = select(Subscription).where(Subscription.account == account).order_by(Subscription.product)
+    if product:
+        query = query.where(Subscription.product == product)
+    result = []
+    for sub in session.scalars(query):
+        grants = session.execute(
+            select(SubscriptionGrant, Payment.reference, Payment.provider)
+            .join(Payment, Payment.id == SubscriptionGrant.payment_id)
+            .where(SubscriptionGrant.subscription_id == sub.id)
+            .order_by(SubscriptionGrant.id)
+        )
+        result.append(
+            {
+                "account": sub.account,
+                "product": sub.product,
+                "plan": sub.plan_code,
+                "active": sub.active and sub.ends_at > now,
+                "starts_at": iso(sub.starts_at),
+                "ends_at": iso(sub.ends_at),
+                "expired_at": iso(sub.expired_at),
+                "grants": [
+                    {
+                        "payment_reference": reference,
+                        "provider": provider,
+                        "plan": g.plan_code,
+                        "periods": g.periods,
+                        "days": g.days,
+                        "starts_at": iso(g.starts_at),
+                        "ends_at": iso(g.ends_at),
+                    }
+                    for g, reference, provider in grants
+                ],
+            }
+        )
+    return result
+
+
+def balances(session: Session) -> list[dict[str, Any]]:
+    return [
+        {
+            "account": b.account,
+            "currency": b.currency,
+            "debits": b.debits,
+            "credits": b.credits,
+            "balance": b.balance,
+        }
+        for b in ledger.balances(session)
+    ]
+
+
+def summary(session: Session, now: datetime) -> dict[str, Any]:
+    """Payments by status, subscriptions, ledger health: the demo's closing report."""
+    by_status = dict(session.execute(select(Payment.status, func.count()).group_by(Payment.status)).all())
+    active = session.scalar(
+        select(func.count()).select_from(Subscription).where(Subscription.active.is_(True), Subscription.ends_at > now)
+    )
+    grants = session.scalar(select(func.count()).select_from(SubscriptionGrant))
+    return {
+        "payments": {status.value: int(by_status.get(status, 0)) for status in PaymentStatus},
+        "subscriptions_active": int(active or 0),
+        "grants": int(grants or 0),
+        "unbalanced_journals": len(ledger.unbalanced_journals(session)),
+    }

@@ -1,0 +1,238 @@
+"""Test fixtures: real PostgreSQL, real Redis, the provider sandbox over real HTTP, and a real
+Celery worker process for end-to-end cases.
+
+Each test run creates its own PostgreSQL database (dropped at the end) and uses its
+own Redis database number (flushed before and after). Connection settings:
+``PAYRECON_TEST_PG`` (default ``postgresql+psycopg2://postgres@127.0.0.1:5432``) and
+``PAYRECON_TEST_REDIS`` (default ``redis://127.0.0.1:6379``).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from sqlalchemy import create_engine, text
+
+from providers.sandbox.client import SandboxClient
+from providers.sandbox.server import SandboxServer
+from reconciliation import migrate
+from worker import runtime as runtime_mod
+from worker.settings import Settings
+
+PG_BASE = os.environ.get("PAYRECON_TEST_PG", "postgresql+psycopg2://postgres@127.0.0.1:5432")
+REDIS_BASE = os.environ.get("PAYRECON_TEST_REDIS", "redis://127.0.0.1:6379")
+ROOT = Path(__file__).resolve().parent.parent
+
+CINETPAY = {"api_key": "test-api-key", "site_id": "445160", "secret_key": "test-secret-key"}
+
+TABLES = (
+    "payment_flags, verifications, subscription_grants, subscriptions, ledger_entries, "
+    "ledger_journals, ledger_accounts, inbox, dead_letters, payments"
+)
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> Iterator[str]:
+    """A fresh database for this test run, migrated to head."""
+    name = f"payrecon_test_{os.getpid()}_{secrets.token_hex(3)}"
+    admin = create_engine(f"{PG_BASE}/postgres", isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    url = f"{PG_BASE}/{name}"
+    migrate.upgrade(url)
+    yield url
+    with admin.connect() as conn:
+        conn.execute(
+            text(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :n AND pid <> pg_backend_pid()"
+            ),
+            {"n": name},
+        )
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
+    admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """A Redis database number of our own for this run (1-15), flushed before and after."""
+    db = int(os.environ.get("PAYRECON_TEST_REDIS_DB", 1 + secrets.randbelow(15)))
+    url = f"{REDIS_BASE}/{db}"
+    client = redis.Redis.from_url(url)
+    client.flushdb()
+    yield url
+    client.flushdb()
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def sandbox_server() -> Iterator[SandboxServer]:
+    server = SandboxServer(
+        cinetpay_api_key=CINETPAY["api_key"],
+        cinetpay_site_id=CINETPAY["site_id"],
+        cinetpay_secret_key=CINETPAY["secret_key"],
+    ).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def sandbox(sandbox_server: SandboxServer) -> Iterator[SandboxClient]:
+    client = SandboxClient(sandbox_server.url)
+    client.reset()
+    yield client
+    client.close()
+
+
+def worker_env(pg_url: str, redis_url: str, sandbox_url: str, **extra: str) -> dict[str, str]:
+    env = {
+        "DATABASE_URL": pg_url,
+        "CELERY_BROKER_URL": redis_url,
+        "CINETPAY_API_URL": sandbox_url,
+        "CINETPAY_API_KEY": CINETPAY["api_key"],
+        "CINETPAY_SITE_ID": CINETPAY["site_id"],
+        "CINETPAY_SECRET_KEY": CINETPAY["secret_key"],
+        "PAYRECON_TIMEZONE": "Africa/Abidjan",
+        "PAYRECON_HTTP_TIMEOUT": "2,2",
+        "PAYRECON_RECHECK_SCHEDULE": "1,1,2",
+        "PAYRECON_VERIFY_MAX_RETRIES": "3",
+    }
+    env.update(extra)
+    return env
+
+
+@pytest.fixture(scope="session")
+def settings(pg_url: str, redis_url: str, sandbox_server: SandboxServer) -> Settings:
+    return Settings.from_env(worker_env(pg_url, redis_url, sandbox_server.url))
+
+
+@pytest.fixture(scope="session")
+def session_runtime(settings: Settings) -> Iterator[runtime_mod.Runtime]:
+    rt = runtime_mod.build(settings)
+    yield rt
+    rt.close()
+
+
+def _truncate(rt: runtime_mod.Runtime) -> None:
+    with rt.engine.begin() as conn:
+        conn.execute(text(f"TRUNCATE {TABLES} RESTART IDENTITY CASCADE"))
+
+
+@pytest.fixture
+def rt(session_runtime: runtime_mod.Runtime, sandbox: SandboxClient) -> runtime_mod.Runtime:
+    """The in-process runtime over a clean database (pipeline functions are called directly)."""
+    _truncate(session_runtime)
+    return session_runtime
+
+
+# --------------------------------------------------------------------------- real worker
+
+
+class WorkerProcess:
+    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+        self.env = env
+        self.log_path = log_path
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        full_env = {**os.environ, **self.env}
+        with self.log_path.open("wb") as log:
+            self.proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "celery",
+                    "-A",
+                    "worker.app",
+                    "worker",
+                    "-Q",
+                    "webhooks,verify,maintenance",
+                    "-P",
+                    "threads",
+                    "-c",
+                    "16",
+                    "--without-gossip",
+                    "--without-mingle",
+                    "--without-heartbeat",
+                    "-l",
+                    "info",
+                    "-n",
+                    f"test-{os.getpid()}@%h",
+                ],
+                cwd=ROOT,
+                env=full_env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"worker exited early:\n{self.log()}")
+            if b"ready." in self.log_path.read_bytes():
+                return
+            time.sleep(0.1)
+        raise RuntimeError(f"worker did not become ready:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+@pytest.fixture(scope="session")
+def worker_process(
+    pg_url: str, redis_url: str, sandbox_server: SandboxServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[WorkerProcess]:
+    proc = WorkerProcess(
+        worker_env(pg_url, redis_url, sandbox_server.url), tmp_path_factory.mktemp("worker") / "worker.log"
+    )
+    proc.start()
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture(scope="session")
+def producer(redis_url: str) -> Iterator[Any]:
+    """A Celery client, as a merchant app would use to send_task."""
+    from celery import Celery
+
+    app = Celery("producer", broker=redis_url)
+    app.conf.update(task_serializer="json", accept_content=["json"], broker_connection_retry_on_startup=True)
+    yield app
+    app.close()
+
+
+@pytest.fixture
+def e2e(
+    worker_process: WorkerProcess, session_runtime: runtime_mod.Runtime, sandbox: SandboxClient
+) -> runtime_mod.Runtime:
+    """Clean database with the real worker process running."""
+    _truncate(session_runtime)
+    return session_runtime
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 20.0, what: str = "condition") -> Any:
+    """Poll until ``predicate()`` is truthy (for end-to-end cases through the worker)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)

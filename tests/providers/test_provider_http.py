@@ -1,0 +1,129 @@
+"""providers.http against a real local server (the sandbox's fault injection)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime
+
+import pytest
+import requests
+from tenacity import wait_none
+
+from providers.base import (
+    ProviderAuthError,
+    ProviderBadRequest,
+    ProviderError,
+    ProviderNotFound,
+    ProviderRateLimited,
+    ProviderTransientError,
+)
+from providers.http import RateLimited, RetryPolicy, body_excerpt, build_session, parse_retry_after, send
+from providers.sandbox import SandboxClient, SandboxServer
+
+PATH = "/v2/payment/check"
+
+
+@pytest.fixture
+def session() -> Iterator[requests.Session]:
+    http = build_session()
+    yield http
+    http.close()
+
+
+def no_wait(attempts: int = 3) -> RetryPolicy:
+    return RetryPolicy(max_attempts=attempts, wait=wait_none())
+
+
+def test_build_session_sets_user_agent_and_pool(session: requests.Session) -> None:
+    adapter = session.get_adapter("https://api-checkout.cinetpay.com")
+    assert session.headers["User-Agent"] == "payrecon/0.1"
+    assert adapter._pool_maxsize == 64  # type: ignore[attr-defined]
+    assert adapter.max_retries.total == 0  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    ("status", "error"),
+    [
+        (429, ProviderRateLimited),
+        (500, ProviderTransientError),
+        (503, ProviderTransientError),
+        (401, ProviderAuthError),
+        (403, ProviderAuthError),
+        (404, ProviderNotFound),
+        (400, ProviderBadRequest),
+        (422, ProviderBadRequest),
+    ],
+)
+def test_status_mapping(
+    sandbox_server: SandboxServer, sandbox: SandboxClient, session: requests.Session, status: int, error: type
+) -> None:
+    body = "x" * 500
+    headers = {"X-Correlation-Id": "corr-1"}
+    sandbox.add_faults(PATH, [{"status": status, "body": body, "headers": headers}])
+    with pytest.raises(ProviderError) as info:
+        send(session, "demo", "POST", sandbox_server.url + PATH, policy=no_wait(1), json={})
+    exc = info.value
+    assert type(exc) is error or (status == 429 and type(exc) is RateLimited)
+    assert (exc.http_status, exc.request_id, exc.provider) == (status, "corr-1", "demo")
+    assert len(exc.message) < 250 and exc.message.endswith("…")
+
+
+def test_retries_only_transient_errors(
+    sandbox_server: SandboxServer, sandbox: SandboxClient, session: requests.Session
+) -> None:
+    sandbox.add_faults(PATH, [{"status": 502}, {"status": 429}, {"status": 400}, {"status": 500}])
+    with pytest.raises(ProviderBadRequest):
+        send(session, "demo", "POST", sandbox_server.url + PATH, policy=no_wait(5), json={})
+    # 502 and 429 were retried, 400 stopped everything: the 500 is still queued.
+    assert sandbox.health()["faults"] == {PATH: [{"status": 500}]}
+
+
+def test_success_returns_the_response(
+    sandbox_server: SandboxServer, sandbox: SandboxClient, session: requests.Session
+) -> None:
+    sandbox.add_faults(PATH, [{"status": 500}])
+    response = send(session, "demo", "POST", sandbox_server.url + PATH, policy=no_wait(), json={})
+    assert response.status_code == 200 and response.json()["code"] == "608"  # the real handler answered
+
+
+def test_retry_after_is_honoured_and_capped(
+    sandbox_server: SandboxServer, sandbox: SandboxClient, session: requests.Session
+) -> None:
+    slept: list[float] = []
+    policy = RetryPolicy(max_attempts=3, wait=wait_none(), retry_after_cap=2.0, sleep=slept.append)
+    sandbox.add_faults(PATH, [{"status": 429, "retry_after": 1}, {"status": 429, "retry_after": 30}])
+    send(session, "demo", "POST", sandbox_server.url + PATH, policy=policy, json={})
+    assert slept == [1.0, 2.0]
+
+
+def test_connection_refused_is_transient(session: requests.Session) -> None:
+    with pytest.raises(ProviderTransientError, match="connection failed") as info:
+        send(session, "demo", "GET", "http://127.0.0.1:9/", policy=no_wait(2), timeout=(0.5, 0.5))
+    assert isinstance(info.value.__cause__, requests.ConnectionError)
+
+
+def test_invalid_url_is_not_retried(session: requests.Session) -> None:
+    with pytest.raises(ProviderBadRequest, match="MissingSchema"):
+        send(session, "demo", "GET", "no-scheme.example", policy=no_wait())
+
+
+def test_error_messages_redact_secrets(
+    sandbox_server: SandboxServer, sandbox: SandboxClient, session: requests.Session
+) -> None:
+    sandbox.add_faults(PATH, [{"status": 400, "body": "bad request from apikey=SECRET-123"}])
+    with pytest.raises(ProviderBadRequest) as info:
+        send(session, "demo", "POST", sandbox_server.url + PATH, policy=no_wait(), redact=("SECRET-123",), json={})
+    assert "SECRET-123" not in str(info.value) and "apikey=***" in str(info.value)
+
+
+def test_parse_retry_after() -> None:
+    now = datetime(2025, 1, 1, tzinfo=UTC)
+    assert parse_retry_after("7") == 7.0
+    assert parse_retry_after("Wed, 01 Jan 2025 00:00:30 GMT", now=now) == 30.0
+    assert parse_retry_after("Tue, 31 Dec 2024 00:00:00 GMT", now=now) == 0.0
+    assert parse_retry_after("soon") is None and parse_retry_after(None) is None
+
+
+def test_body_excerpt() -> None:
+    assert body_excerpt("a\n  b\tc") == "a b c"
+    assert len(body_excerpt("y" * 1000)) == 200

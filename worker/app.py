@@ -1,0 +1,9 @@
+"""The Celery application. ``celery -A worker.app worker`` or ``payrecon worker``."""
+
+from __future__ import annotations
+
+from celery import Celery
+
+app = Celery("payrecon")
+app.config_from_object("celeryconfig")
+app.autodiscover_tasks(["worker"], related_name="tasks", force=True)

@@ -1,0 +1,337 @@
+"""The ``payrecon`` command line (design §1.3). Exit codes: 0 ok, 1 failure, 2 bad usage."""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import UTC, datetime
+from typing import Any, NoReturn
+
+import click
+
+from worker.settings import ConfigError, Settings
+
+
+def _fail(message: str, code: int = 1) -> NoReturn:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+def _settings(*, require_broker: bool = False) -> Settings:
+    try:
+        return Settings.from_env(require_broker=require_broker)
+    except ConfigError as exc:
+        _fail(str(exc))
+
+
+def _sessions(settings: Settings) -> Any:
+    from reconciliation.db import make_engine, session_factory
+
+    return session_factory(make_engine(settings.database_url, pool_size=2))
+
+
+def _dump(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, ensure_ascii=False, default=str))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="payrecon")
+def main() -> None:
+    """payrecon: verify provider webhooks, settle payments, keep the ledger and subscriptions."""
+
+
+# --------------------------------------------------------------------------- processes
+
+
+@main.command(context_settings={"ignore_unknown_options": True})
+@click.option("--concurrency", "-c", type=int, help="Threads (default PAYRECON_WORKER_CONCURRENCY or 32).")
+@click.option("--queues", "-Q", default="webhooks,verify,maintenance", show_default=True)
+@click.option("--beat", "-B", "embed_beat", is_flag=True, help="Run beat inside the worker (one node only).")
+@click.option("--loglevel", "-l", default="info", show_default=True)
+@click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
+def worker(concurrency: int | None, queues: str, embed_beat: bool, loglevel: str, celery_args: tuple[str, ...]) -> None:
+    """Run a Celery worker (extra arguments go to ``celery worker``)."""
+    settings = _settings(require_broker=True)
+    from worker.app import app
+
+    argv = ["worker", "-Q", queues, "-l", loglevel, "-c", str(concurrency or settings.worker_concurrency)]
+    if embed_beat:
+        argv.append("-B")
+    app.worker_main([*argv, *celery_args])
+
+
+@main.command(context_settings={"ignore_unknown_options": True})
+@click.option("--loglevel", "-l", default="info", show_default=True)
+@click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
+def beat(loglevel: str, celery_args: tuple[str, ...]) -> None:
+    """Run Celery beat: pending-payment re-checks and subscription expiry."""
+    _settings(require_broker=True)
+    from worker.app import app
+
+    app.start(["beat", "-l", loglevel, *celery_args])
+
+
+@main.command()
+def migrate() -> None:
+    """Bring the database schema to the latest revision."""
+    settings = _settings()
+    from reconciliation import migrate as migrations
+
+    migrations.upgrade(settings.database_url)
+    click.echo("database is at the latest revision")
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8765, show_default=True, type=int)
+def sandbox(host: str, port: int) -> None:
+    """Run the local provider sandbox (CinetPay's wire format) until interrupted."""
+    from providers.sandbox.server import serve
+
+    serve(host, port)
+
+
+@main.command()
+@click.option("--payments", "count", default=36, show_default=True, help="How many payments to simulate.")
+@click.option("--keep", is_flag=True, help="Keep the demo's files under ./var/demo for inspection.")
+def demo(count: int, keep: bool) -> None:
+    """Run the whole pipeline offline: sandbox, embedded broker, a real worker, a summary."""
+    from worker.demo import run_demo
+
+    sys.exit(run_demo(count=count, keep=keep))
+
+
+@main.command()
+@click.argument("kind", type=click.Choice(["webhook", "payment"]))
+@click.argument("source", type=click.File("r"), default="-")
+@click.option("--raw", is_flag=True, help="Send without validating locally (the worker still validates).")
+def enqueue(kind: str, source: Any, raw: bool) -> None:
+    """Send webhook envelopes or payment registrations (a JSON object or JSON lines) to the worker."""
+    settings = _settings(require_broker=True)
+    from pydantic import ValidationError
+
+    from schemas.messages import PaymentRegistration, WebhookEnvelope
+    from worker.app import app
+
+    model = WebhookEnvelope if kind == "webhook" else PaymentRegistration
+    task, kwarg = (
+        ("payrecon.ingest_webhook", "envelope") if kind == "webhook" else ("payrecon.register_payment", "payment")
+    )
+    text = source.read()
+    try:
+        documents = [json.loads(text)] if text.lstrip().startswith("{") and "\n{" not in text else None
+    except json.JSONDecodeError:
+        documents = None
+    if documents is None:
+        documents = []
+        for number, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                documents.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                _fail(f"line {number}: not JSON: {exc.msg}", 2)
+    sent = 0
+    for number, document in enumerate(documents, start=1):
+        if not raw:
+            try:
+                model.model_validate(document)
+            except ValidationError as exc:
+                _fail(f"message {number} is not a valid {kind}: {exc.errors(include_url=False)}", 2)
+        app.send_task(task, kwargs={kwarg: document}, queue="webhooks")
+        sent += 1
+    click.echo(f"sent {sent} {kind} message(s) to {task} via {settings.broker_url.split('://')[0]}://")
+
+
+# --------------------------------------------------------------------------- reads
+
+
+@main.group()
+def payments() -> None:
+    """Look at payments."""
+
+
+@payments.command("show")
+@click.argument("reference")
+@click.option("--provider", help="Provider, when the reference exists at several.")
+@click.option("--json", "as_json", is_flag=True)
+def payments_show(reference: str, provider: str | None, as_json: bool) -> None:
+    """A payment with its verification history, deliveries, journals and grant."""
+    settings = _settings()
+    from reconciliation import views
+
+    with _sessions(settings)() as session:
+        found = views.find_payments(session, reference, provider)
+        if not found:
+            _fail(f"no payment with reference {reference!r}")
+        details = [views.payment_detail(session, p) for p in found]
+    if as_json:
+        _dump(details[0] if len(details) == 1 else details)
+        return
+    for detail in details:
+        _print_payment(detail, settings)
+
+
+def _local(value: str | None, settings: Settings) -> str:
+    if value is None:
+        return "-"
+    return datetime.fromisoformat(value).astimezone(settings.timezone).strftime("%Y-%m-%d %H:%M:%S %Z")
+
+
+def _print_payment(d: dict[str, Any], settings: Settings) -> None:
+    from schemas.currency import format_amount
+
+    amount = format_amount(d["amount"], d["currency"]) if d["amount"] is not None else "(not registered)"
+    click.echo(f"{d['provider']} {d['reference']}: {d['status'].upper()}{'  [orphan]' if d['orphan'] else ''}")
+    click.echo(f"  amount     {amount}   account {d['account'] or '-'}   plan {d['plan'] or '-'} x{d['periods']}")
+    if d["confirmed_amount"] is not None:
+        confirmed = format_amount(d["confirmed_amount"], d["confirmed_currency"])
+        click.echo(f"  confirmed  {confirmed}  paid {_local(d['paid_at'], settings)}")
+    for f in d["flags"]:
+        click.echo(f"  FLAG {f['kind']}: {f['detail']}")
+    click.echo("  verifications:")
+    for v in d["verifications"]:
+        answer = v["answered"]["outcome"] or f"error: {v['error']}"
+        click.echo(f"    {_local(v['at'], settings)}  {v['trigger']:<12} {answer:<10} {v['decision']}")
+    for j in d["journals"]:
+        lines = ", ".join(f"{e['side']} {e['account']} {e['amount']} {e['currency']}" for e in j["entries"])
+        click.echo(f"  journal {j['id']} {j['kind']}: {lines}")
+    if d["grant"]:
+        g = d["grant"]
+        click.echo(f"  grant {g['days']} days: {_local(g['starts_at'], settings)} -> {_local(g['ends_at'], settings)}")
+
+
+@main.group()
+def subscriptions() -> None:
+    """Look at subscriptions."""
+
+
+@subscriptions.command("show")
+@click.argument("account")
+@click.option("--product", help="depannage, coko, ... (default: all of the account's products).")
+@click.option("--json", "as_json", is_flag=True)
+def subscriptions_show(account: str, product: str | None, as_json: bool) -> None:
+    """An account's subscriptions with every grant and its payment."""
+    settings = _settings()
+    from reconciliation import views
+
+    with _sessions(settings)() as session:
+        subs = views.subscriptions_of(session, account, product, datetime.now(UTC))
+    if not subs:
+        _fail(f"no subscription for account {account!r}")
+    if as_json:
+        _dump(subs[0] if len(subs) == 1 else subs)
+        return
+    for s in subs:
+        state = "ACTIVE" if s["active"] else "inactive"
+        click.echo(f"{s['product']} {s['account']}: {state} until {_local(s['ends_at'], settings)} ({s['plan']})")
+        for g in s["grants"]:
+            click.echo(
+                f"  +{g['days']} days  {g['provider']} {g['payment_reference']}  until {_local(g['ends_at'], settings)}"
+            )
+
+
+@main.group()
+def ledger() -> None:
+    """The double-entry ledger."""
+
+
+@ledger.command("balances")
+@click.option("--json", "as_json", is_flag=True)
+def ledger_balances(as_json: bool) -> None:
+    """Balance of every account (debits - credits), per currency."""
+    settings = _settings()
+    from reconciliation import views
+
+    with _sessions(settings)() as session:
+        rows = views.balances(session)
+    if as_json:
+        _dump(rows)
+        return
+    for row in rows:
+        click.echo(f"{row['account']:<32} {row['currency']}  {row['balance']:>14}")
+
+
+@ledger.command("check")
+@click.option("--json", "as_json", is_flag=True)
+def ledger_check(as_json: bool) -> None:
+    """Exit 1 if any journal does not balance."""
+    settings = _settings()
+    from reconciliation import ledger as ledger_mod
+
+    with _sessions(settings)() as session:
+        bad = ledger_mod.unbalanced_journals(session)
+    if as_json:
+        _dump(
+            {
+                "balanced": not bad,
+                "unbalanced": [{"journal": j, "currency": c, "difference": d} for j, c, d in bad],
+            }
+        )
+    elif bad:
+        for journal, currency, diff in bad:
+            click.echo(f"journal {journal} does not balance in {currency or '-'}: debit - credit = {diff}")
+    else:
+        click.echo("every journal balances")
+    sys.exit(1 if bad else 0)
+
+
+@main.group("dead-letters")
+def dead_letters() -> None:
+    """Input the worker could not process."""
+
+
+@dead_letters.command("list")
+@click.option("--all", "include_replayed", is_flag=True, help="Include replayed ones.")
+@click.option("--json", "as_json", is_flag=True)
+def dead_letters_list(include_replayed: bool, as_json: bool) -> None:
+    settings = _settings()
+    from reconciliation import deadletters
+
+    with _sessions(settings)() as session:
+        rows = [
+            {
+                "id": d.id,
+                "task": d.task,
+                "reason": d.reason,
+                "detail": d.detail,
+                "provider": d.provider,
+                "reference": d.reference,
+                "created_at": d.created_at.isoformat(),
+                "replayed_at": d.replayed_at.isoformat() if d.replayed_at else None,
+            }
+            for d in deadletters.pending(session, include_replayed=include_replayed, limit=10_000)
+        ]
+    if as_json:
+        _dump(rows)
+        return
+    for r in rows:
+        click.echo(f"#{r['id']} {r['reason']:<24} {r['provider'] or '-':<12} {r['reference'] or '-':<24} {r['detail']}")
+
+
+@dead_letters.command("replay")
+@click.argument("ids", nargs=-1, type=int, required=True)
+def dead_letters_replay(ids: tuple[int, ...]) -> None:
+    """Send dead letters back to their task (after fixing the cause)."""
+    settings = _settings(require_broker=True)
+    from reconciliation.db import transaction
+    from reconciliation.models import DeadLetter
+    from worker.app import app
+
+    kwarg = {"payrecon.ingest_webhook": "envelope", "payrecon.register_payment": "payment"}
+    with transaction(_sessions(settings)) as session:
+        for letter_id in ids:
+            letter = session.get(DeadLetter, letter_id)
+            if letter is None:
+                _fail(f"no dead letter #{letter_id}")
+            try:
+                payload = json.loads(letter.payload)
+            except json.JSONDecodeError:
+                _fail(f"dead letter #{letter_id} holds no JSON payload; fix it by hand")
+            app.send_task(letter.task, kwargs={kwarg[letter.task]: payload}, queue="webhooks")
+            letter.replayed_at = datetime.now(UTC)
+            click.echo(f"replayed #{letter_id} to {letter.task}")
+
+
+if __name__ == "__main__":
+    main()

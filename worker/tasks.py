@@ -1,0 +1,82 @@
+"""Celery tasks: thin wrappers around ``worker.pipeline``.
+
+``payrecon.ingest_webhook`` and ``payrecon.register_payment`` are the public
+contract (design §1.1): their names, queue and kwargs never change.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from typing import Any
+
+from celery import Task
+
+from worker import pipeline, runtime
+from worker.app import app
+
+log = logging.getLogger(__name__)
+
+#: Countdown before the n-th retry of a verification (seconds), jittered.
+RETRY_DELAYS = (5, 15, 30, 60, 120, 300, 600, 900)
+
+
+def retry_delay(attempt: int) -> float:
+    base = RETRY_DELAYS[min(attempt, len(RETRY_DELAYS) - 1)]
+    return base * random.uniform(0.8, 1.2)  # noqa: S311 - jitter, not security
+
+
+def _report(task: str, result: pipeline.Result) -> dict[str, Any]:
+    log.info("%s %s ref=%s %s", task, result.outcome.value, result.reference or "-", result.detail)
+    return {"outcome": result.outcome.value, "reference": result.reference, "inbox_id": result.inbox_id}
+
+
+@app.task(name="payrecon.ingest_webhook", bind=True)
+def ingest_webhook(self: Task, envelope: Any = None, **unexpected: Any) -> dict[str, Any]:
+    """One raw provider delivery (``payrecon.webhook/1``)."""
+    rt = runtime.get()
+    payload = envelope if not unexpected else {"envelope": envelope, **unexpected}
+    result = pipeline.ingest_webhook(rt, payload)
+    if result.outcome is pipeline.Outcome.RETRY and result.inbox_id is not None:
+        retry_delivery.apply_async((result.inbox_id,), countdown=retry_delay(0))
+    return _report("ingest_webhook", result)
+
+
+@app.task(name="payrecon.register_payment", bind=True)
+def register_payment(self: Task, payment: Any = None, **unexpected: Any) -> dict[str, Any]:
+    """A payment the merchant app initiated (``payrecon.payment/1``)."""
+    rt = runtime.get()
+    payload = payment if not unexpected else {"payment": payment, **unexpected}
+    return _report("register_payment", pipeline.register_payment(rt, payload))
+
+
+@app.task(name="payrecon.retry_delivery", bind=True, max_retries=None)
+def retry_delivery(self: Task, inbox_id: int, attempt: int = 1) -> dict[str, Any]:
+    """Verification of a stored delivery after a transient provider error."""
+    rt = runtime.get()
+    final = attempt >= rt.settings.verify_max_retries
+    result = pipeline.retry_delivery(rt, inbox_id, final_attempt=final)
+    if result.outcome is pipeline.Outcome.RETRY:
+        retry_delivery.apply_async((inbox_id, attempt + 1), countdown=retry_delay(attempt))
+    return _report("retry_delivery", result)
+
+
+@app.task(name="payrecon.verify_payment")
+def verify_payment(payment_id: int) -> dict[str, Any]:
+    """Re-check one non-final payment with its provider (the janitor's unit of work)."""
+    return _report("verify_payment", pipeline.verify_payment(runtime.get(), payment_id))
+
+
+@app.task(name="payrecon.recheck_due")
+def recheck_due() -> int:
+    """Beat: find payments due for a re-check and queue one verification each."""
+    ids = pipeline.claim_due(runtime.get())
+    for payment_id in ids:  # published after the claim committed
+        verify_payment.apply_async((payment_id,))
+    return len(ids)
+
+
+@app.task(name="payrecon.expire_subscriptions")
+def expire_subscriptions() -> int:
+    """Beat: switch off subscriptions whose end has passed."""
+    return pipeline.expire_subscriptions(runtime.get())
