@@ -24,7 +24,9 @@ result_backend = None
 # each one is idempotent by database constraints and row locks.
 task_acks_late = True
 task_reject_on_worker_lost = True
-task_acks_on_failure_or_timeout = True
+# A failed task is acknowledged: its input is already in the dead letters (worker.tasks._guarded).
+task_acks_on_failure = True
+task_acks_on_timeout = True
 
 # Verification waits on the provider (0.1-2 s a call): a thread pool with many
 # threads keeps many calls in flight; a few prefetched messages per thread keep

@@ -59,3 +59,18 @@ def store(
 
 def mark(session: Session, inbox_id: int, status: InboxStatus, detail: str = "") -> None:
     session.execute(update(InboxDelivery).where(InboxDelivery.id == inbox_id).values(status=status, detail=detail))
+
+
+def reopen(session: Session, inbox_id: int) -> bool:
+    """Take a delivery that was given up on (``failed``) back for verification, once.
+
+    Used when the same delivery arrives again (a provider redelivery, or an operator's
+    dead-letter replay): the conditional UPDATE lets only one of concurrent repeats win.
+    """
+    reopened = session.execute(
+        update(InboxDelivery)
+        .where(InboxDelivery.id == inbox_id, InboxDelivery.status == InboxStatus.FAILED)
+        .values(status=InboxStatus.RECEIVED, detail="reopened by a repeat delivery")
+        .returning(InboxDelivery.id)
+    ).first()
+    return reopened is not None

@@ -8,7 +8,7 @@ triggers created in the migrations).
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
@@ -29,7 +29,9 @@ from sqlalchemy import (
     func,
 )
 from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.types import TypeDecorator
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -43,6 +45,26 @@ NAMING_CONVENTION = {
 JsonType = JSON().with_variant(JSONB(), "postgresql")
 #: BIGINT primary keys on PostgreSQL, INTEGER (rowid alias) on SQLite.
 BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """Timezone-aware timestamps on every backend: ``timestamptz`` on PostgreSQL, UTC text on
+    SQLite (which would otherwise hand back naive datetimes). Naive input is refused."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value!r}: payrecon stores aware timestamps only")
+        return value.astimezone(UTC) if dialect.name != "sqlite" else value.astimezone(UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 class Base(DeclarativeBase):
@@ -119,19 +141,19 @@ class Payment(Base):
     provider_data: Mapped[dict[str, Any]] = mapped_column(JsonType, default=dict)
     metadata_: Mapped[dict[str, Any] | None] = mapped_column("metadata", JsonType)
     registration_raw: Mapped[str | None] = mapped_column(Text)
-    registered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    registered_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
     # What the provider confirmed (from its status API only).
     confirmed_amount: Mapped[int | None] = mapped_column(BigInteger)
     confirmed_currency: Mapped[str | None] = mapped_column(String(3))
     provider_transaction_id: Mapped[str | None] = mapped_column(String(200))
-    paid_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    paid_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
     # True once the ledger holds this payment as revenue and access was granted.
     settled: Mapped[bool] = mapped_column(Boolean, default=False)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
-    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
-    finalized_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime(), server_default=func.now())
+    finalized_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
     # Re-check schedule for non-final payments (the janitor).
-    next_check_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    next_check_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
     check_count: Mapped[int] = mapped_column(Integer, default=0)
 
     verifications: Mapped[list[Verification]] = relationship(back_populates="payment", order_by="Verification.id")
@@ -152,7 +174,7 @@ class PaymentFlag(Base):
     payment_id: Mapped[int] = mapped_column(ForeignKey("payments.id"), index=True)
     kind: Mapped[FlagKind] = mapped_column(_enum(FlagKind, "flag_kind"))
     detail: Mapped[str] = mapped_column(Text, default="")
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), server_default=func.now())
 
 
 class InboxDelivery(Base):
@@ -171,9 +193,9 @@ class InboxDelivery(Base):
     headers: Mapped[dict[str, str]] = mapped_column(JsonType)
     body: Mapped[str] = mapped_column(Text)
     envelope_raw: Mapped[str] = mapped_column(Text)
-    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    first_seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
-    last_seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    received_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    first_seen_at: Mapped[datetime] = mapped_column(UtcDateTime(), server_default=func.now())
+    last_seen_at: Mapped[datetime] = mapped_column(UtcDateTime(), server_default=func.now())
     repeat_count: Mapped[int] = mapped_column(Integer, default=0)
     detail: Mapped[str] = mapped_column(Text, default="")
 
@@ -199,7 +221,7 @@ class Verification(Base):
     error: Mapped[str | None] = mapped_column(Text)
     decision: Mapped[str] = mapped_column(Text, default="")
     raw_response: Mapped[str | None] = mapped_column(Text)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), server_default=func.now())
 
     payment: Mapped[Payment] = relationship(back_populates="verifications")
 
@@ -216,7 +238,7 @@ class Account(Base):
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     code: Mapped[str] = mapped_column(String(100))
     currency: Mapped[str] = mapped_column(String(3))
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), server_default=func.now())
 
 
 class Journal(Base):
@@ -233,7 +255,7 @@ class Journal(Base):
     kind: Mapped[str] = mapped_column(String(40))
     memo: Mapped[str] = mapped_column(Text, default="")
     reverses_id: Mapped[int | None] = mapped_column(ForeignKey("ledger_journals.id"))
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), server_default=func.now())
 
     entries: Mapped[list[Entry]] = relationship(order_by="Entry.id")
 
@@ -287,12 +309,12 @@ class Subscription(Base):
     product: Mapped[str] = mapped_column(String(100))
     account: Mapped[str] = mapped_column(String(200))
     plan_code: Mapped[str] = mapped_column(ForeignKey("plans.code"))
-    starts_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    ends_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    starts_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    ends_at: Mapped[datetime] = mapped_column(UtcDateTime(), index=True)
     active: Mapped[bool] = mapped_column(Boolean, default=True)
-    expired_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
-    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    expired_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime(), server_default=func.now())
 
     grants: Mapped[list[SubscriptionGrant]] = relationship(order_by="SubscriptionGrant.id")
 
@@ -312,9 +334,9 @@ class SubscriptionGrant(Base):
     plan_code: Mapped[str] = mapped_column(ForeignKey("plans.code"))
     periods: Mapped[int] = mapped_column(Integer)
     days: Mapped[int] = mapped_column(Integer)
-    starts_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    ends_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    starts_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    ends_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), server_default=func.now())
 
     payment: Mapped[Payment] = relationship()
 
@@ -334,5 +356,5 @@ class DeadLetter(Base):
     payload: Mapped[str] = mapped_column(Text)  # the raw input, as received
     provider: Mapped[str | None] = mapped_column(String(32))
     reference: Mapped[str | None] = mapped_column(String(100))
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
-    replayed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), server_default=func.now())
+    replayed_at: Mapped[datetime | None] = mapped_column(UtcDateTime())

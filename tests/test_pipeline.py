@@ -5,9 +5,9 @@ the same flows through a real worker process."""
 from __future__ import annotations
 
 import threading
-from urllib.parse import parse_qsl
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import parse_qsl
 
 import pytest
 from sqlalchemy import func, select
@@ -442,3 +442,17 @@ def test_expire_subscriptions(rt: Runtime, sandbox: SandboxClient) -> None:
     pipeline.ingest_webhook(rt, paid(sandbox, ref))
     assert pipeline.expire_subscriptions(rt) == 0
     assert pipeline.expire_subscriptions(rt, now=datetime.now(UTC) + timedelta(days=31)) == 1
+
+
+def test_a_given_up_delivery_is_verified_again_when_it_arrives_again(rt: Runtime, sandbox: SandboxClient) -> None:
+    """Provider redelivery or ``payrecon dead-letters replay`` after a give-up: not a mere duplicate."""
+    ref = new_reference()
+    register(rt, ref)
+    sandbox.create_cinetpay(ref, 5000, faults=[{"status": 503}] * 6)  # 3 attempts per call
+    envelope = sandbox.cinetpay_notification(ref)
+    first = pipeline.ingest_webhook(rt, envelope)
+    assert first.inbox_id is not None
+    assert pipeline.retry_delivery(rt, first.inbox_id, final_attempt=True).outcome is Outcome.FAILED
+    assert pipeline.ingest_webhook(rt, envelope).outcome is Outcome.ACCEPTED
+    assert payment(rt, ref).settled
+    assert pipeline.ingest_webhook(rt, envelope).outcome is Outcome.DUPLICATE

@@ -163,7 +163,9 @@ def run_demo(*, count: int = 36, keep: bool = False) -> int:
             click.secho("\nthe worker did not settle every payment in time; its log:", fg="red")
             click.echo(log_path.read_text(errors="replace")[-4000:])
             return 1
-        click.echo(f"\nInspect one:  DATABASE_URL={_safe(database_url)} payrecon payments show {cases[5].reference}")
+        if keep or "DATABASE_URL" in os.environ:
+            hint = f"DATABASE_URL={_safe(database_url)} payrecon payments show {cases[5].reference}"
+            click.echo(f"\nInspect one:  {hint}")
         return 0
     finally:
         worker.terminate()

@@ -85,6 +85,11 @@ def _errors(exc: ValidationError) -> str:
     return "; ".join(parts)
 
 
+def dead_letter(rt: Runtime, task: str, reason: str, detail: str, payload: Any) -> None:
+    """Keep input that could not be processed, whole, with the reason."""
+    _dead_letter(rt, task, reason, detail, _raw(payload))
+
+
 def _dead_letter(rt: Runtime, task: str, reason: str, detail: str, payload: str, **where: str | None) -> None:
     with transaction(rt.sessions) as session:
         deadletters.record(
@@ -139,8 +144,11 @@ def ingest_webhook(rt: Runtime, payload: Any) -> Result:
             detail=detail,
             now=rt.context().now,
         )
+        retry_given_up = not stored.is_new and stored.status is InboxStatus.FAILED and inbox.reopen(session, stored.id)
     base = Result(Outcome.ACCEPTED, inbox_id=stored.id, reference=delivery.reference)
-    if not stored.is_new:
+    if retry_given_up:
+        log.info("%s delivery %s arrived again after a give-up: verifying again", provider, stored.id)
+    elif not stored.is_new:
         return Result(Outcome.DUPLICATE, f"repeat of inbox delivery {stored.id}", stored.id, delivery.reference)
     if status is InboxStatus.FORGED:
         log.warning("forged %s delivery for %s quarantined: %s", provider, delivery.reference, detail)

@@ -193,4 +193,4 @@ class _Reader:
         if missing:
             self.problems.append(f"{label} is half configured: {', '.join(missing)} not set")
             return None
-        return present  # type: ignore[return-value]
+        return present

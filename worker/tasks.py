@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import logging
 import random
+from collections.abc import Callable
 from typing import Any
 
 from celery import Task
+from sqlalchemy.exc import InterfaceError, OperationalError
 
 from worker import pipeline, runtime
 from worker.app import app
@@ -31,12 +33,41 @@ def _report(task: str, result: pipeline.Result) -> dict[str, Any]:
     return {"outcome": result.outcome.value, "reference": result.reference, "inbox_id": result.inbox_id}
 
 
+#: Database unreachable: retry the whole message later, for a few hours, rather than lose it.
+DB_OUTAGE_MAX_RETRIES = 30
+
+
+def _guarded(task: Task, name: str, payload: Any, work: Callable[[], pipeline.Result]) -> pipeline.Result:
+    """Run ``work``; never lose the message to an error.
+
+    A database outage retries the message with backoff. Any other unexpected error
+    (a bug) dead-letters the raw input with the error, so it can be replayed once fixed,
+    and the worker goes on with the next message.
+    """
+    try:
+        return work()
+    except (OperationalError, InterfaceError) as exc:
+        log.warning("%s: database unavailable, retrying later: %s", name, type(exc).__name__)
+        raise task.retry(
+            exc=exc, countdown=retry_delay(task.request.retries), max_retries=DB_OUTAGE_MAX_RETRIES
+        ) from exc
+    except Exception as exc:
+        log.exception("%s: unexpected error; input dead-lettered", name)
+        detail = f"{type(exc).__name__}: {exc}"[:2000]
+        try:
+            pipeline.dead_letter(runtime.get(), name, "internal_error", detail, payload)
+        except Exception as inner:
+            raise task.retry(
+                exc=inner, countdown=retry_delay(task.request.retries), max_retries=DB_OUTAGE_MAX_RETRIES
+            ) from inner
+        return pipeline.Result(pipeline.Outcome.FAILED, detail)
+
+
 @app.task(name="payrecon.ingest_webhook", bind=True)
 def ingest_webhook(self: Task, envelope: Any = None, **unexpected: Any) -> dict[str, Any]:
     """One raw provider delivery (``payrecon.webhook/1``)."""
-    rt = runtime.get()
     payload = envelope if not unexpected else {"envelope": envelope, **unexpected}
-    result = pipeline.ingest_webhook(rt, payload)
+    result = _guarded(self, pipeline.INGEST_TASK, payload, lambda: pipeline.ingest_webhook(runtime.get(), payload))
     if result.outcome is pipeline.Outcome.RETRY and result.inbox_id is not None:
         retry_delivery.apply_async((result.inbox_id,), countdown=retry_delay(0))
     return _report("ingest_webhook", result)
@@ -45,9 +76,9 @@ def ingest_webhook(self: Task, envelope: Any = None, **unexpected: Any) -> dict[
 @app.task(name="payrecon.register_payment", bind=True)
 def register_payment(self: Task, payment: Any = None, **unexpected: Any) -> dict[str, Any]:
     """A payment the merchant app initiated (``payrecon.payment/1``)."""
-    rt = runtime.get()
     payload = payment if not unexpected else {"payment": payment, **unexpected}
-    return _report("register_payment", pipeline.register_payment(rt, payload))
+    result = _guarded(self, pipeline.REGISTER_TASK, payload, lambda: pipeline.register_payment(runtime.get(), payload))
+    return _report("register_payment", result)
 
 
 @app.task(name="payrecon.retry_delivery", bind=True, max_retries=None)

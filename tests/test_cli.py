@@ -1,0 +1,146 @@
+"""The operator command line, read commands against a settled database."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+from click.testing import CliRunner
+from sqlalchemy import text
+
+from providers.sandbox.client import SandboxClient
+from tests.conftest import worker_env
+from tests.helpers import new_reference, registration
+from worker import pipeline
+from worker.cli import main
+from worker.runtime import Runtime
+
+
+@pytest.fixture
+def cli_env(rt: Runtime, pg_url: str, redis_url: str, sandbox_server: Any) -> Iterator[dict[str, str]]:
+    yield worker_env(pg_url, redis_url, sandbox_server.url)
+    # Messages these tests sent must not reach the end-to-end tests' worker later.
+    client = redis.Redis.from_url(redis_url)
+    client.delete("webhooks")
+    client.close()
+
+
+def run(env: dict[str, str], *args: str) -> Any:
+    return CliRunner().invoke(main, list(args), env=env, catch_exceptions=False)
+
+
+def settle(rt: Runtime, sandbox: SandboxClient, reference: str, **over: Any) -> None:
+    pipeline.register_payment(rt, registration(reference, **over))
+    sandbox.create_cinetpay(reference, over.get("amount", 5000))
+    pipeline.ingest_webhook(rt, sandbox.cinetpay_notification(reference))
+
+
+def test_payments_show_json_has_the_history(rt: Runtime, sandbox: SandboxClient, cli_env: dict[str, str]) -> None:
+    ref = new_reference()
+    settle(rt, sandbox, ref, amount=15000, periods=3, account="tech-9")
+    result = run(cli_env, "payments", "show", ref, "--json")
+    assert result.exit_code == 0
+    data = json.loads(result.output)
+    assert {k: data[k] for k in ("reference", "provider", "status", "amount", "currency", "account")} == {
+        "reference": ref,
+        "provider": "cinetpay",
+        "status": "succeeded",
+        "amount": 15000,
+        "currency": "XOF",
+        "account": "tech-9",
+    }
+    assert [v["answered"]["outcome"] for v in data["verifications"]] == ["succeeded"]
+    assert data["grant"]["days"] == 90
+    assert [j["kind"] for j in data["journals"]] == ["settlement"]
+    text_out = run(cli_env, "payments", "show", ref).output
+    assert "SUCCEEDED" in text_out and "15 000 XOF" in text_out
+
+
+def test_payments_show_unknown_reference_fails(rt: Runtime, cli_env: dict[str, str]) -> None:
+    result = CliRunner().invoke(main, ["payments", "show", "NOPE"], env=cli_env)
+    assert result.exit_code == 1
+    assert "no payment with reference 'NOPE'" in result.output
+
+
+def test_subscriptions_show_json(rt: Runtime, sandbox: SandboxClient, cli_env: dict[str, str]) -> None:
+    refs = [new_reference(), new_reference()]
+    settle(rt, sandbox, refs[0], account="tech-5")
+    settle(rt, sandbox, refs[1], account="tech-5", amount=10000, periods=2)
+    data = json.loads(run(cli_env, "subscriptions", "show", "tech-5", "--json").output)
+    assert data["account"] == "tech-5" and data["active"] is True
+    assert [(g["payment_reference"], g["days"]) for g in data["grants"]] == [(refs[0], 30), (refs[1], 60)]
+    assert data["ends_at"] == data["grants"][1]["ends_at"]
+
+
+def test_ledger_balances_and_check(rt: Runtime, sandbox: SandboxClient, cli_env: dict[str, str]) -> None:
+    settle(rt, sandbox, new_reference())
+    rows = json.loads(run(cli_env, "ledger", "balances", "--json").output)
+    assert {(r["account"], r["balance"]) for r in rows} == {
+        ("provider_clearing:cinetpay", 5000),
+        ("revenue:subscriptions", -5000),
+    }
+    ok = run(cli_env, "ledger", "check")
+    assert ok.exit_code == 0 and "every journal balances" in ok.output
+    with rt.engine.begin() as conn:  # a writer that went around the database's guards
+        conn.execute(text("SET LOCAL session_replication_role = replica"))
+        conn.execute(
+            text(
+                "INSERT INTO ledger_entries (journal_id, account_id, side, amount, currency) "
+                "VALUES (1, 1, 'debit', 7, 'XOF')"
+            )
+        )
+    bad = CliRunner().invoke(main, ["ledger", "check", "--json"], env=cli_env)
+    assert bad.exit_code == 1
+    assert json.loads(bad.output)["unbalanced"] == [{"journal": 1, "currency": "XOF", "difference": 7}]
+
+
+def test_dead_letters_list_and_replay(
+    rt: Runtime, sandbox: SandboxClient, cli_env: dict[str, str], redis_url: str
+) -> None:
+    ref = new_reference()
+    pipeline.register_payment(rt, registration(ref, plan="not-a-plan"))
+    listed = json.loads(run(cli_env, "dead-letters", "list", "--json").output)
+    assert [(d["reason"], d["reference"]) for d in listed] == [("unknown_plan", ref)]
+    replay = run(cli_env, "dead-letters", "replay", str(listed[0]["id"]))
+    assert replay.exit_code == 0
+    assert json.loads(run(cli_env, "dead-letters", "list", "--json").output) == []
+    assert len(json.loads(run(cli_env, "dead-letters", "list", "--all", "--json").output)) == 1
+
+
+def test_enqueue_validates_before_sending(rt: Runtime, cli_env: dict[str, str]) -> None:
+    bad = CliRunner().invoke(main, ["enqueue", "payment", "-"], input='{"schema": "payrecon.payment/1"}', env=cli_env)
+    assert bad.exit_code == 2 and "not a valid payment" in bad.output
+    good = (
+        run(
+            cli_env,
+            "enqueue",
+            "payment",
+            "-",
+        )
+        if False
+        else CliRunner().invoke(
+            main, ["enqueue", "payment", "-"], input=json.dumps(registration(new_reference())), env=cli_env
+        )
+    )
+    assert good.exit_code == 0 and "sent 1 payment message(s)" in good.output
+
+
+def test_missing_configuration_names_the_variable() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "worker.cli", "worker"],
+        env={"PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert "DATABASE_URL is not set" in result.stderr and "CELERY_BROKER_URL is not set" in result.stderr
+
+
+def test_bad_usage_exits_2() -> None:
+    assert CliRunner().invoke(main, ["payments", "show"]).exit_code == 2
