@@ -128,6 +128,11 @@ def test_enqueue_validates_before_sending(rt: Runtime, cli_env: dict[str, str]) 
         )
     )
     assert good.exit_code == 0 and "sent 1 payment message(s)" in good.output
+    lines = "\n".join(json.dumps(registration(new_reference())) for _ in range(3))
+    several = CliRunner().invoke(main, ["enqueue", "payment", "-"], input=lines, env=cli_env)
+    assert several.exit_code == 0 and "sent 3 payment message(s)" in several.output
+    broken = CliRunner().invoke(main, ["enqueue", "payment", "-"], input=lines + "\n{oops", env=cli_env)
+    assert broken.exit_code == 2 and "line 4: not JSON" in broken.output
 
 
 def test_missing_configuration_names_the_variable() -> None:

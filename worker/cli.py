@@ -106,7 +106,7 @@ def demo(count: int, keep: bool) -> None:
 @click.argument("source", type=click.File("r"), default="-")
 @click.option("--raw", is_flag=True, help="Send without validating locally (the worker still validates).")
 def enqueue(kind: str, source: Any, raw: bool) -> None:
-    """Send webhook envelopes or payment registrations (a JSON object or JSON lines) to the worker."""
+    """Send webhook envelopes or payment registrations (a JSON object, array, or JSON lines) to the worker."""
     settings = _settings(require_broker=True)
     from pydantic import ValidationError
 
@@ -119,10 +119,9 @@ def enqueue(kind: str, source: Any, raw: bool) -> None:
     )
     text = source.read()
     try:
-        documents = [json.loads(text)] if text.lstrip().startswith("{") and "\n{" not in text else None
+        parsed = json.loads(text)
+        documents = parsed if isinstance(parsed, list) else [parsed]
     except json.JSONDecodeError:
-        documents = None
-    if documents is None:
         documents = []
         for number, line in enumerate(text.splitlines(), start=1):
             if not line.strip():
