@@ -84,11 +84,17 @@ def migrate() -> None:
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8765, show_default=True, type=int)
-def sandbox(host: str, port: int) -> None:
+@click.option(
+    "--broker-url",
+    envvar="CELERY_BROKER_URL",
+    help="Enqueue notifications on payrecon's broker (default: $CELERY_BROKER_URL; unset: POST only).",
+)
+@click.option("--latency", default=0.0, show_default=True, type=float, help="Seconds added to every API answer.")
+def sandbox(host: str, port: int, broker_url: str | None, latency: float) -> None:
     """Run the local provider sandbox (CinetPay's wire format) until interrupted."""
     from providers.sandbox.server import serve
 
-    serve(host, port)
+    serve(host, port, broker_url=broker_url or None, latency=latency)
 
 
 @main.command()

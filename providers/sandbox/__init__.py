@@ -13,6 +13,12 @@ site_id ``100000``, secret key ``sandbox-secret-key``). Embed it::
         client = CinetPayClient(api_url=server.url, api_key="sandbox-api-key",
                                 site_id="100000", secret_key="sandbox-secret-key")
 
+Broker delivery: ``SandboxServer(broker_url=...)`` (or ``serve(broker_url=...)``), given
+payrecon's Celery broker URL, lets the sandbox skip the HTTP receiver and enqueue a
+notification's ``payrecon.webhook/1`` envelope itself, as the task the receiver would
+send: ``payrecon.ingest_webhook`` with kwargs ``{"envelope": ...}`` on queue
+``webhooks``, JSON serializer. The broker is connected on first use, closed by ``stop()``.
+
 Wire API: ``POST /v2/payment`` and ``POST /v2/payment/check`` (see ``cinetpay.py``).
 
 Control API (JSON, under ``/_sandbox/``; bad input → 400 ``{"error": ...}``):
@@ -23,20 +29,26 @@ Control API (JSON, under ``/_sandbox/``; bad input → 400 ``{"error": ...}``):
     "waiting_then_refused"), "pending_checks" (checks answered waiting before a
     waiting_then_* fate turns final, default 1), "confirm_amount" / "confirm_currency"
     (what CinetPay reports instead: tampering), "faults" (consumed in order by this
-    transaction's next checks), "payment_method", "phone", "notify_url",
-    "description", "metadata"}`` → 201 with the state.
+    transaction's next checks), "payment_method", "phone", "notify_url" (an http(s)
+    URL, or exactly ``"enqueue"``: its notifications go to the broker; 400 without a
+    broker_url), "description", "metadata"}`` → 201 with the state.
 ``GET /_sandbox/cinetpay/transactions[/{id}]``
     State: ``status``, ``check_count`` (checks that named it, faulted ones
-    included), ``waiting_answers``, ``notifications`` sent...
+    included), ``waiting_answers``, ``notifications`` sent (each with ``delivered``
+    / ``enqueued`` and ``error`` once done)...
 ``POST /_sandbox/cinetpay/transactions/{id}/status`` ``{"status"}``
     Force ACCEPTED / REFUSED / WAITING_FOR_CUSTOMER now; ends the fate's script.
 ``POST /_sandbox/cinetpay/transactions/{id}/notification``
-    ``{"forged", "tamper": {field: value}, "deliver_to", "method"}`` → ``{"envelope":
-    <payrecon.webhook/1>, "delivered": <HTTP status | null>, "delivery_error"}``.
-    ``forged`` signs with a wrong key; ``tamper`` edits fields after signing.
-``POST /_sandbox/cinetpay/ping`` ``{"deliver_to"}``
+    ``{"forged", "tamper": {field: value}, "deliver_to", "enqueue", "method"}`` →
+    ``{"envelope": <payrecon.webhook/1>, "delivered": <HTTP status | null>,
+    "delivery_error", "enqueued": true | false, "enqueue_error"}``. ``forged`` signs
+    with a wrong key; ``tamper`` edits fields after signing; ``deliver_to`` POSTs it
+    there; ``"enqueue": true`` publishes the envelope on the broker (400 if the sandbox
+    has no broker_url). A failed delivery or enqueue is reported, not an error.
+``POST /_sandbox/cinetpay/ping`` ``{"deliver_to", "enqueue"}``
     CinetPay's empty GET ping (also ``{"ping": true}`` on the route above).
 ``POST /_sandbox/faults`` ``{"path", "faults"}``, ``POST /_sandbox/reset``, ``GET /_sandbox/health``
+(its ``broker``: the broker URL, password masked, or null)
 
 A fault is ``{"status": 500}``, ``{"status": 429, "retry_after": 0}``,
 ``{"delay": 1.5}`` (answer slowly, then normally), ``{"drop": true}`` (close the
@@ -45,7 +57,8 @@ for a path are consumed before per-transaction ones.
 
 Whenever a transaction with a ``notify_url`` changes status (forced, or a
 waiting_then_* fate turning final), the sandbox POSTs a signed notification to it
-in a background thread, as CinetPay notifies at every status change.
+in a background thread, as CinetPay notifies at every status change; with
+``notify_url`` ``"enqueue"`` it enqueues the envelope on the broker instead.
 """
 
 from providers.sandbox.client import SandboxClient, SandboxError

@@ -59,6 +59,8 @@ WAITING: Final = "WAITING_FOR_CUSTOMER"
 STATUSES: Final = (ACCEPTED, REFUSED, WAITING)
 CURRENCIES: Final = ("XOF", "XAF", "CDF", "GNF", "USD")
 NOTIFY_PATH: Final = "/notify/cinetpay"
+#: The ``notify_url`` (control API only) that enqueues notifications on the broker instead of POSTing them.
+ENQUEUE: Final = "enqueue"
 
 #: The check answer (code, message) for each status, from the documentation's examples.
 ANSWERS: Final = {
@@ -118,6 +120,21 @@ def major(minor: int, currency: str) -> str:
 def _wire_date(value: datetime | None) -> str:
     # CinetPay writes a blank string, not null, when there is no date.
     return value.strftime(CINETPAY_DATETIME) if value else " "
+
+
+def webhook_envelope(method: str, body: str, headers: dict[str, str]) -> dict[str, Any]:
+    """The ``payrecon.webhook/1`` envelope payrecon's receiver would build for this notification."""
+    return {
+        "schema": "payrecon.webhook/1",
+        "provider": NAME,
+        "received_at": datetime.now(UTC).isoformat(timespec="milliseconds"),
+        "method": method,
+        "path": NOTIFY_PATH,
+        "query": {},
+        "headers": headers,
+        "body": body,
+        "receiver": "payrecon-sandbox",
+    }
 
 
 def operator_id(at: datetime) -> str:
@@ -285,24 +302,38 @@ class CinetPaySandbox:
     # ------------------------------------------------------------------ state changes
 
     def transition(self, txn: Transaction, status: str) -> None:
-        """Change status (caller holds the lock) and notify ``notify_url`` if it changed."""
+        """Change status (caller holds the lock) and notify ``notify_url`` if it changed.
+
+        ``notify_url`` ``"enqueue"`` publishes the notification on the broker instead.
+        The record in ``txn.notifications`` gets ``delivered`` (HTTP status or None), or
+        ``enqueued`` (bool), and ``error`` once done.
+        """
         if txn.status == status:
             return
         txn.status = status
         if status == ACCEPTED:
             txn.paid_at = now()
             txn.operator_id = operator_id(txn.paid_at)
-        if txn.notify_url:
-            body, token = build_notification(self.notification_fields(txn), self.secret_key)
-            record: dict[str, Any] = {"kind": "auto", "status": status, "url": txn.notify_url}
-            txn.notifications.append(record)
+        if not txn.notify_url:
+            return
+        body, token = build_notification(self.notification_fields(txn), self.secret_key)
+        headers = {"Content-Type": "application/x-www-form-urlencoded", "x-token": token}
+        record: dict[str, Any] = {"kind": "auto", "status": status, "url": txn.notify_url}
+        txn.notifications.append(record)
+        if txn.notify_url == ENQUEUE:
 
-            def done(http_status: int | None, error: str | None) -> None:
+            def enqueued(ok: bool, error: str | None) -> None:
                 with self.state.lock:
-                    record.update(delivered=http_status, error=error)
+                    record.update(enqueued=ok, error=error)
 
-            headers = {"Content-Type": "application/x-www-form-urlencoded", "x-token": token}
-            self.notifier.send_later("POST", txn.notify_url, body, headers, done)
+            self.notifier.enqueue_later(webhook_envelope("POST", body, headers), enqueued)
+            return
+
+        def delivered(http_status: int | None, error: str | None) -> None:
+            with self.state.lock:
+                record.update(delivered=http_status, error=error)
+
+        self.notifier.send_later("POST", txn.notify_url, body, headers, delivered)
 
     def notification_fields(self, txn: Transaction) -> dict[str, str]:
         """The ``cpm_*`` form fields CinetPay would post about ``txn`` now."""

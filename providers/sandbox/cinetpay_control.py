@@ -8,20 +8,20 @@ from __future__ import annotations
 
 import re
 import secrets
-from datetime import UTC, datetime
 from typing import Any, Final
 from urllib.parse import quote
 
 from providers.cinetpay import build_notification
 from providers.sandbox.cinetpay import (
     ACCEPTED,
+    ENQUEUE,
     NAME,
-    NOTIFY_PATH,
     START_STATUS,
     STATUSES,
     CinetPaySandbox,
     now,
     operator_id,
+    webhook_envelope,
 )
 from providers.sandbox.state import (
     FATES,
@@ -58,6 +58,10 @@ def _check_phone(value: str | None) -> str:
     if value is None or not re.match(r"^\+?\d{6,15}$", value):
         raise ControlError(f"phone must look like +2250701020304, got {value!r}")
     return value
+
+
+def _no_broker(what: str) -> ControlError:
+    return ControlError(f"{what} needs a sandbox started with a broker_url (SandboxServer(broker_url=...))")
 
 
 class CinetPayControl:
@@ -104,7 +108,7 @@ class CinetPayControl:
             confirm_currency=None if confirm_currency is None else check_currency(confirm_currency),
             payment_method=get_str(payload, "payment_method", default="OM") or "OM",
             phone=_check_phone(get_str(payload, "phone", default="+2250701020304")),
-            notify_url=check_url(payload.get("notify_url"), "notify_url"),
+            notify_url=self._notify_url(payload.get("notify_url")),
             description=get_str(payload, "description", default="payrecon sandbox payment") or "",
             metadata=get_str(payload, "metadata"),
         )
@@ -143,10 +147,11 @@ class CinetPayControl:
         """``POST .../transactions/{id}/notification``: a signed (or forged) notification.
 
         Body: ``forged`` (sign with a wrong key), ``tamper`` (fields changed after
-        signing), ``deliver_to`` (also send it there), ``method``, ``ping``.
+        signing), ``deliver_to`` (also send it there), ``enqueue`` (also publish it on
+        the broker), ``method``, ``ping``.
         """
         payload = request.json_object()
-        check_keys(payload, {"forged", "tamper", "deliver_to", "method", "ping"}, "notification")
+        check_keys(payload, {"forged", "tamper", "deliver_to", "enqueue", "method", "ping"}, "notification")
         if payload.get("ping"):
             return self._ping(payload)
         forged, tamper = payload.get("forged", False), payload.get("tamper") or {}
@@ -155,6 +160,7 @@ class CinetPayControl:
         if not isinstance(tamper, dict) or not all(isinstance(v, str) for v in tamper.values()):
             raise ControlError("tamper must be an object of field name -> string value")
         method = self._method(payload)
+        self._enqueue_flag(payload)  # a bad flag fails before anything is recorded
         txn = self.wire.state.get(NAME, request.params["id"])
         with self.wire.state.lock:
             fields = self.wire.notification_fields(txn)
@@ -167,14 +173,15 @@ class CinetPayControl:
         record = {"kind": "manual", "status": fields["cpm_error_message"], "forged": forged}
         record |= {"tampered": sorted(tamper), "url": payload.get("deliver_to")}
         record |= {"delivered": result["delivered"], "error": result["delivery_error"]}
+        record |= {"enqueued": result["enqueued"], "enqueue_error": result["enqueue_error"]}
         with self.wire.state.lock:
             txn.notifications.append(record)
         return json_response(200, result)
 
     def ping(self, request: Request) -> Response:
-        """``POST /_sandbox/cinetpay/ping`` ``{"deliver_to"?}``: CinetPay's empty GET."""
+        """``POST /_sandbox/cinetpay/ping`` ``{"deliver_to"?, "enqueue"?}``: CinetPay's empty GET."""
         payload = request.json_object()
-        check_keys(payload, {"deliver_to", "ping"}, "ping")
+        check_keys(payload, {"deliver_to", "enqueue", "ping"}, "ping")
         return self._ping(payload)
 
     def _ping(self, payload: dict[str, Any]) -> Response:
@@ -197,20 +204,36 @@ class CinetPayControl:
             raise ControlError(f"method must be an HTTP method, got {method!r}")
         return method.upper()
 
+    def _notify_url(self, value: Any) -> str | None:
+        if value == ENQUEUE:
+            if not self.wire.notifier.can_enqueue:
+                raise _no_broker('notify_url "enqueue"')
+            return ENQUEUE
+        try:
+            return check_url(value, "notify_url")
+        except ControlError:
+            raise ControlError(f'notify_url must be an absolute http(s) URL or "enqueue", got {value!r}') from None
+
+    def _enqueue_flag(self, payload: dict[str, Any]) -> bool:
+        enqueue = payload.get("enqueue", False)
+        if not isinstance(enqueue, bool):
+            raise ControlError("enqueue must be true or false")
+        if enqueue and not self.wire.notifier.can_enqueue:
+            raise _no_broker('"enqueue": true')
+        return enqueue
+
     def _deliver(self, method: str, body: str, headers: dict[str, str], payload: dict[str, Any]) -> dict[str, Any]:
         deliver_to = check_url(payload.get("deliver_to"), "deliver_to")
-        envelope = {
-            "schema": "payrecon.webhook/1",
-            "provider": NAME,
-            "received_at": datetime.now(UTC).isoformat(timespec="milliseconds"),
-            "method": method,
-            "path": NOTIFY_PATH,
-            "query": {},
-            "headers": headers,
-            "body": body,
-            "receiver": "payrecon-sandbox",
-        }
+        enqueue = self._enqueue_flag(payload)
+        envelope = webhook_envelope(method, body, headers)
         delivered, error = (None, None)
         if deliver_to is not None:
             delivered, error = self.wire.notifier.send(method, deliver_to, body, headers)
-        return {"envelope": envelope, "delivered": delivered, "delivery_error": error}
+        enqueued, enqueue_error = self.wire.notifier.enqueue(envelope) if enqueue else (False, None)
+        return {
+            "envelope": envelope,
+            "delivered": delivered,
+            "delivery_error": error,
+            "enqueued": enqueued,
+            "enqueue_error": enqueue_error,
+        }

@@ -64,8 +64,9 @@ class SandboxClient:
         """Script a CinetPay transaction (``amount`` in minor units); return its state.
 
         ``options``: ``pending_checks``, ``confirm_amount``, ``confirm_currency``,
-        ``faults``, ``payment_method``, ``phone``, ``notify_url``, ``description``,
-        ``metadata``.
+        ``faults``, ``payment_method``, ``phone``, ``notify_url`` (an http(s) URL, or
+        ``"enqueue"`` to enqueue its status-change notifications on the sandbox's
+        broker), ``description``, ``metadata``.
         """
         payload = {"transaction_id": transaction_id, "amount": amount, "currency": currency, "fate": fate}
         return cast(dict[str, Any], self._call("POST", "/_sandbox/cinetpay/transactions", payload | options))
@@ -91,9 +92,14 @@ class SandboxClient:
         tamper: dict[str, str] | None = None,
         deliver_to: str | None = None,
         method: str = "POST",
+        enqueue: bool = False,
     ) -> dict[str, Any]:
-        """Build (and optionally deliver) a notification; return ``envelope``, ``delivered``, ``delivery_error``."""
-        payload = {"forged": forged, "tamper": tamper, "deliver_to": deliver_to, "method": method}
+        """Build a notification, optionally POST it to ``deliver_to`` and/or ``enqueue`` it on the broker.
+
+        Returns ``envelope``, ``delivered``, ``delivery_error``, ``enqueued``, ``enqueue_error``.
+        ``enqueue=True`` needs a sandbox with a ``broker_url`` (else ``SandboxError`` 400).
+        """
+        payload = {"forged": forged, "tamper": tamper, "deliver_to": deliver_to, "method": method, "enqueue": enqueue}
         path = f"{self._txn_path(transaction_id)}/notification"
         return cast(dict[str, Any], self._call("POST", path, payload))
 
@@ -104,14 +110,28 @@ class SandboxClient:
         forged: bool = False,
         tamper: dict[str, str] | None = None,
         deliver_to: str | None = None,
+        enqueue: bool = False,
     ) -> dict[str, Any]:
-        """A signed (or forged/tampered) notification as a ``payrecon.webhook/1`` envelope dict."""
-        result = self.send_cinetpay_notification(transaction_id, forged=forged, tamper=tamper, deliver_to=deliver_to)
-        return cast(dict[str, Any], result["envelope"])
+        """A signed (or forged/tampered) notification as a ``payrecon.webhook/1`` envelope dict.
 
-    def cinetpay_ping(self, *, deliver_to: str | None = None) -> dict[str, Any]:
-        """CinetPay's empty GET ping as an envelope dict."""
-        result = self._call("POST", "/_sandbox/cinetpay/ping", {"deliver_to": deliver_to})
+        ``enqueue=True`` also publishes it as ``payrecon.ingest_webhook`` on the sandbox's
+        broker; ``SandboxError`` if that fails.
+        """
+        result = self.send_cinetpay_notification(
+            transaction_id, forged=forged, tamper=tamper, deliver_to=deliver_to, enqueue=enqueue
+        )
+        return self._enqueued_envelope(result, enqueue)
+
+    def cinetpay_ping(self, *, deliver_to: str | None = None, enqueue: bool = False) -> dict[str, Any]:
+        """CinetPay's empty GET ping as an envelope dict (``enqueue``: as for notifications)."""
+        result = self._call("POST", "/_sandbox/cinetpay/ping", {"deliver_to": deliver_to, "enqueue": enqueue})
+        return self._enqueued_envelope(result, enqueue)
+
+    @staticmethod
+    def _enqueued_envelope(result: dict[str, Any], enqueue: bool) -> dict[str, Any]:
+        if enqueue and not result.get("enqueued"):
+            # The sandbox answered 200 (the envelope was built); only the broker failed.
+            raise SandboxError(200, f"notification built but not enqueued: {result.get('enqueue_error')}")
         return cast(dict[str, Any], result["envelope"])
 
     # ------------------------------------------------------------------ shared

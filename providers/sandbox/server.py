@@ -4,7 +4,8 @@ One ``ThreadingHTTPServer`` (a daemon thread per connection, HTTP/1.1 keep-alive
 routes every request through a :class:`~providers.sandbox.web.Router` holding each
 provider's wire and control routes plus the shared ones:
 
-* ``GET /_sandbox/health``: ``{"status": "ok", "providers": [...]}``
+* ``GET /_sandbox/health``: ``{"status": "ok", "providers": [...], "faults": {...},
+  "broker": <broker URL, password masked, or null>}``
 * ``POST /_sandbox/faults`` ``{"path", "faults": [...]}``: global faults for a wire
   path, consumed in order before any per-transaction fault;
 * ``POST /_sandbox/reset``: forget every transaction and fault.
@@ -23,6 +24,7 @@ from types import FrameType, TracebackType
 from typing import Any, Self, cast
 from urllib.parse import parse_qs, urlsplit
 
+from providers.sandbox.broker import INGEST_TASK, QUEUE, mask_url
 from providers.sandbox.cinetpay import CinetPaySandbox
 from providers.sandbox.state import ControlError, SandboxState, check_keys, parse_faults
 from providers.sandbox.web import Notifier, ProviderSandbox, Request, Response, Router, json_response
@@ -112,6 +114,9 @@ class SandboxServer:
     """Local imitation of the providers' APIs, in memory, on a background thread.
 
     ``port=0`` picks a free port; read it back from :attr:`url` after :meth:`start`.
+    ``broker_url`` (payrecon's Celery broker, e.g. ``redis://127.0.0.1:6379/0``) lets
+    the control API enqueue notifications as ``payrecon.ingest_webhook`` tasks on queue
+    ``webhooks``, as payrecon's receiver would, instead of POSTing them.
     """
 
     def __init__(
@@ -123,19 +128,22 @@ class SandboxServer:
         cinetpay_site_id: str = SANDBOX_SITE_ID,
         cinetpay_secret_key: str = SANDBOX_SECRET_KEY,
         verbose: bool = False,
+        broker_url: str | None = None,
+        latency: float = 0.0,
     ) -> None:
-        """Configure the server and the merchant credentials it accepts; nothing is bound yet."""
+        """Configure the server and the merchant credentials it accepts; nothing is bound or connected yet."""
         self.host = host
         self.port = port
         self.verbose = verbose
+        self.broker_url = broker_url or None
         self.state = SandboxState()
-        self.notifier = Notifier()
+        self.notifier = Notifier(broker_url=self.broker_url)
         self.cinetpay_credentials = {
             "api_key": cinetpay_api_key,
             "site_id": cinetpay_site_id,
             "secret_key": cinetpay_secret_key,
         }
-        self.router = Router(self.state)
+        self.router = Router(self.state, latency=latency)
         self.providers: list[ProviderSandbox] = [
             CinetPaySandbox(self.state, self.notifier, base_url=lambda: self.url, **self.cinetpay_credentials),
         ]
@@ -171,7 +179,7 @@ class SandboxServer:
         return self
 
     def stop(self) -> None:
-        """Stop serving, close the socket, wait briefly for pending notifications."""
+        """Stop serving, close the socket, wait briefly for pending notifications, close the broker."""
         httpd, self._httpd = self._httpd, None
         if httpd is None:
             return
@@ -181,6 +189,7 @@ class SandboxServer:
             self._thread.join(5)
             self._thread = None
         self.notifier.join(5)
+        self.notifier.close()
 
     def __enter__(self) -> Self:
         return self.start()
@@ -194,7 +203,9 @@ class SandboxServer:
 
     def _health(self, request: Request) -> Response:
         names = [p.name for p in self.providers]
-        return json_response(200, {"status": "ok", "providers": names, "faults": self.state.global_faults()})
+        broker = mask_url(self.broker_url) if self.broker_url else None
+        faults = self.state.global_faults()
+        return json_response(200, {"status": "ok", "providers": names, "faults": faults, "broker": broker})
 
     def _add_faults(self, request: Request) -> Response:
         payload = request.json_object()
@@ -221,8 +232,13 @@ def serve(
     cinetpay_site_id: str = SANDBOX_SITE_ID,
     cinetpay_secret_key: str = SANDBOX_SECRET_KEY,
     verbose: bool = True,
+    broker_url: str | None = None,
+    latency: float = 0.0,
 ) -> None:
-    """Run the sandbox in the foreground until SIGINT or SIGTERM (``payrecon sandbox``)."""
+    """Run the sandbox in the foreground until SIGINT or SIGTERM (``payrecon sandbox``).
+
+    ``broker_url``: see :class:`SandboxServer`; ``latency``: seconds added to every wire answer.
+    """
     server = SandboxServer(
         host,
         port,
@@ -230,6 +246,8 @@ def serve(
         cinetpay_site_id=cinetpay_site_id,
         cinetpay_secret_key=cinetpay_secret_key,
         verbose=verbose,
+        broker_url=broker_url,
+        latency=latency,
     ).start()
     stopping = threading.Event()
 
@@ -238,10 +256,19 @@ def serve(
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
+        if server.broker_url:
+            notifications = (
+                f"POSTed to notify_url / deliver_to, or enqueued as {INGEST_TASK} on queue "
+                f"{QUEUE!r} of {mask_url(server.broker_url)} "
+                '(notify_url "enqueue", or "enqueue": true)'
+            )
+        else:
+            notifications = "POSTed to notify_url / deliver_to (no broker_url: no enqueuing)"
         sys.stdout.write(
             f"payrecon provider sandbox listening on {server.url}\n"
             f"  CinetPay: api_url={server.url} apikey={cinetpay_api_key} "
             f"site_id={cinetpay_site_id} secret_key={cinetpay_secret_key}\n"
+            f"  notifications: {notifications}\n"
             f"  control API: {server.url}/_sandbox/ (see providers/sandbox/__init__.py)\n"
             "Press Ctrl+C to stop.\n"
         )

@@ -17,6 +17,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import requests
 
+from providers.sandbox.broker import BrokerPublisher
 from providers.sandbox.state import ControlError, Fault, SandboxState
 
 __all__ = ["ControlError", "Notifier", "ProviderSandbox", "Request", "Response", "Router"]
@@ -127,8 +128,10 @@ class Route:
 class Router:
     """Method + path-pattern routing, with global faults applied to wire routes."""
 
-    def __init__(self, state: SandboxState) -> None:
+    def __init__(self, state: SandboxState, *, latency: float = 0.0) -> None:
         self.state = state
+        #: Added to every wire answer: a provider that takes this long to answer (benchmarks).
+        self.latency = latency
         self._routes: list[Route] = []
 
     def add(self, method: str, path: str, handler: Handler, *, wire: bool = False) -> None:
@@ -168,6 +171,8 @@ class Router:
         response = route.handler(request)
         if fault is not None and fault.delay:
             response = replace(response, delay=response.delay + fault.delay)
+        if route.wire and self.latency:
+            response = replace(response, delay=response.delay + self.latency)
         return response
 
 
@@ -179,12 +184,22 @@ def _generic_error_body(status: int) -> dict[str, Any]:
 
 
 class Notifier:
-    """Sends provider callbacks: synchronously, or best effort in daemon threads."""
+    """Sends provider callbacks: synchronously, or best effort in daemon threads.
 
-    def __init__(self, timeout: tuple[float, float] = (2.0, 5.0)) -> None:
+    With a ``broker_url`` it can also enqueue them on payrecon's broker (``broker.py``)
+    instead of POSTing them.
+    """
+
+    def __init__(self, timeout: tuple[float, float] = (2.0, 5.0), *, broker_url: str | None = None) -> None:
         self.timeout = timeout
+        self.broker = BrokerPublisher(broker_url) if broker_url else None
         self._threads: list[threading.Thread] = []
         self._lock = threading.Lock()
+
+    @property
+    def can_enqueue(self) -> bool:
+        """Whether a broker is configured."""
+        return self.broker is not None
 
     def send(self, method: str, url: str, body: str, headers: Mapping[str, str]) -> tuple[int | None, str | None]:
         """Deliver now; return ``(http_status, None)`` or ``(None, error)``."""
@@ -216,6 +231,28 @@ class Notifier:
             status, error = self.send(method, url, body, headers)
             done(status, error)
 
+        self._background(run)
+
+    def enqueue(self, envelope: dict[str, Any]) -> tuple[bool, str | None]:
+        """Publish ``envelope`` as ``payrecon.ingest_webhook`` now; ``(True, None)`` or ``(False, error)``."""
+        if self.broker is None:
+            return False, "the sandbox has no broker_url"
+        try:
+            self.broker.publish(envelope)
+        except Exception as exc:  # any broker failure is reported, like a failed POST
+            return False, f"{type(exc).__name__}: {exc}"[:300]
+        return True, None
+
+    def enqueue_later(self, envelope: dict[str, Any], done: Callable[[bool, str | None], None]) -> None:
+        """Publish in a daemon thread, then call ``done(enqueued, error)``."""
+
+        def run() -> None:
+            enqueued, error = self.enqueue(envelope)
+            done(enqueued, error)
+
+        self._background(run)
+
+    def _background(self, run: Callable[[], None]) -> None:
         thread = threading.Thread(target=run, name="sandbox-notify", daemon=True)
         with self._lock:
             self._threads = [t for t in self._threads if t.is_alive()]
@@ -228,6 +265,11 @@ class Notifier:
             threads = list(self._threads)
         for thread in threads:
             thread.join(timeout)
+
+    def close(self) -> None:
+        """Close the broker connections, if any (reopened on the next enqueue)."""
+        if self.broker is not None:
+            self.broker.close()
 
 
 class ProviderSandbox(Protocol):

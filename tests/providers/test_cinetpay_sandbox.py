@@ -345,3 +345,24 @@ def test_automatic_notification_on_status_change(
         ("auto", "ACCEPTED", 200),
         ("auto", "REFUSED", 200),
     ]
+
+
+def test_latency_delays_every_wire_answer() -> None:
+    import time
+
+    from providers.base import RegistrationView
+    from providers.cinetpay import CinetPayClient
+    from providers.sandbox.client import SandboxClient
+    from providers.sandbox.server import SandboxServer
+
+    with SandboxServer(latency=0.3) as server, SandboxClient(server.url) as control:
+        control.create_cinetpay("TXN-LATENCY", 5000)
+        client = CinetPayClient(
+            api_url=server.url, api_key="sandbox-api-key", site_id="100000", secret_key="sandbox-secret-key"
+        )
+        started = time.monotonic()
+        answer = client.check(RegistrationView(reference="TXN-LATENCY"))
+        check_time = time.monotonic() - started
+        client.close()
+    assert answer.outcome.value == "succeeded"
+    assert check_time >= 0.3  # a lower bound only: the sleep is the behaviour under test
