@@ -56,7 +56,9 @@ def build_clients(settings: Settings) -> dict[str, ProviderClient]:
 
 
 def build(settings: Settings) -> Runtime:
-    engine = make_engine(settings.database_url, pool_size=settings.worker_concurrency + 2)
+    # Threads hold a connection only for their short transactions, never across a provider call,
+    # so the pool is far smaller than the thread count (PostgreSQL's connections are precious).
+    engine = make_engine(settings.database_url, pool_size=settings.db_pool_size)
     return Runtime(
         settings=settings,
         engine=engine,

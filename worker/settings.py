@@ -43,6 +43,7 @@ class Settings:
     timezone: ZoneInfo
     cinetpay: CinetPaySettings | None
     worker_concurrency: int = 32
+    db_pool_size: int = 10  # per worker process; as many again may overflow
     http_timeout: tuple[float, float] = (3.05, 10.0)
     recheck_interval: float = 15.0  # how often beat looks for due re-checks
     recheck_schedule: tuple[int, ...] = DEFAULT_RECHECK_SCHEDULE
@@ -81,6 +82,7 @@ class Settings:
             timezone=timezone,
             cinetpay=cinetpay_settings,
             worker_concurrency=reader.integer("PAYRECON_WORKER_CONCURRENCY", 32, minimum=1),
+            db_pool_size=reader.integer("PAYRECON_DB_POOL_SIZE", 10, minimum=1),
             http_timeout=reader.timeout("PAYRECON_HTTP_TIMEOUT", (3.05, 10.0)),
             recheck_interval=reader.number("PAYRECON_RECHECK_INTERVAL", 15.0),
             recheck_schedule=reader.schedule("PAYRECON_RECHECK_SCHEDULE", DEFAULT_RECHECK_SCHEDULE),

@@ -47,7 +47,8 @@ def _guarded(task: Task, name: str, payload: Any, work: Callable[[], pipeline.Re
     try:
         return work()
     except (OperationalError, InterfaceError) as exc:
-        log.warning("%s: database unavailable, retrying later: %s", name, type(exc).__name__)
+        reason = str(getattr(exc, "orig", exc)).strip().splitlines()[0][:200]
+        log.warning("%s: database unavailable, retrying later: %s", name, reason)
         raise task.retry(
             exc=exc, countdown=retry_delay(task.request.retries), max_retries=DB_OUTAGE_MAX_RETRIES
         ) from exc
