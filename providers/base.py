@@ -45,6 +45,9 @@ class Delivery:
     claimed_currency: str | None = None
     #: Provider-side ids the delivery carries (CinetPay has none; Wave a session id).
     provider_ids: Mapping[str, str] = field(default_factory=dict)
+    #: When the delivery does not name our reference: ``(key, value)`` such that the payment is
+    #: the one registered with ``provider_data[key] == value`` (Orange: its ``notif_token``).
+    lookup: tuple[str, str] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,6 +157,13 @@ class ForgedDelivery(DeliveryError):
     """The delivery failed authentication: missing or wrong signature or token."""
 
     reason = "forged"
+
+
+class AwaitingRegistration(DeliveryError):
+    """The delivery can only be authenticated against its registration, which has not arrived
+    yet (Orange's notif_token). Not a forgery: the pipeline tries again later."""
+
+    reason = "awaiting_registration"
 
 
 # --------------------------------------------------------------------------- protocol

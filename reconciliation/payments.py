@@ -83,6 +83,12 @@ def find(session: Session, provider: str, reference: str, *, lock: bool = False)
     return session.scalars(query).one_or_none()
 
 
+def find_by_provider_data(session: Session, provider: str, key: str, value: str) -> Payment | None:
+    """The payment registered with ``provider_data[key] == value`` (Orange's notif_token)."""
+    query = select(Payment).where(Payment.provider == provider, Payment.provider_data[key].as_string() == value)
+    return session.scalars(query.limit(1)).first()
+
+
 def flag(session: Session, payment: Payment, kind: FlagKind, detail: str) -> None:
     """Raise a flag once per (payment, kind); later details do not overwrite the first."""
     session.execute(
@@ -301,6 +307,17 @@ def record_error(
         decision="; ".join(notes),
         created_at=ctx.now,
     )
+    session.add(verification)
+    session.flush()
+    return verification
+
+
+def record_deferral(
+    session: Session, payment: Payment, why: str, ctx: Context, delay: float, *, trigger: str
+) -> Verification:
+    """A re-check put off (the provider call budget is spent): no attempt counted, none lost."""
+    payment.next_check_at = ctx.now + timedelta(seconds=delay)
+    verification = Verification(payment_id=payment.id, trigger=trigger, decision=why, created_at=ctx.now)
     session.add(verification)
     session.flush()
     return verification

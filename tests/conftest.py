@@ -104,6 +104,8 @@ def worker_env(pg_url: str, redis_url: str, sandbox_url: str, **extra: str) -> d
         "PAYRECON_HTTP_TIMEOUT": "2,2",
         "PAYRECON_RECHECK_SCHEDULE": "1,1,2",
         "PAYRECON_VERIFY_MAX_RETRIES": "3",
+        # Tests call the sandbox far faster than a real provider allows; budget tests tighten it.
+        **{f"PAYRECON_BUDGET_{p.upper()}": "1000,1000" for p in ("cinetpay", "mtn_momo", "orange_money", "wave")},
     }
     env.update(extra)
     return env

@@ -141,7 +141,7 @@ def test_rechecks_back_off_and_give_up_as_expired(rt: Runtime, sandbox: SandboxC
         delays.append((p.next_check_at - now).total_seconds())
         now = p.next_check_at
     assert delays == [1, 1, 2]  # PAYRECON_RECHECK_SCHEDULE=1,1,2, then the last delay repeats
-    give_up = start + timedelta(seconds=rt.settings.give_up_after)
+    give_up = start + timedelta(seconds=rt.profile("cinetpay").give_up_after)
     pipeline.verify_payment(rt, payment(rt, ref).id, now=give_up)
     p = payment(rt, ref)
     assert p.status is PaymentStatus.EXPIRED and p.next_check_at is None

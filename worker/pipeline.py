@@ -22,14 +22,17 @@ from typing import Any
 
 from pydantic import ValidationError
 from sqlalchemy import select, update
+from sqlalchemy.orm import Session
 
 from providers.base import (
+    AwaitingRegistration,
     Delivery,
     DeliveryKind,
     ForgedDelivery,
     MalformedDelivery,
     ProviderClient,
     ProviderError,
+    ProviderNotFound,
     RegistrationView,
     VerifiedStatus,
 )
@@ -38,6 +41,7 @@ from reconciliation.db import transaction
 from reconciliation.models import FINAL_STATUSES, InboxDelivery, InboxStatus, Payment, PaymentStatus
 from reconciliation.subscriptions import UnknownPlan, expire_due
 from schemas.messages import PaymentRegistration, WebhookEnvelope
+from worker.budget import rounded_wait
 from worker.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -68,6 +72,8 @@ class Result:
     detail: str = ""
     inbox_id: int | None = None
     reference: str | None = None
+    #: For RETRY: wait this long, without counting an attempt (budget, awaiting registration).
+    delay: float | None = None
 
 
 def _raw(payload: Any) -> str:
@@ -102,7 +108,7 @@ def _dead_letter(rt: Runtime, task: str, reason: str, detail: str, payload: str,
 
 
 def ingest_webhook(rt: Runtime, payload: Any) -> Result:
-    """Steps 1-6 for one delivery. Returns RETRY when verification must be tried again later."""
+    """Steps 1-6 for one delivery. RETRY: verify again later (``delay`` set: not an attempt)."""
     raw = _raw(payload)
     try:
         envelope = WebhookEnvelope.model_validate(payload)
@@ -123,41 +129,69 @@ def ingest_webhook(rt: Runtime, payload: Any) -> Result:
         return _store_malformed(rt, envelope, raw, str(exc))
 
     with transaction(rt.sessions) as session:
-        payment = payments.find(session, provider, delivery.reference) if delivery.reference is not None else None
-        registration = payments.registration_view(payment) if payment is not None and not payment.is_orphan else None
+        payment = _resolve(session, provider, delivery)
         status, detail = InboxStatus.RECEIVED, ""
         if delivery.kind is DeliveryKind.PING:
             status = InboxStatus.PING
         elif delivery.kind is DeliveryKind.IGNORED:
             status = InboxStatus.IGNORED
-        try:
-            client.authenticate(envelope, delivery, registration)
-        except ForgedDelivery as exc:
-            status, detail = InboxStatus.FORGED, str(exc)
+        else:
+            status, detail = _authenticate(client, envelope, delivery, payment)
         stored = inbox.store(
             session,
             envelope,
             raw,
             dedupe_key=delivery.dedupe_key,
-            reference=delivery.reference,
+            reference=payment.reference if payment is not None else delivery.reference,
             status=status,
             detail=detail,
             now=rt.context().now,
         )
         retry_given_up = not stored.is_new and stored.status is InboxStatus.FAILED and inbox.reopen(session, stored.id)
-    base = Result(Outcome.ACCEPTED, inbox_id=stored.id, reference=delivery.reference)
+    reference = payment.reference if payment is not None else delivery.reference
     if retry_given_up:
         log.info("%s delivery %s arrived again after a give-up: verifying again", provider, stored.id)
     elif not stored.is_new:
-        return Result(Outcome.DUPLICATE, f"repeat of inbox delivery {stored.id}", stored.id, delivery.reference)
+        return Result(Outcome.DUPLICATE, f"repeat of inbox delivery {stored.id}", stored.id, reference)
     if status is InboxStatus.FORGED:
-        log.warning("forged %s delivery for %s quarantined: %s", provider, delivery.reference, detail)
-        return Result(Outcome.FORGED, detail, stored.id, delivery.reference)
+        log.warning("forged %s delivery for %s quarantined: %s", provider, reference or "-", detail)
+        return Result(Outcome.FORGED, detail, stored.id, reference)
     if status is InboxStatus.PING:
         return Result(Outcome.PING, "", stored.id)
-    if status is InboxStatus.IGNORED or delivery.reference is None:
+    if status is InboxStatus.IGNORED:
         return Result(Outcome.ACCEPTED, "authentic delivery about nothing we track", stored.id)
-    return _verify_delivery(rt, client, delivery, registration, base)
+    if detail:  # awaiting its registration to be authenticated
+        return Result(Outcome.RETRY, detail, stored.id, reference, delay=AWAIT_REGISTRATION_DELAY)
+    return _verify_delivery(rt, client, delivery, payment, stored.id)
+
+
+#: How long a delivery that needs its registration to be authenticated waits between tries.
+AWAIT_REGISTRATION_DELAY = 30.0
+
+
+def _resolve(session: Session, provider: str, delivery: Delivery) -> Payment | None:
+    """The payment a delivery is about: by our reference, else by a provider-side token."""
+    if delivery.reference is not None:
+        return payments.find(session, provider, delivery.reference)
+    if delivery.lookup is not None:
+        return payments.find_by_provider_data(session, provider, *delivery.lookup)
+    return None
+
+
+def _authenticate(
+    client: ProviderClient, envelope: WebhookEnvelope, delivery: Delivery, payment: Payment | None
+) -> tuple[InboxStatus, str]:
+    """(RECEIVED, "") if authentic; (FORGED, why); (RECEIVED, why) if it must wait for its registration."""
+    registration = payments.registration_view(payment) if payment is not None and not payment.is_orphan else None
+    try:
+        client.authenticate(envelope, delivery, registration)
+    except ForgedDelivery as exc:
+        return InboxStatus.FORGED, str(exc)
+    except AwaitingRegistration as exc:
+        return InboxStatus.RECEIVED, f"awaiting registration: {exc}"
+    if delivery.reference is None and payment is None:
+        return InboxStatus.RECEIVED, "awaiting registration: the delivery does not name its payment"
+    return InboxStatus.RECEIVED, ""
 
 
 def _store_malformed(rt: Runtime, envelope: WebhookEnvelope, raw: str, detail: str) -> Result:
@@ -187,27 +221,35 @@ def _store_malformed(rt: Runtime, envelope: WebhookEnvelope, raw: str, detail: s
 
 
 def retry_delivery(rt: Runtime, inbox_id: int, *, final_attempt: bool) -> Result:
-    """Verification of a stored, authenticated delivery, again (after a transient error)."""
+    """A stored delivery, again: after a transient provider error, an exhausted budget, or while
+    it waited for the registration it is authenticated against."""
     with transaction(rt.sessions) as session:
         row = session.get(InboxDelivery, inbox_id)
         if row is None or row.status is not InboxStatus.RECEIVED:
             return Result(Outcome.DUPLICATE, "already settled", inbox_id)
         envelope = WebhookEnvelope.model_validate_json(row.envelope_raw)
         client = rt.client(row.provider)
-        payment = payments.find(session, row.provider, row.reference) if row.reference else None
-        registration = payments.registration_view(payment) if payment is not None and not payment.is_orphan else None
-    if client is None:
-        return Result(Outcome.FAILED, f"provider {envelope.provider.value!r} is not configured", inbox_id)
-    delivery = client.parse_delivery(envelope)
-    result = _verify_delivery(rt, client, delivery, registration, Result(Outcome.ACCEPTED, inbox_id=inbox_id))
+        if client is None:
+            return Result(Outcome.FAILED, f"provider {row.provider!r} is not configured", inbox_id)
+        delivery = client.parse_delivery(envelope)
+        payment = _resolve(session, row.provider, delivery)
+        status, detail = _authenticate(client, envelope, delivery, payment)
+        if status is InboxStatus.FORGED:
+            inbox.mark(session, inbox_id, InboxStatus.FORGED, detail)
+            return Result(Outcome.FORGED, detail, inbox_id, delivery.reference)
+    if detail:
+        result = Result(Outcome.RETRY, detail, inbox_id, delivery.reference, delay=AWAIT_REGISTRATION_DELAY)
+    else:
+        result = _verify_delivery(rt, client, delivery, payment, inbox_id)
     if result.outcome is Outcome.RETRY and final_attempt:
-        detail = f"provider still unavailable after retries: {result.detail}"
+        why = "provider still unavailable after retries" if not detail else "its registration never arrived"
+        detail = f"{why}: {result.detail}"
         with transaction(rt.sessions) as session:
             inbox.mark(session, inbox_id, InboxStatus.FAILED, detail)
             deadletters.record(
                 session,
                 task=INGEST_TASK,
-                reason="provider_unavailable",
+                reason="provider_unavailable" if not result.detail.startswith("awaiting") else "unauthenticated",
                 detail=detail,
                 payload=row.envelope_raw,
                 provider=row.provider,
@@ -219,27 +261,53 @@ def retry_delivery(rt: Runtime, inbox_id: int, *, final_attempt: bool) -> Result
 
 
 def _verify_delivery(
-    rt: Runtime,
-    client: ProviderClient,
-    delivery: Delivery,
-    registration: RegistrationView | None,
-    base: Result,
+    rt: Runtime, client: ProviderClient, delivery: Delivery, payment: Payment | None, inbox_id: int
 ) -> Result:
-    assert delivery.reference is not None  # noqa: S101 - only payment deliveries get here
-    view = registration or RegistrationView(reference=delivery.reference)
+    """Gates (finality, budgets), the provider call, then settlement."""
+    provider = client.name
+    profile = rt.profile(provider)
+    reference = payment.reference if payment is not None else delivery.reference
+    assert reference is not None  # noqa: S101 - resolved or named by the delivery
+    if not profile.callbacks_authenticated:
+        if payment is not None and payment.status in UNAUTHENTICATED_FINAL:
+            detail = f"payment already {payment.status.value}: an unauthenticated callback spends no API call"
+            with transaction(rt.sessions) as session:
+                inbox.mark(session, inbox_id, InboxStatus.PROCESSED, detail)
+            return Result(Outcome.DUPLICATE, detail, inbox_id, reference)
+        assert profile.callback_rate is not None and profile.callback_burst is not None  # noqa: S101
+        wait = rt.budget.take(f"callbacks:{provider}", profile.callback_rate, profile.callback_burst)
+        if wait > 0:
+            return _deferred(inbox_id, reference, wait, "unauthenticated callbacks are rate-limited")
+    wait = rt.budget.take(f"api:{provider}", profile.api_rate, profile.api_burst)
+    if wait > 0:
+        return _deferred(inbox_id, reference, wait, f"{provider} call budget exhausted")
+    view = (
+        payments.registration_view(payment)
+        if payment is not None and not payment.is_orphan
+        else RegistrationView(reference=reference)
+    )
     try:
         answer = client.check(view)
     except ProviderError as exc:
-        return _verification_failed(rt, client.name, delivery, exc, base)
+        return _verification_failed(rt, provider, reference, delivery, exc, inbox_id=inbox_id)
     with transaction(rt.sessions) as session:
-        ctx = rt.context()
-        payment = payments.lock_or_create_orphan(session, client.name, delivery.reference, ctx)
+        ctx = rt.context(provider)
+        locked = payments.lock_or_create_orphan(session, provider, reference, ctx)
         verification = payments.apply_answer(
-            session, payment, answer, ctx, trigger="webhook", claim=delivery, inbox_id=base.inbox_id
+            session, locked, answer, ctx, trigger="webhook", claim=delivery, inbox_id=inbox_id
         )
-        inbox.mark(session, base.inbox_id or 0, InboxStatus.PROCESSED, verification.decision)
-        outcome = _classify(payment, answer)
-    return Result(outcome, verification.decision, base.inbox_id, delivery.reference)
+        inbox.mark(session, inbox_id, InboxStatus.PROCESSED, verification.decision)
+        outcome = _classify(locked, answer)
+    return Result(outcome, verification.decision, inbox_id, reference)
+
+
+#: Statuses an unauthenticated callback cannot change (a provider's own final answers).
+UNAUTHENTICATED_FINAL = frozenset({PaymentStatus.SUCCEEDED, PaymentStatus.FAILED, PaymentStatus.REFUNDED})
+
+
+def _deferred(inbox_id: int, reference: str, wait: float, why: str) -> Result:
+    delay = rounded_wait(wait)
+    return Result(Outcome.RETRY, f"{why}: deferred {delay:.2f} s", inbox_id, reference, delay=delay)
 
 
 def _classify(payment: Payment, answer: VerifiedStatus) -> Outcome:
@@ -250,25 +318,28 @@ def _classify(payment: Payment, answer: VerifiedStatus) -> Outcome:
     return Outcome.ACCEPTED
 
 
-def _verification_failed(rt: Runtime, provider: str, delivery: Delivery, exc: ProviderError, base: Result) -> Result:
-    assert delivery.reference is not None  # noqa: S101
+def _not_yet_visible(rt: Runtime, provider: str, payment: Payment | None, exc: ProviderError, now: datetime) -> bool:
+    """A "not found" right after registration (MoMo's 202-then-404 window) is not a failure."""
+    grace = rt.profile(provider).not_found_grace
+    if not isinstance(exc, ProviderNotFound) or not grace or payment is None or payment.registered_at is None:
+        return False
+    return now < payment.registered_at + timedelta(seconds=grace)
+
+
+def _verification_failed(
+    rt: Runtime, provider: str, reference: str, delivery: Delivery, exc: ProviderError, *, inbox_id: int
+) -> Result:
     with transaction(rt.sessions) as session:
-        payment = payments.find(session, provider, delivery.reference, lock=True)
+        ctx = rt.context(provider)
+        payment = payments.find(session, provider, reference, lock=True)
         if payment is not None:
             payments.record_error(
-                session,
-                payment,
-                str(exc),
-                rt.context(),
-                trigger="webhook",
-                claim=delivery,
-                inbox_id=base.inbox_id,
-                reschedule=False,
+                session, payment, str(exc), ctx, trigger="webhook", claim=delivery, inbox_id=inbox_id, reschedule=False
             )
-        if not exc.retryable:
+        if not exc.retryable and not _not_yet_visible(rt, provider, payment, exc, ctx.now):
             detail = f"provider refused the verification: {exc}"
-            inbox.mark(session, base.inbox_id or 0, InboxStatus.FAILED, detail)
-            row = session.get(InboxDelivery, base.inbox_id)
+            inbox.mark(session, inbox_id, InboxStatus.FAILED, detail)
+            row = session.get(InboxDelivery, inbox_id)
             deadletters.record(
                 session,
                 task=INGEST_TASK,
@@ -276,11 +347,11 @@ def _verification_failed(rt: Runtime, provider: str, delivery: Delivery, exc: Pr
                 detail=detail,
                 payload=row.envelope_raw if row else "",
                 provider=provider,
-                reference=delivery.reference,
-                now=rt.context().now,
+                reference=reference,
+                now=ctx.now,
             )
-            return Result(Outcome.FAILED, detail, base.inbox_id, delivery.reference)
-    return Result(Outcome.RETRY, str(exc), base.inbox_id, delivery.reference)
+            return Result(Outcome.FAILED, detail, inbox_id, reference)
+    return Result(Outcome.RETRY, str(exc), inbox_id, reference)
 
 
 # --------------------------------------------------------------------------- registrations
@@ -296,7 +367,7 @@ def register_payment(rt: Runtime, payload: Any) -> Result:
         return Result(Outcome.MALFORMED, detail)
     try:
         with transaction(rt.sessions) as session:
-            outcome, payment = payments.register(session, registration, raw, rt.context())
+            outcome, payment = payments.register(session, registration, raw, rt.context(registration.provider.value))
             reference = payment.reference
     except (UnknownPlan, payments.RegistrationConflict) as exc:
         reason = "unknown_plan" if isinstance(exc, UnknownPlan) else "registration_conflict"
@@ -323,7 +394,7 @@ def register_payment(rt: Runtime, payload: Any) -> Result:
 
 def claim_due(rt: Runtime, *, limit: int = 500, lease: int = 300, now: datetime | None = None) -> list[int]:
     """Ids of non-final payments due for a re-check, leased so that no other janitor takes them."""
-    ctx = rt.context(now)
+    ctx = rt.context(now=now)
     with transaction(rt.sessions) as session:
         due = (
             select(Payment.id)
@@ -354,21 +425,39 @@ def verify_payment(rt: Runtime, payment_id: int, *, now: datetime | None = None,
         provider, reference = payment.provider, payment.reference
         view = payments.registration_view(payment)
     client = rt.client(provider)
-    error: str | None = None
+    error: ProviderError | str | None = None
     answer: VerifiedStatus | None = None
+    deferred = 0.0
     if client is None:
         error = f"provider {provider!r} is not configured on this worker"
     else:
-        try:
-            answer = client.check(view)
-        except ProviderError as exc:
-            error = str(exc)
+        profile = rt.profile(provider)
+        deferred = rt.budget.take(f"api:{provider}", profile.api_rate, profile.api_burst)
+        if not deferred:
+            try:
+                answer = client.check(view)
+            except ProviderError as exc:
+                error = exc
     with transaction(rt.sessions) as session:
-        ctx = rt.context(now)
+        ctx = rt.context(provider, now)
         locked = payments.find(session, provider, reference, lock=True)
         assert locked is not None  # noqa: S101 - payments are never deleted
+        if deferred:
+            delay = rounded_wait(deferred)
+            verification = payments.record_deferral(
+                session,
+                locked,
+                f"{provider} call budget exhausted: deferred {delay:.2f} s",
+                ctx,
+                delay,
+                trigger=trigger,
+            )
+            return Result(Outcome.RETRY, verification.decision, reference=reference, delay=delay)
         if answer is None:
-            verification = payments.record_error(session, locked, error or "", ctx, trigger=trigger)
+            message = str(error)
+            if isinstance(error, ProviderError) and _not_yet_visible(rt, provider, locked, error, ctx.now):
+                message = f"not visible at the provider yet (normal shortly after registration): {error}"
+            verification = payments.record_error(session, locked, message, ctx, trigger=trigger)
             return Result(Outcome.RETRY, verification.decision, reference=reference)
         verification = payments.apply_answer(session, locked, answer, ctx, trigger=trigger)
         return Result(_classify(locked, answer), verification.decision, reference=reference)
@@ -376,4 +465,4 @@ def verify_payment(rt: Runtime, payment_id: int, *, now: datetime | None = None,
 
 def expire_subscriptions(rt: Runtime, *, now: datetime | None = None) -> int:
     with transaction(rt.sessions) as session:
-        return len(expire_due(session, rt.context(now).now))
+        return len(expire_due(session, rt.context(now=now).now))

@@ -1,7 +1,7 @@
-"""Per-process resources: settings, database engine, provider clients.
+"""Per-process resources: settings, database engine, provider clients, trust profiles, budget.
 
-Built lazily on first use in each process (after the prefork pool forks), never
-at import time, and shared by the threads of that process.
+Built lazily on first use in each process (after the prefork pool forks), never at import
+time, and shared by the threads of that process.
 """
 
 from __future__ import annotations
@@ -15,8 +15,10 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from providers.base import ProviderClient
+from providers.profiles import PROFILES, TrustProfile
 from reconciliation.db import make_engine, session_factory
 from reconciliation.payments import Context, RecheckPolicy
+from worker.budget import Budget, for_broker
 from worker.settings import Settings
 
 
@@ -26,33 +28,78 @@ class Runtime:
     engine: Engine
     sessions: sessionmaker[Session]
     clients: dict[str, ProviderClient]
-    policy: RecheckPolicy
+    profiles: dict[str, TrustProfile]
+    budget: Budget
 
-    def context(self, now: datetime | None = None) -> Context:
-        return Context(now=now or datetime.now(UTC), tz=self.settings.timezone, policy=self.policy)
+    def context(self, provider: str | None = None, now: datetime | None = None) -> Context:
+        """Clock, business time zone and re-check policy (of ``provider``, else the default)."""
+        profile = self.profiles.get(provider or "cinetpay", PROFILES["cinetpay"])
+        policy = RecheckPolicy(schedule=profile.recheck_schedule, give_up_after=profile.give_up_after)
+        return Context(now=now or datetime.now(UTC), tz=self.settings.timezone, policy=policy)
 
     def client(self, provider: str) -> ProviderClient | None:
         return self.clients.get(provider)
 
+    def profile(self, provider: str) -> TrustProfile:
+        return self.profiles[provider]
+
     def close(self) -> None:
         for client in self.clients.values():
             client.close()
+        close = getattr(self.budget, "close", None)
+        if close is not None:
+            close()
         self.engine.dispose()
 
 
 def build_clients(settings: Settings) -> dict[str, ProviderClient]:
-    from providers.cinetpay import CinetPayClient
-
+    """One client per configured provider, with the operator's timeouts."""
     clients: dict[str, ProviderClient] = {}
     if settings.cinetpay is not None:
+        from providers.cinetpay import CinetPayClient
+
+        c = settings.cinetpay
         clients["cinetpay"] = CinetPayClient(
-            api_url=settings.cinetpay.api_url,
-            api_key=settings.cinetpay.api_key,
-            site_id=settings.cinetpay.site_id,
-            secret_key=settings.cinetpay.secret_key,
+            api_url=c.api_url, api_key=c.api_key, site_id=c.site_id, secret_key=c.secret_key,
             timeout=settings.http_timeout,
-        )
+        )  # fmt: skip
+    if settings.mtn_momo is not None:
+        from providers.mtn_momo import MtnMomoClient
+
+        m = settings.mtn_momo
+        clients["mtn_momo"] = MtnMomoClient(
+            api_url=m.api_url, api_user=m.api_user, api_key=m.api_key, subscription_key=m.subscription_key,
+            target_environment=m.target_environment, callback_host=m.callback_host, timeout=settings.http_timeout,
+        )  # fmt: skip
+    if settings.orange_money is not None:
+        from providers.orange_money import OrangeMoneyClient
+
+        o = settings.orange_money
+        clients["orange_money"] = OrangeMoneyClient(
+            api_url=o.api_url, client_id=o.client_id, client_secret=o.client_secret, merchant_key=o.merchant_key,
+            country=o.country, token_url=o.token_url, timeout=settings.http_timeout,
+        )  # fmt: skip
+    if settings.wave is not None:
+        from providers.wave import WaveClient
+
+        w = settings.wave
+        clients["wave"] = WaveClient(
+            api_url=w.api_url, api_key=w.api_key, webhook_secrets=w.webhook_secrets,
+            webhook_shared_secret=w.webhook_shared_secret, tolerance=w.tolerance, timeout=settings.http_timeout,
+        )  # fmt: skip
     return clients
+
+
+def build_profiles(settings: Settings) -> dict[str, TrustProfile]:
+    """Every provider's trust profile with the operator's overrides applied."""
+    return {
+        name: base.with_overrides(
+            recheck_schedule=settings.recheck_schedule,
+            give_up_after=settings.give_up_after,
+            budget=settings.budgets.get(name),
+        )
+        for name, base in PROFILES.items()
+    }
 
 
 def build(settings: Settings) -> Runtime:
@@ -64,7 +111,8 @@ def build(settings: Settings) -> Runtime:
         engine=engine,
         sessions=session_factory(engine),
         clients=build_clients(settings),
-        policy=RecheckPolicy(schedule=settings.recheck_schedule, give_up_after=settings.give_up_after),
+        profiles=build_profiles(settings),
+        budget=for_broker(settings.broker_url, settings.redis_url),
     )
 
 

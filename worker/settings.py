@@ -15,9 +15,10 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 CINETPAY_DEFAULT_URL = "https://api-checkout.cinetpay.com"
-
-#: Re-check delays for non-final payments, in seconds after the previous check.
-DEFAULT_RECHECK_SCHEDULE = (30, 120, 300, 900, 3600, 21600, 86400)
+MTN_MOMO_DEFAULT_URL = "https://proxy.momoapi.mtn.com"
+ORANGE_MONEY_DEFAULT_URL = "https://api.orange.com"
+WAVE_DEFAULT_URL = "https://api.wave.com"
+PROVIDERS = ("cinetpay", "mtn_momo", "orange_money", "wave")
 
 
 class ConfigError(Exception):
@@ -37,23 +38,57 @@ class CinetPaySettings:
 
 
 @dataclass(frozen=True, slots=True)
+class MtnMomoSettings:
+    api_url: str
+    api_user: str
+    api_key: str = field(repr=False)
+    subscription_key: str = field(repr=False)
+    target_environment: str = "sandbox"
+    callback_host: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class OrangeMoneySettings:
+    api_url: str
+    client_id: str
+    client_secret: str = field(repr=False)
+    merchant_key: str = field(repr=False)
+    country: str = "ci"
+    token_url: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class WaveSettings:
+    api_url: str
+    api_key: str = field(repr=False)
+    webhook_secrets: tuple[str, ...] = field(default=(), repr=False)
+    webhook_shared_secret: str | None = field(default=None, repr=False)
+    tolerance: int = 300
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     database_url: str = field(repr=False)  # may carry a password
     broker_url: str = field(repr=False)
     timezone: ZoneInfo
     cinetpay: CinetPaySettings | None
+    mtn_momo: MtnMomoSettings | None = None
+    orange_money: OrangeMoneySettings | None = None
+    wave: WaveSettings | None = None
+    redis_url: str | None = field(default=None, repr=False)  # the call budget's store
+    budgets: dict[str, tuple[float, int]] = field(default_factory=dict)  # provider -> (rate, burst)
     worker_concurrency: int = 32
     db_pool_size: int = 10  # per worker process; as many again may overflow
     http_timeout: tuple[float, float] = (3.05, 10.0)
     recheck_interval: float = 15.0  # how often beat looks for due re-checks
-    recheck_schedule: tuple[int, ...] = DEFAULT_RECHECK_SCHEDULE
-    give_up_after: int = 48 * 3600  # pending this long after registration: expired
+    recheck_schedule: tuple[int, ...] | None = None  # None: each provider's profile
+    give_up_after: int | None = None  # None: each provider's profile
     verify_max_retries: int = 8  # transient provider errors on a webhook, then dead letter
     expire_interval: float = 60.0
 
     @property
     def providers(self) -> tuple[str, ...]:
-        return tuple(name for name in ("cinetpay",) if getattr(self, name) is not None)
+        return tuple(name for name in PROVIDERS if getattr(self, name) is not None)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, *, require_broker: bool = True) -> Settings:
@@ -76,17 +111,83 @@ class Settings:
                 site_id=cinetpay["CINETPAY_SITE_ID"],
                 secret_key=cinetpay["CINETPAY_SECRET_KEY"],
             )
+        momo = reader.group(
+            "MTN_MOMO",
+            ("MTN_MOMO_API_USER", "MTN_MOMO_API_KEY", "MTN_MOMO_SUBSCRIPTION_KEY", "MTN_MOMO_TARGET_ENVIRONMENT"),
+        )
+        momo_settings = None
+        if momo is not None:
+            momo_settings = MtnMomoSettings(
+                api_url=reader.http_url("MTN_MOMO_API_URL", MTN_MOMO_DEFAULT_URL),
+                api_user=momo["MTN_MOMO_API_USER"],
+                api_key=momo["MTN_MOMO_API_KEY"],
+                subscription_key=momo["MTN_MOMO_SUBSCRIPTION_KEY"],
+                target_environment=momo["MTN_MOMO_TARGET_ENVIRONMENT"],
+                callback_host=reader.text("MTN_MOMO_CALLBACK_HOST"),
+            )
+        orange = reader.group(
+            "ORANGE_MONEY",
+            (
+                "ORANGE_MONEY_CLIENT_ID",
+                "ORANGE_MONEY_CLIENT_SECRET",
+                "ORANGE_MONEY_MERCHANT_KEY",
+                "ORANGE_MONEY_COUNTRY",
+            ),
+        )
+        orange_settings = None
+        if orange is not None:
+            token_url = reader.text("ORANGE_MONEY_TOKEN_URL")
+            orange_settings = OrangeMoneySettings(
+                api_url=reader.http_url("ORANGE_MONEY_API_URL", ORANGE_MONEY_DEFAULT_URL),
+                client_id=orange["ORANGE_MONEY_CLIENT_ID"],
+                client_secret=orange["ORANGE_MONEY_CLIENT_SECRET"],
+                merchant_key=orange["ORANGE_MONEY_MERCHANT_KEY"],
+                country=orange["ORANGE_MONEY_COUNTRY"].lower(),
+                token_url=reader.http_url("ORANGE_MONEY_TOKEN_URL", token_url) if token_url else None,
+            )
+        wave = reader.group("WAVE", ("WAVE_API_KEY",))
+        wave_settings = None
+        if wave is not None:
+            secrets = tuple(
+                part.strip() for part in (reader.text("WAVE_WEBHOOK_SECRETS") or "").split(",") if part.strip()
+            )
+            shared = reader.text("WAVE_WEBHOOK_SHARED_SECRET")
+            if not secrets and not shared:
+                problems.append(
+                    "WAVE is half configured: set WAVE_WEBHOOK_SECRETS (comma-separated, newest first) "
+                    "or WAVE_WEBHOOK_SHARED_SECRET, or webhooks cannot be authenticated"
+                )
+            wave_settings = WaveSettings(
+                api_url=reader.http_url("WAVE_API_URL", WAVE_DEFAULT_URL),
+                api_key=wave["WAVE_API_KEY"],
+                webhook_secrets=secrets,
+                webhook_shared_secret=shared,
+                tolerance=reader.integer("WAVE_WEBHOOK_TOLERANCE", 300, minimum=1),
+            )
+        budgets = {
+            provider: budget
+            for provider in PROVIDERS
+            if (budget := reader.budget(f"PAYRECON_BUDGET_{provider.upper()}")) is not None
+        }
+        redis_url = reader.text("PAYRECON_REDIS_URL")
+        if redis_url is not None and not redis_url.startswith(("redis://", "rediss://")):
+            problems.append(f"PAYRECON_REDIS_URL must be a redis:// URL, got {redis_url!r}")
         settings = cls(
             database_url=database_url or "",
             broker_url=broker_url or "",
             timezone=timezone,
             cinetpay=cinetpay_settings,
+            mtn_momo=momo_settings,
+            orange_money=orange_settings,
+            wave=wave_settings,
+            redis_url=redis_url,
+            budgets=budgets,
             worker_concurrency=reader.integer("PAYRECON_WORKER_CONCURRENCY", 32, minimum=1),
             db_pool_size=reader.integer("PAYRECON_DB_POOL_SIZE", 10, minimum=1),
             http_timeout=reader.timeout("PAYRECON_HTTP_TIMEOUT", (3.05, 10.0)),
             recheck_interval=reader.number("PAYRECON_RECHECK_INTERVAL", 15.0),
-            recheck_schedule=reader.schedule("PAYRECON_RECHECK_SCHEDULE", DEFAULT_RECHECK_SCHEDULE),
-            give_up_after=reader.integer("PAYRECON_GIVE_UP_AFTER", 48 * 3600, minimum=1),
+            recheck_schedule=reader.schedule("PAYRECON_RECHECK_SCHEDULE"),
+            give_up_after=reader.optional_integer("PAYRECON_GIVE_UP_AFTER", minimum=1),
             verify_max_retries=reader.integer("PAYRECON_VERIFY_MAX_RETRIES", 8, minimum=0),
             expire_interval=reader.number("PAYRECON_EXPIRE_INTERVAL", 60.0),
         )
@@ -172,17 +273,34 @@ class _Reader:
             return default
         return connect, read
 
-    def schedule(self, name: str, default: tuple[int, ...]) -> tuple[int, ...]:
+    def optional_integer(self, name: str, *, minimum: int) -> int | None:
+        return self.integer(name, 0, minimum=minimum) if self._raw(name) is not None else None
+
+    def budget(self, name: str) -> tuple[float, int] | None:
         value = self._raw(name)
         if value is None:
-            return default
+            return None
+        try:
+            rate_text, burst_text = value.split(",")
+            rate, burst = float(rate_text), int(burst_text)
+        except ValueError:
+            rate, burst = 0.0, 0
+        if rate <= 0 or burst < 1:
+            self.problems.append(f"{name} must be 'CALLS_PER_SECOND,BURST', e.g. '5,20', got {value!r}")
+            return None
+        return rate, burst
+
+    def schedule(self, name: str) -> tuple[int, ...] | None:
+        value = self._raw(name)
+        if value is None:
+            return None
         try:
             delays = tuple(int(part) for part in value.split(","))
         except ValueError:
             delays = ()
         if not delays or any(d <= 0 for d in delays):
             self.problems.append(f"{name} must be comma-separated positive seconds, e.g. '30,120,300', got {value!r}")
-            return default
+            return None
         return delays
 
     def group(self, label: str, names: tuple[str, ...]) -> dict[str, str] | None:

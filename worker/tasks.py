@@ -70,7 +70,10 @@ def ingest_webhook(self: Task, envelope: Any = None, **unexpected: Any) -> dict[
     payload = envelope if not unexpected else {"envelope": envelope, **unexpected}
     result = _guarded(self, pipeline.INGEST_TASK, payload, lambda: pipeline.ingest_webhook(runtime.get(), payload))
     if result.outcome is pipeline.Outcome.RETRY and result.inbox_id is not None:
-        retry_delivery.apply_async((result.inbox_id,), countdown=retry_delay(0))
+        if result.delay is not None:  # budget or awaiting registration: not an attempt
+            retry_delivery.apply_async((result.inbox_id, 0), countdown=result.delay)
+        else:
+            retry_delivery.apply_async((result.inbox_id, 1), countdown=retry_delay(0))
     return _report("ingest_webhook", result)
 
 
@@ -82,20 +85,34 @@ def register_payment(self: Task, payment: Any = None, **unexpected: Any) -> dict
     return _report("register_payment", result)
 
 
+#: Deferrals (budget, awaiting registration) of one delivery before it is dead-lettered anyway.
+MAX_DEFERRALS = 2000
+
+
 @app.task(name="payrecon.retry_delivery", bind=True, max_retries=None)
-def retry_delivery(self: Task, inbox_id: int, attempt: int = 1) -> dict[str, Any]:
-    """Verification of a stored delivery after a transient provider error."""
+def retry_delivery(self: Task, inbox_id: int, attempt: int = 1, deferrals: int = 0) -> dict[str, Any]:
+    """Verification of a stored delivery after a transient provider error or a deferral.
+
+    ``attempt`` counts provider failures (up to PAYRECON_VERIFY_MAX_RETRIES); deferrals for an
+    exhausted budget do not count as attempts, so a busy provider delays work, never drops it.
+    """
     rt = runtime.get()
-    final = attempt >= rt.settings.verify_max_retries
+    final = attempt >= rt.settings.verify_max_retries or deferrals >= MAX_DEFERRALS
     result = pipeline.retry_delivery(rt, inbox_id, final_attempt=final)
     if result.outcome is pipeline.Outcome.RETRY:
-        retry_delivery.apply_async((inbox_id, attempt + 1), countdown=retry_delay(attempt))
+        if result.delay is not None:
+            retry_delivery.apply_async((inbox_id, attempt, deferrals + 1), countdown=result.delay)
+        else:
+            retry_delivery.apply_async((inbox_id, attempt + 1, deferrals), countdown=retry_delay(attempt))
     return _report("retry_delivery", result)
 
 
 @app.task(name="payrecon.verify_payment")
 def verify_payment(payment_id: int) -> dict[str, Any]:
-    """Re-check one non-final payment with its provider (the janitor's unit of work)."""
+    """Re-check one non-final payment with its provider (the janitor's unit of work).
+
+    A deferral (budget) moved the payment's next check; the janitor finds it again then.
+    """
     return _report("verify_payment", pipeline.verify_payment(runtime.get(), payment_id))
 
 

@@ -134,6 +134,39 @@ class SandboxClient:
             raise SandboxError(200, f"notification built but not enqueued: {result.get('enqueue_error')}")
         return cast(dict[str, Any], result["envelope"])
 
+    # ------------------------------------------------------------------ any provider
+    # Every provider's control API has the same shape under /_sandbox/{provider}/:
+    # transactions (create, list, get), .../{reference}/status and .../{reference}/notification.
+
+    def create(self, provider: str, **fields: Any) -> dict[str, Any]:
+        """Script a transaction at ``provider`` (fields as its control API documents); return its state."""
+        return cast(dict[str, Any], self._call("POST", f"/_sandbox/{provider}/transactions", fields))
+
+    def get(self, provider: str, reference: str) -> dict[str, Any]:
+        """State of one transaction, including ``status`` and ``check_count``."""
+        return cast(dict[str, Any], self._call("GET", self._ref_path(provider, reference)))
+
+    def set_status(self, provider: str, reference: str, status: str) -> dict[str, Any]:
+        """Force a wire status now (notifies the transaction's ``notify_url``)."""
+        return cast(
+            dict[str, Any], self._call("POST", f"{self._ref_path(provider, reference)}/status", {"status": status})
+        )
+
+    def notification(self, provider: str, reference: str, *, enqueue: bool = False, **options: Any) -> dict[str, Any]:
+        """A notification for the transaction as a ``payrecon.webhook/1`` envelope dict.
+
+        ``options`` as the provider's control API documents (``forged``, ``tamper``,
+        ``deliver_to``, ``method``, ...).
+        """
+        result = self._call(
+            "POST", f"{self._ref_path(provider, reference)}/notification", {"enqueue": enqueue, **options}
+        )
+        return self._enqueued_envelope(result, enqueue)
+
+    @staticmethod
+    def _ref_path(provider: str, reference: str) -> str:
+        return f"/_sandbox/{provider}/transactions/{quote(reference, safe='')}"
+
     # ------------------------------------------------------------------ shared
 
     def add_faults(self, path: str, faults: list[dict[str, Any]]) -> dict[str, Any]:

@@ -26,7 +26,10 @@ from urllib.parse import parse_qs, urlsplit
 
 from providers.sandbox.broker import INGEST_TASK, QUEUE, mask_url
 from providers.sandbox.cinetpay import CinetPaySandbox
+from providers.sandbox.mtn_momo import MtnMomoConfig, MtnMomoSandbox
+from providers.sandbox.orange_money import OrangeMoneyConfig, OrangeMoneySandbox
 from providers.sandbox.state import ControlError, SandboxState, check_keys, parse_faults
+from providers.sandbox.wave import WaveConfig, WaveSandbox
 from providers.sandbox.web import Notifier, ProviderSandbox, Request, Response, Router, json_response
 
 DEFAULT_PORT = 8765  # same as `payrecon sandbox --port`
@@ -130,6 +133,9 @@ class SandboxServer:
         verbose: bool = False,
         broker_url: str | None = None,
         latency: float = 0.0,
+        mtn_momo: MtnMomoConfig | None = None,
+        orange_money: OrangeMoneyConfig | None = None,
+        wave: WaveConfig | None = None,
     ) -> None:
         """Configure the server and the merchant credentials it accepts; nothing is bound or connected yet."""
         self.host = host
@@ -146,6 +152,11 @@ class SandboxServer:
         self.router = Router(self.state, latency=latency)
         self.providers: list[ProviderSandbox] = [
             CinetPaySandbox(self.state, self.notifier, base_url=lambda: self.url, **self.cinetpay_credentials),
+            MtnMomoSandbox(self.state, self.notifier, mtn_momo or MtnMomoConfig(), base_url=lambda: self.url),
+            OrangeMoneySandbox(
+                self.state, self.notifier, orange_money or OrangeMoneyConfig(), base_url=lambda: self.url
+            ),
+            WaveSandbox(self.state, self.notifier, wave or WaveConfig(), base_url=lambda: self.url),
         ]
         for provider in self.providers:
             provider.register(self.router)

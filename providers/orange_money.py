@@ -1,0 +1,469 @@
+"""Orange Money Web Payment API ("OM WebPay"): OAuth token, notification parsing, status check.
+
+Facts used here (see ``/work/shared/reference/providers.md`` §3 and §5):
+
+* every call carries an OAuth 2.0 client-credentials token from ``POST /oauth/v3/token``
+  (``Authorization: Basic base64(client_id:client_secret)``, form
+  ``grant_type=client_credentials``), answered ``{"token_type": "Bearer",
+  "access_token", "expires_in"}``; ``expires_in`` is reported as ``"7776000"`` (a
+  string, 90 days) but may be an int, and Orange's generic guide says 60 minutes: the
+  client caches the token until shortly before the announced expiry and, whatever the
+  value, refreshes once on a 401 from a business call (Orange gateway codes 40/41/42);
+* the status call ``POST /orange-money-webpay/{cc}/v1/transactionstatus`` needs
+  ``order_id``, ``amount`` (integer, major units) **and** ``pay_token``, and answers
+  ``{"status", "order_id", "txnid"}`` with HTTP 200 or 201; statuses are INITIATED,
+  PENDING, SUCCESS, FAILED and EXPIRED;
+* the notification is a JSON POST ``{"status", "notif_token", "txnid"}`` to the
+  ``notif_url`` given at init. It names no order: its only authenticity proof is the
+  ``notif_token`` the init answer returned for that order (no HMAC, no timestamp).
+
+What the merchant must register in ``provider_data``: ``pay_token`` (for ``check``) and
+``notif_token`` (for ``authenticate`` and for finding the payment from a notification
+whose URL does not carry the order id).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import re
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import replace
+from decimal import Decimal
+from typing import Any, Final
+from urllib.parse import unquote
+
+import requests
+from tenacity.wait import wait_base
+
+from providers.base import (
+    Delivery,
+    DeliveryKind,
+    ForgedDelivery,
+    MalformedDelivery,
+    Outcome,
+    ProviderAuthError,
+    ProviderBadRequest,
+    ProviderProtocolError,
+    RegistrationView,
+    VerifiedStatus,
+)
+from providers.http import RetryPolicy, build_session, send
+from schemas.currency import MINOR_UNIT_EXPONENT, AmountError, to_major, to_minor
+from schemas.messages import WebhookEnvelope
+
+PROVIDER: Final = "orange_money"
+
+#: ``transactionstatus`` statuses → outcome. EXPIRED (the payer confirmed after the
+#: pay_token expired) is final and unpaid, hence FAILED; ``provider_status`` keeps "EXPIRED".
+STATUS_TABLE: Final[Mapping[str, Outcome]] = {
+    "INITIATED": Outcome.PENDING,
+    "PENDING": Outcome.PENDING,
+    "SUCCESS": Outcome.SUCCEEDED,
+    "FAILED": Outcome.FAILED,
+    "EXPIRED": Outcome.FAILED,
+}
+
+#: The play-money currency of Orange's ``dev`` environment. It has no ISO code; when
+#: the status answer echoes it, the amount is read in the registration's currency.
+DEV_CURRENCY: Final = "OUV"
+
+#: Used when the token answer has no readable ``expires_in`` (Orange's generic guide: 60 min).
+DEFAULT_TOKEN_TTL: Final = 3600.0
+#: Refresh this long before the announced expiry (at most; 10 % of short lifetimes).
+TOKEN_REFRESH_MARGIN: Final = 300.0
+
+_REFERENCE = re.compile(r"^[A-Za-z0-9._:\-]{1,100}$")
+_MAX_TOKEN_CHARS = 256
+#: The path segment after which a notif_url carries the order id: ``.../notify/{order_id}``.
+NOTIFY_SEGMENT: Final = "notify"
+
+
+def basic_authorization(client_id: str, client_secret: str) -> str:
+    """The ``Authorization`` header value of the token call: ``Basic base64(id:secret)``."""
+    raw = f"{client_id}:{client_secret}".encode()
+    return "Basic " + base64.b64encode(raw).decode("ascii")
+
+
+def _error_code(response: requests.Response) -> str | None:
+    """Orange's error code from an error body: gateway ``code`` (40, 41, 42...) or OAuth ``error``."""
+    try:
+        body = response.json()
+    except ValueError:
+        return None
+    if not isinstance(body, dict):
+        return None
+    for key in ("code", "error"):
+        value = body.get(key)
+        if isinstance(value, str | int) and not isinstance(value, bool) and str(value).strip():
+            return str(value).strip()[:40]
+    return None
+
+
+def parse_token_response(text: str) -> tuple[str, float]:
+    """``(access_token, lifetime in seconds)`` from the token answer; ``ProviderProtocolError``.
+
+    ``expires_in`` may be an int or a digit string; missing or unreadable, the
+    lifetime is :data:`DEFAULT_TOKEN_TTL` (a 401 triggers a refresh anyway).
+    """
+    where: dict[str, Any] = {"provider": PROVIDER}
+    try:
+        body = json.loads(text)
+    except ValueError:
+        raise ProviderProtocolError("token answer is not JSON", **where) from None
+    if not isinstance(body, dict):
+        raise ProviderProtocolError("token answer is not a JSON object", **where)
+    token = body.get("access_token")
+    if not isinstance(token, str) or not token.strip():
+        raise ProviderProtocolError("token answer has no access_token", **where)
+    token_type = body.get("token_type")
+    if token_type is not None and str(token_type).lower() != "bearer":
+        raise ProviderProtocolError(f"token_type {str(token_type)[:20]!r} is not Bearer", **where)
+    raw_ttl = body.get("expires_in")
+    ttl = DEFAULT_TOKEN_TTL
+    if isinstance(raw_ttl, int) and not isinstance(raw_ttl, bool):
+        ttl = float(raw_ttl)
+    elif isinstance(raw_ttl, str) and raw_ttl.strip().isdigit():
+        ttl = float(raw_ttl.strip())
+    return token.strip(), max(ttl, 0.0)
+
+
+def major_amount(amount: int, currency: str) -> int:
+    """Minor units → Orange's integer major-unit amount; ``ValueError`` if not whole."""
+    major = to_major(amount, currency)  # AmountError (a ValueError) for an unknown currency
+    if major != major.to_integral_value():
+        raise ValueError(f"{amount} {currency} minor units is not a whole number of {currency}")
+    return int(major)
+
+
+# --------------------------------------------------------------------------- status answer
+
+
+def parse_status_response(registration: RegistrationView, text: str, *, http_status: int = 201) -> VerifiedStatus:
+    """Turn the body of a 2xx ``transactionstatus`` answer into a ``VerifiedStatus``.
+
+    Amount: Orange answers SUCCESS only for the ``(order_id, amount, pay_token)`` it
+    was asked about, so a SUCCESS confirms the registered amount. When the answer
+    echoes an ``amount`` (and maybe ``currency``) itself, that echo is what Orange says
+    was paid and wins: the pipeline then compares it with the ledger (tampering).
+    Non-success answers confirm no amount unless one is echoed.
+    """
+    where: dict[str, Any] = {"provider": PROVIDER, "http_status": http_status}
+    try:
+        body = json.loads(text, parse_float=Decimal)
+    except ValueError:
+        raise ProviderProtocolError(f"status answer is not JSON: {text[:80]!r}", **where) from None
+    if not isinstance(body, dict):
+        raise ProviderProtocolError("status answer is not a JSON object", **where)
+    status = body.get("status")
+    if not isinstance(status, str) or not status.strip():
+        raise ProviderProtocolError(f"status answer has no status string (status={str(status)[:40]!r})", **where)
+    status = status.strip().upper()
+    outcome = STATUS_TABLE.get(status)
+    if outcome is None:
+        raise ProviderProtocolError(f"unknown transaction status {status[:40]!r}", code=status[:40], **where)
+    order_id = body.get("order_id")
+    if order_id is not None and str(order_id) != registration.reference:
+        raise ProviderProtocolError(
+            f"status answer is about order {str(order_id)[:100]!r}, not {registration.reference!r}", **where
+        )
+    try:
+        amount, currency = _confirmed_money(body, registration, outcome)
+    except (AmountError, ValueError) as exc:
+        raise ProviderProtocolError(f"status answer: {str(exc)[:150]}", **where) from None
+    txnid = body.get("txnid")
+    message = body.get("message")
+    return VerifiedStatus(
+        reference=registration.reference,
+        outcome=outcome,
+        provider_status=status,
+        provider_code=None,
+        provider_message=str(message)[:200] if message else None,
+        amount=amount,
+        currency=currency,
+        provider_transaction_id=str(txnid) if txnid else None,
+        paid_at=None,  # the status answer carries no date; never substitute our clock
+        raw=text,
+    )
+
+
+def _confirmed_money(
+    body: Mapping[str, Any], registration: RegistrationView, outcome: Outcome
+) -> tuple[int | None, str | None]:
+    raw_amount = body.get("amount")
+    if raw_amount is None or (isinstance(raw_amount, str) and not raw_amount.strip()):
+        if outcome is Outcome.SUCCEEDED:
+            # SUCCESS to a question keyed by (order_id, amount, pay_token) confirms that amount.
+            return registration.amount, registration.currency
+        return None, None
+    if isinstance(raw_amount, bool) or not isinstance(raw_amount, str | int | Decimal):
+        raise ValueError(f"amount has type {type(raw_amount).__name__}")
+    raw_currency = body.get("currency")
+    if raw_currency is None or str(raw_currency) == DEV_CURRENCY:
+        currency = registration.currency
+    elif str(raw_currency) in MINOR_UNIT_EXPONENT:
+        currency = str(raw_currency)
+    else:
+        raise ValueError(f"currency {str(raw_currency)[:10]!r} is not supported")
+    if currency is None:
+        raise ValueError("amount without a currency")
+    return to_minor(raw_amount, currency), currency
+
+
+# --------------------------------------------------------------------------- notifications
+
+
+def notification_fields(body: str) -> dict[str, Any]:
+    """The JSON object of a notification body; ``MalformedDelivery`` unless it has a ``notif_token``."""
+    try:
+        fields = json.loads(body, parse_float=Decimal)
+    except ValueError:
+        raise MalformedDelivery("body is not JSON; Orange notifications are JSON objects") from None
+    if not isinstance(fields, dict):
+        raise MalformedDelivery("body is not a JSON object")
+    token = fields.get("notif_token")
+    if not isinstance(token, str) or not token.strip():
+        raise MalformedDelivery("missing notif_token")
+    if len(token) > _MAX_TOKEN_CHARS:
+        raise MalformedDelivery(f"notif_token is longer than {_MAX_TOKEN_CHARS} characters")
+    for name in ("status", "txnid"):
+        if fields.get(name) is not None and not isinstance(fields[name], str):
+            raise MalformedDelivery(f"{name} must be a string")
+    return fields
+
+
+def _query_value(query: Mapping[str, str | list[str]], name: str) -> str | None:
+    value = query.get(name)
+    if isinstance(value, list):
+        if len(value) != 1:
+            raise MalformedDelivery(f"query parameter {name} is given {len(value)} times")
+        value = value[0]
+    return (value.strip() or None) if isinstance(value, str) else None
+
+
+def reference_of(envelope: WebhookEnvelope) -> str | None:
+    """The order id a notification's URL carries, or None.
+
+    Orange's body names no order, so merchants put it in their ``notif_url``: query
+    ``order_id`` (or ``reference``), else the segment after ``notify`` when it is the
+    last one (``https://host/orange/notify/{order_id}``).
+    """
+    for name in ("order_id", "reference"):
+        value = _query_value(envelope.query, name)
+        if value is not None:
+            if not _REFERENCE.match(value):
+                raise MalformedDelivery(f"query parameter {name} is not a valid reference")
+            return value
+    segments = [segment for segment in envelope.path.split("/") if segment]
+    if len(segments) >= 2 and segments[-2] == NOTIFY_SEGMENT:
+        value = unquote(segments[-1])
+        if not _REFERENCE.match(value):
+            raise MalformedDelivery("the notification path's order id is not a valid reference")
+        return value
+    return None
+
+
+# --------------------------------------------------------------------------- client
+
+
+class OrangeMoneyClient:
+    """``ProviderClient`` for Orange Money's Web Payment API."""
+
+    name = PROVIDER
+
+    def __init__(
+        self,
+        *,
+        api_url: str,
+        client_id: str,
+        client_secret: str,
+        merchant_key: str,
+        country: str = "dev",
+        token_url: str | None = None,
+        session: requests.Session | None = None,
+        timeout: tuple[float, float] = (3.05, 10.0),
+        max_attempts: int = 3,
+        deadline: float = 20.0,
+        wait: wait_base | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        """Configure the client; ``wait`` replaces the jittered backoff (tests pass ``wait_none()``).
+
+        ``country`` is the path's country code (``dev`` in Orange's sandbox, ``ci``,
+        ``sn``, ``cm``... in production); ``clock`` times the token cache.
+        """
+        self.api_url = api_url.rstrip("/")
+        self.country = country
+        self.token_url = token_url or f"{self.api_url}/oauth/v3/token"
+        self.status_url = f"{self.api_url}/orange-money-webpay/{country}/v1/transactionstatus"
+        self.client_id = client_id
+        # Secrets live in underscored attributes that __repr__ never shows. The merchant
+        # key is only needed to initiate payments; it is kept for redaction.
+        self._client_secret = client_secret
+        self._merchant_key = merchant_key
+        self._basic = basic_authorization(client_id, client_secret)
+        self._owns_session = session is None
+        self._session = session if session is not None else build_session()
+        self.timeout = timeout
+        policy = RetryPolicy(max_attempts=max_attempts, deadline=deadline)
+        self.policy = policy if wait is None else replace(policy, wait=wait)
+        self._clock = clock
+        self._token_lock = threading.Lock()
+        self._token: str | None = None
+        self._token_refresh_at = 0.0
+        #: How many tokens this client obtained (observability; tests check the cache with it).
+        self.tokens_fetched = 0
+
+    def __repr__(self) -> str:
+        return f"OrangeMoneyClient(api_url={self.api_url!r}, country={self.country!r}, client_id={self.client_id!r})"
+
+    # ----------------------------------------------------------------- webhooks
+
+    def parse_delivery(self, envelope: WebhookEnvelope) -> Delivery:
+        """Parse a notification without any network call.
+
+        The reference comes from the notification URL (see :func:`reference_of`); without
+        one, ``lookup=("notif_token", token)`` lets the pipeline find the payment
+        registered with that ``notif_token``.
+        """
+        fields = notification_fields(envelope.body)
+        reference = reference_of(envelope)
+        token = str(fields["notif_token"]).strip()
+        digest = hashlib.sha256(f"{reference or ''}\n{envelope.body}".encode()).hexdigest()
+        status = str(fields.get("status") or "").strip()
+        txnid = str(fields.get("txnid") or "").strip()
+        return Delivery(
+            kind=DeliveryKind.PAYMENT,
+            dedupe_key=digest,
+            reference=reference,
+            claimed_status=status or None,
+            provider_ids={"txnid": txnid} if txnid else {},
+            lookup=None if reference is not None else ("notif_token", token),
+        )
+
+    def authenticate(
+        self, envelope: WebhookEnvelope, delivery: Delivery, registration: RegistrationView | None
+    ) -> None:
+        """Compare the body's ``notif_token`` with the registered one; raise ``ForgedDelivery``. No API call."""
+        if registration is None:
+            named = delivery.reference or "a notification without order id"
+            raise ForgedDelivery(f"cannot authenticate: no registration known for {named[:100]}")
+        expected = registration.provider_data.get("notif_token")
+        if not isinstance(expected, str) or not expected:
+            raise ForgedDelivery(f"cannot authenticate: no notif_token registered for {registration.reference}")
+        try:
+            received = str(notification_fields(envelope.body)["notif_token"]).strip()
+        except MalformedDelivery as exc:
+            raise ForgedDelivery(f"no usable notif_token: {exc}") from None
+        # Bytes, not str: compare_digest refuses non-ASCII str, and the body is attacker-controlled.
+        if not hmac.compare_digest(expected.encode(), received.encode("utf-8", "replace")):
+            raise ForgedDelivery("notif_token does not match")
+
+    # ----------------------------------------------------------------- status API
+
+    def check(self, registration: RegistrationView) -> VerifiedStatus:
+        """Ask ``transactionstatus`` about ``registration`` (order_id, amount, pay_token)."""
+        payload = self.status_request(registration)
+        response = self._post(self.status_url, payload)
+        return parse_status_response(registration, response.text, http_status=response.status_code)
+
+    def status_request(self, registration: RegistrationView) -> dict[str, Any]:
+        """The ``transactionstatus`` body; ``ProviderBadRequest`` (no network) if it cannot be built."""
+        pay_token = registration.provider_data.get("pay_token")
+        if not isinstance(pay_token, str) or not pay_token.strip():
+            raise ProviderBadRequest(
+                f"cannot check {registration.reference}: provider_data has no pay_token "
+                "(register the pay_token the webpayment init returned)",
+                provider=PROVIDER,
+            )
+        if registration.amount is None or registration.currency is None:
+            raise ProviderBadRequest(
+                f"cannot check {registration.reference}: Orange's status call needs the registered "
+                "amount and currency",
+                provider=PROVIDER,
+            )
+        try:
+            amount = major_amount(registration.amount, registration.currency)
+        except ValueError as exc:
+            raise ProviderBadRequest(f"cannot check {registration.reference}: {exc}", provider=PROVIDER) from None
+        return {"order_id": registration.reference, "amount": amount, "pay_token": pay_token.strip()}
+
+    def _post(self, url: str, payload: Mapping[str, Any]) -> requests.Response:
+        """POST with the cached token; on a 401 get a fresh token once and try once more."""
+        token = self._bearer()
+        try:
+            return self._send_authorized(url, payload, token)
+        except ProviderAuthError as exc:
+            if exc.http_status != 401:
+                raise
+        token = self._bearer(stale=token)
+        return self._send_authorized(url, payload, token)
+
+    def _send_authorized(self, url: str, payload: Mapping[str, Any], token: str) -> requests.Response:
+        return send(
+            self._session,
+            PROVIDER,
+            "POST",
+            url,
+            timeout=self.timeout,
+            policy=self.policy,
+            error_code=_error_code,
+            redact=(token, self._client_secret, self._merchant_key),
+            headers={"Authorization": f"Bearer {token}"},
+            json=dict(payload),
+            # A redirected POST would become a GET elsewhere: treat 3xx as an unreadable answer.
+            allow_redirects=False,
+        )
+
+    # ----------------------------------------------------------------- token
+
+    def _bearer(self, *, stale: str | None = None) -> str:
+        """The cached token, or a new one if it is (nearly) expired or is ``stale`` (refused with 401).
+
+        The lock makes concurrent callers share one refresh: a thread that waited while
+        another refreshed gets the new token instead of fetching its own.
+        """
+        with self._token_lock:
+            token = self._token
+            if token is not None and token != stale and self._clock() < self._token_refresh_at:
+                return token
+            started = self._clock()
+            token, ttl = self._fetch_token()
+            self._token = token
+            self._token_refresh_at = started + ttl - min(TOKEN_REFRESH_MARGIN, ttl / 10)
+            self.tokens_fetched += 1
+            return token
+
+    def _fetch_token(self) -> tuple[str, float]:
+        try:
+            response = send(
+                self._session,
+                PROVIDER,
+                "POST",
+                self.token_url,
+                timeout=self.timeout,
+                policy=self.policy,
+                error_code=_error_code,
+                redact=(self._client_secret, self._basic.removeprefix("Basic "), self._merchant_key),
+                headers={"Authorization": self._basic},
+                data={"grant_type": "client_credentials"},
+                allow_redirects=False,
+            )
+        except ProviderAuthError as exc:
+            raise ProviderAuthError(
+                f"token request refused (check client_id/client_secret): {exc.message}",
+                provider=PROVIDER,
+                http_status=exc.http_status,
+                code=exc.code,
+                request_id=exc.request_id,
+            ) from exc
+        return parse_token_response(response.text)
+
+    def close(self) -> None:
+        """Close the HTTP session if this client created it."""
+        if self._owns_session:
+            self._session.close()

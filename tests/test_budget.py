@@ -1,0 +1,105 @@
+"""The provider call budget: token buckets in real Redis, shared by every worker."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+from dataclasses import replace
+
+import pytest
+from sqlalchemy import select
+
+from providers.sandbox.client import SandboxClient
+from reconciliation.models import InboxDelivery, InboxStatus, Payment, PaymentStatus, Verification
+from tests.helpers import new_reference, registration
+from worker import pipeline
+from worker.budget import LocalBudget, RedisBudget
+from worker.pipeline import Outcome
+from worker.runtime import Runtime
+
+
+@pytest.fixture
+def bucket() -> str:
+    return f"test:{secrets.token_hex(4)}"
+
+
+@pytest.fixture
+def budgets(redis_url: str) -> Iterator[tuple[RedisBudget, RedisBudget]]:
+    first, second = RedisBudget(redis_url), RedisBudget(redis_url)  # two workers, two connections
+    yield first, second
+    first.close()
+    second.close()
+
+
+def test_burst_then_waits_at_the_refill_rate(budgets: tuple[RedisBudget, RedisBudget], bucket: str) -> None:
+    budget, _ = budgets
+    assert [budget.take(bucket, rate=2.0, burst=3) for _ in range(3)] == [0.0, 0.0, 0.0]
+    wait = budget.take(bucket, rate=2.0, burst=3)
+    assert 0.0 < wait <= 0.5  # one token every 0.5 s
+
+
+def test_the_bucket_is_shared_by_every_client(budgets: tuple[RedisBudget, RedisBudget], bucket: str) -> None:
+    first, second = budgets
+    assert first.take(bucket, rate=0.1, burst=2) == 0.0
+    assert second.take(bucket, rate=0.1, burst=2) == 0.0
+    assert first.take(bucket, rate=0.1, burst=2) > 0
+    assert second.take(bucket, rate=0.1, burst=2) > 0
+
+
+def test_local_budget_refills_with_its_clock(bucket: str) -> None:
+    now = [100.0]
+    budget = LocalBudget(clock=lambda: now[0])
+    assert budget.take(bucket, 1.0, 1) == 0.0
+    assert budget.take(bucket, 1.0, 1) == pytest.approx(1.0)
+    now[0] += 1.0
+    assert budget.take(bucket, 1.0, 1) == 0.0
+
+
+@pytest.fixture
+def tight(rt: Runtime, bucket: str) -> Iterator[Runtime]:
+    """The runtime with a CinetPay budget of 2 calls, refilled every 100 s."""
+    original = rt.profiles
+    rt.profiles = {**original, "cinetpay": replace(original["cinetpay"], api_rate=0.01, api_burst=2)}
+    assert isinstance(rt.budget, RedisBudget)
+    rt.budget.reset("api:cinetpay")
+    yield rt
+    rt.budget.reset("api:cinetpay")
+    rt.profiles = original
+
+
+def test_exhausted_budget_defers_webhooks_and_loses_none(tight: Runtime, sandbox: SandboxClient) -> None:
+    refs = [new_reference() for _ in range(5)]
+    results = []
+    for ref in refs:
+        pipeline.register_payment(tight, registration(ref))
+        sandbox.create_cinetpay(ref, 5000)
+        results.append(pipeline.ingest_webhook(tight, sandbox.cinetpay_notification(ref)))
+    outcomes = [r.outcome for r in results]
+    assert outcomes == [Outcome.ACCEPTED] * 2 + [Outcome.RETRY] * 3
+    assert all(r.delay and r.delay > 1 for r in results[2:])  # wait for a refill, not an attempt
+    assert "call budget exhausted" in results[2].detail
+    assert sum(sandbox.get_cinetpay(ref)["check_count"] for ref in refs) == 2  # no call spent
+    with tight.sessions() as session:
+        waiting = session.scalars(select(InboxDelivery.status).where(InboxDelivery.status == InboxStatus.RECEIVED))
+        assert len(list(waiting)) == 3  # kept, to be verified when the budget allows
+    tight.budget.reset("api:cinetpay")  # the budget refills
+    assert pipeline.retry_delivery(tight, results[2].inbox_id or 0, final_attempt=False).outcome is Outcome.ACCEPTED
+
+
+def test_exhausted_budget_defers_the_janitor_and_records_it(tight: Runtime, sandbox: SandboxClient) -> None:
+    ref = new_reference()
+    pipeline.register_payment(tight, registration(ref))
+    sandbox.create_cinetpay(ref, 5000)
+    tight.budget.take("api:cinetpay", 0.01, 2)
+    tight.budget.take("api:cinetpay", 0.01, 2)
+    with tight.sessions() as session:
+        payment = session.scalars(select(Payment).where(Payment.reference == ref)).one()
+    result = pipeline.verify_payment(tight, payment.id)
+    assert result.outcome is Outcome.RETRY and result.delay and result.delay > 1
+    with tight.sessions() as session:
+        after = session.scalars(select(Payment).where(Payment.reference == ref)).one()
+        decision = session.scalars(select(Verification.decision)).one()
+    assert after.status is PaymentStatus.REGISTERED and after.check_count == 0
+    assert after.next_check_at is not None and after.next_check_at > payment.next_check_at
+    assert "call budget exhausted" in decision
+    assert sandbox.get_cinetpay(ref)["check_count"] == 0

@@ -1,0 +1,101 @@
+"""Provider call budget: token buckets shared by every worker process and machine.
+
+A bucket holds at most ``burst`` tokens and refills at ``rate`` tokens per second. Taking
+a token either succeeds now or says how long to wait: an exhausted budget *delays* work
+(the caller schedules it again), it never drops it.
+
+On Redis the bucket is one hash updated by a Lua script (atomic, using the Redis server's
+clock so that machines with skewed clocks agree). The embedded demo, whose broker is not
+Redis, uses an in-process bucket instead: a budget per worker process, not per fleet.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Callable
+from typing import Protocol
+
+import redis
+
+KEY_PREFIX = "payrecon:budget:"
+
+# KEYS[1] bucket; ARGV rate (tokens/s), burst. Returns the wait in seconds as a string ("0" = taken).
+_TAKE = """
+local rate = tonumber(ARGV[1])
+local burst = tonumber(ARGV[2])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local state = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
+local tokens = tonumber(state[1])
+local ts = tonumber(state[2])
+if tokens == nil then tokens = burst; ts = now end
+tokens = math.min(burst, tokens + math.max(0, now - ts) * rate)
+local wait = 0
+if tokens >= 1 then
+  tokens = tokens - 1
+else
+  wait = (1 - tokens) / rate
+end
+redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'ts', tostring(now))
+redis.call('EXPIRE', KEYS[1], math.ceil(burst / rate) + 60)
+return tostring(wait)
+"""
+
+
+class Budget(Protocol):
+    def take(self, bucket: str, rate: float, burst: int) -> float:
+        """Take one token from ``bucket``: 0.0 if taken, else the seconds until one is free."""
+        ...
+
+
+class RedisBudget:
+    """The fleet-wide budget (production, tests)."""
+
+    def __init__(self, url: str) -> None:
+        self._redis = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
+        self._take = self._redis.register_script(_TAKE)
+
+    def take(self, bucket: str, rate: float, burst: int) -> float:
+        return float(self._take(keys=[KEY_PREFIX + bucket], args=[rate, burst]))
+
+    def reset(self, bucket: str) -> None:
+        self._redis.delete(KEY_PREFIX + bucket)
+
+    def close(self) -> None:
+        self._redis.close()
+
+
+class LocalBudget:
+    """A per-process budget for the embedded demo (no Redis)."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._buckets: dict[str, tuple[float, float]] = {}
+
+    def take(self, bucket: str, rate: float, burst: int) -> float:
+        with self._lock:
+            now = self._clock()
+            tokens, ts = self._buckets.get(bucket, (float(burst), now))
+            tokens = min(float(burst), tokens + max(0.0, now - ts) * rate)
+            if tokens >= 1:
+                self._buckets[bucket] = (tokens - 1, now)
+                return 0.0
+            self._buckets[bucket] = (tokens, now)
+            return (1 - tokens) / rate
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+
+def for_broker(broker_url: str, redis_url: str | None = None) -> RedisBudget | LocalBudget:
+    """The Redis budget when a Redis is known (``PAYRECON_REDIS_URL`` or a Redis broker)."""
+    url = redis_url or (broker_url if broker_url.startswith(("redis://", "rediss://")) else None)
+    return RedisBudget(url) if url else LocalBudget()
+
+
+def rounded_wait(seconds: float) -> float:
+    """A wait worth scheduling: at least 50 ms, to the next 10 ms."""
+    return max(0.05, math.ceil(seconds * 100) / 100)
