@@ -28,12 +28,12 @@ from sqlalchemy import create_engine, func, select, text
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from providers.sandbox.client import SandboxClient  # noqa: E402
-from providers.sandbox.server import SandboxServer  # noqa: E402
-from reconciliation import migrate  # noqa: E402
-from reconciliation.models import Payment  # noqa: E402
-from worker import pipeline, runtime  # noqa: E402
-from worker.settings import Settings  # noqa: E402
+from providers.sandbox.client import SandboxClient
+from providers.sandbox.server import SandboxServer
+from reconciliation import migrate
+from reconciliation.models import Payment
+from worker import pipeline, runtime
+from worker.settings import Settings
 
 PG_BASE = os.environ.get("PAYRECON_TEST_PG", "postgresql+psycopg2://postgres@127.0.0.1:5432")
 REDIS_BASE = os.environ.get("PAYRECON_TEST_REDIS", "redis://127.0.0.1:6379")
@@ -112,7 +112,7 @@ def main() -> None:
         for n in range(args.processes):
             log = (logdir / f"w{n}.log").open("wb")
             workers.append(
-                subprocess.Popen(  # noqa: S603
+                subprocess.Popen(
                     [
                         sys.executable,
                         "-m",

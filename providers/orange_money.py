@@ -41,6 +41,7 @@ import requests
 from tenacity.wait import wait_base
 
 from providers.base import (
+    AwaitingRegistration,
     Delivery,
     DeliveryKind,
     ForgedDelivery,
@@ -348,10 +349,14 @@ class OrangeMoneyClient:
     def authenticate(
         self, envelope: WebhookEnvelope, delivery: Delivery, registration: RegistrationView | None
     ) -> None:
-        """Compare the body's ``notif_token`` with the registered one; raise ``ForgedDelivery``. No API call."""
+        """Compare the body's ``notif_token`` with the registered one; raise ``ForgedDelivery``. No API call.
+
+        With no registration yet (the merchant's registration and Orange's notification race),
+        raise ``AwaitingRegistration``: the pipeline authenticates it again once it arrives.
+        """
         if registration is None:
             named = delivery.reference or "a notification without order id"
-            raise ForgedDelivery(f"cannot authenticate: no registration known for {named[:100]}")
+            raise AwaitingRegistration(f"cannot authenticate yet: no registration known for {named[:100]}")
         expected = registration.provider_data.get("notif_token")
         if not isinstance(expected, str) or not expected:
             raise ForgedDelivery(f"cannot authenticate: no notif_token registered for {registration.reference}")
@@ -382,8 +387,7 @@ class OrangeMoneyClient:
             )
         if registration.amount is None or registration.currency is None:
             raise ProviderBadRequest(
-                f"cannot check {registration.reference}: Orange's status call needs the registered "
-                "amount and currency",
+                f"cannot check {registration.reference}: Orange's status call needs the registered amount and currency",
                 provider=PROVIDER,
             )
         try:

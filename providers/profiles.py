@@ -108,3 +108,26 @@ PROFILES = MappingProxyType(
 
 def profile(provider: str) -> TrustProfile:
     return PROFILES[provider]
+
+
+def _duration(seconds: int) -> str:
+    for unit, size in (("d", 86400), ("h", HOUR), ("min", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds // size} {unit}"
+    return f"{seconds} s"
+
+
+def markdown_table() -> str:
+    """The profiles as the README shows them (a test keeps the README in step)."""
+    lines = [
+        "| provider | callbacks authenticated by | re-checks (then the last repeats) | gives up after "
+        "| call budget | unauthenticated callbacks |",
+        "|---|---|---|---|---|---|",
+    ]
+    for p in PROFILES.values():
+        callbacks = f"{p.callback_rate:g}/s, burst {p.callback_burst}" if p.callback_rate else "n/a (authenticated)"
+        lines.append(
+            f"| `{p.provider}` | {p.callback_auth} | {', '.join(_duration(s) for s in p.recheck_schedule)} "
+            f"| {_duration(p.give_up_after)} | {p.api_rate:g}/s, burst {p.api_burst} | {callbacks} |"
+        )
+    return "\n".join(lines)

@@ -58,3 +58,70 @@ def test_all_problems_are_reported_at_once() -> None:
     with pytest.raises(ConfigError) as info:
         Settings.from_env({"PAYRECON_TIMEZONE": "Nowhere"})
     assert len(info.value.problems) == 3
+
+
+ALL = {
+    **BASE,
+    "CINETPAY_API_KEY": "k",
+    "CINETPAY_SITE_ID": "1",
+    "CINETPAY_SECRET_KEY": "s",
+    "MTN_MOMO_API_USER": "u",
+    "MTN_MOMO_API_KEY": "momo-key",
+    "MTN_MOMO_SUBSCRIPTION_KEY": "momo-sub",
+    "MTN_MOMO_TARGET_ENVIRONMENT": "mtnivorycoast",
+    "ORANGE_MONEY_CLIENT_ID": "id",
+    "ORANGE_MONEY_CLIENT_SECRET": "orange-secret",
+    "ORANGE_MONEY_MERCHANT_KEY": "orange-merchant",
+    "ORANGE_MONEY_COUNTRY": "CI",
+    "WAVE_API_KEY": "wave-key",
+    "WAVE_WEBHOOK_SECRETS": "new-secret, old-secret",
+}
+
+
+def test_all_four_providers_configured() -> None:
+    s = Settings.from_env(ALL)
+    assert s.providers == ("cinetpay", "mtn_momo", "orange_money", "wave")
+    assert s.mtn_momo is not None and s.mtn_momo.api_url == "https://proxy.momoapi.mtn.com"
+    assert s.orange_money is not None and s.orange_money.country == "ci"
+    assert s.wave is not None and s.wave.webhook_secrets == ("new-secret", "old-secret")
+    for secret in ("momo-key", "momo-sub", "orange-secret", "orange-merchant", "wave-key", "new-secret"):
+        assert secret not in repr(s)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"MTN_MOMO_TARGET_ENVIRONMENT": ""}, "MTN_MOMO is half configured: MTN_MOMO_TARGET_ENVIRONMENT not set"),
+        ({"ORANGE_MONEY_MERCHANT_KEY": ""}, "ORANGE_MONEY is half configured: ORANGE_MONEY_MERCHANT_KEY not set"),
+        ({"WAVE_WEBHOOK_SECRETS": ""}, "set WAVE_WEBHOOK_SECRETS"),
+        ({"PAYRECON_BUDGET_WAVE": "fast"}, "PAYRECON_BUDGET_WAVE must be 'CALLS_PER_SECOND,BURST'"),
+        ({"PAYRECON_REDIS_URL": "http://x"}, "PAYRECON_REDIS_URL must be a redis:// URL"),
+    ],
+)
+def test_provider_settings_errors(change: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env({**ALL, **change})
+    assert message in str(info.value)
+
+
+def test_budget_and_schedule_overrides_reach_every_profile() -> None:
+    from worker.runtime import build_profiles
+
+    s = Settings.from_env({**ALL, "PAYRECON_BUDGET_WAVE": "2.5,7", "PAYRECON_RECHECK_SCHEDULE": "5,10"})
+    profiles = build_profiles(s)
+    assert (profiles["wave"].api_rate, profiles["wave"].api_burst) == (2.5, 7)
+    assert profiles["cinetpay"].api_burst == 20  # untouched
+    assert {p.recheck_schedule for p in profiles.values()} == {(5, 10)}
+    default = build_profiles(Settings.from_env(ALL))
+    assert default["mtn_momo"].not_found_grace == 600
+    assert default["mtn_momo"].callbacks_authenticated is False
+
+
+def test_readme_shows_the_trust_profiles_as_they_are() -> None:
+    from pathlib import Path
+
+    from providers.profiles import markdown_table
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    shown = readme.split("<!-- trust-profiles:start -->\n")[1].split("\n<!-- trust-profiles:end -->")[0]
+    assert shown == markdown_table()

@@ -1,31 +1,563 @@
-"""Sandbox wire API for OrangeMoney (being written: see the helper's brief)."""
+"""Orange Money Web Payment API ("OM WebPay"), sandboxed: OAuth tokens, init, status, notifications.
+
+Credentials (``OrangeMoneyConfig`` defaults, public test values): client_id
+``sandbox-orange-client-id``, client_secret ``sandbox-orange-client-secret``,
+merchant_key ``sandbox-orange-merchant-key``, country path code ``dev``, token
+lifetime 7776000 s (``token_ttl``; make it short to test expiry).
+
+Wire API (what a merchant's code calls):
+
+* ``POST /oauth/v3/token``: ``Authorization: Basic base64(client_id:client_secret)``,
+  form ``grant_type=client_credentials`` → 200 ``{"token_type": "Bearer",
+  "access_token", "expires_in": "7776000"}`` (a string, as reported). Bad or missing
+  Basic credentials → 401 ``{"error": "invalid_client", "error_description"}``; another
+  grant type → 400 ``{"error": "unsupported_grant_type"}``.
+* Every ``/orange-money-webpay/{cc}/v1/...`` call needs ``Authorization: Bearer``:
+  missing → 401 ``{"code": 40, "message": "Missing credentials"}``, unknown → 401
+  code 41 ``Invalid credentials``, expired → 401 code 42 ``Expired credentials``
+  (Orange's gateway codes). A ``cc`` other than the configured country → 404 code 60.
+* ``POST /orange-money-webpay/{cc}/v1/webpayment`` JSON ``{merchant_key, currency,
+  order_id, amount (int, major units), return_url, cancel_url, notif_url, lang,
+  reference}`` → 201 ``{"status": 201, "message": "OK", "pay_token", "payment_url",
+  "notif_token"}``; the transaction then waits (INITIATED) until the control API
+  forces a status. ``currency`` may be ``OUV`` (the dev play money: treated as XOF)
+  or any currency payrecon knows. Wrong merchant_key → 403; bad field → 400; reused
+  order_id → 409 (Orange's answers to these are UNCONFIRMED).
+* ``POST /orange-money-webpay/{cc}/v1/transactionstatus`` JSON ``{order_id, amount,
+  pay_token}`` → **201** (one trace reports 201; clients must accept 200 too)
+  ``{"status", "order_id", "txnid"}``, status INITIATED / PENDING / SUCCESS / FAILED /
+  EXPIRED. On SUCCESS the answer also echoes ``amount`` (int, major units) and
+  ``currency``: what Orange says was paid (MED: some deployments echo it; the
+  documented shape has none). Unknown order_id → 404 ``{"status": 404, ...}``;
+  pay_token not the order's → 400; ``amount`` not the amount the order was initiated
+  with → 400 "amount does not match" (real Orange's answer to a mismatch is
+  UNCONFIRMED).
+
+Tampering, two ways: ``confirm_amount`` means the payer really paid that amount (the
+order was initiated with it); a status call made with the registered amount still
+answers SUCCESS but echoes ``confirm_amount``, which the client reports. A status
+call whose ``amount`` differs from the order's init amount answers 400 instead.
+
+Notifications: ``POST`` JSON ``{"status", "notif_token", "txnid"}`` (``txnid`` once
+there is one) to the transaction's ``notif_url`` / ``notify_url``, sent when it
+becomes SUCCESS or FAILED (whether Orange notifies FAILED is UNCONFIRMED; it is
+notified here so merchants handle it; INITIATED, PENDING and EXPIRED are not
+notified). Envelopes use the path ``/orange/notify/{order_id}`` (merchants embed the
+order id in their notif_url, since the body does not carry it).
+
+Control API (JSON, under ``/_sandbox/orange_money/``; bad input → 400 ``{"error"}``,
+unknown reference → 404, existing → 409):
+
+``POST /_sandbox/orange_money/transactions``
+    ``{"reference" (the order_id), "amount" (int, minor units, a whole number of
+    major units), "currency" (default XOF; "OUV" allowed), "fate" ("accepted" |
+    "refused" | "waiting" | "waiting_then_accepted" | "waiting_then_refused", plus
+    Orange's "expired" and "waiting_then_expired"), "pending_checks" (default 1),
+    "confirm_amount", "confirm_currency", "faults", "notify_url" (http(s) URL or
+    "enqueue"), "pay_token", "notif_token" (default: random), "lang"}`` → 201 with
+    the state, including ``pay_token``, ``notif_token``, ``payment_url`` and
+    ``provider_data`` = ``{"pay_token", "notif_token"}``: what the merchant registers.
+    ``waiting`` fates answer INITIATED to the first status call, PENDING after.
+``GET /_sandbox/orange_money/transactions[/{reference}]``
+    State, with ``status``, ``check_count`` (status calls that named the order,
+    faulted ones included), ``waiting_answers``, ``notifications``.
+``POST /_sandbox/orange_money/transactions/{reference}/status`` ``{"status"}``
+    Force INITIATED / PENDING / SUCCESS / FAILED / EXPIRED now (notifies on SUCCESS and
+    FAILED); ends the fate's script.
+``POST /_sandbox/orange_money/transactions/{reference}/notification``
+    ``{"forged" (a wrong notif_token), "tamper" ({field: string | null}: change or
+    remove body fields), "path" (envelope path; default ``/orange/notify/{order_id}``,
+    e.g. ``/orange/notify`` for a URL without the order id), "deliver_to", "enqueue",
+    "method"}`` → ``{"envelope", "delivered", "delivery_error", "enqueued",
+    "enqueue_error"}``.
+``GET /_sandbox/orange_money/tokens`` → ``{"issued", "active", "token_ttl"}``;
+``POST /_sandbox/orange_money/tokens/expire`` expires every token now (the next
+business call gets 401 code 42). Tokens survive ``/_sandbox/reset``.
+``GET /_sandbox/orange_money/pay/{pay_token}``: the init's ``payment_url``, as JSON.
+"""
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hmac
+import json
+import secrets
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Any, Final
+from urllib.parse import quote
 
-from providers.sandbox.state import SandboxState
-from providers.sandbox.web import Notifier, Router
+from providers.sandbox.state import ControlError, SandboxState, Transaction, check_transaction_id, check_url
+from providers.sandbox.web import Notifier, Request, Response, Router, fault_response, json_response
+from schemas.currency import MINOR_UNIT_EXPONENT, AmountError, to_major, to_minor
 
-NAME = "orange_money"
+NAME: Final = "orange_money"
+INITIATED: Final = "INITIATED"
+PENDING: Final = "PENDING"
+SUCCESS: Final = "SUCCESS"
+FAILED: Final = "FAILED"
+EXPIRED: Final = "EXPIRED"
+STATUSES: Final = (INITIATED, PENDING, SUCCESS, FAILED, EXPIRED)
+WAITING_STATUSES: Final = (INITIATED, PENDING)
+#: Statuses that trigger a notification (FAILED: UNCONFIRMED at Orange, see the module doc).
+NOTIFIED_STATUSES: Final = (SUCCESS, FAILED)
+#: The dev environment's play-money currency; the sandbox books it as XOF.
+DEV_CURRENCY: Final = "OUV"
+DEV_CURRENCY_BOOKED_AS: Final = "XOF"
+NOTIFY_PATH: Final = "/orange/notify"
+ENQUEUE: Final = "enqueue"
+TOKEN_PATH: Final = "/oauth/v3/token"  # noqa: S105 - a URL path, not a secret
+API_PREFIX: Final = "/orange-money-webpay"
+
+START_STATUS: Final = {
+    "accepted": SUCCESS,
+    "refused": FAILED,
+    "expired": EXPIRED,
+    "waiting": INITIATED,
+    "waiting_then_accepted": INITIATED,
+    "waiting_then_refused": INITIATED,
+    "waiting_then_expired": INITIATED,
+}
+#: ``state.FATES`` plus Orange's own final state.
+FATES: Final = tuple(START_STATUS)
+_FINAL_STATUS: Final = {
+    "waiting_then_accepted": SUCCESS,
+    "waiting_then_refused": FAILED,
+    "waiting_then_expired": EXPIRED,
+}
+_INIT_REQUIRED: Final = (
+    "merchant_key",
+    "currency",
+    "order_id",
+    "amount",
+    "return_url",
+    "cancel_url",
+    "notif_url",
+    "lang",
+    "reference",
+)
+LANGS: Final = ("fr", "en")
+_MAX_TOKENS: Final = 10_000
 
 
 @dataclass(frozen=True, slots=True)
 class OrangeMoneyConfig:
     """Merchant credentials and behaviour of the OrangeMoney sandbox (defaults for offline use)."""
 
+    client_id: str = "sandbox-orange-client-id"
+    client_secret: str = "sandbox-orange-client-secret"  # noqa: S105 - a published test value
+    merchant_key: str = "sandbox-orange-merchant-key"
+    #: The country code in ``/orange-money-webpay/{cc}/v1`` (``dev`` is Orange's sandbox).
+    country: str = "dev"
+    #: Lifetime of issued tokens, in seconds (Orange reports 7776000, i.e. 90 days).
+    token_ttl: float = 7776000
+
+
+@dataclass
+class OrangeTransaction(Transaction):
+    """A WebPay order. ``transaction_id`` is the ``order_id``, ``payment_token`` the
+    ``pay_token``, ``operator_id`` the ``txnid``."""
+
+    notif_token: str = ""
+    #: The currency string on the wire (``OUV`` in dev; ``currency`` is what it is booked as).
+    wire_currency: str = ""
+    lang: str = "fr"
+    #: The init call's other fields (return_url, cancel_url, reference...), for display.
+    init: dict[str, Any] = field(default_factory=dict)
+
+
+def now() -> datetime:
+    """The current UTC time, to the second."""
+    return datetime.now(UTC).replace(microsecond=0)
+
+
+def txnid(at: datetime) -> str:
+    """An Orange transaction id shaped like the documentation's ``MP150709.1341.A00073``."""
+    return f"MP{at:%y%m%d.%H%M}.{secrets.choice('ABCDEFGHJKLMNPQRSTUVWXYZ')}{secrets.randbelow(100000):05d}"
+
+
+def new_pay_token() -> str:
+    """A pay_token (64 hex characters, like those seen in traces)."""
+    return secrets.token_hex(32)
+
+
+def new_notif_token() -> str:
+    """A notif_token (32 hex characters, like the documentation's ``dd497bda…``)."""
+    return secrets.token_hex(16)
+
+
+def whole_major(minor: int, currency: str, key: str = "amount") -> int:
+    """Minor units → Orange's integer major amount; ``ControlError`` unless whole."""
+    major = to_major(minor, currency)
+    if major != major.to_integral_value():
+        raise ControlError(f"{key} {minor} is not a whole number of {currency}: Orange amounts are integers")
+    return int(major)
+
+
+def booked_currency(value: Any, key: str = "currency") -> tuple[str, str]:
+    """``(currency booked, currency on the wire)``: ``OUV`` is booked as XOF."""
+    if value == DEV_CURRENCY:
+        return DEV_CURRENCY_BOOKED_AS, DEV_CURRENCY
+    if not isinstance(value, str) or value not in MINOR_UNIT_EXPONENT:
+        known = ", ".join([DEV_CURRENCY, *sorted(MINOR_UNIT_EXPONENT)])
+        raise ControlError(f"{key} must be one of {known}, got {value!r}")
+    return value, value
+
+
+def check_reference(value: Any) -> str:
+    """An order_id as payrecon's registration contract allows them."""
+    try:
+        return check_transaction_id(value)
+    except ControlError:
+        raise ControlError("reference (order_id) must be 1-100 characters of A-Z a-z 0-9 . _ : -") from None
+
+
+def notify_path(order_id: str) -> str:
+    """The path of the merchant's notif_url for ``order_id``: ``/orange/notify/{order_id}``."""
+    return f"{NOTIFY_PATH}/{quote(order_id, safe='')}"
+
+
+def webhook_envelope(method: str, path: str, body: str, headers: dict[str, str]) -> dict[str, Any]:
+    """The ``payrecon.webhook/1`` envelope payrecon's receiver would build for this notification."""
+    return {
+        "schema": "payrecon.webhook/1",
+        "provider": NAME,
+        "received_at": datetime.now(UTC).isoformat(timespec="milliseconds"),
+        "method": method,
+        "path": path,
+        "query": {},
+        "headers": headers,
+        "body": body,
+        "receiver": "payrecon-sandbox",
+    }
+
+
+def _gateway_error(status: int, code: int, message: str, description: str) -> Response:
+    """Orange's API gateway error shape (auth, unknown resource, throttling)."""
+    return json_response(status, {"code": code, "message": message, "description": description})
+
+
+def _webpay_error(status: int, message: str, description: str) -> Response:
+    """WebPay's own error shape, mirroring its ``{"status": 201, "message": "OK"}`` success (UNCONFIRMED)."""
+    return json_response(status, {"status": status, "message": message, "description": description})
+
+
+def _http_error_body(status: int) -> dict[str, Any]:
+    """Body of an injected HTTP error, in the gateway's shape (53 is Orange's throttling code)."""
+    if status == 429:
+        return {"code": 53, "message": "Too many requests", "description": "injected HTTP 429"}
+    return {"code": status, "message": "SANDBOX_FAULT", "description": f"injected HTTP {status}"}
+
 
 class OrangeMoneySandbox:
+    """Orange WebPay's wire API and the sandbox's ``orange_money`` control API over one state."""
+
     name = NAME
 
     def __init__(
         self, state: SandboxState, notifier: Notifier, config: OrangeMoneyConfig, *, base_url: Callable[[], str]
     ) -> None:
+        """Serve Orange WebPay for one application (``config``'s credentials)."""
         self.state = state
         self.notifier = notifier
         self.config = config
         self._base_url = base_url
+        #: access_token → monotonic expiry; guarded by ``state.lock``.
+        self.tokens: dict[str, float] = {}
+        self.tokens_issued = 0
 
     def register(self, router: Router) -> None:
         """Add the wire routes and the ``/_sandbox/orange_money/...`` control routes."""
+        router.add("POST", TOKEN_PATH, self.wire_token, wire=True)
+        router.add("POST", f"{API_PREFIX}/{{cc}}/v1/webpayment", self.wire_init, wire=True)
+        router.add("POST", f"{API_PREFIX}/{{cc}}/v1/transactionstatus", self.wire_status, wire=True)
+        # Late import: the control module builds on this one.
+        from providers.sandbox.orange_money_control import OrangeMoneyControl
+
+        OrangeMoneyControl(self).register(router)
+
+    # ------------------------------------------------------------------ OAuth
+
+    def _basic_ok(self, header: str | None) -> bool:
+        scheme, _, value = (header or "").strip().partition(" ")
+        if scheme.lower() != "basic" or not value.strip():
+            return False
+        try:
+            decoded = base64.b64decode(value.strip(), validate=True)
+        except (binascii.Error, ValueError):
+            return False
+        expected = f"{self.config.client_id}:{self.config.client_secret}".encode()
+        return hmac.compare_digest(decoded, expected)
+
+    def wire_token(self, request: Request) -> Response:
+        """``POST /oauth/v3/token``: client-credentials grant, Basic auth."""
+        if not self._basic_ok(request.header("authorization")):
+            return json_response(
+                401,
+                {
+                    "error": "invalid_client",
+                    "error_description": "The requested service needs credentials, but the ones provided were invalid.",
+                },
+                {"WWW-Authenticate": 'Basic realm="Authorization Required"'},
+            )
+        body = request.form_or_json() or {}
+        if body.get("grant_type") != "client_credentials":
+            return json_response(
+                400,
+                {"error": "unsupported_grant_type", "error_description": "grant_type must be client_credentials"},
+            )
+        token = secrets.token_urlsafe(24)
+        with self.state.lock:
+            clock = time.monotonic()
+            if len(self.tokens) >= _MAX_TOKENS:  # a long-running sandbox: forget expired tokens
+                self.tokens = {key: expiry for key, expiry in self.tokens.items() if expiry > clock}
+            self.tokens[token] = clock + self.config.token_ttl
+            self.tokens_issued += 1
+        ttl = self.config.token_ttl
+        expires_in = str(int(ttl)) if float(ttl).is_integer() else str(ttl)
+        return json_response(200, {"token_type": "Bearer", "access_token": token, "expires_in": expires_in})
+
+    def _bearer_error(self, request: Request) -> Response | None:
+        scheme, _, token = (request.header("authorization") or "").strip().partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
+            return _gateway_error(401, 40, "Missing credentials", "The requested service needs credentials.")
+        with self.state.lock:
+            expiry = self.tokens.get(token)
+        if expiry is None:
+            return _gateway_error(
+                401,
+                41,
+                "Invalid credentials",
+                "The requested service needs credentials, but the ones provided were invalid.",
+            )
+        if time.monotonic() >= expiry:
+            return _gateway_error(
+                401,
+                42,
+                "Expired credentials",
+                "The requested service needs credentials, but the ones provided were out-of-date.",
+            )
+        return None
+
+    def _api_error(self, request: Request) -> Response | None:
+        """The gateway's answer when the country or the token is wrong, else None."""
+        if request.params.get("cc") != self.config.country:
+            return _gateway_error(
+                404, 60, "Resource not found", "The requested URI or the requested resource does not exist."
+            )
+        return self._bearer_error(request)
+
+    def token_stats(self) -> dict[str, Any]:
+        """Issued and still valid tokens."""
+        with self.state.lock:
+            clock = time.monotonic()
+            active = sum(1 for expiry in self.tokens.values() if expiry > clock)
+            return {"issued": self.tokens_issued, "active": active, "token_ttl": self.config.token_ttl}
+
+    def expire_tokens(self) -> int:
+        """Expire every token now; return how many were still valid."""
+        with self.state.lock:
+            clock = time.monotonic()
+            count = sum(1 for expiry in self.tokens.values() if expiry > clock)
+            self.tokens = dict.fromkeys(self.tokens, clock)
+            return count
+
+    # ------------------------------------------------------------------ wire API
+
+    def wire_init(self, request: Request) -> Response:
+        """``POST .../webpayment``: create an INITIATED order, answer 201 with its tokens."""
+        error = self._api_error(request)
+        if error is not None:
+            return error
+        body = request.form_or_json()
+        if body is None:
+            return _webpay_error(400, "Bad Request", "body must be a JSON object")
+        missing = [key for key in _INIT_REQUIRED if body.get(key) in (None, "")]
+        if missing:
+            return _webpay_error(400, "Bad Request", f"missing: {', '.join(missing)}")
+        if not hmac.compare_digest(str(body["merchant_key"]).encode(), self.config.merchant_key.encode()):
+            return _webpay_error(403, "Forbidden", "invalid merchant_key")
+        amount = body["amount"]
+        if isinstance(amount, str) and amount.isdigit():
+            amount = int(amount)
+        if isinstance(amount, bool) or not isinstance(amount, int) or amount <= 0:
+            return _webpay_error(400, "Bad Request", "amount must be a positive integer")
+        lang = str(body["lang"])
+        if lang not in LANGS:
+            return _webpay_error(400, "Bad Request", f"lang must be one of {', '.join(LANGS)}")
+        try:
+            currency, wire_currency = booked_currency(body["currency"])
+            order_id = check_reference(str(body["order_id"]))
+            notif_url = check_url(body["notif_url"], "notif_url")
+            minor = to_minor(amount, currency)
+        except (ControlError, AmountError) as exc:
+            return _webpay_error(400, "Bad Request", str(exc))
+        txn = OrangeTransaction(
+            provider=NAME,
+            transaction_id=order_id,
+            amount=minor,
+            currency=currency,
+            fate="waiting",
+            status=INITIATED,
+            created_at=now(),
+            payment_token=new_pay_token(),
+            notify_url=notif_url,
+            notif_token=new_notif_token(),
+            wire_currency=wire_currency,
+            lang=lang,
+            init={key: body[key] for key in ("return_url", "cancel_url", "reference") if key in body},
+        )
+        try:
+            self.state.add(txn)
+        except ControlError:
+            return _webpay_error(409, "Conflict", "order_id already used")
+        return json_response(
+            201,
+            {
+                "status": 201,
+                "message": "OK",
+                "pay_token": txn.payment_token,
+                "payment_url": self.payment_url(txn),
+                "notif_token": txn.notif_token,
+            },
+        )
+
+    def wire_status(self, request: Request) -> Response:
+        """``POST .../transactionstatus``: answer from the order's status and fate."""
+        error = self._api_error(request)
+        if error is not None:
+            return error
+        body = request.form_or_json()
+        if body is None:
+            return _webpay_error(400, "Bad Request", "body must be a JSON object")
+        missing = [key for key in ("order_id", "amount", "pay_token") if body.get(key) in (None, "")]
+        if missing:
+            return _webpay_error(400, "Bad Request", f"missing: {', '.join(missing)}")
+        amount = body["amount"]
+        if isinstance(amount, str) and amount.isdigit():
+            amount = int(amount)
+        if isinstance(amount, bool) or not isinstance(amount, int):
+            return _webpay_error(400, "Bad Request", "amount must be an integer")
+        with self.state.lock:
+            txn = self.find(str(body["order_id"]))
+            if txn is None:
+                return _webpay_error(404, "Not Found", "no transaction for this order_id")
+            txn.check_count += 1
+            fault = txn.faults.popleft() if txn.faults else None
+            if fault is not None:
+                forced = fault_response(fault, _http_error_body)
+                if forced is not None:
+                    return forced
+            if not hmac.compare_digest(str(body["pay_token"]).encode(), txn.payment_token.encode()):
+                return _webpay_error(400, "Bad Request", "invalid pay_token for this order_id")
+            if to_minor(amount, txn.currency) != txn.amount:
+                return _webpay_error(400, "Bad Request", "amount does not match the transaction")
+            self._advance(txn)
+            response = self._status_answer(txn)
+            if txn.status == INITIATED and txn.scripted:
+                txn.status = PENDING  # the payer clicked "Confirmer": Orange is processing (not notified)
+        # A delay-only fault: answer normally, but slowly (the state has moved on regardless).
+        return response if fault is None else replace(response, delay=fault.delay)
+
+    def _advance(self, txn: OrangeTransaction) -> None:
+        """Play the fate's script for one status call (caller holds the lock)."""
+        if txn.status not in WAITING_STATUSES:
+            return
+        if txn.scripted and txn.fate in _FINAL_STATUS and txn.waiting_answers >= txn.pending_checks:
+            self.transition(txn, _FINAL_STATUS[txn.fate])
+        else:
+            txn.waiting_answers += 1
+
+    def _status_answer(self, txn: OrangeTransaction) -> Response:
+        payload: dict[str, Any] = {"status": txn.status, "order_id": txn.transaction_id, "txnid": txn.operator_id}
+        if txn.status == SUCCESS:
+            payload["amount"] = whole_major(txn.reported_amount, txn.reported_currency)
+            payload["currency"] = txn.confirm_currency or txn.wire_currency or txn.currency
+        return json_response(201, payload)
+
+    def find(self, order_id: str) -> OrangeTransaction | None:
+        """An order by id (caller holds the lock)."""
+        txn = self.state.transactions(NAME).get(order_id)
+        return txn if isinstance(txn, OrangeTransaction) else None
+
+    def get(self, order_id: str) -> OrangeTransaction:
+        """An order by id, or ``ControlError`` 404."""
+        txn = self.state.get(NAME, order_id)
+        if not isinstance(txn, OrangeTransaction):  # pragma: no cover - only this module stores them
+            raise ControlError(f"no {NAME} transaction {order_id!r}", status=404)
+        return txn
+
+    def payment_url(self, txn: OrangeTransaction) -> str:
+        """Where the payer would pay (the sandbox shows the order and how to complete it)."""
+        return f"{self._base_url()}/_sandbox/{NAME}/pay/{txn.payment_token}"
+
+    def to_json(self, txn: OrangeTransaction) -> dict[str, Any]:
+        """The order as the control API shows it (caller holds the lock)."""
+        out = txn.to_json()
+        for key in ("transaction_id", "payment_token", "operator_id", "payment_method", "phone", "description"):
+            out.pop(key, None)
+        out.pop("metadata", None)
+        return {
+            "reference": txn.transaction_id,
+            "order_id": txn.transaction_id,
+            **out,
+            "wire_currency": txn.wire_currency,
+            "lang": txn.lang,
+            "pay_token": txn.payment_token,
+            "notif_token": txn.notif_token,
+            "payment_url": self.payment_url(txn),
+            "txnid": txn.operator_id,
+            "init": dict(txn.init),
+            "provider_data": {"pay_token": txn.payment_token, "notif_token": txn.notif_token},
+        }
+
+    # ------------------------------------------------------------------ state changes
+
+    def transition(self, txn: OrangeTransaction, status: str) -> None:
+        """Change status (caller holds the lock); notify ``notify_url`` on SUCCESS / FAILED.
+
+        ``notify_url`` ``"enqueue"`` publishes the notification on the broker instead.
+        """
+        if txn.status == status:
+            return
+        txn.status = status
+        if status in (SUCCESS, FAILED) and txn.operator_id is None:
+            txn.operator_id = txnid(now())
+        if status == SUCCESS:
+            txn.paid_at = now()
+        if not txn.notify_url or status not in NOTIFIED_STATUSES:
+            return
+        body = self.notification_body(txn)
+        headers = {"Content-Type": "application/json"}
+        record: dict[str, Any] = {"kind": "auto", "status": status, "url": txn.notify_url}
+        txn.notifications.append(record)
+        if txn.notify_url == ENQUEUE:
+
+            def enqueued(ok: bool, error: str | None) -> None:
+                with self.state.lock:
+                    record.update(enqueued=ok, error=error)
+
+            envelope = webhook_envelope("POST", notify_path(txn.transaction_id), body, headers)
+            self.notifier.enqueue_later(envelope, enqueued)
+            return
+
+        def delivered(http_status: int | None, error: str | None) -> None:
+            with self.state.lock:
+                record.update(delivered=http_status, error=error)
+
+        self.notifier.send_later("POST", txn.notify_url, body, headers, delivered)
+
+    def notification_fields(self, txn: OrangeTransaction) -> dict[str, Any]:
+        """The JSON fields Orange would post about ``txn`` now."""
+        fields: dict[str, Any] = {"status": txn.status, "notif_token": txn.notif_token}
+        if txn.operator_id:
+            fields["txnid"] = txn.operator_id
+        return fields
+
+    def notification_body(self, txn: OrangeTransaction, fields: dict[str, Any] | None = None) -> str:
+        """The raw JSON body of a notification (deterministic: redeliveries are byte-identical)."""
+        return json.dumps(fields if fields is not None else self.notification_fields(txn))
