@@ -23,7 +23,10 @@ import redis
 from sqlalchemy import create_engine, text
 
 from providers.sandbox.client import SandboxClient
+from providers.sandbox.mtn_momo import MtnMomoConfig
+from providers.sandbox.orange_money import OrangeMoneyConfig
 from providers.sandbox.server import SandboxServer
+from providers.sandbox.wave import WaveConfig
 from reconciliation import migrate
 from worker import runtime as runtime_mod
 from worker.settings import Settings
@@ -32,6 +35,7 @@ PG_BASE = os.environ.get("PAYRECON_TEST_PG", "postgresql+psycopg2://postgres@127
 REDIS_BASE = os.environ.get("PAYRECON_TEST_REDIS", "redis://127.0.0.1:6379")
 ROOT = Path(__file__).resolve().parent.parent
 
+MOMO, ORANGE, WAVE = MtnMomoConfig(), OrangeMoneyConfig(), WaveConfig()  # the sandbox's defaults
 CINETPAY = {"api_key": "test-api-key", "site_id": "445160", "secret_key": "test-secret-key"}
 
 TABLES = (
@@ -100,6 +104,19 @@ def worker_env(pg_url: str, redis_url: str, sandbox_url: str, **extra: str) -> d
         "CINETPAY_API_KEY": CINETPAY["api_key"],
         "CINETPAY_SITE_ID": CINETPAY["site_id"],
         "CINETPAY_SECRET_KEY": CINETPAY["secret_key"],
+        "MTN_MOMO_API_URL": sandbox_url,
+        "MTN_MOMO_API_USER": MOMO.api_user,
+        "MTN_MOMO_API_KEY": MOMO.api_key,
+        "MTN_MOMO_SUBSCRIPTION_KEY": MOMO.subscription_key,
+        "MTN_MOMO_TARGET_ENVIRONMENT": MOMO.target_environment,
+        "ORANGE_MONEY_API_URL": sandbox_url,
+        "ORANGE_MONEY_CLIENT_ID": ORANGE.client_id,
+        "ORANGE_MONEY_CLIENT_SECRET": ORANGE.client_secret,
+        "ORANGE_MONEY_MERCHANT_KEY": ORANGE.merchant_key,
+        "ORANGE_MONEY_COUNTRY": ORANGE.country,
+        "WAVE_API_URL": sandbox_url,
+        "WAVE_API_KEY": WAVE.api_key,
+        "WAVE_WEBHOOK_SECRETS": ",".join(WAVE.webhook_secrets),
         "PAYRECON_TIMEZONE": "Africa/Abidjan",
         "PAYRECON_HTTP_TIMEOUT": "2,2",
         "PAYRECON_RECHECK_SCHEDULE": "1,1,2",

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import secrets
+import uuid
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import replace
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from providers.sandbox.client import SandboxClient
 from reconciliation.models import InboxDelivery, InboxStatus, Payment, PaymentStatus, Verification
@@ -103,3 +106,67 @@ def test_exhausted_budget_defers_the_janitor_and_records_it(tight: Runtime, sand
     assert after.next_check_at is not None and after.next_check_at > payment.next_check_at
     assert "call budget exhausted" in decision
     assert sandbox.get_cinetpay(ref)["check_count"] == 0
+
+
+def momo_callback(reference: str, status: str = "SUCCESSFUL") -> dict[str, object]:
+    """A callback as anyone on the internet could PUT it: MTN signs nothing."""
+    body = json.dumps({"financialTransactionId": "123", "externalId": "x", "amount": "6500", "currency": "XOF",
+                       "payer": {"partyIdType": "MSISDN", "partyId": "46733123453"}, "status": status})  # fmt: skip
+    return {
+        "schema": "payrecon.webhook/1", "provider": "mtn_momo", "received_at": "2026-11-21T10:00:00+00:00",
+        "method": "PUT", "path": f"/momo/callback/{reference}", "query": {},
+        "headers": {"Content-Type": "application/json"}, "body": body,
+    }  # fmt: skip
+
+
+@pytest.fixture
+def momo_tight(rt: Runtime) -> Iterator[Runtime]:
+    """MoMo lets 3 unauthenticated callbacks through, then one per 100 s; its API budget is 5."""
+    original = rt.profiles
+    rt.profiles = {
+        **original,
+        "mtn_momo": replace(original["mtn_momo"], callback_rate=0.01, callback_burst=3, api_rate=0.01, api_burst=5),
+    }
+    assert isinstance(rt.budget, RedisBudget)
+    for bucket in ("api:mtn_momo", "callbacks:mtn_momo"):
+        rt.budget.reset(bucket)
+    yield rt
+    for bucket in ("api:mtn_momo", "callbacks:mtn_momo"):
+        rt.budget.reset(bucket)
+    rt.profiles = original
+
+
+def test_a_flood_of_fake_momo_callbacks_cannot_exhaust_the_api_budget(
+    momo_tight: Runtime, sandbox: SandboxClient
+) -> None:
+    results = [pipeline.ingest_webhook(momo_tight, momo_callback(str(uuid.uuid4()))) for _ in range(40)]
+    outcomes = Counter(r.outcome for r in results)
+    assert outcomes[Outcome.RETRY] == 37  # deferred, not dropped, and no API call spent on them
+    assert all("rate-limited" in r.detail for r in results if r.outcome is Outcome.RETRY)
+    with momo_tight.sessions() as session:
+        kept = session.scalar(select(func.count()).select_from(InboxDelivery))
+    assert kept == 40  # every delivery is in the inbox, to be verified later
+    # Only 3 of the 5 API tokens went to the flood: a real payment is still verified.
+    view = sandbox.create("mtn_momo", reference=str(uuid.uuid4()), amount=6500, currency="XOF", fate="accepted")
+    pipeline.register_payment(momo_tight, registration(view["reference"], provider="mtn_momo", amount=6500,
+                                                       plan="coko-premium-monthly"))  # fmt: skip
+    with momo_tight.sessions() as session:
+        payment = session.scalars(select(Payment).where(Payment.reference == view["reference"])).one()
+    assert pipeline.verify_payment(momo_tight, payment.id).outcome is Outcome.ACCEPTED
+
+
+def test_a_callback_for_a_final_momo_payment_spends_nothing(momo_tight: Runtime, sandbox: SandboxClient) -> None:
+    reference = str(uuid.uuid4())
+    sandbox.create("mtn_momo", reference=reference, amount=6500, currency="XOF", fate="refused")
+    pipeline.register_payment(momo_tight, registration(reference, provider="mtn_momo", amount=6500,
+                                                       plan="coko-premium-monthly"))  # fmt: skip
+    assert pipeline.ingest_webhook(momo_tight, momo_callback(reference, "FAILED")).outcome is Outcome.ACCEPTED
+    checks = sandbox.get("mtn_momo", reference)["check_count"]
+    for _ in range(5):  # replays of a fake "SUCCESSFUL", each with another body
+        fake = momo_callback(reference)
+        fake["body"] = fake["body"].replace('"123"', f'"{uuid.uuid4()}"')  # type: ignore[union-attr]
+        result = pipeline.ingest_webhook(momo_tight, fake)
+        assert result.outcome is Outcome.DUPLICATE and "spends no API call" in result.detail
+    assert sandbox.get("mtn_momo", reference)["check_count"] == checks
+    with momo_tight.sessions() as session:
+        assert session.scalars(select(Payment.status)).one() is PaymentStatus.FAILED

@@ -16,7 +16,7 @@ def test_demo_runs_on_embedded_defaults(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "CELERY_BROKER_URL"}}
     env["TMPDIR"] = str(tmp_path)
     result = subprocess.run(
-        [sys.executable, "-m", "worker.cli", "demo", "--payments", "24"],
+        [sys.executable, "-m", "worker.cli", "demo", "--payments", "32"],
         env=env,
         capture_output=True,
         text=True,
@@ -27,9 +27,12 @@ def test_demo_runs_on_embedded_defaults(tmp_path: Path) -> None:
     out = result.stdout
     assert result.returncode == 0, out + result.stderr
     assert "broker    sqlite:///" in out  # kombu's SQLAlchemy transport on SQLite: no server
-    assert "pending, then paid: found by the janitor             -> succeeded" in out
-    assert "forged 'paid' notification for a refused payment     -> failed" in out
-    assert "provider confirms a smaller amount (tampered)        -> succeeded" in out
+    assert "(CinetPay, MTN MoMo, Orange Money and Wave wire formats)" in out
+    for provider in ("cinetpay", "mtn_momo", "orange_money", "wave"):
+        assert f"provider_clearing:{provider}" in out  # every provider settled money
+    assert "pending, then paid; no callback ever: janitor      -> 4 succeeded" in out
+    assert "forged 'paid' callback for a refused payment       -> 4 failed" in out
+    assert "provider confirms a smaller amount (tampered)      -> 4 succeeded" in out
     assert "every journal balances: yes" in out
     assert "amount_mismatch" in out
     assert list(tmp_path.iterdir()) == []  # the demo cleaned up after itself

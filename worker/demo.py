@@ -17,6 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -27,19 +28,30 @@ import click
 from sqlalchemy import func, select
 
 from providers.sandbox.client import SandboxClient
+from providers.sandbox.mtn_momo import MtnMomoConfig
+from providers.sandbox.orange_money import OrangeMoneyConfig
 from providers.sandbox.server import SandboxServer
+from providers.sandbox.wave import WaveConfig
 from reconciliation import migrate, views
 from reconciliation.db import make_engine, session_factory
-from reconciliation.models import FlagKind, InboxDelivery, Payment, PaymentFlag, PaymentStatus
+from reconciliation.models import FlagKind, InboxDelivery, InboxStatus, Payment, PaymentFlag, PaymentStatus
 from schemas.currency import format_amount
 
 CREDENTIALS = {"api_key": "demo-api-key", "site_id": "100000", "secret_key": "demo-secret-key"}
+PROVIDERS = ("cinetpay", "mtn_momo", "orange_money", "wave")
+#: (plan, price per period): the marketplace sells through CinetPay, the reading platform the others.
+PLANS = {
+    "cinetpay": ("depannage-monthly", 5000),
+    "mtn_momo": ("coko-premium-monthly", 6500),
+    "orange_money": ("coko-premium-monthly", 6500),
+    "wave": ("coko-premium-monthly", 6500),
+}
 PERIODS = (1, 3, 6)
-PRICE = 5000  # XOF per month, the marketplace's price
 
 
 @dataclass
 class Case:
+    provider: str
     reference: str
     story: str
     fate: str = "accepted"
@@ -49,67 +61,46 @@ class Case:
     deliveries: int = 1
     forged: bool = False
     register_late: bool = False
+    provider_data: dict[str, Any] = field(default_factory=dict)
 
     @property
     def amount(self) -> int:
-        return PRICE * self.periods
+        return PLANS[self.provider][1] * self.periods
+
+
+def _reference(provider: str, i: int) -> str:
+    if provider == "mtn_momo":  # MoMo's reference is the X-Reference-Id, a UUID v4
+        return str(uuid.UUID(int=i + 1, version=4))
+    return {"cinetpay": "TXN", "orange_money": "ORD", "wave": "CR"}[provider] + f"-DEMO{i:07X}"
 
 
 def scenario(count: int) -> list[Case]:
     cases = []
     for i in range(count):
-        ref = f"TXN-DEMO{i:07X}"
-        periods = PERIODS[i % 3]
-        kind = i % 12
-        if kind == 0:
-            cases.append(Case(ref, "refused by the customer", "refused", periods, PaymentStatus.FAILED))
-        elif kind == 1:
-            cases.append(
-                Case(
-                    ref,
-                    "pending, then paid: found by the janitor",
-                    "waiting_then_accepted",
-                    periods,
-                    options={"pending_checks": 1},
-                )
-            )
+        provider = PROVIDERS[i % len(PROVIDERS)]
+        ref, periods, kind = _reference(provider, i), PERIODS[i % 3], (i // len(PROVIDERS)) % 8
+        price = PLANS[provider][1]
+        if kind == 1:
+            case = Case(provider, ref, "refused by the customer", "refused", periods, PaymentStatus.FAILED)
         elif kind == 2:
-            cases.append(Case(ref, "paid, webhook delivered 3 times", periods=periods, deliveries=3))
+            case = Case(provider, ref, "pending, then paid; no callback ever: janitor", "waiting_then_accepted",
+                        periods, options={"pending_checks": 1}, deliveries=0)  # fmt: skip
         elif kind == 3:
-            cases.append(
-                Case(
-                    ref,
-                    "forged 'paid' notification for a refused payment",
-                    "refused",
-                    periods,
-                    PaymentStatus.FAILED,
-                    forged=True,
-                )
-            )
+            case = Case(provider, ref, "paid, callback delivered 3 times", periods=periods, deliveries=3)
         elif kind == 4:
-            cases.append(
-                Case(
-                    ref,
-                    "provider confirms a smaller amount (tampered)",
-                    periods=periods,
-                    options={"confirm_amount": PRICE * periods // 5},
-                )
-            )
+            case = Case(provider, ref, "forged 'paid' callback for a refused payment", "refused", periods,
+                        PaymentStatus.FAILED, forged=True)  # fmt: skip
         elif kind == 5:
-            cases.append(
-                Case(ref, "webhook before its registration (orphan adopted)", periods=periods, register_late=True)
-            )
+            case = Case(provider, ref, "provider confirms a smaller amount (tampered)", periods=periods,
+                        options={"confirm_amount": price * periods // 5})  # fmt: skip
         elif kind == 6:
-            cases.append(
-                Case(
-                    ref,
-                    "provider answers 500, then 429, then paid",
-                    periods=periods,
-                    options={"faults": [{"status": 500}, {"status": 429, "retry_after": 0}]},
-                )
-            )
+            case = Case(provider, ref, "callback before its registration", periods=periods, register_late=True)
+        elif kind == 7:
+            case = Case(provider, ref, "provider answers 500, then 429, then paid", periods=periods,
+                        options={"faults": [{"status": 500}, {"status": 429, "retry_after": 0}]})  # fmt: skip
         else:
-            cases.append(Case(ref, "paid", periods=periods))
+            case = Case(provider, ref, "paid", periods=periods)
+        cases.append(case)
     return cases
 
 
@@ -137,7 +128,8 @@ def run_demo(*, count: int = 36, keep: bool = False) -> int:
         cinetpay_site_id=CREDENTIALS["site_id"],
         cinetpay_secret_key=CREDENTIALS["secret_key"],
     ).start()
-    click.echo(f"  sandbox   {sandbox.url} (CinetPay wire format)")
+    click.echo(f"  sandbox   {sandbox.url} (CinetPay, MTN MoMo, Orange Money and Wave wire formats)")
+    momo, orange, wave = MtnMomoConfig(), OrangeMoneyConfig(), WaveConfig()
     env = {
         **os.environ,
         "DATABASE_URL": database_url,
@@ -146,6 +138,19 @@ def run_demo(*, count: int = 36, keep: bool = False) -> int:
         "CINETPAY_API_KEY": CREDENTIALS["api_key"],
         "CINETPAY_SITE_ID": CREDENTIALS["site_id"],
         "CINETPAY_SECRET_KEY": CREDENTIALS["secret_key"],
+        "MTN_MOMO_API_URL": sandbox.url,
+        "MTN_MOMO_API_USER": momo.api_user,
+        "MTN_MOMO_API_KEY": momo.api_key,
+        "MTN_MOMO_SUBSCRIPTION_KEY": momo.subscription_key,
+        "MTN_MOMO_TARGET_ENVIRONMENT": momo.target_environment,
+        "ORANGE_MONEY_API_URL": sandbox.url,
+        "ORANGE_MONEY_CLIENT_ID": orange.client_id,
+        "ORANGE_MONEY_CLIENT_SECRET": orange.client_secret,
+        "ORANGE_MONEY_MERCHANT_KEY": orange.merchant_key,
+        "ORANGE_MONEY_COUNTRY": orange.country,
+        "WAVE_API_URL": sandbox.url,
+        "WAVE_API_KEY": wave.api_key,
+        "WAVE_WEBHOOK_SECRETS": ",".join(wave.webhook_secrets),
         "PAYRECON_RECHECK_INTERVAL": "1",
         "PAYRECON_RECHECK_SCHEDULE": "1,2,3",
         "PAYRECON_WORKER_CONCURRENCY": "8",
@@ -226,14 +231,14 @@ def _start_worker(env: dict[str, str], workdir: Path, log_path: Path) -> subproc
 def _registration(case: Case, index: int) -> dict[str, Any]:
     return {
         "schema": "payrecon.payment/1",
-        "provider": "cinetpay",
+        "provider": case.provider,
         "reference": case.reference,
         "amount": case.amount,
         "currency": "XOF",
-        "account": f"technician-{index % 10:02d}",
-        "plan": "depannage-monthly",
+        "account": f"{'technician' if case.provider == 'cinetpay' else 'reader'}-{index % 10:02d}",
+        "plan": PLANS[case.provider][0],
         "periods": case.periods,
-        "provider_data": {},
+        "provider_data": case.provider_data,
     }
 
 
@@ -248,14 +253,21 @@ def _send(cases: list[Case], sandbox: SandboxClient, broker_url: str) -> None:
 
     late = []
     for index, case in enumerate(cases):
-        sandbox.create_cinetpay(case.reference, case.amount, fate=case.fate, **case.options)
+        id_field = "transaction_id" if case.provider == "cinetpay" else "reference"
+        state = sandbox.create(
+            case.provider, **{id_field: case.reference}, amount=case.amount, currency="XOF", fate=case.fate,
+            **case.options,
+        )  # fmt: skip
+        case.provider_data = dict(state.get("provider_data") or {})
         if case.register_late:
             late.append((index, case))
         else:
             send("payrecon.register_payment", payment=_registration(case, index))
     deliveries = 0
     for case in cases:
-        envelope = sandbox.cinetpay_notification(case.reference, forged=case.forged)
+        if not case.deliveries:
+            continue
+        envelope = sandbox.notification(case.provider, case.reference, forged=case.forged)
         for _ in range(case.deliveries):
             send("payrecon.ingest_webhook", envelope=envelope)
             deliveries += 1
@@ -290,18 +302,22 @@ def _print_summary(sessions: Any, cases: list[Case]) -> None:
         )
         balances = views.balances(session)
         statuses = dict(session.execute(select(Payment.reference, Payment.status)).all())
-    stories = Counter((c.story, statuses.get(c.reference, "missing")) for c in cases)
-    click.secho("\nWhat happened", bold=True)
-    for (story, status), n in sorted(stories.items()):
-        label = status.value if isinstance(status, PaymentStatus) else status
-        click.echo(f"  {n:>3} x {story:<52} -> {label}")
+    stories: dict[str, Counter[str]] = {}
+    for c in cases:
+        status = statuses.get(c.reference)
+        stories.setdefault(c.story, Counter())[status.value if status else "missing"] += 1
+    click.secho("\nWhat happened (each story at every provider)", bold=True)
+    for story, results in sorted(stories.items()):
+        label = ", ".join(f"{n} {status}" for status, n in sorted(results.items()))
+        click.echo(f"  {story:<50} -> {label}")
     click.secho("\nPayments by status", bold=True)
     for status, n in summary["payments"].items():
         if n:
             click.echo(f"  {status:<11} {n:>4}")
     click.secho("\nWebhook deliveries", bold=True)
     for status, n in sorted(deliveries.items()):
-        click.echo(f"  {status.value:<11} {n:>4}")
+        note = "  (waiting for a retry: registration or budget)" if status is InboxStatus.RECEIVED else ""
+        click.echo(f"  {status.value:<11} {n:>4}{note}")
     click.echo(f"  repeats     {repeats:>4}  (duplicates counted, first raw body kept)")
     click.secho("\nFlags for review", bold=True)
     for kind in FlagKind:

@@ -1,0 +1,138 @@
+"""Provider-specific paths of the pipeline: Orange's registration race and notif_token lookup,
+MoMo's 404 window, Wave's event deduplication, on real PostgreSQL against the sandbox."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import select
+
+from providers.sandbox.client import SandboxClient
+from reconciliation.models import DeadLetter, InboxDelivery, InboxStatus, Payment, PaymentStatus, Verification
+from tests.helpers import new_reference, registration
+from worker import pipeline
+from worker.pipeline import Outcome
+from worker.runtime import Runtime
+
+
+def coko(reference: str, provider: str, **over: Any) -> dict[str, Any]:
+    return registration(reference, provider=provider, amount=6500, plan="coko-premium-monthly", **over)
+
+
+def status(rt: Runtime, reference: str) -> PaymentStatus:
+    with rt.sessions() as session:
+        return session.scalars(select(Payment.status).where(Payment.reference == reference)).one()
+
+
+def test_orange_notification_before_its_registration_waits_then_settles(rt: Runtime, sandbox: SandboxClient) -> None:
+    ref = new_reference("ORD")
+    state = sandbox.create("orange_money", reference=ref, amount=6500, currency="XOF", fate="accepted")
+    envelope = sandbox.notification("orange_money", ref)
+    early = pipeline.ingest_webhook(rt, envelope)
+    assert early.outcome is Outcome.RETRY and early.delay and "awaiting registration" in early.detail
+    assert early.inbox_id is not None
+    assert sandbox.get("orange_money", ref)["check_count"] == 0  # nothing spent on an unauthenticated one
+    pipeline.register_payment(rt, coko(ref, "orange_money", provider_data=state["provider_data"]))
+    assert pipeline.retry_delivery(rt, early.inbox_id, final_attempt=False).outcome is Outcome.ACCEPTED
+    assert status(rt, ref) is PaymentStatus.SUCCEEDED
+
+
+def test_orange_notification_whose_registration_never_comes_is_dead_lettered(
+    rt: Runtime, sandbox: SandboxClient
+) -> None:
+    ref = new_reference("ORD")
+    sandbox.create("orange_money", reference=ref, amount=6500, currency="XOF", fate="accepted")
+    early = pipeline.ingest_webhook(rt, sandbox.notification("orange_money", ref))
+    assert early.inbox_id is not None
+    final = pipeline.retry_delivery(rt, early.inbox_id, final_attempt=True)
+    assert final.outcome is Outcome.FAILED
+    with rt.sessions() as session:
+        letter = session.scalars(select(DeadLetter)).one()
+    assert letter.reason == "unauthenticated" and "registration never arrived" in letter.detail
+
+
+def test_orange_notification_without_order_id_is_found_by_its_notif_token(rt: Runtime, sandbox: SandboxClient) -> None:
+    ref = new_reference("ORD")
+    state = sandbox.create("orange_money", reference=ref, amount=6500, currency="XOF", fate="accepted")
+    pipeline.register_payment(rt, coko(ref, "orange_money", provider_data=state["provider_data"]))
+    envelope = sandbox.notification("orange_money", ref, path="/orange/notify")
+    result = pipeline.ingest_webhook(rt, envelope)
+    assert (result.outcome, result.reference) == (Outcome.ACCEPTED, ref)
+    assert status(rt, ref) is PaymentStatus.SUCCEEDED
+
+
+def test_orange_notification_with_another_orders_token_is_forged(rt: Runtime, sandbox: SandboxClient) -> None:
+    mine, other = new_reference("ORD"), new_reference("ORD")
+    for ref in (mine, other):
+        state = sandbox.create("orange_money", reference=ref, amount=6500, currency="XOF", fate="accepted")
+        pipeline.register_payment(rt, coko(ref, "orange_money", provider_data=state["provider_data"]))
+    envelope = sandbox.notification("orange_money", mine, forged=True)
+    assert pipeline.ingest_webhook(rt, envelope).outcome is Outcome.FORGED
+    assert sandbox.get("orange_money", mine)["check_count"] == 0
+
+
+def test_momo_404_right_after_registration_is_not_a_failure(rt: Runtime, sandbox: SandboxClient) -> None:
+    ref = str(uuid.uuid4())
+    sandbox.create("mtn_momo", reference=ref, amount=6500, currency="XOF", fate="accepted", not_found_checks=2)
+    pipeline.register_payment(rt, coko(ref, "mtn_momo"))
+    callback = sandbox.notification("mtn_momo", ref)
+    first = pipeline.ingest_webhook(rt, callback)
+    assert first.outcome is Outcome.RETRY  # not FAILED, not dead-lettered
+    with rt.sessions() as session:
+        payment = session.scalars(select(Payment)).one()
+        assert session.scalar(select(DeadLetter.id)) is None
+    result = pipeline.verify_payment(rt, payment.id)
+    assert result.outcome is Outcome.RETRY
+    with rt.sessions() as session:
+        last = session.scalars(select(Verification).order_by(Verification.id.desc())).first()
+    assert last is not None and "not visible at the provider yet" in (last.error or "")
+    assert pipeline.verify_payment(rt, payment.id).outcome is Outcome.ACCEPTED
+    assert status(rt, ref) is PaymentStatus.SUCCEEDED
+
+
+def test_momo_404_long_after_registration_is_a_provider_error(rt: Runtime, sandbox: SandboxClient) -> None:
+    ref = str(uuid.uuid4())
+    sandbox.create("mtn_momo", reference=ref, amount=6500, currency="XOF", fate="accepted", not_found_checks=9)
+    created = "2026-01-01T10:00:00+00:00"  # registered long before: the grace is over
+    pipeline.register_payment(rt, coko(ref, "mtn_momo", created_at=created))
+    result = pipeline.ingest_webhook(rt, sandbox.notification("mtn_momo", ref))
+    assert result.outcome is Outcome.FAILED
+    with rt.sessions() as session:
+        assert session.scalars(select(DeadLetter.reason)).one() == "provider_error"
+
+
+def test_wave_redelivered_event_is_a_duplicate(rt: Runtime, sandbox: SandboxClient) -> None:
+    ref = new_reference("CR")
+    state = sandbox.create("wave", reference=ref, amount=6500, currency="XOF", fate="accepted")
+    pipeline.register_payment(rt, coko(ref, "wave", provider_data=state["provider_data"]))
+    first = sandbox.notification("wave", ref)
+    again = sandbox.notification("wave", ref)  # Wave resends the same event id, signed anew
+    assert first["body"] == again["body"]
+    assert pipeline.ingest_webhook(rt, first).outcome is Outcome.ACCEPTED
+    assert pipeline.ingest_webhook(rt, again).outcome is Outcome.DUPLICATE
+    with rt.sessions() as session:
+        assert session.scalars(select(InboxDelivery.status)).one() is InboxStatus.PROCESSED
+
+
+def test_wave_stale_signature_is_forged(rt: Runtime, sandbox: SandboxClient) -> None:
+    ref = new_reference("CR")
+    state = sandbox.create("wave", reference=ref, amount=6500, currency="XOF", fate="accepted")
+    pipeline.register_payment(rt, coko(ref, "wave", provider_data=state["provider_data"]))
+    result = pipeline.ingest_webhook(rt, sandbox.notification("wave", ref, stale=True))
+    assert result.outcome is Outcome.FORGED and "stale" in result.detail
+
+
+def test_expired_registration_without_answers_is_expired_on_the_providers_schedule(
+    rt: Runtime, sandbox: SandboxClient
+) -> None:
+    ref = new_reference("ORD")
+    state = sandbox.create("orange_money", reference=ref, amount=6500, currency="XOF", fate="waiting")
+    pipeline.register_payment(rt, coko(ref, "orange_money", provider_data=state["provider_data"]))
+    with rt.sessions() as session:
+        payment = session.scalars(select(Payment)).one()
+    assert payment.registered_at is not None
+    later = payment.registered_at + timedelta(seconds=rt.profile("orange_money").give_up_after)
+    pipeline.verify_payment(rt, payment.id, now=later)
+    assert status(rt, ref) is PaymentStatus.EXPIRED
