@@ -23,10 +23,7 @@ import redis
 from sqlalchemy import create_engine, text
 
 from providers.sandbox.client import SandboxClient
-from providers.sandbox.mtn_momo import MtnMomoConfig
-from providers.sandbox.orange_money import OrangeMoneyConfig
 from providers.sandbox.server import SandboxServer
-from providers.sandbox.wave import WaveConfig
 from reconciliation import migrate
 from worker import runtime as runtime_mod
 from worker.settings import Settings
@@ -35,7 +32,6 @@ PG_BASE = os.environ.get("PAYRECON_TEST_PG", "postgresql+psycopg2://postgres@127
 REDIS_BASE = os.environ.get("PAYRECON_TEST_REDIS", "redis://127.0.0.1:6379")
 ROOT = Path(__file__).resolve().parent.parent
 
-MOMO, ORANGE, WAVE = MtnMomoConfig(), OrangeMoneyConfig(), WaveConfig()  # the sandbox's defaults
 CINETPAY = {"api_key": "test-api-key", "site_id": "445160", "secret_key": "test-secret-key"}
 
 TABLES = (
@@ -96,27 +92,11 @@ def sandbox(sandbox_server: SandboxServer) -> Iterator[SandboxClient]:
     client.close()
 
 
-def worker_env(pg_url: str, redis_url: str, sandbox_url: str, **extra: str) -> dict[str, str]:
+def worker_env(pg_url: str, redis_url: str, sandbox: SandboxServer, **extra: str) -> dict[str, str]:
     env = {
         "DATABASE_URL": pg_url,
         "CELERY_BROKER_URL": redis_url,
-        "CINETPAY_API_URL": sandbox_url,
-        "CINETPAY_API_KEY": CINETPAY["api_key"],
-        "CINETPAY_SITE_ID": CINETPAY["site_id"],
-        "CINETPAY_SECRET_KEY": CINETPAY["secret_key"],
-        "MTN_MOMO_API_URL": sandbox_url,
-        "MTN_MOMO_API_USER": MOMO.api_user,
-        "MTN_MOMO_API_KEY": MOMO.api_key,
-        "MTN_MOMO_SUBSCRIPTION_KEY": MOMO.subscription_key,
-        "MTN_MOMO_TARGET_ENVIRONMENT": MOMO.target_environment,
-        "ORANGE_MONEY_API_URL": sandbox_url,
-        "ORANGE_MONEY_CLIENT_ID": ORANGE.client_id,
-        "ORANGE_MONEY_CLIENT_SECRET": ORANGE.client_secret,
-        "ORANGE_MONEY_MERCHANT_KEY": ORANGE.merchant_key,
-        "ORANGE_MONEY_COUNTRY": ORANGE.country,
-        "WAVE_API_URL": sandbox_url,
-        "WAVE_API_KEY": WAVE.api_key,
-        "WAVE_WEBHOOK_SECRETS": ",".join(WAVE.webhook_secrets),
+        **sandbox.worker_env(),
         "PAYRECON_TIMEZONE": "Africa/Abidjan",
         "PAYRECON_HTTP_TIMEOUT": "2,2",
         "PAYRECON_RECHECK_SCHEDULE": "1,1,2",
@@ -130,7 +110,7 @@ def worker_env(pg_url: str, redis_url: str, sandbox_url: str, **extra: str) -> d
 
 @pytest.fixture(scope="session")
 def settings(pg_url: str, redis_url: str, sandbox_server: SandboxServer) -> Settings:
-    return Settings.from_env(worker_env(pg_url, redis_url, sandbox_server.url))
+    return Settings.from_env(worker_env(pg_url, redis_url, sandbox_server))
 
 
 @pytest.fixture(scope="session")
@@ -218,7 +198,7 @@ def worker_process(
     pg_url: str, redis_url: str, sandbox_server: SandboxServer, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[WorkerProcess]:
     proc = WorkerProcess(
-        worker_env(pg_url, redis_url, sandbox_server.url), tmp_path_factory.mktemp("worker") / "worker.log"
+        worker_env(pg_url, redis_url, sandbox_server), tmp_path_factory.mktemp("worker") / "worker.log"
     )
     proc.start()
     yield proc

@@ -23,7 +23,7 @@ from worker.runtime import Runtime
 
 @pytest.fixture
 def cli_env(rt: Runtime, pg_url: str, redis_url: str, sandbox_server: Any) -> Iterator[dict[str, str]]:
-    yield worker_env(pg_url, redis_url, sandbox_server.url)
+    yield worker_env(pg_url, redis_url, sandbox_server)
     # Messages these tests sent must not reach the end-to-end tests' worker later.
     client = redis.Redis.from_url(redis_url)
     client.delete("webhooks")

@@ -215,7 +215,7 @@ def test_beat_rechecks_a_pending_payment_without_a_second_callback(
     wait_for(lambda: status_of(e2e, ref) is not None, what="registration")
     send(producer, "payrecon.ingest_webhook", envelope=sandbox.cinetpay_notification(ref))
     wait_for(lambda: settled(e2e, ref, PaymentStatus.PENDING), what="pending")
-    env = {**os.environ, **worker_env(pg_url, redis_url, sandbox_server.url, PAYRECON_RECHECK_INTERVAL="0.5")}
+    env = {**os.environ, **worker_env(pg_url, redis_url, sandbox_server, PAYRECON_RECHECK_INTERVAL="0.5")}
     with (tmp_path / "beat.log").open("wb") as log:
         beat = subprocess.Popen(
             [

@@ -28,10 +28,7 @@ import click
 from sqlalchemy import func, select
 
 from providers.sandbox.client import SandboxClient
-from providers.sandbox.mtn_momo import MtnMomoConfig
-from providers.sandbox.orange_money import OrangeMoneyConfig
 from providers.sandbox.server import SandboxServer
-from providers.sandbox.wave import WaveConfig
 from reconciliation import migrate, views
 from reconciliation.db import make_engine, session_factory
 from reconciliation.models import FlagKind, InboxDelivery, InboxStatus, Payment, PaymentFlag, PaymentStatus
@@ -129,28 +126,11 @@ def run_demo(*, count: int = 36, keep: bool = False) -> int:
         cinetpay_secret_key=CREDENTIALS["secret_key"],
     ).start()
     click.echo(f"  sandbox   {sandbox.url} (CinetPay, MTN MoMo, Orange Money and Wave wire formats)")
-    momo, orange, wave = MtnMomoConfig(), OrangeMoneyConfig(), WaveConfig()
     env = {
         **os.environ,
         "DATABASE_URL": database_url,
         "CELERY_BROKER_URL": broker_url,
-        "CINETPAY_API_URL": sandbox.url,
-        "CINETPAY_API_KEY": CREDENTIALS["api_key"],
-        "CINETPAY_SITE_ID": CREDENTIALS["site_id"],
-        "CINETPAY_SECRET_KEY": CREDENTIALS["secret_key"],
-        "MTN_MOMO_API_URL": sandbox.url,
-        "MTN_MOMO_API_USER": momo.api_user,
-        "MTN_MOMO_API_KEY": momo.api_key,
-        "MTN_MOMO_SUBSCRIPTION_KEY": momo.subscription_key,
-        "MTN_MOMO_TARGET_ENVIRONMENT": momo.target_environment,
-        "ORANGE_MONEY_API_URL": sandbox.url,
-        "ORANGE_MONEY_CLIENT_ID": orange.client_id,
-        "ORANGE_MONEY_CLIENT_SECRET": orange.client_secret,
-        "ORANGE_MONEY_MERCHANT_KEY": orange.merchant_key,
-        "ORANGE_MONEY_COUNTRY": orange.country,
-        "WAVE_API_URL": sandbox.url,
-        "WAVE_API_KEY": wave.api_key,
-        "WAVE_WEBHOOK_SECRETS": ",".join(wave.webhook_secrets),
+        **sandbox.worker_env(),
         "PAYRECON_RECHECK_INTERVAL": "1",
         "PAYRECON_RECHECK_SCHEDULE": "1,2,3",
         "PAYRECON_WORKER_CONCURRENCY": "8",

@@ -3,11 +3,15 @@
 Like stripe-mock, it lets merchants' developers (and payrecon's own tests) run the
 whole flow offline: it speaks each provider's real wire format, keeps transactions
 in memory, sends real signed notifications, and can be scripted to misbehave.
-Only CinetPay (checkout API v2) is implemented so far.
+CinetPay (checkout API v2), MTN MoMo (Collection), Orange Money (WebPay) and Wave (Checkout,
+Balance & Reconciliation); each provider's wire and control API is documented in its module
+(``cinetpay.py``, ``mtn_momo.py``, ``orange_money.py``, ``wave.py``). The control API below is
+CinetPay's; the others have the same shape under ``/_sandbox/<provider>/`` (``reference``
+instead of ``transaction_id``).
 
 Run it: ``payrecon sandbox`` (or ``python -c "from providers.sandbox import serve; serve()"``)
-prints its URL and the credentials it accepts (defaults: apikey ``sandbox-api-key``,
-site_id ``100000``, secret key ``sandbox-secret-key``). Embed it::
+prints its URL and the environment that points a payrecon worker at it
+(``SandboxServer.worker_env()``: every provider's sandbox credentials). Embed it::
 
     with SandboxServer() as server:
         client = CinetPayClient(api_url=server.url, api_key="sandbox-api-key",

@@ -150,13 +150,14 @@ class SandboxServer:
             "secret_key": cinetpay_secret_key,
         }
         self.router = Router(self.state, latency=latency)
+        self.mtn_momo_config = mtn_momo or MtnMomoConfig()
+        self.orange_money_config = orange_money or OrangeMoneyConfig()
+        self.wave_config = wave or WaveConfig()
         self.providers: list[ProviderSandbox] = [
             CinetPaySandbox(self.state, self.notifier, base_url=lambda: self.url, **self.cinetpay_credentials),
-            MtnMomoSandbox(self.state, self.notifier, mtn_momo or MtnMomoConfig(), base_url=lambda: self.url),
-            OrangeMoneySandbox(
-                self.state, self.notifier, orange_money or OrangeMoneyConfig(), base_url=lambda: self.url
-            ),
-            WaveSandbox(self.state, self.notifier, wave or WaveConfig(), base_url=lambda: self.url),
+            MtnMomoSandbox(self.state, self.notifier, self.mtn_momo_config, base_url=lambda: self.url),
+            OrangeMoneySandbox(self.state, self.notifier, self.orange_money_config, base_url=lambda: self.url),
+            WaveSandbox(self.state, self.notifier, self.wave_config, base_url=lambda: self.url),
         ]
         for provider in self.providers:
             provider.register(self.router)
@@ -165,6 +166,29 @@ class SandboxServer:
         self.router.add("POST", "/_sandbox/reset", self._reset)
         self._httpd: _HTTPServer | None = None
         self._thread: threading.Thread | None = None
+
+    def worker_env(self) -> dict[str, str]:
+        """The environment variables that point a payrecon worker at this sandbox, all providers."""
+        momo, orange, wave = self.mtn_momo_config, self.orange_money_config, self.wave_config
+        return {
+            "CINETPAY_API_URL": self.url,
+            "CINETPAY_API_KEY": self.cinetpay_credentials["api_key"],
+            "CINETPAY_SITE_ID": self.cinetpay_credentials["site_id"],
+            "CINETPAY_SECRET_KEY": self.cinetpay_credentials["secret_key"],
+            "MTN_MOMO_API_URL": self.url,
+            "MTN_MOMO_API_USER": momo.api_user,
+            "MTN_MOMO_API_KEY": momo.api_key,
+            "MTN_MOMO_SUBSCRIPTION_KEY": momo.subscription_key,
+            "MTN_MOMO_TARGET_ENVIRONMENT": momo.target_environment,
+            "ORANGE_MONEY_API_URL": self.url,
+            "ORANGE_MONEY_CLIENT_ID": orange.client_id,
+            "ORANGE_MONEY_CLIENT_SECRET": orange.client_secret,
+            "ORANGE_MONEY_MERCHANT_KEY": orange.merchant_key,
+            "ORANGE_MONEY_COUNTRY": orange.country,
+            "WAVE_API_URL": self.url,
+            "WAVE_API_KEY": wave.api_key,
+            "WAVE_WEBHOOK_SECRETS": ",".join(wave.webhook_secrets),
+        }
 
     @property
     def url(self) -> str:
@@ -277,9 +301,9 @@ def serve(
             notifications = "POSTed to notify_url / deliver_to (no broker_url: no enqueuing)"
         sys.stdout.write(
             f"payrecon provider sandbox listening on {server.url}\n"
-            f"  CinetPay: api_url={server.url} apikey={cinetpay_api_key} "
-            f"site_id={cinetpay_site_id} secret_key={cinetpay_secret_key}\n"
-            f"  notifications: {notifications}\n"
+            "  point a payrecon worker at it with (sandbox credentials, not secrets):\n"
+            + "".join(f"    export {name}={value}\n" for name, value in server.worker_env().items())
+            + f"  notifications: {notifications}\n"
             f"  control API: {server.url}/_sandbox/ (see providers/sandbox/__init__.py)\n"
             "Press Ctrl+C to stop.\n"
         )
