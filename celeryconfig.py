@@ -31,7 +31,8 @@ task_acks_on_timeout = True
 # Verification waits on the provider (0.1-2 s a call): a thread pool with many
 # threads keeps many calls in flight; a few prefetched messages per thread keep
 # the threads busy without hoarding messages another worker could take.
-worker_pool = "threads"
+# The pool is chosen by `payrecon worker --pool` (default threads), not here: Celery
+# ignores an explicit `-P prefork` whenever `worker_pool` is configured.
 worker_concurrency = int(os.environ.get("PAYRECON_WORKER_CONCURRENCY", "32"))
 worker_prefetch_multiplier = 4
 worker_max_tasks_per_child = None
@@ -47,10 +48,12 @@ task_time_limit = 300
 task_soft_time_limit = 240
 
 task_default_queue = "webhooks"
+# Each queue has its own routing key, so the bindings say what they mean (a queue declared
+# without one is bound with the default queue's key; Celery still routes by queue name).
 task_queues = (
-    Queue("webhooks"),  # contract: ingest_webhook and register_payment
-    Queue("verify"),  # retries and janitor re-checks
-    Queue("maintenance"),  # beat jobs
+    Queue("webhooks", routing_key="webhooks"),  # contract: ingest_webhook and register_payment
+    Queue("verify", routing_key="verify"),  # retries and janitor re-checks
+    Queue("maintenance", routing_key="maintenance"),  # beat jobs
 )
 task_routes = {
     "payrecon.ingest_webhook": {"queue": "webhooks"},

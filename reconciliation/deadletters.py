@@ -7,6 +7,7 @@ from datetime import datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from reconciliation import facts
 from reconciliation.models import DeadLetter
 
 
@@ -32,6 +33,7 @@ def record(
     )
     session.add(letter)
     session.flush()
+    facts.note(session, "dead_letter", reason=reason)
     return letter
 
 

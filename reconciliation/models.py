@@ -358,3 +358,12 @@ class DeadLetter(Base):
     reference: Mapped[str | None] = mapped_column(String(100))
     created_at: Mapped[datetime] = mapped_column(UtcDateTime(), server_default=func.now())
     replayed_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+
+
+class Heartbeat(Base):
+    """Liveness of the processes that have no queue to watch (beat): last time each was seen."""
+
+    __tablename__ = "heartbeats"
+
+    name: Mapped[str] = mapped_column(String(100), primary_key=True)
+    at: Mapped[datetime] = mapped_column(UtcDateTime())

@@ -17,7 +17,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from providers.base import Delivery, Outcome, RegistrationView, VerifiedStatus
-from reconciliation import ledger
+from reconciliation import facts, ledger
 from reconciliation.dialect import insert
 from reconciliation.models import (
     FINAL_STATUSES,
@@ -255,10 +255,19 @@ def apply_answer(
     if step.money_moved:
         notes.append(_settle_paid(session, payment, ctx))
     if step.status in FINAL_STATUSES:
-        payment.finalized_at = payment.finalized_at if previous is step.status else ctx.now
+        if previous is not step.status:
+            payment.finalized_at = ctx.now
+        if previous not in FINAL_STATUSES:  # counted once: a later refund or late success is flagged
+            _note_final(session, payment, ctx)
         payment.next_check_at = None
     else:
-        _schedule_or_expire(payment, ctx, notes)
+        _schedule_or_expire(session, payment, ctx, notes)
+    if claim is not None and claim.claimed_status:
+        claimed = normalize_claim(claim.claimed_status)
+        if claimed != answer.outcome.value:
+            facts.note(
+                session, "disagreement", provider=payment.provider, claimed=claimed, confirmed=answer.outcome.value
+            )
     verification = Verification(
         payment_id=payment.id,
         inbox_id=inbox_id,
@@ -295,7 +304,7 @@ def record_error(
     """A verification that got no answer: keep it in the history, try again later."""
     notes = ["no answer from the provider"]
     if reschedule and payment.status not in FINAL_STATUSES:
-        _schedule_or_expire(payment, ctx, notes)
+        _schedule_or_expire(session, payment, ctx, notes)
     verification = Verification(
         payment_id=payment.id,
         inbox_id=inbox_id,
@@ -323,13 +332,42 @@ def record_deferral(
     return verification
 
 
-def _schedule_or_expire(payment: Payment, ctx: Context, notes: list[str]) -> None:
+def _note_final(session: Session, payment: Payment, ctx: Context) -> None:
+    since = payment.registered_at or payment.created_at
+    facts.note(
+        session,
+        "payment_final",
+        provider=payment.provider,
+        status=payment.status.value,
+        seconds=max(0.0, (ctx.now - since).total_seconds()),
+    )
+
+
+#: How the providers' own status words in a callback read, for the disagreement metric.
+_CLAIMS = {
+    "succeeded": {"SUCCESSFUL", "SUCCESS", "SUCCES", "ACCEPTED", "SUCCEEDED", "COMPLETE/SUCCEEDED"},
+    "failed": {"FAILED", "REFUSED", "CANCELLED", "COMPLETE/CANCELLED", "EXPIRED", "TRANSACTION_CANCEL"},
+    "pending": {"PENDING", "INITIATED", "WAITING_FOR_CUSTOMER", "OPEN/PROCESSING", "PROCESSING"},
+}
+
+
+def normalize_claim(claimed: str) -> str:
+    """A callback's status word as succeeded / failed / pending / other (bounded metric labels)."""
+    word = claimed.strip().upper()
+    for outcome, words in _CLAIMS.items():
+        if word in words:
+            return outcome
+    return "other"
+
+
+def _schedule_or_expire(session: Session, payment: Payment, ctx: Context, notes: list[str]) -> None:
     payment.check_count += 1
     since = payment.registered_at or payment.created_at
     if ctx.now >= since + timedelta(seconds=ctx.policy.give_up_after):
         payment.status = PaymentStatus.EXPIRED
         payment.finalized_at = ctx.now
         payment.next_check_at = None
+        _note_final(session, payment, ctx)
         notes.append(f"gave up after {ctx.policy.give_up_after} s without a final answer: expired")
         return
     payment.next_check_at = ctx.policy.next_check(payment.check_count - 1, ctx.now)

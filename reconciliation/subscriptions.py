@@ -14,6 +14,7 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from reconciliation import facts
 from reconciliation.dialect import insert
 from reconciliation.models import Payment, Plan, Subscription, SubscriptionGrant
 
@@ -86,6 +87,7 @@ def grant_for_payment(session: Session, payment: Payment, now: datetime, tz: Zon
     sub.expired_at = None
     sub.updated_at = now
     session.flush()
+    facts.note(session, "grant", product=plan.product, days=days)
     return GrantResult(grant, sub)
 
 
@@ -95,6 +97,8 @@ def expire_due(session: Session, now: datetime) -> list[int]:
         update(Subscription)
         .where(Subscription.active.is_(True), Subscription.ends_at <= now)
         .values(active=False, expired_at=now, updated_at=now)
-        .returning(Subscription.id)
-    )
+        .returning(Subscription.id, Subscription.product)
+    ).all()
+    for _, product in result:
+        facts.note(session, "expiry", product=product)
     return [row[0] for row in result]

@@ -36,7 +36,7 @@ CINETPAY = {"api_key": "test-api-key", "site_id": "445160", "secret_key": "test-
 
 TABLES = (
     "payment_flags, verifications, subscription_grants, subscriptions, ledger_entries, "
-    "ledger_journals, ledger_accounts, inbox, dead_letters, payments"
+    "ledger_journals, ledger_accounts, inbox, dead_letters, payments, heartbeats"
 )
 
 
@@ -101,6 +101,7 @@ def worker_env(pg_url: str, redis_url: str, sandbox: SandboxServer, **extra: str
         "PAYRECON_HTTP_TIMEOUT": "2,2",
         "PAYRECON_RECHECK_SCHEDULE": "1,1,2",
         "PAYRECON_VERIFY_MAX_RETRIES": "3",
+        "PAYRECON_METRICS_PORT": "0",  # tests/test_metrics.py serves metrics on a port of its own
         # Tests call the sandbox far faster than a real provider allows; budget tests tighten it.
         **{f"PAYRECON_BUDGET_{p.upper()}": "1000,1000" for p in ("cinetpay", "mtn_momo", "orange_money", "wave")},
     }
@@ -136,9 +137,15 @@ def rt(session_runtime: runtime_mod.Runtime, sandbox: SandboxClient) -> runtime_
 
 
 class WorkerProcess:
-    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+    THREADS = ("-P", "threads", "-c", "16")
+
+    def __init__(self, env: dict[str, str], log_path: Path, argv: list[str] | None = None) -> None:
         self.env = env
         self.log_path = log_path
+        self.argv = argv or [
+            sys.executable, "-m", "celery", "-A", "worker.app", "worker", "-Q", "webhooks,verify,maintenance",
+            *self.THREADS, "-l", "info",
+        ]  # fmt: skip
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
@@ -146,25 +153,12 @@ class WorkerProcess:
         with self.log_path.open("wb") as log:
             self.proc = subprocess.Popen(
                 [
-                    sys.executable,
-                    "-m",
-                    "celery",
-                    "-A",
-                    "worker.app",
-                    "worker",
-                    "-Q",
-                    "webhooks,verify,maintenance",
-                    "-P",
-                    "threads",
-                    "-c",
-                    "16",
+                    *self.argv,
                     "--without-gossip",
                     "--without-mingle",
                     "--without-heartbeat",
-                    "-l",
-                    "info",
                     "-n",
-                    f"test-{os.getpid()}@%h",
+                    f"test-{os.getpid()}-{secrets.token_hex(2)}@%h",
                 ],
                 cwd=ROOT,
                 env=full_env,

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import uuid
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from providers.sandbox.client import SandboxClient
 from reconciliation.models import (
     DeadLetter,
     FlagKind,
+    Heartbeat,
     InboxDelivery,
     InboxStatus,
     Payment,
@@ -242,6 +244,9 @@ def test_beat_rechecks_a_pending_payment_without_a_second_callback(
         beat.wait(timeout=20)
     assert grants(e2e) == 1
     assert sandbox.get_cinetpay(ref)["check_count"] >= 2
+    with e2e.sessions() as session:  # beat's heartbeat, for `payrecon health`
+        seen = session.scalar(select(Heartbeat.at).where(Heartbeat.name == "beat"))
+    assert seen is not None and datetime.now(UTC) - seen < timedelta(minutes=1)
 
 
 def test_worker_survives_bad_input_and_keeps_working(

@@ -5,6 +5,7 @@ the same flows through a real worker process."""
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qsl
@@ -456,3 +457,44 @@ def test_a_given_up_delivery_is_verified_again_when_it_arrives_again(rt: Runtime
     assert pipeline.ingest_webhook(rt, envelope).outcome is Outcome.ACCEPTED
     assert payment(rt, ref).settled
     assert pipeline.ingest_webhook(rt, envelope).outcome is Outcome.DUPLICATE
+
+
+@pytest.fixture
+def seen() -> Iterator[list[tuple[str, dict[str, Any]]]]:
+    """Facts published after commit, as the worker's metrics receive them."""
+    from reconciliation import facts
+
+    published: list[tuple[str, dict[str, Any]]] = []
+
+    def listener(kind: str, data: dict[str, Any]) -> None:
+        published.append((kind, data))
+
+    facts.subscribe(listener)
+    yield published
+    facts.unsubscribe(listener)
+
+
+def test_a_payment_is_counted_final_once(
+    rt: Runtime, sandbox: SandboxClient, seen: list[tuple[str, dict[str, Any]]]
+) -> None:
+    ref = new_reference()
+    register(rt, ref)
+    sandbox.create_cinetpay(ref, 5000, fate="refused")
+    pipeline.ingest_webhook(rt, sandbox.cinetpay_notification(ref))
+    sandbox.set_cinetpay_status(ref, "ACCEPTED")  # a late success: honoured, flagged, not a second final
+    pipeline.ingest_webhook(rt, sandbox.cinetpay_notification(ref))
+    finals = [data for kind, data in seen if kind == "payment_final" and data["provider"] == "cinetpay"]
+    assert [f["status"] for f in finals] == ["failed"]
+    assert ("grant", {"product": "depannage", "days": 30}) in seen  # the late success still granted
+
+
+def test_rolled_back_settlement_publishes_no_fact(rt: Runtime, seen: list[tuple[str, dict[str, Any]]]) -> None:
+    from reconciliation import facts
+    from reconciliation.db import transaction
+
+    with pytest.raises(RuntimeError), transaction(rt.sessions) as session:
+        facts.note(session, "payment_final", provider="cinetpay", status="succeeded", seconds=1.0)
+        raise RuntimeError("rolled back")
+    with transaction(rt.sessions) as session:
+        facts.note(session, "grant", product="depannage", days=30)
+    assert [kind for kind, _ in seen] == ["grant"]

@@ -47,3 +47,30 @@ def test_retry_delay_grows_and_is_jittered() -> None:
     first = [tasks.retry_delay(0) for _ in range(50)]
     assert all(4.0 <= d <= 6.0 for d in first) and len(set(first)) > 1
     assert 720 <= tasks.retry_delay(99) <= 1080
+
+
+def test_each_internal_task_lands_in_its_own_queue_only(redis_url: str) -> None:
+    """Contract tasks on 'webhooks', retries and re-checks on 'verify', beat's jobs on 'maintenance',
+    each once, with the queues bound as a consuming worker binds them."""
+    import redis as redis_lib
+
+    from worker.app import app
+
+    client = redis_lib.Redis.from_url(redis_url)
+    queues = ("webhooks", "verify", "maintenance")
+    client.delete(*queues)
+    previous = app.conf.broker_url
+    app.conf.broker_url = redis_url
+    try:
+        with app.connection_for_write() as conn:
+            for queue in app.amqp.queues.values():  # bound as a consuming worker binds them
+                queue(conn.default_channel).declare()
+            tasks.verify_payment.apply_async((1,), connection=conn)
+            tasks.recheck_due.apply_async(connection=conn)
+            tasks.register_payment.apply_async(kwargs={"payment": {}}, connection=conn)
+        depths = {q: client.llen(q) for q in queues}
+    finally:
+        app.conf.broker_url = previous
+        client.delete(*queues)
+        client.close()
+    assert depths == {"webhooks": 1, "verify": 1, "maintenance": 1}

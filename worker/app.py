@@ -7,3 +7,5 @@ from celery import Celery
 app = Celery("payrecon")
 app.config_from_object("celeryconfig")
 app.autodiscover_tasks(["worker"], related_name="tasks", force=True)
+
+import worker.signals  # noqa: E402, F401 - connects the metrics, heartbeat and logging handlers

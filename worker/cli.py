@@ -46,15 +46,35 @@ def main() -> None:
 @main.command(context_settings={"ignore_unknown_options": True})
 @click.option("--concurrency", "-c", type=int, help="Threads (default PAYRECON_WORKER_CONCURRENCY or 32).")
 @click.option("--queues", "-Q", default="webhooks,verify,maintenance", show_default=True)
+@click.option("--pool", "-P", envvar="PAYRECON_WORKER_POOL", default="threads", show_default=True,
+              type=click.Choice(["threads", "prefork", "solo"]),
+              help="threads: many provider calls in flight per process; prefork: one process per slot.")  # fmt: skip
 @click.option("--beat", "-B", "embed_beat", is_flag=True, help="Run beat inside the worker (one node only).")
 @click.option("--loglevel", "-l", default="info", show_default=True)
+@click.option("--metrics-port", type=int, envvar="PAYRECON_METRICS_PORT", default=9808, show_default=True,
+              help="Serve Prometheus metrics on this port (0: off).")  # fmt: skip
 @click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
-def worker(concurrency: int | None, queues: str, embed_beat: bool, loglevel: str, celery_args: tuple[str, ...]) -> None:
+def worker(  # noqa: PLR0917 - click passes the options by name
+    concurrency: int | None,
+    queues: str,
+    pool: str,
+    embed_beat: bool,
+    loglevel: str,
+    metrics_port: int,
+    celery_args: tuple[str, ...],
+) -> None:
     """Run a Celery worker (extra arguments go to ``celery worker``)."""
     settings = _settings(require_broker=True)
+    import os
+
+    from worker.observability import prepare_multiprocess_dir
+
+    # Before anything imports prometheus_client: every pool process writes to this clean directory.
+    prepare_multiprocess_dir()
+    os.environ["PAYRECON_METRICS_PORT"] = str(metrics_port)
     from worker.app import app
 
-    argv = ["worker", "-Q", queues, "-l", loglevel, "-c", str(concurrency or settings.worker_concurrency)]
+    argv = ["worker", "-Q", queues, "-P", pool, "-l", loglevel, "-c", str(concurrency or settings.worker_concurrency)]
     if embed_beat:
         argv.append("-B")
     app.worker_main([*argv, *celery_args])
@@ -62,10 +82,15 @@ def worker(concurrency: int | None, queues: str, embed_beat: bool, loglevel: str
 
 @main.command(context_settings={"ignore_unknown_options": True})
 @click.option("--loglevel", "-l", default="info", show_default=True)
+@click.option("--metrics-port", type=int, envvar="PAYRECON_BEAT_METRICS_PORT", default=9809, show_default=True,
+              help="Serve beat's Prometheus metrics on this port (0: off).")  # fmt: skip
 @click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
-def beat(loglevel: str, celery_args: tuple[str, ...]) -> None:
+def beat(loglevel: str, metrics_port: int, celery_args: tuple[str, ...]) -> None:
     """Run Celery beat: pending-payment re-checks and subscription expiry."""
     _settings(require_broker=True)
+    import os
+
+    os.environ["PAYRECON_BEAT_METRICS_PORT"] = str(metrics_port)
     from worker.app import app
 
     app.start(["beat", "-l", loglevel, *celery_args])
@@ -146,6 +171,31 @@ def enqueue(kind: str, source: Any, raw: bool) -> None:
         app.send_task(task, kwargs={kwarg: document}, queue="webhooks")
         sent += 1
     click.echo(f"sent {sent} {kind} message(s) to {task} via {settings.broker_url.split('://')[0]}://")
+
+
+@main.command()
+@click.option("--beat-max-age", default=120.0, show_default=True, help="Seconds since beat's last heartbeat.")
+@click.option("--json", "as_json", is_flag=True)
+def health(beat_max_age: float, as_json: bool) -> None:
+    """Check the database, migrations, broker and beat. Exit 3 database, 4 migrations, 5 broker, 6 beat."""
+    settings = _settings()
+    from worker import health as health_mod
+
+    checks = health_mod.run(settings, beat_max_age=beat_max_age)
+    failed = [c for c in checks if not c.ok]
+    code = failed[0].exit_code if failed else 0
+    if as_json:
+        _dump(
+            {
+                "ok": not failed,
+                "exit_code": code,
+                "checks": [{"name": c.name, "ok": c.ok, "detail": c.detail} for c in checks],
+            }
+        )
+    else:
+        for c in checks:
+            click.echo(f"{'ok  ' if c.ok else 'FAIL'} {c.name:<11} {c.detail}")
+    sys.exit(code)
 
 
 # --------------------------------------------------------------------------- reads

@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
@@ -41,7 +41,9 @@ from reconciliation.db import transaction
 from reconciliation.models import FINAL_STATUSES, InboxDelivery, InboxStatus, Payment, PaymentStatus
 from reconciliation.subscriptions import UnknownPlan, expire_due
 from schemas.messages import PaymentRegistration, WebhookEnvelope
+from worker import metrics
 from worker.budget import rounded_wait
+from worker.observability import timed_call
 from worker.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -74,6 +76,7 @@ class Result:
     reference: str | None = None
     #: For RETRY: wait this long, without counting an attempt (budget, awaiting registration).
     delay: float | None = None
+    provider: str | None = None
 
 
 def _raw(payload: Any) -> str:
@@ -195,6 +198,7 @@ def _authenticate(
 
 
 def _store_malformed(rt: Runtime, envelope: WebhookEnvelope, raw: str, detail: str) -> Result:
+    log.warning("malformed %s delivery kept and dead-lettered: %s", envelope.provider.value, detail)
     digest = hashlib.sha256(f"{envelope.method}\n{envelope.body}".encode()).hexdigest()
     with transaction(rt.sessions) as session:
         stored = inbox.store(
@@ -223,6 +227,12 @@ def _store_malformed(rt: Runtime, envelope: WebhookEnvelope, raw: str, detail: s
 def retry_delivery(rt: Runtime, inbox_id: int, *, final_attempt: bool) -> Result:
     """A stored delivery, again: after a transient provider error, an exhausted budget, or while
     it waited for the registration it is authenticated against."""
+    with rt.sessions() as session:
+        provider = session.scalar(select(InboxDelivery.provider).where(InboxDelivery.id == inbox_id))
+    return replace(_retry_delivery(rt, inbox_id, final_attempt=final_attempt), provider=provider)
+
+
+def _retry_delivery(rt: Runtime, inbox_id: int, *, final_attempt: bool) -> Result:
     with transaction(rt.sessions) as session:
         row = session.get(InboxDelivery, inbox_id)
         if row is None or row.status is not InboxStatus.RECEIVED:
@@ -277,9 +287,11 @@ def _verify_delivery(
         assert profile.callback_rate is not None and profile.callback_burst is not None  # noqa: S101
         wait = rt.budget.take(f"callbacks:{provider}", profile.callback_rate, profile.callback_burst)
         if wait > 0:
+            metrics.BUDGET_WAITS.labels(provider, "callbacks").inc()
             return _deferred(inbox_id, reference, wait, "unauthenticated callbacks are rate-limited")
     wait = rt.budget.take(f"api:{provider}", profile.api_rate, profile.api_burst)
     if wait > 0:
+        metrics.BUDGET_WAITS.labels(provider, "api").inc()
         return _deferred(inbox_id, reference, wait, f"{provider} call budget exhausted")
     view = (
         payments.registration_view(payment)
@@ -287,7 +299,7 @@ def _verify_delivery(
         else RegistrationView(reference=reference)
     )
     try:
-        answer = client.check(view)
+        answer = timed_call(provider, "status", lambda: client.check(view))
     except ProviderError as exc:
         return _verification_failed(rt, provider, reference, delivery, exc, inbox_id=inbox_id)
     with transaction(rt.sessions) as session:
@@ -433,9 +445,11 @@ def verify_payment(rt: Runtime, payment_id: int, *, now: datetime | None = None,
     else:
         profile = rt.profile(provider)
         deferred = rt.budget.take(f"api:{provider}", profile.api_rate, profile.api_burst)
-        if not deferred:
+        if deferred:
+            metrics.BUDGET_WAITS.labels(provider, "api").inc()
+        else:
             try:
-                answer = client.check(view)
+                answer = timed_call(provider, "status", lambda: client.check(view))
             except ProviderError as exc:
                 error = exc
     with transaction(rt.sessions) as session:

@@ -14,7 +14,8 @@ from typing import Any
 from celery import Task
 from sqlalchemy.exc import InterfaceError, OperationalError
 
-from worker import pipeline, runtime
+from schemas.messages import Provider
+from worker import metrics, pipeline, runtime
 from worker.app import app
 
 log = logging.getLogger(__name__)
@@ -28,8 +29,30 @@ def retry_delay(attempt: int) -> float:
     return base * random.uniform(0.8, 1.2)  # noqa: S311 - jitter, not security
 
 
-def _report(task: str, result: pipeline.Result) -> dict[str, Any]:
-    log.info("%s %s ref=%s %s", task, result.outcome.value, result.reference or "-", result.detail)
+PROVIDERS = frozenset(p.value for p in Provider)
+
+
+def _provider_of(payload: Any) -> str:
+    """The provider label of a message (bounded: anything unknown is "unknown")."""
+    value = payload.get("provider") if isinstance(payload, dict) else None
+    return value if value in PROVIDERS else "unknown"
+
+
+def _report(task: str, result: pipeline.Result, payload: Any = None) -> dict[str, Any]:
+    provider = result.provider or _provider_of(payload)
+    log.info(
+        "%s %s ref=%s %s",
+        task,
+        result.outcome.value,
+        result.reference or "-",
+        result.detail,
+        extra={"provider": provider, "reference": result.reference, "outcome": result.outcome.value},
+    )
+    if task in ("ingest_webhook", "retry_delivery") and result.outcome is not pipeline.Outcome.RETRY:
+        # Each delivery counts once, at its final outcome (a retry in progress is not one).
+        metrics.DELIVERIES.labels(provider, result.outcome.value).inc()
+    elif task == "register_payment":
+        metrics.REGISTRATIONS.labels(_provider_of(payload), result.outcome.value).inc()
     return {"outcome": result.outcome.value, "reference": result.reference, "inbox_id": result.inbox_id}
 
 
@@ -74,7 +97,7 @@ def ingest_webhook(self: Task, envelope: Any = None, **unexpected: Any) -> dict[
             retry_delivery.apply_async((result.inbox_id, 0), countdown=result.delay)
         else:
             retry_delivery.apply_async((result.inbox_id, 1), countdown=retry_delay(0))
-    return _report("ingest_webhook", result)
+    return _report("ingest_webhook", result, payload)
 
 
 @app.task(name="payrecon.register_payment", bind=True)
@@ -82,7 +105,7 @@ def register_payment(self: Task, payment: Any = None, **unexpected: Any) -> dict
     """A payment the merchant app initiated (``payrecon.payment/1``)."""
     payload = payment if not unexpected else {"payment": payment, **unexpected}
     result = _guarded(self, pipeline.REGISTER_TASK, payload, lambda: pipeline.register_payment(runtime.get(), payload))
-    return _report("register_payment", result)
+    return _report("register_payment", result, payload)
 
 
 #: Deferrals (budget, awaiting registration) of one delivery before it is dead-lettered anyway.

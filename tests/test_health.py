@@ -1,0 +1,82 @@
+"""``payrecon health``: one exit code per failure, and --json."""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+from sqlalchemy import create_engine, text
+
+from reconciliation import migrate
+from tests.conftest import PG_BASE, worker_env
+from worker.cli import main
+from worker.runtime import Runtime
+from worker.signals import beat_heartbeat
+
+
+@pytest.fixture
+def env(rt: Runtime, pg_url: str, redis_url: str, sandbox_server: Any) -> dict[str, str]:
+    return worker_env(pg_url, redis_url, sandbox_server)
+
+
+def health(env: dict[str, str], *args: str) -> tuple[int, dict[str, Any]]:
+    result = CliRunner().invoke(main, ["health", "--json", *args], env=env)
+    return result.exit_code, json.loads(result.output)
+
+
+def test_healthy(env: dict[str, str], monkeypatch: pytest.MonkeyPatch, rt: Runtime) -> None:
+    monkeypatch.setattr("worker.runtime._runtime", rt)
+    beat_heartbeat()
+    code, report = health(env)
+    assert code == 0 and report["ok"] is True
+    assert {c["name"]: c["ok"] for c in report["checks"]} == {
+        "database": True, "migrations": True, "broker": True, "beat": True,
+    }  # fmt: skip
+
+
+def test_beat_never_seen_or_silent(env: dict[str, str], monkeypatch: pytest.MonkeyPatch, rt: Runtime) -> None:
+    code, report = health(env)
+    assert code == 6 and "never dispatched" in report["checks"][-1]["detail"]
+    monkeypatch.setattr("worker.runtime._runtime", rt)
+    beat_heartbeat(datetime.now(UTC) - timedelta(minutes=10))
+    code, report = health(env, "--beat-max-age", "120")
+    assert code == 6 and "s ago (more than 120 s)" in report["checks"][-1]["detail"]
+
+
+def test_broker_down(env: dict[str, str]) -> None:
+    code, report = health({**env, "CELERY_BROKER_URL": "redis://127.0.0.1:1/0"})
+    assert code == 5  # the first failure decides: broker comes before beat
+    broker = next(c for c in report["checks"] if c["name"] == "broker")
+    assert broker["ok"] is False and "unreachable" in broker["detail"]
+
+
+def test_database_down(env: dict[str, str]) -> None:
+    code, report = health({**env, "DATABASE_URL": "postgresql+psycopg2://postgres@127.0.0.1:1/nowhere"})
+    assert code == 3
+    assert report["checks"][0] == {"name": "database", "ok": False, "detail": report["checks"][0]["detail"]}
+    assert report["checks"][0]["detail"].startswith("unreachable")
+
+
+@pytest.fixture
+def behind() -> Iterator[str]:
+    name = f"payrecon_behind_{secrets.token_hex(3)}"
+    admin = create_engine(f"{PG_BASE}/postgres", isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    url = f"{PG_BASE}/{name}"
+    migrate.upgrade(url, "0001")
+    yield url
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+def test_migrations_behind(env: dict[str, str], behind: str) -> None:
+    code, report = health({**env, "DATABASE_URL": behind})
+    migrations = next(c for c in report["checks"] if c["name"] == "migrations")
+    assert code == 4 and "run `payrecon migrate`" in migrations["detail"]

@@ -1,0 +1,209 @@
+"""Metrics plumbing: the facts → counters bridge, provider-call timing, live state at scrape time,
+and the /metrics endpoints of the worker and beat (Celery signals)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+from prometheus_client import REGISTRY, CollectorRegistry, start_http_server
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+from sqlalchemy import func, select
+
+from providers.base import ProviderError, ProviderRateLimited, ProviderTransientError
+from reconciliation import facts
+from reconciliation.models import FINAL_STATUSES, DeadLetter, Payment
+from worker import metrics
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+QUEUES = ("webhooks", "verify", "maintenance")
+
+
+# --------------------------------------------------------------------------- facts → counters
+
+
+def _on_fact(kind: str, data: dict[str, Any]) -> None:
+    if kind == "payment_final":
+        metrics.PAYMENTS_FINAL.labels(data["provider"], data["status"]).inc()
+        metrics.TIME_TO_FINAL.labels(data["provider"], data["status"]).observe(data["seconds"])
+    elif kind == "disagreement":
+        metrics.DISAGREEMENTS.labels(data["provider"], data["claimed"], data["confirmed"]).inc()
+    elif kind == "grant":
+        metrics.GRANTS.labels(data["product"]).inc()
+    elif kind == "expiry":
+        metrics.EXPIRIES.labels(data["product"]).inc()
+    elif kind == "dead_letter":
+        metrics.DEAD_LETTERED.labels(data["reason"]).inc()
+
+
+facts.subscribe(_on_fact)
+
+
+def outcome_of(exc: BaseException | None) -> str:
+    """The ``outcome`` label of a provider call."""
+    if exc is None:
+        return "ok"
+    if isinstance(exc, ProviderRateLimited):
+        return "rate_limited"
+    if isinstance(exc, ProviderTransientError):
+        return "transient"
+    if isinstance(exc, ProviderError):
+        return type(exc).__name__.removeprefix("Provider").lower() or "error"
+    return "error"
+
+
+def timed_call(provider: str, operation: str, call: Callable[[], T]) -> T:
+    """Run a provider call, counting its outcome and timing it."""
+    started = time.perf_counter()
+    error: BaseException | None = None
+    try:
+        return call()
+    except BaseException as exc:
+        error = exc
+        raise
+    finally:
+        metrics.PROVIDER_LATENCY.labels(provider, operation).observe(time.perf_counter() - started)
+        metrics.PROVIDER_CALLS.labels(provider, operation, outcome_of(error)).inc()
+
+
+# --------------------------------------------------------------------------- live state
+
+
+class StateCollector(Collector):
+    """Gauges read at scrape time in the serving process: pending payments and the age of the
+    oldest, dead letters waiting, queue depth. Cached briefly so scrapes stay cheap."""
+
+    def __init__(self, sessions: Any, redis_url: str | None, *, ttl: float = 5.0) -> None:
+        self._sessions = sessions
+        self._redis_url = redis_url
+        self._ttl = ttl
+        self._lock = threading.Lock()
+        self._cached: tuple[float, list[GaugeMetricFamily]] | None = None
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        with self._lock:
+            if self._cached is None or time.monotonic() - self._cached[0] > self._ttl:
+                self._cached = (time.monotonic(), self._read())
+            yield from self._cached[1]
+
+    def _read(self) -> list[GaugeMetricFamily]:
+        families: list[GaugeMetricFamily] = []
+        try:
+            families += self._database()
+        except Exception:
+            log.warning("metrics: database state unavailable", exc_info=True)
+        if self._redis_url:
+            try:
+                families.append(self._queues())
+            except Exception:
+                log.warning("metrics: queue depth unavailable", exc_info=True)
+        return families
+
+    def _database(self) -> list[GaugeMetricFamily]:
+        now = datetime.now(UTC)
+        pending = GaugeMetricFamily(
+            f"{metrics.NAMESPACE}_pending_payments", "Payments not final yet.", labels=["provider"]
+        )
+        oldest = GaugeMetricFamily(
+            f"{metrics.NAMESPACE}_oldest_pending_payment_age_seconds",
+            "Age of the oldest payment that is not final (0 if none).",
+            labels=["provider"],
+        )
+        letters = GaugeMetricFamily(
+            f"{metrics.NAMESPACE}_dead_letters", "Dead letters not replayed yet.", labels=["reason"]
+        )
+        with self._sessions() as session:
+            rows = session.execute(
+                select(Payment.provider, func.count(), func.min(Payment.created_at))
+                .where(Payment.status.not_in(list(FINAL_STATUSES)))
+                .group_by(Payment.provider)
+            ).all()
+            counts = session.execute(
+                select(DeadLetter.reason, func.count())
+                .where(DeadLetter.replayed_at.is_(None))
+                .group_by(DeadLetter.reason)
+            ).all()
+        seen = {provider for provider, _, _ in rows}
+        for provider, count, first in rows:
+            pending.add_metric([provider], count)
+            oldest.add_metric([provider], max(0.0, (now - first).total_seconds()) if first else 0.0)
+        for provider in sorted({"cinetpay", "mtn_momo", "orange_money", "wave"} - seen):
+            pending.add_metric([provider], 0)
+            oldest.add_metric([provider], 0)
+        for reason, count in counts:
+            letters.add_metric([reason], count)
+        return [pending, oldest, letters]
+
+    def _queues(self) -> GaugeMetricFamily:
+        import redis
+
+        depth = GaugeMetricFamily(f"{metrics.NAMESPACE}_queue_depth", "Messages waiting in a queue.", labels=["queue"])
+        client = redis.Redis.from_url(self._redis_url or "", socket_timeout=2)
+        try:
+            for queue in QUEUES:
+                depth.add_metric([queue], client.llen(queue))
+        finally:
+            client.close()
+        return depth
+
+
+# --------------------------------------------------------------------------- serving
+
+
+def prepare_multiprocess_dir(path: str | None = None) -> str:
+    """Point prometheus_client at a clean multiprocess directory (before it is imported by workers).
+
+    Called by ``payrecon worker`` in its main process before the pool starts: counters of a
+    previous run must not carry over, and every child writes its own files there.
+    """
+    directory = Path(path or os.environ.get("PROMETHEUS_MULTIPROC_DIR") or f"/tmp/payrecon-metrics-{os.getpid()}")  # noqa: S108
+    if directory.exists():
+        shutil.rmtree(directory)
+    directory.mkdir(parents=True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory)
+    return str(directory)
+
+
+def serving_registry(extra: Collector | None = None) -> CollectorRegistry:
+    """The registry to serve: all processes' files in multiprocess mode, else this process's."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    else:
+        registry = REGISTRY
+    if extra is not None:
+        registry.register(extra)
+    return registry
+
+
+def serve(port: int, registry: CollectorRegistry, *, addr: str = "0.0.0.0") -> None:  # noqa: S104 - scraped
+    start_http_server(port, addr=addr, registry=registry)
+    log.info("metrics served on %s:%d/metrics", addr, port)
+
+
+def mark_process_dead(pid: int) -> None:
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
+
+
+@contextmanager
+def suppressed(what: str) -> Iterator[None]:
+    try:
+        yield
+    except Exception:
+        log.warning("%s failed", what, exc_info=True)

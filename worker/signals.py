@@ -1,0 +1,137 @@
+"""Celery signal handlers: metrics endpoints, per-task counters, beat's heartbeat, JSON logs.
+
+Imported by ``worker.app``; everything here runs in worker or beat processes only.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from datetime import UTC, datetime
+from typing import Any
+
+from celery import signals
+
+from worker import metrics, observability
+
+log = logging.getLogger(__name__)
+
+_in_beat = False
+
+
+def _port(name: str, default: int) -> int:
+    value = os.environ.get(name, "").strip()
+    return int(value) if value else default
+
+
+@signals.worker_ready.connect
+def _serve_worker_metrics(sender: Any = None, **_: Any) -> None:
+    port = _port("PAYRECON_METRICS_PORT", 9808)
+    if not port:
+        return
+    from worker import runtime
+
+    rt = runtime.get()
+    redis_url = rt.settings.redis_url or (
+        rt.settings.broker_url if rt.settings.broker_url.startswith(("redis://", "rediss://")) else None
+    )
+    collector = observability.StateCollector(rt.sessions, redis_url)
+    try:
+        observability.serve(port, observability.serving_registry(collector))
+    except OSError as exc:  # a second worker node on the same host: say so, keep working
+        log.error("metrics port %d unavailable (%s): set PAYRECON_METRICS_PORT per worker node", port, exc)
+
+
+@signals.worker_process_shutdown.connect
+def _child_gone(pid: int | None = None, **_: Any) -> None:
+    observability.mark_process_dead(pid or os.getpid())
+
+
+@signals.task_success.connect
+def _task_succeeded(sender: Any = None, **_: Any) -> None:
+    metrics.TASKS.labels(getattr(sender, "name", "unknown"), "succeeded").inc()
+
+
+@signals.task_failure.connect
+def _task_failed(sender: Any = None, **_: Any) -> None:
+    metrics.TASKS.labels(getattr(sender, "name", "unknown"), "failed").inc()
+
+
+@signals.task_retry.connect
+def _task_retried(sender: Any = None, **_: Any) -> None:
+    metrics.TASKS.labels(getattr(sender, "name", "unknown"), "retried").inc()
+
+
+# --------------------------------------------------------------------------- beat
+
+
+@signals.beat_init.connect
+def _serve_beat_metrics(sender: Any = None, **_: Any) -> None:
+    global _in_beat  # noqa: PLW0603 - this process is beat
+    _in_beat = True
+    port = _port("PAYRECON_BEAT_METRICS_PORT", 9809)
+    if port:
+        try:
+            observability.serve(port, observability.serving_registry())
+        except OSError as exc:
+            log.error("beat metrics port %d unavailable (%s)", port, exc)
+
+
+@signals.before_task_publish.connect
+def _beat_dispatch(sender: str | None = None, **_: Any) -> None:
+    """Beat's jobs: count each dispatch and record beat's heartbeat for ``payrecon health``."""
+    if not _in_beat or sender is None:
+        return
+    metrics.BEAT_DISPATCHES.labels(sender).inc()
+    metrics.LAST_BEAT_DISPATCH.labels(sender).set_to_current_time()
+    try:
+        beat_heartbeat()
+    except Exception:
+        log.warning("beat heartbeat not recorded", exc_info=True)
+
+
+def beat_heartbeat(now: datetime | None = None) -> None:
+    from reconciliation.db import transaction
+    from reconciliation.dialect import insert
+    from reconciliation.models import Heartbeat
+    from worker import runtime
+
+    at = now or datetime.now(UTC)
+    with transaction(runtime.get().sessions) as session:
+        session.execute(
+            insert(session, Heartbeat)
+            .values(name="beat", at=at)
+            .on_conflict_do_update(index_elements=["name"], set_={"at": at})
+        )
+
+
+# --------------------------------------------------------------------------- logs
+
+
+@signals.setup_logging.connect
+def _setup_logging(loglevel: int | str | None = None, **_: Any) -> None:
+    """Take over Celery's logging: JSON lines (or text), secrets and phone numbers masked."""
+    from worker import logs
+    from worker.settings import ConfigError, Settings
+
+    try:
+        secrets = logs.secrets_of(Settings.from_env(require_broker=False))
+    except ConfigError:
+        secrets = []  # the worker stops on the same error a moment later, with its message
+    logs.configure(loglevel or logging.INFO, secrets=secrets, fmt=os.environ.get("PAYRECON_LOG_FORMAT", "json"))
+
+
+@signals.task_prerun.connect
+def _bind_task(task_id: str | None = None, task: Any = None, **_: Any) -> None:
+    from worker import logs
+
+    logs.task_id.set(task_id)
+    logs.task_name.set(getattr(task, "name", None))
+
+
+@signals.task_postrun.connect
+def _unbind_task(**_: Any) -> None:
+    from worker import logs
+
+    logs.task_id.set(None)
+    logs.task_name.set(None)
