@@ -6,8 +6,11 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
+
+from tests.conftest import worker_env
 
 pytestmark = pytest.mark.e2e
 
@@ -36,3 +39,30 @@ def test_demo_runs_on_embedded_defaults(tmp_path: Path) -> None:
     assert "every journal balances: yes" in out
     assert "amount_mismatch" in out
     assert list(tmp_path.iterdir()) == []  # the demo cleaned up after itself
+
+
+def test_demo_through_a_running_stack(
+    e2e: Any, pg_url: str, redis_url: str, sandbox_server: Any, tmp_path: Path
+) -> None:
+    """What `docker compose run worker payrecon demo --sandbox-url http://sandbox:8765 --external-worker`
+    does: the traffic goes through the stack's own worker and beat (here: the test session's worker
+    and a beat process), so the stack's metrics and dashboard show it."""
+    env = {**os.environ, **worker_env(pg_url, redis_url, sandbox_server, PAYRECON_RECHECK_INTERVAL="0.5")}
+    with (tmp_path / "beat.log").open("wb") as log:
+        beat = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "worker.app", "beat", "-s", str(tmp_path / "schedule")],
+            env=env, stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "worker.cli", "demo", "--payments", "16", "--sandbox-url", sandbox_server.url,
+             "--external-worker"],
+            env=env, capture_output=True, text=True, timeout=240, check=False, cwd=tmp_path,
+        )  # fmt: skip
+    finally:
+        beat.terminate()
+        beat.wait(timeout=20)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "worker    the running stack's" in result.stdout
+    assert "pending, then paid; no callback ever: janitor      -> 4 succeeded" in result.stdout
+    assert "every journal balances: yes" in result.stdout

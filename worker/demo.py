@@ -11,6 +11,7 @@ them, and prints what happened.
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import sqlite3
 import subprocess
@@ -65,10 +66,13 @@ class Case:
         return PLANS[self.provider][1] * self.periods
 
 
+RUN = secrets.token_hex(3).upper()  # references differ between runs that share a database
+
+
 def _reference(provider: str, i: int) -> str:
     if provider == "mtn_momo":  # MoMo's reference is the X-Reference-Id, a UUID v4
-        return str(uuid.UUID(int=i + 1, version=4))
-    return {"cinetpay": "TXN", "orange_money": "ORD", "wave": "CR"}[provider] + f"-DEMO{i:07X}"
+        return str(uuid.uuid4())
+    return {"cinetpay": "TXN", "orange_money": "ORD", "wave": "CR"}[provider] + f"-D{RUN}{i:05X}"
 
 
 def scenario(count: int) -> list[Case]:
@@ -107,26 +111,69 @@ def _prepare_sqlite_broker(path: Path) -> None:
         conn.execute("PRAGMA journal_mode=WAL")
 
 
-def run_demo(*, count: int = 36, keep: bool = False) -> int:
+def run_demo(
+    *, count: int = 36, keep: bool = False, sandbox_url: str | None = None, external_worker: bool = False
+) -> int:
+    """Run the scenario; ``sandbox_url`` / ``external_worker``: use a running stack's instead of our own."""
     workdir = Path("var/demo").resolve() if keep else Path(tempfile.mkdtemp(prefix="payrecon-demo-"))
     if keep and workdir.exists():
         shutil.rmtree(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     database_url = os.environ.get("DATABASE_URL") or f"sqlite:///{workdir / 'payrecon.sqlite'}"
     broker_url = os.environ.get("CELERY_BROKER_URL") or f"sqla+sqlite:///{workdir / 'broker.sqlite'}"
+    if external_worker and not (os.environ.get("DATABASE_URL") and os.environ.get("CELERY_BROKER_URL")):
+        raise click.UsageError("--external-worker needs DATABASE_URL and CELERY_BROKER_URL of the running stack")
     if broker_url.startswith("sqla+sqlite:///"):
         _prepare_sqlite_broker(Path(broker_url.removeprefix("sqla+sqlite:///")))
     click.secho("payrecon demo", bold=True)
     click.echo(f"  database  {_safe(database_url)}")
     click.echo(f"  broker    {_safe(broker_url)}")
     migrate.upgrade(database_url)
-    sandbox = SandboxServer(
-        cinetpay_api_key=CREDENTIALS["api_key"],
-        cinetpay_site_id=CREDENTIALS["site_id"],
-        cinetpay_secret_key=CREDENTIALS["secret_key"],
-    ).start()
-    click.echo(f"  sandbox   {sandbox.url} (CinetPay, MTN MoMo, Orange Money and Wave wire formats)")
-    env = {
+    sandbox = None
+    if sandbox_url is None:
+        sandbox = SandboxServer(
+            cinetpay_api_key=CREDENTIALS["api_key"],
+            cinetpay_site_id=CREDENTIALS["site_id"],
+            cinetpay_secret_key=CREDENTIALS["secret_key"],
+        ).start()
+        sandbox_url = sandbox.url
+    click.echo(f"  sandbox   {sandbox_url} (CinetPay, MTN MoMo, Orange Money and Wave wire formats)")
+    log_path = workdir / "worker.log"
+    worker = None
+    if external_worker:
+        click.echo("  worker    the running stack's (its beat re-checks pending payments on their schedule)")
+    else:
+        assert sandbox is not None  # noqa: S101 - our own worker talks to our own sandbox
+        worker = _start_worker(_worker_env(sandbox, database_url, broker_url), workdir, log_path)
+    engine = make_engine(database_url, pool_size=2)
+    sessions = session_factory(engine)
+    cases = scenario(count)
+    try:
+        _send(cases, SandboxClient(sandbox_url), broker_url)
+        ok = _wait(sessions, cases, timeout=120 if worker else 600)
+        _print_summary(sessions, cases)
+        if not ok:
+            click.secho("\nthe worker did not settle every payment in time", fg="red")
+            if worker is not None:
+                click.echo(log_path.read_text(errors="replace")[-4000:])
+            return 1
+        if keep or "DATABASE_URL" in os.environ:
+            hint = f"DATABASE_URL={_safe(database_url)} payrecon payments show {cases[5].reference}"
+            click.echo(f"\nInspect one:  {hint}")
+        return 0
+    finally:
+        if worker is not None:
+            _stop(worker)
+        if sandbox is not None:
+            sandbox.stop()
+        engine.dispose()
+        if not keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _worker_env(sandbox: SandboxServer, database_url: str, broker_url: str) -> dict[str, str]:
+    """Our own worker: fast re-checks, so the janitor's cases finish in seconds."""
+    return {
         **os.environ,
         "DATABASE_URL": database_url,
         "CELERY_BROKER_URL": broker_url,
@@ -134,34 +181,17 @@ def run_demo(*, count: int = 36, keep: bool = False) -> int:
         "PAYRECON_RECHECK_INTERVAL": "1",
         "PAYRECON_RECHECK_SCHEDULE": "1,2,3",
         "PAYRECON_WORKER_CONCURRENCY": "8",
+        "PAYRECON_METRICS_PORT": "0",
+        "PAYRECON_LOG_FORMAT": "text",
     }
-    log_path = workdir / "worker.log"
-    worker = _start_worker(env, workdir, log_path)
-    engine = make_engine(database_url, pool_size=2)
-    sessions = session_factory(engine)
-    cases = scenario(count)
+
+
+def _stop(worker: subprocess.Popen[bytes]) -> None:
+    worker.terminate()
     try:
-        _send(cases, SandboxClient(sandbox.url), broker_url)
-        ok = _wait(sessions, cases, timeout=120)
-        _print_summary(sessions, cases)
-        if not ok:
-            click.secho("\nthe worker did not settle every payment in time; its log:", fg="red")
-            click.echo(log_path.read_text(errors="replace")[-4000:])
-            return 1
-        if keep or "DATABASE_URL" in os.environ:
-            hint = f"DATABASE_URL={_safe(database_url)} payrecon payments show {cases[5].reference}"
-            click.echo(f"\nInspect one:  {hint}")
-        return 0
-    finally:
-        worker.terminate()
-        try:
-            worker.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            worker.kill()
-        sandbox.stop()
-        engine.dispose()
-        if not keep:
-            shutil.rmtree(workdir, ignore_errors=True)
+        worker.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        worker.kill()
 
 
 def _safe(url: str) -> str:
