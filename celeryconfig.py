@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 
+from celery.schedules import crontab
 from kombu import Queue
 
 broker_url = os.environ.get("CELERY_BROKER_URL", "")
@@ -62,6 +63,8 @@ task_routes = {
     "payrecon.verify_payment": {"queue": "verify"},
     "payrecon.recheck_due": {"queue": "maintenance"},
     "payrecon.expire_subscriptions": {"queue": "maintenance"},
+    "payrecon.reconcile": {"queue": "maintenance"},
+    "payrecon.nightly_reconciliation": {"queue": "maintenance"},
 }
 
 timezone = os.environ.get("PAYRECON_TIMEZONE", "Africa/Abidjan")
@@ -75,6 +78,15 @@ beat_schedule = {
     "expire-subscriptions": {
         "task": "payrecon.expire_subscriptions",
         "schedule": float(os.environ.get("PAYRECON_EXPIRE_INTERVAL", "60")),
+    },
+    # The previous business day of every provider, plus re-runs (T+1, T+3), at PAYRECON_RECON_AT
+    # in the business time zone (``timezone`` above).
+    "nightly-reconciliation": {
+        "task": "payrecon.nightly_reconciliation",
+        "schedule": crontab(
+            hour=os.environ.get("PAYRECON_RECON_AT", "02:00").split(":")[0],
+            minute=os.environ.get("PAYRECON_RECON_AT", "02:00").split(":")[1],
+        ),
     },
 }
 

@@ -7,9 +7,9 @@ Nothing provider-specific leaves ``providers/``: the pipeline only sees
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import date, datetime
 from enum import StrEnum
 from typing import Any, Protocol, runtime_checkable
 
@@ -167,6 +167,30 @@ class AwaitingRegistration(DeliveryError):
 
 
 # --------------------------------------------------------------------------- protocol
+
+
+@dataclass(frozen=True, slots=True)
+class StatementEntry:
+    """One transaction in a provider's own listing (Wave's /v1/transactions), for reconciliation."""
+
+    reference: str | None  # our reference (client_reference)
+    provider_transaction_id: str | None
+    outcome: Outcome
+    amount: int  # gross, minor units
+    currency: str
+    fee: int | None
+    occurred_at: datetime
+    payout_id: str | None = None
+    raw: str = ""
+
+
+@runtime_checkable
+class StatementSource(Protocol):
+    """A client whose provider lists a day's transactions (only Wave among ours)."""
+
+    def statement(self, day: date) -> Iterator[StatementEntry]:
+        """Every transaction of the provider's calendar day ``day`` (UTC), all pages."""
+        ...
 
 
 @runtime_checkable

@@ -8,7 +8,7 @@ triggers created in the migrations).
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from enum import StrEnum
 from typing import Any
 
@@ -17,6 +17,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     CheckConstraint,
+    Date,
     DateTime,
     Enum,
     ForeignKey,
@@ -115,6 +116,7 @@ class FlagKind(StrEnum):
     ADOPTED = "adopted"  # orphan adopted by a late registration
     REGRESSION_IGNORED = "regression_ignored"  # failed/pending answer after a success
     CLAIM_DISAGREES = "claim_disagrees"  # the webhook claimed something the API denied
+    HEALED = "healed"  # a lost webhook, found and settled by the nightly reconciliation
 
 
 class Payment(Base):
@@ -367,3 +369,105 @@ class Heartbeat(Base):
 
     name: Mapped[str] = mapped_column(String(100), primary_key=True)
     at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
+# --------------------------------------------------------------------------- reconciliation
+
+
+class ReconClass(StrEnum):
+    MATCHED = "matched"
+    MISSING_IN_LEDGER = "missing_in_ledger"  # the provider has it, we did not (a lost webhook): healed
+    MISSING_AT_PROVIDER = "missing_at_provider"  # we recorded a success the provider does not have
+    AMOUNT_MISMATCH = "amount_mismatch"
+    CURRENCY_MISMATCH = "currency_mismatch"
+    STATUS_MISMATCH = "status_mismatch"
+    DUPLICATE = "duplicate"  # the provider reports one reference more than once
+    FEE_VARIANCE = "fee_variance"  # the fee the provider took differs from the fee expected
+    MISSING_AFTER_SLA = "missing_after_sla"  # still not final past the provider's SLA, nothing at the provider
+
+
+class StatementLine(Base):
+    """One transaction as the provider reports it: its listing API, its status API, or a statement file."""
+
+    __tablename__ = "statement_lines"
+    __table_args__ = (Index("ix_statement_lines_day", "provider", "business_date", "reference"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    provider: Mapped[str] = mapped_column(String(32))
+    business_date: Mapped[date] = mapped_column(Date)
+    source: Mapped[str] = mapped_column(String(16))  # listing | status_api | file
+    import_id: Mapped[int | None] = mapped_column(ForeignKey("statement_imports.id"))
+    line_no: Mapped[int | None] = mapped_column(Integer)
+    provider_txn_id: Mapped[str | None] = mapped_column(String(200))
+    reference: Mapped[str | None] = mapped_column(String(100))
+    status: Mapped[str] = mapped_column(String(16))  # succeeded | failed | pending | refunded
+    amount: Mapped[int] = mapped_column(BigInteger)  # minor units, gross
+    currency: Mapped[str] = mapped_column(String(3))
+    fee: Mapped[int | None] = mapped_column(BigInteger)
+    occurred_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    payout_id: Mapped[str | None] = mapped_column(String(200))
+    raw: Mapped[str] = mapped_column(Text, default="")
+
+
+class StatementImport(Base):
+    """A statement file finance staff imported: whole or not at all, never twice."""
+
+    __tablename__ = "statement_imports"
+    __table_args__ = (UniqueConstraint("provider", "sha256"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    provider: Mapped[str] = mapped_column(String(32))
+    filename: Mapped[str] = mapped_column(Text)
+    sha256: Mapped[str] = mapped_column(String(64))
+    rows: Mapped[int] = mapped_column(Integer)
+    imported_at: Mapped[datetime] = mapped_column(UtcDateTime(), server_default=func.now())
+
+
+class ReconRun(Base):
+    """One reconciliation of one provider's business day."""
+
+    __tablename__ = "recon_runs"
+    __table_args__ = (Index("ix_recon_runs_day", "provider", "business_date"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    provider: Mapped[str] = mapped_column(String(32))
+    business_date: Mapped[date] = mapped_column(Date)
+    timezone: Mapped[str] = mapped_column(String(64))
+    window_start: Mapped[datetime] = mapped_column(UtcDateTime())
+    window_end: Mapped[datetime] = mapped_column(UtcDateTime())
+    trigger: Mapped[str] = mapped_column(String(16))  # scheduled | rerun | manual
+    status: Mapped[str] = mapped_column(String(16))  # running | succeeded | failed
+    started_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    finished_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    counts: Mapped[dict[str, int]] = mapped_column(JsonType, default=dict)
+    previous_run_id: Mapped[int | None] = mapped_column(ForeignKey("recon_runs.id"))
+    error: Mapped[str | None] = mapped_column(Text)
+
+
+class ReconItem(Base):
+    """One reference of a run, classified."""
+
+    __tablename__ = "recon_items"
+    __table_args__ = (
+        Index("ix_recon_items_run_class", "run_id", "cls"),
+        Index("ix_recon_items_reference", "reference"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("recon_runs.id"))
+    cls: Mapped[str] = mapped_column(String(24))
+    reference: Mapped[str | None] = mapped_column(String(100))
+    payment_id: Mapped[int | None] = mapped_column(BigInteger)
+    provider_txn_id: Mapped[str | None] = mapped_column(String(200))
+    internal_status: Mapped[str | None] = mapped_column(String(16))
+    internal_amount: Mapped[int | None] = mapped_column(BigInteger)
+    internal_currency: Mapped[str | None] = mapped_column(String(3))
+    provider_status: Mapped[str | None] = mapped_column(String(16))
+    provider_amount: Mapped[int | None] = mapped_column(BigInteger)
+    provider_currency: Mapped[str | None] = mapped_column(String(3))
+    provider_lines: Mapped[int] = mapped_column(Integer, default=0)
+    fee: Mapped[int | None] = mapped_column(BigInteger)
+    expected_fee: Mapped[int | None] = mapped_column(BigInteger)
+    difference: Mapped[int | None] = mapped_column(BigInteger)
+    healed: Mapped[bool] = mapped_column(Boolean, default=False)
+    detail: Mapped[str] = mapped_column(Text, default="")

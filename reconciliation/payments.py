@@ -164,7 +164,7 @@ def _adopt(session: Session, payment: Payment, fields: dict[str, object], ctx: C
     payment.updated_at = ctx.now
     flag(session, payment, FlagKind.ADOPTED, "registration arrived after the provider's notification")
     if payment.status is PaymentStatus.SUCCEEDED and not payment.settled:
-        suspense = _journal(session, payment, SUSPENSE)
+        suspense = journal(session, payment, SUSPENSE)
         decision = _settle_paid(session, payment, ctx)
         if suspense is not None and payment.settled:
             ledger.reverse(
@@ -189,7 +189,8 @@ def _adopt(session: Session, payment: Payment, fields: dict[str, object], ctx: C
     session.flush()
 
 
-def _journal(session: Session, payment: Payment, kind: str) -> Journal | None:
+def journal(session: Session, payment: Payment, kind: str) -> Journal | None:
+    """The payment's journal of ``kind``, if posted."""
     return session.scalars(select(Journal).where(Journal.payment_id == payment.id, Journal.kind == kind)).first()
 
 
@@ -391,7 +392,7 @@ def _settle_paid(session: Session, payment: Payment, ctx: Context) -> str:
         return "success without amount: nothing posted, flagged"
     clearing = ledger.clearing(payment.provider)
     if payment.is_orphan:
-        if _journal(session, payment, SUSPENSE) is None:
+        if journal(session, payment, SUSPENSE) is None:
             ledger.post(
                 session,
                 ledger.transfer(clearing, ledger.SUSPENSE, amount, currency),
@@ -413,7 +414,7 @@ def _settle_paid(session: Session, payment: Payment, ctx: Context) -> str:
         )
     if mismatch is not None:
         flag(session, payment, *mismatch)
-        if _journal(session, payment, SUSPENSE) is None:
+        if journal(session, payment, SUSPENSE) is None:
             ledger.post(
                 session,
                 ledger.transfer(clearing, ledger.SUSPENSE, amount, currency),

@@ -86,3 +86,26 @@ LAST_BEAT_DISPATCH = Gauge(
     namespace=NAMESPACE,
     multiprocess_mode="max",
 )
+
+RECON_RUNS = Counter(
+    "reconciliation_runs_total", "Reconciliation runs by provider and status.", ["provider", "status"],
+    namespace=NAMESPACE,
+)  # fmt: skip
+RECON_ITEMS = Counter(
+    "reconciliation_items_total", "Items classified by reconciliation runs, by class.", ["provider", "class"],
+    namespace=NAMESPACE,
+)  # fmt: skip
+RECON_DURATION = Histogram(
+    "reconciliation_duration_seconds",
+    "Duration of a reconciliation run (classification, healing, fees).",
+    ["provider"],
+    namespace=NAMESPACE,
+    buckets=(1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600),
+)
+RECON_LAST_SUCCESS = Gauge(
+    "reconciliation_last_success_timestamp_seconds",
+    "When the last successful reconciliation run of each provider finished (Unix time).",
+    ["provider"],
+    namespace=NAMESPACE,
+    multiprocess_mode="max",
+)

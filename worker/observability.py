@@ -45,6 +45,14 @@ def _on_fact(kind: str, data: dict[str, Any]) -> None:
         metrics.EXPIRIES.labels(data["product"]).inc()
     elif kind == "dead_letter":
         metrics.DEAD_LETTERED.labels(data["reason"]).inc()
+    elif kind == "recon_run":
+        metrics.RECON_RUNS.labels(data["provider"], data["status"]).inc()
+        metrics.RECON_DURATION.labels(data["provider"]).observe(data["seconds"])
+        for cls, count in data["counts"].items():
+            if count:
+                metrics.RECON_ITEMS.labels(data["provider"], cls).inc(count)
+        if data["status"] == "succeeded":
+            metrics.RECON_LAST_SUCCESS.labels(data["provider"]).set(data["finished"])
 
 
 facts.subscribe(_on_fact)

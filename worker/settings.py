@@ -85,6 +85,10 @@ class Settings:
     give_up_after: int | None = None  # None: each provider's profile
     verify_max_retries: int = 8  # transient provider errors on a webhook, then dead letter
     expire_interval: float = 60.0
+    recon_at: tuple[int, int] = (2, 0)  # local time of the nightly reconciliation
+    recon_reruns: tuple[int, ...] = (1, 3)  # re-runs at T+1 and T+3 for late entries
+    recon_tolerance: int = 0  # amount tolerance in minor units (default exact)
+    fees_bps: dict[str, int | None] = field(default_factory=dict)  # expected fee per provider
 
     @property
     def providers(self) -> tuple[str, ...]:
@@ -190,6 +194,14 @@ class Settings:
             give_up_after=reader.optional_integer("PAYRECON_GIVE_UP_AFTER", minimum=1),
             verify_max_retries=reader.integer("PAYRECON_VERIFY_MAX_RETRIES", 8, minimum=0),
             expire_interval=reader.number("PAYRECON_EXPIRE_INTERVAL", 60.0),
+            recon_at=reader.clock("PAYRECON_RECON_AT", (2, 0)),
+            recon_reruns=reader.schedule("PAYRECON_RECON_RERUNS") or (1, 3),
+            recon_tolerance=reader.integer("PAYRECON_RECON_TOLERANCE", 0, minimum=0),
+            fees_bps={
+                provider: reader.integer(f"PAYRECON_FEES_{provider.upper()}", 0, minimum=0)
+                for provider in PROVIDERS
+                if env.get(f"PAYRECON_FEES_{provider.upper()}")
+            },
         )
         if problems:
             raise ConfigError(problems)
@@ -272,6 +284,19 @@ class _Reader:
             self.problems.append(f"{name} must be 'CONNECT,READ' in seconds, e.g. '3.05,10', got {value!r}")
             return default
         return connect, read
+
+    def clock(self, name: str, default: tuple[int, int]) -> tuple[int, int]:
+        value = self._raw(name)
+        if value is None:
+            return default
+        try:
+            hour, minute = (int(part) for part in value.split(":"))
+        except ValueError:
+            hour, minute = -1, -1
+        if not (0 <= hour < 24 and 0 <= minute < 60):
+            self.problems.append(f"{name} must be a local time HH:MM, e.g. 02:00, got {value!r}")
+            return default
+        return hour, minute
 
     def optional_integer(self, name: str, *, minimum: int) -> int | None:
         return self.integer(name, 0, minimum=minimum) if self._raw(name) is not None else None

@@ -1,0 +1,212 @@
+"""Reconciliation runs: one provider's business day, classified, healed, stored, re-runnable.
+
+A run never edits a previous one: a re-run of the same day is a new run pointing at the
+previous (``previous_run_id``), so finance can see what was restated. Lost webhooks found by
+a run are healed through the same idempotent settlement as any verified answer, so the
+customer gets the subscription and the payment is flagged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time, timedelta
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from providers.base import Outcome, VerifiedStatus
+from reconciliation import facts, ledger, payments
+from reconciliation.db import transaction
+from reconciliation.matching import Window, classify
+from reconciliation.models import FlagKind, Journal, Payment, ReconClass, ReconItem, ReconRun, StatementLine
+
+FEE = "fee"  # journal kind: the provider's fee, Dr fees:<provider> / Cr provider clearing
+
+
+def business_window(day: date, tz: ZoneInfo) -> tuple[datetime, datetime]:
+    """[start, end) of a business day in ``tz``, in UTC (23 or 25 hours on a DST change)."""
+    start = datetime.combine(day, time(0), tzinfo=tz)
+    end = datetime.combine(day + timedelta(days=1), time(0), tzinfo=tz)
+    return start.astimezone(UTC), end.astimezone(UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    tz: ZoneInfo
+    sla: int  # seconds: a payment still not final this long after creation is past its SLA
+    tolerance: int = 0
+    fee_bps: int | None = None
+    recheck: payments.RecheckPolicy | None = None
+
+
+def start(sessions: sessionmaker[Session], provider: str, day: date, policy: Policy, trigger: str) -> int:
+    """Open a run (status ``running``) after the previous run of the same day, if any."""
+    window = business_window(day, policy.tz)
+    with transaction(sessions) as session:
+        previous = session.scalar(
+            select(func.max(ReconRun.id)).where(ReconRun.provider == provider, ReconRun.business_date == day)
+        )
+        run = ReconRun(
+            provider=provider,
+            business_date=day,
+            timezone=str(policy.tz),
+            window_start=window[0],
+            window_end=window[1],
+            trigger=trigger,
+            status="running",
+            started_at=datetime.now(UTC),
+            counts={},
+            previous_run_id=previous,
+        )
+        session.add(run)
+        session.flush()
+        return run.id
+
+
+def classify_run(sessions: sessionmaker[Session], run_id: int, policy: Policy, *, now: datetime | None = None) -> int:
+    """Classify the run's day in one statement; returns the number of items."""
+    with transaction(sessions) as session:
+        run = session.get(ReconRun, run_id)
+        assert run is not None  # noqa: S101
+        window = Window(
+            provider=run.provider,
+            start=run.window_start,
+            end=run.window_end,
+            sla_cutoff=(now or datetime.now(UTC)) - timedelta(seconds=policy.sla),
+            tolerance=policy.tolerance,
+            fee_bps=policy.fee_bps,
+        )
+        return classify(session, run_id, window, run.business_date)
+
+
+def heal(sessions: sessionmaker[Session], run_id: int, policy: Policy) -> int:
+    """Settle what the provider has and we did not: the same idempotent path as a verified webhook."""
+    with sessions() as session:
+        items = session.execute(
+            select(ReconItem.id, ReconItem.reference, ReconItem.provider_amount, ReconItem.provider_currency,
+                   ReconItem.provider_txn_id, ReconRun.provider)
+            .join(ReconRun, ReconRun.id == ReconItem.run_id)
+            .where(ReconItem.run_id == run_id, ReconItem.cls == ReconClass.MISSING_IN_LEDGER.value)
+        ).all()  # fmt: skip
+    healed = 0
+    for item_id, reference, amount, currency, txn_id, provider in items:
+        if reference is None:
+            continue
+        with transaction(sessions) as session:
+            occurred = session.scalar(
+                select(func.max(StatementLine.occurred_at)).where(
+                    StatementLine.provider == provider,
+                    StatementLine.reference == reference,
+                    StatementLine.status == "succeeded",
+                )
+            )
+            answer = VerifiedStatus(
+                reference=reference,
+                outcome=Outcome.SUCCEEDED,
+                provider_status="statement",
+                provider_code=None,
+                provider_message="reported paid by the provider's statement",
+                amount=amount,
+                currency=currency,
+                provider_transaction_id=txn_id,
+                paid_at=occurred,
+            )
+            recheck = policy.recheck or payments.RecheckPolicy(schedule=(3600,), give_up_after=policy.sla)
+            ctx = payments.Context(now=datetime.now(UTC), tz=policy.tz, policy=recheck)
+            payment = payments.lock_or_create_orphan(session, provider, reference, ctx)
+            verification = payments.apply_answer(session, payment, answer, ctx, trigger="reconciliation")
+            payments.flag(session, payment, FlagKind.HEALED, f"lost webhook healed by run {run_id}")
+            row = session.get(ReconItem, item_id)
+            assert row is not None  # noqa: S101
+            row.healed = True
+            row.payment_id = payment.id
+            row.detail = f"healed: {verification.decision}"
+            healed += 1
+    return healed
+
+
+def post_fees(sessions: sessionmaker[Session], run_id: int) -> int:
+    """Post each matched payment's provider fee to ``fees:<provider>``, once per payment."""
+    with sessions() as session:
+        rows = session.execute(
+            select(ReconItem.payment_id, ReconItem.fee, ReconItem.provider_currency, ReconRun.provider)
+            .join(ReconRun, ReconRun.id == ReconItem.run_id)
+            .where(
+                ReconItem.run_id == run_id,
+                ReconItem.fee > 0,
+                ReconItem.payment_id.is_not(None),
+                ReconItem.cls.in_([ReconClass.MATCHED.value, ReconClass.FEE_VARIANCE.value]),
+                ~select(Journal.id).where(Journal.payment_id == ReconItem.payment_id, Journal.kind == FEE).exists(),
+            )
+        ).all()
+    posted = 0
+    for payment_id, fee, currency, provider in rows:
+        if fee is None or currency is None:
+            continue
+        with transaction(sessions) as session:
+            locked = session.scalars(select(Payment).where(Payment.id == payment_id).with_for_update()).one()
+            if payments.journal(session, locked, FEE) is not None:
+                continue
+            ledger.post(
+                session,
+                ledger.transfer(ledger.fees(provider), ledger.clearing(provider), fee, currency),
+                kind=FEE,
+                payment_id=locked.id,
+                memo=f"{provider} fee on {locked.reference} (run {run_id})",
+            )
+            posted += 1
+    return posted
+
+
+def finish(sessions: sessionmaker[Session], run_id: int, *, error: str | None = None) -> dict[str, int]:
+    """Store the counts per class and close the run."""
+    with transaction(sessions) as session:
+        run = session.get(ReconRun, run_id)
+        assert run is not None  # noqa: S101
+        counts = dict(
+            session.execute(
+                select(ReconItem.cls, func.count()).where(ReconItem.run_id == run_id).group_by(ReconItem.cls)
+            ).all()
+        )
+        run.counts = {cls.value: int(counts.get(cls.value, 0)) for cls in ReconClass}
+        run.status = "failed" if error else "succeeded"
+        run.error = error
+        run.finished_at = datetime.now(UTC)
+        facts.note(
+            session,
+            "recon_run",
+            provider=run.provider,
+            status=run.status,
+            seconds=(run.finished_at - run.started_at).total_seconds(),
+            counts=run.counts,
+            finished=run.finished_at.timestamp(),
+        )
+        return run.counts
+
+
+def reconcile_stored(
+    sessions: sessionmaker[Session],
+    provider: str,
+    day: date,
+    policy: Policy,
+    *,
+    trigger: str = "manual",
+    failures: int = 0,
+) -> int:
+    """Classify, heal and close a run over the statement lines already stored; returns the run id.
+
+    ``failures``: status checks that got no answer while fetching; the run is kept (its items are
+    useful) but marked failed, since references without an answer may show as false exceptions.
+    """
+    run_id = start(sessions, provider, day, policy, trigger)
+    try:
+        classify_run(sessions, run_id, policy)
+        heal(sessions, run_id, policy)
+        post_fees(sessions, run_id)
+    except Exception as exc:
+        finish(sessions, run_id, error=f"{type(exc).__name__}: {exc}"[:2000])
+        raise
+    error = f"{failures} status check(s) got no answer: re-run when the provider answers" if failures else None
+    finish(sessions, run_id, error=error)
+    return run_id

@@ -1,0 +1,211 @@
+"""Nightly reconciliation on real PostgreSQL: every class, healing a lost webhook, fees, a business day
+in a zone that is not UTC, re-runs, statement imports."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pytest
+from sqlalchemy import insert, select
+
+from providers.sandbox.client import SandboxClient
+from reconciliation import ledger, runs
+from reconciliation.models import (
+    FlagKind,
+    Payment,
+    PaymentStatus,
+    ReconItem,
+    ReconRun,
+    StatementImport,
+    StatementLine,
+    SubscriptionGrant,
+)
+from reconciliation.statements import StatementError, import_file
+from tests.helpers import new_reference, registration
+from worker import pipeline
+from worker import reconcile as recon
+from worker.runtime import Runtime
+
+DAY = date(2026, 11, 20)
+NOON = datetime(2026, 11, 20, 12, tzinfo=UTC)
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def policy(rt: Runtime, **over: Any) -> runs.Policy:
+    base = runs.Policy(tz=ZoneInfo("Africa/Abidjan"), sla=3600, recheck=rt.context("cinetpay").policy)
+    return runs.Policy(**{**{f: getattr(base, f) for f in base.__slots__}, **over})
+
+
+def payment(rt: Runtime, ref: str, status: PaymentStatus, *, amount: int = 5000, currency: str = "XOF",
+            at: datetime = NOON, provider: str = "cinetpay") -> int:  # fmt: skip
+    pipeline.register_payment(rt, registration(ref, amount=amount, currency=currency, provider=provider,
+                                               created_at=at.isoformat()))  # fmt: skip
+    with rt.sessions() as session, session.begin():
+        row = session.scalars(select(Payment).where(Payment.reference == ref)).one()
+        row.status = status
+        row.created_at = at
+        if status is PaymentStatus.SUCCEEDED:
+            row.confirmed_amount, row.confirmed_currency, row.paid_at, row.settled = amount, currency, at, True
+        return row.id
+
+
+def line(
+    rt: Runtime, ref: str | None, status: str = "succeeded", *, amount: int = 5000, currency: str = "XOF",
+    txn: str | None = None, fee: int | None = None, at: datetime = NOON, provider: str = "cinetpay",
+) -> None:  # fmt: skip
+    with rt.sessions() as session, session.begin():
+        session.execute(insert(StatementLine), [{
+            "provider": provider, "business_date": at.date(), "source": "file", "reference": ref, "status": status,
+            "amount": amount, "currency": currency, "fee": fee, "occurred_at": at,
+            "provider_txn_id": txn or f"T-{new_reference()}", "raw": "",
+        }])  # fmt: skip
+
+
+def classes(rt: Runtime, run_id: int) -> dict[str | None, str]:
+    with rt.sessions() as session:
+        return dict(session.execute(select(ReconItem.reference, ReconItem.cls).where(ReconItem.run_id == run_id)).all())
+
+
+def test_every_class(rt: Runtime) -> None:
+    refs = {name: new_reference() for name in (
+        "matched", "lost", "unknown", "missing_at_provider", "amount", "currency", "status", "duplicate",
+        "fee", "sla", "failed_both")}  # fmt: skip
+    payment(rt, refs["matched"], PaymentStatus.SUCCEEDED)
+    line(rt, refs["matched"], fee=50)
+    payment(rt, refs["lost"], PaymentStatus.PENDING)
+    line(rt, refs["lost"])
+    line(rt, refs["unknown"])
+    payment(rt, refs["missing_at_provider"], PaymentStatus.SUCCEEDED)
+    payment(rt, refs["amount"], PaymentStatus.SUCCEEDED)
+    line(rt, refs["amount"], amount=4000)
+    payment(rt, refs["currency"], PaymentStatus.SUCCEEDED)
+    line(rt, refs["currency"], currency="XAF")
+    payment(rt, refs["status"], PaymentStatus.SUCCEEDED)
+    line(rt, refs["status"], "failed")
+    payment(rt, refs["duplicate"], PaymentStatus.SUCCEEDED)
+    line(rt, refs["duplicate"])
+    line(rt, refs["duplicate"])
+    payment(rt, refs["fee"], PaymentStatus.SUCCEEDED)
+    line(rt, refs["fee"], fee=90)  # 1 % of 5000 is 50
+    payment(rt, refs["sla"], PaymentStatus.PENDING, at=NOON - timedelta(hours=2))
+    payment(rt, refs["failed_both"], PaymentStatus.FAILED)
+    line(rt, refs["failed_both"], "failed")
+    run_id = runs.reconcile_stored(rt.sessions, "cinetpay", DAY, policy(rt, fee_bps=100))
+    assert classes(rt, run_id) == {
+        refs["matched"]: "matched", refs["lost"]: "missing_in_ledger", refs["unknown"]: "missing_in_ledger",
+        refs["missing_at_provider"]: "missing_at_provider", refs["amount"]: "amount_mismatch",
+        refs["currency"]: "currency_mismatch", refs["status"]: "status_mismatch", refs["duplicate"]: "duplicate",
+        refs["fee"]: "fee_variance", refs["sla"]: "missing_after_sla", refs["failed_both"]: "matched",
+    }  # fmt: skip
+    with rt.sessions() as session:
+        run = session.get(ReconRun, run_id)
+        assert run is not None and run.status == "succeeded" and run.counts["missing_in_ledger"] == 2
+        lost = session.scalars(select(Payment).where(Payment.reference == refs["lost"])).one()
+        unknown = session.scalars(select(Payment).where(Payment.reference == refs["unknown"])).one()
+        healed = session.scalars(select(ReconItem.healed).where(ReconItem.reference == refs["lost"])).one()
+        flags = {f.kind for f in lost.flags}
+        balances = {b.account: b.balance for b in ledger.balances(session)}
+    assert healed and lost.status is PaymentStatus.SUCCEEDED and lost.settled and FlagKind.HEALED in flags
+    assert unknown.is_orphan and unknown.status is PaymentStatus.SUCCEEDED  # unknown money: suspense
+    assert balances["fees:cinetpay"] == 50 + 90  # fees of matched and fee-variance payments, posted once
+    assert balances["suspense"] == -5000
+
+
+def test_amount_tolerance(rt: Runtime) -> None:
+    ref = new_reference()
+    payment(rt, ref, PaymentStatus.SUCCEEDED)
+    line(rt, ref, amount=4995)
+    assert classes(rt, runs.reconcile_stored(rt.sessions, "cinetpay", DAY, policy(rt)))[ref] == "amount_mismatch"
+    assert classes(rt, runs.reconcile_stored(rt.sessions, "cinetpay", DAY, policy(rt, tolerance=5)))[ref] == "matched"
+
+
+def test_business_day_in_a_zone_that_is_not_utc(rt: Runtime) -> None:
+    lagos = ZoneInfo("Africa/Lagos")  # UTC+1: the day starts at 23:00 UTC the evening before
+    before, inside, after = new_reference(), new_reference(), new_reference()
+    payment(rt, before, PaymentStatus.SUCCEEDED, at=datetime(2026, 11, 19, 22, 59, tzinfo=UTC))
+    payment(rt, inside, PaymentStatus.SUCCEEDED, at=datetime(2026, 11, 19, 23, 1, tzinfo=UTC))
+    payment(rt, after, PaymentStatus.SUCCEEDED, at=datetime(2026, 11, 20, 23, 1, tzinfo=UTC))
+    run_id = runs.reconcile_stored(rt.sessions, "cinetpay", DAY, policy(rt, tz=lagos))
+    assert set(classes(rt, run_id)) == {inside}
+    assert runs.business_window(DAY, lagos) == (
+        datetime(2026, 11, 19, 23, tzinfo=UTC),
+        datetime(2026, 11, 20, 23, tzinfo=UTC),
+    )
+
+
+def test_rerun_is_a_new_run_after_the_previous_and_heals_once(rt: Runtime) -> None:
+    ref = new_reference()
+    payment(rt, ref, PaymentStatus.PENDING)
+    line(rt, ref)
+    first = runs.reconcile_stored(rt.sessions, "cinetpay", DAY, policy(rt))
+    second = runs.reconcile_stored(rt.sessions, "cinetpay", DAY, policy(rt), trigger="rerun")
+    assert classes(rt, first)[ref] == "missing_in_ledger"
+    assert classes(rt, second)[ref] == "matched"  # healed by the first run
+    with rt.sessions() as session:
+        assert session.get(ReconRun, second).previous_run_id == first  # type: ignore[union-attr]
+        assert len(session.scalars(select(SubscriptionGrant)).all()) == 1
+
+
+def test_a_lost_webhook_is_healed_end_to_end_from_the_status_api(rt: Runtime, sandbox: SandboxClient) -> None:
+    """No callback ever came; the janitor gave up; the nightly run asks CinetPay and grants access."""
+    ref = new_reference()
+    sandbox.create_cinetpay(ref, 5000, fate="accepted")
+    today = datetime.now(rt.settings.timezone).date()
+    pipeline.register_payment(rt, registration(ref))
+    run_id = recon.reconcile(rt, "cinetpay", today)
+    assert classes(rt, run_id)[ref] == "missing_in_ledger"
+    with rt.sessions() as session:
+        p = session.scalars(select(Payment).where(Payment.reference == ref)).one()
+        grant = session.scalars(select(SubscriptionGrant)).one()
+    assert p.status is PaymentStatus.SUCCEEDED and grant.days == 30
+    assert sandbox.get_cinetpay(ref)["check_count"] == 1
+
+
+@pytest.mark.parametrize("provider", ["cinetpay", "mtn_momo", "orange_money", "wave"])
+def test_documented_sample_statements_import(rt: Runtime, provider: str) -> None:
+    with rt.sessions() as session, session.begin():
+        result = import_file(session, provider, ROOT / "docs" / "statements" / f"{provider}.csv",
+                             business_tz=ZoneInfo("Africa/Abidjan"))  # fmt: skip
+    assert result.rows >= 2 and result.days == (date(2026, 11, 21),)
+    with rt.sessions() as session:
+        lines = session.scalars(select(StatementLine).where(StatementLine.provider == provider)).all()
+    assert {ln.status for ln in lines} >= {"succeeded", "failed"}
+    assert all(isinstance(ln.amount, int) for ln in lines)
+
+
+def test_statement_import_reports_bad_rows_and_imports_nothing(rt: Runtime, tmp_path: Path) -> None:
+    path = tmp_path / "wave.csv"
+    path.write_text(
+        "client_reference,transaction_id,timestamp,amount,currency,fee,payment_status\n"
+        "CR-1,T1,2026-11-21T08:30:00Z,6500,XOF,65,succeeded\n"
+        "CR-2,T2,yesterday,6500,XOF,65,succeeded\n"
+        "CR-3,T3,2026-11-21T08:31:00Z,65.5,XOF,65,succeeded\n"
+        "CR-4,T4,2026-11-21T08:32:00Z,6500,ZZZ,65,succeeded\n"
+        "CR-5,T5,2026-11-21T08:33:00Z,6500,XOF,65,lost\n"
+        "CR-6,T6,2026-11-21T08:34:00Z,6500\n",
+        encoding="utf-8",
+    )
+    with pytest.raises(StatementError) as info, rt.sessions() as session, session.begin():
+        import_file(session, "wave", path, business_tz=ZoneInfo("Africa/Abidjan"))
+    assert [n for n, _ in info.value.errors] == [3, 4, 5, 6, 7]
+    text = str(info.value)
+    assert "line 3: time 'yesterday'" in text and "line 5: unknown currency 'ZZZ'" in text
+    assert "line 6: unknown status 'lost'" in text and "line 7: 4 fields, the header has 7" in text
+    with rt.sessions() as session:
+        assert session.scalars(select(StatementLine)).all() == []  # whole or nothing
+        assert session.scalars(select(StatementImport)).all() == []
+
+
+def test_statement_import_refuses_missing_columns_and_the_same_file_twice(rt: Runtime, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.csv"
+    bad.write_text("order_id,amount\nORD-1,6500\n", encoding="utf-8")
+    with pytest.raises(StatementError, match="missing column"), rt.sessions() as session, session.begin():
+        import_file(session, "orange_money", bad, business_tz=ZoneInfo("UTC"))
+    sample = ROOT / "docs" / "statements" / "orange_money.csv"
+    with rt.sessions() as session, session.begin():
+        import_file(session, "orange_money", sample, business_tz=ZoneInfo("UTC"))
+    with pytest.raises(StatementError, match="already imported"), rt.sessions() as session, session.begin():
+        import_file(session, "orange_money", sample, business_tz=ZoneInfo("UTC"))

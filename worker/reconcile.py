@@ -1,0 +1,164 @@
+"""The nightly reconciliation, worker side: fetch the provider's view of a business day, then
+classify, heal and store a run (``reconciliation.runs``).
+
+Sources of truth, per provider:
+- a listing API (Wave's ``/v1/transactions``, fees included), when the client offers one;
+- otherwise the status API, asked about every payment of the day that is not final and every
+  success, within the provider's call budget and with bounded concurrency;
+- statement files finance staff imported (``payrecon statements import``), always.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import date, datetime, timedelta
+from functools import partial
+from typing import Any
+
+from sqlalchemy import delete, func, insert, select
+
+from providers.base import ProviderClient, ProviderError, StatementEntry, StatementSource, VerifiedStatus
+from reconciliation import payments, runs
+from reconciliation.db import transaction
+from reconciliation.models import Payment, PaymentStatus, ReconRun, StatementLine
+from worker.observability import timed_call
+from worker.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+#: Expected provider fees, basis points of the gross amount (what the merchants' platforms assume:
+#: Orange 2 %, MTN 2.5 %, Wave 1 %; CinetPay's depend on the contract). ``PAYRECON_FEES_<PROVIDER>``.
+DEFAULT_FEES_BPS: dict[str, int | None] = {"cinetpay": None, "mtn_momo": 250, "orange_money": 200, "wave": 100}
+STATUS_CHECK_THREADS = 8
+
+
+def policy(rt: Runtime, provider: str) -> runs.Policy:
+    profile = rt.profile(provider)
+    settings = rt.settings
+    return runs.Policy(
+        tz=settings.timezone,
+        sla=profile.give_up_after,
+        tolerance=settings.recon_tolerance,
+        fee_bps=settings.fees_bps.get(provider, DEFAULT_FEES_BPS.get(provider)),
+        recheck=rt.context(provider).policy,
+    )
+
+
+def reconcile(rt: Runtime, provider: str, day: date, *, trigger: str = "manual") -> int:
+    """Fetch, classify, heal; returns the run id. A run whose provider view is incomplete fails."""
+    client = rt.client(provider)
+    if client is None:
+        raise ValueError(f"provider {provider!r} is not configured on this worker")
+    rules = policy(rt, provider)
+    start, end = runs.business_window(day, rules.tz)
+    fetched, failures = collect(rt, client, day, start, end)
+    run_id = runs.reconcile_stored(rt.sessions, provider, day, rules, trigger=trigger, failures=failures)
+    log.info(
+        "reconciliation of %s %s: run %d, %d provider lines, %d checks failed",
+        provider, day, run_id, fetched, failures, extra={"provider": provider},
+    )  # fmt: skip
+    return run_id
+
+
+def collect(rt: Runtime, client: ProviderClient, day: date, start: datetime, end: datetime) -> tuple[int, int]:
+    """Refresh the provider's lines for ``day``: (lines stored, status checks that failed)."""
+    if isinstance(client, StatementSource):
+        return _listing(rt, client, day, start, end), 0
+    return _status_checks(rt, client, day, start, end)
+
+
+def _replace_lines(rt: Runtime, provider: str, day: date, source: str, lines: list[dict[str, Any]]) -> None:
+    with transaction(rt.sessions) as session:
+        session.execute(
+            delete(StatementLine).where(
+                StatementLine.provider == provider, StatementLine.business_date == day, StatementLine.source == source
+            )
+        )
+        if lines:
+            session.execute(insert(StatementLine), lines)
+
+
+def _listing(rt: Runtime, client: Any, day: date, start: datetime, end: datetime) -> int:
+    """The provider's own listing of the UTC days that overlap the business day."""
+    provider = client.name
+    lines: list[dict[str, Any]] = []
+    utc_day = start.date()
+    while utc_day <= (end - timedelta(microseconds=1)).date():
+        entries: list[StatementEntry] = timed_call(provider, "listing", partial(_all, client, utc_day))
+        for entry in entries:
+            if not start <= entry.occurred_at < end:
+                continue
+            lines.append({
+                "provider": provider, "business_date": day, "source": "listing", "import_id": None,
+                "line_no": None, "provider_txn_id": entry.provider_transaction_id, "reference": entry.reference,
+                "status": entry.outcome.value, "amount": entry.amount, "currency": entry.currency,
+                "fee": entry.fee, "occurred_at": entry.occurred_at, "payout_id": entry.payout_id,
+                "raw": entry.raw[:2000],
+            })  # fmt: skip
+        utc_day += timedelta(days=1)
+    _replace_lines(rt, provider, day, "listing", lines)
+    return len(lines)
+
+
+def _all(client: StatementSource, day: date) -> list[StatementEntry]:
+    return list(client.statement(day))
+
+
+def _status_checks(rt: Runtime, client: ProviderClient, day: date, start: datetime, end: datetime) -> tuple[int, int]:
+    """Ask the status API about every payment of the day that is not final, and every success."""
+    provider = client.name
+    business_time = func.coalesce(Payment.paid_at, Payment.registered_at, Payment.created_at)
+    with rt.sessions() as session:
+        todo = session.scalars(
+            select(Payment).where(
+                Payment.provider == provider,
+                business_time >= start,
+                business_time < end,
+                Payment.status.in_([PaymentStatus.REGISTERED, PaymentStatus.PENDING, PaymentStatus.SUCCEEDED]),
+            )
+        ).all()
+    profile = rt.profile(provider)
+
+    def check(payment: Payment) -> tuple[Payment, VerifiedStatus | None]:
+        while (wait := rt.budget.take(f"api:{provider}", profile.api_rate, profile.api_burst)) > 0:
+            time.sleep(min(wait, 5.0))  # a nightly job may wait for the budget; it never skips
+        try:
+            view = payments.registration_view(payment)
+            return payment, timed_call(provider, "status", lambda: client.check(view))
+        except ProviderError as exc:
+            log.warning("reconciliation check of %s failed: %s", payment.reference, exc, extra={"provider": provider})
+            return payment, None
+
+    lines: list[dict[str, Any]] = []
+    failures = 0
+    with ThreadPoolExecutor(STATUS_CHECK_THREADS) as pool:
+        for payment, answer in pool.map(check, todo):
+            if answer is None:
+                failures += 1
+                continue
+            lines.append({
+                "provider": provider, "business_date": day, "source": "status_api", "import_id": None,
+                "line_no": None, "provider_txn_id": answer.provider_transaction_id, "reference": payment.reference,
+                "status": answer.outcome.value,
+                "amount": answer.amount if answer.amount is not None else (payment.amount or 0),
+                "currency": answer.currency or payment.currency or "XOF", "fee": None,
+                "occurred_at": answer.paid_at or payment.paid_at or payment.registered_at or payment.created_at,
+                "payout_id": None, "raw": answer.raw[:2000],
+            })  # fmt: skip
+    _replace_lines(rt, provider, day, "status_api", lines)
+    return len(lines), failures
+
+
+def due_runs(rt: Runtime, today: date) -> list[tuple[str, date, str]]:
+    """What the nightly job runs: every configured provider's previous day, and the re-runs."""
+    jobs = [(provider, today - timedelta(days=1), "scheduled") for provider in rt.settings.providers]
+    for lag in rt.settings.recon_reruns:
+        jobs += [(provider, today - timedelta(days=1 + lag), "rerun") for provider in rt.settings.providers]
+    return jobs
+
+
+def last_runs(rt: Runtime, limit: int = 20) -> list[ReconRun]:
+    with rt.sessions() as session:
+        return list(session.scalars(select(ReconRun).order_by(ReconRun.id.desc()).limit(limit)))
