@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 from collections.abc import Mapping
-from dataclasses import replace
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, Final
@@ -41,7 +39,7 @@ from providers.base import (
     RegistrationView,
     VerifiedStatus,
 )
-from providers.http import RetryPolicy, build_session, send
+from providers.http import HttpClient, json_body, json_object, retry_policy
 from schemas.currency import MINOR_UNIT_EXPONENT, AmountError, to_minor
 from schemas.messages import WebhookEnvelope
 
@@ -192,11 +190,8 @@ def _code_of(body: Mapping[str, Any]) -> str:
 
 def _error_code(response: requests.Response) -> str | None:
     """Read CinetPay's ``code`` from an HTTP error body, if it is JSON."""
-    try:
-        body = response.json()
-    except ValueError:
-        return None
-    return (_code_of(body) or None) if isinstance(body, dict) else None
+    body = json_body(response)
+    return (_code_of(body) or None) if body is not None else None
 
 
 def parse_payment_date(value: object) -> datetime | None:
@@ -221,13 +216,7 @@ def parse_check_response(reference: str, text: str, *, http_status: int = 200) -
     ``ProviderProtocolError`` for anything unreadable.
     """
     where: dict[str, Any] = {"provider": PROVIDER, "http_status": http_status}
-    try:
-        # Decimal: a JSON number amount must never pass through float.
-        body = json.loads(text, parse_float=Decimal)
-    except ValueError:
-        raise ProviderProtocolError(f"check answer is not JSON: {text[:80]!r}", **where) from None
-    if not isinstance(body, dict):
-        raise ProviderProtocolError("check answer is not a JSON object", **where)
+    body = json_object(text, "check answer", **where)
     code = _code_of(body)
     message = str(body.get("message") or "") or None
     where["request_id"] = str(body["api_response_id"]) if body.get("api_response_id") else None
@@ -287,7 +276,7 @@ def _money_and_date(data: Mapping[str, Any]) -> tuple[int | None, str | None, da
 # --------------------------------------------------------------------------- client
 
 
-class CinetPayClient:
+class CinetPayClient(HttpClient):
     """``ProviderClient`` for CinetPay's checkout API v2."""
 
     name = PROVIDER
@@ -311,11 +300,7 @@ class CinetPayClient:
         # Secrets live in underscored attributes that __repr__ never shows.
         self._api_key = api_key
         self._secret_key = secret_key
-        self._owns_session = session is None
-        self._session = session if session is not None else build_session()
-        self.timeout = timeout
-        policy = RetryPolicy(max_attempts=max_attempts, deadline=deadline)
-        self.policy = policy if wait is None else replace(policy, wait=wait)
+        super().__init__(_error_code, session, timeout, retry_policy(max_attempts, deadline, wait))
 
     def __repr__(self) -> str:
         return f"CinetPayClient(api_url={self.api_url!r}, site_id={self.site_id!r})"
@@ -373,22 +358,10 @@ class CinetPayClient:
 
     def check(self, registration: RegistrationView) -> VerifiedStatus:
         """Ask ``/v2/payment/check`` about ``registration.reference`` (the transaction_id)."""
-        response = send(
-            self._session,
-            PROVIDER,
+        response = self._send(
             "POST",
             f"{self.api_url}/v2/payment/check",
-            timeout=self.timeout,
-            policy=self.policy,
-            error_code=_error_code,
             redact=(self._api_key, self._secret_key),
             json={"apikey": self._api_key, "site_id": self.site_id, "transaction_id": registration.reference},
-            # A redirected POST would become a GET elsewhere: treat 3xx as an unreadable answer.
-            allow_redirects=False,
         )
         return parse_check_response(registration.reference, response.text, http_status=response.status_code)
-
-    def close(self) -> None:
-        """Close the HTTP session if this client created it."""
-        if self._owns_session:
-            self._session.close()

@@ -1,4 +1,4 @@
-"""HTTP plumbing shared by every provider client: session, status mapping, retries.
+"""HTTP plumbing shared by every provider client: session, status mapping, retries, JSON bodies.
 
 Three rules live here and nowhere else:
 
@@ -10,10 +10,12 @@ Three rules live here and nowhere else:
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from decimal import Decimal
 from email.utils import parsedate_to_datetime
 from typing import Any
 
@@ -33,6 +35,7 @@ from providers.base import (
     ProviderAuthError,
     ProviderBadRequest,
     ProviderNotFound,
+    ProviderProtocolError,
     ProviderRateLimited,
     ProviderTransientError,
 )
@@ -189,6 +192,12 @@ class RetryPolicy:
 DEFAULT_POLICY = RetryPolicy()
 
 
+def retry_policy(max_attempts: int, deadline: float, wait: wait_base | None = None) -> RetryPolicy:
+    """A ``RetryPolicy`` from a client's constructor arguments; ``wait`` replaces the jittered backoff."""
+    policy = RetryPolicy(max_attempts=max_attempts, deadline=deadline)
+    return policy if wait is None else replace(policy, wait=wait)
+
+
 def _attempt(
     session: requests.Session,
     provider: str,
@@ -250,3 +259,79 @@ def send(
             )
     # Retrying with reraise=True either returns above or raises; this is unreachable.
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+# --------------------------------------------------------------------------- JSON bodies
+
+
+def json_body(response: requests.Response) -> dict[str, Any] | None:
+    """``response``'s body if it is a JSON object, else None (for reading codes out of error bodies)."""
+    try:
+        body = response.json()
+    except ValueError:
+        return None
+    return body if isinstance(body, dict) else None
+
+
+def json_object(text: str, what: str, *, provider: str, http_status: int) -> dict[str, Any]:
+    """Parse an answer that must be a JSON object; ``ProviderProtocolError`` naming ``what`` otherwise.
+
+    JSON numbers with a fraction become ``Decimal``: an amount must never pass through float.
+    """
+    try:
+        body = json.loads(text, parse_float=Decimal)
+    except ValueError:
+        raise ProviderProtocolError(
+            f"{what} is not JSON: {text[:80]!r}", provider=provider, http_status=http_status
+        ) from None
+    if not isinstance(body, dict):
+        raise ProviderProtocolError(f"{what} is not a JSON object", provider=provider, http_status=http_status)
+    return body
+
+
+# --------------------------------------------------------------------------- clients
+
+
+class HttpClient:
+    """What every provider client shares: a pooled session (closed by ``close`` if it created it),
+    an explicit timeout, a retry policy, and one way of sending requests.
+
+    Subclasses set ``name`` (the provider) and pass their error-code reader.
+    """
+
+    name: str
+
+    def __init__(
+        self,
+        error_code: CodeExtractor,
+        session: requests.Session | None,
+        timeout: tuple[float, float],
+        policy: RetryPolicy,
+    ) -> None:
+        """``error_code`` reads the provider's code from an error body; ``session=None``: a new one."""
+        self._error_code = error_code
+        self._owns_session = session is None
+        self._session = session if session is not None else build_session()
+        self.timeout = timeout
+        self.policy = policy
+
+    def _send(self, method: str, url: str, *, redact: Sequence[str], **kwargs: Any) -> requests.Response:
+        """:func:`send` with this client's session, timeout, policy and error codes; redirects are not
+        followed (a redirected POST would become a GET elsewhere, a redirect could carry a key away)."""
+        return send(
+            self._session,
+            self.name,
+            method,
+            url,
+            timeout=self.timeout,
+            policy=self.policy,
+            error_code=self._error_code,
+            redact=redact,
+            allow_redirects=False,
+            **kwargs,
+        )
+
+    def close(self) -> None:
+        """Close the HTTP session if this client created it."""
+        if self._owns_session:
+            self._session.close()

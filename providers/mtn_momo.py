@@ -23,10 +23,8 @@ import base64
 import hashlib
 import json
 import re
-import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import replace
 from decimal import Decimal
 from typing import Any, Final
 from urllib.parse import quote, unquote, urlsplit
@@ -34,6 +32,7 @@ from urllib.parse import quote, unquote, urlsplit
 import requests
 from tenacity.wait import wait_base
 
+from providers.auth import TokenCache
 from providers.base import (
     Delivery,
     DeliveryKind,
@@ -47,7 +46,7 @@ from providers.base import (
     RegistrationView,
     VerifiedStatus,
 )
-from providers.http import RetryPolicy, build_session, send
+from providers.http import HttpClient, json_body, json_object, retry_policy
 from schemas.currency import MINOR_UNIT_EXPONENT, AmountError, to_minor
 from schemas.messages import WebhookEnvelope
 
@@ -151,13 +150,7 @@ def parse_status_response(reference: str, text: str, *, http_status: int = 200) 
     ``status`` (never guessed as FAILED), a SUCCESSFUL answer without an exact amount.
     """
     where: dict[str, Any] = {"provider": PROVIDER, "http_status": http_status}
-    try:
-        # Decimal: a JSON number amount must never pass through float.
-        body = json.loads(text, parse_float=Decimal)
-    except ValueError:
-        raise ProviderProtocolError(f"status answer is not JSON: {text[:80]!r}", **where) from None
-    if not isinstance(body, dict):
-        raise ProviderProtocolError("status answer is not a JSON object", **where)
+    body = json_object(text, "status answer", **where)
     status = body.get("status")
     if not isinstance(status, str) or status not in STATUS_TABLE:
         raise ProviderProtocolError(f"status answer has an unknown status {str(status)[:40]!r}", **where)
@@ -186,11 +179,8 @@ def parse_status_response(reference: str, text: str, *, http_status: int = 200) 
 
 def _error_code(response: requests.Response) -> str | None:
     """MoMo's error ``code`` (business calls) or ``error`` (token endpoint) from an error body."""
-    try:
-        body = response.json()
-    except ValueError:
-        return None
-    if not isinstance(body, dict):
+    body = json_body(response)
+    if body is None:
         return None
     for key in ("code", "error"):
         value = body.get(key)
@@ -260,7 +250,7 @@ def _hosts_match(configured: str, received: str) -> bool:
 # --------------------------------------------------------------------------- client
 
 
-class MtnMomoClient:
+class MtnMomoClient(HttpClient):
     """``ProviderClient`` for MTN MoMo's Collection API (Request to Pay)."""
 
     name = PROVIDER
@@ -296,15 +286,11 @@ class MtnMomoClient:
         self._api_key = api_key
         self._subscription_key = subscription_key
         self._basic = basic_auth(api_user, api_key)
-        self._owns_session = session is None
-        self._session = session if session is not None else build_session()
-        self.timeout = timeout
-        policy = RetryPolicy(max_attempts=max_attempts, deadline=deadline)
-        self.policy = policy if wait is None else replace(policy, wait=wait)
-        self._clock = clock
-        self._token_lock = threading.Lock()
-        self._token: str | None = None
-        self._token_valid_until = 0.0
+        super().__init__(_error_code, session, timeout, retry_policy(max_attempts, deadline, wait))
+        # A 401'd token is forgotten at once: a failed refresh leaves no token to reuse.
+        self._tokens = TokenCache(
+            self._fetch_token, clock=clock, margin=TOKEN_MARGIN, margin_divisor=2, forget_refused=True
+        )
 
     def __repr__(self) -> str:
         return (
@@ -315,39 +301,22 @@ class MtnMomoClient:
     @property
     def _redact(self) -> tuple[str, ...]:
         secrets = (self._api_key, self._subscription_key, self._basic, self._basic.split(" ", 1)[1])
-        return secrets + ((self._token,) if self._token else ())
+        token = self._tokens.current
+        return secrets + ((token,) if token else ())
 
     # ----------------------------------------------------------------- token
 
-    def _access_token(self) -> str:
-        """The cached token, or a new one (one fetch at a time, under the lock)."""
-        with self._token_lock:
-            if self._token is not None and self._clock() < self._token_valid_until:
-                return self._token
-            self._token = None
-            return self._fetch_token()
+    def _fetch_token(self) -> tuple[str, float]:
+        """``POST /collection/token/`` (the cache holds its lock): ``(token, lifetime)``.
 
-    def _drop_token(self, token: str) -> None:
-        """Forget ``token`` after a 401, unless another thread already replaced it."""
-        with self._token_lock:
-            if self._token == token:
-                self._token = None
-
-    def _fetch_token(self) -> str:
-        """``POST /collection/token/`` (caller holds the lock); 401 → ``ProviderAuthError``."""
-        started = self._clock()
+        401 → ``ProviderAuthError``; a 5xx that means "wrong configuration" too.
+        """
         try:
-            response = send(
-                self._session,
-                PROVIDER,
+            response = self._send(
                 "POST",
                 f"{self.api_url}{TOKEN_PATH}",
-                timeout=self.timeout,
-                policy=self.policy,
-                error_code=_error_code,
                 redact=self._redact,
                 headers={"Authorization": self._basic, "Ocp-Apim-Subscription-Key": self._subscription_key},
-                allow_redirects=False,
             )
         except ProviderTransientError as exc:
             _raise_config_error(exc, "token")
@@ -367,23 +336,13 @@ class MtnMomoClient:
             ttl = None
         if ttl is None or not 0 < ttl < MAX_TOKEN_TTL:  # missing, unreadable, NaN, absurd
             ttl = DEFAULT_TOKEN_TTL
-        self._token = token.strip()
-        self._token_valid_until = started + ttl - min(TOKEN_MARGIN, ttl / 2)
-        return self._token
+        return token.strip(), ttl
 
     # ----------------------------------------------------------------- business calls
 
     def _business(self, method: str, url: str, what: str, **kwargs: Any) -> requests.Response:
         """One business call with the bearer token; on 401 refresh the token once and retry once."""
-        token = self._access_token()
-        try:
-            return self._send_business(method, url, token, what, **kwargs)
-        except ProviderAuthError as exc:
-            if exc.http_status != 401:
-                raise
-        self._drop_token(token)
-        # A second 401 (or a token endpoint refusing us) propagates as ProviderAuthError.
-        return self._send_business(method, url, self._access_token(), what, **kwargs)
+        return self._tokens.call(lambda token: self._send_business(method, url, token, what, **kwargs))
 
     def _send_business(self, method: str, url: str, token: str, what: str, **kwargs: Any) -> requests.Response:
         headers = {
@@ -392,19 +351,7 @@ class MtnMomoClient:
             "Ocp-Apim-Subscription-Key": self._subscription_key,
         }
         try:
-            return send(
-                self._session,
-                PROVIDER,
-                method,
-                url,
-                timeout=self.timeout,
-                policy=self.policy,
-                error_code=_error_code,
-                redact=(*self._redact, token),
-                headers=headers,
-                allow_redirects=False,
-                **kwargs,
-            )
+            return self._send(method, url, redact=(*self._redact, token), headers=headers, **kwargs)
         except ProviderTransientError as exc:
             _raise_config_error(exc, what)
             raise
@@ -481,11 +428,6 @@ class MtnMomoClient:
         received = envelope.header("x-forwarded-host") or envelope.header("host")
         if received and not _hosts_match(self.callback_host, received):
             raise ForgedDelivery(f"callback sent to host {received[:80]!r}, not the registered callback host")
-
-    def close(self) -> None:
-        """Close the HTTP session if this client created it."""
-        if self._owns_session:
-            self._session.close()
 
 
 def _raise_config_error(exc: ProviderTransientError, what: str) -> None:

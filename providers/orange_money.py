@@ -29,10 +29,8 @@ import hashlib
 import hmac
 import json
 import re
-import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import replace
 from decimal import Decimal
 from typing import Any, Final
 from urllib.parse import unquote
@@ -40,6 +38,7 @@ from urllib.parse import unquote
 import requests
 from tenacity.wait import wait_base
 
+from providers.auth import TokenCache
 from providers.base import (
     AwaitingRegistration,
     Delivery,
@@ -53,7 +52,7 @@ from providers.base import (
     RegistrationView,
     VerifiedStatus,
 )
-from providers.http import RetryPolicy, build_session, send
+from providers.http import HttpClient, json_body, json_object, retry_policy
 from schemas.currency import MINOR_UNIT_EXPONENT, AmountError, to_major, to_minor
 from schemas.messages import WebhookEnvelope
 
@@ -92,11 +91,8 @@ def basic_authorization(client_id: str, client_secret: str) -> str:
 
 def _error_code(response: requests.Response) -> str | None:
     """Orange's error code from an error body: gateway ``code`` (40, 41, 42...) or OAuth ``error``."""
-    try:
-        body = response.json()
-    except ValueError:
-        return None
-    if not isinstance(body, dict):
+    body = json_body(response)
+    if body is None:
         return None
     for key in ("code", "error"):
         value = body.get(key)
@@ -154,12 +150,7 @@ def parse_status_response(registration: RegistrationView, text: str, *, http_sta
     Non-success answers confirm no amount unless one is echoed.
     """
     where: dict[str, Any] = {"provider": PROVIDER, "http_status": http_status}
-    try:
-        body = json.loads(text, parse_float=Decimal)
-    except ValueError:
-        raise ProviderProtocolError(f"status answer is not JSON: {text[:80]!r}", **where) from None
-    if not isinstance(body, dict):
-        raise ProviderProtocolError("status answer is not a JSON object", **where)
+    body = json_object(text, "status answer", **where)
     status = body.get("status")
     if not isinstance(status, str) or not status.strip():
         raise ProviderProtocolError(f"status answer has no status string (status={str(status)[:40]!r})", **where)
@@ -271,7 +262,7 @@ def reference_of(envelope: WebhookEnvelope) -> str | None:
 # --------------------------------------------------------------------------- client
 
 
-class OrangeMoneyClient:
+class OrangeMoneyClient(HttpClient):
     """``ProviderClient`` for Orange Money's Web Payment API."""
 
     name = PROVIDER
@@ -307,20 +298,19 @@ class OrangeMoneyClient:
         self._client_secret = client_secret
         self._merchant_key = merchant_key
         self._basic = basic_authorization(client_id, client_secret)
-        self._owns_session = session is None
-        self._session = session if session is not None else build_session()
-        self.timeout = timeout
-        policy = RetryPolicy(max_attempts=max_attempts, deadline=deadline)
-        self.policy = policy if wait is None else replace(policy, wait=wait)
-        self._clock = clock
-        self._token_lock = threading.Lock()
-        self._token: str | None = None
-        self._token_refresh_at = 0.0
-        #: How many tokens this client obtained (observability; tests check the cache with it).
-        self.tokens_fetched = 0
+        super().__init__(_error_code, session, timeout, retry_policy(max_attempts, deadline, wait))
+        # A 401'd token is kept until a new one replaces it (a failed refresh leaves it in place).
+        self._tokens = TokenCache(
+            self._fetch_token, clock=clock, margin=TOKEN_REFRESH_MARGIN, margin_divisor=10, forget_refused=False
+        )
 
     def __repr__(self) -> str:
         return f"OrangeMoneyClient(api_url={self.api_url!r}, country={self.country!r}, client_id={self.client_id!r})"
+
+    @property
+    def tokens_fetched(self) -> int:
+        """How many tokens this client obtained (observability; tests check the cache with it)."""
+        return self._tokens.fetched
 
     # ----------------------------------------------------------------- webhooks
 
@@ -398,64 +388,28 @@ class OrangeMoneyClient:
 
     def _post(self, url: str, payload: Mapping[str, Any]) -> requests.Response:
         """POST with the cached token; on a 401 get a fresh token once and try once more."""
-        token = self._bearer()
-        try:
-            return self._send_authorized(url, payload, token)
-        except ProviderAuthError as exc:
-            if exc.http_status != 401:
-                raise
-        token = self._bearer(stale=token)
-        return self._send_authorized(url, payload, token)
+        return self._tokens.call(lambda token: self._send_authorized(url, payload, token))
 
     def _send_authorized(self, url: str, payload: Mapping[str, Any], token: str) -> requests.Response:
-        return send(
-            self._session,
-            PROVIDER,
+        return self._send(
             "POST",
             url,
-            timeout=self.timeout,
-            policy=self.policy,
-            error_code=_error_code,
             redact=(token, self._client_secret, self._merchant_key),
             headers={"Authorization": f"Bearer {token}"},
             json=dict(payload),
-            # A redirected POST would become a GET elsewhere: treat 3xx as an unreadable answer.
-            allow_redirects=False,
         )
 
     # ----------------------------------------------------------------- token
 
-    def _bearer(self, *, stale: str | None = None) -> str:
-        """The cached token, or a new one if it is (nearly) expired or is ``stale`` (refused with 401).
-
-        The lock makes concurrent callers share one refresh: a thread that waited while
-        another refreshed gets the new token instead of fetching its own.
-        """
-        with self._token_lock:
-            token = self._token
-            if token is not None and token != stale and self._clock() < self._token_refresh_at:
-                return token
-            started = self._clock()
-            token, ttl = self._fetch_token()
-            self._token = token
-            self._token_refresh_at = started + ttl - min(TOKEN_REFRESH_MARGIN, ttl / 10)
-            self.tokens_fetched += 1
-            return token
-
     def _fetch_token(self) -> tuple[str, float]:
+        """``POST /oauth/v3/token`` (the cache holds its lock): ``(token, lifetime)``."""
         try:
-            response = send(
-                self._session,
-                PROVIDER,
+            response = self._send(
                 "POST",
                 self.token_url,
-                timeout=self.timeout,
-                policy=self.policy,
-                error_code=_error_code,
                 redact=(self._client_secret, self._basic.removeprefix("Basic "), self._merchant_key),
                 headers={"Authorization": self._basic},
                 data={"grant_type": "client_credentials"},
-                allow_redirects=False,
             )
         except ProviderAuthError as exc:
             raise ProviderAuthError(
@@ -466,8 +420,3 @@ class OrangeMoneyClient:
                 request_id=exc.request_id,
             ) from exc
         return parse_token_response(response.text)
-
-    def close(self) -> None:
-        """Close the HTTP session if this client created it."""
-        if self._owns_session:
-            self._session.close()

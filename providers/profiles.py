@@ -15,6 +15,8 @@ callbacks can be trusted and how hard payrecon may lean on its API.
   unauthenticated callbacks must pass first.
 - ``not_found_grace``: seconds after registration during which "not found" from the status
   API means "not visible yet" (MoMo answers 404 for a while after accepting a request).
+- ``settle_sla``: seconds within which a payment should be final; the nightly reconciliation
+  shows a payment still pending after that as ``missing_after_sla``.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ class TrustProfile:
     callback_rate: float | None = None
     callback_burst: int | None = None
     not_found_grace: int = 0
+    settle_sla: int = HOUR
 
     def with_overrides(
         self,
@@ -90,6 +93,7 @@ PROFILES = MappingProxyType(
             give_up_after=24 * HOUR,
             api_rate=5.0,
             api_burst=20,
+            settle_sla=1800,
         ),
         "wave": TrustProfile(
             provider="wave",
@@ -121,13 +125,14 @@ def markdown_table() -> str:
     """The profiles as the README shows them (a test keeps the README in step)."""
     lines = [
         "| provider | callbacks authenticated by | re-checks (then the last repeats) | gives up after "
-        "| call budget | unauthenticated callbacks |",
-        "|---|---|---|---|---|---|",
+        "| call budget | unauthenticated callbacks | settlement SLA |",
+        "|---|---|---|---|---|---|---|",
     ]
     for p in PROFILES.values():
         callbacks = f"{p.callback_rate:g}/s, burst {p.callback_burst}" if p.callback_rate else "n/a (authenticated)"
         lines.append(
             f"| `{p.provider}` | {p.callback_auth} | {', '.join(_duration(s) for s in p.recheck_schedule)} "
-            f"| {_duration(p.give_up_after)} | {p.api_rate:g}/s, burst {p.api_burst} | {callbacks} |"
+            f"| {_duration(p.give_up_after)} | {p.api_rate:g}/s, burst {p.api_burst} | {callbacks} "
+            f"| {_duration(p.settle_sla)} |"
         )
     return "\n".join(lines)

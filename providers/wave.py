@@ -28,7 +28,7 @@ import json
 import re
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any, Final
@@ -47,9 +47,10 @@ from providers.base import (
     ProviderNotFound,
     ProviderProtocolError,
     RegistrationView,
+    StatementEntry,
     VerifiedStatus,
 )
-from providers.http import RetryPolicy, build_session, send
+from providers.http import HttpClient, json_body, json_object, retry_policy
 from schemas.currency import MINOR_UNIT_EXPONENT, AmountError, to_minor
 from schemas.messages import WebhookEnvelope
 
@@ -240,26 +241,10 @@ def parse_session(reference: str, session: Mapping[str, Any], *, raw: str) -> Ve
 
 def _error_code(response: requests.Response) -> str | None:
     """Wave's error ``code`` (``checkout-session-not-found``, ``no-matching-api-key``...) if any."""
-    try:
-        body = response.json()
-    except ValueError:
-        return None
-    if isinstance(body, dict) and body.get("code") not in (None, ""):
+    body = json_body(response)
+    if body is not None and body.get("code") not in (None, ""):
         return str(body["code"])[:64]
     return None
-
-
-def _json_object(text: str, what: str, http_status: int) -> dict[str, Any]:
-    try:
-        # Decimal: a JSON number amount must never pass through float.
-        body = json.loads(text, parse_float=Decimal)
-    except ValueError:
-        raise ProviderProtocolError(
-            f"{what} is not JSON: {text[:80]!r}", provider=PROVIDER, http_status=http_status
-        ) from None
-    if not isinstance(body, dict):
-        raise ProviderProtocolError(f"{what} is not a JSON object", provider=PROVIDER, http_status=http_status)
-    return body
 
 
 # --------------------------------------------------------------------------- statement
@@ -344,7 +329,7 @@ def parse_transaction_item(item: Mapping[str, Any]) -> TransactionItem:
 
 def parse_transactions_page(day: date, text: str, *, http_status: int = 200) -> TransactionPage:
     """Turn a ``/v1/transactions`` answer into a ``TransactionPage``; ``ProviderProtocolError`` if bad."""
-    body = _json_object(text, "transactions answer", http_status)
+    body = json_object(text, "transactions answer", provider=PROVIDER, http_status=http_status)
     items, page_info = body.get("items"), body.get("page_info")
     where: dict[str, Any] = {"provider": PROVIDER, "http_status": http_status}
     if not isinstance(items, list) or not isinstance(page_info, dict):
@@ -377,7 +362,7 @@ def _is_object(value: object) -> bool:
 # --------------------------------------------------------------------------- client
 
 
-class WaveClient:
+class WaveClient(HttpClient):
     """``ProviderClient`` for Wave's Checkout API, plus the statement for nightly reconciliation."""
 
     name = PROVIDER
@@ -414,11 +399,7 @@ class WaveClient:
         self._shared_secret = webhook_shared_secret or None
         self.tolerance = tolerance
         self._clock = clock
-        self._owns_session = session is None
-        self._session = session if session is not None else build_session()
-        self.timeout = timeout
-        policy = RetryPolicy(max_attempts=max_attempts, deadline=deadline)
-        self.policy = policy if wait is None else replace(policy, wait=wait)
+        super().__init__(_error_code, session, timeout, retry_policy(max_attempts, deadline, wait))
 
     def __repr__(self) -> str:
         strategies = [
@@ -528,7 +509,7 @@ class WaveClient:
         session_id = self._session_id(registration)
         if session_id is not None:
             response = self._get(f"/v1/checkout/sessions/{quote(session_id, safe='')}")
-            body = _json_object(response.text, "session answer", response.status_code)
+            body = json_object(response.text, "session answer", provider=PROVIDER, http_status=response.status_code)
             owner = body.get("client_reference")
             if owner not in (None, "", registration.reference):
                 raise ProviderProtocolError(
@@ -539,7 +520,7 @@ class WaveClient:
                 )
             return self._verified(registration.reference, body, response)
         response = self._get("/v1/checkout/sessions/search", params={"client_reference": registration.reference})
-        body = _json_object(response.text, "search answer", response.status_code)
+        body = json_object(response.text, "search answer", provider=PROVIDER, http_status=response.status_code)
         result = body.get("result")
         if not isinstance(result, list) or not all(isinstance(s, dict) for s in result):
             raise ProviderProtocolError(
@@ -575,19 +556,13 @@ class WaveClient:
             ) from None
 
     def _get(self, path: str, *, params: Mapping[str, str] | None = None) -> requests.Response:
-        return send(
-            self._session,
-            PROVIDER,
+        # No redirects (HttpClient._send): one would carry the key elsewhere or answer from somewhere else.
+        return self._send(
             "GET",
             f"{self.api_url}{path}",
-            timeout=self.timeout,
-            policy=self.policy,
-            error_code=_error_code,
             redact=(self._api_key,),
             params=params,
             headers={"Authorization": f"Bearer {self._api_key}"},
-            # A redirect would carry the key elsewhere or answer from somewhere else.
-            allow_redirects=False,
         )
 
     # ----------------------------------------------------------------- statement
@@ -616,7 +591,24 @@ class WaveClient:
             seen.add(page.end_cursor)
             after = page.end_cursor
 
-    def close(self) -> None:
-        """Close the HTTP session if this client created it."""
-        if self._owns_session:
-            self._session.close()
+    def statement(self, day: date) -> Iterator[StatementEntry]:
+        """The reconciliation's view of ``day``: checkout payments and their refunds, gross, with fees.
+
+        Wave's ``amount`` is the signed, net effect on the wallet; a checkout's gross is
+        ``amount + fee``. Other lines (payouts, sweeps, merchant payments) are not ours to match.
+        """
+        for item in self.iter_transactions(day):
+            kind = item.transaction_type or ("api_checkout" if item.checkout_api_session_id else None)
+            if kind not in ("api_checkout", "api_checkout_refund"):
+                continue
+            refund = kind == "api_checkout_refund" or item.is_reversal
+            yield StatementEntry(
+                reference=item.client_reference,
+                provider_transaction_id=item.transaction_id,
+                outcome=Outcome.REFUNDED if refund else Outcome.SUCCEEDED,
+                amount=abs(item.amount + item.fee),
+                currency=item.currency,
+                fee=abs(item.fee),
+                occurred_at=item.timestamp,
+                raw=json.dumps(dict(item.raw), sort_keys=True, default=str),
+            )

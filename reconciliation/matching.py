@@ -66,7 +66,7 @@ FROM (
             ELSE 'status_mismatch'
         END AS cls
     FROM (
-        SELECT id AS payment_id, reference, status, created_at,
+        SELECT id AS payment_id, reference, status, coalesce(registered_at, created_at) AS created_at,
                CASE WHEN status = 'succeeded' THEN coalesce(confirmed_amount, amount) ELSE amount END AS amount,
                CASE WHEN status = 'succeeded' THEN coalesce(confirmed_currency, currency) ELSE currency END
                    AS currency

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from providers.base import Outcome, VerifiedStatus
@@ -136,7 +136,10 @@ def post_fees(sessions: sessionmaker[Session], run_id: int) -> int:
                 ReconItem.run_id == run_id,
                 ReconItem.fee > 0,
                 ReconItem.payment_id.is_not(None),
-                ReconItem.cls.in_([ReconClass.MATCHED.value, ReconClass.FEE_VARIANCE.value]),
+                or_(
+                    ReconItem.cls.in_([ReconClass.MATCHED.value, ReconClass.FEE_VARIANCE.value]),
+                    ReconItem.healed.is_(True),  # a lost webhook, settled now: the provider took its fee
+                ),
                 ~select(Journal.id).where(Journal.payment_id == ReconItem.payment_id, Journal.kind == FEE).exists(),
             )
         ).all()

@@ -14,6 +14,8 @@ from reconciliation.models import (
     Journal,
     Payment,
     PaymentStatus,
+    ReconItem,
+    ReconRun,
     Subscription,
     SubscriptionGrant,
 )
@@ -101,6 +103,31 @@ def payment_detail(session: Session, payment: Payment) -> dict[str, Any]:
                 ],
             }
             for j in journals
+        ],
+        "reconciliation": [
+            {
+                "run": run_id,
+                "business_date": day.isoformat(),
+                "class": cls,
+                "healed": healed,
+                "provider_status": provider_status,
+                "provider_amount": provider_amount,
+                "detail": detail,
+            }
+            for run_id, day, cls, healed, provider_status, provider_amount, detail in session.execute(
+                select(
+                    ReconItem.run_id,
+                    ReconRun.business_date,
+                    ReconItem.cls,
+                    ReconItem.healed,
+                    ReconItem.provider_status,
+                    ReconItem.provider_amount,
+                    ReconItem.detail,
+                )
+                .join(ReconRun, ReconRun.id == ReconItem.run_id)
+                .where(ReconRun.provider == payment.provider, ReconItem.reference == payment.reference)
+                .order_by(ReconItem.run_id)
+            ).all()
         ],
         "grant": (
             {

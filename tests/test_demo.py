@@ -38,6 +38,12 @@ def test_demo_runs_on_embedded_defaults(tmp_path: Path) -> None:
     assert "provider confirms a smaller amount (tampered)      -> 4 succeeded" in out
     assert "every journal balances: yes" in out
     assert "amount_mismatch" in out
+    # then the nightly reconciliation of the day, every class at least once, with its reports
+    assert (
+        "every class seen: amount_mismatch, currency_mismatch, duplicate, fee_variance, matched, "
+        "missing_after_sla, missing_at_provider, missing_in_ledger, status_mismatch"
+    ) in out
+    assert "reports (csv, xlsx, json, html + manifest)" in out
     assert list(tmp_path.iterdir()) == []  # the demo cleaned up after itself
 
 

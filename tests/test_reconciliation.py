@@ -209,3 +209,26 @@ def test_statement_import_refuses_missing_columns_and_the_same_file_twice(rt: Ru
         import_file(session, "orange_money", sample, business_tz=ZoneInfo("UTC"))
     with pytest.raises(StatementError, match="already imported"), rt.sessions() as session, session.begin():
         import_file(session, "orange_money", sample, business_tz=ZoneInfo("UTC"))
+
+
+def test_wave_listing_over_several_pages_with_fees(rt: Runtime, sandbox: SandboxClient) -> None:
+    """Wave's /v1/transactions, cursor-paginated (50 a page in the sandbox), is the source of truth."""
+    today = datetime.now(rt.settings.timezone).date()
+    refs = [new_reference("CR") for _ in range(120)]
+    for n, ref in enumerate(refs):
+        state = sandbox.create("wave", reference=ref, amount=6500, currency="XOF", fate="accepted")
+        reg = registration(ref, provider="wave", amount=6500, plan="coko-premium-monthly", account=f"reader-{n}")
+        pipeline.register_payment(rt, {**reg, "provider_data": state["provider_data"]})
+        if n % 2 == 0:  # half the webhooks arrive; the other half are lost
+            pipeline.ingest_webhook(rt, sandbox.notification("wave", ref))
+    run_id = recon.reconcile(rt, "wave", today)
+    found = classes(rt, run_id)
+    assert len(found) == 120
+    assert sorted(set(found.values())) == ["matched", "missing_in_ledger"]
+    assert sum(1 for c in found.values() if c == "missing_in_ledger") == 60
+    with rt.sessions() as session:
+        settled = session.scalars(select(Payment).where(Payment.provider == "wave", Payment.settled)).all()
+        balances = {b.account: b.balance for b in ledger.balances(session)}
+    assert len(settled) == 120  # the lost webhooks healed: every reader has access
+    assert balances["fees:wave"] == 120 * 65  # Wave's 1 % fee, from its listing
+    assert balances["provider_clearing:wave"] == 120 * (6500 - 65)  # what Wave owes us

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, NoReturn
 
 import click
@@ -204,6 +205,106 @@ def health(beat_max_age: float, as_json: bool) -> None:
     sys.exit(code)
 
 
+# --------------------------------------------------------------------------- reconciliation
+
+PROVIDER_CHOICE = click.Choice(["cinetpay", "mtn_momo", "orange_money", "wave"])
+
+
+@main.command()
+@click.option("--provider", "-p", type=PROVIDER_CHOICE, required=True)
+@click.option("--date", "-d", "day", type=click.DateTime(["%Y-%m-%d"]), required=True, help="Business day.")
+@click.option("--json", "as_json", is_flag=True)
+def reconcile(provider: str, day: datetime, as_json: bool) -> None:
+    """Reconcile one provider's business day now; prints the run's summary."""
+    settings = _settings()
+    from worker import reconcile as recon
+    from worker import runtime
+
+    rt = runtime.build(settings)
+    try:
+        run_id = recon.reconcile(rt, provider, day.date(), trigger="manual")
+        _show_run(rt.sessions, run_id, as_json)
+    except ValueError as exc:
+        _fail(str(exc))
+    finally:
+        rt.close()
+
+
+def _show_run(sessions: Any, run_id: int, as_json: bool) -> None:
+    from reconciliation import reports
+
+    with sessions() as session:
+        if as_json:
+            _dump({**reports.summary(session, run_id), "changes": reports.changes(session, run_id)})
+        else:
+            click.echo(reports.render_terminal(session, run_id))
+
+
+@main.group()
+def statements() -> None:
+    """Statement files from provider portals."""
+
+
+@statements.command("import")
+@click.option("--provider", "-p", type=PROVIDER_CHOICE, required=True)
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+def statements_import(provider: str, file: Path) -> None:
+    """Import a statement CSV (whole or not at all); see docs/statements/ for each provider's columns."""
+    settings = _settings()
+    from reconciliation.db import transaction
+    from reconciliation.statements import StatementError, import_file
+
+    try:
+        with transaction(_sessions(settings)) as session:
+            result = import_file(session, provider, file, business_tz=settings.timezone)
+    except StatementError as exc:
+        _fail(str(exc))
+    days = ", ".join(d.isoformat() for d in result.days)
+    click.echo(f"imported {result.rows} row(s) from {file.name} (import #{result.import_id}); business days: {days}")
+
+
+@main.group()
+def report() -> None:
+    """Reconciliation reports for finance staff."""
+
+
+@report.command("show")
+@click.argument("run_id", type=int)
+@click.option("--json", "as_json", is_flag=True)
+def report_show(run_id: int, as_json: bool) -> None:
+    """A run's summary, what changed since the previous run of the day, and its exceptions."""
+    settings = _settings()
+    from reconciliation.models import ReconRun
+
+    sessions = _sessions(settings)
+    with sessions() as session:
+        if session.get(ReconRun, run_id) is None:
+            _fail(f"no reconciliation run #{run_id}")
+    _show_run(sessions, run_id, as_json)
+
+
+@report.command("export")
+@click.argument("run_id", type=int)
+@click.option("--format", "fmt", type=click.Choice(["csv", "xlsx", "json", "html", "all"]), default="all",
+              show_default=True)  # fmt: skip
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True)
+def report_export(run_id: int, fmt: str, out_dir: Path) -> None:
+    """Write a run's report files (all four and a manifest with SHA-256 by default)."""
+    settings = _settings()
+    from reconciliation import reports
+    from reconciliation.models import ReconRun
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with _sessions(settings)() as session:
+        if session.get(ReconRun, run_id) is None:
+            _fail(f"no reconciliation run #{run_id}")
+        files = reports.export_all(session, run_id, out_dir) if fmt == "all" else [
+            reports.export(session, run_id, fmt, out_dir)
+        ]  # fmt: skip
+    for path in files:
+        click.echo(str(path))
+
+
 # --------------------------------------------------------------------------- reads
 
 
@@ -257,6 +358,9 @@ def _print_payment(d: dict[str, Any], settings: Settings) -> None:
     for j in d["journals"]:
         lines = ", ".join(f"{e['side']} {e['account']} {e['amount']} {e['currency']}" for e in j["entries"])
         click.echo(f"  journal {j['id']} {j['kind']}: {lines}")
+    for r in d["reconciliation"]:
+        healed = " (healed)" if r["healed"] else ""
+        click.echo(f"  reconciliation run {r['run']} of {r['business_date']}: {r['class']}{healed} {r['detail']}")
     if d["grant"]:
         g = d["grant"]
         click.echo(f"  grant {g['days']} days: {_local(g['starts_at'], settings)} -> {_local(g['ends_at'], settings)}")

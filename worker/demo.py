@@ -10,6 +10,7 @@ them, and prints what happened.
 
 from __future__ import annotations
 
+import csv
 import os
 import secrets
 import shutil
@@ -21,7 +22,7 @@ import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +61,7 @@ class Case:
     forged: bool = False
     register_late: bool = False
     provider_data: dict[str, Any] = field(default_factory=dict)
+    created_hours_ago: int = 0
 
     @property
     def amount(self) -> int:
@@ -102,6 +104,12 @@ def scenario(count: int) -> list[Case]:
         else:
             case = Case(provider, ref, "paid", periods=periods)
         cases.append(case)
+    # For the nightly reconciliation: a payment stuck past its settlement SLA, and a payment whose
+    # webhook was lost and which only Orange's statement reports paid.
+    cases.append(Case("cinetpay", _reference("cinetpay", count), "pending past its settlement SLA", "waiting",
+                      expect=PaymentStatus.PENDING, deliveries=0, created_hours_ago=2))  # fmt: skip
+    cases.append(Case("orange_money", _reference("orange_money", count + 1), "lost webhook, paid per statement",
+                      "waiting", expect=PaymentStatus.PENDING, deliveries=0))  # fmt: skip
     return cases
 
 
@@ -129,15 +137,9 @@ def run_demo(
     click.echo(f"  database  {_safe(database_url)}")
     click.echo(f"  broker    {_safe(broker_url)}")
     migrate.upgrade(database_url)
-    sandbox = None
-    if sandbox_url is None:
-        sandbox = SandboxServer(
-            cinetpay_api_key=CREDENTIALS["api_key"],
-            cinetpay_site_id=CREDENTIALS["site_id"],
-            cinetpay_secret_key=CREDENTIALS["secret_key"],
-        ).start()
-        sandbox_url = sandbox.url
-    click.echo(f"  sandbox   {sandbox_url} (CinetPay, MTN MoMo, Orange Money and Wave wire formats)")
+    sandbox = _start_sandbox() if sandbox_url is None else None
+    api_url: str = sandbox.url if sandbox is not None else sandbox_url or ""
+    click.echo(f"  sandbox   {api_url} (CinetPay, MTN MoMo, Orange Money and Wave wire formats)")
     log_path = workdir / "worker.log"
     worker = None
     if external_worker:
@@ -149,9 +151,11 @@ def run_demo(
     sessions = session_factory(engine)
     cases = scenario(count)
     try:
-        _send(cases, SandboxClient(sandbox_url), broker_url)
+        _send(cases, SandboxClient(api_url), broker_url)
         ok = _wait(sessions, cases, timeout=120 if worker else 600)
         _print_summary(sessions, cases)
+        if ok and sandbox is not None:  # reconciliation asks the providers: only with our own sandbox
+            ok = _reconcile(sandbox, database_url, broker_url, cases, workdir / "reports")
         if not ok:
             click.secho("\nthe worker did not settle every payment in time", fg="red")
             if worker is not None:
@@ -169,6 +173,14 @@ def run_demo(
         engine.dispose()
         if not keep:
             shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _start_sandbox() -> SandboxServer:
+    return SandboxServer(
+        cinetpay_api_key=CREDENTIALS["api_key"],
+        cinetpay_site_id=CREDENTIALS["site_id"],
+        cinetpay_secret_key=CREDENTIALS["secret_key"],
+    ).start()
 
 
 def _worker_env(sandbox: SandboxServer, database_url: str, broker_url: str) -> dict[str, str]:
@@ -192,6 +204,85 @@ def _stop(worker: subprocess.Popen[bytes]) -> None:
         worker.wait(timeout=20)
     except subprocess.TimeoutExpired:
         worker.kill()
+
+
+def _orange_statement(cases: list[Case], sessions: Any, path: Path) -> None:
+    """What Orange's portal would export for the day: the truth, with one anomaly of each kind."""
+    with sessions() as session:
+        paid = {
+            p.reference: p
+            for p in session.scalars(
+                select(Payment).where(Payment.provider == "orange_money", Payment.status == PaymentStatus.SUCCEEDED)
+            )
+        }
+    rows = []
+    anomalies = iter(["omitted", "amount", "currency", "failed", "duplicate", "fee"])
+    for case in cases:
+        if case.provider != "orange_money":
+            continue
+        if case.story.startswith("lost webhook"):
+            rows.append((case.reference, case.amount, "XOF", case.amount * 2 // 100, "SUCCESS"))
+            continue
+        payment = paid.get(case.reference)
+        if payment is None or payment.confirmed_amount is None:
+            continue
+        amount, fee = payment.confirmed_amount, payment.confirmed_amount * 2 // 100  # Orange takes 2 %
+        anomaly = next(anomalies, None)
+        if anomaly == "omitted":
+            continue
+        row = (case.reference, amount, "XOF", fee, "SUCCESS")
+        if anomaly == "amount":
+            row = (case.reference, amount - 500, "XOF", fee, "SUCCESS")
+        elif anomaly == "currency":
+            row = (case.reference, amount, "XAF", fee, "SUCCESS")
+        elif anomaly == "failed":
+            row = (case.reference, amount, "XOF", 0, "FAILED")
+        elif anomaly == "duplicate":
+            rows.append(row)
+        elif anomaly == "fee":
+            row = (case.reference, amount, "XOF", fee + 100, "SUCCESS")
+        rows.append(row)
+    rows.append((f"ORD-UNKNOWN-{RUN}", 6500, "XOF", 130, "SUCCESS"))  # paid, never registered with us
+    when = datetime.now(UTC).replace(microsecond=0).isoformat()
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        out = csv.writer(handle)
+        out.writerow(["order_id", "txnid", "date", "amount", "currency", "fee", "status"])
+        for n, (ref, amount, currency, fee, status) in enumerate(rows):
+            out.writerow([ref, f"MP{RUN}.{n:04d}", when, amount, currency, fee, status])
+
+
+def _reconcile(sandbox: SandboxServer, database_url: str, broker_url: str, cases: list[Case], out: Path) -> bool:
+    """Import Orange's statement, reconcile today at every provider, write the reports."""
+    from reconciliation import reports
+    from reconciliation.db import transaction
+    from reconciliation.statements import import_file
+    from worker import reconcile as recon
+    from worker import runtime
+    from worker.settings import Settings
+
+    rt = runtime.build(Settings.from_env(_worker_env(sandbox, database_url, broker_url)))
+    out.mkdir(parents=True, exist_ok=True)
+    statement = out / "orange_money_statement.csv"
+    try:
+        _orange_statement(cases, rt.sessions, statement)
+        with transaction(rt.sessions) as session:
+            import_file(session, "orange_money", statement, business_tz=rt.settings.timezone)
+        today = datetime.now(rt.settings.timezone).date()
+        totals: Counter[str] = Counter()
+        click.secho(f"\nNightly reconciliation of {today} (business day, {rt.settings.timezone})", bold=True)
+        for provider in PROVIDERS:
+            run_id = recon.reconcile(rt, provider, today, trigger="manual")
+            with rt.sessions() as session:
+                counts = reports.summary(session, run_id)["counts"]["by_class"]
+                files = reports.export_all(session, run_id, out / provider)
+            totals.update({cls: n for cls, n in counts.items() if n})
+            shown = ", ".join(f"{n} {cls}" for cls, n in counts.items() if n)
+            click.echo(f"  {provider:<13} run {run_id}: {shown}")
+        click.echo(f"  every class seen: {', '.join(sorted(totals))}")
+        click.echo(f"  reports (csv, xlsx, json, html + manifest) in {out}/<provider>/ ({len(files)} files each)")
+        return True
+    finally:
+        rt.close()
 
 
 def _safe(url: str) -> str:
@@ -249,6 +340,11 @@ def _registration(case: Case, index: int) -> dict[str, Any]:
         "plan": PLANS[case.provider][0],
         "periods": case.periods,
         "provider_data": case.provider_data,
+        **(
+            {"created_at": (datetime.now(UTC) - timedelta(hours=case.created_hours_ago)).isoformat()}
+            if case.created_hours_ago
+            else {}
+        ),
     }
 
 

@@ -152,3 +152,28 @@ def recheck_due() -> int:
 def expire_subscriptions() -> int:
     """Beat: switch off subscriptions whose end has passed."""
     return pipeline.expire_subscriptions(runtime.get())
+
+
+@app.task(name="payrecon.reconcile", time_limit=3 * 3600, soft_time_limit=3 * 3600 - 60)
+def reconcile(provider: str, day: str, trigger: str = "manual") -> int:
+    """Reconcile one provider's business day (ISO date) and store the run."""
+    from datetime import date
+
+    from worker.reconcile import reconcile as run
+
+    return run(runtime.get(), provider, date.fromisoformat(day), trigger=trigger)
+
+
+@app.task(name="payrecon.nightly_reconciliation")
+def nightly_reconciliation() -> int:
+    """Beat, daily: yesterday for every provider, and the re-runs of earlier days (T+1, T+3)."""
+    from datetime import datetime
+
+    from worker.reconcile import due_runs
+
+    rt = runtime.get()
+    today = datetime.now(rt.settings.timezone).date()
+    jobs = due_runs(rt, today)
+    for provider, day, trigger in jobs:
+        reconcile.apply_async((provider, day.isoformat(), trigger))
+    return len(jobs)

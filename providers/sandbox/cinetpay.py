@@ -30,26 +30,15 @@ import secrets
 import string
 import time
 from collections.abc import Callable
-from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any, Final
 
 from providers.cinetpay import CINETPAY_DATETIME, build_notification
-from providers.sandbox.state import (
-    ControlError,
-    SandboxState,
-    Transaction,
-    check_transaction_id,
-    check_url,
-)
-from providers.sandbox.web import (
-    Notifier,
-    Request,
-    Response,
-    Router,
-    fault_response,
-    json_response,
-)
+from providers.sandbox import wire
+from providers.sandbox.state import ControlError, SandboxState, Transaction, check_transaction_id, check_url
+from providers.sandbox.web import Notifier, Request, Response, Router, json_response
+from providers.sandbox.wire import WireSandbox, advance_fate, slowed, take_fault
 from schemas.currency import AmountError, to_major, to_minor
 
 NAME: Final = "cinetpay"
@@ -59,8 +48,6 @@ WAITING: Final = "WAITING_FOR_CUSTOMER"
 STATUSES: Final = (ACCEPTED, REFUSED, WAITING)
 CURRENCIES: Final = ("XOF", "XAF", "CDF", "GNF", "USD")
 NOTIFY_PATH: Final = "/notify/cinetpay"
-#: The ``notify_url`` (control API only) that enqueues notifications on the broker instead of POSTing them.
-ENQUEUE: Final = "enqueue"
 
 #: The check answer (code, message) for each status, from the documentation's examples.
 ANSWERS: Final = {
@@ -124,17 +111,7 @@ def _wire_date(value: datetime | None) -> str:
 
 def webhook_envelope(method: str, body: str, headers: dict[str, str]) -> dict[str, Any]:
     """The ``payrecon.webhook/1`` envelope payrecon's receiver would build for this notification."""
-    return {
-        "schema": "payrecon.webhook/1",
-        "provider": NAME,
-        "received_at": datetime.now(UTC).isoformat(timespec="milliseconds"),
-        "method": method,
-        "path": NOTIFY_PATH,
-        "query": {},
-        "headers": headers,
-        "body": body,
-        "receiver": "payrecon-sandbox",
-    }
+    return wire.webhook_envelope(NAME, method, NOTIFY_PATH, body, headers)
 
 
 def operator_id(at: datetime) -> str:
@@ -149,7 +126,7 @@ def split_phone(phone: str) -> tuple[str, str]:
     return (digits[:3], digits[3:]) if phone.startswith("+") else ("", digits)
 
 
-class CinetPaySandbox:
+class CinetPaySandbox(WireSandbox):
     """CinetPay's wire API and the sandbox's CinetPay control API over one state."""
 
     name = NAME
@@ -165,12 +142,10 @@ class CinetPaySandbox:
         base_url: Callable[[], str],
     ) -> None:
         """Serve CinetPay for one merchant account (``api_key``, ``site_id``, ``secret_key``)."""
-        self.state = state
-        self.notifier = notifier
+        super().__init__(state, notifier, base_url=base_url)
         self.api_key = api_key
         self.site_id = site_id
         self.secret_key = secret_key
-        self._base_url = base_url
 
     def register(self, router: Router) -> None:
         """Add the wire routes and the ``/_sandbox/cinetpay/...`` control routes."""
@@ -256,22 +231,12 @@ class CinetPaySandbox:
             txn = self.find(str(body.get("transaction_id") or ""), str(body.get("token") or ""))
             if txn is None:
                 return _answer("627", "TRANSACTION_CANCEL", "transaction not found", data=None)
-            txn.check_count += 1
-            fault = txn.faults.popleft() if txn.faults else None
-            if fault is not None:
-                forced = fault_response(fault, _http_error_body)
-                if forced is not None:
-                    return forced
-            if txn.status == WAITING and txn.scripted and txn.fate in _FINAL_STATUS:
-                if txn.waiting_answers >= txn.pending_checks:
-                    self.transition(txn, _FINAL_STATUS[txn.fate])
-                else:
-                    txn.waiting_answers += 1
-            elif txn.status == WAITING:
-                txn.waiting_answers += 1
+            fault, forced = take_fault(txn, _http_error_body)
+            if forced is not None:
+                return forced
+            advance_fate(txn, waiting=(WAITING,), final=_FINAL_STATUS, transition=partial(self.transition, txn))
             response = self._check_answer(txn)
-        # A delay-only fault: answer normally, but slowly (the state has moved on regardless).
-        return response if fault is None else replace(response, delay=fault.delay)
+        return slowed(response, fault)
 
     def find(self, transaction_id: str, token: str) -> Transaction | None:
         """A transaction by id, else by ``payment_token`` (caller holds the lock)."""
@@ -319,21 +284,8 @@ class CinetPaySandbox:
         body, token = build_notification(self.notification_fields(txn), self.secret_key)
         headers = {"Content-Type": "application/x-www-form-urlencoded", "x-token": token}
         record: dict[str, Any] = {"kind": "auto", "status": status, "url": txn.notify_url}
-        txn.notifications.append(record)
-        if txn.notify_url == ENQUEUE:
-
-            def enqueued(ok: bool, error: str | None) -> None:
-                with self.state.lock:
-                    record.update(enqueued=ok, error=error)
-
-            self.notifier.enqueue_later(webhook_envelope("POST", body, headers), enqueued)
-            return
-
-        def delivered(http_status: int | None, error: str | None) -> None:
-            with self.state.lock:
-                record.update(delivered=http_status, error=error)
-
-        self.notifier.send_later("POST", txn.notify_url, body, headers, delivered)
+        envelope = webhook_envelope("POST", body, headers)
+        self.notify_later(txn, record, method="POST", url=txn.notify_url, body=body, headers=headers, envelope=envelope)
 
     def notification_fields(self, txn: Transaction) -> dict[str, str]:
         """The ``cpm_*`` form fields CinetPay would post about ``txn`` now."""

@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import re
 import secrets
-from typing import Any, Final
+from collections.abc import Callable
+from typing import Any
 from urllib.parse import quote
 
 from providers.cinetpay import build_notification
 from providers.sandbox.cinetpay import (
     ACCEPTED,
-    ENQUEUE,
-    NAME,
     START_STATUS,
     STATUSES,
     CinetPaySandbox,
@@ -23,35 +22,19 @@ from providers.sandbox.cinetpay import (
     operator_id,
     webhook_envelope,
 )
+from providers.sandbox.control import CREATE_KEYS, NOTIFICATION_KEYS, ProviderControl, check_method
 from providers.sandbox.state import (
-    FATES,
     ControlError,
     Transaction,
     check_currency,
     check_keys,
     check_transaction_id,
-    check_url,
+    get_bool,
     get_int,
     get_str,
     parse_faults,
 )
 from providers.sandbox.web import Request, Response, Router, json_response
-
-_CREATE_KEYS: Final = {
-    "transaction_id",
-    "amount",
-    "currency",
-    "fate",
-    "pending_checks",
-    "confirm_amount",
-    "confirm_currency",
-    "faults",
-    "payment_method",
-    "phone",
-    "notify_url",
-    "description",
-    "metadata",
-}
 
 
 def _check_phone(value: str | None) -> str:
@@ -60,42 +43,28 @@ def _check_phone(value: str | None) -> str:
     return value
 
 
-def _no_broker(what: str) -> ControlError:
-    return ControlError(f"{what} needs a sandbox started with a broker_url (SandboxServer(broker_url=...))")
-
-
-class CinetPayControl:
+class CinetPayControl(ProviderControl[CinetPaySandbox, Transaction]):
     """Control routes over one ``CinetPaySandbox`` (its state, credentials and notifier)."""
 
-    def __init__(self, wire: CinetPaySandbox) -> None:
-        """Control ``wire``'s transactions."""
-        self.wire = wire
+    transaction_type = Transaction
+    statuses = STATUSES
+    create_keys = CREATE_KEYS | {"transaction_id", "payment_method", "phone", "description", "metadata"}
+    notification_keys = NOTIFICATION_KEYS | {"ping"}
 
     def register(self, router: Router) -> None:
         """Add the ``/_sandbox/cinetpay/...`` routes."""
-        control = "/_sandbox/cinetpay"
-        router.add("GET", f"{control}/transactions", self.list_transactions)
-        router.add("POST", f"{control}/transactions", self.create_transaction)
-        router.add("GET", f"{control}/transactions/{{id}}", self.get_transaction)
-        router.add("POST", f"{control}/transactions/{{id}}/status", self.force_status)
-        router.add("POST", f"{control}/transactions/{{id}}/notification", self.notification)
+        super().register(router)
+        control = f"/_sandbox/{self.name}"
         router.add("POST", f"{control}/ping", self.ping)
         router.add("GET", f"{control}/checkout/{{token}}", self.checkout_page)
 
-    def create_transaction(self, request: Request) -> Response:
+    def _create(self, payload: dict[str, Any]) -> Response:
         """``POST /_sandbox/cinetpay/transactions``: script a transaction (201)."""
-        payload = request.json_object()
-        check_keys(payload, set(_CREATE_KEYS), "transaction")
-        fate = payload.get("fate", "accepted")
-        if fate not in FATES:
-            raise ControlError(f"fate must be one of {', '.join(FATES)}, got {fate!r}")
-        amount = get_int(payload, "amount", minimum=1)
-        if amount is None:
-            raise ControlError("amount (integer, minor units) is required")
+        fate, amount = self._fate_and_amount(payload)
         confirm_currency = payload.get("confirm_currency")
         created = now()
         txn = Transaction(
-            provider=NAME,
+            provider=self.name,
             transaction_id=check_transaction_id(payload.get("transaction_id")),
             amount=amount,
             currency=check_currency(payload.get("currency", "XOF")),
@@ -115,53 +84,26 @@ class CinetPayControl:
         txn.faults.extend(parse_faults(payload.get("faults")))
         if txn.status == ACCEPTED:
             txn.paid_at, txn.operator_id = created, operator_id(created)
-        self.wire.state.add(txn)
-        with self.wire.state.lock:
-            return json_response(201, txn.to_json())
+        return self._created(txn)
 
-    def list_transactions(self, request: Request) -> Response:
-        """``GET /_sandbox/cinetpay/transactions``: every transaction."""
-        with self.wire.state.lock:
-            return json_response(200, [t.to_json() for t in self.wire.state.transactions(NAME).values()])
+    def _status_change(self, payload: dict[str, Any]) -> Callable[[Transaction, str], None]:
+        return self.wire.transition
 
-    def get_transaction(self, request: Request) -> Response:
-        """``GET /_sandbox/cinetpay/transactions/{id}``: state, ``check_count``, notifications."""
-        txn = self.wire.state.get(NAME, request.params["id"])
-        with self.wire.state.lock:
-            return json_response(200, txn.to_json())
-
-    def force_status(self, request: Request) -> Response:
-        """``POST .../transactions/{id}/status`` ``{"status"}``: change now, notify, stop the script."""
-        payload = request.json_object()
-        check_keys(payload, {"status"}, "status change")
-        status = payload.get("status")
-        if status not in STATUSES:
-            raise ControlError(f"status must be one of {', '.join(STATUSES)}, got {status!r}")
-        txn = self.wire.state.get(NAME, request.params["id"])
-        with self.wire.state.lock:
-            txn.scripted = False
-            self.wire.transition(txn, status)
-            return json_response(200, txn.to_json())
-
-    def notification(self, request: Request) -> Response:
+    def _notification(self, payload: dict[str, Any], transaction_id: str) -> Response:
         """``POST .../transactions/{id}/notification``: a signed (or forged) notification.
 
         Body: ``forged`` (sign with a wrong key), ``tamper`` (fields changed after
         signing), ``deliver_to`` (also send it there), ``enqueue`` (also publish it on
         the broker), ``method``, ``ping``.
         """
-        payload = request.json_object()
-        check_keys(payload, {"forged", "tamper", "deliver_to", "enqueue", "method", "ping"}, "notification")
         if payload.get("ping"):
             return self._ping(payload)
-        forged, tamper = payload.get("forged", False), payload.get("tamper") or {}
-        if not isinstance(forged, bool):
-            raise ControlError("forged must be true or false")
+        forged, tamper = get_bool(payload, "forged"), payload.get("tamper") or {}
         if not isinstance(tamper, dict) or not all(isinstance(v, str) for v in tamper.values()):
             raise ControlError("tamper must be an object of field name -> string value")
-        method = self._method(payload)
+        method = check_method(payload)
         self._enqueue_flag(payload)  # a bad flag fails before anything is recorded
-        txn = self.wire.state.get(NAME, request.params["id"])
+        txn = self.find(transaction_id)
         with self.wire.state.lock:
             fields = self.wire.notification_fields(txn)
         key = secrets.token_hex(16) if forged else self.wire.secret_key
@@ -169,14 +111,9 @@ class CinetPayControl:
         if tamper:
             body, _ = build_notification({**fields, **tamper}, key)
         headers = {"Content-Type": "application/x-www-form-urlencoded", "x-token": token}
-        result = self._deliver(method, body, headers, payload)
+        result = self._deliver_as_asked(method, body, headers, webhook_envelope(method, body, headers), payload)
         record = {"kind": "manual", "status": fields["cpm_error_message"], "forged": forged}
-        record |= {"tampered": sorted(tamper), "url": payload.get("deliver_to")}
-        record |= {"delivered": result["delivered"], "error": result["delivery_error"]}
-        record |= {"enqueued": result["enqueued"], "enqueue_error": result["enqueue_error"]}
-        with self.wire.state.lock:
-            txn.notifications.append(record)
-        return json_response(200, result)
+        return self._recorded(txn, record, tamper=tamper, url=payload.get("deliver_to"), result=result)
 
     def ping(self, request: Request) -> Response:
         """``POST /_sandbox/cinetpay/ping`` ``{"deliver_to"?, "enqueue"?}``: CinetPay's empty GET."""
@@ -185,7 +122,7 @@ class CinetPayControl:
         return self._ping(payload)
 
     def _ping(self, payload: dict[str, Any]) -> Response:
-        return json_response(200, self._deliver("GET", "", {}, payload))
+        return json_response(200, self._deliver_as_asked("GET", "", {}, webhook_envelope("GET", "", {}), payload))
 
     def checkout_page(self, request: Request) -> Response:
         """``GET /_sandbox/cinetpay/checkout/{token}``: the ``payment_url`` of an init, as JSON."""
@@ -196,44 +133,3 @@ class CinetPayControl:
             path = f"/_sandbox/cinetpay/transactions/{quote(txn.transaction_id, safe='')}/status"
             hint = f'POST {path} {{"status": "ACCEPTED"}} (or REFUSED) to complete this payment'
             return json_response(200, {"transaction": txn.to_json(), "how_to_pay": hint})
-
-    @staticmethod
-    def _method(payload: dict[str, Any]) -> str:
-        method = payload.get("method", "POST")
-        if not isinstance(method, str) or not method.isalpha() or not 3 <= len(method) <= 7:
-            raise ControlError(f"method must be an HTTP method, got {method!r}")
-        return method.upper()
-
-    def _notify_url(self, value: Any) -> str | None:
-        if value == ENQUEUE:
-            if not self.wire.notifier.can_enqueue:
-                raise _no_broker('notify_url "enqueue"')
-            return ENQUEUE
-        try:
-            return check_url(value, "notify_url")
-        except ControlError:
-            raise ControlError(f'notify_url must be an absolute http(s) URL or "enqueue", got {value!r}') from None
-
-    def _enqueue_flag(self, payload: dict[str, Any]) -> bool:
-        enqueue = payload.get("enqueue", False)
-        if not isinstance(enqueue, bool):
-            raise ControlError("enqueue must be true or false")
-        if enqueue and not self.wire.notifier.can_enqueue:
-            raise _no_broker('"enqueue": true')
-        return enqueue
-
-    def _deliver(self, method: str, body: str, headers: dict[str, str], payload: dict[str, Any]) -> dict[str, Any]:
-        deliver_to = check_url(payload.get("deliver_to"), "deliver_to")
-        enqueue = self._enqueue_flag(payload)
-        envelope = webhook_envelope(method, body, headers)
-        delivered, error = (None, None)
-        if deliver_to is not None:
-            delivered, error = self.wire.notifier.send(method, deliver_to, body, headers)
-        enqueued, enqueue_error = self.wire.notifier.enqueue(envelope) if enqueue else (False, None)
-        return {
-            "envelope": envelope,
-            "delivered": delivered,
-            "delivery_error": error,
-            "enqueued": enqueued,
-            "enqueue_error": enqueue_error,
-        }

@@ -86,8 +86,9 @@ import re
 import secrets
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any, Final
 from urllib.parse import parse_qs, urlsplit
 
@@ -100,8 +101,10 @@ from providers.mtn_momo import (
     basic_auth,
     is_uuid4,
 )
+from providers.sandbox import wire
 from providers.sandbox.state import ControlError, SandboxState, Transaction, check_url
-from providers.sandbox.web import Notifier, Request, Response, Router, fault_response, json_response
+from providers.sandbox.web import Notifier, Request, Response, Router, json_response
+from providers.sandbox.wire import ENQUEUE, WireSandbox, advance_fate, slowed, take_fault
 from schemas.currency import MINOR_UNIT_EXPONENT, AmountError, to_major, to_minor
 
 NAME: Final = "mtn_momo"
@@ -113,8 +116,6 @@ DEFAULT_PAYER: Final = "46733123453"
 DEFAULT_REASON: Final = "APPROVAL_REJECTED"
 #: Path of a notification's envelope when it is not delivered to a URL.
 CALLBACK_PATH: Final = "/momo/callback"
-#: The ``notify_url`` (control API only) that enqueues callbacks on the broker instead of sending them.
-ENQUEUE: Final = "enqueue"
 FORGED_HOST: Final = "forged.invalid"
 
 START_STATUS: Final = {
@@ -319,20 +320,10 @@ def webhook_envelope(
     method: str, path: str, query: dict[str, str | list[str]], body: str, headers: dict[str, str]
 ) -> dict[str, Any]:
     """The ``payrecon.webhook/1`` envelope payrecon's receiver would build for this callback."""
-    return {
-        "schema": "payrecon.webhook/1",
-        "provider": NAME,
-        "received_at": datetime.now(UTC).isoformat(timespec="milliseconds"),
-        "method": method,
-        "path": path,
-        "query": query,
-        "headers": headers,
-        "body": body,
-        "receiver": "payrecon-sandbox",
-    }
+    return wire.webhook_envelope(NAME, method, path, body, headers, query=query)
 
 
-class MtnMomoSandbox:
+class MtnMomoSandbox(WireSandbox):
     """MoMo's Collection wire API and the sandbox's ``/_sandbox/mtn_momo`` control API over one state."""
 
     name = NAME
@@ -341,10 +332,8 @@ class MtnMomoSandbox:
         self, state: SandboxState, notifier: Notifier, config: MtnMomoConfig, *, base_url: Callable[[], str]
     ) -> None:
         """Serve MoMo Collection for one API user and subscription (``config``)."""
-        self.state = state
-        self.notifier = notifier
+        super().__init__(state, notifier, base_url=base_url)
         self.config = config
-        self._base_url = base_url
         #: Issued tokens → the ``config.clock()`` value at which they expire. Under ``state.lock``.
         self.tokens: dict[str, float] = {}
         self.tokens_issued = 0
@@ -473,37 +462,20 @@ class MtnMomoSandbox:
             txn = self.state.transactions(NAME).get(request.params["reference"])
             if not isinstance(txn, MomoTransaction):
                 return not_found
-            txn.check_count += 1
             txn.tokens_used.add(token)
-            fault = txn.faults.popleft() if txn.faults else None
-            if fault is not None:
-                forced = fault_response(fault, error_body)
-                if forced is not None:
-                    return forced
+            fault, forced = take_fault(txn, error_body)
+            if forced is not None:
+                return forced
             if txn.not_found_answers < txn.not_found_checks or (
                 self.config.clock() - txn.created_clock < self.config.not_found_window
             ):
                 txn.not_found_answers += 1
-                return not_found if fault is None else replace(not_found, delay=fault.delay)
-            if txn.status == PENDING and txn.scripted and txn.fate in FINAL_STATUS:
-                if txn.waiting_answers >= txn.pending_checks:
-                    self.transition(txn, FINAL_STATUS[txn.fate])
-                else:
-                    txn.waiting_answers += 1
-            elif txn.status == PENDING:
-                txn.waiting_answers += 1
+                return slowed(not_found, fault)
+            advance_fate(txn, waiting=(PENDING,), final=FINAL_STATUS, transition=partial(self.transition, txn))
             response = json_response(200, status_body(txn))
-        # A delay-only fault: answer normally, but slowly.
-        return response if fault is None else replace(response, delay=fault.delay)
+        return slowed(response, fault)
 
     # ------------------------------------------------------------------ state changes
-
-    def get(self, reference: str) -> MomoTransaction:
-        """A transaction by reference, or ``ControlError`` 404."""
-        txn = self.state.get(NAME, reference)
-        if not isinstance(txn, MomoTransaction):  # pragma: no cover - only this module stores them
-            raise ControlError(f"no {NAME} transaction {reference!r}", status=404)
-        return txn
 
     def transition(self, txn: MomoTransaction, status: str, reason: str | None = None) -> None:
         """Change status (caller holds the lock) and call back ``notify_url`` if it changed."""
@@ -520,21 +492,7 @@ class MtnMomoSandbox:
         method = self.config.callback_method
         envelope, body, headers = self.callback(txn, method=method, url=txn.notify_url)
         record: dict[str, Any] = {"kind": "auto", "status": status, "method": method, "url": txn.notify_url}
-        txn.notifications.append(record)
-        if txn.notify_url == ENQUEUE:
-
-            def enqueued(ok: bool, error: str | None) -> None:
-                with self.state.lock:
-                    record.update(enqueued=ok, error=error)
-
-            self.notifier.enqueue_later(envelope, enqueued)
-            return
-
-        def delivered(http_status: int | None, error: str | None) -> None:
-            with self.state.lock:
-                record.update(delivered=http_status, error=error)
-
-        self.notifier.send_later(method, txn.notify_url, body, headers, delivered)
+        self.notify_later(txn, record, method=method, url=txn.notify_url, body=body, headers=headers, envelope=envelope)
 
     def callback(
         self,

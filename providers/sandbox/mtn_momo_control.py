@@ -7,14 +7,14 @@ existing reference → 409) are documented in ``providers/sandbox/mtn_momo.py``.
 from __future__ import annotations
 
 import re
-from typing import Any, Final
+from collections.abc import Callable
+from typing import Any
 
 from providers.mtn_momo import SUCCESSFUL, is_uuid4
+from providers.sandbox.control import CREATE_KEYS, ProviderControl, check_method
 from providers.sandbox.mtn_momo import (
     DEFAULT_PAYER,
     DEFAULT_REASON,
-    ENQUEUE,
-    NAME,
     START_STATUS,
     STATUSES,
     MomoTransaction,
@@ -24,37 +24,16 @@ from providers.sandbox.mtn_momo import (
     now,
 )
 from providers.sandbox.state import (
-    FATES,
     ControlError,
     check_currency,
-    check_keys,
     check_url,
+    get_bool,
     get_int,
     get_str,
     parse_faults,
 )
 from providers.sandbox.web import Request, Response, Router, json_response
 
-_CREATE_KEYS: Final = {
-    "reference",
-    "amount",
-    "currency",
-    "fate",
-    "pending_checks",
-    "confirm_amount",
-    "confirm_currency",
-    "faults",
-    "notify_url",
-    "payer",
-    "external_id",
-    "payer_message",
-    "payee_note",
-    "reason",
-    "reason_format",
-    "not_found_checks",
-    "callbacks",
-}
-_NOTIFICATION_KEYS: Final = {"forged", "tamper", "deliver_to", "enqueue", "method"}
 _MSISDN = re.compile(r"^\d{6,15}$")
 
 
@@ -65,47 +44,36 @@ def check_reference(value: Any) -> str:
     return value
 
 
-def _bool(payload: dict[str, Any], key: str, default: bool) -> bool:
-    value = payload.get(key, default)
-    if not isinstance(value, bool):
-        raise ControlError(f"{key} must be true or false")
-    return value
-
-
-def _no_broker(what: str) -> ControlError:
-    return ControlError(f"{what} needs a sandbox started with a broker_url (SandboxServer(broker_url=...))")
-
-
-class MtnMomoControl:
+class MtnMomoControl(ProviderControl[MtnMomoSandbox, MomoTransaction]):
     """Control routes over one ``MtnMomoSandbox`` (its state, config and notifier)."""
 
-    def __init__(self, wire: MtnMomoSandbox) -> None:
-        """Control ``wire``'s transactions and tokens."""
-        self.wire = wire
+    transaction_type = MomoTransaction
+    statuses = STATUSES
+    status_keys = frozenset({"status", "reason"})
+    create_keys = CREATE_KEYS | {
+        "reference",
+        "payer",
+        "external_id",
+        "payer_message",
+        "payee_note",
+        "reason",
+        "reason_format",
+        "not_found_checks",
+        "callbacks",
+    }
 
     def register(self, router: Router) -> None:
         """Add the ``/_sandbox/mtn_momo/...`` routes."""
-        control = f"/_sandbox/{NAME}"
-        router.add("GET", f"{control}/transactions", self.list_transactions)
-        router.add("POST", f"{control}/transactions", self.create_transaction)
-        router.add("GET", f"{control}/transactions/{{reference}}", self.get_transaction)
-        router.add("POST", f"{control}/transactions/{{reference}}/status", self.force_status)
-        router.add("POST", f"{control}/transactions/{{reference}}/notification", self.notification)
+        super().register(router)
+        control = f"/_sandbox/{self.name}"
         router.add("GET", f"{control}/tokens", self.tokens)
         router.add("POST", f"{control}/tokens/expire", self.expire_tokens)
 
     # ------------------------------------------------------------------ transactions
 
-    def create_transaction(self, request: Request) -> Response:
+    def _create(self, payload: dict[str, Any]) -> Response:
         """``POST /_sandbox/mtn_momo/transactions``: script a request to pay (201)."""
-        payload = request.json_object()
-        check_keys(payload, set(_CREATE_KEYS), "transaction")
-        fate = payload.get("fate", "accepted")
-        if fate not in FATES:
-            raise ControlError(f"fate must be one of {', '.join(FATES)}, got {fate!r}")
-        amount = get_int(payload, "amount", minimum=1)
-        if amount is None:
-            raise ControlError("amount (integer, minor units) is required")
+        fate, amount = self._fate_and_amount(payload)
         reference = check_reference(payload.get("reference"))
         confirm_currency = payload.get("confirm_currency")
         payer = get_str(payload, "payer", default=DEFAULT_PAYER) or ""
@@ -116,7 +84,7 @@ class MtnMomoControl:
             raise ControlError(f'reason_format must be "string" or "object", got {reason_format!r}')
         created = now()
         txn = MomoTransaction(
-            provider=NAME,
+            provider=self.name,
             transaction_id=reference,
             amount=amount,
             currency=check_currency(payload.get("currency", "XOF")),
@@ -135,86 +103,42 @@ class MtnMomoControl:
             reason=check_reason(payload.get("reason", DEFAULT_REASON)),
             reason_format=reason_format,
             not_found_checks=get_int(payload, "not_found_checks", default=0) or 0,
-            callbacks=_bool(payload, "callbacks", True),
+            callbacks=get_bool(payload, "callbacks", default=True),
             created_clock=self.wire.config.clock(),
         )
         txn.faults.extend(parse_faults(payload.get("faults")))
         if txn.status == SUCCESSFUL:
             txn.paid_at, txn.financial_transaction_id = created, financial_transaction_id()
-        self.wire.state.add(txn)
-        with self.wire.state.lock:
-            return json_response(201, txn.to_json())
+        return self._created(txn)
 
-    def list_transactions(self, request: Request) -> Response:
-        """``GET /_sandbox/mtn_momo/transactions``: every transaction."""
-        with self.wire.state.lock:
-            store = self.wire.state.transactions(NAME).values()
-            return json_response(200, [t.to_json() for t in store])
-
-    def get_transaction(self, request: Request) -> Response:
-        """``GET /_sandbox/mtn_momo/transactions/{reference}``: state, counters, callbacks."""
-        txn = self.wire.get(request.params["reference"])
-        with self.wire.state.lock:
-            return json_response(200, txn.to_json())
-
-    def force_status(self, request: Request) -> Response:
-        """``POST .../transactions/{reference}/status`` ``{"status", "reason"?}``: change now, call back."""
-        payload = request.json_object()
-        check_keys(payload, {"status", "reason"}, "status change")
-        status = payload.get("status")
-        if status not in STATUSES:
-            raise ControlError(f"status must be one of {', '.join(STATUSES)}, got {status!r}")
+    def _status_change(self, payload: dict[str, Any]) -> Callable[[MomoTransaction, str], None]:
+        """``{"status", "reason"?}``: the reason reported once FAILED may change too."""
         reason = None if payload.get("reason") is None else check_reason(payload["reason"])
-        txn = self.wire.get(request.params["reference"])
-        with self.wire.state.lock:
-            txn.scripted = False
-            self.wire.transition(txn, status, reason)
-            return json_response(200, txn.to_json())
+        return lambda txn, status: self.wire.transition(txn, status, reason)
 
-    def notification(self, request: Request) -> Response:
+    def _notification(self, payload: dict[str, Any], transaction_id: str) -> Response:
         """``POST .../transactions/{reference}/notification``: a MoMo callback (or a forged one).
 
         Body: ``forged`` (a third party's callback), ``tamper`` (body fields changed),
         ``deliver_to`` (also send it there), ``enqueue`` (also publish it on the broker),
         ``method`` (default PUT).
         """
-        payload = request.json_object()
-        check_keys(payload, set(_NOTIFICATION_KEYS), "notification")
-        forged = _bool(payload, "forged", False)
+        forged = get_bool(payload, "forged")
         tamper = payload.get("tamper") or {}
         if not isinstance(tamper, dict):
             raise ControlError("tamper must be an object of body field -> JSON value")
-        method = payload.get("method", "PUT")
-        if not isinstance(method, str) or not method.isalpha() or not 3 <= len(method) <= 7:
-            raise ControlError(f"method must be an HTTP method, got {method!r}")
-        method = method.upper()
+        method = check_method(payload, "PUT")
         deliver_to = check_url(payload.get("deliver_to"), "deliver_to")
         enqueue = self._enqueue_flag(payload)
-        txn = self.wire.get(request.params["reference"])
+        txn = self.find(transaction_id)
         with self.wire.state.lock:
             status = txn.status
             envelope, body, headers = self.wire.callback(
                 txn, method=method, url=deliver_to, forged=forged, tamper=tamper
             )
-        delivered, error = (None, None)
-        if deliver_to is not None:
-            delivered, error = self.wire.notifier.send(method, deliver_to, body, headers)
-        enqueued, enqueue_error = self.wire.notifier.enqueue(envelope) if enqueue else (False, None)
+        result = self._deliver(method, body, headers, envelope, deliver_to=deliver_to, enqueue=enqueue)
         record = {"kind": "manual", "status": status, "method": method, "forged": forged}
-        record |= {"tampered": sorted(tamper), "url": deliver_to, "delivered": delivered, "error": error}
-        record |= {"enqueued": enqueued, "enqueue_error": enqueue_error}
-        with self.wire.state.lock:
-            txn.notifications.append(record)
-        return json_response(
-            200,
-            {
-                "envelope": envelope,
-                "delivered": delivered,
-                "delivery_error": error,
-                "enqueued": enqueued,
-                "enqueue_error": enqueue_error,
-            },
-        )
+        return self._recorded(txn, record, tamper=tamper, url=deliver_to, result=result)
 
     # ------------------------------------------------------------------ tokens
 
@@ -234,21 +158,3 @@ class MtnMomoControl:
             expired = sum(1 for expires in wire.tokens.values() if clock < expires)
             wire.tokens = dict.fromkeys(wire.tokens, clock)
             return json_response(200, {"expired": expired})
-
-    # ------------------------------------------------------------------ helpers
-
-    def _notify_url(self, value: Any) -> str | None:
-        if value == ENQUEUE:
-            if not self.wire.notifier.can_enqueue:
-                raise _no_broker('notify_url "enqueue"')
-            return ENQUEUE
-        try:
-            return check_url(value, "notify_url")
-        except ControlError:
-            raise ControlError(f'notify_url must be an absolute http(s) URL or "enqueue", got {value!r}') from None
-
-    def _enqueue_flag(self, payload: dict[str, Any]) -> bool:
-        enqueue = _bool(payload, "enqueue", False)
-        if enqueue and not self.wire.notifier.can_enqueue:
-            raise _no_broker('"enqueue": true')
-        return enqueue

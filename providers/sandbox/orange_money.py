@@ -85,13 +85,16 @@ import json
 import secrets
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any, Final
 from urllib.parse import quote
 
+from providers.sandbox import wire
 from providers.sandbox.state import ControlError, SandboxState, Transaction, check_transaction_id, check_url
-from providers.sandbox.web import Notifier, Request, Response, Router, fault_response, json_response
+from providers.sandbox.web import Notifier, Request, Response, Router, json_response
+from providers.sandbox.wire import WireSandbox, advance_fate, slowed, take_fault
 from schemas.currency import MINOR_UNIT_EXPONENT, AmountError, to_major, to_minor
 
 NAME: Final = "orange_money"
@@ -108,7 +111,6 @@ NOTIFIED_STATUSES: Final = (SUCCESS, FAILED)
 DEV_CURRENCY: Final = "OUV"
 DEV_CURRENCY_BOOKED_AS: Final = "XOF"
 NOTIFY_PATH: Final = "/orange/notify"
-ENQUEUE: Final = "enqueue"
 TOKEN_PATH: Final = "/oauth/v3/token"  # noqa: S105 - a URL path, not a secret
 API_PREFIX: Final = "/orange-money-webpay"
 
@@ -222,17 +224,7 @@ def notify_path(order_id: str) -> str:
 
 def webhook_envelope(method: str, path: str, body: str, headers: dict[str, str]) -> dict[str, Any]:
     """The ``payrecon.webhook/1`` envelope payrecon's receiver would build for this notification."""
-    return {
-        "schema": "payrecon.webhook/1",
-        "provider": NAME,
-        "received_at": datetime.now(UTC).isoformat(timespec="milliseconds"),
-        "method": method,
-        "path": path,
-        "query": {},
-        "headers": headers,
-        "body": body,
-        "receiver": "payrecon-sandbox",
-    }
+    return wire.webhook_envelope(NAME, method, path, body, headers)
 
 
 def _gateway_error(status: int, code: int, message: str, description: str) -> Response:
@@ -252,7 +244,7 @@ def _http_error_body(status: int) -> dict[str, Any]:
     return {"code": status, "message": "SANDBOX_FAULT", "description": f"injected HTTP {status}"}
 
 
-class OrangeMoneySandbox:
+class OrangeMoneySandbox(WireSandbox):
     """Orange WebPay's wire API and the sandbox's ``orange_money`` control API over one state."""
 
     name = NAME
@@ -261,10 +253,8 @@ class OrangeMoneySandbox:
         self, state: SandboxState, notifier: Notifier, config: OrangeMoneyConfig, *, base_url: Callable[[], str]
     ) -> None:
         """Serve Orange WebPay for one application (``config``'s credentials)."""
-        self.state = state
-        self.notifier = notifier
+        super().__init__(state, notifier, base_url=base_url)
         self.config = config
-        self._base_url = base_url
         #: access_token → monotonic expiry; guarded by ``state.lock``.
         self.tokens: dict[str, float] = {}
         self.tokens_issued = 0
@@ -351,6 +341,20 @@ class OrangeMoneySandbox:
             )
         return self._bearer_error(request)
 
+    def _request_error(
+        self, request: Request, body: dict[str, Any] | None, required: tuple[str, ...]
+    ) -> Response | None:
+        """The answer to a business call refused by the gateway or missing ``required`` fields, else None."""
+        error = self._api_error(request)
+        if error is not None:
+            return error
+        if body is None:
+            return _webpay_error(400, "Bad Request", "body must be a JSON object")
+        missing = [key for key in required if body.get(key) in (None, "")]
+        if missing:
+            return _webpay_error(400, "Bad Request", f"missing: {', '.join(missing)}")
+        return None
+
     def token_stats(self) -> dict[str, Any]:
         """Issued and still valid tokens."""
         with self.state.lock:
@@ -370,15 +374,10 @@ class OrangeMoneySandbox:
 
     def wire_init(self, request: Request) -> Response:
         """``POST .../webpayment``: create an INITIATED order, answer 201 with its tokens."""
-        error = self._api_error(request)
-        if error is not None:
-            return error
         body = request.form_or_json()
-        if body is None:
-            return _webpay_error(400, "Bad Request", "body must be a JSON object")
-        missing = [key for key in _INIT_REQUIRED if body.get(key) in (None, "")]
-        if missing:
-            return _webpay_error(400, "Bad Request", f"missing: {', '.join(missing)}")
+        error = self._request_error(request, body, _INIT_REQUIRED)
+        if error is not None or body is None:
+            return error or _webpay_error(400, "Bad Request", "body must be a JSON object")
         if not hmac.compare_digest(str(body["merchant_key"]).encode(), self.config.merchant_key.encode()):
             return _webpay_error(403, "Forbidden", "invalid merchant_key")
         amount = body["amount"]
@@ -428,15 +427,10 @@ class OrangeMoneySandbox:
 
     def wire_status(self, request: Request) -> Response:
         """``POST .../transactionstatus``: answer from the order's status and fate."""
-        error = self._api_error(request)
-        if error is not None:
-            return error
         body = request.form_or_json()
-        if body is None:
-            return _webpay_error(400, "Bad Request", "body must be a JSON object")
-        missing = [key for key in ("order_id", "amount", "pay_token") if body.get(key) in (None, "")]
-        if missing:
-            return _webpay_error(400, "Bad Request", f"missing: {', '.join(missing)}")
+        error = self._request_error(request, body, ("order_id", "amount", "pay_token"))
+        if error is not None or body is None:
+            return error or _webpay_error(400, "Bad Request", "body must be a JSON object")
         amount = body["amount"]
         if isinstance(amount, str) and amount.isdigit():
             amount = int(amount)
@@ -446,31 +440,18 @@ class OrangeMoneySandbox:
             txn = self.find(str(body["order_id"]))
             if txn is None:
                 return _webpay_error(404, "Not Found", "no transaction for this order_id")
-            txn.check_count += 1
-            fault = txn.faults.popleft() if txn.faults else None
-            if fault is not None:
-                forced = fault_response(fault, _http_error_body)
-                if forced is not None:
-                    return forced
+            fault, forced = take_fault(txn, _http_error_body)
+            if forced is not None:
+                return forced
             if not hmac.compare_digest(str(body["pay_token"]).encode(), txn.payment_token.encode()):
                 return _webpay_error(400, "Bad Request", "invalid pay_token for this order_id")
             if to_minor(amount, txn.currency) != txn.amount:
                 return _webpay_error(400, "Bad Request", "amount does not match the transaction")
-            self._advance(txn)
+            advance_fate(txn, waiting=WAITING_STATUSES, final=_FINAL_STATUS, transition=partial(self.transition, txn))
             response = self._status_answer(txn)
             if txn.status == INITIATED and txn.scripted:
                 txn.status = PENDING  # the payer clicked "Confirmer": Orange is processing (not notified)
-        # A delay-only fault: answer normally, but slowly (the state has moved on regardless).
-        return response if fault is None else replace(response, delay=fault.delay)
-
-    def _advance(self, txn: OrangeTransaction) -> None:
-        """Play the fate's script for one status call (caller holds the lock)."""
-        if txn.status not in WAITING_STATUSES:
-            return
-        if txn.scripted and txn.fate in _FINAL_STATUS and txn.waiting_answers >= txn.pending_checks:
-            self.transition(txn, _FINAL_STATUS[txn.fate])
-        else:
-            txn.waiting_answers += 1
+        return slowed(response, fault)
 
     def _status_answer(self, txn: OrangeTransaction) -> Response:
         payload: dict[str, Any] = {"status": txn.status, "order_id": txn.transaction_id, "txnid": txn.operator_id}
@@ -483,13 +464,6 @@ class OrangeMoneySandbox:
         """An order by id (caller holds the lock)."""
         txn = self.state.transactions(NAME).get(order_id)
         return txn if isinstance(txn, OrangeTransaction) else None
-
-    def get(self, order_id: str) -> OrangeTransaction:
-        """An order by id, or ``ControlError`` 404."""
-        txn = self.state.get(NAME, order_id)
-        if not isinstance(txn, OrangeTransaction):  # pragma: no cover - only this module stores them
-            raise ControlError(f"no {NAME} transaction {order_id!r}", status=404)
-        return txn
 
     def payment_url(self, txn: OrangeTransaction) -> str:
         """Where the payer would pay (the sandbox shows the order and how to complete it)."""
@@ -534,22 +508,8 @@ class OrangeMoneySandbox:
         body = self.notification_body(txn)
         headers = {"Content-Type": "application/json"}
         record: dict[str, Any] = {"kind": "auto", "status": status, "url": txn.notify_url}
-        txn.notifications.append(record)
-        if txn.notify_url == ENQUEUE:
-
-            def enqueued(ok: bool, error: str | None) -> None:
-                with self.state.lock:
-                    record.update(enqueued=ok, error=error)
-
-            envelope = webhook_envelope("POST", notify_path(txn.transaction_id), body, headers)
-            self.notifier.enqueue_later(envelope, enqueued)
-            return
-
-        def delivered(http_status: int | None, error: str | None) -> None:
-            with self.state.lock:
-                record.update(delivered=http_status, error=error)
-
-        self.notifier.send_later("POST", txn.notify_url, body, headers, delivered)
+        envelope = webhook_envelope("POST", notify_path(txn.transaction_id), body, headers)
+        self.notify_later(txn, record, method="POST", url=txn.notify_url, body=body, headers=headers, envelope=envelope)
 
     def notification_fields(self, txn: OrangeTransaction) -> dict[str, Any]:
         """The JSON fields Orange would post about ``txn`` now."""

@@ -11,7 +11,8 @@ provider's wire and control routes plus the shared ones:
 * ``POST /_sandbox/reset``: forget every transaction and fault.
 
 Adding a provider: write a class with ``name`` and ``register(router)`` next to
-``cinetpay.py`` and append it to ``SandboxServer.providers``.
+``cinetpay.py`` (``wire.WireSandbox`` and ``control.ProviderControl`` hold what the
+providers share) and append it to ``SandboxServer.providers``.
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 import threading
 from collections import deque
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Final
@@ -40,7 +41,7 @@ class ControlError(Exception):
 # --------------------------------------------------------------------------- validation helpers
 
 
-def check_keys(payload: dict[str, Any], allowed: set[str], what: str) -> None:
+def check_keys(payload: dict[str, Any], allowed: AbstractSet[str], what: str) -> None:
     """Refuse unknown keys: a typo in a fault or option must not be silently ignored."""
     unknown = sorted(set(payload) - allowed)
     if unknown:
@@ -64,6 +65,14 @@ def get_str(payload: dict[str, Any], key: str, *, default: str | None = None) ->
     value = payload.get(key, default)
     if value is not None and not isinstance(value, str):
         raise ControlError(f"{key} must be a string, got {value!r}")
+    return value
+
+
+def get_bool(payload: dict[str, Any], key: str, *, default: bool = False) -> bool:
+    """An optional JSON boolean."""
+    value = payload.get(key, default)
+    if not isinstance(value, bool):
+        raise ControlError(f"{key} must be true or false")
     return value
 
 

@@ -88,13 +88,16 @@ import re
 import secrets
 import string
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
+from functools import partial
 from typing import Any, Final
 from urllib.parse import quote
 
+from providers.sandbox import wire
 from providers.sandbox.state import ControlError, SandboxState, Transaction
-from providers.sandbox.web import Notifier, Request, Response, Router, fault_response, json_response
+from providers.sandbox.web import Notifier, Request, Response, Router, json_response
+from providers.sandbox.wire import WireSandbox, advance_fate, slowed, take_fault
 from providers.wave import signature_header
 from schemas.currency import AmountError, to_major, to_minor
 
@@ -119,7 +122,6 @@ START_STATUS: Final = {
     "waiting_then_refused": PROCESSING,
 }
 NOTIFY_PATH: Final = "/wave/webhook"
-ENQUEUE: Final = "enqueue"
 COMPLETED_EVENT: Final = "checkout.session.completed"
 PAYMENT_FAILED_EVENT: Final = "checkout.session.payment_failed"
 #: Currencies of Wave wallets (SN/CI/ML/BF in XOF, The Gambia, Uganda).
@@ -270,7 +272,7 @@ class WaveTransaction(Transaction):
         return out
 
 
-class WaveSandbox:
+class WaveSandbox(WireSandbox):
     """Wave's wire API and the sandbox's Wave control API over one state."""
 
     name = NAME
@@ -279,10 +281,8 @@ class WaveSandbox:
         self, state: SandboxState, notifier: Notifier, config: WaveConfig, *, base_url: Callable[[], str]
     ) -> None:
         """Serve Wave for one wallet (``config``: its API key, webhook secrets, statement paging)."""
-        self.state = state
-        self.notifier = notifier
+        super().__init__(state, notifier, base_url=base_url)
         self.config = config
-        self._base_url = base_url
 
     def register(self, router: Router) -> None:
         """Add the wire routes and the ``/_sandbox/wave/...`` control routes."""
@@ -491,23 +491,12 @@ class WaveSandbox:
 
     def _status_call(self, txn: WaveTransaction, answer: Callable[[], Any]) -> Response:
         """Count the call, apply the next per-transaction fault, advance the fate (lock held)."""
-        txn.check_count += 1
-        fault = txn.faults.popleft() if txn.faults else None
-        if fault is not None:
-            forced = fault_response(fault, _http_error_body)
-            if forced is not None:
-                return forced
+        fault, forced = take_fault(txn, _http_error_body)
+        if forced is not None:
+            return forced
         final = {"waiting_then_accepted": SUCCEEDED, "waiting_then_refused": txn.refused_status}
-        if txn.status == PROCESSING and txn.scripted and txn.fate in final:
-            if txn.waiting_answers >= txn.pending_checks:
-                self.transition(txn, final[txn.fate])
-            else:
-                txn.waiting_answers += 1
-        elif txn.status == PROCESSING:
-            txn.waiting_answers += 1
-        response = json_response(200, answer())
-        # A delay-only fault: answer normally, but slowly (the state has moved on regardless).
-        return response if fault is None else replace(response, delay=fault.delay)
+        advance_fate(txn, waiting=(PROCESSING,), final=final, transition=partial(self.transition, txn))
+        return slowed(json_response(200, answer()), fault)
 
     def session_json(self, txn: WaveTransaction, session: WaveSession) -> dict[str, Any]:
         """The session object as Wave shows it (amount and currency as ``confirm_*`` say)."""
@@ -703,21 +692,8 @@ class WaveSandbox:
         headers = self.signed_headers(body)
         record: dict[str, Any] = {"kind": "auto", "status": txn.status, "type": event_type, "url": txn.notify_url}
         record["event_id"] = event["id"]
-        txn.notifications.append(record)
-        if txn.notify_url == ENQUEUE:
-
-            def enqueued(ok: bool, error: str | None) -> None:
-                with self.state.lock:
-                    record.update(enqueued=ok, error=error)
-
-            self.notifier.enqueue_later(webhook_envelope("POST", body, headers), enqueued)
-            return
-
-        def delivered(http_status: int | None, error: str | None) -> None:
-            with self.state.lock:
-                record.update(delivered=http_status, error=error)
-
-        self.notifier.send_later("POST", txn.notify_url, body, headers, delivered)
+        envelope = webhook_envelope("POST", body, headers)
+        self.notify_later(txn, record, method="POST", url=txn.notify_url, body=body, headers=headers, envelope=envelope)
 
     def pay_path(self, reference: str) -> str:
         """The control path that completes a payment."""
@@ -726,17 +702,7 @@ class WaveSandbox:
 
 def webhook_envelope(method: str, body: str, headers: dict[str, str]) -> dict[str, Any]:
     """The ``payrecon.webhook/1`` envelope payrecon's receiver would build for this event."""
-    return {
-        "schema": "payrecon.webhook/1",
-        "provider": NAME,
-        "received_at": datetime.now(UTC).isoformat(timespec="milliseconds"),
-        "method": method,
-        "path": NOTIFY_PATH,
-        "query": {},
-        "headers": headers,
-        "body": body,
-        "receiver": "payrecon-sandbox",
-    }
+    return wire.webhook_envelope(NAME, method, NOTIFY_PATH, body, headers)
 
 
 def _not_found() -> Response:

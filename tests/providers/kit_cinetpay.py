@@ -5,23 +5,19 @@ from __future__ import annotations
 import secrets
 from typing import Any
 
-from tenacity import wait_none
-
 from providers.base import ProviderClient, RegistrationView
 from providers.cinetpay import CinetPayClient
 from providers.sandbox import SandboxClient
 from providers.sandbox.server import SANDBOX_API_KEY, SANDBOX_SECRET_KEY, SANDBOX_SITE_ID
 from tests.providers.kits import Kit
+from tests.providers.support import fast_options
 
 
 def make_client(url: str, **overrides: Any) -> ProviderClient:
-    options: dict[str, Any] = {
-        "api_url": url,
+    options = fast_options(url) | {
         "api_key": SANDBOX_API_KEY,
         "site_id": SANDBOX_SITE_ID,
         "secret_key": SANDBOX_SECRET_KEY,
-        "timeout": (1.0, 3.0),
-        "wait": wait_none(),
     }
     return CinetPayClient(**(options | overrides))
 

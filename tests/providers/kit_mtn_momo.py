@@ -7,13 +7,13 @@ from typing import Any
 
 import pytest
 import requests
-from tenacity import wait_none
 
 from providers.base import Outcome, ProviderClient, ProviderNotFound, RegistrationView
 from providers.mtn_momo import MtnMomoClient
 from providers.sandbox import SandboxClient
 from providers.sandbox.mtn_momo import DEFAULT_API_KEY, DEFAULT_API_USER, DEFAULT_SUBSCRIPTION_KEY
 from tests.providers.kits import Kit
+from tests.providers.support import fast_options
 
 PROVIDER = "mtn_momo"
 #: MTN's own sandbox settles in EUR: a two-decimal currency exercises the minor-unit conversion.
@@ -21,14 +21,11 @@ CURRENCY = "EUR"
 
 
 def make_client(url: str, **overrides: Any) -> MtnMomoClient:
-    options: dict[str, Any] = {
-        "api_url": url,
+    options = fast_options(url) | {
         "api_user": DEFAULT_API_USER,
         "api_key": DEFAULT_API_KEY,
         "subscription_key": DEFAULT_SUBSCRIPTION_KEY,
         "target_environment": "sandbox",
-        "timeout": (1.0, 3.0),
-        "wait": wait_none(),
     }
     return MtnMomoClient(**(options | overrides))
 

@@ -7,7 +7,6 @@ from typing import Any
 
 import pytest
 import requests
-from tenacity import wait_none
 
 from providers.base import (
     AwaitingRegistration,
@@ -22,20 +21,18 @@ from providers.sandbox import SandboxClient
 from providers.sandbox.orange_money import OrangeMoneyConfig
 from schemas.messages import WebhookEnvelope
 from tests.providers.kits import Kit
+from tests.providers.support import fast_options
 
 DEFAULTS = OrangeMoneyConfig()
 STATUS_PATH = f"/orange-money-webpay/{DEFAULTS.country}/v1/transactionstatus"
 
 
 def make_client(url: str, **overrides: Any) -> OrangeMoneyClient:
-    options: dict[str, Any] = {
-        "api_url": url,
+    options = fast_options(url) | {
         "client_id": DEFAULTS.client_id,
         "client_secret": DEFAULTS.client_secret,
         "merchant_key": DEFAULTS.merchant_key,
         "country": DEFAULTS.country,
-        "timeout": (1.0, 3.0),
-        "wait": wait_none(),
     }
     return OrangeMoneyClient(**(options | overrides))
 

@@ -8,10 +8,10 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 import pytest
-from tenacity import wait_none
 
 from providers.base import DeliveryKind, ForgedDelivery, Outcome, RegistrationView
 from providers.sandbox import SandboxClient
@@ -19,18 +19,13 @@ from providers.sandbox.wave import WaveConfig
 from providers.wave import WaveClient, signature_header
 from schemas.messages import WebhookEnvelope
 from tests.providers.kits import Kit
+from tests.providers.support import closing_factory, fast_options
 
 CONFIG = WaveConfig()
 
 
 def make_client(url: str, **overrides: Any) -> WaveClient:
-    options: dict[str, Any] = {
-        "api_url": url,
-        "api_key": CONFIG.api_key,
-        "webhook_secrets": CONFIG.webhook_secrets,
-        "timeout": (1.0, 3.0),
-        "wait": wait_none(),
-    }
+    options = fast_options(url) | {"api_key": CONFIG.api_key, "webhook_secrets": CONFIG.webhook_secrets}
     return WaveClient(**(options | overrides))
 
 
@@ -48,17 +43,8 @@ def notify(sandbox: SandboxClient, view: RegistrationView, forged: bool = False,
 @contextmanager
 def clients(url: str) -> Iterator[Callable[..., WaveClient]]:
     """``make(**overrides)`` for several clients on the sandbox, all closed at the end."""
-    made: list[WaveClient] = []
-
-    def make(**overrides: Any) -> WaveClient:
-        made.append(make_client(url, **overrides))
-        return made[-1]
-
-    try:
+    with closing_factory(partial(make_client, url)) as make:
         yield make
-    finally:
-        for client in made:
-            client.close()
 
 
 def new_reference() -> str:

@@ -29,6 +29,7 @@ from providers.base import (
 from providers.sandbox import SandboxClient, SandboxServer
 from schemas.messages import WebhookEnvelope
 from tests.providers.kits import Kit
+from tests.providers.support import fresh_sandbox
 
 KITS: list[Kit] = [
     importlib.import_module(f"tests.providers.{path.stem}").KIT
@@ -44,9 +45,7 @@ def server() -> Iterator[SandboxServer]:
 
 @pytest.fixture
 def sandbox(server: SandboxServer) -> Iterator[SandboxClient]:
-    with SandboxClient(server.url) as client:
-        client.reset()
-        yield client
+    yield from fresh_sandbox(server)
 
 
 @pytest.fixture(params=KITS, ids=lambda kit: kit.name)

@@ -6,9 +6,8 @@ import json
 import threading
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -35,6 +34,7 @@ from providers.sandbox.mtn_momo import (
 )
 from schemas.messages import WebhookEnvelope
 from tests.providers.kit_mtn_momo import make_client, tokens
+from tests.providers.support import Received, Receiver, receiving
 
 P = "mtn_momo"
 REF = "3f2b8c1e-5d4a-4e6f-9a7b-1c2d3e4f5a6b"
@@ -524,63 +524,11 @@ def test_a_token_refused_twice_is_an_auth_error() -> None:
 # --------------------------------------------------------------------------- callbacks (sandbox)
 
 
-@dataclass
-class Received:
-    method: str
-    path: str
-    headers: dict[str, str]
-    body: str
-
-
-@dataclass
-class Listener:
-    """A merchant's callback listener: accepts PUT and POST, answers 200."""
-
-    base: str
-    received: list[Received] = field(default_factory=list)
-    event: threading.Event = field(default_factory=threading.Event)
-
-    def wait(self, count: int = 1, timeout: float = 5.0) -> list[Received]:
-        deadline = threading.Event()
-        timer = threading.Timer(timeout, deadline.set)
-        timer.start()
-        try:
-            while len(self.received) < count and not deadline.is_set():
-                self.event.wait(0.05)
-                self.event.clear()
-        finally:
-            timer.cancel()
-        return list(self.received)
-
-
 @pytest.fixture
-def listener() -> Iterator[Listener]:
-    box: dict[str, Listener] = {}
-
-    class Handler(BaseHTTPRequestHandler):
-        def _record(self) -> None:
-            length = int(self.headers.get("Content-Length") or 0)
-            body = self.rfile.read(length).decode() if length else ""
-            box["l"].received.append(Received(self.command, self.path, dict(self.headers.items()), body))
-            box["l"].event.set()
-            self.send_response(200)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-
-        do_PUT = do_POST = _record
-
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    httpd.daemon_threads = True
-    box["l"] = Listener(f"http://127.0.0.1:{httpd.server_address[1]}")
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    yield box["l"]
-    httpd.shutdown()
-    httpd.server_close()
-    thread.join(5)
+def listener() -> Iterator[Receiver]:
+    """A merchant's callback listener: accepts PUT and POST, answers 200."""
+    with receiving("", ("PUT", "POST")) as rec:
+        yield rec
 
 
 def _received_envelope(received: Received) -> WebhookEnvelope:
@@ -600,7 +548,7 @@ def _received_envelope(received: Received) -> WebhookEnvelope:
 
 
 def test_status_change_is_called_back_with_a_put(
-    sandbox: SandboxClient, sandbox_server: SandboxServer, momo: MtnMomoClient, listener: Listener
+    sandbox: SandboxClient, sandbox_server: SandboxServer, momo: MtnMomoClient, listener: Receiver
 ) -> None:
     reference = new_ref()
     callback_url = f"{listener.base}/momo/callback/{reference}"
@@ -618,7 +566,7 @@ def test_status_change_is_called_back_with_a_put(
     assert (record["method"], record["status"]) == ("PUT", "SUCCESSFUL")
 
 
-def test_callbacks_that_never_come(sandbox: SandboxClient, listener: Listener) -> None:
+def test_callbacks_that_never_come(sandbox: SandboxClient, listener: Receiver) -> None:
     silent, loud = new_ref(), new_ref()
     for reference, callbacks in ((silent, False), (loud, True)):
         url = f"{listener.base}/momo/callback/{reference}"
@@ -631,7 +579,7 @@ def test_callbacks_that_never_come(sandbox: SandboxClient, listener: Listener) -
     assert sandbox.get(P, silent)["status"] == "FAILED"
 
 
-def test_notification_route(sandbox: SandboxClient, momo: MtnMomoClient, listener: Listener) -> None:
+def test_notification_route(sandbox: SandboxClient, momo: MtnMomoClient, listener: Receiver) -> None:
     reference = new_ref()
     sandbox.create(P, reference=reference, amount=1250, currency="EUR", fate="waiting")
     target = f"{listener.base}/hooks/momo?ref={reference}"

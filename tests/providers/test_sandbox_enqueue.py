@@ -32,6 +32,7 @@ from providers.base import ForgedDelivery, RegistrationView
 from providers.cinetpay import CinetPayClient
 from providers.sandbox import SandboxClient, SandboxError, SandboxServer
 from schemas.messages import WebhookEnvelope
+from tests.providers.support import fresh_sandbox
 
 API_KEY, SITE_ID, SECRET_KEY = "test-api-key", "445160", "test-secret-key"
 REDIS_BASE = os.environ.get("PAYRECON_TEST_REDIS", "redis://127.0.0.1:6379")
@@ -74,9 +75,7 @@ def broker_server(broker_url: str) -> Iterator[SandboxServer]:
 
 @pytest.fixture
 def broker_sandbox(broker_server: SandboxServer) -> Iterator[SandboxClient]:
-    with SandboxClient(broker_server.url) as client:
-        client.reset()
-        yield client
+    yield from fresh_sandbox(broker_server)
 
 
 @pytest.fixture

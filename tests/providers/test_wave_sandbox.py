@@ -10,7 +10,6 @@ from typing import Any
 
 import pytest
 import requests
-from tenacity import wait_none
 
 from providers.base import (
     DeliveryKind,
@@ -26,6 +25,7 @@ from providers.sandbox import SandboxClient, SandboxError, SandboxServer
 from providers.sandbox.wave import WaveConfig
 from providers.wave import WaveClient
 from schemas.messages import WebhookEnvelope
+from tests.providers.support import closing_factory, fast_options
 
 CONFIG = WaveConfig()
 AUTH = {"Authorization": f"Bearer {CONFIG.api_key}"}
@@ -34,23 +34,13 @@ AUTH = {"Authorization": f"Bearer {CONFIG.api_key}"}
 @pytest.fixture
 def make(sandbox_server: SandboxServer) -> Iterator[Any]:
     """Factory of WaveClients on the shared sandbox that never sleep between retries."""
-    made: list[WaveClient] = []
-
-    def factory(**overrides: Any) -> WaveClient:
-        options: dict[str, Any] = {
-            "api_url": sandbox_server.url,
-            "api_key": CONFIG.api_key,
-            "webhook_secrets": CONFIG.webhook_secrets,
-            "webhook_shared_secret": CONFIG.shared_secret,
-            "timeout": (1.0, 3.0),
-            "wait": wait_none(),
-        }
-        made.append(WaveClient(**(options | overrides)))
-        return made[-1]
-
-    yield factory
-    for client in made:
-        client.close()
+    options = fast_options(sandbox_server.url) | {
+        "api_key": CONFIG.api_key,
+        "webhook_secrets": CONFIG.webhook_secrets,
+        "webhook_shared_secret": CONFIG.shared_secret,
+    }
+    with closing_factory(lambda **overrides: WaveClient(**(options | overrides))) as factory:
+        yield factory
 
 
 @pytest.fixture

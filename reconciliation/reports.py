@@ -1,0 +1,483 @@
+"""Finance reports of a reconciliation run: CSV, XLSX, JSON and HTML files, and the terminal summary.
+
+Every export reads one run (``recon_runs``) and its classified items (``recon_items``) and streams
+the items from a server-side cursor, so memory does not grow with the size of the run. Files are
+written next to their final name and renamed into place, so a reader never sees half a report.
+File names: ``recon_<provider>_<business_date>_run<id>.<csv|xlsx|json|html>``; ``export_all`` adds
+``manifest.json`` (each file with its size and SHA-256). Items are listed exceptions first, most
+serious first (``reports_common.EXCEPTION_ORDER``), then by reference.
+
+CSV (RFC 4180, UTF-8 without BOM, CRLF, header row always, one row per item). Columns, in order:
+
+=======================  ==================================================================
+run_id                   the run
+provider                 ``cinetpay``, ``mtn_momo``, ...
+business_date            ``YYYY-MM-DD`` in the run's business time zone
+class                    matched, missing_in_ledger, missing_at_provider, amount_mismatch,
+                         currency_mismatch, status_mismatch, duplicate, fee_variance, missing_after_sla
+healed                   ``true`` when the run fixed it (a missing_in_ledger payment recorded), else ``false``
+reference                the merchant's reference (empty if the provider line has none)
+provider_txn_id          the provider's transaction id
+internal_status          our payment status
+provider_status          the provider's status
+currency                 ISO 4217: ours, else the provider's
+internal_amount_minor    integer, minor units of ``currency``
+provider_amount_minor    integer, minor units of ``provider_currency``
+difference_minor         integer, signed, as the matcher computed it
+fee_minor                integer, the fee the provider took
+expected_fee_minor       integer, the fee expected from the provider's tariff
+internal_amount          display in major units: ``15000`` (XOF), ``12.50`` (USD); empty if unknown
+provider_amount          same, in ``provider_currency``
+detail                   the matcher's explanation
+provider_currency        ISO 4217 of the provider amount (differs from ``currency`` on currency_mismatch)
+=======================  ==================================================================
+
+Empty cell = no value (NULL). Text cells that start with ``= + - @`` tab, CR or NUL get a leading
+``'`` (OWASP CSV injection); numeric columns are never altered. Read columns by header name.
+
+XLSX: sheets Summary, Exceptions, All lines (see ``reports_xlsx``). JSON: ``payrecon.recon-report/1``,
+schema ``schemas/recon-report.v1.schema.json``. HTML: one self-contained page (see ``reports_render``).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import String, case, func, literal, or_, select, union_all
+from sqlalchemy.orm import Session
+
+from reconciliation.models import ReconItem, ReconRun
+from reconciliation.reports_common import (
+    EXCEPTION_ORDER,
+    MATCHED,
+    ItemRow,
+    class_rank,
+    formula_safe,
+    iso_utc,
+    plain_amount,
+)
+
+FORMATS = ("csv", "xlsx", "json", "html")
+REPORT_SCHEMA = "payrecon.recon-report/1"
+MANIFEST_SCHEMA = "payrecon.recon-manifest/1"
+#: Rows per sheet Excel allows (header included). Tests lower it.
+XLSX_MAX_ROWS = 1_048_576
+#: Rows fetched per round trip from the server-side cursor.
+STREAM_BATCH = 10_000
+#: Exceptions shown in the HTML page and in the terminal.
+HTML_EXCEPTIONS = 200
+TERMINAL_EXCEPTIONS = 20
+TERMINAL_CHANGES = 20
+
+CSV_COLUMNS = (
+    "run_id", "provider", "business_date", "class", "healed", "reference", "provider_txn_id",
+    "internal_status", "provider_status", "currency", "internal_amount_minor", "provider_amount_minor",
+    "difference_minor", "fee_minor", "expected_fee_minor", "internal_amount", "provider_amount", "detail",
+    "provider_currency",
+)  # fmt: skip
+
+ITEM_COLUMNS = (
+    ReconItem.id, ReconItem.cls, ReconItem.healed, ReconItem.reference, ReconItem.payment_id,
+    ReconItem.provider_txn_id, ReconItem.internal_status, ReconItem.provider_status, ReconItem.internal_amount,
+    ReconItem.internal_currency, ReconItem.provider_amount, ReconItem.provider_currency, ReconItem.provider_lines,
+    ReconItem.fee, ReconItem.expected_fee, ReconItem.difference, ReconItem.detail,
+)  # fmt: skip
+
+_RANK = case(
+    {cls: rank for rank, cls in enumerate(EXCEPTION_ORDER)} | {MATCHED: len(EXCEPTION_ORDER) + 1},
+    value=ReconItem.cls,
+    else_=len(EXCEPTION_ORDER),
+)
+
+
+class RunNotFoundError(LookupError):
+    """No reconciliation run with that id."""
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def _run(session: Session, run_id: int) -> ReconRun:
+    run = session.get(ReconRun, run_id)
+    if run is None:
+        raise RunNotFoundError(f"no reconciliation run {run_id}")
+    return run
+
+
+def run_metadata(run: ReconRun) -> dict[str, Any]:
+    """The run's fields as JSON-ready values (dates ISO 8601, timestamps UTC with ``Z``)."""
+    return {
+        "id": run.id,
+        "provider": run.provider,
+        "business_date": run.business_date.isoformat(),
+        "timezone": run.timezone,
+        "window_start": iso_utc(run.window_start),
+        "window_end": iso_utc(run.window_end),
+        "trigger": run.trigger,
+        "status": run.status,
+        "started_at": iso_utc(run.started_at),
+        "finished_at": iso_utc(run.finished_at),
+        "previous_run_id": run.previous_run_id,
+        "error": run.error,
+    }
+
+
+def _totals(session: Session, run_id: int) -> list[dict[str, Any]]:
+    # An item counts once, in its currency (ours, else the provider's). Amounts are totalled in their
+    # own currency: on a currency_mismatch the provider amount and fee land in the provider's currency.
+    primary = func.coalesce(ReconItem.internal_currency, ReconItem.provider_currency)
+    same = or_(ReconItem.provider_currency.is_(None), ReconItem.provider_currency == primary)
+    own = select(
+        ReconItem.cls.label("cls"),
+        primary.label("currency"),
+        literal(1).label("n"),
+        case((ReconItem.healed, 1), else_=0).label("healed"),
+        ReconItem.internal_amount.label("internal"),
+        case((same, ReconItem.provider_amount)).label("provider"),
+        case((same, ReconItem.fee)).label("fee"),
+    ).where(ReconItem.run_id == run_id)
+    foreign = select(
+        ReconItem.cls,
+        ReconItem.provider_currency,
+        literal(0),
+        literal(0),
+        literal(None, ReconItem.internal_amount.type),
+        ReconItem.provider_amount,
+        ReconItem.fee,
+    ).where(
+        ReconItem.run_id == run_id,
+        ReconItem.internal_currency.is_not(None),
+        ReconItem.provider_currency.is_not(None),
+        ReconItem.provider_currency != ReconItem.internal_currency,
+    )
+    both = union_all(own, foreign).subquery("amounts")
+    stmt = select(
+        both.c.currency,
+        both.c.cls,
+        func.sum(both.c.n),
+        func.sum(both.c.healed),
+        func.sum(both.c.internal),
+        func.sum(both.c.provider),
+        func.sum(both.c.fee),
+    ).group_by(both.c.currency, both.c.cls)
+    rows = [
+        {
+            "currency": currency,
+            "class": cls,
+            "count": int(n or 0),
+            "healed": int(healed or 0),
+            "internal_total_minor": int(internal or 0),
+            "provider_total_minor": int(provider or 0),
+            "fee_total_minor": int(fee or 0),
+        }
+        for currency, cls, n, healed, internal, provider, fee in session.execute(stmt)
+    ]
+    rows.sort(key=lambda r: (r["currency"] or "", class_rank(r["class"]), r["class"]))
+    return rows
+
+
+def summary(session: Session, run_id: int) -> dict[str, Any]:
+    """Run metadata, totals per (currency, class) and counts.
+
+    Returns ``{"run": run_metadata, "counts": {...}, "totals": [...]}`` where ``counts`` holds
+    ``items``, ``exceptions`` (every item not matched, healed ones included: they are to be read),
+    ``healed`` and ``by_class``; each total is ``{currency, class, count, healed,
+    internal_total_minor, provider_total_minor, fee_total_minor}``.
+    """
+    run = _run(session, run_id)
+    by_class: dict[str, int] = {}
+    healed = 0
+    stmt = (
+        select(ReconItem.cls, func.count(), func.count().filter(ReconItem.healed))
+        .where(ReconItem.run_id == run_id)
+        .group_by(ReconItem.cls)
+    )
+    for cls, n, n_healed in session.execute(stmt):
+        by_class[cls] = int(n)
+        healed += int(n_healed)
+    ordered = dict(sorted(by_class.items(), key=lambda kv: (class_rank(kv[0]), kv[0])))
+    items = sum(ordered.values())
+    return {
+        "run": run_metadata(run),
+        "counts": {
+            "items": items,
+            "exceptions": items - ordered.get(MATCHED, 0),
+            "healed": healed,
+            "by_class": ordered,
+        },
+        "totals": _totals(session, run_id),
+    }
+
+
+def _changes_select(run_id: int, previous_run_id: int) -> Any:
+    def keyed(rid: int, name: str) -> Any:
+        # One row per reference (or provider transaction id when the line has no reference).
+        key = func.coalesce(ReconItem.reference, literal("txn:", String) + ReconItem.provider_txn_id)
+        return (
+            select(
+                key.label("key"),
+                func.min(ReconItem.reference).label("reference"),
+                func.min(ReconItem.provider_txn_id).label("txn"),
+                func.min(ReconItem.cls).label("cls"),
+            )
+            .where(ReconItem.run_id == rid, key.is_not(None))
+            .group_by(key)
+            .subquery(name)
+        )
+
+    cur, prev = keyed(run_id, "cur"), keyed(previous_run_id, "prev")
+    return (
+        select(
+            func.coalesce(cur.c.reference, prev.c.reference).label("reference"),
+            func.coalesce(cur.c.txn, prev.c.txn).label("provider_txn_id"),
+            prev.c.cls.label("from_class"),
+            cur.c.cls.label("to_class"),
+            func.coalesce(cur.c.key, prev.c.key).label("key"),
+        )
+        .select_from(cur.join(prev, cur.c.key == prev.c.key, full=True))
+        .where(cur.c.cls.is_distinct_from(prev.c.cls))
+    )
+
+
+def changes(session: Session, run_id: int, *, limit: int | None = None) -> list[dict[str, Any]]:
+    """Items restated since the previous run of the same provider and business date.
+
+    One set-based query (a full outer join of both runs on the reference). Each change is
+    ``{reference, provider_txn_id, from_class, to_class, change}`` where ``change`` is
+    ``restated``, ``appeared`` (``from_class`` null) or ``disappeared`` (``to_class`` null).
+    Empty when the run has no previous run. Sorted by reference; ``limit`` keeps the first ones.
+    """
+    run = _run(session, run_id)
+    if run.previous_run_id is None:
+        return []
+    sub = _changes_select(run.id, run.previous_run_id).subquery("changes")
+    stmt = select(sub.c.reference, sub.c.provider_txn_id, sub.c.from_class, sub.c.to_class).order_by(sub.c.key)
+    if limit is not None:
+        stmt = stmt.limit(limit)
+    return [
+        {
+            "reference": reference,
+            "provider_txn_id": txn,
+            "from_class": from_cls,
+            "to_class": to_cls,
+            "change": "appeared" if from_cls is None else "disappeared" if to_cls is None else "restated",
+        }
+        for reference, txn, from_cls, to_cls in session.execute(stmt)
+    ]
+
+
+def count_changes(session: Session, run_id: int) -> int:
+    """How many references ``changes`` lists, without fetching them."""
+    run = _run(session, run_id)
+    if run.previous_run_id is None:
+        return 0
+    sub = _changes_select(run.id, run.previous_run_id).subquery("changes")
+    return int(session.scalar(select(func.count()).select_from(sub)) or 0)
+
+
+def iter_items(
+    session: Session, run_id: int, *, exceptions_only: bool = False, limit: int | None = None
+) -> Iterator[ItemRow]:
+    """Stream the run's items, exceptions first, from a server-side cursor (``yield_per``)."""
+    stmt = select(*ITEM_COLUMNS).where(ReconItem.run_id == run_id)
+    if exceptions_only:
+        stmt = stmt.where(ReconItem.cls != MATCHED)
+    stmt = stmt.order_by(_RANK, ReconItem.healed, ReconItem.reference, ReconItem.id)
+    if limit is not None:
+        stmt = stmt.limit(limit)
+    result = session.execute(stmt.execution_options(yield_per=STREAM_BATCH))
+    try:
+        for row in result:
+            yield ItemRow._make(row)
+    finally:
+        result.close()
+
+
+# --------------------------------------------------------------------------- files
+
+
+def file_name(run: ReconRun, ext: str) -> str:
+    """``recon_<provider>_<business_date>_run<id>.<ext>`` (provider reduced to ``[A-Za-z0-9_-]``)."""
+    provider = re.sub(r"[^A-Za-z0-9_-]", "_", run.provider)
+    return f"recon_{provider}_{run.business_date.isoformat()}_run{run.id}.{ext}"
+
+
+@contextmanager
+def _replacing(path: Path) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; rename it into place on success, remove it on failure."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def csv_row(run: ReconRun, item: ItemRow) -> list[str | int]:
+    """One CSV row in ``CSV_COLUMNS`` order: text escaped against formulas, numbers untouched."""
+    return [
+        run.id,
+        formula_safe(run.provider),
+        run.business_date.isoformat(),
+        formula_safe(item.cls),
+        "true" if item.healed else "false",
+        formula_safe(item.reference),
+        formula_safe(item.provider_txn_id),
+        formula_safe(item.internal_status),
+        formula_safe(item.provider_status),
+        formula_safe(item.currency),
+        "" if item.internal_amount is None else item.internal_amount,
+        "" if item.provider_amount is None else item.provider_amount,
+        "" if item.difference is None else item.difference,
+        "" if item.fee is None else item.fee,
+        "" if item.expected_fee is None else item.expected_fee,
+        plain_amount(item.internal_amount, item.internal_currency),
+        plain_amount(item.provider_amount, item.provider_currency),
+        formula_safe(item.detail),
+        formula_safe(item.provider_currency),
+    ]
+
+
+def _write_csv(session: Session, run: ReconRun, path: Path) -> None:
+    with path.open("w", encoding="utf-8", newline="") as fh:
+        writer = csv.writer(fh, lineterminator="\r\n")
+        writer.writerow(CSV_COLUMNS)
+        for item in iter_items(session, run.id):
+            writer.writerow(csv_row(run, item))
+
+
+def item_json(item: ItemRow) -> dict[str, Any]:
+    """One item of the JSON report (amounts in integer minor units, as stored)."""
+    return {
+        "id": item.id,
+        "class": item.cls,
+        "healed": item.healed,
+        "reference": item.reference,
+        "provider_txn_id": item.provider_txn_id,
+        "payment_id": item.payment_id,
+        "internal_status": item.internal_status,
+        "provider_status": item.provider_status,
+        "currency": item.currency,
+        "internal_amount_minor": item.internal_amount,
+        "internal_currency": item.internal_currency,
+        "provider_amount_minor": item.provider_amount,
+        "provider_currency": item.provider_currency,
+        "provider_lines": item.provider_lines,
+        "fee_minor": item.fee,
+        "expected_fee_minor": item.expected_fee,
+        "difference_minor": item.difference,
+        "detail": item.detail,
+    }
+
+
+def _write_json(session: Session, run: ReconRun, path: Path) -> None:
+    summ = summary(session, run.id)
+    head = {
+        "schema": REPORT_SCHEMA,
+        "run": summ["run"],
+        "counts": summ["counts"],
+        "totals": summ["totals"],
+        "changes": changes(session, run.id),
+    }
+    with path.open("w", encoding="utf-8") as fh:
+        # The head without its closing brace, then the items array one element at a time.
+        fh.write(json.dumps(head, ensure_ascii=False)[:-1])
+        fh.write(', "items": [')
+        sep = "\n"
+        for item in iter_items(session, run.id):
+            fh.write(sep)
+            fh.write(json.dumps(item_json(item), ensure_ascii=False))
+            sep = ",\n"
+        fh.write("\n]}\n")
+
+
+def _write_xlsx(session: Session, run: ReconRun, path: Path) -> None:
+    from reconciliation.reports_xlsx import write_xlsx
+
+    write_xlsx(
+        path,
+        summary(session, run.id),
+        lambda limit: iter_items(session, run.id, exceptions_only=True, limit=limit),
+        lambda limit: iter_items(session, run.id, limit=limit),
+        max_rows=XLSX_MAX_ROWS,
+    )
+
+
+def _write_html(session: Session, run: ReconRun, path: Path) -> None:
+    from reconciliation.reports_render import render_html
+
+    page = render_html(
+        summary(session, run.id),
+        changes(session, run.id, limit=HTML_EXCEPTIONS),
+        count_changes(session, run.id),
+        list(iter_items(session, run.id, exceptions_only=True, limit=HTML_EXCEPTIONS)),
+    )
+    path.write_text(page, encoding="utf-8")
+
+
+_WRITERS = {"csv": _write_csv, "xlsx": _write_xlsx, "json": _write_json, "html": _write_html}
+
+
+def export(session: Session, run_id: int, fmt: str, out_dir: Path) -> Path:
+    """Write the run's report in ``fmt`` (one of ``FORMATS``) into ``out_dir``; return its path."""
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown report format {fmt!r}; choose from {', '.join(FORMATS)}")
+    run = _run(session, run_id)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / file_name(run, fmt)
+    with _replacing(path) as tmp:
+        _WRITERS[fmt](session, run, tmp)
+    return path
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        while chunk := fh.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def export_all(session: Session, run_id: int, out_dir: Path) -> list[Path]:
+    """Write the four reports and ``manifest.json`` (name, format, size, SHA-256 of each) into ``out_dir``.
+
+    Returns the report paths in ``FORMATS`` order, then the manifest's. One directory per run:
+    the manifest's name is fixed.
+    """
+    run = _run(session, run_id)
+    paths = [export(session, run_id, fmt, out_dir) for fmt in FORMATS]
+    manifest = {
+        "schema": MANIFEST_SCHEMA,
+        "run_id": run.id,
+        "provider": run.provider,
+        "business_date": run.business_date.isoformat(),
+        "files": [
+            {"name": p.name, "format": fmt, "size": p.stat().st_size, "sha256": _sha256(p)}
+            for fmt, p in zip(FORMATS, paths, strict=True)
+        ],
+    }
+    manifest_path = out_dir / "manifest.json"
+    with _replacing(manifest_path) as tmp:
+        tmp.write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    return [*paths, manifest_path]
+
+
+def render_terminal(session: Session, run_id: int) -> str:
+    """The text of ``payrecon report show RUN``: metadata, counts and totals per class and currency,
+    changes since the previous run, then the first exceptions."""
+    from reconciliation.reports_render import render_text
+
+    return render_text(
+        summary(session, run_id),
+        changes(session, run_id, limit=TERMINAL_CHANGES),
+        count_changes(session, run_id),
+        list(iter_items(session, run_id, exceptions_only=True, limit=TERMINAL_EXCEPTIONS)),
+    )

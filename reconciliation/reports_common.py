@@ -1,0 +1,135 @@
+"""Shared pieces of the reconciliation reports (``reconciliation.reports``): the item row, the
+order of classes, money display, and escaping of untrusted text. No database access here."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import NamedTuple
+
+from reconciliation.models import ReconClass
+from schemas.currency import AmountError, exponent, format_amount, to_major
+
+#: Exceptions, most serious first. Every item listing uses this order, then unknown classes, then matched.
+EXCEPTION_ORDER: tuple[str, ...] = (
+    ReconClass.MISSING_AT_PROVIDER.value,
+    ReconClass.AMOUNT_MISMATCH.value,
+    ReconClass.CURRENCY_MISMATCH.value,
+    ReconClass.STATUS_MISMATCH.value,
+    ReconClass.MISSING_AFTER_SLA.value,
+    ReconClass.DUPLICATE.value,
+    ReconClass.FEE_VARIANCE.value,
+    ReconClass.MISSING_IN_LEDGER.value,  # healed by the run: read, but no action needed
+)
+MATCHED = ReconClass.MATCHED.value
+
+#: First characters that make a spreadsheet read a cell as a formula (OWASP CSV injection, CWE-1236).
+FORMULA_TRIGGERS = ("=", "+", "-", "@", "\t", "\r", "\0")
+
+
+def class_rank(cls: str) -> int:
+    """Sort key of a class: exceptions by seriousness, then unknown classes, then ``matched``."""
+    if cls == MATCHED:
+        return len(EXCEPTION_ORDER) + 1
+    try:
+        return EXCEPTION_ORDER.index(cls)
+    except ValueError:
+        return len(EXCEPTION_ORDER)
+
+
+class ItemRow(NamedTuple):
+    """One ``recon_items`` row as the reports read it (column order of ``reports.ITEM_COLUMNS``)."""
+
+    id: int
+    cls: str
+    healed: bool
+    reference: str | None
+    payment_id: int | None
+    provider_txn_id: str | None
+    internal_status: str | None
+    provider_status: str | None
+    internal_amount: int | None
+    internal_currency: str | None
+    provider_amount: int | None
+    provider_currency: str | None
+    provider_lines: int
+    fee: int | None
+    expected_fee: int | None
+    difference: int | None
+    detail: str
+
+    @property
+    def currency(self) -> str | None:
+        """The item's currency: ours when we have the payment, else the provider's."""
+        return self.internal_currency or self.provider_currency
+
+    @property
+    def fee_currency(self) -> str | None:
+        """Fees are taken by the provider, in its currency."""
+        return self.provider_currency or self.internal_currency
+
+
+def formula_safe(value: str | None) -> str:
+    """Text for a spreadsheet cell: a leading ``'`` when it would start a formula; ``None`` is ``""``.
+
+    Only for text columns: numeric columns are written as numbers and never touched (a negative
+    difference must stay ``-500``).
+    """
+    if value is None:
+        return ""
+    return "'" + value if value.startswith(FORMULA_TRIGGERS) else value
+
+
+def printable(value: str | None) -> str:
+    """Text for a terminal: control characters (ANSI escapes, CR, ...) replaced by ``?``."""
+    if value is None:
+        return ""
+    return "".join(ch if ch.isprintable() else "?" for ch in value)
+
+
+def exponent_or_none(currency: str | None) -> int | None:
+    """The currency's minor-unit exponent, ``None`` when missing or not supported."""
+    if not currency:
+        return None
+    try:
+        return exponent(currency)
+    except AmountError:
+        return None
+
+
+def plain_amount(minor: int | None, currency: str | None) -> str:
+    """Major units without grouping or code, as CSV wants them: ``15000`` XOF, ``12.50`` USD, ``-5.00``.
+
+    ``""`` when the amount is missing or its currency unknown (the ``*_minor`` column still has it).
+    """
+    exp = exponent_or_none(currency)
+    if minor is None or currency is None or exp is None:
+        return ""
+    return f"{to_major(minor, currency):.{exp}f}"
+
+
+def display_amount(minor: int | None, currency: str | None) -> str:
+    """Human display with the code (``15 000 XOF``, ``12.50 USD``); ``—`` when missing."""
+    if minor is None:
+        return "—"
+    if currency is None or exponent_or_none(currency) is None:
+        return f"{minor} {currency or '???'} (minor units)"
+    return format_amount(minor, currency)
+
+
+def spreadsheet_amount(minor: int, currency: str | None) -> tuple[Decimal | int, str]:
+    """A numeric cell value in major units and its number format (``#,##0`` for XOF, ``#,##0.00`` for USD).
+
+    An unknown currency keeps the integer minor units (format ``#,##0``) rather than guess.
+    """
+    exp = exponent_or_none(currency)
+    if currency is None or exp is None:
+        return minor, "#,##0"
+    return to_major(minor, currency), "#,##0" if exp == 0 else "#,##0." + "0" * exp
+
+
+def iso_utc(value: datetime | None) -> str | None:
+    """ISO 8601 in UTC with a ``Z`` (``2026-11-20T23:00:00Z``)."""
+    if value is None:
+        return None
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")

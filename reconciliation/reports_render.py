@@ -1,0 +1,223 @@
+"""The HTML page and the terminal text of a reconciliation run, rendered from data already read
+(``reports.summary``, ``reports.changes``, the first exceptions). No database access here.
+
+The HTML page is self-contained: inline CSS, no script, no external asset or link; a viewport
+meta tag and scrolling table wrappers make it readable on a phone. Every value goes through
+``html.escape``. The terminal text replaces control characters so that provider text cannot
+send escape sequences to the terminal.
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Sequence
+from typing import Any
+
+from reconciliation.reports_common import ItemRow, display_amount, printable
+
+_CSS = """
+body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;padding:12px;color:#1a1a1a;
+background:#fff;line-height:1.4}
+h1{font-size:1.3em;margin:0 0 .4em}h2{font-size:1.1em;margin:1.4em 0 .4em}
+.banner{padding:8px 12px;border-radius:6px;margin:.6em 0;font-weight:600}
+.ok{background:#e6f4ea;color:#1e6b34}.bad{background:#fdecea;color:#8a1c12}
+.scroll{overflow-x:auto;-webkit-overflow-scrolling:touch;max-width:100%}
+table{border-collapse:collapse;font-size:.9em;min-width:100%}
+th,td{border-bottom:1px solid #ddd;padding:4px 8px;text-align:left;vertical-align:top;white-space:nowrap}
+td.num,th.num{text-align:right;font-variant-numeric:tabular-nums}
+td.wrap{white-space:normal;min-width:12em}
+th{background:#f3f3f3}
+dl{display:grid;grid-template-columns:max-content 1fr;gap:2px 12px;margin:0}dt{color:#555}dd{margin:0}
+.more{color:#555;font-style:italic}
+@media (max-width:600px){body{padding:6px}table{font-size:.8em}th,td{padding:3px 5px}}
+"""
+
+
+def _e(value: Any) -> str:
+    return "" if value is None else html.escape(str(value), quote=True)
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]], numeric: frozenset[int] = frozenset()) -> str:
+    """An escaped table in a horizontally scrolling wrapper; ``numeric`` columns align right."""
+
+    def cell(tag: str, index: int, value: Any) -> str:
+        cls = ' class="num"' if index in numeric else ' class="wrap"' if headers[index] == "Detail" else ""
+        return f"<{tag}{cls}>{_e(value)}</{tag}>"
+
+    head = "".join(cell("th", i, h) for i, h in enumerate(headers))
+    body = "\n".join("<tr>" + "".join(cell("td", i, v) for i, v in enumerate(row)) + "</tr>" for row in rows)
+    return f'<div class="scroll"><table><thead><tr>{head}</tr></thead>\n<tbody>\n{body}\n</tbody></table></div>'
+
+
+def _totals_rows(summ: dict[str, Any]) -> list[list[Any]]:
+    provider = summ["run"]["provider"]
+    return [
+        [
+            provider,
+            t["currency"] or "",
+            t["class"],
+            t["count"],
+            t["healed"],
+            display_amount(t["internal_total_minor"], t["currency"]),
+            display_amount(t["provider_total_minor"], t["currency"]),
+            display_amount(t["fee_total_minor"], t["currency"]),
+        ]
+        for t in summ["totals"]
+    ]
+
+
+def _change_label(change: dict[str, Any]) -> tuple[str, str]:
+    return change["from_class"] or "(not in previous run)", change["to_class"] or "(not in this run)"
+
+
+def _headline(summ: dict[str, Any]) -> str:
+    counts = summ["counts"]
+    if counts["exceptions"] == 0:
+        return f"Balanced: all {counts['items']:,} items matched."
+    healed = counts["healed"]
+    return (
+        f"{counts['exceptions']:,} exceptions of {counts['items']:,} items"
+        f" ({healed:,} healed by the run, {counts['exceptions'] - healed:,} to act on)."
+    )
+
+
+def render_html(
+    summ: dict[str, Any], changes: Sequence[dict[str, Any]], n_changes: int, exceptions: Sequence[ItemRow]
+) -> str:
+    """The page: headline, run metadata, totals per provider/currency/class, exceptions first
+    (those given, with a count of the rest), changes since the previous run (likewise)."""
+    run, counts = summ["run"], summ["counts"]
+    title = f"Reconciliation {run['provider']} {run['business_date']} (run {run['id']})"
+    parts = [
+        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        f"<title>{_e(title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>",
+        f"<h1>{_e(title)}</h1>",
+        f'<p class="banner {"ok" if counts["exceptions"] == 0 else "bad"}">{_e(_headline(summ))}</p>',
+    ]
+
+    parts.append(f"<h2>Exceptions ({counts['exceptions']:,})</h2>")
+    if exceptions:
+        rows = [
+            [
+                it.cls + (" (healed)" if it.healed else ""),
+                it.reference or "",
+                it.provider_txn_id or "",
+                display_amount(it.internal_amount, it.internal_currency),
+                display_amount(it.provider_amount, it.provider_currency),
+                "" if it.difference is None else display_amount(it.difference, it.currency),
+                f"{it.internal_status or '—'} / {it.provider_status or '—'}",
+                it.detail,
+            ]
+            for it in exceptions
+        ]
+        exception_headers = (
+            "Class",
+            "Reference",
+            "Provider txn",
+            "Internal",
+            "Provider",
+            "Difference",
+            "Status (ours / theirs)",
+        )
+        parts.append(_table((*exception_headers, "Detail"), rows, frozenset({3, 4, 5})))
+        if counts["exceptions"] > len(exceptions):
+            rest = counts["exceptions"] - len(exceptions)
+            parts.append(f'<p class="more">… and {rest:,} more exceptions: see the CSV or XLSX report.</p>')
+    else:
+        parts.append("<p>None.</p>")
+
+    parts.append("<h2>Totals</h2>")
+    headers = ("Provider", "Currency", "Class", "Count", "Healed", "Internal total", "Provider total", "Fees")
+    parts.append(_table(headers, _totals_rows(summ), frozenset({3, 4, 5, 6, 7})))
+
+    previous = run["previous_run_id"]
+    if previous is None:
+        parts.append("<h2>Changes since the previous run</h2>\n<p>First run of this business day.</p>")
+    else:
+        parts.append(f"<h2>Changes since run {_e(previous)} ({n_changes:,})</h2>")
+        if changes:
+            rows = [[c["reference"] or c["provider_txn_id"] or "", *_change_label(c)] for c in changes]
+            parts.append(_table(("Reference", "Was", "Now"), rows))
+            if n_changes > len(changes):
+                parts.append(f'<p class="more">… and {n_changes - len(changes):,} more: see the JSON report.</p>')
+        else:
+            parts.append("<p>No item changed class.</p>")
+
+    parts.append("<h2>Run</h2>\n<dl>")
+    parts.extend(f"<dt>{_e(key)}</dt><dd>{_e(value) or '—'}</dd>" for key, value in run.items())
+    parts.append('</dl>\n<p class="more">Generated by payrecon.</p>\n</body>\n</html>\n')
+    return "\n".join(parts)
+
+
+# --------------------------------------------------------------------------- terminal
+
+
+def _text_table(headers: Sequence[str], rows: Sequence[Sequence[str]], numeric: frozenset[int]) -> list[str]:
+    widths = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(headers)]
+
+    def line(values: Sequence[str]) -> str:
+        cells = [
+            v.rjust(w) if i in numeric else v.ljust(w) for i, (v, w) in enumerate(zip(values, widths, strict=True))
+        ]
+        return "  ".join(cells).rstrip()
+
+    return [line(headers), line(["-" * w for w in widths]), *(line(r) for r in rows)]
+
+
+def _clip(value: str | None, width: int) -> str:
+    text = printable(value)
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def render_text(
+    summ: dict[str, Any], changes: Sequence[dict[str, Any]], n_changes: int, exceptions: Sequence[ItemRow]
+) -> str:
+    """The terminal summary: metadata, a table of counts and totals per class and currency,
+    the changes since the previous run and the exceptions given (with a count of the rest)."""
+    run, counts = summ["run"], summ["counts"]
+    lines = [
+        f"Reconciliation run {run['id']}: {printable(run['provider'])}, business day {run['business_date']}"
+        f" ({printable(run['timezone'])})",
+        f"  window    {run['window_start']} .. {run['window_end']}",
+        f"  trigger   {printable(run['trigger'])}, status {printable(run['status'])}",
+        f"  started   {run['started_at']}, finished {run['finished_at'] or '-'}",
+        f"  previous  {'run ' + str(run['previous_run_id']) if run['previous_run_id'] else '-'}",
+    ]
+    if run["error"]:
+        lines.append(f"  error     {_clip(run['error'], 200)}")
+    lines += ["", _headline(summ), ""]
+
+    rows = [[printable(r) if isinstance(r, str) else f"{r:,}" for r in row[1:]] for row in _totals_rows(summ)]
+    headers = ("CURRENCY", "CLASS", "COUNT", "HEALED", "INTERNAL TOTAL", "PROVIDER TOTAL", "FEES")
+    lines += _text_table(headers, rows, frozenset({2, 3, 4, 5, 6})) if rows else ["(no items)"]
+
+    lines.append("")
+    if run["previous_run_id"] is None:
+        lines.append("Changes: first run of this business day.")
+    else:
+        lines.append(f"Changes since run {run['previous_run_id']}: {n_changes:,}")
+        for change in changes:
+            was, now = _change_label(change)
+            lines.append(f"  {_clip(change['reference'] or change['provider_txn_id'], 40)}: {was} -> {now}")
+        if n_changes > len(changes):
+            lines.append(f"  … and {n_changes - len(changes):,} more")
+
+    lines.append("")
+    if not exceptions:
+        lines.append("Exceptions: none.")
+    else:
+        lines.append(f"Exceptions (first {len(exceptions)} of {counts['exceptions']:,}):")
+        rows = [
+            [
+                it.cls + (" (healed)" if it.healed else ""),
+                _clip(it.reference or it.provider_txn_id, 30),
+                display_amount(it.internal_amount, it.internal_currency),
+                display_amount(it.provider_amount, it.provider_currency),
+                _clip(it.detail, 60),
+            ]
+            for it in exceptions
+        ]
+        exception_headers = ("CLASS", "REFERENCE", "INTERNAL", "PROVIDER", "DETAIL")
+        lines += ["  " + line for line in _text_table(exception_headers, rows, frozenset({2, 3}))]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,388 @@
+"""Finance reports of a reconciliation run, on real PostgreSQL: every format parsed back."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+from datetime import UTC, date, datetime
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import openpyxl
+import pytest
+from sqlalchemy import delete, insert
+
+from reconciliation import reports
+from reconciliation.models import ReconItem, ReconRun
+from worker.runtime import Runtime
+
+SCHEMA = Path(__file__).resolve().parent.parent / "schemas" / "recon-report.v1.schema.json"
+DAY = date(2026, 11, 20)
+T0 = datetime(2026, 11, 20, 0, 0, tzinfo=UTC)
+T1 = datetime(2026, 11, 21, 0, 0, tzinfo=UTC)
+
+
+def item(
+    cls: str, reference: str | None, currency: str, internal: int | None, provider: int | None, **kw: Any
+) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "cls": cls,
+        "reference": reference,
+        "internal_amount": internal,
+        "internal_currency": currency if internal is not None else None,
+        "provider_amount": provider,
+        "provider_currency": currency if provider is not None else None,
+        "provider_lines": 0 if provider is None else 1,
+        "internal_status": "succeeded" if internal is not None else None,
+        "provider_status": "succeeded" if provider is not None else None,
+        "provider_txn_id": None if provider is None else f"TX-{reference}",
+        "healed": False,
+        "detail": "",
+    }
+    row.update(kw)
+    return row
+
+
+# The current run: every class, XOF and USD.
+CURRENT = [
+    item("matched", "REF-M1", "XOF", 15000, 15000, fee=300, expected_fee=300),
+    item("matched", "REF-M2", "USD", 1250, 1250, fee=50, expected_fee=50),
+    item("missing_in_ledger", "REF-L1", "XOF", 5000, 5000, healed=True, detail="recorded from the provider"),
+    item("missing_at_provider", "REF-P1", "XOF", 7000, None, detail="no such transaction at the provider"),
+    item("amount_mismatch", "REF-A1", "XOF", 10000, 9500, difference=-500, detail="provider paid 500 less"),
+    item(
+        "currency_mismatch", "REF-C1", "XOF", 1000, None, provider_amount=200, provider_currency="USD",
+        provider_lines=1, provider_txn_id="TX-REF-C1",
+    ),
+    item("status_mismatch", "REF-S1", "USD", 2000, 2000, provider_status="failed"),
+    item("duplicate", "=cmd", "XOF", 3000, 6000, provider_lines=2, detail="+SUM(A1:A9)"),
+    item("fee_variance", "REF-F1", "USD", 10000, 10000, fee=150, expected_fee=100, difference=50),
+    item("missing_after_sla", "REF-T1", "XOF", 2500, None, internal_status="pending", detail="@still pending"),
+    item("duplicate", None, "XOF", None, 800, provider_txn_id="TX-NOREF", provider_lines=2),
+]  # fmt: skip
+# The earlier run of the same day: REF-A1 and REF-S1 were matched, REF-P1 was not there, REF-GONE was.
+PREVIOUS = [
+    item("matched", "REF-M1", "XOF", 15000, 15000),
+    item("matched", "REF-M2", "USD", 1250, 1250),
+    item("missing_in_ledger", "REF-L1", "XOF", None, 5000),
+    item("matched", "REF-A1", "XOF", 10000, 10000),
+    item("currency_mismatch", "REF-C1", "XOF", 1000, None, provider_amount=200, provider_currency="USD"),
+    item("matched", "REF-S1", "USD", 2000, 2000),
+    item("duplicate", "=cmd", "XOF", 3000, 6000),
+    item("fee_variance", "REF-F1", "USD", 10000, 10000),
+    item("missing_after_sla", "REF-T1", "XOF", 2500, None),
+    item("duplicate", None, "XOF", None, 800, provider_txn_id="TX-NOREF"),
+    item("matched", "REF-GONE", "XOF", 4000, 4000),
+]
+EXPECTED_CHANGES = [
+    {"reference": "REF-A1", "from_class": "matched", "to_class": "amount_mismatch", "change": "restated"},
+    {"reference": "REF-GONE", "from_class": "matched", "to_class": None, "change": "disappeared"},
+    {"reference": "REF-P1", "from_class": None, "to_class": "missing_at_provider", "change": "appeared"},
+    {"reference": "REF-S1", "from_class": "matched", "to_class": "status_mismatch", "change": "restated"},
+]
+
+
+def clean(rt: Runtime) -> None:
+    # conftest truncates only the tables it lists.
+    with rt.sessions.begin() as session:
+        session.execute(delete(ReconItem))
+        session.execute(delete(ReconRun))  # one statement: the previous_run_id references go with it
+
+
+def make_run(rt: Runtime, items: list[dict[str, Any]], previous: int | None = None, trigger: str = "scheduled") -> int:
+    with rt.sessions.begin() as session:
+        run = ReconRun(
+            provider="cinetpay", business_date=DAY, timezone="Africa/Abidjan", window_start=T0, window_end=T1,
+            trigger=trigger, status="succeeded", started_at=T1, finished_at=T1, counts={}, previous_run_id=previous,
+        )  # fmt: skip
+        session.add(run)
+        session.flush()
+        if items:
+            session.execute(insert(ReconItem), [{"run_id": run.id, **row} for row in items])
+        return run.id
+
+
+@pytest.fixture
+def runs(rt: Runtime) -> tuple[int, int]:
+    clean(rt)
+    previous = make_run(rt, PREVIOUS)
+    return previous, make_run(rt, CURRENT, previous=previous, trigger="rerun")
+
+
+def test_summary_totals_and_counts(rt: Runtime, runs: tuple[int, int]) -> None:
+    previous, run_id = runs
+    with rt.sessions() as session:
+        summ = reports.summary(session, run_id)
+    assert summ["run"]["provider"] == "cinetpay"
+    assert summ["run"]["business_date"] == "2026-11-20"
+    assert summ["run"]["previous_run_id"] == previous
+    assert summ["run"]["window_start"] == "2026-11-20T00:00:00Z"
+    assert summ["counts"] == {
+        "items": 11,
+        "exceptions": 9,
+        "healed": 1,
+        "by_class": {
+            "missing_at_provider": 1, "amount_mismatch": 1, "currency_mismatch": 1, "status_mismatch": 1,
+            "missing_after_sla": 1, "duplicate": 2, "fee_variance": 1, "missing_in_ledger": 1, "matched": 2,
+        },
+    }  # fmt: skip
+    totals = {(t["currency"], t["class"]): t for t in summ["totals"]}
+    assert totals["XOF", "amount_mismatch"] == {
+        "currency": "XOF", "class": "amount_mismatch", "count": 1, "healed": 0,
+        "internal_total_minor": 10000, "provider_total_minor": 9500, "fee_total_minor": 0,
+    }  # fmt: skip
+    assert totals["XOF", "duplicate"]["count"] == 2
+    assert totals["XOF", "duplicate"]["provider_total_minor"] == 6800
+    assert totals["XOF", "missing_in_ledger"]["healed"] == 1
+    assert totals["USD", "fee_variance"]["fee_total_minor"] == 150
+    # A currency mismatch counts once, in our currency; the provider's amount is totalled in its own.
+    assert totals["XOF", "currency_mismatch"]["count"] == 1
+    assert totals["XOF", "currency_mismatch"]["provider_total_minor"] == 0
+    assert totals["USD", "currency_mismatch"]["count"] == 0
+    assert totals["USD", "currency_mismatch"]["provider_total_minor"] == 200
+    assert sum(t["count"] for t in summ["totals"]) == 11
+
+
+def test_changes_lists_exactly_the_restated_references(rt: Runtime, runs: tuple[int, int]) -> None:
+    previous, run_id = runs
+    with rt.sessions() as session:
+        found = reports.changes(session, run_id)
+        assert [{k: c[k] for k in ("reference", "from_class", "to_class", "change")} for c in found] == EXPECTED_CHANGES
+        assert reports.count_changes(session, run_id) == 4
+        assert reports.changes(session, run_id, limit=2) == found[:2]
+        assert reports.changes(session, previous) == []  # the first run of the day
+
+
+def test_csv(rt: Runtime, runs: tuple[int, int], tmp_path: Path) -> None:
+    _, run_id = runs
+    with rt.sessions() as session:
+        path = reports.export(session, run_id, "csv", tmp_path)
+    assert path.name == f"recon_cinetpay_2026-11-20_run{run_id}.csv"
+    raw = path.read_bytes()
+    assert raw.count(b"\r\n") == 12 and not raw.startswith(b"\xef\xbb\xbf")
+    with path.open(encoding="utf-8", newline="") as fh:
+        reader = csv.DictReader(fh)
+        rows = list(reader)
+    assert tuple(reader.fieldnames or ()) == reports.CSV_COLUMNS
+    assert len(rows) == 11
+    assert rows[0]["class"] == "missing_at_provider"  # exceptions first
+    assert [r["class"] for r in rows][-3:] == ["missing_in_ledger", "matched", "matched"]
+    by_ref = {r["reference"]: r for r in rows}
+    mismatch = by_ref["REF-A1"]
+    assert mismatch["difference_minor"] == "-500"  # numeric: never escaped
+    assert mismatch["internal_amount_minor"] == "10000" and mismatch["internal_amount"] == "10000"
+    assert mismatch["run_id"] == str(run_id) and mismatch["business_date"] == "2026-11-20"
+    assert by_ref["REF-M2"]["internal_amount"] == "12.50" and by_ref["REF-M2"]["currency"] == "USD"
+    assert by_ref["REF-M1"]["internal_amount"] == "15000" and by_ref["REF-M1"]["fee_minor"] == "300"
+    assert by_ref["REF-L1"]["healed"] == "true" and by_ref["REF-A1"]["healed"] == "false"
+    assert by_ref["REF-P1"]["provider_amount_minor"] == "" and by_ref["REF-P1"]["provider_amount"] == ""
+    # Formula injection: text cells escaped.
+    evil = by_ref["'=cmd"]
+    assert evil["detail"] == "'+SUM(A1:A9)"
+    assert by_ref["REF-T1"]["detail"] == "'@still pending"
+    currency_mismatch = by_ref["REF-C1"]
+    assert (currency_mismatch["currency"], currency_mismatch["provider_currency"]) == ("XOF", "USD")
+    assert currency_mismatch["provider_amount"] == "2.00"
+    assert by_ref[""]["provider_txn_id"] == "TX-NOREF"
+
+
+def test_xlsx(rt: Runtime, runs: tuple[int, int], tmp_path: Path) -> None:
+    _, run_id = runs
+    with rt.sessions() as session:
+        path = reports.export(session, run_id, "xlsx", tmp_path)
+    assert path.suffix == ".xlsx"
+    wb = openpyxl.load_workbook(path)
+    assert wb.sheetnames == ["Summary", "Exceptions", "All lines"]
+    all_lines, exceptions = wb["All lines"], wb["Exceptions"]
+    header = [c.value for c in all_lines[1]]
+    assert header[:3] == ["class", "healed", "reference"]
+    assert all_lines.freeze_panes == "A2" and exceptions.freeze_panes == "A2"
+    assert all_lines.auto_filter.ref == "A1:N12"
+    assert all_lines.max_row == 12 and exceptions.max_row == 10
+    col = {name: i for i, name in enumerate(header)}
+    rows = {r[col["reference"]].value: r for r in all_lines.iter_rows(min_row=2)}
+    xof = rows["REF-M1"][col["internal_amount"]]
+    assert xof.data_type == "n" and xof.value == 15000 and xof.number_format == "#,##0"
+    usd = rows["REF-M2"][col["internal_amount"]]
+    assert usd.data_type == "n" and usd.value == pytest.approx(12.5) and usd.number_format == "#,##0.00"
+    diff = rows["REF-A1"][col["difference"]]
+    assert diff.data_type == "n" and diff.value == -500
+    assert (
+        rows["REF-C1"][col["provider_amount"]].value == 2
+        and rows["REF-C1"][col["provider_amount"]].number_format == "#,##0.00"
+    )
+    # Untrusted text: strings, escaped, never formulas.
+    evil = rows["'=cmd"]
+    assert evil[col["reference"]].data_type == "s"
+    assert evil[col["detail"]].value == "'+SUM(A1:A9)"
+    assert all(c.data_type != "f" for row in all_lines.iter_rows() for c in row)
+    assert next(r[0].value for r in exceptions.iter_rows(min_row=2)) == "missing_at_provider"
+    assert "matched" not in [r[0].value for r in exceptions.iter_rows(min_row=2)]
+    summary_rows = [[c.value for c in r] for r in wb["Summary"].iter_rows()]
+    assert summary_rows[0] == ["currency", "class", "count", "healed", "internal_total", "provider_total", "fee_total"]
+    xof_matched = next(r for r in summary_rows if r[:2] == ["XOF", "matched"])
+    assert xof_matched[2:5] == [1, 0, 15000]
+    assert ["exceptions", None, 9] in [r[:3] for r in summary_rows]
+
+
+def test_xlsx_row_limit(rt: Runtime, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    clean(rt)
+    many = [item("amount_mismatch", f"REF-{i:02d}", "XOF", 100, 90, difference=-10) for i in range(11)]
+    run_id = make_run(rt, [*many, item("matched", "REF-OK", "XOF", 5, 5)])
+    monkeypatch.setattr(reports, "XLSX_MAX_ROWS", 10)
+    with rt.sessions() as session:
+        path = reports.export(session, run_id, "xlsx", tmp_path)
+    wb = openpyxl.load_workbook(path)
+    assert wb.sheetnames == ["Summary", "Exceptions"]  # All lines left out
+    exceptions = wb["Exceptions"]
+    assert exceptions.max_row == 10  # header, 8 exceptions, the note
+    assert [r[2].value for r in exceptions.iter_rows(min_row=2, max_row=9)] == [f"REF-{i:02d}" for i in range(8)]
+    assert "3 more exceptions not shown" in str(exceptions.cell(row=10, column=1).value)
+    notes = [str(r[0].value) for r in wb["Summary"].iter_rows() if str(r[0].value).startswith("Note:")]
+    assert len(notes) == 2
+    assert "'All lines' left out" in notes[0] and "12 items" in notes[0]
+    assert "first 8 of 11 exceptions" in notes[1]
+
+
+def test_json_validates_against_schema(rt: Runtime, runs: tuple[int, int], tmp_path: Path) -> None:
+    _, run_id = runs
+    with rt.sessions() as session:
+        path = reports.export(session, run_id, "json", tmp_path)
+    doc = json.loads(path.read_text(encoding="utf-8"))
+    schema = json.loads(SCHEMA.read_text(encoding="utf-8"))
+    jsonschema.Draft202012Validator.check_schema(schema)
+    jsonschema.Draft202012Validator(schema, format_checker=jsonschema.FormatChecker()).validate(doc)
+    assert doc["schema"] == "payrecon.recon-report/1"
+    assert doc["run"]["id"] == run_id and doc["counts"]["exceptions"] == 9
+    assert len(doc["items"]) == 11
+    assert [c["reference"] for c in doc["changes"]] == ["REF-A1", "REF-GONE", "REF-P1", "REF-S1"]
+    evil = next(i for i in doc["items"] if i["reference"] == "=cmd")  # JSON is for machines: not escaped
+    assert evil["provider_lines"] == 2 and evil["detail"] == "+SUM(A1:A9)"
+    # The schema rejects what it should.
+    doc["items"][0]["class"] = "bogus"
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(doc, schema)
+
+
+class _Page(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.tags: list[str] = []
+        self.text: list[str] = []
+        self.cells: list[str] = []
+        self.attrs_seen: list[tuple[str, str | None]] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append(tag)
+        self.attrs_seen += attrs
+
+    def handle_data(self, data: str) -> None:
+        self.text.append(data)
+        if self.tags and self.tags[-1] in {"td", "th"}:
+            self.cells.append(data)
+
+
+def test_html(rt: Runtime, runs: tuple[int, int], tmp_path: Path) -> None:
+    _, run_id = runs
+    with rt.sessions() as session:
+        path = reports.export(session, run_id, "html", tmp_path)
+    page = path.read_text(encoding="utf-8")
+    parser = _Page()
+    parser.feed(page)
+    parser.close()
+    assert "<script" not in page.lower() and "http" not in page.lower()
+    assert "link" not in parser.tags and "img" not in parser.tags
+    assert ("name", "viewport") in parser.attrs_seen
+    text = "".join(parser.text)
+    assert "9 exceptions of 11 items (1 healed by the run, 8 to act on)" in text
+    assert "15 000 XOF" in parser.cells and "12.50 USD" in parser.cells  # totals
+    assert "missing_at_provider" in parser.cells and "REF-P1" in parser.cells  # exceptions
+    assert "=cmd" in parser.cells and "+SUM(A1:A9)" in parser.cells
+    assert "REF-GONE" in parser.cells and "(not in this run)" in parser.cells  # changes
+    assert text.index("Exceptions") < text.index("Totals")
+    assert "REF-M1" not in parser.cells  # matched items are not listed
+
+
+def test_html_escapes_markup(rt: Runtime, tmp_path: Path) -> None:
+    clean(rt)
+    run_id = make_run(rt, [item("amount_mismatch", "<script>alert(1)</script>", "XOF", 1, 2, detail='"><img src=x>')])
+    with rt.sessions() as session:
+        page = reports.export(session, run_id, "html", tmp_path).read_text(encoding="utf-8")
+    assert "<script" not in page and "<img" not in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+
+
+def test_export_all_and_manifest(rt: Runtime, runs: tuple[int, int], tmp_path: Path) -> None:
+    _, run_id = runs
+    with rt.sessions() as session:
+        paths = reports.export_all(session, run_id, tmp_path / "out")
+    stem = f"recon_cinetpay_2026-11-20_run{run_id}"
+    assert [p.name for p in paths] == [f"{stem}.{ext}" for ext in reports.FORMATS] + ["manifest.json"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(p.name for p in paths)  # no leftovers
+    manifest = json.loads(paths[-1].read_text(encoding="utf-8"))
+    assert manifest["run_id"] == run_id
+    assert [f["format"] for f in manifest["files"]] == list(reports.FORMATS)
+    for entry, path in zip(manifest["files"], paths, strict=False):
+        data = path.read_bytes()
+        assert entry["name"] == path.name
+        assert entry["size"] == len(data)
+        assert entry["sha256"] == hashlib.sha256(data).hexdigest()
+
+
+def test_render_terminal(rt: Runtime, runs: tuple[int, int]) -> None:
+    previous, run_id = runs
+    with rt.sessions() as session:
+        text = reports.render_terminal(session, run_id)
+    assert f"Reconciliation run {run_id}: cinetpay, business day 2026-11-20" in text
+    assert f"previous  run {previous}" in text
+    assert "9 exceptions of 11 items" in text
+    lines = text.splitlines()
+    matched_xof = next(line for line in lines if line.startswith("XOF") and " matched " in line)
+    assert matched_xof.split()[:4] == ["XOF", "matched", "1", "0"] and "15 000 XOF" in matched_xof
+    duplicate = next(line for line in lines if line.startswith("XOF") and " duplicate " in line)
+    assert duplicate.split()[:3] == ["XOF", "duplicate", "2"]
+    assert f"Changes since run {previous}: 4" in text
+    assert "REF-A1: matched -> amount_mismatch" in text
+    assert "Exceptions (first 9 of 9):" in text
+    exceptions = lines[lines.index("Exceptions (first 9 of 9):") + 3 :]
+    assert [line.split()[0] for line in exceptions] == [
+        "missing_at_provider", "amount_mismatch", "currency_mismatch", "status_mismatch", "missing_after_sla",
+        "duplicate", "duplicate", "fee_variance", "missing_in_ledger",
+    ]  # fmt: skip
+    assert "REF-P1" in exceptions[0] and "(healed)" in exceptions[-1]
+
+
+def test_terminal_strips_control_characters(rt: Runtime) -> None:
+    clean(rt)
+    run_id = make_run(rt, [item("amount_mismatch", "REF-X", "XOF", 1, 2, detail="\x1b[2Jwiped")])
+    with rt.sessions() as session:
+        text = reports.render_terminal(session, run_id)
+    assert "\x1b" not in text and "?[2Jwiped" in text
+    assert "Changes: first run of this business day." in text
+
+
+def test_streams_large_runs(rt: Runtime, tmp_path: Path) -> None:
+    """More items than one server-side batch: every row comes out, once, in CSV and JSON."""
+    clean(rt)
+    n = reports.STREAM_BATCH * 2 + 7
+    rows = [item("matched", f"R{i:06d}", "XOF", 100, 100) for i in range(n)]
+    run_id = make_run(rt, rows)
+    with rt.sessions() as session:
+        csv_path = reports.export(session, run_id, "csv", tmp_path)
+        json_path = reports.export(session, run_id, "json", tmp_path)
+    with csv_path.open(encoding="utf-8", newline="") as fh:
+        refs = [r["reference"] for r in csv.DictReader(fh)]
+    assert len(refs) == n and refs == sorted(set(refs))
+    assert len(json.loads(json_path.read_text(encoding="utf-8"))["items"]) == n
+
+
+def test_unknown_run_and_format(rt: Runtime, tmp_path: Path) -> None:
+    clean(rt)
+    with rt.sessions() as session:
+        with pytest.raises(reports.RunNotFoundError):
+            reports.summary(session, 999_999)
+        with pytest.raises(ValueError, match="unknown report format"):
+            reports.export(session, 1, "pdf", tmp_path)
