@@ -232,3 +232,51 @@ def test_wave_listing_over_several_pages_with_fees(rt: Runtime, sandbox: Sandbox
     assert len(settled) == 120  # the lost webhooks healed: every reader has access
     assert balances["fees:wave"] == 120 * 65  # Wave's 1 % fee, from its listing
     assert balances["provider_clearing:wave"] == 120 * (6500 - 65)  # what Wave owes us
+
+
+def test_statement_errors_found_by_the_database_path_name_their_lines(rt: Runtime, tmp_path: Path) -> None:
+    """Every row has its fields (COPY accepts the file): PostgreSQL validates every row in SQL."""
+    path = tmp_path / "cinetpay.csv"
+    path.write_text(
+        "transaction_id,operator_id,payment_date,amount,currency,fees,status\n"
+        "TXN-1,OP1,2026-11-21 10:00:00,5000,XOF,0,ACCEPTED\n"
+        "TXN-2,OP2,2026-11-21 10:00:00,50.5,XOF,0,ACCEPTED\n"
+        "TXN-3,OP3,2026-11-21 10:00:00,5000,EUR,0,PAID\n"
+        "TXN-4,OP4,21/11/2026,5000,XOF,0,ACCEPTED\n"
+        ",OP5,2026-11-21 10:00:00,5000,XOF,0,ACCEPTED\n"
+        "TXN-6,OP6,2026-11-21 10:00:00,5000,ABC,0,ACCEPTED\n",
+        encoding="utf-8",
+    )
+    with pytest.raises(StatementError) as info, rt.sessions() as session, session.begin():
+        import_file(session, "cinetpay", path, business_tz=ZoneInfo("Africa/Abidjan"))
+    assert info.value.errors == [
+        (3, "amount '50.5': has more decimals than XOF allows"),
+        (4, "unknown status 'PAID'; expected one of ACCEPTED, REFUSED, WAITING_FOR_CUSTOMER, REFUNDED"),
+        (5, "time '21/11/2026' is not YYYY-MM-DD HH:MM:SS or ISO 8601"),
+        (6, "a paid row without a reference cannot be matched"),
+        (7, "unknown currency 'ABC'"),
+    ]
+    with rt.sessions() as session:
+        assert session.scalars(select(StatementLine)).all() == []
+
+
+def test_statement_rows_convert_exactly(rt: Runtime, tmp_path: Path) -> None:
+    path = tmp_path / "cinetpay.csv"
+    path.write_text(
+        "transaction_id,operator_id,payment_date,amount,currency,fees,status\n"
+        "TXN-1,OP1,2026-11-20 23:30:00,15000,XOF,525,ACCEPTED\n"
+        "TXN-2,,2026-11-21T00:30:00+01:00,12.50,USD,,refused\n",
+        encoding="utf-8",
+    )
+    with rt.sessions() as session, session.begin():
+        result = import_file(session, "cinetpay", path, business_tz=ZoneInfo("Africa/Lagos"))
+    with rt.sessions() as session:
+        lines = session.scalars(select(StatementLine).order_by(StatementLine.line_no)).all()
+    first, second = lines
+    assert (first.amount, first.currency, first.fee, first.status) == (15000, "XOF", 525, "succeeded")
+    assert first.occurred_at == datetime(2026, 11, 20, 23, 30, tzinfo=UTC)  # CinetPay's time: Abidjan, UTC+0
+    assert first.business_date == date(2026, 11, 21)  # 00:30 in Lagos
+    assert (second.amount, second.currency, second.fee, second.status) == (1250, "USD", None, "failed")
+    assert second.occurred_at == datetime(2026, 11, 20, 23, 30, tzinfo=UTC)
+    assert second.provider_txn_id is None and second.raw.startswith("TXN-2,")
+    assert result.days == (date(2026, 11, 21),)

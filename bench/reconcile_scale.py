@@ -1,0 +1,152 @@
+"""Reconciliation at scale: import a provider-day statement and classify it against our payments.
+
+    .venv/bin/python bench/reconcile_scale.py --payments 1000000
+
+Builds a throwaway PostgreSQL database with N succeeded CinetPay payments of one business day
+(COPY, not timed), writes the day's statement file (N rows in CinetPay's export format, with
+1 % of amounts wrong, 0.5 % missing, 0.1 % duplicated and 500 unknown references), then times
+``payrecon statements import`` (streamed validation + COPY) and the set-based classification of
+the day. Peak memory (max RSS) is printed so that runs of different sizes can be compared.
+Needs PostgreSQL as for the tests (PAYRECON_TEST_PG).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import multiprocessing
+import os
+import resource
+import secrets
+import sys
+import tempfile
+import time
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import create_engine, func, select, text
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from reconciliation import migrate, runs
+from reconciliation.db import make_engine, session_factory, transaction
+from reconciliation.models import ReconItem
+from reconciliation.statements import import_file
+
+PG_BASE = os.environ.get("PAYRECON_TEST_PG", "postgresql+psycopg2://postgres@127.0.0.1:5432")
+DAY = date(2026, 11, 20)
+TZ = ZoneInfo("Africa/Abidjan")
+
+
+def max_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def seed_payments(url: str, n: int) -> None:
+    """N succeeded payments of the day, by COPY (setup, not timed)."""
+    engine = create_engine(url)
+    start = datetime(2026, 11, 20, tzinfo=UTC)
+    buffer = io.StringIO()
+    out = csv.writer(buffer)
+    for i in range(n):
+        at = (start + timedelta(seconds=i * 86399 // n)).isoformat()
+        out.writerow([
+            "cinetpay", f"TXN-{i:012X}", "succeeded", 5000, "XOF", f"acct-{i % 5000}", "depannage-monthly", 1,
+            "{}", at, 5000, "XOF", at, "true", at, at, 0,
+        ])  # fmt: skip
+    buffer.seek(0)
+    raw = engine.raw_connection()
+    try:
+        cursor = raw.cursor()
+        cursor.copy_expert(
+            "COPY payments (provider, reference, status, amount, currency, account, plan_code, periods, "
+            "provider_data, registered_at, confirmed_amount, confirmed_currency, paid_at, settled, created_at, "
+            "updated_at, check_count) FROM STDIN WITH (FORMAT csv)",
+            buffer,
+        )
+        raw.commit()
+        cursor.execute("ANALYZE payments")
+        raw.commit()
+    finally:
+        raw.close()
+    engine.dispose()
+
+
+def write_statement(path: Path, n: int) -> None:
+    start = datetime(2026, 11, 20)  # noqa: DTZ001 - CinetPay writes local (Abidjan) times without offset
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        out = csv.writer(handle)
+        out.writerow(["transaction_id", "operator_id", "payment_date", "amount", "currency", "fees", "status"])
+        for i in range(n):
+            if i % 200 == 7:
+                continue  # missing at the provider
+            amount = 4000 if i % 100 == 3 else 5000
+            at = (start + timedelta(seconds=i * 86399 // n)).strftime("%Y-%m-%d %H:%M:%S")
+            out.writerow([f"TXN-{i:012X}", f"OP{i}", at, amount, "XOF", 0, "ACCEPTED"])
+            if i % 1000 == 11:
+                out.writerow([f"TXN-{i:012X}", f"OP{i}-DUP", at, amount, "XOF", 0, "ACCEPTED"])
+        for j in range(500):
+            out.writerow([f"TXN-UNKNOWN{j:06d}", f"OPX{j}", "2026-11-20 12:00:00", 5000, "XOF", 0, "ACCEPTED"])
+
+
+def _setup(url: str, n: int, statement: Path) -> None:
+    seed_payments(url, n)
+    write_statement(statement, n)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--payments", type=int, default=1_000_000)
+    args = parser.parse_args()
+    name = f"payrecon_scale_{secrets.token_hex(3)}"
+    admin = create_engine(f"{PG_BASE}/postgres", isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    url = f"{PG_BASE}/{name}"
+    try:
+        migrate.upgrade(url)
+        with tempfile.TemporaryDirectory() as tmp:
+            statement = Path(tmp) / "cinetpay-2026-11-20.csv"
+            t = time.perf_counter()
+            # Setup in a child process, so that this process's peak memory is the timed part's.
+            setup = multiprocessing.get_context("spawn").Process(target=_setup, args=(url, args.payments, statement))
+            setup.start()
+            setup.join()
+            print(f"seeded {args.payments} payments and wrote the statement in {time.perf_counter() - t:.1f} s")
+            size = statement.stat().st_size / 2**20
+            engine = make_engine(url, pool_size=2)
+            sessions = session_factory(engine)
+            rss0 = max_rss_mib()
+            started = time.perf_counter()
+            with transaction(sessions) as session:
+                imported = import_file(session, "cinetpay", statement, business_tz=TZ)
+            imported_at = time.perf_counter()
+            policy = runs.Policy(tz=TZ, sla=3600)
+            run_id = runs.start(sessions, "cinetpay", DAY, policy, "manual")
+            items = runs.classify_run(sessions, run_id, policy)
+            done = time.perf_counter()
+        with sessions() as session:
+            counts = dict(
+                session.execute(
+                    select(ReconItem.cls, func.count()).where(ReconItem.run_id == run_id).group_by(ReconItem.cls)
+                ).all()
+            )
+        engine.dispose()
+        print(f"statement: {imported.rows} rows, {size:.0f} MiB")
+        print(f"import (validate + COPY): {imported_at - started:.2f} s")
+        print(f"match + classify ({items} items): {done - imported_at:.2f} s")
+        print(
+            f"total: {done - started:.2f} s; peak memory {max_rss_mib():.0f} MiB (before the timed part {rss0:.0f} MiB)"
+        )
+        print(f"classes: {dict(sorted(counts.items()))}")
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+if __name__ == "__main__":
+    main()
