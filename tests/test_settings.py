@@ -125,3 +125,23 @@ def test_readme_shows_the_trust_profiles_as_they_are() -> None:
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
     shown = readme.split("<!-- trust-profiles:start -->\n")[1].split("\n<!-- trust-profiles:end -->")[0]
     assert shown == markdown_table()
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"PAYRECON_RECON_AT": "25:00"}, "PAYRECON_RECON_AT must be a local time HH:MM"),
+        ({"PAYRECON_RECON_RERUNS": "one"}, "PAYRECON_RECON_RERUNS must be comma-separated positive days"),
+        ({"PAYRECON_FEES_WAVE": "-1"}, "PAYRECON_FEES_WAVE must be >= 0"),
+    ],
+)
+def test_reconciliation_settings_errors(env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env({**BASE, **env})
+    assert message in str(info.value)
+
+
+def test_reconciliation_settings() -> None:
+    s = Settings.from_env({**BASE, "PAYRECON_RECON_AT": "03:30", "PAYRECON_RECON_RERUNS": "2,7",
+                           "PAYRECON_FEES_WAVE": "150", "PAYRECON_RECON_TOLERANCE": "5"})  # fmt: skip
+    assert (s.recon_at, s.recon_reruns, s.fees_bps, s.recon_tolerance) == ((3, 30), (2, 7), {"wave": 150}, 5)

@@ -195,7 +195,7 @@ class Settings:
             verify_max_retries=reader.integer("PAYRECON_VERIFY_MAX_RETRIES", 8, minimum=0),
             expire_interval=reader.number("PAYRECON_EXPIRE_INTERVAL", 60.0),
             recon_at=reader.clock("PAYRECON_RECON_AT", (2, 0)),
-            recon_reruns=reader.schedule("PAYRECON_RECON_RERUNS") or (1, 3),
+            recon_reruns=reader.schedule("PAYRECON_RECON_RERUNS", "days") or (1, 3),
             recon_tolerance=reader.integer("PAYRECON_RECON_TOLERANCE", 0, minimum=0),
             fees_bps={
                 provider: reader.integer(f"PAYRECON_FEES_{provider.upper()}", 0, minimum=0)
@@ -315,7 +315,7 @@ class _Reader:
             return None
         return rate, burst
 
-    def schedule(self, name: str) -> tuple[int, ...] | None:
+    def schedule(self, name: str, unit: str = "seconds") -> tuple[int, ...] | None:
         value = self._raw(name)
         if value is None:
             return None
@@ -324,7 +324,7 @@ class _Reader:
         except ValueError:
             delays = ()
         if not delays or any(d <= 0 for d in delays):
-            self.problems.append(f"{name} must be comma-separated positive seconds, e.g. '30,120,300', got {value!r}")
+            self.problems.append(f"{name} must be comma-separated positive {unit}, e.g. '30,120,300', got {value!r}")
             return None
         return delays
 
