@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
+from typing import Any
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import select
@@ -269,13 +270,13 @@ def apply_answer(
             facts.note(
                 session, "disagreement", provider=payment.provider, claimed=claimed, confirmed=answer.outcome.value
             )
-    verification = Verification(
-        payment_id=payment.id,
-        inbox_id=inbox_id,
+    verification = _verification(
+        session,
+        payment,
+        ctx,
         trigger=trigger,
-        claimed_status=claim.claimed_status if claim else None,
-        claimed_amount=claim.claimed_amount if claim else None,
-        claimed_currency=claim.claimed_currency if claim else None,
+        claim=claim,
+        inbox_id=inbox_id,
         outcome=answer.outcome.value,
         provider_status=answer.provider_status,
         provider_code=answer.provider_code,
@@ -284,10 +285,7 @@ def apply_answer(
         answered_currency=answer.currency,
         decision="; ".join(n for n in notes if n),
         raw_response=answer.raw,
-        created_at=ctx.now,
     )
-    session.add(verification)
-    session.flush()
     return verification
 
 
@@ -306,6 +304,29 @@ def record_error(
     notes = ["no answer from the provider"]
     if reschedule and payment.status not in FINAL_STATUSES:
         _schedule_or_expire(session, payment, ctx, notes)
+    return _verification(
+        session,
+        payment,
+        ctx,
+        trigger=trigger,
+        claim=claim,
+        inbox_id=inbox_id,
+        error=error,
+        decision="; ".join(notes),
+    )
+
+
+def _verification(
+    session: Session,
+    payment: Payment,
+    ctx: Context,
+    *,
+    trigger: str,
+    claim: Delivery | None,
+    inbox_id: int | None,
+    **answer: Any,
+) -> Verification:
+    """Store one entry of the verification history: what was claimed next to what was answered."""
     verification = Verification(
         payment_id=payment.id,
         inbox_id=inbox_id,
@@ -313,9 +334,8 @@ def record_error(
         claimed_status=claim.claimed_status if claim else None,
         claimed_amount=claim.claimed_amount if claim else None,
         claimed_currency=claim.claimed_currency if claim else None,
-        error=error,
-        decision="; ".join(notes),
         created_at=ctx.now,
+        **answer,
     )
     session.add(verification)
     session.flush()

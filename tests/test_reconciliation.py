@@ -280,3 +280,26 @@ def test_statement_rows_convert_exactly(rt: Runtime, tmp_path: Path) -> None:
     assert second.occurred_at == datetime(2026, 11, 20, 23, 30, tzinfo=UTC)
     assert second.provider_txn_id is None and second.raw.startswith("TXN-2,")
     assert result.days == (date(2026, 11, 21),)
+
+
+def test_runs_are_measured(rt: Runtime) -> None:
+    from prometheus_client import REGISTRY
+
+    import worker.observability  # noqa: F401 - subscribes the metrics to the facts
+
+    def sample(name: str, **labels: str) -> float:
+        return REGISTRY.get_sample_value(name, labels) or 0.0
+
+    before = sample("payrecon_reconciliation_runs_total", provider="cinetpay", status="succeeded")
+    mismatches = sample("payrecon_reconciliation_items_total", provider="cinetpay", **{"class": "amount_mismatch"})
+    ref = new_reference()
+    payment(rt, ref, PaymentStatus.SUCCEEDED)
+    line(rt, ref, amount=1)
+    runs.reconcile_stored(rt.sessions, "cinetpay", DAY, policy(rt))
+    assert sample("payrecon_reconciliation_runs_total", provider="cinetpay", status="succeeded") == before + 1
+    assert (
+        sample("payrecon_reconciliation_items_total", provider="cinetpay", **{"class": "amount_mismatch"})
+        == mismatches + 1
+    )
+    last = sample("payrecon_reconciliation_last_success_timestamp_seconds", provider="cinetpay")
+    assert abs(last - datetime.now(UTC).timestamp()) < 60
