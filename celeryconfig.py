@@ -65,6 +65,7 @@ task_routes = {
     "payrecon.expire_subscriptions": {"queue": "maintenance"},
     "payrecon.reconcile": {"queue": "maintenance"},
     "payrecon.nightly_reconciliation": {"queue": "maintenance"},
+    "payrecon.deliver_events": {"queue": "maintenance"},
 }
 
 timezone = os.environ.get("PAYRECON_TIMEZONE", "Africa/Abidjan")
@@ -78,6 +79,11 @@ beat_schedule = {
     "expire-subscriptions": {
         "task": "payrecon.expire_subscriptions",
         "schedule": float(os.environ.get("PAYRECON_EXPIRE_INTERVAL", "60")),
+    },
+    # Outbox events to the merchant apps (never in the way of settlement).
+    "deliver-events": {
+        "task": "payrecon.deliver_events",
+        "schedule": float(os.environ.get("PAYRECON_EVENTS_INTERVAL", "5")),
     },
     # The previous business day of every provider, plus re-runs (T+1, T+3), at PAYRECON_RECON_AT
     # in the business time zone (``timezone`` above).

@@ -471,3 +471,37 @@ class ReconItem(Base):
     difference: Mapped[int | None] = mapped_column(BigInteger)
     healed: Mapped[bool] = mapped_column(Boolean, default=False)
     detail: Mapped[str] = mapped_column(Text, default="")
+
+
+# --------------------------------------------------------------------------- outbox
+
+
+class OutboxEvent(Base):
+    """A change a merchant app cares about, written in the same transaction as the change."""
+
+    __tablename__ = "outbox_events"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)  # evt_<hex>: stable, for deduplication
+    type: Mapped[str] = mapped_column(String(40))
+    product: Mapped[str | None] = mapped_column(String(100))
+    payload: Mapped[dict[str, Any]] = mapped_column(JsonType)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
+class OutboxDelivery(Base):
+    """One event to one merchant app: retried on a schedule until delivered or given up."""
+
+    __tablename__ = "outbox_deliveries"
+    __table_args__ = (
+        UniqueConstraint("event_id", "app"),
+        Index("ix_outbox_deliveries_due", "status", "next_attempt_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    event_id: Mapped[str] = mapped_column(ForeignKey("outbox_events.id"))
+    app: Mapped[str] = mapped_column(String(100))
+    status: Mapped[str] = mapped_column(String(16))  # pending | delivered | failed
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    last_error: Mapped[str | None] = mapped_column(Text)
+    delivered_at: Mapped[datetime | None] = mapped_column(UtcDateTime())

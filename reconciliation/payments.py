@@ -9,7 +9,7 @@ so any number of concurrent deliveries settle a payment once.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -18,7 +18,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from providers.base import Delivery, Outcome, RegistrationView, VerifiedStatus
-from reconciliation import facts, ledger
+from reconciliation import facts, ledger, outbox
 from reconciliation.dialect import insert
 from reconciliation.models import (
     FINAL_STATUSES,
@@ -92,11 +92,20 @@ def find_by_provider_data(session: Session, provider: str, key: str, value: str)
 
 def flag(session: Session, payment: Payment, kind: FlagKind, detail: str) -> None:
     """Raise a flag once per (payment, kind); later details do not overwrite the first."""
-    session.execute(
+    raised = session.execute(
         insert(session, PaymentFlag)
         .values(payment_id=payment.id, kind=kind, detail=detail)
         .on_conflict_do_nothing(index_elements=["payment_id", "kind"])
-    )
+        .returning(PaymentFlag.id)
+    ).first()
+    if raised is not None:
+        outbox.emit(
+            session,
+            "payment.flagged",
+            product=outbox.product_of(session, payment),
+            data={**outbox.payment_data(payment), "flag": kind.value, "detail": detail},
+            now=datetime.now(UTC),
+        )
 
 
 # --------------------------------------------------------------------------- registration
@@ -354,6 +363,13 @@ def record_deferral(
 
 
 def _note_final(session: Session, payment: Payment, ctx: Context) -> None:
+    outbox.emit(
+        session,
+        f"payment.{payment.status.value}",
+        product=outbox.product_of(session, payment),
+        data=outbox.payment_data(payment),
+        now=ctx.now,
+    )
     since = payment.registered_at or payment.created_at
     facts.note(
         session,

@@ -14,7 +14,7 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from reconciliation import facts
+from reconciliation import facts, outbox
 from reconciliation.dialect import insert
 from reconciliation.models import Payment, Plan, Subscription, SubscriptionGrant
 
@@ -88,6 +88,17 @@ def grant_for_payment(session: Session, payment: Payment, now: datetime, tz: Zon
     sub.updated_at = now
     session.flush()
     facts.note(session, "grant", product=plan.product, days=days)
+    outbox.emit(
+        session,
+        "subscription.granted",
+        product=plan.product,
+        data={
+            "account": sub.account, "product": plan.product, "plan": plan.code, "days": days,
+            "periods": payment.periods, "starts_at": start.isoformat(), "ends_at": end.isoformat(),
+            "payment_reference": payment.reference, "provider": payment.provider,
+        },
+        now=now,
+    )  # fmt: skip
     return GrantResult(grant, sub)
 
 
@@ -97,8 +108,16 @@ def expire_due(session: Session, now: datetime) -> list[int]:
         update(Subscription)
         .where(Subscription.active.is_(True), Subscription.ends_at <= now)
         .values(active=False, expired_at=now, updated_at=now)
-        .returning(Subscription.id, Subscription.product)
-    ).all()
-    for _, product in result:
+        .returning(Subscription.id, Subscription.product, Subscription.account, Subscription.plan_code,
+                   Subscription.ends_at)
+    ).all()  # fmt: skip
+    for _, product, account, plan_code, ends_at in result:
         facts.note(session, "expiry", product=product)
+        outbox.emit(
+            session,
+            "subscription.expired",
+            product=product,
+            data={"account": account, "product": product, "plan": plan_code, "ended_at": ends_at.isoformat()},
+            now=now,
+        )
     return [row[0] for row in result]

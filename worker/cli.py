@@ -305,6 +305,56 @@ def report_export(run_id: int, fmt: str, out_dir: Path) -> None:
         click.echo(str(path))
 
 
+# --------------------------------------------------------------------------- events
+
+
+@main.group()
+def events() -> None:
+    """Events sent to the merchant apps (payment and subscription changes)."""
+
+
+@events.command("list")
+@click.option("--status", type=click.Choice(["pending", "delivered", "failed"]))
+@click.option("--limit", default=100, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+def events_list(status: str | None, limit: int, as_json: bool) -> None:
+    """Recent events and their delivery to each app."""
+    settings = _settings()
+    from worker import events as events_mod
+    from worker import runtime
+
+    rt = runtime.build(settings)
+    try:
+        rows = events_mod.listing(rt, status=status, limit=limit)
+    finally:
+        rt.close()
+    if as_json:
+        _dump(rows)
+        return
+    for r in rows:
+        error = f"  {r['last_error']}" if r["last_error"] else ""
+        click.echo(f"{r['id']}  {r['type']:<22} {r['app'] or '-':<12} {r['status']:<10} x{r['attempts']}{error}")
+
+
+@events.command("redeliver")
+@click.argument("event_ids", nargs=-1)
+@click.option("--failed", is_flag=True, help="Every delivery that was given up.")
+def events_redeliver(event_ids: tuple[str, ...], failed: bool) -> None:
+    """Send events again now (by id, or --failed)."""
+    if not event_ids and not failed:
+        _fail("name event ids, or --failed", 2)
+    settings = _settings()
+    from worker import events as events_mod
+    from worker import runtime
+
+    rt = runtime.build(settings)
+    try:
+        count = events_mod.redeliver(rt, event_ids=list(event_ids), failed=failed, now=datetime.now(UTC))
+    finally:
+        rt.close()
+    click.echo(f"{count} delivery(ies) scheduled now")
+
+
 # --------------------------------------------------------------------------- reads
 
 

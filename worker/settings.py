@@ -67,6 +67,24 @@ class WaveSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class AppSettings:
+    """A merchant app that receives payrecon's events (``PAYRECON_APPS``)."""
+
+    name: str
+    url: str  # https://... (signed POST) or celery://QUEUE/TASK (a Celery task on the app's queue)
+    secret: str | None = field(default=None, repr=False)
+    products: tuple[str, ...] = ()  # empty: every product
+
+    @property
+    def via_celery(self) -> bool:
+        return self.url.startswith("celery://")
+
+
+#: Delays between delivery attempts of an event (Kill Bill's: 15 min, 30 min, 2 h, 12 h, 1 d).
+DEFAULT_EVENT_RETRIES = (900, 1800, 7200, 43200, 86400)
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     database_url: str = field(repr=False)  # may carry a password
     broker_url: str = field(repr=False)
@@ -89,6 +107,8 @@ class Settings:
     recon_reruns: tuple[int, ...] = (1, 3)  # re-runs at T+1 and T+3 for late entries
     recon_tolerance: int = 0  # amount tolerance in minor units (default exact)
     fees_bps: dict[str, int | None] = field(default_factory=dict)  # expected fee per provider
+    apps: tuple[AppSettings, ...] = ()
+    event_retries: tuple[int, ...] = DEFAULT_EVENT_RETRIES
 
     @property
     def providers(self) -> tuple[str, ...]:
@@ -173,6 +193,7 @@ class Settings:
             for provider in PROVIDERS
             if (budget := reader.budget(f"PAYRECON_BUDGET_{provider.upper()}")) is not None
         }
+        apps = reader.apps()
         redis_url = reader.text("PAYRECON_REDIS_URL")
         if redis_url is not None and not redis_url.startswith(("redis://", "rediss://")):
             problems.append(f"PAYRECON_REDIS_URL must be a redis:// URL, got {redis_url!r}")
@@ -194,6 +215,8 @@ class Settings:
             give_up_after=reader.optional_integer("PAYRECON_GIVE_UP_AFTER", minimum=1),
             verify_max_retries=reader.integer("PAYRECON_VERIFY_MAX_RETRIES", 8, minimum=0),
             expire_interval=reader.number("PAYRECON_EXPIRE_INTERVAL", 60.0),
+            apps=apps,
+            event_retries=reader.schedule("PAYRECON_EVENTS_RETRY_SCHEDULE") or DEFAULT_EVENT_RETRIES,
             recon_at=reader.clock("PAYRECON_RECON_AT", (2, 0)),
             recon_reruns=reader.schedule("PAYRECON_RECON_RERUNS", "days") or (1, 3),
             recon_tolerance=reader.integer("PAYRECON_RECON_TOLERANCE", 0, minimum=0),
@@ -284,6 +307,27 @@ class _Reader:
             self.problems.append(f"{name} must be 'CONNECT,READ' in seconds, e.g. '3.05,10', got {value!r}")
             return default
         return connect, read
+
+    def apps(self) -> tuple[AppSettings, ...]:
+        """``PAYRECON_APPS=depannage,coko`` and per app ``PAYRECON_APP_<NAME>_URL``, ``_SECRET``, ``_PRODUCTS``."""
+        names = [n.strip() for n in (self.text("PAYRECON_APPS") or "").split(",") if n.strip()]
+        apps = []
+        for name in names:
+            prefix = f"PAYRECON_APP_{name.upper().replace('-', '_')}"
+            url = self.text(f"{prefix}_URL")
+            secret = self.text(f"{prefix}_SECRET")
+            if url is None:
+                self.problems.append(f"{prefix}_URL is not set (app {name!r} is in PAYRECON_APPS)")
+                continue
+            if not url.startswith(("http://", "https://", "celery://")):
+                self.problems.append(f"{prefix}_URL must be https://... or celery://QUEUE/TASK, got {url!r}")
+                continue
+            if not url.startswith("celery://") and not secret:
+                self.problems.append(f"{prefix}_SECRET is not set: HTTP deliveries are signed with it")
+                continue
+            products = tuple(p.strip() for p in (self.text(f"{prefix}_PRODUCTS") or "").split(",") if p.strip())
+            apps.append(AppSettings(name=name, url=url, secret=secret, products=products))
+        return tuple(apps)
 
     def clock(self, name: str, default: tuple[int, int]) -> tuple[int, int]:
         value = self._raw(name)

@@ -177,3 +177,18 @@ def nightly_reconciliation() -> int:
     for provider, day, trigger in jobs:
         reconcile.apply_async((provider, day.isoformat(), trigger))
     return len(jobs)
+
+
+@app.task(name="payrecon.deliver_events")
+def deliver_events() -> dict[str, int]:
+    """Beat, every few seconds: fan new outbox events out to the apps, send what is due."""
+    from datetime import UTC, datetime
+
+    from worker import events
+
+    rt = runtime.get()
+    if not rt.settings.apps:
+        return {}
+    now = datetime.now(UTC)
+    events.fan_out(rt, now)
+    return events.deliver_due(rt, now)

@@ -1,0 +1,47 @@
+"""The outbox: every change a merchant app cares about, written in the transaction of the change.
+
+An event is stored only if the change commits, and never lost once it has: delivery
+(``worker.events``) reads the outbox afterwards, retries on a schedule, and never blocks
+settlement. Event ids are stable (``evt_<hex>``), so receivers can deduplicate.
+
+Types: ``payment.succeeded``, ``payment.failed``, ``payment.expired``, ``payment.refunded``,
+``payment.flagged``, ``subscription.granted``, ``subscription.expired``.
+"""
+
+from __future__ import annotations
+
+import secrets
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from reconciliation.models import OutboxEvent, Payment, Plan
+
+
+def emit(session: Session, type_: str, *, product: str | None, data: dict[str, Any], now: datetime) -> OutboxEvent:
+    event = OutboxEvent(id=f"evt_{secrets.token_hex(12)}", type=type_, product=product, payload=data, created_at=now)
+    session.add(event)
+    return event
+
+
+def product_of(session: Session, payment: Payment) -> str | None:
+    plan = session.get(Plan, payment.plan_code) if payment.plan_code else None
+    return plan.product if plan is not None else None
+
+
+def payment_data(payment: Payment) -> dict[str, Any]:
+    return {
+        "reference": payment.reference,
+        "provider": payment.provider,
+        "status": payment.status.value,
+        "account": payment.account,
+        "plan": payment.plan_code,
+        "periods": payment.periods,
+        "amount": payment.amount,
+        "currency": payment.currency,
+        "confirmed_amount": payment.confirmed_amount,
+        "confirmed_currency": payment.confirmed_currency,
+        "paid_at": payment.paid_at.isoformat() if payment.paid_at else None,
+        "orphan": payment.is_orphan,
+    }
