@@ -205,3 +205,18 @@ def test_app_settings_errors() -> None:
         ("coko", True, ("coko",)),
     ]
     assert "s3" not in repr(ok)
+
+
+def test_the_readme_verification_snippet_accepts_our_signature() -> None:
+    import time
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    snippet = readme.split("Verify before trusting it:\n\n```python\n")[1].split("```")[0]
+    namespace: dict[str, Any] = {}
+    exec(snippet, namespace)  # noqa: S102 - our own README's code
+    raw = '{"id": "evt_1", "type": "subscription.granted"}'
+    header = events.signature(SECRET, int(time.time()), raw)
+    assert namespace["verify"](raw.encode(), header, SECRET) is True
+    assert namespace["verify"](raw.encode(), header, "another secret") is False
+    assert namespace["verify"]((raw + " ").encode(), header, SECRET) is False
