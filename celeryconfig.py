@@ -66,6 +66,7 @@ task_routes = {
     "payrecon.reconcile": {"queue": "maintenance"},
     "payrecon.nightly_reconciliation": {"queue": "maintenance"},
     "payrecon.deliver_events": {"queue": "maintenance"},
+    "payrecon.send_reminders": {"queue": "maintenance"},
 }
 
 timezone = os.environ.get("PAYRECON_TIMEZONE", "Africa/Abidjan")
@@ -80,6 +81,7 @@ beat_schedule = {
         "task": "payrecon.expire_subscriptions",
         "schedule": float(os.environ.get("PAYRECON_EXPIRE_INTERVAL", "60")),
     },
+    "send-reminders": {"task": "payrecon.send_reminders", "schedule": 600.0},
     # Outbox events to the merchant apps (never in the way of settlement).
     "deliver-events": {
         "task": "payrecon.deliver_events",

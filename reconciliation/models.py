@@ -293,6 +293,7 @@ class Plan(Base):
     price: Mapped[int] = mapped_column(BigInteger)  # minor units, per period
     currency: Mapped[str] = mapped_column(String(3))
     period_days: Mapped[int] = mapped_column(Integer)
+    grace_days: Mapped[int] = mapped_column(Integer, server_default="0")  # access continues after the end
     active: Mapped[bool] = mapped_column(Boolean, default=True)
 
     __table_args__ = (
@@ -322,17 +323,21 @@ class Subscription(Base):
 
 
 class SubscriptionGrant(Base):
-    """One period of access granted by one payment. Exactly one per payment."""
+    """A change of an account's access, with what caused it: a payment (exactly one grant per
+    payment), its refund (negative days), or an operator's manual grant or revocation (audited)."""
 
     __tablename__ = "subscription_grants"
     __table_args__ = (
-        UniqueConstraint("payment_id"),
-        CheckConstraint("days > 0", name="days_positive"),
+        UniqueConstraint("payment_id", "kind"),
+        CheckConstraint("days <> 0", name="days_nonzero"),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     subscription_id: Mapped[int] = mapped_column(ForeignKey("subscriptions.id"), index=True)
-    payment_id: Mapped[int] = mapped_column(ForeignKey("payments.id"))
+    payment_id: Mapped[int | None] = mapped_column(ForeignKey("payments.id"))
+    kind: Mapped[str] = mapped_column(String(16), server_default="payment")  # payment|refund|manual|revoke|import
+    reason: Mapped[str | None] = mapped_column(Text)
+    granted_by: Mapped[str | None] = mapped_column(String(200))
     plan_code: Mapped[str] = mapped_column(ForeignKey("plans.code"))
     periods: Mapped[int] = mapped_column(Integer)
     days: Mapped[int] = mapped_column(Integer)
@@ -340,7 +345,20 @@ class SubscriptionGrant(Base):
     ends_at: Mapped[datetime] = mapped_column(UtcDateTime())
     created_at: Mapped[datetime] = mapped_column(UtcDateTime(), server_default=func.now())
 
-    payment: Mapped[Payment] = relationship()
+    payment: Mapped[Payment | None] = relationship()
+
+
+class SubscriptionReminder(Base):
+    """A ``subscription.expiring`` reminder sent: once per (subscription, end, days before)."""
+
+    __tablename__ = "subscription_reminders"
+    __table_args__ = (UniqueConstraint("subscription_id", "ends_at", "days_before"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    subscription_id: Mapped[int] = mapped_column(ForeignKey("subscriptions.id"))
+    ends_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    days_before: Mapped[int] = mapped_column(Integer)
+    sent_at: Mapped[datetime] = mapped_column(UtcDateTime())
 
 
 # --------------------------------------------------------------------------- dead letters

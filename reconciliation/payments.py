@@ -18,7 +18,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from providers.base import Delivery, Outcome, RegistrationView, VerifiedStatus
-from reconciliation import facts, ledger, outbox
+from reconciliation import facts, ledger, outbox, subscriptions
 from reconciliation.dialect import insert
 from reconciliation.models import (
     FINAL_STATUSES,
@@ -27,6 +27,8 @@ from reconciliation.models import (
     Payment,
     PaymentFlag,
     PaymentStatus,
+    Plan,
+    SubscriptionGrant,
     Verification,
 )
 from reconciliation.states import transition
@@ -265,6 +267,8 @@ def apply_answer(
         notes.append("webhook claim differs from the provider's answer")
     if step.money_moved:
         notes.append(_settle_paid(session, payment, ctx))
+    if step.status is PaymentStatus.REFUNDED and previous is PaymentStatus.SUCCEEDED:
+        notes.append(_refunded(session, payment, ctx, reason=f"reported by {payment.provider}", by=None))
     if step.status in FINAL_STATUSES:
         if previous is not step.status:
             payment.finalized_at = ctx.now
@@ -395,6 +399,51 @@ def normalize_claim(claimed: str) -> str:
         if word in words:
             return outcome
     return "other"
+
+
+def refund(session: Session, payment: Payment, ctx: Context, *, reason: str, by: str) -> str:
+    """An operator records a refund the provider made (or a reversal): same effects as the provider's word."""
+    if payment.status is not PaymentStatus.SUCCEEDED:
+        raise ValueError(f"payment {payment.reference} is {payment.status.value}: only a succeeded payment is refunded")
+    payment.status = PaymentStatus.REFUNDED
+    payment.updated_at = ctx.now
+    decision = _refunded(session, payment, ctx, reason=reason, by=by)
+    _verification(session, payment, ctx, trigger="manual", claim=None, inbox_id=None,
+                  outcome="refunded", decision=f"refund recorded by {by}: {reason}; {decision}")  # fmt: skip
+    return decision
+
+
+def _refunded(session: Session, payment: Payment, ctx: Context, *, reason: str, by: str | None) -> str:
+    """Reverse the payment's journals with new ones, take its access back, tell the app."""
+    reversed_kinds = []
+    for original in session.scalars(
+        select(Journal).where(Journal.payment_id == payment.id, Journal.reverses_id.is_(None)).order_by(Journal.id)
+    ).all():
+        kind = f"{original.kind}_refund"
+        if journal(session, payment, kind) is None:
+            ledger.reverse(session, original, kind=kind, memo=f"{payment.reference} refunded: {reason}")
+            reversed_kinds.append(original.kind)
+    notes = [f"refunded: journals reversed ({', '.join(reversed_kinds) or 'none'})"]
+    grant = session.scalars(
+        select(SubscriptionGrant).where(SubscriptionGrant.payment_id == payment.id, SubscriptionGrant.kind == "payment")
+    ).first()
+    if grant is not None:
+        plan = session.get(Plan, grant.plan_code)
+        if plan is not None and payment.account is not None:
+            shortened = subscriptions.shorten(
+                session, plan.product, payment.account, grant.days, kind="refund", reason=reason, by=by,
+                now=ctx.now, tz=ctx.tz, payment_id=payment.id,
+            )  # fmt: skip
+            if shortened is not None:
+                notes.append(f"access shortened by {-shortened.days} days")
+    outbox.emit(
+        session,
+        "payment.refunded",
+        product=outbox.product_of(session, payment),
+        data={**outbox.payment_data(payment), "reason": reason},
+        now=ctx.now,
+    )
+    return "; ".join(notes)
 
 
 def _schedule_or_expire(session: Session, payment: Payment, ctx: Context, notes: list[str]) -> None:

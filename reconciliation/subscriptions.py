@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from reconciliation import facts, outbox
 from reconciliation.dialect import insert
-from reconciliation.models import Payment, Plan, Subscription, SubscriptionGrant
+from reconciliation.models import Payment, Plan, Subscription, SubscriptionGrant, SubscriptionReminder
 
 
 class UnknownPlan(ValueError):
@@ -103,21 +103,156 @@ def grant_for_payment(session: Session, payment: Payment, now: datetime, tz: Zon
 
 
 def expire_due(session: Session, now: datetime) -> list[int]:
-    """Switch off every subscription whose end has passed. Returns their ids."""
-    result = session.execute(
-        update(Subscription)
-        .where(Subscription.active.is_(True), Subscription.ends_at <= now)
-        .values(active=False, expired_at=now, updated_at=now)
-        .returning(Subscription.id, Subscription.product, Subscription.account, Subscription.plan_code,
-                   Subscription.ends_at)
-    ).all()  # fmt: skip
-    for _, product, account, plan_code, ends_at in result:
-        facts.note(session, "expiry", product=product)
-        outbox.emit(
-            session,
-            "subscription.expired",
-            product=product,
-            data={"account": account, "product": product, "plan": plan_code, "ended_at": ends_at.isoformat()},
-            now=now,
+    """Switch off every subscription whose end (plus its plan's grace) has passed. Returns their ids."""
+    expired: list[int] = []
+    for grace in sorted(set(session.scalars(select(Plan.grace_days)))):
+        plans = select(Plan.code).where(Plan.grace_days == grace)
+        result = session.execute(
+            update(Subscription)
+            .where(
+                Subscription.active.is_(True),
+                Subscription.ends_at <= now - timedelta(days=grace),
+                Subscription.plan_code.in_(plans),
+            )
+            .values(active=False, expired_at=now, updated_at=now)
+            .returning(Subscription.id, Subscription.product, Subscription.account, Subscription.plan_code,
+                       Subscription.ends_at)
+        ).all()  # fmt: skip
+        for sub_id, product, account, plan_code, ends_at in result:
+            facts.note(session, "expiry", product=product)
+            outbox.emit(
+                session,
+                "subscription.expired",
+                product=product,
+                data={"account": account, "product": product, "plan": plan_code, "ended_at": ends_at.isoformat(),
+                      "grace_days": grace},
+                now=now,
+            )  # fmt: skip
+            expired.append(sub_id)
+    return expired
+
+
+def _locked(session: Session, product: str, account: str) -> Subscription | None:
+    return session.scalars(
+        select(Subscription)
+        .where(Subscription.product == product, Subscription.account == account)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    ).one_or_none()
+
+
+def _event(session: Session, sub: Subscription, grant: SubscriptionGrant, now: datetime, **extra: object) -> None:
+    kind = "subscription.granted" if grant.days > 0 else "subscription.shortened"
+    outbox.emit(
+        session,
+        kind,
+        product=sub.product,
+        data={
+            "account": sub.account, "product": sub.product, "plan": sub.plan_code, "days": grant.days,
+            "ends_at": sub.ends_at.isoformat(), "active": sub.active, "source": grant.kind, "reason": grant.reason,
+            "by": grant.granted_by, **extra,
+        },
+        now=now,
+    )  # fmt: skip
+
+
+def grant_manual(
+    session: Session,
+    account: str,
+    plan_code: str,
+    periods: int,
+    *,
+    reason: str,
+    by: str,
+    now: datetime,
+    tz: ZoneInfo,
+    kind: str = "manual",
+) -> SubscriptionGrant:
+    """Periods of access without a payment (an operator's decision, recorded with who and why)."""
+    plan = get_plan(session, plan_code)
+    sub = _locked_subscription(session, plan.product, account, plan.code, now)
+    days = periods * plan.period_days
+    start = max(now, sub.ends_at) if sub.active else now
+    end = add_days(start, days, tz)
+    grant = SubscriptionGrant(
+        subscription_id=sub.id, payment_id=None, kind=kind, reason=reason, granted_by=by, plan_code=plan.code,
+        periods=periods, days=days, starts_at=start, ends_at=end,
+    )  # fmt: skip
+    session.add(grant)
+    if not sub.active:
+        sub.starts_at = start
+    sub.ends_at, sub.plan_code, sub.active, sub.expired_at, sub.updated_at = end, plan.code, True, None, now
+    session.flush()
+    _event(session, sub, grant, now)
+    return grant
+
+
+def shorten(
+    session: Session,
+    product: str,
+    account: str,
+    days: int,
+    *,
+    kind: str,
+    reason: str,
+    by: str | None,
+    now: datetime,
+    tz: ZoneInfo,
+    payment_id: int | None = None,
+) -> SubscriptionGrant | None:
+    """Take ``days`` of access back (a refund, a revocation), never below now. None: no subscription."""
+    sub = _locked(session, product, account)
+    if sub is None:
+        return None
+    new_end = max(now, add_days(sub.ends_at, -days, tz))
+    removed = round((sub.ends_at - new_end).total_seconds() / 86400)
+    grant = SubscriptionGrant(
+        subscription_id=sub.id, payment_id=payment_id, kind=kind, reason=reason, granted_by=by,
+        plan_code=sub.plan_code, periods=0, days=-max(removed, 1), starts_at=new_end, ends_at=sub.ends_at,
+    )  # fmt: skip
+    session.add(grant)
+    sub.ends_at, sub.updated_at = new_end, now
+    if new_end <= now and sub.active:
+        sub.active, sub.expired_at = False, now
+    session.flush()
+    _event(session, sub, grant, now, removed_days=removed)
+    return grant
+
+
+def send_reminders(session: Session, now: datetime, days_before: tuple[int, ...]) -> int:
+    """``subscription.expiring`` N days before the end, once per (subscription, end, N); when several
+    are due at once only the nearest is sent (and the others counted as sent)."""
+    if not days_before:
+        return 0
+    horizon = now + timedelta(days=max(days_before))
+    subs = session.scalars(
+        select(Subscription).where(
+            Subscription.active.is_(True), Subscription.ends_at > now, Subscription.ends_at <= horizon
         )
-    return [row[0] for row in result]
+    ).all()
+    sent = 0
+    for sub in subs:
+        due = sorted(n for n in days_before if sub.ends_at - now <= timedelta(days=n))
+        if not due:
+            continue
+        fresh = []
+        for n in due:
+            inserted = session.execute(
+                insert(session, SubscriptionReminder)
+                .values(subscription_id=sub.id, ends_at=sub.ends_at, days_before=n, sent_at=now)
+                .on_conflict_do_nothing(index_elements=["subscription_id", "ends_at", "days_before"])
+                .returning(SubscriptionReminder.id)
+            ).first()
+            if inserted is not None:
+                fresh.append(n)
+        if fresh and min(fresh) == due[0]:
+            outbox.emit(
+                session,
+                "subscription.expiring",
+                product=sub.product,
+                data={"account": sub.account, "product": sub.product, "plan": sub.plan_code,
+                      "ends_at": sub.ends_at.isoformat(), "days_before": due[0]},
+                now=now,
+            )  # fmt: skip
+            sent += 1
+    return sent

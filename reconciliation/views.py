@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import func, select
@@ -14,6 +14,7 @@ from reconciliation.models import (
     Journal,
     Payment,
     PaymentStatus,
+    Plan,
     ReconItem,
     ReconRun,
     Subscription,
@@ -165,21 +166,25 @@ def subscriptions_of(session: Session, account: str, product: str | None, now: d
     for sub in session.scalars(query):
         grants = session.execute(
             select(SubscriptionGrant, Payment.reference, Payment.provider)
-            .join(Payment, Payment.id == SubscriptionGrant.payment_id)
+            .join(Payment, Payment.id == SubscriptionGrant.payment_id, isouter=True)
             .where(SubscriptionGrant.subscription_id == sub.id)
             .order_by(SubscriptionGrant.id)
-        )
+        ).all()
+        plan = session.get(Plan, sub.plan_code)
+        grace = timedelta(days=plan.grace_days if plan else 0)
         result.append(
             {
                 "account": sub.account,
                 "product": sub.product,
                 "plan": sub.plan_code,
-                "active": sub.active and sub.ends_at > now,
+                "active": sub.active and sub.ends_at + grace > now,
                 "starts_at": iso(sub.starts_at),
                 "ends_at": iso(sub.ends_at),
+                "grace_until": iso(sub.ends_at + grace) if grace else None,
                 "expired_at": iso(sub.expired_at),
                 "grants": [
                     {
+                        "kind": g.kind,
                         "payment_reference": reference,
                         "provider": provider,
                         "plan": g.plan_code,
@@ -187,6 +192,8 @@ def subscriptions_of(session: Session, account: str, product: str | None, now: d
                         "days": g.days,
                         "starts_at": iso(g.starts_at),
                         "ends_at": iso(g.ends_at),
+                        "reason": g.reason,
+                        "by": g.granted_by,
                     }
                     for g, reference, provider in grants
                 ],

@@ -446,6 +446,90 @@ def subscriptions_show(account: str, product: str | None, as_json: bool) -> None
             )
 
 
+def _grant_options(command: Any) -> Any:
+    for option in reversed([
+        click.option("--plan", required=True, help="Plan code (its product is the subscription's)."),
+        click.option("--periods", type=click.IntRange(1, 120), default=1, show_default=True),
+        click.option("--reason", required=True, help="Why: kept with the grant (audit)."),
+        click.option("--by", "by", required=True, help="Who decided: kept with the grant (audit)."),
+    ]):  # fmt: skip
+        command = option(command)
+    return command
+
+
+@subscriptions.command("grant")
+@click.argument("account")
+@_grant_options
+def subscriptions_grant(account: str, plan: str, periods: int, reason: str, by: str) -> None:
+    """Grant periods without a payment (a manual approval, a free trial), audited."""
+    _change_access(account, plan, periods, reason, by, revoke=False)
+
+
+@subscriptions.command("revoke")
+@click.argument("account")
+@_grant_options
+def subscriptions_revoke(account: str, plan: str, periods: int, reason: str, by: str) -> None:
+    """Take periods back (never below now), audited."""
+    _change_access(account, plan, periods, reason, by, revoke=True)
+
+
+def _change_access(account: str, plan: str, periods: int, reason: str, by: str, *, revoke: bool) -> None:
+    settings = _settings()
+    from reconciliation import subscriptions as subs
+    from reconciliation.db import transaction
+
+    now = datetime.now(UTC)
+    try:
+        with transaction(_sessions(settings)) as session:
+            catalogue = subs.get_plan(session, plan)
+            if revoke:
+                grant = subs.shorten(
+                    session, catalogue.product, account, periods * catalogue.period_days, kind="revoke",
+                    reason=reason, by=by, now=now, tz=settings.timezone,
+                )  # fmt: skip
+                if grant is None:
+                    _fail(f"{account!r} has no {catalogue.product} subscription")
+            else:
+                grant = subs.grant_manual(
+                    session, account, plan, periods, reason=reason, by=by, now=now, tz=settings.timezone
+                )
+            ends = grant.starts_at if revoke else grant.ends_at
+    except subs.UnknownPlan as exc:
+        _fail(str(exc))
+    click.echo(
+        f"{account}: {'-' if revoke else '+'}{abs(grant.days)} days, access until {_local(ends.isoformat(), settings)}"
+    )
+
+
+@payments.command("refund")
+@click.argument("reference")
+@click.option("--provider", help="Provider, when the reference exists at several.")
+@click.option("--reason", required=True)
+@click.option("--by", "by", required=True)
+def payments_refund(reference: str, provider: str | None, reason: str, by: str) -> None:
+    """Record a refund the provider made: journals reversed, access shortened, the app told."""
+    settings = _settings()
+    from reconciliation import payments as payments_mod
+    from reconciliation import views
+    from reconciliation.db import transaction
+    from worker import runtime
+
+    rt = runtime.build(settings)
+    try:
+        with transaction(rt.sessions) as session:
+            found = views.find_payments(session, reference, provider)
+            if len(found) != 1:
+                _fail(f"{len(found)} payments with reference {reference!r}: name --provider")
+            locked = payments_mod.find(session, found[0].provider, reference, lock=True)
+            assert locked is not None  # noqa: S101
+            decision = payments_mod.refund(session, locked, rt.context(locked.provider), reason=reason, by=by)
+    except ValueError as exc:
+        _fail(str(exc))
+    finally:
+        rt.close()
+    click.echo(f"{reference}: {decision}")
+
+
 @main.group()
 def ledger() -> None:
     """The double-entry ledger."""

@@ -109,6 +109,7 @@ class Settings:
     fees_bps: dict[str, int | None] = field(default_factory=dict)  # expected fee per provider
     apps: tuple[AppSettings, ...] = ()
     event_retries: tuple[int, ...] = DEFAULT_EVENT_RETRIES
+    reminder_days: tuple[int, ...] = (7, 3)  # subscription.expiring this many days before the end
 
     @property
     def providers(self) -> tuple[str, ...]:
@@ -217,6 +218,7 @@ class Settings:
             expire_interval=reader.number("PAYRECON_EXPIRE_INTERVAL", 60.0),
             apps=apps,
             event_retries=reader.schedule("PAYRECON_EVENTS_RETRY_SCHEDULE") or DEFAULT_EVENT_RETRIES,
+            reminder_days=reader.schedule("PAYRECON_REMINDER_DAYS", "days") or (7, 3),
             recon_at=reader.clock("PAYRECON_RECON_AT", (2, 0)),
             recon_reruns=reader.schedule("PAYRECON_RECON_RERUNS", "days") or (1, 3),
             recon_tolerance=reader.integer("PAYRECON_RECON_TOLERANCE", 0, minimum=0),

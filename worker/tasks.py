@@ -192,3 +192,16 @@ def deliver_events() -> dict[str, int]:
     now = datetime.now(UTC)
     events.fan_out(rt, now)
     return events.deliver_due(rt, now)
+
+
+@app.task(name="payrecon.send_reminders")
+def send_reminders() -> int:
+    """Beat: ``subscription.expiring`` N days before each end (PAYRECON_REMINDER_DAYS), once each."""
+    from datetime import UTC, datetime
+
+    from reconciliation.db import transaction
+    from reconciliation.subscriptions import send_reminders as send
+
+    rt = runtime.get()
+    with transaction(rt.sessions) as session:
+        return send(session, datetime.now(UTC), rt.settings.reminder_days)
