@@ -158,3 +158,47 @@ def test_grace_keeps_access_until_its_end(rt: Runtime, env: dict[str, str], thre
     with transaction(rt.sessions) as session:
         assert len(expire_due(session, end + timedelta(days=3))) == 1  # exactly at the end of grace
     assert events(rt, "subscription.expired")[0]["grace_days"] == 3
+
+
+def test_import_of_a_live_platforms_subscriptions(rt: Runtime, env: dict[str, str], tmp_path: Any) -> None:
+    good = tmp_path / "subs.csv"
+    good.write_text(
+        "account,plan,ends_at,payment_reference\n"
+        "tech-100,depannage-monthly,2099-01-31,TXN-OLD1\n"
+        "reader-7,coko-premium-yearly,2099-06-30T12:00:00+00:00,\n"
+        "tech-101,depannage-monthly,2020-01-01,\n",
+        encoding="utf-8",
+    )
+    result = run(env, "subscriptions", "import", str(good), "--by", "migration")
+    assert result.exit_code == 0 and "imported 3 subscription(s)" in result.output
+    tech = json.loads(run(env, "subscriptions", "show", "tech-100", "--json").output)
+    assert tech["active"] is True and tech["ends_at"] == "2099-02-01T00:00:00+00:00"  # through Jan 31, Abidjan
+    assert tech["grants"][0]["kind"] == "import" and "payment TXN-OLD1" in tech["grants"][0]["reason"]
+    assert subscription(rt, "tech-101").active is False  # ended long ago: imported as expired
+    assert len(events(rt, "subscription.imported")) == 3
+    again = CliRunner().invoke(main, ["subscriptions", "import", str(good), "--by", "migration"], env=env)
+    assert again.exit_code == 1 and "already has a depannage subscription in payrecon" in again.output
+
+
+def test_import_reports_bad_rows_and_imports_nothing(rt: Runtime, env: dict[str, str], tmp_path: Any) -> None:
+    bad = tmp_path / "bad.csv"
+    bad.write_text(
+        "account,plan,ends_at\n"
+        "tech-1,depannage-monthly,2099-01-31\n"
+        ",depannage-monthly,2099-01-31\n"
+        "tech-2,gold,2099-01-31\n"
+        "tech-3,depannage-monthly,31/01/2099\n"
+        "tech-1,depannage-monthly,2099-02-28\n",
+        encoding="utf-8",
+    )
+    result = CliRunner().invoke(main, ["subscriptions", "import", str(bad), "--by", "m"], env=env)
+    assert result.exit_code == 1
+    expected = [
+        "line 3: account is empty",
+        "line 4: unknown plan 'gold'",
+        "line 5: ends_at '31/01/2099' is not YYYY-MM-DD",
+        "line 6: 'tech-1' is already on line 2",
+    ]
+    assert all(line in result.output for line in expected), result.output
+    with rt.sessions() as session:
+        assert session.scalars(select(Subscription)).all() == []  # nothing half-imported

@@ -501,6 +501,23 @@ def _change_access(account: str, plan: str, periods: int, reason: str, by: str, 
     )
 
 
+@subscriptions.command("import")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--by", "by", required=True, help="Who imports (kept with each grant).")
+def subscriptions_import(file: Path, by: str) -> None:
+    """Load a live platform's subscriptions (account, plan, ends_at[, payment_reference]); all or nothing."""
+    settings = _settings()
+    from reconciliation.db import transaction
+    from reconciliation.subscription_import import ImportError_, import_subscriptions
+
+    try:
+        with transaction(_sessions(settings)) as session:
+            count = import_subscriptions(session, file, tz=settings.timezone, now=datetime.now(UTC), by=by)
+    except ImportError_ as exc:
+        _fail(str(exc))
+    click.echo(f"imported {count} subscription(s) from {file.name}")
+
+
 @payments.command("refund")
 @click.argument("reference")
 @click.option("--provider", help="Provider, when the reference exists at several.")
