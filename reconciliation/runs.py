@@ -19,7 +19,16 @@ from providers.base import Outcome, VerifiedStatus
 from reconciliation import facts, ledger, payments
 from reconciliation.db import transaction
 from reconciliation.matching import Window, classify
-from reconciliation.models import FlagKind, Journal, Payment, ReconClass, ReconItem, ReconRun, StatementLine
+from reconciliation.models import (
+    FlagKind,
+    Journal,
+    Payment,
+    PaymentStatus,
+    ReconClass,
+    ReconItem,
+    ReconRun,
+    StatementLine,
+)
 
 FEE = "fee"  # journal kind: the provider's fee, Dr fees:<provider> / Cr provider clearing
 
@@ -126,6 +135,37 @@ def heal(sessions: sessionmaker[Session], run_id: int, policy: Policy) -> int:
     return healed
 
 
+def apply_refunds(sessions: sessionmaker[Session], run_id: int, policy: Policy) -> int:
+    """A success the provider's statement reports refunded: refund it (journals, access, the app told)."""
+    with sessions() as session:
+        items = session.execute(
+            select(ReconItem.id, ReconItem.reference, ReconRun.provider)
+            .join(ReconRun, ReconRun.id == ReconItem.run_id)
+            .where(
+                ReconItem.run_id == run_id,
+                ReconItem.cls == ReconClass.STATUS_MISMATCH.value,
+                ReconItem.internal_status == PaymentStatus.SUCCEEDED.value,
+                ReconItem.provider_status == "refunded",
+            )
+        ).all()
+    for item_id, reference, provider in items:
+        if reference is None:
+            continue
+        with transaction(sessions) as session:
+            payment = payments.find(session, provider, reference, lock=True)
+            if payment is None or payment.status is not PaymentStatus.SUCCEEDED:
+                continue
+            recheck = policy.recheck or payments.RecheckPolicy(schedule=(3600,), give_up_after=policy.sla)
+            ctx = payments.Context(now=datetime.now(UTC), tz=policy.tz, policy=recheck)
+            decision = payments.refund(
+                session, payment, ctx, reason=f"reported refunded (run {run_id})", by="reconciliation"
+            )
+            row = session.get(ReconItem, item_id)
+            assert row is not None  # noqa: S101
+            row.detail = decision
+    return len(items)
+
+
 def post_fees(sessions: sessionmaker[Session], run_id: int) -> int:
     """Post each matched payment's provider fee to ``fees:<provider>``, once per payment."""
     with sessions() as session:
@@ -206,6 +246,7 @@ def reconcile_stored(
     try:
         classify_run(sessions, run_id, policy)
         heal(sessions, run_id, policy)
+        apply_refunds(sessions, run_id, policy)
         post_fees(sessions, run_id)
     except Exception as exc:
         finish(sessions, run_id, error=f"{type(exc).__name__}: {exc}"[:2000])

@@ -202,3 +202,15 @@ def test_import_reports_bad_rows_and_imports_nothing(rt: Runtime, env: dict[str,
     assert all(line in result.output for line in expected), result.output
     with rt.sessions() as session:
         assert session.scalars(select(Subscription)).all() == []  # nothing half-imported
+
+
+def test_expiry_at_the_local_end_in_a_zone_with_daylight_saving(rt: Runtime) -> None:
+    paris = ZoneInfo("Europe/Paris")
+    start = datetime(2026, 3, 20, 9, tzinfo=UTC)  # 10:00 in Paris, before the change to summer time
+    with transaction(rt.sessions) as session:
+        grant = grant_manual(session, "paris-1", "depannage-monthly", 1, reason="t", by="t", now=start, tz=paris)
+    assert grant.ends_at.astimezone(paris).hour == 10  # 30 local days later, at 10:00 local (08:00 UTC)
+    with transaction(rt.sessions) as session:
+        assert expire_due(session, grant.ends_at - timedelta(seconds=1)) == []
+    with transaction(rt.sessions) as session:
+        assert len(expire_due(session, grant.ends_at)) == 1

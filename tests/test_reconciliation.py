@@ -303,3 +303,19 @@ def test_runs_are_measured(rt: Runtime) -> None:
     )
     last = sample("payrecon_reconciliation_last_success_timestamp_seconds", provider="cinetpay")
     assert abs(last - datetime.now(UTC).timestamp()) < 60
+
+
+def test_a_refund_in_the_statement_refunds_the_payment(rt: Runtime, sandbox: SandboxClient) -> None:
+    ref = new_reference()
+    pipeline.register_payment(rt, registration(ref, account="tech-refund"))
+    sandbox.create_cinetpay(ref, 5000)
+    pipeline.ingest_webhook(rt, sandbox.cinetpay_notification(ref))
+    today = datetime.now(rt.settings.timezone).date()
+    line(rt, ref, "refunded", at=datetime.now(UTC))
+    run_id = runs.reconcile_stored(rt.sessions, "cinetpay", today, policy(rt))
+    assert classes(rt, run_id)[ref] == "status_mismatch"
+    with rt.sessions() as session:
+        p = session.scalars(select(Payment).where(Payment.reference == ref)).one()
+        revenue = {b.account: b.balance for b in ledger.balances(session)}["revenue:subscriptions"]
+        detail = session.scalars(select(ReconItem.detail).where(ReconItem.reference == ref)).one()
+    assert p.status is PaymentStatus.REFUNDED and revenue == 0 and "journals reversed" in detail
