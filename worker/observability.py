@@ -9,7 +9,6 @@ import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -207,11 +206,3 @@ def mark_process_dead(pid: int) -> None:
         from prometheus_client import multiprocess
 
         multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
-
-
-@contextmanager
-def suppressed(what: str) -> Iterator[None]:
-    try:
-        yield
-    except Exception:
-        log.warning("%s failed", what, exc_info=True)

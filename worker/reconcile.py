@@ -22,7 +22,7 @@ from sqlalchemy import delete, func, insert, select
 from providers.base import ProviderClient, ProviderError, StatementEntry, StatementSource, VerifiedStatus
 from reconciliation import payments, runs
 from reconciliation.db import transaction
-from reconciliation.models import Payment, PaymentStatus, ReconRun, StatementLine
+from reconciliation.models import Payment, PaymentStatus, StatementLine
 from worker.observability import timed_call
 from worker.runtime import Runtime
 
@@ -174,8 +174,3 @@ def due_runs(rt: Runtime, today: date) -> list[tuple[str, date, str]]:
     for lag in rt.settings.recon_reruns:
         jobs += [(provider, today - timedelta(days=1 + lag), "rerun") for provider in rt.settings.providers]
     return jobs
-
-
-def last_runs(rt: Runtime, limit: int = 20) -> list[ReconRun]:
-    with rt.sessions() as session:
-        return list(session.scalars(select(ReconRun).order_by(ReconRun.id.desc()).limit(limit)))
