@@ -72,3 +72,17 @@ def test_demo_through_a_running_stack(
     assert "worker    the running stack's" in result.stdout
     assert "pending, then paid; no callback ever: janitor      -> 4 succeeded" in result.stdout
     assert "every journal balances: yes" in result.stdout
+
+
+def test_demo_keep_leaves_the_database_and_the_four_reports(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "CELERY_BROKER_URL"}}
+    result = subprocess.run(
+        [sys.executable, "-m", "worker.cli", "demo", "--payments", "16", "--keep"],
+        env=env, capture_output=True, text=True, timeout=240, check=False, cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    kept = tmp_path / "var" / "demo"
+    assert (kept / "payrecon.sqlite").exists()
+    for provider in ("cinetpay", "mtn_momo", "orange_money", "wave"):
+        suffixes = sorted(p.suffix for p in (kept / "reports" / provider).iterdir())
+        assert suffixes == [".csv", ".html", ".json", ".json", ".xlsx"]  # the four reports and the manifest

@@ -155,7 +155,7 @@ def run_demo(
         ok = _wait(sessions, cases, timeout=120 if worker else 600)
         _print_summary(sessions, cases)
         if ok and sandbox is not None:  # reconciliation asks the providers: only with our own sandbox
-            ok = _reconcile(sandbox, database_url, broker_url, cases, workdir / "reports")
+            ok = _reconcile(sandbox, database_url, broker_url, cases, workdir / "reports", keep=keep)
         if not ok:
             click.secho("\nthe worker did not settle every payment in time", fg="red")
             if worker is not None:
@@ -251,7 +251,9 @@ def _orange_statement(cases: list[Case], sessions: Any, path: Path) -> None:
             out.writerow([ref, f"MP{RUN}.{n:04d}", when, amount, currency, fee, status])
 
 
-def _reconcile(sandbox: SandboxServer, database_url: str, broker_url: str, cases: list[Case], out: Path) -> bool:
+def _reconcile(
+    sandbox: SandboxServer, database_url: str, broker_url: str, cases: list[Case], out: Path, *, keep: bool
+) -> bool:
     """Import Orange's statement, reconcile today at every provider, write the reports."""
     from reconciliation import reports
     from reconciliation.db import transaction
@@ -279,7 +281,8 @@ def _reconcile(sandbox: SandboxServer, database_url: str, broker_url: str, cases
             shown = ", ".join(f"{n} {cls}" for cls, n in counts.items() if n)
             click.echo(f"  {provider:<13} run {run_id}: {shown}")
         click.echo(f"  every class seen: {', '.join(sorted(totals))}")
-        click.echo(f"  reports (csv, xlsx, json, html + manifest) in {out}/<provider>/ ({len(files)} files each)")
+        where = f"in {out}/<provider>/" if keep else "written, and removed with the demo's files (--keep keeps them)"
+        click.echo(f"  reports (csv, xlsx, json, html + manifest) {where} ({len(files)} files each)")
         return True
     finally:
         rt.close()
