@@ -126,3 +126,50 @@ def classify(session: Session, run_id: int, window: Window, day: object) -> int:
         },
     )
     return int(getattr(result, "rowcount", 0) or 0)
+
+
+_PAYOUTS = """
+INSERT INTO recon_payouts (run_id, payout_id, currency, payout_amount, settled_net, payments, difference, status)
+SELECT :run_id, coalesce(po.payout_id, paid.payout_id), coalesce(po.currency, paid.currency), po.amount, paid.net,
+       coalesce(paid.n, 0),
+       CASE WHEN po.amount IS NOT NULL AND paid.net IS NOT NULL THEN po.amount - paid.net END,
+       CASE WHEN po.payout_id IS NULL THEN 'pending'
+            WHEN paid.payout_id IS NULL THEN 'unexplained'
+            WHEN po.amount = paid.net THEN 'matched'
+            ELSE 'mismatch' END
+FROM (
+    SELECT payout_id, max(currency) AS currency, sum(abs(amount)) AS amount
+    FROM statement_lines
+    WHERE provider = :provider AND status = 'payout' AND payout_id IN (SELECT payout_id FROM day_payouts)
+    GROUP BY payout_id
+) AS po
+FULL OUTER JOIN (
+    SELECT payout_id, max(currency) AS currency, sum(amount - coalesce(fee, 0)) AS net, count(*) AS n
+    FROM statement_lines
+    WHERE provider = :provider AND status = 'succeeded' AND payout_id IN (SELECT payout_id FROM day_payouts)
+    GROUP BY payout_id
+) AS paid ON paid.payout_id = po.payout_id
+"""
+
+#: The payouts a day touches: those of its payments and those paid out that day (any day's payments).
+_DAY_PAYOUTS = """
+WITH day_payouts AS (
+    SELECT DISTINCT payout_id FROM statement_lines
+    WHERE provider = :provider AND payout_id IS NOT NULL AND occurred_at >= :start AND occurred_at < :end
+)
+"""
+
+
+def match_payouts(session: Session, run_id: int, window: Window) -> int:
+    """One row per payout the day touches: its amount against the net of the payments it settles.
+
+    ``pending``: payments name a payout the provider has not reported yet (it follows the day);
+    ``unexplained``: a payout with no payment of ours behind it.
+    """
+    statement = text(_DAY_PAYOUTS + _PAYOUTS).bindparams(
+        bindparam("start", type_=UtcDateTime()), bindparam("end", type_=UtcDateTime())
+    )
+    result = session.execute(
+        statement, {"run_id": run_id, "provider": window.provider, "start": window.start, "end": window.end}
+    )
+    return int(getattr(result, "rowcount", 0) or 0)

@@ -523,3 +523,20 @@ class OutboxDelivery(Base):
     next_attempt_at: Mapped[datetime] = mapped_column(UtcDateTime())
     last_error: Mapped[str | None] = mapped_column(Text)
     delivered_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+
+
+class ReconPayout(Base):
+    """One provider payout of a run, matched to the many payments it settles (by payout id)."""
+
+    __tablename__ = "recon_payouts"
+    __table_args__ = (Index("ix_recon_payouts_run", "run_id"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("recon_runs.id"))
+    payout_id: Mapped[str] = mapped_column(String(200))
+    currency: Mapped[str | None] = mapped_column(String(3))
+    payout_amount: Mapped[int | None] = mapped_column(BigInteger)  # what the provider paid out
+    settled_net: Mapped[int | None] = mapped_column(BigInteger)  # sum of its payments, net of fees
+    payments: Mapped[int] = mapped_column(Integer, default=0)
+    difference: Mapped[int | None] = mapped_column(BigInteger)
+    status: Mapped[str] = mapped_column(String(16))  # matched | mismatch | pending | unexplained

@@ -214,7 +214,22 @@ def summary(session: Session, run_id: int) -> dict[str, Any]:
             "by_class": ordered,
         },
         "totals": _totals(session, run_id),
+        "payouts": payouts(session, run_id),
     }
+
+
+def payouts(session: Session, run_id: int) -> list[dict[str, Any]]:
+    """The run's payouts: each one's amount against the net of the payments it settles."""
+    from reconciliation.models import ReconPayout
+
+    rows = session.scalars(select(ReconPayout).where(ReconPayout.run_id == run_id).order_by(ReconPayout.payout_id))
+    return [
+        {
+            "payout_id": p.payout_id, "status": p.status, "currency": p.currency, "payout_amount": p.payout_amount,
+            "settled_net": p.settled_net, "payments": p.payments, "difference": p.difference,
+        }
+        for p in rows
+    ]  # fmt: skip
 
 
 def _changes_select(run_id: int, previous_run_id: int) -> Any:

@@ -193,6 +193,14 @@ def render_text(
     lines += _text_table(headers, rows, frozenset({2, 3, 4, 5, 6})) if rows else ["(no items)"]
 
     lines.append("")
+    if summ.get("payouts"):
+        lines.append("Payouts (amount paid out against the net of the payments it settles):")
+        for p in summ["payouts"]:
+            lines.append(
+                f"  {_clip(p['payout_id'], 40)}: {p['status']}, {p['payments']} payment(s), "
+                f"paid {p['payout_amount']} vs net {p['settled_net']} {p['currency'] or ''}"
+            )
+        lines.append("")
     if run["previous_run_id"] is None:
         lines.append("Changes: first run of this business day.")
     else:

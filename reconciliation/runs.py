@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from providers.base import Outcome, VerifiedStatus
 from reconciliation import facts, ledger, payments
 from reconciliation.db import transaction
-from reconciliation.matching import Window, classify
+from reconciliation.matching import Window, classify, match_payouts
 from reconciliation.models import (
     FlagKind,
     Journal,
@@ -86,7 +86,9 @@ def classify_run(sessions: sessionmaker[Session], run_id: int, policy: Policy, *
             tolerance=policy.tolerance,
             fee_bps=policy.fee_bps,
         )
-        return classify(session, run_id, window, run.business_date)
+        items = classify(session, run_id, window, run.business_date)
+        match_payouts(session, run_id, window)
+        return items
 
 
 def heal(sessions: sessionmaker[Session], run_id: int, policy: Policy) -> int:

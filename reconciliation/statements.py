@@ -72,7 +72,7 @@ MAPPINGS: dict[str, Mapping] = {
         reference="client_reference", txn_id="transaction_id", time="timestamp", amount="amount",
         currency="currency", status="payment_status", fee="fee", payout="payout_id",
         statuses={"succeeded": "succeeded", "cancelled": "failed", "expired": "failed",
-                  "processing": "pending", "refunded": "refunded"},
+                  "processing": "pending", "refunded": "refunded", "payout": "payout"},
     ),
 }  # fmt: skip
 
@@ -208,6 +208,8 @@ class _Parser:
         if reference is None and status == "succeeded":
             raise ValueError("a paid row without a reference cannot be matched")
         payout = (row[self.payout_col].strip() or None) if self.payout_col is not None else None
+        if status == "payout" and payout is None:
+            raise ValueError("a payout row needs its payout id")
         return (
             self.provider, day, "file", self.import_id, line_no, row[col["txn_id"]].strip() or None, reference,
             status, amount, currency, fee, occurred, payout, ",".join(row)[:2000],

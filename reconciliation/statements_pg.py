@@ -97,6 +97,8 @@ def import_copy(
             || ' is not YYYY-MM-DD HH:MM:SS or ISO 8601'
         WHEN nullif(trim(s.{col["reference"]}), '') IS NULL AND st.status = 'succeeded'
             THEN 'a paid row without a reference cannot be matched'
+        WHEN st.status = 'payout' AND {f"nullif(trim(s.{payout}), '')" if payout else "NULL"} IS NULL
+            THEN 'a payout row needs its payout id'
     END"""
     cursor.execute(
         f"SELECT line_no + 1, problem FROM (SELECT s.line_no, {problem} AS problem {base}) AS checked "  # noqa: S608
