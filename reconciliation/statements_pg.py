@@ -8,6 +8,7 @@ Python path, which lists every bad row.
 
 from __future__ import annotations
 
+import csv
 from datetime import date
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -46,13 +47,11 @@ def import_copy(
     cursor = conn.cursor()
     with path.open(encoding="utf-8-sig", newline="") as handle:
         header = next(iter(handle.readline().splitlines()), "")
-    import csv
-
     names = [name.strip() for name in next(csv.reader([header]))]
     position = {name: f"c{i}" for i, name in enumerate(names)}
     missing = [name for name in mapping.required if name not in position]
     if missing:
-        from reconciliation.statements import StatementError
+        from reconciliation.statements import StatementError  # the module that imports this one
 
         raise StatementError(f"missing column(s) {', '.join(missing)}; expected at least {', '.join(mapping.required)}")
     columns = ", ".join(f"c{i} text" for i in range(len(names)))

@@ -227,28 +227,25 @@ def _store_malformed(rt: Runtime, envelope: WebhookEnvelope, raw: str, detail: s
 def retry_delivery(rt: Runtime, inbox_id: int, *, final_attempt: bool) -> Result:
     """A stored delivery, again: after a transient provider error, an exhausted budget, or while
     it waited for the registration it is authenticated against."""
-    with rt.sessions() as session:
-        provider = session.scalar(select(InboxDelivery.provider).where(InboxDelivery.id == inbox_id))
-    return replace(_retry_delivery(rt, inbox_id, final_attempt=final_attempt), provider=provider)
-
-
-def _retry_delivery(rt: Runtime, inbox_id: int, *, final_attempt: bool) -> Result:
     with transaction(rt.sessions) as session:
         row = session.get(InboxDelivery, inbox_id)
         if row is None or row.status is not InboxStatus.RECEIVED:
-            return Result(Outcome.DUPLICATE, "already settled", inbox_id)
+            return Result(Outcome.DUPLICATE, "already settled", inbox_id, provider=row.provider if row else None)
+        provider = row.provider
         envelope = WebhookEnvelope.model_validate_json(row.envelope_raw)
-        client = rt.client(row.provider)
+        client = rt.client(provider)
         if client is None:
-            return Result(Outcome.FAILED, f"provider {row.provider!r} is not configured", inbox_id)
+            return Result(Outcome.FAILED, f"provider {provider!r} is not configured", inbox_id, provider=provider)
         delivery = client.parse_delivery(envelope)
-        payment = _resolve(session, row.provider, delivery)
+        payment = _resolve(session, provider, delivery)
         status, detail = _authenticate(client, envelope, delivery, payment)
         if status is InboxStatus.FORGED:
             inbox.mark(session, inbox_id, InboxStatus.FORGED, detail)
-            return Result(Outcome.FORGED, detail, inbox_id, delivery.reference)
+            return Result(Outcome.FORGED, detail, inbox_id, delivery.reference, provider=provider)
     if detail:
-        result = Result(Outcome.RETRY, detail, inbox_id, delivery.reference, delay=AWAIT_REGISTRATION_DELAY)
+        result = Result(
+            Outcome.RETRY, detail, inbox_id, delivery.reference, delay=AWAIT_REGISTRATION_DELAY, provider=provider
+        )
     else:
         result = _verify_delivery(rt, client, delivery, payment, inbox_id)
     if result.outcome is Outcome.RETRY and final_attempt:
@@ -266,14 +263,20 @@ def _retry_delivery(rt: Runtime, inbox_id: int, *, final_attempt: bool) -> Resul
                 reference=row.reference,
                 now=rt.context().now,
             )
-        return Result(Outcome.FAILED, detail, inbox_id, delivery.reference)
+        return Result(Outcome.FAILED, detail, inbox_id, delivery.reference, provider=provider)
     return result
 
 
 def _verify_delivery(
     rt: Runtime, client: ProviderClient, delivery: Delivery, payment: Payment | None, inbox_id: int
 ) -> Result:
-    """Gates (finality, budgets), the provider call, then settlement."""
+    """Gates (finality, budgets), the provider call, then settlement; the result names its provider."""
+    return replace(_verify_and_settle(rt, client, delivery, payment, inbox_id), provider=client.name)
+
+
+def _verify_and_settle(
+    rt: Runtime, client: ProviderClient, delivery: Delivery, payment: Payment | None, inbox_id: int
+) -> Result:
     provider = client.name
     profile = rt.profile(provider)
     reference = payment.reference if payment is not None else delivery.reference
