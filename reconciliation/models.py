@@ -2,7 +2,7 @@
 
 Idempotency lives here, as constraints: one inbox row per (provider, dedupe key),
 one payment per (provider, reference), one journal per (payment, kind), one
-subscription grant per payment. Ledger rows are append-only (enforced by
+subscription grant per payment, one ledger posting per provider payout. Ledger rows are append-only (enforced by
 triggers created in the migrations).
 """
 
@@ -540,3 +540,24 @@ class ReconPayout(Base):
     payments: Mapped[int] = mapped_column(Integer, default=0)
     difference: Mapped[int | None] = mapped_column(BigInteger)
     status: Mapped[str] = mapped_column(String(16))  # matched | mismatch | pending | unexplained
+
+
+class PayoutPosting(Base):
+    """A matched payout posted to the ledger (Dr ``bank:<provider>`` / Cr provider clearing), once.
+
+    Why a table of its own rather than a unique key on ``ledger_journals``: the journals' key is
+    ``(payment_id, kind)`` and a payout journal has no payment (a NULL ``payment_id`` never conflicts),
+    so it cannot make a payout once. The provider's own payout identity is the natural key: the
+    primary key ``(provider, payout_id)`` is what refuses a second posting, however often and however
+    concurrently the day is re-run (the writer inserts with ``ON CONFLICT DO NOTHING`` in the
+    transaction of the journal, and drops the journal when the row was already there), and
+    ``run_id`` says which run posted it.
+    """
+
+    __tablename__ = "payout_postings"
+
+    provider: Mapped[str] = mapped_column(String(32), primary_key=True)
+    payout_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    journal_id: Mapped[int] = mapped_column(ForeignKey("ledger_journals.id"), unique=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("recon_runs.id"))
+    posted_at: Mapped[datetime] = mapped_column(UtcDateTime(), server_default=func.now())

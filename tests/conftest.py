@@ -37,7 +37,8 @@ CINETPAY = {"api_key": "test-api-key", "site_id": "445160", "secret_key": "test-
 TABLES = (
     "payment_flags, verifications, subscription_grants, subscriptions, ledger_entries, "
     "ledger_journals, ledger_accounts, inbox, dead_letters, payments, heartbeats, recon_items, recon_runs, "
-    "statement_lines, statement_imports, outbox_deliveries, outbox_events, recon_payouts, subscription_reminders"
+    "statement_lines, statement_imports, outbox_deliveries, outbox_events, recon_payouts, subscription_reminders, "
+    "payout_postings"
 )
 
 
