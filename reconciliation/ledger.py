@@ -35,6 +35,11 @@ def fees(provider: str) -> str:
     return f"fees:{provider}"
 
 
+def bank(provider: str) -> str:
+    """Money the provider paid out to our bank account (its matched payouts)."""
+    return f"bank:{provider}"
+
+
 class UnbalancedJournal(ValueError):
     """Debits and credits of a journal differ."""
 

@@ -18,19 +18,23 @@ from sqlalchemy.orm import Session, sessionmaker
 from providers.base import Outcome, VerifiedStatus
 from reconciliation import facts, ledger, payments
 from reconciliation.db import transaction
+from reconciliation.dialect import insert
 from reconciliation.matching import Window, classify, match_payouts
 from reconciliation.models import (
     FlagKind,
     Journal,
     Payment,
     PaymentStatus,
+    PayoutPosting,
     ReconClass,
     ReconItem,
+    ReconPayout,
     ReconRun,
     StatementLine,
 )
 
 FEE = "fee"  # journal kind: the provider's fee, Dr fees:<provider> / Cr provider clearing
+PAYOUT = "payout"  # journal kind: a matched payout reached the bank, Dr bank:<provider> / Cr provider clearing
 
 
 def business_window(day: date, tz: ZoneInfo) -> tuple[datetime, datetime]:
@@ -204,6 +208,68 @@ def post_fees(sessions: sessionmaker[Session], run_id: int) -> int:
     return posted
 
 
+def post_payouts(sessions: sessionmaker[Session], run_id: int) -> int:
+    """Post each payout the run found ``matched`` to ``bank:<provider>``, once per payout; returns how many.
+
+    Dr ``bank:<provider>`` / Cr the provider's clearing account, for the amount paid out, in its
+    currency: clearing then holds what the provider still owes us (payments, less fees, less
+    payouts). Mismatched, pending and unexplained payouts are not posted: they are for finance to
+    look at. Already posted payouts are skipped here; ``post_payout`` makes it once regardless.
+    """
+    with sessions() as session:
+        rows = session.execute(
+            select(ReconPayout.payout_id, ReconPayout.payout_amount, ReconPayout.currency, ReconRun.provider)
+            .join(ReconRun, ReconRun.id == ReconPayout.run_id)
+            .where(
+                ReconPayout.run_id == run_id,
+                ReconPayout.status == "matched",
+                ReconPayout.payout_amount > 0,
+                ReconPayout.currency.is_not(None),
+                ~select(PayoutPosting.payout_id)
+                .where(PayoutPosting.provider == ReconRun.provider, PayoutPosting.payout_id == ReconPayout.payout_id)
+                .exists(),
+            )
+            .order_by(ReconPayout.payout_id)
+        ).all()
+    posted = 0
+    for payout_id, amount, currency, provider in rows:
+        if amount is None or currency is None:
+            continue
+        with transaction(sessions) as session:
+            if post_payout(session, run_id, provider, payout_id, amount=amount, currency=currency) is not None:
+                posted += 1
+    return posted
+
+
+def post_payout(
+    session: Session, run_id: int, provider: str, payout_id: str, *, amount: int, currency: str
+) -> Journal | None:
+    """Post one payout (Dr ``bank:<provider>`` / Cr clearing) unless it is posted already; ``None`` then.
+
+    Not check-then-act: the journal and its ``payout_postings`` row are written in one savepoint,
+    the row with ``ON CONFLICT DO NOTHING`` on the primary key (provider, payout_id). A concurrent
+    writer of the same payout waits on that key until the first commits, then inserts nothing, and
+    its journal is rolled back with the savepoint.
+    """
+    savepoint = session.begin_nested()
+    journal = ledger.post(
+        session,
+        ledger.transfer(ledger.bank(provider), ledger.clearing(provider), amount, currency),
+        kind=PAYOUT,
+        memo=f"{provider} payout {payout_id} (run {run_id})",
+    )
+    claimed = session.execute(
+        insert(session, PayoutPosting)
+        .values(provider=provider, payout_id=payout_id, journal_id=journal.id, run_id=run_id)
+        .on_conflict_do_nothing(index_elements=["provider", "payout_id"])
+    )
+    if not getattr(claimed, "rowcount", 0):
+        savepoint.rollback()
+        return None
+    savepoint.commit()
+    return journal
+
+
 def finish(sessions: sessionmaker[Session], run_id: int, *, error: str | None = None) -> dict[str, int]:
     """Store the counts per class and close the run."""
     with transaction(sessions) as session:
@@ -250,6 +316,7 @@ def reconcile_stored(
         heal(sessions, run_id, policy)
         apply_refunds(sessions, run_id, policy)
         post_fees(sessions, run_id)
+        post_payouts(sessions, run_id)
     except Exception as exc:
         finish(sessions, run_id, error=f"{type(exc).__name__}: {exc}"[:2000])
         raise

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
-import pytest
-from sqlalchemy import text
-from sqlalchemy.exc import DBAPIError
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, date, datetime
 
-from reconciliation import ledger
+import pytest
+from sqlalchemy import func, select, text
+from sqlalchemy.exc import DBAPIError, IntegrityError
+
+from reconciliation import ledger, runs
 from reconciliation.db import transaction
+from reconciliation.models import Journal, PayoutPosting, ReconRun
 from worker.runtime import Runtime
 
 
@@ -100,3 +105,76 @@ def test_unbalanced_journals_finds_rows_written_around_the_guards(rt: Runtime) -
         _raw_journal(conn, 100, 60)
     with rt.sessions() as session:
         assert ledger.unbalanced_journals(session) == [(1, "XOF", 40)]
+
+
+def _run(rt: Runtime) -> int:
+    at = datetime(2026, 11, 21, tzinfo=UTC)
+    with transaction(rt.sessions) as session:
+        run = ReconRun(
+            provider="wave", business_date=date(2026, 11, 20), timezone="UTC", window_start=at, window_end=at,
+            trigger="manual", status="running", started_at=at, counts={},
+        )  # fmt: skip
+        session.add(run)
+        session.flush()
+        return run.id
+
+
+def _payout_journals(rt: Runtime) -> int:
+    with rt.sessions() as session:
+        return int(session.scalar(select(func.count()).where(Journal.kind == runs.PAYOUT)) or 0)
+
+
+def test_bank_account_code() -> None:
+    assert ledger.bank("wave") == "bank:wave"
+    assert ledger.clearing("wave") == "provider_clearing:wave"  # the account a payout is credited to
+
+
+def test_a_payout_is_posted_once_even_when_posted_directly_twice(rt: Runtime) -> None:
+    run_id = _run(rt)
+    with transaction(rt.sessions) as session:
+        journal = runs.post_payout(session, run_id, "wave", "PO-1", amount=70785, currency="XOF")
+    with transaction(rt.sessions) as session:
+        # No pre-check here (post_payouts skips posted payouts before it calls this): the key refuses it.
+        assert runs.post_payout(session, run_id, "wave", "PO-1", amount=70785, currency="XOF") is None
+        assert runs.post_payout(session, run_id, "mtn_momo", "PO-1", amount=500, currency="XOF") is not None
+    assert journal is not None and _payout_journals(rt) == 2
+    with rt.sessions() as session:
+        balances = {(b.account, b.currency): b.balance for b in ledger.balances(session)}
+        assert ledger.unbalanced_journals(session) == []
+    assert balances[("bank:wave", "XOF")] == 70785
+    assert balances[("provider_clearing:wave", "XOF")] == -70785
+
+
+def test_the_database_refuses_a_second_posting_of_a_payout(rt: Runtime) -> None:
+    run_id = _run(rt)
+    with transaction(rt.sessions) as session:
+        first = runs.post_payout(session, run_id, "wave", "PO-1", amount=100, currency="XOF")
+        other = ledger.post(
+            session, ledger.transfer(ledger.bank("wave"), ledger.clearing("wave"), 100, "XOF"), kind="x"
+        )
+    assert first is not None
+    with pytest.raises(IntegrityError), transaction(rt.sessions) as session:
+        session.add(PayoutPosting(provider="wave", payout_id="PO-1", journal_id=other.id, run_id=run_id))
+        session.flush()
+
+
+def test_concurrent_postings_of_one_payout_wait_on_the_key_and_post_once(rt: Runtime) -> None:
+    """Not check-then-act: the second writer saw no posting, waits on the key, then posts nothing."""
+    run_id = _run(rt)
+
+    def second() -> Journal | None:
+        with transaction(rt.sessions) as session:
+            return runs.post_payout(session, run_id, "wave", "PO-1", amount=100, currency="XOF")
+
+    holder = rt.sessions()
+    try:
+        assert runs.post_payout(holder, run_id, "wave", "PO-1", amount=100, currency="XOF") is not None
+        with ThreadPoolExecutor(1) as pool:
+            waiting = pool.submit(second)
+            time.sleep(0.5)
+            assert not waiting.done()  # blocked on the first writer's uncommitted key
+            holder.commit()
+            assert waiting.result(timeout=10) is None
+    finally:
+        holder.close()
+    assert _payout_journals(rt) == 1

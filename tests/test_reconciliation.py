@@ -14,9 +14,13 @@ from sqlalchemy import insert, select
 from providers.sandbox.client import SandboxClient
 from reconciliation import ledger, runs
 from reconciliation.models import (
+    Account,
+    Entry,
     FlagKind,
+    Journal,
     Payment,
     PaymentStatus,
+    PayoutPosting,
     ReconItem,
     ReconRun,
     StatementImport,
@@ -55,12 +59,13 @@ def payment(rt: Runtime, ref: str, status: PaymentStatus, *, amount: int = 5000,
 def line(
     rt: Runtime, ref: str | None, status: str = "succeeded", *, amount: int = 5000, currency: str = "XOF",
     txn: str | None = None, fee: int | None = None, at: datetime = NOON, provider: str = "cinetpay",
+    payout: str | None = None,
 ) -> None:  # fmt: skip
     with rt.sessions() as session, session.begin():
         session.execute(insert(StatementLine), [{
             "provider": provider, "business_date": at.date(), "source": "file", "reference": ref, "status": status,
             "amount": amount, "currency": currency, "fee": fee, "occurred_at": at,
-            "provider_txn_id": txn or f"T-{new_reference()}", "raw": "",
+            "provider_txn_id": txn or f"T-{new_reference()}", "payout_id": payout, "raw": "",
         }])  # fmt: skip
 
 
@@ -350,3 +355,88 @@ def test_payouts_are_matched_to_the_payments_they_settle(rt: Runtime) -> None:
     assert (found["PO-1"]["payments"], found["PO-1"]["settled_net"]) == (2, 70785)
     assert found["PO-2"]["difference"] == 6000 - 6435
     assert "PO-2: mismatch, 1 payment(s), paid 6000 vs net 6435 XOF" in text
+
+
+def payout_journals(rt: Runtime) -> list[tuple[int, str, list[tuple[str, str, int, str]]]]:
+    """Every payout journal: (id, memo, [(account, side, amount, currency)])."""
+    with rt.sessions() as session:
+        journals = session.scalars(select(Journal).where(Journal.kind == runs.PAYOUT).order_by(Journal.id)).all()
+        return [
+            (j.id, j.memo, [(code, side, amount, currency) for code, side, amount, currency in session.execute(
+                select(Account.code, Entry.side, Entry.amount, Entry.currency)
+                .join(Account, Account.id == Entry.account_id)
+                .where(Entry.journal_id == j.id)
+            )])
+            for j in journals
+        ]  # fmt: skip
+
+
+def test_a_matched_payout_is_posted_to_the_bank_once_and_clearing_keeps_what_is_still_owed(rt: Runtime) -> None:
+    """Our payments, healed from the statement (settlement Dr clearing / Cr revenue), their fees
+    (Dr fees / Cr clearing), and the one matched payout (Dr bank / Cr clearing): clearing is then
+    exactly the net of the payments not paid out yet."""
+    a, b, c, d = (new_reference() for _ in range(4))
+    for ref, amount in ((a, 6500), (b, 65000), (c, 13000), (d, 6500)):
+        payment(rt, ref, PaymentStatus.PENDING, amount=amount)  # paid at the provider; the webhook was lost
+    line(rt, a, amount=6500, fee=65, payout="PO-A")
+    line(rt, b, amount=65000, fee=650, payout="PO-A")
+    line(rt, None, "payout", amount=70785, fee=0, payout="PO-A")  # 6435 + 64350: matched
+    line(rt, c, amount=13000, fee=130, payout="PO-C")  # its payout is not reported yet: pending
+    line(rt, d, amount=6500, fee=65, payout="PO-M")
+    line(rt, None, "payout", amount=6000, fee=0, payout="PO-M")  # 435 short of 6435: mismatch
+    line(rt, None, "payout", amount=1000, fee=0, payout="PO-U")  # nothing of ours behind it: unexplained
+    first = runs.reconcile_stored(rt.sessions, "cinetpay", DAY, policy(rt))
+
+    with rt.sessions() as session:
+        from reconciliation import reports
+
+        statuses = {p["payout_id"]: p["status"] for p in reports.payouts(session, first)}
+        balances = {b.account: b.balance for b in ledger.balances(session)}
+        postings = session.scalars(select(PayoutPosting)).all()
+    assert statuses == {"PO-A": "matched", "PO-C": "pending", "PO-M": "mismatch", "PO-U": "unexplained"}
+    [(journal_id, memo, entries)] = payout_journals(rt)
+    assert sorted(entries) == [
+        ("bank:cinetpay", "debit", 70785, "XOF"),
+        ("provider_clearing:cinetpay", "credit", 70785, "XOF"),
+    ]
+    assert "PO-A" in memo and f"run {first}" in memo
+    assert [(p.provider, p.payout_id, p.journal_id, p.run_id) for p in postings] == [
+        ("cinetpay", "PO-A", journal_id, first)
+    ]
+    assert balances["bank:cinetpay"] == 70785
+    assert balances["fees:cinetpay"] == 65 + 650 + 130 + 65
+    assert balances["revenue:subscriptions"] == -(6500 + 65000 + 13000 + 6500)
+    # What the provider still owes us: C (pending payout) and D (its payout short), net of their fees.
+    assert balances["provider_clearing:cinetpay"] == (13000 - 130) + (6500 - 65)
+
+    # Re-runs of the day find PO-A matched again: nothing more is posted.
+    second = runs.reconcile_stored(rt.sessions, "cinetpay", DAY, policy(rt), trigger="rerun")
+    assert runs.post_payouts(rt.sessions, second) == 0
+    assert runs.post_payouts(rt.sessions, first) == 0
+    assert [j for j, _, _ in payout_journals(rt)] == [journal_id]
+    with rt.sessions() as session:
+        assert {b.account: b.balance for b in ledger.balances(session)} == balances
+        assert {p["payout_id"]: p["status"] for p in reports.payouts(session, second)} == statuses
+        assert [(p.payout_id, p.journal_id, p.run_id) for p in session.scalars(select(PayoutPosting))] == [
+            ("PO-A", journal_id, first)  # posted by the first run that found it matched
+        ]
+
+
+def test_payouts_not_matched_post_nothing(rt: Runtime) -> None:
+    ref, other = new_reference(), new_reference()
+    payment(rt, ref, PaymentStatus.PENDING)
+    payment(rt, other, PaymentStatus.PENDING)
+    line(rt, ref, amount=5000, fee=50, payout="PO-SHORT")
+    line(rt, None, "payout", amount=4000, fee=0, payout="PO-SHORT")  # mismatch
+    line(rt, other, amount=5000, fee=50, payout="PO-LATER")  # pending
+    line(rt, None, "payout", amount=9000, fee=0, payout="PO-STRANGER")  # unexplained
+    run_id = runs.reconcile_stored(rt.sessions, "cinetpay", DAY, policy(rt))
+    with rt.sessions() as session:
+        from reconciliation import reports
+
+        statuses = sorted(p["status"] for p in reports.payouts(session, run_id))
+        accounts = {b.account for b in ledger.balances(session)}
+        assert session.scalars(select(PayoutPosting)).all() == []
+    assert statuses == ["mismatch", "pending", "unexplained"]
+    assert runs.post_payouts(rt.sessions, run_id) == 0
+    assert payout_journals(rt) == [] and "bank:cinetpay" not in accounts
