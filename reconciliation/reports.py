@@ -1,11 +1,14 @@
 """Finance reports of a reconciliation run: CSV, XLSX, JSON and HTML files, and the terminal summary.
 
-Every export reads one run (``recon_runs``) and its classified items (``recon_items``) and streams
-the items from a server-side cursor, so memory does not grow with the size of the run. Files are
-written next to their final name and renamed into place, so a reader never sees half a report.
-File names: ``recon_<provider>_<business_date>_run<id>.<csv|xlsx|json|html>``; ``export_all`` adds
-``manifest.json`` (each file with its size and SHA-256). Items are listed exceptions first, most
-serious first (``reports_common.EXCEPTION_ORDER``), then by reference.
+Every export reads one run (``recon_runs``), its classified items (``recon_items``) and its payouts
+(``recon_payouts``, with their ledger posting from ``payout_postings``), and streams the items from a
+server-side cursor, so memory does not grow with the size of the run (payouts are few: a handful a
+day). Files are written next to their final name and renamed into place, so a reader never sees half
+a report. File names: ``recon_<provider>_<business_date>_run<id>.<csv|xlsx|json|html>``, and
+``recon_<provider>_<business_date>_run<id>_payouts.csv`` for the payouts (the CSV format writes both
+CSV files); ``export_all`` writes all five and ``manifest.json`` (each file with its size and SHA-256).
+Items are listed exceptions first, most serious first (``reports_common.EXCEPTION_ORDER``), then by
+reference; payouts not matched first (``reports_common.PAYOUT_ORDER``), then by payout id.
 
 CSV (RFC 4180, UTF-8 without BOM, CRLF, header row always, one row per item). Columns, in order:
 
@@ -32,11 +35,37 @@ detail                   the matcher's explanation
 provider_currency        ISO 4217 of the provider amount (differs from ``currency`` on currency_mismatch)
 =======================  ==================================================================
 
+Payouts CSV (same conventions; one row per payout the business day touches, header row always,
+also when the run has none). Columns, in order:
+
+=======================  ==================================================================
+run_id                   the run
+provider                 ``cinetpay``, ``mtn_momo``, ...
+business_date            ``YYYY-MM-DD`` in the run's business time zone
+payout_id                the provider's payout id
+status                   matched (paid out = net of its payments), mismatch, pending (its payments
+                         are reported, the payout not yet), unexplained (no payment of ours behind it)
+currency                 ISO 4217
+payout_amount_minor      integer, minor units: what the provider paid out (empty when pending)
+settled_net_minor        integer: sum of its payments' amounts less their fees (empty when unexplained)
+difference_minor         integer, signed: payout_amount_minor - settled_net_minor (empty if either is)
+payments                 integer: how many payments it settles
+payout_amount            display in major units, like the item amounts
+settled_net              same
+difference               same
+posted                   ``true`` when the payout is in the ledger (Dr ``bank:<provider>`` / Cr
+                         ``provider_clearing:<provider>``; only matched payouts are posted), else ``false``
+journal_id               the ledger journal that posted it (empty if not posted)
+posted_run_id            the run that posted it: this one, or another run of the provider (a payout
+                         is posted once, by the first run that finds it matched)
+=======================  ==================================================================
+
 Empty cell = no value (NULL). Text cells that start with ``= + - @`` tab, CR or NUL get a leading
 ``'`` (OWASP CSV injection); numeric columns are never altered. Read columns by header name.
 
-XLSX: sheets Summary, Exceptions, All lines (see ``reports_xlsx``). JSON: ``payrecon.recon-report/1``,
-schema ``schemas/recon-report.v1.schema.json``. HTML: one self-contained page (see ``reports_render``).
+XLSX: sheets Summary (with payout counts and totals), Exceptions, Payouts, All lines (see
+``reports_xlsx``). JSON: ``payrecon.recon-report/1``, schema ``schemas/recon-report.v1.schema.json``
+(payouts under ``payouts``). HTML: one self-contained page (see ``reports_render``).
 """
 
 from __future__ import annotations
@@ -51,10 +80,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import String, case, func, literal, or_, select, union_all
+from sqlalchemy import String, and_, case, func, literal, or_, select, union_all
 from sqlalchemy.orm import Session
 
-from reconciliation.models import ReconItem, ReconRun
+from reconciliation.models import PayoutPosting, ReconItem, ReconPayout, ReconRun
 from reconciliation.reports_common import (
     EXCEPTION_ORDER,
     MATCHED,
@@ -62,6 +91,7 @@ from reconciliation.reports_common import (
     class_rank,
     formula_safe,
     iso_utc,
+    payout_rank,
     plain_amount,
 )
 
@@ -83,6 +113,13 @@ CSV_COLUMNS = (
     "difference_minor", "fee_minor", "expected_fee_minor", "internal_amount", "provider_amount", "detail",
     "provider_currency",
 )  # fmt: skip
+PAYOUT_CSV_COLUMNS = (
+    "run_id", "provider", "business_date", "payout_id", "status", "currency", "payout_amount_minor",
+    "settled_net_minor", "difference_minor", "payments", "payout_amount", "settled_net", "difference", "posted",
+    "journal_id", "posted_run_id",
+)  # fmt: skip
+#: What ``export`` writes for each format: the CSV format is two files, the items and the payouts.
+FORMAT_PARTS: dict[str, tuple[str, ...]] = {"csv": ("", "payouts"), "xlsx": ("",), "json": ("",), "html": ("",)}
 
 ITEM_COLUMNS = (
     ReconItem.id, ReconItem.cls, ReconItem.healed, ReconItem.reference, ReconItem.payment_id,
@@ -185,12 +222,12 @@ def _totals(session: Session, run_id: int) -> list[dict[str, Any]]:
 
 
 def summary(session: Session, run_id: int) -> dict[str, Any]:
-    """Run metadata, totals per (currency, class) and counts.
+    """Run metadata, totals per (currency, class), counts and payouts.
 
-    Returns ``{"run": run_metadata, "counts": {...}, "totals": [...]}`` where ``counts`` holds
-    ``items``, ``exceptions`` (every item not matched, healed ones included: they are to be read),
-    ``healed`` and ``by_class``; each total is ``{currency, class, count, healed,
-    internal_total_minor, provider_total_minor, fee_total_minor}``.
+    Returns ``{"run": run_metadata, "counts": {...}, "totals": [...], "payouts": [...]}`` where
+    ``counts`` holds ``items``, ``exceptions`` (every item not matched, healed ones included: they are
+    to be read), ``healed`` and ``by_class``; each total is ``{currency, class, count, healed,
+    internal_total_minor, provider_total_minor, fee_total_minor}``; ``payouts`` is ``payouts()``.
     """
     run = _run(session, run_id)
     by_class: dict[str, int] = {}
@@ -219,17 +256,30 @@ def summary(session: Session, run_id: int) -> dict[str, Any]:
 
 
 def payouts(session: Session, run_id: int) -> list[dict[str, Any]]:
-    """The run's payouts: each one's amount against the net of the payments it settles."""
-    from reconciliation.models import ReconPayout
+    """The run's payouts, not matched first (``PAYOUT_ORDER``), then by payout id.
 
-    rows = session.scalars(select(ReconPayout).where(ReconPayout.run_id == run_id).order_by(ReconPayout.payout_id))
-    return [
+    Each is ``{payout_id, status, currency, payout_amount, settled_net, payments, difference, posted,
+    journal_id, posted_run_id}``: its amount against the net of the payments it settles (integer
+    minor units), and its ledger posting (``runs.post_payouts``: matched payouts only, once per
+    provider and payout id, by whichever run of the provider first found it matched).
+    """
+    run = _run(session, run_id)
+    posting = and_(PayoutPosting.provider == run.provider, PayoutPosting.payout_id == ReconPayout.payout_id)
+    stmt = (
+        select(ReconPayout, PayoutPosting.journal_id, PayoutPosting.run_id)
+        .outerjoin(PayoutPosting, posting)
+        .where(ReconPayout.run_id == run_id)
+    )
+    rows: list[dict[str, Any]] = [
         {
             "payout_id": p.payout_id, "status": p.status, "currency": p.currency, "payout_amount": p.payout_amount,
             "settled_net": p.settled_net, "payments": p.payments, "difference": p.difference,
+            "posted": journal_id is not None, "journal_id": journal_id, "posted_run_id": posted_run_id,
         }
-        for p in rows
+        for p, journal_id, posted_run_id in session.execute(stmt)
     ]  # fmt: skip
+    rows.sort(key=lambda r: (payout_rank(r["status"]), r["payout_id"]))
+    return rows
 
 
 def _changes_select(run_id: int, previous_run_id: int) -> Any:
@@ -319,10 +369,11 @@ def iter_items(
 # --------------------------------------------------------------------------- files
 
 
-def file_name(run: ReconRun, ext: str) -> str:
-    """``recon_<provider>_<business_date>_run<id>.<ext>`` (provider reduced to ``[A-Za-z0-9_-]``)."""
+def file_name(run: ReconRun, ext: str, part: str = "") -> str:
+    """``recon_<provider>_<business_date>_run<id>[_<part>].<ext>`` (provider reduced to ``[A-Za-z0-9_-]``)."""
     provider = re.sub(r"[^A-Za-z0-9_-]", "_", run.provider)
-    return f"recon_{provider}_{run.business_date.isoformat()}_run{run.id}.{ext}"
+    suffix = f"_{part}" if part else ""
+    return f"recon_{provider}_{run.business_date.isoformat()}_run{run.id}{suffix}.{ext}"
 
 
 @contextmanager
@@ -369,6 +420,57 @@ def _write_csv(session: Session, run: ReconRun, path: Path) -> None:
             writer.writerow(csv_row(run, item))
 
 
+def payout_csv_row(run: ReconRun, payout: dict[str, Any]) -> list[str | int]:
+    """One payouts CSV row in ``PAYOUT_CSV_COLUMNS`` order (``payout`` as ``payouts`` returns it)."""
+
+    def number(value: int | None) -> str | int:
+        return "" if value is None else value
+
+    currency = payout["currency"]
+    return [
+        run.id,
+        formula_safe(run.provider),
+        run.business_date.isoformat(),
+        formula_safe(payout["payout_id"]),
+        formula_safe(payout["status"]),
+        formula_safe(currency),
+        number(payout["payout_amount"]),
+        number(payout["settled_net"]),
+        number(payout["difference"]),
+        payout["payments"],
+        plain_amount(payout["payout_amount"], currency),
+        plain_amount(payout["settled_net"], currency),
+        plain_amount(payout["difference"], currency),
+        "true" if payout["posted"] else "false",
+        number(payout["journal_id"]),
+        number(payout["posted_run_id"]),
+    ]
+
+
+def _write_payouts_csv(session: Session, run: ReconRun, path: Path) -> None:
+    with path.open("w", encoding="utf-8", newline="") as fh:
+        writer = csv.writer(fh, lineterminator="\r\n")
+        writer.writerow(PAYOUT_CSV_COLUMNS)
+        for payout in payouts(session, run.id):
+            writer.writerow(payout_csv_row(run, payout))
+
+
+def payout_json(payout: dict[str, Any]) -> dict[str, Any]:
+    """One payout of the JSON report (amounts in integer minor units, named like the item amounts)."""
+    return {
+        "payout_id": payout["payout_id"],
+        "status": payout["status"],
+        "currency": payout["currency"],
+        "payout_amount_minor": payout["payout_amount"],
+        "settled_net_minor": payout["settled_net"],
+        "difference_minor": payout["difference"],
+        "payments": payout["payments"],
+        "posted": payout["posted"],
+        "journal_id": payout["journal_id"],
+        "posted_run_id": payout["posted_run_id"],
+    }
+
+
 def item_json(item: ItemRow) -> dict[str, Any]:
     """One item of the JSON report (amounts in integer minor units, as stored)."""
     return {
@@ -400,6 +502,7 @@ def _write_json(session: Session, run: ReconRun, path: Path) -> None:
         "run": summ["run"],
         "counts": summ["counts"],
         "totals": summ["totals"],
+        "payouts": [payout_json(p) for p in summ["payouts"]],
         "changes": changes(session, run.id),
     }
     with path.open("w", encoding="utf-8") as fh:
@@ -438,19 +541,40 @@ def _write_html(session: Session, run: ReconRun, path: Path) -> None:
     path.write_text(page, encoding="utf-8")
 
 
-_WRITERS = {"csv": _write_csv, "xlsx": _write_xlsx, "json": _write_json, "html": _write_html}
+_WRITERS = {
+    ("csv", ""): _write_csv,
+    ("csv", "payouts"): _write_payouts_csv,
+    ("xlsx", ""): _write_xlsx,
+    ("json", ""): _write_json,
+    ("html", ""): _write_html,
+}
 
 
-def export(session: Session, run_id: int, fmt: str, out_dir: Path) -> Path:
-    """Write the run's report in ``fmt`` (one of ``FORMATS``) into ``out_dir``; return its path."""
+def export_files(session: Session, run_id: int, fmt: str, out_dir: Path) -> list[Path]:
+    """Write the run's report in ``fmt`` (one of ``FORMATS``) into ``out_dir``; return every file written.
+
+    One file per format, except CSV: the items CSV, then the payouts CSV (``FORMAT_PARTS``).
+    """
     if fmt not in FORMATS:
         raise ValueError(f"unknown report format {fmt!r}; choose from {', '.join(FORMATS)}")
     run = _run(session, run_id)
     out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / file_name(run, fmt)
-    with _replacing(path) as tmp:
-        _WRITERS[fmt](session, run, tmp)
-    return path
+    paths = []
+    for part in FORMAT_PARTS[fmt]:
+        path = out_dir / file_name(run, fmt, part)
+        with _replacing(path) as tmp:
+            _WRITERS[fmt, part](session, run, tmp)
+        paths.append(path)
+    return paths
+
+
+def export(session: Session, run_id: int, fmt: str, out_dir: Path) -> Path:
+    """Write the run's report in ``fmt`` (one of ``FORMATS``) into ``out_dir``; return its main file's path.
+
+    ``csv`` writes the payouts CSV too (next to the items CSV, named ``file_name(run, "csv", "payouts")``);
+    ``export_files`` returns both paths.
+    """
+    return export_files(session, run_id, fmt, out_dir)[0]
 
 
 def _sha256(path: Path) -> str:
@@ -462,21 +586,34 @@ def _sha256(path: Path) -> str:
 
 
 def export_all(session: Session, run_id: int, out_dir: Path) -> list[Path]:
-    """Write the four reports and ``manifest.json`` (name, format, size, SHA-256 of each) into ``out_dir``.
+    """Write every report file and ``manifest.json`` (name, format, content, size, SHA-256 of each) into ``out_dir``.
 
-    Returns the report paths in ``FORMATS`` order, then the manifest's. One directory per run:
-    the manifest's name is fixed.
+    Returns the report paths in ``FORMATS`` order (the items CSV, the payouts CSV, XLSX, JSON, HTML),
+    then the manifest's. The payouts CSV is always written (header only when the run has no payout),
+    so every run's manifest lists the same files. ``content`` is ``items`` or ``payouts`` for the two
+    CSV files and ``run`` for the others (the whole run). One directory per run: the manifest's name
+    is fixed.
     """
     run = _run(session, run_id)
-    paths = [export(session, run_id, fmt, out_dir) for fmt in FORMATS]
+    written: list[tuple[str, str, Path]] = []
+    for fmt in FORMATS:
+        files = export_files(session, run_id, fmt, out_dir)
+        written += [(fmt, part, path) for part, path in zip(FORMAT_PARTS[fmt], files, strict=True)]
+    paths = [path for _, _, path in written]
     manifest = {
         "schema": MANIFEST_SCHEMA,
         "run_id": run.id,
         "provider": run.provider,
         "business_date": run.business_date.isoformat(),
         "files": [
-            {"name": p.name, "format": fmt, "size": p.stat().st_size, "sha256": _sha256(p)}
-            for fmt, p in zip(FORMATS, paths, strict=True)
+            {
+                "name": p.name,
+                "format": fmt,
+                "content": part or ("items" if fmt == "csv" else "run"),
+                "size": p.stat().st_size,
+                "sha256": _sha256(p),
+            }
+            for fmt, part, p in written
         ],
     }
     manifest_path = out_dir / "manifest.json"

@@ -1,11 +1,13 @@
 """Shared pieces of the reconciliation reports (``reconciliation.reports``): the item row, the
-order of classes, money display, and escaping of untrusted text. No database access here."""
+order of classes and of payout statuses, payout totals, money display, and escaping of untrusted
+text. No database access here."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from reconciliation.models import ReconClass
 from schemas.currency import AmountError, exponent, format_amount, to_major
@@ -22,6 +24,10 @@ EXCEPTION_ORDER: tuple[str, ...] = (
     ReconClass.MISSING_IN_LEDGER.value,  # healed by the run: read, but no action needed
 )
 MATCHED = ReconClass.MATCHED.value
+#: Payout statuses (``recon_payouts.status``), exceptions first: paid out differs from the net of its
+#: payments, paid out with nothing of ours behind it, its payments waiting for it; then matched.
+PAYOUT_ORDER: tuple[str, ...] = ("mismatch", "unexplained", "pending", "matched")
+PAYOUT_MATCHED = "matched"
 
 #: First characters that make a spreadsheet read a cell as a formula (OWASP CSV injection, CWE-1236).
 FORMULA_TRIGGERS = ("=", "+", "-", "@", "\t", "\r", "\0")
@@ -35,6 +41,38 @@ def class_rank(cls: str) -> int:
         return EXCEPTION_ORDER.index(cls)
     except ValueError:
         return len(EXCEPTION_ORDER)
+
+
+def payout_rank(status: str) -> int:
+    """Sort key of a payout status: ``PAYOUT_ORDER``; an unknown status ranks with pending, before matched."""
+    try:
+        return PAYOUT_ORDER.index(status)
+    except ValueError:
+        return PAYOUT_ORDER.index(PAYOUT_MATCHED) - 1
+
+
+def payout_totals(payouts: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Payouts (``reports.payouts``) counted and totalled per currency and status, exceptions first.
+
+    Each total is ``{currency, status, count, posted, payout_total_minor, settled_net_total_minor,
+    difference_total_minor}`` (a missing amount counts as 0: a pending payout has no amount yet).
+    """
+    totals: dict[tuple[str, str], dict[str, Any]] = {}
+    for p in payouts:
+        key = (p["currency"] or "", p["status"])
+        total = totals.setdefault(
+            key,
+            {
+                "currency": p["currency"], "status": p["status"], "count": 0, "posted": 0,
+                "payout_total_minor": 0, "settled_net_total_minor": 0, "difference_total_minor": 0,
+            },
+        )  # fmt: skip
+        total["count"] += 1
+        total["posted"] += 1 if p["posted"] else 0
+        total["payout_total_minor"] += p["payout_amount"] or 0
+        total["settled_net_total_minor"] += p["settled_net"] or 0
+        total["difference_total_minor"] += p["difference"] or 0
+    return [totals[k] for k in sorted(totals, key=lambda k: (k[0], payout_rank(k[1]), k[1]))]
 
 
 class ItemRow(NamedTuple):

@@ -13,7 +13,7 @@ import html
 from collections.abc import Sequence
 from typing import Any
 
-from reconciliation.reports_common import ItemRow, display_amount, printable
+from reconciliation.reports_common import PAYOUT_MATCHED, ItemRow, display_amount, printable
 
 _CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;padding:12px;color:#1a1a1a;
@@ -29,6 +29,7 @@ td.wrap{white-space:normal;min-width:12em}
 th{background:#f3f3f3}
 dl{display:grid;grid-template-columns:max-content 1fr;gap:2px 12px;margin:0}dt{color:#555}dd{margin:0}
 .more{color:#555;font-style:italic}
+tr.bad td{background:#fdecea}
 @media (max-width:600px){body{padding:6px}table{font-size:.8em}th,td{padding:3px 5px}}
 """
 
@@ -37,15 +38,26 @@ def _e(value: Any) -> str:
     return "" if value is None else html.escape(str(value), quote=True)
 
 
-def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]], numeric: frozenset[int] = frozenset()) -> str:
-    """An escaped table in a horizontally scrolling wrapper; ``numeric`` columns align right."""
+def _table(
+    headers: Sequence[str],
+    rows: Sequence[Sequence[Any]],
+    numeric: frozenset[int] = frozenset(),
+    flagged: Sequence[bool] = (),
+) -> str:
+    """An escaped table in a horizontally scrolling wrapper; ``numeric`` columns align right,
+    rows whose ``flagged`` entry is true are highlighted (``tr.bad``)."""
 
     def cell(tag: str, index: int, value: Any) -> str:
         cls = ' class="num"' if index in numeric else ' class="wrap"' if headers[index] == "Detail" else ""
         return f"<{tag}{cls}>{_e(value)}</{tag}>"
 
+    def tr(n: int) -> str:
+        return '<tr class="bad">' if n < len(flagged) and flagged[n] else "<tr>"
+
     head = "".join(cell("th", i, h) for i, h in enumerate(headers))
-    body = "\n".join("<tr>" + "".join(cell("td", i, v) for i, v in enumerate(row)) + "</tr>" for row in rows)
+    body = "\n".join(
+        tr(n) + "".join(cell("td", i, v) for i, v in enumerate(row)) + "</tr>" for n, row in enumerate(rows)
+    )
     return f'<div class="scroll"><table><thead><tr>{head}</tr></thead>\n<tbody>\n{body}\n</tbody></table></div>'
 
 
@@ -66,6 +78,40 @@ def _totals_rows(summ: dict[str, Any]) -> list[list[Any]]:
     ]
 
 
+def _posting(payout: dict[str, Any]) -> str:
+    if not payout["posted"]:
+        return "not posted"
+    return f"journal {payout['journal_id']} (run {payout['posted_run_id']})"
+
+
+def _payouts_html(payouts: Sequence[dict[str, Any]]) -> list[str]:
+    """The payouts section: not matched first (``reports.payouts`` order), highlighted like exceptions."""
+    unmatched = sum(1 for p in payouts if p["status"] != PAYOUT_MATCHED)
+    parts = [f"<h2>Payouts ({len(payouts):,}, {unmatched:,} not matched)</h2>"]
+    if not payouts:
+        return [*parts, "<p>None reported for this day.</p>"]
+    rows = [
+        [
+            p["payout_id"],
+            p["status"],
+            p["payments"],
+            display_amount(p["payout_amount"], p["currency"]),
+            display_amount(p["settled_net"], p["currency"]),
+            "" if p["difference"] is None else display_amount(p["difference"], p["currency"]),
+            _posting(p),
+        ]
+        for p in payouts
+    ]
+    headers = ("Payout", "Status", "Payments", "Paid out", "Net of payments", "Difference", "Ledger (bank)")
+    flagged = [p["status"] != PAYOUT_MATCHED for p in payouts]
+    parts.append(_table(headers, rows, frozenset({2, 3, 4, 5}), flagged))
+    parts.append(
+        '<p class="more">Matched payouts are posted once to the bank account (Dr bank / Cr provider clearing);'
+        " the others are for finance to look at.</p>"
+    )
+    return parts
+
+
 def _change_label(change: dict[str, Any]) -> tuple[str, str]:
     return change["from_class"] or "(not in previous run)", change["to_class"] or "(not in this run)"
 
@@ -84,8 +130,9 @@ def _headline(summ: dict[str, Any]) -> str:
 def render_html(
     summ: dict[str, Any], changes: Sequence[dict[str, Any]], n_changes: int, exceptions: Sequence[ItemRow]
 ) -> str:
-    """The page: headline, run metadata, totals per provider/currency/class, exceptions first
-    (those given, with a count of the rest), changes since the previous run (likewise)."""
+    """The page: headline, exceptions first (those given, with a count of the rest), payouts (not
+    matched first, highlighted), totals per provider/currency/class, changes since the previous run
+    (likewise), run metadata."""
     run, counts = summ["run"], summ["counts"]
     title = f"Reconciliation {run['provider']} {run['business_date']} (run {run['id']})"
     parts = [
@@ -126,6 +173,8 @@ def render_html(
             parts.append(f'<p class="more">… and {rest:,} more exceptions: see the CSV or XLSX report.</p>')
     else:
         parts.append("<p>None.</p>")
+
+    parts.extend(_payouts_html(summ.get("payouts", [])))
 
     parts.append("<h2>Totals</h2>")
     headers = ("Provider", "Currency", "Class", "Count", "Healed", "Internal total", "Provider total", "Fees")
@@ -196,9 +245,10 @@ def render_text(
     if summ.get("payouts"):
         lines.append("Payouts (amount paid out against the net of the payments it settles):")
         for p in summ["payouts"]:
+            posted = f", posted (journal {p['journal_id']})" if p["posted"] else ""
             lines.append(
-                f"  {_clip(p['payout_id'], 40)}: {p['status']}, {p['payments']} payment(s), "
-                f"paid {p['payout_amount']} vs net {p['settled_net']} {p['currency'] or ''}"
+                f"  {_clip(p['payout_id'], 40)}: {printable(p['status'])}, {p['payments']} payment(s), "
+                f"paid {p['payout_amount']} vs net {p['settled_net']} {printable(p['currency'])}{posted}"
             )
         lines.append("")
     if run["previous_run_id"] is None:

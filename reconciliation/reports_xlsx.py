@@ -2,9 +2,12 @@
 
 Sheets:
 
-- **Summary**: totals per currency and class (header frozen, autofilter), then the run's metadata,
-  the counts and any notes (e.g. a sheet left out for Excel's row limit).
+- **Summary**: totals per currency and class (header frozen, autofilter), then the payouts counted
+  and totalled per currency and status (how many posted to the ledger), the run's metadata, the
+  counts and any notes (e.g. a sheet left out for Excel's row limit).
 - **Exceptions**: items not matched, most serious first (healed missing_in_ledger last).
+- **Payouts**: every payout the day touches, not matched first: paid out against the net of the
+  payments it settles, and its ledger posting (always written, header only when there is none).
 - **All lines**: every item, exceptions first.
 
 Amounts are numeric cells in major units (``Decimal``) with ``#,##0`` for zero-decimal currencies
@@ -29,7 +32,7 @@ from openpyxl.cell.cell import ILLEGAL_CHARACTERS_RE  # type: ignore[import-unty
 from openpyxl.styles import Font  # type: ignore[import-untyped]
 from openpyxl.utils import get_column_letter  # type: ignore[import-untyped]
 
-from reconciliation.reports_common import ItemRow, formula_safe, spreadsheet_amount
+from reconciliation.reports_common import ItemRow, formula_safe, payout_totals, spreadsheet_amount
 
 #: Item columns of the Exceptions and All lines sheets, with their widths.
 ITEM_SHEET_COLUMNS: tuple[tuple[str, int], ...] = (
@@ -41,6 +44,12 @@ SUMMARY_COLUMNS: tuple[tuple[str, int], ...] = (
     ("currency", 10), ("class", 22), ("count", 10), ("healed", 8),
     ("internal_total", 18), ("provider_total", 18), ("fee_total", 16),
 )  # fmt: skip
+PAYOUT_SHEET_COLUMNS: tuple[tuple[str, int], ...] = (
+    ("payout_id", 28), ("status", 12), ("currency", 9), ("payments", 10), ("payout_amount", 16),
+    ("settled_net", 16), ("difference", 14), ("posted", 8), ("journal_id", 10), ("posted_run_id", 13),
+)  # fmt: skip
+#: The payout block of the Summary sheet, under the class totals (same column widths).
+SUMMARY_PAYOUT_HEADER = ("currency", "payout status", "count", "posted", "paid out", "net of payments", "difference")
 #: Excel's limit of characters in one cell.
 CELL_MAX_CHARS = 32_767
 _BOLD = Font(bold=True)
@@ -118,6 +127,28 @@ def _write_items(ws: Any, items: Iterable[ItemRow]) -> int:
     return rows
 
 
+def _write_payouts(ws: Any, payouts: Iterable[dict[str, Any]]) -> int:
+    rows = 1
+    for p in payouts:
+        currency = p["currency"]
+        ws.append(
+            [
+                _text(ws, p["payout_id"]),
+                _text(ws, p["status"]),
+                _text(ws, currency),
+                _int(ws, p["payments"]),
+                _money(ws, p["payout_amount"], currency),
+                _money(ws, p["settled_net"], currency),
+                _money(ws, p["difference"], currency),
+                p["posted"],
+                p["journal_id"],
+                p["posted_run_id"],
+            ]
+        )
+        rows += 1
+    return rows
+
+
 def write_xlsx(
     path: Path,
     summ: dict[str, Any],
@@ -158,6 +189,10 @@ def write_xlsx(
         rows += 1
     _filter(ws, len(ITEM_SHEET_COLUMNS), rows)
 
+    ws = _sheet(wb, "Payouts", PAYOUT_SHEET_COLUMNS)
+    rows = _write_payouts(ws, summ["payouts"])
+    _filter(ws, len(PAYOUT_SHEET_COLUMNS), rows)
+
     if write_all:
         ws = _sheet(wb, "All lines", ITEM_SHEET_COLUMNS)
         # The limit guards the sheet should items be added after the summary was read.
@@ -183,6 +218,28 @@ def _write_summary(wb: Any, summ: dict[str, Any], notes: list[str]) -> None:
             ]
         )
     _filter(ws, len(SUMMARY_COLUMNS), len(totals) + 1)
+    ws.append([])
+    header = []
+    for name in SUMMARY_PAYOUT_HEADER:
+        cell = _text(ws, name)
+        cell.font = _BOLD
+        header.append(cell)
+    ws.append(header)
+    for total in payout_totals(summ["payouts"]):
+        currency = total["currency"]
+        ws.append(
+            [
+                _text(ws, currency),
+                _text(ws, total["status"]),
+                _int(ws, total["count"]),
+                _int(ws, total["posted"]),
+                _money(ws, total["payout_total_minor"], currency),
+                _money(ws, total["settled_net_total_minor"], currency),
+                _money(ws, total["difference_total_minor"], currency),
+            ]
+        )
+    if not summ["payouts"]:
+        ws.append([_text(ws, "no payout reported for this day")])
     ws.append([])
     for note in notes:
         cell = _text(ws, f"Note: {note}")

@@ -176,7 +176,8 @@ def test_reconcile_report_and_statements_commands(
     out = Path(tmp_path) / "reports"
     exported = run(cli_env, "report", "export", str(run_id), "--out", str(out))
     assert exported.exit_code == 0
-    assert sorted(p.suffix for p in out.iterdir()) == [".csv", ".html", ".json", ".json", ".xlsx"]
+    assert sorted(p.suffix for p in out.iterdir()) == [".csv", ".csv", ".html", ".json", ".json", ".xlsx"]
+    assert (out / f"recon_cinetpay_{day}_run{run_id}_payouts.csv").is_file()  # with the four reports and the manifest
     evidence = json.loads(run(cli_env, "payments", "show", lost, "--json").output)
     assert evidence["status"] == "succeeded"
     assert [(r["class"], r["healed"]) for r in evidence["reconciliation"]] == [("missing_in_ledger", True)]

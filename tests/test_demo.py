@@ -85,4 +85,4 @@ def test_demo_keep_leaves_the_database_and_the_four_reports(tmp_path: Path) -> N
     assert (kept / "payrecon.sqlite").exists()
     for provider in ("cinetpay", "mtn_momo", "orange_money", "wave"):
         suffixes = sorted(p.suffix for p in (kept / "reports" / provider).iterdir())
-        assert suffixes == [".csv", ".html", ".json", ".json", ".xlsx"]  # the four reports and the manifest
+        assert suffixes == [".csv", ".csv", ".html", ".json", ".json", ".xlsx"]  # 4 reports, payouts CSV, manifest

@@ -15,8 +15,9 @@ import openpyxl
 import pytest
 from sqlalchemy import delete, insert
 
-from reconciliation import reports
-from reconciliation.models import ReconItem, ReconRun
+from reconciliation import reports, runs
+from reconciliation.db import transaction
+from reconciliation.models import PayoutPosting, ReconItem, ReconPayout, ReconRun
 from worker.runtime import Runtime
 
 SCHEMA = Path(__file__).resolve().parent.parent / "schemas" / "recon-report.v1.schema.json"
@@ -77,6 +78,19 @@ PREVIOUS = [
     item("duplicate", None, "XOF", None, 800, provider_txn_id="TX-NOREF"),
     item("matched", "REF-GONE", "XOF", 4000, 4000),
 ]
+# The current run's payouts: one of each status; the matched one is posted to the ledger by the fixture.
+PAYOUTS: list[dict[str, Any]] = [
+    {"payout_id": "PO-OK", "status": "matched", "currency": "XOF", "payout_amount": 70785, "settled_net": 70785,
+     "payments": 2, "difference": 0},
+    {"payout_id": "PO-WAIT", "status": "pending", "currency": "XOF", "payout_amount": None, "settled_net": 12870,
+     "payments": 1, "difference": None},
+    {"payout_id": "=PO-EVIL", "status": "unexplained", "currency": "USD", "payout_amount": 1250, "settled_net": None,
+     "payments": 0, "difference": None},
+    {"payout_id": "PO-SHORT", "status": "mismatch", "currency": "XOF", "payout_amount": 6000, "settled_net": 6435,
+     "payments": 1, "difference": -435},
+]  # fmt: skip
+#: Not matched first (mismatch, unexplained, pending), then matched.
+PAYOUT_ORDER = ["PO-SHORT", "=PO-EVIL", "PO-WAIT", "PO-OK"]
 EXPECTED_CHANGES = [
     {"reference": "REF-A1", "from_class": "matched", "to_class": "amount_mismatch", "change": "restated"},
     {"reference": "REF-GONE", "from_class": "matched", "to_class": None, "change": "disappeared"},
@@ -89,10 +103,18 @@ def clean(rt: Runtime) -> None:
     # conftest truncates only the tables it lists.
     with rt.sessions.begin() as session:
         session.execute(delete(ReconItem))
+        session.execute(delete(PayoutPosting))
+        session.execute(delete(ReconPayout))
         session.execute(delete(ReconRun))  # one statement: the previous_run_id references go with it
 
 
-def make_run(rt: Runtime, items: list[dict[str, Any]], previous: int | None = None, trigger: str = "scheduled") -> int:
+def make_run(
+    rt: Runtime,
+    items: list[dict[str, Any]],
+    previous: int | None = None,
+    trigger: str = "scheduled",
+    payouts: list[dict[str, Any]] | None = None,
+) -> int:
     with rt.sessions.begin() as session:
         run = ReconRun(
             provider="cinetpay", business_date=DAY, timezone="Africa/Abidjan", window_start=T0, window_end=T1,
@@ -102,18 +124,37 @@ def make_run(rt: Runtime, items: list[dict[str, Any]], previous: int | None = No
         session.flush()
         if items:
             session.execute(insert(ReconItem), [{"run_id": run.id, **row} for row in items])
+        if payouts:
+            session.execute(insert(ReconPayout), [{"run_id": run.id, **row} for row in payouts])
         return run.id
 
 
+def post(rt: Runtime, run_id: int, payout_id: str, amount: int) -> int:
+    """Post a payout as ``runs.post_payouts`` does; returns the journal id."""
+    with transaction(rt.sessions) as session:
+        journal = runs.post_payout(session, run_id, "cinetpay", payout_id, amount=amount, currency="XOF")
+        assert journal is not None
+        return journal.id
+
+
 @pytest.fixture
-def runs(rt: Runtime) -> tuple[int, int]:
+def two_runs(rt: Runtime) -> tuple[int, int]:
     clean(rt)
     previous = make_run(rt, PREVIOUS)
-    return previous, make_run(rt, CURRENT, previous=previous, trigger="rerun")
+    current = make_run(rt, CURRENT, previous=previous, trigger="rerun", payouts=PAYOUTS)
+    post(rt, current, "PO-OK", 70785)
+    return previous, current
 
 
-def test_summary_totals_and_counts(rt: Runtime, runs: tuple[int, int]) -> None:
-    previous, run_id = runs
+def journal_of(rt: Runtime, payout_id: str) -> int:
+    with rt.sessions() as session:
+        posting = session.get(PayoutPosting, ("cinetpay", payout_id))
+        assert posting is not None
+        return posting.journal_id
+
+
+def test_summary_totals_and_counts(rt: Runtime, two_runs: tuple[int, int]) -> None:
+    previous, run_id = two_runs
     with rt.sessions() as session:
         summ = reports.summary(session, run_id)
     assert summ["run"]["provider"] == "cinetpay"
@@ -144,10 +185,18 @@ def test_summary_totals_and_counts(rt: Runtime, runs: tuple[int, int]) -> None:
     assert totals["USD", "currency_mismatch"]["count"] == 0
     assert totals["USD", "currency_mismatch"]["provider_total_minor"] == 200
     assert sum(t["count"] for t in summ["totals"]) == 11
+    assert [p["payout_id"] for p in summ["payouts"]] == PAYOUT_ORDER
+    found = {p["payout_id"]: p for p in summ["payouts"]}
+    assert found["PO-OK"] == {
+        "payout_id": "PO-OK", "status": "matched", "currency": "XOF", "payout_amount": 70785, "settled_net": 70785,
+        "payments": 2, "difference": 0, "posted": True, "journal_id": journal_of(rt, "PO-OK"), "posted_run_id": run_id,
+    }  # fmt: skip
+    assert [p["posted"] for p in summ["payouts"]] == [False, False, False, True]
+    assert found["PO-SHORT"]["journal_id"] is None and found["PO-SHORT"]["posted_run_id"] is None
 
 
-def test_changes_lists_exactly_the_restated_references(rt: Runtime, runs: tuple[int, int]) -> None:
-    previous, run_id = runs
+def test_changes_lists_exactly_the_restated_references(rt: Runtime, two_runs: tuple[int, int]) -> None:
+    previous, run_id = two_runs
     with rt.sessions() as session:
         found = reports.changes(session, run_id)
         assert [{k: c[k] for k in ("reference", "from_class", "to_class", "change")} for c in found] == EXPECTED_CHANGES
@@ -156,8 +205,8 @@ def test_changes_lists_exactly_the_restated_references(rt: Runtime, runs: tuple[
         assert reports.changes(session, previous) == []  # the first run of the day
 
 
-def test_csv(rt: Runtime, runs: tuple[int, int], tmp_path: Path) -> None:
-    _, run_id = runs
+def test_csv(rt: Runtime, two_runs: tuple[int, int], tmp_path: Path) -> None:
+    _, run_id = two_runs
     with rt.sessions() as session:
         path = reports.export(session, run_id, "csv", tmp_path)
     assert path.name == f"recon_cinetpay_2026-11-20_run{run_id}.csv"
@@ -189,13 +238,60 @@ def test_csv(rt: Runtime, runs: tuple[int, int], tmp_path: Path) -> None:
     assert by_ref[""]["provider_txn_id"] == "TX-NOREF"
 
 
-def test_xlsx(rt: Runtime, runs: tuple[int, int], tmp_path: Path) -> None:
-    _, run_id = runs
+def test_payouts_csv(rt: Runtime, two_runs: tuple[int, int], tmp_path: Path) -> None:
+    _, run_id = two_runs
+    with rt.sessions() as session:
+        items_path = reports.export(session, run_id, "csv", tmp_path)  # the CSV format writes both files
+        both = reports.export_files(session, run_id, "csv", tmp_path)
+    path = tmp_path / f"recon_cinetpay_2026-11-20_run{run_id}_payouts.csv"
+    assert both == [items_path, path]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([items_path.name, path.name])  # no leftovers
+    raw = path.read_bytes()
+    assert raw.count(b"\r\n") == 5 and b"\n" not in raw.replace(b"\r\n", b"") and not raw.startswith(b"\xef\xbb\xbf")
+    with path.open(encoding="utf-8", newline="") as fh:
+        reader = csv.DictReader(fh)
+        rows = list(reader)
+    assert tuple(reader.fieldnames or ()) == reports.PAYOUT_CSV_COLUMNS
+    assert reports.PAYOUT_CSV_COLUMNS[:10] == (
+        "run_id", "provider", "business_date", "payout_id", "status", "currency", "payout_amount_minor",
+        "settled_net_minor", "difference_minor", "payments",
+    )  # fmt: skip
+    assert [r["payout_id"] for r in rows] == ["PO-SHORT", "'=PO-EVIL", "PO-WAIT", "PO-OK"]  # not matched first
+    by_id = {r["payout_id"]: r for r in rows}
+    short = by_id["PO-SHORT"]
+    assert (short["run_id"], short["provider"], short["business_date"]) == (str(run_id), "cinetpay", "2026-11-20")
+    assert (short["status"], short["currency"], short["payments"]) == ("mismatch", "XOF", "1")
+    assert (short["payout_amount_minor"], short["settled_net_minor"], short["difference_minor"]) == (
+        "6000",
+        "6435",
+        "-435",
+    )
+    assert (short["payout_amount"], short["settled_net"], short["difference"]) == ("6000", "6435", "-435")
+    assert (short["posted"], short["journal_id"], short["posted_run_id"]) == ("false", "", "")
+    evil = by_id["'=PO-EVIL"]  # formula injection: escaped
+    assert (evil["payout_amount_minor"], evil["payout_amount"], evil["currency"]) == ("1250", "12.50", "USD")
+    assert evil["settled_net_minor"] == "" and evil["difference"] == ""
+    assert by_id["PO-WAIT"]["payout_amount_minor"] == "" and by_id["PO-WAIT"]["settled_net"] == "12870"
+    ok = by_id["PO-OK"]
+    assert (ok["status"], ok["posted"], ok["posted_run_id"]) == ("matched", "true", str(run_id))
+    assert ok["journal_id"] == str(journal_of(rt, "PO-OK")) and ok["difference_minor"] == "0"
+
+
+def test_payouts_csv_has_its_header_when_the_run_has_no_payout(rt: Runtime, tmp_path: Path) -> None:
+    clean(rt)
+    run_id = make_run(rt, [item("matched", "REF-X", "XOF", 1, 1)])
+    with rt.sessions() as session:
+        _, path = reports.export_files(session, run_id, "csv", tmp_path)
+    assert path.read_bytes() == (",".join(reports.PAYOUT_CSV_COLUMNS) + "\r\n").encode()
+
+
+def test_xlsx(rt: Runtime, two_runs: tuple[int, int], tmp_path: Path) -> None:
+    _, run_id = two_runs
     with rt.sessions() as session:
         path = reports.export(session, run_id, "xlsx", tmp_path)
     assert path.suffix == ".xlsx"
     wb = openpyxl.load_workbook(path)
-    assert wb.sheetnames == ["Summary", "Exceptions", "All lines"]
+    assert wb.sheetnames == ["Summary", "Exceptions", "Payouts", "All lines"]
     all_lines, exceptions = wb["All lines"], wb["Exceptions"]
     header = [c.value for c in all_lines[1]]
     assert header[:3] == ["class", "healed", "reference"]
@@ -226,6 +322,38 @@ def test_xlsx(rt: Runtime, runs: tuple[int, int], tmp_path: Path) -> None:
     xof_matched = next(r for r in summary_rows if r[:2] == ["XOF", "matched"])
     assert xof_matched[2:5] == [1, 0, 15000]
     assert ["exceptions", None, 9] in [r[:3] for r in summary_rows]
+    # Payout counts and totals per currency and status, under the class totals.
+    block = summary_rows.index(["currency", "payout status", "count", "posted", "paid out", "net of payments",
+                                "difference"])  # fmt: skip
+    assert summary_rows[block + 1 : block + 5] == [
+        ["USD", "unexplained", 1, 0, 12.5, 0, 0],
+        ["XOF", "mismatch", 1, 0, 6000, 6435, -435],
+        ["XOF", "pending", 1, 0, 0, 12870, 0],
+        ["XOF", "matched", 1, 1, 70785, 70785, 0],
+    ]
+
+    payouts = wb["Payouts"]
+    assert payouts.freeze_panes == "A2" and payouts.auto_filter.ref == "A1:J5"
+    header = [c.value for c in payouts[1]]
+    assert header == [
+        "payout_id", "status", "currency", "payments", "payout_amount", "settled_net", "difference", "posted",
+        "journal_id", "posted_run_id",
+    ]  # fmt: skip
+    col = {name: i for i, name in enumerate(header)}
+    payout_rows = list(payouts.iter_rows(min_row=2))
+    assert [r[0].value for r in payout_rows] == ["PO-SHORT", "'=PO-EVIL", "PO-WAIT", "PO-OK"]  # not matched first
+    short, evil, wait, ok = payout_rows
+    amount = short[col["payout_amount"]]
+    assert amount.data_type == "n" and amount.value == 6000 and amount.number_format == "#,##0"
+    assert short[col["difference"]].data_type == "n" and short[col["difference"]].value == -435
+    assert short[col["payments"]].value == 1 and short[col["posted"]].value is False
+    usd = evil[col["payout_amount"]]
+    assert usd.data_type == "n" and usd.value == pytest.approx(12.5) and usd.number_format == "#,##0.00"
+    assert evil[0].data_type == "s" and evil[col["settled_net"]].value is None
+    assert wait[col["payout_amount"]].value is None and wait[col["settled_net"]].value == 12870
+    assert ok[col["posted"]].value is True and ok[col["posted_run_id"]].value == run_id
+    assert ok[col["journal_id"]].value == journal_of(rt, "PO-OK")
+    assert all(c.data_type != "f" for row in payouts.iter_rows() for c in row)
 
 
 def test_xlsx_row_limit(rt: Runtime, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -236,7 +364,9 @@ def test_xlsx_row_limit(rt: Runtime, monkeypatch: pytest.MonkeyPatch, tmp_path: 
     with rt.sessions() as session:
         path = reports.export(session, run_id, "xlsx", tmp_path)
     wb = openpyxl.load_workbook(path)
-    assert wb.sheetnames == ["Summary", "Exceptions"]  # All lines left out
+    assert wb.sheetnames == ["Summary", "Exceptions", "Payouts"]  # All lines left out
+    assert wb["Payouts"].max_row == 1  # the header: no payout that day
+    assert ["no payout reported for this day"] in [[c.value for c in r][:1] for r in wb["Summary"].iter_rows()]
     exceptions = wb["Exceptions"]
     assert exceptions.max_row == 10  # header, 8 exceptions, the note
     assert [r[2].value for r in exceptions.iter_rows(min_row=2, max_row=9)] == [f"REF-{i:02d}" for i in range(8)]
@@ -247,8 +377,8 @@ def test_xlsx_row_limit(rt: Runtime, monkeypatch: pytest.MonkeyPatch, tmp_path: 
     assert "first 8 of 11 exceptions" in notes[1]
 
 
-def test_json_validates_against_schema(rt: Runtime, runs: tuple[int, int], tmp_path: Path) -> None:
-    _, run_id = runs
+def test_json_validates_against_schema(rt: Runtime, two_runs: tuple[int, int], tmp_path: Path) -> None:
+    _, run_id = two_runs
     with rt.sessions() as session:
         path = reports.export(session, run_id, "json", tmp_path)
     doc = json.loads(path.read_text(encoding="utf-8"))
@@ -261,10 +391,35 @@ def test_json_validates_against_schema(rt: Runtime, runs: tuple[int, int], tmp_p
     assert [c["reference"] for c in doc["changes"]] == ["REF-A1", "REF-GONE", "REF-P1", "REF-S1"]
     evil = next(i for i in doc["items"] if i["reference"] == "=cmd")  # JSON is for machines: not escaped
     assert evil["provider_lines"] == 2 and evil["detail"] == "+SUM(A1:A9)"
+    assert "payouts" in schema["properties"] and "payouts" in doc
+    assert [p["payout_id"] for p in doc["payouts"]] == ["PO-SHORT", "=PO-EVIL", "PO-WAIT", "PO-OK"]  # not escaped
+    assert doc["payouts"][0] == {
+        "payout_id": "PO-SHORT", "status": "mismatch", "currency": "XOF", "payout_amount_minor": 6000,
+        "settled_net_minor": 6435, "difference_minor": -435, "payments": 1, "posted": False, "journal_id": None,
+        "posted_run_id": None,
+    }  # fmt: skip
+    ok = doc["payouts"][-1]
+    assert (ok["posted"], ok["journal_id"], ok["posted_run_id"]) == (True, journal_of(rt, "PO-OK"), run_id)
+    assert doc["payouts"][2]["payout_amount_minor"] is None  # pending: not paid out yet
     # The schema rejects what it should.
-    doc["items"][0]["class"] = "bogus"
-    with pytest.raises(jsonschema.ValidationError):
-        jsonschema.validate(doc, schema)
+    validator = jsonschema.Draft202012Validator(schema)
+    for path_, value in (
+        (("items", 0, "class"), "bogus"),
+        (("payouts", 0, "status"), "bogus"),
+        (("payouts", 0, "payout_amount_minor"), 6000.5),
+        (("payouts", 0, "posted"), True),  # posted, yet no journal
+        (("payouts", 3, "journal_id"), None),
+        (("payouts", 1, "surprise"), 1),
+    ):
+        bad = json.loads(json.dumps(doc))
+        target: Any = bad
+        for key in path_[:-1]:
+            target = target[key]
+        target[path_[-1]] = value
+        assert not validator.is_valid(bad), path_
+    # Reports written before payouts were reported (no "payouts") stay valid.
+    del doc["payouts"]
+    validator.validate(doc)
 
 
 class _Page(HTMLParser):
@@ -274,19 +429,32 @@ class _Page(HTMLParser):
         self.text: list[str] = []
         self.cells: list[str] = []
         self.attrs_seen: list[tuple[str, str | None]] = []
+        self.rows: list[tuple[str | None, list[str]]] = []  # (class of the <tr>, the text of each cell)
+        self.in_cell = False
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         self.tags.append(tag)
         self.attrs_seen += attrs
+        if tag == "tr":
+            self.rows.append((dict(attrs).get("class"), []))
+        elif tag in {"td", "th"}:
+            self.rows[-1][1].append("")
+            self.in_cell = True
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in {"td", "th"}:
+            self.in_cell = False
 
     def handle_data(self, data: str) -> None:
         self.text.append(data)
         if self.tags and self.tags[-1] in {"td", "th"}:
             self.cells.append(data)
+        if self.in_cell:
+            self.rows[-1][1][-1] += data
 
 
-def test_html(rt: Runtime, runs: tuple[int, int], tmp_path: Path) -> None:
-    _, run_id = runs
+def test_html(rt: Runtime, two_runs: tuple[int, int], tmp_path: Path) -> None:
+    _, run_id = two_runs
     with rt.sessions() as session:
         path = reports.export(session, run_id, "html", tmp_path)
     page = path.read_text(encoding="utf-8")
@@ -304,6 +472,31 @@ def test_html(rt: Runtime, runs: tuple[int, int], tmp_path: Path) -> None:
     assert "REF-GONE" in parser.cells and "(not in this run)" in parser.cells  # changes
     assert text.index("Exceptions") < text.index("Totals")
     assert "REF-M1" not in parser.cells  # matched items are not listed
+    # Payouts: after the exceptions, not matched first and highlighted, the matched one with its journal.
+    assert "Payouts (4, 3 not matched)" in text
+    assert text.index("Exceptions") < text.index("Payouts (4") < text.index("Totals")
+    start = next(n for n, (_, cells) in enumerate(parser.rows) if cells[:2] == ["Payout", "Status"])
+    assert parser.rows[start][1] == [
+        "Payout", "Status", "Payments", "Paid out", "Net of payments", "Difference", "Ledger (bank)",
+    ]  # fmt: skip
+    payout_rows = parser.rows[start + 1 : start + 5]
+    assert [(cls, cells[0]) for cls, cells in payout_rows] == [
+        ("bad", "PO-SHORT"), ("bad", "=PO-EVIL"), ("bad", "PO-WAIT"), (None, "PO-OK"),
+    ]  # fmt: skip
+    assert payout_rows[0][1][1:] == ["mismatch", "1", "6 000 XOF", "6 435 XOF", "-435 XOF", "not posted"]
+    assert payout_rows[1][1][3:5] == ["12.50 USD", "—"]
+    assert payout_rows[3][1][1:] == [
+        "matched", "2", "70 785 XOF", "70 785 XOF", "0 XOF", f"journal {journal_of(rt, 'PO-OK')} (run {run_id})",
+    ]  # fmt: skip
+    assert "tr.bad" in page  # the highlight is styled inline
+
+
+def test_html_without_payouts(rt: Runtime, tmp_path: Path) -> None:
+    clean(rt)
+    run_id = make_run(rt, [item("matched", "REF-X", "XOF", 1, 1)])
+    with rt.sessions() as session:
+        page = reports.export(session, run_id, "html", tmp_path).read_text(encoding="utf-8")
+    assert "Payouts (0, 0 not matched)</h2>\n<p>None reported for this day.</p>" in page
 
 
 def test_html_escapes_markup(rt: Runtime, tmp_path: Path) -> None:
@@ -315,16 +508,21 @@ def test_html_escapes_markup(rt: Runtime, tmp_path: Path) -> None:
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
 
 
-def test_export_all_and_manifest(rt: Runtime, runs: tuple[int, int], tmp_path: Path) -> None:
-    _, run_id = runs
+def test_export_all_and_manifest(rt: Runtime, two_runs: tuple[int, int], tmp_path: Path) -> None:
+    _, run_id = two_runs
     with rt.sessions() as session:
         paths = reports.export_all(session, run_id, tmp_path / "out")
     stem = f"recon_cinetpay_2026-11-20_run{run_id}"
-    assert [p.name for p in paths] == [f"{stem}.{ext}" for ext in reports.FORMATS] + ["manifest.json"]
+    assert [p.name for p in paths] == [
+        f"{stem}.csv", f"{stem}_payouts.csv", f"{stem}.xlsx", f"{stem}.json", f"{stem}.html", "manifest.json",
+    ]  # fmt: skip
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(p.name for p in paths)  # no leftovers
     manifest = json.loads(paths[-1].read_text(encoding="utf-8"))
     assert manifest["run_id"] == run_id
-    assert [f["format"] for f in manifest["files"]] == list(reports.FORMATS)
+    assert [(f["format"], f["content"]) for f in manifest["files"]] == [
+        ("csv", "items"), ("csv", "payouts"), ("xlsx", "run"), ("json", "run"), ("html", "run"),
+    ]  # fmt: skip
+    assert len(manifest["files"]) == len(paths) - 1
     for entry, path in zip(manifest["files"], paths, strict=False):
         data = path.read_bytes()
         assert entry["name"] == path.name
@@ -332,8 +530,8 @@ def test_export_all_and_manifest(rt: Runtime, runs: tuple[int, int], tmp_path: P
         assert entry["sha256"] == hashlib.sha256(data).hexdigest()
 
 
-def test_render_terminal(rt: Runtime, runs: tuple[int, int]) -> None:
-    previous, run_id = runs
+def test_render_terminal(rt: Runtime, two_runs: tuple[int, int]) -> None:
+    previous, run_id = two_runs
     with rt.sessions() as session:
         text = reports.render_terminal(session, run_id)
     assert f"Reconciliation run {run_id}: cinetpay, business day 2026-11-20" in text
@@ -353,6 +551,10 @@ def test_render_terminal(rt: Runtime, runs: tuple[int, int]) -> None:
         "duplicate", "duplicate", "fee_variance", "missing_in_ledger",
     ]  # fmt: skip
     assert "REF-P1" in exceptions[0] and "(healed)" in exceptions[-1]
+    assert "PO-SHORT: mismatch, 1 payment(s), paid 6000 vs net 6435 XOF" in text
+    assert (
+        f"PO-OK: matched, 2 payment(s), paid 70785 vs net 70785 XOF, posted (journal {journal_of(rt, 'PO-OK')})" in text
+    )
 
 
 def test_terminal_strips_control_characters(rt: Runtime) -> None:
