@@ -76,7 +76,7 @@ FROM (
         FROM payments
         WHERE provider = :provider
           AND coalesce(paid_at, registered_at, created_at) >= :start
-          AND coalesce(paid_at, registered_at, created_at) < :end
+          AND coalesce(paid_at, registered_at, created_at) < :end{part_i}
     ) AS i
     FULL OUTER JOIN (
         SELECT reference,
@@ -91,8 +91,7 @@ FROM (
                max(currency) AS currency,
                max(fee) AS fee
         FROM statement_lines
-        WHERE provider = :provider AND reference IS NOT NULL
-          AND ((occurred_at >= :start AND occurred_at < :end) OR (occurred_at IS NULL AND business_date = :day))
+        WHERE provider = :provider AND business_date = :day AND reference IS NOT NULL{part_p}
         GROUP BY reference
     ) AS p ON p.reference = i.reference
 ) AS classified
@@ -100,14 +99,28 @@ WHERE cls IS NOT NULL
 """
 
 
-def classify(session: Session, run_id: int, window: Window, day: object) -> int:
-    """Classify the day into ``recon_items`` of ``run_id``; returns how many items were written."""
+def _part(column: str, part: tuple[int, int] | None) -> str:
+    """The share ``k`` of ``n`` of the day's references (PostgreSQL): a stable hash of the reference."""
+    if part is None:
+        return ""
+    k, n = part
+    return f"\n          AND mod(hashtext({column})::bigint + 2147483648, {int(n)}) = {int(k)}"
+
+
+def classify(session: Session, run_id: int, window: Window, day: object, part: tuple[int, int] | None = None) -> int:
+    """Classify the day into ``recon_items`` of ``run_id``; returns how many items were written.
+
+    ``part=(k, n)``: only the references whose hash falls in share ``k`` of ``n``, so that ``n``
+    sessions can classify one day side by side (PostgreSQL); every reference is in exactly one share,
+    with all of its payments and provider lines.
+    """
     if session.get_bind().dialect.name == "postgresql":
         # One big join and aggregate: let them hash in memory; the run is re-runnable, so a
         # crash before the WAL reaches the disk loses nothing that cannot be redone.
         session.execute(text("SET LOCAL work_mem = '256MB'"))
         session.execute(text("SET LOCAL synchronous_commit = off"))
-    statement = text(_CLASSIFY).bindparams(
+    sql = _CLASSIFY.replace("{part_i}", _part("reference", part)).replace("{part_p}", _part("reference", part))
+    statement = text(sql).bindparams(
         bindparam("start", type_=UtcDateTime()),
         bindparam("end", type_=UtcDateTime()),
         bindparam("sla_cutoff", type_=UtcDateTime()),
@@ -155,21 +168,16 @@ FULL OUTER JOIN (
 _DAY_PAYOUTS = """
 WITH day_payouts AS (
     SELECT DISTINCT payout_id FROM statement_lines
-    WHERE provider = :provider AND payout_id IS NOT NULL AND occurred_at >= :start AND occurred_at < :end
+    WHERE provider = :provider AND payout_id IS NOT NULL AND business_date = :day
 )
 """
 
 
-def match_payouts(session: Session, run_id: int, window: Window) -> int:
+def match_payouts(session: Session, run_id: int, window: Window, day: object) -> int:
     """One row per payout the day touches: its amount against the net of the payments it settles.
 
     ``pending``: payments name a payout the provider has not reported yet (it follows the day);
     ``unexplained``: a payout with no payment of ours behind it.
     """
-    statement = text(_DAY_PAYOUTS + _PAYOUTS).bindparams(
-        bindparam("start", type_=UtcDateTime()), bindparam("end", type_=UtcDateTime())
-    )
-    result = session.execute(
-        statement, {"run_id": run_id, "provider": window.provider, "start": window.start, "end": window.end}
-    )
+    result = session.execute(text(_DAY_PAYOUTS + _PAYOUTS), {"run_id": run_id, "provider": window.provider, "day": day})
     return int(getattr(result, "rowcount", 0) or 0)

@@ -28,6 +28,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     func,
+    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Dialect
@@ -408,13 +409,19 @@ class StatementLine(Base):
     """One transaction as the provider reports it: its listing API, its status API, or a statement file."""
 
     __tablename__ = "statement_lines"
-    __table_args__ = (Index("ix_statement_lines_day", "provider", "business_date", "reference"),)
+    __table_args__ = (
+        Index("ix_statement_lines_day", "provider", "business_date", "reference"),
+        Index("ix_statement_lines_payout", "provider", "payout_id", postgresql_where=text("payout_id IS NOT NULL")),
+    )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     provider: Mapped[str] = mapped_column(String(32))
     business_date: Mapped[date] = mapped_column(Date)
     source: Mapped[str] = mapped_column(String(16))  # listing | status_api | file
-    import_id: Mapped[int | None] = mapped_column(ForeignKey("statement_imports.id"))
+    # The import that wrote the line (NULL: a listing or status API). Deliberately no foreign key,
+    # here and on recon_items.run_id: the import and the run write and own these rows in bulk, and a
+    # per-row constraint trigger was 30 % of a 1,000,000-row import (BENCHMARKS.md).
+    import_id: Mapped[int | None] = mapped_column(BigId)
     line_no: Mapped[int | None] = mapped_column(Integer)
     provider_txn_id: Mapped[str | None] = mapped_column(String(200))
     reference: Mapped[str | None] = mapped_column(String(100))
@@ -472,7 +479,7 @@ class ReconItem(Base):
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
-    run_id: Mapped[int] = mapped_column(ForeignKey("recon_runs.id"))
+    run_id: Mapped[int] = mapped_column(BigId)  # no foreign key: see StatementLine.import_id
     cls: Mapped[str] = mapped_column(String(24))
     reference: Mapped[str | None] = mapped_column(String(100))
     payment_id: Mapped[int | None] = mapped_column(BigInteger)

@@ -8,6 +8,7 @@ customer gets the subscription and the payment is flagged.
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
@@ -77,11 +78,28 @@ def start(sessions: sessionmaker[Session], provider: str, day: date, policy: Pol
         return run.id
 
 
-def classify_run(sessions: sessionmaker[Session], run_id: int, policy: Policy, *, now: datetime | None = None) -> int:
-    """Classify the run's day in one statement; returns the number of items."""
-    with transaction(sessions) as session:
+#: Sessions that classify one day side by side on PostgreSQL, each a share of the references:
+#: the classifying join and the writing of its items are CPU-bound in one backend each.
+PARALLEL_SESSIONS = 2
+
+
+def classify_run(
+    sessions: sessionmaker[Session],
+    run_id: int,
+    policy: Policy,
+    *,
+    now: datetime | None = None,
+    parallel: int = PARALLEL_SESSIONS,
+) -> int:
+    """Classify the run's day (set-based, in ``parallel`` sessions on PostgreSQL); returns the number of items.
+
+    Each share commits on its own: until ``finish`` the run is ``running``, and a run that fails
+    part-way is closed ``failed`` (its items are then incomplete, and a re-run redoes the day).
+    """
+    with sessions() as session:
         run = session.get(ReconRun, run_id)
         assert run is not None  # noqa: S101
+        day = run.business_date
         window = Window(
             provider=run.provider,
             start=run.window_start,
@@ -90,9 +108,20 @@ def classify_run(sessions: sessionmaker[Session], run_id: int, policy: Policy, *
             tolerance=policy.tolerance,
             fee_bps=policy.fee_bps,
         )
-        items = classify(session, run_id, window, run.business_date)
-        match_payouts(session, run_id, window)
-        return items
+        postgres = session.get_bind().dialect.name == "postgresql"
+
+    def share(part: tuple[int, int] | None) -> int:
+        with transaction(sessions) as session:
+            return classify(session, run_id, window, day, part)
+
+    if postgres and parallel > 1:
+        with ThreadPoolExecutor(parallel, thread_name_prefix="classify") as pool:
+            items = sum(pool.map(share, [(k, parallel) for k in range(parallel)]))
+    else:
+        items = share(None)
+    with transaction(sessions) as session:
+        match_payouts(session, run_id, window, day)
+    return items
 
 
 def heal(sessions: sessionmaker[Session], run_id: int, policy: Policy) -> int:

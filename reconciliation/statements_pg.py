@@ -1,9 +1,16 @@
-"""The fast path of a statement import on PostgreSQL: COPY the file as text into a staging table,
-validate every row with one query, convert and insert with one ``INSERT ... SELECT``.
+"""A statement import on PostgreSQL: COPY the file as text into a staging table, then convert and
+insert every row with one ``INSERT ... SELECT``.
 
-The same rules as the streamed Python path (``statements._Parser``), written in SQL; a file
-whose layout COPY itself refuses (a row with too many or too few fields) goes back to the
-Python path, which lists every bad row.
+Three tiers, fastest first, each falling back to the next; all apply the rules of the streamed
+Python path (``statements._Parser``):
+
+1. optimistic: casts and cheap checks only, no regular expression; any row that is not plainly
+   good makes the statement fail (rolled back to a savepoint). A good 1,000,000-row file costs
+   one pass.
+2. strict: one query names every bad row with its line number (regular expressions), then the
+   same conversion with those checks.
+3. the Python path, when COPY refuses the file's layout (a row with too many or too few fields)
+   or a value passes the SQL checks but not its cast (``25:00``): it lists every bad row.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
+import psycopg2
 from sqlalchemy.orm import Session
 
 from schemas.currency import MINOR_UNIT_EXPONENT
@@ -26,7 +34,8 @@ NUMBER = r"^-?[0-9]+(\.[0-9]+)?$"
 
 
 class LayoutError(Exception):
-    """COPY refused the file's layout: let the Python path find every bad row."""
+    """COPY refused the file's layout, or a value passed the SQL checks but not its cast: let the
+    Python path find and name every bad row."""
 
 
 def _values(rows: list[tuple[Any, ...]]) -> str:
@@ -56,12 +65,13 @@ def import_copy(
         raise StatementError(f"missing column(s) {', '.join(missing)}; expected at least {', '.join(mapping.required)}")
     columns = ", ".join(f"c{i} text" for i in range(len(names)))
     cursor.execute(f"CREATE TEMP TABLE stage (line_no bigserial, {columns}) ON COMMIT DROP")
+    copied = ", ".join(f"c{i}" for i in range(len(names)))
     cursor.execute("SAVEPOINT before_copy")
     try:
         with path.open("rb") as handle:
             cursor.copy_expert(
-                f"COPY stage ({', '.join(f'c{i}' for i in range(len(names)))}) "
-                "FROM STDIN WITH (FORMAT csv, HEADER true, ENCODING 'UTF8')",
+                f"COPY stage ({copied}) "
+                f"FROM STDIN WITH (FORMAT csv, HEADER true, ENCODING 'UTF8', FORCE_NOT_NULL ({copied}))",
                 handle,
             )
     except Exception as exc:  # psycopg2.errors.BadCopyFileFormat and kin
@@ -99,6 +109,13 @@ def import_copy(
         WHEN st.status = 'payout' AND {f"nullif(trim(s.{payout}), '')" if payout else "NULL"} IS NULL
             THEN 'a payout row needs its payout id'
     END"""
+    params = {"provider": provider, "business_tz": str(business_tz), "import_id": import_id, "file_tz": mapping.tz}
+    raw = ", ".join(f"s.c{i}" for i in range(len(names)))
+    fast = _fast_insert(
+        cursor, col=col, fee=fee, payout=payout, raw=raw, currencies=currencies, statuses=statuses, params=params
+    )
+    if fast is not None:
+        return sum(fast.values()), [], tuple(sorted(fast))
     cursor.execute(
         f"SELECT line_no + 1, problem FROM (SELECT s.line_no, {problem} AS problem {base}) AS checked "  # noqa: S608
         "WHERE problem IS NOT NULL ORDER BY line_no LIMIT 1000"
@@ -106,13 +123,16 @@ def import_copy(
     errors = [(int(line), str(message)) for line, message in cursor.fetchall()]
     if errors:
         return 0, errors, ()
-    raw = " || ',' || ".join(f"coalesce(s.c{i}, '')" for i in range(len(names)))
+    raw_line = " || ',' || ".join(f"coalesce(s.c{i}, '')" for i in range(len(names)))
     occurred = (
         f"CASE WHEN trim(s.{col['time']}) ~ '(Z|[+-]\\d{{2}}(:?\\d{{2}})?)$' THEN trim(s.{col['time']})::timestamptz "
         f"ELSE trim(s.{col['time']})::timestamp AT TIME ZONE %(file_tz)s END"
     )
-    cursor.execute(
-        f"""
+    cursor.execute("SAVEPOINT strict_path")
+    try:
+        cursor.execute(
+            f"""
+        WITH inserted AS (
         INSERT INTO statement_lines (provider, business_date, source, import_id, line_no, provider_txn_id,
             reference, status, amount, currency, fee, occurred_at, payout_id, raw)
         SELECT %(provider)s, (occ AT TIME ZONE %(business_tz)s)::date, 'file', %(import_id)s, line_no + 1,
@@ -125,16 +145,87 @@ def import_copy(
                    ({fee_expr}::numeric * power(10::numeric, cur.exp))::bigint AS fee,
                    {occurred} AS occ,
                    {f"nullif(trim(s.{payout}), '')" if payout else "NULL"} AS payout,
-                   left({raw}, 2000) AS raw
+                   left({raw_line}, 2000) AS raw
             {base}
         ) AS converted
+        RETURNING business_date)
+        SELECT business_date, count(*) FROM inserted GROUP BY business_date ORDER BY business_date
         """,  # noqa: S608
-        {"provider": provider, "business_tz": str(business_tz), "import_id": import_id, "file_tz": mapping.tz},
-    )
-    rows = cursor.rowcount
-    cursor.execute(
-        "SELECT DISTINCT business_date FROM statement_lines WHERE import_id = %(import_id)s ORDER BY 1",
-        {"import_id": import_id},
-    )
-    days = tuple(row[0] for row in cursor.fetchall())
-    return rows, errors, days
+            params,
+        )
+    except psycopg2.DataError as exc:  # a value the checks let through and a cast refuses: 25:00, 31 Feb
+        cursor.execute("ROLLBACK TO SAVEPOINT strict_path")
+        raise LayoutError(str(exc)) from exc
+    strict = {day: int(n) for day, n in cursor.fetchall()}
+    return sum(strict.values()), errors, tuple(strict)
+
+
+def _fast_insert(
+    cursor: Any,
+    *,
+    col: dict[str, str],
+    fee: str | None,
+    payout: str | None,
+    raw: str,
+    currencies: str,
+    statuses: str,
+    params: dict[str, Any],
+) -> dict[date, int] | None:
+    """Convert and insert every staged row in one statement, or None if any row is not plainly good.
+
+    The optimistic path: casts instead of regular expressions (these cost more than the insert
+    itself on a 1,000,000-row day). A row a cast refuses raises, a row a cheap check refuses
+    gets a NULL status (a NOT NULL column): either way the statement fails, is rolled back to
+    its savepoint, and the strict path names every bad row. Times without an offset are read
+    in the file's zone: the session's, for the length of the statement.
+    """
+    amount, time_ = f"trim(s.{col['amount']})", f"trim(s.{col['time']})"
+    fee_text = f"nullif(trim(s.{fee}), '')" if fee else "NULL"
+    payout_expr = f"nullif(trim(s.{payout}), '')" if payout else "NULL::text"
+    cursor.execute("SELECT current_setting('TimeZone')")
+    session_tz = cursor.fetchone()[0]
+    cursor.execute("SAVEPOINT fast_path")
+    try:
+        cursor.execute("SELECT set_config('TimeZone', %(file_tz)s, true)", params)
+        cursor.execute(
+            f"""
+            WITH inserted AS (
+            INSERT INTO statement_lines (provider, business_date, source, import_id, line_no, provider_txn_id,
+                reference, status, amount, currency, fee, occurred_at, payout_id, raw)
+            SELECT %(provider)s, (occ AT TIME ZONE %(business_tz)s)::date, 'file', %(import_id)s, line_no + 1,
+                   txn, ref,
+                   CASE WHEN scaled = trunc(scaled) AND occ IS NOT NULL AND (fee IS NOT NULL OR fee_text IS NULL)
+                             AND NOT (ref IS NULL AND status = 'succeeded')
+                             AND NOT (status = 'payout' AND payout IS NULL) THEN status END,
+                   scaled::bigint, currency, fee, occ, payout, raw
+            FROM (
+                SELECT s.line_no, nullif(trim(s.{col["txn_id"]}), '') AS txn,
+                       nullif(trim(s.{col["reference"]}), '') AS ref, st.status, cur.code AS currency,
+                       CASE WHEN translate({amount}, '0123456789.-', '') = ''
+                                 AND {amount} NOT LIKE '.%%' AND {amount} NOT LIKE '-.%%' AND {amount} NOT LIKE '%%.'
+                            THEN {amount}::numeric * cur.mult END AS scaled,
+                       {fee_text} AS fee_text,
+                       CASE WHEN translate({fee_text}, '0123456789.-', '') = ''
+                            THEN ({fee_text}::numeric * cur.mult)::bigint END AS fee,
+                       CASE WHEN {time_} LIKE '____-__-__ __:__%%' OR {time_} LIKE '____-__-__T__:__%%'
+                            THEN {time_}::timestamptz END AS occ,
+                       {payout_expr} AS payout,
+                       left(concat_ws(',', {raw}), 2000) AS raw
+                FROM stage s
+                LEFT JOIN (SELECT code, power(10::numeric, exp) AS mult FROM (VALUES {currencies}) AS c(code, exp))
+                    AS cur ON cur.code = upper(trim(s.{col["currency"]}))
+                LEFT JOIN (VALUES {statuses}) AS st(word, status) ON st.word = lower(trim(s.{col["status"]}))
+                OFFSET 0  -- computed once: a pulled-up subquery would repeat each conversion per use
+            ) AS converted
+            RETURNING business_date)
+            SELECT business_date, count(*) FROM inserted GROUP BY business_date
+            """,  # noqa: S608
+            params,
+        )
+        days = {day: int(n) for day, n in cursor.fetchall()}
+    except psycopg2.Error:
+        cursor.execute("ROLLBACK TO SAVEPOINT fast_path")  # also puts the session's TimeZone back
+        return None
+    cursor.execute("SELECT set_config('TimeZone', %s, true)", (session_tz,))
+    cursor.execute("RELEASE SAVEPOINT fast_path")
+    return days

@@ -77,8 +77,7 @@ def collect(rt: Runtime, client: ProviderClient, day: date, start: datetime, end
             .where(
                 StatementLine.provider == client.name,
                 StatementLine.source == "file",
-                StatementLine.occurred_at >= start,
-                StatementLine.occurred_at < end,
+                StatementLine.business_date == day,
             )
         )
     if from_file:

@@ -1,0 +1,101 @@
+"""Statement imports on PostgreSQL: the optimistic path, the strict path and the Python path agree."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pytest
+from sqlalchemy import delete, select
+
+from reconciliation import statements_pg
+from reconciliation.models import StatementImport, StatementLine
+from reconciliation.statements import StatementError, import_file
+from worker.runtime import Runtime
+
+ROOT = Path(__file__).resolve().parent.parent
+TZ = ZoneInfo("Africa/Abidjan")
+COLUMNS = ("business_date", "line_no", "provider_txn_id", "reference", "status", "amount", "currency", "fee",
+           "occurred_at", "payout_id", "raw")  # fmt: skip
+
+TRICKY = (
+    "transaction_id,operator_id,payment_date,amount,currency,fees,status\n"
+    "TXN-1, OP1 ,2026-11-20 23:30:00,15000,xof,525,ACCEPTED\n"
+    'TXN-2,,2026-11-21T00:30:00+01:00,"12.50",USD,,refused\n'
+    "TXN-3,OP3,2026-11-21T10:15Z,-2500,XOF,0,REFUNDED\n"
+    "TXN-4,OP4,2026-11-21 10:15:30.250+0100,3.5,EUR,0.10,waiting_for_customer\n"
+    "TXN-5,OP5,2026-11-21 12:00,5000.00,XOF,,ACCEPTED\n"
+)
+
+
+def _stored(rt: Runtime, provider: str) -> list[tuple[Any, ...]]:
+    with rt.sessions() as session:
+        lines = session.scalars(
+            select(StatementLine).where(StatementLine.provider == provider).order_by(StatementLine.line_no)
+        ).all()
+        return [tuple(getattr(line, c) for c in COLUMNS) for line in lines]
+
+
+def _forget(rt: Runtime, provider: str) -> None:
+    with rt.sessions() as session, session.begin():
+        session.execute(delete(StatementLine).where(StatementLine.provider == provider))
+        session.execute(delete(StatementImport).where(StatementImport.provider == provider))
+
+
+@pytest.mark.parametrize("provider", ["cinetpay", "mtn_momo", "orange_money", "wave", "tricky"])
+def test_optimistic_and_strict_paths_store_the_same_lines(
+    rt: Runtime, provider: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = ROOT / "docs" / "statements" / f"{provider}.csv"
+    if provider == "tricky":
+        provider, path = "cinetpay", tmp_path / "cinetpay.csv"
+        path.write_text(TRICKY, encoding="utf-8")
+    taken: list[bool] = []
+    optimistic = statements_pg._fast_insert
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        result = optimistic(*args, **kwargs)
+        taken.append(result is not None)
+        return result
+
+    monkeypatch.setattr(statements_pg, "_fast_insert", spy)
+    with rt.sessions() as session, session.begin():
+        fast = import_file(session, provider, path, business_tz=TZ)
+    assert taken == [True]  # a good file goes in by the optimistic path
+    fast_lines = _stored(rt, provider)
+    _forget(rt, provider)
+    monkeypatch.setattr(statements_pg, "_fast_insert", lambda *a, **k: None)
+    with rt.sessions() as session, session.begin():
+        strict = import_file(session, provider, path, business_tz=TZ)
+    assert (fast.rows, fast.days) == (strict.rows, strict.days)
+    assert fast_lines == _stored(rt, provider) and len(fast_lines) == fast.rows
+
+
+def test_the_optimistic_path_leaves_the_session_time_zone_as_it_was(rt: Runtime) -> None:
+    with rt.sessions() as session, session.begin():
+        import_file(session, "cinetpay", ROOT / "docs" / "statements" / "cinetpay.csv", business_tz=TZ)
+        assert session.connection().exec_driver_sql("SHOW TimeZone").scalar() != "Africa/Abidjan"
+
+
+@pytest.mark.parametrize(
+    ("row", "message"),
+    [
+        ("TXN-9,OP9,2026-11-21 25:00:00,5000,XOF,0,ACCEPTED", "time"),  # passes the SQL checks, not the cast
+        ("TXN-9,OP9,2026-02-30 10:00:00,5000,XOF,0,ACCEPTED", "time"),
+        ("TXN-9,OP9,2026-11-21 10:00:00,.5,USD,0,ACCEPTED", "amount '.5': not a number"),
+        ("TXN-9,OP9,2026-11-21 10:00:00,1e3,XOF,0,ACCEPTED", "amount '1e3': not a number"),
+        ("TXN-9,OP9,2026-11-21 10:00:00,5000,XOF,abc,ACCEPTED", "fee 'abc': not a number"),
+        ("TXN-9,OP9,now,5000,XOF,0,ACCEPTED", "time 'now'"),
+    ],
+)
+def test_a_bad_value_is_named_with_its_line_whichever_path_finds_it(
+    rt: Runtime, tmp_path: Path, row: str, message: str
+) -> None:
+    path = tmp_path / "cinetpay.csv"
+    path.write_text(TRICKY + row + "\n", encoding="utf-8")
+    with pytest.raises(StatementError) as info, rt.sessions() as session, session.begin():
+        import_file(session, "cinetpay", path, business_tz=TZ)
+    assert [n for n, _ in info.value.errors] == [7]
+    assert message in info.value.errors[0][1]
+    assert _stored(rt, "cinetpay") == []
