@@ -178,6 +178,11 @@ def test_reconcile_report_and_statements_commands(
     assert exported.exit_code == 0
     assert sorted(p.suffix for p in out.iterdir()) == [".csv", ".csv", ".html", ".json", ".json", ".xlsx"]
     assert (out / f"recon_cinetpay_{day}_run{run_id}_payouts.csv").is_file()  # with the four reports and the manifest
+    csv_only = run(cli_env, "report", "export", str(run_id), "--format", "csv", "--out", str(out / "csv"))
+    assert [Path(line).name for line in csv_only.output.split()] == [
+        f"recon_cinetpay_{day}_run{run_id}.csv",
+        f"recon_cinetpay_{day}_run{run_id}_payouts.csv",
+    ]
     evidence = json.loads(run(cli_env, "payments", "show", lost, "--json").output)
     assert evidence["status"] == "succeeded"
     assert [(r["class"], r["healed"]) for r in evidence["reconciliation"]] == [("missing_in_ledger", True)]

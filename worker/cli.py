@@ -289,7 +289,8 @@ def report_show(run_id: int, as_json: bool) -> None:
               show_default=True)  # fmt: skip
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True)
 def report_export(run_id: int, fmt: str, out_dir: Path) -> None:
-    """Write a run's report files (all four and a manifest with SHA-256 by default)."""
+    """Write a run's report files (CSV of items and of payouts, XLSX, JSON, HTML, and a manifest with
+    SHA-256 by default; ``--format csv`` writes both CSV files)."""
     settings = _settings()
     from reconciliation import reports
     from reconciliation.models import ReconRun
@@ -298,9 +299,11 @@ def report_export(run_id: int, fmt: str, out_dir: Path) -> None:
     with _sessions(settings)() as session:
         if session.get(ReconRun, run_id) is None:
             _fail(f"no reconciliation run #{run_id}")
-        files = reports.export_all(session, run_id, out_dir) if fmt == "all" else [
-            reports.export(session, run_id, fmt, out_dir)
-        ]  # fmt: skip
+        files = (
+            reports.export_all(session, run_id, out_dir)
+            if fmt == "all"
+            else reports.export_files(session, run_id, fmt, out_dir)
+        )
     for path in files:
         click.echo(str(path))
 
