@@ -15,6 +15,7 @@ from reconciliation.models import (
     Payment,
     PaymentStatus,
     Plan,
+    ReconClass,
     ReconItem,
     ReconRun,
     Subscription,
@@ -115,20 +116,7 @@ def payment_detail(session: Session, payment: Payment) -> dict[str, Any]:
                 "provider_amount": provider_amount,
                 "detail": detail,
             }
-            for run_id, day, cls, healed, provider_status, provider_amount, detail in session.execute(
-                select(
-                    ReconItem.run_id,
-                    ReconRun.business_date,
-                    ReconItem.cls,
-                    ReconItem.healed,
-                    ReconItem.provider_status,
-                    ReconItem.provider_amount,
-                    ReconItem.detail,
-                )
-                .join(ReconRun, ReconRun.id == ReconItem.run_id)
-                .where(ReconRun.provider == payment.provider, ReconItem.reference == payment.reference)
-                .order_by(ReconItem.run_id)
-            ).all()
+            for run_id, day, cls, healed, provider_status, provider_amount, detail in _recon_items(session, payment)
         ],
         "grant": (
             {
@@ -228,3 +216,36 @@ def summary(session: Session, now: datetime) -> dict[str, Any]:
         "grants": int(grants or 0),
         "unbalanced_journals": len(ledger.unbalanced_journals(session)),
     }
+
+
+def _recon_items(session: Session, payment: Payment) -> list[Any]:
+    """The payment's reconciliation items, every run: exceptions by their (partial) reference index;
+    matched items through the runs of the payment's business day (a day's items lie together)."""
+    columns = (
+        ReconItem.run_id,
+        ReconRun.business_date,
+        ReconItem.cls,
+        ReconItem.healed,
+        ReconItem.provider_status,
+        ReconItem.provider_amount,
+        ReconItem.detail,
+    )
+    at = payment.paid_at or payment.registered_at or payment.created_at
+    near = select(ReconRun.id).where(
+        ReconRun.provider == payment.provider,
+        ReconRun.business_date.between(at.date() - timedelta(days=1), at.date() + timedelta(days=1)),
+    )
+    exceptions = (
+        select(*columns)
+        .join(ReconRun, ReconRun.id == ReconItem.run_id)
+        .where(ReconRun.provider == payment.provider, ReconItem.reference == payment.reference)
+        .where(ReconItem.cls != ReconClass.MATCHED.value)
+    )
+    matched = (
+        select(*columns)
+        .join(ReconRun, ReconRun.id == ReconItem.run_id)
+        .where(ReconItem.run_id.in_(near), ReconItem.reference == payment.reference)
+        .where(ReconItem.cls == ReconClass.MATCHED.value)
+    )
+    union = exceptions.union_all(matched).subquery()
+    return list(session.execute(select(union).order_by(union.c.run_id)).all())
