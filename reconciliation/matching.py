@@ -17,6 +17,7 @@ from sqlalchemy import bindparam, text
 from sqlalchemy.orm import Session
 
 from reconciliation.models import UtcDateTime
+from reconciliation.statements import VISIBLE_SQL
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,7 +92,7 @@ FROM (
                max(currency) AS currency,
                max(fee) AS fee
         FROM statement_lines
-        WHERE provider = :provider AND business_date = :day AND reference IS NOT NULL{part_p}
+        WHERE provider = :provider AND business_date = :day AND reference IS NOT NULL AND {visible}{part_p}
         GROUP BY reference
     ) AS p ON p.reference = i.reference
 ) AS classified
@@ -119,7 +120,11 @@ def classify(session: Session, run_id: int, window: Window, day: object, part: t
         # crash before the WAL reaches the disk loses nothing that cannot be redone.
         session.execute(text("SET LOCAL work_mem = '256MB'"))
         session.execute(text("SET LOCAL synchronous_commit = off"))
-    sql = _CLASSIFY.replace("{part_i}", _part("reference", part)).replace("{part_p}", _part("reference", part))
+    sql = (
+        _CLASSIFY.replace("{part_i}", _part("reference", part))
+        .replace("{part_p}", _part("reference", part))
+        .replace("{visible}", VISIBLE_SQL)
+    )
     statement = text(sql).bindparams(
         bindparam("start", type_=UtcDateTime()),
         bindparam("end", type_=UtcDateTime()),
@@ -154,12 +159,14 @@ FROM (
     SELECT payout_id, max(currency) AS currency, sum(abs(amount)) AS amount
     FROM statement_lines
     WHERE provider = :provider AND status = 'payout' AND payout_id IN (SELECT payout_id FROM day_payouts)
+      AND {visible}
     GROUP BY payout_id
 ) AS po
 FULL OUTER JOIN (
     SELECT payout_id, max(currency) AS currency, sum(amount - coalesce(fee, 0)) AS net, count(*) AS n
     FROM statement_lines
     WHERE provider = :provider AND status = 'succeeded' AND payout_id IN (SELECT payout_id FROM day_payouts)
+      AND {visible}
     GROUP BY payout_id
 ) AS paid ON paid.payout_id = po.payout_id
 """
@@ -168,7 +175,7 @@ FULL OUTER JOIN (
 _DAY_PAYOUTS = """
 WITH day_payouts AS (
     SELECT DISTINCT payout_id FROM statement_lines
-    WHERE provider = :provider AND payout_id IS NOT NULL AND business_date = :day
+    WHERE provider = :provider AND payout_id IS NOT NULL AND business_date = :day AND {visible}
 )
 """
 
@@ -179,5 +186,6 @@ def match_payouts(session: Session, run_id: int, window: Window, day: object) ->
     ``pending``: payments name a payout the provider has not reported yet (it follows the day);
     ``unexplained``: a payout with no payment of ours behind it.
     """
-    result = session.execute(text(_DAY_PAYOUTS + _PAYOUTS), {"run_id": run_id, "provider": window.provider, "day": day})
+    sql = (_DAY_PAYOUTS + _PAYOUTS).replace("{visible}", VISIBLE_SQL)
+    result = session.execute(text(sql), {"run_id": run_id, "provider": window.provider, "day": day})
     return int(getattr(result, "rowcount", 0) or 0)

@@ -412,6 +412,8 @@ class StatementLine(Base):
     __table_args__ = (
         Index("ix_statement_lines_day", "provider", "business_date", "reference"),
         Index("ix_statement_lines_payout", "provider", "payout_id", postgresql_where=text("payout_id IS NOT NULL")),
+        # An import's lines lie together: BRIN finds those of a load that never committed (statements_pg._sweep).
+        Index("ix_statement_lines_import", "import_id", postgresql_using="brin"),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)

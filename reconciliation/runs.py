@@ -17,7 +17,7 @@ from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from providers.base import Outcome, VerifiedStatus
-from reconciliation import facts, ledger, payments
+from reconciliation import facts, ledger, payments, statements
 from reconciliation.db import transaction
 from reconciliation.dialect import insert
 from reconciliation.matching import Window, classify, match_payouts
@@ -129,20 +129,22 @@ def heal(sessions: sessionmaker[Session], run_id: int, policy: Policy) -> int:
     with sessions() as session:
         items = session.execute(
             select(ReconItem.id, ReconItem.reference, ReconItem.provider_amount, ReconItem.provider_currency,
-                   ReconItem.provider_txn_id, ReconRun.provider)
+                   ReconItem.provider_txn_id, ReconRun.provider, ReconRun.business_date)
             .join(ReconRun, ReconRun.id == ReconItem.run_id)
             .where(ReconItem.run_id == run_id, ReconItem.cls == ReconClass.MISSING_IN_LEDGER.value)
         ).all()  # fmt: skip
     healed = 0
-    for item_id, reference, amount, currency, txn_id, provider in items:
+    for item_id, reference, amount, currency, txn_id, provider, day in items:
         if reference is None:
             continue
         with transaction(sessions) as session:
             occurred = session.scalar(
                 select(func.max(StatementLine.occurred_at)).where(
                     StatementLine.provider == provider,
+                    StatementLine.business_date == day,  # the run's lines: (provider, day, reference) index
                     StatementLine.reference == reference,
                     StatementLine.status == "succeeded",
+                    statements.visible(),
                 )
             )
             answer = VerifiedStatus(

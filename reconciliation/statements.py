@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
@@ -19,14 +20,25 @@ from pathlib import Path
 from typing import IO, Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import insert, select
+from sqlalchemy import ColumnElement, insert, or_, select
 from sqlalchemy.orm import Session
 
 from reconciliation.models import StatementImport, StatementLine
 from schemas.currency import MINOR_UNIT_EXPONENT, AmountError, to_minor
 
 MAX_ERRORS = 50
+_NUMBER = re.compile(r"-?[0-9]+(\.[0-9]+)?")
 CHUNK = 20_000
+
+#: The statement lines a reader may use: those of no import (a listing, the status API) and those of
+#: a committed import. A large file's lines are written by side sessions just before their import
+#: row commits (``statements_pg``); until it does, they are not the provider's word yet.
+VISIBLE_SQL = "(import_id IS NULL OR import_id IN (SELECT id FROM statement_imports))"
+
+
+def visible() -> ColumnElement[bool]:
+    """``VISIBLE_SQL`` for ORM queries on ``StatementLine``."""
+    return or_(StatementLine.import_id.is_(None), StatementLine.import_id.in_(select(StatementImport.id)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,8 +237,10 @@ def _sha256(path: Path) -> str:
 
 
 def _minor(text: str, currency: str, what: str) -> int:
-    value = text.strip().replace(" ", "")
-    if value.lstrip("-").isdigit() and MINOR_UNIT_EXPONENT[currency] == 0:
+    value = text.strip().replace(" ", "")  # "5 000": a space inside a number separates thousands
+    if not _NUMBER.fullmatch(value):  # the SQL paths' rule: no exponent, no "+", no bare point
+        raise ValueError(f"{what} {text[:30]!r}: not a number")
+    if "." not in value and MINOR_UNIT_EXPONENT[currency] == 0:
         return int(value)  # the common case, fast
     try:
         return to_minor(value, currency)

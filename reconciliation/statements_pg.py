@@ -16,12 +16,14 @@ Python path (``statements._Parser``):
 from __future__ import annotations
 
 import csv
+from concurrent.futures import ThreadPoolExecutor
 from datetime import date
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
 import psycopg2
+from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
 from schemas.currency import MINOR_UNIT_EXPONENT
@@ -48,10 +50,32 @@ def _literal(value: Any) -> str:
     return "'" + str(value).replace("'", "''") + "'"
 
 
+#: Sessions that load a large file side by side (each a range of its lines) on the optimistic path.
+WORKERS = 2
+#: Below this many rows one session loads the file: the side sessions would cost more than they save.
+PARALLEL_FROM = 100_000
+#: Advisory-lock namespace of statement loads: (LOCK_SPACE, import id) is held by the importing
+#: transaction, so a load whose process died can be told from one still running (``_sweep``).
+LOCK_SPACE = 0x5245434F
+STAGE_PREFIX = "payrecon_stage_"
+
+
+def _lock_key(import_id: int) -> int:
+    return int(import_id) % 2_147_483_647
+
+
 def import_copy(
     session: Session, path: Path, mapping: Mapping, *, provider: str, import_id: int, business_tz: ZoneInfo
 ) -> tuple[int, list[tuple[int, str]], tuple[date, ...]]:
-    """(rows inserted, errors, business days). Nothing is inserted when there are errors."""
+    """(rows inserted, errors, business days). Nothing is inserted when there are errors.
+
+    The file is staged in an unlogged table that side sessions can read (``payrecon_stage_<import
+    id>``). A large file is loaded by ``WORKERS`` sessions side by side, each committing its range
+    of lines: those lines carry the import's id and stay invisible to every reader until the
+    import row itself commits with the caller's transaction (``VISIBLE``). The stage table is
+    dropped in that same transaction, so a stage table left behind marks a load that never
+    committed, whose lines the next import deletes (``_sweep``).
+    """
     conn = session.connection().connection
     cursor = conn.cursor()
     with path.open(encoding="utf-8-sig", newline="") as handle:
@@ -63,20 +87,16 @@ def import_copy(
         from reconciliation.statements import StatementError  # the module that imports this one
 
         raise StatementError(f"missing column(s) {', '.join(missing)}; expected at least {', '.join(mapping.required)}")
-    columns = ", ".join(f"c{i} text" for i in range(len(names)))
-    cursor.execute(f"CREATE TEMP TABLE stage (line_no bigserial, {columns}) ON COMMIT DROP")
-    copied = ", ".join(f"c{i}" for i in range(len(names)))
-    cursor.execute("SAVEPOINT before_copy")
+    stage = f"{STAGE_PREFIX}{int(import_id)}"
+    cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", (LOCK_SPACE, _lock_key(import_id)))
+    bind = session.get_bind()
+    engine = bind if isinstance(bind, Engine) else bind.engine
+    side = engine.raw_connection()
     try:
-        with path.open("rb") as handle:
-            cursor.copy_expert(
-                f"COPY stage ({copied}) "
-                f"FROM STDIN WITH (FORMAT csv, HEADER true, ENCODING 'UTF8', FORCE_NOT_NULL ({copied}))",
-                handle,
-            )
-    except Exception as exc:  # psycopg2.errors.BadCopyFileFormat and kin
-        cursor.execute("ROLLBACK TO SAVEPOINT before_copy")
-        raise LayoutError(str(exc)) from exc
+        _sweep(side, import_id)
+        staged = _stage(side, stage, len(names), path)
+    finally:
+        side.close()
     col = {
         key: position[getattr(mapping, key)] for key in ("reference", "txn_id", "time", "amount", "currency", "status")
     }
@@ -84,21 +104,52 @@ def import_copy(
     payout = position.get(mapping.payout) if mapping.payout else None
     currencies = _values([(code, exp) for code, exp in MINOR_UNIT_EXPONENT.items()])
     statuses = _values([(word.lower(), status) for word, status in mapping.statuses.items()])
-    fee_expr = f"nullif(trim({fee}), '')" if fee else "NULL"
+    params = {"provider": provider, "business_tz": str(business_tz), "import_id": import_id, "file_tz": mapping.tz}
+    raw = ", ".join(f"s.c{i}" for i in range(len(names)))
+    sql = _fast_sql(stage, col=col, fee=fee, payout=payout, raw=raw, currencies=currencies, statuses=statuses)
+    if staged >= PARALLEL_FROM and WORKERS > 1:
+        fast = _load_side_by_side(engine, sql, params, staged)
+    else:
+        fast = _fast_insert(cursor, sql, params)
+    if fast is not None:
+        cursor.execute(f"DROP TABLE {stage}")  # with the import: a stage table left behind marks a failed load
+        return sum(fast.values()), [], tuple(sorted(fast))
+    try:
+        return _strict(cursor, stage, mapping, col=col, fee=fee, payout=payout, statuses=statuses, params=params,
+                       width=len(names))  # fmt: skip
+    finally:
+        cursor.execute(f"DROP TABLE {stage}")
+
+
+def _strict(
+    cursor: Any,
+    stage: str,
+    mapping: Mapping,
+    *,
+    col: dict[str, str],
+    fee: str | None,
+    payout: str | None,
+    statuses: str,
+    params: dict[str, Any],
+    width: int,
+) -> tuple[int, list[tuple[int, str]], tuple[date, ...]]:
+    """Name every bad row (line numbers), or convert and insert them all with the full checks."""
+    currencies = _values([(code, exp) for code, exp in MINOR_UNIT_EXPONENT.items()])
+    fee_expr = f"nullif(replace(trim({fee}), ' ', ''), '')" if fee else "NULL"
     base = f"""
-        FROM stage s
+        FROM {stage} s
         LEFT JOIN (VALUES {currencies}) AS cur(code, exp) ON cur.code = upper(trim(s.{col["currency"]}))
         LEFT JOIN (VALUES {statuses}) AS st(word, status) ON st.word = lower(trim(s.{col["status"]}))
     """
     problem = f"""CASE
         WHEN cur.code IS NULL THEN 'unknown currency ' || quote_literal(left(upper(trim(s.{col["currency"]})), 10))
-        WHEN trim(s.{col["amount"]}) !~ '{NUMBER}' THEN 'amount ' || quote_literal(left(s.{col["amount"]}, 30))
-            || ': not a number'
-        WHEN trim(s.{col["amount"]})::numeric * power(10::numeric, cur.exp)
-             <> trunc(trim(s.{col["amount"]})::numeric * power(10::numeric, cur.exp))
+        WHEN replace(trim(s.{col["amount"]}), ' ', '') !~ '{NUMBER}'
+            THEN 'amount ' || quote_literal(left(s.{col["amount"]}, 30)) || ': not a number'
+        WHEN replace(trim(s.{col["amount"]}), ' ', '')::numeric * power(10::numeric, cur.exp)
+             <> trunc(replace(trim(s.{col["amount"]}), ' ', '')::numeric * power(10::numeric, cur.exp))
             THEN 'amount ' || quote_literal(left(s.{col["amount"]}, 30)) || ': has more decimals than '
             || cur.code || ' allows'
-        WHEN {fee_expr} IS NOT NULL AND trim({fee or "''"}) !~ '{NUMBER}'
+        WHEN {fee_expr} IS NOT NULL AND replace(trim({fee or "''"}), ' ', '') !~ '{NUMBER}'
             THEN 'fee ' || quote_literal(left({fee or "''"}, 30)) || ': not a number'
         WHEN st.word IS NULL THEN 'unknown status ' || quote_literal(left(trim(s.{col["status"]}), 30))
             || '; expected one of {", ".join(mapping.statuses).replace("'", "''")}'
@@ -109,13 +160,6 @@ def import_copy(
         WHEN st.status = 'payout' AND {f"nullif(trim(s.{payout}), '')" if payout else "NULL"} IS NULL
             THEN 'a payout row needs its payout id'
     END"""
-    params = {"provider": provider, "business_tz": str(business_tz), "import_id": import_id, "file_tz": mapping.tz}
-    raw = ", ".join(f"s.c{i}" for i in range(len(names)))
-    fast = _fast_insert(
-        cursor, col=col, fee=fee, payout=payout, raw=raw, currencies=currencies, statuses=statuses, params=params
-    )
-    if fast is not None:
-        return sum(fast.values()), [], tuple(sorted(fast))
     cursor.execute(
         f"SELECT line_no + 1, problem FROM (SELECT s.line_no, {problem} AS problem {base}) AS checked "  # noqa: S608
         "WHERE problem IS NOT NULL ORDER BY line_no LIMIT 1000"
@@ -123,7 +167,7 @@ def import_copy(
     errors = [(int(line), str(message)) for line, message in cursor.fetchall()]
     if errors:
         return 0, errors, ()
-    raw_line = " || ',' || ".join(f"coalesce(s.c{i}, '')" for i in range(len(names)))
+    raw_line = " || ',' || ".join(f"coalesce(s.c{i}, '')" for i in range(width))
     occurred = (
         f"CASE WHEN trim(s.{col['time']}) ~ '(Z|[+-]\\d{{2}}(:?\\d{{2}})?)$' THEN trim(s.{col['time']})::timestamptz "
         f"ELSE trim(s.{col['time']})::timestamp AT TIME ZONE %(file_tz)s END"
@@ -140,7 +184,7 @@ def import_copy(
         FROM (
             SELECT s.line_no, nullif(trim(s.{col["txn_id"]}), '') AS txn,
                    nullif(trim(s.{col["reference"]}), '') AS ref, st.status,
-                   (trim(s.{col["amount"]})::numeric * power(10::numeric, cur.exp))::bigint AS amount,
+                   (replace(trim(s.{col["amount"]}), ' ', '')::numeric * power(10::numeric, cur.exp))::bigint AS amount,
                    cur.code AS currency,
                    ({fee_expr}::numeric * power(10::numeric, cur.exp))::bigint AS fee,
                    {occurred} AS occ,
@@ -160,8 +204,80 @@ def import_copy(
     return sum(strict.values()), errors, tuple(strict)
 
 
-def _fast_insert(
-    cursor: Any,
+def _stage(side: Any, stage: str, width: int, path: Path) -> int:
+    """COPY the file as text into an unlogged table the side sessions can read; returns its rows."""
+    columns = ", ".join(f"c{i} text" for i in range(width))
+    copied = ", ".join(f"c{i}" for i in range(width))
+    cursor = side.cursor()
+    try:
+        cursor.execute(f"CREATE UNLOGGED TABLE {stage} (line_no bigint GENERATED ALWAYS AS IDENTITY, {columns})")
+        with path.open("rb") as handle:
+            cursor.copy_expert(
+                f"COPY {stage} ({copied}) "
+                f"FROM STDIN WITH (FORMAT csv, HEADER true, ENCODING 'UTF8', FORCE_NOT_NULL ({copied}))",
+                handle,
+            )
+        staged = int(cursor.rowcount)
+        side.commit()
+    except psycopg2.Error as exc:  # BadCopyFileFormat and kin: the stage table goes with the rollback
+        side.rollback()
+        raise LayoutError(str(exc)) from exc
+    return staged
+
+
+def _sweep(side: Any, current: int) -> None:
+    """Delete the lines of loads that never committed: a stage table no live transaction holds."""
+    cursor = side.cursor()
+    cursor.execute(
+        "SELECT relname FROM pg_class WHERE relkind = 'r' AND relname LIKE %s AND pg_table_is_visible(oid)",
+        (STAGE_PREFIX.replace("_", "\\_") + "%",),
+    )
+    for (name,) in cursor.fetchall():
+        import_id = int(name.removeprefix(STAGE_PREFIX))
+        if import_id != current:  # ours is stale by definition: this import holds the lock on its id
+            cursor.execute("SELECT pg_try_advisory_xact_lock(%s, %s)", (LOCK_SPACE, _lock_key(import_id)))
+            if not cursor.fetchone()[0]:
+                continue  # its import is still running
+        cursor.execute(
+            "DELETE FROM statement_lines WHERE import_id = %(id)s "
+            "AND NOT EXISTS (SELECT 1 FROM statement_imports WHERE id = %(id)s)",
+            {"id": import_id},
+        )
+        cursor.execute(f"DROP TABLE {name}")
+    side.commit()
+
+
+def _load_side_by_side(engine: Any, sql: str, params: dict[str, Any], staged: int) -> dict[date, int] | None:
+    """The optimistic load in ``WORKERS`` sessions, a range of lines each; all commit, or none does."""
+    step = staged // WORKERS + 1
+    ranges = [(k * step + 1, (k + 1) * step) for k in range(WORKERS)]
+    connections = [engine.raw_connection() for _ in ranges]
+    try:
+        with ThreadPoolExecutor(WORKERS, thread_name_prefix="statement-load") as pool:
+            results = list(
+                pool.map(
+                    lambda job: _fast_insert(job[0].cursor(), sql, {**params, "lo": job[1][0], "hi": job[1][1]}),
+                    zip(connections, ranges, strict=True),
+                )
+            )
+        if any(result is None for result in results):
+            for connection in connections:
+                connection.rollback()
+            return None
+        for connection in connections:
+            connection.commit()  # invisible until the import row commits (VISIBLE)
+        days: dict[date, int] = {}
+        for result in results:
+            for day, n in (result or {}).items():
+                days[day] = days.get(day, 0) + n
+        return days
+    finally:
+        for connection in connections:
+            connection.close()
+
+
+def _fast_sql(
+    stage: str,
     *,
     col: dict[str, str],
     fee: str | None,
@@ -169,26 +285,20 @@ def _fast_insert(
     raw: str,
     currencies: str,
     statuses: str,
-    params: dict[str, Any],
-) -> dict[date, int] | None:
-    """Convert and insert every staged row in one statement, or None if any row is not plainly good.
+) -> str:
+    """The optimistic conversion and insert of the staged lines ``%(lo)s`` to ``%(hi)s``.
 
-    The optimistic path: casts instead of regular expressions (these cost more than the insert
+    Casts instead of regular expressions (these cost more than the insert
     itself on a 1,000,000-row day). A row a cast refuses raises, a row a cheap check refuses
     gets a NULL status (a NOT NULL column): either way the statement fails, is rolled back to
     its savepoint, and the strict path names every bad row. Times without an offset are read
     in the file's zone: the session's, for the length of the statement.
     """
-    amount, time_ = f"trim(s.{col['amount']})", f"trim(s.{col['time']})"
-    fee_text = f"nullif(trim(s.{fee}), '')" if fee else "NULL"
+    # Spaces inside a number are thousands separators ("5 000"), as in the other paths.
+    amount, time_ = f"replace(trim(s.{col['amount']}), ' ', '')", f"trim(s.{col['time']})"
+    fee_text = f"nullif(replace(trim(s.{fee}), ' ', ''), '')" if fee else "NULL"
     payout_expr = f"nullif(trim(s.{payout}), '')" if payout else "NULL::text"
-    cursor.execute("SELECT current_setting('TimeZone')")
-    session_tz = cursor.fetchone()[0]
-    cursor.execute("SAVEPOINT fast_path")
-    try:
-        cursor.execute("SELECT set_config('TimeZone', %(file_tz)s, true)", params)
-        cursor.execute(
-            f"""
+    return f"""
             WITH inserted AS (
             INSERT INTO statement_lines (provider, business_date, source, import_id, line_no, provider_txn_id,
                 reference, status, amount, currency, fee, occurred_at, payout_id, raw)
@@ -211,17 +321,26 @@ def _fast_insert(
                             THEN {time_}::timestamptz END AS occ,
                        {payout_expr} AS payout,
                        left(concat_ws(',', {raw}), 2000) AS raw
-                FROM stage s
+                FROM {stage} s
                 LEFT JOIN (SELECT code, power(10::numeric, exp) AS mult FROM (VALUES {currencies}) AS c(code, exp))
                     AS cur ON cur.code = upper(trim(s.{col["currency"]}))
                 LEFT JOIN (VALUES {statuses}) AS st(word, status) ON st.word = lower(trim(s.{col["status"]}))
+                WHERE s.line_no BETWEEN %(lo)s AND %(hi)s
                 OFFSET 0  -- computed once: a pulled-up subquery would repeat each conversion per use
             ) AS converted
             RETURNING business_date)
             SELECT business_date, count(*) FROM inserted GROUP BY business_date
-            """,  # noqa: S608
-            params,
-        )
+        """  # noqa: S608
+
+
+def _fast_insert(cursor: Any, sql: str, params: dict[str, Any]) -> dict[date, int] | None:
+    """Run the optimistic statement; None (and nothing written) if any row is not plainly good."""
+    cursor.execute("SELECT current_setting('TimeZone')")
+    session_tz = cursor.fetchone()[0]
+    cursor.execute("SAVEPOINT fast_path")
+    try:
+        cursor.execute("SELECT set_config('TimeZone', %(file_tz)s, true)", params)
+        cursor.execute(sql, {"lo": 1, "hi": 2**62, **params})
         days = {day: int(n) for day, n in cursor.fetchall()}
     except psycopg2.Error:
         cursor.execute("ROLLBACK TO SAVEPOINT fast_path")  # also puts the session's TimeZone back

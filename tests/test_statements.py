@@ -7,11 +7,12 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
-from sqlalchemy import delete, select
+from sqlalchemy import delete, func, select, text
 
-from reconciliation import statements_pg
-from reconciliation.models import StatementImport, StatementLine
-from reconciliation.statements import StatementError, import_file
+from reconciliation import runs, statements_pg
+from reconciliation.models import PaymentStatus, StatementImport, StatementLine
+from reconciliation.statements import StatementError, import_file, visible
+from tests.helpers import new_reference
 from worker.runtime import Runtime
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -43,10 +44,14 @@ def _forget(rt: Runtime, provider: str) -> None:
         session.execute(delete(StatementImport).where(StatementImport.provider == provider))
 
 
+@pytest.mark.parametrize("side_by_side", [False, True])
 @pytest.mark.parametrize("provider", ["cinetpay", "mtn_momo", "orange_money", "wave", "tricky"])
 def test_optimistic_and_strict_paths_store_the_same_lines(
-    rt: Runtime, provider: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    rt: Runtime, provider: str, side_by_side: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """One session or ``WORKERS`` side by side (a large file), the optimistic path stores what the strict one does."""
+    if side_by_side:
+        monkeypatch.setattr(statements_pg, "PARALLEL_FROM", 1)
     path = ROOT / "docs" / "statements" / f"{provider}.csv"
     if provider == "tricky":
         provider, path = "cinetpay", tmp_path / "cinetpay.csv"
@@ -62,7 +67,7 @@ def test_optimistic_and_strict_paths_store_the_same_lines(
     monkeypatch.setattr(statements_pg, "_fast_insert", spy)
     with rt.sessions() as session, session.begin():
         fast = import_file(session, provider, path, business_tz=TZ)
-    assert taken == [True]  # a good file goes in by the optimistic path
+    assert taken == [True] * (statements_pg.WORKERS if side_by_side else 1)  # a good file: the optimistic path
     fast_lines = _stored(rt, provider)
     _forget(rt, provider)
     monkeypatch.setattr(statements_pg, "_fast_insert", lambda *a, **k: None)
@@ -89,9 +94,18 @@ def test_the_optimistic_path_leaves_the_session_time_zone_as_it_was(rt: Runtime)
         ("TXN-9,OP9,now,5000,XOF,0,ACCEPTED", "time 'now'"),
     ],
 )
+@pytest.mark.parametrize("path_taken", ["database", "side_by_side", "python"])
 def test_a_bad_value_is_named_with_its_line_whichever_path_finds_it(
-    rt: Runtime, tmp_path: Path, row: str, message: str
+    rt: Runtime, tmp_path: Path, row: str, message: str, path_taken: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    if path_taken == "side_by_side":
+        monkeypatch.setattr(statements_pg, "PARALLEL_FROM", 1)
+    if path_taken == "python":
+
+        def refused(*args: Any, **kwargs: Any) -> Any:
+            raise statements_pg.LayoutError("as if COPY had refused the file")
+
+        monkeypatch.setattr(statements_pg, "import_copy", refused)
     path = tmp_path / "cinetpay.csv"
     path.write_text(TRICKY + row + "\n", encoding="utf-8")
     with pytest.raises(StatementError) as info, rt.sessions() as session, session.begin():
@@ -99,3 +113,75 @@ def test_a_bad_value_is_named_with_its_line_whichever_path_finds_it(
     assert [n for n, _ in info.value.errors] == [7]
     assert message in info.value.errors[0][1]
     assert _stored(rt, "cinetpay") == []
+
+
+def _stage_tables(rt: Runtime) -> list[str]:
+    with rt.sessions() as session:
+        return list(
+            session.scalars(
+                text(
+                    "SELECT relname FROM pg_class WHERE relkind = 'r' "
+                    "AND relname LIKE 'payrecon\\_stage\\_%' ORDER BY relname"
+                )
+            )
+        )
+
+
+def test_lines_written_side_by_side_stay_invisible_until_their_import_commits(
+    rt: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(statements_pg, "PARALLEL_FROM", 1)
+    sample = ROOT / "docs" / "statements" / "cinetpay.csv"
+    with rt.sessions() as session, session.begin():
+        imported = import_file(session, "cinetpay", sample, business_tz=TZ)
+        with rt.sessions() as reader:  # another transaction, while the import is not committed yet
+            written = reader.scalar(select(func.count()).select_from(StatementLine))
+            usable = reader.scalar(select(func.count()).select_from(StatementLine).where(visible()))
+        assert (written, usable) == (imported.rows, 0)
+    with rt.sessions() as reader:
+        assert reader.scalar(select(func.count()).select_from(StatementLine).where(visible())) == imported.rows
+    assert _stage_tables(rt) == []  # dropped with the import
+
+
+def test_a_run_does_not_use_the_lines_of_an_import_still_in_progress(
+    rt: Runtime, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.test_reconciliation import DAY, classes, payment, policy
+
+    monkeypatch.setattr(statements_pg, "PARALLEL_FROM", 1)
+    ref = new_reference()
+    payment(rt, ref, PaymentStatus.SUCCEEDED)
+    path = tmp_path / "cinetpay.csv"
+    path.write_text(
+        "transaction_id,operator_id,payment_date,amount,currency,fees,status\n"
+        f"{ref},OP1,2026-11-20 12:00:00,5000,XOF,0,ACCEPTED\n",
+        encoding="utf-8",
+    )
+    with rt.sessions() as session, session.begin():
+        import_file(session, "cinetpay", path, business_tz=TZ)
+        during = runs.reconcile_stored(rt.sessions, "cinetpay", DAY, policy(rt))
+    after = runs.reconcile_stored(rt.sessions, "cinetpay", DAY, policy(rt))
+    assert classes(rt, during) == {ref: "missing_at_provider"}  # not the provider's word yet
+    assert classes(rt, after) == {ref: "matched"}
+
+
+def test_a_load_that_never_committed_is_swept_by_the_next_import(rt: Runtime, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(statements_pg, "PARALLEL_FROM", 1)
+    docs = ROOT / "docs" / "statements"
+
+    class Crash(Exception):
+        pass
+
+    with pytest.raises(Crash), rt.sessions() as session, session.begin():
+        import_file(session, "cinetpay", docs / "cinetpay.csv", business_tz=TZ)
+        raise Crash  # the process dies before the import commits: its lines were written by side sessions
+    assert len(_stage_tables(rt)) == 1
+    with rt.sessions() as session:
+        assert session.scalar(select(func.count()).select_from(StatementLine)) > 0
+        assert session.scalar(select(func.count()).select_from(StatementLine).where(visible())) == 0
+    with rt.sessions() as session, session.begin():
+        kept = import_file(session, "wave", docs / "wave.csv", business_tz=TZ)
+    with rt.sessions() as session:
+        providers = session.scalars(select(StatementLine.provider).distinct()).all()
+        assert providers == ["wave"] and session.scalar(select(func.count()).select_from(StatementLine)) == kept.rows
+    assert _stage_tables(rt) == []
