@@ -239,6 +239,39 @@ def test_wave_listing_over_several_pages_with_fees(rt: Runtime, sandbox: Sandbox
     assert balances["provider_clearing:wave"] == 120 * (6500 - 65)  # what Wave owes us
 
 
+def test_wave_reconciles_from_its_imported_statement_rather_than_its_listing(
+    rt: Runtime, sandbox: SandboxClient, tmp_path: Path
+) -> None:
+    """A statement file finance imported for the day is Wave's word for it, as at the other providers:
+    the listing is not asked again, and the lines it stored for the day before are dropped."""
+    today = datetime.now(rt.settings.timezone).date()
+    refs = [new_reference("CR") for _ in range(2)]
+    for n, ref in enumerate(refs):
+        state = sandbox.create("wave", reference=ref, amount=6500, currency="XOF", fate="accepted")
+        reg = registration(ref, provider="wave", amount=6500, plan="coko-premium-monthly", account=f"reader-{n}")
+        pipeline.register_payment(rt, {**reg, "provider_data": state["provider_data"]})
+        pipeline.ingest_webhook(rt, sandbox.notification("wave", ref))
+    from_listing = recon.reconcile(rt, "wave", today)
+    assert classes(rt, from_listing) == {refs[0]: "matched", refs[1]: "matched"}
+    when = datetime.now(UTC).isoformat()
+    statement = tmp_path / "wave.csv"
+    statement.write_text(
+        "client_reference,transaction_id,timestamp,amount,currency,fee,payment_status,payout_id\n"
+        f"{refs[0]},T_FILE1,{when},6500,XOF,65,succeeded,\n"
+        f"{refs[1]},T_FILE2,{when},6000,XOF,60,succeeded,\n",  # the portal says 6 000: not what the listing says
+        encoding="utf-8",
+    )
+    with rt.sessions() as session, session.begin():
+        import_file(session, "wave", statement, business_tz=rt.settings.timezone)
+    from_file = recon.reconcile(rt, "wave", today, trigger="rerun")
+    assert classes(rt, from_file) == {refs[0]: "matched", refs[1]: "amount_mismatch"}  # once each: no duplicate
+    with rt.sessions() as session:
+        sources = session.scalars(select(StatementLine.source).where(StatementLine.provider == "wave")).all()
+        txn_ids = session.scalars(select(ReconItem.provider_txn_id).where(ReconItem.run_id == from_file)).all()
+    assert sorted(sources) == ["file", "file"]
+    assert sorted(txn_ids) == ["T_FILE1", "T_FILE2"]
+
+
 def test_statement_errors_found_by_the_database_path_name_their_lines(rt: Runtime, tmp_path: Path) -> None:
     """Every row has its fields (COPY accepts the file): PostgreSQL validates every row in SQL."""
     path = tmp_path / "cinetpay.csv"

@@ -1,11 +1,12 @@
 """The nightly reconciliation, worker side: fetch the provider's view of a business day, then
 classify, heal and store a run (``reconciliation.runs``).
 
-Sources of truth, per provider:
+Sources of truth, per provider, in order of preference:
+- statement files finance staff imported (``payrecon statements import``): a day with one is
+  reconciled from it alone, at every provider, even with no API client configured;
 - a listing API (Wave's ``/v1/transactions``, fees included), when the client offers one;
 - otherwise the status API, asked about every payment of the day that is not final and every
-  success, within the provider's call budget and with bounded concurrency;
-- statement files finance staff imported (``payrecon statements import``), always.
+  success, within the provider's call budget and with bounded concurrency.
 """
 
 from __future__ import annotations
@@ -20,11 +21,12 @@ from typing import Any
 from sqlalchemy import delete, func, insert, select
 
 from providers.base import ProviderClient, ProviderError, StatementEntry, StatementSource, VerifiedStatus
-from reconciliation import payments, runs
+from reconciliation import payments, runs, statements
 from reconciliation.db import transaction
 from reconciliation.models import Payment, PaymentStatus, StatementLine
 from worker.observability import timed_call
 from worker.runtime import Runtime
+from worker.settings import CREDENTIALS
 
 log = logging.getLogger(__name__)
 
@@ -46,14 +48,18 @@ def policy(rt: Runtime, provider: str) -> runs.Policy:
     )
 
 
+class NothingToReconcile(ValueError):
+    """The provider has neither an imported statement file for the day nor a configured API client."""
+
+
 def reconcile(rt: Runtime, provider: str, day: date, *, trigger: str = "manual") -> int:
-    """Fetch, classify, heal; returns the run id. A run whose provider view is incomplete fails."""
-    client = rt.client(provider)
-    if client is None:
-        raise ValueError(f"provider {provider!r} is not configured on this worker")
+    """Fetch, classify, heal; returns the run id. A run whose provider view is incomplete fails.
+
+    ``NothingToReconcile`` (no run is opened) when the provider's side of the day has no source.
+    """
     rules = policy(rt, provider)
     start, end = runs.business_window(day, rules.tz)
-    fetched, failures = collect(rt, client, day, start, end)
+    fetched, failures = collect(rt, provider, day, start, end)
     run_id = runs.reconcile_stored(rt.sessions, provider, day, rules, trigger=trigger, failures=failures)
     log.info(
         "reconciliation of %s %s: run %d, %d provider lines, %d checks failed",
@@ -62,27 +68,50 @@ def reconcile(rt: Runtime, provider: str, day: date, *, trigger: str = "manual")
     return run_id
 
 
-def collect(rt: Runtime, client: ProviderClient, day: date, start: datetime, end: datetime) -> tuple[int, int]:
+def collect(rt: Runtime, provider: str, day: date, start: datetime, end: datetime) -> tuple[int, int]:
     """Refresh the provider's lines for ``day``: (lines stored, status checks that failed).
 
-    An imported statement file is the provider's own word for its day: with one, the status API
-    is not asked (its answers would be a second, differently keyed copy of the same transactions).
+    An imported statement file is the provider's own word for its day, at every provider (Wave's
+    included), whether or not its API client is configured: with one, neither the listing nor the
+    status API is asked, and the lines they stored for the day before are dropped (they would be a
+    second, differently keyed copy of the same transactions). Without a file: Wave's listing, else
+    the status API; ``NothingToReconcile`` when the provider's client is not configured either.
     """
-    if isinstance(client, StatementSource):
-        return _listing(rt, client, day, start, end), 0
     with rt.sessions() as session:
         from_file = session.scalar(
             select(func.count())
             .select_from(StatementLine)
             .where(
-                StatementLine.provider == client.name,
+                StatementLine.provider == provider,
                 StatementLine.source == "file",
                 StatementLine.business_date == day,
+                statements.visible(),
             )
         )
     if from_file:
+        _drop_lines(rt, provider, day, ("listing", "status_api"))
         return int(from_file), 0
+    client = rt.client(provider)
+    if client is None:
+        raise NothingToReconcile(
+            f"cannot reconcile {provider} for {day}: no statement file of that day was imported "
+            f"(payrecon statements import --provider {provider} FILE.csv) and its API client is not "
+            f"configured (set {', '.join(CREDENTIALS[provider])})"
+        )
+    if isinstance(client, StatementSource):
+        return _listing(rt, client, day, start, end), 0
     return _status_checks(rt, client, day, start, end)
+
+
+def _drop_lines(rt: Runtime, provider: str, day: date, sources: tuple[str, ...]) -> None:
+    with transaction(rt.sessions) as session:
+        session.execute(
+            delete(StatementLine).where(
+                StatementLine.provider == provider,
+                StatementLine.business_date == day,
+                StatementLine.source.in_(sources),
+            )
+        )
 
 
 def _replace_lines(rt: Runtime, provider: str, day: date, source: str, lines: list[dict[str, Any]]) -> None:

@@ -19,6 +19,15 @@ MTN_MOMO_DEFAULT_URL = "https://proxy.momoapi.mtn.com"
 ORANGE_MONEY_DEFAULT_URL = "https://api.orange.com"
 WAVE_DEFAULT_URL = "https://api.wave.com"
 PROVIDERS = ("cinetpay", "mtn_momo", "orange_money", "wave")
+#: The variables that enable each provider (all of them or none).
+CREDENTIALS: dict[str, tuple[str, ...]] = {
+    "cinetpay": ("CINETPAY_API_KEY", "CINETPAY_SITE_ID", "CINETPAY_SECRET_KEY"),
+    "mtn_momo": ("MTN_MOMO_API_USER", "MTN_MOMO_API_KEY", "MTN_MOMO_SUBSCRIPTION_KEY", "MTN_MOMO_TARGET_ENVIRONMENT"),
+    "orange_money": (
+        "ORANGE_MONEY_CLIENT_ID", "ORANGE_MONEY_CLIENT_SECRET", "ORANGE_MONEY_MERCHANT_KEY", "ORANGE_MONEY_COUNTRY",
+    ),
+    "wave": ("WAVE_API_KEY",),
+}  # fmt: skip
 
 
 class ConfigError(Exception):
@@ -124,10 +133,7 @@ class Settings:
         database_url = reader.url("DATABASE_URL")
         broker_url = reader.text("CELERY_BROKER_URL", required=require_broker)
         timezone = reader.zone("PAYRECON_TIMEZONE", "Africa/Abidjan")
-        cinetpay = reader.group(
-            "CINETPAY",
-            ("CINETPAY_API_KEY", "CINETPAY_SITE_ID", "CINETPAY_SECRET_KEY"),
-        )
+        cinetpay = reader.group("CINETPAY", CREDENTIALS["cinetpay"])
         cinetpay_settings = None
         if cinetpay is not None:
             cinetpay_settings = CinetPaySettings(
@@ -136,10 +142,7 @@ class Settings:
                 site_id=cinetpay["CINETPAY_SITE_ID"],
                 secret_key=cinetpay["CINETPAY_SECRET_KEY"],
             )
-        momo = reader.group(
-            "MTN_MOMO",
-            ("MTN_MOMO_API_USER", "MTN_MOMO_API_KEY", "MTN_MOMO_SUBSCRIPTION_KEY", "MTN_MOMO_TARGET_ENVIRONMENT"),
-        )
+        momo = reader.group("MTN_MOMO", CREDENTIALS["mtn_momo"])
         momo_settings = None
         if momo is not None:
             momo_settings = MtnMomoSettings(
@@ -150,15 +153,7 @@ class Settings:
                 target_environment=momo["MTN_MOMO_TARGET_ENVIRONMENT"],
                 callback_host=reader.text("MTN_MOMO_CALLBACK_HOST"),
             )
-        orange = reader.group(
-            "ORANGE_MONEY",
-            (
-                "ORANGE_MONEY_CLIENT_ID",
-                "ORANGE_MONEY_CLIENT_SECRET",
-                "ORANGE_MONEY_MERCHANT_KEY",
-                "ORANGE_MONEY_COUNTRY",
-            ),
-        )
+        orange = reader.group("ORANGE_MONEY", CREDENTIALS["orange_money"])
         orange_settings = None
         if orange is not None:
             token_url = reader.text("ORANGE_MONEY_TOKEN_URL")
@@ -170,7 +165,7 @@ class Settings:
                 country=orange["ORANGE_MONEY_COUNTRY"].lower(),
                 token_url=reader.http_url("ORANGE_MONEY_TOKEN_URL", token_url) if token_url else None,
             )
-        wave = reader.group("WAVE", ("WAVE_API_KEY",))
+        wave = reader.group("WAVE", CREDENTIALS["wave"])
         wave_settings = None
         if wave is not None:
             secrets = tuple(
