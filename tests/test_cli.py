@@ -3,23 +3,28 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
 from datetime import datetime
+from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 import redis
 from click.testing import CliRunner
-from sqlalchemy import text
+from sqlalchemy import func, select, text
 
 from providers.sandbox.client import SandboxClient
+from reconciliation.models import ReconRun
 from tests.conftest import worker_env
 from tests.helpers import new_reference, registration
 from worker import pipeline
 from worker.cli import main
 from worker.runtime import Runtime
+from worker.settings import CREDENTIALS
 
 
 @pytest.fixture
@@ -215,3 +220,83 @@ def test_nightly_reconciliation_is_scheduled_at_two_in_the_business_zone() -> No
     assert entry["task"] == "payrecon.nightly_reconciliation"
     assert (entry["schedule"].hour, entry["schedule"].minute) == ({2}, {0})
     assert app.conf.timezone == "Africa/Abidjan"
+
+
+#: Unset every provider's credentials: no API client at all (CliRunner unsets a variable set to None).
+NO_CLIENTS: dict[str, str | None] = {name: None for names in CREDENTIALS.values() for name in names}
+
+
+def cinetpay_statement(path: Path, rows: list[tuple[str, int, str]]) -> Path:
+    """A CinetPay portal export (docs/statements/cinetpay.csv's columns) of today: (reference, amount, status)."""
+    when = datetime.now(ZoneInfo("Africa/Abidjan")).strftime("%Y-%m-%d %H:%M:%S")
+    lines = ["transaction_id,operator_id,payment_date,amount,currency,fees,status,payment_method"]
+    lines += [f"{ref},MP{n:06d},{when},{amount},XOF,{amount * 35 // 1000},{status},OM" for n, (ref, amount, status)
+              in enumerate(rows)]  # fmt: skip
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def test_reconcile_from_an_imported_statement_without_an_api_client(
+    rt: Runtime, sandbox: SandboxClient, cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    paid, lost = new_reference(), new_reference()
+    settle(rt, sandbox, paid)
+    pipeline.register_payment(rt, registration(lost, account="tech-lost"))  # paid; its webhook never came
+    statement = cinetpay_statement(tmp_path / "cinetpay.csv", [(paid, 5000, "ACCEPTED"), (lost, 5000, "ACCEPTED")])
+    env = {**cli_env, **NO_CLIENTS}  # the database only: CinetPay is not configured
+    assert run(env, "statements", "import", "--provider", "cinetpay", str(statement)).exit_code == 0
+    day = datetime.now(rt.settings.timezone).date().isoformat()
+    result = CliRunner().invoke(main, ["reconcile", "--provider", "cinetpay", "--date", day, "--json"], env=env)
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output)
+    assert summary["run"]["provider"] == "cinetpay" and summary["run"]["status"] == "succeeded"
+    assert summary["counts"]["by_class"] == {"missing_in_ledger": 1, "matched": 1}
+    assert summary["counts"]["healed"] == 1
+    assert sandbox.get_cinetpay(paid)["check_count"] == 1  # only the webhook's check: the run asked nobody
+    healed = json.loads(run(cli_env, "payments", "show", lost, "--json").output)
+    assert healed["status"] == "succeeded" and healed["grant"]["days"] == 30
+
+
+def test_reconcile_every_provider_it_can_into_report_files(
+    rt: Runtime, sandbox: SandboxClient, cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    """No --provider: CinetPay from its file (no client), Wave from its listing (configured), MoMo and
+    Orange skipped (neither); --out writes each run's reports into OUT/<provider>/ and prints them."""
+    paid = new_reference()
+    settle(rt, sandbox, paid)
+    statement = cinetpay_statement(tmp_path / "cinetpay.csv", [(paid, 5000, "ACCEPTED")])
+    env = {**cli_env, **NO_CLIENTS, **{k: cli_env[k] for k in cli_env if k.startswith("WAVE_")}}
+    assert run(env, "statements", "import", "--provider", "cinetpay", str(statement)).exit_code == 0
+    day = datetime.now(rt.settings.timezone).date().isoformat()
+    out = tmp_path / "reports"
+    result = CliRunner().invoke(main, ["reconcile", "--date", day, "--out", str(out)], env=env)
+    assert result.exit_code == 0, result.output
+    assert "skipped mtn_momo: no statement file" in result.stderr
+    assert "skipped orange_money: no statement file" in result.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["cinetpay", "wave"]
+    for provider in ("cinetpay", "wave"):
+        files = sorted(p.suffix for p in (out / provider).iterdir())
+        assert files == [".csv", ".csv", ".html", ".json", ".json", ".xlsx"]  # 4 reports, payouts CSV, manifest
+    lines = result.stdout.splitlines()
+    assert re.fullmatch(r"cinetpay +run \d+: 1 matched", lines[0])
+    printed = [Path(line.strip()) for line in lines if line.startswith("  ")]
+    assert len(printed) == 12 and all(p.is_file() for p in printed)
+    assert re.fullmatch(r"wave +run \d+: no items", lines[7])
+    assert lines[-1] == "classes seen: matched"
+    as_json = CliRunner().invoke(main, ["reconcile", "--date", day, "--json"], env=env)
+    assert as_json.exit_code == 0
+    assert [s["run"]["provider"] for s in json.loads(as_json.stdout)] == ["cinetpay", "wave"]
+
+
+def test_reconcile_says_what_is_missing(rt: Runtime, cli_env: dict[str, str]) -> None:
+    env = {**cli_env, **NO_CLIENTS}
+    day = datetime.now(rt.settings.timezone).date().isoformat()
+    one = CliRunner().invoke(main, ["reconcile", "--provider", "mtn_momo", "--date", day], env=env)
+    assert one.exit_code == 1
+    assert f"cannot reconcile mtn_momo for {day}: no statement file of that day was imported" in one.output
+    assert "payrecon statements import --provider mtn_momo FILE.csv" in one.output
+    assert "MTN_MOMO_API_USER, MTN_MOMO_API_KEY, MTN_MOMO_SUBSCRIPTION_KEY, MTN_MOMO_TARGET_ENVIRONMENT" in one.output
+    every = CliRunner().invoke(main, ["reconcile", "--date", day], env=env)
+    assert every.exit_code == 1 and f"nothing to reconcile for {day}" in every.output
+    with rt.sessions() as session:
+        assert session.scalar(select(func.count()).select_from(ReconRun)) == 0  # no run was opened

@@ -211,23 +211,82 @@ PROVIDER_CHOICE = click.Choice(["cinetpay", "mtn_momo", "orange_money", "wave"])
 
 
 @main.command()
-@click.option("--provider", "-p", type=PROVIDER_CHOICE, required=True)
+@click.option("--provider", "-p", type=PROVIDER_CHOICE,
+              help="One provider (default: each with a statement file of the day or an API client).")  # fmt: skip
 @click.option("--date", "-d", "day", type=click.DateTime(["%Y-%m-%d"]), required=True, help="Business day.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Write each run's report files into OUT/<provider>/ and print their paths.")  # fmt: skip
 @click.option("--json", "as_json", is_flag=True)
-def reconcile(provider: str, day: datetime, as_json: bool) -> None:
-    """Reconcile one provider's business day now; prints the run's summary."""
+def reconcile(provider: str | None, day: datetime, out_dir: Path | None, as_json: bool) -> None:
+    """Reconcile a business day now: one provider, or every provider that can be (one run each).
+
+    A provider's side of the day is the statement file imported for that day (no API client
+    needed), else Wave's listing or the status API (the provider's credentials needed). Prints
+    each run's summary (--json: one object with --provider, else a list), or with --out writes
+    each run's reports. Exit 1 when a run failed or a provider could not be reconciled.
+    """
     settings = _settings()
+    from providers.base import ProviderError
     from worker import reconcile as recon
     from worker import runtime
 
+    names = [provider] if provider else list(PROVIDER_CHOICE.choices)
     rt = runtime.build(settings)
+    documents: list[dict[str, Any]] = []
+    classes: set[str] = set()
+    problems = 0
     try:
-        run_id = recon.reconcile(rt, provider, day.date(), trigger="manual")
-        _show_run(rt.sessions, run_id, as_json)
-    except ValueError as exc:
-        _fail(str(exc))
+        for name in names:
+            try:
+                run_id = recon.reconcile(rt, name, day.date(), trigger="manual")
+            except recon.NothingToReconcile as exc:
+                if provider:
+                    _fail(str(exc))
+                click.echo(f"skipped {name}: no statement file of {day.date()} and no API client configured", err=True)
+                continue
+            except (ValueError, ProviderError) as exc:
+                if provider:
+                    _fail(str(exc))
+                click.echo(f"error: {name}: {exc}", err=True)
+                problems += 1
+                continue
+            document = _report_run(rt.sessions, run_id, out_dir / name if out_dir else None, as_json)
+            documents.append(document)
+            classes.update(cls for cls, n in document["counts"]["by_class"].items() if n)
+            if document["run"]["status"] != "succeeded":
+                click.echo(f"error: {name}: run {run_id} {document['run']['status']}: {document['run']['error']}",
+                           err=True)  # fmt: skip
+                problems += 1
     finally:
         rt.close()
+    if not documents and not problems:
+        _fail(f"nothing to reconcile for {day.date()}: no provider has a statement file of that day or an API client")
+    if as_json:
+        _dump(documents[0] if provider else documents)
+    elif out_dir is not None and len(names) > 1:
+        click.echo(f"classes seen: {', '.join(sorted(classes)) or 'none'}")
+    sys.exit(1 if problems else 0)
+
+
+def _report_run(sessions: Any, run_id: int, out_dir: Path | None, as_json: bool) -> dict[str, Any]:
+    """Write the run's report files into ``out_dir`` (if given) and print them, or print its summary
+    (unless ``as_json``); returns the run's summary with its changes and the files written."""
+    from reconciliation import reports
+
+    with sessions() as session:
+        summary = reports.summary(session, run_id)
+        document = {**summary, "changes": reports.changes(session, run_id)} if as_json else summary
+        if out_dir is not None:
+            document["files"] = [str(p) for p in reports.export_all(session, run_id, out_dir)]
+        if not as_json and out_dir is None:
+            click.echo(reports.render_terminal(session, run_id))
+    if not as_json and out_dir is not None:
+        run, counts = summary["run"], summary["counts"]["by_class"]
+        shown = ", ".join(f"{n} {cls}" for cls, n in counts.items() if n) or "no items"
+        click.echo(f"{run['provider']:<13} run {run_id}: {shown}")
+        for path in document["files"]:
+            click.echo(f"  {path}")
+    return document
 
 
 def _show_run(sessions: Any, run_id: int, as_json: bool) -> None:
