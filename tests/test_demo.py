@@ -1,23 +1,38 @@
-"""The README's first command: the embedded demo runs with no server at all."""
+"""The README's first command: the embedded demo runs with no server at all; then the command it prints."""
 
 from __future__ import annotations
 
+import json
 import os
+import re
+import sqlite3
 import subprocess
 import sys
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from reconciliation.statements import MAPPINGS
 from tests.conftest import worker_env
 
 pytestmark = pytest.mark.e2e
 
 
-def test_demo_runs_on_embedded_defaults(tmp_path: Path) -> None:
+EVERY_CLASS = {
+    "matched", "missing_in_ledger", "missing_at_provider", "amount_mismatch", "currency_mismatch",
+    "status_mismatch", "duplicate", "fee_variance", "missing_after_sla",
+}  # fmt: skip
+REPORTS = [".csv", ".csv", ".html", ".json", ".json", ".xlsx"]  # the 4 reports, the payouts CSV and the manifest
+
+
+def test_demo_leaves_its_day_to_reconcile_and_the_command_it_prints_finds_every_class(tmp_path: Path) -> None:
+    """The README's first command, then the one it prints: every provider's statement imported, the day
+    reconciled from them, the four report files per provider, all nine classes, the lost webhook healed."""
     env = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "CELERY_BROKER_URL"}}
-    env["TMPDIR"] = str(tmp_path)
+    env["TMPDIR"] = str(tmp_path / "tmp")
+    (tmp_path / "tmp").mkdir()
     result = subprocess.run(
         [sys.executable, "-m", "worker.cli", "demo", "--payments", "32"],
         env=env,
@@ -38,13 +53,61 @@ def test_demo_runs_on_embedded_defaults(tmp_path: Path) -> None:
     assert "provider confirms a smaller amount (tampered)      -> 4 succeeded" in out
     assert "every journal balances: yes" in out
     assert "amount_mismatch" in out
-    # then the nightly reconciliation of the day, every class at least once, with its reports
-    assert (
-        "every class seen: amount_mismatch, currency_mismatch, duplicate, fee_variance, matched, "
-        "missing_after_sla, missing_at_provider, missing_in_ledger, status_mismatch"
-    ) in out
-    assert "reports (csv, xlsx, json, html + manifest)" in out
-    assert list(tmp_path.iterdir()) == []  # the demo cleaned up after itself
+    kept = tmp_path / "var" / "demo"  # kept by default, in the current directory
+    day = re.search(r"Statements of (\d{4}-\d{2}-\d{2})", out).group(1)  # type: ignore[union-attr]
+    for provider, mapping in MAPPINGS.items():  # each in its provider's documented layout
+        header = (kept / "statements" / f"{provider}_{day}.csv").read_text().splitlines()[0].split(",")
+        assert set(mapping.required) | {mapping.fee} <= set(header)
+    database = kept / "payrecon.sqlite"
+    with closing(sqlite3.connect(database)) as db:
+        assert db.execute("SELECT count(*) FROM recon_runs").fetchone() == (0,)  # the demo reconciled nothing
+        assert db.execute("SELECT count(DISTINCT provider) FROM statement_imports").fetchone() == (4,)
+    assert list((tmp_path / "tmp").iterdir()) == []
+
+    # The command the demo printed, run as printed, from the same directory.
+    command = next(line.strip() for line in out.splitlines() if " reconcile --date " in line)
+    assert command.startswith(f"DATABASE_URL=sqlite:///{database} ")
+    assert command.endswith(f"payrecon reconcile --date {day} --out var/demo/reports")
+    reconciled = subprocess.run(  # as a user pastes it into a shell
+        ["/bin/sh", "-c", command], env=env, capture_output=True, text=True, timeout=120, check=False, cwd=tmp_path
+    )
+    assert reconciled.returncode == 0, reconciled.stdout + reconciled.stderr
+    seen: set[str] = set()
+    for provider in ("cinetpay", "mtn_momo", "orange_money", "wave"):
+        folder = kept / "reports" / provider
+        assert sorted(p.suffix for p in folder.iterdir()) == REPORTS
+        manifest = json.loads((folder / "manifest.json").read_text())
+        report = next(f["name"] for f in manifest["files"] if f["format"] == "json")
+        counts = json.loads((folder / report).read_text())["counts"]["by_class"]
+        seen |= {cls for cls, n in counts.items() if n}
+        assert str(folder.relative_to(tmp_path) / report) in reconciled.stdout  # its paths are printed
+    assert seen == EVERY_CLASS
+    assert f"classes seen: {', '.join(sorted(EVERY_CLASS))}" in reconciled.stdout
+
+    # The lost webhook it healed: paid, settled, and the reader has the subscription.
+    show = next(line.strip() for line in out.splitlines() if " payments show " in line)
+    shown = subprocess.run(
+        ["/bin/sh", "-c", f"{show} --json"], env=env, capture_output=True, text=True, timeout=60, check=False,
+        cwd=tmp_path,
+    )  # fmt: skip
+    healed = json.loads(shown.stdout)
+    assert healed["status"] == "succeeded" and healed["grant"]["days"] == 30
+    assert [(r["class"], r["healed"]) for r in healed["reconciliation"]] == [("missing_in_ledger", True)]
+
+
+def test_demo_tmp_is_thrown_away(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "CELERY_BROKER_URL"}}
+    env["TMPDIR"] = str(tmp_path / "tmp")
+    (tmp_path / "tmp").mkdir()
+    (tmp_path / "cwd").mkdir()
+    result = subprocess.run(
+        [sys.executable, "-m", "worker.cli", "demo", "--payments", "8", "--tmp"],
+        env=env, capture_output=True, text=True, timeout=240, check=False, cwd=tmp_path / "cwd",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "A throw-away run: its database is removed now." in result.stdout
+    assert " reconcile --date " not in result.stdout
+    assert list((tmp_path / "tmp").iterdir()) == [] and list((tmp_path / "cwd").iterdir()) == []
 
 
 def test_demo_through_a_running_stack(
@@ -72,17 +135,5 @@ def test_demo_through_a_running_stack(
     assert "worker    the running stack's" in result.stdout
     assert "pending, then paid; no callback ever: janitor      -> 4 succeeded" in result.stdout
     assert "every journal balances: yes" in result.stdout
-
-
-def test_demo_keep_leaves_the_database_and_the_four_reports(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "CELERY_BROKER_URL"}}
-    result = subprocess.run(
-        [sys.executable, "-m", "worker.cli", "demo", "--payments", "16", "--keep"],
-        env=env, capture_output=True, text=True, timeout=240, check=False, cwd=tmp_path,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stdout + result.stderr
-    kept = tmp_path / "var" / "demo"
-    assert (kept / "payrecon.sqlite").exists()
-    for provider in ("cinetpay", "mtn_momo", "orange_money", "wave"):
-        suffixes = sorted(p.suffix for p in (kept / "reports" / provider).iterdir())
-        assert suffixes == [".csv", ".csv", ".html", ".json", ".json", ".xlsx"]  # 4 reports, payouts CSV, manifest
+    assert "payrecon reconcile --date " in result.stdout and "(with this demo's DATABASE_URL set)" in result.stdout
+    assert "DATABASE_URL=" not in result.stdout  # the stack's URL may carry a password: not printed

@@ -125,18 +125,21 @@ def sandbox(host: str, port: int, broker_url: str | None, latency: float) -> Non
 
 @main.command()
 @click.option("--payments", "count", default=36, show_default=True, help="How many payments to simulate.")
-@click.option("--keep", is_flag=True, help="Keep the demo's files under ./var/demo for inspection.")
+@click.option("--tmp", is_flag=True, help="Work in a temporary directory, removed at the end (nothing to reconcile).")
+@click.option("--keep", is_flag=True, hidden=True, help="Accepted for compatibility: ./var/demo is kept by default.")
 @click.option("--sandbox-url", help="Use this running sandbox instead of starting one (e.g. http://sandbox:8765).")
 @click.option("--external-worker", is_flag=True, help="Let the running stack's worker and beat do the work.")
-def demo(count: int, keep: bool, sandbox_url: str | None, external_worker: bool) -> None:
-    """Run the whole pipeline offline: sandbox, embedded broker, a real worker, a summary.
+def demo(count: int, tmp: bool, keep: bool, sandbox_url: str | None, external_worker: bool) -> None:
+    """Run the whole pipeline offline: sandbox, embedded broker, a real worker, a summary; then
+    import each provider's statement of the day and print the command that reconciles it.
 
-    With DATABASE_URL / CELERY_BROKER_URL set it uses those; with --sandbox-url and
+    Its state is kept in ./var/demo (a previous demo's files there are replaced). With
+    DATABASE_URL / CELERY_BROKER_URL set it uses those; with --sandbox-url and
     --external-worker it sends its traffic through a running stack (docker compose).
     """
     from worker.demo import run_demo
 
-    sys.exit(run_demo(count=count, keep=keep, sandbox_url=sandbox_url, external_worker=external_worker))
+    sys.exit(run_demo(count=count, tmp=tmp, sandbox_url=sandbox_url, external_worker=external_worker))
 
 
 @main.command()

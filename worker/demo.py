@@ -2,10 +2,14 @@
 
 SQLite for the data, kombu's SQLAlchemy transport on SQLite as the broker, the
 provider sandbox in this process, and a real Celery worker process (with beat
-embedded for the re-checks). ``DATABASE_URL`` / ``CELERY_BROKER_URL`` replace
+embedded for the re-checks), all in ``./var/demo`` (``--tmp``: a temporary
+directory, removed at the end). ``DATABASE_URL`` / ``CELERY_BROKER_URL`` replace
 the embedded stores when set. It registers a few dozen payments with mixed fates,
 delivers their notifications through the broker, waits for the worker to settle
-them, and prints what happened.
+them, and prints what happened. Then it writes the statement file each provider's
+portal would export for the day (the sandbox's truth, with deliberate anomalies),
+imports them, and prints the command that reconciles the day: it does not
+reconcile the day itself, so that command finds the lost webhooks to heal.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import csv
 import os
 import secrets
+import shlex
 import shutil
 import sqlite3
 import subprocess
@@ -22,9 +27,10 @@ import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import click
 from sqlalchemy import func, select
@@ -32,9 +38,10 @@ from sqlalchemy import func, select
 from providers.sandbox.client import SandboxClient
 from providers.sandbox.server import SandboxServer
 from reconciliation import migrate, views
-from reconciliation.db import make_engine, session_factory
+from reconciliation.db import make_engine, session_factory, transaction
 from reconciliation.models import FlagKind, InboxDelivery, InboxStatus, Payment, PaymentFlag, PaymentStatus
-from schemas.currency import format_amount
+from reconciliation.statements import MAPPINGS, import_file
+from schemas.currency import format_amount, to_major
 
 CREDENTIALS = {"api_key": "demo-api-key", "site_id": "100000", "secret_key": "demo-secret-key"}
 PROVIDERS = ("cinetpay", "mtn_momo", "orange_money", "wave")
@@ -55,13 +62,14 @@ class Case:
     story: str
     fate: str = "accepted"
     periods: int = 1
-    expect: PaymentStatus = PaymentStatus.SUCCEEDED
+    expect: PaymentStatus | None = PaymentStatus.SUCCEEDED  # None: never registered with us
     options: dict[str, Any] = field(default_factory=dict)
     deliveries: int = 1
     forged: bool = False
     register_late: bool = False
     provider_data: dict[str, Any] = field(default_factory=dict)
     created_hours_ago: int = 0
+    paid_later: bool = False  # paid at the provider once the worker has stopped looking: a lost webhook
 
     @property
     def amount(self) -> int:
@@ -75,6 +83,16 @@ def _reference(provider: str, i: int) -> str:
     if provider == "mtn_momo":  # MoMo's reference is the X-Reference-Id, a UUID v4
         return str(uuid.uuid4())
     return {"cinetpay": "TXN", "orange_money": "ORD", "wave": "CR"}[provider] + f"-D{RUN}{i:05X}"
+
+
+#: The stories of the nightly reconciliation, each at one provider (after the stories told at every provider).
+SLA, LOST, UNKNOWN, REFUND = (
+    "pending past its settlement SLA",
+    "lost webhook: paid after the last check",
+    "paid, never registered with us",
+    "paid, then refunded by the provider",
+)
+NIGHTLY = (SLA, LOST, UNKNOWN, REFUND)
 
 
 def scenario(count: int) -> list[Case]:
@@ -104,12 +122,20 @@ def scenario(count: int) -> list[Case]:
         else:
             case = Case(provider, ref, "paid", periods=periods)
         cases.append(case)
-    # For the nightly reconciliation: a payment stuck past its settlement SLA, and a payment whose
-    # webhook was lost and which only Orange's statement reports paid.
-    cases.append(Case("cinetpay", _reference("cinetpay", count), "pending past its settlement SLA", "waiting",
-                      expect=PaymentStatus.PENDING, deliveries=0, created_hours_ago=2))  # fmt: skip
-    cases.append(Case("orange_money", _reference("orange_money", count + 1), "lost webhook, paid per statement",
-                      "waiting", expect=PaymentStatus.PENDING, deliveries=0))  # fmt: skip
+    # For the nightly reconciliation: a payment stuck past its settlement SLA (CinetPay), webhooks lost
+    # (MoMo, Orange: paid once the worker stopped looking), money Orange took for a payment nobody
+    # registered with us, and a payment Wave refunded (its statement says so; its status API does not).
+    n = count
+    cases += [
+        Case("cinetpay", _reference("cinetpay", n), SLA, "waiting", expect=PaymentStatus.PENDING, deliveries=0,
+             created_hours_ago=2),
+        Case("mtn_momo", _reference("mtn_momo", n + 1), LOST, "waiting", expect=PaymentStatus.PENDING, deliveries=0,
+             paid_later=True),
+        Case("orange_money", _reference("orange_money", n + 2), LOST, "waiting", expect=PaymentStatus.PENDING,
+             deliveries=0, paid_later=True),
+        Case("orange_money", _reference("orange_money", n + 3), UNKNOWN, expect=None, deliveries=0),
+        Case("wave", _reference("wave", n + 4), REFUND, options={"refunded_at": datetime.now(UTC).isoformat()}),
+    ]  # fmt: skip
     return cases
 
 
@@ -119,14 +145,20 @@ def _prepare_sqlite_broker(path: Path) -> None:
         conn.execute("PRAGMA journal_mode=WAL")
 
 
+#: Where the demo keeps its state (relative to the current directory), unless ``--tmp``.
+DEMO_DIR = Path("var/demo")
+#: What a previous demo left in ``DEMO_DIR``: removed when the next one starts (nothing else is).
+DEMO_FILES = (
+    "payrecon.sqlite", "payrecon.sqlite-wal", "payrecon.sqlite-shm", "broker.sqlite", "broker.sqlite-wal",
+    "broker.sqlite-shm", "worker.log", "celerybeat-schedule", "celerybeat-schedule.db", "statements", "reports",
+)  # fmt: skip
+
+
 def run_demo(
-    *, count: int = 36, keep: bool = False, sandbox_url: str | None = None, external_worker: bool = False
+    *, count: int = 36, tmp: bool = False, sandbox_url: str | None = None, external_worker: bool = False
 ) -> int:
     """Run the scenario; ``sandbox_url`` / ``external_worker``: use a running stack's instead of our own."""
-    workdir = Path("var/demo").resolve() if keep else Path(tempfile.mkdtemp(prefix="payrecon-demo-"))
-    if keep and workdir.exists():
-        shutil.rmtree(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
+    workdir = Path(tempfile.mkdtemp(prefix="payrecon-demo-")) if tmp else _fresh(DEMO_DIR.resolve())
     database_url = os.environ.get("DATABASE_URL") or f"sqlite:///{workdir / 'payrecon.sqlite'}"
     broker_url = os.environ.get("CELERY_BROKER_URL") or f"sqla+sqlite:///{workdir / 'broker.sqlite'}"
     if external_worker and not (os.environ.get("DATABASE_URL") and os.environ.get("CELERY_BROKER_URL")):
@@ -134,8 +166,8 @@ def run_demo(
     if broker_url.startswith("sqla+sqlite:///"):
         _prepare_sqlite_broker(Path(broker_url.removeprefix("sqla+sqlite:///")))
     click.secho("payrecon demo", bold=True)
-    click.echo(f"  database  {_safe(database_url)}")
-    click.echo(f"  broker    {_safe(broker_url)}")
+    click.echo(f"  directory {_shown(workdir)}{' (temporary: removed at the end)' if tmp else ''}")
+    click.echo(f"  database  {_safe(database_url)}\n  broker    {_safe(broker_url)}")
     migrate.upgrade(database_url)
     sandbox = _start_sandbox() if sandbox_url is None else None
     api_url: str = sandbox.url if sandbox is not None else sandbox_url or ""
@@ -149,30 +181,64 @@ def run_demo(
         worker = _start_worker(_worker_env(sandbox, database_url, broker_url), workdir, log_path)
     engine = make_engine(database_url, pool_size=2)
     sessions = session_factory(engine)
+    control = SandboxClient(api_url)
     cases = scenario(count)
     try:
-        _send(cases, SandboxClient(api_url), broker_url)
+        _send(cases, control, broker_url)
         ok = _wait(sessions, cases, timeout=120 if worker else 600)
+        if worker is not None:  # before the lost webhooks' payments happen: nothing may heal them now
+            _stop(worker)
+            worker = None
         _print_summary(sessions, cases)
-        if ok and sandbox is not None:  # reconciliation asks the providers: only with our own sandbox
-            ok = _reconcile(sandbox, database_url, broker_url, cases, workdir / "reports", keep=keep)
         if not ok:
             click.secho("\nthe worker did not settle every payment in time", fg="red")
-            if worker is not None:
-                click.echo(log_path.read_text(errors="replace")[-4000:])
+            click.echo(log_path.read_text(errors="replace")[-4000:] if log_path.exists() else "")
             return 1
-        if keep or "DATABASE_URL" in os.environ:
-            hint = f"DATABASE_URL={_safe(database_url)} payrecon payments show {cases[5].reference}"
-            click.echo(f"\nInspect one:  {hint}")
+        _leave_the_day(control, sessions, cases, workdir, database_url, tmp=tmp)
         return 0
     finally:
         if worker is not None:
             _stop(worker)
+        control.close()
         if sandbox is not None:
             sandbox.stop()
         engine.dispose()
-        if not keep:
+        if tmp:
             shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _leave_the_day(
+    control: SandboxClient, sessions: Any, cases: list[Case], workdir: Path, database_url: str, *, tmp: bool
+) -> None:
+    """What the nightly reconciliation will find: the lost webhooks' payments happen at the provider,
+    each provider's statement of the day is written and imported, and the command to run is printed."""
+    for case in cases:
+        if case.paid_later:  # the customer pays after the worker's last check; its webhook is lost
+            control.set_status(case.provider, case.reference, PAID[case.provider])
+    tz = ZoneInfo(os.environ.get("PAYRECON_TIMEZONE") or "Africa/Abidjan")
+    day = datetime.now(tz).date()
+    _statements(control, sessions, cases, workdir / "statements", day=day, tz=tz)
+    _next_steps(cases, workdir, day, database_url, tmp=tmp)
+
+
+def _fresh(workdir: Path) -> Path:
+    """``workdir``, without what a previous demo left there (a demo starts afresh)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    for name in DEMO_FILES:
+        path = workdir / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+    return workdir
+
+
+def _shown(path: Path) -> str:
+    """``path`` relative to the current directory when it is below it (shorter to copy), else absolute."""
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
 
 
 def _start_sandbox() -> SandboxServer:
@@ -206,86 +272,140 @@ def _stop(worker: subprocess.Popen[bytes]) -> None:
         worker.kill()
 
 
-def _orange_statement(cases: list[Case], sessions: Any, path: Path) -> None:
-    """What Orange's portal would export for the day: the truth, with one anomaly of each kind."""
-    with sessions() as session:
-        paid = {
-            p.reference: p
-            for p in session.scalars(
-                select(Payment).where(Payment.provider == "orange_money", Payment.status == PaymentStatus.SUCCEEDED)
-            )
-        }
-    rows = []
-    anomalies = iter(["omitted", "amount", "currency", "failed", "duplicate", "fee"])
+#: The provider's fee in its statement, basis points of the gross amount: what payrecon expects
+#: (``worker.reconcile.DEFAULT_FEES_BPS``) and, for CinetPay, whose fees payrecon has no schedule
+#: for, its common 3.5 %.
+FEES_BPS = {"cinetpay": 350, "mtn_momo": 250, "orange_money": 200, "wave": 100}
+#: The sandbox state's field holding the provider's transaction id.
+TXN_ID = {"cinetpay": "operator_id", "mtn_momo": "financial_transaction_id", "orange_money": "txnid",
+          "wave": "wave_transaction_id"}  # fmt: skip
+#: The provider's wire status of a paid transaction.
+PAID = {"cinetpay": "ACCEPTED", "mtn_momo": "SUCCESSFUL", "orange_money": "SUCCESS", "wave": "succeeded"}
+#: What Orange's export gets wrong, one each, on its first successful payments (in this order).
+ORANGE_ANOMALIES = ("omitted", "amount", "currency", "failed", "duplicate", "fee")
+#: How each provider's statement differs from a plain copy of what the worker settled (printed).
+NOTES = {
+    "cinetpay": "a payment still pending past its SLA",
+    "mtn_momo": "a lost webhook (paid after the worker's last check)",
+    "orange_money": "a lost webhook, a payment never registered with us, and one row omitted, one amount, "
+    "one currency and one status wrong, one row twice, one fee off",
+    "wave": "a refund, and the payout of the day's net to the bank",
+}
+
+
+def _statements(
+    control: SandboxClient, sessions: Any, cases: list[Case], folder: Path, *, day: date, tz: ZoneInfo
+) -> list[Path]:
+    """Write and import, for every provider, the statement its portal would export for ``day``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    click.secho(f"\nStatements of {day}, as each provider's portal exports them (imported)", bold=True)
+    paths = []
+    for provider in PROVIDERS:
+        rows = _rows(control, [c for c in cases if c.provider == provider], provider)
+        path = folder / f"{provider}_{day.isoformat()}.csv"
+        _write_statement(path, provider, rows)
+        with transaction(sessions) as session:
+            imported = import_file(session, provider, path, business_tz=tz)
+        click.echo(f"  {provider:<13} {_shown(path)}: {imported.rows} rows; {NOTES[provider]}")
+        paths.append(path)
+    return paths
+
+
+def _rows(control: SandboxClient, cases: list[Case], provider: str) -> list[dict[str, Any]]:
+    """The provider's truth (the sandbox's state of each transaction), with the portal's anomalies."""
+    rows: list[dict[str, Any]] = []
+    anomalies = iter(ORANGE_ANOMALIES if provider == "orange_money" else ())
+    payout = f"PO-{datetime.now(UTC):%Y%m%d}-{RUN}"
     for case in cases:
-        if case.provider != "orange_money":
-            continue
-        if case.story.startswith("lost webhook"):
-            rows.append((case.reference, case.amount, "XOF", case.amount * 2 // 100, "SUCCESS"))
-            continue
-        payment = paid.get(case.reference)
-        if payment is None or payment.confirmed_amount is None:
-            continue
-        amount, fee = payment.confirmed_amount, payment.confirmed_amount * 2 // 100  # Orange takes 2 %
-        anomaly = next(anomalies, None)
+        state = control.get(provider, case.reference)
+        status = str(state["status"])
+        paid = MAPPINGS[provider].statuses.get(status) == "succeeded"
+        currency = state.get("confirm_currency") or state["currency"]
+        amount = int(state["confirm_amount"] if state.get("confirm_amount") is not None else state["amount"])
+        row = {
+            "reference": case.reference, "txn_id": state.get(TXN_ID[provider]) or "", "status": status,
+            "time": datetime.fromisoformat(str(state.get("paid_at") or state["created_at"]).replace("Z", "+00:00")),
+            "amount": amount, "currency": currency, "fee": (amount * FEES_BPS[provider] + 5000) // 10000 if paid else 0,
+            "payout": payout if paid and provider == "wave" else "",
+        }  # fmt: skip
+        if state.get("refunded_at"):  # Wave returns its fee with the money
+            refunded = datetime.fromisoformat(str(state["refunded_at"]).replace("Z", "+00:00"))
+            row |= {"status": "refunded", "fee": 0, "payout": "", "time": max(refunded, row["time"])}
+        anomaly = next(anomalies, None) if paid and case.story not in {LOST, UNKNOWN} else None
         if anomaly == "omitted":
             continue
-        row = (case.reference, amount, "XOF", fee, "SUCCESS")
         if anomaly == "amount":
-            row = (case.reference, amount - 500, "XOF", fee, "SUCCESS")
+            row["amount"] -= 500
         elif anomaly == "currency":
-            row = (case.reference, amount, "XAF", fee, "SUCCESS")
+            row["currency"] = "XAF"
         elif anomaly == "failed":
-            row = (case.reference, amount, "XOF", 0, "FAILED")
+            row |= {"status": "FAILED", "fee": 0}
         elif anomaly == "duplicate":
-            rows.append(row)
+            rows.append({**row, "txn_id": f"{row['txn_id']}-2"})
         elif anomaly == "fee":
-            row = (case.reference, amount, "XOF", fee + 100, "SUCCESS")
+            row["fee"] += 100
         rows.append(row)
-    rows.append((f"ORD-UNKNOWN-{RUN}", 6500, "XOF", 130, "SUCCESS"))  # paid, never registered with us
-    when = datetime.now(UTC).replace(microsecond=0).isoformat()
+    if provider == "wave":  # Wave pays the day's net out to the merchant's bank
+        net = sum(r["amount"] - r["fee"] for r in rows if r["payout"])
+        last = max(r["time"] for r in rows)
+        rows.append({"reference": "", "txn_id": "", "status": "payout", "time": last + timedelta(seconds=1),
+                     "amount": net, "currency": "XOF", "fee": 0, "payout": payout})  # fmt: skip
+    return sorted(rows, key=lambda r: r["time"])
+
+
+def _write_statement(path: Path, provider: str, rows: list[dict[str, Any]]) -> None:
+    """``rows`` in the provider's export layout (``MAPPINGS``, ``docs/statements/<provider>.csv``)."""
+    m = MAPPINGS[provider]
+    fields = {"reference": m.reference, "txn_id": m.txn_id, "time": m.time, "amount": m.amount,
+              "currency": m.currency, "fee": m.fee, "status": m.status, "payout": m.payout}  # fmt: skip
+    columns = {key: name for key, name in fields.items() if name is not None}
+    zone = ZoneInfo(m.tz)
     with path.open("w", newline="", encoding="utf-8") as handle:
         out = csv.writer(handle)
-        out.writerow(["order_id", "txnid", "date", "amount", "currency", "fee", "status"])
-        for n, (ref, amount, currency, fee, status) in enumerate(rows):
-            out.writerow([ref, f"MP{RUN}.{n:04d}", when, amount, currency, fee, status])
+        out.writerow(columns.values())
+        for row in rows:
+            when: datetime = row["time"]
+            cells = {
+                **row,
+                # CinetPay and Orange write local times without an offset (``Mapping.tz``), the others ISO 8601
+                "time": when.astimezone(zone).strftime("%Y-%m-%d %H:%M:%S")
+                if provider in {"cinetpay", "orange_money"}
+                else when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                "amount": format(to_major(row["amount"], row["currency"]), "f"),
+                "fee": format(to_major(row["fee"], row["currency"]), "f"),
+            }
+            out.writerow([cells[key] for key in columns])
 
 
-def _reconcile(
-    sandbox: SandboxServer, database_url: str, broker_url: str, cases: list[Case], out: Path, *, keep: bool
-) -> bool:
-    """Import Orange's statement, reconcile today at every provider, write the reports."""
-    from reconciliation import reports
-    from reconciliation.db import transaction
-    from reconciliation.statements import import_file
-    from worker import reconcile as recon
-    from worker import runtime
-    from worker.settings import Settings
+def _next_steps(cases: list[Case], workdir: Path, day: date, database_url: str, *, tmp: bool) -> None:
+    """The command that reconciles the day, ready to paste."""
+    if tmp and "DATABASE_URL" not in os.environ:
+        click.echo("\nA throw-away run: its database is removed now. Run `payrecon demo` without --tmp to keep")
+        click.echo("it in ./var/demo and reconcile its day afterwards.")
+        return
+    given = "DATABASE_URL" in os.environ  # the user's: it may carry a password, so it is not printed
+    prefix = [] if given else [f"DATABASE_URL={database_url}"]
+    payrecon = _payrecon()
+    out = _shown(workdir / "reports")
+    reconcile = [*prefix, payrecon, "reconcile", "--date", day.isoformat(), "--out", out]
+    lost = next(c for c in cases if c.story == LOST and c.provider == "orange_money")
+    show = [*prefix, payrecon, "payments", "show", lost.reference]
+    click.secho("\nNext: reconcile the day at the four providers (the demo did not)", bold=True)
+    click.echo(f"  {shlex.join(reconcile)}")
+    click.echo("It classifies each payment of the day against the statements, heals the lost webhooks, and writes")
+    click.echo(f"each run's reports (csv, xlsx, json, html + manifest) into {out}/<provider>/. Then look at one:")
+    click.echo(f"  {shlex.join(show)}")
+    if given:
+        click.echo("(with this demo's DATABASE_URL set)")
 
-    rt = runtime.build(Settings.from_env(_worker_env(sandbox, database_url, broker_url)))
-    out.mkdir(parents=True, exist_ok=True)
-    statement = out / "orange_money_statement.csv"
-    try:
-        _orange_statement(cases, rt.sessions, statement)
-        with transaction(rt.sessions) as session:
-            import_file(session, "orange_money", statement, business_tz=rt.settings.timezone)
-        today = datetime.now(rt.settings.timezone).date()
-        totals: Counter[str] = Counter()
-        click.secho(f"\nNightly reconciliation of {today} (business day, {rt.settings.timezone})", bold=True)
-        for provider in PROVIDERS:
-            run_id = recon.reconcile(rt, provider, today, trigger="manual")
-            with rt.sessions() as session:
-                counts = reports.summary(session, run_id)["counts"]["by_class"]
-                files = reports.export_all(session, run_id, out / provider)
-            totals.update({cls: n for cls, n in counts.items() if n})
-            shown = ", ".join(f"{n} {cls}" for cls, n in counts.items() if n)
-            click.echo(f"  {provider:<13} run {run_id}: {shown}")
-        click.echo(f"  every class seen: {', '.join(sorted(totals))}")
-        where = f"in {out}/<provider>/" if keep else "written, and removed with the demo's files (--keep keeps them)"
-        click.echo(f"  reports (csv, xlsx, json, html + manifest) {where} ({len(files)} files each)")
-        return True
-    finally:
-        rt.close()
+
+def _payrecon() -> str:
+    """How to run this ``payrecon``: by name when it is the one on the PATH, else by its path."""
+    script = Path(sys.executable).parent / "payrecon"
+    found = shutil.which("payrecon")
+    if not script.exists() or (found is not None and Path(found).resolve() == script.resolve()):
+        return "payrecon"
+    return _shown(script)
 
 
 def _safe(url: str) -> str:
@@ -360,7 +480,7 @@ def _send(cases: list[Case], sandbox: SandboxClient, broker_url: str) -> None:
     def send(task: str, **kwargs: Any) -> None:
         producer.send_task(task, kwargs=kwargs, queue="webhooks")
 
-    late = []
+    late, registered = [], 0
     for index, case in enumerate(cases):
         id_field = "transaction_id" if case.provider == "cinetpay" else "reference"
         state = sandbox.create(
@@ -368,6 +488,9 @@ def _send(cases: list[Case], sandbox: SandboxClient, broker_url: str) -> None:
             **case.options,
         )  # fmt: skip
         case.provider_data = dict(state.get("provider_data") or {})
+        if case.expect is None:  # the provider has it; the merchant app never told us
+            continue
+        registered += 1
         if case.register_late:
             late.append((index, case))
         else:
@@ -383,11 +506,11 @@ def _send(cases: list[Case], sandbox: SandboxClient, broker_url: str) -> None:
     for index, case in late:
         send("payrecon.register_payment", payment=_registration(case, index))
     producer.close()
-    click.echo(f"\nsent {len(cases)} registrations and {deliveries} webhook deliveries; waiting for the worker...")
+    click.echo(f"\nsent {registered} registrations and {deliveries} webhook deliveries; waiting for the worker...")
 
 
 def _wait(sessions: Any, cases: list[Case], timeout: float) -> bool:
-    expected = {c.reference: c.expect for c in cases}
+    expected = {c.reference: c.expect for c in cases if c.expect is not None}
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         with sessions() as session:
@@ -413,12 +536,17 @@ def _print_summary(sessions: Any, cases: list[Case]) -> None:
         statuses = dict(session.execute(select(Payment.reference, Payment.status)).all())
     stories: dict[str, Counter[str]] = {}
     for c in cases:
-        status = statuses.get(c.reference)
-        stories.setdefault(c.story, Counter())[status.value if status else "missing"] += 1
+        if c.story not in NIGHTLY:
+            stories.setdefault(c.story, Counter())[statuses[c.reference].value if c.reference in statuses else "?"] += 1
     click.secho("\nWhat happened (each story at every provider)", bold=True)
     for story, results in sorted(stories.items()):
         label = ", ".join(f"{n} {status}" for status, n in sorted(results.items()))
         click.echo(f"  {story:<50} -> {label}")
+    click.secho("\nFor the nightly reconciliation", bold=True)
+    for c in cases:
+        if c.story in NIGHTLY:
+            status = statuses.get(c.reference)
+            click.echo(f"  {c.provider:<13} {c.story:<40} -> {status.value if status else 'not in our database'}")
     click.secho("\nPayments by status", bold=True)
     for status, n in summary["payments"].items():
         if n:
