@@ -5,9 +5,10 @@
 Builds a throwaway PostgreSQL database with N succeeded CinetPay payments of one business day
 (COPY, not timed), writes the day's statement file (N rows in CinetPay's export format, with
 1 % of amounts wrong, 0.5 % missing, 0.1 % duplicated and 500 unknown references), then times
-``payrecon statements import`` (streamed validation + COPY) and the set-based classification of
-the day. Peak memory (max RSS) is printed so that runs of different sizes can be compared.
-Needs PostgreSQL as for the tests (PAYRECON_TEST_PG).
+``payrecon statements import`` (COPY to a stage, one optimistic convert-and-insert in two sessions)
+and the set-based classification of the day (two sessions). ``--reports`` also times writing the
+run's report files (not part of the goal). Peak memory (max RSS) is printed so that runs of
+different sizes can be compared. Needs PostgreSQL as for the tests (PAYRECON_TEST_PG).
 """
 
 from __future__ import annotations
@@ -100,6 +101,7 @@ def _setup(url: str, n: int, statement: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--payments", type=int, default=1_000_000)
+    parser.add_argument("--reports", action="store_true", help="also time writing the run's report files")
     args = parser.parse_args()
     name = f"payrecon_scale_{secrets.token_hex(3)}"
     admin = create_engine(f"{PG_BASE}/postgres", isolation_level="AUTOCOMMIT")
@@ -134,14 +136,23 @@ def main() -> None:
                     select(ReconItem.cls, func.count()).where(ReconItem.run_id == run_id).group_by(ReconItem.cls)
                 ).all()
             )
-        engine.dispose()
         print(f"statement: {imported.rows} rows, {size:.0f} MiB")
-        print(f"import (validate + COPY): {imported_at - started:.2f} s")
+        print(f"import (COPY, convert, validate, insert): {imported_at - started:.2f} s")
         print(f"match + classify ({items} items): {done - imported_at:.2f} s")
         print(
             f"total: {done - started:.2f} s; peak memory {max_rss_mib():.0f} MiB (before the timed part {rss0:.0f} MiB)"
         )
         print(f"classes: {dict(sorted(counts.items()))}")
+        if args.reports:
+            from reconciliation import reports
+
+            written = time.perf_counter()
+            with tempfile.TemporaryDirectory() as out, sessions() as session:
+                files = reports.export_all(session, run_id, Path(out))
+                size_mib = sum(p.stat().st_size for p in files) / 2**20
+                print(f"reports ({len(files)} files, {size_mib:.0f} MiB): {time.perf_counter() - written:.2f} s; "
+                      f"peak memory {max_rss_mib():.0f} MiB")  # fmt: skip
+        engine.dispose()
     finally:
         with admin.connect() as conn:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))

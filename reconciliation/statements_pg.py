@@ -304,25 +304,23 @@ def _fast_sql(
                 reference, status, amount, currency, fee, occurred_at, payout_id, raw)
             SELECT %(provider)s, (occ AT TIME ZONE %(business_tz)s)::date, 'file', %(import_id)s, line_no + 1,
                    txn, ref,
-                   CASE WHEN scaled = trunc(scaled) AND occ IS NOT NULL AND (fee IS NOT NULL OR fee_text IS NULL)
+                   CASE WHEN amount IS NOT NULL AND occ IS NOT NULL AND (fee IS NOT NULL OR fee_text IS NULL)
                              AND NOT (ref IS NULL AND status = 'succeeded')
                              AND NOT (status = 'payout' AND payout IS NULL) THEN status END,
-                   scaled::bigint, currency, fee, occ, payout, raw
+                   amount, currency, fee, occ, payout, raw
             FROM (
                 SELECT s.line_no, nullif(trim(s.{col["txn_id"]}), '') AS txn,
                        nullif(trim(s.{col["reference"]}), '') AS ref, st.status, cur.code AS currency,
-                       CASE WHEN translate({amount}, '0123456789.-', '') = ''
-                                 AND {amount} NOT LIKE '.%%' AND {amount} NOT LIKE '-.%%' AND {amount} NOT LIKE '%%.'
-                            THEN {amount}::numeric * cur.mult END AS scaled,
+                       {_minor(amount, exact=True)} AS amount,
                        {fee_text} AS fee_text,
-                       CASE WHEN translate({fee_text}, '0123456789.-', '') = ''
-                            THEN ({fee_text}::numeric * cur.mult)::bigint END AS fee,
+                       {_minor(fee_text, exact=False)} AS fee,
                        CASE WHEN {time_} LIKE '____-__-__ __:__%%' OR {time_} LIKE '____-__-__T__:__%%'
                             THEN {time_}::timestamptz END AS occ,
                        {payout_expr} AS payout,
                        left(concat_ws(',', {raw}), 2000) AS raw
                 FROM {stage} s
-                LEFT JOIN (SELECT code, power(10::numeric, exp) AS mult FROM (VALUES {currencies}) AS c(code, exp))
+                LEFT JOIN (SELECT code, power(10::numeric, exp) AS mult, (10 ^ exp)::bigint AS imult
+                           FROM (VALUES {currencies}) AS c(code, exp))
                     AS cur ON cur.code = upper(trim(s.{col["currency"]}))
                 LEFT JOIN (VALUES {statuses}) AS st(word, status) ON st.word = lower(trim(s.{col["status"]}))
                 WHERE s.line_no BETWEEN %(lo)s AND %(hi)s
@@ -331,6 +329,23 @@ def _fast_sql(
             RETURNING business_date)
             SELECT business_date, count(*) FROM inserted GROUP BY business_date
         """  # noqa: S608
+
+
+def _minor(text: str, *, exact: bool) -> str:
+    """SQL: ``text`` (a number in major units) in minor units, NULL if it is not a plain number.
+
+    Whole numbers, the common case in zero-decimal currencies, take integer arithmetic; others
+    numeric. ``exact``: NULL when the amount has more decimals than the currency (a fee is rounded).
+    """
+    other = f"translate({text}, '0123456789', '')"
+    integer = f"({other} = '' OR ({other} = '-' AND {text} LIKE '-_%%'))"
+    decimal = (
+        f"translate({text}, '0123456789.-', '') = '' "
+        f"AND {text} NOT LIKE '.%%' AND {text} NOT LIKE '-.%%' AND {text} NOT LIKE '%%.'"
+    )
+    scaled = f"{text}::numeric * cur.mult"
+    converted = f"CASE WHEN {scaled} = trunc({scaled}) THEN ({scaled})::bigint END" if exact else f"({scaled})::bigint"
+    return f"CASE WHEN {integer} THEN {text}::bigint * cur.imult WHEN {decimal} THEN {converted} END"
 
 
 def _fast_insert(cursor: Any, sql: str, params: dict[str, Any]) -> dict[date, int] | None:

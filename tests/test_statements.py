@@ -27,6 +27,7 @@ TRICKY = (
     "TXN-3,OP3,2026-11-21T10:15Z,-2500,XOF,0,REFUNDED\n"
     "TXN-4,OP4,2026-11-21 10:15:30.250+0100,3.5,EUR,0.10,waiting_for_customer\n"
     "TXN-5,OP5,2026-11-21 12:00,5000.00,XOF,,ACCEPTED\n"
+    "TXN-6,OP6,2026-11-21 12:30:00,6 500,XOF,1 30,ACCEPTED\n"  # a space separates thousands
 )
 
 
@@ -110,7 +111,7 @@ def test_a_bad_value_is_named_with_its_line_whichever_path_finds_it(
     path.write_text(TRICKY + row + "\n", encoding="utf-8")
     with pytest.raises(StatementError) as info, rt.sessions() as session, session.begin():
         import_file(session, "cinetpay", path, business_tz=TZ)
-    assert [n for n, _ in info.value.errors] == [7]
+    assert [n for n, _ in info.value.errors] == [8]
     assert message in info.value.errors[0][1]
     assert _stored(rt, "cinetpay") == []
 
@@ -185,3 +186,15 @@ def test_a_load_that_never_committed_is_swept_by_the_next_import(rt: Runtime, mo
         providers = session.scalars(select(StatementLine.provider).distinct()).all()
         assert providers == ["wave"] and session.scalar(select(func.count()).select_from(StatementLine)) == kept.rows
     assert _stage_tables(rt) == []
+
+
+def test_the_bulk_tables_take_their_ids_a_thousand_at_a_time(rt: Runtime) -> None:
+    """Two sessions writing one file or one run side by side do not queue on one sequence page."""
+    with rt.sessions() as session:
+        caches = dict(
+            session.execute(
+                text("SELECT sequencename, cache_size FROM pg_sequences WHERE sequencename LIKE '%_id_seq'")
+            ).all()
+        )
+    assert caches["statement_lines_id_seq"] == caches["recon_items_id_seq"] == 1000
+    assert caches["payments_id_seq"] == 1  # the others keep PostgreSQL's default
