@@ -57,6 +57,8 @@ FROM (
                      WHEN i.status IN ('registered', 'pending') AND i.created_at < :sla_cutoff
                          THEN 'missing_after_sla' END
             WHEN p.n_success > 1 THEN 'duplicate'
+            WHEN i.status = 'refunded' THEN  -- refunded here: the provider must say so too, never "paid"
+                CASE WHEN p.status = 'refunded' THEN 'matched' ELSE 'status_mismatch' END
             WHEN i.status = 'succeeded' AND p.status <> 'succeeded' THEN 'status_mismatch'
             WHEN i.status <> 'succeeded' AND p.status = 'succeeded' THEN 'missing_in_ledger'
             WHEN i.status = 'succeeded' AND i.currency <> p.currency THEN 'currency_mismatch'

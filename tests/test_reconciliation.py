@@ -491,3 +491,17 @@ def test_evidence_lists_a_payments_items_of_every_run_matched_or_not(rt: Runtime
     with rt.sessions() as session:
         found = views.payment_detail(session, views.find_payments(session, ref)[0])["reconciliation"]
     assert [(r["run"], r["class"]) for r in found] == [(first, "matched"), (second, "duplicate")]
+
+
+def test_a_refunded_payment_matches_a_refund_and_is_never_healed_back(rt: Runtime) -> None:
+    """After a refund (the operator's, or one a statement reported), re-runs see both sides refunded."""
+    agreed, disputed = new_reference(), new_reference()
+    payment(rt, agreed, PaymentStatus.REFUNDED)
+    payment(rt, disputed, PaymentStatus.REFUNDED)
+    line(rt, agreed, "refunded")
+    line(rt, disputed)  # the provider still says paid: finance must look, we must not settle it again
+    run_id = runs.reconcile_stored(rt.sessions, "cinetpay", DAY, policy(rt))
+    assert classes(rt, run_id) == {agreed: "matched", disputed: "status_mismatch"}
+    with rt.sessions() as session:
+        statuses = dict(session.execute(select(Payment.reference, Payment.status)).all())
+    assert statuses == {agreed: PaymentStatus.REFUNDED, disputed: PaymentStatus.REFUNDED}
