@@ -46,7 +46,12 @@ def max_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def seed_payments(url: str, n: int) -> None:
+def reference(i: int, shuffled: bool) -> str:
+    """The i-th payment's reference: sequential, or in an order unrelated to time (a bijection)."""
+    return f"TXN-{(i * 2_654_435_761) % 2**44 if shuffled else i:012X}"
+
+
+def seed_payments(url: str, n: int, shuffled: bool) -> None:
     """N succeeded payments of the day, by COPY (setup, not timed)."""
     engine = create_engine(url)
     start = datetime(2026, 11, 20, tzinfo=UTC)
@@ -55,7 +60,7 @@ def seed_payments(url: str, n: int) -> None:
     for i in range(n):
         at = (start + timedelta(seconds=i * 86399 // n)).isoformat()
         out.writerow([
-            "cinetpay", f"TXN-{i:012X}", "succeeded", 5000, "XOF", f"acct-{i % 5000}", "depannage-monthly", 1,
+            "cinetpay", reference(i, shuffled), "succeeded", 5000, "XOF", f"acct-{i % 5000}", "depannage-monthly", 1,
             "{}", at, 5000, "XOF", at, "true", at, at, 0,
         ])  # fmt: skip
     buffer.seek(0)
@@ -76,7 +81,7 @@ def seed_payments(url: str, n: int) -> None:
     engine.dispose()
 
 
-def write_statement(path: Path, n: int) -> None:
+def write_statement(path: Path, n: int, shuffled: bool) -> None:
     start = datetime(2026, 11, 20)  # noqa: DTZ001 - CinetPay writes local (Abidjan) times without offset
     with path.open("w", newline="", encoding="utf-8") as handle:
         out = csv.writer(handle)
@@ -86,22 +91,25 @@ def write_statement(path: Path, n: int) -> None:
                 continue  # missing at the provider
             amount = 4000 if i % 100 == 3 else 5000
             at = (start + timedelta(seconds=i * 86399 // n)).strftime("%Y-%m-%d %H:%M:%S")
-            out.writerow([f"TXN-{i:012X}", f"OP{i}", at, amount, "XOF", 0, "ACCEPTED"])
+            out.writerow([reference(i, shuffled), f"OP{i}", at, amount, "XOF", 0, "ACCEPTED"])
             if i % 1000 == 11:
-                out.writerow([f"TXN-{i:012X}", f"OP{i}-DUP", at, amount, "XOF", 0, "ACCEPTED"])
+                out.writerow([reference(i, shuffled), f"OP{i}-DUP", at, amount, "XOF", 0, "ACCEPTED"])
         for j in range(500):
             out.writerow([f"TXN-UNKNOWN{j:06d}", f"OPX{j}", "2026-11-20 12:00:00", 5000, "XOF", 0, "ACCEPTED"])
 
 
-def _setup(url: str, n: int, statement: Path) -> None:
-    seed_payments(url, n)
-    write_statement(statement, n)
+def _setup(url: str, n: int, statement: Path, shuffled: bool) -> None:
+    seed_payments(url, n, shuffled)
+    write_statement(statement, n, shuffled)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--payments", type=int, default=1_000_000)
     parser.add_argument("--reports", action="store_true", help="also time writing the run's report files")
+    parser.add_argument(
+        "--random-references", action="store_true", help="references in no relation to time (B-trees work harder)"
+    )
     args = parser.parse_args()
     name = f"payrecon_scale_{secrets.token_hex(3)}"
     admin = create_engine(f"{PG_BASE}/postgres", isolation_level="AUTOCOMMIT")
@@ -114,7 +122,9 @@ def main() -> None:
             statement = Path(tmp) / "cinetpay-2026-11-20.csv"
             t = time.perf_counter()
             # Setup in a child process, so that this process's peak memory is the timed part's.
-            setup = multiprocessing.get_context("spawn").Process(target=_setup, args=(url, args.payments, statement))
+            setup = multiprocessing.get_context("spawn").Process(
+                target=_setup, args=(url, args.payments, statement, args.random_references)
+            )
             setup.start()
             setup.join()
             print(f"seeded {args.payments} payments and wrote the statement in {time.perf_counter() - t:.1f} s")

@@ -127,26 +127,39 @@ def classify_run(
 def heal(sessions: sessionmaker[Session], run_id: int, policy: Policy) -> int:
     """Settle what the provider has and we did not: the same idempotent path as a verified webhook."""
     with sessions() as session:
+        missing = (
+            select(ReconItem.reference)
+            .where(ReconItem.run_id == run_id, ReconItem.cls == ReconClass.MISSING_IN_LEDGER.value)
+            .scalar_subquery()
+        )
+        run = session.get(ReconRun, run_id)
+        assert run is not None  # noqa: S101
+        # When the provider says each was paid: one pass over the day's lines, not one per reference.
+        paid_at = dict(
+            session.execute(
+                select(StatementLine.reference, func.max(StatementLine.occurred_at))
+                .where(
+                    StatementLine.provider == run.provider,
+                    StatementLine.business_date == run.business_date,
+                    StatementLine.status == "succeeded",
+                    StatementLine.reference.in_(missing),
+                    statements.visible(),
+                )
+                .group_by(StatementLine.reference)
+            ).all()
+        )
         items = session.execute(
             select(ReconItem.id, ReconItem.reference, ReconItem.provider_amount, ReconItem.provider_currency,
-                   ReconItem.provider_txn_id, ReconRun.provider, ReconRun.business_date)
+                   ReconItem.provider_txn_id, ReconRun.provider)
             .join(ReconRun, ReconRun.id == ReconItem.run_id)
             .where(ReconItem.run_id == run_id, ReconItem.cls == ReconClass.MISSING_IN_LEDGER.value)
         ).all()  # fmt: skip
     healed = 0
-    for item_id, reference, amount, currency, txn_id, provider, day in items:
+    for item_id, reference, amount, currency, txn_id, provider in items:
         if reference is None:
             continue
+        occurred = paid_at.get(reference)
         with transaction(sessions) as session:
-            occurred = session.scalar(
-                select(func.max(StatementLine.occurred_at)).where(
-                    StatementLine.provider == provider,
-                    StatementLine.business_date == day,  # the run's lines: (provider, day, reference) index
-                    StatementLine.reference == reference,
-                    StatementLine.status == "succeeded",
-                    statements.visible(),
-                )
-            )
             answer = VerifiedStatus(
                 reference=reference,
                 outcome=Outcome.SUCCEEDED,

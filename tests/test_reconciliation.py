@@ -505,3 +505,15 @@ def test_a_refunded_payment_matches_a_refund_and_is_never_healed_back(rt: Runtim
     with rt.sessions() as session:
         statuses = dict(session.execute(select(Payment.reference, Payment.status)).all())
     assert statuses == {agreed: PaymentStatus.REFUNDED, disputed: PaymentStatus.REFUNDED}
+
+
+def test_a_healed_payment_is_paid_when_the_provider_says(rt: Runtime) -> None:
+    lost = new_reference()
+    payment(rt, lost, PaymentStatus.PENDING)
+    line(rt, lost, at=NOON + timedelta(hours=3))
+    line(rt, lost, "failed", at=NOON + timedelta(hours=1))  # an earlier attempt the provider refused
+    run_id = runs.reconcile_stored(rt.sessions, "cinetpay", DAY, policy(rt))
+    assert classes(rt, run_id) == {lost: "missing_in_ledger"}
+    with rt.sessions() as session:
+        healed = session.scalars(select(Payment).where(Payment.reference == lost)).one()
+    assert healed.status is PaymentStatus.SUCCEEDED and healed.paid_at == NOON + timedelta(hours=3)
