@@ -6,6 +6,7 @@ COPY worker ./worker
 COPY providers ./providers
 COPY reconciliation ./reconciliation
 COPY schemas ./schemas
-RUN pip install --no-cache-dir . && useradd --system --uid 10001 payrecon
+RUN pip install --no-cache-dir . && useradd --system --uid 10001 payrecon \
+    && mkdir -p /var/lib/payrecon/reports && chown payrecon /var/lib/payrecon/reports
 USER payrecon
 CMD ["payrecon", "--help"]

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
+from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import select
 
 from reconciliation.models import DeadLetter
+from reconciliation.statements import import_file
 from worker import pipeline, runtime, tasks
 from worker.runtime import Runtime
 
@@ -76,3 +80,18 @@ def test_each_internal_task_lands_in_its_own_queue_only() -> None:
         client.delete(*queues)
         client.close()
     assert depths == {"webhooks": 1, "verify": 1, "maintenance": 1}
+
+
+def test_a_queued_reconciliation_writes_its_reports_where_configured(
+    installed: Runtime, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """PAYRECON_REPORTS_DIR: the nightly runs leave finance their files, one folder per run."""
+    sample = Path(__file__).resolve().parent.parent / "docs" / "statements" / "cinetpay.csv"
+    with installed.sessions() as session, session.begin():
+        import_file(session, "cinetpay", sample, business_tz=installed.settings.timezone)
+    monkeypatch.setattr(installed, "settings", dataclasses.replace(installed.settings, reports_dir=tmp_path))
+    run_id = tasks.reconcile.apply(args=("cinetpay", "2026-11-21", "scheduled")).get()
+    folder = tmp_path / "cinetpay" / "2026-11-21" / f"run{run_id}"
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert sorted(p.suffix for p in folder.iterdir()) == [".csv", ".csv", ".html", ".json", ".json", ".xlsx"]
+    assert len(manifest["files"]) == 5

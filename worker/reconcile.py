@@ -16,6 +16,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import date, datetime, timedelta
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import delete, func, insert, select
@@ -194,6 +195,24 @@ def _status_checks(rt: Runtime, client: ProviderClient, day: date, start: dateti
             })  # fmt: skip
     _replace_lines(rt, provider, day, "status_api", lines)
     return len(lines), failures
+
+
+def write_reports(rt: Runtime, run_id: int) -> list[Path]:
+    """The run's report files and manifest into ``PAYRECON_REPORTS_DIR/<provider>/<day>/run<id>/``."""
+    from reconciliation import reports
+    from reconciliation.models import ReconRun
+
+    base = rt.settings.reports_dir
+    if base is None:
+        return []
+    with rt.sessions() as session:
+        run = session.get(ReconRun, run_id)
+        if run is None:
+            raise ValueError(f"no reconciliation run #{run_id}")
+        out = base / run.provider / run.business_date.isoformat() / f"run{run_id}"
+        files = reports.export_all(session, run_id, out)
+    log.info("reports of run %d written to %s", run_id, out, extra={"provider": run.provider})
+    return files
 
 
 def due_runs(rt: Runtime, today: date) -> list[tuple[str, date, str]]:

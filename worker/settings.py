@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from sqlalchemy.engine import make_url
@@ -115,6 +116,7 @@ class Settings:
     recon_at: tuple[int, int] = (2, 0)  # local time of the nightly reconciliation
     recon_reruns: tuple[int, ...] = (1, 3)  # re-runs at T+1 and T+3 for late entries
     recon_tolerance: int = 0  # amount tolerance in minor units (default exact)
+    reports_dir: Path | None = None  # where the reconcile task writes each run's report files
     fees_bps: dict[str, int | None] = field(default_factory=dict)  # expected fee per provider
     apps: tuple[AppSettings, ...] = ()
     event_retries: tuple[int, ...] = DEFAULT_EVENT_RETRIES
@@ -217,6 +219,7 @@ class Settings:
             recon_at=reader.clock("PAYRECON_RECON_AT", (2, 0)),
             recon_reruns=reader.schedule("PAYRECON_RECON_RERUNS", "days") or (1, 3),
             recon_tolerance=reader.integer("PAYRECON_RECON_TOLERANCE", 0, minimum=0),
+            reports_dir=Path(reports) if (reports := reader.text("PAYRECON_REPORTS_DIR")) else None,
             fees_bps={
                 provider: reader.integer(f"PAYRECON_FEES_{provider.upper()}", 0, minimum=0)
                 for provider in PROVIDERS

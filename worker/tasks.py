@@ -156,12 +156,18 @@ def expire_subscriptions() -> int:
 
 @app.task(name="payrecon.reconcile", time_limit=3 * 3600, soft_time_limit=3 * 3600 - 60)
 def reconcile(provider: str, day: str, trigger: str = "manual") -> int:
-    """Reconcile one provider's business day (ISO date) and store the run."""
+    """Reconcile one provider's business day (ISO date), store the run, and write its report files
+    when ``PAYRECON_REPORTS_DIR`` is set (a failure to write them fails the task; the run is kept and
+    ``payrecon report export`` writes them again)."""
     from datetime import date
 
     from worker.reconcile import reconcile as run
+    from worker.reconcile import write_reports
 
-    return run(runtime.get(), provider, date.fromisoformat(day), trigger=trigger)
+    rt = runtime.get()
+    run_id = run(rt, provider, date.fromisoformat(day), trigger=trigger)
+    write_reports(rt, run_id)
+    return run_id
 
 
 @app.task(name="payrecon.nightly_reconciliation")
