@@ -16,7 +16,9 @@ string cells (never formulas), with a leading ``'`` when it starts with ``= + - 
 without the control characters XML cannot hold.
 
 Excel allows ``max_rows`` rows per sheet (1,048,576, header included). When All lines would
-exceed it, the sheet is left out and Summary says so; if Exceptions alone exceeds it, it is cut
+exceed it, or more than ``all_lines_max`` items (``reports.XLSX_ALL_LINES``, 100,000: a
+million-row sheet takes minutes to write and is barely usable), the sheet is left out and
+Summary says so; if Exceptions alone exceeds it, it is cut
 with a last row saying how many were left out.
 """
 
@@ -156,9 +158,11 @@ def write_xlsx(
     all_items: ItemSource,
     *,
     max_rows: int,
+    all_lines_max: int | None = None,
 ) -> None:
     """Write the workbook to ``path``. ``summ`` is ``reports.summary()``; ``exceptions`` and
-    ``all_items`` stream items, at most the number given (``None``: all)."""
+    ``all_items`` stream items, at most the number given (``None``: all). ``all_lines_max``: above
+    this many items the All lines sheet is left out (with a note), though Excel could hold it."""
     counts = summ["counts"]
     data_rows = max_rows - 1  # the header takes one
     notes: list[str] = []
@@ -167,6 +171,12 @@ def write_xlsx(
         notes.append(
             f"Sheet 'All lines' left out: {counts['items']:,} items exceed Excel's {max_rows:,} rows per sheet. "
             "Every item is in the CSV and JSON reports."
+        )
+    elif all_lines_max is not None and counts["items"] > all_lines_max:
+        write_all = False
+        notes.append(
+            f"Sheet 'All lines' left out: {counts['items']:,} items, more than the {all_lines_max:,} a workbook "
+            "stays quick to write and to open with. Every item is in the CSV and JSON reports."
         )
     exception_limit: int | None = None
     if counts["exceptions"] > data_rows:

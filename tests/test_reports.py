@@ -588,3 +588,21 @@ def test_unknown_run_and_format(rt: Runtime, tmp_path: Path) -> None:
             reports.summary(session, 999_999)
         with pytest.raises(ValueError, match="unknown report format"):
             reports.export(session, 1, "pdf", tmp_path)
+
+
+def test_xlsx_leaves_all_lines_out_above_its_size_limit(
+    rt: Runtime, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    clean(rt)
+    run_id = make_run(rt, [item("matched", f"REF-{i:02d}", "XOF", 5, 5) for i in range(4)])
+    monkeypatch.setattr(reports, "XLSX_ALL_LINES", 3)
+    with rt.sessions() as session:
+        path = reports.export(session, run_id, "xlsx", tmp_path)
+    wb = openpyxl.load_workbook(path)
+    assert wb.sheetnames == ["Summary", "Exceptions", "Payouts"]
+    notes = [str(r[0].value) for r in wb["Summary"].iter_rows() if str(r[0].value).startswith("Note:")]
+    assert len(notes) == 1 and "4 items, more than the 3" in notes[0] and "CSV" in notes[0]
+    monkeypatch.setattr(reports, "XLSX_ALL_LINES", 4)
+    with rt.sessions() as session:
+        path = reports.export(session, run_id, "xlsx", tmp_path / "kept")
+    assert openpyxl.load_workbook(path).sheetnames == ["Summary", "Exceptions", "Payouts", "All lines"]
