@@ -75,7 +75,7 @@ import hashlib
 import json
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -415,12 +415,16 @@ def csv_row(run: ReconRun, item: ItemRow) -> list[str | int]:
     ]
 
 
-def _write_csv(session: Session, run: ReconRun, path: Path) -> None:
+def _csv_file(path: Path, header: Sequence[str], rows: Iterable[Sequence[str | int]]) -> None:
+    """RFC 4180: UTF-8 without BOM, CRLF, the header row always; rows are streamed."""
     with path.open("w", encoding="utf-8", newline="") as fh:
         writer = csv.writer(fh, lineterminator="\r\n")
-        writer.writerow(CSV_COLUMNS)
-        for item in iter_items(session, run.id):
-            writer.writerow(csv_row(run, item))
+        writer.writerow(header)
+        writer.writerows(rows)
+
+
+def _write_csv(session: Session, run: ReconRun, path: Path) -> None:
+    _csv_file(path, CSV_COLUMNS, (csv_row(run, item) for item in iter_items(session, run.id)))
 
 
 def payout_csv_row(run: ReconRun, payout: dict[str, Any]) -> list[str | int]:
@@ -451,11 +455,7 @@ def payout_csv_row(run: ReconRun, payout: dict[str, Any]) -> list[str | int]:
 
 
 def _write_payouts_csv(session: Session, run: ReconRun, path: Path) -> None:
-    with path.open("w", encoding="utf-8", newline="") as fh:
-        writer = csv.writer(fh, lineterminator="\r\n")
-        writer.writerow(PAYOUT_CSV_COLUMNS)
-        for payout in payouts(session, run.id):
-            writer.writerow(payout_csv_row(run, payout))
+    _csv_file(path, PAYOUT_CSV_COLUMNS, (payout_csv_row(run, payout) for payout in payouts(session, run.id)))
 
 
 def payout_json(payout: dict[str, Any]) -> dict[str, Any]:

@@ -211,22 +211,24 @@ def write_xlsx(
     wb.save(path)
 
 
+def _total_row(ws: Any, total: dict[str, Any], keys: tuple[str, str, str], amounts: tuple[str, ...]) -> list[Any]:
+    """A Summary row: currency, a label, two counts, then ``<amount>_total_minor`` money cells."""
+    label, first, second = keys
+    currency = total["currency"]
+    return [
+        _text(ws, currency),
+        _text(ws, total[label]),
+        _int(ws, total[first]),
+        _int(ws, total[second]),
+        *(_money(ws, total[f"{name}_total_minor"], currency) for name in amounts),
+    ]
+
+
 def _write_summary(wb: Any, summ: dict[str, Any], notes: list[str]) -> None:
     ws = _sheet(wb, "Summary", SUMMARY_COLUMNS)
     totals = summ["totals"]
     for total in totals:
-        currency = total["currency"]
-        ws.append(
-            [
-                _text(ws, currency),
-                _text(ws, total["class"]),
-                _int(ws, total["count"]),
-                _int(ws, total["healed"]),
-                _money(ws, total["internal_total_minor"], currency),
-                _money(ws, total["provider_total_minor"], currency),
-                _money(ws, total["fee_total_minor"], currency),
-            ]
-        )
+        ws.append(_total_row(ws, total, ("class", "count", "healed"), ("internal", "provider", "fee")))
     _filter(ws, len(SUMMARY_COLUMNS), len(totals) + 1)
     ws.append([])
     header = []
@@ -236,18 +238,7 @@ def _write_summary(wb: Any, summ: dict[str, Any], notes: list[str]) -> None:
         header.append(cell)
     ws.append(header)
     for total in payout_totals(summ["payouts"]):
-        currency = total["currency"]
-        ws.append(
-            [
-                _text(ws, currency),
-                _text(ws, total["status"]),
-                _int(ws, total["count"]),
-                _int(ws, total["posted"]),
-                _money(ws, total["payout_total_minor"], currency),
-                _money(ws, total["settled_net_total_minor"], currency),
-                _money(ws, total["difference_total_minor"], currency),
-            ]
-        )
+        ws.append(_total_row(ws, total, ("status", "count", "posted"), ("payout", "settled_net", "difference")))
     if not summ["payouts"]:
         ws.append([_text(ws, "no payout reported for this day")])
     ws.append([])
