@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -198,3 +199,27 @@ def test_the_bulk_tables_take_their_ids_a_thousand_at_a_time(rt: Runtime) -> Non
         )
     assert caches["statement_lines_id_seq"] == caches["recon_items_id_seq"] == 1000
     assert caches["payments_id_seq"] == 1  # the others keep PostgreSQL's default
+
+
+def test_a_run_takes_the_lines_of_its_business_day_in_a_zone_that_is_not_utc(rt: Runtime, tmp_path: Path) -> None:
+    """Lines on both sides of Lagos midnight (UTC+1): the statement's day is Lagos's, as the payments' is."""
+    from tests.test_reconciliation import DAY, classes, payment, policy
+
+    lagos = ZoneInfo("Africa/Lagos")
+    times = {
+        "before": datetime(2026, 11, 19, 22, 59, tzinfo=UTC),  # 23:59 on the 19th in Lagos
+        "inside": datetime(2026, 11, 19, 23, 1, tzinfo=UTC),  # 00:01 on the 20th
+        "after": datetime(2026, 11, 20, 23, 1, tzinfo=UTC),  # 00:01 on the 21st
+    }
+    refs = {name: new_reference() for name in times}
+    rows = ["transaction_id,operator_id,payment_date,amount,currency,fees,status"]
+    for name, at in times.items():
+        payment(rt, refs[name], PaymentStatus.SUCCEEDED, at=at)
+        rows.append(f"{refs[name]},OP-{name},{at:%Y-%m-%d %H:%M:%S},5000,XOF,0,ACCEPTED")  # Abidjan: UTC
+    path = tmp_path / "cinetpay.csv"
+    path.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    with rt.sessions() as session, session.begin():
+        imported = import_file(session, "cinetpay", path, business_tz=lagos)
+    assert imported.days == (date(2026, 11, 19), date(2026, 11, 20), date(2026, 11, 21))
+    run_id = runs.reconcile_stored(rt.sessions, "cinetpay", DAY, policy(rt, tz=lagos))
+    assert classes(rt, run_id) == {refs["inside"]: "matched"}
