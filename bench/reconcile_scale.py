@@ -8,7 +8,8 @@ Builds a throwaway PostgreSQL database with N succeeded CinetPay payments of one
 ``payrecon statements import`` (COPY to a stage, one optimistic convert-and-insert in two sessions)
 and the set-based classification of the day (two sessions). ``--reports`` also times writing the
 run's report files (not part of the goal). Peak memory (max RSS) is printed so that runs of
-different sizes can be compared. Needs PostgreSQL as for the tests (PAYRECON_TEST_PG).
+different sizes can be compared. ``--fees``: the provider takes 50 XOF a payment, and posting the
+fees to the ledger is timed too (not part of the goal). Needs PostgreSQL as for the tests (PAYRECON_TEST_PG).
 """
 
 from __future__ import annotations
@@ -81,7 +82,7 @@ def seed_payments(url: str, n: int, shuffled: bool) -> None:
     engine.dispose()
 
 
-def write_statement(path: Path, n: int, shuffled: bool) -> None:
+def write_statement(path: Path, n: int, shuffled: bool, fee: int = 0) -> None:
     start = datetime(2026, 11, 20)  # noqa: DTZ001 - CinetPay writes local (Abidjan) times without offset
     with path.open("w", newline="", encoding="utf-8") as handle:
         out = csv.writer(handle)
@@ -91,22 +92,25 @@ def write_statement(path: Path, n: int, shuffled: bool) -> None:
                 continue  # missing at the provider
             amount = 4000 if i % 100 == 3 else 5000
             at = (start + timedelta(seconds=i * 86399 // n)).strftime("%Y-%m-%d %H:%M:%S")
-            out.writerow([reference(i, shuffled), f"OP{i}", at, amount, "XOF", 0, "ACCEPTED"])
+            out.writerow([reference(i, shuffled), f"OP{i}", at, amount, "XOF", fee, "ACCEPTED"])
             if i % 1000 == 11:
-                out.writerow([reference(i, shuffled), f"OP{i}-DUP", at, amount, "XOF", 0, "ACCEPTED"])
+                out.writerow([reference(i, shuffled), f"OP{i}-DUP", at, amount, "XOF", fee, "ACCEPTED"])
         for j in range(500):
             out.writerow([f"TXN-UNKNOWN{j:06d}", f"OPX{j}", "2026-11-20 12:00:00", 5000, "XOF", 0, "ACCEPTED"])
 
 
-def _setup(url: str, n: int, statement: Path, shuffled: bool) -> None:
+def _setup(url: str, n: int, statement: Path, shuffled: bool, fee: int) -> None:
     seed_payments(url, n, shuffled)
-    write_statement(statement, n, shuffled)
+    write_statement(statement, n, shuffled, fee)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--payments", type=int, default=1_000_000)
     parser.add_argument("--reports", action="store_true", help="also time writing the run's report files")
+    parser.add_argument(
+        "--fees", action="store_true", help="the provider takes 50 XOF a payment: also time posting the fees"
+    )
     parser.add_argument(
         "--random-references", action="store_true", help="references in no relation to time (B-trees work harder)"
     )
@@ -123,7 +127,7 @@ def main() -> None:
             t = time.perf_counter()
             # Setup in a child process, so that this process's peak memory is the timed part's.
             setup = multiprocessing.get_context("spawn").Process(
-                target=_setup, args=(url, args.payments, statement, args.random_references)
+                target=_setup, args=(url, args.payments, statement, args.random_references, 50 if args.fees else 0)
             )
             setup.start()
             setup.join()
@@ -153,6 +157,11 @@ def main() -> None:
             f"total: {done - started:.2f} s; peak memory {max_rss_mib():.0f} MiB (before the timed part {rss0:.0f} MiB)"
         )
         print(f"classes: {dict(sorted(counts.items()))}")
+        if args.fees:
+            started_fees = time.perf_counter()
+            journals = runs.post_fees(sessions, run_id)
+            print(f"fees posted ({journals} journals): {time.perf_counter() - started_fees:.2f} s; "
+                  f"peak memory {max_rss_mib():.0f} MiB")  # fmt: skip
         if args.reports:
             from reconciliation import reports
 

@@ -8,12 +8,15 @@ customer gets the subscription and the payment is flagged.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
+from typing import Any
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import func, or_, select
+from sqlalchemy import insert as sa_insert
 from sqlalchemy.orm import Session, sessionmaker
 
 from providers.base import Outcome, VerifiedStatus
@@ -22,6 +25,7 @@ from reconciliation.db import transaction
 from reconciliation.dialect import insert
 from reconciliation.matching import Window, classify, match_payouts
 from reconciliation.models import (
+    Entry,
     FlagKind,
     Journal,
     Payment,
@@ -216,40 +220,89 @@ def apply_refunds(sessions: sessionmaker[Session], run_id: int, policy: Policy) 
     return len(items)
 
 
+#: Fee journals posted per transaction: a 1,000,000-payment day is 200 transactions, not a million.
+FEE_CHUNK = 5_000
+
+
 def post_fees(sessions: sessionmaker[Session], run_id: int) -> int:
-    """Post each matched payment's provider fee to ``fees:<provider>``, once per payment."""
+    """Post each matched payment's provider fee to ``fees:<provider>``, once per payment; returns how many.
+
+    One journal per payment (Dr ``fees:<provider>`` / Cr provider clearing), written a chunk at a
+    time: the chunk's payments locked in id order (a refund holds the same lock), then its journals
+    inserted with ``ON CONFLICT DO NOTHING`` on the (payment, kind) key, so a journal the key
+    refuses was posted before. Only payments still settled as paid: a refund reversed the journals
+    of its payment already, and a fee posted after it would stay unreversed.
+    """
     with sessions() as session:
-        rows = session.execute(
-            select(ReconItem.payment_id, ReconItem.fee, ReconItem.provider_currency, ReconRun.provider)
-            .join(ReconRun, ReconRun.id == ReconItem.run_id)
-            .where(
-                ReconItem.run_id == run_id,
-                ReconItem.fee > 0,
-                ReconItem.payment_id.is_not(None),
-                or_(
-                    ReconItem.cls.in_([ReconClass.MATCHED.value, ReconClass.FEE_VARIANCE.value]),
-                    ReconItem.healed.is_(True),  # a lost webhook, settled now: the provider took its fee
-                ),
-                ~select(Journal.id).where(Journal.payment_id == ReconItem.payment_id, Journal.kind == FEE).exists(),
-            )
-        ).all()
-    posted = 0
-    for payment_id, fee, currency, provider in rows:
-        if fee is None or currency is None:
-            continue
+        run = session.get(ReconRun, run_id)
+        assert run is not None  # noqa: S101
+        provider = run.provider
+    posted, after = 0, 0
+    while True:
         with transaction(sessions) as session:
-            locked = session.scalars(select(Payment).where(Payment.id == payment_id).with_for_update()).one()
-            if payments.journal(session, locked, FEE) is not None:
-                continue
-            ledger.post(
-                session,
-                ledger.transfer(ledger.fees(provider), ledger.clearing(provider), fee, currency),
-                kind=FEE,
-                payment_id=locked.id,
-                memo=f"{provider} fee on {locked.reference} (run {run_id})",
-            )
-            posted += 1
-    return posted
+            chunk = session.execute(
+                select(ReconItem.id, ReconItem.payment_id, ReconItem.fee, ReconItem.provider_currency,
+                       ReconItem.reference)
+                .where(
+                    ReconItem.run_id == run_id,
+                    ReconItem.id > after,
+                    ReconItem.fee > 0,
+                    ReconItem.payment_id.is_not(None),
+                    ReconItem.provider_currency.is_not(None),
+                    or_(
+                        ReconItem.cls.in_([ReconClass.MATCHED.value, ReconClass.FEE_VARIANCE.value]),
+                        ReconItem.healed.is_(True),  # a lost webhook, settled now: the provider took its fee
+                    ),
+                )
+                .order_by(ReconItem.id)
+                .limit(FEE_CHUNK)
+            ).all()  # fmt: skip
+            if not chunk:
+                return posted
+            after = chunk[-1].id
+            posted += _post_fee_chunk(session, run_id, provider, chunk)
+
+
+def _post_fee_chunk(session: Session, run_id: int, provider: str, chunk: Sequence[Any]) -> int:
+    paid = set(
+        session.scalars(
+            select(Payment.id)
+            .where(Payment.id.in_([row.payment_id for row in chunk]), Payment.status == PaymentStatus.SUCCEEDED)
+            .order_by(Payment.id)
+            .with_for_update()
+        )
+    )
+    rows = [row for row in chunk if row.payment_id in paid]
+    if not rows:
+        return 0
+    journals = dict(
+        session.execute(
+            insert(session, Journal)
+            .values([
+                {"payment_id": row.payment_id, "kind": FEE, "memo": f"{provider} fee on {row.reference} (run {run_id})"}
+                for row in rows
+            ])
+            .on_conflict_do_nothing(index_elements=["payment_id", "kind"])
+            .returning(Journal.payment_id, Journal.id)
+        ).all()
+    )  # fmt: skip
+    accounts: dict[tuple[str, str], int] = {}
+
+    def account(code: str, currency: str) -> int:
+        if (code, currency) not in accounts:
+            accounts[code, currency] = ledger.account_id(session, code, currency)
+        return accounts[code, currency]
+
+    entries = [
+        {"journal_id": journals[row.payment_id], "account_id": account(code, row.provider_currency), "side": side,
+         "amount": row.fee, "currency": row.provider_currency}
+        for row in rows
+        if row.payment_id in journals
+        for code, side in ((ledger.fees(provider), ledger.DEBIT), (ledger.clearing(provider), ledger.CREDIT))
+    ]  # fmt: skip
+    if entries:
+        session.execute(sa_insert(Entry), entries)
+    return len(journals)
 
 
 def post_payouts(sessions: sessionmaker[Session], run_id: int) -> int:

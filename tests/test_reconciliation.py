@@ -517,3 +517,30 @@ def test_a_healed_payment_is_paid_when_the_provider_says(rt: Runtime) -> None:
     with rt.sessions() as session:
         healed = session.scalars(select(Payment).where(Payment.reference == lost)).one()
     assert healed.status is PaymentStatus.SUCCEEDED and healed.paid_at == NOON + timedelta(hours=3)
+
+
+def test_fees_are_posted_once_per_settled_payment_a_chunk_at_a_time(
+    rt: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(runs, "FEE_CHUNK", 2)  # three chunks for five items
+    paid = [new_reference() for _ in range(4)]
+    refunded = new_reference()
+    for n, ref in enumerate(paid):
+        payment(rt, ref, PaymentStatus.SUCCEEDED)
+        line(rt, ref, fee=100 + n)
+    payment(rt, refunded, PaymentStatus.REFUNDED)
+    line(rt, refunded, "refunded", fee=100)  # matched, but a refund reversed its journals: no fee after it
+    first = runs.reconcile_stored(rt.sessions, "cinetpay", DAY, policy(rt))
+    runs.reconcile_stored(rt.sessions, "cinetpay", DAY, policy(rt))  # a re-run posts nothing again
+    assert runs.post_fees(rt.sessions, first) == 0  # nor does posting the first run's fees twice
+    with rt.sessions() as session:
+        fees = session.execute(
+            select(Payment.reference, Journal.memo)
+            .join(Journal, Journal.payment_id == Payment.id)
+            .where(Journal.kind == runs.FEE)
+            .order_by(Payment.reference)
+        ).all()
+        balances = {(b.account, b.currency): b.balance for b in ledger.balances(session)}
+    assert [ref for ref, _ in fees] == sorted(paid)
+    assert all(memo.startswith("cinetpay fee on ") and memo.endswith(f"(run {first})") for _, memo in fees)
+    assert balances[("fees:cinetpay", "XOF")] == 100 + 101 + 102 + 103
