@@ -300,3 +300,16 @@ def test_reconcile_says_what_is_missing(rt: Runtime, cli_env: dict[str, str]) ->
     assert every.exit_code == 1 and f"nothing to reconcile for {day}" in every.output
     with rt.sessions() as session:
         assert session.scalar(select(func.count()).select_from(ReconRun)) == 0  # no run was opened
+
+
+def test_reconcile_exits_1_when_the_provider_did_not_answer(
+    rt: Runtime, sandbox: SandboxClient, cli_env: dict[str, str]
+) -> None:
+    """A run whose status checks got no answer is kept, marked failed, and the command says so."""
+    ref = new_reference()
+    pipeline.register_payment(rt, registration(ref))
+    sandbox.create_cinetpay(ref, 5000, faults=[{"status": 503}] * 12)  # every attempt of the check fails
+    day = datetime.now(rt.settings.timezone).date().isoformat()
+    result = CliRunner().invoke(main, ["reconcile", "--provider", "cinetpay", "--date", day, "--json"], env=cli_env)
+    assert result.exit_code == 1, result.output
+    assert '"status": "failed"' in result.output and "got no answer" in result.output
