@@ -56,6 +56,7 @@ class Policy:
     tolerance: int = 0
     fee_bps: int | None = None
     recheck: payments.RecheckPolicy | None = None
+    sessions: int = 2  # PostgreSQL sessions that classify a day side by side (PAYRECON_RECON_SESSIONS)
 
 
 def start(sessions: sessionmaker[Session], provider: str, day: date, policy: Policy, trigger: str) -> int:
@@ -82,20 +83,17 @@ def start(sessions: sessionmaker[Session], provider: str, day: date, policy: Pol
         return run.id
 
 
-#: Sessions that classify one day side by side on PostgreSQL, each a share of the references:
-#: the classifying join and the writing of its items are CPU-bound in one backend each.
-PARALLEL_SESSIONS = 2
-
-
 def classify_run(
     sessions: sessionmaker[Session],
     run_id: int,
     policy: Policy,
     *,
     now: datetime | None = None,
-    parallel: int = PARALLEL_SESSIONS,
+    parallel: int | None = None,
 ) -> int:
-    """Classify the run's day (set-based, in ``parallel`` sessions on PostgreSQL); returns the number of items.
+    """Classify the run's day (set-based, in ``parallel`` sessions on PostgreSQL, by default the
+    policy's: the classifying join and the writing of its items are CPU-bound in one backend
+    each); returns the number of items.
 
     Each share commits on its own: until ``finish`` the run is ``running``, and a run that fails
     part-way is closed ``failed`` (its items are then incomplete, and a re-run redoes the day).
@@ -118,6 +116,7 @@ def classify_run(
         with transaction(sessions) as session:
             return classify(session, run_id, window, day, part)
 
+    parallel = policy.sessions if parallel is None else parallel
     if postgres and parallel > 1:
         with ThreadPoolExecutor(parallel, thread_name_prefix="classify") as pool:
             items = sum(pool.map(share, [(k, parallel) for k in range(parallel)]))

@@ -110,8 +110,13 @@ class Imported:
     days: tuple[date, ...]
 
 
-def import_file(session: Session, provider: str, path: Path, *, business_tz: ZoneInfo) -> Imported:
-    """Import a statement file in the caller's transaction (roll back on ``StatementError``)."""
+def import_file(
+    session: Session, provider: str, path: Path, *, business_tz: ZoneInfo, sessions: int | None = None
+) -> Imported:
+    """Import a statement file in the caller's transaction (roll back on ``StatementError``).
+
+    ``sessions``: on PostgreSQL, how many sessions load a large file side by side (default
+    ``statements_pg.WORKERS``)."""
     mapping = MAPPINGS.get(provider)
     if mapping is None:
         raise StatementError(f"no statement mapping for provider {provider!r}; known: {', '.join(MAPPINGS)}")
@@ -128,8 +133,9 @@ def import_file(session: Session, provider: str, path: Path, *, business_tz: Zon
 
         try:
             rows, errors, days = import_copy(
-                session, path, mapping, provider=provider, import_id=record.id, business_tz=business_tz
-            )
+                session, path, mapping, provider=provider, import_id=record.id, business_tz=business_tz,
+                workers=sessions,
+            )  # fmt: skip
         except LayoutError:
             pass  # a row COPY cannot even split: the streamed path below lists every bad row
         else:

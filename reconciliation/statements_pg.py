@@ -65,12 +65,19 @@ def _lock_key(import_id: int) -> int:
 
 
 def import_copy(
-    session: Session, path: Path, mapping: Mapping, *, provider: str, import_id: int, business_tz: ZoneInfo
+    session: Session,
+    path: Path,
+    mapping: Mapping,
+    *,
+    provider: str,
+    import_id: int,
+    business_tz: ZoneInfo,
+    workers: int | None = None,
 ) -> tuple[int, list[tuple[int, str]], tuple[date, ...]]:
     """(rows inserted, errors, business days). Nothing is inserted when there are errors.
 
     The file is staged in an unlogged table that side sessions can read (``payrecon_stage_<import
-    id>``). A large file is loaded by ``WORKERS`` sessions side by side, each committing its range
+    id>``). A large file is loaded by ``workers`` sessions side by side (default ``WORKERS``), each committing its range
     of lines: those lines carry the import's id and stay invisible to every reader until the
     import row itself commits with the caller's transaction (``VISIBLE``). The stage table is
     dropped in that same transaction, so a stage table left behind marks a load that never
@@ -107,8 +114,9 @@ def import_copy(
     params = {"provider": provider, "business_tz": str(business_tz), "import_id": import_id, "file_tz": mapping.tz}
     raw = ", ".join(f"s.c{i}" for i in range(len(names)))
     sql = _fast_sql(stage, col=col, fee=fee, payout=payout, raw=raw, currencies=currencies, statuses=statuses)
-    if staged >= PARALLEL_FROM and WORKERS > 1:
-        fast = _load_side_by_side(engine, sql, params, staged)
+    workers = WORKERS if workers is None else workers
+    if staged >= PARALLEL_FROM and workers > 1:
+        fast = _load_side_by_side(engine, sql, params, staged, workers)
     else:
         fast = _fast_insert(cursor, sql, params)
     if fast is not None:
@@ -247,13 +255,15 @@ def _sweep(side: Any, current: int) -> None:
     side.commit()
 
 
-def _load_side_by_side(engine: Any, sql: str, params: dict[str, Any], staged: int) -> dict[date, int] | None:
-    """The optimistic load in ``WORKERS`` sessions, a range of lines each; all commit, or none does."""
-    step = staged // WORKERS + 1
-    ranges = [(k * step + 1, (k + 1) * step) for k in range(WORKERS)]
+def _load_side_by_side(
+    engine: Any, sql: str, params: dict[str, Any], staged: int, workers: int
+) -> dict[date, int] | None:
+    """The optimistic load in ``workers`` sessions, a range of lines each; all commit, or none does."""
+    step = staged // workers + 1
+    ranges = [(k * step + 1, (k + 1) * step) for k in range(workers)]
     connections = [engine.raw_connection() for _ in ranges]
     try:
-        with ThreadPoolExecutor(WORKERS, thread_name_prefix="statement-load") as pool:
+        with ThreadPoolExecutor(workers, thread_name_prefix="statement-load") as pool:
             results = list(
                 pool.map(
                     lambda job: _fast_insert(job[0].cursor(), sql, {**params, "lo": job[1][0], "hi": job[1][1]}),

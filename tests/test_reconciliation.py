@@ -74,7 +74,9 @@ def classes(rt: Runtime, run_id: int) -> dict[str | None, str]:
         return dict(session.execute(select(ReconItem.reference, ReconItem.cls).where(ReconItem.run_id == run_id)).all())
 
 
-def test_every_class(rt: Runtime) -> None:
+@pytest.mark.parametrize("sessions", [2, 1, 3])
+def test_every_class(rt: Runtime, sessions: int) -> None:
+    """Classified side by side in ``sessions`` shares of the references, or in one: the same classes."""
     refs = {name: new_reference() for name in (
         "matched", "lost", "unknown", "missing_at_provider", "amount", "currency", "status", "duplicate",
         "fee", "sla", "failed_both")}  # fmt: skip
@@ -98,7 +100,7 @@ def test_every_class(rt: Runtime) -> None:
     payment(rt, refs["sla"], PaymentStatus.PENDING, at=NOON - timedelta(hours=2))
     payment(rt, refs["failed_both"], PaymentStatus.FAILED)
     line(rt, refs["failed_both"], "failed")
-    run_id = runs.reconcile_stored(rt.sessions, "cinetpay", DAY, policy(rt, fee_bps=100))
+    run_id = runs.reconcile_stored(rt.sessions, "cinetpay", DAY, policy(rt, fee_bps=100, sessions=sessions))
     assert classes(rt, run_id) == {
         refs["matched"]: "matched", refs["lost"]: "missing_in_ledger", refs["unknown"]: "missing_in_ledger",
         refs["missing_at_provider"]: "missing_at_provider", refs["amount"]: "amount_mismatch",

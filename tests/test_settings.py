@@ -133,6 +133,7 @@ def test_readme_shows_the_trust_profiles_as_they_are() -> None:
         ({"PAYRECON_RECON_AT": "25:00"}, "PAYRECON_RECON_AT must be a local time HH:MM"),
         ({"PAYRECON_RECON_RERUNS": "one"}, "PAYRECON_RECON_RERUNS must be comma-separated positive days"),
         ({"PAYRECON_FEES_WAVE": "-1"}, "PAYRECON_FEES_WAVE must be >= 0"),
+        ({"PAYRECON_RECON_SESSIONS": "0"}, "PAYRECON_RECON_SESSIONS must be >= 1"),
     ],
 )
 def test_reconciliation_settings_errors(env: dict[str, str], message: str) -> None:
@@ -143,5 +144,8 @@ def test_reconciliation_settings_errors(env: dict[str, str], message: str) -> No
 
 def test_reconciliation_settings() -> None:
     s = Settings.from_env({**BASE, "PAYRECON_RECON_AT": "03:30", "PAYRECON_RECON_RERUNS": "2,7",
-                           "PAYRECON_FEES_WAVE": "150", "PAYRECON_RECON_TOLERANCE": "5"})  # fmt: skip
+                           "PAYRECON_FEES_WAVE": "150", "PAYRECON_RECON_TOLERANCE": "5",
+                           "PAYRECON_RECON_SESSIONS": "4", "PAYRECON_REPORTS_DIR": "/srv/reports"})  # fmt: skip
     assert (s.recon_at, s.recon_reruns, s.fees_bps, s.recon_tolerance) == ((3, 30), (2, 7), {"wave": 150}, 5)
+    assert (s.recon_sessions, str(s.reports_dir)) == (4, "/srv/reports")
+    assert (Settings.from_env(BASE).recon_sessions, Settings.from_env(BASE).reports_dir) == (2, None)

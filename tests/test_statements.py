@@ -46,14 +46,13 @@ def _forget(rt: Runtime, provider: str) -> None:
         session.execute(delete(StatementImport).where(StatementImport.provider == provider))
 
 
-@pytest.mark.parametrize("side_by_side", [False, True])
+@pytest.mark.parametrize("sessions", [1, 2, 3])
 @pytest.mark.parametrize("provider", ["cinetpay", "mtn_momo", "orange_money", "wave", "tricky"])
 def test_optimistic_and_strict_paths_store_the_same_lines(
-    rt: Runtime, provider: str, side_by_side: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    rt: Runtime, provider: str, sessions: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """One session or ``WORKERS`` side by side (a large file), the optimistic path stores what the strict one does."""
-    if side_by_side:
-        monkeypatch.setattr(statements_pg, "PARALLEL_FROM", 1)
+    """One session or several side by side (as for a large file): the optimistic path stores what the strict does."""
+    monkeypatch.setattr(statements_pg, "PARALLEL_FROM", 1)
     path = ROOT / "docs" / "statements" / f"{provider}.csv"
     if provider == "tricky":
         provider, path = "cinetpay", tmp_path / "cinetpay.csv"
@@ -68,8 +67,8 @@ def test_optimistic_and_strict_paths_store_the_same_lines(
 
     monkeypatch.setattr(statements_pg, "_fast_insert", spy)
     with rt.sessions() as session, session.begin():
-        fast = import_file(session, provider, path, business_tz=TZ)
-    assert taken == [True] * (statements_pg.WORKERS if side_by_side else 1)  # a good file: the optimistic path
+        fast = import_file(session, provider, path, business_tz=TZ, sessions=sessions)
+    assert taken == [True] * sessions  # a good file: the optimistic path, in each session
     fast_lines = _stored(rt, provider)
     _forget(rt, provider)
     monkeypatch.setattr(statements_pg, "_fast_insert", lambda *a, **k: None)

@@ -318,7 +318,9 @@ def statements_import(provider: str, file: Path) -> None:
 
     try:
         with transaction(_sessions(settings)) as session:
-            result = import_file(session, provider, file, business_tz=settings.timezone)
+            result = import_file(
+                session, provider, file, business_tz=settings.timezone, sessions=settings.recon_sessions
+            )
     except StatementError as exc:
         _fail(str(exc))
     days = ", ".join(d.isoformat() for d in result.days)

@@ -46,6 +46,7 @@ def policy(rt: Runtime, provider: str) -> runs.Policy:
         tolerance=settings.recon_tolerance,
         fee_bps=settings.fees_bps.get(provider, DEFAULT_FEES_BPS.get(provider)),
         recheck=rt.context(provider).policy,
+        sessions=settings.recon_sessions,
     )
 
 

@@ -117,6 +117,7 @@ class Settings:
     recon_reruns: tuple[int, ...] = (1, 3)  # re-runs at T+1 and T+3 for late entries
     recon_tolerance: int = 0  # amount tolerance in minor units (default exact)
     reports_dir: Path | None = None  # where the reconcile task writes each run's report files
+    recon_sessions: int = 2  # PostgreSQL sessions side by side for a large statement import or a run
     fees_bps: dict[str, int | None] = field(default_factory=dict)  # expected fee per provider
     apps: tuple[AppSettings, ...] = ()
     event_retries: tuple[int, ...] = DEFAULT_EVENT_RETRIES
@@ -220,6 +221,7 @@ class Settings:
             recon_reruns=reader.schedule("PAYRECON_RECON_RERUNS", "days") or (1, 3),
             recon_tolerance=reader.integer("PAYRECON_RECON_TOLERANCE", 0, minimum=0),
             reports_dir=Path(reports) if (reports := reader.text("PAYRECON_REPORTS_DIR")) else None,
+            recon_sessions=reader.integer("PAYRECON_RECON_SESSIONS", 2, minimum=1),
             fees_bps={
                 provider: reader.integer(f"PAYRECON_FEES_{provider.upper()}", 0, minimum=0)
                 for provider in PROVIDERS
