@@ -15,7 +15,7 @@ from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import func, or_, select, text
 from sqlalchemy import insert as sa_insert
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -112,18 +112,27 @@ def classify_run(
         )
         postgres = session.get_bind().dialect.name == "postgresql"
 
-    def share(part: tuple[int, int] | None) -> int:
-        with transaction(sessions) as session:
-            return classify(session, run_id, window, day, part)
-
     parallel = policy.sessions if parallel is None else parallel
-    if postgres and parallel > 1:
+    if not (postgres and parallel > 1):
+        with transaction(sessions) as session:
+            items = classify(session, run_id, window, day)
+            match_payouts(session, run_id, window, day)
+        return items
+    # Every share sees the same database: the snapshot of one coordinating transaction, exported to
+    # the others (an import committing meanwhile must count for every reference or for none).
+    with transaction(sessions) as coordinator:
+        coordinator.execute(text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ"))
+        snapshot = coordinator.scalar(text("SELECT pg_export_snapshot()"))
+
+        def share(part: tuple[int, int]) -> int:
+            with transaction(sessions) as session:
+                session.execute(text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ"))
+                session.execute(text("SET TRANSACTION SNAPSHOT :snapshot"), {"snapshot": snapshot})
+                return classify(session, run_id, window, day, part)
+
         with ThreadPoolExecutor(parallel, thread_name_prefix="classify") as pool:
             items = sum(pool.map(share, [(k, parallel) for k in range(parallel)]))
-    else:
-        items = share(None)
-    with transaction(sessions) as session:
-        match_payouts(session, run_id, window, day)
+        match_payouts(coordinator, run_id, window, day)
     return items
 
 

@@ -21,6 +21,7 @@ from typing import IO, Any
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import ColumnElement, insert, or_, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from reconciliation.models import StatementImport, StatementLine
@@ -28,6 +29,10 @@ from schemas.currency import MINOR_UNIT_EXPONENT, AmountError, to_minor
 
 MAX_ERRORS = 50
 _NUMBER = re.compile(r"-?[0-9]+(\.[0-9]+)?")
+#: YYYY-MM-DD HH:MM[:SS[.ffffff]] with a space or T, then Z, ±HH, ±HHMM or ±HH:MM, or nothing.
+_TIME = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}[ T][0-9]{2}:[0-9]{2}(:[0-9]{2}(\.[0-9]{1,6})?)?(Z|[+-][0-9]{2}(:?[0-9]{2})?)?"
+)
 CHUNK = 20_000
 
 #: The statement lines a reader may use: those of no import (a listing, the status API) and those of
@@ -126,8 +131,12 @@ def import_file(
     ):
         raise StatementError(f"{path.name} was already imported for {provider} (same SHA-256)")
     record = StatementImport(provider=provider, filename=path.name, sha256=digest, rows=0)
-    session.add(record)
-    session.flush()
+    try:
+        with session.begin_nested():  # the (provider, sha256) key: the same file imported at the same time
+            session.add(record)
+            session.flush()
+    except IntegrityError:
+        raise StatementError(f"{path.name} was already imported for {provider} (same SHA-256)") from None
     if session.get_bind().dialect.name == "postgresql":
         from reconciliation.statements_pg import LayoutError, import_copy
 
@@ -216,6 +225,8 @@ class _Parser:
             raise ValueError(f"unknown status {word[:30]!r}; expected one of {', '.join(m.statuses)}")
         raw_time = row[col["time"]].strip()
         try:
+            if not _TIME.fullmatch(raw_time):  # the SQL paths' shapes: fromisoformat alone takes more
+                raise ValueError(raw_time)
             occurred = datetime.fromisoformat(raw_time)
         except ValueError:
             raise ValueError(f"time {raw_time[:40]!r} is not YYYY-MM-DD HH:MM:SS or ISO 8601") from None
@@ -250,8 +261,8 @@ def _minor(text: str, currency: str, what: str) -> int:
         return int(value)  # the common case, fast
     try:
         return to_minor(value, currency)
-    except AmountError as exc:
-        raise ValueError(f"{what} {text[:30]!r}: {exc}") from None
+    except AmountError:  # a plain number (checked above) with more decimals than the currency has
+        raise ValueError(f"{what} {text[:30]!r}: has more decimals than {currency} allows") from None
 
 
 def _chunks(rows: Iterator[tuple[Any, ...]]) -> Iterator[list[tuple[Any, ...]]]:

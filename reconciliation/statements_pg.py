@@ -16,6 +16,7 @@ Python path (``statements._Parser``):
 from __future__ import annotations
 
 import csv
+import re
 from concurrent.futures import ThreadPoolExecutor
 from datetime import date
 from pathlib import Path
@@ -31,7 +32,20 @@ from schemas.currency import MINOR_UNIT_EXPONENT
 if TYPE_CHECKING:
     from reconciliation.statements import Mapping
 
-TIME = r"^\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}(:\d{2}(\.\d{1,6})?)?(Z|[+-]\d{2}(:?\d{2})?)?$"
+#: What Python's ``str.strip()`` removes (the streamed path's rule), as an SQL literal for ``btrim``:
+#: PostgreSQL's ``trim`` alone removes spaces only, and a reference ending in a tab or a no-break
+#: space would not match its payment.
+WHITESPACE = "".join(chr(c) for c in range(0x10000) if chr(c).isspace())
+WS = "E'" + "".join(f"\\u{ord(c):04X}" for c in WHITESPACE) + "'"
+TIME = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}[ T][0-9]{2}:[0-9]{2}(:[0-9]{2}(\.[0-9]{1,6})?)?(Z|[+-][0-9]{2}(:?[0-9]{2})?)?$"
+#: ``TIME``'s shapes, every digit written 9: matching ``translate(time, digits, nines)`` against them
+#: is the optimistic path's exact check, without a regular expression.
+TIME_SHAPES = tuple(
+    f"9999-99-99{sep}99:99{seconds}{offset}"
+    for sep in (" ", "T")
+    for seconds in ("", ":99", *(":99." + "9" * n for n in range(1, 7)))
+    for offset in ("", "Z", "+99", "-99", "+9999", "-9999", "+99:99", "-99:99")
+)
 NUMBER = r"^-?[0-9]+(\.[0-9]+)?$"
 
 
@@ -101,7 +115,7 @@ def import_copy(
     side = engine.raw_connection()
     try:
         _sweep(side, import_id)
-        staged = _stage(side, stage, len(names), path)
+        staged, wide = _stage(side, stage, len(names), path)
     finally:
         side.close()
     col = {
@@ -113,7 +127,10 @@ def import_copy(
     statuses = _values([(word.lower(), status) for word, status in mapping.statuses.items()])
     params = {"provider": provider, "business_tz": str(business_tz), "import_id": import_id, "file_tz": mapping.tz}
     raw = ", ".join(f"s.c{i}" for i in range(len(names)))
-    sql = _fast_sql(stage, col=col, fee=fee, payout=payout, raw=raw, currencies=currencies, statuses=statuses)
+    spaces = WS if wide else "E' \\r\\n'"  # what to trim: every kind of whitespace, or the only kinds there are
+    sql = _fast_sql(
+        stage, col=col, fee=fee, payout=payout, raw=raw, currencies=currencies, statuses=statuses, spaces=spaces
+    )
     workers = WORKERS if workers is None else workers
     if staged >= PARALLEL_FROM and workers > 1:
         fast = _load_side_by_side(engine, sql, params, staged, workers)
@@ -142,30 +159,35 @@ def _strict(
     width: int,
 ) -> tuple[int, list[tuple[int, str]], tuple[date, ...]]:
     """Name every bad row (line numbers), or convert and insert them all with the full checks."""
+    v = {key: f"btrim(s.{column}, {WS})" for key, column in col.items()}  # each field, trimmed as Python does
     currencies = _values([(code, exp) for code, exp in MINOR_UNIT_EXPONENT.items()])
-    fee_expr = f"nullif(replace(trim({fee}), ' ', ''), '')" if fee else "NULL"
+    fee_expr = f"nullif(replace(btrim({fee}, {WS}), ' ', ''), '')" if fee else "NULL"
     base = f"""
         FROM {stage} s
-        LEFT JOIN (VALUES {currencies}) AS cur(code, exp) ON cur.code = upper(trim(s.{col["currency"]}))
-        LEFT JOIN (VALUES {statuses}) AS st(word, status) ON st.word = lower(trim(s.{col["status"]}))
+        LEFT JOIN (VALUES {currencies}) AS cur(code, exp) ON cur.code = upper({v["currency"]})
+        LEFT JOIN (VALUES {statuses}) AS st(word, status) ON st.word = lower({v["status"]})
     """
     problem = f"""CASE
-        WHEN cur.code IS NULL THEN 'unknown currency ' || quote_literal(left(upper(trim(s.{col["currency"]})), 10))
-        WHEN replace(trim(s.{col["amount"]}), ' ', '') !~ '{NUMBER}'
+        WHEN cur.code IS NULL THEN 'unknown currency ' || quote_literal(left(upper({v["currency"]}), 10))
+        WHEN replace({v["amount"]}, ' ', '') !~ '{NUMBER}'
             THEN 'amount ' || quote_literal(left(s.{col["amount"]}, 30)) || ': not a number'
-        WHEN replace(trim(s.{col["amount"]}), ' ', '')::numeric * power(10::numeric, cur.exp)
-             <> trunc(replace(trim(s.{col["amount"]}), ' ', '')::numeric * power(10::numeric, cur.exp))
+        WHEN replace({v["amount"]}, ' ', '')::numeric * power(10::numeric, cur.exp)
+             <> trunc(replace({v["amount"]}, ' ', '')::numeric * power(10::numeric, cur.exp))
             THEN 'amount ' || quote_literal(left(s.{col["amount"]}, 30)) || ': has more decimals than '
             || cur.code || ' allows'
-        WHEN {fee_expr} IS NOT NULL AND replace(trim({fee or "''"}), ' ', '') !~ '{NUMBER}'
+        WHEN {fee_expr} IS NOT NULL AND replace(btrim({fee or "''"}, {WS}), ' ', '') !~ '{NUMBER}'
             THEN 'fee ' || quote_literal(left({fee or "''"}, 30)) || ': not a number'
-        WHEN st.word IS NULL THEN 'unknown status ' || quote_literal(left(trim(s.{col["status"]}), 30))
+        WHEN {fee_expr}::numeric * power(10::numeric, cur.exp)
+             <> trunc({fee_expr}::numeric * power(10::numeric, cur.exp))
+            THEN 'fee ' || quote_literal(left({fee or "''"}, 30)) || ': has more decimals than '
+            || cur.code || ' allows'
+        WHEN st.word IS NULL THEN 'unknown status ' || quote_literal(left({v["status"]}, 30))
             || '; expected one of {", ".join(mapping.statuses).replace("'", "''")}'
-        WHEN trim(s.{col["time"]}) !~ '{TIME}' THEN 'time ' || quote_literal(left(trim(s.{col["time"]}), 40))
+        WHEN {v["time"]} !~ '{TIME}' OR NOT {_clock(v["time"])} THEN 'time ' || quote_literal(left({v["time"]}, 40))
             || ' is not YYYY-MM-DD HH:MM:SS or ISO 8601'
-        WHEN nullif(trim(s.{col["reference"]}), '') IS NULL AND st.status = 'succeeded'
+        WHEN nullif({v["reference"]}, '') IS NULL AND st.status = 'succeeded'
             THEN 'a paid row without a reference cannot be matched'
-        WHEN st.status = 'payout' AND {f"nullif(trim(s.{payout}), '')" if payout else "NULL"} IS NULL
+        WHEN st.status = 'payout' AND {f"nullif(btrim(s.{payout}, {WS}), '')" if payout else "NULL"} IS NULL
             THEN 'a payout row needs its payout id'
     END"""
     cursor.execute(
@@ -177,8 +199,8 @@ def _strict(
         return 0, errors, ()
     raw_line = " || ',' || ".join(f"coalesce(s.c{i}, '')" for i in range(width))
     occurred = (
-        f"CASE WHEN trim(s.{col['time']}) ~ '(Z|[+-]\\d{{2}}(:?\\d{{2}})?)$' THEN trim(s.{col['time']})::timestamptz "
-        f"ELSE trim(s.{col['time']})::timestamp AT TIME ZONE %(file_tz)s END"
+        f"CASE WHEN {v['time']} ~ '(Z|[+-]\\d{{2}}(:?\\d{{2}})?)$' THEN {v['time']}::timestamptz "
+        f"ELSE {v['time']}::timestamp AT TIME ZONE %(file_tz)s END"
     )
     cursor.execute("SAVEPOINT strict_path")
     try:
@@ -190,13 +212,13 @@ def _strict(
         SELECT %(provider)s, (occ AT TIME ZONE %(business_tz)s)::date, 'file', %(import_id)s, line_no + 1,
                txn, ref, status, amount, currency, fee, occ, payout, raw
         FROM (
-            SELECT s.line_no, nullif(trim(s.{col["txn_id"]}), '') AS txn,
-                   nullif(trim(s.{col["reference"]}), '') AS ref, st.status,
-                   (replace(trim(s.{col["amount"]}), ' ', '')::numeric * power(10::numeric, cur.exp))::bigint AS amount,
+            SELECT s.line_no, nullif({v["txn_id"]}, '') AS txn,
+                   nullif({v["reference"]}, '') AS ref, st.status,
+                   (replace({v["amount"]}, ' ', '')::numeric * power(10::numeric, cur.exp))::bigint AS amount,
                    cur.code AS currency,
                    ({fee_expr}::numeric * power(10::numeric, cur.exp))::bigint AS fee,
                    {occurred} AS occ,
-                   {f"nullif(trim(s.{payout}), '')" if payout else "NULL"} AS payout,
+                   {f"nullif(btrim(s.{payout}, {WS}), '')" if payout else "NULL"} AS payout,
                    left({raw_line}, 2000) AS raw
             {base}
         ) AS converted
@@ -212,10 +234,12 @@ def _strict(
     return sum(strict.values()), errors, tuple(strict)
 
 
-def _stage(side: Any, stage: str, width: int, path: Path) -> int:
-    """COPY the file as text into an unlogged table the side sessions can read; returns its rows."""
+def _stage(side: Any, stage: str, width: int, path: Path) -> tuple[int, bool]:
+    """COPY the file as text into an unlogged table the side sessions can read: (its rows, whether
+    the file holds whitespace other than space, CR and LF)."""
     columns = ", ".join(f"c{i} text" for i in range(width))
     copied = ", ".join(f"c{i}" for i in range(width))
+    end, wide = _scan(path)
     cursor = side.cursor()
     try:
         cursor.execute(f"CREATE UNLOGGED TABLE {stage} (line_no bigint GENERATED ALWAYS AS IDENTITY, {columns})")
@@ -223,14 +247,76 @@ def _stage(side: Any, stage: str, width: int, path: Path) -> int:
             cursor.copy_expert(
                 f"COPY {stage} ({copied}) "
                 f"FROM STDIN WITH (FORMAT csv, HEADER true, ENCODING 'UTF8', FORCE_NOT_NULL ({copied}))",
-                handle,
+                _Prefix(handle, end),
             )
         staged = int(cursor.rowcount)
         side.commit()
+        return staged, wide
     except psycopg2.Error as exc:  # BadCopyFileFormat and kin: the stage table goes with the rollback
         side.rollback()
         raise LayoutError(str(exc)) from exc
-    return staged
+
+
+#: A line that is only ``\.``: COPY's end-of-data marker, even in CSV; what follows would be dropped.
+_END_OF_DATA = re.compile(rb"(?:\A|\n)\\\.\r?\n")
+
+
+#: Whitespace ``str.strip()`` removes besides space, CR and LF: ASCII bytes, and the others decoded.
+_ASCII_SPACES = b"\t\x0b\x0c\x1c\x1d\x1e\x1f"
+_WIDE_SPACES = re.compile("[" + "".join(c for c in WHITESPACE if ord(c) > 127) + "]")
+
+
+def _scan(path: Path) -> tuple[int, bool]:
+    r"""(bytes COPY reads, whether the file holds whitespace other than space, CR and LF).
+
+    COPY reads up to the last line with content: blank lines at the end (spreadsheets write them)
+    would be rows COPY refuses, sending a good file down the Python path. ``LayoutError`` for a
+    line that is only ``\.``, which COPY would take for the end of the data. A file with only
+    spaces, CR and LF around its values (most are) lets the optimistic path trim them cheaply.
+    """
+    wide = False
+    with path.open("rb") as handle:
+        carry = b""  # the last, unfinished line of the blocks read so far
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            data = carry + block
+            cut = data.rfind(b"\n") + 1
+            lines, carry = data[:cut], data[cut:]
+            wide = wide or _spaces(lines)
+            if b"\\." in lines and _END_OF_DATA.search(lines):
+                raise LayoutError("a line holds only '\\.'")
+        if carry.rstrip(b"\r") == b"\\.":
+            raise LayoutError("a line holds only '\\.'")
+        wide = wide or _spaces(carry)
+        size = handle.tell()
+        window = min(size, 1 << 20)
+        handle.seek(size - window)
+        tail = handle.read(window)
+    end = len(tail)
+    while end > 0:
+        start = tail.rfind(b"\n", 0, end - 1) + 1
+        if tail[start:end].strip():
+            break
+        end = start
+    return (size - window + end if end or window == size else size), wide
+
+
+def _spaces(lines: bytes) -> bool:
+    if len(lines.translate(None, _ASCII_SPACES)) != len(lines):
+        return True
+    return not lines.isascii() and _WIDE_SPACES.search(lines.decode("utf-8", "replace")) is not None
+
+
+class _Prefix:
+    """The first ``size`` bytes of a binary file, for COPY."""
+
+    def __init__(self, handle: Any, size: int) -> None:
+        self.handle, self.left = handle, size
+
+    def read(self, n: int = -1) -> bytes:
+        n = self.left if n < 0 else min(n, self.left)
+        data: bytes = self.handle.read(n)
+        self.left -= len(data)
+        return data
 
 
 def _sweep(side: Any, current: int) -> None:
@@ -241,7 +327,10 @@ def _sweep(side: Any, current: int) -> None:
         (STAGE_PREFIX.replace("_", "\\_") + "%",),
     )
     for (name,) in cursor.fetchall():
-        import_id = int(name.removeprefix(STAGE_PREFIX))
+        suffix = name.removeprefix(STAGE_PREFIX)
+        if not suffix.isdigit():
+            continue  # not one of ours
+        import_id = int(suffix)
         if import_id != current:  # ours is stale by definition: this import holds the lock on its id
             cursor.execute("SELECT pg_try_advisory_xact_lock(%s, %s)", (LOCK_SPACE, _lock_key(import_id)))
             if not cursor.fetchone()[0]:
@@ -251,7 +340,7 @@ def _sweep(side: Any, current: int) -> None:
             "AND NOT EXISTS (SELECT 1 FROM statement_imports WHERE id = %(id)s)",
             {"id": import_id},
         )
-        cursor.execute(f"DROP TABLE {name}")
+        cursor.execute(f"DROP TABLE IF EXISTS {STAGE_PREFIX}{import_id}")  # its import may have just committed
     side.commit()
 
 
@@ -261,8 +350,9 @@ def _load_side_by_side(
     """The optimistic load in ``workers`` sessions, a range of lines each; all commit, or none does."""
     step = staged // workers + 1
     ranges = [(k * step + 1, (k + 1) * step) for k in range(workers)]
-    connections = [engine.raw_connection() for _ in ranges]
+    connections: list[Any] = []
     try:
+        connections += [engine.raw_connection() for _ in ranges]
         with ThreadPoolExecutor(workers, thread_name_prefix="statement-load") as pool:
             results = list(
                 pool.map(
@@ -295,6 +385,7 @@ def _fast_sql(
     raw: str,
     currencies: str,
     statuses: str,
+    spaces: str = WS,
 ) -> str:
     """The optimistic conversion and insert of the staged lines ``%(lo)s`` to ``%(hi)s``.
 
@@ -304,10 +395,11 @@ def _fast_sql(
     its savepoint, and the strict path names every bad row. Times without an offset are read
     in the file's zone: the session's, for the length of the statement.
     """
+    v = {key: f"btrim(s.{column}, {spaces})" for key, column in col.items()}  # each field, trimmed as Python does
     # Spaces inside a number are thousands separators ("5 000"), as in the other paths.
-    amount, time_ = f"replace(trim(s.{col['amount']}), ' ', '')", f"trim(s.{col['time']})"
-    fee_text = f"nullif(replace(trim(s.{fee}), ' ', ''), '')" if fee else "NULL"
-    payout_expr = f"nullif(trim(s.{payout}), '')" if payout else "NULL::text"
+    amount, time_ = f"replace({v['amount']}, ' ', '')", f"{v['time']}"
+    fee_text = f"nullif(replace(btrim(s.{fee}, {spaces}), ' ', ''), '')" if fee else "NULL"
+    payout_expr = f"nullif(btrim(s.{payout}, {spaces}), '')" if payout else "NULL::text"
     return f"""
             WITH inserted AS (
             INSERT INTO statement_lines (provider, business_date, source, import_id, line_no, provider_txn_id,
@@ -319,20 +411,20 @@ def _fast_sql(
                              AND NOT (status = 'payout' AND payout IS NULL) THEN status END,
                    amount, currency, fee, occ, payout, raw
             FROM (
-                SELECT s.line_no, nullif(trim(s.{col["txn_id"]}), '') AS txn,
-                       nullif(trim(s.{col["reference"]}), '') AS ref, st.status, cur.code AS currency,
-                       {_minor(amount, exact=True)} AS amount,
+                SELECT s.line_no, nullif({v["txn_id"]}, '') AS txn,
+                       nullif({v["reference"]}, '') AS ref, st.status, cur.code AS currency,
+                       {_minor(amount)} AS amount,
                        {fee_text} AS fee_text,
-                       {_minor(fee_text, exact=False)} AS fee,
-                       CASE WHEN {time_} LIKE '____-__-__ __:__%%' OR {time_} LIKE '____-__-__T__:__%%'
-                            THEN {time_}::timestamptz END AS occ,
+                       {_minor(fee_text)} AS fee,
+                       CASE WHEN {_time_shape(time_)} AND substr({time_}, 12, 2) <> '24'
+                                 AND substr({time_}, 17, 3) <> ':60' THEN {time_}::timestamptz END AS occ,
                        {payout_expr} AS payout,
                        left(concat_ws(',', {raw}), 2000) AS raw
                 FROM {stage} s
                 LEFT JOIN (SELECT code, power(10::numeric, exp) AS mult, (10 ^ exp)::bigint AS imult
                            FROM (VALUES {currencies}) AS c(code, exp))
-                    AS cur ON cur.code = upper(trim(s.{col["currency"]}))
-                LEFT JOIN (VALUES {statuses}) AS st(word, status) ON st.word = lower(trim(s.{col["status"]}))
+                    AS cur ON cur.code = upper({v["currency"]})
+                LEFT JOIN (VALUES {statuses}) AS st(word, status) ON st.word = lower({v["status"]})
                 WHERE s.line_no BETWEEN %(lo)s AND %(hi)s
                 OFFSET 0  -- computed once: a pulled-up subquery would repeat each conversion per use
             ) AS converted
@@ -341,11 +433,26 @@ def _fast_sql(
         """  # noqa: S608
 
 
-def _minor(text: str, *, exact: bool) -> str:
+def _time_shape(text: str) -> str:
+    """SQL: ``text`` has one of ``TIME_SHAPES`` (a hashed IN list: no regular expression)."""
+    shapes = ", ".join(f"'{shape}'" for shape in TIME_SHAPES)
+    return f"translate({text}, '0123456789', '9999999999') IN ({shapes})"
+
+
+def _clock(text: str) -> str:
+    """SQL: the hour, minute and second of a ``TIME`` are in range. PostgreSQL also reads 24:00:00 and
+    a 60th second (as the next day or minute); Python, and so this importer, refuses them."""
+    return (
+        f"(substr({text}, 12, 2) <= '23' AND substr({text}, 15, 2) <= '59' "
+        f"AND (substr({text}, 17, 1) <> ':' OR substr({text}, 18, 2) <= '59'))"
+    )
+
+
+def _minor(text: str) -> str:
     """SQL: ``text`` (a number in major units) in minor units, NULL if it is not a plain number.
 
     Whole numbers, the common case in zero-decimal currencies, take integer arithmetic; others
-    numeric. ``exact``: NULL when the amount has more decimals than the currency (a fee is rounded).
+    numeric; NULL too when it has more decimals than the currency.
     """
     other = f"translate({text}, '0123456789', '')"
     integer = f"({other} = '' OR ({other} = '-' AND {text} LIKE '-_%%'))"
@@ -354,8 +461,8 @@ def _minor(text: str, *, exact: bool) -> str:
         f"AND {text} NOT LIKE '.%%' AND {text} NOT LIKE '-.%%' AND {text} NOT LIKE '%%.'"
     )
     scaled = f"{text}::numeric * cur.mult"
-    converted = f"CASE WHEN {scaled} = trunc({scaled}) THEN ({scaled})::bigint END" if exact else f"({scaled})::bigint"
-    return f"CASE WHEN {integer} THEN {text}::bigint * cur.imult WHEN {decimal} THEN {converted} END"
+    exact = f"CASE WHEN {scaled} = trunc({scaled}) THEN ({scaled})::bigint END"
+    return f"CASE WHEN {integer} THEN {text}::bigint * cur.imult WHEN {decimal} THEN {exact} END"
 
 
 def _fast_insert(cursor: Any, sql: str, params: dict[str, Any]) -> dict[date, int] | None:

@@ -313,3 +313,22 @@ def test_reconcile_exits_1_when_the_provider_did_not_answer(
     result = CliRunner().invoke(main, ["reconcile", "--provider", "cinetpay", "--date", day, "--json"], env=cli_env)
     assert result.exit_code == 1, result.output
     assert '"status": "failed"' in result.output and "got no answer" in result.output
+
+
+def test_a_large_statement_import_has_connections_for_all_its_sessions(
+    rt: Runtime, cli_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Four sessions side by side and the importing one: the command's pool lends five."""
+    from pathlib import Path
+
+    from reconciliation import statements_pg
+
+    monkeypatch.setattr(statements_pg, "PARALLEL_FROM", 1)  # the sample is loaded as a large file is
+    taken: list[bool] = []
+    optimistic = statements_pg._fast_insert
+    monkeypatch.setattr(statements_pg, "_fast_insert", lambda *a, **k: taken.append(True) or optimistic(*a, **k))
+    sample = Path(__file__).resolve().parent.parent / "docs" / "statements" / "wave.csv"
+    env = {**cli_env, "PAYRECON_RECON_SESSIONS": "4"}
+    result = run(env, "statements", "import", "--provider", "wave", str(sample))
+    assert result.exit_code == 0 and "imported 4 row(s)" in result.output, result.output
+    assert taken == [True] * 4

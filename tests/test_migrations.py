@@ -68,3 +68,24 @@ def test_plan_catalogue_ships_both_platforms(scratch_pg: str) -> None:
     assert plans["coko-premium-quarterly"] == (18000, 90)
     assert plans["coko-institutional-yearly"] == (325000, 365)
     assert len(plans) == 10
+
+
+def test_downgrading_the_scale_migration_clears_what_abandoned_loads_left(scratch_pg: str) -> None:
+    """Lines of a load that never committed have no import: the restored foreign key must not refuse them."""
+    migrate.upgrade(scratch_pg)
+    engine = create_engine(scratch_pg)
+    try:
+        with engine.begin() as conn:
+            conn.execute(text("CREATE UNLOGGED TABLE payrecon_stage_41 (line_no bigint, c0 text)"))
+            conn.execute(
+                text(
+                    "INSERT INTO statement_lines (provider, business_date, source, import_id, status, amount, "
+                    "currency, raw) VALUES ('wave', '2026-11-20', 'file', 41, 'succeeded', 6500, 'XOF', '')"
+                )
+            )
+        migrate.downgrade(scratch_pg, "0007")
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT count(*) FROM statement_lines")).scalar() == 0
+            assert conn.execute(text("SELECT to_regclass('payrecon_stage_41')")).scalar() is None
+    finally:
+        engine.dispose()

@@ -134,6 +134,7 @@ def test_readme_shows_the_trust_profiles_as_they_are() -> None:
         ({"PAYRECON_RECON_RERUNS": "one"}, "PAYRECON_RECON_RERUNS must be comma-separated positive days"),
         ({"PAYRECON_FEES_WAVE": "-1"}, "PAYRECON_FEES_WAVE must be >= 0"),
         ({"PAYRECON_RECON_SESSIONS": "0"}, "PAYRECON_RECON_SESSIONS must be >= 1"),
+        ({"PAYRECON_RECON_SESSIONS": "8", "PAYRECON_DB_POOL_SIZE": "4"}, "needs PAYRECON_DB_POOL_SIZE >= 5"),
     ],
 )
 def test_reconciliation_settings_errors(env: dict[str, str], message: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,8 @@ TRICKY = (
     "TXN-4,OP4,2026-11-21 10:15:30.250+0100,3.5,EUR,0.10,waiting_for_customer\n"
     "TXN-5,OP5,2026-11-21 12:00,5000.00,XOF,,ACCEPTED\n"
     "TXN-6,OP6,2026-11-21 12:30:00,6 500,XOF,1 30,ACCEPTED\n"  # a space separates thousands
+    "TXN-7\t,OP7,2026-11-21 12:31:00,5000,XOF,0,ACCEPTED\n"  # a tab and a no-break space around the
+    "\u00a0TXN-8,OP8,\t2026-11-21 12:32:00-01:30 ,5000,XOF,0, ACCEPTED\u00a0\n"  # values, as Python strips them
 )
 
 
@@ -47,16 +50,21 @@ def _forget(rt: Runtime, provider: str) -> None:
 
 
 @pytest.mark.parametrize("sessions", [1, 2, 3])
-@pytest.mark.parametrize("provider", ["cinetpay", "mtn_momo", "orange_money", "wave", "tricky"])
+@pytest.mark.parametrize("provider", ["cinetpay", "mtn_momo", "orange_money", "wave", "tricky", "spaces_only"])
 def test_optimistic_and_strict_paths_store_the_same_lines(
     rt: Runtime, provider: str, sessions: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """One session or several side by side (as for a large file): the optimistic path stores what the strict does."""
+    """One session or several side by side (as for a large file): the optimistic path stores what the
+    strict one and the Python one do, and blank lines a spreadsheet leaves at the end do not matter."""
     monkeypatch.setattr(statements_pg, "PARALLEL_FROM", 1)
     path = ROOT / "docs" / "statements" / f"{provider}.csv"
     if provider == "tricky":
         provider, path = "cinetpay", tmp_path / "cinetpay.csv"
-        path.write_text(TRICKY, encoding="utf-8")
+        path.write_text(TRICKY + "\r\n \n\n", encoding="utf-8")
+    elif provider == "spaces_only":  # no tab, no no-break space: the optimistic path trims spaces, CR, LF only
+        provider, path = "cinetpay", tmp_path / "cinetpay.csv"
+        lines = [line for line in TRICKY.splitlines() if "\t" not in line and "\u00a0" not in line]
+        path.write_bytes(("\r\n".join(lines) + "\r\n\r\n").encode())
     taken: list[bool] = []
     optimistic = statements_pg._fast_insert
 
@@ -76,6 +84,15 @@ def test_optimistic_and_strict_paths_store_the_same_lines(
         strict = import_file(session, provider, path, business_tz=TZ)
     assert (fast.rows, fast.days) == (strict.rows, strict.days)
     assert fast_lines == _stored(rt, provider) and len(fast_lines) == fast.rows
+    _forget(rt, provider)
+    monkeypatch.setattr(statements_pg, "import_copy", _refused)
+    with rt.sessions() as session, session.begin():
+        python = import_file(session, provider, path, business_tz=TZ)
+    assert (python.rows, python.days) == (fast.rows, fast.days) and _stored(rt, provider) == fast_lines
+
+
+def _refused(*args: Any, **kwargs: Any) -> Any:
+    raise statements_pg.LayoutError("as if COPY had refused the file")
 
 
 def test_the_optimistic_path_leaves_the_session_time_zone_as_it_was(rt: Runtime) -> None:
@@ -93,6 +110,15 @@ def test_the_optimistic_path_leaves_the_session_time_zone_as_it_was(rt: Runtime)
         ("TXN-9,OP9,2026-11-21 10:00:00,1e3,XOF,0,ACCEPTED", "amount '1e3': not a number"),
         ("TXN-9,OP9,2026-11-21 10:00:00,5000,XOF,abc,ACCEPTED", "fee 'abc': not a number"),
         ("TXN-9,OP9,now,5000,XOF,0,ACCEPTED", "time 'now'"),
+        ("TXN-9,OP9,2026-11-21 10:00:00,5000,XOF,52.5,ACCEPTED", "fee '52.5': has more decimals than XOF allows"),
+        ("TXN-9,OP9,2026-11-21 10:00:00,50.5,XOF,0,ACCEPTED", "amount '50.5': has more decimals than XOF allows"),
+        ("TXN-9,OP9,2026-11-21 10:15 PM,5000,XOF,0,ACCEPTED", "time '2026-11-21 10:15 PM'"),
+        ("TXN-9,OP9,2026-11-21 24:00:00,5000,XOF,0,ACCEPTED", "time '2026-11-21 24:00:00'"),
+        ("TXN-9,OP9,2026-11-21 23:59:60,5000,XOF,0,ACCEPTED", "time '2026-11-21 23:59:60'"),
+        ("TXN-9,OP9,2026-11-21 10:00:00z,5000,XOF,0,ACCEPTED", "time '2026-11-21 10:00:00z'"),
+        ("TXN-9,OP9,2026-11-21 10:00:00.1234567,5000,XOF,0,ACCEPTED", "time '2026-11-21 10:00:00.1234567'"),
+        ("TXN-9,OP9,2026-11-21 10:00 Europe/Paris,5000,XOF,0,ACCEPTED", "time '2026-11-21 10:00 Europe/Paris'"),
+        ("\t,OP9,2026-11-21 10:00:00,5000,XOF,0,ACCEPTED", "a paid row without a reference"),
     ],
 )
 @pytest.mark.parametrize("path_taken", ["database", "side_by_side", "python"])
@@ -102,16 +128,12 @@ def test_a_bad_value_is_named_with_its_line_whichever_path_finds_it(
     if path_taken == "side_by_side":
         monkeypatch.setattr(statements_pg, "PARALLEL_FROM", 1)
     if path_taken == "python":
-
-        def refused(*args: Any, **kwargs: Any) -> Any:
-            raise statements_pg.LayoutError("as if COPY had refused the file")
-
-        monkeypatch.setattr(statements_pg, "import_copy", refused)
+        monkeypatch.setattr(statements_pg, "import_copy", _refused)
     path = tmp_path / "cinetpay.csv"
     path.write_text(TRICKY + row + "\n", encoding="utf-8")
     with pytest.raises(StatementError) as info, rt.sessions() as session, session.begin():
         import_file(session, "cinetpay", path, business_tz=TZ)
-    assert [n for n, _ in info.value.errors] == [8]
+    assert [n for n, _ in info.value.errors] == [10]
     assert message in info.value.errors[0][1]
     assert _stored(rt, "cinetpay") == []
 
@@ -222,3 +244,84 @@ def test_a_run_takes_the_lines_of_its_business_day_in_a_zone_that_is_not_utc(rt:
     assert imported.days == (date(2026, 11, 19), date(2026, 11, 20), date(2026, 11, 21))
     run_id = runs.reconcile_stored(rt.sessions, "cinetpay", DAY, policy(rt, tz=lagos))
     assert classes(rt, run_id) == {refs["inside"]: "matched"}
+
+
+def test_every_share_of_a_run_sees_the_same_database(
+    rt: Runtime, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An import committing while a run is classified counts for every reference of the run or none."""
+    from reconciliation import matching
+    from tests.test_reconciliation import DAY, classes, payment, policy
+
+    refs = [new_reference() for _ in range(12)]
+    for ref in refs:
+        payment(rt, ref, PaymentStatus.SUCCEEDED)
+    path = tmp_path / "cinetpay.csv"
+    path.write_text(
+        "transaction_id,operator_id,payment_date,amount,currency,fees,status\n"
+        + "".join(f"{ref},OP,2026-11-20 12:00:00,5000,XOF,0,ACCEPTED\n" for ref in refs),
+        encoding="utf-8",
+    )
+    importing = rt.sessions()
+    importing.begin()
+    import_file(importing, "cinetpay", path, business_tz=TZ)  # finance's import, about to commit
+    first_done, committed = threading.Event(), threading.Event()
+    real = matching.classify
+
+    def classify(session: Any, run_id: int, window: Any, day: Any, part: Any = None) -> int:
+        if part is not None and part[0] == 1:
+            assert committed.wait(10)  # the second share starts after the import committed
+        written = real(session, run_id, window, day, part)
+        if part is not None and part[0] == 0:
+            first_done.set()
+        return written
+
+    def commit_the_import() -> None:
+        assert first_done.wait(10)
+        importing.commit()
+        importing.close()
+        committed.set()
+
+    monkeypatch.setattr(runs, "classify", classify)
+    importer = threading.Thread(target=commit_the_import)
+    importer.start()
+    during = runs.reconcile_stored(rt.sessions, "cinetpay", DAY, policy(rt, sessions=2))
+    importer.join()
+    assert set(classes(rt, during).values()) == {"missing_at_provider"}  # the day as it was when the run began
+    after = runs.reconcile_stored(rt.sessions, "cinetpay", DAY, policy(rt, sessions=2))
+    assert set(classes(rt, after).values()) == {"matched"}
+
+
+def test_a_line_copy_would_read_as_the_end_of_the_data_is_a_bad_row(rt: Runtime, tmp_path: Path) -> None:
+    """COPY stops at a line that is only a backslash and a dot, even in CSV: the file goes down the
+    Python path, which names that line, rather than being imported short."""
+    path = tmp_path / "cinetpay.csv"
+    path.write_text(TRICKY + "\\.\r\n" + "TXN-9,OP9,2026-11-21 10:00:00,5000,XOF,0,ACCEPTED\n", encoding="utf-8")
+    with pytest.raises(StatementError) as info, rt.sessions() as session, session.begin():
+        import_file(session, "cinetpay", path, business_tz=TZ)
+    assert info.value.errors == [(10, "1 fields, the header has 7")]
+    assert _stored(rt, "cinetpay") == []
+
+
+def test_the_same_file_imported_twice_at_once_is_refused_clearly(rt: Runtime) -> None:
+    sample = ROOT / "docs" / "statements" / "orange_money.csv"
+    outcome: list[str] = []
+    first = rt.sessions()
+    first.begin()
+    import_file(first, "orange_money", sample, business_tz=TZ)  # not committed yet
+
+    def second() -> None:
+        try:
+            with rt.sessions() as session, session.begin():
+                import_file(session, "orange_money", sample, business_tz=TZ)  # waits on the first's key
+            outcome.append("imported")
+        except StatementError as exc:
+            outcome.append(str(exc))
+
+    thread = threading.Thread(target=second)
+    thread.start()
+    thread.join(1)  # the second import is waiting for the first to end
+    first.commit()
+    first.close()
+    thread.join(10)
+    assert outcome == ["orange_money.csv was already imported for orange_money (same SHA-256)"]

@@ -28,7 +28,8 @@ def _settings(*, require_broker: bool = False) -> Settings:
 def _sessions(settings: Settings) -> Any:
     from reconciliation.db import make_engine, session_factory
 
-    return session_factory(make_engine(settings.database_url, pool_size=2))
+    # A large statement import takes one connection more than its sessions side by side.
+    return session_factory(make_engine(settings.database_url, pool_size=max(2, settings.recon_sessions + 1)))
 
 
 def _dump(data: Any) -> None:

@@ -228,6 +228,11 @@ class Settings:
                 if env.get(f"PAYRECON_FEES_{provider.upper()}")
             },
         )
+        if settings.recon_sessions + 1 > 2 * settings.db_pool_size:  # a pool lends as many again as its size
+            problems.append(
+                f"PAYRECON_RECON_SESSIONS={settings.recon_sessions} needs PAYRECON_DB_POOL_SIZE >= "
+                f"{(settings.recon_sessions + 2) // 2} (a large import takes one connection more than its sessions)"
+            )
         if problems:
             raise ConfigError(problems)
         return settings

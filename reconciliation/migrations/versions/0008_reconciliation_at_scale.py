@@ -59,9 +59,22 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    if op.get_bind().dialect.name == "postgresql":
+    bind = op.get_bind()
+    if bind.dialect.name == "postgresql":
         for name in SEQUENCES:
             op.execute(f"ALTER SEQUENCE {name} CACHE 1")
+        # Loads that never committed left lines without an import (and their stage tables): the
+        # foreign key restored below would refuse them.
+        stages = bind.execute(
+            sa.text("SELECT relname FROM pg_class WHERE relkind = 'r' AND relname LIKE 'payrecon\\_stage\\_%'")
+        ).scalars()
+        for name in list(stages):
+            op.execute(f'DROP TABLE IF EXISTS "{name}"')
+    op.execute(
+        "DELETE FROM statement_lines WHERE import_id IS NOT NULL "
+        "AND import_id NOT IN (SELECT id FROM statement_imports)"
+    )
+    op.execute("DELETE FROM recon_items WHERE run_id NOT IN (SELECT id FROM recon_runs)")
 
     with op.batch_alter_table("statement_lines", schema=None) as batch_op:
         batch_op.drop_index("ix_statement_lines_import", postgresql_using="brin")
