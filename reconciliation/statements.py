@@ -9,6 +9,7 @@ twice. Rows are streamed: memory does not grow with the file; on PostgreSQL they
 
 from __future__ import annotations
 
+import codecs
 import csv
 import hashlib
 import io
@@ -25,7 +26,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from reconciliation.models import StatementImport, StatementLine
-from schemas.currency import MINOR_UNIT_EXPONENT, AmountError, to_minor
+from reconciliation.statements_pg import YEARS
+from schemas.currency import MINOR_UNIT_EXPONENT
 
 MAX_ERRORS = 50
 _NUMBER = re.compile(r"-?[0-9]+(\.[0-9]+)?")
@@ -157,11 +159,14 @@ def import_file(
     parser = _Parser(mapping, provider, record.id, business_tz)
     rows = 0
     writer = _Writer(session)
-    with path.open(newline="", encoding="utf-8-sig") as handle:
-        for chunk in _chunks(parser.rows(handle)):
-            rows += len(chunk)
-            if not parser.errors:  # after the first bad row: validate on, write no more
-                writer.write(chunk)
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as handle:
+            for chunk in _chunks(parser.rows(handle)):
+                rows += len(chunk)
+                if not parser.errors:  # after the first bad row: validate on, write no more
+                    writer.write(chunk)
+    except UnicodeDecodeError:
+        raise StatementError(f"{path.name} is not UTF-8 text; nothing imported", [_not_utf8(path)]) from None
     if parser.errors:
         raise StatementError(f"{path.name}: {len(parser.errors)} bad row(s); nothing imported", parser.errors)
     if rows == 0:
@@ -225,8 +230,8 @@ class _Parser:
             raise ValueError(f"unknown status {word[:30]!r}; expected one of {', '.join(m.statuses)}")
         raw_time = row[col["time"]].strip()
         try:
-            if not _TIME.fullmatch(raw_time):  # the SQL paths' shapes: fromisoformat alone takes more
-                raise ValueError(raw_time)
+            if not _TIME.fullmatch(raw_time) or not YEARS[0] <= raw_time[:4] <= YEARS[1]:
+                raise ValueError(raw_time)  # the SQL paths' shapes: fromisoformat alone takes more
             occurred = datetime.fromisoformat(raw_time)
         except ValueError:
             raise ValueError(f"time {raw_time[:40]!r} is not YYYY-MM-DD HH:MM:SS or ISO 8601") from None
@@ -245,6 +250,23 @@ class _Parser:
         )  # fmt: skip
 
 
+def _not_utf8(path: Path) -> tuple[int, str]:
+    """(line, message) of the first byte sequence that is not UTF-8."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    line, offset = 1, 0
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            try:
+                decoder.decode(block)
+            except UnicodeDecodeError as exc:
+                at = max(exc.start, 0)
+                line += block.count(b"\n", 0, at)
+                return line, f"not UTF-8 text (byte {offset + at + 1} of the file); export the statement as UTF-8"
+            line += block.count(b"\n")
+            offset += len(block)
+    return line, "not UTF-8 text; export the statement as UTF-8"
+
+
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as handle:
@@ -257,12 +279,15 @@ def _minor(text: str, currency: str, what: str) -> int:
     value = text.strip().replace(" ", "")  # "5 000": a space inside a number separates thousands
     if not _NUMBER.fullmatch(value):  # the SQL paths' rule: no exponent, no "+", no bare point
         raise ValueError(f"{what} {text[:30]!r}: not a number")
-    if "." not in value and MINOR_UNIT_EXPONENT[currency] == 0:
-        return int(value)  # the common case, fast
-    try:
-        return to_minor(value, currency)
-    except AmountError:  # a plain number (checked above) with more decimals than the currency has
-        raise ValueError(f"{what} {text[:30]!r}: has more decimals than {currency} allows") from None
+    exponent = MINOR_UNIT_EXPONENT[currency]
+    whole, _, fraction = value.partition(".")
+    if len(fraction.rstrip("0")) > exponent:
+        raise ValueError(f"{what} {text[:30]!r}: has more decimals than {currency} allows")
+    digits = whole.lstrip("-") + fraction.ljust(exponent, "0")[:exponent]  # exact: no float, no rounding
+    minor = -int(digits) if whole.startswith("-") else int(digits)
+    if not -(2**63) < minor < 2**63:  # what the database holds (bigint)
+        raise ValueError(f"{what} {text[:30]!r}: too large")
+    return minor
 
 
 def _chunks(rows: Iterator[tuple[Any, ...]]) -> Iterator[list[tuple[Any, ...]]]:

@@ -32,6 +32,10 @@ from schemas.currency import MINOR_UNIT_EXPONENT
 if TYPE_CHECKING:
     from reconciliation.statements import Mapping
 
+#: The years a statement's times may have (as text), in every import path: wide enough for any
+#: statement, narrow enough that a business day stays a date every driver can hold (0001 at UTC+1 is BC).
+YEARS = ("1970", "2999")
+
 #: What Python's ``str.strip()`` removes (the streamed path's rule), as an SQL literal for ``btrim``:
 #: PostgreSQL's ``trim`` alone removes spaces only, and a reference ending in a tab or a no-break
 #: space would not match its payment.
@@ -99,8 +103,11 @@ def import_copy(
     """
     conn = session.connection().connection
     cursor = conn.cursor()
-    with path.open(encoding="utf-8-sig", newline="") as handle:
-        header = next(iter(handle.readline().splitlines()), "")
+    try:
+        with path.open(encoding="utf-8-sig", newline="") as handle:
+            header = next(iter(handle.readline().splitlines()), "")
+    except UnicodeDecodeError as exc:
+        raise LayoutError(str(exc)) from exc  # the Python path names the line
     names = [name.strip() for name in next(csv.reader([header]))]
     position = {name: f"c{i}" for i, name in enumerate(names)}
     missing = [name for name in mapping.required if name not in position]
@@ -183,7 +190,10 @@ def _strict(
             || cur.code || ' allows'
         WHEN st.word IS NULL THEN 'unknown status ' || quote_literal(left({v["status"]}, 30))
             || '; expected one of {", ".join(mapping.statuses).replace("'", "''")}'
-        WHEN {v["time"]} !~ '{TIME}' OR NOT {_clock(v["time"])} THEN 'time ' || quote_literal(left({v["time"]}, 40))
+        WHEN {v["time"]} !~ '{TIME}' THEN 'time ' || quote_literal(left({v["time"]}, 40))
+            || ' is not YYYY-MM-DD HH:MM:SS or ISO 8601'
+        WHEN NOT ({_clock(v["time"])} AND {_calendar(v["time"])})  -- after the shape: these read its digits
+            THEN 'time ' || quote_literal(left({v["time"]}, 40))
             || ' is not YYYY-MM-DD HH:MM:SS or ISO 8601'
         WHEN nullif({v["reference"]}, '') IS NULL AND st.status = 'succeeded'
             THEN 'a paid row without a reference cannot be matched'
@@ -277,13 +287,19 @@ def _scan(path: Path) -> tuple[int, bool]:
     wide = False
     with path.open("rb") as handle:
         carry = b""  # the last, unfinished line of the blocks read so far
+        first = True
         for block in iter(lambda: handle.read(1 << 20), b""):
+            if first:
+                _line_ends(block)
+                first = False
             data = carry + block
             cut = data.rfind(b"\n") + 1
             lines, carry = data[:cut], data[cut:]
             wide = wide or _spaces(lines)
             if b"\\." in lines and _END_OF_DATA.search(lines):
                 raise LayoutError("a line holds only '\\.'")
+            if b'"' in lines and _STRAY_QUOTE.search(lines):
+                raise LayoutError("a quote inside a field")
         if carry.rstrip(b"\r") == b"\\.":
             raise LayoutError("a line holds only '\\.'")
         wide = wide or _spaces(carry)
@@ -298,6 +314,20 @@ def _scan(path: Path) -> tuple[int, bool]:
             break
         end = start
     return (size - window + end if end or window == size else size), wide
+
+
+#: A quote inside a field (neither opening nor closing it): COPY and Python's csv read ``OP"9"X``,
+#: `` "OP9"`` or ``TXN""9`` differently. An escaped quote inside a quoted field (``"a""b"``) looks
+#: the same here: such a file takes the Python path, slower but read one way.
+_STRAY_QUOTE = re.compile(rb'(?<=[^,\r\n"])"(?=[^,\r\n"])|[^,\r\n"]""[^,\r\n"]')
+
+
+def _line_ends(first: bytes) -> None:
+    """COPY takes the first line's ending for the whole file; a file whose lines end with a CR
+    alone (old Mac exports) goes to the Python path, which reads any ending line by line."""
+    cr, lf = first.find(b"\r"), first.find(b"\n")
+    if cr != -1 and (lf == -1 or cr < lf) and first[cr + 1 : cr + 2] != b"\n":
+        raise LayoutError("lines end with a CR alone")
 
 
 def _spaces(lines: bytes) -> bool:
@@ -417,7 +447,9 @@ def _fast_sql(
                        {fee_text} AS fee_text,
                        {_minor(fee_text)} AS fee,
                        CASE WHEN {_time_shape(time_)} AND substr({time_}, 12, 2) <> '24'
-                                 AND substr({time_}, 17, 3) <> ':60' THEN {time_}::timestamptz END AS occ,
+                                 AND substr({time_}, 17, 3) <> ':60'
+                                 AND substr({time_}, 1, 4) BETWEEN '{YEARS[0]}' AND '{YEARS[1]}'
+                            THEN {time_}::timestamptz END AS occ,
                        {payout_expr} AS payout,
                        left(concat_ws(',', {raw}), 2000) AS raw
                 FROM {stage} s
@@ -445,6 +477,21 @@ def _clock(text: str) -> str:
     return (
         f"(substr({text}, 12, 2) <= '23' AND substr({text}, 15, 2) <= '59' "
         f"AND (substr({text}, 17, 1) <> ':' OR substr({text}, 18, 2) <= '59'))"
+    )
+
+
+def _calendar(text: str) -> str:
+    """SQL: the date of a ``TIME`` exists (a day the month has; ``YEARS``), checked without a cast,
+    so that the strict path names the line instead of failing on it."""
+    year, month, day = f"substr({text}, 1, 4)", f"substr({text}, 6, 2)", f"substr({text}, 9, 2)::int"
+    leap = f"(({year}::int % 4 = 0 AND {year}::int % 100 <> 0) OR {year}::int % 400 = 0)"
+    last = (
+        f"CASE WHEN {month} = '02' THEN CASE WHEN {leap} THEN 29 ELSE 28 END "
+        f"WHEN {month} IN ('04', '06', '09', '11') THEN 30 ELSE 31 END"
+    )
+    return (
+        f"({year} BETWEEN '{YEARS[0]}' AND '{YEARS[1]}' AND {month} BETWEEN '01' AND '12' "
+        f"AND {day} BETWEEN 1 AND {last})"
     )
 
 

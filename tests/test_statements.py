@@ -119,6 +119,12 @@ def test_the_optimistic_path_leaves_the_session_time_zone_as_it_was(rt: Runtime)
         ("TXN-9,OP9,2026-11-21 10:00:00.1234567,5000,XOF,0,ACCEPTED", "time '2026-11-21 10:00:00.1234567'"),
         ("TXN-9,OP9,2026-11-21 10:00 Europe/Paris,5000,XOF,0,ACCEPTED", "time '2026-11-21 10:00 Europe/Paris'"),
         ("\t,OP9,2026-11-21 10:00:00,5000,XOF,0,ACCEPTED", "a paid row without a reference"),
+        ("TXN-9,OP9,2026-11-21 10:00,1.0000000000000000000000000001,XOF,0,ACCEPTED", "more decimals than XOF"),
+        ("TXN-9,OP9,2026-11-21 10:00,99999999999999999999,XOF,0,ACCEPTED", "amount '99999999999999999999': too"),
+        ("TXN-9,OP9,2026-11-31 10:00:00,5000,XOF,0,ACCEPTED", "time '2026-11-31 10:00:00'"),
+        ("TXN-9,OP9,2027-02-29 10:00:00,5000,XOF,0,ACCEPTED", "time '2027-02-29 10:00:00'"),
+        ("TXN-9,OP9,0001-01-01 00:00+01:00,5000,XOF,0,ACCEPTED", "time '0001-01-01 00:00+01:00'"),
+        ("TXN-9,OP9,9999-12-31 23:59:59-01:00,5000,XOF,0,ACCEPTED", "time '9999-12-31 23:59:59-01:00'"),
     ],
 )
 @pytest.mark.parametrize("path_taken", ["database", "side_by_side", "python"])
@@ -325,3 +331,62 @@ def test_the_same_file_imported_twice_at_once_is_refused_clearly(rt: Runtime) ->
     first.close()
     thread.join(10)
     assert outcome == ["orange_money.csv was already imported for orange_money (same SHA-256)"]
+
+
+@pytest.mark.parametrize("path_taken", ["database", "python"])
+def test_every_bad_row_is_named_even_one_only_a_cast_would_refuse(
+    rt: Runtime, tmp_path: Path, path_taken: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if path_taken == "python":
+        monkeypatch.setattr(statements_pg, "import_copy", _refused)
+    path = tmp_path / "cinetpay.csv"
+    lines = TRICKY.splitlines()
+    lines[1] = lines[1].replace("xof", "ZZZ")
+    lines.append("TXN-9,OP9,2026-11-31 10:00:00,5000,XOF,0,ACCEPTED")  # a day November has not
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    with pytest.raises(StatementError) as info, rt.sessions() as session, session.begin():
+        import_file(session, "cinetpay", path, business_tz=TZ)
+    assert [n for n, _ in info.value.errors] == [2, 10]
+
+
+def test_quotes_inside_fields_are_read_as_python_reads_them(
+    rt: Runtime, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """COPY would read ``OP"9"X`` as ``OP9X``: such a file is read by the Python path, one way."""
+    path = tmp_path / "cinetpay.csv"
+    path.write_text(
+        TRICKY + 'TXN-9,OP"9"X,2026-11-21 10:00,5000,XOF,0,ACCEPTED\n'
+        'TXN""10, "OP10",2026-11-21 10:00,5000,XOF,0,ACCEPTED\n',
+        encoding="utf-8",
+    )
+    with rt.sessions() as session, session.begin():
+        import_file(session, "cinetpay", path, business_tz=TZ)
+    stored = _stored(rt, "cinetpay")
+    assert [(line[2], line[3]) for line in stored[-2:]] == [('OP"9"X', "TXN-9"), ('"OP10"', 'TXN""10')]
+    _forget(rt, "cinetpay")
+    monkeypatch.setattr(statements_pg, "import_copy", _refused)
+    with rt.sessions() as session, session.begin():
+        import_file(session, "cinetpay", path, business_tz=TZ)
+    assert _stored(rt, "cinetpay") == stored
+
+
+def test_lines_ending_with_a_cr_alone_are_read_line_by_line(rt: Runtime, tmp_path: Path) -> None:
+    """COPY would take a line of a backslash and a dot for the end of such a file: nothing is cut short."""
+    path = tmp_path / "cinetpay.csv"
+    rows = TRICKY.splitlines()[:3]
+    path.write_bytes("\r".join([*rows, "\\.", "TXN-9,OP9,2026-11-21 10:00:00,5000,XOF,0,ACCEPTED", ""]).encode())
+    with pytest.raises(StatementError) as info, rt.sessions() as session, session.begin():
+        import_file(session, "cinetpay", path, business_tz=TZ)
+    assert info.value.errors == [(4, "1 fields, the header has 7")]
+    path.write_bytes("\r".join([*rows, ""]).encode())
+    with rt.sessions() as session, session.begin():
+        assert import_file(session, "cinetpay", path, business_tz=TZ).rows == 2
+
+
+def test_a_file_that_is_not_utf8_is_refused_with_its_line(rt: Runtime, tmp_path: Path) -> None:
+    path = tmp_path / "cinetpay.csv"
+    path.write_bytes(TRICKY.encode() + b"TXN-9,OP\xe99,2026-11-21 10:00:00,5000,XOF,0,ACCEPTED\n")  # Latin-1
+    with pytest.raises(StatementError) as info, rt.sessions() as session, session.begin():
+        import_file(session, "cinetpay", path, business_tz=TZ)
+    assert [n for n, _ in info.value.errors] == [10] and "not UTF-8" in str(info.value)
+    assert _stored(rt, "cinetpay") == []
