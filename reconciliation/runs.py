@@ -8,6 +8,7 @@ customer gets the subscription and the payment is flagged.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -113,11 +114,29 @@ def classify_run(
         postgres = session.get_bind().dialect.name == "postgresql"
 
     parallel = policy.sessions if parallel is None else parallel
-    if not (postgres and parallel > 1):
+    if not (postgres and parallel > 1 and _SIDE_BY_SIDE.acquire(blocking=False)):
         with transaction(sessions) as session:
+            if postgres:  # items and payouts from one view of the day
+                session.execute(text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ"))
             items = classify(session, run_id, window, day)
             match_payouts(session, run_id, window, day)
         return items
+    try:
+        return _classify_side_by_side(sessions, run_id, window, day, parallel)
+    finally:
+        _SIDE_BY_SIDE.release()
+
+
+#: One run at a time per process classifies side by side: the nightly job queues a run per provider
+#: and day at once, and a worker's threads running them all with extra sessions each would drain
+#: its connection pool (the coordinators holding theirs while waiting for more). The others
+#: classify in one session meanwhile: slower for a large day, never stuck.
+_SIDE_BY_SIDE = threading.BoundedSemaphore(1)
+
+
+def _classify_side_by_side(
+    sessions: sessionmaker[Session], run_id: int, window: Window, day: date, parallel: int
+) -> int:
     # Every share sees the same database: the snapshot of one coordinating transaction, exported to
     # the others (an import committing meanwhile must count for every reference or for none).
     with transaction(sessions) as coordinator:

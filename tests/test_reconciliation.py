@@ -546,3 +546,26 @@ def test_fees_are_posted_once_per_settled_payment_a_chunk_at_a_time(
     assert [ref for ref, _ in fees] == sorted(paid)
     assert all(memo.startswith("cinetpay fee on ") and memo.endswith(f"(run {first})") for _, memo in fees)
     assert balances[("fees:cinetpay", "XOF")] == 100 + 101 + 102 + 103
+
+
+def test_a_second_run_at_once_classifies_in_one_session(rt: Runtime, monkeypatch: pytest.MonkeyPatch) -> None:
+    """While one run of the process classifies side by side, another uses one session, not the pool."""
+    shares: list[object] = []
+    real = runs.classify
+
+    def spy(session: Any, run_id: int, window: Any, day: Any, part: Any = None) -> int:
+        shares.append(part)
+        return real(session, run_id, window, day, part)
+
+    monkeypatch.setattr(runs, "classify", spy)
+    ref = new_reference()
+    payment(rt, ref, PaymentStatus.SUCCEEDED)
+    line(rt, ref)
+    assert runs._SIDE_BY_SIDE.acquire(blocking=False)  # as if another run were classifying side by side
+    try:
+        busy = runs.reconcile_stored(rt.sessions, "cinetpay", DAY, policy(rt, sessions=2))
+    finally:
+        runs._SIDE_BY_SIDE.release()
+    free = runs.reconcile_stored(rt.sessions, "cinetpay", DAY, policy(rt, sessions=2))
+    assert shares[0] is None and sorted(shares[1:]) == [(0, 2), (1, 2)]
+    assert classes(rt, busy) == classes(rt, free) == {ref: "matched"}
