@@ -20,7 +20,6 @@ import io
 import multiprocessing
 import os
 import resource
-import secrets
 import sys
 import tempfile
 import time
@@ -28,7 +27,7 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import create_engine, func, select, text
+from sqlalchemy import create_engine, func, select
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -37,6 +36,7 @@ from reconciliation import migrate, runs
 from reconciliation.db import make_engine, session_factory, transaction
 from reconciliation.models import ReconItem
 from reconciliation.statements import import_file
+from tests.helpers import scratch_database
 
 PG_BASE = os.environ.get("PAYRECON_TEST_PG", "postgresql+psycopg2://postgres@127.0.0.1:5432")
 DAY = date(2026, 11, 20)
@@ -115,12 +115,7 @@ def main() -> None:
         "--random-references", action="store_true", help="references in no relation to time (B-trees work harder)"
     )
     args = parser.parse_args()
-    name = f"payrecon_scale_{secrets.token_hex(3)}"
-    admin = create_engine(f"{PG_BASE}/postgres", isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    url = f"{PG_BASE}/{name}"
-    try:
+    with scratch_database(PG_BASE, "payrecon_scale") as url:
         migrate.upgrade(url)
         with tempfile.TemporaryDirectory() as tmp:
             statement = Path(tmp) / "cinetpay-2026-11-20.csv"
@@ -172,10 +167,6 @@ def main() -> None:
                 print(f"reports ({len(files)} files, {size_mib:.0f} MiB): {time.perf_counter() - written:.2f} s; "
                       f"peak memory {max_rss_mib():.0f} MiB")  # fmt: skip
         engine.dispose()
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 if __name__ == "__main__":

@@ -127,14 +127,9 @@ def import_file(
     mapping = MAPPINGS.get(provider)
     if mapping is None:
         raise StatementError(f"no statement mapping for provider {provider!r}; known: {', '.join(MAPPINGS)}")
-    digest = _sha256(path)
-    if session.scalar(
-        select(StatementImport.id).where(StatementImport.provider == provider, StatementImport.sha256 == digest)
-    ):
-        raise StatementError(f"{path.name} was already imported for {provider} (same SHA-256)")
-    record = StatementImport(provider=provider, filename=path.name, sha256=digest, rows=0)
+    record = StatementImport(provider=provider, filename=path.name, sha256=_sha256(path), rows=0)
     try:
-        with session.begin_nested():  # the (provider, sha256) key: the same file imported at the same time
+        with session.begin_nested():  # the (provider, sha256) key refuses a file imported before, or meanwhile
             session.add(record)
             session.flush()
     except IntegrityError:

@@ -39,7 +39,10 @@ YEARS = ("1970", "2999")
 #: What Python's ``str.strip()`` removes (the streamed path's rule), as an SQL literal for ``btrim``:
 #: PostgreSQL's ``trim`` alone removes spaces only, and a reference ending in a tab or a no-break
 #: space would not match its payment.
-WHITESPACE = "".join(chr(c) for c in range(0x10000) if chr(c).isspace())
+WHITESPACE = (
+    "\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006"
+    "\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000"
+)  # every character whose isspace() is true (a test keeps it so)
 WS = "E'" + "".join(f"\\u{ord(c):04X}" for c in WHITESPACE) + "'"
 TIME = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}[ T][0-9]{2}:[0-9]{2}(:[0-9]{2}(\.[0-9]{1,6})?)?(Z|[+-][0-9]{2}(:?[0-9]{2})?)?$"
 #: ``TIME``'s shapes, every digit written 9: matching ``translate(time, digits, nines)`` against them
@@ -147,8 +150,8 @@ def import_copy(
         cursor.execute(f"DROP TABLE {stage}")  # with the import: a stage table left behind marks a failed load
         return sum(fast.values()), [], tuple(sorted(fast))
     try:
-        return _strict(cursor, stage, mapping, col=col, fee=fee, payout=payout, statuses=statuses, params=params,
-                       width=len(names))  # fmt: skip
+        return _strict(cursor, stage, mapping, col=col, fee=fee, payout=payout, currencies=currencies,
+                       statuses=statuses, params=params, width=len(names))  # fmt: skip
     finally:
         cursor.execute(f"DROP TABLE {stage}")
 
@@ -161,13 +164,13 @@ def _strict(
     col: dict[str, str],
     fee: str | None,
     payout: str | None,
+    currencies: str,
     statuses: str,
     params: dict[str, Any],
     width: int,
 ) -> tuple[int, list[tuple[int, str]], tuple[date, ...]]:
     """Name every bad row (line numbers), or convert and insert them all with the full checks."""
     v = {key: f"btrim(s.{column}, {WS})" for key, column in col.items()}  # each field, trimmed as Python does
-    currencies = _values([(code, exp) for code, exp in MINOR_UNIT_EXPONENT.items()])
     fee_expr = f"nullif(replace(btrim({fee}, {WS}), ' ', ''), '')" if fee else "NULL"
     base = f"""
         FROM {stage} s

@@ -20,11 +20,12 @@ from typing import Any
 
 import pytest
 import redis
-from sqlalchemy import create_engine, text
+from sqlalchemy import text
 
 from providers.sandbox.client import SandboxClient
 from providers.sandbox.server import SandboxServer
 from reconciliation import migrate
+from tests.helpers import scratch_database
 from worker import runtime as runtime_mod
 from worker.settings import Settings
 
@@ -45,22 +46,9 @@ TABLES = (
 @pytest.fixture(scope="session")
 def pg_url() -> Iterator[str]:
     """A fresh database for this test run, migrated to head."""
-    name = f"payrecon_test_{os.getpid()}_{secrets.token_hex(3)}"
-    admin = create_engine(f"{PG_BASE}/postgres", isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    url = f"{PG_BASE}/{name}"
-    migrate.upgrade(url)
-    yield url
-    with admin.connect() as conn:
-        conn.execute(
-            text(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :n AND pid <> pg_backend_pid()"
-            ),
-            {"n": name},
-        )
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
-    admin.dispose()
+    with scratch_database(PG_BASE, f"payrecon_test_{os.getpid()}") as url:
+        migrate.upgrade(url)
+        yield url
 
 
 @pytest.fixture(scope="session")

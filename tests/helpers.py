@@ -3,7 +3,27 @@
 from __future__ import annotations
 
 import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
+
+from sqlalchemy import create_engine, text
+
+
+@contextmanager
+def scratch_database(base: str, prefix: str) -> Iterator[str]:
+    """A new, empty PostgreSQL database on the server at ``base`` (its URL), dropped afterwards
+    together with any connection still open to it."""
+    name = f"{prefix}_{secrets.token_hex(3)}"
+    admin = create_engine(f"{base}/postgres", isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+        yield f"{base}/{name}"
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
 
 
 def new_reference(prefix: str = "TXN") -> str:

@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import json
-import secrets
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from sqlalchemy import create_engine, text
 
 from reconciliation import migrate
 from tests.conftest import PG_BASE, worker_env
+from tests.helpers import scratch_database
 from worker.cli import main
 from worker.runtime import Runtime
 from worker.signals import beat_heartbeat
@@ -64,16 +63,9 @@ def test_database_down(env: dict[str, str]) -> None:
 
 @pytest.fixture
 def behind() -> Iterator[str]:
-    name = f"payrecon_behind_{secrets.token_hex(3)}"
-    admin = create_engine(f"{PG_BASE}/postgres", isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    url = f"{PG_BASE}/{name}"
-    migrate.upgrade(url, "0001")
-    yield url
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
-    admin.dispose()
+    with scratch_database(PG_BASE, "payrecon_behind") as url:
+        migrate.upgrade(url, "0001")
+        yield url
 
 
 def test_migrations_behind(env: dict[str, str], behind: str) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,18 +12,13 @@ from sqlalchemy import Column, Integer, create_engine, inspect, text
 from reconciliation import migrate
 from reconciliation.models import Base
 from tests.conftest import PG_BASE
+from tests.helpers import scratch_database
 
 
 @pytest.fixture
 def scratch_pg() -> Iterator[str]:
-    name = f"payrecon_mig_{secrets.token_hex(4)}"
-    admin = create_engine(f"{PG_BASE}/postgres", isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    yield f"{PG_BASE}/{name}"
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
-    admin.dispose()
+    with scratch_database(PG_BASE, "payrecon_mig") as url:
+        yield url
 
 
 def _tables(url: str) -> set[str]:

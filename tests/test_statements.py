@@ -390,3 +390,7 @@ def test_a_file_that_is_not_utf8_is_refused_with_its_line(rt: Runtime, tmp_path:
         import_file(session, "cinetpay", path, business_tz=TZ)
     assert [n for n, _ in info.value.errors] == [10] and "not UTF-8" in str(info.value)
     assert _stored(rt, "cinetpay") == []
+
+
+def test_the_whitespace_trimmed_in_sql_is_what_python_strips() -> None:
+    assert "".join(chr(c) for c in range(0x110000) if chr(c).isspace()) == statements_pg.WHITESPACE

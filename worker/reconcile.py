@@ -91,7 +91,7 @@ def collect(rt: Runtime, provider: str, day: date, start: datetime, end: datetim
             )
         )
     if from_file:
-        _drop_lines(rt, provider, day, ("listing", "status_api"))
+        _replace_lines(rt, provider, day, ("listing", "status_api"), [])
         return int(from_file), 0
     client = rt.client(provider)
     if client is None:
@@ -105,22 +105,16 @@ def collect(rt: Runtime, provider: str, day: date, start: datetime, end: datetim
     return _status_checks(rt, client, day, start, end)
 
 
-def _drop_lines(rt: Runtime, provider: str, day: date, sources: tuple[str, ...]) -> None:
+def _replace_lines(
+    rt: Runtime, provider: str, day: date, sources: tuple[str, ...], lines: list[dict[str, Any]]
+) -> None:
+    """The provider's lines of ``day`` from ``sources`` become ``lines`` (none: they are dropped)."""
     with transaction(rt.sessions) as session:
         session.execute(
             delete(StatementLine).where(
                 StatementLine.provider == provider,
                 StatementLine.business_date == day,
                 StatementLine.source.in_(sources),
-            )
-        )
-
-
-def _replace_lines(rt: Runtime, provider: str, day: date, source: str, lines: list[dict[str, Any]]) -> None:
-    with transaction(rt.sessions) as session:
-        session.execute(
-            delete(StatementLine).where(
-                StatementLine.provider == provider, StatementLine.business_date == day, StatementLine.source == source
             )
         )
         if lines:
@@ -145,7 +139,7 @@ def _listing(rt: Runtime, client: Any, day: date, start: datetime, end: datetime
                 "raw": entry.raw[:2000],
             })  # fmt: skip
         utc_day += timedelta(days=1)
-    _replace_lines(rt, provider, day, "listing", lines)
+    _replace_lines(rt, provider, day, ("listing",), lines)
     return len(lines)
 
 
@@ -194,7 +188,7 @@ def _status_checks(rt: Runtime, client: ProviderClient, day: date, start: dateti
                 "occurred_at": answer.paid_at or payment.paid_at or payment.registered_at or payment.created_at,
                 "payout_id": None, "raw": answer.raw[:2000],
             })  # fmt: skip
-    _replace_lines(rt, provider, day, "status_api", lines)
+    _replace_lines(rt, provider, day, ("status_api",), lines)
     return len(lines), failures
 
 
