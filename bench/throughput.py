@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import secrets
 import subprocess
 import sys
 import tempfile
@@ -23,7 +22,7 @@ from pathlib import Path
 
 import redis
 from celery import Celery
-from sqlalchemy import create_engine, func, select, text
+from sqlalchemy import create_engine, func, select
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -32,6 +31,7 @@ from providers.sandbox.client import SandboxClient
 from providers.sandbox.server import SandboxServer
 from reconciliation import migrate
 from reconciliation.models import Payment
+from tests.helpers import scratch_database
 from worker import pipeline, runtime
 from worker.settings import Settings
 
@@ -47,13 +47,18 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=64, help="threads per worker process")
     parser.add_argument("--processes", type=int, default=2, help="worker processes")
     parser.add_argument("--redis-db", type=int, default=12)
+    parser.add_argument(
+        "--budget",
+        default="100000,100000",
+        help="CinetPay's call budget, CALLS_PER_SECOND,BURST (default: high enough not to be what is measured; "
+        "the production profile's 5/s would cap the run at 5 events/s)",
+    )
     args = parser.parse_args()
+    with scratch_database(PG_BASE, "payrecon_bench") as db_url:
+        run(args, db_url)
 
-    name = f"payrecon_bench_{secrets.token_hex(3)}"
-    admin = create_engine(f"{PG_BASE}/postgres", isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    db_url = f"{PG_BASE}/{name}"
+
+def run(args: argparse.Namespace, db_url: str) -> None:
     broker = f"{REDIS_BASE}/{args.redis_db}"
     redis.Redis.from_url(broker).flushdb()
     workers: list[subprocess.Popen[bytes]] = []
@@ -72,6 +77,7 @@ def main() -> None:
         "CINETPAY_SITE_ID": CREDS["site_id"],
         "CINETPAY_SECRET_KEY": CREDS["secret_key"],
         "PAYRECON_WORKER_CONCURRENCY": str(args.threads),
+        "PAYRECON_BUDGET_CINETPAY": args.budget,
     }
     try:
         migrate.upgrade(db_url)
@@ -163,9 +169,6 @@ def main() -> None:
         for w in workers:
             w.wait(timeout=30)
         sandbox.stop()
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
         redis.Redis.from_url(broker).flushdb()
 
 
