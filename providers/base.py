@@ -7,13 +7,36 @@ Nothing provider-specific leaves ``providers/``: the pipeline only sees
 
 from __future__ import annotations
 
+import hashlib
+import json
+import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime
+from decimal import Decimal, InvalidOperation
 from enum import StrEnum
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Final, Protocol, runtime_checkable
 
+from schemas.currency import MINOR_UNIT_EXPONENT, AmountError, to_minor
 from schemas.messages import WebhookEnvelope
+
+# --------------------------------------------------------------------------- limits
+
+#: Longest merchant reference: the ``reference`` columns (inbox, payments) are String(100).
+MAX_REFERENCE_LENGTH: Final = 100
+#: Longest inbox ``dedupe_key`` (String(200)): :func:`bounded_dedupe_key` keeps every key within it.
+MAX_DEDUPE_KEY_LENGTH: Final = 200
+#: Longest claimed status kept (``verifications.claimed_status`` is String(64)).
+MAX_CLAIMED_STATUS_LENGTH: Final = 64
+#: Deepest nesting of arrays and objects accepted in any JSON a provider sends (real ones: 3 or 4).
+MAX_JSON_DEPTH: Final = 64
+#: Largest amount, in minor units, the BIGINT amount columns hold.
+MAX_AMOUNT: Final = 2**63 - 1
+#: How a dedupe key derived by hashing starts; no natural key is ever kept with this start.
+HASHED_DEDUPE_KEY_PREFIX: Final = "sha256:"
+
+# Characters PostgreSQL cannot store in a text column (NUL) or UTF-8 cannot encode (lone surrogates).
+_UNSTORABLE = re.compile(r"[\x00\ud800-\udfff]")
 
 
 class Outcome(StrEnum):
@@ -142,9 +165,16 @@ class ProviderProtocolError(ProviderError):
 
 
 class DeliveryError(Exception):
-    """Base for problems with a webhook delivery itself (not with the provider)."""
+    """Base for problems with a webhook delivery itself (not with the provider).
+
+    The message is stored as text (inbox detail, dead letters): a NUL or lone surrogate quoted
+    from the delivery becomes U+FFFD.
+    """
 
     reason = "invalid"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(_UNSTORABLE.sub("\ufffd", message))
 
 
 class MalformedDelivery(DeliveryError):
@@ -164,6 +194,138 @@ class AwaitingRegistration(DeliveryError):
     yet (Orange's notif_token). Not a forgery: the pipeline tries again later."""
 
     reason = "awaiting_registration"
+
+
+# --------------------------------------------------------------------------- delivery helpers
+
+
+def unstorable(value: str) -> str | None:
+    """What in ``value`` PostgreSQL cannot store as text (``"a NUL character"``...), or None."""
+    found = _UNSTORABLE.search(value)
+    if found is None:
+        return None
+    return "a NUL character" if found.group() == "\0" else "an unpaired surrogate"
+
+
+def checked_reference(value: str, name: str) -> str:
+    """``value`` as the merchant reference a delivery names; ``MalformedDelivery`` naming field ``name``
+    if it is longer than :data:`MAX_REFERENCE_LENGTH` or cannot be stored (NUL, lone surrogate)."""
+    if len(value) > MAX_REFERENCE_LENGTH:
+        raise MalformedDelivery(f"{name} is {len(value)} characters long; the limit is {MAX_REFERENCE_LENGTH}")
+    problem = unstorable(value)
+    if problem is not None:
+        raise MalformedDelivery(f"{name} contains {problem}")
+    return value
+
+
+def bounded_dedupe_key(natural: str) -> str:
+    """The inbox dedupe key for a provider's natural key: ``natural`` itself when it can be stored
+    (non-empty, at most :data:`MAX_DEDUPE_KEY_LENGTH` characters, no NUL or lone surrogate, not
+    starting with :data:`HASHED_DEDUPE_KEY_PREFIX`), else ``"sha256:" + hex SHA-256 of natural``
+    (71 characters). Deterministic, so repeats of a delivery still share their key."""
+    if (
+        natural
+        and len(natural) <= MAX_DEDUPE_KEY_LENGTH
+        and not natural.startswith(HASHED_DEDUPE_KEY_PREFIX)
+        and unstorable(natural) is None
+    ):
+        return natural
+    return HASHED_DEDUPE_KEY_PREFIX + hashlib.sha256(natural.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def digest_key(*parts: str) -> str:
+    """Hex SHA-256 (64 characters) over ``parts`` as a JSON array: unambiguous, unlike a concatenation."""
+    return hashlib.sha256(json.dumps(parts, ensure_ascii=True).encode("ascii")).hexdigest()
+
+
+def claim_text(value: object) -> str | None:
+    """A claimed status as kept for the history: stripped, without NUL or lone surrogates, cut to
+    :data:`MAX_CLAIMED_STATUS_LENGTH`; None if nothing is left. Claims are hints, never refused."""
+    if value is None:
+        return None
+    text = _UNSTORABLE.sub("", str(value)).strip()[:MAX_CLAIMED_STATUS_LENGTH].strip()
+    return text or None
+
+
+def bounded_minor(amount: str | int | Decimal, currency: str) -> int:
+    """``schemas.currency.to_minor``, bounded: ``AmountError`` (a ``ValueError``) also for amounts
+    beyond :data:`MAX_AMOUNT`, refused *before* ``1e999999`` is expanded into an integer (seconds of
+    CPU) or overflows ``Decimal`` (``decimal.Overflow`` is no ``ValueError``)."""
+    if isinstance(amount, str | Decimal):
+        try:
+            value = Decimal(str(amount).strip())
+        except InvalidOperation:
+            value = None  # to_minor says what is wrong with it
+        exp = MINOR_UNIT_EXPONENT.get(currency, 0)
+        if value is not None and value.is_finite() and value and value.adjusted() + exp > len(str(MAX_AMOUNT)):
+            raise AmountError(f"{str(amount)[:30]!r} {currency[:10]} is out of range")
+    try:
+        minor = to_minor(amount, currency)
+    except ArithmeticError:  # decimal's Overflow and kin
+        raise AmountError(f"{str(amount)[:30]!r} {currency[:10]} is out of range") from None
+    if abs(minor) > MAX_AMOUNT:
+        raise AmountError(f"{str(amount)[:30]!r} {currency[:10]} is out of range")
+    return minor
+
+
+class JsonTooDeep(ValueError):
+    """JSON nested deeper than :data:`MAX_JSON_DEPTH` (refused before the recursive decoder runs)."""
+
+
+# A backslash and the character it escapes, a quote, or a bracket: enough to follow JSON's nesting.
+_JSON_STRUCTURE = re.compile(r'\\.|["\[\]{}]', re.DOTALL)
+
+
+def json_depth_exceeds(text: str, limit: int = MAX_JSON_DEPTH) -> bool:
+    """Whether ``text`` nests arrays and objects deeper than ``limit`` (brackets in strings do not count).
+
+    Linear, no recursion. On invalid JSON the answer may be wrong only after the first error,
+    past which the decoder never goes.
+    """
+    if text.count("[") + text.count("{") <= limit:
+        return False
+    depth, in_string = 0, False
+    for match in _JSON_STRUCTURE.finditer(text):
+        piece = match.group()
+        if piece == '"':
+            in_string = not in_string
+        elif in_string or piece[0] == "\\":
+            continue
+        elif piece in "[{":
+            depth += 1
+            if depth > limit:
+                return True
+        else:
+            depth -= 1
+            if depth < 0:
+                return False  # not JSON: the decoder stops here
+    return False
+
+
+def load_json(text: str, *, max_depth: int = MAX_JSON_DEPTH) -> Any:
+    """``json.loads`` with fractions as ``Decimal`` and a nesting limit.
+
+    ``ValueError`` if ``text`` is not JSON; ``JsonTooDeep`` (a ``ValueError``) if it nests
+    deeper than ``max_depth``: never ``RecursionError``.
+    """
+    message = f"nested too deeply (more than {max_depth} levels of arrays and objects)"
+    if json_depth_exceeds(text, max_depth):
+        raise JsonTooDeep(message)
+    try:
+        return json.loads(text, parse_float=Decimal)
+    except RecursionError:
+        raise JsonTooDeep(message) from None
+
+
+def delivery_json(body: str, not_json: str) -> Any:
+    """A delivery body's JSON value; ``MalformedDelivery`` (``"body nested too deeply ..."``, or
+    ``not_json``) if it cannot be read."""
+    try:
+        return load_json(body)
+    except JsonTooDeep as exc:
+        raise MalformedDelivery(f"body {exc}") from None
+    except ValueError:
+        raise MalformedDelivery(not_json) from None
 
 
 # --------------------------------------------------------------------------- protocol

@@ -38,9 +38,14 @@ from providers.base import (
     ProviderTransientError,
     RegistrationView,
     VerifiedStatus,
+    bounded_dedupe_key,
+    bounded_minor,
+    checked_reference,
+    claim_text,
+    digest_key,
 )
 from providers.http import HttpClient, json_body, json_object, retry_policy
-from schemas.currency import MINOR_UNIT_EXPONENT, AmountError, to_minor
+from schemas.currency import MINOR_UNIT_EXPONENT, AmountError
 from schemas.messages import WebhookEnvelope
 
 PROVIDER: Final = "cinetpay"
@@ -91,6 +96,23 @@ def build_notification(fields: Mapping[str, str], secret_key: str) -> tuple[str,
     pairs = [(name, fields.get(name, "")) for name in CPM_FIELDS]
     pairs += [(name, value) for name, value in fields.items() if name not in CPM_FIELDS]
     return urlencode(pairs), compute_x_token(fields, secret_key)
+
+
+def notification_key(fields: Mapping[str, str], token: str) -> str:
+    """The dedupe key of a notification: exactly what its x-token covers, and the x-token.
+
+    The 16 :data:`CPM_FIELDS` values (a missing field counts as ``""``, as in the HMAC) and the
+    token as ``authenticate`` compares it (stripped, lowercased), hashed as a JSON array. Fields
+    outside the signature (``&x=1``, ``cpm_result``) and the HTTP method change nothing: a captured
+    notification replayed with extras is a repeat and spends no second status call. The values
+    are hashed one by one, not concatenated as the HMAC does: moving characters across a field
+    boundary keeps the token valid but changes the claim (another ``cpm_trans_id``), so it is
+    another delivery. The token keeps a forgery (same fields, wrong token) from taking the key
+    of the authentic notification before it arrives.
+    """
+    return bounded_dedupe_key(
+        digest_key("cinetpay-notification/2", token.strip().lower(), *(fields.get(name, "") for name in CPM_FIELDS))
+    )
 
 
 def parse_form(body: str) -> dict[str, str]:
@@ -265,7 +287,7 @@ def _money_and_date(data: Mapping[str, Any]) -> tuple[int | None, str | None, da
             raise ValueError("amount without currency")
         if isinstance(raw_amount, bool) or not isinstance(raw_amount, str | int | Decimal):
             raise ValueError(f"amount has type {type(raw_amount).__name__}")
-        amount = to_minor(raw_amount, currency)  # AmountError unless exact in that currency
+        amount = bounded_minor(raw_amount, currency)  # AmountError unless exact in that currency
     try:
         paid_at = parse_payment_date(data.get("payment_date"))
     except ValueError:
@@ -314,24 +336,22 @@ class CinetPayClient(HttpClient):
                 raise MalformedDelivery("empty body with query parameters; CinetPay posts a form body")
             return Delivery(kind=DeliveryKind.PING, dedupe_key="ping")
         fields = parse_form(envelope.body)
-        reference = _required(fields, "cpm_trans_id")
+        reference = checked_reference(_required(fields, "cpm_trans_id"), "cpm_trans_id")
         currency = _required(fields, "cpm_currency")
         raw_amount = _required(fields, "cpm_amount")
         if currency not in MINOR_UNIT_EXPONENT:
             raise MalformedDelivery(f"cpm_currency {currency[:10]!r} is not supported")
         try:
-            amount = to_minor(raw_amount, currency)
+            amount = bounded_minor(raw_amount, currency)
         except AmountError:
             raise MalformedDelivery(f"cpm_amount {raw_amount[:30]!r} is not an exact {currency} amount") from None
-        token = envelope.header("x-token") or ""
-        digest = hashlib.sha256(f"{envelope.method}\n{token}\n{envelope.body}".encode()).hexdigest()
         # CinetPay notifications carry no status; the error message is the closest hint.
-        claimed = fields.get("cpm_result", "").strip() or fields.get("cpm_error_message", "").strip()
+        claimed = claim_text(fields.get("cpm_result")) or claim_text(fields.get("cpm_error_message"))
         return Delivery(
             kind=DeliveryKind.PAYMENT,
-            dedupe_key=digest,
+            dedupe_key=notification_key(fields, envelope.header("x-token") or ""),
             reference=reference,
-            claimed_status=claimed or None,
+            claimed_status=claimed,
             claimed_amount=amount,
             claimed_currency=currency,
         )

@@ -10,17 +10,16 @@ Three rules live here and nowhere else:
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from decimal import Decimal
 from email.utils import parsedate_to_datetime
 from typing import Any
 
 import requests
 from requests.adapters import HTTPAdapter
+from requests.utils import guess_json_utf
 from tenacity import (
     RetryCallState,
     Retrying,
@@ -32,12 +31,14 @@ from tenacity import (
 from tenacity.wait import wait_base
 
 from providers.base import (
+    JsonTooDeep,
     ProviderAuthError,
     ProviderBadRequest,
     ProviderNotFound,
     ProviderProtocolError,
     ProviderRateLimited,
     ProviderTransientError,
+    load_json,
 )
 
 #: Headers providers (or their CDN) use to identify one request in their logs.
@@ -266,9 +267,12 @@ def send(
 
 def json_body(response: requests.Response) -> dict[str, Any] | None:
     """``response``'s body if it is a JSON object, else None (for reading codes out of error bodies)."""
+    content = response.content or b""
     try:
-        body = response.json()
-    except ValueError:
+        # As requests' Response.json(): bytes without a declared charset are read as JSON's UTF-8/16/32.
+        encoding = None if response.encoding else guess_json_utf(content)  # type: ignore[no-untyped-call]
+        body = load_json(content.decode(encoding) if encoding else response.text)
+    except ValueError:  # not JSON, not decodable, or nested too deeply
         return None
     return body if isinstance(body, dict) else None
 
@@ -279,7 +283,9 @@ def json_object(text: str, what: str, *, provider: str, http_status: int) -> dic
     JSON numbers with a fraction become ``Decimal``: an amount must never pass through float.
     """
     try:
-        body = json.loads(text, parse_float=Decimal)
+        body = load_json(text)
+    except JsonTooDeep as exc:
+        raise ProviderProtocolError(f"{what} is {exc}", provider=provider, http_status=http_status) from None
     except ValueError:
         raise ProviderProtocolError(
             f"{what} is not JSON: {text[:80]!r}", provider=provider, http_status=http_status

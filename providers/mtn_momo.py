@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import json
 import re
 import time
 from collections.abc import Callable, Mapping
@@ -45,9 +44,14 @@ from providers.base import (
     ProviderTransientError,
     RegistrationView,
     VerifiedStatus,
+    bounded_dedupe_key,
+    bounded_minor,
+    checked_reference,
+    claim_text,
+    delivery_json,
 )
 from providers.http import HttpClient, json_body, json_object, retry_policy
-from schemas.currency import MINOR_UNIT_EXPONENT, AmountError, to_minor
+from schemas.currency import MINOR_UNIT_EXPONENT, AmountError
 from schemas.messages import WebhookEnvelope
 
 PROVIDER: Final = "mtn_momo"
@@ -87,12 +91,12 @@ _REFERENCE = re.compile(r"^[A-Za-z0-9._:\-]{1,100}$")
 
 def is_uuid(value: str) -> bool:
     """Whether ``value`` is a UUID in its canonical 8-4-4-4-12 hex form (any version)."""
-    return bool(_UUID.match(value))
+    return bool(_UUID.fullmatch(value))
 
 
 def is_uuid4(value: str) -> bool:
     """Whether ``value`` is a UUID version 4 (what MoMo requires as ``X-Reference-Id``)."""
-    return bool(_UUID4.match(value))
+    return bool(_UUID4.fullmatch(value))
 
 
 def basic_auth(api_user: str, api_key: str) -> str:
@@ -138,7 +142,7 @@ def _amount(data: Mapping[str, Any]) -> tuple[int | None, str | None]:
     if isinstance(raw_amount, bool) or not isinstance(raw_amount, str | int | Decimal):
         raise ValueError(f"amount has type {type(raw_amount).__name__}")
     try:
-        return to_minor(raw_amount, currency), currency
+        return bounded_minor(raw_amount, currency), currency
     except AmountError as exc:
         raise ValueError(f"amount {str(raw_amount)[:30]!r}: {exc}") from None
 
@@ -202,7 +206,8 @@ def _query_value(query: Mapping[str, str | list[str]], key: str) -> str | None:
 
 
 def _checked_reference(value: str, where: str) -> str:
-    if not _REFERENCE.match(value):
+    checked_reference(value, where)  # names the length limit, NUL characters
+    if not _REFERENCE.fullmatch(value):
         raise MalformedDelivery(f"{where} {value[:60]!r} is not a valid reference")
     return value
 
@@ -386,10 +391,7 @@ class MtnMomoClient(HttpClient):
 
     def parse_delivery(self, envelope: WebhookEnvelope) -> Delivery:
         """Parse a MoMo callback (PUT or POST, JSON) without any network call."""
-        try:
-            body = json.loads(envelope.body, parse_float=Decimal)
-        except ValueError:
-            raise MalformedDelivery(f"body is not JSON: {envelope.body[:40]!r}") from None
+        body = delivery_json(envelope.body, f"body is not JSON: {envelope.body[:40]!r}")
         if not isinstance(body, dict):
             raise MalformedDelivery("body is not a JSON object")
         reference = find_reference(body, envelope.path, envelope.query)
@@ -404,12 +406,13 @@ class MtnMomoClient(HttpClient):
             if isinstance(body.get(key), str | int) and not isinstance(body.get(key), bool) and str(body[key])
         }
         # The same body about the same reference is the same delivery, whatever the method.
+        # MoMo signs nothing: the key is simply this body about this reference (hex SHA-256, 64 characters).
         digest = hashlib.sha256(f"{reference}\n{envelope.body}".encode()).hexdigest()
         return Delivery(
             kind=DeliveryKind.PAYMENT,
-            dedupe_key=digest,
+            dedupe_key=bounded_dedupe_key(digest),
             reference=reference,
-            claimed_status=status.strip()[:40] if isinstance(status, str) and status.strip() else None,
+            claimed_status=claim_text(status.strip()[:40]) if isinstance(status, str) else None,
             claimed_amount=amount,
             claimed_currency=currency,
             provider_ids=provider_ids,

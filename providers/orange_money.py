@@ -27,7 +27,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import json
 import re
 import time
 from collections.abc import Callable, Mapping
@@ -44,6 +43,7 @@ from providers.base import (
     Delivery,
     DeliveryKind,
     ForgedDelivery,
+    JsonTooDeep,
     MalformedDelivery,
     Outcome,
     ProviderAuthError,
@@ -51,9 +51,16 @@ from providers.base import (
     ProviderProtocolError,
     RegistrationView,
     VerifiedStatus,
+    bounded_dedupe_key,
+    bounded_minor,
+    checked_reference,
+    claim_text,
+    delivery_json,
+    load_json,
+    unstorable,
 )
 from providers.http import HttpClient, json_body, json_object, retry_policy
-from schemas.currency import MINOR_UNIT_EXPONENT, AmountError, to_major, to_minor
+from schemas.currency import MINOR_UNIT_EXPONENT, AmountError, to_major
 from schemas.messages import WebhookEnvelope
 
 PROVIDER: Final = "orange_money"
@@ -109,7 +116,9 @@ def parse_token_response(text: str) -> tuple[str, float]:
     """
     where: dict[str, Any] = {"provider": PROVIDER}
     try:
-        body = json.loads(text)
+        body = load_json(text)
+    except JsonTooDeep as exc:
+        raise ProviderProtocolError(f"token answer is {exc}", **where) from None
     except ValueError:
         raise ProviderProtocolError("token answer is not JSON", **where) from None
     if not isinstance(body, dict):
@@ -203,7 +212,7 @@ def _confirmed_money(
         raise ValueError(f"currency {str(raw_currency)[:10]!r} is not supported")
     if currency is None:
         raise ValueError("amount without a currency")
-    return to_minor(raw_amount, currency), currency
+    return bounded_minor(raw_amount, currency), currency
 
 
 # --------------------------------------------------------------------------- notifications
@@ -211,10 +220,7 @@ def _confirmed_money(
 
 def notification_fields(body: str) -> dict[str, Any]:
     """The JSON object of a notification body; ``MalformedDelivery`` unless it has a ``notif_token``."""
-    try:
-        fields = json.loads(body, parse_float=Decimal)
-    except ValueError:
-        raise MalformedDelivery("body is not JSON; Orange notifications are JSON objects") from None
+    fields = delivery_json(body, "body is not JSON; Orange notifications are JSON objects")
     if not isinstance(fields, dict):
         raise MalformedDelivery("body is not a JSON object")
     token = fields.get("notif_token")
@@ -222,6 +228,9 @@ def notification_fields(body: str) -> dict[str, Any]:
         raise MalformedDelivery("missing notif_token")
     if len(token) > _MAX_TOKEN_CHARS:
         raise MalformedDelivery(f"notif_token is longer than {_MAX_TOKEN_CHARS} characters")
+    problem = unstorable(token)  # it is looked up in the payments' provider_data: PostgreSQL text
+    if problem is not None:
+        raise MalformedDelivery(f"notif_token contains {problem}")
     for name in ("status", "txnid"):
         if fields.get(name) is not None and not isinstance(fields[name], str):
             raise MalformedDelivery(f"{name} must be a string")
@@ -247,13 +256,14 @@ def reference_of(envelope: WebhookEnvelope) -> str | None:
     for name in ("order_id", "reference"):
         value = _query_value(envelope.query, name)
         if value is not None:
-            if not _REFERENCE.match(value):
+            checked_reference(value, f"query parameter {name}")  # names the length limit, NUL characters
+            if not _REFERENCE.fullmatch(value):
                 raise MalformedDelivery(f"query parameter {name} is not a valid reference")
             return value
     segments = [segment for segment in envelope.path.split("/") if segment]
     if len(segments) >= 2 and segments[-2] == NOTIFY_SEGMENT:
-        value = unquote(segments[-1])
-        if not _REFERENCE.match(value):
+        value = checked_reference(unquote(segments[-1]), "the notification path's order id")
+        if not _REFERENCE.fullmatch(value):
             raise MalformedDelivery("the notification path's order id is not a valid reference")
         return value
     return None
@@ -324,14 +334,14 @@ class OrangeMoneyClient(HttpClient):
         fields = notification_fields(envelope.body)
         reference = reference_of(envelope)
         token = str(fields["notif_token"]).strip()
+        # Orange signs nothing: the key is simply this body at this URL's order id (hex SHA-256).
         digest = hashlib.sha256(f"{reference or ''}\n{envelope.body}".encode()).hexdigest()
-        status = str(fields.get("status") or "").strip()
         txnid = str(fields.get("txnid") or "").strip()
         return Delivery(
             kind=DeliveryKind.PAYMENT,
-            dedupe_key=digest,
+            dedupe_key=bounded_dedupe_key(digest),
             reference=reference,
-            claimed_status=status or None,
+            claimed_status=claim_text(fields.get("status")),
             provider_ids={"txnid": txnid} if txnid else {},
             lookup=None if reference is not None else ("notif_token", token),
         )

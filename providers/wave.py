@@ -49,9 +49,15 @@ from providers.base import (
     RegistrationView,
     StatementEntry,
     VerifiedStatus,
+    bounded_dedupe_key,
+    bounded_minor,
+    checked_reference,
+    claim_text,
+    delivery_json,
+    unstorable,
 )
 from providers.http import HttpClient, json_body, json_object, retry_policy
-from schemas.currency import MINOR_UNIT_EXPONENT, AmountError, to_minor
+from schemas.currency import MINOR_UNIT_EXPONENT, AmountError
 from schemas.messages import WebhookEnvelope
 
 PROVIDER: Final = "wave"
@@ -204,7 +210,7 @@ def _money(data: Mapping[str, Any], where: str) -> tuple[int | None, str | None]
     if isinstance(raw_amount, bool) or not isinstance(raw_amount, str | int | Decimal):
         raise ValueError(f"{where}amount has type {type(raw_amount).__name__}")
     try:
-        return to_minor(raw_amount, currency), currency
+        return bounded_minor(raw_amount, currency), currency
     except AmountError:
         raise ValueError(f"{where}amount {str(raw_amount)[:30]!r} is not an exact {currency} amount") from None
 
@@ -412,27 +418,33 @@ class WaveClient(HttpClient):
 
     def parse_delivery(self, envelope: WebhookEnvelope) -> Delivery:
         """Parse a Wave event (no network): checkout events are PAYMENT, the rest IGNORED."""
-        try:
-            event = json.loads(envelope.body, parse_float=Decimal)
-        except ValueError:
-            raise MalformedDelivery("body is not JSON; Wave posts a JSON event") from None
+        event = delivery_json(envelope.body, "body is not JSON; Wave posts a JSON event")
         if not isinstance(event, dict):
             raise MalformedDelivery("body is not a JSON object")
         event_id, event_type, data = event.get("id"), event.get("type"), event.get("data")
-        if not isinstance(event_id, str) or not event_id.strip() or len(event_id) > _MAX_EVENT_ID:
+        if not isinstance(event_id, str) or not event_id.strip():
             raise MalformedDelivery("missing or bad event id")
+        if len(event_id) > _MAX_EVENT_ID:
+            raise MalformedDelivery(
+                f"missing or bad event id: {len(event_id)} characters long; the limit is {_MAX_EVENT_ID}"
+            )
+        if (problem := unstorable(event_id)) is not None:
+            raise MalformedDelivery(f"missing or bad event id: it contains {problem}")
         if not isinstance(event_type, str) or not event_type.strip():
             raise MalformedDelivery(f"event {event_id[:40]}: missing type")
         if not isinstance(data, dict):
             raise MalformedDelivery(f"event {event_id[:40]}: data is not an object")
-        dedupe_key = f"event:{event_id}"
+        # The signature covers timestamp + the whole body, and Wave resends an event under its id
+        # (signed anew): the id is the key. Ids near the 200-character column are hashed.
+        dedupe_key = bounded_dedupe_key(f"event:{event_id}")
         if not event_type.startswith(CHECKOUT_EVENT_PREFIX):
             # merchant.payment_received, b2b.*, the portal's test event: authentic or not,
             # nothing payrecon registered.
-            return Delivery(kind=DeliveryKind.IGNORED, dedupe_key=dedupe_key, claimed_status=event_type[:64])
+            return Delivery(kind=DeliveryKind.IGNORED, dedupe_key=dedupe_key, claimed_status=claim_text(event_type))
         reference = data.get("client_reference")
         if not isinstance(reference, str) or not reference.strip():
             raise MalformedDelivery(f"no client_reference: {event_type[:40]} event {event_id[:40]} names no payment")
+        checked_reference(reference, "data.client_reference")
         try:
             amount, currency = _money(data, "data.")
         except ValueError as exc:
@@ -446,7 +458,7 @@ class WaveClient(HttpClient):
             kind=DeliveryKind.PAYMENT,
             dedupe_key=dedupe_key,
             reference=reference,
-            claimed_status=_status_label(data.get("checkout_status"), data.get("payment_status")),
+            claimed_status=claim_text(_status_label(data.get("checkout_status"), data.get("payment_status"))),
             claimed_amount=amount,
             claimed_currency=currency,
             provider_ids=provider_ids,

@@ -161,7 +161,10 @@ def test_valid_notification_is_parsed_into_a_claim() -> None:
     assert delivery.kind is DeliveryKind.PAYMENT
     assert (delivery.claimed_amount, delivery.claimed_currency) == (1250, "USD")
     assert delivery.claimed_status == "SUCCES"
-    expected = hashlib.sha256(f"POST\n{env.header('x-token')}\n{env.body}".encode()).hexdigest()
+    # The key covers what the x-token covers (the 16 CPM values) and the token; computed by hand here.
+    signed_values = [(FIELDS | {"cpm_amount": "12.50", "cpm_currency": "USD"})[name] for name in CPM_FIELDS]
+    material = json.dumps(["cinetpay-notification/2", env.header("x-token"), *signed_values])
+    expected = hashlib.sha256(material.encode()).hexdigest()
     assert delivery.dedupe_key == expected
     # A byte-identical redelivery shares the key; another token does not.
     assert make_client().parse_delivery(env).dedupe_key == expected
