@@ -4,6 +4,11 @@ from __future__ import annotations
 
 from celery import Celery
 
+from worker import broker_recovery
+
+# Before any broker connection: a Redis restart must not end the worker (issue #10).
+broker_recovery.apply()
+
 app = Celery("payrecon")
 app.config_from_object("celeryconfig")
 app.autodiscover_tasks(["worker"], related_name="tasks", force=True)

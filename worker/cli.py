@@ -32,6 +32,21 @@ def _sessions(settings: Settings) -> Any:
     return session_factory(make_engine(settings.database_url, pool_size=max(2, settings.recon_sessions + 1)))
 
 
+def _celery(argv: list[str]) -> NoReturn:
+    """Run ``celery -A worker.app <argv>`` in this process and exit with its exit code.
+
+    Not ``app.worker_main()`` / ``app.start()``: they run celery's click command with
+    ``standalone_mode=False``, which *returns* the code the worker ends with
+    (``ctx.exit(worker.exitcode)``), and ``Celery.start`` drops that return value. A worker that
+    stopped on an "Unrecoverable error" (its exit code 1) then made ``payrecon worker`` exit 0, and
+    a supervisor that restarts only on failure left it dead (issue #10).
+    """
+    from celery.bin.celery import celery as celery_command
+
+    code = celery_command.main(args=["-A", "worker.app", *argv], standalone_mode=False)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
 def _dump(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, ensure_ascii=False, default=str))
 
@@ -74,12 +89,11 @@ def worker(  # noqa: PLR0917 - click passes the options by name
     # Before anything imports prometheus_client: every pool process writes to this clean directory.
     prepare_multiprocess_dir()
     os.environ["PAYRECON_METRICS_PORT"] = str(metrics_port)
-    from worker.app import app
 
     argv = ["worker", "-Q", queues, "-P", pool, "-l", loglevel, "-c", str(concurrency or settings.worker_concurrency)]
     if embed_beat:
         argv.append("-B")
-    app.worker_main([*argv, *celery_args])
+    _celery([*argv, *celery_args])
 
 
 @main.command(context_settings={"ignore_unknown_options": True})
@@ -93,9 +107,7 @@ def beat(loglevel: str, metrics_port: int, celery_args: tuple[str, ...]) -> None
     import os
 
     os.environ["PAYRECON_BEAT_METRICS_PORT"] = str(metrics_port)
-    from worker.app import app
-
-    app.start(["beat", "-l", loglevel, *celery_args])
+    _celery(["beat", "-l", loglevel, *celery_args])
 
 
 @main.command()
