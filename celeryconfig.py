@@ -30,20 +30,29 @@ task_acks_on_failure = True
 task_acks_on_timeout = True
 
 # Verification waits on the provider (0.1-2 s a call): a thread pool with many
-# threads keeps many calls in flight; a few prefetched messages per thread keep
-# the threads busy without hoarding messages another worker could take.
+# threads keeps many calls in flight. One prefetched message per thread: a message a
+# worker holds but has not started is one that another worker could be doing, and it is
+# what a killed worker leaves waiting for the visibility timeout.
 # The pool is chosen by `payrecon worker --pool` (default threads), not here: Celery
 # ignores an explicit `-P prefork` whenever `worker_pool` is configured.
 worker_concurrency = int(os.environ.get("PAYRECON_WORKER_CONCURRENCY", "32"))
-worker_prefetch_multiplier = 4
+worker_prefetch_multiplier = 1
 worker_max_tasks_per_child = None
 worker_hijack_root_logger = False
 
-# Redis redelivers an unacknowledged message after the visibility timeout. It must be
-# longer than any countdown we schedule (longest verification retry: 15 min) or
-# a delayed message would be delivered twice while still waiting.
-VISIBILITY_TIMEOUT = 2 * 3600
-broker_transport_options = {"visibility_timeout": VISIBILITY_TIMEOUT}
+# Redis hands an unacknowledged message to another worker after the visibility timeout, so
+# that a killed worker's messages come back. PostgreSQL holds all unfinished work (design
+# §2.1), so nothing waits on the broker for long: wake-up countdowns are 10 s at most
+# (worker.tasks.WAKE_UP_MAX), the webhook-path tasks end within 45 s (their time limit), and
+# the long jobs (reconciliation, beat's) are acknowledged on receipt and re-driven from the
+# database. 60 s is above the longest of those; a killed worker's messages are back within
+# about 65 s (the timeout plus one restore sweep: every 5 s, each sweep scanning).
+VISIBILITY_TIMEOUT = 60
+broker_transport_options = {
+    "visibility_timeout": VISIBILITY_TIMEOUT,
+    "unacked_restore_interval": 5,
+    "unacked_restore_throttle": 1,
+}
 
 task_time_limit = 300
 task_soft_time_limit = 240
@@ -67,6 +76,7 @@ task_routes = {
     "payrecon.nightly_reconciliation": {"queue": "maintenance"},
     "payrecon.deliver_events": {"queue": "maintenance"},
     "payrecon.send_reminders": {"queue": "maintenance"},
+    "payrecon.purge": {"queue": "maintenance"},
 }
 
 timezone = os.environ.get("PAYRECON_TIMEZONE", "Africa/Abidjan")
@@ -87,6 +97,8 @@ beat_schedule = {
         "task": "payrecon.deliver_events",
         "schedule": float(os.environ.get("PAYRECON_EVENTS_INTERVAL", "5")),
     },
+    # Retention (PAYRECON_RETENTION_DAYS; the task does nothing without it), in the quiet hours.
+    "purge": {"task": "payrecon.purge", "schedule": crontab(hour=3, minute=30)},
     # The previous business day of every provider, plus re-runs (T+1, T+3), at PAYRECON_RECON_AT
     # in the business time zone (``timezone`` above).
     "nightly-reconciliation": {

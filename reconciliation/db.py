@@ -56,6 +56,20 @@ def _tune_sqlite(engine: Engine) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
+def storable_text(value: str) -> str:
+    """``value`` as PostgreSQL text and JSONB accept it: NUL and lone surrogates, which they
+    refuse, written as ``\\u0000``-style escapes. The input itself is kept whole elsewhere (the
+    inbox's and dead letters' raw JSON, where the escapes read back as the original)."""
+    if "\x00" not in value:
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            pass
+        else:
+            return value
+    return "".join(f"\\u{ord(c):04x}" if c == "\x00" or "\ud800" <= c <= "\udfff" else c for c in value)
+
+
 def is_postgres(engine_or_session: Engine | Session) -> bool:
     bind = engine_or_session.get_bind() if isinstance(engine_or_session, Session) else engine_or_session
     return bind.dialect.name == "postgresql"

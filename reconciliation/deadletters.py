@@ -8,6 +8,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from reconciliation import facts
+from reconciliation.db import storable_text
 from reconciliation.models import DeadLetter
 
 
@@ -25,8 +26,8 @@ def record(
     letter = DeadLetter(
         task=task,
         reason=reason,
-        detail=detail,
-        payload=payload,
+        detail=storable_text(detail),
+        payload=storable_text(payload),
         provider=provider,
         reference=reference,
         created_at=now,

@@ -1,16 +1,31 @@
-"""The inbox of webhook deliveries: first raw delivery kept byte for byte, repeats counted."""
+"""The inbox of webhook deliveries: first raw delivery kept byte for byte, repeats counted.
+
+A ``received`` row is unfinished work (design §2.1). ``next_attempt_at`` is when it is due and,
+while a worker holds it, when that worker's lease ends: taking a row moves it to ``now + LEASE``
+in one conditional UPDATE, so two workers never both take it while the lease runs, and a worker
+that dies holding it (SIGKILL, lost connection) only delays it until the lease ends. A message
+that names a row also names the ``next_attempt_at`` it was sent for (its *version*), so the
+message the janitor sent for a row it leased may take it, and a stale one may not.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
-from sqlalchemy import update
+from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
+from reconciliation.db import storable_text
 from reconciliation.dialect import insert
 from reconciliation.models import InboxDelivery, InboxStatus
 from schemas.messages import WebhookEnvelope
+
+#: How long a worker holds a delivery it took: longer than a verification can take (the provider
+#: call's retries end within 20 s, a token fetch and two transactions add a few seconds).
+LEASE = timedelta(seconds=60)
+#: A wake-up message may run this early (countdowns are rounded; clocks differ a little).
+EARLY = timedelta(seconds=2)
 
 
 @dataclass(frozen=True, slots=True)
@@ -18,6 +33,30 @@ class Stored:
     id: int
     is_new: bool  # False: a repeat of a delivery already in the inbox
     status: InboxStatus
+    envelope_raw: str
+    first_seen_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Work:
+    """A delivery a worker holds until ``lease_until``: what the row says of the work so far."""
+
+    id: int
+    provider: str
+    envelope_raw: str
+    first_seen_at: datetime  # when the delivery first arrived
+    opened_at: datetime  # when its work began (arrival, or a reopening after a give-up)
+    attempts: int
+    deferrals: int
+    budget_slot: str | None
+    lease_until: datetime
+
+    @classmethod
+    def opened(
+        cls, inbox_id: int, provider: str, envelope_raw: str, now: datetime, *, first_seen_at: datetime | None = None
+    ) -> Work:
+        """The work of a delivery just stored (or reopened) by the caller, who holds it."""
+        return cls(inbox_id, provider, envelope_raw, first_seen_at or now, now, 0, 0, None, now + LEASE)
 
 
 def store(
@@ -38,30 +77,158 @@ def store(
         dedupe_key=dedupe_key,
         status=status,
         reference=reference,
-        method=envelope.method,
-        path=envelope.path,
-        headers=dict(envelope.headers),
-        body=envelope.body,
+        method=storable_text(envelope.method),
+        path=storable_text(envelope.path),
+        headers={storable_text(k): storable_text(v) for k, v in envelope.headers.items()},
+        body=storable_text(envelope.body),
         envelope_raw=raw,
         received_at=envelope.received_at,
         first_seen_at=now,
         last_seen_at=now,
         repeat_count=0,
         detail=detail,
+        # A new delivery to verify is held by the worker that stored it.
+        next_attempt_at=now + LEASE if status is InboxStatus.RECEIVED else None,
+        opened_at=now if status is InboxStatus.RECEIVED else None,
+        attempts=0,
+        deferrals=0,
     )
     statement = statement.on_conflict_do_update(
         index_elements=["provider", "dedupe_key"],
         set_={"repeat_count": table.c.repeat_count + 1, "last_seen_at": now},
-    ).returning(table.c.id, table.c.repeat_count, table.c.status)
+    ).returning(table.c.id, table.c.repeat_count, table.c.status, table.c.envelope_raw, table.c.first_seen_at)
     row = session.execute(statement).one()
-    return Stored(id=row.id, is_new=row.repeat_count == 0, status=InboxStatus(row.status))
+    return Stored(
+        id=row.id,
+        is_new=row.repeat_count == 0,
+        status=InboxStatus(row.status),
+        envelope_raw=row.envelope_raw,
+        first_seen_at=row.first_seen_at,
+    )
 
 
 def mark(session: Session, inbox_id: int, status: InboxStatus, detail: str = "") -> None:
-    session.execute(update(InboxDelivery).where(InboxDelivery.id == inbox_id).values(status=status, detail=detail))
+    """The delivery's work is over (or it never was work): it is no longer due."""
+    session.execute(
+        update(InboxDelivery)
+        .where(InboxDelivery.id == inbox_id)
+        .values(status=status, detail=detail, next_attempt_at=None, budget_slot=None)
+    )
 
 
-def reopen(session: Session, inbox_id: int) -> bool:
+def take(session: Session, inbox_id: int, now: datetime, *, version: datetime | None = None) -> Work | None:
+    """Hold a received delivery for ``LEASE`` if it is due (or ``version`` is the schedule the caller
+    was sent for). None: finished, or held by another worker, or not due yet."""
+    table = InboxDelivery.__table__
+    allowed = [InboxDelivery.next_attempt_at <= now + EARLY]
+    if version is not None:
+        allowed.append(InboxDelivery.next_attempt_at == version)
+    row = session.execute(
+        update(InboxDelivery)
+        .where(InboxDelivery.id == inbox_id, InboxDelivery.status == InboxStatus.RECEIVED, or_(*allowed))
+        .values(next_attempt_at=now + LEASE)
+        .returning(
+            table.c.id,
+            table.c.provider,
+            table.c.envelope_raw,
+            table.c.first_seen_at,
+            table.c.opened_at,
+            table.c.attempts,
+            table.c.deferrals,
+            table.c.budget_slot,
+            table.c.next_attempt_at,
+        )
+    ).first()
+    if row is None:
+        return None
+    return Work(*row)
+
+
+def schedule(
+    session: Session,
+    work: Work,
+    at: datetime,
+    detail: str,
+    *,
+    failed: bool = False,
+    deferred: bool = False,
+    budget_slot: str | None = None,
+) -> datetime | None:
+    """Put the delivery off until ``at``, counting a failure or a deferral; only while the caller
+    still holds it. Returns the new schedule (the version a wake-up message names), or None if
+    the lease was lost meanwhile (another worker holds or finished it)."""
+    row = session.execute(
+        update(InboxDelivery)
+        .where(
+            InboxDelivery.id == work.id,
+            InboxDelivery.status == InboxStatus.RECEIVED,
+            InboxDelivery.next_attempt_at == work.lease_until,
+        )
+        .values(
+            next_attempt_at=at,
+            detail=detail,
+            attempts=InboxDelivery.attempts + (1 if failed else 0),
+            deferrals=InboxDelivery.deferrals + (1 if deferred else 0),
+            budget_slot=budget_slot,
+        )
+        .returning(InboxDelivery.next_attempt_at)
+    ).first()
+    return row[0] if row is not None else None
+
+
+def claim_due(session: Session, now: datetime, *, limit: int) -> list[tuple[int, datetime]]:
+    """Due deliveries, oldest first, leased for the janitor's messages: (id, version) pairs."""
+    due = (
+        select(InboxDelivery.id)
+        .where(InboxDelivery.status == InboxStatus.RECEIVED, InboxDelivery.next_attempt_at <= now)
+        .order_by(InboxDelivery.next_attempt_at, InboxDelivery.id)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    ids = list(session.scalars(due))
+    if not ids:
+        return []
+    lease = now + LEASE
+    session.execute(update(InboxDelivery).where(InboxDelivery.id.in_(ids)).values(next_attempt_at=lease))
+    return [(inbox_id, lease) for inbox_id in ids]
+
+
+def wake(session: Session, provider: str, reference: str, now: datetime) -> list[tuple[int, datetime]]:
+    """Deliveries of ``reference`` that wait (for its registration, say), due now: (id, version)."""
+    rows = session.execute(
+        update(InboxDelivery)
+        .where(
+            InboxDelivery.provider == provider,
+            InboxDelivery.reference == reference,
+            InboxDelivery.status == InboxStatus.RECEIVED,
+            InboxDelivery.next_attempt_at > now,
+            InboxDelivery.deferrals > 0,
+        )
+        .values(next_attempt_at=now)
+        .returning(InboxDelivery.id)
+    ).all()
+    return [(row[0], now) for row in rows]
+
+
+def coalesce(session: Session, provider: str, reference: str, *, asked_at: datetime, done: int, detail: str) -> int:
+    """Other deliveries of ``reference`` that arrived before the provider was asked at ``asked_at``:
+    its answer covers them, so they are finished without a call of their own (one a worker holds
+    at this moment still finishes its own work, idempotently)."""
+    result = session.execute(
+        update(InboxDelivery)
+        .where(
+            InboxDelivery.provider == provider,
+            InboxDelivery.reference == reference,
+            InboxDelivery.status == InboxStatus.RECEIVED,
+            InboxDelivery.id != done,
+            InboxDelivery.first_seen_at <= asked_at,
+        )
+        .values(status=InboxStatus.PROCESSED, detail=detail, next_attempt_at=None, budget_slot=None)
+    )
+    return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+
+def reopen(session: Session, inbox_id: int, now: datetime) -> bool:
     """Take a delivery that was given up on (``failed``) back for verification, once.
 
     Used when the same delivery arrives again (a provider redelivery, or an operator's
@@ -70,7 +237,20 @@ def reopen(session: Session, inbox_id: int) -> bool:
     reopened = session.execute(
         update(InboxDelivery)
         .where(InboxDelivery.id == inbox_id, InboxDelivery.status == InboxStatus.FAILED)
-        .values(status=InboxStatus.RECEIVED, detail="reopened by a repeat delivery")
+        .values(
+            status=InboxStatus.RECEIVED,
+            detail="reopened by a repeat delivery",
+            next_attempt_at=now + LEASE,
+            opened_at=now,
+            attempts=0,
+            deferrals=0,
+            budget_slot=None,
+        )
         .returning(InboxDelivery.id)
     ).first()
     return reopened is not None
+
+
+def name_reference(session: Session, inbox_id: int, reference: str) -> None:
+    """The delivery was tied to its payment by a provider-side token: note the payment's reference."""
+    session.execute(update(InboxDelivery).where(InboxDelivery.id == inbox_id).values(reference=reference))

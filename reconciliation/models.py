@@ -181,10 +181,24 @@ class PaymentFlag(Base):
 
 
 class InboxDelivery(Base):
-    """Every webhook delivery. The first raw envelope is kept byte for byte, repeats counted."""
+    """Every webhook delivery. The first raw envelope is kept byte for byte, repeats counted.
+
+    A ``received`` row is unfinished work (design §2.1): ``next_attempt_at`` is both when it is
+    due and, while a worker holds it, the end of that worker's lease. Any worker may take a row
+    that is due, so a worker that dies leaves nothing behind but a lease that runs out.
+    """
 
     __tablename__ = "inbox"
-    __table_args__ = (UniqueConstraint("provider", "dedupe_key"),)
+    __table_args__ = (
+        UniqueConstraint("provider", "dedupe_key"),
+        Index(
+            "ix_inbox_due",
+            "next_attempt_at",
+            postgresql_where=text("status = 'received'"),
+            sqlite_where=text("status = 'received'"),
+        ),
+        Index("ix_inbox_last_seen_at", "last_seen_at"),
+    )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     provider: Mapped[str] = mapped_column(String(32))
@@ -201,6 +215,14 @@ class InboxDelivery(Base):
     last_seen_at: Mapped[datetime] = mapped_column(UtcDateTime(), server_default=func.now())
     repeat_count: Mapped[int] = mapped_column(Integer, default=0)
     detail: Mapped[str] = mapped_column(Text, default="")
+    # The work on a ``received`` row: when it is due (or its lease ends), the provider failures
+    # and internal errors so far (``attempts``), the waits that were not failures
+    # (``deferrals``: call budget, awaiting a registration), and the call-budget slot it holds.
+    next_attempt_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    opened_at: Mapped[datetime | None] = mapped_column(UtcDateTime())  # when the work began (or was reopened)
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    deferrals: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    budget_slot: Mapped[str | None] = mapped_column(String(16))
 
 
 class Verification(Base):
@@ -210,7 +232,7 @@ class Verification(Base):
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     payment_id: Mapped[int] = mapped_column(ForeignKey("payments.id"), index=True)
-    inbox_id: Mapped[int | None] = mapped_column(ForeignKey("inbox.id"))
+    inbox_id: Mapped[int | None] = mapped_column(ForeignKey("inbox.id"), index=True)
     trigger: Mapped[str] = mapped_column(String(24))  # webhook | recheck | registration | manual
     claimed_status: Mapped[str | None] = mapped_column(String(64))
     claimed_amount: Mapped[int | None] = mapped_column(BigInteger)
@@ -224,7 +246,7 @@ class Verification(Base):
     error: Mapped[str | None] = mapped_column(Text)
     decision: Mapped[str] = mapped_column(Text, default="")
     raw_response: Mapped[str | None] = mapped_column(Text)
-    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), server_default=func.now())
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), server_default=func.now(), index=True)
 
     payment: Mapped[Payment] = relationship(back_populates="verifications")
 
@@ -377,7 +399,7 @@ class DeadLetter(Base):
     payload: Mapped[str] = mapped_column(Text)  # the raw input, as received
     provider: Mapped[str | None] = mapped_column(String(32))
     reference: Mapped[str | None] = mapped_column(String(100))
-    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), server_default=func.now())
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), server_default=func.now(), index=True)
     replayed_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
 
 

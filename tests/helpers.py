@@ -5,9 +5,15 @@ from __future__ import annotations
 import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import create_engine, text
+
+from reconciliation.models import InboxDelivery
+
+if TYPE_CHECKING:
+    from worker.runtime import Runtime
 
 
 @contextmanager
@@ -54,3 +60,12 @@ def registration(
         "provider_data": {},
         **extra,
     }
+
+
+def age(rt: Runtime, inbox_id: int, seconds: float) -> None:
+    """Let time pass for a delivery's work: its arrival and the start of its work move back."""
+    with rt.sessions.begin() as session:
+        row = session.get(InboxDelivery, inbox_id)
+        assert row is not None and row.opened_at is not None
+        row.first_seen_at -= timedelta(seconds=seconds)
+        row.opened_at -= timedelta(seconds=seconds)

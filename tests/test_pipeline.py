@@ -28,7 +28,7 @@ from reconciliation.models import (
 )
 from reconciliation.views import balances
 from tests.conftest import CINETPAY
-from tests.helpers import new_reference, registration
+from tests.helpers import age, new_reference, registration
 from worker import pipeline
 from worker.pipeline import Outcome
 from worker.runtime import Runtime
@@ -247,6 +247,24 @@ def test_identical_deliveries_are_counted_and_settle_once(rt: Runtime, sandbox: 
     assert sandbox.get_cinetpay(ref)["check_count"] == 1
 
 
+def test_an_authentic_delivery_agreeing_with_a_final_payment_spends_no_call(
+    rt: Runtime, sandbox: SandboxClient
+) -> None:
+    ref = new_reference()
+    register(rt, ref)
+    envelope = paid(sandbox, ref)
+    assert pipeline.ingest_webhook(rt, envelope).outcome is Outcome.ACCEPTED
+    # CinetPay notifies again, signed, with another date: a new delivery that says what we know.
+    again = resigned(envelope, cpm_trans_date="2026-12-05 10:00:00")
+    result = pipeline.ingest_webhook(rt, again)
+    assert result.outcome is Outcome.DUPLICATE and "as the delivery says" in result.detail
+    assert sandbox.get_cinetpay(ref)["check_count"] == 1
+    # One that claims something else is verified.
+    refused = resigned(envelope, cpm_result="01", cpm_trans_date="2026-12-05 11:00:00")
+    assert pipeline.ingest_webhook(rt, refused).outcome is Outcome.ACCEPTED
+    assert sandbox.get_cinetpay(ref)["check_count"] == 2
+
+
 def test_first_raw_delivery_is_never_overwritten(rt: Runtime, sandbox: SandboxClient) -> None:
     ref = new_reference()
     register(rt, ref)
@@ -315,19 +333,28 @@ def test_provider_500_then_429_then_success_is_retried_inside_the_call(rt: Runti
     assert payment(rt, ref).status is PaymentStatus.SUCCEEDED
 
 
-def test_provider_down_is_retried_later_then_dead_lettered(rt: Runtime, sandbox: SandboxClient) -> None:
+def test_provider_down_is_a_wait_in_the_inbox_then_a_dead_letter_after_its_window(
+    rt: Runtime, sandbox: SandboxClient
+) -> None:
     ref = new_reference()
     register(rt, ref)
     sandbox.create_cinetpay(ref, 5000, faults=[{"status": 503}] * 12)
     result = pipeline.ingest_webhook(rt, sandbox.cinetpay_notification(ref))
-    assert result.outcome is Outcome.RETRY and result.inbox_id is not None
-    assert pipeline.retry_delivery(rt, result.inbox_id, final_attempt=False).outcome is Outcome.RETRY
-    final = pipeline.retry_delivery(rt, result.inbox_id, final_attempt=True)
+    assert result.outcome is Outcome.RETRY and result.inbox_id is not None and result.due is not None
+    with rt.sessions() as session:
+        row = session.get(InboxDelivery, result.inbox_id)
+        assert row is not None
+        assert (row.status, row.attempts, row.next_attempt_at) == (InboxStatus.RECEIVED, 1, result.due)
+    assert pipeline.retry_delivery(rt, result.inbox_id).outcome is Outcome.DUPLICATE  # not due yet
+    again = pipeline.retry_delivery(rt, result.inbox_id, version=result.due)  # its wake-up
+    assert again.outcome is Outcome.RETRY and again.due is not None
+    age(rt, result.inbox_id, rt.profile("cinetpay").give_up_after)  # the provider's give-up window passes
+    final = pipeline.retry_delivery(rt, result.inbox_id, version=again.due)
     assert final.outcome is Outcome.FAILED
     with rt.sessions() as session:
         letter = session.scalars(select(DeadLetter)).one()
         errors = list(session.scalars(select(Verification.error)))
-    assert letter.reason == "provider_unavailable" and "503" in letter.detail
+    assert letter.reason == "provider_unavailable" and "503" in letter.detail and "48 h" in letter.detail
     assert ref in letter.payload  # the raw delivery is kept for replay
     assert len(errors) == 3 and all(errors)
     assert payment(rt, ref).status is PaymentStatus.REGISTERED  # the janitor will still look
@@ -339,7 +366,7 @@ def test_retry_after_recovery_settles(rt: Runtime, sandbox: SandboxClient) -> No
     sandbox.create_cinetpay(ref, 5000, faults=[{"status": 503}] * 3)
     result = pipeline.ingest_webhook(rt, sandbox.cinetpay_notification(ref))
     assert result.outcome is Outcome.RETRY and result.inbox_id is not None
-    assert pipeline.retry_delivery(rt, result.inbox_id, final_attempt=False).outcome is Outcome.ACCEPTED
+    assert pipeline.retry_delivery(rt, result.inbox_id, version=result.due).outcome is Outcome.ACCEPTED
     assert payment(rt, ref).settled
 
 
@@ -453,7 +480,8 @@ def test_a_given_up_delivery_is_verified_again_when_it_arrives_again(rt: Runtime
     envelope = sandbox.cinetpay_notification(ref)
     first = pipeline.ingest_webhook(rt, envelope)
     assert first.inbox_id is not None
-    assert pipeline.retry_delivery(rt, first.inbox_id, final_attempt=True).outcome is Outcome.FAILED
+    age(rt, first.inbox_id, rt.profile("cinetpay").give_up_after)
+    assert pipeline.retry_delivery(rt, first.inbox_id, version=first.due).outcome is Outcome.FAILED
     assert pipeline.ingest_webhook(rt, envelope).outcome is Outcome.ACCEPTED
     assert payment(rt, ref).settled
     assert pipeline.ingest_webhook(rt, envelope).outcome is Outcome.DUPLICATE

@@ -7,11 +7,11 @@ import uuid
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from providers.sandbox.client import SandboxClient
 from reconciliation.models import DeadLetter, InboxDelivery, InboxStatus, Payment, PaymentStatus, Verification
-from tests.helpers import new_reference, registration
+from tests.helpers import age, new_reference, registration
 from worker import pipeline
 from worker.pipeline import Outcome
 from worker.runtime import Runtime
@@ -34,23 +34,28 @@ def test_orange_notification_before_its_registration_waits_then_settles(rt: Runt
     assert early.outcome is Outcome.RETRY and early.delay and "awaiting registration" in early.detail
     assert early.inbox_id is not None
     assert sandbox.get("orange_money", ref)["check_count"] == 0  # nothing spent on an unauthenticated one
-    pipeline.register_payment(rt, coko(ref, "orange_money", provider_data=state["provider_data"]))
-    assert pipeline.retry_delivery(rt, early.inbox_id, final_attempt=False).outcome is Outcome.ACCEPTED
+    registered = pipeline.register_payment(rt, coko(ref, "orange_money", provider_data=state["provider_data"]))
+    (woken,) = registered.wake  # the registration makes the waiting notification due at once
+    assert woken[0] == early.inbox_id
+    assert pipeline.retry_delivery(rt, early.inbox_id, version=woken[1]).outcome is Outcome.ACCEPTED
     assert status(rt, ref) is PaymentStatus.SUCCEEDED
 
 
-def test_orange_notification_whose_registration_never_comes_is_dead_lettered(
-    rt: Runtime, sandbox: SandboxClient
-) -> None:
+def test_orange_notification_whose_registration_never_comes_stops_waiting(rt: Runtime, sandbox: SandboxClient) -> None:
     ref = new_reference("ORD")
     sandbox.create("orange_money", reference=ref, amount=6500, currency="XOF", fate="accepted")
     early = pipeline.ingest_webhook(rt, sandbox.notification("orange_money", ref))
-    assert early.inbox_id is not None
-    final = pipeline.retry_delivery(rt, early.inbox_id, final_attempt=True)
-    assert final.outcome is Outcome.FAILED
+    assert early.inbox_id is not None and early.delay == 30
+    again = pipeline.retry_delivery(rt, early.inbox_id, version=early.due)
+    assert again.outcome is Outcome.RETRY and again.delay == 60  # the waits grow
+    age(rt, early.inbox_id, rt.settings.await_registration)
+    final = pipeline.retry_delivery(rt, early.inbox_id, version=again.due)
+    assert final.outcome is Outcome.FORGED and "no registration arrived within 1 h" in final.detail
     with rt.sessions() as session:
-        letter = session.scalars(select(DeadLetter)).one()
-    assert letter.reason == "unauthenticated" and "registration never arrived" in letter.detail
+        row = session.get(InboxDelivery, early.inbox_id)
+        assert row is not None and row.status is InboxStatus.FORGED and row.next_attempt_at is None
+        assert session.scalar(select(func.count()).select_from(DeadLetter)) == 0  # quarantined, not a dead letter
+    assert sandbox.get("orange_money", ref)["check_count"] == 0
 
 
 def test_orange_notification_without_order_id_is_found_by_its_notif_token(rt: Runtime, sandbox: SandboxClient) -> None:

@@ -48,9 +48,9 @@ def test_unexpected_kwargs_are_kept_in_the_dead_letter(installed: Runtime) -> No
 
 
 def test_retry_delay_grows_and_is_jittered() -> None:
-    first = [tasks.retry_delay(0) for _ in range(50)]
+    first = [pipeline.retry_delay(0) for _ in range(50)]
     assert all(4.0 <= d <= 6.0 for d in first) and len(set(first)) > 1
-    assert 720 <= tasks.retry_delay(99) <= 1080
+    assert 720 <= pipeline.retry_delay(99) <= 1080
 
 
 def test_each_internal_task_lands_in_its_own_queue_only() -> None:

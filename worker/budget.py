@@ -4,6 +4,14 @@ A bucket holds at most ``burst`` tokens and refills at ``rate`` tokens per secon
 a token either succeeds now or says how long to wait: an exhausted budget *delays* work
 (the caller schedules it again), it never drops it.
 
+``reserve`` takes a token even from an empty bucket: the balance goes below zero and the
+caller is told when its token will exist. Each waiting caller so holds its own slot, in
+arrival order, and runs once at that slot, instead of every waiter asking again at the next
+refill and most of them losing (300 deferred callbacks made 12,000 task runs in 73 s that way).
+
+The store being unreachable raises :class:`BudgetUnavailable`: the caller waits, as for an
+exhausted budget (an outage is a wait, never a dead letter).
+
 On Redis the bucket is one hash updated by a Lua script (atomic, using the Redis server's
 clock so that machines with skewed clocks agree). The embedded demo, whose broker is not
 Redis, uses an in-process bucket instead: a budget per worker process, not per fleet.
@@ -21,10 +29,13 @@ import redis
 
 KEY_PREFIX = "payrecon:budget:"
 
-# KEYS[1] bucket; ARGV rate (tokens/s), burst. Returns the wait in seconds as a string ("0" = taken).
+# KEYS[1] bucket; ARGV rate (tokens/s), burst, reserve ("1": take even from an empty bucket).
+# Returns the wait in seconds as a string ("0" = taken now; with reserve, the token is the
+# caller's at the end of the wait).
 _TAKE = """
 local rate = tonumber(ARGV[1])
 local burst = tonumber(ARGV[2])
+local reserve = ARGV[3] == '1'
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local state = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
@@ -35,18 +46,29 @@ tokens = math.min(burst, tokens + math.max(0, now - ts) * rate)
 local wait = 0
 if tokens >= 1 then
   tokens = tokens - 1
+elseif reserve then
+  tokens = tokens - 1
+  wait = -tokens / rate
 else
   wait = (1 - tokens) / rate
 end
 redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'ts', tostring(now))
-redis.call('EXPIRE', KEYS[1], math.ceil(burst / rate) + 60)
+redis.call('EXPIRE', KEYS[1], math.ceil((burst - math.min(tokens, 0)) / rate) + 60)
 return tostring(wait)
 """
+
+
+class BudgetUnavailable(Exception):
+    """The budget's store did not answer: wait and ask again."""
 
 
 class Budget(Protocol):
     def take(self, bucket: str, rate: float, burst: int) -> float:
         """Take one token from ``bucket``: 0.0 if taken, else the seconds until one is free."""
+        ...
+
+    def reserve(self, bucket: str, rate: float, burst: int) -> float:
+        """Take one token from ``bucket`` now or in the future: the seconds until it is the caller's."""
         ...
 
 
@@ -58,7 +80,16 @@ class RedisBudget:
         self._take = self._redis.register_script(_TAKE)
 
     def take(self, bucket: str, rate: float, burst: int) -> float:
-        return float(self._take(keys=[KEY_PREFIX + bucket], args=[rate, burst]))
+        return self._call(bucket, rate, burst, reserve=False)
+
+    def reserve(self, bucket: str, rate: float, burst: int) -> float:
+        return self._call(bucket, rate, burst, reserve=True)
+
+    def _call(self, bucket: str, rate: float, burst: int, *, reserve: bool) -> float:
+        try:
+            return float(self._take(keys=[KEY_PREFIX + bucket], args=[rate, burst, "1" if reserve else "0"]))
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise BudgetUnavailable(f"call budget store unreachable: {type(exc).__name__}") from exc
 
     def reset(self, bucket: str) -> None:
         self._redis.delete(KEY_PREFIX + bucket)
@@ -76,13 +107,19 @@ class LocalBudget:
         self._buckets: dict[str, tuple[float, float]] = {}
 
     def take(self, bucket: str, rate: float, burst: int) -> float:
+        return self._take(bucket, rate, burst, reserve=False)
+
+    def reserve(self, bucket: str, rate: float, burst: int) -> float:
+        return self._take(bucket, rate, burst, reserve=True)
+
+    def _take(self, bucket: str, rate: float, burst: int, *, reserve: bool) -> float:
         with self._lock:
             now = self._clock()
             tokens, ts = self._buckets.get(bucket, (float(burst), now))
             tokens = min(float(burst), tokens + max(0.0, now - ts) * rate)
-            if tokens >= 1:
+            if tokens >= 1 or reserve:
                 self._buckets[bucket] = (tokens - 1, now)
-                return 0.0
+                return max(0.0, 1 - tokens) / rate
             self._buckets[bucket] = (tokens, now)
             return (1 - tokens) / rate
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -670,6 +670,41 @@ def ledger_check(as_json: bool) -> None:
     else:
         click.echo("every journal balances")
     sys.exit(1 if bad else 0)
+
+
+@main.command()
+@click.option(
+    "--older-than",
+    "days",
+    type=click.IntRange(min=1),
+    required=True,
+    help="Age in days: finished inbox rows, dead letters and providers' raw answers older than this go.",
+)
+@click.option(
+    "--archive",
+    type=click.Path(dir_okay=False, writable=True),
+    help="Append every deleted row to this file first, one JSON object per line.",
+)
+@click.option("--json", "as_json", is_flag=True)
+def purge(days: int, archive: str | None, as_json: bool) -> None:
+    """Delete what finished long ago (never unfinished work). Beat runs it daily when
+    PAYRECON_RETENTION_DAYS is set."""
+    settings = _settings()
+    from reconciliation.retention import purge as run
+
+    before = datetime.now(UTC) - timedelta(days=days)
+    if archive is None:
+        purged = run(_sessions(settings), before)
+    else:
+        with open(archive, "a", encoding="utf-8") as out:
+            purged = run(_sessions(settings), before, archive=out)
+    if as_json:
+        _dump({"before": before.isoformat(), **purged.as_dict()})
+        return
+    click.echo(
+        f"purged before {before:%Y-%m-%d %H:%M} UTC: {purged.inbox} inbox rows, {purged.dead_letters} dead letters, "
+        f"{purged.responses} raw provider answers cleared" + (f" (archived to {archive})" if archive else "")
+    )
 
 
 @main.group("dead-letters")

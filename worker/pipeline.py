@@ -15,13 +15,16 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import random
+from collections.abc import Callable
 from dataclasses import dataclass, replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
+from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
 from providers.base import (
@@ -37,12 +40,12 @@ from providers.base import (
     VerifiedStatus,
 )
 from reconciliation import deadletters, inbox, payments
-from reconciliation.db import transaction
-from reconciliation.models import FINAL_STATUSES, InboxDelivery, InboxStatus, Payment, PaymentStatus
+from reconciliation.db import storable_text, transaction
+from reconciliation.models import FINAL_STATUSES, InboxStatus, Payment, PaymentStatus, Verification
 from reconciliation.subscriptions import UnknownPlan, expire_due
 from schemas.messages import PaymentRegistration, WebhookEnvelope
 from worker import metrics
-from worker.budget import rounded_wait
+from worker.budget import BudgetUnavailable, rounded_wait
 from worker.observability import timed_call
 from worker.runtime import Runtime
 
@@ -74,16 +77,30 @@ class Result:
     detail: str = ""
     inbox_id: int | None = None
     reference: str | None = None
-    #: For RETRY: wait this long, without counting an attempt (budget, awaiting registration).
+    #: For RETRY: the delivery waits in the inbox this long, until ``due`` (the schedule a wake-up
+    #: message names; the janitor finds it then in any case).
     delay: float | None = None
     provider: str | None = None
+    due: datetime | None = None
+    #: Deliveries a registration made due at once: (inbox id, schedule) pairs to wake.
+    wake: tuple[tuple[int, datetime], ...] = ()
 
 
 def _raw(payload: Any) -> str:
+    """The input as JSON text PostgreSQL can store whole: a lone surrogate (a receiver that
+    decoded with ``surrogateescape``) is written as its ``\\udXXX`` escape, which reads back the same."""
     try:
-        return json.dumps(payload, ensure_ascii=False, sort_keys=True)
-    except (TypeError, ValueError):
-        return repr(payload)
+        raw = json.dumps(payload, ensure_ascii=False, sort_keys=True)
+    except (TypeError, ValueError, RecursionError):
+        try:
+            return storable_text(repr(payload))
+        except RecursionError:
+            return f"<{type(payload).__name__} nested too deeply to write out>"
+    try:
+        raw.encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(payload, ensure_ascii=True, sort_keys=True)
+    return raw
 
 
 def _errors(exc: ValidationError) -> str:
@@ -109,10 +126,28 @@ def _dead_letter(rt: Runtime, task: str, reason: str, detail: str, payload: str,
 
 # --------------------------------------------------------------------------- webhooks
 
+#: Seconds before the n-th retry of a verification the provider did not answer (jittered); the
+#: last repeats until the provider's give-up window (its trust profile) has passed.
+RETRY_DELAYS = (5, 15, 30, 60, 120, 300, 600, 900)
+#: Seconds between tries of a delivery that waits for its registration to be authenticated.
+AWAIT_REGISTRATION_DELAYS = (30, 60, 120, 300, 600, 900)
+#: How long a delivery waits when the call budget's store does not answer.
+BUDGET_OUTAGE_WAIT = 5.0
+#: Bytes of an oversized envelope kept in its dead letter (with its size and SHA-256).
+OVERSIZED_HEAD = 4096
+
+
+def retry_delay(attempt: int) -> float:
+    base = RETRY_DELAYS[min(attempt, len(RETRY_DELAYS) - 1)]
+    return base * random.uniform(0.8, 1.2)  # noqa: S311 - jitter, not security
+
 
 def ingest_webhook(rt: Runtime, payload: Any) -> Result:
-    """Steps 1-6 for one delivery. RETRY: verify again later (``delay`` set: not an attempt)."""
+    """Steps 1-6 for one delivery. RETRY: the delivery waits in the inbox, due at ``due``."""
     raw = _raw(payload)
+    size = len(raw.encode("utf-8"))
+    if size > rt.settings.max_envelope_bytes:
+        return _oversized(rt, payload, raw, size)
     try:
         envelope = WebhookEnvelope.model_validate(payload)
     except ValidationError as exc:
@@ -130,7 +165,10 @@ def ingest_webhook(rt: Runtime, payload: Any) -> Result:
         delivery = client.parse_delivery(envelope)
     except MalformedDelivery as exc:
         return _store_malformed(rt, envelope, raw, str(exc))
+    except RecursionError:
+        return _store_malformed(rt, envelope, raw, "body nested too deeply to read")
 
+    now = rt.context().now
     with transaction(rt.sessions) as session:
         payment = _resolve(session, provider, delivery)
         status, detail = InboxStatus.RECEIVED, ""
@@ -140,21 +178,28 @@ def ingest_webhook(rt: Runtime, payload: Any) -> Result:
             status = InboxStatus.IGNORED
         else:
             status, detail = _authenticate(client, envelope, delivery, payment)
+        reference = payment.reference if payment is not None else delivery.reference
         stored = inbox.store(
             session,
             envelope,
             raw,
             dedupe_key=delivery.dedupe_key,
-            reference=payment.reference if payment is not None else delivery.reference,
+            reference=reference,
             status=status,
             detail=detail,
-            now=rt.context().now,
+            now=now,
         )
-        retry_given_up = not stored.is_new and stored.status is InboxStatus.FAILED and inbox.reopen(session, stored.id)
-    reference = payment.reference if payment is not None else delivery.reference
-    if retry_given_up:
-        log.info("%s delivery %s arrived again after a give-up: verifying again", provider, stored.id)
-    elif not stored.is_new:
+        work: inbox.Work | None = None
+        if stored.is_new:
+            work = inbox.Work.opened(stored.id, provider, raw, now) if status is InboxStatus.RECEIVED else None
+        elif stored.status is InboxStatus.FAILED and inbox.reopen(session, stored.id, now):
+            log.info("%s delivery %s arrived again after a give-up: verifying again", provider, stored.id)
+            work = inbox.Work.opened(stored.id, provider, stored.envelope_raw, now, first_seen_at=stored.first_seen_at)
+        elif stored.status is InboxStatus.RECEIVED:
+            # A redelivery (the broker's, after a worker died; or the provider's) of unfinished
+            # work goes on with it, unless a live worker holds it or it is not due yet.
+            work = inbox.take(session, stored.id, now)
+    if not stored.is_new and work is None:
         return Result(Outcome.DUPLICATE, f"repeat of inbox delivery {stored.id}", stored.id, reference)
     if status is InboxStatus.FORGED:
         log.warning("forged %s delivery for %s quarantined: %s", provider, reference or "-", detail)
@@ -163,13 +208,27 @@ def ingest_webhook(rt: Runtime, payload: Any) -> Result:
         return Result(Outcome.PING, "", stored.id)
     if status is InboxStatus.IGNORED:
         return Result(Outcome.ACCEPTED, "authentic delivery about nothing we track", stored.id)
-    if detail:  # awaiting its registration to be authenticated
-        return Result(Outcome.RETRY, detail, stored.id, reference, delay=AWAIT_REGISTRATION_DELAY)
-    return _verify_delivery(rt, client, delivery, payment, stored.id)
+    assert work is not None  # noqa: S101 - a received delivery this worker holds
+    return _work(rt, client, work, lambda: _process(rt, client, delivery, payment, work, awaiting=detail))
 
 
-#: How long a delivery that needs its registration to be authenticated waits between tries.
-AWAIT_REGISTRATION_DELAY = 30.0
+def _oversized(rt: Runtime, payload: Any, raw: str, size: int) -> Result:
+    limit = rt.settings.max_envelope_bytes
+    digest = hashlib.sha256(raw.encode("utf-8")).hexdigest()
+    detail = (
+        f"envelope of {size} bytes is over PAYRECON_MAX_ENVELOPE_BYTES ({limit}); "
+        f"its first {OVERSIZED_HEAD} characters are kept, SHA-256 of the whole {digest}"
+    )
+    provider = payload.get("provider") if isinstance(payload, dict) else None
+    _dead_letter(
+        rt,
+        INGEST_TASK,
+        "oversized_envelope",
+        detail,
+        raw[:OVERSIZED_HEAD],
+        provider=provider if isinstance(provider, str) and len(provider) <= 32 else None,
+    )
+    return Result(Outcome.MALFORMED, detail)
 
 
 def _resolve(session: Session, provider: str, delivery: Delivery) -> Payment | None:
@@ -224,105 +283,184 @@ def _store_malformed(rt: Runtime, envelope: WebhookEnvelope, raw: str, detail: s
     return Result(Outcome.MALFORMED, detail, stored.id)
 
 
-def retry_delivery(rt: Runtime, inbox_id: int, *, final_attempt: bool) -> Result:
-    """A stored delivery, again: after a transient provider error, an exhausted budget, or while
-    it waited for the registration it is authenticated against."""
+def retry_delivery(rt: Runtime, inbox_id: int, *, version: datetime | None = None) -> Result:
+    """A stored delivery, again, if it is due (or ``version`` is the schedule this call was sent
+    for): after a provider failure, a deferral, a wait for its registration, or a dead worker."""
     with transaction(rt.sessions) as session:
-        row = session.get(InboxDelivery, inbox_id)
-        if row is None or row.status is not InboxStatus.RECEIVED:
-            return Result(Outcome.DUPLICATE, "already settled", inbox_id, provider=row.provider if row else None)
-        provider = row.provider
-        envelope = WebhookEnvelope.model_validate_json(row.envelope_raw)
-        client = rt.client(provider)
-        if client is None:
-            return Result(Outcome.FAILED, f"provider {provider!r} is not configured", inbox_id, provider=provider)
-        delivery = client.parse_delivery(envelope)
-        payment = _resolve(session, provider, delivery)
+        work = inbox.take(session, inbox_id, rt.context().now, version=version)
+    if work is None:
+        return Result(Outcome.DUPLICATE, "finished, held by another worker, or not due", inbox_id)
+    client = rt.client(work.provider)
+    if client is None:  # this worker lacks the provider's settings: the delivery waits for one that has them
+        detail = f"provider {work.provider!r} is not configured on this worker"
+        return replace(
+            _put_off(rt, work, None, retry_delay(work.attempts), detail, failed=True), provider=work.provider
+        )
+    return _work(rt, client, work, lambda: _resume(rt, client, work))
+
+
+def _resume(rt: Runtime, client: ProviderClient, work: inbox.Work) -> Result:
+    envelope = WebhookEnvelope.model_validate_json(work.envelope_raw)
+    delivery = client.parse_delivery(envelope)
+    with transaction(rt.sessions) as session:
+        payment = _resolve(session, work.provider, delivery)
         status, detail = _authenticate(client, envelope, delivery, payment)
         if status is InboxStatus.FORGED:
-            inbox.mark(session, inbox_id, InboxStatus.FORGED, detail)
-            return Result(Outcome.FORGED, detail, inbox_id, delivery.reference, provider=provider)
-    if detail:
-        result = Result(
-            Outcome.RETRY, detail, inbox_id, delivery.reference, delay=AWAIT_REGISTRATION_DELAY, provider=provider
-        )
-    else:
-        result = _verify_delivery(rt, client, delivery, payment, inbox_id)
-    if result.outcome is Outcome.RETRY and final_attempt:
-        why = "provider still unavailable after retries" if not detail else "its registration never arrived"
-        detail = f"{why}: {result.detail}"
-        with transaction(rt.sessions) as session:
-            inbox.mark(session, inbox_id, InboxStatus.FAILED, detail)
-            deadletters.record(
-                session,
-                task=INGEST_TASK,
-                reason="provider_unavailable" if not result.detail.startswith("awaiting") else "unauthenticated",
-                detail=detail,
-                payload=row.envelope_raw,
-                provider=row.provider,
-                reference=row.reference,
-                now=rt.context().now,
-            )
-        return Result(Outcome.FAILED, detail, inbox_id, delivery.reference, provider=provider)
-    return result
+            inbox.mark(session, work.id, InboxStatus.FORGED, detail)
+            return Result(Outcome.FORGED, detail, work.id, delivery.reference)
+        if payment is not None and payment.reference != delivery.reference:  # found by a provider token
+            inbox.name_reference(session, work.id, payment.reference)
+    return _process(rt, client, delivery, payment, work, awaiting=detail)
 
 
-def _verify_delivery(
-    rt: Runtime, client: ProviderClient, delivery: Delivery, payment: Payment | None, inbox_id: int
-) -> Result:
-    """Gates (finality, budgets), the provider call, then settlement; the result names its provider."""
-    return replace(_verify_and_settle(rt, client, delivery, payment, inbox_id), provider=client.name)
+def _work(rt: Runtime, client: ProviderClient, work: inbox.Work, process: Callable[[], Result]) -> Result:
+    """The work on a delivery this worker holds. An error that is not an outage (a bug) puts it off
+    like a provider failure and, after PAYRECON_VERIFY_MAX_RETRIES of them, dead-letters it."""
+    try:
+        return replace(process(), provider=client.name)
+    except (OperationalError, InterfaceError):
+        raise  # an outage: the row keeps its lease and is taken again when the lease ends
+    except Exception as exc:
+        log.exception("%s delivery %s: unexpected error", client.name, work.id)
+        return replace(_internal_error(rt, work, exc), provider=client.name)
 
 
-def _verify_and_settle(
-    rt: Runtime, client: ProviderClient, delivery: Delivery, payment: Payment | None, inbox_id: int
+def _process(
+    rt: Runtime, client: ProviderClient, delivery: Delivery, payment: Payment | None, work: inbox.Work, *, awaiting: str
 ) -> Result:
     provider = client.name
+    now = rt.context().now
+    if awaiting:
+        limit = timedelta(seconds=rt.settings.await_registration)
+        if now - work.opened_at >= limit:
+            detail = (
+                f"not authenticated: no registration arrived within {_duration(limit)} "
+                f"(PAYRECON_AWAIT_REGISTRATION); {awaiting}"
+            )
+            with transaction(rt.sessions) as session:
+                inbox.mark(session, work.id, InboxStatus.FORGED, detail)
+            log.warning("%s delivery %s quarantined: %s", provider, work.id, detail)
+            return Result(Outcome.FORGED, detail, work.id, delivery.reference)
+        delay = AWAIT_REGISTRATION_DELAYS[min(work.deferrals, len(AWAIT_REGISTRATION_DELAYS) - 1)]
+        return _put_off(rt, work, delivery.reference, delay, awaiting, deferred=True)
+
     profile = rt.profile(provider)
     reference = payment.reference if payment is not None else delivery.reference
     assert reference is not None  # noqa: S101 - resolved or named by the delivery
-    if not profile.callbacks_authenticated:
-        if payment is not None and payment.status in UNAUTHENTICATED_FINAL:
-            detail = f"payment already {payment.status.value}: an unauthenticated callback spends no API call"
+    if payment is not None:
+        known = _already_answered(rt, payment, delivery, work, authenticated=profile.callbacks_authenticated)
+        if known:
             with transaction(rt.sessions) as session:
-                inbox.mark(session, inbox_id, InboxStatus.PROCESSED, detail)
-            return Result(Outcome.DUPLICATE, detail, inbox_id, reference)
+                inbox.mark(session, work.id, InboxStatus.PROCESSED, known)
+            return Result(Outcome.DUPLICATE, known, work.id, reference)
+
+    slot = work.budget_slot
+    stages = [("api", profile.api_rate, profile.api_burst)]
+    if not profile.callbacks_authenticated:
         assert profile.callback_rate is not None and profile.callback_burst is not None  # noqa: S101
-        wait = rt.budget.take(f"callbacks:{provider}", profile.callback_rate, profile.callback_burst)
+        stages.insert(0, ("callbacks", profile.callback_rate, profile.callback_burst))
+    held = [name for name, _, _ in stages].index(slot) + 1 if slot else 0
+    for name, rate, burst in stages[held:]:
+        try:
+            wait = rt.budget.reserve(f"{name}:{provider}", rate, burst)
+        except BudgetUnavailable as exc:
+            return _put_off(rt, work, reference, BUDGET_OUTAGE_WAIT, str(exc), deferred=True, budget_slot=slot)
+        slot = name
         if wait > 0:
-            metrics.BUDGET_WAITS.labels(provider, "callbacks").inc()
-            return _deferred(inbox_id, reference, wait, "unauthenticated callbacks are rate-limited")
-    wait = rt.budget.take(f"api:{provider}", profile.api_rate, profile.api_burst)
-    if wait > 0:
-        metrics.BUDGET_WAITS.labels(provider, "api").inc()
-        return _deferred(inbox_id, reference, wait, f"{provider} call budget exhausted")
+            metrics.BUDGET_WAITS.labels(provider, name).inc()
+            why = "unauthenticated callbacks are rate-limited" if name == "callbacks" else f"{provider} call budget"
+            turn = rounded_wait(wait)
+            return _put_off(
+                rt, work, reference, turn, f"{why}: its turn in {turn:.2f} s", deferred=True, budget_slot=slot
+            )
+
     view = (
         payments.registration_view(payment)
         if payment is not None and not payment.is_orphan
         else RegistrationView(reference=reference)
     )
+    asked_at = rt.context().now
     try:
         answer = timed_call(provider, "status", lambda: client.check(view))
     except ProviderError as exc:
-        return _verification_failed(rt, provider, reference, delivery, exc, inbox_id=inbox_id)
+        return _verification_failed(rt, provider, reference, delivery, exc, work=work)
     with transaction(rt.sessions) as session:
         ctx = rt.context(provider)
         locked = payments.lock_or_create_orphan(session, provider, reference, ctx)
         verification = payments.apply_answer(
-            session, locked, answer, ctx, trigger="webhook", claim=delivery, inbox_id=inbox_id
+            session, locked, answer, ctx, trigger="webhook", claim=delivery, inbox_id=work.id
         )
-        inbox.mark(session, inbox_id, InboxStatus.PROCESSED, verification.decision)
+        inbox.mark(session, work.id, InboxStatus.PROCESSED, verification.decision)
+        inbox.coalesce(
+            session,
+            provider,
+            reference,
+            asked_at=asked_at,
+            done=work.id,
+            detail=f"answered by the provider at {asked_at.isoformat()} for delivery {work.id}, after this one arrived",
+        )
         outcome = _classify(locked, answer)
-    return Result(outcome, verification.decision, inbox_id, reference)
+    return Result(outcome, verification.decision, work.id, reference)
 
 
 #: Statuses an unauthenticated callback cannot change (a provider's own final answers).
 UNAUTHENTICATED_FINAL = frozenset({PaymentStatus.SUCCEEDED, PaymentStatus.FAILED, PaymentStatus.REFUNDED})
 
 
-def _deferred(inbox_id: int, reference: str, wait: float, why: str) -> Result:
-    delay = rounded_wait(wait)
-    return Result(Outcome.RETRY, f"{why}: deferred {delay:.2f} s", inbox_id, reference, delay=delay)
+def _already_answered(
+    rt: Runtime, payment: Payment, delivery: Delivery, work: inbox.Work, *, authenticated: bool
+) -> str:
+    """Why this delivery needs no provider call of its own ("" if it does)."""
+    if not authenticated and payment.status in UNAUTHENTICATED_FINAL:
+        return f"payment already {payment.status.value}: an unauthenticated callback spends no API call"
+    claimed = payments.normalize_claim(delivery.claimed_status) if delivery.claimed_status else None
+    if authenticated and payment.status in FINAL_STATUSES and claimed == payment.status.value:
+        return f"payment already {payment.status.value}, as the delivery says: no API call spent"
+    with rt.sessions() as session:
+        asked = session.scalar(
+            select(func.max(Verification.created_at)).where(
+                Verification.payment_id == payment.id, Verification.outcome.is_not(None)
+            )
+        )
+    if asked is not None and asked >= work.first_seen_at:
+        return f"answered by the provider at {asked.isoformat()}, after this delivery arrived: no API call spent"
+    return ""
+
+
+def _put_off(
+    rt: Runtime,
+    work: inbox.Work,
+    reference: str | None,
+    delay: float,
+    detail: str,
+    *,
+    failed: bool = False,
+    deferred: bool = False,
+    budget_slot: str | None = None,
+) -> Result:
+    """The delivery waits in the inbox until ``now + delay`` (a wake-up message may come then)."""
+    with transaction(rt.sessions) as session:
+        due = inbox.schedule(
+            session,
+            work,
+            rt.context().now + timedelta(seconds=delay),
+            detail,
+            failed=failed,
+            deferred=deferred,
+            budget_slot=budget_slot,
+        )
+    if due is None:
+        return Result(Outcome.DUPLICATE, "taken over by another worker", work.id, reference)
+    return Result(Outcome.RETRY, detail, work.id, reference, delay=delay, due=due)
+
+
+def _duration(value: timedelta) -> str:
+    seconds = int(value.total_seconds())
+    if seconds % 3600 == 0:
+        return f"{seconds // 3600} h"
+    if seconds % 60 == 0:
+        return f"{seconds // 60} min"
+    return f"{seconds} s"
 
 
 def _classify(payment: Payment, answer: VerifiedStatus) -> Outcome:
@@ -342,31 +480,54 @@ def _not_yet_visible(rt: Runtime, provider: str, payment: Payment | None, exc: P
 
 
 def _verification_failed(
-    rt: Runtime, provider: str, reference: str, delivery: Delivery, exc: ProviderError, *, inbox_id: int
+    rt: Runtime, provider: str, reference: str, delivery: Delivery, exc: ProviderError, *, work: inbox.Work
 ) -> Result:
+    """No answer: a refusal ends the delivery; an outage is a wait, until the provider's give-up window."""
+    profile = rt.profile(provider)
     with transaction(rt.sessions) as session:
         ctx = rt.context(provider)
         payment = payments.find(session, provider, reference, lock=True)
         if payment is not None:
             payments.record_error(
-                session, payment, str(exc), ctx, trigger="webhook", claim=delivery, inbox_id=inbox_id, reschedule=False
+                session, payment, str(exc), ctx, trigger="webhook", claim=delivery, inbox_id=work.id, reschedule=False
             )
         if not exc.retryable and not _not_yet_visible(rt, provider, payment, exc, ctx.now):
-            detail = f"provider refused the verification: {exc}"
-            inbox.mark(session, inbox_id, InboxStatus.FAILED, detail)
-            row = session.get(InboxDelivery, inbox_id)
-            deadletters.record(
-                session,
-                task=INGEST_TASK,
-                reason="provider_error",
-                detail=detail,
-                payload=row.envelope_raw if row else "",
-                provider=provider,
-                reference=reference,
-                now=ctx.now,
-            )
-            return Result(Outcome.FAILED, detail, inbox_id, reference)
-    return Result(Outcome.RETRY, str(exc), inbox_id, reference)
+            if not profile.callbacks_authenticated and isinstance(exc, ProviderNotFound) and payment is None:
+                detail = f"the provider does not know this payment: an unsigned callback about nothing ({exc})"
+                inbox.mark(session, work.id, InboxStatus.FORGED, detail)
+                log.warning("%s delivery %s quarantined: %s", provider, work.id, detail)
+                return Result(Outcome.FORGED, detail, work.id, reference)
+            return _give_up(session, work, "provider_error", f"provider refused the verification: {exc}", reference)
+        window = timedelta(seconds=profile.give_up_after)
+        if ctx.now - work.opened_at >= window:
+            detail = f"provider still unavailable after {_duration(window)}: {exc}"
+            return _give_up(session, work, "provider_unavailable", detail, reference)
+    return _put_off(rt, work, reference, retry_delay(work.attempts), str(exc), failed=True)
+
+
+def _give_up(session: Session, work: inbox.Work, reason: str, detail: str, reference: str | None) -> Result:
+    """End the delivery's work and dead-letter it, replayable (a repeat reopens it)."""
+    inbox.mark(session, work.id, InboxStatus.FAILED, detail)
+    deadletters.record(
+        session,
+        task=INGEST_TASK,
+        reason=reason,
+        detail=detail,
+        payload=work.envelope_raw,
+        provider=work.provider,
+        reference=reference,
+        now=datetime.now(UTC),
+    )
+    log.warning("delivery %s dead-lettered (%s): %s", work.id, reason, detail)
+    return Result(Outcome.FAILED, detail, work.id, reference)
+
+
+def _internal_error(rt: Runtime, work: inbox.Work, exc: Exception) -> Result:
+    detail = f"{type(exc).__name__}: {exc}"[:2000]
+    if work.attempts + 1 >= rt.settings.verify_max_retries:
+        with transaction(rt.sessions) as session:
+            return _give_up(session, work, "internal_error", detail, None)
+    return _put_off(rt, work, None, retry_delay(work.attempts), detail, failed=True)
 
 
 # --------------------------------------------------------------------------- registrations
@@ -382,8 +543,11 @@ def register_payment(rt: Runtime, payload: Any) -> Result:
         return Result(Outcome.MALFORMED, detail)
     try:
         with transaction(rt.sessions) as session:
-            outcome, payment = payments.register(session, registration, raw, rt.context(registration.provider.value))
+            ctx = rt.context(registration.provider.value)
+            outcome, payment = payments.register(session, registration, raw, ctx)
             reference = payment.reference
+            # Deliveries that waited for this registration (to be authenticated) are due now.
+            wake = inbox.wake(session, payment.provider, reference, ctx.now)
     except (UnknownPlan, payments.RegistrationConflict) as exc:
         reason = "unknown_plan" if isinstance(exc, UnknownPlan) else "registration_conflict"
         _dead_letter(
@@ -401,14 +565,24 @@ def register_payment(rt: Runtime, payload: Any) -> Result:
         payments.RegisterOutcome.DUPLICATE: Outcome.DUPLICATE,
         payments.RegisterOutcome.ADOPTED: Outcome.ADOPTED,
     }[outcome]
-    return Result(mapped, reference=reference)
+    return Result(mapped, reference=reference, wake=tuple(wake))
 
 
 # --------------------------------------------------------------------------- janitor
 
 
-def claim_due(rt: Runtime, *, limit: int = 500, lease: int = 300, now: datetime | None = None) -> list[int]:
-    """Ids of non-final payments due for a re-check, leased so that no other janitor takes them."""
+def claim_due_deliveries(rt: Runtime, *, limit: int = 1000, now: datetime | None = None) -> list[tuple[int, datetime]]:
+    """Deliveries whose work is due (put off, or left by a worker that died), oldest first, leased
+    for the janitor's messages: (inbox id, schedule) pairs."""
+    with transaction(rt.sessions) as session:
+        return inbox.claim_due(session, now or rt.context().now, limit=limit)
+
+
+def claim_due(
+    rt: Runtime, *, limit: int = 500, lease: int = int(inbox.LEASE.total_seconds()), now: datetime | None = None
+) -> list[int]:
+    """Ids of non-final payments due for a re-check, leased so that no other janitor takes them
+    (a lost message only delays a re-check by the lease)."""
     ctx = rt.context(now=now)
     with transaction(rt.sessions) as session:
         due = (
@@ -447,7 +621,10 @@ def verify_payment(rt: Runtime, payment_id: int, *, now: datetime | None = None,
         error = f"provider {provider!r} is not configured on this worker"
     else:
         profile = rt.profile(provider)
-        deferred = rt.budget.take(f"api:{provider}", profile.api_rate, profile.api_burst)
+        try:
+            deferred = rt.budget.take(f"api:{provider}", profile.api_rate, profile.api_burst)
+        except BudgetUnavailable:
+            deferred = BUDGET_OUTAGE_WAIT
         if deferred:
             metrics.BUDGET_WAITS.labels(provider, "api").inc()
         else:

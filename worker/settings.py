@@ -111,7 +111,10 @@ class Settings:
     recheck_interval: float = 15.0  # how often beat looks for due re-checks
     recheck_schedule: tuple[int, ...] | None = None  # None: each provider's profile
     give_up_after: int | None = None  # None: each provider's profile
-    verify_max_retries: int = 8  # transient provider errors on a webhook, then dead letter
+    verify_max_retries: int = 8  # internal errors (a bug) on one delivery, then dead letter
+    max_envelope_bytes: int = 256 * 1024  # a larger envelope is dead-lettered with its head and SHA-256
+    await_registration: int = 3600  # seconds a delivery waits for the registration that authenticates it
+    retention_days: int | None = None  # None: keep finished inbox rows, dead letters and responses forever
     expire_interval: float = 60.0
     recon_at: tuple[int, int] = (2, 0)  # local time of the nightly reconciliation
     recon_reruns: tuple[int, ...] = (1, 3)  # re-runs at T+1 and T+3 for late entries
@@ -212,7 +215,10 @@ class Settings:
             recheck_interval=reader.number("PAYRECON_RECHECK_INTERVAL", 15.0),
             recheck_schedule=reader.schedule("PAYRECON_RECHECK_SCHEDULE"),
             give_up_after=reader.optional_integer("PAYRECON_GIVE_UP_AFTER", minimum=1),
-            verify_max_retries=reader.integer("PAYRECON_VERIFY_MAX_RETRIES", 8, minimum=0),
+            verify_max_retries=reader.integer("PAYRECON_VERIFY_MAX_RETRIES", 8, minimum=1),
+            max_envelope_bytes=reader.integer("PAYRECON_MAX_ENVELOPE_BYTES", 256 * 1024, minimum=1024),
+            await_registration=reader.integer("PAYRECON_AWAIT_REGISTRATION", 3600, minimum=1),
+            retention_days=reader.optional_integer("PAYRECON_RETENTION_DAYS", minimum=1),
             expire_interval=reader.number("PAYRECON_EXPIRE_INTERVAL", 60.0),
             apps=apps,
             event_retries=reader.schedule("PAYRECON_EVENTS_RETRY_SCHEDULE") or DEFAULT_EVENT_RETRIES,

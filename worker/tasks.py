@@ -20,15 +20,6 @@ from worker.app import app
 
 log = logging.getLogger(__name__)
 
-#: Countdown before the n-th retry of a verification (seconds), jittered.
-RETRY_DELAYS = (5, 15, 30, 60, 120, 300, 600, 900)
-
-
-def retry_delay(attempt: int) -> float:
-    base = RETRY_DELAYS[min(attempt, len(RETRY_DELAYS) - 1)]
-    return base * random.uniform(0.8, 1.2)  # noqa: S311 - jitter, not security
-
-
 PROVIDERS = frozenset(p.value for p in Provider)
 
 
@@ -56,81 +47,104 @@ def _report(task: str, result: pipeline.Result, payload: Any = None) -> dict[str
     return {"outcome": result.outcome.value, "reference": result.reference, "inbox_id": result.inbox_id}
 
 
-#: Database unreachable: retry the whole message later, for a few hours, rather than lose it.
-DB_OUTAGE_MAX_RETRIES = 30
+#: Countdowns (seconds) of a message retried while PostgreSQL is unreachable: short, and as
+#: many as it takes (an outage is a wait). Only input not yet in PostgreSQL waits on the broker.
+DB_OUTAGE_DELAYS = (1, 2, 5, 10)
+#: A delivery put off for at most this long gets a wake-up message; a longer wait is found by the
+#: janitor's sweep (beat, every PAYRECON_RECHECK_INTERVAL). Broker countdowns stay this short, so
+#: the visibility timeout can be short too (celeryconfig.VISIBILITY_TIMEOUT).
+WAKE_UP_MAX = 10.0
+#: Soft and hard time limits of the tasks on the webhook path: a verification's provider call
+#: ends within about 35 s (20 s of retries plus one last read timeout and a token fetch), and a
+#: message must be done well within the visibility timeout.
+WEBHOOK_PATH_LIMITS = {"soft_time_limit": 40, "time_limit": 45}
 
 
 def _guarded(task: Task, name: str, payload: Any, work: Callable[[], pipeline.Result]) -> pipeline.Result:
     """Run ``work``; never lose the message to an error.
 
-    A database outage retries the message with backoff. Any other unexpected error
-    (a bug) dead-letters the raw input with the error, so it can be replayed once fixed,
-    and the worker goes on with the next message.
+    A database outage retries the message after a few seconds, for as long as the outage lasts:
+    until its input is in PostgreSQL, the message is its only copy. Any other unexpected error
+    (a bug) dead-letters the raw input with the error, so it can be replayed once fixed, and the
+    worker goes on with the next message. (Work already stored is not lost either way: the
+    delivery keeps its row and lease, and the janitor takes it up again.)
     """
     try:
         return work()
     except (OperationalError, InterfaceError) as exc:
         reason = str(getattr(exc, "orig", exc)).strip().splitlines()[0][:200]
-        log.warning("%s: database unavailable, retrying later: %s", name, reason)
-        raise task.retry(
-            exc=exc, countdown=retry_delay(task.request.retries), max_retries=DB_OUTAGE_MAX_RETRIES
-        ) from exc
+        log.warning("%s: database unavailable, retrying in a few seconds: %s", name, reason)
+        raise task.retry(exc=exc, countdown=_outage_delay(task.request.retries), max_retries=None) from exc
     except Exception as exc:
         log.exception("%s: unexpected error; input dead-lettered", name)
         detail = f"{type(exc).__name__}: {exc}"[:2000]
         try:
             pipeline.dead_letter(runtime.get(), name, "internal_error", detail, payload)
         except Exception as inner:
-            raise task.retry(
-                exc=inner, countdown=retry_delay(task.request.retries), max_retries=DB_OUTAGE_MAX_RETRIES
-            ) from inner
+            raise task.retry(exc=inner, countdown=_outage_delay(task.request.retries), max_retries=None) from inner
         return pipeline.Result(pipeline.Outcome.FAILED, detail)
 
 
-@app.task(name="payrecon.ingest_webhook", bind=True)
+def _outage_delay(retries: int) -> float:
+    return DB_OUTAGE_DELAYS[min(retries, len(DB_OUTAGE_DELAYS) - 1)] * random.uniform(0.8, 1.2)  # noqa: S311
+
+
+def _wake(result: pipeline.Result) -> None:
+    """Wake-up messages for deliveries due soon; best effort (the janitor finds them anyway)."""
+    due: list[tuple[int, Any, float]] = [(inbox_id, version, 0.0) for inbox_id, version in result.wake]
+    if (
+        result.outcome is pipeline.Outcome.RETRY
+        and result.inbox_id is not None
+        and result.due is not None
+        and result.delay is not None
+        and result.delay <= WAKE_UP_MAX
+    ):
+        due.append((result.inbox_id, result.due, result.delay))
+    for inbox_id, version, countdown in due:
+        try:
+            retry_delivery.apply_async((inbox_id,), {"due": version.isoformat()}, countdown=countdown)
+        except Exception as exc:  # the broker is away: the row is due in PostgreSQL all the same
+            log.warning("delivery %s: wake-up not sent (%s); the janitor will take it", inbox_id, exc)
+
+
+@app.task(name="payrecon.ingest_webhook", bind=True, **WEBHOOK_PATH_LIMITS)
 def ingest_webhook(self: Task, envelope: Any = None, **unexpected: Any) -> dict[str, Any]:
     """One raw provider delivery (``payrecon.webhook/1``)."""
     payload = envelope if not unexpected else {"envelope": envelope, **unexpected}
     result = _guarded(self, pipeline.INGEST_TASK, payload, lambda: pipeline.ingest_webhook(runtime.get(), payload))
-    if result.outcome is pipeline.Outcome.RETRY and result.inbox_id is not None:
-        if result.delay is not None:  # budget or awaiting registration: not an attempt
-            retry_delivery.apply_async((result.inbox_id, 0), countdown=result.delay)
-        else:
-            retry_delivery.apply_async((result.inbox_id, 1), countdown=retry_delay(0))
+    _wake(result)
     return _report("ingest_webhook", result, payload)
 
 
-@app.task(name="payrecon.register_payment", bind=True)
+@app.task(name="payrecon.register_payment", bind=True, **WEBHOOK_PATH_LIMITS)
 def register_payment(self: Task, payment: Any = None, **unexpected: Any) -> dict[str, Any]:
     """A payment the merchant app initiated (``payrecon.payment/1``)."""
     payload = payment if not unexpected else {"payment": payment, **unexpected}
     result = _guarded(self, pipeline.REGISTER_TASK, payload, lambda: pipeline.register_payment(runtime.get(), payload))
+    _wake(result)
     return _report("register_payment", result, payload)
 
 
-#: Deferrals (budget, awaiting registration) of one delivery before it is dead-lettered anyway.
-MAX_DEFERRALS = 2000
+@app.task(name="payrecon.retry_delivery", **WEBHOOK_PATH_LIMITS)
+def retry_delivery(inbox_id: int, attempt: Any = None, deferrals: Any = None, due: str | None = None) -> dict[str, Any]:
+    """Work on a stored delivery that is due: put off earlier (provider failure, call budget,
+    awaiting its registration) or left by a worker that died. The row says what was done so far;
+    ``due`` is the schedule this message was sent for. (``attempt`` and ``deferrals`` are what
+    messages sent by earlier versions carry; the row counts them now.)"""
+    from datetime import datetime
 
-
-@app.task(name="payrecon.retry_delivery", bind=True, max_retries=None)
-def retry_delivery(self: Task, inbox_id: int, attempt: int = 1, deferrals: int = 0) -> dict[str, Any]:
-    """Verification of a stored delivery after a transient provider error or a deferral.
-
-    ``attempt`` counts provider failures (up to PAYRECON_VERIFY_MAX_RETRIES); deferrals for an
-    exhausted budget do not count as attempts, so a busy provider delays work, never drops it.
-    """
-    rt = runtime.get()
-    final = attempt >= rt.settings.verify_max_retries or deferrals >= MAX_DEFERRALS
-    result = pipeline.retry_delivery(rt, inbox_id, final_attempt=final)
-    if result.outcome is pipeline.Outcome.RETRY:
-        if result.delay is not None:
-            retry_delivery.apply_async((inbox_id, attempt, deferrals + 1), countdown=result.delay)
-        else:
-            retry_delivery.apply_async((inbox_id, attempt + 1, deferrals), countdown=retry_delay(attempt))
+    version = datetime.fromisoformat(due) if due else None
+    try:
+        result = pipeline.retry_delivery(runtime.get(), inbox_id, version=version)
+    except (OperationalError, InterfaceError) as exc:
+        reason = str(getattr(exc, "orig", exc)).strip().splitlines()[0][:200]
+        log.warning("delivery %s: database unavailable; the janitor takes it up again: %s", inbox_id, reason)
+        return {"outcome": pipeline.Outcome.RETRY.value, "reference": None, "inbox_id": inbox_id}
+    _wake(result)
     return _report("retry_delivery", result)
 
 
-@app.task(name="payrecon.verify_payment")
+@app.task(name="payrecon.verify_payment", **WEBHOOK_PATH_LIMITS)
 def verify_payment(payment_id: int) -> dict[str, Any]:
     """Re-check one non-final payment with its provider (the janitor's unit of work).
 
@@ -139,22 +153,28 @@ def verify_payment(payment_id: int) -> dict[str, Any]:
     return _report("verify_payment", pipeline.verify_payment(runtime.get(), payment_id))
 
 
-@app.task(name="payrecon.recheck_due")
+@app.task(name="payrecon.recheck_due", acks_late=False)
 def recheck_due() -> int:
-    """Beat: find payments due for a re-check and queue one verification each."""
-    ids = pipeline.claim_due(runtime.get())
+    """Beat, the janitor: payments due for a re-check and deliveries whose work is due (put off,
+    or left by a worker that died), each leased and given one message. A message lost on the way
+    costs only the lease: the row is due again when it ends."""
+    rt = runtime.get()
+    ids = pipeline.claim_due(rt)
     for payment_id in ids:  # published after the claim committed
         verify_payment.apply_async((payment_id,))
-    return len(ids)
+    deliveries = pipeline.claim_due_deliveries(rt)
+    for inbox_id, version in deliveries:
+        retry_delivery.apply_async((inbox_id,), {"due": version.isoformat()})
+    return len(ids) + len(deliveries)
 
 
-@app.task(name="payrecon.expire_subscriptions")
+@app.task(name="payrecon.expire_subscriptions", acks_late=False)
 def expire_subscriptions() -> int:
     """Beat: switch off subscriptions whose end has passed."""
     return pipeline.expire_subscriptions(runtime.get())
 
 
-@app.task(name="payrecon.reconcile", time_limit=3 * 3600, soft_time_limit=3 * 3600 - 60)
+@app.task(name="payrecon.reconcile", acks_late=False, time_limit=3 * 3600, soft_time_limit=3 * 3600 - 60)
 def reconcile(provider: str, day: str, trigger: str = "manual") -> int:
     """Reconcile one provider's business day (ISO date), store the run, and write its report files
     when ``PAYRECON_REPORTS_DIR`` is set (a failure to write them fails the task; the run is kept and
@@ -170,7 +190,7 @@ def reconcile(provider: str, day: str, trigger: str = "manual") -> int:
     return run_id
 
 
-@app.task(name="payrecon.nightly_reconciliation")
+@app.task(name="payrecon.nightly_reconciliation", acks_late=False)
 def nightly_reconciliation() -> int:
     """Beat, daily: yesterday for every provider, and the re-runs of earlier days (T+1, T+3)."""
     from datetime import datetime
@@ -185,7 +205,7 @@ def nightly_reconciliation() -> int:
     return len(jobs)
 
 
-@app.task(name="payrecon.deliver_events")
+@app.task(name="payrecon.deliver_events", acks_late=False)
 def deliver_events() -> dict[str, int]:
     """Beat, every few seconds: fan new outbox events out to the apps, send what is due."""
     from datetime import UTC, datetime
@@ -200,7 +220,7 @@ def deliver_events() -> dict[str, int]:
     return events.deliver_due(rt, now)
 
 
-@app.task(name="payrecon.send_reminders")
+@app.task(name="payrecon.send_reminders", acks_late=False)
 def send_reminders() -> int:
     """Beat: ``subscription.expiring`` N days before each end (PAYRECON_REMINDER_DAYS), once each."""
     from datetime import UTC, datetime
@@ -211,3 +231,17 @@ def send_reminders() -> int:
     rt = runtime.get()
     with transaction(rt.sessions) as session:
         return send(session, datetime.now(UTC), rt.settings.reminder_days)
+
+
+@app.task(name="payrecon.purge", acks_late=False)
+def purge() -> dict[str, int]:
+    """Beat, daily when PAYRECON_RETENTION_DAYS is set: finished inbox rows, dead letters and
+    providers' raw answers older than that go (``payrecon purge``; never unfinished work)."""
+    from datetime import UTC, datetime, timedelta
+
+    from reconciliation.retention import purge as run
+
+    rt = runtime.get()
+    if rt.settings.retention_days is None:
+        return {}
+    return run(rt.sessions, datetime.now(UTC) - timedelta(days=rt.settings.retention_days)).as_dict()
