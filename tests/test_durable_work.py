@@ -139,6 +139,27 @@ def test_due_deliveries_are_taken_oldest_first_and_only_when_due(rt: Runtime, sa
     assert all(version == later + inbox.LEASE for _, version in claimed)
 
 
+def test_work_nobody_takes_shows_in_the_metrics(rt: Runtime, killed_mid_call: tuple[str, dict[str, Any], int]) -> None:
+    """A dead worker's delivery, due for 5 minutes and not taken (no janitor running): an operator sees it."""
+    from worker.observability import StateCollector
+
+    _, _, inbox_id = killed_mid_call
+    with rt.sessions.begin() as session:
+        session.execute(
+            update(InboxDelivery)
+            .where(InboxDelivery.id == inbox_id)
+            .values(next_attempt_at=datetime.now(UTC) - timedelta(minutes=5))
+        )
+    gauges = {
+        (family.name, sample.labels.get("provider")): sample.value
+        for family in StateCollector(rt.sessions, None).collect()
+        for sample in family.samples
+    }
+    assert gauges["payrecon_waiting_deliveries", "cinetpay"] == 1
+    assert 300 <= gauges["payrecon_delivery_overdue_seconds", "cinetpay"] < 330
+    assert gauges["payrecon_delivery_overdue_seconds", "wave"] == 0
+
+
 # --------------------------------------------------------------------------- outages are waits
 
 

@@ -133,6 +133,8 @@ def test_metrics_add_up_across_recycled_children(prefork: Prefork, e2e: Runtime,
     assert value(first, "payrecon_subscription_grants_total", product="depannage") == 7
     assert value(first, "payrecon_pending_payments", provider="cinetpay") == 0
     assert value(first, "payrecon_dead_letters", reason="malformed_body") == 1
+    assert value(first, "payrecon_waiting_deliveries", provider="cinetpay") == 0  # every delivery finished
+    assert value(first, "payrecon_delivery_overdue_seconds", provider="cinetpay") == 0
     assert ("payrecon_queue_depth", (("queue", "webhooks"),)) in first
 
     run_batch(prefork, e2e, sandbox, paid=5, refused=5)

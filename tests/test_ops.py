@@ -32,6 +32,8 @@ SCRAPE_TIME = {
     "payrecon_pending_payments",
     "payrecon_oldest_pending_payment_age_seconds",
     "payrecon_dead_letters",
+    "payrecon_waiting_deliveries",
+    "payrecon_delivery_overdue_seconds",
     "payrecon_queue_depth",
     "payrecon_reconciliation_last_success_timestamp_seconds",
     "payrecon_reconciliation_runs_total",

@@ -20,8 +20,9 @@ from sqlalchemy import func, select
 
 from providers.base import ProviderError, ProviderRateLimited, ProviderTransientError
 from reconciliation import facts
-from reconciliation.models import FINAL_STATUSES, DeadLetter, Payment
+from reconciliation.models import FINAL_STATUSES, DeadLetter, InboxDelivery, InboxStatus, Payment
 from worker import metrics
+from worker.settings import PROVIDERS
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -130,7 +131,22 @@ class StateCollector(Collector):
         letters = GaugeMetricFamily(
             f"{metrics.NAMESPACE}_dead_letters", "Dead letters not replayed yet.", labels=["reason"]
         )
+        waiting = GaugeMetricFamily(
+            f"{metrics.NAMESPACE}_waiting_deliveries",
+            "Deliveries whose work is unfinished (held by a worker, put off, or due).",
+            labels=["provider"],
+        )
+        overdue = GaugeMetricFamily(
+            f"{metrics.NAMESPACE}_delivery_overdue_seconds",
+            "How long the most overdue delivery has been due without a worker taking it (0 if none).",
+            labels=["provider"],
+        )
         with self._sessions() as session:
+            work = session.execute(
+                select(InboxDelivery.provider, func.count(), func.min(InboxDelivery.next_attempt_at))
+                .where(InboxDelivery.status == InboxStatus.RECEIVED)
+                .group_by(InboxDelivery.provider)
+            ).all()
             rows = session.execute(
                 select(Payment.provider, func.count(), func.min(Payment.created_at))
                 .where(Payment.status.not_in(list(FINAL_STATUSES)))
@@ -145,12 +161,17 @@ class StateCollector(Collector):
         for provider, count, first in rows:
             pending.add_metric([provider], count)
             oldest.add_metric([provider], max(0.0, (now - first).total_seconds()) if first else 0.0)
-        for provider in sorted({"cinetpay", "mtn_momo", "orange_money", "wave"} - seen):
+        for provider in sorted(set(PROVIDERS) - seen):
             pending.add_metric([provider], 0)
             oldest.add_metric([provider], 0)
         for reason, count in counts:
             letters.add_metric([reason], count)
-        return [pending, oldest, letters]
+        busy = {provider: (count, due) for provider, count, due in work}
+        for provider in PROVIDERS:
+            count, due = busy.get(provider, (0, None))
+            waiting.add_metric([provider], count)
+            overdue.add_metric([provider], max(0.0, (now - due).total_seconds()) if due else 0.0)
+        return [pending, oldest, letters, waiting, overdue]
 
     def _queues(self) -> GaugeMetricFamily:
         import redis
