@@ -46,7 +46,8 @@ class Work:
     envelope_raw: str
     first_seen_at: datetime  # when the delivery first arrived
     opened_at: datetime  # when its work began (arrival, or a reopening after a give-up)
-    attempts: int
+    attempts: int  # provider failures
+    errors: int  # internal errors (bugs)
     deferrals: int
     budget_slot: str | None
     lease_until: datetime
@@ -56,7 +57,7 @@ class Work:
         cls, inbox_id: int, provider: str, envelope_raw: str, now: datetime, *, first_seen_at: datetime | None = None
     ) -> Work:
         """The work of a delivery just stored (or reopened) by the caller, who holds it."""
-        return cls(inbox_id, provider, envelope_raw, first_seen_at or now, now, 0, 0, None, now + LEASE)
+        return cls(inbox_id, provider, envelope_raw, first_seen_at or now, now, 0, 0, 0, None, now + LEASE)
 
 
 def store(
@@ -91,7 +92,9 @@ def store(
         next_attempt_at=now + LEASE if status is InboxStatus.RECEIVED else None,
         opened_at=now if status is InboxStatus.RECEIVED else None,
         attempts=0,
+        errors=0,
         deferrals=0,
+        awaiting_registration=False,
     )
     statement = statement.on_conflict_do_update(
         index_elements=["provider", "dedupe_key"],
@@ -112,8 +115,25 @@ def mark(session: Session, inbox_id: int, status: InboxStatus, detail: str = "")
     session.execute(
         update(InboxDelivery)
         .where(InboxDelivery.id == inbox_id)
-        .values(status=status, detail=detail, next_attempt_at=None, budget_slot=None)
+        .values(status=status, detail=detail, next_attempt_at=None, budget_slot=None, awaiting_registration=False)
     )
+
+
+def finish(session: Session, work: Work, status: InboxStatus, detail: str) -> bool:
+    """End the work without settling anything (quarantined, given up, answered already), only while
+    the caller still holds it: a worker that outlived its lease must not overwrite what the worker
+    that took over did. False: the lease was lost."""
+    done = session.execute(
+        update(InboxDelivery)
+        .where(
+            InboxDelivery.id == work.id,
+            InboxDelivery.status == InboxStatus.RECEIVED,
+            InboxDelivery.next_attempt_at == work.lease_until,
+        )
+        .values(status=status, detail=detail, next_attempt_at=None, budget_slot=None, awaiting_registration=False)
+        .returning(InboxDelivery.id)
+    ).first()
+    return done is not None
 
 
 def take(session: Session, inbox_id: int, now: datetime, *, version: datetime | None = None) -> Work | None:
@@ -126,7 +146,7 @@ def take(session: Session, inbox_id: int, now: datetime, *, version: datetime | 
     row = session.execute(
         update(InboxDelivery)
         .where(InboxDelivery.id == inbox_id, InboxDelivery.status == InboxStatus.RECEIVED, or_(*allowed))
-        .values(next_attempt_at=now + LEASE)
+        .values(next_attempt_at=now + LEASE, awaiting_registration=False)
         .returning(
             table.c.id,
             table.c.provider,
@@ -134,6 +154,7 @@ def take(session: Session, inbox_id: int, now: datetime, *, version: datetime | 
             table.c.first_seen_at,
             table.c.opened_at,
             table.c.attempts,
+            table.c.errors,
             table.c.deferrals,
             table.c.budget_slot,
             table.c.next_attempt_at,
@@ -151,8 +172,10 @@ def schedule(
     detail: str,
     *,
     failed: bool = False,
+    errored: bool = False,
     deferred: bool = False,
     budget_slot: str | None = None,
+    awaiting_registration: bool = False,
 ) -> datetime | None:
     """Put the delivery off until ``at``, counting a failure or a deferral; only while the caller
     still holds it. Returns the new schedule (the version a wake-up message names), or None if
@@ -168,8 +191,10 @@ def schedule(
             next_attempt_at=at,
             detail=detail,
             attempts=InboxDelivery.attempts + (1 if failed else 0),
+            errors=InboxDelivery.errors + (1 if errored else 0),
             deferrals=InboxDelivery.deferrals + (1 if deferred else 0),
             budget_slot=budget_slot,
+            awaiting_registration=awaiting_registration,
         )
         .returning(InboxDelivery.next_attempt_at)
     ).first()
@@ -194,27 +219,31 @@ def claim_due(session: Session, now: datetime, *, limit: int) -> list[tuple[int,
 
 
 def wake(session: Session, provider: str, reference: str, now: datetime) -> list[tuple[int, datetime]]:
-    """Deliveries of ``reference`` that wait (for its registration, say), due now: (id, version)."""
+    """Deliveries of ``reference`` put off until its registration arrived, due now: (id, version).
+    (A row a worker holds is not marked as waiting; the worker checks for the registration in the
+    transaction that puts it off, after locking the row, so the two cannot miss each other.)"""
     rows = session.execute(
         update(InboxDelivery)
         .where(
             InboxDelivery.provider == provider,
             InboxDelivery.reference == reference,
             InboxDelivery.status == InboxStatus.RECEIVED,
-            InboxDelivery.next_attempt_at > now,
-            InboxDelivery.deferrals > 0,
+            InboxDelivery.awaiting_registration.is_(True),
         )
-        .values(next_attempt_at=now)
+        .values(next_attempt_at=now, awaiting_registration=False)
         .returning(InboxDelivery.id)
     ).all()
     return [(row[0], now) for row in rows]
 
 
-def coalesce(session: Session, provider: str, reference: str, *, asked_at: datetime, done: int, detail: str) -> int:
+def coalesce(
+    session: Session, provider: str, reference: str, *, asked_at: datetime, done: int, detail: str
+) -> list[str]:
     """Other deliveries of ``reference`` that arrived before the provider was asked at ``asked_at``:
     its answer covers them, so they are finished without a call of their own (one a worker holds
-    at this moment still finishes its own work, idempotently)."""
-    result = session.execute(
+    at this moment still finishes its own work, idempotently). Not those still waiting to be
+    authenticated. Returns the call-budget stages the finished ones held, to give back."""
+    rows = session.execute(
         update(InboxDelivery)
         .where(
             InboxDelivery.provider == provider,
@@ -222,10 +251,13 @@ def coalesce(session: Session, provider: str, reference: str, *, asked_at: datet
             InboxDelivery.status == InboxStatus.RECEIVED,
             InboxDelivery.id != done,
             InboxDelivery.first_seen_at <= asked_at,
+            InboxDelivery.awaiting_registration.is_(False),
         )
-        .values(status=InboxStatus.PROCESSED, detail=detail, next_attempt_at=None, budget_slot=None)
-    )
-    return int(result.rowcount or 0)  # type: ignore[attr-defined]
+        # budget_slot stays as it was (meaningless once finished) so that RETURNING reports it.
+        .values(status=InboxStatus.PROCESSED, detail=detail, next_attempt_at=None)
+        .returning(InboxDelivery.budget_slot)
+    ).all()
+    return [row[0] for row in rows if row[0]]
 
 
 def reopen(session: Session, inbox_id: int, now: datetime) -> bool:
@@ -243,8 +275,10 @@ def reopen(session: Session, inbox_id: int, now: datetime) -> bool:
             next_attempt_at=now + LEASE,
             opened_at=now,
             attempts=0,
+            errors=0,
             deferrals=0,
             budget_slot=None,
+            awaiting_registration=False,
         )
         .returning(InboxDelivery.id)
     ).first()

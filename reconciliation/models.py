@@ -215,14 +215,19 @@ class InboxDelivery(Base):
     last_seen_at: Mapped[datetime] = mapped_column(UtcDateTime(), server_default=func.now())
     repeat_count: Mapped[int] = mapped_column(Integer, default=0)
     detail: Mapped[str] = mapped_column(Text, default="")
-    # The work on a ``received`` row: when it is due (or its lease ends), the provider failures
-    # and internal errors so far (``attempts``), the waits that were not failures
-    # (``deferrals``: call budget, awaiting a registration), and the call-budget slot it holds.
-    next_attempt_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
-    opened_at: Mapped[datetime | None] = mapped_column(UtcDateTime())  # when the work began (or was reopened)
+    # The work on a ``received`` row: when it is due (or its lease ends), when it began, the
+    # provider failures (``attempts``) and internal errors (``errors``) so far, the waits that were
+    # not failures (``deferrals``: call budget, awaiting a registration), and the call-budget stage
+    # whose token it holds.
+    # (A row a worker of an earlier version inserts gets both server defaults: due at once.)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), server_default=func.now())
+    opened_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), server_default=func.now())
     attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    errors: Mapped[int] = mapped_column(Integer, default=0, server_default="0")  # internal errors (bugs)
     deferrals: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     budget_slot: Mapped[str | None] = mapped_column(String(16))
+    # Put off until its registration arrives (to be authenticated): a registration wakes it.
+    awaiting_registration: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
 
 
 class Verification(Base):
@@ -246,6 +251,9 @@ class Verification(Base):
     error: Mapped[str | None] = mapped_column(Text)
     decision: Mapped[str] = mapped_column(Text, default="")
     raw_response: Mapped[str | None] = mapped_column(Text)
+    # When the provider was asked (its answer reflects the payment from then on); NULL when no live
+    # question was asked (an error, a deferral, a statement, an operator).
+    asked_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
     created_at: Mapped[datetime] = mapped_column(UtcDateTime(), server_default=func.now(), index=True)
 
     payment: Mapped[Payment] = relationship(back_populates="verifications")

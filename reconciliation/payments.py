@@ -240,8 +240,10 @@ def apply_answer(
     trigger: str,
     claim: Delivery | None = None,
     inbox_id: int | None = None,
+    asked_at: datetime | None = None,
 ) -> Verification:
-    """Move a locked payment with the provider's verified answer; record the attempt."""
+    """Move a locked payment with the provider's verified answer; record the attempt (``asked_at``:
+    when the provider was asked, if it was asked live)."""
     step = transition(payment.status, answer.outcome)
     notes = [step.note]
     previous = payment.status
@@ -298,6 +300,7 @@ def apply_answer(
         answered_currency=answer.currency,
         decision="; ".join(n for n in notes if n),
         raw_response=answer.raw,
+        asked_at=asked_at,
     )
     return verification
 

@@ -25,7 +25,7 @@ from sqlalchemy import text
 from providers.sandbox.client import SandboxClient
 from providers.sandbox.server import SandboxServer
 from reconciliation import migrate
-from tests.helpers import scratch_database
+from tests.helpers import REDIS_SERVER, PrivateRedis, scratch_database
 from worker import runtime as runtime_mod
 from worker.settings import Settings
 
@@ -219,3 +219,14 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 20.0, what: str = "c
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.05)
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
+    """A redis-server of the test's own (to stop, restart or break), never the shared one."""
+    if REDIS_SERVER is None:
+        pytest.skip("redis-server is not on PATH: this test needs a Redis server of its own")
+    server = PrivateRedis(tmp_path)
+    server.start()
+    yield server
+    server.kill()

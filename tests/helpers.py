@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import secrets
+import shutil
+import socket
+import subprocess
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import redis
 from sqlalchemy import create_engine, text
 
 from reconciliation.models import InboxDelivery
@@ -69,3 +75,73 @@ def age(rt: Runtime, inbox_id: int, seconds: float) -> None:
         assert row is not None and row.opened_at is not None
         row.first_seen_at -= timedelta(seconds=seconds)
         row.opened_at -= timedelta(seconds=seconds)
+
+
+REDIS_SERVER = shutil.which("redis-server")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class PrivateRedis:
+    """A redis-server of this test's own: only it is ever shut down, never the shared one."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.port = _free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=5)
+
+    def start(self) -> None:
+        assert REDIS_SERVER is not None, "redis-server is not on PATH"
+        argv = [REDIS_SERVER, "--bind", "127.0.0.1", "--port", str(self.port), "--save", ""]
+        argv += ["--appendonly", "yes", "--dir", str(self.directory)]  # queued messages survive a restart
+        with (self.directory / "redis.log").open("ab") as log:
+            self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 10
+        while True:
+            assert self.proc.poll() is None, (self.directory / "redis.log").read_text(errors="replace")
+            try:
+                with self.client() as client:
+                    # The server answering is ours, not another one that took the port meanwhile.
+                    if client.info("server")["process_id"] == self.proc.pid:
+                        return
+            except redis.ConnectionError:
+                pass
+            assert time.monotonic() < deadline, "private redis-server did not start"
+            time.sleep(0.05)
+
+    def shutdown(self) -> None:
+        """``SHUTDOWN``, as ``redis-cli shutdown`` or ``docker restart`` does: the AOF is flushed."""
+        assert self.proc is not None
+        with self.client() as client:
+            client.shutdown()
+        self.proc.wait(timeout=10)
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def resigned(envelope: dict[str, Any], secret_key: str = "test-secret-key", **changes: str) -> dict[str, Any]:  # noqa: S107
+    """The same CinetPay notification with some fields changed and correctly signed again (the
+    suite's secret key by default)."""
+    from urllib.parse import parse_qsl
+
+    from providers.cinetpay import build_notification
+
+    fields = dict(parse_qsl(envelope["body"], keep_blank_values=True))
+    fields.update(changes)
+    body, token = build_notification(fields, secret_key)
+    headers = {k: v for k, v in envelope["headers"].items() if k.lower() != "x-token"}
+    return {**envelope, "body": body, "headers": {**headers, "x-token": token}}

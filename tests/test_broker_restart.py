@@ -11,92 +11,24 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import socket
 import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import redis
 from celery import Celery
 from sqlalchemy import create_engine, select
 
 from providers.sandbox.server import SandboxServer
 from reconciliation.models import Payment
 from tests.conftest import ROOT, wait_for, worker_env
-from tests.helpers import new_reference, registration
+from tests.helpers import PrivateRedis, new_reference, registration
 
 pytestmark = pytest.mark.e2e
 
-REDIS_SERVER = shutil.which("redis-server")
 UNRECOVERABLE = "Unrecoverable error"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class PrivateRedis:
-    """A redis-server of this test's own: only it is ever shut down, never the shared one."""
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-        self.port = _free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def client(self) -> redis.Redis:
-        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=5)
-
-    def start(self) -> None:
-        assert REDIS_SERVER is not None
-        argv = [REDIS_SERVER, "--bind", "127.0.0.1", "--port", str(self.port), "--save", ""]
-        argv += ["--appendonly", "yes", "--dir", str(self.directory)]  # queued messages survive a restart
-        with (self.directory / "redis.log").open("ab") as log:
-            self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 10
-        while True:
-            assert self.proc.poll() is None, (self.directory / "redis.log").read_text(errors="replace")
-            try:
-                with self.client() as client:
-                    # The server answering is ours, not another one that took the port meanwhile.
-                    if client.info("server")["process_id"] == self.proc.pid:
-                        return
-            except redis.ConnectionError:
-                pass
-            assert time.monotonic() < deadline, "private redis-server did not start"
-            time.sleep(0.05)
-
-    def shutdown(self) -> None:
-        """``SHUTDOWN``, as ``redis-cli shutdown`` or ``docker restart`` does: the AOF is flushed."""
-        assert self.proc is not None
-        with self.client() as client:
-            client.shutdown()
-        self.proc.wait(timeout=10)
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-
-
-@pytest.fixture
-def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
-    if REDIS_SERVER is None:
-        pytest.skip("redis-server is not on PATH: this test restarts a Redis server of its own")
-    server = PrivateRedis(tmp_path)
-    server.start()
-    yield server
-    server.kill()
 
 
 def payrecon() -> list[str]:

@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -24,8 +25,9 @@ from providers.sandbox.client import SandboxClient
 from providers.sandbox.server import SandboxServer
 from reconciliation import inbox
 from reconciliation.models import DeadLetter, InboxDelivery, InboxStatus, Payment, PaymentStatus, Plan
+from schemas.messages import WebhookEnvelope
 from tests.conftest import ROOT, wait_for, worker_env
-from tests.helpers import new_reference, registration
+from tests.helpers import new_reference, registration, resigned
 from worker import pipeline, tasks
 from worker.budget import RedisBudget
 from worker.pipeline import Outcome
@@ -170,7 +172,7 @@ def test_an_unreachable_budget_store_is_a_wait_not_a_dead_letter(rt: Runtime, sa
     envelope = sandbox.cinetpay_notification(ref)
     down = dataclasses.replace(rt, budget=RedisBudget("redis://127.0.0.1:1/0"))  # nothing listens there
     result = pipeline.ingest_webhook(down, envelope)
-    assert result.outcome is Outcome.RETRY and "unreachable" in result.detail
+    assert result.outcome is Outcome.RETRY and "budget store unavailable: ConnectionError" in result.detail
     assert result.delay == pipeline.BUDGET_OUTAGE_WAIT and result.inbox_id is not None
     assert letters(rt) == [] and sandbox.get_cinetpay(ref)["check_count"] == 0
     waiting = row(rt, result.inbox_id)
@@ -193,6 +195,92 @@ def test_broker_settings_bring_a_killed_workers_messages_back_within_about_a_min
     # The long jobs are acknowledged on receipt and re-driven from the database.
     for name in ("reconcile", "nightly_reconciliation", "recheck_due", "deliver_events"):
         assert getattr(tasks, name).acks_late is False
+
+
+def test_a_worker_that_outlived_its_lease_cannot_overwrite_the_one_that_took_over(
+    rt: Runtime, killed_mid_call: tuple[str, dict[str, Any], int]
+) -> None:
+    _, _, inbox_id = killed_mid_call
+    with rt.sessions.begin() as session:
+        (slow,) = [inbox.take(session, inbox_id, datetime.now(UTC) + inbox.LEASE * 2)]
+    assert slow is not None
+    end_lease(rt, inbox_id)
+    with rt.sessions.begin() as session:
+        taken_over = inbox.take(session, inbox_id, datetime.now(UTC))
+        assert taken_over is not None
+        assert not inbox.finish(session, slow, InboxStatus.FORGED, "too late")  # the slow one's verdict is ignored
+        assert inbox.finish(session, taken_over, InboxStatus.PROCESSED, "done")
+
+
+def test_a_row_written_by_a_worker_of_the_previous_version_is_due_at_once(rt: Runtime) -> None:
+    """During a rolling upgrade, old workers insert received rows without the new columns."""
+    with rt.sessions.begin() as session:
+        session.execute(
+            InboxDelivery.__table__.insert().values(
+                provider="cinetpay",
+                dedupe_key="old-worker",
+                status="received",
+                method="POST",
+                path="/",
+                headers={},
+                body="",
+                envelope_raw="{}",
+                received_at=datetime.now(UTC),
+                repeat_count=0,
+                detail="",
+            )
+        )
+    ((_, version),) = pipeline.claim_due_deliveries(rt, now=datetime.now(UTC) + timedelta(seconds=1))
+    assert version is not None
+
+
+def test_a_forged_copy_of_an_unfinished_delivery_takes_nothing(rt: Runtime, sandbox: SandboxClient) -> None:
+    ref = f"WAVE-{uuid.uuid4().hex[:12]}"
+    sandbox.create("wave", reference=ref, amount=5000, currency="XOF", fate="accepted", faults=[{"status": 503}] * 3)
+    pipeline.register_payment(rt, registration(ref, provider="wave", amount=5000))
+    genuine = sandbox.notification("wave", ref)
+    first = pipeline.ingest_webhook(rt, genuine)
+    assert first.outcome is Outcome.RETRY and first.inbox_id is not None
+    end_lease(rt, first.inbox_id)
+    before = row(rt, first.inbox_id).next_attempt_at
+    forged = {**genuine, "headers": {**genuine["headers"], "Wave-Signature": "t=1,v1=" + "0" * 64}}
+    assert pipeline.ingest_webhook(rt, forged).outcome is Outcome.DUPLICATE
+    assert row(rt, first.inbox_id).next_attempt_at == before  # still due: the genuine work is not held up
+    assert pipeline.ingest_webhook(rt, genuine).outcome is Outcome.ACCEPTED
+
+
+def test_an_erroring_budget_store_is_a_wait_too(rt: Runtime, sandbox: SandboxClient, private_redis: Any) -> None:
+    """Out of memory, read-only after a failover: Redis answers, with an error. Still a wait."""
+    ref, envelope = cinetpay_envelope(sandbox)
+    pipeline.register_payment(rt, registration(ref))
+    with private_redis.client() as client:
+        client.config_set("maxmemory-policy", "noeviction")
+        client.config_set("maxmemory", 1)
+    full = dataclasses.replace(rt, budget=RedisBudget(private_redis.url))
+    result = pipeline.ingest_webhook(full, envelope)
+    assert result.outcome is Outcome.RETRY and "budget store unavailable: OutOfMemoryError" in result.detail
+    assert result.delay == pipeline.BUDGET_OUTAGE_WAIT and result.inbox_id is not None
+    waiting = row(rt, result.inbox_id)
+    assert (waiting.deferrals, waiting.errors, waiting.attempts) == (1, 0, 0)  # a wait, not an error
+    assert letters(rt) == []
+
+
+def test_internal_errors_are_counted_apart_from_provider_failures(
+    rt: Runtime, sandbox: SandboxClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ref = new_reference()
+    pipeline.register_payment(rt, registration(ref))
+    sandbox.create_cinetpay(ref, 5000, faults=[{"status": 503}] * 3)
+    first = pipeline.ingest_webhook(rt, sandbox.cinetpay_notification(ref))
+    with rt.sessions.begin() as session:  # a long provider outage before
+        session.execute(update(InboxDelivery).values(attempts=rt.settings.verify_max_retries + 5))
+
+    def broken(view: Any) -> Any:
+        raise ZeroDivisionError("a bug")
+
+    monkeypatch.setattr(rt.client("cinetpay"), "check", broken)
+    assert pipeline.retry_delivery(rt, first.inbox_id or 0, version=first.due).outcome is Outcome.RETRY
+    assert letters(rt) == []
 
 
 # --------------------------------------------------------------------------- bounded cost
@@ -250,6 +338,68 @@ def test_many_callbacks_for_one_payment_cost_one_status_call(
         details = list(session.scalars(select(InboxDelivery.detail).where(InboxDelivery.id != first.inbox_id)))
     assert statuses == {InboxStatus.PROCESSED}
     assert all("after this one arrived" in d for d in details)
+    # The seven slots they did not use were given back: the next callback waits 2 turns, not 9.
+    wait, own = rt.budget.reserve("callbacks:mtn_momo", 0.01, 1)
+    assert own and 150 < wait < 250
+
+
+@pytest.fixture
+def cinetpay_one_call(rt: Runtime) -> Iterator[Runtime]:
+    """CinetPay's budget lets one status call through per 100 s."""
+    original = rt.profiles
+    rt.profiles = {**original, "cinetpay": dataclasses.replace(original["cinetpay"], api_rate=0.01, api_burst=1)}
+    assert isinstance(rt.budget, RedisBudget)
+    rt.budget.reset("api:cinetpay")
+    yield rt
+    rt.budget.reset("api:cinetpay")
+    rt.profiles = original
+
+
+def test_a_delivery_that_arrived_while_the_provider_was_answering_is_verified(
+    cinetpay_one_call: Runtime, sandbox: SandboxClient
+) -> None:
+    """The answer reflects the payment when the provider was asked, not when it was stored."""
+    rt = cinetpay_one_call
+    ref = new_reference()
+    pipeline.register_payment(rt, registration(ref))
+    sandbox.create_cinetpay(ref, 5000, fate="waiting_then_accepted", pending_checks=1, faults=[{"delay": 1.5}])
+    envelope = sandbox.cinetpay_notification(ref)
+    results: list[pipeline.Result] = []
+    first = threading.Thread(target=lambda: results.append(pipeline.ingest_webhook(rt, envelope)))
+    first.start()
+    wait_for(lambda: sandbox.get_cinetpay(ref)["check_count"] >= 1 or results, what="the first call")
+    # Meanwhile the customer pays and CinetPay notifies again: it waits for its budget turn.
+    second = pipeline.ingest_webhook(rt, resigned(envelope, cpm_trans_date="2026-12-05 10:00:00"))
+    first.join()
+    assert results[0].outcome is Outcome.ACCEPTED and second.outcome is Outcome.RETRY
+    with rt.sessions() as session:
+        assert session.scalar(select(Payment.status).where(Payment.reference == ref)) is PaymentStatus.PENDING
+    assert pipeline.retry_delivery(rt, second.inbox_id or 0, version=second.due).outcome is Outcome.ACCEPTED
+    assert settled(rt, ref) and sandbox.get_cinetpay(ref)["check_count"] == 2
+
+
+def test_a_notification_whose_registration_commits_while_it_is_put_off_is_not_left_waiting(
+    rt: Runtime, sandbox: SandboxClient
+) -> None:
+    ref = new_reference("ORD")
+    state = sandbox.create("orange_money", reference=ref, amount=6500, currency="XOF", fate="accepted")
+    early = pipeline.ingest_webhook(rt, sandbox.notification("orange_money", ref))
+    assert early.outcome is Outcome.RETRY and early.inbox_id is not None
+    # A worker takes it again and finds no registration; the registration commits before it puts it off.
+    with rt.sessions.begin() as session:
+        work = inbox.take(session, early.inbox_id, datetime.now(UTC), version=early.due)
+    assert work is not None
+    client = rt.client("orange_money")
+    assert client is not None
+    delivery = client.parse_delivery(WebhookEnvelope.model_validate_json(work.envelope_raw))
+    registered = pipeline.register_payment(
+        rt, registration(ref, provider="orange_money", amount=6500, plan="coko-premium-monthly",
+                         provider_data=state["provider_data"])
+    )  # fmt: skip
+    assert registered.wake == ()  # held by the worker, not marked as waiting: nothing to wake
+    result = pipeline._await_registration(rt, client, delivery, work, "awaiting registration")
+    assert result.outcome is Outcome.RETRY and result.delay == 0 and "arrived" in result.detail
+    assert pipeline.retry_delivery(rt, early.inbox_id, version=result.due).outcome is Outcome.ACCEPTED
 
 
 def test_an_unsigned_callback_about_a_payment_the_provider_does_not_know_is_quarantined(
@@ -368,7 +518,7 @@ def test_replay_after_a_bug_was_fixed(rt: Runtime, sandbox: SandboxClient, monke
     assert result.outcome is Outcome.FAILED
     (letter,) = letters(rt)
     assert letter.reason == "internal_error" and "ZeroDivisionError" in letter.detail
-    assert row(rt, result.inbox_id or 0).attempts == rt.settings.verify_max_retries - 1
+    assert row(rt, result.inbox_id or 0).errors == rt.settings.verify_max_retries - 1
     monkeypatch.undo()
     assert replay(rt, letter).outcome is Outcome.ACCEPTED and settled(rt, ref)
 

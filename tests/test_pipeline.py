@@ -8,12 +8,10 @@ import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
-from urllib.parse import parse_qsl
 
 import pytest
 from sqlalchemy import func, select
 
-from providers.cinetpay import build_notification
 from providers.sandbox.client import SandboxClient
 from reconciliation.models import (
     DeadLetter,
@@ -27,8 +25,7 @@ from reconciliation.models import (
     Verification,
 )
 from reconciliation.views import balances
-from tests.conftest import CINETPAY
-from tests.helpers import age, new_reference, registration
+from tests.helpers import age, new_reference, registration, resigned
 from worker import pipeline
 from worker.pipeline import Outcome
 from worker.runtime import Runtime
@@ -53,15 +50,6 @@ def count(rt: Runtime, model: Any, *where: Any) -> int:
 def ledger(rt: Runtime) -> dict[str, int]:
     with rt.sessions() as session:
         return {row["account"]: row["balance"] for row in balances(session) if row["balance"]}
-
-
-def resigned(envelope: dict[str, Any], **changes: str) -> dict[str, Any]:
-    """The same notification with some fields changed and correctly signed again."""
-    fields = dict(parse_qsl(envelope["body"], keep_blank_values=True))
-    fields.update(changes)
-    body, token = build_notification(fields, CINETPAY["secret_key"])
-    headers = {k: v for k, v in envelope["headers"].items() if k.lower() != "x-token"}
-    return {**envelope, "body": body, "headers": {**headers, "x-token": token}}
 
 
 def register(rt: Runtime, reference: str, **over: Any) -> pipeline.Result:

@@ -8,6 +8,8 @@ a token either succeeds now or says how long to wait: an exhausted budget *delay
 caller is told when its token will exist. Each waiting caller so holds its own slot, in
 arrival order, and runs once at that slot, instead of every waiter asking again at the next
 refill and most of them losing (300 deferred callbacks made 12,000 task runs in 73 s that way).
+Reservations reach at most MAX_BACKLOG_SECONDS ahead, and a slot not used (the work finished
+another way) is given back with ``release``.
 
 The store being unreachable raises :class:`BudgetUnavailable`: the caller waits, as for an
 exhausted budget (an outage is a wait, never a dead letter).
@@ -29,13 +31,17 @@ import redis
 
 KEY_PREFIX = "payrecon:budget:"
 
-# KEYS[1] bucket; ARGV rate (tokens/s), burst, reserve ("1": take even from an empty bucket).
-# Returns the wait in seconds as a string ("0" = taken now; with reserve, the token is the
-# caller's at the end of the wait).
+# KEYS[1] bucket; ARGV rate (tokens/s), burst, mode, backlog. Modes:
+# "take": a token now, or the wait until one is free (nothing taken);
+# "reserve": a token now or in the future, unless the bucket is already ``backlog`` tokens below
+#   zero (then, as "take", the wait until one is free and nothing reserved);
+# "release": give back a token taken or reserved and not used (never above ``burst``).
+# Returns {wait in seconds as a string, 1 if the token is the caller's (now or after the wait)}.
 _TAKE = """
 local rate = tonumber(ARGV[1])
 local burst = tonumber(ARGV[2])
-local reserve = ARGV[3] == '1'
+local mode = ARGV[3]
+local backlog = tonumber(ARGV[4])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local state = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
@@ -44,18 +50,31 @@ local ts = tonumber(state[2])
 if tokens == nil then tokens = burst; ts = now end
 tokens = math.min(burst, tokens + math.max(0, now - ts) * rate)
 local wait = 0
-if tokens >= 1 then
+local own = 1
+if mode == 'release' then
+  tokens = math.min(burst, tokens + 1)
+elseif tokens >= 1 then
   tokens = tokens - 1
-elseif reserve then
+elseif mode == 'reserve' and tokens - 1 >= -backlog then
   tokens = tokens - 1
   wait = -tokens / rate
 else
   wait = (1 - tokens) / rate
+  own = 0
 end
 redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'ts', tostring(now))
 redis.call('EXPIRE', KEYS[1], math.ceil((burst - math.min(tokens, 0)) / rate) + 60)
-return tostring(wait)
+return {tostring(wait), own}
 """
+
+#: How far ahead the budget hands out reservations, in seconds of its rate: beyond that a caller
+#: waits without a slot and asks again (a flood of forged callbacks cannot push real ones back
+#: further than this).
+MAX_BACKLOG_SECONDS = 600.0
+
+
+def backlog(rate: float) -> float:
+    return max(1.0, rate * MAX_BACKLOG_SECONDS)
 
 
 class BudgetUnavailable(Exception):
@@ -67,8 +86,13 @@ class Budget(Protocol):
         """Take one token from ``bucket``: 0.0 if taken, else the seconds until one is free."""
         ...
 
-    def reserve(self, bucket: str, rate: float, burst: int) -> float:
-        """Take one token from ``bucket`` now or in the future: the seconds until it is the caller's."""
+    def reserve(self, bucket: str, rate: float, burst: int) -> tuple[float, bool]:
+        """Take one token from ``bucket`` now or in the future: (seconds to wait, whether the token is
+        the caller's then). Not the caller's when the bucket's backlog is full: ask again after the wait."""
+        ...
+
+    def release(self, bucket: str, rate: float, burst: int) -> None:
+        """Give back a token taken or reserved and not used."""
         ...
 
 
@@ -80,16 +104,22 @@ class RedisBudget:
         self._take = self._redis.register_script(_TAKE)
 
     def take(self, bucket: str, rate: float, burst: int) -> float:
-        return self._call(bucket, rate, burst, reserve=False)
+        return self._call(bucket, rate, burst, "take")[0]
 
-    def reserve(self, bucket: str, rate: float, burst: int) -> float:
-        return self._call(bucket, rate, burst, reserve=True)
+    def reserve(self, bucket: str, rate: float, burst: int) -> tuple[float, bool]:
+        return self._call(bucket, rate, burst, "reserve")
 
-    def _call(self, bucket: str, rate: float, burst: int, *, reserve: bool) -> float:
+    def release(self, bucket: str, rate: float, burst: int) -> None:
+        self._call(bucket, rate, burst, "release")
+
+    def _call(self, bucket: str, rate: float, burst: int, mode: str) -> tuple[float, bool]:
         try:
-            return float(self._take(keys=[KEY_PREFIX + bucket], args=[rate, burst, "1" if reserve else "0"]))
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
-            raise BudgetUnavailable(f"call budget store unreachable: {type(exc).__name__}") from exc
+            wait, own = self._take(keys=[KEY_PREFIX + bucket], args=[rate, burst, mode, backlog(rate)])
+        except redis.exceptions.NoScriptError:
+            raise
+        except redis.RedisError as exc:  # unreachable, read-only after a failover, out of memory, ...
+            raise BudgetUnavailable(f"call budget store unavailable: {type(exc).__name__}: {exc}"[:300]) from exc
+        return float(wait), bool(own)
 
     def reset(self, bucket: str) -> None:
         self._redis.delete(KEY_PREFIX + bucket)
@@ -107,21 +137,32 @@ class LocalBudget:
         self._buckets: dict[str, tuple[float, float]] = {}
 
     def take(self, bucket: str, rate: float, burst: int) -> float:
-        return self._take(bucket, rate, burst, reserve=False)
+        return self._take(bucket, rate, burst, "take")[0]
 
-    def reserve(self, bucket: str, rate: float, burst: int) -> float:
-        return self._take(bucket, rate, burst, reserve=True)
+    def reserve(self, bucket: str, rate: float, burst: int) -> tuple[float, bool]:
+        return self._take(bucket, rate, burst, "reserve")
 
-    def _take(self, bucket: str, rate: float, burst: int, *, reserve: bool) -> float:
+    def release(self, bucket: str, rate: float, burst: int) -> None:
+        self._take(bucket, rate, burst, "release")
+
+    def _take(self, bucket: str, rate: float, burst: int, mode: str) -> tuple[float, bool]:
+        """The Lua script's rules (above), in process."""
         with self._lock:
             now = self._clock()
             tokens, ts = self._buckets.get(bucket, (float(burst), now))
             tokens = min(float(burst), tokens + max(0.0, now - ts) * rate)
-            if tokens >= 1 or reserve:
-                self._buckets[bucket] = (tokens - 1, now)
-                return max(0.0, 1 - tokens) / rate
+            wait, own = 0.0, True
+            if mode == "release":
+                tokens = min(float(burst), tokens + 1)
+            elif tokens >= 1:
+                tokens -= 1
+            elif mode == "reserve" and tokens - 1 >= -backlog(rate):
+                tokens -= 1
+                wait = -tokens / rate
+            else:
+                wait, own = (1 - tokens) / rate, False
             self._buckets[bucket] = (tokens, now)
-            return (1 - tokens) / rate
+            return wait, own
 
     def close(self) -> None:
         """Nothing to release."""

@@ -39,6 +39,7 @@ from providers.base import (
     RegistrationView,
     VerifiedStatus,
 )
+from providers.profiles import TrustProfile
 from reconciliation import deadletters, inbox, payments
 from reconciliation.db import storable_text, transaction
 from reconciliation.models import FINAL_STATUSES, InboxStatus, Payment, PaymentStatus, Verification
@@ -195,9 +196,10 @@ def ingest_webhook(rt: Runtime, payload: Any) -> Result:
         elif stored.status is InboxStatus.FAILED and inbox.reopen(session, stored.id, now):
             log.info("%s delivery %s arrived again after a give-up: verifying again", provider, stored.id)
             work = inbox.Work.opened(stored.id, provider, stored.envelope_raw, now, first_seen_at=stored.first_seen_at)
-        elif stored.status is InboxStatus.RECEIVED:
+        elif stored.status is InboxStatus.RECEIVED and status is InboxStatus.RECEIVED:
             # A redelivery (the broker's, after a worker died; or the provider's) of unfinished
-            # work goes on with it, unless a live worker holds it or it is not due yet.
+            # work goes on with it, unless a live worker holds it or it is not due yet. (A copy
+            # that does not authenticate takes nothing: it cannot hold up the real one.)
             work = inbox.take(session, stored.id, now)
     if not stored.is_new and work is None:
         return Result(Outcome.DUPLICATE, f"repeat of inbox delivery {stored.id}", stored.id, reference)
@@ -329,20 +331,8 @@ def _process(
     rt: Runtime, client: ProviderClient, delivery: Delivery, payment: Payment | None, work: inbox.Work, *, awaiting: str
 ) -> Result:
     provider = client.name
-    now = rt.context().now
     if awaiting:
-        limit = timedelta(seconds=rt.settings.await_registration)
-        if now - work.opened_at >= limit:
-            detail = (
-                f"not authenticated: no registration arrived within {_duration(limit)} "
-                f"(PAYRECON_AWAIT_REGISTRATION); {awaiting}"
-            )
-            with transaction(rt.sessions) as session:
-                inbox.mark(session, work.id, InboxStatus.FORGED, detail)
-            log.warning("%s delivery %s quarantined: %s", provider, work.id, detail)
-            return Result(Outcome.FORGED, detail, work.id, delivery.reference)
-        delay = AWAIT_REGISTRATION_DELAYS[min(work.deferrals, len(AWAIT_REGISTRATION_DELAYS) - 1)]
-        return _put_off(rt, work, delivery.reference, delay, awaiting, deferred=True)
+        return _await_registration(rt, client, delivery, work, awaiting)
 
     profile = rt.profile(provider)
     reference = payment.reference if payment is not None else delivery.reference
@@ -351,28 +341,33 @@ def _process(
         known = _already_answered(rt, payment, delivery, work, authenticated=profile.callbacks_authenticated)
         if known:
             with transaction(rt.sessions) as session:
-                inbox.mark(session, work.id, InboxStatus.PROCESSED, known)
+                finished = inbox.finish(session, work, InboxStatus.PROCESSED, known)
+            if not finished:
+                return Result(Outcome.DUPLICATE, "taken over by another worker", work.id, reference)
+            _release(rt, provider, work.budget_slot)
             return Result(Outcome.DUPLICATE, known, work.id, reference)
 
     slot = work.budget_slot
-    stages = [("api", profile.api_rate, profile.api_burst)]
-    if not profile.callbacks_authenticated:
-        assert profile.callback_rate is not None and profile.callback_burst is not None  # noqa: S101
-        stages.insert(0, ("callbacks", profile.callback_rate, profile.callback_burst))
-    held = [name for name, _, _ in stages].index(slot) + 1 if slot else 0
-    for name, rate, burst in stages[held:]:
+    stages = _stages(profile)
+    names = [name for name, _, _ in stages]
+    for name, rate, burst in stages[names.index(slot) + 1 if slot else 0 :]:
         try:
-            wait = rt.budget.reserve(f"{name}:{provider}", rate, burst)
+            wait, own = rt.budget.reserve(f"{name}:{provider}", rate, burst)
         except BudgetUnavailable as exc:
             return _put_off(rt, work, reference, BUDGET_OUTAGE_WAIT, str(exc), deferred=True, budget_slot=slot)
-        slot = name
+        if own:
+            slot = name
         if wait > 0:
             metrics.BUDGET_WAITS.labels(provider, name).inc()
             why = "unauthenticated callbacks are rate-limited" if name == "callbacks" else f"{provider} call budget"
             turn = rounded_wait(wait)
-            return _put_off(
-                rt, work, reference, turn, f"{why}: its turn in {turn:.2f} s", deferred=True, budget_slot=slot
+            detail = (
+                f"{why}: its turn in {turn:.2f} s" if own else f"{why}: no turn free yet, asks again in {turn:.2f} s"
             )
+            result = _put_off(rt, work, reference, turn, detail, deferred=True, budget_slot=slot)
+            if result.outcome is not Outcome.RETRY:  # the lease was lost: the slots taken here go back
+                _release(rt, provider, slot, after=work.budget_slot)
+            return result
 
     view = (
         payments.registration_view(payment)
@@ -388,10 +383,10 @@ def _process(
         ctx = rt.context(provider)
         locked = payments.lock_or_create_orphan(session, provider, reference, ctx)
         verification = payments.apply_answer(
-            session, locked, answer, ctx, trigger="webhook", claim=delivery, inbox_id=work.id
+            session, locked, answer, ctx, trigger="webhook", claim=delivery, inbox_id=work.id, asked_at=asked_at
         )
         inbox.mark(session, work.id, InboxStatus.PROCESSED, verification.decision)
-        inbox.coalesce(
+        unused = inbox.coalesce(
             session,
             provider,
             reference,
@@ -400,7 +395,65 @@ def _process(
             detail=f"answered by the provider at {asked_at.isoformat()} for delivery {work.id}, after this one arrived",
         )
         outcome = _classify(locked, answer)
+    for held in unused:
+        _release(rt, provider, held)
     return Result(outcome, verification.decision, work.id, reference)
+
+
+def _await_registration(
+    rt: Runtime, client: ProviderClient, delivery: Delivery, work: inbox.Work, awaiting: str
+) -> Result:
+    """A delivery that can only be authenticated against its registration waits for it, then gives up."""
+    now = rt.context().now
+    limit = timedelta(seconds=rt.settings.await_registration)
+    if now - work.opened_at >= limit:
+        detail = (
+            f"not authenticated: no registration arrived within {_duration(limit)} "
+            f"(PAYRECON_AWAIT_REGISTRATION); {awaiting}"
+        )
+        with transaction(rt.sessions) as session:
+            if not inbox.finish(session, work, InboxStatus.FORGED, detail):
+                return Result(Outcome.DUPLICATE, "taken over by another worker", work.id, delivery.reference)
+        log.warning("%s delivery %s quarantined: %s", client.name, work.id, detail)
+        return Result(Outcome.FORGED, detail, work.id, delivery.reference)
+    delay = AWAIT_REGISTRATION_DELAYS[min(work.deferrals, len(AWAIT_REGISTRATION_DELAYS) - 1)]
+    with transaction(rt.sessions) as session:
+        # Marked as waiting first (the row is locked now), then a last look for the registration: one
+        # that commits after this look finds the row marked and wakes it; one before, this look sees.
+        due = inbox.schedule(
+            session, work, now + timedelta(seconds=delay), awaiting, deferred=True, awaiting_registration=True
+        )
+        registered = _resolve(session, work.provider, delivery) if due is not None else None
+        arrived = registered is not None and not registered.is_orphan
+        if arrived and due is not None:
+            due = inbox.schedule(session, replace(work, lease_until=due), now, "its registration arrived")
+    if due is None:
+        return Result(Outcome.DUPLICATE, "taken over by another worker", work.id, delivery.reference)
+    if arrived:
+        return Result(Outcome.RETRY, "its registration arrived", work.id, delivery.reference, delay=0.0, due=due)
+    return Result(Outcome.RETRY, awaiting, work.id, delivery.reference, delay=delay, due=due)
+
+
+def _stages(profile: TrustProfile) -> list[tuple[str, float, int]]:
+    """The call-budget buckets a delivery passes, in order: unauthenticated callbacks first, if any."""
+    stages: list[tuple[str, float, int]] = [("api", profile.api_rate, profile.api_burst)]
+    if not profile.callbacks_authenticated:
+        assert profile.callback_rate is not None and profile.callback_burst is not None  # noqa: S101
+        stages.insert(0, ("callbacks", profile.callback_rate, profile.callback_burst))
+    return stages
+
+
+def _release(rt: Runtime, provider: str, slot: str | None, *, after: str | None = None) -> None:
+    """Give back the call-budget tokens a delivery held up to ``slot`` (those after ``after``), unused."""
+    if slot is None:
+        return
+    names = [name for name, _, _ in _stages(rt.profile(provider))]
+    start = names.index(after) + 1 if after else 0
+    for name, rate, burst in _stages(rt.profile(provider))[start : names.index(slot) + 1]:
+        try:
+            rt.budget.release(f"{name}:{provider}", rate, burst)
+        except BudgetUnavailable:
+            log.info("%s: an unused %s token could not be given back (budget store unavailable)", provider, name)
 
 
 #: Statuses an unauthenticated callback cannot change (a provider's own final answers).
@@ -418,7 +471,7 @@ def _already_answered(
         return f"payment already {payment.status.value}, as the delivery says: no API call spent"
     with rt.sessions() as session:
         asked = session.scalar(
-            select(func.max(Verification.created_at)).where(
+            select(func.max(Verification.asked_at)).where(
                 Verification.payment_id == payment.id, Verification.outcome.is_not(None)
             )
         )
@@ -435,6 +488,7 @@ def _put_off(
     detail: str,
     *,
     failed: bool = False,
+    errored: bool = False,
     deferred: bool = False,
     budget_slot: str | None = None,
 ) -> Result:
@@ -446,6 +500,7 @@ def _put_off(
             rt.context().now + timedelta(seconds=delay),
             detail,
             failed=failed,
+            errored=errored,
             deferred=deferred,
             budget_slot=budget_slot,
         )
@@ -494,7 +549,8 @@ def _verification_failed(
         if not exc.retryable and not _not_yet_visible(rt, provider, payment, exc, ctx.now):
             if not profile.callbacks_authenticated and isinstance(exc, ProviderNotFound) and payment is None:
                 detail = f"the provider does not know this payment: an unsigned callback about nothing ({exc})"
-                inbox.mark(session, work.id, InboxStatus.FORGED, detail)
+                if not inbox.finish(session, work, InboxStatus.FORGED, detail):
+                    return Result(Outcome.DUPLICATE, "taken over by another worker", work.id, reference)
                 log.warning("%s delivery %s quarantined: %s", provider, work.id, detail)
                 return Result(Outcome.FORGED, detail, work.id, reference)
             return _give_up(session, work, "provider_error", f"provider refused the verification: {exc}", reference)
@@ -506,8 +562,10 @@ def _verification_failed(
 
 
 def _give_up(session: Session, work: inbox.Work, reason: str, detail: str, reference: str | None) -> Result:
-    """End the delivery's work and dead-letter it, replayable (a repeat reopens it)."""
-    inbox.mark(session, work.id, InboxStatus.FAILED, detail)
+    """End the delivery's work and dead-letter it, replayable (a repeat reopens it); only while the
+    caller still holds it (the worker that took it over decides instead)."""
+    if not inbox.finish(session, work, InboxStatus.FAILED, detail):
+        return Result(Outcome.DUPLICATE, "taken over by another worker", work.id, reference)
     deadletters.record(
         session,
         task=INGEST_TASK,
@@ -524,10 +582,10 @@ def _give_up(session: Session, work: inbox.Work, reason: str, detail: str, refer
 
 def _internal_error(rt: Runtime, work: inbox.Work, exc: Exception) -> Result:
     detail = f"{type(exc).__name__}: {exc}"[:2000]
-    if work.attempts + 1 >= rt.settings.verify_max_retries:
+    if work.errors + 1 >= rt.settings.verify_max_retries:
         with transaction(rt.sessions) as session:
             return _give_up(session, work, "internal_error", detail, None)
-    return _put_off(rt, work, None, retry_delay(work.attempts), detail, failed=True)
+    return _put_off(rt, work, None, retry_delay(work.errors), detail, errored=True, budget_slot=work.budget_slot)
 
 
 # --------------------------------------------------------------------------- registrations
@@ -616,6 +674,7 @@ def verify_payment(rt: Runtime, payment_id: int, *, now: datetime | None = None,
     client = rt.client(provider)
     error: ProviderError | str | None = None
     answer: VerifiedStatus | None = None
+    asked_at: datetime | None = None
     deferred = 0.0
     if client is None:
         error = f"provider {provider!r} is not configured on this worker"
@@ -628,6 +687,7 @@ def verify_payment(rt: Runtime, payment_id: int, *, now: datetime | None = None,
         if deferred:
             metrics.BUDGET_WAITS.labels(provider, "api").inc()
         else:
+            asked_at = datetime.now(UTC)
             try:
                 answer = timed_call(provider, "status", lambda: client.check(view))
             except ProviderError as exc:
@@ -653,7 +713,7 @@ def verify_payment(rt: Runtime, payment_id: int, *, now: datetime | None = None,
                 message = f"not visible at the provider yet (normal shortly after registration): {error}"
             verification = payments.record_error(session, locked, message, ctx, trigger=trigger)
             return Result(Outcome.RETRY, verification.decision, reference=reference)
-        verification = payments.apply_answer(session, locked, answer, ctx, trigger=trigger)
+        verification = payments.apply_answer(session, locked, answer, ctx, trigger=trigger, asked_at=asked_at)
         return Result(_classify(locked, answer), verification.decision, reference=reference)
 
 
