@@ -53,16 +53,23 @@ Control API (JSON, under ``/_sandbox/``; bad input → 400 ``{"error": ...}``):
     CinetPay's empty GET ping (also ``{"ping": true}`` on the route above).
 ``POST /_sandbox/faults`` ``{"path", "faults"}``, ``POST /_sandbox/reset``, ``GET /_sandbox/health``
 (its ``broker``: the broker URL, password masked, or null)
+``POST /_sandbox/fault_rates`` ``{"rates": [{"probability": 0.1, "fault": {"status": 503}}, ...], "seed"}``
+    From now on every wire answer (any provider, any path) that no queued fault claims gets one
+    of these faults at random, with its probability (exclusive, at most 1 in all), from a
+    ``random.Random(seed)``; ``{"rates": []}`` stops. ``GET`` shows them with ``drawn`` (answers
+    drawn for) and each rate's ``injected`` count.
 
 A fault is ``{"status": 500}``, ``{"status": 429, "retry_after": 0}``,
 ``{"delay": 1.5}`` (answer slowly, then normally), ``{"drop": true}`` (close the
 connection) or ``{"status": 200, "body": "<html>"}`` (a custom body). Global faults
-for a path are consumed before per-transaction ones.
+for a path are consumed before fault rates, and both before per-transaction ones.
 
 Whenever a transaction with a ``notify_url`` changes status (forced, or a
 waiting_then_* fate turning final), the sandbox POSTs a signed notification to it
 in a background thread, as CinetPay notifies at every status change; with
 ``notify_url`` ``"enqueue"`` it enqueues the envelope on the broker instead.
+``SandboxServer(notify_retry_for=seconds)`` keeps trying such a notification that failed
+(an error or a non-2xx answer, or a broker that is down) for that long, as providers retry.
 """
 
 from providers.sandbox.client import SandboxClient, SandboxError

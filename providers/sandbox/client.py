@@ -173,6 +173,20 @@ class SandboxClient:
         """Queue global faults for a wire path, e.g. ``/v2/payment/check``."""
         return cast(dict[str, Any], self._call("POST", "/_sandbox/faults", {"path": path, "faults": faults}))
 
+    def transactions(self, provider: str) -> list[dict[str, Any]]:
+        """Every transaction at ``provider``, with its ``status`` (the provider's truth)."""
+        return cast(list[dict[str, Any]], self._call("GET", f"/_sandbox/{provider}/transactions"))
+
+    def set_fault_rates(self, rates: list[dict[str, Any]], seed: int | None = None) -> dict[str, Any]:
+        """Inject faults at random into every wire answer: ``[{"probability": 0.1, "fault": {...}}, ...]``
+        (``[]`` stops); returns the rates as the sandbox shows them."""
+        payload: dict[str, Any] = {"rates": rates} if seed is None else {"rates": rates, "seed": seed}
+        return cast(dict[str, Any], self._call("POST", "/_sandbox/fault_rates", payload)["fault_rates"] or {})
+
+    def fault_rates(self) -> dict[str, Any] | None:
+        """The fault rates with ``drawn`` and each rate's ``injected`` count, or None."""
+        return cast(dict[str, Any] | None, self._call("GET", "/_sandbox/fault_rates")["fault_rates"])
+
     def reset(self) -> None:
         """Forget every transaction and fault."""
         self._call("POST", "/_sandbox/reset")

@@ -8,7 +8,10 @@ provider's wire and control routes plus the shared ones:
   "broker": <broker URL, password masked, or null>}``
 * ``POST /_sandbox/faults`` ``{"path", "faults": [...]}``: global faults for a wire
   path, consumed in order before any per-transaction fault;
-* ``POST /_sandbox/reset``: forget every transaction and fault.
+* ``POST /_sandbox/fault_rates`` ``{"rates": [{"probability", "fault"}, ...], "seed"?}``: from
+  now on, each wire answer no queued fault claims gets one of these faults at random with its
+  probability (exclusive; ``{"rates": []}`` stops); ``GET`` shows them with what they injected;
+* ``POST /_sandbox/reset``: forget every transaction, fault and fault rate.
 
 Adding a provider: write a class with ``name`` and ``register(router)`` next to
 ``cinetpay.py`` (``wire.WireSandbox`` and ``control.ProviderControl`` hold what the
@@ -29,7 +32,7 @@ from providers.sandbox.broker import INGEST_TASK, QUEUE, mask_url
 from providers.sandbox.cinetpay import CinetPaySandbox
 from providers.sandbox.mtn_momo import MtnMomoConfig, MtnMomoSandbox
 from providers.sandbox.orange_money import OrangeMoneyConfig, OrangeMoneySandbox
-from providers.sandbox.state import ControlError, SandboxState, check_keys, parse_faults
+from providers.sandbox.state import ControlError, FaultRates, SandboxState, check_keys, parse_faults
 from providers.sandbox.wave import WaveConfig, WaveSandbox
 from providers.sandbox.web import Notifier, ProviderSandbox, Request, Response, Router, json_response
 
@@ -137,14 +140,19 @@ class SandboxServer:
         mtn_momo: MtnMomoConfig | None = None,
         orange_money: OrangeMoneyConfig | None = None,
         wave: WaveConfig | None = None,
+        notify_retry_for: float = 0.0,
     ) -> None:
-        """Configure the server and the merchant credentials it accepts; nothing is bound or connected yet."""
+        """Configure the server and the merchant credentials it accepts; nothing is bound or connected yet.
+
+        ``notify_retry_for``: seconds during which a status-change notification that could not be
+        delivered or enqueued is tried again (0: once, the default).
+        """
         self.host = host
         self.port = port
         self.verbose = verbose
         self.broker_url = broker_url or None
         self.state = SandboxState()
-        self.notifier = Notifier(broker_url=self.broker_url)
+        self.notifier = Notifier(broker_url=self.broker_url, retry_for=notify_retry_for)
         self.cinetpay_credentials = {
             "api_key": cinetpay_api_key,
             "site_id": cinetpay_site_id,
@@ -164,6 +172,8 @@ class SandboxServer:
             provider.register(self.router)
         self.router.add("GET", "/_sandbox/health", self._health)
         self.router.add("POST", "/_sandbox/faults", self._add_faults)
+        self.router.add("GET", "/_sandbox/fault_rates", self._get_fault_rates)
+        self.router.add("POST", "/_sandbox/fault_rates", self._set_fault_rates)
         self.router.add("POST", "/_sandbox/reset", self._reset)
         self._httpd: _HTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -241,7 +251,10 @@ class SandboxServer:
         names = [p.name for p in self.providers]
         broker = mask_url(self.broker_url) if self.broker_url else None
         faults = self.state.global_faults()
-        return json_response(200, {"status": "ok", "providers": names, "faults": faults, "broker": broker})
+        rates = self.state.fault_rates()
+        return json_response(
+            200, {"status": "ok", "providers": names, "faults": faults, "fault_rates": rates, "broker": broker}
+        )
 
     def _add_faults(self, request: Request) -> Response:
         payload = request.json_object()
@@ -254,6 +267,14 @@ class SandboxServer:
             raise ControlError("faults must be a non-empty list")
         queued = self.state.add_faults(path, faults)
         return json_response(200, {"path": path, "queued": queued})
+
+    def _get_fault_rates(self, request: Request) -> Response:
+        return json_response(200, {"fault_rates": self.state.fault_rates()})
+
+    def _set_fault_rates(self, request: Request) -> Response:
+        rates = FaultRates.from_json(request.json_object())
+        self.state.set_fault_rates(rates)
+        return json_response(200, {"fault_rates": self.state.fault_rates()})
 
     def _reset(self, request: Request) -> Response:
         self.state.reset()

@@ -10,6 +10,7 @@ of transactions or faults happens under ``SandboxState.lock`` (re-entrant).
 
 from __future__ import annotations
 
+import random
 import re
 import threading
 from collections import deque
@@ -185,6 +186,77 @@ def parse_faults(value: Any) -> list[Fault]:
     return [Fault.from_json(item) for item in value]
 
 
+@dataclass(frozen=True)
+class FaultRate:
+    """A fault injected into a share of wire answers: ``probability`` in ``[0, 1]``."""
+
+    probability: float
+    fault: Fault
+
+    @classmethod
+    def from_json(cls, value: Any) -> FaultRate:
+        """Validate one ``{"probability", "fault"}`` object from the control API."""
+        if not isinstance(value, dict):
+            raise ControlError(f"a fault rate must be an object, got {value!r}")
+        check_keys(value, {"probability", "fault"}, "fault rate")
+        probability = value.get("probability")
+        if isinstance(probability, bool) or not isinstance(probability, int | float) or not 0 <= probability <= 1:
+            raise ControlError(f"probability must be a number between 0 and 1, got {probability!r}")
+        return cls(float(probability), Fault.from_json(value.get("fault")))
+
+
+class FaultRates:
+    """Faults drawn at random, for every wire answer no queued fault claims (a provider having a bad day).
+
+    Draws come from one ``random.Random(seed)``: a seeded storm injects the same share of each
+    fault (which request gets which depends on thread timing). Use under ``SandboxState.lock``.
+    """
+
+    def __init__(self, rates: list[FaultRate], seed: int | None = None) -> None:
+        """``rates`` are exclusive: their probabilities add up to at most 1."""
+        total = sum(rate.probability for rate in rates)
+        if total > 1 + 1e-9:
+            raise ControlError(f"fault rate probabilities add up to {total:g}, more than 1")
+        self.rates = rates
+        self.seed = seed
+        self._random = random.Random(seed)  # noqa: S311 - fault injection, not security
+        #: Wire answers drawn for, and faults injected per rate (same order as ``rates``).
+        self.drawn = 0
+        self.injected = [0] * len(rates)
+
+    @classmethod
+    def from_json(cls, payload: dict[str, Any]) -> FaultRates:
+        """``{"rates": [{"probability", "fault"}, ...], "seed"?}`` from the control API."""
+        check_keys(payload, {"rates", "seed"}, "fault rates")
+        rates = payload.get("rates")
+        if not isinstance(rates, list) or len(rates) > 100:
+            raise ControlError("rates must be a list of at most 100 {probability, fault} objects")
+        seed = get_int(payload, "seed", minimum=-(2**63))
+        return cls([FaultRate.from_json(item) for item in rates], seed)
+
+    def draw(self) -> Fault | None:
+        """The fault for one wire answer, or None."""
+        self.drawn += 1
+        roll = self._random.random()
+        for index, rate in enumerate(self.rates):
+            if roll < rate.probability:
+                self.injected[index] += 1
+                return rate.fault
+            roll -= rate.probability
+        return None
+
+    def to_json(self) -> dict[str, Any]:
+        """The rates with what they injected so far."""
+        return {
+            "seed": self.seed,
+            "drawn": self.drawn,
+            "rates": [
+                {"probability": rate.probability, "fault": rate.fault.to_json(), "injected": injected}
+                for rate, injected in zip(self.rates, self.injected, strict=True)
+            ],
+        }
+
+
 # --------------------------------------------------------------------------- transactions
 
 
@@ -265,6 +337,7 @@ class SandboxState:
         self.lock = threading.RLock()
         self._transactions: dict[str, dict[str, Transaction]] = {}
         self._faults: dict[str, deque[Fault]] = {}
+        self._fault_rates: FaultRates | None = None
 
     def transactions(self, provider: str) -> dict[str, Transaction]:
         """The mutable store of ``provider``'s transactions. Hold ``lock`` while using it."""
@@ -299,6 +372,21 @@ class SandboxState:
             queue = self._faults.get(path)
             return queue.popleft() if queue else None
 
+    def set_fault_rates(self, rates: FaultRates | None) -> None:
+        """Inject faults at random into wire answers from now on (None or no rates: stop)."""
+        with self.lock:
+            self._fault_rates = rates if rates is not None and rates.rates else None
+
+    def draw_rate_fault(self) -> Fault | None:
+        """A fault drawn from the fault rates for one wire answer, if any are set."""
+        with self.lock:
+            return self._fault_rates.draw() if self._fault_rates is not None else None
+
+    def fault_rates(self) -> dict[str, Any] | None:
+        """The fault rates and their counters, or None."""
+        with self.lock:
+            return self._fault_rates.to_json() if self._fault_rates is not None else None
+
     def global_faults(self) -> dict[str, list[dict[str, Any]]]:
         """Queued global faults, per path."""
         with self.lock:
@@ -309,3 +397,4 @@ class SandboxState:
         with self.lock:
             self._transactions.clear()
             self._faults.clear()
+            self._fault_rates = None

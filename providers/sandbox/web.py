@@ -10,9 +10,10 @@ import json
 import re
 import sys
 import threading
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import requests
@@ -21,6 +22,8 @@ from providers.sandbox.broker import BrokerPublisher
 from providers.sandbox.state import ControlError, Fault, SandboxState
 
 __all__ = ["ControlError", "Notifier", "ProviderSandbox", "Request", "Response", "Router"]
+
+R = TypeVar("R")
 
 
 @dataclass(frozen=True)
@@ -163,7 +166,9 @@ class Router:
         return error_response(404, f"no such path: {request.path}")
 
     def _run(self, route: Route, request: Request) -> Response:
-        fault = self.state.take_global_fault(request.path) if route.wire else None
+        fault = None
+        if route.wire:
+            fault = self.state.take_global_fault(request.path) or self.state.draw_rate_fault()
         if fault is not None:
             forced = fault_response(fault, _generic_error_body)
             if forced is not None:
@@ -190,8 +195,13 @@ class Notifier:
     instead of POSTing them.
     """
 
-    def __init__(self, timeout: tuple[float, float] = (2.0, 5.0), *, broker_url: str | None = None) -> None:
+    def __init__(
+        self, timeout: tuple[float, float] = (2.0, 5.0), *, broker_url: str | None = None, retry_for: float = 0.0
+    ) -> None:
+        """``retry_for``: how long a background delivery or enqueue that failed (an error or a non-2xx
+        answer) is tried again, with backoff, as the providers retry their callbacks (0: tried once)."""
         self.timeout = timeout
+        self.retry_for = retry_for
         self.broker = BrokerPublisher(broker_url) if broker_url else None
         self._threads: list[threading.Thread] = []
         self._lock = threading.Lock()
@@ -228,7 +238,9 @@ class Notifier:
         """Deliver in a daemon thread, then call ``done(status, error)``."""
 
         def run() -> None:
-            status, error = self.send(method, url, body, headers)
+            status, error = self._retried(
+                lambda: self.send(method, url, body, headers), lambda r: r[0] is not None and 200 <= r[0] < 300
+            )
             done(status, error)
 
         self._background(run)
@@ -247,10 +259,21 @@ class Notifier:
         """Publish in a daemon thread, then call ``done(enqueued, error)``."""
 
         def run() -> None:
-            enqueued, error = self.enqueue(envelope)
+            enqueued, error = self._retried(lambda: self.enqueue(envelope), lambda r: r[0])
             done(enqueued, error)
 
         self._background(run)
+
+    def _retried(self, attempt: Callable[[], R], succeeded: Callable[[R], bool]) -> R:
+        """``attempt()`` until it ``succeeded`` or ``retry_for`` seconds have passed; its last result."""
+        deadline = time.monotonic() + self.retry_for
+        pause = 0.25
+        result = attempt()
+        while not succeeded(result) and time.monotonic() + pause < deadline:
+            time.sleep(pause)
+            pause = min(pause * 2, 2.0)
+            result = attempt()
+        return result
 
     def _background(self, run: Callable[[], None]) -> None:
         thread = threading.Thread(target=run, name="sandbox-notify", daemon=True)
