@@ -16,11 +16,13 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from celery import Celery
 from sqlalchemy import create_engine, select
 
+from providers.sandbox.client import SandboxClient
 from providers.sandbox.server import SandboxServer
 from reconciliation.models import Payment
 from tests.conftest import ROOT, wait_for, worker_env
@@ -49,6 +51,16 @@ def start_worker(env: dict[str, str], log_path: Path, argv: list[str]) -> subpro
     return proc
 
 
+def send(broker_url: str, task: str, **kwargs: Any) -> None:
+    """Send one contract message as a producer does."""
+    app = Celery("producer", broker=broker_url)
+    app.conf.update(task_serializer="json", accept_content=["json"], broker_connection_retry_on_startup=True)
+    try:
+        app.send_task(task, kwargs=kwargs, queue="webhooks")
+    finally:
+        app.close()
+
+
 def send_registrations(broker_url: str, references: list[str], countdown: float | None = None) -> list[str]:
     """Send ``payrecon.register_payment`` as a merchant app does; the task ids."""
     app = Celery("producer", broker=broker_url)
@@ -68,7 +80,7 @@ def send_registrations(broker_url: str, references: list[str], countdown: float 
 
 
 def test_worker_keeps_consuming_across_a_redis_restart(
-    private_redis: PrivateRedis, pg_url: str, sandbox_server: SandboxServer, tmp_path: Path
+    private_redis: PrivateRedis, pg_url: str, sandbox_server: SandboxServer, sandbox: SandboxClient, tmp_path: Path
 ) -> None:
     engine = create_engine(pg_url)
 
@@ -78,7 +90,7 @@ def test_worker_keeps_consuming_across_a_redis_restart(
 
     log_path = tmp_path / "worker.log"
     worker = start_worker(
-        worker_env(pg_url, private_redis.url, sandbox_server),
+        worker_env(pg_url, private_redis.url, sandbox_server, PAYRECON_HTTP_TIMEOUT="10,10"),
         log_path,
         [*payrecon(), "worker", "--concurrency", "4"],
     )
@@ -96,6 +108,14 @@ def test_worker_keeps_consuming_across_a_redis_restart(
         with private_redis.client() as client:
             wait_for(lambda: client.hlen("unacked") >= len(held), what="messages held by the worker")
 
+        # Running during the restart: a webhook whose provider answers slowly, acknowledged after it.
+        slow = new_reference()
+        send(private_redis.url, "payrecon.register_payment", payment=registration(slow))
+        wait_for(lambda: registered([slow]) == {slow}, what="the slow payment's registration")
+        sandbox.create_cinetpay(slow, 5000, faults=[{"delay": 4}])
+        send(private_redis.url, "payrecon.ingest_webhook", envelope=sandbox.cinetpay_notification(slow))
+        wait_for(lambda: sandbox.get_cinetpay(slow)["check_count"] >= 1, what="the slow webhook's provider call")
+
         private_redis.shutdown()
         time.sleep(1)  # the worker sees the connection drop and retries against a closed port
         alive()
@@ -109,6 +129,9 @@ def test_worker_keeps_consuming_across_a_redis_restart(
             return registered(after) == set(after)
 
         wait_for(landed, timeout=30, what="registrations sent after the restart")
+        with engine.connect() as conn:  # the slow webhook finished, and its late acknowledgement did no harm
+            assert conn.scalar(select(Payment.settled).where(Payment.reference == slow)) is True
+        time.sleep(1)
         alive()
         assert UNRECOVERABLE not in log_path.read_text(errors="replace")
 

@@ -15,8 +15,14 @@ connection (celery/worker/consumer/consumer.py, ``Consumer.on_connection_error_a
    ``None.hostname``. An AttributeError is no connection error, so it escapes celery's
    ``ignore_errors`` and the worker stops.
 
-The fix: a Redis QoS whose channel has lost its transport does not try to restore; the rest of
-the close (which needs no broker) completes and celery reconnects as after any connection loss.
+The same detached transport ends the worker a second way: a task that was running during the
+restart finishes after celery reconnected and acknowledges its message on the old channel
+(``QoS.ack`` -> ``_remove_from_indices`` -> ``Channel._connparams``: ``None.client``), found by
+``bench/storm.py``.
+
+The fix: a Redis QoS whose channel has lost its transport neither restores nor acknowledges
+through it; the rest of the close (which needs no broker) completes and celery reconnects as
+after any connection loss.
 Nothing is lost: kombu keeps every delivered message in the ``unacked`` hash in Redis until it is
 acknowledged (Redis with AOF keeps it across a restart), and any worker puts the ones older than
 the visibility timeout (``celeryconfig.VISIBILITY_TIMEOUT``) back on their queue
@@ -36,21 +42,27 @@ from kombu.transport import redis as redis_transport
 
 log = logging.getLogger(__name__)
 
-_MARK = "_payrecon_skips_detached_restore"
+_MARK = "_payrecon_detached_channel_safe"
+
+
+def _detached(qos: Any) -> bool:
+    transport = getattr(qos.channel, "connection", None)
+    return transport is None or getattr(transport, "client", None) is None
 
 
 def apply() -> None:
     """Patch kombu's Redis QoS (idempotent). Called by ``worker.app`` on import, so before any QoS
     exists: each QoS binds ``restore_unacked_once`` as its garbage-collection finalizer."""
     qos_class: Any = redis_transport.QoS
-    original = qos_class.restore_unacked_once
-    if getattr(original, _MARK, False):
+    if getattr(qos_class.restore_unacked_once, _MARK, False):
         return
+    original_restore = qos_class.restore_unacked_once
+    original_ack = qos_class.ack
+    original_reject = qos_class.reject
 
     def restore_unacked_once(self: Any, stderr: Any = None) -> Any:
-        transport = getattr(self.channel, "connection", None)
-        if transport is not None and getattr(transport, "client", None) is not None:
-            return original(self, stderr)
+        if not _detached(self):
+            return original_restore(self, stderr)
         # The transport is detached (closed or collected): there is no broker to restore to.
         self._on_collect.cancel()
         self._flush()
@@ -64,5 +76,30 @@ def apply() -> None:
         self._delivered.restored = True  # as kombu marks it: later calls are no-ops
         return None
 
-    setattr(restore_unacked_once, _MARK, True)
-    qos_class.restore_unacked_once = restore_unacked_once
+    def ack(self: Any, delivery_tag: Any) -> None:
+        if not _detached(self):
+            original_ack(self, delivery_tag)
+            return
+        _forget(self, delivery_tag, "acknowledged")
+
+    def reject(self: Any, delivery_tag: Any, requeue: bool = False) -> None:
+        if not _detached(self):
+            original_reject(self, delivery_tag, requeue=requeue)
+            return
+        _forget(self, delivery_tag, "rejected")
+
+    for name, method in (("restore_unacked_once", restore_unacked_once), ("ack", ack), ("reject", reject)):
+        setattr(method, _MARK, True)
+        setattr(qos_class, name, method)
+
+
+def _forget(qos: Any, delivery_tag: Any, what: str) -> None:
+    """A message finished on a channel whose connection is gone: it stays in Redis's ``unacked``
+    hash and comes back after the visibility timeout, and its work, done, is not done twice (the
+    inbox and the payment rows say it is finished)."""
+    qos._delivered.pop(delivery_tag, None)
+    log.warning(
+        "message %s %s after the broker connection was lost: Redis redelivers it after the visibility timeout",
+        delivery_tag,
+        what,
+    )
