@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import ColumnElement, or_, select, update
 from sqlalchemy.orm import Session
 
 from reconciliation.db import storable_text
@@ -119,17 +119,22 @@ def mark(session: Session, inbox_id: int, status: InboxStatus, detail: str = "")
     )
 
 
+def _held(work: Work) -> tuple[ColumnElement[bool], ...]:
+    """The row is still the caller's: received, and its lease the one the caller holds."""
+    return (
+        InboxDelivery.id == work.id,
+        InboxDelivery.status == InboxStatus.RECEIVED,
+        InboxDelivery.next_attempt_at == work.lease_until,
+    )
+
+
 def finish(session: Session, work: Work, status: InboxStatus, detail: str) -> bool:
     """End the work without settling anything (quarantined, given up, answered already), only while
     the caller still holds it: a worker that outlived its lease must not overwrite what the worker
     that took over did. False: the lease was lost."""
     done = session.execute(
         update(InboxDelivery)
-        .where(
-            InboxDelivery.id == work.id,
-            InboxDelivery.status == InboxStatus.RECEIVED,
-            InboxDelivery.next_attempt_at == work.lease_until,
-        )
+        .where(*_held(work))
         .values(status=status, detail=detail, next_attempt_at=None, budget_slot=None, awaiting_registration=False)
         .returning(InboxDelivery.id)
     ).first()
@@ -182,11 +187,7 @@ def schedule(
     the lease was lost meanwhile (another worker holds or finished it)."""
     row = session.execute(
         update(InboxDelivery)
-        .where(
-            InboxDelivery.id == work.id,
-            InboxDelivery.status == InboxStatus.RECEIVED,
-            InboxDelivery.next_attempt_at == work.lease_until,
-        )
+        .where(*_held(work))
         .values(
             next_attempt_at=at,
             detail=detail,

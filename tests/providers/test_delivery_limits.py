@@ -31,6 +31,7 @@ from providers.mtn_momo import MtnMomoClient
 from providers.orange_money import OrangeMoneyClient, parse_token_response
 from providers.wave import WaveClient, signature_header
 from schemas.messages import WebhookEnvelope
+from tests.providers.test_cinetpay_parsing import FIELDS
 
 CINETPAY_SECRET = "cinetpay-secret"
 WAVE_SECRET = "wave_sn_WHS_limits"
@@ -40,24 +41,7 @@ DEEP = "[" * 100_000
 # Parses as an object, and nests too deep further in (in a field nobody reads).
 DEEP_INSIDE = '{"id": "AE_1", "type": "checkout.session.completed", "data": {"x": ' + DEEP
 
-CPM = {
-    "cpm_site_id": "100000",
-    "cpm_trans_id": "order-42",
-    "cpm_trans_date": "2025-01-15 10:30:00",
-    "cpm_amount": "5000",
-    "cpm_currency": "XOF",
-    "signature": "sig-abc",
-    "payment_method": "OM",
-    "cel_phone_num": "0701020304",
-    "cpm_phone_prefixe": "225",
-    "cpm_language": "fr",
-    "cpm_version": "V4",
-    "cpm_payment_config": "SINGLE",
-    "cpm_page_action": "PAYMENT",
-    "cpm_custom": "",
-    "cpm_designation": "Abonnement",
-    "cpm_error_message": "SUCCES",
-}
+CPM = FIELDS  # a complete, signed CinetPay notification (the parsing tests' own)
 SESSION = {
     "id": "cos-18qq25rgr100a",
     "amount": "5000",
