@@ -121,6 +121,21 @@ def test_dead_letters_list_and_replay(
     assert replayed["replayed_at"] is not None
 
 
+def test_an_oversized_dead_letter_cannot_be_replayed_and_says_why(
+    rt: Runtime, sandbox: SandboxClient, cli_env: dict[str, str]
+) -> None:
+    ref = new_reference()
+    sandbox.create_cinetpay(ref, 5000)
+    envelope = sandbox.cinetpay_notification(ref)
+    envelope["body"] += "&padding=" + "x" * rt.settings.max_envelope_bytes
+    pipeline.ingest_webhook(rt, envelope)
+    (letter,) = json.loads(run(cli_env, "dead-letters", "list", "--json").output)
+    result = CliRunner().invoke(main, ["dead-letters", "replay", str(letter["id"])], env=cli_env)
+    assert result.exit_code == 1 and "too large to keep whole" in result.output
+    everything = json.loads(run(cli_env, "dead-letters", "list", "--all", "--json").output)
+    assert everything[0]["replayed_at"] is None
+
+
 def test_enqueue_validates_before_sending(rt: Runtime, cli_env: dict[str, str]) -> None:
     bad = CliRunner().invoke(main, ["enqueue", "payment", "-"], input='{"schema": "payrecon.payment/1"}', env=cli_env)
     assert bad.exit_code == 2 and "not a valid payment" in bad.output

@@ -535,6 +535,31 @@ def test_replay_of_a_registration_after_its_plan_was_added(rt: Runtime) -> None:
         assert session.scalar(select(Payment.status).where(Payment.reference == ref)) is PaymentStatus.REGISTERED
 
 
+def test_replay_after_the_provider_stopped_refusing(rt: Runtime, sandbox: SandboxClient) -> None:
+    ref = new_reference()
+    pipeline.register_payment(rt, registration(ref))
+    sandbox.create_cinetpay(ref, 5000, faults=[{"status": 403}])  # a refusal, not an outage
+    assert pipeline.ingest_webhook(rt, sandbox.cinetpay_notification(ref)).outcome is Outcome.FAILED
+    (letter,) = letters(rt)
+    assert letter.reason == "provider_error" and "403" in letter.detail
+    assert replay(rt, letter).outcome is Outcome.ACCEPTED and settled(rt, ref)
+
+
+@pytest.mark.parametrize("reason", ["invalid_registration", "registration_conflict"])
+def test_replay_of_a_registration_refused_for_good_says_so_again(rt: Runtime, reason: str) -> None:
+    ref = new_reference()
+    if reason == "registration_conflict":
+        pipeline.register_payment(rt, registration(ref))
+        payload = registration(ref, amount=10000, periods=2)  # the same reference, other terms
+    else:
+        payload = {"schema": "payrecon.payment/1", "reference": ref, "amount": "5000"}
+    assert pipeline.register_payment(rt, payload).outcome in (Outcome.FAILED, Outcome.MALFORMED)
+    (letter,) = letters(rt)
+    assert letter.reason == reason
+    replay(rt, letter)
+    assert [d.reason for d in letters(rt)] == [reason, reason]  # refused again, the same way, kept again
+
+
 @pytest.mark.parametrize(
     ("payload", "reason", "again", "letters_after"),
     [

@@ -755,6 +755,11 @@ def dead_letters_replay(ids: tuple[int, ...]) -> None:
             letter = session.get(DeadLetter, letter_id)
             if letter is None:
                 _fail(f"no dead letter #{letter_id}")
+            if letter.reason == "oversized_envelope":
+                _fail(
+                    f"dead letter #{letter_id} was too large to keep whole (only its head and SHA-256 are stored): "
+                    "have the sender deliver it again, under PAYRECON_MAX_ENVELOPE_BYTES or with the limit raised"
+                )
             try:
                 payload = json.loads(letter.payload)
             except json.JSONDecodeError:
