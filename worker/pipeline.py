@@ -308,7 +308,8 @@ def _resume(rt: Runtime, client: ProviderClient, work: inbox.Work) -> Result:
         payment = _resolve(session, work.provider, delivery)
         status, detail = _authenticate(client, envelope, delivery, payment)
         if status is InboxStatus.FORGED:
-            inbox.mark(session, work.id, InboxStatus.FORGED, detail)
+            if not inbox.finish(session, work, InboxStatus.FORGED, detail):
+                return Result(Outcome.DUPLICATE, "taken over by another worker", work.id, delivery.reference)
             return Result(Outcome.FORGED, detail, work.id, delivery.reference)
         if payment is not None and payment.reference != delivery.reference:  # found by a provider token
             inbox.name_reference(session, work.id, payment.reference)
