@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import socket
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -188,3 +189,70 @@ def test_json_formatter_emits_one_masked_object_per_line() -> None:
     data = json.loads(line)
     assert data["message"] == "payer ************04"
     assert (data["level"], data["provider"]) == ("WARNING", "cinetpay")
+
+
+def _started(argv: list[str], env: dict[str, str], cwd: Path, log_path: Path, ready: bytes) -> Any:
+    """A process as an operator starts it: the environment they would set, nothing prepared for it."""
+    import os
+    import subprocess
+    import time
+
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("PROMETHEUS_", "PAYRECON_", "CELERY_"))}
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(argv, cwd=cwd, env={**clean, **env}, stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 60
+    while ready not in log_path.read_bytes():
+        assert proc.poll() is None and time.monotonic() < deadline, log_path.read_text(errors="replace")
+        time.sleep(0.1)
+    return proc
+
+
+def test_worker_and_beat_started_as_the_readme_says_export_what_the_dashboard_uses(
+    e2e: Runtime, pg_url: str, sandbox_server: SandboxServer, sandbox: SandboxClient, tmp_path: Path
+) -> None:
+    """`payrecon worker --metrics-port` and `payrecon beat`, with no PROMETHEUS_MULTIPROC_DIR: the
+    counters must reach /metrics (they used to stay in the memory of the process that counted them)."""
+    broker = f"{REDIS_BASE}/{METRICS_REDIS_DB}"
+    client = redis.Redis.from_url(broker)
+    client.flushdb()
+    env = worker_env(pg_url, broker, sandbox_server)
+    env.pop("PAYRECON_METRICS_PORT")
+    payrecon = str(Path(sys.executable).parent / "payrecon")
+    port, beat_port = free_port(), free_port()
+    worker = _started([payrecon, "worker", "--metrics-port", str(port)], env, tmp_path, tmp_path / "w.log", b" ready.")
+    beat = _started(
+        [payrecon, "beat", "--metrics-port", str(beat_port)], env, tmp_path, tmp_path / "b.log", b"beat: Starting"
+    )
+    producer = Celery("metrics-test", broker=broker)
+    producer.conf.update(task_serializer="json", broker_connection_retry_on_startup=True)
+    try:
+        run_batch(Prefork(None, port, tmp_path, producer), e2e, sandbox, paid=3, refused=1)  # type: ignore[arg-type]
+
+        def scraped() -> dict[Any, float] | None:
+            samples = Prefork(None, port, tmp_path, producer).scrape()  # type: ignore[arg-type]
+            done = value(samples, "payrecon_tasks_total", task="payrecon.ingest_webhook", state="succeeded") == 5
+            return samples if done else None
+
+        samples = wait_for(scraped, timeout=30, what="the worker's counters on /metrics")
+        assert value(samples, "payrecon_payments_final_total", provider="cinetpay", status="succeeded") == 3
+        assert value(samples, "payrecon_deliveries_total", provider="cinetpay", outcome="accepted") == 4
+        assert (
+            value(samples, "payrecon_provider_calls_total", provider="cinetpay", operation="status", outcome="ok") == 4
+        )
+        assert value(samples, "payrecon_waiting_deliveries", provider="cinetpay") == 0
+
+        def dispatched() -> bool:
+            beat_samples = Prefork(None, beat_port, tmp_path, producer).scrape()  # type: ignore[arg-type]
+            return value(beat_samples, "payrecon_beat_last_dispatch_timestamp_seconds", task="payrecon.recheck_due") > 0
+
+        wait_for(dispatched, timeout=60, what="beat's dispatch gauge")
+    finally:
+        producer.close()
+        for proc in (worker, beat):
+            proc.terminate()
+            proc.wait(timeout=30)
+        client.flushdb()
+        client.close()
+    assert worker.returncode == 0
+    # The worker's own metrics directory went with it.
+    assert not (Path(tempfile.gettempdir()) / f"payrecon-metrics-{worker.pid}").exists()

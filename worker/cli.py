@@ -84,16 +84,19 @@ def worker(  # noqa: PLR0917 - click passes the options by name
     settings = _settings(require_broker=True)
     import os
 
-    from worker.observability import prepare_multiprocess_dir
+    from worker import metrics_dir
 
     # Before anything imports prometheus_client: every pool process writes to this clean directory.
-    prepare_multiprocess_dir()
+    directory = metrics_dir.prepare()
     os.environ["PAYRECON_METRICS_PORT"] = str(metrics_port)
 
     argv = ["worker", "-Q", queues, "-P", pool, "-l", loglevel, "-c", str(concurrency or settings.worker_concurrency)]
     if embed_beat:
         argv.append("-B")
-    _celery([*argv, *celery_args])
+    try:
+        _celery([*argv, *celery_args])
+    finally:
+        metrics_dir.remove(directory)
 
 
 @main.command(context_settings={"ignore_unknown_options": True})

@@ -102,10 +102,3 @@ RECON_DURATION = Histogram(
     namespace=NAMESPACE,
     buckets=(1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600),
 )
-RECON_LAST_SUCCESS = Gauge(
-    "reconciliation_last_success_timestamp_seconds",
-    "When the last successful reconciliation run of each provider finished (Unix time).",
-    ["provider"],
-    namespace=NAMESPACE,
-    multiprocess_mode="max",
-)

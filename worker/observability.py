@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any, TypeVar
 
 from prometheus_client import REGISTRY, CollectorRegistry, start_http_server
@@ -20,7 +18,7 @@ from sqlalchemy import func, select
 
 from providers.base import ProviderError, ProviderRateLimited, ProviderTransientError
 from reconciliation import facts
-from reconciliation.models import FINAL_STATUSES, DeadLetter, InboxDelivery, InboxStatus, Payment
+from reconciliation.models import FINAL_STATUSES, DeadLetter, InboxDelivery, InboxStatus, Payment, ReconRun
 from worker import metrics
 from worker.settings import PROVIDERS
 
@@ -51,8 +49,6 @@ def _on_fact(kind: str, data: dict[str, Any]) -> None:
         for cls, count in data["counts"].items():
             if count:
                 metrics.RECON_ITEMS.labels(data["provider"], cls).inc(count)
-        if data["status"] == "succeeded":
-            metrics.RECON_LAST_SUCCESS.labels(data["provider"]).set(data["finished"])
 
 
 facts.subscribe(_on_fact)
@@ -141,7 +137,18 @@ class StateCollector(Collector):
             "How long the most overdue delivery has been due without a worker taking it (0 if none).",
             labels=["provider"],
         )
+        last_success = GaugeMetricFamily(
+            f"{metrics.NAMESPACE}_reconciliation_last_success_timestamp_seconds",
+            "When the last successful reconciliation run of each provider finished (Unix time).",
+            labels=["provider"],
+        )
         with self._sessions() as session:
+            # Read from the runs themselves: true after a restart, and for runs made by hand.
+            runs = session.execute(
+                select(ReconRun.provider, func.max(ReconRun.finished_at))
+                .where(ReconRun.status == "succeeded")
+                .group_by(ReconRun.provider)
+            ).all()
             work = session.execute(
                 select(InboxDelivery.provider, func.count(), func.min(InboxDelivery.next_attempt_at))
                 .where(InboxDelivery.status == InboxStatus.RECEIVED)
@@ -171,7 +178,10 @@ class StateCollector(Collector):
             count, due = busy.get(provider, (0, None))
             waiting.add_metric([provider], count)
             overdue.add_metric([provider], max(0.0, (now - due).total_seconds()) if due else 0.0)
-        return [pending, oldest, letters, waiting, overdue]
+        for provider, finished in runs:
+            if finished is not None:
+                last_success.add_metric([provider], finished.timestamp())
+        return [pending, oldest, letters, waiting, overdue, last_success]
 
     def _queues(self) -> GaugeMetricFamily:
         import redis
@@ -187,20 +197,6 @@ class StateCollector(Collector):
 
 
 # --------------------------------------------------------------------------- serving
-
-
-def prepare_multiprocess_dir(path: str | None = None) -> str:
-    """Point prometheus_client at a clean multiprocess directory (before it is imported by workers).
-
-    Called by ``payrecon worker`` in its main process before the pool starts: counters of a
-    previous run must not carry over, and every child writes its own files there.
-    """
-    directory = Path(path or os.environ.get("PROMETHEUS_MULTIPROC_DIR") or f"/tmp/payrecon-metrics-{os.getpid()}")  # noqa: S108
-    if directory.exists():
-        shutil.rmtree(directory)
-    directory.mkdir(parents=True)
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory)
-    return str(directory)
 
 
 def serving_registry(extra: Collector | None = None) -> CollectorRegistry:
