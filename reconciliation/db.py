@@ -8,6 +8,7 @@ from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 from sqlalchemy.orm import Session, sessionmaker
 
 
@@ -54,6 +55,25 @@ def _tune_sqlite(engine: Engine) -> None:
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Any) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def normalize_database_url(value: str) -> str:
+    """``value`` on the project's driver: PostgreSQL in the forms hosts hand out (``postgres://``,
+    ``postgresql://``, ``postgresql+psycopg2://``) becomes ``postgresql+psycopg2://``; SQLite (the
+    demo) stays. Anything else: ValueError saying what is accepted."""
+    try:
+        url = make_url(value)
+    except ArgumentError:
+        raise ValueError("is not a database URL (e.g. postgresql://user:password@host:5432/db)") from None
+    backend, _, driver = url.drivername.partition("+")
+    if backend in ("postgres", "postgresql") and driver in ("", "psycopg2"):
+        return url.set(drivername="postgresql+psycopg2").render_as_string(hide_password=False)
+    if backend == "sqlite":
+        return value
+    raise ValueError(
+        "must be a PostgreSQL URL (postgresql://, postgres:// or postgresql+psycopg2://; payrecon uses psycopg2) "
+        f"or SQLite for the demo, got {url.drivername}://"
+    )
 
 
 def storable_text(value: str) -> str:

@@ -355,6 +355,28 @@ def cinetpay_one_call(rt: Runtime) -> Iterator[Runtime]:
     rt.profiles = original
 
 
+def test_a_re_check_finishes_the_callbacks_waiting_for_their_turn(
+    momo_one_callback: Runtime, sandbox: SandboxClient
+) -> None:
+    rt = momo_one_callback
+    reference = str(uuid.uuid4())
+    sandbox.create("mtn_momo", reference=reference, amount=6500, currency="XOF", fate="accepted")
+    pipeline.register_payment(
+        rt, registration(reference, provider="mtn_momo", amount=6500, plan="coko-premium-monthly")
+    )
+    rt.budget.reserve("callbacks:mtn_momo", 0.01, 1)  # the only free slot went elsewhere
+    waiting = [pipeline.ingest_webhook(rt, momo_callback(reference, str(n))) for n in range(3)]
+    assert all(r.outcome is Outcome.RETRY for r in waiting)
+    with rt.sessions() as session:
+        payment_id = session.scalar(select(Payment.id).where(Payment.reference == reference))
+    assert pipeline.verify_payment(rt, payment_id or 0).outcome is Outcome.ACCEPTED  # beat's re-check
+    with rt.sessions() as session:
+        assert set(session.scalars(select(InboxDelivery.status))) == {InboxStatus.PROCESSED}
+    assert sandbox.get("mtn_momo", reference)["check_count"] == 1
+    wait, own = rt.budget.reserve("callbacks:mtn_momo", 0.01, 1)
+    assert own and 50 < wait < 150  # their three slots were given back: one turn to wait, not four
+
+
 def test_a_delivery_that_arrived_while_the_provider_was_answering_is_verified(
     cinetpay_one_call: Runtime, sandbox: SandboxClient
 ) -> None:

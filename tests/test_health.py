@@ -34,7 +34,7 @@ def test_healthy(env: dict[str, str], monkeypatch: pytest.MonkeyPatch, rt: Runti
     code, report = health(env)
     assert code == 0 and report["ok"] is True
     assert {c["name"]: c["ok"] for c in report["checks"]} == {
-        "database": True, "migrations": True, "broker": True, "beat": True,
+        "providers": True, "database": True, "migrations": True, "broker": True, "beat": True,
     }  # fmt: skip
 
 
@@ -57,8 +57,9 @@ def test_broker_down(env: dict[str, str]) -> None:
 def test_database_down(env: dict[str, str]) -> None:
     code, report = health({**env, "DATABASE_URL": "postgresql+psycopg2://postgres@127.0.0.1:1/nowhere"})
     assert code == 3
-    assert report["checks"][0] == {"name": "database", "ok": False, "detail": report["checks"][0]["detail"]}
-    assert report["checks"][0]["detail"].startswith("unreachable")
+    database = report["checks"][1]
+    assert database == {"name": "database", "ok": False, "detail": database["detail"]}
+    assert database["detail"].startswith("unreachable (DATABASE_URL): OperationalError: connection to server")
 
 
 @pytest.fixture
@@ -72,3 +73,18 @@ def test_migrations_behind(env: dict[str, str], behind: str) -> None:
     code, report = health({**env, "DATABASE_URL": behind})
     migrations = next(c for c in report["checks"] if c["name"] == "migrations")
     assert code == 4 and "run `payrecon migrate`" in migrations["detail"]
+
+
+def test_no_provider_configured(env: dict[str, str]) -> None:
+    bare = {k: v for k, v in env.items() if not k.startswith(("CINETPAY_", "MTN_MOMO_", "ORANGE_MONEY_", "WAVE_"))}
+    code, report = health(bare)
+    assert (
+        code == 7 and report["checks"][0]["name"] == "providers" and "none configured" in report["checks"][0]["detail"]
+    )
+
+
+def test_broker_down_names_the_url_without_its_password(env: dict[str, str]) -> None:
+    code, report = health({**env, "CELERY_BROKER_URL": "redis://:s3cret@127.0.0.1:1/0"})
+    broker = next(c for c in report["checks"] if c["name"] == "broker")
+    assert code == 5 and "redis://:***@127.0.0.1:1/0 unreachable (CELERY_BROKER_URL)" in broker["detail"]
+    assert "s3cret" not in json.dumps(report)

@@ -29,7 +29,12 @@ def test_secrets_stay_out_of_repr() -> None:
     ("env", "message"),
     [
         ({"CELERY_BROKER_URL": "redis://x"}, "DATABASE_URL is not set"),
-        ({**BASE, "DATABASE_URL": "not a url"}, "DATABASE_URL is not a valid SQLAlchemy URL"),
+        ({**BASE, "DATABASE_URL": "not a url"}, "DATABASE_URL is not a database URL"),
+        ({**BASE, "DATABASE_URL": "postgresql+psycopg://h/db"}, "DATABASE_URL must be a PostgreSQL URL"),
+        ({**BASE, "DATABASE_URL": "mysql://h/db"}, "payrecon uses psycopg2) or SQLite for the demo, got mysql://"),
+        ({**BASE, "CELERY_BROKER_URL": "127.0.0.1:6379"}, "CELERY_BROKER_URL must be a broker URL"),
+        ({**BASE, "CELERY_BROKER_URL": "reddis://h:6379/0"}, "got 'reddis://h:6379/0'"),
+        ({**BASE, "CELERY_BROKER_URL": "redi://u:s3cret@h/0"}, "got 'redi://u:***@h/0'"),
         ({"DATABASE_URL": "sqlite://"}, "CELERY_BROKER_URL is not set"),
         ({**BASE, "PAYRECON_TIMEZONE": "Mars/Olympus"}, "PAYRECON_TIMEZONE is not an IANA time zone"),
         ({**BASE, "CINETPAY_API_KEY": "k"}, "CINETPAY_SITE_ID, CINETPAY_SECRET_KEY not set"),
@@ -150,3 +155,12 @@ def test_reconciliation_settings() -> None:
     assert (s.recon_at, s.recon_reruns, s.fees_bps, s.recon_tolerance) == ((3, 30), (2, 7), {"wave": 150}, 5)
     assert (s.recon_sessions, str(s.reports_dir)) == (4, "/srv/reports")
     assert (Settings.from_env(BASE).recon_sessions, Settings.from_env(BASE).reports_dir) == (2, None)
+
+
+@pytest.mark.parametrize(
+    "given",
+    ["postgresql://u:p@db:5432/app", "postgres://u:p@db:5432/app", "postgresql+psycopg2://u:p@db:5432/app"],
+)
+def test_every_form_of_a_postgresql_url_runs_on_psycopg2(given: str) -> None:
+    settings = Settings.from_env({**BASE, "DATABASE_URL": given})
+    assert settings.database_url == "postgresql+psycopg2://u:p@db:5432/app"

@@ -47,6 +47,23 @@ def _celery(argv: list[str]) -> NoReturn:
     sys.exit(code if isinstance(code, int) else 0)
 
 
+def _ready(settings: Settings, *, needs_providers: bool, wait: bool) -> None:
+    """Refuse to start a process that could only fail every task (or, with ``wait``, wait until it can)."""
+    import time
+
+    from worker.health import cannot_start
+
+    said = ""
+    while failed := cannot_start(settings, needs_providers=needs_providers):
+        problem = "; ".join(f"{c.name}: {c.detail}" for c in failed)
+        if not wait or any(c.name == "providers" for c in failed):  # settings do not change by waiting
+            _fail(f"cannot start: {problem}")
+        if problem != said:
+            click.echo(f"waiting: {problem}", err=True)
+            said = problem
+        time.sleep(2)
+
+
 def _dump(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, ensure_ascii=False, default=str))
 
@@ -70,6 +87,7 @@ def main() -> None:
 @click.option("--loglevel", "-l", default="info", show_default=True)
 @click.option("--metrics-port", type=int, envvar="PAYRECON_METRICS_PORT", default=9808, show_default=True,
               help="Serve Prometheus metrics on this port (0: off).")  # fmt: skip
+@click.option("--wait", is_flag=True, help="Wait for the database to be reachable and migrated instead of exiting 1.")
 @click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
 def worker(  # noqa: PLR0917 - click passes the options by name
     concurrency: int | None,
@@ -78,10 +96,13 @@ def worker(  # noqa: PLR0917 - click passes the options by name
     embed_beat: bool,
     loglevel: str,
     metrics_port: int,
+    wait: bool,
     celery_args: tuple[str, ...],
 ) -> None:
-    """Run a Celery worker (extra arguments go to ``celery worker``)."""
+    """Run a Celery worker (extra arguments go to celery worker). It refuses to start (exit 1) when
+    the database is unreachable or not migrated, or no provider is configured."""
     settings = _settings(require_broker=True)
+    _ready(settings, needs_providers=True, wait=wait)
     import os
 
     from worker import metrics_dir
@@ -103,10 +124,14 @@ def worker(  # noqa: PLR0917 - click passes the options by name
 @click.option("--loglevel", "-l", default="info", show_default=True)
 @click.option("--metrics-port", type=int, envvar="PAYRECON_BEAT_METRICS_PORT", default=9809, show_default=True,
               help="Serve beat's Prometheus metrics on this port (0: off).")  # fmt: skip
+@click.option("--wait", is_flag=True, help="Wait for the database to be reachable and migrated instead of exiting 1.")
 @click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
-def beat(loglevel: str, metrics_port: int, celery_args: tuple[str, ...]) -> None:
-    """Run Celery beat: pending-payment re-checks and subscription expiry."""
-    _settings(require_broker=True)
+def beat(loglevel: str, metrics_port: int, wait: bool, celery_args: tuple[str, ...]) -> None:
+    """Run Celery beat: the janitor (due re-checks and deliveries), subscription expiry and reminders,
+    event delivery, the nightly reconciliation and retention. Refuses to start (exit 1) when the
+    database is unreachable or not migrated."""
+    settings = _settings(require_broker=True)
+    _ready(settings, needs_providers=False, wait=wait)
     import os
 
     os.environ["PAYRECON_BEAT_METRICS_PORT"] = str(metrics_port)
@@ -203,7 +228,8 @@ def enqueue(kind: str, source: Any, raw: bool) -> None:
 @click.option("--beat-max-age", default=120.0, show_default=True, help="Seconds since beat's last heartbeat.")
 @click.option("--json", "as_json", is_flag=True)
 def health(beat_max_age: float, as_json: bool) -> None:
-    """Check the database, migrations, broker and beat. Exit 3 database, 4 migrations, 5 broker, 6 beat."""
+    """Check the database, migrations, broker, beat and providers. Exit 3 database, 4 migrations, 5 broker,
+    6 beat, 7 no provider configured."""
     settings = _settings()
     from worker import health as health_mod
 

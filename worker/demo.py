@@ -38,7 +38,7 @@ from sqlalchemy import func, select
 from providers.sandbox.client import SandboxClient
 from providers.sandbox.server import SandboxServer
 from reconciliation import migrate, views
-from reconciliation.db import make_engine, session_factory, transaction
+from reconciliation.db import make_engine, normalize_database_url, session_factory, transaction
 from reconciliation.models import FlagKind, InboxDelivery, InboxStatus, Payment, PaymentFlag, PaymentStatus
 from reconciliation.statements import MAPPINGS, import_file
 from schemas.currency import format_amount, to_major
@@ -159,7 +159,7 @@ def run_demo(
 ) -> int:
     """Run the scenario; ``sandbox_url`` / ``external_worker``: use a running stack's instead of our own."""
     workdir = Path(tempfile.mkdtemp(prefix="payrecon-demo-")) if tmp else _fresh(DEMO_DIR.resolve())
-    database_url = os.environ.get("DATABASE_URL") or f"sqlite:///{workdir / 'payrecon.sqlite'}"
+    database_url = _database_url(workdir)
     broker_url = os.environ.get("CELERY_BROKER_URL") or f"sqla+sqlite:///{workdir / 'broker.sqlite'}"
     if external_worker and not (os.environ.get("DATABASE_URL") and os.environ.get("CELERY_BROKER_URL")):
         raise click.UsageError("--external-worker needs DATABASE_URL and CELERY_BROKER_URL of the running stack")
@@ -247,6 +247,17 @@ def _start_sandbox() -> SandboxServer:
         cinetpay_site_id=CREDENTIALS["site_id"],
         cinetpay_secret_key=CREDENTIALS["secret_key"],
     ).start()
+
+
+def _database_url(workdir: Path) -> str:
+    """The user's DATABASE_URL (on psycopg2 in whatever form it came), else a SQLite file of the demo's."""
+    given = os.environ.get("DATABASE_URL")
+    if not given:
+        return f"sqlite:///{workdir / 'payrecon.sqlite'}"
+    try:
+        return normalize_database_url(given)
+    except ValueError as exc:
+        raise click.UsageError(f"DATABASE_URL {exc}") from None
 
 
 def _worker_env(sandbox: SandboxServer, database_url: str, broker_url: str) -> dict[str, str]:

@@ -10,10 +10,10 @@ from sqlalchemy import select, text
 from reconciliation import migrate
 from reconciliation.db import make_engine, session_factory
 from reconciliation.models import Heartbeat
-from worker.settings import Settings
+from worker.settings import Settings, masked
 
-#: Exit code of each failed check (the first failure in this order decides).
-EXIT_CODES = {"database": 3, "migrations": 4, "broker": 5, "beat": 6}
+#: Exit code of each failed check (the first failure in the order of ``run`` decides).
+EXIT_CODES = {"database": 3, "migrations": 4, "broker": 5, "beat": 6, "providers": 7}
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,13 +29,34 @@ class Check:
 
 def run(settings: Settings, *, beat_max_age: float = 120.0, now: datetime | None = None) -> list[Check]:
     now = now or datetime.now(UTC)
-    checks = [_database(settings)]
-    if checks[0].ok:
+    database = _database(settings)
+    checks = [_providers(settings), database]
+    if database.ok:
         checks.append(_migrations(settings))
     checks.append(_broker(settings))
-    if checks[0].ok:
+    if database.ok:
         checks.append(_beat(settings, beat_max_age, now))
     return checks
+
+
+def cannot_start(settings: Settings, *, needs_providers: bool) -> list[Check]:
+    """Why a worker (``needs_providers``) or beat would start only to fail every task ([]: it can work)."""
+    checks = [_providers(settings)] if needs_providers else []
+    checks.append(_database(settings))
+    if checks[-1].ok:
+        checks.append(_migrations(settings))
+    return [c for c in checks if not c.ok]
+
+
+def _providers(settings: Settings) -> Check:
+    if settings.providers:
+        return Check("providers", True, ", ".join(settings.providers))
+    return Check(
+        "providers",
+        False,
+        "none configured: set one provider's credentials (e.g. CINETPAY_API_KEY, CINETPAY_SITE_ID, "
+        "CINETPAY_SECRET_KEY; see the README's configuration table)",
+    )
 
 
 def _database(settings: Settings) -> Check:
@@ -45,7 +66,8 @@ def _database(settings: Settings) -> Check:
             conn.execute(text("SELECT 1"))
         return Check("database", True, "reachable")
     except Exception as exc:
-        return Check("database", False, f"unreachable: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
+        first = str(getattr(exc, "orig", exc)).strip().splitlines()[0][:200] if str(exc).strip() else ""
+        return Check("database", False, f"unreachable (DATABASE_URL): {type(exc).__name__}: {first}")
     finally:
         engine.dispose()
 
@@ -67,7 +89,9 @@ def _broker(settings: Settings) -> Check:
             conn.ensure_connection(max_retries=1, timeout=3)
         return Check("broker", True, f"reachable ({settings.broker_url.split('://')[0]})")
     except Exception as exc:
-        return Check("broker", False, f"unreachable: {type(exc).__name__}")
+        return Check(
+            "broker", False, f"{masked(settings.broker_url)} unreachable (CELERY_BROKER_URL): {type(exc).__name__}"
+        )
 
 
 def _beat(settings: Settings, max_age: float, now: datetime) -> Check:

@@ -715,7 +715,19 @@ def verify_payment(rt: Runtime, payment_id: int, *, now: datetime | None = None,
             verification = payments.record_error(session, locked, message, ctx, trigger=trigger)
             return Result(Outcome.RETRY, verification.decision, reference=reference)
         verification = payments.apply_answer(session, locked, answer, ctx, trigger=trigger, asked_at=asked_at)
-        return Result(_classify(locked, answer), verification.decision, reference=reference)
+        assert asked_at is not None  # noqa: S101 - an answer was asked for
+        unused = inbox.coalesce(
+            session,
+            provider,
+            reference,
+            asked_at=asked_at,
+            done=0,
+            detail=f"answered by the provider at {asked_at.isoformat()} (a re-check), after this delivery arrived",
+        )
+        result = Result(_classify(locked, answer), verification.decision, reference=reference)
+    for held in unused:  # the deliveries it finished give their call-budget slots back
+        _release(rt, provider, held)
+    return result
 
 
 def expire_subscriptions(rt: Runtime, *, now: datetime | None = None) -> int:

@@ -12,8 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError
+from reconciliation.db import normalize_database_url
 
 CINETPAY_DEFAULT_URL = "https://api-checkout.cinetpay.com"
 MTN_MOMO_DEFAULT_URL = "https://proxy.momoapi.mtn.com"
@@ -29,6 +28,20 @@ CREDENTIALS: dict[str, tuple[str, ...]] = {
     ),
     "wave": ("WAVE_API_KEY",),
 }  # fmt: skip
+
+
+#: Broker URL schemes payrecon runs on (kombu knows more; these are the ones it is tested with).
+BROKER_SCHEMES = ("redis", "rediss", "amqp", "amqps", "pyamqp", "sqla+sqlite")
+
+
+def masked(url: str) -> str:
+    """A URL with its password replaced by ``***``, for messages."""
+    scheme, sep, rest = url.partition("://")
+    credentials, at, host = rest.rpartition("@")
+    if not sep or not at or ":" not in credentials:
+        return url
+    user = credentials.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{host}"
 
 
 class ConfigError(Exception):
@@ -136,8 +149,8 @@ class Settings:
         problems: list[str] = []
         reader = _Reader(env, problems)
 
-        database_url = reader.url("DATABASE_URL")
-        broker_url = reader.text("CELERY_BROKER_URL", required=require_broker)
+        database_url = reader.database("DATABASE_URL")
+        broker_url = reader.broker("CELERY_BROKER_URL", required=require_broker)
         timezone = reader.zone("PAYRECON_TIMEZONE", "Africa/Abidjan")
         cinetpay = reader.group("CINETPAY", CREDENTIALS["cinetpay"])
         cinetpay_settings = None
@@ -259,14 +272,29 @@ class _Reader:
             self.problems.append(f"{name} is not set")
         return value if value is not None else default
 
-    def url(self, name: str) -> str | None:
+    def database(self, name: str) -> str | None:
+        """A PostgreSQL URL in any of the forms hosts hand out (``postgres://``, ``postgresql://``,
+        ``postgresql+psycopg2://``), always on psycopg2, the project's driver; or SQLite (the demo)."""
         value = self.text(name, required=True)
         if value is None:
             return None
         try:
-            make_url(value)
-        except ArgumentError:
-            self.problems.append(f"{name} is not a valid SQLAlchemy URL (e.g. postgresql+psycopg2://user@host/db)")
+            return normalize_database_url(value)
+        except ValueError as exc:
+            self.problems.append(f"{name} {exc}")
+            return None
+
+    def broker(self, name: str, *, required: bool) -> str | None:
+        value = self.text(name, required=required)
+        if value is None:
+            return None
+        scheme = value.partition("://")[0] if "://" in value else ""
+        if scheme not in BROKER_SCHEMES:
+            shown = masked(value)
+            self.problems.append(
+                f"{name} must be a broker URL such as redis://host:6379/0 or amqp://user:password@host:5672//, "
+                f"got {shown!r}"
+            )
             return None
         return value
 

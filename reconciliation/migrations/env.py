@@ -8,6 +8,7 @@ import os
 from alembic import context
 from sqlalchemy import engine_from_config, pool
 
+from reconciliation.db import normalize_database_url
 from reconciliation.models import Base
 
 config = context.config
@@ -18,7 +19,10 @@ def _url() -> str:
     url = config.get_main_option("sqlalchemy.url") or os.environ.get("DATABASE_URL")
     if not url:
         raise SystemExit("DATABASE_URL is not set: it must name the database to migrate")
-    return url
+    try:
+        return normalize_database_url(url)
+    except ValueError as exc:
+        raise SystemExit(f"DATABASE_URL {exc}") from None
 
 
 def run_offline() -> None:
