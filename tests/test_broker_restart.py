@@ -187,3 +187,38 @@ def test_worker_exits_non_zero_after_an_unrecoverable_error(
     output = log_path.read_text(errors="replace")
     assert UNRECOVERABLE in output and "boom" in output, output
     assert result.returncode != 0, output
+
+
+def test_a_message_a_killed_worker_had_just_taken_is_not_lost(
+    private_redis: PrivateRedis, pg_url: str, sandbox_server: SandboxServer, tmp_path: Path
+) -> None:
+    """kombu took a message off its list before recording it as unacknowledged: a worker SIGKILLed
+    in between lost it (the storm's lost registrations). Now a taken message waits in
+    ``<queue>:incoming`` until it is recorded, and the restore sweep puts back what a dead worker left."""
+    engine = create_engine(pg_url)
+    orphaned, normal = new_reference(), new_reference()
+    send_registrations(private_redis.url, [orphaned])
+    with private_redis.client() as client:  # a worker took it, then died: left in its incoming list
+        assert client.lmove("webhooks", "webhooks:incoming", "RIGHT", "LEFT") is not None
+    send_registrations(private_redis.url, [normal])
+    worker = start_worker(
+        worker_env(pg_url, private_redis.url, sandbox_server),
+        tmp_path / "worker.log",
+        [*payrecon(), "worker", "-c", "4"],
+    )
+    try:
+
+        def registered() -> set[str]:
+            with engine.connect() as conn:
+                refs = [orphaned, normal]
+                return set(conn.scalars(select(Payment.reference).where(Payment.reference.in_(refs))))
+
+        wait_for(lambda: registered() == {normal}, timeout=20, what="the queued registration")
+        wait_for(lambda: registered() == {orphaned, normal}, timeout=30, what="the one a dead worker had taken")
+        with private_redis.client() as client:
+            assert client.llen("webhooks:incoming") == 0  # a live worker leaves nothing there
+            assert client.hlen("unacked") == 0
+    finally:
+        worker.terminate()
+        worker.wait(timeout=30)
+        engine.dispose()

@@ -8,6 +8,7 @@ from worker import broker_recovery
 
 # Before any broker connection: a Redis restart must not end the worker (issue #10).
 broker_recovery.apply()
+broker_recovery.apply_reliable_fetch()
 
 app = Celery("payrecon")
 app.config_from_object("celeryconfig")
