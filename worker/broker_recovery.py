@@ -109,10 +109,21 @@ def _forget(qos: Any, delivery_tag: Any, what: str) -> None:
 
 #: Where a message waits between leaving its queue and being recorded as unacknowledged.
 INCOMING = ":incoming"
-#: How long one BLMOVE waits on one queue key before the next key is tried (seconds).
-KEY_WAIT = 0.05
+#: How long the worker waits on one queue key once a whole round of keys was empty (seconds).
+KEY_WAIT = 0.1
 _RELIABLE = "_payrecon_reliable_fetch"
 _kombu: Any = redis_transport  # its helpers (loads, bytes_to_str, Empty, monotonic), untyped
+
+
+_ORIGINAL: dict[str, Any] = {}
+#: KEYS incoming list, queue; ARGV the item: back on the queue's consuming end if still incoming.
+_PUT_BACK = """
+if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 1 then
+  redis.call('RPUSH', KEYS[2], ARGV[1])
+  return 1
+end
+return 0
+"""
 
 
 def apply_reliable_fetch() -> None:
@@ -127,69 +138,80 @@ def apply_reliable_fetch() -> None:
     queue whatever it finds in an ``:incoming`` list twice in a row (a worker died holding it). The
     price is a rare second delivery, which payrecon's tasks take (they are idempotent).
 
-    BLMOVE watches one list at a time, so the worker visits the queue keys in turn, waiting
-    ``KEY_WAIT`` on each (the highest priority first again after a message); a message waits at
-    most one round. Needs Redis 6.2 or newer; without a ``global_keyprefix`` (payrecon sets none).
+    A move watches one list at a time, so the worker visits the queue keys (queues x priority
+    steps) in turn without waiting (``LMOVE``), and only after a whole round found nothing waits
+    ``KEY_WAIT`` on the next one (``BLMOVE``): under load every queue gets its turn, and a new
+    message waits at most about ``KEY_WAIT``. An idle worker spends 0.6 % of a core on it (kombu's
+    BRPOP: 0.1 %; measured with 32 threads, 3 queues and kombu's 4 priority steps). Needs Redis 6.2 or
+    newer; without a ``global_keyprefix`` (payrecon sets none).
     """
     channel_class: Any = redis_transport.Channel
+    qos_class: Any = redis_transport.QoS
     if getattr(channel_class._brpop_start, _RELIABLE, False):
         return
-    original_start = channel_class._brpop_start
-    original_read = channel_class._brpop_read
-    qos_class: Any = redis_transport.QoS
-    original_restore_visible = qos_class.restore_visible
-
-    def _brpop_start(self: Any, timeout: Any = None) -> None:
-        if self.global_keyprefix:
-            original_start(self, timeout)
-            return
-        keys = [self._q_for_pri(queue, pri) for pri in self.priority_steps for queue in self.active_queues]
-        if not keys:
-            return
-        position = getattr(self, "_payrecon_key", 0) % len(keys)
-        key = keys[position]
-        self._payrecon_key = position + 1
-        self._payrecon_moving = key
-        self._in_poll = self.client.connection
-        self._brpop_sent_at = _kombu.monotonic()
-        self.client.connection.send_command("BLMOVE", key, key + INCOMING, "RIGHT", "LEFT", KEY_WAIT)
-
-    def _brpop_read(self: Any, **options: Any) -> bool:
-        key = getattr(self, "_payrecon_moving", None)
-        if key is None:
-            return bool(original_read(self, **options))
-        self._payrecon_moving = None
-        try:
-            try:
-                item = self.client.parse_response(self.client.connection, "BLMOVE", **options)
-            except self.connection_errors:
-                self.client.connection.disconnect()
-                raise
-            if not item:
-                raise _kombu.Empty()
-            self._payrecon_key = 0  # the highest priority first again
-            queue = _kombu.bytes_to_str(key).rsplit(self.sep, 1)[0]
-            self.connection._deliver(_kombu.loads(_kombu.bytes_to_str(item)), queue)
-            # Recorded in unacked by now (QoS.append): it may leave the incoming list.
-            with self.conn_or_acquire() as client:
-                client.lrem(key + INCOMING, 1, item)
-            return True
-        finally:
-            self._in_poll = None
-            self._flush_brpop_reauth()
-
-    def restore_visible(self: Any, start: int = 0, num: int = 10, interval: int = 10) -> Any:
-        result = original_restore_visible(self, start, num, interval)
-        _restore_incoming(self.channel)
-        return result
-
+    _ORIGINAL.update(
+        start=channel_class._brpop_start, read=channel_class._brpop_read, restore=qos_class.restore_visible
+    )
     for cls, name, method in (
         (channel_class, "_brpop_start", _brpop_start),
         (channel_class, "_brpop_read", _brpop_read),
-        (qos_class, "restore_visible", restore_visible),
+        (qos_class, "restore_visible", _restore_visible),
     ):
         setattr(method, _RELIABLE, True)
         setattr(cls, name, method)
+
+
+def _brpop_start(self: Any, timeout: Any = None) -> None:
+    if self.global_keyprefix:
+        _ORIGINAL["start"](self, timeout)
+        return
+    keys = [self._q_for_pri(queue, pri) for pri in self.priority_steps for queue in self.active_queues]
+    if not keys:
+        return
+    position = getattr(self, "_payrecon_key", 0) % len(keys)
+    empty = getattr(self, "_payrecon_empty", 0)
+    key = keys[position]
+    self._payrecon_key = position + 1  # round robin: every queue gets its turn under load
+    self._payrecon_moving = key
+    self._in_poll = self.client.connection
+    self._brpop_sent_at = _kombu.monotonic()
+    if empty < len(keys):  # not a whole round of empty lists yet: take without waiting
+        self.client.connection.send_command("LMOVE", key, key + INCOMING, "RIGHT", "LEFT")
+    else:  # everything was empty: wait a little on one list, then look at all of them again
+        self._payrecon_empty = 0
+        self.client.connection.send_command("BLMOVE", key, key + INCOMING, "RIGHT", "LEFT", KEY_WAIT)
+
+
+def _brpop_read(self: Any, **options: Any) -> bool:
+    key = getattr(self, "_payrecon_moving", None)
+    if key is None:
+        return bool(_ORIGINAL["read"](self, **options))
+    self._payrecon_moving = None
+    try:
+        try:
+            item = self.client.parse_response(self.client.connection, "LMOVE", **options)
+        except self.connection_errors:
+            self.client.connection.disconnect()
+            raise
+        if not item:
+            self._payrecon_empty = getattr(self, "_payrecon_empty", 0) + 1
+            raise _kombu.Empty()
+        self._payrecon_empty = 0
+        queue = _kombu.bytes_to_str(key).rsplit(self.sep, 1)[0]
+        self.connection._deliver(_kombu.loads(_kombu.bytes_to_str(item)), queue)
+        # Recorded in unacked by now (QoS.append): it may leave the incoming list.
+        with self.conn_or_acquire() as client:
+            client.lrem(key + INCOMING, 1, item)
+        return True
+    finally:
+        self._in_poll = None
+        self._flush_brpop_reauth()
+
+
+def _restore_visible(self: Any, start: int = 0, num: int = 10, interval: int = 10) -> Any:
+    result = _ORIGINAL["restore"](self, start, num, interval)
+    _restore_incoming(self.channel)
+    return result
 
 
 def _restore_incoming(channel: Any) -> None:
@@ -204,9 +226,10 @@ def _restore_incoming(channel: Any) -> None:
                     key = channel._q_for_pri(queue, pri)
                     items = set(client.lrange(key + INCOMING, 0, -1))
                     for item in items & seen.get(key, set()):
-                        with client.pipeline() as pipe:  # one transaction: never in neither list
-                            pipe.lrem(key + INCOMING, 1, item).rpush(key, item).execute()
-                        log.warning("a message a dead worker had taken from %s is back on its queue", queue)
+                        # Atomic, and only by the sweep that removed it: two workers sweeping at once
+                        # must not both put it back.
+                        if client.eval(_PUT_BACK, 2, key + INCOMING, key, item):
+                            log.warning("a message a dead worker had taken from %s is back on its queue", queue)
                     now[key] = items - seen.get(key, set())
     except channel.connection_errors:
         return
