@@ -70,6 +70,7 @@ def store(
     status: InboxStatus,
     now: datetime,
     detail: str = "",
+    awaiting: bool = False,
 ) -> Stored:
     """Insert the delivery, or count a repeat of it. Never overwrites the first one."""
     table = InboxDelivery.__table__
@@ -94,7 +95,7 @@ def store(
         attempts=0,
         errors=0,
         deferrals=0,
-        awaiting_registration=False,
+        awaiting_registration=awaiting,
     )
     statement = statement.on_conflict_do_update(
         index_elements=["provider", "dedupe_key"],
@@ -151,7 +152,7 @@ def take(session: Session, inbox_id: int, now: datetime, *, version: datetime | 
     row = session.execute(
         update(InboxDelivery)
         .where(InboxDelivery.id == inbox_id, InboxDelivery.status == InboxStatus.RECEIVED, or_(*allowed))
-        .values(next_attempt_at=now + LEASE, awaiting_registration=False)
+        .values(next_attempt_at=now + LEASE)
         .returning(
             table.c.id,
             table.c.provider,
@@ -180,7 +181,7 @@ def schedule(
     errored: bool = False,
     deferred: bool = False,
     budget_slot: str | None = None,
-    awaiting_registration: bool = False,
+    awaiting_registration: bool | None = None,
 ) -> datetime | None:
     """Put the delivery off until ``at``, counting a failure or a deferral; only while the caller
     still holds it. Returns the new schedule (the version a wake-up message names), or None if
@@ -195,7 +196,9 @@ def schedule(
             errors=InboxDelivery.errors + (1 if errored else 0),
             deferrals=InboxDelivery.deferrals + (1 if deferred else 0),
             budget_slot=budget_slot,
-            awaiting_registration=awaiting_registration,
+            awaiting_registration=(
+                InboxDelivery.awaiting_registration if awaiting_registration is None else awaiting_registration
+            ),
         )
         .returning(InboxDelivery.next_attempt_at)
     ).first()
@@ -220,9 +223,10 @@ def claim_due(session: Session, now: datetime, *, limit: int) -> list[tuple[int,
 
 
 def wake(session: Session, provider: str, reference: str, now: datetime) -> list[tuple[int, datetime]]:
-    """Deliveries of ``reference`` put off until its registration arrived, due now: (id, version).
-    (A row a worker holds is not marked as waiting; the worker checks for the registration in the
-    transaction that puts it off, after locking the row, so the two cannot miss each other.)"""
+    """Deliveries of ``reference`` not authenticated yet for want of its registration, due now: (id,
+    version). (One a worker holds loses its lease and is taken again: a little work twice. A worker
+    putting one off looks for the registration after locking the row, so the two cannot miss each
+    other.)"""
     rows = session.execute(
         update(InboxDelivery)
         .where(
@@ -231,7 +235,7 @@ def wake(session: Session, provider: str, reference: str, now: datetime) -> list
             InboxDelivery.status == InboxStatus.RECEIVED,
             InboxDelivery.awaiting_registration.is_(True),
         )
-        .values(next_attempt_at=now, awaiting_registration=False)
+        .values(next_attempt_at=now)
         .returning(InboxDelivery.id)
     ).all()
     return [(row[0], now) for row in rows]
@@ -284,6 +288,16 @@ def reopen(session: Session, inbox_id: int, now: datetime) -> bool:
         .returning(InboxDelivery.id)
     ).first()
     return reopened is not None
+
+
+def authenticated(session: Session, inbox_id: int) -> None:
+    """The delivery passed authentication (its registration came): from now on a provider answer
+    about its payment may finish it (``coalesce``)."""
+    session.execute(
+        update(InboxDelivery)
+        .where(InboxDelivery.id == inbox_id, InboxDelivery.awaiting_registration.is_(True))
+        .values(awaiting_registration=False)
+    )
 
 
 def name_reference(session: Session, inbox_id: int, reference: str) -> None:

@@ -226,7 +226,8 @@ class InboxDelivery(Base):
     errors: Mapped[int] = mapped_column(Integer, default=0, server_default="0")  # internal errors (bugs)
     deferrals: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     budget_slot: Mapped[str | None] = mapped_column(String(16))
-    # Put off until its registration arrives (to be authenticated): a registration wakes it.
+    # Not authenticated yet, for want of its registration (which wakes it): no provider answer about
+    # the payment may finish it meanwhile (it might be forged).
     awaiting_registration: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
 
 

@@ -400,7 +400,7 @@ def test_a_delivery_that_arrived_while_the_provider_was_answering_is_verified(
     assert settled(rt, ref) and sandbox.get_cinetpay(ref)["check_count"] == 2
 
 
-def test_a_notification_whose_registration_commits_while_it_is_put_off_is_not_left_waiting(
+def test_a_notification_whose_registration_commits_while_a_worker_holds_it_is_not_left_waiting(
     rt: Runtime, sandbox: SandboxClient
 ) -> None:
     ref = new_reference("ORD")
@@ -418,10 +418,30 @@ def test_a_notification_whose_registration_commits_while_it_is_put_off_is_not_le
         rt, registration(ref, provider="orange_money", amount=6500, plan="coko-premium-monthly",
                          provider_data=state["provider_data"])
     )  # fmt: skip
-    assert registered.wake == ()  # held by the worker, not marked as waiting: nothing to wake
-    result = pipeline._await_registration(rt, client, delivery, work, "awaiting registration")
-    assert result.outcome is Outcome.RETRY and result.delay == 0 and "arrived" in result.detail
-    assert pipeline.retry_delivery(rt, early.inbox_id, version=result.due).outcome is Outcome.ACCEPTED
+    ((woken, version),) = registered.wake  # still not authenticated, so woken even while held
+    assert woken == early.inbox_id
+    held = pipeline._await_registration(rt, client, delivery, work, "awaiting registration")
+    assert held.outcome is Outcome.DUPLICATE  # its lease went with the wake-up: it puts nothing off
+    assert pipeline.retry_delivery(rt, early.inbox_id, version=version).outcome is Outcome.ACCEPTED
+
+
+def test_a_forged_notification_waiting_for_its_registration_is_never_finished_by_another_ones_answer(
+    rt: Runtime, sandbox: SandboxClient
+) -> None:
+    ref = new_reference("ORD")
+    state = sandbox.create("orange_money", reference=ref, amount=6500, currency="XOF", fate="accepted")
+    genuine = sandbox.notification("orange_money", ref)
+    forged = sandbox.notification("orange_money", ref, forged=True)
+    early = pipeline.ingest_webhook(rt, forged)  # before the registration: cannot be told forged yet
+    assert early.outcome is Outcome.RETRY and early.inbox_id is not None
+    pipeline.register_payment(
+        rt, registration(ref, provider="orange_money", amount=6500, plan="coko-premium-monthly",
+                         provider_data=state["provider_data"])
+    )  # fmt: skip
+    assert pipeline.ingest_webhook(rt, genuine).outcome is Outcome.ACCEPTED  # the provider answers
+    assert row(rt, early.inbox_id).status is InboxStatus.RECEIVED  # not taken as answered
+    woken = pipeline.retry_delivery(rt, early.inbox_id, version=datetime.now(UTC))
+    assert woken.outcome is Outcome.FORGED and row(rt, early.inbox_id).status is InboxStatus.FORGED
 
 
 def test_an_unsigned_callback_about_a_payment_the_provider_does_not_know_is_quarantined(

@@ -189,6 +189,7 @@ def ingest_webhook(rt: Runtime, payload: Any) -> Result:
             status=status,
             detail=detail,
             now=now,
+            awaiting=status is InboxStatus.RECEIVED and bool(detail),
         )
         work: inbox.Work | None = None
         if stored.is_new:
@@ -201,6 +202,8 @@ def ingest_webhook(rt: Runtime, payload: Any) -> Result:
             # work goes on with it, unless a live worker holds it or it is not due yet. (A copy
             # that does not authenticate takes nothing: it cannot hold up the real one.)
             work = inbox.take(session, stored.id, now)
+            if work is not None and not detail:
+                inbox.authenticated(session, stored.id)
     if not stored.is_new and work is None:
         return Result(Outcome.DUPLICATE, f"repeat of inbox delivery {stored.id}", stored.id, reference)
     if status is InboxStatus.FORGED:
@@ -311,6 +314,8 @@ def _resume(rt: Runtime, client: ProviderClient, work: inbox.Work) -> Result:
             if not inbox.finish(session, work, InboxStatus.FORGED, detail):
                 return Result(Outcome.DUPLICATE, "taken over by another worker", work.id, delivery.reference)
             return Result(Outcome.FORGED, detail, work.id, delivery.reference)
+        if not detail:
+            inbox.authenticated(session, work.id)
         if payment is not None and payment.reference != delivery.reference:  # found by a provider token
             inbox.name_reference(session, work.id, payment.reference)
     return _process(rt, client, delivery, payment, work, awaiting=detail)
@@ -417,22 +422,10 @@ def _await_registration(
                 return Result(Outcome.DUPLICATE, "taken over by another worker", work.id, delivery.reference)
         log.warning("%s delivery %s quarantined: %s", client.name, work.id, detail)
         return Result(Outcome.FORGED, detail, work.id, delivery.reference)
+    # A registration that commits meanwhile wakes the row (it is marked as not authenticated from its
+    # arrival): this worker then finds its lease gone, and the wake-up message takes the row.
     delay = AWAIT_REGISTRATION_DELAYS[min(work.deferrals, len(AWAIT_REGISTRATION_DELAYS) - 1)]
-    with transaction(rt.sessions) as session:
-        # Marked as waiting first (the row is locked now), then a last look for the registration: one
-        # that commits after this look finds the row marked and wakes it; one before, this look sees.
-        due = inbox.schedule(
-            session, work, now + timedelta(seconds=delay), awaiting, deferred=True, awaiting_registration=True
-        )
-        registered = _resolve(session, work.provider, delivery) if due is not None else None
-        arrived = registered is not None and not registered.is_orphan
-        if arrived and due is not None:
-            due = inbox.schedule(session, replace(work, lease_until=due), now, "its registration arrived")
-    if due is None:
-        return Result(Outcome.DUPLICATE, "taken over by another worker", work.id, delivery.reference)
-    if arrived:
-        return Result(Outcome.RETRY, "its registration arrived", work.id, delivery.reference, delay=0.0, due=due)
-    return Result(Outcome.RETRY, awaiting, work.id, delivery.reference, delay=delay, due=due)
+    return _put_off(rt, work, delivery.reference, delay, awaiting, deferred=True)
 
 
 def _stages(profile: TrustProfile) -> list[tuple[str, float, int]]:
