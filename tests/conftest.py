@@ -1,10 +1,11 @@
 """Test fixtures: real PostgreSQL, real Redis, the provider sandbox over real HTTP, and a real
 Celery worker process for end-to-end cases.
 
-Each test run creates its own PostgreSQL database (dropped at the end) and uses its
-own Redis database number (flushed before and after). Connection settings:
+Each test run creates its own PostgreSQL database (dropped at the end) and starts its own
+redis-server on a free port (stopped at the end). Connection settings:
 ``PAYRECON_TEST_PG`` (default ``postgresql+psycopg2://postgres@127.0.0.1:5432``) and
-``PAYRECON_TEST_REDIS`` (default ``redis://127.0.0.1:6379``).
+``PAYRECON_TEST_REDIS`` (a Redis to use instead, e.g. ``redis://127.0.0.1:6379``: the suite then
+flushes a database number of its own there).
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ from worker.settings import Settings
 
 PG_BASE = os.environ.get("PAYRECON_TEST_PG", "postgresql+psycopg2://postgres@127.0.0.1:5432")
 REDIS_BASE = os.environ.get("PAYRECON_TEST_REDIS", "redis://127.0.0.1:6379")
+#: The suite starts a Redis of its own unless told to use one (PAYRECON_TEST_REDIS).
+OWN_REDIS = "PAYRECON_TEST_REDIS" not in os.environ and REDIS_SERVER is not None
 ROOT = Path(__file__).resolve().parent.parent
 
 CINETPAY = {"api_key": "test-api-key", "site_id": "445160", "secret_key": "test-secret-key"}
@@ -52,10 +55,25 @@ def pg_url() -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def redis_url() -> Iterator[str]:
-    """A Redis database number of our own (1-13; 14 is the sandbox enqueue tests'), flushed before and after."""
-    db = int(os.environ.get("PAYRECON_TEST_REDIS_DB", 1 + secrets.randbelow(13)))
-    url = f"{REDIS_BASE}/{db}"
+def redis_base(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The suite's Redis: a redis-server of its own on a free port (the machine's may be anyone's:
+    the suite flushes its databases), unless ``PAYRECON_TEST_REDIS`` names one, or there is no
+    redis-server to start. Databases: 1 the session's, 14 the sandbox's enqueue tests, 15 apart."""
+    if OWN_REDIS:
+        server = PrivateRedis(tmp_path_factory.mktemp("redis"))
+        server.start()
+        yield server.url.rsplit("/", 1)[0]
+        server.kill()
+    else:
+        yield REDIS_BASE
+
+
+@pytest.fixture(scope="session")
+def redis_url(redis_base: str) -> Iterator[str]:
+    """The session's Redis database, flushed before and after (on a shared Redis, a number of our own
+    among 1-13 by chance, or PAYRECON_TEST_REDIS_DB)."""
+    db = 1 if OWN_REDIS else int(os.environ.get("PAYRECON_TEST_REDIS_DB", 1 + secrets.randbelow(13)))
+    url = f"{redis_base}/{db}"
     client = redis.Redis.from_url(url)
     client.flushdb()
     yield url

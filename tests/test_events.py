@@ -21,7 +21,7 @@ from providers.sandbox.client import SandboxClient
 from reconciliation.db import transaction
 from reconciliation.models import DeadLetter, OutboxDelivery, OutboxEvent
 from reconciliation.subscriptions import expire_due
-from tests.conftest import REDIS_BASE, worker_env
+from tests.conftest import worker_env
 from tests.helpers import new_reference, registration
 from worker import events, pipeline
 from worker.cli import main
@@ -168,8 +168,8 @@ def test_given_up_events_are_dead_lettered_and_redelivered_on_demand(
     assert events.deliver_due(rt, datetime.now(UTC) + timedelta(seconds=1)) == {"delivered": 2, "retry": 0, "failed": 0}
 
 
-def test_delivery_as_a_celery_task_on_the_apps_queue(rt: Runtime, sandbox: SandboxClient) -> None:
-    broker = f"{REDIS_BASE}/15"  # no worker consumes there
+def test_delivery_as_a_celery_task_on_the_apps_queue(rt: Runtime, sandbox: SandboxClient, redis_base: str) -> None:
+    broker = f"{redis_base}/15"  # no worker consumes there
     client = redis.Redis.from_url(broker)
     client.delete("coko_events")
     original = rt.settings

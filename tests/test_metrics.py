@@ -21,7 +21,7 @@ from sqlalchemy import func, select
 from providers.sandbox.client import SandboxClient
 from providers.sandbox.server import SandboxServer
 from reconciliation.models import Payment, PaymentStatus
-from tests.conftest import REDIS_BASE, WorkerProcess, wait_for, worker_env
+from tests.conftest import WorkerProcess, wait_for, worker_env
 from tests.helpers import new_reference, registration
 from worker.logs import JsonFormatter, Redactor, mask_msisdn
 from worker.runtime import Runtime
@@ -52,8 +52,10 @@ class Prefork:
 
 
 @pytest.fixture
-def prefork(e2e: Runtime, pg_url: str, sandbox_server: SandboxServer, tmp_path: Path) -> Iterator[Prefork]:
-    broker = f"{REDIS_BASE}/{METRICS_REDIS_DB}"
+def prefork(
+    e2e: Runtime, pg_url: str, sandbox_server: SandboxServer, tmp_path: Path, redis_base: str
+) -> Iterator[Prefork]:
+    broker = f"{redis_base}/{METRICS_REDIS_DB}"
     client = redis.Redis.from_url(broker)
     client.flushdb()
     port = free_port()
@@ -208,11 +210,16 @@ def _started(argv: list[str], env: dict[str, str], cwd: Path, log_path: Path, re
 
 
 def test_worker_and_beat_started_as_the_readme_says_export_what_the_dashboard_uses(
-    e2e: Runtime, pg_url: str, sandbox_server: SandboxServer, sandbox: SandboxClient, tmp_path: Path
+    e2e: Runtime,
+    pg_url: str,
+    sandbox_server: SandboxServer,
+    sandbox: SandboxClient,
+    tmp_path: Path,
+    redis_base: str,
 ) -> None:
     """`payrecon worker --metrics-port` and `payrecon beat`, with no PROMETHEUS_MULTIPROC_DIR: the
     counters must reach /metrics (they used to stay in the memory of the process that counted them)."""
-    broker = f"{REDIS_BASE}/{METRICS_REDIS_DB}"
+    broker = f"{redis_base}/{METRICS_REDIS_DB}"
     client = redis.Redis.from_url(broker)
     client.flushdb()
     env = worker_env(pg_url, broker, sandbox_server)

@@ -53,15 +53,14 @@ def test_retry_delay_grows_and_is_jittered() -> None:
     assert 720 <= pipeline.retry_delay(99) <= 1080
 
 
-def test_each_internal_task_lands_in_its_own_queue_only() -> None:
+def test_each_internal_task_lands_in_its_own_queue_only(redis_base: str) -> None:
     """Contract tasks on 'webhooks', retries and re-checks on 'verify', beat's jobs on 'maintenance',
     each once, with the queues bound as a consuming worker binds them."""
     import redis as redis_lib
 
-    from tests.conftest import REDIS_BASE
     from worker.app import app
 
-    redis_url = f"{REDIS_BASE}/15"  # no worker consumes there (the session's worker would)
+    redis_url = f"{redis_base}/15"  # no worker consumes there (the session's worker would)
     client = redis_lib.Redis.from_url(redis_url)
     queues = ("webhooks", "verify", "maintenance")
     client.delete(*queues)

@@ -2,13 +2,13 @@
 
 Messages are read back from the Redis list ``webhooks`` (kombu's Redis transport:
 LPUSH by the producer, BRPOP by the worker) and decoded as Celery protocol v2.
-Redis db 14 by default (``PAYRECON_TEST_SANDBOX_REDIS_DB``), flushed before and after;
-a file lock keeps concurrent runs of these tests on one machine from sharing it.
+Redis db 14 of the suite's Redis (``PAYRECON_TEST_SANDBOX_REDIS_DB``), flushed before and after.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import fcntl
 import json
 import os
@@ -32,30 +32,34 @@ from providers.base import ForgedDelivery, RegistrationView
 from providers.cinetpay import CinetPayClient
 from providers.sandbox import SandboxClient, SandboxError, SandboxServer
 from schemas.messages import WebhookEnvelope
+from tests.conftest import OWN_REDIS
 from tests.providers.support import fresh_sandbox
 
 API_KEY, SITE_ID, SECRET_KEY = "test-api-key", "445160", "test-secret-key"
-REDIS_BASE = os.environ.get("PAYRECON_TEST_REDIS", "redis://127.0.0.1:6379")
 REDIS_DB = int(os.environ.get("PAYRECON_TEST_SANDBOX_REDIS_DB", "14"))
 ROOT = Path(__file__).resolve().parents[2]
 QUEUE = "webhooks"
 
 
 @pytest.fixture(scope="session")
-def broker_url() -> Iterator[str]:
-    """A Redis db of its own, exclusive to this run of these tests, flushed before and after."""
-    url = f"{REDIS_BASE}/{REDIS_DB}"
-    lock_path = Path(tempfile.gettempdir()) / f"payrecon-sandbox-redis-{REDIS_DB}.lock"
-    with lock_path.open("w") as lock:
-        deadline = time.monotonic() + 300
-        while True:
-            try:
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    pytest.fail(f"another test run holds {lock_path}")
-                time.sleep(0.2)
+def broker_url(redis_base: str) -> Iterator[str]:
+    """A Redis db of its own, flushed before and after; on a shared Redis (PAYRECON_TEST_REDIS), a
+    file lock keeps concurrent runs of these tests on one machine from sharing it."""
+    url = f"{redis_base}/{REDIS_DB}"
+    with contextlib.ExitStack() as stack:
+        if not OWN_REDIS:
+            lock = stack.enter_context(
+                (Path(tempfile.gettempdir()) / f"payrecon-sandbox-redis-{REDIS_DB}.lock").open("w")
+            )
+            deadline = time.monotonic() + 300
+            while True:
+                try:
+                    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        pytest.fail(f"another test run holds {lock.name}")
+                    time.sleep(0.2)
         client = redis.Redis.from_url(url)
         try:
             client.flushdb()
