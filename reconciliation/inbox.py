@@ -222,19 +222,21 @@ def claim_due(session: Session, now: datetime, *, limit: int) -> list[tuple[int,
     return [(inbox_id, lease) for inbox_id in ids]
 
 
+def _unfinished_of(provider: str, reference: str) -> tuple[ColumnElement[bool], ...]:
+    return (
+        InboxDelivery.provider == provider,
+        InboxDelivery.reference == reference,
+        InboxDelivery.status == InboxStatus.RECEIVED,
+    )
+
+
 def wake(session: Session, provider: str, reference: str, now: datetime) -> list[tuple[int, datetime]]:
     """Deliveries of ``reference`` not authenticated yet for want of its registration, due now: (id,
-    version). (One a worker holds loses its lease and is taken again: a little work twice. A worker
-    putting one off looks for the registration after locking the row, so the two cannot miss each
-    other.)"""
+    version). One a worker holds is woken too: that worker's put-off then finds its lease gone and
+    the wake-up message takes the row, so a registration and a worker can never miss each other."""
     rows = session.execute(
         update(InboxDelivery)
-        .where(
-            InboxDelivery.provider == provider,
-            InboxDelivery.reference == reference,
-            InboxDelivery.status == InboxStatus.RECEIVED,
-            InboxDelivery.awaiting_registration.is_(True),
-        )
+        .where(*_unfinished_of(provider, reference), InboxDelivery.awaiting_registration.is_(True))
         .values(next_attempt_at=now)
         .returning(InboxDelivery.id)
     ).all()
@@ -251,9 +253,7 @@ def coalesce(
     rows = session.execute(
         update(InboxDelivery)
         .where(
-            InboxDelivery.provider == provider,
-            InboxDelivery.reference == reference,
-            InboxDelivery.status == InboxStatus.RECEIVED,
+            *_unfinished_of(provider, reference),
             InboxDelivery.id != done,
             InboxDelivery.first_seen_at <= asked_at,
             InboxDelivery.awaiting_registration.is_(False),
