@@ -806,6 +806,7 @@ class Snapshot:
     payments: dict[tuple[str, str], dict[str, Any]]
     subscriptions: dict[tuple[str, str], dict[str, Any]]
     grants: list[dict[str, Any]]
+    revenue: int = 0  # the revenue:subscriptions balance, in the same database snapshot
 
 
 class Checker:
@@ -826,7 +827,8 @@ class Checker:
 
     def snapshot(self) -> Snapshot:
         truth = self.truth()
-        with self.engine.connect() as conn:
+        # One database snapshot for every read (payments keep settling while the checker reads).
+        with self.engine.connect().execution_options(isolation_level="REPEATABLE READ") as conn:
             rows = conn.execute(
                 text(
                     "SELECT id, provider, reference, status, settled, amount, confirmed_amount, "
@@ -847,8 +849,15 @@ class Checker:
                     )
                 ).mappings()
             ]
+            revenue = conn.execute(
+                text(
+                    "SELECT coalesce(sum(CASE e.side WHEN 'credit' THEN e.amount ELSE -e.amount END), 0) "
+                    "FROM ledger_entries e JOIN ledger_accounts a ON a.id = e.account_id "
+                    "WHERE a.code = 'revenue:subscriptions'"
+                )
+            ).scalar_one()
         truth_after = self.truth()
-        return Snapshot(truth, truth_after, payments, subscriptions, grants)
+        return Snapshot(truth, truth_after, payments, subscriptions, grants, int(revenue))
 
     def due(self, snap: Snapshot) -> list[Pay]:
         """Payments the provider says were paid, at the registered amount: each must grant access."""
@@ -934,13 +943,6 @@ class Checker:
                     "ELSE -e.amount END), 0) <> 0 OR count(e.id) = 0"
                 )
             ).all()
-            revenue = conn.execute(
-                text(
-                    "SELECT coalesce(sum(CASE e.side WHEN 'credit' THEN e.amount ELSE -e.amount END), 0) "
-                    "FROM ledger_entries e JOIN ledger_accounts a ON a.id = e.account_id "
-                    "WHERE a.code = 'revenue:subscriptions'"
-                )
-            ).scalar_one()
             letters = conn.execute(text("SELECT id, reason, payload FROM dead_letters")).all()
             inbox = (
                 conn.execute(
@@ -956,7 +958,14 @@ class Checker:
         rows.append(row("undue grants (refused, mismatched or unpaid)", undue))
         rows.append(row("accounts: days granted = paid periods x period", state["access"]))
         rows.append(row("unbalanced journals", [f"journal {j}" for (j,) in unbalanced]))
-        want_revenue = sum(p.amount for p in self.due(snap))
+        # Revenue in the snapshot = the amounts of the payments settled in it (lost and wrongly paid above
+        # hold those to the providers' truth, read before and after the snapshot).
+        revenue = snap.revenue
+        want_revenue = sum(
+            p.amount
+            for p in self.payments
+            if (ours := snap.payments.get(p.key)) is not None and ours["status"] == "succeeded" and ours["settled"]
+        )
         rows.append(
             Row(
                 "revenue = what the providers confirmed", str(want_revenue), str(revenue), revenue == want_revenue,
