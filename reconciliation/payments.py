@@ -14,7 +14,7 @@ from enum import StrEnum
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from providers.base import Delivery, Outcome, RegistrationView, VerifiedStatus
@@ -90,6 +90,17 @@ def find_by_provider_data(session: Session, provider: str, key: str, value: str)
     """The payment registered with ``provider_data[key] == value`` (Orange's notif_token)."""
     query = select(Payment).where(Payment.provider == provider, Payment.provider_data[key].as_string() == value)
     return session.scalars(query.limit(1)).first()
+
+
+def last_asked(session: Session, payment: Payment | None) -> datetime | None:
+    """When the provider was last asked about ``payment`` and answered (None: never, or no payment)."""
+    if payment is None:
+        return None
+    return session.scalar(
+        select(func.max(Verification.asked_at)).where(
+            Verification.payment_id == payment.id, Verification.outcome.is_not(None)
+        )
+    )
 
 
 def flag(session: Session, payment: Payment, kind: FlagKind, detail: str) -> None:

@@ -23,7 +23,7 @@ from enum import StrEnum
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import func, select, update
+from sqlalchemy import select, update
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
@@ -42,7 +42,7 @@ from providers.base import (
 from providers.profiles import TrustProfile
 from reconciliation import deadletters, inbox, payments
 from reconciliation.db import storable_text, transaction
-from reconciliation.models import FINAL_STATUSES, InboxStatus, Payment, PaymentStatus, Verification
+from reconciliation.models import FINAL_STATUSES, InboxStatus, Payment, PaymentStatus
 from reconciliation.subscriptions import UnknownPlan, expire_due
 from schemas.messages import PaymentRegistration, WebhookEnvelope
 from worker import metrics
@@ -204,6 +204,8 @@ def ingest_webhook(rt: Runtime, payload: Any) -> Result:
             work = inbox.take(session, stored.id, now)
             if work is not None and not detail:
                 inbox.authenticated(session, stored.id)
+        # (A delivery stored just now cannot have been answered by a question asked after it arrived.)
+        asked = payments.last_asked(session, payment) if work is not None and not stored.is_new else None
     if not stored.is_new and work is None:
         return Result(Outcome.DUPLICATE, f"repeat of inbox delivery {stored.id}", stored.id, reference)
     if status is InboxStatus.FORGED:
@@ -214,7 +216,7 @@ def ingest_webhook(rt: Runtime, payload: Any) -> Result:
     if status is InboxStatus.IGNORED:
         return Result(Outcome.ACCEPTED, "authentic delivery about nothing we track", stored.id)
     assert work is not None  # noqa: S101 - a received delivery this worker holds
-    return _work(rt, client, work, lambda: _process(rt, client, delivery, payment, work, awaiting=detail))
+    return _work(rt, client, work, lambda: _process(rt, client, delivery, payment, work, awaiting=detail, asked=asked))
 
 
 def _oversized(rt: Runtime, payload: Any, raw: str, size: int) -> Result:
@@ -318,7 +320,8 @@ def _resume(rt: Runtime, client: ProviderClient, work: inbox.Work) -> Result:
             inbox.authenticated(session, work.id)
         if payment is not None and payment.reference != delivery.reference:  # found by a provider token
             inbox.name_reference(session, work.id, payment.reference)
-    return _process(rt, client, delivery, payment, work, awaiting=detail)
+        asked = payments.last_asked(session, payment)
+    return _process(rt, client, delivery, payment, work, awaiting=detail, asked=asked)
 
 
 def _work(rt: Runtime, client: ProviderClient, work: inbox.Work, process: Callable[[], Result]) -> Result:
@@ -334,8 +337,16 @@ def _work(rt: Runtime, client: ProviderClient, work: inbox.Work, process: Callab
 
 
 def _process(
-    rt: Runtime, client: ProviderClient, delivery: Delivery, payment: Payment | None, work: inbox.Work, *, awaiting: str
+    rt: Runtime,
+    client: ProviderClient,
+    delivery: Delivery,
+    payment: Payment | None,
+    work: inbox.Work,
+    *,
+    awaiting: str,
+    asked: datetime | None,
 ) -> Result:
+    """``asked``: when the provider was last asked about the payment (read by the caller)."""
     provider = client.name
     if awaiting:
         return _await_registration(rt, client, delivery, work, awaiting)
@@ -344,7 +355,7 @@ def _process(
     reference = payment.reference if payment is not None else delivery.reference
     assert reference is not None  # noqa: S101 - resolved or named by the delivery
     if payment is not None:
-        known = _already_answered(rt, payment, delivery, work, authenticated=profile.callbacks_authenticated)
+        known = _already_answered(payment, delivery, work, asked, authenticated=profile.callbacks_authenticated)
         if known:
             with transaction(rt.sessions) as session:
                 finished = inbox.finish(session, work, InboxStatus.PROCESSED, known)
@@ -455,7 +466,7 @@ UNAUTHENTICATED_FINAL = frozenset({PaymentStatus.SUCCEEDED, PaymentStatus.FAILED
 
 
 def _already_answered(
-    rt: Runtime, payment: Payment, delivery: Delivery, work: inbox.Work, *, authenticated: bool
+    payment: Payment, delivery: Delivery, work: inbox.Work, asked: datetime | None, *, authenticated: bool
 ) -> str:
     """Why this delivery needs no provider call of its own ("" if it does)."""
     if not authenticated and payment.status in UNAUTHENTICATED_FINAL:
@@ -463,12 +474,6 @@ def _already_answered(
     claimed = payments.normalize_claim(delivery.claimed_status) if delivery.claimed_status else None
     if authenticated and payment.status in FINAL_STATUSES and claimed == payment.status.value:
         return f"payment already {payment.status.value}, as the delivery says: no API call spent"
-    with rt.sessions() as session:
-        asked = session.scalar(
-            select(func.max(Verification.asked_at)).where(
-                Verification.payment_id == payment.id, Verification.outcome.is_not(None)
-            )
-        )
     if asked is not None and asked >= work.first_seen_at:
         return f"answered by the provider at {asked.isoformat()}, after this delivery arrived: no API call spent"
     return ""
