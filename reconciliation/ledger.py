@@ -1,20 +1,34 @@
 """Double-entry ledger: append-only, integer minor units, one currency per account.
 
-``post`` refuses a journal whose debits and credits differ (per currency). The
-database refuses it too (a deferred constraint trigger on PostgreSQL), and refuses
-any UPDATE or DELETE of journals and entries, so the rule holds for writers that
-bypass this module.
+``post`` and ``post_many`` refuse a journal whose debits and credits differ (per currency) before
+any SQL. PostgreSQL refuses it too, so the rule holds for writers that bypass this module: an
+AFTER INSERT trigger per statement on each ledger table (migration 0010) reads the statement's new
+rows as one set and refuses the statement unless every new journal has entries, the new entries
+of each journal sum to zero per currency, and each entry is in its account's currency. Other
+triggers refuse any UPDATE or DELETE of journals and entries: corrections are new journals.
+
+The guard runs at the end of each statement, not at COMMIT (a statement-level trigger cannot be
+deferred), so **a journal and its entries are written by one SQL statement**. On PostgreSQL this
+module writes them with one data-modifying CTE (journal ids drawn from their sequence first, so
+that each journal's entries can name it in the same statement), up to ``POST_CHUNK`` journals per
+statement for ``post_many``: a bulk posting is a few statements, not three trigger calls per
+journal. A journal inserted by one statement and its entries by a later one is refused at the end
+of the first; entries added to an existing journal later must balance among themselves. SQLite
+(the embedded demo) has only the append-only triggers and cannot insert from a CTE: there a
+journal is inserted, then its entries.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import case, func, select
-from sqlalchemy.orm import Session
+from sqlalchemy import case, func, select, text
+from sqlalchemy import insert as sa_insert
+from sqlalchemy.orm import Session, make_transient_to_detached
 
+from reconciliation.db import is_postgres
 from reconciliation.dialect import insert
 from reconciliation.models import Account, Entry, Journal
 
@@ -52,6 +66,17 @@ class Line:
     currency: str
 
 
+@dataclass(frozen=True, slots=True)
+class NewJournal:
+    """A journal to post with ``post_many``: its lines and what ``post`` takes as keywords."""
+
+    lines: Sequence[Line]
+    kind: str
+    payment_id: int | None = None
+    memo: str = ""
+    reverses_id: int | None = None
+
+
 def transfer(debit: str, credit: str, amount: int, currency: str) -> list[Line]:
     """The common two-line journal: ``amount`` moves from ``credit`` to ``debit``."""
     return [Line(debit, DEBIT, amount, currency), Line(credit, CREDIT, amount, currency)]
@@ -72,19 +97,39 @@ def check_balanced(lines: Sequence[Line]) -> None:
         raise UnbalancedJournal(f"journal does not balance: debit - credit = {unbalanced}")
 
 
+def account_ids(session: Session, pairs: Iterable[tuple[str, str]]) -> dict[tuple[str, str], int]:
+    """Ids of the accounts ``(code, currency)``, those not there yet created without racing.
+
+    One query for all of them; when some are new, one ``INSERT ... ON CONFLICT DO NOTHING`` (in a
+    fixed order, so two writers creating the same accounts cannot deadlock) and one more query,
+    which also finds the accounts a concurrent writer created first.
+    """
+    wanted = set(pairs)
+    if not wanted:
+        return {}
+    found = _known_accounts(session, wanted)
+    missing = wanted - found.keys()
+    if missing:
+        session.execute(
+            insert(session, Account)
+            .values([{"code": code, "currency": currency} for code, currency in sorted(missing)])
+            .on_conflict_do_nothing(index_elements=["code", "currency"])
+        )
+        found |= _known_accounts(session, missing)
+    assert found.keys() == wanted  # noqa: S101 - just inserted or inserted concurrently
+    return found
+
+
+def _known_accounts(session: Session, pairs: set[tuple[str, str]]) -> dict[tuple[str, str], int]:
+    rows = session.execute(
+        select(Account.code, Account.currency, Account.id).where(Account.code.in_(sorted({c for c, _ in pairs})))
+    ).all()
+    return {(code, currency): id_ for code, currency, id_ in rows if (code, currency) in pairs}
+
+
 def account_id(session: Session, code: str, currency: str) -> int:
     """Id of the account (code, currency), created on first use without racing."""
-    found = session.scalar(select(Account.id).where(Account.code == code, Account.currency == currency))
-    if found is not None:
-        return found
-    session.execute(
-        insert(session, Account)
-        .values(code=code, currency=currency)
-        .on_conflict_do_nothing(index_elements=["code", "currency"])
-    )
-    created = session.scalar(select(Account.id).where(Account.code == code, Account.currency == currency))
-    assert created is not None  # noqa: S101 - just inserted or inserted concurrently
-    return created
+    return account_ids(session, [(code, currency)])[code, currency]
 
 
 def post(
@@ -96,23 +141,144 @@ def post(
     memo: str = "",
     reverses_id: int | None = None,
 ) -> Journal:
-    """Post a balanced journal. ``(payment_id, kind)`` is unique: callers hold the payment lock."""
-    check_balanced(lines)
-    journal = Journal(payment_id=payment_id, kind=kind, memo=memo, reverses_id=reverses_id)
+    """Post a balanced journal with its entries. ``(payment_id, kind)`` is unique: callers hold the payment lock.
+
+    Returns the journal, persistent in ``session`` (written by a Core statement, so the ORM is told
+    it exists rather than given it to insert; unset columns such as ``created_at`` load on access).
+    """
+    (journal_id,) = post_many(
+        session, [NewJournal(lines, kind=kind, payment_id=payment_id, memo=memo, reverses_id=reverses_id)]
+    )
+    assert journal_id is not None  # noqa: S101 - posted or refused, never skipped without skip_posted
+    journal = Journal(id=journal_id, payment_id=payment_id, kind=kind, memo=memo, reverses_id=reverses_id)
+    make_transient_to_detached(journal)
     session.add(journal)
-    session.flush()
-    for line in lines:
-        session.add(
-            Entry(
-                journal_id=journal.id,
-                account_id=account_id(session, line.account, line.currency),
-                side=line.side,
-                amount=line.amount,
-                currency=line.currency,
-            )
-        )
-    session.flush()
     return journal
+
+
+#: Journals per statement of ``post_many`` on PostgreSQL (a journal is never split across two):
+#: bounds the size of a statement's parameters and of the transition tables the guard reads.
+POST_CHUNK = 5_000
+
+
+def post_many(session: Session, journals: Sequence[NewJournal], *, skip_posted: bool = False) -> list[int | None]:
+    """Post balanced journals with their entries, set-based; returns their ids, in order.
+
+    Every journal is checked before any SQL, so one unbalanced journal refuses the whole call. On
+    PostgreSQL, each ``POST_CHUNK`` journals and their entries are one statement, which the
+    database's guard checks as one set. ``skip_posted``: a journal whose ``(payment_id, kind)``
+    was posted before is skipped (``ON CONFLICT DO NOTHING`` on that key; its id is ``None``);
+    without it the key refuses the statement. Either way the key is what makes a journal once:
+    callers hold the payments' locks, as for ``post``.
+    """
+    for journal in journals:
+        check_balanced(journal.lines)
+    if not journals:
+        return []
+    session.flush()  # what the journals refer to (a payment created in this session) is written first
+    accounts = account_ids(session, ((line.account, line.currency) for j in journals for line in j.lines))
+    write = _insert_together if is_postgres(session) else _insert_one_by_one
+    ids: list[int | None] = []
+    for start in range(0, len(journals), POST_CHUNK):
+        ids += write(session, journals[start : start + POST_CHUNK], accounts, skip_posted)
+    return ids
+
+
+# Journal ids are drawn first (``nextval`` in a materialized CTE, in input order), so that the
+# entries can name their journal in the same statement; ``RETURNING`` could not say which input
+# row a journal came from. Entries are inserted in input order (``reverse`` mirrors them by id).
+_INSERT_TOGETHER = """
+WITH draft AS MATERIALIZED (
+    SELECT nextval('ledger_journals_id_seq') AS id, d.ord, d.payment_id, d.kind, d.memo, d.reverses_id
+      FROM unnest(CAST(:ord AS integer[]), CAST(:payment_id AS bigint[]), CAST(:kind AS text[]),
+                  CAST(:memo AS text[]), CAST(:reverses_id AS bigint[]))
+           AS d (ord, payment_id, kind, memo, reverses_id)
+),
+posted AS (
+    INSERT INTO ledger_journals (id, payment_id, kind, memo, reverses_id)
+    SELECT id, payment_id, kind, memo, reverses_id FROM draft ORDER BY ord
+    {on_conflict}
+    RETURNING id
+),
+entries AS (
+    INSERT INTO ledger_entries (journal_id, account_id, side, amount, currency)
+    SELECT d.id, e.account_id, e.side, e.amount, e.currency
+      FROM unnest(CAST(:entry_ord AS integer[]), CAST(:account_id AS bigint[]), CAST(:side AS text[]),
+                  CAST(:amount AS bigint[]), CAST(:currency AS text[])) WITH ORDINALITY
+           AS e (ord, account_id, side, amount, currency, n)
+      JOIN draft d ON d.ord = e.ord
+     WHERE d.id IN (SELECT id FROM posted)
+     ORDER BY e.n
+)
+SELECT d.ord, d.id FROM draft d WHERE d.id IN (SELECT id FROM posted)
+"""
+_POSTED_ONCE = "ON CONFLICT (payment_id, kind) DO NOTHING"
+
+
+def _insert_together(
+    session: Session, journals: Sequence[NewJournal], accounts: dict[tuple[str, str], int], skip_posted: bool
+) -> list[int | None]:
+    """PostgreSQL: the journals and all their entries in one statement (a data-modifying CTE)."""
+    lines = [(ord_, line) for ord_, journal in enumerate(journals) for line in journal.lines]
+    columns: dict[str, list[int | str | None]] = {
+        "ord": list(range(len(journals))),
+        "payment_id": [j.payment_id for j in journals],
+        "kind": [j.kind for j in journals],
+        "memo": [j.memo for j in journals],
+        "reverses_id": [j.reverses_id for j in journals],
+        "entry_ord": [ord_ for ord_, _ in lines],
+        "account_id": [accounts[line.account, line.currency] for _, line in lines],
+        "side": [line.side for _, line in lines],
+        "amount": [line.amount for _, line in lines],
+        "currency": [line.currency for _, line in lines],
+    }
+    statement = text(_INSERT_TOGETHER.format(on_conflict=_POSTED_ONCE if skip_posted else ""))
+    params = {name: _array_literal(values) for name, values in columns.items()}
+    posted: dict[int, int] = {ord_: id_ for ord_, id_ in session.execute(statement, params)}
+    return [posted.get(ord_) for ord_ in range(len(journals))]
+
+
+def _array_literal(values: Sequence[int | str | None]) -> str:
+    """A PostgreSQL array literal (``{1,NULL,"a \\"b\\""}``), sent as one string parameter.
+
+    psycopg2 sends a list as ``ARRAY[...]``, one constant per element for the server to parse and
+    plan: for a chunk of 5,000 journals (75,000 values) that took longer than the statement's
+    guard. The literal is read by the array type's input function instead.
+    """
+    items = []
+    for value in values:
+        if value is None:
+            items.append("NULL")
+        elif isinstance(value, int):
+            items.append(str(value))
+        else:
+            items.append('"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"')
+    return "{" + ",".join(items) + "}"
+
+
+def _insert_one_by_one(
+    session: Session, journals: Sequence[NewJournal], accounts: dict[tuple[str, str], int], skip_posted: bool
+) -> list[int | None]:
+    """SQLite (no INSERT inside a CTE, and no balance guard to satisfy): each journal, then its entries."""
+    ids: list[int | None] = []
+    for journal in journals:
+        statement = insert(session, Journal).values(
+            payment_id=journal.payment_id, kind=journal.kind, memo=journal.memo, reverses_id=journal.reverses_id
+        )
+        if skip_posted:
+            statement = statement.on_conflict_do_nothing(index_elements=["payment_id", "kind"])
+        journal_id = session.scalar(statement.returning(Journal.id))
+        if journal_id is not None:
+            session.execute(
+                sa_insert(Entry),
+                [
+                    {"journal_id": journal_id, "account_id": accounts[line.account, line.currency],
+                     "side": line.side, "amount": line.amount, "currency": line.currency}
+                    for line in journal.lines
+                ],
+            )  # fmt: skip
+        ids.append(journal_id)
+    return ids
 
 
 def reverse(session: Session, original: Journal, *, kind: str, memo: str = "") -> Journal:

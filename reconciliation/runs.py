@@ -17,7 +17,6 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import func, or_, select, text
-from sqlalchemy import insert as sa_insert
 from sqlalchemy.orm import Session, sessionmaker
 
 from providers.base import Outcome, VerifiedStatus
@@ -26,7 +25,6 @@ from reconciliation.db import transaction
 from reconciliation.dialect import insert
 from reconciliation.matching import Window, classify, match_payouts
 from reconciliation.models import (
-    Entry,
     FlagKind,
     Journal,
     Payment,
@@ -256,9 +254,11 @@ def post_fees(sessions: sessionmaker[Session], run_id: int) -> int:
 
     One journal per payment (Dr ``fees:<provider>`` / Cr provider clearing), written a chunk at a
     time: the chunk's payments locked in id order (a refund holds the same lock), then its journals
-    inserted with ``ON CONFLICT DO NOTHING`` on the (payment, kind) key, so a journal the key
-    refuses was posted before. Only payments still settled as paid: a refund reversed the journals
-    of its payment already, and a fee posted after it would stay unreversed.
+    and their entries written by one statement (``ledger.post_many``, which the ledger's guard
+    checks as one set), the journals with ``ON CONFLICT DO NOTHING`` on the (payment, kind) key, so
+    a journal the key refuses was posted before (and its entries are not written). Only payments
+    still settled as paid: a refund reversed the journals of its payment already, and a fee posted
+    after it would stay unreversed.
     """
     with sessions() as session:
         run = session.get(ReconRun, run_id)
@@ -299,37 +299,21 @@ def _post_fee_chunk(session: Session, run_id: int, provider: str, chunk: Sequenc
             .with_for_update()
         )
     )
-    rows = [row for row in chunk if row.payment_id in paid]
-    if not rows:
-        return 0
-    journals = dict(
-        session.execute(
-            insert(session, Journal)
-            .values([
-                {"payment_id": row.payment_id, "kind": FEE, "memo": f"{provider} fee on {row.reference} (run {run_id})"}
-                for row in rows
-            ])
-            .on_conflict_do_nothing(index_elements=["payment_id", "kind"])
-            .returning(Journal.payment_id, Journal.id)
-        ).all()
-    )  # fmt: skip
-    accounts: dict[tuple[str, str], int] = {}
+    journals = [
+        ledger.NewJournal(
+            ledger.transfer(ledger.fees(provider), ledger.clearing(provider), row.fee, row.provider_currency),
+            kind=FEE,
+            payment_id=row.payment_id,
+            memo=f"{provider} fee on {row.reference} (run {run_id})",
+        )
+        for row in chunk
+        if row.payment_id in paid
+    ]
+    return sum(journal_id is not None for journal_id in ledger.post_many(session, journals, skip_posted=True))
 
-    def account(code: str, currency: str) -> int:
-        if (code, currency) not in accounts:
-            accounts[code, currency] = ledger.account_id(session, code, currency)
-        return accounts[code, currency]
 
-    entries = [
-        {"journal_id": journals[row.payment_id], "account_id": account(code, row.provider_currency), "side": side,
-         "amount": row.fee, "currency": row.provider_currency}
-        for row in rows
-        if row.payment_id in journals
-        for code, side in ((ledger.fees(provider), ledger.DEBIT), (ledger.clearing(provider), ledger.CREDIT))
-    ]  # fmt: skip
-    if entries:
-        session.execute(sa_insert(Entry), entries)
-    return len(journals)
+#: Payouts posted per transaction by ``post_payouts``.
+PAYOUT_CHUNK = 1_000
 
 
 def post_payouts(sessions: sessionmaker[Session], run_id: int) -> int:
@@ -338,7 +322,8 @@ def post_payouts(sessions: sessionmaker[Session], run_id: int) -> int:
     Dr ``bank:<provider>`` / Cr the provider's clearing account, for the amount paid out, in its
     currency: clearing then holds what the provider still owes us (payments, less fees, less
     payouts). Mismatched, pending and unexplained payouts are not posted: they are for finance to
-    look at. Already posted payouts are skipped here; ``post_payout`` makes it once regardless.
+    look at. Already posted payouts are skipped here; the ``payout_postings`` key makes each one
+    once regardless (see ``_post_payout_chunk``).
     """
     with sessions() as session:
         rows = session.execute(
@@ -355,14 +340,62 @@ def post_payouts(sessions: sessionmaker[Session], run_id: int) -> int:
             )
             .order_by(ReconPayout.payout_id)
         ).all()
+    payouts = [
+        _Payout(payout_id, amount, currency, provider)
+        for payout_id, amount, currency, provider in rows
+        if amount is not None and currency is not None
+    ]
     posted = 0
-    for payout_id, amount, currency, provider in rows:
-        if amount is None or currency is None:
-            continue
+    for start in range(0, len(payouts), PAYOUT_CHUNK):
         with transaction(sessions) as session:
-            if post_payout(session, run_id, provider, payout_id, amount=amount, currency=currency) is not None:
-                posted += 1
+            posted += _post_payout_chunk(session, run_id, payouts[start : start + PAYOUT_CHUNK])
     return posted
+
+
+@dataclass(frozen=True, slots=True)
+class _Payout:
+    payout_id: str
+    amount: int
+    currency: str
+    provider: str
+
+
+def _post_payout_chunk(session: Session, run_id: int, payouts: Sequence[_Payout]) -> int:
+    """The chunk's journals (one ``post_many``) and their ``payout_postings`` rows (one insert with
+    ``ON CONFLICT DO NOTHING``), in one savepoint. Had a concurrent writer posted one of them since
+    they were read, its key refused that row (after waiting for that writer to commit): the whole
+    savepoint is rolled back, journals included, and the chunk is posted one payout at a time by
+    ``post_payout``, which posts only those still unposted.
+    """
+    savepoint = session.begin_nested()
+    journal_ids = ledger.post_many(
+        session,
+        [
+            ledger.NewJournal(
+                ledger.transfer(ledger.bank(p.provider), ledger.clearing(p.provider), p.amount, p.currency),
+                kind=PAYOUT,
+                memo=f"{p.provider} payout {p.payout_id} (run {run_id})",
+            )
+            for p in payouts
+        ],
+    )
+    claimed = session.scalars(
+        insert(session, PayoutPosting)
+        .values([
+            {"provider": p.provider, "payout_id": p.payout_id, "journal_id": journal_id, "run_id": run_id}
+            for p, journal_id in zip(payouts, journal_ids, strict=True)
+        ])
+        .on_conflict_do_nothing(index_elements=["provider", "payout_id"])
+        .returning(PayoutPosting.payout_id)
+    ).all()  # fmt: skip
+    if len(claimed) == len(payouts):
+        savepoint.commit()
+        return len(payouts)
+    savepoint.rollback()
+    return sum(
+        post_payout(session, run_id, p.provider, p.payout_id, amount=p.amount, currency=p.currency) is not None
+        for p in payouts
+    )
 
 
 def post_payout(
@@ -389,6 +422,8 @@ def post_payout(
     )
     if not getattr(claimed, "rowcount", 0):
         savepoint.rollback()
+        if journal in session:
+            session.expunge(journal)  # its row went with the savepoint
         return None
     savepoint.commit()
     return journal

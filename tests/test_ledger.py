@@ -1,18 +1,21 @@
-"""The double-entry ledger on real PostgreSQL: balanced or refused, append-only."""
+"""The double-entry ledger on real PostgreSQL: balanced or refused (per statement), append-only; set-based posting."""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from datetime import UTC, date, datetime
+from pathlib import Path
 
 import pytest
-from sqlalchemy import func, select, text
+from sqlalchemy import Connection, event, func, inspect, select, text
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
-from reconciliation import ledger, runs
-from reconciliation.db import transaction
-from reconciliation.models import Journal, PayoutPosting, ReconRun
+from reconciliation import ledger, migrate, runs
+from reconciliation.db import make_engine, session_factory, transaction
+from reconciliation.models import Entry, Journal, Payment, PaymentStatus, PayoutPosting, ReconRun
 from worker.runtime import Runtime
 
 
@@ -45,29 +48,119 @@ def test_unbalanced_or_invalid_journal_is_refused_before_the_database(rt: Runtim
         ledger.post(session, lines, kind="bad")
 
 
-def _raw_journal(conn: object, debit: int, credit: int) -> None:
-    conn.execute(text("INSERT INTO ledger_accounts (code, currency) VALUES ('x', 'XOF'), ('y', 'XOF')"))  # type: ignore[attr-defined]
-    jid = conn.execute(text("INSERT INTO ledger_journals (kind, memo) VALUES ('raw', '') RETURNING id")).scalar()  # type: ignore[attr-defined]
-    conn.execute(  # type: ignore[attr-defined]
-        text(
-            "INSERT INTO ledger_entries (journal_id, account_id, side, amount, currency) VALUES "
-            "(:j, (SELECT id FROM ledger_accounts WHERE code='x'), 'debit', :d, 'XOF'),"
-            "(:j, (SELECT id FROM ledger_accounts WHERE code='y'), 'credit', :c, 'XOF')"
-        ),
-        {"j": jid, "d": debit, "c": credit},
-    )
+def _accounts(conn: Connection) -> None:
+    conn.execute(text("INSERT INTO ledger_accounts (code, currency) VALUES ('x', 'XOF'), ('y', 'XOF'), ('u', 'USD')"))
 
 
-def test_database_refuses_an_unbalanced_journal_at_commit(rt: Runtime) -> None:
-    with pytest.raises(DBAPIError, match="does not balance"), rt.engine.begin() as conn:
-        _raw_journal(conn, 100, 90)
+#: A raw writer's journal and its entries in one statement, as the guard requires.
+RAW_JOURNAL = (
+    "WITH j AS (INSERT INTO ledger_journals (kind, memo) VALUES ('raw', '') RETURNING id) "
+    "INSERT INTO ledger_entries (journal_id, account_id, side, amount, currency) "
+    "SELECT j.id, a.id, e.side, e.amount, 'XOF' FROM j, "
+    "(VALUES ('x', 'debit', CAST(:d AS bigint)), ('y', 'credit', CAST(:c AS bigint))) AS e (code, side, amount) "
+    "JOIN ledger_accounts a ON a.code = e.code AND a.currency = 'XOF'"
+)
+
+
+def _raw_journal(conn: Connection, debit: int, credit: int) -> None:
+    _accounts(conn)
+    conn.execute(text(RAW_JOURNAL), {"d": debit, "c": credit})
+
+
+def _count(rt: Runtime, table: str) -> int:
     with rt.engine.connect() as conn:
-        assert conn.execute(text("SELECT count(*) FROM ledger_journals")).scalar() == 0
+        return int(conn.execute(text(f"SELECT count(*) FROM {table}")).scalar_one())  # noqa: S608 - our names
+
+
+def test_database_refuses_an_unbalanced_journal(rt: Runtime) -> None:
+    refused = pytest.raises(DBAPIError, match="journal 1 does not balance in XOF: debit - credit = 10")
+    with refused, rt.engine.begin() as conn:
+        _raw_journal(conn, 100, 90)
+    assert _count(rt, "ledger_journals") == 0
 
 
 def test_database_refuses_a_journal_without_entries(rt: Runtime) -> None:
     with pytest.raises(DBAPIError, match="has no entries"), rt.engine.begin() as conn:
         conn.execute(text("INSERT INTO ledger_journals (kind, memo) VALUES ('empty', '')"))
+
+
+def test_database_refuses_a_journal_whose_entries_come_in_a_later_statement(rt: Runtime) -> None:
+    """The guard runs at the end of each statement: a journal is written together with its entries."""
+    with rt.engine.begin() as conn:
+        _accounts(conn)
+    with pytest.raises(DBAPIError, match=r"journal [0-9]+ has no entries"), rt.engine.begin() as conn:
+        jid = conn.execute(text("INSERT INTO ledger_journals (kind, memo) VALUES ('split', '') RETURNING id")).scalar()
+        conn.execute(
+            text(
+                "INSERT INTO ledger_entries (journal_id, account_id, side, amount, currency) VALUES "
+                "(:j, (SELECT id FROM ledger_accounts WHERE code = 'x'), 'debit', 5, 'XOF'),"
+                "(:j, (SELECT id FROM ledger_accounts WHERE code = 'y'), 'credit', 5, 'XOF')"
+            ),
+            {"j": jid},
+        )
+    assert _count(rt, "ledger_journals") == 0
+
+
+@pytest.mark.parametrize(
+    ("entries", "error"),
+    [
+        ([("x", "debit", 7)], "journal 1 does not balance in XOF: debit - credit = 7"),
+        ([("x", "debit", 7), ("y", "credit", 7)], "journal 1 does not balance in XOF: debit - credit = 7"),
+    ],
+    ids=["one-entry", "a-balancing-pair-one-statement-each"],
+)
+def test_database_refuses_entries_that_unbalance_a_posted_journal(
+    rt: Runtime, entries: list[tuple[str, str, int]], error: str
+) -> None:
+    with rt.engine.begin() as conn:
+        _raw_journal(conn, 100, 100)
+    with pytest.raises(DBAPIError, match=error), rt.engine.begin() as conn:
+        for code, side, amount in entries:  # one statement per entry: each must leave the journal balanced
+            conn.execute(
+                text(
+                    "INSERT INTO ledger_entries (journal_id, account_id, side, amount, currency) "
+                    "VALUES (1, (SELECT id FROM ledger_accounts WHERE code = :a), :s, :n, 'XOF')"
+                ),
+                {"a": code, "s": side, "n": amount},
+            )
+    assert _count(rt, "ledger_entries") == 2
+
+
+def test_database_refuses_an_entry_in_another_currency_than_its_account(rt: Runtime) -> None:
+    with rt.engine.begin() as conn:
+        _accounts(conn)
+    refused = pytest.raises(DBAPIError, match=r"journal [0-9]+ posts to an account of another currency")
+    with refused, rt.engine.begin() as conn:  # balanced in USD, but 'y' is an XOF account
+        conn.execute(
+            text(
+                "WITH j AS (INSERT INTO ledger_journals (kind, memo) VALUES ('fx', '') RETURNING id) "
+                "INSERT INTO ledger_entries (journal_id, account_id, side, amount, currency) "
+                "SELECT j.id, a.id, e.side, 100, 'USD' FROM j, (VALUES ('u', 'debit'), ('y', 'credit')) "
+                "AS e (code, side) JOIN ledger_accounts a ON a.code = e.code"
+            )
+        )
+    assert _count(rt, "ledger_journals") == 0
+
+
+def test_database_refuses_a_statement_with_one_unbalanced_journal_among_many(rt: Runtime) -> None:
+    """A raw multi-journal statement: the one bad journal is named, and nothing of the statement stays."""
+    with rt.engine.begin() as conn:
+        _accounts(conn)
+    many = (
+        "WITH j AS (INSERT INTO ledger_journals (kind, memo) SELECT 'many', g.n::text FROM generate_series(1, 50) "
+        "AS g (n) ORDER BY g.n RETURNING id, memo) "
+        "INSERT INTO ledger_entries (journal_id, account_id, side, amount, currency) "
+        "SELECT j.id, a.id, e.side, CASE WHEN j.memo = :bad AND e.side = 'credit' THEN 99 ELSE 100 END, 'XOF' "
+        "FROM j, (VALUES ('x', 'debit'), ('y', 'credit')) AS e (code, side) "
+        "JOIN ledger_accounts a ON a.code = e.code AND a.currency = 'XOF'"
+    )
+    refused = pytest.raises(DBAPIError, match="journal 37 does not balance in XOF: debit - credit = 1")
+    with refused, rt.engine.begin() as conn:
+        conn.execute(text(many), {"bad": "37"})
+    assert _count(rt, "ledger_journals") == 0 and _count(rt, "ledger_entries") == 0
+    with rt.engine.begin() as conn:
+        conn.execute(text(many), {"bad": "none"})
+    assert _count(rt, "ledger_journals") == 50 and _count(rt, "ledger_entries") == 100
 
 
 @pytest.mark.parametrize(
@@ -178,3 +271,186 @@ def test_concurrent_postings_of_one_payout_wait_on_the_key_and_post_once(rt: Run
     finally:
         holder.close()
     assert _payout_journals(rt) == 1
+
+
+# --------------------------------------------------------------------------- post_many: set-based posting
+
+
+@contextmanager
+def _statements(rt: Runtime) -> Iterator[list[str]]:
+    """The SQL statements sent to the database meanwhile."""
+    sent: list[str] = []
+
+    def record(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
+        sent.append(statement)
+
+    event.listen(rt.engine, "before_cursor_execute", record)
+    try:
+        yield sent
+    finally:
+        event.remove(rt.engine, "before_cursor_execute", record)
+
+
+def _payments(rt: Runtime, n: int) -> list[int]:
+    with transaction(rt.sessions) as session:
+        rows = [Payment(provider="wave", reference=f"P-{i}", status=PaymentStatus.SUCCEEDED) for i in range(n)]
+        session.add_all(rows)
+        session.flush()
+        return [row.id for row in rows]
+
+
+def test_post_many_writes_many_journals_and_their_entries_in_one_statement(rt: Runtime) -> None:
+    journals = [
+        ledger.NewJournal(ledger.transfer(ledger.clearing("wave"), ledger.REVENUE, 100 + i, "XOF"), kind="bulk")
+        for i in range(1_000)
+    ] + [
+        ledger.NewJournal(
+            [
+                ledger.Line(ledger.clearing("wave"), ledger.DEBIT, 300, "USD"),
+                ledger.Line(ledger.REVENUE, ledger.CREDIT, 200, "USD"),
+                ledger.Line(ledger.fees("wave"), ledger.CREDIT, 100, "USD"),
+            ],
+            kind="three-lines",
+            memo="three",
+        )
+    ]
+    with _statements(rt) as sent, transaction(rt.sessions) as session:
+        ids = ledger.post_many(session, journals)
+        assert not session.new and not session.dirty  # a Core insert: nothing left for the ORM to write
+    assert ids == list(range(1, 1_002))
+    assert sum("INSERT INTO ledger_journals" in s for s in sent) == 1
+    assert sum("INSERT INTO ledger_entries" in s for s in sent) == 1  # the same statement
+    assert _count(rt, "ledger_entries") == 2_003
+    with rt.sessions() as session:
+        assert ledger.unbalanced_journals(session) == []
+        balances = {(b.account, b.currency): b.balance for b in ledger.balances(session)}
+        last = session.get(Journal, 1_001)
+        assert last is not None and (last.kind, last.memo) == ("three-lines", "three")
+        assert [(e.side, e.amount) for e in last.entries] == [("debit", 300), ("credit", 200), ("credit", 100)]
+    assert balances[ledger.REVENUE, "XOF"] == -sum(100 + i for i in range(1_000))
+    assert balances[ledger.fees("wave"), "USD"] == -100
+
+
+def test_post_many_keeps_any_memo_and_kind_as_given(rt: Runtime) -> None:
+    """The columns travel as array literals: quotes, backslashes, commas, braces and NULL survive."""
+    memos = ['a "quoted" memo', "back\\slash\\", "{braces}, commas", "NULL", "", "  spaces  "]
+    memos.append("D\u00e9pannage \u2013 5\u202f000 F")
+    with transaction(rt.sessions) as session:
+        ids = ledger.post_many(
+            session, [ledger.NewJournal(ledger.transfer("a", "b", 1, "XOF"), kind=m[:40], memo=m) for m in memos]
+        )
+    with rt.sessions() as session:
+        stored = {j.id: (j.kind, j.memo) for j in session.scalars(select(Journal))}
+    assert [stored[i] for i in ids if i is not None] == [(m[:40], m) for m in memos]
+
+
+def test_post_many_refuses_every_journal_when_one_is_unbalanced(rt: Runtime) -> None:
+    good = ledger.NewJournal(ledger.transfer("a", "b", 100, "XOF"), kind="good")
+    bad = ledger.NewJournal(
+        [ledger.Line("a", ledger.DEBIT, 100, "XOF"), ledger.Line("b", ledger.CREDIT, 99, "XOF")], kind="bad"
+    )
+    with pytest.raises(ledger.UnbalancedJournal), transaction(rt.sessions) as session:
+        ledger.post_many(session, [good] * 10 + [bad] + [good] * 10)
+    assert _count(rt, "ledger_journals") == 0 and _count(rt, "ledger_accounts") == 0
+
+
+def test_post_many_writes_a_statement_per_chunk(rt: Runtime, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ledger, "POST_CHUNK", 3)
+    journals = [ledger.NewJournal(ledger.transfer("a", "b", i + 1, "XOF"), kind="chunked") for i in range(7)]
+    with _statements(rt) as sent, transaction(rt.sessions) as session:
+        assert ledger.post_many(session, journals) == [1, 2, 3, 4, 5, 6, 7]
+    assert sum("INSERT INTO ledger_journals" in s for s in sent) == 3
+    with rt.sessions() as session:
+        assert ledger.unbalanced_journals(session) == []
+        amounts = session.scalars(select(Entry.amount).where(Entry.side == ledger.DEBIT).order_by(Entry.journal_id))
+        assert list(amounts) == [1, 2, 3, 4, 5, 6, 7]
+
+
+def test_post_many_skips_journals_posted_before_when_asked(rt: Runtime) -> None:
+    first, second = _payments(rt, 2)
+    fee = ledger.transfer(ledger.fees("wave"), ledger.clearing("wave"), 50, "XOF")
+    with transaction(rt.sessions) as session:
+        posted = ledger.post(session, fee, kind="fee", payment_id=first)
+    with transaction(rt.sessions) as session:
+        journals = [ledger.NewJournal(fee, kind="fee", payment_id=p) for p in (first, second, second)]
+        skipped, new, again = ledger.post_many(session, journals, skip_posted=True)
+    assert skipped is None and again is None  # posted before; posted by this very statement
+    assert new is not None and new > posted.id  # ids are drawn before the key is looked at: gaps are fine
+    with pytest.raises(IntegrityError), transaction(rt.sessions) as session:  # the key refuses it otherwise
+        ledger.post_many(session, [ledger.NewJournal(fee, kind="fee", payment_id=first)])
+    assert _count(rt, "ledger_journals") == 2 and _count(rt, "ledger_entries") == 4
+
+
+def test_post_returns_a_persistent_journal_and_leaves_nothing_pending(rt: Runtime) -> None:
+    with transaction(rt.sessions) as session:
+        journal = ledger.post(session, ledger.transfer("a", "b", 100, "XOF"), kind="one", memo="memo")
+        assert inspect(journal).persistent and not session.new and not session.dirty
+        assert (journal.id, journal.kind, journal.memo, journal.payment_id) == (1, "one", "memo", None)
+        assert journal.created_at is not None  # loaded on access
+        assert [(e.side, e.amount) for e in journal.entries] == [("debit", 100), ("credit", 100)]
+        assert session.scalars(select(Journal)).one() is journal
+    with _statements(rt) as sent, transaction(rt.sessions) as session:
+        ledger.post(session, ledger.transfer("a", "b", 5, "XOF"), kind="two")
+    assert len(sent) == 2  # the accounts (both known: one query), then the journal with its entries
+
+
+def test_accounts_of_a_batch_are_found_in_one_query_and_created_at_once(rt: Runtime) -> None:
+    with _statements(rt) as sent, transaction(rt.sessions) as session:
+        created = ledger.account_ids(session, [("a", "XOF"), ("b", "XOF"), ("a", "USD")])
+    assert len(sent) == 3  # look up, insert the missing ones, look them up
+    with _statements(rt) as sent, transaction(rt.sessions) as session:
+        assert ledger.account_ids(session, [("a", "USD"), ("b", "XOF"), ("a", "XOF")]) == created
+        assert ledger.account_id(session, "b", "XOF") == created["b", "XOF"]
+    assert len(sent) == 2
+    assert sorted(created.values()) == [1, 2, 3]
+
+
+def test_post_and_post_many_on_sqlite(tmp_path: Path) -> None:
+    """The embedded demo's database: no CTE that inserts, no balance guard; the same results."""
+    url = f"sqlite:///{tmp_path / 'ledger.sqlite'}"
+    migrate.upgrade(url)
+    engine = make_engine(url)
+    sessions = session_factory(engine)
+    try:
+        with transaction(sessions) as session:
+            payment = Payment(provider="wave", reference="P-1", status=PaymentStatus.SUCCEEDED)
+            session.add(payment)
+            session.flush()
+            original = ledger.post(session, ledger.transfer("a", "b", 100, "XOF"), kind="s", payment_id=payment.id)
+            ledger.reverse(session, original, kind="s_rev")
+            fee = ledger.transfer(ledger.fees("wave"), ledger.clearing("wave"), 7, "XOF")
+            journals = [ledger.NewJournal(fee, kind=kind, payment_id=payment.id) for kind in ("s", "fee", "fee")]
+            assert ledger.post_many(session, journals, skip_posted=True) == [None, 3, None]
+            assert not session.new
+        with sessions() as session:
+            assert ledger.unbalanced_journals(session) == []
+            assert {(b.account, b.balance) for b in ledger.balances(session)} == {
+                ("a", 0), ("b", 0), (ledger.fees("wave"), 7), (ledger.clearing("wave"), -7)
+            }  # fmt: skip
+    finally:
+        engine.dispose()
+
+
+def test_a_payout_chunk_that_meets_a_posted_payout_falls_back_to_one_at_a_time(rt: Runtime) -> None:
+    """A payout posted by someone else after ``post_payouts`` read the run: the chunk's journals are
+    rolled back with its savepoint, and the others are posted one by one, each once."""
+    run_id = _run(rt)
+    with transaction(rt.sessions) as session:
+        assert runs.post_payout(session, run_id, "wave", "PO-2", amount=200, currency="XOF") is not None
+    payouts = [runs._Payout(f"PO-{i}", 100 * i, "XOF", "wave") for i in (1, 2, 3)]
+    with transaction(rt.sessions) as session:
+        assert runs._post_payout_chunk(session, run_id, payouts) == 2
+    with transaction(rt.sessions) as session:
+        assert runs._post_payout_chunk(session, run_id, payouts) == 0
+    assert _payout_journals(rt) == 3
+    with rt.sessions() as session:
+        assert ledger.unbalanced_journals(session) == []
+        posted = dict(session.execute(select(PayoutPosting.payout_id, PayoutPosting.journal_id)).all())
+        amounts = dict(
+            session.execute(
+                select(Entry.journal_id, Entry.amount).where(
+                    Entry.side == ledger.DEBIT, Entry.journal_id.in_(posted.values())
+                )
+            ).all()
+        )
+    assert {payout: amounts[journal] for payout, journal in posted.items()} == {"PO-1": 100, "PO-2": 200, "PO-3": 300}
