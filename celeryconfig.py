@@ -6,6 +6,7 @@ Read by ``worker.app``. Values come from the environment through
 
 from __future__ import annotations
 
+import math
 import os
 
 from celery.schedules import crontab
@@ -30,13 +31,18 @@ task_acks_on_failure = True
 task_acks_on_timeout = True
 
 # Verification waits on the provider (0.1-2 s a call): a thread pool with many
-# threads keeps many calls in flight. One prefetched message per thread: a message a
-# worker holds but has not started is one that another worker could be doing, and it is
-# what a killed worker leaves waiting for the visibility timeout.
+# threads keeps many calls in flight. A worker prefetches little: a message it holds but
+# has not started is one that another worker could be doing, and it is what a killed
+# worker leaves waiting for the visibility timeout.
 # The pool is chosen by `payrecon worker --pool` (default threads), not here: Celery
 # ignores an explicit `-P prefork` whenever `worker_pool` is configured.
 worker_concurrency = int(os.environ.get("PAYRECON_WORKER_CONCURRENCY", "32"))
 worker_prefetch_multiplier = 1
+# Webhook messages are consumed in batches (worker.batching): the worker may then hold three
+# batches (one filling, two at work), PAYRECON_BATCH_SIZE messages each.
+_batch_size = os.environ.get("PAYRECON_BATCH_SIZE", "100").strip()
+if _batch_size.isdigit() and int(_batch_size) > 1:
+    worker_prefetch_multiplier = max(1, math.ceil(3 * int(_batch_size) / max(worker_concurrency, 1)))
 worker_max_tasks_per_child = None
 worker_hijack_root_logger = False
 

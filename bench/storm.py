@@ -402,7 +402,13 @@ class Fleet:
         with self.lock:
             self.count += 1
             name = f"storm-{'w' if kind == 'worker' else 'beat'}{self.count}"
-        argv = [self.payrecon, "worker", "-n", f"{name}@%h"] if kind == "worker" else [self.payrecon, "beat"]
+        # As docker-compose.yml starts them (--wait): a replacement started while PostgreSQL is down
+        # waits for it instead of exiting 1 (which a supervisor would answer with a restart).
+        argv = (
+            [self.payrecon, "worker", "--wait", "-n", f"{name}@%h"]
+            if kind == "worker"
+            else [self.payrecon, "beat", "--wait"]
+        )
         log_path = self.logs / f"{name}.log"
         with log_path.open("wb") as out:
             popen = subprocess.Popen(

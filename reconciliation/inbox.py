@@ -12,8 +12,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any, cast
 
-from sqlalchemy import ColumnElement, or_, select, update
+from sqlalchemy import ColumnElement, Table, bindparam, or_, select, text, update
 from sqlalchemy.orm import Session
 
 from reconciliation.db import storable_text
@@ -73,42 +74,87 @@ def store(
     awaiting: bool = False,
 ) -> Stored:
     """Insert the delivery, or count a repeat of it. Never overwrites the first one."""
+    row = {"dedupe_key": dedupe_key, "reference": reference, "status": status, "detail": detail, "awaiting": awaiting}
+    return store_many(session, [(envelope, raw, row)], now=now)[0]
+
+
+def store_many(
+    session: Session, deliveries: list[tuple[WebhookEnvelope, str, dict[str, Any]]], *, now: datetime
+) -> list[Stored]:
+    """``store`` for many deliveries, in one statement (in key order: two callers storing the same
+    deliveries wait for each other, never in a cycle). ``deliveries``: (envelope, raw JSON, the
+    keywords of ``store``). A delivery repeated within the call counts as a repeat of the first."""
     table = InboxDelivery.__table__
-    statement = insert(session, InboxDelivery).values(
-        provider=envelope.provider.value,
-        dedupe_key=dedupe_key,
-        status=status,
-        reference=reference,
-        method=storable_text(envelope.method),
-        path=storable_text(envelope.path),
-        headers={storable_text(k): storable_text(v) for k, v in envelope.headers.items()},
-        body=storable_text(envelope.body),
-        envelope_raw=raw,
-        received_at=envelope.received_at,
-        first_seen_at=now,
-        last_seen_at=now,
-        repeat_count=0,
-        detail=detail,
-        # A new delivery to verify is held by the worker that stored it.
-        next_attempt_at=now + LEASE if status is InboxStatus.RECEIVED else None,
-        opened_at=now if status is InboxStatus.RECEIVED else None,
-        attempts=0,
-        errors=0,
-        deferrals=0,
-        awaiting_registration=awaiting,
+    firsts: dict[tuple[str, str], int] = {}
+    rows = []
+    for n, (envelope, raw, row) in enumerate(deliveries):
+        key = (envelope.provider.value, row["dedupe_key"])
+        if key in firsts:
+            continue
+        firsts[key] = n
+        status = row["status"]
+        rows.append(
+            {
+                "provider": envelope.provider.value,
+                "dedupe_key": row["dedupe_key"],
+                "status": status,
+                "reference": row["reference"],
+                "method": storable_text(envelope.method),
+                "path": storable_text(envelope.path),
+                "headers": {storable_text(k): storable_text(v) for k, v in envelope.headers.items()},
+                "body": storable_text(envelope.body),
+                "envelope_raw": raw,
+                "received_at": envelope.received_at,
+                "first_seen_at": now,
+                "last_seen_at": now,
+                "repeat_count": 0,
+                "detail": row.get("detail", ""),
+                # A new delivery to verify is held by the worker that stored it.
+                "next_attempt_at": now + LEASE if status is InboxStatus.RECEIVED else None,
+                "opened_at": now if status is InboxStatus.RECEIVED else None,
+                "attempts": 0,
+                "errors": 0,
+                "deferrals": 0,
+                "awaiting_registration": bool(row.get("awaiting", False)),
+            }
+        )
+    rows.sort(key=lambda r: (r["provider"], r["dedupe_key"]))
+    # One statement compiled once (cached), executed for every row: SQLAlchemy sends the rows as
+    # multi-row VALUES ("insertmanyvalues"), RETURNING each.
+    statement = (
+        insert(session, table)
+        .on_conflict_do_update(
+            index_elements=["provider", "dedupe_key"],
+            set_={"repeat_count": table.c.repeat_count + 1, "last_seen_at": now},
+        )
+        .returning(
+            table.c.provider,
+            table.c.dedupe_key,
+            table.c.id,
+            table.c.repeat_count,
+            table.c.status,
+            table.c.envelope_raw,
+            table.c.first_seen_at,
+        )
     )
-    statement = statement.on_conflict_do_update(
-        index_elements=["provider", "dedupe_key"],
-        set_={"repeat_count": table.c.repeat_count + 1, "last_seen_at": now},
-    ).returning(table.c.id, table.c.repeat_count, table.c.status, table.c.envelope_raw, table.c.first_seen_at)
-    row = session.execute(statement).one()
-    return Stored(
-        id=row.id,
-        is_new=row.repeat_count == 0,
-        status=InboxStatus(row.status),
-        envelope_raw=row.envelope_raw,
-        first_seen_at=row.first_seen_at,
-    )
+    written = {
+        (r.provider, r.dedupe_key): Stored(
+            id=r.id,
+            is_new=r.repeat_count == 0,
+            status=InboxStatus(r.status),
+            envelope_raw=r.envelope_raw,
+            first_seen_at=r.first_seen_at,
+        )
+        for r in session.execute(statement, rows)
+    }
+    stored: list[Stored] = []
+    for n, (envelope, raw, row) in enumerate(deliveries):
+        key = (envelope.provider.value, row["dedupe_key"])
+        if firsts[key] == n:
+            stored.append(written[key])
+        else:  # the same delivery twice in one call: the second is a repeat of the first
+            stored.append(store_many(session, [(envelope, raw, row)], now=now)[0])
+    return stored
 
 
 def mark(session: Session, inbox_id: int, status: InboxStatus, detail: str = "") -> None:
@@ -245,11 +291,11 @@ def wake(session: Session, provider: str, reference: str, now: datetime) -> list
 
 def coalesce(
     session: Session, provider: str, reference: str, *, asked_at: datetime, done: int, detail: str
-) -> list[str]:
+) -> list[tuple[int, str | None]]:
     """Other deliveries of ``reference`` that arrived before the provider was asked at ``asked_at``:
     its answer covers them, so they are finished without a call of their own (one a worker holds
     at this moment still finishes its own work, idempotently). Not those still waiting to be
-    authenticated. Returns the call-budget stages the finished ones held, to give back."""
+    authenticated. Returns the finished ones: (inbox id, the call-budget stage it held, to give back)."""
     rows = session.execute(
         update(InboxDelivery)
         .where(
@@ -260,9 +306,73 @@ def coalesce(
         )
         # budget_slot stays as it was (meaningless once finished) so that RETURNING reports it.
         .values(status=InboxStatus.PROCESSED, detail=detail, next_attempt_at=None)
-        .returning(InboxDelivery.budget_slot)
+        .returning(InboxDelivery.id, InboxDelivery.budget_slot)
     ).all()
-    return [row[0] for row in rows if row[0]]
+    return [(row[0], row[1]) for row in rows]
+
+
+def mark_many(session: Session, done: dict[int, str], status: InboxStatus = InboxStatus.PROCESSED) -> None:
+    """``mark`` for many deliveries, one statement executed for each (inbox id -> detail)."""
+    if not done:
+        return
+    table = cast(Table, InboxDelivery.__table__)
+    session.execute(
+        update(table)
+        .where(table.c.id == bindparam("b_id"))
+        .values(status=status, detail=bindparam("b_detail"), next_attempt_at=None, budget_slot=None,
+                awaiting_registration=False),
+        [{"b_id": inbox_id, "b_detail": detail} for inbox_id, detail in done.items()],
+    )  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class Answered:
+    """A provider answer about one payment, for ``coalesce_many``."""
+
+    provider: str
+    reference: str
+    asked_at: datetime
+    done: int  # the delivery the answer was asked for
+    detail: str  # what the deliveries it finishes say
+
+
+#: ``coalesce`` for many payments on PostgreSQL: one statement over arrays (compiled once).
+_COALESCE_MANY = text("""
+UPDATE inbox AS i
+   SET status = 'processed', detail = a.detail, next_attempt_at = NULL
+  FROM unnest(CAST(:provider AS text[]), CAST(:reference AS text[]), CAST(:asked_at AS timestamptz[]),
+              CAST(:done AS bigint[]), CAST(:detail AS text[])) AS a (provider, reference, asked_at, done, detail)
+ WHERE i.provider = a.provider AND i.reference = a.reference AND i.status = 'received'
+   AND NOT i.awaiting_registration AND i.id <> a.done AND i.first_seen_at <= a.asked_at
+RETURNING i.id, i.budget_slot, i.provider, i.reference
+""")
+
+
+def coalesce_many(session: Session, answers: list[Answered]) -> list[tuple[int, str | None, Answered]]:
+    """``coalesce`` for many payments (each with its own moment it was asked), in one statement on
+    PostgreSQL. Returns the deliveries finished: (inbox id, the call-budget stage it held, the answer)."""
+    if not answers:
+        return []
+    if session.get_bind().dialect.name != "postgresql":
+        return [
+            (inbox_id, slot, a)
+            for a in answers
+            for inbox_id, slot in coalesce(
+                session, a.provider, a.reference, asked_at=a.asked_at, done=a.done, detail=a.detail
+            )
+        ]
+    by_key = {(a.provider, a.reference): a for a in answers}
+    rows = session.execute(
+        _COALESCE_MANY,
+        {
+            "provider": [a.provider for a in answers],
+            "reference": [a.reference for a in answers],
+            "asked_at": [a.asked_at for a in answers],
+            "done": [a.done for a in answers],
+            "detail": [a.detail for a in answers],
+        },
+    ).all()
+    return [(row[0], row[1], by_key[(row[2], row[3])]) for row in rows]
 
 
 def reopen(session: Session, inbox_id: int, now: datetime) -> bool:

@@ -316,6 +316,122 @@ def apply_answer(
     return verification
 
 
+# --------------------------------------------------------------------------- settlement, set-wise
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """A provider's answer about a locked payment, for ``apply_answers``."""
+
+    payment: Payment
+    answer: VerifiedStatus
+    claim: Delivery | None
+    inbox_id: int | None
+    asked_at: datetime | None
+
+
+def is_plain_success(payment: Payment, answer: VerifiedStatus, claim: Delivery | None, plans: dict[str, Plan]) -> bool:
+    """The common case, settled set-wise by ``apply_answers``: a registered (or pending) payment the
+    provider confirms paid, for the amount and currency registered, as the callback said, with a
+    plan in the catalogue. Anything else takes ``apply_answer``."""
+    return (
+        payment.status in (PaymentStatus.REGISTERED, PaymentStatus.PENDING)
+        and answer.outcome is Outcome.SUCCEEDED
+        and not payment.is_orphan
+        and not payment.settled
+        and answer.amount is not None
+        and answer.amount == payment.amount
+        and answer.currency is not None
+        and answer.currency == payment.currency
+        and payment.account is not None
+        and payment.plan_code in plans
+        and plans[payment.plan_code].active
+        and (claim is None or not _claim_disagrees(claim, answer))
+    )
+
+
+def _settlement_journal(payment: Payment) -> ledger.NewJournal:
+    """The journal of a plain success (``_settle_paid`` posts the same one)."""
+    assert payment.amount is not None and payment.currency is not None  # noqa: S101 - registered
+    return ledger.NewJournal(
+        ledger.transfer(ledger.clearing(payment.provider), ledger.REVENUE, payment.amount, payment.currency),
+        kind=SETTLEMENT,
+        payment_id=payment.id,
+        memo=f"{payment.reference}: {payment.periods} x {payment.plan_code} for {payment.account}",
+    )
+
+
+def apply_answers(session: Session, answers: list[Answer], ctx: Context, *, trigger: str) -> list[Verification]:
+    """``apply_answer`` for many plain successes (``is_plain_success``, payments locked by the caller,
+    in id order), with each table written once: one statement posts every journal with its entries,
+    one locks the accounts' subscriptions, and the unit of work writes the payments, subscriptions,
+    grants, verifications and events as multi-row statements. Two payments of one account stack
+    their periods as they would one after the other. Same rows, facts and events as ``apply_answer``."""
+    if not answers:
+        return []
+    plans = {
+        plan.code: plan
+        for plan in session.scalars(select(Plan).where(Plan.code.in_({a.payment.plan_code for a in answers})))
+    }
+    ledger.post_many(session, [_settlement_journal(a.payment) for a in answers])
+    subs = subscriptions.lock_many(
+        session,
+        sorted(
+            {
+                (plans[str(a.payment.plan_code)].product, str(a.payment.account), str(a.payment.plan_code))
+                for a in answers
+            }
+        ),
+        ctx.now,
+    )
+    verifications: list[Verification] = []
+    for a in answers:
+        payment, answer, plan = a.payment, a.answer, plans[str(a.payment.plan_code)]
+        payment.status = PaymentStatus.SUCCEEDED
+        payment.updated_at = ctx.now
+        payment.confirmed_amount = answer.amount
+        payment.confirmed_currency = answer.currency
+        payment.provider_transaction_id = answer.provider_transaction_id or payment.provider_transaction_id
+        payment.paid_at = answer.paid_at or payment.paid_at
+        grant = subscriptions.grant_locked(
+            session, subs[(plan.product, str(payment.account))], plan, payment, now=ctx.now, tz=ctx.tz
+        )
+        payment.settled = True
+        payment.finalized_at = ctx.now
+        _note_final(session, payment, ctx)
+        payment.next_check_at = None
+        if a.claim is not None and a.claim.claimed_status and normalize_claim(a.claim.claimed_status) != "succeeded":
+            facts.note(
+                session,
+                "disagreement",
+                provider=payment.provider,
+                claimed=normalize_claim(a.claim.claimed_status),
+                confirmed=answer.outcome.value,
+            )
+        verification = Verification(
+            payment_id=payment.id,
+            inbox_id=a.inbox_id,
+            trigger=trigger,
+            claimed_status=a.claim.claimed_status if a.claim else None,
+            claimed_amount=a.claim.claimed_amount if a.claim else None,
+            claimed_currency=a.claim.claimed_currency if a.claim else None,
+            created_at=ctx.now,
+            outcome=answer.outcome.value,
+            provider_status=answer.provider_status,
+            provider_code=answer.provider_code,
+            provider_message=answer.provider_message,
+            answered_amount=answer.amount,
+            answered_currency=answer.currency,
+            decision=f"confirmed paid; settled: {grant.days} days granted, access until {grant.ends_at.isoformat()}",
+            raw_response=answer.raw,
+            asked_at=a.asked_at,
+        )
+        session.add(verification)
+        verifications.append(verification)
+    session.flush()
+    return verifications
+
+
 def record_error(
     session: Session,
     payment: Payment,
@@ -524,13 +640,8 @@ def _settle_paid(session: Session, payment: Payment, ctx: Context) -> str:
         return f"{mismatch[0].value}: no access granted, money held in suspense"
     if payment.settled:
         return "already settled"
-    ledger.post(
-        session,
-        ledger.transfer(clearing, ledger.REVENUE, amount, currency),
-        kind=SETTLEMENT,
-        payment_id=payment.id,
-        memo=f"{payment.reference}: {payment.periods} x {payment.plan_code} for {payment.account}",
-    )
+    journal_ = _settlement_journal(payment)  # the registered amount: it is the confirmed one here
+    ledger.post(session, journal_.lines, kind=journal_.kind, payment_id=payment.id, memo=journal_.memo)
     result = grant_for_payment(session, payment, ctx.now, ctx.tz)
     payment.settled = True
     return f"settled: {result.grant.days} days granted, access until {result.grant.ends_at.isoformat()}"

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import select, update
+from sqlalchemy import select, tuple_, update
 from sqlalchemy.orm import Session
 
 from reconciliation import facts, outbox
@@ -66,6 +66,40 @@ def grant_for_payment(session: Session, payment: Payment, now: datetime, tz: Zon
         raise ValueError(f"payment {payment.reference} has no plan or account to grant")
     plan = get_plan(session, payment.plan_code)
     sub = _locked_subscription(session, plan.product, payment.account, plan.code, now)
+    grant = grant_locked(session, sub, plan, payment, now=now, tz=tz)
+    session.flush()
+    return GrantResult(grant, sub)
+
+
+def lock_many(session: Session, keys: list[tuple[str, str, str]], now: datetime) -> dict[tuple[str, str], Subscription]:
+    """The subscriptions of many (product, account, plan) keys, created if missing and locked, with
+    two statements (in key order, then id order: two callers never wait on each other in a cycle)."""
+    if not keys:
+        return {}
+    keys = sorted(set(keys))
+    session.execute(
+        insert(session, Subscription.__table__).on_conflict_do_nothing(index_elements=["product", "account"]),
+        [
+            {"product": product, "account": account, "plan_code": plan, "starts_at": now, "ends_at": now,
+             "active": False}
+            for product, account, plan in keys
+        ],
+    )  # fmt: skip
+    rows = session.scalars(
+        select(Subscription)
+        .where(tuple_(Subscription.product, Subscription.account).in_({(p, a) for p, a, _ in keys}))
+        .order_by(Subscription.id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    )
+    return {(sub.product, sub.account): sub for sub in rows}
+
+
+def grant_locked(
+    session: Session, sub: Subscription, plan: Plan, payment: Payment, *, now: datetime, tz: ZoneInfo
+) -> SubscriptionGrant:
+    """The grant of a confirmed payment on its locked subscription: access from the end of the
+    current period (or now), ``periods x plan period`` long; noted and announced. Not flushed."""
     days = payment.periods * plan.period_days
     start = max(now, sub.ends_at) if sub.active else now
     end = add_days(start, days, tz)
@@ -86,7 +120,6 @@ def grant_for_payment(session: Session, payment: Payment, now: datetime, tz: Zon
     sub.active = True
     sub.expired_at = None
     sub.updated_at = now
-    session.flush()
     facts.note(session, "grant", product=plan.product, days=days)
     outbox.emit(
         session,
@@ -99,7 +132,7 @@ def grant_for_payment(session: Session, payment: Payment, now: datetime, tz: Zon
         },
         now=now,
     )  # fmt: skip
-    return GrantResult(grant, sub)
+    return grant
 
 
 def expire_due(session: Session, now: datetime) -> list[int]:

@@ -78,6 +78,12 @@ TASKS = Counter(
     "tasks_total", "Celery task runs by task and state (succeeded, failed, retried).", ["task", "state"],
     namespace=NAMESPACE,
 )  # fmt: skip
+BATCHES = Histogram(
+    "batch_messages",
+    "Webhook messages a worker took, verified and settled together (PAYRECON_BATCH_SIZE at most).",
+    buckets=(1, 2, 5, 10, 25, 50, 100, 200, 500),
+    namespace=NAMESPACE,
+)
 BEAT_DISPATCHES = Counter("beat_dispatches_total", "Periodic jobs beat sent, by task.", ["task"], namespace=NAMESPACE)
 LAST_BEAT_DISPATCH = Gauge(
     "beat_last_dispatch_timestamp_seconds",

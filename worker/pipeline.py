@@ -16,11 +16,11 @@ import hashlib
 import json
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import ValidationError
 from sqlalchemy import select, update
@@ -42,7 +42,7 @@ from providers.base import (
 from providers.profiles import TrustProfile
 from reconciliation import deadletters, inbox, payments
 from reconciliation.db import storable_text, transaction
-from reconciliation.models import FINAL_STATUSES, InboxStatus, Payment, PaymentStatus
+from reconciliation.models import FINAL_STATUSES, InboxStatus, Payment, PaymentStatus, Plan
 from reconciliation.subscriptions import UnknownPlan, expire_due
 from schemas.messages import PaymentRegistration, WebhookEnvelope
 from worker import metrics
@@ -51,6 +51,8 @@ from worker.observability import timed_call
 from worker.runtime import Runtime
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 INGEST_TASK = "payrecon.ingest_webhook"
 REGISTER_TASK = "payrecon.register_payment"
@@ -143,8 +145,52 @@ def retry_delay(attempt: int) -> float:
     return base * random.uniform(0.8, 1.2)  # noqa: S311 - jitter, not security
 
 
+@dataclass(frozen=True, slots=True)
+class _Parsed:
+    """A delivery read from its envelope, not stored yet."""
+
+    client: ProviderClient
+    envelope: WebhookEnvelope
+    delivery: Delivery
+    raw: str
+
+    @property
+    def provider(self) -> str:
+        return self.client.name
+
+
+@dataclass(frozen=True, slots=True)
+class _Admitted:
+    """A delivery stored in the inbox (or counted as a repeat), and the work this worker took on it."""
+
+    parsed: _Parsed
+    payment: Payment | None
+    stored: inbox.Stored
+    status: InboxStatus
+    detail: str  # why it is forged, or (status received) why it must wait for its registration
+    reference: str | None
+    work: inbox.Work | None
+    asked: datetime | None  # when the provider was last asked about its payment (work taken again only)
+
+
 def ingest_webhook(rt: Runtime, payload: Any) -> Result:
     """Steps 1-6 for one delivery. RETRY: the delivery waits in the inbox, due at ``due``."""
+    parsed = _parse(rt, payload)
+    if isinstance(parsed, Result):
+        return parsed
+    now = rt.context().now
+    with transaction(rt.sessions) as session:
+        payment = _resolve(session, parsed.provider, parsed.delivery)
+        admitted = _admit(session, parsed, payment, now)
+    early = _after_admission(admitted)
+    if early is not None:
+        return early
+    assert admitted.work is not None  # noqa: S101 - held by this worker
+    return _work(rt, parsed.client, admitted.work, lambda: _process_admitted(rt, admitted))
+
+
+def _parse(rt: Runtime, payload: Any) -> Result | _Parsed:
+    """Steps 1-2: the envelope validated and its body read, or the Result of input that cannot be."""
     raw = _raw(payload)
     size = len(raw.encode("utf-8"))
     if size > rt.settings.max_envelope_bytes:
@@ -161,62 +207,118 @@ def ingest_webhook(rt: Runtime, payload: Any) -> Result:
         detail = f"provider {provider!r} is not configured on this worker"
         _dead_letter(rt, INGEST_TASK, "provider_not_configured", detail, raw, provider=provider)
         return Result(Outcome.FAILED, detail)
-
     try:
         delivery = client.parse_delivery(envelope)
     except MalformedDelivery as exc:
         return _store_malformed(rt, envelope, raw, str(exc))
     except RecursionError:
         return _store_malformed(rt, envelope, raw, "body nested too deeply to read")
+    return _Parsed(client, envelope, delivery, raw)
 
-    now = rt.context().now
-    with transaction(rt.sessions) as session:
-        payment = _resolve(session, provider, delivery)
-        status, detail = InboxStatus.RECEIVED, ""
-        if delivery.kind is DeliveryKind.PING:
-            status = InboxStatus.PING
-        elif delivery.kind is DeliveryKind.IGNORED:
-            status = InboxStatus.IGNORED
-        else:
-            status, detail = _authenticate(client, envelope, delivery, payment)
-        reference = payment.reference if payment is not None else delivery.reference
-        stored = inbox.store(
-            session,
-            envelope,
-            raw,
-            dedupe_key=delivery.dedupe_key,
-            reference=reference,
-            status=status,
-            detail=detail,
-            now=now,
-            awaiting=status is InboxStatus.RECEIVED and bool(detail),
+
+def _admit(session: Session, parsed: _Parsed, payment: Payment | None, now: datetime) -> _Admitted:
+    """Steps 3-4 in the caller's transaction: authenticate, store (or count a repeat), take the work."""
+    screened = _screen(parsed, payment)
+    stored = inbox.store(session, parsed.envelope, parsed.raw, **screened.as_row(), now=now)
+    return _take(session, parsed, payment, screened=screened, stored=stored, now=now)
+
+
+@dataclass(frozen=True, slots=True)
+class _Screened:
+    """What authentication made of a delivery, before it is stored."""
+
+    dedupe_key: str
+    status: InboxStatus
+    detail: str
+    reference: str | None
+
+    def as_row(self) -> dict[str, Any]:
+        return {
+            "dedupe_key": self.dedupe_key,
+            "reference": self.reference,
+            "status": self.status,
+            "detail": self.detail,
+            "awaiting": self.status is InboxStatus.RECEIVED and bool(self.detail),
+        }
+
+
+def _screen(parsed: _Parsed, payment: Payment | None) -> _Screened:
+    delivery = parsed.delivery
+    status, detail = InboxStatus.RECEIVED, ""
+    if delivery.kind is DeliveryKind.PING:
+        status = InboxStatus.PING
+    elif delivery.kind is DeliveryKind.IGNORED:
+        status = InboxStatus.IGNORED
+    else:
+        status, detail = _authenticate(parsed.client, parsed.envelope, delivery, payment)
+    reference = payment.reference if payment is not None else delivery.reference
+    return _Screened(delivery.dedupe_key, status, detail, reference)
+
+
+def _take(
+    session: Session,
+    parsed: _Parsed,
+    payment: Payment | None,
+    *,
+    screened: _Screened,
+    stored: inbox.Stored,
+    now: datetime,
+) -> _Admitted:
+    """The work on a stored delivery this worker takes (a new one is its own; a repeat may reopen or
+    go on with unfinished work)."""
+    status, detail = screened.status, screened.detail
+    work: inbox.Work | None = None
+    if stored.is_new:
+        work = (
+            inbox.Work.opened(stored.id, parsed.provider, parsed.raw, now) if status is InboxStatus.RECEIVED else None
         )
-        work: inbox.Work | None = None
-        if stored.is_new:
-            work = inbox.Work.opened(stored.id, provider, raw, now) if status is InboxStatus.RECEIVED else None
-        elif stored.status is InboxStatus.FAILED and inbox.reopen(session, stored.id, now):
-            log.info("%s delivery %s arrived again after a give-up: verifying again", provider, stored.id)
-            work = inbox.Work.opened(stored.id, provider, stored.envelope_raw, now, first_seen_at=stored.first_seen_at)
-        elif stored.status is InboxStatus.RECEIVED and status is InboxStatus.RECEIVED:
-            # A redelivery (the broker's, after a worker died; or the provider's) of unfinished
-            # work goes on with it, unless a live worker holds it or it is not due yet. (A copy
-            # that does not authenticate takes nothing: it cannot hold up the real one.)
-            work = inbox.take(session, stored.id, now)
-            if work is not None and not detail:
-                inbox.authenticated(session, stored.id)
-        # (A delivery stored just now cannot have been answered by a question asked after it arrived.)
-        asked = payments.last_asked(session, payment) if work is not None and not stored.is_new else None
-    if not stored.is_new and work is None:
-        return Result(Outcome.DUPLICATE, f"repeat of inbox delivery {stored.id}", stored.id, reference)
-    if status is InboxStatus.FORGED:
+    elif stored.status is InboxStatus.FAILED and inbox.reopen(session, stored.id, now):
+        log.info("%s delivery %s arrived again after a give-up: verifying again", parsed.provider, stored.id)
+        work = inbox.Work.opened(
+            stored.id, parsed.provider, stored.envelope_raw, now, first_seen_at=stored.first_seen_at
+        )
+    elif stored.status is InboxStatus.RECEIVED and status is InboxStatus.RECEIVED:
+        # A redelivery (the broker's, after a worker died; or the provider's) of unfinished
+        # work goes on with it, unless a live worker holds it or it is not due yet. (A copy
+        # that does not authenticate takes nothing: it cannot hold up the real one.)
+        work = inbox.take(session, stored.id, now)
+        if work is not None and not detail:
+            inbox.authenticated(session, stored.id)
+    # (A delivery stored just now cannot have been answered by a question asked after it arrived.)
+    asked = payments.last_asked(session, payment) if work is not None and not stored.is_new else None
+    return _Admitted(parsed, payment, stored, status, detail, screened.reference, work, asked)
+
+
+def _after_admission(admitted: _Admitted) -> Result | None:
+    """The Result of a delivery that needs no work (a repeat, forged, a ping, about nothing we
+    track); None if this worker holds its work."""
+    stored, reference, detail, provider = admitted.stored, admitted.reference, admitted.detail, admitted.parsed.provider
+    if not stored.is_new and admitted.work is None:
+        return Result(
+            Outcome.DUPLICATE, f"repeat of inbox delivery {stored.id}", stored.id, reference, provider=provider
+        )
+    if admitted.status is InboxStatus.FORGED:
         log.warning("forged %s delivery for %s quarantined: %s", provider, reference or "-", detail)
-        return Result(Outcome.FORGED, detail, stored.id, reference)
-    if status is InboxStatus.PING:
-        return Result(Outcome.PING, "", stored.id)
-    if status is InboxStatus.IGNORED:
-        return Result(Outcome.ACCEPTED, "authentic delivery about nothing we track", stored.id)
-    assert work is not None  # noqa: S101 - a received delivery this worker holds
-    return _work(rt, client, work, lambda: _process(rt, client, delivery, payment, work, awaiting=detail, asked=asked))
+        return Result(Outcome.FORGED, detail, stored.id, reference, provider=provider)
+    if admitted.status is InboxStatus.PING:
+        return Result(Outcome.PING, "", stored.id, provider=provider)
+    if admitted.status is InboxStatus.IGNORED:
+        return Result(Outcome.ACCEPTED, "authentic delivery about nothing we track", stored.id, provider=provider)
+    assert admitted.work is not None  # noqa: S101 - a received delivery this worker holds
+    return None
+
+
+def _process_admitted(rt: Runtime, admitted: _Admitted) -> Result:
+    assert admitted.work is not None  # noqa: S101
+    return _process(
+        rt,
+        admitted.parsed.client,
+        admitted.parsed.delivery,
+        admitted.payment,
+        admitted.work,
+        awaiting=admitted.detail,
+        asked=admitted.asked,
+    )
 
 
 def _oversized(rt: Runtime, payload: Any, raw: str, size: int) -> Result:
@@ -336,6 +438,14 @@ def _work(rt: Runtime, client: ProviderClient, work: inbox.Work, process: Callab
         return replace(_internal_error(rt, work, exc), provider=client.name)
 
 
+@dataclass(frozen=True, slots=True)
+class _Call:
+    """A delivery cleared to ask its provider: budget reserved, what to ask for."""
+
+    reference: str
+    view: RegistrationView
+
+
 def _process(
     rt: Runtime,
     client: ProviderClient,
@@ -347,6 +457,35 @@ def _process(
     asked: datetime | None,
 ) -> Result:
     """``asked``: when the provider was last asked about the payment (read by the caller)."""
+    step = _before_call(rt, client, delivery, payment, work, awaiting=awaiting, asked=asked)
+    if isinstance(step, Result):
+        return step
+    provider = client.name
+    asked_at = rt.context().now
+    try:
+        answer = timed_call(provider, "status", lambda: client.check(step.view))
+    except ProviderError as exc:
+        return _verification_failed(rt, provider, step.reference, delivery, exc, work=work)
+    with transaction(rt.sessions) as session:
+        locked = payments.lock_or_create_orphan(session, provider, step.reference, rt.context(provider))
+        result, unused = _settle(session, rt, locked, delivery, work, answer=answer, asked_at=asked_at)
+    for _, held in unused:
+        _release(rt, provider, held)
+    return result
+
+
+def _before_call(
+    rt: Runtime,
+    client: ProviderClient,
+    delivery: Delivery,
+    payment: Payment | None,
+    work: inbox.Work,
+    *,
+    awaiting: str,
+    asked: datetime | None,
+) -> Result | _Call:
+    """Everything before the provider call: the Result of a delivery that needs none (waits for its
+    registration, already answered, put off by the call budget), else the call to make."""
     provider = client.name
     if awaiting:
         return _await_registration(rt, client, delivery, work, awaiting)
@@ -391,30 +530,37 @@ def _process(
         if payment is not None and not payment.is_orphan
         else RegistrationView(reference=reference)
     )
-    asked_at = rt.context().now
-    try:
-        answer = timed_call(provider, "status", lambda: client.check(view))
-    except ProviderError as exc:
-        return _verification_failed(rt, provider, reference, delivery, exc, work=work)
-    with transaction(rt.sessions) as session:
-        ctx = rt.context(provider)
-        locked = payments.lock_or_create_orphan(session, provider, reference, ctx)
-        verification = payments.apply_answer(
-            session, locked, answer, ctx, trigger="webhook", claim=delivery, inbox_id=work.id, asked_at=asked_at
-        )
-        inbox.mark(session, work.id, InboxStatus.PROCESSED, verification.decision)
-        unused = inbox.coalesce(
-            session,
-            provider,
-            reference,
-            asked_at=asked_at,
-            done=work.id,
-            detail=f"answered by the provider at {asked_at.isoformat()} for delivery {work.id}, after this one arrived",
-        )
-        outcome = _classify(locked, answer)
-    for held in unused:
-        _release(rt, provider, held)
-    return Result(outcome, verification.decision, work.id, reference)
+    return _Call(reference, view)
+
+
+def _settle(
+    session: Session,
+    rt: Runtime,
+    locked: Payment,
+    delivery: Delivery,
+    work: inbox.Work,
+    *,
+    answer: VerifiedStatus,
+    asked_at: datetime,
+) -> tuple[Result, list[tuple[int, str | None]]]:
+    """Step 6 in the caller's transaction, the payment row locked: the answer moves the payment, the
+    delivery is done, and so is every other delivery of the payment that arrived before the provider
+    was asked. Returns the Result and those others (inbox id, call-budget slot held, to give back)."""
+    provider = locked.provider
+    ctx = rt.context(provider)
+    verification = payments.apply_answer(
+        session, locked, answer, ctx, trigger="webhook", claim=delivery, inbox_id=work.id, asked_at=asked_at
+    )
+    inbox.mark(session, work.id, InboxStatus.PROCESSED, verification.decision)
+    others = inbox.coalesce(
+        session,
+        provider,
+        locked.reference,
+        asked_at=asked_at,
+        done=work.id,
+        detail=f"answered by the provider at {asked_at.isoformat()} for delivery {work.id}, after this one arrived",
+    )
+    return Result(_classify(locked, answer), verification.decision, work.id, locked.reference), others
 
 
 def _await_registration(
@@ -587,6 +733,359 @@ def _internal_error(rt: Runtime, work: inbox.Work, exc: Exception) -> Result:
     return _put_off(rt, work, None, retry_delay(work.errors), detail, errored=True, budget_slot=work.budget_slot)
 
 
+# --------------------------------------------------------------------------- batches
+
+
+class NotStored(Exception):
+    """A delivery of a batch that could not be stored (PostgreSQL away): its message must be retried.
+
+    ``cause`` is the error; the message is the delivery's only copy until it is in the inbox."""
+
+    def __init__(self, cause: Exception) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+
+
+def ingest_batch(rt: Runtime, payloads: Sequence[Any]) -> list[Result | NotStored]:
+    """Steps 1-6 for many deliveries at once, each with the same outcome as ``ingest_webhook``.
+
+    The deliveries are stored in one transaction, their payments read with one query per provider,
+    the provider asked about them in parallel (``PAYRECON_BATCH_SIZE`` calls in flight), and the
+    answers settled in one transaction with the payment rows locked in id order. What is unusual
+    (a delivery that cannot be read, waits for its registration, is already answered, is put off
+    by the call budget, or whose provider does not answer) goes its own way, as in
+    ``ingest_webhook``. A second delivery of a payment in the same batch spends no call: the first
+    one's answer finishes it, or, if there was none, it is worked on alone afterwards.
+
+    Returns one item per payload, in order: its Result, or NotStored if PostgreSQL was away before
+    it was stored (the caller retries its message). Once stored, an outage leaves the delivery's
+    work leased in the inbox, taken up again when the lease ends.
+    """
+    results: list[Result | NotStored | None] = [None] * len(payloads)
+    admitted = _store_batch(rt, payloads, results)
+    if admitted:
+        _work_batch(rt, admitted, results)
+    return _complete(results)
+
+
+def _store_batch(
+    rt: Runtime, payloads: Sequence[Any], results: list[Result | NotStored | None]
+) -> list[tuple[int, _Admitted]]:
+    """Steps 1-4 of a batch: read each delivery, store them all in one transaction. Fills ``results``
+    for those that need no more; returns the others, in payload order."""
+    parsed: list[tuple[int, _Parsed]] = []
+    for i, payload in enumerate(payloads):
+        try:
+            item = _parse(rt, payload)
+        except (OperationalError, InterfaceError) as exc:
+            results[i] = NotStored(exc)
+            continue
+        if isinstance(item, Result):
+            results[i] = item
+        else:
+            parsed.append((i, item))
+    if not parsed:
+        return []
+    now = rt.context().now
+    try:
+        with transaction(rt.sessions) as session:
+            found = _resolve_many(session, parsed)
+            screened = {i: _screen(p, found[i]) for i, p in parsed}
+            stored = inbox.store_many(session, [(p.envelope, p.raw, screened[i].as_row()) for i, p in parsed], now=now)
+            admitted = {
+                i: _take(session, p, found[i], screened=screened[i], stored=row, now=now)
+                for (i, p), row in zip(parsed, stored, strict=True)
+            }
+    except (OperationalError, InterfaceError) as exc:
+        for i, _ in parsed:
+            results[i] = NotStored(exc)
+        return []
+    except Exception:
+        # One delivery the batch cannot store (a bug): each goes alone, so the others do not wait on it.
+        log.exception("a batch of %d deliveries could not be stored together: storing each alone", len(parsed))
+        for i, _ in parsed:
+            results[i] = _alone(rt, payloads[i])
+        return []
+    work: list[tuple[int, _Admitted]] = []
+    for i, _ in parsed:
+        early = _after_admission(admitted[i])
+        if early is not None:
+            results[i] = early
+        else:
+            work.append((i, admitted[i]))
+    return work
+
+
+def _work_batch(rt: Runtime, admitted: list[tuple[int, _Admitted]], results: list[Result | NotStored | None]) -> None:
+    """Steps 5-6 of a batch: the calls in parallel, the answers settled together."""
+    calls: list[tuple[int, _Admitted, _Call]] = []
+    later: list[tuple[int, _Admitted]] = []  # a second delivery of a payment asked about in this batch
+    asking: set[tuple[str, str]] = set()
+    for i, adm in admitted:
+        key = (adm.parsed.provider, adm.reference or "")
+        if adm.reference is not None and not adm.detail and key in asking:
+            later.append((i, adm))
+            continue
+        step = _held(rt, adm, lambda adm=adm: _before_call_admitted(rt, adm))  # type: ignore[misc]
+        if isinstance(step, _Call):
+            asking.add(key)
+            calls.append((i, adm, step))
+        else:
+            results[i] = step
+
+    answered: list[tuple[int, _Admitted, VerifiedStatus, datetime]] = []
+    for (i, adm, call), (asked_at, answer) in zip(calls, _ask_all(rt, calls), strict=True):
+        if isinstance(answer, VerifiedStatus):
+            answered.append((i, adm, answer, asked_at))
+        elif isinstance(answer, ProviderError):
+            results[i] = _held(
+                rt,
+                adm,
+                lambda adm=adm, call=call, exc=answer: _verification_failed(  # type: ignore[misc]
+                    rt, adm.parsed.provider, call.reference, adm.parsed.delivery, exc, work=adm.work
+                ),
+            )
+        else:
+            results[i] = _held(rt, adm, lambda exc=answer: _reraise(exc))  # type: ignore[misc]
+
+    finished = _settle_batch(rt, answered, results)
+    for i, adm in later:
+        assert adm.work is not None  # noqa: S101
+        if adm.work.id in finished:
+            detail = f"answered by the provider for delivery {finished[adm.work.id]} of the same batch"
+            results[i] = Result(Outcome.DUPLICATE, detail, adm.work.id, adm.reference, provider=adm.parsed.provider)
+        else:
+            work = adm.work
+            results[i] = _held(rt, adm, lambda work=work, adm=adm: _resume(rt, adm.parsed.client, work))  # type: ignore[misc]
+
+
+def _complete(results: list[Result | NotStored | None]) -> list[Result | NotStored]:
+    assert all(r is not None for r in results)  # noqa: S101 - every delivery has its outcome
+    return [r for r in results if r is not None]
+
+
+def _alone(rt: Runtime, payload: Any) -> Result | NotStored:
+    """One delivery of a batch on the per-delivery path."""
+    try:
+        return ingest_webhook(rt, payload)
+    except (OperationalError, InterfaceError) as exc:
+        return NotStored(exc)
+
+
+def _resolve_many(session: Session, parsed: list[tuple[int, _Parsed]]) -> dict[int, Payment | None]:
+    """The payments the deliveries are about: those named by reference with one query per provider."""
+    named: dict[str, dict[str, list[int]]] = {}
+    found: dict[int, Payment | None] = {}
+    for i, p in parsed:
+        if p.delivery.reference is not None:
+            named.setdefault(p.provider, {}).setdefault(p.delivery.reference, []).append(i)
+        else:
+            found[i] = _resolve(session, p.provider, p.delivery)
+    for provider, refs in named.items():
+        rows = session.scalars(select(Payment).where(Payment.provider == provider, Payment.reference.in_(refs)))
+        by_ref = {row.reference: row for row in rows}
+        for ref, indices in refs.items():
+            for i in indices:
+                found[i] = by_ref.get(ref)
+    return found
+
+
+def _before_call_admitted(rt: Runtime, adm: _Admitted) -> Result | _Call:
+    assert adm.work is not None  # noqa: S101
+    return _before_call(
+        rt, adm.parsed.client, adm.parsed.delivery, adm.payment, adm.work, awaiting=adm.detail, asked=adm.asked
+    )
+
+
+def _reraise(exc: BaseException) -> Result:
+    raise exc
+
+
+def _held(rt: Runtime, adm: _Admitted, step: Callable[[], T]) -> T | Result:
+    """A step of the work on a delivery this worker holds, as ``_work`` does for one delivery; an
+    outage leaves the delivery leased in the inbox (taken up again when the lease ends)."""
+    assert adm.work is not None  # noqa: S101
+    client, work = adm.parsed.client, adm.work
+    try:
+        try:
+            return step()
+        except (OperationalError, InterfaceError):
+            raise
+        except Exception as exc:
+            log.exception("%s delivery %s: unexpected error", client.name, work.id)
+            return replace(_internal_error(rt, work, exc), provider=client.name)
+    except (OperationalError, InterfaceError) as exc:
+        reason = str(getattr(exc, "orig", exc)).strip().splitlines()[0][:200] if str(exc) else type(exc).__name__
+        detail = f"database unavailable: taken up again when its lease ends ({reason})"
+        return Result(Outcome.RETRY, detail, work.id, adm.reference, provider=client.name)
+
+
+def _ask_all(
+    rt: Runtime, calls: list[tuple[int, _Admitted, _Call]]
+) -> list[tuple[datetime, VerifiedStatus | Exception]]:
+    """Every call of a batch, in parallel over the clients' keep-alive connections."""
+
+    def ask(adm: _Admitted, call: _Call) -> tuple[datetime, VerifiedStatus | Exception]:
+        client = adm.parsed.client
+        asked_at = rt.context().now
+        try:
+            return asked_at, timed_call(client.name, "status", lambda: client.check(call.view))
+        except Exception as exc:  # a ProviderError, or a bug: the caller decides
+            return asked_at, exc
+
+    if len(calls) == 1:
+        return [ask(calls[0][1], calls[0][2])]
+    futures = [rt.call_pool().submit(ask, adm, call) for _, adm, call in calls]
+    return [future.result() for future in futures]
+
+
+#: Times a batch's settlement is tried again when PostgreSQL chose it as a deadlock's victim.
+SETTLE_RETRIES = 3
+
+
+def _settle_batch(
+    rt: Runtime,
+    answered: list[tuple[int, _Admitted, VerifiedStatus, datetime]],
+    results: list[Result | NotStored | None],
+) -> dict[int, int]:
+    """Settle a batch's answers in one transaction, payment rows locked in id order (each alone if
+    the batch cannot be: a bug in one must not hold up the others). Fills ``results``; returns the
+    other deliveries the answers finished (inbox id -> the delivery whose answer did)."""
+    if not answered:
+        return {}
+    for attempt in range(SETTLE_RETRIES + 1):
+        try:
+            with transaction(rt.sessions) as session:
+                settled, finished, unused = _settle_all(session, rt, answered)
+        except OperationalError as exc:
+            if _deadlock(exc) and attempt < SETTLE_RETRIES:
+                log.info("a batch's settlement was a deadlock's victim: settling it again")
+                continue
+            for i, adm, _, _ in answered:
+                results[i] = _held(rt, adm, lambda exc=exc: _reraise(exc))  # type: ignore[misc]
+            return {}
+        except InterfaceError as exc:
+            for i, adm, _, _ in answered:
+                results[i] = _held(rt, adm, lambda exc=exc: _reraise(exc))  # type: ignore[misc]
+            return {}
+        except Exception:
+            log.exception("a batch of %d answers could not be settled together: settling each alone", len(answered))
+            return _settle_each(rt, answered, results)
+        break
+    for i, result in settled.items():
+        results[i] = result
+    for provider, held in unused:
+        _release(rt, provider, held)
+    return finished
+
+
+def _deadlock(exc: OperationalError) -> bool:
+    return getattr(exc.orig, "pgcode", None) in ("40P01", "40001")  # deadlock_detected, serialization_failure
+
+
+def _settle_all(
+    session: Session, rt: Runtime, answered: list[tuple[int, _Admitted, VerifiedStatus, datetime]]
+) -> tuple[dict[int, Result], dict[int, int], list[tuple[str, str | None]]]:
+    known = sorted({adm.payment.id for _, adm, _, _ in answered if adm.payment is not None})
+    locked: dict[int, Payment] = {}
+    if known:
+        rows = session.scalars(
+            select(Payment)
+            .where(Payment.id.in_(known))
+            .order_by(Payment.id)
+            .with_for_update()
+            .execution_options(populate_existing=True)
+        )
+        locked = {row.id: row for row in rows}
+    # The plans of the batch, held here: the session's identity map then serves every lookup of
+    # them (it keeps objects only while they are referenced).
+    codes = {adm.payment.plan_code for _, adm, _, _ in answered if adm.payment is not None and adm.payment.plan_code}
+    plans = session.scalars(select(Plan).where(Plan.code.in_(codes))).all() if codes else []
+    # Known payments in id order (locked so above), then orphans created in reference order.
+    order = sorted(answered, key=lambda a: (a[1].payment.id if a[1].payment else 1 << 62, a[1].reference))
+    settled: dict[int, Result] = {}
+    decisions: dict[int, str] = {}
+    answers: list[inbox.Answered] = []
+    by_code = {plan.code: plan for plan in plans}
+    ctx = rt.context()
+    plain: list[tuple[int, _Admitted, payments.Answer]] = []
+    for i, adm, answer, asked_at in order:
+        assert adm.work is not None and adm.reference is not None  # noqa: S101
+        provider = adm.parsed.provider
+        payment = (
+            locked[adm.payment.id]
+            if adm.payment is not None
+            else payments.lock_or_create_orphan(session, provider, adm.reference, rt.context(provider))
+        )
+        detail = (
+            f"answered by the provider at {asked_at.isoformat()} for delivery {adm.work.id}, after this one arrived"
+        )
+        answers.append(inbox.Answered(provider, payment.reference, asked_at, adm.work.id, detail))
+        if payments.is_plain_success(payment, answer, adm.parsed.delivery, by_code):
+            plain.append((i, adm, payments.Answer(payment, answer, adm.parsed.delivery, adm.work.id, asked_at)))
+            continue
+        # Anything unusual (a failure, a mismatch, an orphan, a late success...) one at a time.
+        verification = payments.apply_answer(
+            session,
+            payment,
+            answer,
+            rt.context(provider),
+            trigger="webhook",
+            claim=adm.parsed.delivery,
+            inbox_id=adm.work.id,
+            asked_at=asked_at,
+        )
+        decisions[adm.work.id] = verification.decision
+        outcome = _classify(payment, answer)
+        settled[i] = Result(outcome, verification.decision, adm.work.id, payment.reference, provider=provider)
+    # The plain successes set-wise, in payment id order (their rows locked above), per re-check policy.
+    for provider in sorted({a.payment.provider for _, _, a in plain}):
+        group = [(i, adm, a) for i, adm, a in plain if a.payment.provider == provider]
+        verifications = payments.apply_answers(
+            session, [a for _, _, a in group], rt.context(provider, ctx.now), trigger="webhook"
+        )
+        for (i, adm, a), verification in zip(group, verifications, strict=True):
+            decisions[a.inbox_id or 0] = verification.decision
+            settled[i] = Result(
+                _classify(a.payment, a.answer), verification.decision, adm.work.id if adm.work else None,
+                a.payment.reference, provider=provider,
+            )  # fmt: skip
+    # Each table once for the whole batch: the deliveries answered, then those their answers finish.
+    inbox.mark_many(session, decisions)
+    finished: dict[int, int] = {}
+    unused: list[tuple[str, str | None]] = []
+    for other, held, answered_by in inbox.coalesce_many(session, answers):
+        finished[other] = answered_by.done
+        unused.append((answered_by.provider, held))
+    del plans
+    return settled, finished, unused
+
+
+def _settle_each(
+    rt: Runtime,
+    answered: list[tuple[int, _Admitted, VerifiedStatus, datetime]],
+    results: list[Result | NotStored | None],
+) -> dict[int, int]:
+    finished: dict[int, int] = {}
+
+    def one(adm: _Admitted, answer: VerifiedStatus, asked_at: datetime) -> Result:
+        assert adm.work is not None and adm.reference is not None  # noqa: S101
+        provider = adm.parsed.provider
+        with transaction(rt.sessions) as session:
+            locked = payments.lock_or_create_orphan(session, provider, adm.reference, rt.context(provider))
+            result, others = _settle(
+                session, rt, locked, adm.parsed.delivery, adm.work, answer=answer, asked_at=asked_at
+            )
+        for other, held in others:
+            finished[other] = adm.work.id
+            _release(rt, provider, held)
+        return replace(result, provider=provider)
+
+    for i, adm, answer, asked_at in answered:
+        results[i] = _held(rt, adm, lambda adm=adm, answer=answer, asked_at=asked_at: one(adm, answer, asked_at))  # type: ignore[misc]
+    return finished
+
+
 # --------------------------------------------------------------------------- registrations
 
 
@@ -723,7 +1222,7 @@ def verify_payment(rt: Runtime, payment_id: int, *, now: datetime | None = None,
             detail=f"answered by the provider at {asked_at.isoformat()} (a re-check), after this delivery arrived",
         )
         result = Result(_classify(locked, answer), verification.decision, reference=reference)
-    for held in unused:  # the deliveries it finished give their call-budget slots back
+    for _, held in unused:  # the deliveries it finished give their call-budget slots back
         _release(rt, provider, held)
     return result
 

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import os
 import threading
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from sqlalchemy import Engine
@@ -21,6 +22,10 @@ from reconciliation.payments import Context, RecheckPolicy
 from worker.budget import Budget, for_broker
 from worker.settings import Settings
 
+#: Provider calls in flight at most per worker process (each holds one pooled HTTP connection:
+#: providers.http's pool keeps as many).
+CALLS_IN_FLIGHT = 256
+
 
 @dataclass
 class Runtime:
@@ -30,6 +35,17 @@ class Runtime:
     clients: dict[str, ProviderClient]
     profiles: dict[str, TrustProfile]
     budget: Budget
+    _calls: ThreadPoolExecutor | None = field(default=None, repr=False)
+
+    def call_pool(self) -> ThreadPoolExecutor:
+        """Threads that make a batch's provider calls in parallel: two batches' worth (at most
+        ``CALLS_IN_FLIGHT``), each over a keep-alive connection of the provider client's pool."""
+        if self._calls is None:
+            with _lock:
+                if self._calls is None:
+                    size = min(CALLS_IN_FLIGHT, 2 * self.settings.batch_size)
+                    self._calls = ThreadPoolExecutor(max_workers=size, thread_name_prefix="payrecon-call")
+        return self._calls
 
     def context(self, provider: str | None = None, now: datetime | None = None) -> Context:
         """Clock, business time zone and re-check policy (of ``provider``, else the default)."""
@@ -44,6 +60,8 @@ class Runtime:
         return self.profiles[provider]
 
     def close(self) -> None:
+        if self._calls is not None:
+            self._calls.shutdown(wait=True)
         for client in self.clients.values():
             client.close()
         close = getattr(self.budget, "close", None)

@@ -119,6 +119,8 @@ class Settings:
     redis_url: str | None = field(default=None, repr=False)  # the call budget's store
     budgets: dict[str, tuple[float, int]] = field(default_factory=dict)  # provider -> (rate, burst)
     worker_concurrency: int = 32
+    batch_size: int = 100  # webhook messages taken and settled together; 1: one at a time
+    batch_wait: float = 0.05  # seconds a batch waits to fill after its first message
     db_pool_size: int = 10  # per worker process; as many again may overflow
     http_timeout: tuple[float, float] = (3.05, 10.0)
     recheck_interval: float = 15.0  # how often beat looks for due re-checks
@@ -223,6 +225,8 @@ class Settings:
             redis_url=redis_url,
             budgets=budgets,
             worker_concurrency=reader.integer("PAYRECON_WORKER_CONCURRENCY", 32, minimum=1),
+            batch_size=reader.integer("PAYRECON_BATCH_SIZE", 100, minimum=1),
+            batch_wait=reader.number("PAYRECON_BATCH_WAIT", 0.05),
             db_pool_size=reader.integer("PAYRECON_DB_POOL_SIZE", 10, minimum=1),
             http_timeout=reader.timeout("PAYRECON_HTTP_TIMEOUT", (3.05, 10.0)),
             recheck_interval=reader.number("PAYRECON_RECHECK_INTERVAL", 15.0),

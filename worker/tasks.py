@@ -107,13 +107,72 @@ def _wake(result: pipeline.Result) -> None:
             log.warning("delivery %s: wake-up not sent (%s); the janitor will take it", inbox_id, exc)
 
 
-@app.task(name="payrecon.ingest_webhook", bind=True, **WEBHOOK_PATH_LIMITS)
+@app.task(name="payrecon.ingest_webhook", bind=True, Strategy="worker.batching:strategy", **WEBHOOK_PATH_LIMITS)
 def ingest_webhook(self: Task, envelope: Any = None, **unexpected: Any) -> dict[str, Any]:
     """One raw provider delivery (``payrecon.webhook/1``)."""
     payload = envelope if not unexpected else {"envelope": envelope, **unexpected}
     result = _guarded(self, pipeline.INGEST_TASK, payload, lambda: pipeline.ingest_webhook(runtime.get(), payload))
     _wake(result)
     return _report("ingest_webhook", result, payload)
+
+
+def run_batch(envelopes: list[Any]) -> list[bool] | None:
+    """A batch of ``ingest_webhook`` messages (``worker.batching``), in a pool thread: one entry per
+    message, True once its work is done or its message was sent again (acknowledge it), False if it
+    must go back to the queue (it could neither be stored nor sent again). None if the job failed."""
+    try:
+        rt = runtime.get()
+        try:
+            outcomes: list[pipeline.Result | pipeline.NotStored] = pipeline.ingest_batch(rt, envelopes)
+        except Exception:  # a bug in the batch path: each delivery on its own path instead
+            log.exception("ingest_webhook: a batch of %d failed; each delivery goes alone", len(envelopes))
+            outcomes = [_alone(rt, envelope) for envelope in envelopes]
+        metrics.BATCHES.observe(len(envelopes))
+        dispositions = []
+        for envelope, outcome in zip(envelopes, outcomes, strict=True):
+            # Each message counts as the task run it is (Celery's task signals do not fire for a batch).
+            if isinstance(outcome, pipeline.NotStored):
+                sent = _send_again(envelope, outcome)
+                metrics.TASKS.labels(pipeline.INGEST_TASK, "retried" if sent else "failed").inc()
+                dispositions.append(sent)
+                continue
+            _wake(outcome)
+            _report("ingest_webhook", outcome, envelope)
+            metrics.TASKS.labels(pipeline.INGEST_TASK, "succeeded").inc()
+            dispositions.append(True)
+        return dispositions
+    except Exception:
+        log.exception("ingest_webhook: a batch of %d could not be processed; its messages go back", len(envelopes))
+        return None
+
+
+def _alone(rt: runtime.Runtime, envelope: Any) -> pipeline.Result | pipeline.NotStored:
+    """One delivery of a failed batch on the per-message path; a bug there dead-letters its input."""
+    try:
+        return pipeline.ingest_webhook(rt, envelope)
+    except (OperationalError, InterfaceError) as exc:
+        return pipeline.NotStored(exc)
+    except Exception as exc:
+        log.exception("%s: unexpected error; input dead-lettered", pipeline.INGEST_TASK)
+        detail = f"{type(exc).__name__}: {exc}"[:2000]
+        try:
+            pipeline.dead_letter(rt, pipeline.INGEST_TASK, "internal_error", detail, envelope)
+        except (OperationalError, InterfaceError) as inner:
+            return pipeline.NotStored(inner)
+        return pipeline.Result(pipeline.Outcome.FAILED, detail)
+
+
+def _send_again(envelope: Any, not_stored: pipeline.NotStored) -> bool:
+    """PostgreSQL was away before the delivery was stored: its message is sent again, due in a few
+    seconds, as a retry (which takes the per-message path and its unbounded retries)."""
+    reason = str(getattr(not_stored.cause, "orig", not_stored.cause)).strip().splitlines()[0][:200]
+    log.warning("%s: database unavailable, retrying in a few seconds: %s", pipeline.INGEST_TASK, reason)
+    try:
+        ingest_webhook.apply_async(kwargs={"envelope": envelope}, countdown=_outage_delay(0), retries=1)
+    except Exception as exc:  # the broker is away too: the message goes back to the queue
+        log.warning("%s: could not send the message again (%s); it goes back to the queue", pipeline.INGEST_TASK, exc)
+        return False
+    return True
 
 
 @app.task(name="payrecon.register_payment", bind=True, **WEBHOOK_PATH_LIMITS)

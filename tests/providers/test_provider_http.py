@@ -19,6 +19,7 @@ from providers.base import (
 )
 from providers.http import RateLimited, RetryPolicy, body_excerpt, build_session, parse_retry_after, send
 from providers.sandbox import SandboxClient, SandboxServer
+from worker.runtime import CALLS_IN_FLIGHT
 
 PATH = "/v2/payment/check"
 
@@ -37,7 +38,8 @@ def no_wait(attempts: int = 3) -> RetryPolicy:
 def test_build_session_sets_user_agent_and_pool(session: requests.Session) -> None:
     adapter = session.get_adapter("https://api-checkout.cinetpay.com")
     assert session.headers["User-Agent"] == "payrecon/0.1"
-    assert adapter._pool_maxsize == 64  # type: ignore[attr-defined]
+    # As many keep-alive connections as a worker process has calls in flight.
+    assert adapter._pool_maxsize == CALLS_IN_FLIGHT  # type: ignore[attr-defined]
     assert adapter.max_retries.total == 0  # type: ignore[attr-defined]
 
 

@@ -1,0 +1,226 @@
+"""Webhooks taken, verified and settled in batches (worker.batching, pipeline.ingest_batch): each
+delivery ends as it would alone, on real PostgreSQL and over real HTTP against the sandbox; and
+a real worker process consumes its messages in batches."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select, text
+
+from providers.sandbox.client import SandboxClient
+from reconciliation import ledger
+from reconciliation.models import (
+    DeadLetter,
+    InboxDelivery,
+    InboxStatus,
+    Payment,
+    PaymentStatus,
+    Subscription,
+    SubscriptionGrant,
+)
+from tests.conftest import wait_for
+from tests.helpers import new_reference, registration, resigned
+from worker import pipeline
+from worker.pipeline import NotStored, Outcome, Result
+from worker.runtime import Runtime
+
+
+def paid(rt: Runtime, sandbox: SandboxClient, ref: str, **over: Any) -> dict[str, Any]:
+    faults = over.pop("faults", None)
+    assert pipeline.register_payment(rt, registration(ref, **over)).outcome is Outcome.CREATED
+    sandbox.create_cinetpay(ref, over.get("amount", 5000), **({"faults": faults} if faults else {}))
+    return sandbox.cinetpay_notification(ref)
+
+
+def outcomes(results: list[Result | NotStored]) -> list[Outcome]:
+    return [r.outcome for r in results if isinstance(r, Result)]
+
+
+def status(rt: Runtime, ref: str) -> PaymentStatus:
+    with rt.sessions() as session:
+        return session.scalars(select(Payment.status).where(Payment.reference == ref)).one()
+
+
+def test_a_batch_settles_each_delivery_as_it_would_alone(rt: Runtime, sandbox: SandboxClient) -> None:
+    refs = [new_reference() for _ in range(6)]
+    envelopes = [paid(rt, sandbox, ref) for ref in refs]
+    forged = resigned(paid(rt, sandbox, new_reference()), "wrong-secret")
+    batch = [*envelopes, envelopes[0], {"schema": "payrecon.webhook/1"}, forged]
+
+    results = pipeline.ingest_batch(rt, batch)
+
+    assert outcomes(results) == [Outcome.ACCEPTED] * 6 + [Outcome.DUPLICATE, Outcome.MALFORMED, Outcome.FORGED]
+    assert all(status(rt, ref) is PaymentStatus.SUCCEEDED for ref in refs)
+    assert [sandbox.get_cinetpay(ref)["check_count"] for ref in refs] == [1] * 6
+    with rt.sessions() as session:
+        assert session.scalar(select(func.count()).select_from(SubscriptionGrant)) == 6
+        assert ledger.unbalanced_journals(session) == []
+        received = session.scalar(
+            select(func.count()).select_from(InboxDelivery).where(InboxDelivery.status == InboxStatus.RECEIVED)
+        )
+        assert received == 0
+        assert [d.reason for d in session.scalars(select(DeadLetter))] == ["invalid_envelope"]
+        # One settlement transaction: every settled payment row was last written by the same one.
+        xids = session.execute(text("SELECT count(DISTINCT xmin::text) FROM payments WHERE settled")).scalar_one()
+        assert xids == 1
+
+
+def test_two_payments_of_one_account_in_one_batch_stack_their_periods(rt: Runtime, sandbox: SandboxClient) -> None:
+    first, second = new_reference(), new_reference()
+    envelopes = [
+        paid(rt, sandbox, first, account="tech-stack", periods=1),
+        paid(rt, sandbox, second, account="tech-stack", periods=3, amount=15000),
+    ]
+    assert outcomes(pipeline.ingest_batch(rt, envelopes)) == [Outcome.ACCEPTED, Outcome.ACCEPTED]
+    with rt.sessions() as session:
+        grants = session.scalars(select(SubscriptionGrant).order_by(SubscriptionGrant.id)).all()
+        sub = session.scalars(select(Subscription).where(Subscription.account == "tech-stack")).one()
+        assert len(grants) == 2
+        # The second grant starts where the first ends: 1 + 3 months of access, not 3.
+        assert grants[1].starts_at == grants[0].ends_at
+        assert sub.ends_at == grants[1].ends_at
+        assert sub.ends_at - grants[0].starts_at >= timedelta(days=4 * 28)
+
+
+def test_a_second_delivery_of_a_payment_in_the_batch_spends_no_call(rt: Runtime, sandbox: SandboxClient) -> None:
+    ref = new_reference()
+    envelope = paid(rt, sandbox, ref)
+    # The provider's second notification of the same payment (another delivery, same reference).
+    again = resigned(envelope, cpm_trans_date="2026-12-05 10:00:01")
+    results = pipeline.ingest_batch(rt, [envelope, again])
+    assert outcomes(results) == [Outcome.ACCEPTED, Outcome.DUPLICATE]
+    assert "of the same batch" in results[1].detail  # type: ignore[union-attr]
+    assert sandbox.get_cinetpay(ref)["check_count"] == 1
+    with rt.sessions() as session:
+        rows = session.scalars(select(InboxDelivery.status).order_by(InboxDelivery.id)).all()
+        assert rows == [InboxStatus.PROCESSED, InboxStatus.PROCESSED]
+
+
+def test_a_provider_failure_in_a_batch_puts_off_that_delivery_only(rt: Runtime, sandbox: SandboxClient) -> None:
+    good, bad = new_reference(), new_reference()
+    envelopes = [paid(rt, sandbox, good), paid(rt, sandbox, bad, faults=[{"status": 503}] * 12)]
+    results = pipeline.ingest_batch(rt, envelopes)
+    assert outcomes(results) == [Outcome.ACCEPTED, Outcome.RETRY]
+    put_off = results[1]
+    assert isinstance(put_off, Result) and put_off.due is not None and put_off.inbox_id is not None
+    assert status(rt, good) is PaymentStatus.SUCCEEDED
+    assert status(rt, bad) is PaymentStatus.REGISTERED
+    with rt.sessions() as session:
+        row = session.get(InboxDelivery, put_off.inbox_id)
+        assert row is not None and (row.status, row.attempts) == (InboxStatus.RECEIVED, 1)
+
+
+def test_a_batch_that_cannot_be_settled_together_is_settled_one_by_one(
+    rt: Runtime, sandbox: SandboxClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    refs = [new_reference() for _ in range(3)]
+    envelopes = [paid(rt, sandbox, ref) for ref in refs]
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("a bug in the set-wise settlement")
+
+    monkeypatch.setattr(pipeline, "_settle_all", broken)
+    assert outcomes(pipeline.ingest_batch(rt, envelopes)) == [Outcome.ACCEPTED] * 3
+    assert all(status(rt, ref) is PaymentStatus.SUCCEEDED for ref in refs)
+
+
+def test_deliveries_not_stored_in_an_outage_are_handed_back(rt: Runtime, sandbox: SandboxClient) -> None:
+    envelope = paid(rt, sandbox, new_reference())
+    rt.engine.dispose()
+    original = rt.sessions.kw["bind"]
+    from sqlalchemy import create_engine
+
+    dead = create_engine("postgresql+psycopg2://postgres@127.0.0.1:1/nowhere", pool_pre_ping=False)
+    rt.sessions.configure(bind=dead)
+    try:
+        results = pipeline.ingest_batch(rt, [envelope, {"schema": "payrecon.webhook/1"}])
+    finally:
+        rt.sessions.configure(bind=original)
+        dead.dispose()
+    assert all(isinstance(r, NotStored) for r in results)
+
+
+@pytest.mark.e2e
+def test_a_worker_consumes_webhooks_in_batches(
+    e2e: Runtime, sandbox: SandboxClient, producer: Any, worker_process: Any
+) -> None:
+    refs = [new_reference() for _ in range(60)]
+    envelopes = [paid(e2e, sandbox, ref) for ref in refs]
+    for envelope in envelopes:
+        producer.send_task("payrecon.ingest_webhook", kwargs={"envelope": envelope}, queue="webhooks")
+
+    def all_settled() -> bool:
+        with e2e.sessions() as session:
+            return session.scalar(select(func.count()).select_from(Payment).where(Payment.settled)) == len(refs)
+
+    wait_for(all_settled, timeout=60, what="every payment settled")
+    with e2e.sessions() as session:
+        xids = session.execute(text("SELECT count(DISTINCT xmin::text) FROM payments WHERE settled")).scalar_one()
+    assert xids < len(refs) / 2, "settled one transaction per delivery: not in batches"
+    assert "batches of up to 100 messages" in worker_process.log()
+
+
+def _written(rt: Runtime, refs: list[str]) -> list[dict[str, Any]]:
+    """What settling wrote about each payment, without ids, references and clocks."""
+    from reconciliation.models import Journal, OutboxEvent, Verification
+
+    out = []
+    with rt.sessions() as session:
+        for ref in refs:
+            p = session.scalars(select(Payment).where(Payment.reference == ref)).one()
+            v = session.scalars(select(Verification).where(Verification.payment_id == p.id)).one()
+            g = session.scalars(select(SubscriptionGrant).where(SubscriptionGrant.payment_id == p.id)).one()
+            j = session.scalars(select(Journal).where(Journal.payment_id == p.id)).one()
+            events = session.scalars(
+                select(OutboxEvent)
+                .where(OutboxEvent.payload["reference"].as_string() == ref)
+                .order_by(OutboxEvent.created_at, OutboxEvent.type)
+            ).all()
+            granted = session.scalars(
+                select(OutboxEvent).where(OutboxEvent.payload["payment_reference"].as_string() == ref)
+            ).all()
+            out.append(
+                {
+                    "payment": (p.status, p.settled, p.confirmed_amount, p.confirmed_currency, p.next_check_at,
+                                p.finalized_at is not None, p.paid_at is not None, bool(p.provider_transaction_id)),
+                    "verification": (v.trigger, v.outcome, v.claimed_status, v.claimed_amount, v.answered_amount,
+                                     v.decision.split(", access until")[0], v.raw_response is not None,
+                                     v.asked_at is not None, v.inbox_id is not None),
+                    "grant": (g.periods, g.days, g.kind, g.plan_code),
+                    "journal": (j.kind, j.memo.replace(ref, "REF").replace(str(p.account), "ACCOUNT"),
+                                sorted((e.side, e.amount) for e in j.entries)),
+                    "events": [(e.type, e.product, sorted(e.payload)) for e in events]
+                    + [(e.type, e.product, sorted(e.payload)) for e in granted],
+                }
+            )  # fmt: skip
+    return out
+
+
+def test_the_set_wise_settlement_writes_what_one_at_a_time_does(rt: Runtime, sandbox: SandboxClient) -> None:
+    from reconciliation import facts
+
+    noted: list[tuple[str, dict[str, Any]]] = []
+
+    def listener(kind: str, data: dict[str, Any]) -> None:
+        noted.append((kind, {k: v for k, v in data.items() if k != "seconds"}))
+
+    facts.subscribe(listener)
+    try:
+        alone = [new_reference() for _ in range(3)]
+        together = [new_reference() for _ in range(3)]
+        alone_env = [paid(rt, sandbox, ref, account=f"a-{i}", periods=i + 1, amount=5000 * (i + 1))
+                     for i, ref in enumerate(alone)]  # fmt: skip
+        together_env = [paid(rt, sandbox, ref, account=f"t-{i}", periods=i + 1, amount=5000 * (i + 1))
+                        for i, ref in enumerate(together)]  # fmt: skip
+        noted.clear()
+        assert [pipeline.ingest_webhook(rt, e).outcome for e in alone_env] == [Outcome.ACCEPTED] * 3
+        one_by_one = sorted(map(repr, noted))
+        noted.clear()
+        assert outcomes(pipeline.ingest_batch(rt, together_env)) == [Outcome.ACCEPTED] * 3
+        assert sorted(map(repr, noted)) == one_by_one
+    finally:
+        facts.unsubscribe(listener)
+    assert _written(rt, together) == _written(rt, alone)
