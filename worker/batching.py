@@ -102,7 +102,12 @@ class Batcher:
                 else:
                     reject(log, self.connection_errors, requeue=True)
 
-        self.pool.apply_async(run_batch, args=([envelope for envelope, _, _ in items],), callback=done)
+        def lost(*_: Any) -> None:  # prefork: the child running the batch died; the messages go back
+            done(None)
+
+        self.pool.apply_async(
+            run_batch, args=([envelope for envelope, _, _ in items],), callback=done, error_callback=lost
+        )
 
 
 def strategy(task: Task, app: Celery, consumer: Consumer, **kwargs: Any) -> Any:
