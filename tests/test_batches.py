@@ -220,7 +220,34 @@ def test_the_set_wise_settlement_writes_what_one_at_a_time_does(rt: Runtime, san
         one_by_one = sorted(map(repr, noted))
         noted.clear()
         assert outcomes(pipeline.ingest_batch(rt, together_env)) == [Outcome.ACCEPTED] * 3
-        assert sorted(map(repr, noted)) == one_by_one
+        assert ("batch_settled", {"set_wise": 3, "one_by_one": 0}) in noted
+        assert sorted(repr(fact) for fact in noted if fact[0] != "batch_settled") == one_by_one
     finally:
         facts.unsubscribe(listener)
     assert _written(rt, together) == _written(rt, alone)
+
+
+def test_an_unusual_answer_in_a_batch_is_settled_one_by_one_beside_the_plain_ones(
+    rt: Runtime, sandbox: SandboxClient
+) -> None:
+    from reconciliation import facts
+
+    plain, short = new_reference(), new_reference()
+    assert pipeline.register_payment(rt, registration(short)).outcome is Outcome.CREATED
+    sandbox.create_cinetpay(short, 4000)  # the customer paid less than registered
+    envelopes = [paid(rt, sandbox, plain), sandbox.cinetpay_notification(short)]
+    noted: list[tuple[str, dict[str, Any]]] = []
+
+    def listener(kind: str, data: dict[str, Any]) -> None:
+        noted.append((kind, data))
+
+    facts.subscribe(listener)
+    try:
+        assert outcomes(pipeline.ingest_batch(rt, envelopes)) == [Outcome.ACCEPTED, Outcome.MISMATCH]
+    finally:
+        facts.unsubscribe(listener)
+    assert ("batch_settled", {"set_wise": 1, "one_by_one": 1}) in noted
+    with rt.sessions() as session:
+        balances = {(b.account, b.currency): b.balance for b in ledger.balances(session)}
+        assert balances[("revenue:subscriptions", "XOF")] == -5000
+        assert balances[("suspense", "XOF")] == -4000

@@ -84,6 +84,12 @@ BATCHES = Histogram(
     buckets=(1, 2, 5, 10, 25, 50, 100, 200, 500),
     namespace=NAMESPACE,
 )
+BATCH_SETTLEMENTS = Counter(
+    "batch_settlements_total",
+    "Answers settled in a batch, by path: set_wise (a plain success) or one_by_one (anything else).",
+    ["path"],
+    namespace=NAMESPACE,
+)
 BEAT_DISPATCHES = Counter("beat_dispatches_total", "Periodic jobs beat sent, by task.", ["task"], namespace=NAMESPACE)
 LAST_BEAT_DISPATCH = Gauge(
     "beat_last_dispatch_timestamp_seconds",

@@ -37,6 +37,10 @@ def _on_fact(kind: str, data: dict[str, Any]) -> None:
         metrics.TIME_TO_FINAL.labels(data["provider"], data["status"]).observe(data["seconds"])
     elif kind == "disagreement":
         metrics.DISAGREEMENTS.labels(data["provider"], data["claimed"], data["confirmed"]).inc()
+    elif kind == "batch_settled":
+        log.info("batch settled: %d set-wise, %d one by one", data["set_wise"], data["one_by_one"])
+        metrics.BATCH_SETTLEMENTS.labels("set_wise").inc(data["set_wise"])
+        metrics.BATCH_SETTLEMENTS.labels("one_by_one").inc(data["one_by_one"])
     elif kind == "grant":
         metrics.GRANTS.labels(data["product"]).inc()
     elif kind == "expiry":

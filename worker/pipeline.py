@@ -40,7 +40,7 @@ from providers.base import (
     VerifiedStatus,
 )
 from providers.profiles import TrustProfile
-from reconciliation import deadletters, inbox, payments
+from reconciliation import deadletters, facts, inbox, payments
 from reconciliation.db import storable_text, transaction
 from reconciliation.models import FINAL_STATUSES, InboxStatus, Payment, PaymentStatus, Plan
 from reconciliation.subscriptions import UnknownPlan, expire_due
@@ -1050,6 +1050,7 @@ def _settle_all(
                 _classify(a.payment, a.answer), verification.decision, adm.work.id if adm.work else None,
                 a.payment.reference, provider=provider,
             )  # fmt: skip
+    facts.note(session, "batch_settled", set_wise=len(plain), one_by_one=len(answered) - len(plain))
     # Each table once for the whole batch: the deliveries answered, then those their answers finish.
     inbox.mark_many(session, decisions)
     finished: dict[int, int] = {}
