@@ -47,7 +47,6 @@ import json
 import os
 import platform
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -70,7 +69,7 @@ sys.path.insert(0, str(ROOT))
 
 from providers.sandbox.client import SandboxClient
 from reconciliation import migrate
-from tests.helpers import scratch_database
+from tests.helpers import PrivateRedis, scratch_database
 from worker import pipeline, runtime
 from worker.runtime import Runtime
 from worker.settings import Settings
@@ -229,52 +228,6 @@ def _uid_of(path: Path) -> int | None:
 
 
 # --------------------------------------------------------------------------- processes of the bench's own
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class BenchRedis:
-    """A redis-server of the bench's own (never the shared one), without persistence like the machine's."""
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-        self.port = _free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> redis.Redis:
-        server = shutil.which("redis-server")
-        if server is None:
-            raise BenchError("redis-server is not on PATH")
-        argv = [server, "--bind", "127.0.0.1", "--port", str(self.port), "--save", "", "--appendonly", "no"]
-        argv += ["--dir", str(self.directory)]
-        with (self.directory / "redis.log").open("ab") as out:
-            self.proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
-        client = redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=10)
-        deadline = time.monotonic() + 10
-        while True:
-            if self.proc.poll() is not None:
-                raise BenchError(f"redis-server exited: see {self.directory / 'redis.log'}")
-            try:
-                if client.info("server")["process_id"] == self.proc.pid:  # ours, not another on that port
-                    return client
-            except redis.ConnectionError:
-                pass
-            if time.monotonic() > deadline:
-                raise BenchError("redis-server did not start")
-            time.sleep(0.05)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(timeout=10)
 
 
 class Sandbox:
@@ -485,14 +438,15 @@ class Bench:
         self.args = args
         self.db_url = db_url
         self.logdir = logdir
-        self.redis = BenchRedis(logdir)
+        self.redis = PrivateRedis(logdir, appendonly=False)  # the bench's own, never the shared one
         self.sandbox = Sandbox(args.latency, logdir)
         self.engine = create_engine(db_url, pool_size=2)
         self.phase = 0  # each set of payments gets references of its own: TXN-<phase, 2 hex><index, 10 hex>
 
     @contextmanager
     def running(self) -> Iterator[None]:
-        client = self.redis.start()
+        self.redis.start()
+        client = redis.Redis(host="127.0.0.1", port=self.redis.port, socket_timeout=10)
         try:
             self.sandbox.start()
             self.broker = Broker(client, self.redis.url)
@@ -536,7 +490,7 @@ class Bench:
             if hasattr(self, "broker"):
                 self.broker.close()
             self.sandbox.stop()
-            self.redis.stop()
+            self.redis.kill()
             self.engine.dispose()
 
     # ------------------------------------------------------------------ payments

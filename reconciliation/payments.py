@@ -296,24 +296,30 @@ def apply_answer(
             facts.note(
                 session, "disagreement", provider=payment.provider, claimed=claimed, confirmed=answer.outcome.value
             )
-    verification = _verification(
+    return _verification(
         session,
         payment,
         ctx,
         trigger=trigger,
         claim=claim,
         inbox_id=inbox_id,
-        outcome=answer.outcome.value,
-        provider_status=answer.provider_status,
-        provider_code=answer.provider_code,
-        provider_message=answer.provider_message,
-        answered_amount=answer.amount,
-        answered_currency=answer.currency,
+        **_answered(answer),
         decision="; ".join(n for n in notes if n),
-        raw_response=answer.raw,
         asked_at=asked_at,
     )
-    return verification
+
+
+def _answered(answer: VerifiedStatus) -> dict[str, Any]:
+    """What a verification records of the provider's answer."""
+    return {
+        "outcome": answer.outcome.value,
+        "provider_status": answer.provider_status,
+        "provider_code": answer.provider_code,
+        "provider_message": answer.provider_message,
+        "answered_amount": answer.amount,
+        "answered_currency": answer.currency,
+        "raw_response": answer.raw,
+    }
 
 
 # --------------------------------------------------------------------------- settlement, set-wise
@@ -408,22 +414,14 @@ def apply_answers(session: Session, answers: list[Answer], ctx: Context, *, trig
                 claimed=normalize_claim(a.claim.claimed_status),
                 confirmed=answer.outcome.value,
             )
-        verification = Verification(
-            payment_id=payment.id,
-            inbox_id=a.inbox_id,
+        verification = _new_verification(
+            payment,
+            ctx,
             trigger=trigger,
-            claimed_status=a.claim.claimed_status if a.claim else None,
-            claimed_amount=a.claim.claimed_amount if a.claim else None,
-            claimed_currency=a.claim.claimed_currency if a.claim else None,
-            created_at=ctx.now,
-            outcome=answer.outcome.value,
-            provider_status=answer.provider_status,
-            provider_code=answer.provider_code,
-            provider_message=answer.provider_message,
-            answered_amount=answer.amount,
-            answered_currency=answer.currency,
+            claim=a.claim,
+            inbox_id=a.inbox_id,
+            **_answered(answer),
             decision=f"confirmed paid; settled: {grant.days} days granted, access until {grant.ends_at.isoformat()}",
-            raw_response=answer.raw,
             asked_at=a.asked_at,
         )
         session.add(verification)
@@ -470,7 +468,16 @@ def _verification(
     **answer: Any,
 ) -> Verification:
     """Store one entry of the verification history: what was claimed next to what was answered."""
-    verification = Verification(
+    verification = _new_verification(payment, ctx, trigger=trigger, claim=claim, inbox_id=inbox_id, **answer)
+    session.add(verification)
+    session.flush()
+    return verification
+
+
+def _new_verification(
+    payment: Payment, ctx: Context, *, trigger: str, claim: Delivery | None, inbox_id: int | None, **answer: Any
+) -> Verification:
+    return Verification(
         payment_id=payment.id,
         inbox_id=inbox_id,
         trigger=trigger,
@@ -480,9 +487,6 @@ def _verification(
         created_at=ctx.now,
         **answer,
     )
-    session.add(verification)
-    session.flush()
-    return verification
 
 
 def record_deferral(

@@ -89,9 +89,10 @@ def _free_port() -> int:
 class PrivateRedis:
     """A redis-server of this test's own: only it is ever shut down, never the shared one."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, *, appendonly: bool = True) -> None:
         self.directory = directory
         self.port = _free_port()
+        self.appendonly = appendonly  # queued messages survive a restart (off: like the machine's Redis)
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -104,7 +105,7 @@ class PrivateRedis:
     def start(self) -> None:
         assert REDIS_SERVER is not None, "redis-server is not on PATH"
         argv = [REDIS_SERVER, "--bind", "127.0.0.1", "--port", str(self.port), "--save", ""]
-        argv += ["--appendonly", "yes", "--dir", str(self.directory)]  # queued messages survive a restart
+        argv += ["--appendonly", "yes" if self.appendonly else "no", "--dir", str(self.directory)]
         with (self.directory / "redis.log").open("ab") as log:
             self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 10
