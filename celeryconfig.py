@@ -6,7 +6,6 @@ Read by ``worker.app``. Values come from the environment through
 
 from __future__ import annotations
 
-import math
 import os
 
 from celery.schedules import crontab
@@ -38,11 +37,8 @@ task_acks_on_timeout = True
 # ignores an explicit `-P prefork` whenever `worker_pool` is configured.
 worker_concurrency = int(os.environ.get("PAYRECON_WORKER_CONCURRENCY", "32"))
 worker_prefetch_multiplier = 1
-# Webhook messages are consumed in batches (worker.batching): the worker may then hold three
-# batches (one filling, two at work), PAYRECON_BATCH_SIZE messages each.
-_batch_size = os.environ.get("PAYRECON_BATCH_SIZE", "100").strip()
-if _batch_size.isdigit() and int(_batch_size) > 1:
-    worker_prefetch_multiplier = max(1, math.ceil(3 * int(_batch_size) / max(worker_concurrency, 1)))
+# (Webhook messages held for a batch raise the prefetch one by one, up to three batches:
+# worker.batching.)
 worker_max_tasks_per_child = None
 worker_hijack_root_logger = False
 

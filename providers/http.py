@@ -80,7 +80,7 @@ def build_session(user_agent: str = "payrecon/0.1") -> requests.Session:
     # max_retries=0: urllib3 must not retry behind our back; send() owns the policy.
     # pool_maxsize: a keep-alive connection for each call a worker process has in flight
     # (worker.runtime.CALLS_IN_FLIGHT: a batch's calls are made in parallel).
-    adapter = HTTPAdapter(pool_connections=8, pool_maxsize=256, max_retries=0)
+    adapter = HTTPAdapter(pool_connections=8, pool_maxsize=512, max_retries=0)
     session.mount("https://", adapter)
     session.mount("http://", adapter)
     session.headers["User-Agent"] = user_agent

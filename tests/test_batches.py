@@ -4,6 +4,8 @@ a real worker process consumes its messages in batches."""
 
 from __future__ import annotations
 
+import re
+import sys
 from datetime import timedelta
 from typing import Any
 
@@ -251,3 +253,47 @@ def test_an_unusual_answer_in_a_batch_is_settled_one_by_one_beside_the_plain_one
         balances = {(b.account, b.currency): b.balance for b in ledger.balances(session)}
         assert balances[("revenue:subscriptions", "XOF")] == -5000
         assert balances[("suspense", "XOF")] == -4000
+
+
+@pytest.mark.e2e
+def test_a_batch_is_not_capped_by_the_prefetch_of_its_threads(
+    e2e: Runtime,
+    sandbox: SandboxClient,
+    sandbox_server: Any,
+    pg_url: str,
+    private_redis: Any,
+    tmp_path: Any,
+) -> None:
+    """A worker of 4 threads (prefetch 4) still gathers batches of many messages: each message held for
+    a batch raises the prefetch by one (three batches at most), and lowers it again once done."""
+    from celery import Celery
+
+    from tests.conftest import WorkerProcess, worker_env
+
+    refs = [new_reference() for _ in range(60)]
+    envelopes = [paid(e2e, sandbox, ref) for ref in refs]
+    producer = Celery("batch-test", broker=private_redis.url)
+    producer.conf.update(task_serializer="json", broker_connection_retry_on_startup=True)
+    for envelope in envelopes:  # all waiting before the worker starts
+        producer.send_task("payrecon.ingest_webhook", kwargs={"envelope": envelope}, queue="webhooks")
+    producer.close()
+    worker = WorkerProcess(
+        worker_env(pg_url, private_redis.url, sandbox_server),
+        tmp_path / "worker.log",
+        [sys.executable, "-m", "celery", "-A", "worker.app", "worker", "-Q", "webhooks", "-P", "threads",
+         "-c", "4", "-l", "info"],
+    )  # fmt: skip
+    worker.start()
+    try:
+
+        def all_settled() -> bool:
+            with e2e.sessions() as session:
+                return session.scalar(select(func.count()).select_from(Payment).where(Payment.settled)) == len(refs)
+
+        wait_for(all_settled, timeout=60, what="every payment settled")
+        sizes = [int(n) for n in re.findall(r"batch settled: (\d+) set-wise", worker.log())]
+        assert sum(sizes) == len(refs) and max(sizes) > 4 * 3, sizes
+    finally:
+        worker.stop()
+    with private_redis.client() as client:  # every message acknowledged: nothing held, nothing left
+        assert client.llen("webhooks") == 0 and client.hlen("unacked") == 0

@@ -17,7 +17,10 @@ What the per-message path guarantees holds for a batch:
 * a message the batch cannot use as it is (another protocol, extra arguments, an ETA or a retry
   count: a message ``run_batch`` sent again because PostgreSQL was away) takes Celery's own path,
   unchanged: the same task, the same guards;
-* the broker's prefetch bounds what a worker holds: ``celeryconfig`` sets it to three batches.
+* the broker's prefetch bounds what a worker holds: it grows by one for each message held for a
+  batch (as Celery does for a message with an ETA), up to three batches, and shrinks again as they end;
+* a message held when the connection to the broker is lost is the broker's again: it is dropped, not
+  done (the broker hands it out anew).
 
 Why not ``celery-batches``: it builds a full Celery request per message (most of the per-message
 cost this avoids), and its 0.11 release declares ``celery<5.7`` while payrecon runs on 5.7.
@@ -27,6 +30,8 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
+from dataclasses import dataclass
 from typing import Any
 
 from celery import Celery, Task
@@ -41,6 +46,7 @@ class Batcher:
     """The messages of one task a worker holds, waiting to be handed to the pool together."""
 
     def __init__(self, consumer: Consumer, handle_alone: Any, size: int, wait: float) -> None:
+        self.consumer = consumer
         self.pool = consumer.pool
         self.timer = consumer.timer
         self.connection_errors = consumer.connection_errors
@@ -50,15 +56,23 @@ class Batcher:
         # The consumer's loop adds messages; without an event loop (the embedded demo's broker)
         # the timer runs in a thread of its own and flushes from there.
         self.lock = threading.Lock()
-        self.buffer: list[tuple[Any, Any, Any]] = []  # (envelope, ack, reject)
+        self.buffer: list[_Held] = []
         self.timer_entry: Any = None
+        self.raised = 0  # how far the prefetch is raised for messages held in batches (at most 3 batches)
 
     def __call__(self, message: Message, body: Any, ack: Any, reject: Any, callbacks: Any, **kwargs: Any) -> Any:
         envelope = self._batchable(message, body)
         if envelope is None:
             return self.handle_alone(message, body, ack, reject, callbacks, **kwargs)
         with self.lock:
-            self.buffer.append((envelope, ack, reject))
+            # A message held for a batch must not stop the broker from sending the rest of the batch:
+            # the prefetch window grows by one for it (as Celery does for a message with an ETA), up to
+            # three batches, and shrinks again once its batch is done.
+            raise_prefetch = self.raised < 3 * self.size
+            if raise_prefetch:
+                self.raised += 1
+                self.consumer.qos.increment_eventually()
+            self.buffer.append(_Held(message, envelope, ack, reject, raise_prefetch))
             full = len(self.buffer) >= self.size
             if not full and self.timer_entry is None:
                 self.timer_entry = self.timer.call_after(self.wait, self.flush)
@@ -89,25 +103,63 @@ class Batcher:
                 self.timer_entry.cancel()
                 self.timer_entry = None
             items, self.buffer = self.buffer, []
+        # Messages of a connection that is gone (the consumer reconnected meanwhile) are the broker's
+        # again: it hands them out anew, so they are dropped here, neither done nor acknowledged.
+        channel = getattr(getattr(self.consumer, "task_consumer", None), "channel", None)
+        stale = [item for item in items if channel is not None and item.message.channel is not channel]
+        if stale:
+            log.info("%d batched message(s) of a closed connection dropped (the broker sends them again)", len(stale))
+            self._lower(stale)
+            items = [item for item in items if item not in stale]
         if not items:
             return
         from worker.tasks import run_batch
 
-        def done(dispositions: list[bool] | None) -> None:
+        def done(dispositions: Any) -> None:
             # True: done or sent again, acknowledge. False (the broker was away when it had to be
-            # sent again): back to the queue. None: the job itself failed (see run_batch).
-            for (_, ack, reject), acknowledge in zip(items, dispositions or [False] * len(items), strict=True):
+            # sent again): back to the queue. Anything else: the job itself failed (see run_batch).
+            if not isinstance(dispositions, list) or len(dispositions) != len(items):
+                time.sleep(JOB_FAILED_WAIT)  # not straight back: whatever failed may need a moment
+                dispositions = [False] * len(items)
+            for item, acknowledge in zip(items, dispositions, strict=True):
                 if acknowledge:
-                    ack(log, self.connection_errors)
+                    item.ack(log, self.connection_errors)
                 else:
-                    reject(log, self.connection_errors, requeue=True)
+                    item.reject(log, self.connection_errors, requeue=True)
+            self._lower(items)
 
         def lost(*_: Any) -> None:  # prefork: the child running the batch died; the messages go back
             done(None)
 
-        self.pool.apply_async(
-            run_batch, args=([envelope for envelope, _, _ in items],), callback=done, error_callback=lost
-        )
+        try:
+            self.pool.apply_async(
+                run_batch, args=([item.envelope for item in items],), callback=done, error_callback=lost
+            )
+        except Exception:  # the pool is stopping: the messages go back
+            log.exception("a batch of %d could not be handed to the pool; its messages go back", len(items))
+            for item in items:
+                item.reject(log, self.connection_errors, requeue=True)
+            self._lower(items)
+
+    def _lower(self, items: list[_Held]) -> None:
+        raised = sum(1 for item in items if item.raised)
+        if raised:
+            with self.lock:
+                self.raised -= raised
+            self.consumer.qos.decrement_eventually(raised)
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class _Held:
+    message: Message
+    envelope: Any
+    ack: Any
+    reject: Any
+    raised: bool  # the prefetch was raised for it
+
+
+#: Seconds before the messages of a batch whose job failed go back to the queue.
+JOB_FAILED_WAIT = 2.0
 
 
 def strategy(task: Task, app: Celery, consumer: Consumer, **kwargs: Any) -> Any:

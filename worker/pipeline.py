@@ -780,22 +780,17 @@ def _store_batch(
         except (OperationalError, InterfaceError) as exc:
             results[i] = NotStored(exc)
             continue
+        except Exception as exc:  # a bug reading this one: its input is kept, the others go on
+            results[i] = _unexpected(rt, payload, exc)
+            continue
         if isinstance(item, Result):
             results[i] = item
         else:
             parsed.append((i, item))
     if not parsed:
         return []
-    now = rt.context().now
     try:
-        with transaction(rt.sessions) as session:
-            found = _resolve_many(session, parsed)
-            screened = {i: _screen(p, found[i]) for i, p in parsed}
-            stored = inbox.store_many(session, [(p.envelope, p.raw, screened[i].as_row()) for i, p in parsed], now=now)
-            admitted = {
-                i: _take(session, p, found[i], screened=screened[i], stored=row, now=now)
-                for (i, p), row in zip(parsed, stored, strict=True)
-            }
+        admitted = _store_together(rt, parsed)
     except (OperationalError, InterfaceError) as exc:
         for i, _ in parsed:
             results[i] = NotStored(exc)
@@ -814,6 +809,31 @@ def _store_batch(
         else:
             work.append((i, admitted[i]))
     return work
+
+
+def _store_together(rt: Runtime, parsed: list[tuple[int, _Parsed]]) -> dict[int, _Admitted]:
+    """The batch's deliveries stored in one transaction (again if PostgreSQL chose it as a deadlock's
+    victim, against another worker's statements on the same rows)."""
+    for attempt in range(SETTLE_RETRIES + 1):
+        try:
+            return _store_once(rt, parsed)
+        except OperationalError as exc:
+            if not _deadlock(exc) or attempt == SETTLE_RETRIES:
+                raise
+            log.info("a batch's store was a deadlock's victim: storing it again")
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _store_once(rt: Runtime, parsed: list[tuple[int, _Parsed]]) -> dict[int, _Admitted]:
+    now = rt.context().now
+    with transaction(rt.sessions) as session:
+        found = _resolve_many(session, parsed)
+        screened = {i: _screen(p, found[i]) for i, p in parsed}
+        stored = inbox.store_many(session, [(p.envelope, p.raw, screened[i].as_row()) for i, p in parsed], now=now)
+        return {
+            i: _take(session, p, found[i], screened=screened[i], stored=row, now=now)
+            for (i, p), row in zip(parsed, stored, strict=True)
+        }
 
 
 def _work_batch(rt: Runtime, admitted: list[tuple[int, _Admitted]], results: list[Result | NotStored | None]) -> None:
@@ -870,6 +890,19 @@ def _alone(rt: Runtime, payload: Any) -> Result | NotStored:
         return ingest_webhook(rt, payload)
     except (OperationalError, InterfaceError) as exc:
         return NotStored(exc)
+    except Exception as exc:
+        return _unexpected(rt, payload, exc)
+
+
+def _unexpected(rt: Runtime, payload: Any, exc: Exception) -> Result | NotStored:
+    """A bug on one delivery of a batch: its input is dead-lettered whole, with the error, for replay."""
+    log.exception("%s: unexpected error; input dead-lettered", INGEST_TASK)
+    detail = f"{type(exc).__name__}: {exc}"[:2000]
+    try:
+        dead_letter(rt, INGEST_TASK, "internal_error", detail, payload)
+    except (OperationalError, InterfaceError) as inner:
+        return NotStored(inner)
+    return Result(Outcome.FAILED, detail)
 
 
 def _resolve_many(session: Session, parsed: list[tuple[int, _Parsed]]) -> dict[int, Payment | None]:
@@ -961,6 +994,8 @@ def _settle_batch(
             if _deadlock(exc) and attempt < SETTLE_RETRIES:
                 log.info("a batch's settlement was a deadlock's victim: settling it again")
                 continue
+            if _deadlock(exc):  # the answers are kept: each settled alone
+                return _settle_each(rt, answered, results)
             for i, adm, _, _ in answered:
                 results[i] = _held(rt, adm, lambda exc=exc: _reraise(exc))  # type: ignore[misc]
             return {}

@@ -24,7 +24,7 @@ from worker.settings import Settings
 
 #: Provider calls in flight at most per worker process (each holds one pooled HTTP connection:
 #: providers.http's pool keeps as many).
-CALLS_IN_FLIGHT = 256
+CALLS_IN_FLIGHT = 512
 
 
 @dataclass
@@ -38,12 +38,12 @@ class Runtime:
     _calls: ThreadPoolExecutor | None = field(default=None, repr=False)
 
     def call_pool(self) -> ThreadPoolExecutor:
-        """Threads that make a batch's provider calls in parallel: two batches' worth (at most
-        ``CALLS_IN_FLIGHT``), each over a keep-alive connection of the provider client's pool."""
+        """Threads that make the batches' provider calls in parallel: three batches' worth, as many as a
+        worker holds (at most ``CALLS_IN_FLIGHT``), each over a keep-alive connection of the client's pool."""
         if self._calls is None:
             with _lock:
                 if self._calls is None:
-                    size = min(CALLS_IN_FLIGHT, 2 * self.settings.batch_size)
+                    size = min(CALLS_IN_FLIGHT, 3 * self.settings.batch_size)
                     self._calls = ThreadPoolExecutor(max_workers=size, thread_name_prefix="payrecon-call")
         return self._calls
 
