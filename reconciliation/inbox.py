@@ -159,11 +159,7 @@ def store_many(
 
 def mark(session: Session, inbox_id: int, status: InboxStatus, detail: str = "") -> None:
     """The delivery's work is over (or it never was work): it is no longer due."""
-    session.execute(
-        update(InboxDelivery)
-        .where(InboxDelivery.id == inbox_id)
-        .values(status=status, detail=detail, next_attempt_at=None, budget_slot=None, awaiting_registration=False)
-    )
+    mark_many(session, {inbox_id: detail}, status)
 
 
 def _held(work: Work) -> tuple[ColumnElement[bool], ...]:
@@ -296,6 +292,13 @@ def coalesce(
     its answer covers them, so they are finished without a call of their own (one a worker holds
     at this moment still finishes its own work, idempotently). Not those still waiting to be
     authenticated. Returns the finished ones: (inbox id, the call-budget stage it held, to give back)."""
+    answer = Answered(provider, reference, asked_at, done, detail)
+    return [(inbox_id, slot) for inbox_id, slot, _ in coalesce_many(session, [answer])]
+
+
+def _coalesce_one(session: Session, a: Answered) -> list[tuple[int, str | None]]:
+    """``coalesce`` as one ORM statement (SQLite: ``coalesce_many``'s PostgreSQL statement unnests arrays)."""
+    provider, reference, asked_at, done, detail = a.provider, a.reference, a.asked_at, a.done, a.detail
     rows = session.execute(
         update(InboxDelivery)
         .where(
@@ -354,13 +357,7 @@ def coalesce_many(session: Session, answers: list[Answered]) -> list[tuple[int, 
     if not answers:
         return []
     if session.get_bind().dialect.name != "postgresql":
-        return [
-            (inbox_id, slot, a)
-            for a in answers
-            for inbox_id, slot in coalesce(
-                session, a.provider, a.reference, asked_at=a.asked_at, done=a.done, detail=a.detail
-            )
-        ]
+        return [(inbox_id, slot, a) for a in answers for inbox_id, slot in _coalesce_one(session, a)]
     by_key = {(a.provider, a.reference): a for a in answers}
     rows = session.execute(
         _COALESCE_MANY,

@@ -367,18 +367,17 @@ def _settlement_journal(payment: Payment) -> ledger.NewJournal:
     )
 
 
-def apply_answers(session: Session, answers: list[Answer], ctx: Context, *, trigger: str) -> list[Verification]:
-    """``apply_answer`` for many plain successes (``is_plain_success``, payments locked by the caller,
-    in id order), with each table written once: one statement posts every journal with its entries,
-    one locks the accounts' subscriptions, and the unit of work writes the payments, subscriptions,
-    grants, verifications and events as multi-row statements. Two payments of one account stack
-    their periods as they would one after the other. Same rows, facts and events as ``apply_answer``."""
+def apply_answers(
+    session: Session, answers: list[Answer], ctx: Context, *, trigger: str, plans: dict[str, Plan]
+) -> list[Verification]:
+    """``apply_answer`` for many plain successes (``is_plain_success`` with the same ``plans``, which
+    the caller holds, as it holds the payments' locks, taken in id order), with each table written
+    once: one statement posts every journal with its entries, one locks the accounts' subscriptions,
+    and the unit of work writes the payments, subscriptions, grants, verifications and events as
+    multi-row statements. Two payments of one account stack their periods as they would one after
+    the other. Same rows, facts and events as ``apply_answer``."""
     if not answers:
         return []
-    plans = {
-        plan.code: plan
-        for plan in session.scalars(select(Plan).where(Plan.code.in_({a.payment.plan_code for a in answers})))
-    }
     ledger.post_many(session, [_settlement_journal(a.payment) for a in answers])
     subs = subscriptions.lock_many(
         session,

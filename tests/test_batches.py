@@ -297,3 +297,27 @@ def test_a_batch_is_not_capped_by_the_prefetch_of_its_threads(
         worker.stop()
     with private_redis.client() as client:  # every message acknowledged: nothing held, nothing left
         assert client.llen("webhooks") == 0 and client.hlen("unacked") == 0
+
+
+def test_a_bug_reading_one_delivery_dead_letters_it_and_the_batch_goes_on(
+    rt: Runtime, sandbox: SandboxClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    good, bad = new_reference(), new_reference()
+    envelopes = [paid(rt, sandbox, good), paid(rt, sandbox, bad)]
+    client = rt.client("cinetpay")
+    assert client is not None
+    parse = client.parse_delivery
+
+    def buggy(envelope: Any) -> Any:
+        if bad in envelope.body:
+            raise RuntimeError("a bug reading this delivery")
+        return parse(envelope)
+
+    monkeypatch.setattr(client, "parse_delivery", buggy)
+    results = pipeline.ingest_batch(rt, envelopes)
+    assert outcomes(results) == [Outcome.ACCEPTED, Outcome.FAILED]
+    assert status(rt, good) is PaymentStatus.SUCCEEDED
+    with rt.sessions() as session:
+        letters = session.scalars(select(DeadLetter)).all()
+        assert [(d.reason, bad in d.payload) for d in letters] == [("internal_error", True)]
+        assert "RuntimeError: a bug reading this delivery" in letters[0].detail

@@ -799,7 +799,7 @@ def _store_batch(
         # One delivery the batch cannot store (a bug): each goes alone, so the others do not wait on it.
         log.exception("a batch of %d deliveries could not be stored together: storing each alone", len(parsed))
         for i, _ in parsed:
-            results[i] = _alone(rt, payloads[i])
+            results[i] = ingest_alone(rt, payloads[i])
         return []
     work: list[tuple[int, _Admitted]] = []
     for i, _ in parsed:
@@ -866,7 +866,7 @@ def _work_batch(rt: Runtime, admitted: list[tuple[int, _Admitted]], results: lis
                 ),
             )
         else:
-            results[i] = _held(rt, adm, lambda exc=answer: _reraise(exc))  # type: ignore[misc]
+            results[i] = _failed(rt, adm, answer)
 
     finished = _settle_batch(rt, answered, results)
     for i, adm in later:
@@ -884,8 +884,8 @@ def _complete(results: list[Result | NotStored | None]) -> list[Result | NotStor
     return [r for r in results if r is not None]
 
 
-def _alone(rt: Runtime, payload: Any) -> Result | NotStored:
-    """One delivery of a batch on the per-delivery path."""
+def ingest_alone(rt: Runtime, payload: Any) -> Result | NotStored:
+    """One delivery of a batch on the per-delivery path (a bug there dead-letters its input)."""
     try:
         return ingest_webhook(rt, payload)
     except (OperationalError, InterfaceError) as exc:
@@ -930,27 +930,28 @@ def _before_call_admitted(rt: Runtime, adm: _Admitted) -> Result | _Call:
     )
 
 
-def _reraise(exc: BaseException) -> Result:
-    raise exc
-
-
 def _held(rt: Runtime, adm: _Admitted, step: Callable[[], T]) -> T | Result:
-    """A step of the work on a delivery this worker holds, as ``_work`` does for one delivery; an
-    outage leaves the delivery leased in the inbox (taken up again when the lease ends)."""
+    """A step of the work on a delivery this worker holds, as ``_work`` does for one delivery."""
+    try:
+        return step()
+    except Exception as exc:
+        return _failed(rt, adm, exc)
+
+
+def _failed(rt: Runtime, adm: _Admitted, exc: Exception) -> Result:
+    """What an error on a delivery this worker holds comes to: an outage leaves it leased in the inbox
+    (taken up again when the lease ends); anything else (a bug) puts it off as an internal error."""
     assert adm.work is not None  # noqa: S101
     client, work = adm.parsed.client, adm.work
-    try:
-        try:
-            return step()
-        except (OperationalError, InterfaceError):
-            raise
-        except Exception as exc:
-            log.exception("%s delivery %s: unexpected error", client.name, work.id)
-            return replace(_internal_error(rt, work, exc), provider=client.name)
-    except (OperationalError, InterfaceError) as exc:
+    if isinstance(exc, (OperationalError, InterfaceError)):
         reason = str(getattr(exc, "orig", exc)).strip().splitlines()[0][:200] if str(exc) else type(exc).__name__
         detail = f"database unavailable: taken up again when its lease ends ({reason})"
         return Result(Outcome.RETRY, detail, work.id, adm.reference, provider=client.name)
+    log.error("%s delivery %s: unexpected error", client.name, work.id, exc_info=exc)
+    try:
+        return replace(_internal_error(rt, work, exc), provider=client.name)
+    except (OperationalError, InterfaceError) as outage:
+        return _failed(rt, adm, outage)
 
 
 def _ask_all(
@@ -997,11 +998,11 @@ def _settle_batch(
             if _deadlock(exc):  # the answers are kept: each settled alone
                 return _settle_each(rt, answered, results)
             for i, adm, _, _ in answered:
-                results[i] = _held(rt, adm, lambda exc=exc: _reraise(exc))  # type: ignore[misc]
+                results[i] = _failed(rt, adm, exc)
             return {}
         except InterfaceError as exc:
             for i, adm, _, _ in answered:
-                results[i] = _held(rt, adm, lambda exc=exc: _reraise(exc))  # type: ignore[misc]
+                results[i] = _failed(rt, adm, exc)
             return {}
         except Exception:
             log.exception("a batch of %d answers could not be settled together: settling each alone", len(answered))
@@ -1035,13 +1036,12 @@ def _settle_all(
     # The plans of the batch, held here: the session's identity map then serves every lookup of
     # them (it keeps objects only while they are referenced).
     codes = {adm.payment.plan_code for _, adm, _, _ in answered if adm.payment is not None and adm.payment.plan_code}
-    plans = session.scalars(select(Plan).where(Plan.code.in_(codes))).all() if codes else []
+    plans = {plan.code: plan for plan in session.scalars(select(Plan).where(Plan.code.in_(codes)))} if codes else {}
     # Known payments in id order (locked so above), then orphans created in reference order.
     order = sorted(answered, key=lambda a: (a[1].payment.id if a[1].payment else 1 << 62, a[1].reference))
     settled: dict[int, Result] = {}
     decisions: dict[int, str] = {}
     answers: list[inbox.Answered] = []
-    by_code = {plan.code: plan for plan in plans}
     ctx = rt.context()
     plain: list[tuple[int, _Admitted, payments.Answer]] = []
     for i, adm, answer, asked_at in order:
@@ -1056,7 +1056,7 @@ def _settle_all(
             f"answered by the provider at {asked_at.isoformat()} for delivery {adm.work.id}, after this one arrived"
         )
         answers.append(inbox.Answered(provider, payment.reference, asked_at, adm.work.id, detail))
-        if payments.is_plain_success(payment, answer, adm.parsed.delivery, by_code):
+        if payments.is_plain_success(payment, answer, adm.parsed.delivery, plans):
             plain.append((i, adm, payments.Answer(payment, answer, adm.parsed.delivery, adm.work.id, asked_at)))
             continue
         # Anything unusual (a failure, a mismatch, an orphan, a late success...) one at a time.
@@ -1073,18 +1073,15 @@ def _settle_all(
         decisions[adm.work.id] = verification.decision
         outcome = _classify(payment, answer)
         settled[i] = Result(outcome, verification.decision, adm.work.id, payment.reference, provider=provider)
-    # The plain successes set-wise, in payment id order (their rows locked above), per re-check policy.
-    for provider in sorted({a.payment.provider for _, _, a in plain}):
-        group = [(i, adm, a) for i, adm, a in plain if a.payment.provider == provider]
-        verifications = payments.apply_answers(
-            session, [a for _, _, a in group], rt.context(provider, ctx.now), trigger="webhook"
-        )
-        for (i, adm, a), verification in zip(group, verifications, strict=True):
-            decisions[a.inbox_id or 0] = verification.decision
-            settled[i] = Result(
-                _classify(a.payment, a.answer), verification.decision, adm.work.id if adm.work else None,
-                a.payment.reference, provider=provider,
-            )  # fmt: skip
+    # The plain successes set-wise, in payment id order (their rows locked above).
+    verifications = payments.apply_answers(session, [a for _, _, a in plain], ctx, trigger="webhook", plans=plans)
+    for (i, adm, a), verification in zip(plain, verifications, strict=True):
+        assert adm.work is not None  # noqa: S101
+        decisions[adm.work.id] = verification.decision
+        settled[i] = Result(
+            _classify(a.payment, a.answer), verification.decision, adm.work.id, a.payment.reference,
+            provider=a.payment.provider,
+        )  # fmt: skip
     facts.note(session, "batch_settled", set_wise=len(plain), one_by_one=len(answered) - len(plain))
     # Each table once for the whole batch: the deliveries answered, then those their answers finish.
     inbox.mark_many(session, decisions)
@@ -1093,7 +1090,6 @@ def _settle_all(
     for other, held, answered_by in inbox.coalesce_many(session, answers):
         finished[other] = answered_by.done
         unused.append((answered_by.provider, held))
-    del plans
     return settled, finished, unused
 
 

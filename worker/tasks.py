@@ -126,7 +126,7 @@ def run_batch(envelopes: list[Any]) -> list[bool] | None:
             outcomes: list[pipeline.Result | pipeline.NotStored] = pipeline.ingest_batch(rt, envelopes)
         except Exception:  # a bug in the batch path: each delivery on its own path instead
             log.exception("ingest_webhook: a batch of %d failed; each delivery goes alone", len(envelopes))
-            outcomes = [_alone(rt, envelope) for envelope in envelopes]
+            outcomes = [pipeline.ingest_alone(rt, envelope) for envelope in envelopes]
         metrics.BATCHES.observe(len(envelopes))
         dispositions = []
         for envelope, outcome in zip(envelopes, outcomes, strict=True):
@@ -144,22 +144,6 @@ def run_batch(envelopes: list[Any]) -> list[bool] | None:
     except Exception:
         log.exception("ingest_webhook: a batch of %d could not be processed; its messages go back", len(envelopes))
         return None
-
-
-def _alone(rt: runtime.Runtime, envelope: Any) -> pipeline.Result | pipeline.NotStored:
-    """One delivery of a failed batch on the per-message path; a bug there dead-letters its input."""
-    try:
-        return pipeline.ingest_webhook(rt, envelope)
-    except (OperationalError, InterfaceError) as exc:
-        return pipeline.NotStored(exc)
-    except Exception as exc:
-        log.exception("%s: unexpected error; input dead-lettered", pipeline.INGEST_TASK)
-        detail = f"{type(exc).__name__}: {exc}"[:2000]
-        try:
-            pipeline.dead_letter(rt, pipeline.INGEST_TASK, "internal_error", detail, envelope)
-        except (OperationalError, InterfaceError) as inner:
-            return pipeline.NotStored(inner)
-        return pipeline.Result(pipeline.Outcome.FAILED, detail)
 
 
 def _send_again(envelope: Any, not_stored: pipeline.NotStored) -> bool:
