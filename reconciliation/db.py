@@ -37,6 +37,7 @@ def make_engine(url: str, *, pool_size: int = 10, echo: bool = False) -> Engine:
         max_overflow=pool_size,
         pool_pre_ping=True,
         pool_recycle=1800,
+        executemany_mode="values_plus_batch",
     )
 
 

@@ -12,17 +12,29 @@ from __future__ import annotations
 
 import secrets
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
+from sqlalchemy import Table, insert
 from sqlalchemy.orm import Session
 
 from reconciliation.models import OutboxEvent, Payment, Plan
 
 
 def emit(session: Session, type_: str, *, product: str | None, data: dict[str, Any], now: datetime) -> OutboxEvent:
-    event = OutboxEvent(id=f"evt_{secrets.token_hex(12)}", type=type_, product=product, payload=data, created_at=now)
+    event = OutboxEvent(**event_row(type_, product=product, data=data, now=now))
     session.add(event)
     return event
+
+
+def event_row(type_: str, *, product: str | None, data: dict[str, Any], now: datetime) -> dict[str, Any]:
+    """An event's row, for ``emit`` or for a caller inserting many at once (``emit_rows``)."""
+    return {"id": f"evt_{secrets.token_hex(12)}", "type": type_, "product": product, "payload": data, "created_at": now}
+
+
+def emit_rows(session: Session, rows: list[dict[str, Any]]) -> None:
+    """Insert ``event_row`` rows with one statement."""
+    if rows:
+        session.execute(insert(cast(Table, OutboxEvent.__table__)), rows)
 
 
 def product_of(session: Session, payment: Payment) -> str | None:

@@ -11,11 +11,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from typing import Any
+from typing import Any, cast
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import func, select
+from sqlalchemy import Table, bindparam, func, select, update
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
 
 from providers.base import Delivery, Outcome, RegistrationView, VerifiedStatus
 from reconciliation import facts, ledger, outbox, subscriptions
@@ -24,6 +25,7 @@ from reconciliation.models import (
     FINAL_STATUSES,
     FlagKind,
     Journal,
+    OutboxEvent,
     Payment,
     PaymentFlag,
     PaymentStatus,
@@ -369,15 +371,17 @@ def _settlement_journal(payment: Payment) -> ledger.NewJournal:
 
 def apply_answers(
     session: Session, answers: list[Answer], ctx: Context, *, trigger: str, plans: dict[str, Plan]
-) -> list[Verification]:
+) -> list[str]:
     """``apply_answer`` for many plain successes (``is_plain_success`` with the same ``plans``, which
-    the caller holds, as it holds the payments' locks, taken in id order), with each table written
-    once: one statement posts every journal with its entries, one locks the accounts' subscriptions,
-    and the unit of work writes the payments, subscriptions, grants, verifications and events as
-    multi-row statements. Two payments of one account stack their periods as they would one after
-    the other. Same rows, facts and events as ``apply_answer``."""
+    the caller holds, as it holds the payments' locks, taken in id order), each table written with one
+    statement and without the ORM's unit of work: one posts every journal with its entries, one locks
+    the accounts' subscriptions, then one each writes the payments, the subscriptions, the grants, the
+    verifications and the events. Two payments of one account stack their periods as they would one
+    after the other. Same rows, facts and events as ``apply_answer``; returns each one's decision.
+    The payments' ORM objects are brought up to date (the rows are written by the statements)."""
     if not answers:
         return []
+    session.flush()  # what this transaction changed through the ORM is in the rows read below
     ledger.post_many(session, [_settlement_journal(a.payment) for a in answers])
     subs = subscriptions.lock_many(
         session,
@@ -389,22 +393,33 @@ def apply_answers(
         ),
         ctx.now,
     )
-    verifications: list[Verification] = []
+    payment_rows: list[dict[str, Any]] = []
+    grants: list[dict[str, Any]] = []
+    events: list[dict[str, Any]] = []
+    verifications: list[dict[str, Any]] = []
+    decisions: list[str] = []
     for a in answers:
         payment, answer, plan = a.payment, a.answer, plans[str(a.payment.plan_code)]
-        payment.status = PaymentStatus.SUCCEEDED
-        payment.updated_at = ctx.now
-        payment.confirmed_amount = answer.amount
-        payment.confirmed_currency = answer.currency
-        payment.provider_transaction_id = answer.provider_transaction_id or payment.provider_transaction_id
-        payment.paid_at = answer.paid_at or payment.paid_at
-        grant = subscriptions.grant_locked(
+        values = {
+            "status": PaymentStatus.SUCCEEDED,
+            "updated_at": ctx.now,
+            "confirmed_amount": answer.amount,
+            "confirmed_currency": answer.currency,
+            "provider_transaction_id": answer.provider_transaction_id or payment.provider_transaction_id,
+            "paid_at": answer.paid_at or payment.paid_at,
+            "settled": True,
+            "finalized_at": ctx.now,
+            "next_check_at": None,
+        }
+        for name, value in values.items():
+            set_committed_value(payment, name, value)
+        payment_rows.append({"b_id": payment.id, **values})
+        grant, granted = subscriptions.grant_held(
             session, subs[(plan.product, str(payment.account))], plan, payment, now=ctx.now, tz=ctx.tz
         )
-        payment.settled = True
-        payment.finalized_at = ctx.now
-        _note_final(session, payment, ctx)
-        payment.next_check_at = None
+        grants.append(grant)
+        events.append(granted)
+        events.append(_final(session, payment, ctx, product=plan.product))
         if a.claim is not None and a.claim.claimed_status and normalize_claim(a.claim.claimed_status) != "succeeded":
             facts.note(
                 session,
@@ -413,20 +428,29 @@ def apply_answers(
                 claimed=normalize_claim(a.claim.claimed_status),
                 confirmed=answer.outcome.value,
             )
-        verification = _new_verification(
-            payment,
-            ctx,
-            trigger=trigger,
-            claim=a.claim,
-            inbox_id=a.inbox_id,
-            **_answered(answer),
-            decision=f"confirmed paid; settled: {grant.days} days granted, access until {grant.ends_at.isoformat()}",
-            asked_at=a.asked_at,
+        decision = f"confirmed paid; settled: {grant['days']} days granted, access until {grant['ends_at'].isoformat()}"
+        decisions.append(decision)
+        verifications.append(
+            _verification_row(
+                payment,
+                ctx,
+                trigger=trigger,
+                claim=a.claim,
+                inbox_id=a.inbox_id,
+                **_answered(answer),
+                decision=decision,
+                asked_at=a.asked_at,
+            )
         )
-        session.add(verification)
-        verifications.append(verification)
-    session.flush()
-    return verifications
+    table = cast(Table, Payment.__table__)
+    session.execute(
+        update(table).where(table.c.id == bindparam("b_id")).values({name: bindparam(name) for name in values}),
+        payment_rows,
+    )
+    subscriptions.write_held(session, list(subs.values()), grants)
+    session.execute(insert(session, Verification.__table__), verifications)
+    outbox.emit_rows(session, events)
+    return decisions
 
 
 def record_error(
@@ -476,16 +500,22 @@ def _verification(
 def _new_verification(
     payment: Payment, ctx: Context, *, trigger: str, claim: Delivery | None, inbox_id: int | None, **answer: Any
 ) -> Verification:
-    return Verification(
-        payment_id=payment.id,
-        inbox_id=inbox_id,
-        trigger=trigger,
-        claimed_status=claim.claimed_status if claim else None,
-        claimed_amount=claim.claimed_amount if claim else None,
-        claimed_currency=claim.claimed_currency if claim else None,
-        created_at=ctx.now,
+    return Verification(**_verification_row(payment, ctx, trigger=trigger, claim=claim, inbox_id=inbox_id, **answer))
+
+
+def _verification_row(
+    payment: Payment, ctx: Context, *, trigger: str, claim: Delivery | None, inbox_id: int | None, **answer: Any
+) -> dict[str, Any]:
+    return {
+        "payment_id": payment.id,
+        "inbox_id": inbox_id,
+        "trigger": trigger,
+        "claimed_status": claim.claimed_status if claim else None,
+        "claimed_amount": claim.claimed_amount if claim else None,
+        "claimed_currency": claim.claimed_currency if claim else None,
+        "created_at": ctx.now,
         **answer,
-    )
+    }
 
 
 def record_deferral(
@@ -500,13 +530,11 @@ def record_deferral(
 
 
 def _note_final(session: Session, payment: Payment, ctx: Context) -> None:
-    outbox.emit(
-        session,
-        f"payment.{payment.status.value}",
-        product=outbox.product_of(session, payment),
-        data=outbox.payment_data(payment),
-        now=ctx.now,
-    )
+    session.add(OutboxEvent(**_final(session, payment, ctx, product=outbox.product_of(session, payment))))
+
+
+def _final(session: Session, payment: Payment, ctx: Context, *, product: str | None) -> dict[str, Any]:
+    """A payment became final: the fact noted, and the event's row returned."""
     since = payment.registered_at or payment.created_at
     facts.note(
         session,
@@ -515,6 +543,8 @@ def _note_final(session: Session, payment: Payment, ctx: Context) -> None:
         status=payment.status.value,
         seconds=max(0.0, (ctx.now - since).total_seconds()),
     )
+    data = outbox.payment_data(payment)
+    return outbox.event_row(f"payment.{payment.status.value}", product=product, data=data, now=ctx.now)
 
 
 #: How the providers' own status words in a callback read, for the disagreement metric.

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any, cast
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import select, tuple_, update
+from sqlalchemy import Table, bindparam, select, tuple_, update
 from sqlalchemy.orm import Session
 
 from reconciliation import facts, outbox
@@ -71,7 +72,23 @@ def grant_for_payment(session: Session, payment: Payment, now: datetime, tz: Zon
     return GrantResult(grant, sub)
 
 
-def lock_many(session: Session, keys: list[tuple[str, str, str]], now: datetime) -> dict[tuple[str, str], Subscription]:
+@dataclass(slots=True)
+class Held:
+    """A subscription row locked by ``lock_many``: granted to in memory (``grant_held``), written
+    back by ``write_held``, without the ORM's unit of work (the set-wise settlement of a batch)."""
+
+    id: int
+    product: str
+    account: str
+    plan_code: str
+    starts_at: datetime
+    ends_at: datetime
+    active: bool
+    expired_at: datetime | None
+    updated_at: datetime | None
+
+
+def lock_many(session: Session, keys: list[tuple[str, str, str]], now: datetime) -> dict[tuple[str, str], Held]:
     """The subscriptions of many (product, account, plan) keys, created if missing and locked, with
     two statements (in key order, then id order: two callers never wait on each other in a cycle)."""
     if not keys:
@@ -85,34 +102,25 @@ def lock_many(session: Session, keys: list[tuple[str, str, str]], now: datetime)
             for product, account, plan in keys
         ],
     )  # fmt: skip
-    rows = session.scalars(
-        select(Subscription)
-        .where(tuple_(Subscription.product, Subscription.account).in_({(p, a) for p, a, _ in keys}))
-        .order_by(Subscription.id)
+    table = Subscription.__table__
+    rows = session.execute(
+        select(*(table.c[name] for name in Held.__slots__))
+        .where(tuple_(table.c.product, table.c.account).in_({(p, a) for p, a, _ in keys}))
+        .order_by(table.c.id)
         .with_for_update()
-        .execution_options(populate_existing=True)
     )
-    return {(sub.product, sub.account): sub for sub in rows}
+    return {(row.product, row.account): Held(*row) for row in rows}
 
 
-def grant_locked(
-    session: Session, sub: Subscription, plan: Plan, payment: Payment, *, now: datetime, tz: ZoneInfo
-) -> SubscriptionGrant:
-    """The grant of a confirmed payment on its locked subscription: access from the end of the
-    current period (or now), ``periods x plan period`` long; noted and announced. Not flushed."""
+def _granted(
+    sub: Subscription | Held, plan: Plan, payment: Payment, *, now: datetime, tz: ZoneInfo
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The grant of ``payment`` on ``sub`` (its row values, and the ``subscription.granted`` event's
+    data): access from the end of the current period (or now), ``periods x plan period`` long.
+    ``sub`` is extended accordingly."""
     days = payment.periods * plan.period_days
     start = max(now, sub.ends_at) if sub.active else now
     end = add_days(start, days, tz)
-    grant = SubscriptionGrant(
-        subscription_id=sub.id,
-        payment_id=payment.id,
-        plan_code=plan.code,
-        periods=payment.periods,
-        days=days,
-        starts_at=start,
-        ends_at=end,
-    )
-    session.add(grant)
     if not sub.active:
         sub.starts_at = start
     sub.ends_at = end
@@ -120,19 +128,58 @@ def grant_locked(
     sub.active = True
     sub.expired_at = None
     sub.updated_at = now
-    facts.note(session, "grant", product=plan.product, days=days)
-    outbox.emit(
-        session,
-        "subscription.granted",
-        product=plan.product,
-        data={
-            "account": sub.account, "product": plan.product, "plan": plan.code, "days": days,
-            "periods": payment.periods, "starts_at": start.isoformat(), "ends_at": end.isoformat(),
-            "payment_reference": payment.reference, "provider": payment.provider,
-        },
-        now=now,
-    )  # fmt: skip
+    grant = {"subscription_id": sub.id, "payment_id": payment.id, "plan_code": plan.code,
+             "periods": payment.periods, "days": days, "starts_at": start, "ends_at": end}  # fmt: skip
+    data = {
+        "account": sub.account, "product": plan.product, "plan": plan.code, "days": days,
+        "periods": payment.periods, "starts_at": start.isoformat(), "ends_at": end.isoformat(),
+        "payment_reference": payment.reference, "provider": payment.provider,
+    }  # fmt: skip
+    return grant, data
+
+
+def grant_locked(
+    session: Session, sub: Subscription, plan: Plan, payment: Payment, *, now: datetime, tz: ZoneInfo
+) -> SubscriptionGrant:
+    """The grant of a confirmed payment on its locked subscription; noted and announced. Not flushed."""
+    values, data = _granted(sub, plan, payment, now=now, tz=tz)
+    grant = SubscriptionGrant(**values)
+    session.add(grant)
+    facts.note(session, "grant", product=plan.product, days=values["days"])
+    outbox.emit(session, "subscription.granted", product=plan.product, data=data, now=now)
     return grant
+
+
+def grant_held(
+    session: Session, sub: Held, plan: Plan, payment: Payment, *, now: datetime, tz: ZoneInfo
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``grant_locked`` on a ``Held`` row: the grant's row and its event's row, for the caller to
+    insert with the others of its batch (``write_held`` writes the subscriptions)."""
+    values, data = _granted(sub, plan, payment, now=now, tz=tz)
+    facts.note(session, "grant", product=plan.product, days=values["days"])
+    return values, outbox.event_row("subscription.granted", product=plan.product, data=data, now=now)
+
+
+def write_held(session: Session, held: list[Held], grants: list[dict[str, Any]]) -> None:
+    """Write ``held`` subscriptions back (one multi-row statement) and insert their ``grants``."""
+    table = cast(Table, Subscription.__table__)
+    changed = [{"b_id": sub.id, **{name: getattr(sub, name) for name in _WRITTEN}} for sub in held]
+    if changed:
+        session.execute(
+            update(table).where(table.c.id == bindparam("b_id")).values({name: bindparam(name) for name in _WRITTEN}),
+            changed,
+        )
+    if grants:
+        session.execute(insert(session, SubscriptionGrant.__table__), grants)
+    # ORM copies of these rows the session may hold (a one-by-one settlement of the same batch) are stale.
+    ids = {sub.id for sub in held}
+    for obj in list(session.identity_map.values()):
+        if isinstance(obj, Subscription) and obj.id in ids:
+            session.expire(obj)
+
+
+#: What a grant changes on a subscription.
+_WRITTEN = ("starts_at", "ends_at", "plan_code", "active", "expired_at", "updated_at")
 
 
 def expire_due(session: Session, now: datetime) -> list[int]:

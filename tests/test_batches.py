@@ -165,6 +165,13 @@ def test_a_worker_consumes_webhooks_in_batches(
     assert "batches of up to 100 messages" in worker_process.log()
 
 
+def _plain(payload: dict[str, Any]) -> list[tuple[str, Any]]:
+    """An event's payload without what differs between two payments (references, accounts, clocks)."""
+    masked = {"reference": "REF", "payment_reference": "REF", "account": "ACCOUNT"}
+    clocks = {"paid_at", "starts_at", "ends_at"}
+    return sorted((k, masked.get(k, bool(v) if k in clocks else v)) for k, v in payload.items())
+
+
 def _written(rt: Runtime, refs: list[str]) -> list[dict[str, Any]]:
     """What settling wrote about each payment, without ids, references and clocks."""
     from reconciliation.models import Journal, OutboxEvent, Verification
@@ -173,6 +180,7 @@ def _written(rt: Runtime, refs: list[str]) -> list[dict[str, Any]]:
     with rt.sessions() as session:
         for ref in refs:
             p = session.scalars(select(Payment).where(Payment.reference == ref)).one()
+            s = session.scalars(select(Subscription).where(Subscription.account == p.account)).one()
             v = session.scalars(select(Verification).where(Verification.payment_id == p.id)).one()
             g = session.scalars(select(SubscriptionGrant).where(SubscriptionGrant.payment_id == p.id)).one()
             j = session.scalars(select(Journal).where(Journal.payment_id == p.id)).one()
@@ -194,8 +202,8 @@ def _written(rt: Runtime, refs: list[str]) -> list[dict[str, Any]]:
                     "grant": (g.periods, g.days, g.kind, g.plan_code),
                     "journal": (j.kind, j.memo.replace(ref, "REF").replace(str(p.account), "ACCOUNT"),
                                 sorted((e.side, e.amount) for e in j.entries)),
-                    "events": [(e.type, e.product, sorted(e.payload)) for e in events]
-                    + [(e.type, e.product, sorted(e.payload)) for e in granted],
+                    "events": [(e.type, e.product, _plain(e.payload)) for e in [*events, *granted]],
+                    "subscription": (s.active, s.plan_code, s.expired_at, round((s.ends_at - s.starts_at).days)),
                 }
             )  # fmt: skip
     return out

@@ -1074,14 +1074,13 @@ def _settle_all(
         outcome = _classify(payment, answer)
         settled[i] = Result(outcome, verification.decision, adm.work.id, payment.reference, provider=provider)
     # The plain successes set-wise, in payment id order (their rows locked above).
-    verifications = payments.apply_answers(session, [a for _, _, a in plain], ctx, trigger="webhook", plans=plans)
-    for (i, adm, a), verification in zip(plain, verifications, strict=True):
+    settled_plain = payments.apply_answers(session, [a for _, _, a in plain], ctx, trigger="webhook", plans=plans)
+    for (i, adm, a), decision in zip(plain, settled_plain, strict=True):
         assert adm.work is not None  # noqa: S101
-        decisions[adm.work.id] = verification.decision
+        decisions[adm.work.id] = decision
         settled[i] = Result(
-            _classify(a.payment, a.answer), verification.decision, adm.work.id, a.payment.reference,
-            provider=a.payment.provider,
-        )  # fmt: skip
+            _classify(a.payment, a.answer), decision, adm.work.id, a.payment.reference, provider=a.payment.provider
+        )
     facts.note(session, "batch_settled", set_wise=len(plain), one_by_one=len(answered) - len(plain))
     # Each table once for the whole batch: the deliveries answered, then those their answers finish.
     inbox.mark_many(session, decisions)
