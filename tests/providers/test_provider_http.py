@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 import requests
@@ -17,8 +18,17 @@ from providers.base import (
     ProviderRateLimited,
     ProviderTransientError,
 )
-from providers.http import RateLimited, RetryPolicy, body_excerpt, build_session, parse_retry_after, send
+from providers.http import (
+    ProviderSession,
+    RateLimited,
+    RetryPolicy,
+    body_excerpt,
+    build_session,
+    parse_retry_after,
+    send,
+)
 from providers.sandbox import SandboxClient, SandboxServer
+from tests.providers.support import Received, receiving
 from worker.runtime import CALLS_IN_FLIGHT
 
 PATH = "/v2/payment/check"
@@ -129,3 +139,60 @@ def test_parse_retry_after() -> None:
 def test_body_excerpt() -> None:
     assert body_excerpt("a\n  b\tc") == "a b c"
     assert len(body_excerpt("y" * 1000)) == 200
+
+
+# --------------------------------------------------------------------------- ProviderSession
+
+
+def _strip(received: Received) -> tuple[str, str, str, dict[str, str]]:
+    return received.method, received.path, received.body, received.headers
+
+
+def test_a_provider_call_sends_what_requests_would(session: requests.Session) -> None:
+    """ProviderSession's own path sends the same request as requests' Session.request: session headers
+    with the call's (None removes one), params, JSON or form body."""
+    assert isinstance(session, ProviderSession)
+    plain = requests.Session()
+    plain.headers.update(session.headers)
+    calls: list[dict[str, Any]] = [
+        {"params": {"q": "a b", "n": "1"}, "json": {"amount": 5000, "ref": "é"}, "headers": {"X-Extra": "yes"}},
+        {"data": {"grant_type": "client_credentials"}, "headers": {"Accept": None, "Authorization": "Basic eA=="}},
+        {"json": None, "data": "raw=1&b=é"},
+    ]
+    with receiving("/v2/payment/check", ("POST",)) as receiver:
+        for kwargs in calls:
+            for client in (session, plain):
+                response = client.request("POST", receiver.url, timeout=(3, 3), allow_redirects=False, **kwargs)
+                assert response.status_code == 200 and response.content == b""
+    sent = [_strip(r) for r in receiver.received]
+    assert len(sent) == 6
+    assert sent[0::2] == sent[1::2]
+    assert sent[0][1] == "/v2/payment/check?q=a+b&n=1" and sent[2][3].get("Accept") is None
+
+
+def test_the_proxy_in_the_environment_is_used_and_read_once_per_host(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("http_proxy", "HTTP_PROXY", "no_proxy", "NO_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    with receiving("/", ("POST",)) as proxy, receiving("/direct", ("POST",)) as direct:
+        monkeypatch.setenv("http_proxy", proxy.base)
+        monkeypatch.setenv("no_proxy", "127.0.0.1")
+        http = build_session()
+        counted: list[str] = []
+        original = http.merge_environment_settings
+
+        def counting(url: Any, *args: Any) -> Any:
+            counted.append(url)
+            return original(url, *args)
+
+        monkeypatch.setattr(http, "merge_environment_settings", counting)
+        try:
+            for _ in range(3):
+                send(http, "cinetpay", "POST", "http://provider.invalid/v2/payment/check", json={}, policy=no_wait(),
+                     allow_redirects=False)  # fmt: skip
+            # no_proxy names the receiver's host: straight there.
+            send(http, "cinetpay", "POST", direct.url, json={}, policy=no_wait(), allow_redirects=False)
+        finally:
+            http.close()
+    assert [r.path for r in proxy.received] == ["http://provider.invalid/v2/payment/check"] * 3
+    assert [r.path for r in direct.received] == ["/direct"]
+    assert counted == ["http://provider.invalid/v2/payment/check", direct.url]  # once per host
