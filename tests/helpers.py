@@ -146,3 +146,28 @@ def resigned(envelope: dict[str, Any], secret_key: str = "test-secret-key", **ch
     body, token = build_notification(fields, secret_key)
     headers = {k: v for k, v in envelope["headers"].items() if k.lower() != "x-token"}
     return {**envelope, "body": body, "headers": {**headers, "x-token": token}}
+
+
+def queued_tasks(client: redis.Redis, queue: str = "webhooks") -> list[tuple[str, dict[str, Any]]]:
+    """What waits on the Redis list ``queue``, oldest first, as Celery protocol v2 ``(task name, kwargs)``
+    (kombu's Redis transport LPUSHes a JSON message whose base64 body is ``[args, kwargs, embed]``)."""
+    import base64
+    import json
+
+    found = []
+    for raw in reversed(client.lrange(queue, 0, -1)):
+        message = json.loads(raw)
+        assert message["content-type"] == "application/json"
+        assert message["properties"]["delivery_info"]["routing_key"] == queue
+        _args, kwargs, _embed = json.loads(base64.b64decode(message["body"]))
+        found.append((message["headers"]["task"], kwargs))
+    return found
+
+
+def payrecon_command() -> str:
+    """The ``payrecon`` program pip installed next to this Python (the one a user runs)."""
+    import sys
+
+    program = Path(sys.executable).parent / "payrecon"
+    assert program.exists(), f"{program} is missing: install the project (pip install -e .)"
+    return str(program)

@@ -138,18 +138,9 @@ def test_an_oversized_dead_letter_cannot_be_replayed_and_says_why(
 
 def test_enqueue_validates_before_sending(rt: Runtime, cli_env: dict[str, str]) -> None:
     bad = CliRunner().invoke(main, ["enqueue", "payment", "-"], input='{"schema": "payrecon.payment/1"}', env=cli_env)
-    assert bad.exit_code == 2 and "not a valid payment" in bad.output
-    good = (
-        run(
-            cli_env,
-            "enqueue",
-            "payment",
-            "-",
-        )
-        if False
-        else CliRunner().invoke(
-            main, ["enqueue", "payment", "-"], input=json.dumps(registration(new_reference())), env=cli_env
-        )
+    assert bad.exit_code == 2 and "line 1: provider: Field required" in bad.output
+    good = CliRunner().invoke(
+        main, ["enqueue", "payment", "-"], input=json.dumps(registration(new_reference())), env=cli_env
     )
     assert good.exit_code == 0 and "sent 1 payment message(s)" in good.output
     lines = "\n".join(json.dumps(registration(new_reference())) for _ in range(3))

@@ -188,40 +188,47 @@ def demo(count: int, tmp: bool, keep: bool, sandbox_url: str | None, external_wo
 @click.argument("source", type=click.File("r"), default="-")
 @click.option("--raw", is_flag=True, help="Send without validating locally (the worker still validates).")
 def enqueue(kind: str, source: Any, raw: bool) -> None:
-    """Send webhook envelopes or payment registrations (a JSON object, array, or JSON lines) to the worker."""
-    settings = _settings(require_broker=True)
-    from pydantic import ValidationError
+    """Send webhook envelopes or payment registrations (a JSON object, array, or JSON lines) to the worker.
 
-    from schemas.messages import PaymentRegistration, WebhookEnvelope
-    from worker.app import app
+    Every message is checked first and nothing is sent unless all are good (exit 2, each problem as
+    "line N: field: message"). Needs only CELERY_BROKER_URL."""
+    from schemas.producer import TASKS, BrokerPublisher
+    from worker import enqueue as reading
+    from worker.settings import broker_url_from_env
 
-    model = WebhookEnvelope if kind == "webhook" else PaymentRegistration
-    task, kwarg = (
-        ("payrecon.ingest_webhook", "envelope") if kind == "webhook" else ("payrecon.register_payment", "payment")
-    )
-    text = source.read()
     try:
-        parsed = json.loads(text)
-        documents = parsed if isinstance(parsed, list) else [parsed]
-    except json.JSONDecodeError:
-        documents = []
-        for number, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                documents.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                _fail(f"line {number}: not JSON: {exc.msg}", 2)
+        broker_url = broker_url_from_env()
+    except ConfigError as exc:
+        _fail(str(exc))
+    try:
+        messages = reading.read(source.read())
+    except reading.BadInput as exc:
+        for problem in exc.problems[:20]:
+            click.echo(problem, err=True)
+        _fail("nothing sent" + (f" ({len(exc.problems) - 20} more problems)" if len(exc.problems) > 20 else ""), 2)
+    invalid = {} if raw else reading.problems(kind, messages)
+    if invalid:
+        lines = [f"{where}: {problem}" for where, found in invalid.items() for problem in found]
+        for line in lines[:20]:
+            click.echo(line, err=True)
+        more = f", {len(lines) - 20} more problems not shown" if len(lines) > 20 else ""
+        _fail(f"nothing sent: {len(invalid)} of {len(messages)} {kind} message(s) invalid{more}", 2)
+    task = TASKS[kind][0]
+    publisher = BrokerPublisher(broker_url)
     sent = 0
-    for number, document in enumerate(documents, start=1):
-        if not raw:
-            try:
-                model.model_validate(document)
-            except ValidationError as exc:
-                _fail(f"message {number} is not a valid {kind}: {exc.errors(include_url=False)}", 2)
-        app.send_task(task, kwargs={kwarg: document}, queue="webhooks")
-        sent += 1
-    click.echo(f"sent {sent} {kind} message(s) to {task} via {settings.broker_url.split('://')[0]}://")
+    try:
+        for message in messages:
+            publisher.send("webhook" if kind == "webhook" else "payment", message.document)
+            sent += 1
+    except Exception as exc:
+        done = f"the first {sent} (through {messages[sent - 1].where}) were sent, " if sent else "none was sent, "
+        _fail(
+            f"{publisher.safe_url} failed on message {sent + 1} of {len(messages)} ({messages[sent].where}): "
+            f"{type(exc).__name__}: {exc}; {done}{messages[sent].where} and the rest were not"
+        )
+    finally:
+        publisher.close()
+    click.echo(f"sent {sent} {kind} message(s) to {task} via {broker_url.split('://')[0]}://")
 
 
 @main.command()

@@ -261,6 +261,16 @@ class Settings:
         return settings
 
 
+def broker_url_from_env(env: Mapping[str, str] | None = None) -> str:
+    """``CELERY_BROKER_URL`` alone, checked as :meth:`Settings.from_env` checks it: for the commands that
+    only talk to the broker (``payrecon enqueue``, ``payrecon receive``), which need no database."""
+    problems: list[str] = []
+    url = _Reader(os.environ if env is None else env, problems).broker("CELERY_BROKER_URL", required=True)
+    if problems or url is None:
+        raise ConfigError(problems)
+    return url
+
+
 class _Reader:
     def __init__(self, env: Mapping[str, str], problems: list[str]) -> None:
         self.env = env

@@ -202,7 +202,7 @@ class Notifier:
         answer) is tried again, with backoff, as the providers retry their callbacks (0: tried once)."""
         self.timeout = timeout
         self.retry_for = retry_for
-        self.broker = BrokerPublisher(broker_url) if broker_url else None
+        self.broker = BrokerPublisher(broker_url, app_name="payrecon-sandbox") if broker_url else None
         self._threads: list[threading.Thread] = []
         self._lock = threading.Lock()
 
