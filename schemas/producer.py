@@ -45,9 +45,16 @@ class BrokerPublisher:
         pool_limit: int = 4,
         acquire_timeout: float = 10.0,
         app_name: str = "payrecon-producer",
+        retry_policy: dict[str, float] | None = None,
     ) -> None:
-        """Publish to ``broker_url`` (any Celery broker URL); nothing is connected yet."""
+        """Publish to ``broker_url`` (any Celery broker URL); nothing is connected yet.
+
+        ``retry_policy``: how a publish that failed to reach the broker is tried again (Celery's
+        ``task_publish_retry_policy``: ``max_retries``, ``interval_start``, ``interval_step``,
+        ``interval_max``); by default Celery's (3 retries within about a second).
+        """
         self.broker_url = broker_url
+        self.retry_policy = retry_policy
         self.pool_limit = pool_limit
         self.acquire_timeout = acquire_timeout
         self.app_name = app_name
@@ -86,6 +93,7 @@ class BrokerPublisher:
         """
         task, kwarg = TASKS[kind]
         app, pool = self._producer_side()
+        options: dict[str, Any] = {} if self.retry_policy is None else {"retry_policy": self.retry_policy}
         with pool.acquire(block=True, timeout=self.acquire_timeout) as connection:
             result = app.send_task(
                 task,
@@ -94,6 +102,7 @@ class BrokerPublisher:
                 serializer="json",
                 connection=connection,
                 ignore_result=True,
+                **options,
             )
         return str(result.id)
 

@@ -248,3 +248,22 @@ def test_compose_file_has_prometheus_and_grafana() -> None:
     services = compose("config", "--services")
     assert services.returncode == 0, services.stderr
     assert {"prometheus", "grafana", "worker", "beat"} <= set(services.stdout.split())
+
+
+def test_compose_runs_the_receiver_with_the_broker_only() -> None:
+    executable = shutil.which("docker-compose")
+    if executable is None:
+        pytest.skip("docker-compose is not installed (PyYAML is not a dependency to parse the file)")
+    rendered = subprocess.run(
+        [executable, "-f", str(COMPOSE), "config"], cwd=ROOT, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert rendered.returncode == 0, rendered.stderr
+    lines = rendered.stdout.splitlines()
+    start = lines.index("  receiver:")
+    end = next(i for i in range(start + 1, len(lines)) if re.match(r"^  \S", lines[i]))
+    block = "\n".join(lines[start:end])
+    assert "- payrecon\n    - receive\n    - --host\n    - 0.0.0.0\n    - --port\n    - '8000'" in block
+    environment = block[block.index("    environment:\n") :].split("\n    healthcheck:")[0]
+    names = re.findall(r"^      (\w+):", environment, flags=re.MULTILINE)
+    assert sorted(names) == ["CELERY_BROKER_URL", "FORWARDED_ALLOW_IPS", "PAYRECON_RECEIVER_NAME"]  # no secrets
+    assert "127.0.0.1:8000:8000" in block and "http://127.0.0.1:8000/healthz" in block

@@ -232,6 +232,42 @@ def enqueue(kind: str, source: Any, raw: bool) -> None:
 
 
 @main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0: every interface).")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--receiver-name", envvar="PAYRECON_RECEIVER_NAME", default="payrecon-receive", show_default=True,
+              help="The envelopes' receiver field (say which app or machine took the callback).")  # fmt: skip
+@click.option("--max-body-bytes", envvar="PAYRECON_RECEIVER_MAX_BODY_BYTES", default=64 * 1024, show_default=True,
+              type=click.IntRange(1, 1_000_000), help="Larger callbacks are refused with 413.")  # fmt: skip
+@click.option("--forwarded-allow-ips", envvar="FORWARDED_ALLOW_IPS", default="127.0.0.1", show_default=True,
+              help="Reverse proxies trusted for X-Forwarded-For (the envelopes' source_ip); '*': any.")  # fmt: skip
+def receive(host: str, port: int, receiver_name: str, max_body_bytes: int, forwarded_allow_ips: str) -> None:
+    """Run the webhook receiver: each provider's callback on /webhooks/<provider>[/...] is enqueued
+    as a payrecon.webhook/1 envelope and answered 200 once on the broker (503 if the broker cannot
+    take it, so the provider sends it again); GET /healthz checks the broker. Needs only
+    CELERY_BROKER_URL."""
+    import os
+
+    from worker.receiver import serve
+    from worker.settings import broker_url_from_env
+
+    try:
+        broker_url = broker_url_from_env()
+    except ConfigError as exc:
+        _fail(str(exc))
+    if not receiver_name.strip() or len(receiver_name) > 200:
+        _fail("--receiver-name (PAYRECON_RECEIVER_NAME) must be 1 to 200 characters", 2)
+    serve(
+        broker_url,
+        host=host,
+        port=port,
+        receiver=receiver_name,
+        max_body_bytes=max_body_bytes,
+        forwarded_allow_ips=forwarded_allow_ips,
+        log_format=os.environ.get("PAYRECON_LOG_FORMAT", "json"),
+    )
+
+
+@main.command()
 @click.option("--beat-max-age", default=120.0, show_default=True, help="Seconds since beat's last heartbeat.")
 @click.option("--json", "as_json", is_flag=True)
 def health(beat_max_age: float, as_json: bool) -> None:

@@ -1,7 +1,8 @@
 """Structured JSON logs, with secrets and phone numbers masked.
 
 Every line is one JSON object: ``ts``, ``level``, ``logger``, ``message`` and, when known,
-``task_id``, ``task``, ``provider``, ``reference``, ``outcome``. Before a line is written, the
+``task_id``, ``task``, ``provider``, ``reference``, ``outcome`` (``payrecon receive``: ``method``, ``path``,
+``size``, ``http_status``, ``message_id``, ``duration_ms``). Before a line is written, the
 values of every configured secret (API keys, secret keys, tokens: whatever the settings hold)
 are replaced by ``***``, and phone numbers (MSISDNs, 9 to 15 digits) keep only their last two
 digits. ``PAYRECON_LOG_FORMAT=text`` gives plain lines, masked the same way.
@@ -24,6 +25,8 @@ task_name: contextvars.ContextVar[str | None] = contextvars.ContextVar("payrecon
 #: A phone number: 9-15 digits, optionally with +, not part of a longer word or id.
 MSISDN = re.compile(r"(?<![\w\-.])\+?\d{9,15}(?![\w\-])")
 CONTEXT_FIELDS = ("provider", "reference", "outcome", "inbox_id", "payment_id")
+#: ``payrecon receive``'s request fields (never a body, a query string or a header value).
+REQUEST_FIELDS = ("method", "path", "size", "http_status", "message_id", "duration_ms")
 
 
 def mask_msisdn(text: str) -> str:
@@ -59,7 +62,7 @@ class JsonFormatter(logging.Formatter):
         if (tid := task_id.get()) is not None:
             entry["task_id"] = tid
             entry["task"] = task_name.get()
-        for name in CONTEXT_FIELDS:
+        for name in (*CONTEXT_FIELDS, *REQUEST_FIELDS):
             value = getattr(record, name, None)
             if value is not None:
                 entry[name] = value
