@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ import pytest
 import requests
 
 from providers.sandbox.server import SandboxServer
+from tests.conftest import ROOT
 from tests.helpers import PrivateRedis, new_reference, payrecon_command, queued_tasks, registration
 
 
@@ -99,10 +101,14 @@ def test_a_broker_that_is_down_is_named_and_nothing_is_claimed_sent(tmp_path: Pa
     assert "none was sent" in result.stderr and "hunter22" not in result.stderr
 
 
-def test_the_sandbox_answer_is_refused_with_what_to_send(
-    private_redis: PrivateRedis, sandbox_server: SandboxServer, tmp_path: Path
+def test_the_readme_says_what_the_sandbox_answers_and_the_envelope_in_it_is_what_to_send(
+    private_redis: PrivateRedis, sandbox_server: SandboxServer
 ) -> None:
-    """The README's sandbox example: its answer wraps the envelope; the envelope field is what to send."""
+    """The README's sandbox example: its notification answer wraps the envelope (the fields the README
+    names, no others); the whole answer is refused with what to send, its envelope is sent."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    sentence = readme[readme.index("A notification route answers a JSON object") :].split("\n\n")[0]
+    documented_fields = set(re.findall(r"`(\w+)`", sentence)) - {"deliver_to"}  # the option, not a field
     ref = new_reference()
     with requests.Session() as http:
         created = http.post(
@@ -116,12 +122,14 @@ def test_the_sandbox_answer_is_refused_with_what_to_send(
         )
     assert answer.status_code == 200
     wrapper = answer.json()
+    assert set(wrapper) == documented_fields == {"envelope", "delivered", "delivery_error", "enqueued", "enqueue_error"}
     refused = enqueue(private_redis.url, "webhook", "-", stdin=json.dumps(wrapper))
     assert refused.returncode == 2
     assert refused.stderr.startswith(
         'line 1: this is the sandbox\'s notification answer, not an envelope: send its "envelope" field'
     )
-    sent = enqueue(private_redis.url, "webhook", "-", stdin=json.dumps(wrapper["envelope"]))
+    # What the README pipes into `payrecon enqueue webhook -`: `jq -c .envelope`, one line.
+    sent = enqueue(private_redis.url, "webhook", "-", stdin=json.dumps(wrapper["envelope"]) + "\n")
     assert sent.returncode == 0, sent.stderr
     with private_redis.client() as client:
         assert queued_tasks(client) == [("payrecon.ingest_webhook", {"envelope": wrapper["envelope"]})]
