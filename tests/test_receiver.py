@@ -212,6 +212,8 @@ def test_bytes_that_are_not_utf8_and_repeated_headers_are_kept(receiver: Receive
     (envelope,) = envelopes(queue)
     assert envelope["body"].encode("utf-8", "surrogateescape") == raw
     assert envelope["headers"]["x-forwarded-for"] == "196.47.1.2, 10.0.0.1"
+    # The request came from 127.0.0.1, a trusted proxy by default: the hop before it is the source.
+    assert envelope["source_ip"] == "10.0.0.1"
 
 
 def test_a_body_over_the_cap_is_413_and_not_enqueued(receiver: Receiver, queue: redis.Redis) -> None:
