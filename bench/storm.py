@@ -1114,8 +1114,8 @@ def unacked_messages(client: redis.Redis, checker: Checker) -> Counter[tuple[str
             message = json.loads(raw)[0]
             task = str(message["headers"]["task"])
             body = base64.b64decode(message["body"]).decode(errors="replace")
-        except (ValueError, KeyError, TypeError, IndexError):
-            held[("unreadable", "")] += 1
+        except (ValueError, KeyError, TypeError, IndexError) as exc:
+            held[("unreadable", f"{type(exc).__name__}: {raw[:120]!r}")] += 1
             continue
         named = sorted(name for reference, name in references.items() if reference in body)
         held[(task, ", ".join(named[:3]))] += 1

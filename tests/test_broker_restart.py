@@ -222,3 +222,66 @@ def test_a_message_a_killed_worker_had_just_taken_is_not_lost(
         worker.terminate()
         worker.wait(timeout=30)
         engine.dispose()
+
+
+def test_messages_taken_together_are_recorded_as_kombu_records_them(private_redis: PrivateRedis) -> None:
+    """Under load the worker takes many messages in one round trip (``broker_recovery._TAKE``): each is
+    in ``unacked`` exactly as kombu's own ``QoS.append`` writes it, from the moment it leaves its
+    queue, so that kombu restores it (here: the consumer closes without acknowledging)."""
+    from kombu import Connection, Consumer, Queue
+
+    from worker import broker_recovery
+
+    broker_recovery.apply_reliable_fetch()
+    references = [new_reference() for _ in range(5)]
+    ids = send_registrations(private_redis.url, references)
+    with private_redis.client() as client:
+        client.config_resetstat()
+    received: list[Any] = []
+    with Connection(private_redis.url) as conn:
+        channel = conn.channel()
+        consumer = Consumer(channel, [Queue("webhooks", routing_key="webhooks")], callbacks=[
+            lambda body, message: received.append(message)])  # fmt: skip
+        consumer.qos(prefetch_count=50)
+        with consumer:
+            deadline = time.monotonic() + 10
+            while len(received) < 5 and time.monotonic() < deadline:
+                conn.drain_events(timeout=1)
+            with private_redis.client() as client:
+                stats = client.info("commandstats")
+                assert client.llen("webhooks") == 0 and client.llen("webhooks:incoming") == 0
+                unacked = client.hgetall("unacked")
+                assert client.zcard("unacked_index") == 5
+            assert [m.headers["id"] for m in received] == ids
+            # Taken together by the script, not moved one by one.
+            assert stats.get("cmdstat_eval", {}).get("calls", 0) >= 1 and "cmdstat_lmove" not in stats
+            for message in received:
+                raw, exchange, routing_key = json.loads(unacked[message.delivery_tag.encode()])
+                assert (raw, exchange, routing_key) == (message._raw, "", "webhooks")  # what QoS.append writes
+        channel.close()  # unacknowledged: kombu puts them back from unacked
+    with private_redis.client() as client:
+        assert client.llen("webhooks") == 5 and client.hlen("unacked") == 0
+
+
+def test_messages_of_a_queue_consumed_without_acknowledgements_are_not_recorded(private_redis: PrivateRedis) -> None:
+    """Celery's replies (mingle, control) are consumed with ``no_ack``: nothing acknowledges them, so the
+    fetch must not record them as unacknowledged (they would sit in ``unacked`` and come back)."""
+    from kombu import Connection, Consumer, Producer, Queue
+
+    from worker import broker_recovery
+
+    broker_recovery.apply_reliable_fetch()
+    replies = Queue("replies", routing_key="replies")
+    received: list[Any] = []
+    with Connection(private_redis.url) as conn:
+        producer = Producer(conn.channel())
+        for n in range(3):
+            producer.publish({"reply": n}, routing_key="replies", declare=[replies], serializer="json")
+        channel = conn.channel()
+        with Consumer(channel, [replies], no_ack=True, callbacks=[lambda body, message: received.append(body)]):
+            deadline = time.monotonic() + 10
+            while len(received) < 3 and time.monotonic() < deadline:
+                conn.drain_events(timeout=1)
+        assert received == [{"reply": 0}, {"reply": 1}, {"reply": 2}]
+        with private_redis.client() as client:
+            assert client.hlen("unacked") == 0 and client.llen("replies:incoming") == 0

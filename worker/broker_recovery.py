@@ -39,6 +39,7 @@ import logging
 from typing import Any
 
 from kombu.transport import redis as redis_transport
+from kombu.transport import virtual
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +117,7 @@ _kombu: Any = redis_transport  # its helpers (loads, bytes_to_str, Empty, monoto
 
 
 _ORIGINAL: dict[str, Any] = {}
+_VIRTUAL_QOS: Any = virtual.QoS  # kombu's in-memory bookkeeping of a delivered message (untyped)
 #: KEYS incoming list, queue; ARGV the item: back on the queue's consuming end if still incoming.
 _PUT_BACK = """
 if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 1 then
@@ -124,6 +126,34 @@ if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 1 then
 end
 return 0
 """
+
+
+#: KEYS queue, unacked hash, unacked index; ARGV at most how many, now. Takes messages off the queue's
+#: consuming end and records each as kombu's ``QoS.append`` would (``unacked[tag] = [raw, exchange,
+#: routing_key]``, scored by the time taken), in one step: no moment where a message is in neither.
+#: Something that is not a kombu message (not JSON, no delivery tag) is put back and ends the take.
+_TAKE = """
+local taken = {}
+for _ = 1, tonumber(ARGV[1]) do
+  local item = redis.call('RPOP', KEYS[1])
+  if not item then break end
+  local ok, message = pcall(cjson.decode, item)
+  local properties = ok and type(message) == 'table' and message['properties']
+  local tag = type(properties) == 'table' and properties['delivery_tag']
+  local info = type(properties) == 'table' and properties['delivery_info']
+  if type(tag) ~= 'string' or type(info) ~= 'table' then
+    redis.call('RPUSH', KEYS[1], item)
+    break
+  end
+  redis.call('ZADD', KEYS[3], ARGV[2], tag)
+  redis.call('HSET', KEYS[2], tag,
+    '[' .. item .. ',' .. cjson.encode(info['exchange'] or '') .. ',' .. cjson.encode(info['routing_key'] or '') .. ']')
+  taken[#taken + 1] = item
+end
+return taken
+"""
+#: The most messages one take moves (the prefetch window bounds it first).
+TAKE_MAX = 200
 
 
 def apply_reliable_fetch() -> None:
@@ -144,18 +174,29 @@ def apply_reliable_fetch() -> None:
     message waits at most about ``KEY_WAIT``. An idle worker spends 0.6 % of a core on it (kombu's
     BRPOP: 0.1 %; measured with 32 threads, 3 queues and kombu's 4 priority steps). Needs Redis 6.2 or
     newer; without a ``global_keyprefix`` (payrecon sets none).
+
+    Under load a visit takes many messages at once: a script (``_TAKE``) moves up to as many as the
+    prefetch window has room for off the queue and records each in ``unacked`` as kombu would, in one
+    step and one round trip, where a message each cost three (the move, kombu's record, the removal
+    from ``:incoming``). Only the wait on an empty queue (``BLMOVE``) still goes one message at a time.
     """
     channel_class: Any = redis_transport.Channel
     qos_class: Any = redis_transport.QoS
     if getattr(channel_class._brpop_start, _RELIABLE, False):
         return
     _ORIGINAL.update(
-        start=channel_class._brpop_start, read=channel_class._brpop_read, restore=qos_class.restore_visible
+        start=channel_class._brpop_start,
+        read=channel_class._brpop_read,
+        restore=qos_class.restore_visible,
+        append=qos_class.append,
+        consume=channel_class.basic_consume,
     )
     for cls, name, method in (
         (channel_class, "_brpop_start", _brpop_start),
         (channel_class, "_brpop_read", _brpop_read),
         (qos_class, "restore_visible", _restore_visible),
+        (qos_class, "append", _append),
+        (channel_class, "basic_consume", _basic_consume),
     ):
         setattr(method, _RELIABLE, True)
         setattr(cls, name, method)
@@ -175,8 +216,17 @@ def _brpop_start(self: Any, timeout: Any = None) -> None:
     self._payrecon_moving = key
     self._in_poll = self.client.connection
     self._brpop_sent_at = _kombu.monotonic()
-    if empty < len(keys):  # not a whole round of empty lists yet: take without waiting
+    if empty < len(keys) and key not in getattr(self, "_payrecon_acked", ()):
+        # Not a whole round of empty lists yet: take without waiting. A queue consumed without
+        # acknowledgements (Celery's replies) is not recorded as unacknowledged: one message at a time.
         self.client.connection.send_command("LMOVE", key, key + INCOMING, "RIGHT", "LEFT")
+    elif empty < len(keys):  # the same for the queues of acknowledged messages, many at a time
+        room = self.qos.can_consume_max_estimate()
+        count = min(room if room else TAKE_MAX, TAKE_MAX)
+        self._payrecon_taking = True
+        self.client.connection.send_command(
+            "EVAL", _TAKE, 3, key, self.unacked_key, self.unacked_index_key, count, repr(_kombu.time())
+        )
     else:  # everything was empty: wait a little on one list, then look at all of them again
         self._payrecon_empty = 0
         self.client.connection.send_command("BLMOVE", key, key + INCOMING, "RIGHT", "LEFT", KEY_WAIT)
@@ -187,12 +237,15 @@ def _brpop_read(self: Any, **options: Any) -> bool:
     if key is None:
         return bool(_ORIGINAL["read"](self, **options))
     self._payrecon_moving = None
+    taking, self._payrecon_taking = getattr(self, "_payrecon_taking", False), False
     try:
         try:
-            item = self.client.parse_response(self.client.connection, "LMOVE", **options)
+            item = self.client.parse_response(self.client.connection, "EVAL" if taking else "LMOVE", **options)
         except self.connection_errors:
             self.client.connection.disconnect()
             raise
+        if taking:
+            return _deliver_taken(self, key, item)
         if not item:
             self._payrecon_empty = getattr(self, "_payrecon_empty", 0) + 1
             raise _kombu.Empty()
@@ -206,6 +259,44 @@ def _brpop_read(self: Any, **options: Any) -> bool:
     finally:
         self._in_poll = None
         self._flush_brpop_reauth()
+
+
+def _basic_consume(self: Any, queue: str, no_ack: bool, *args: Any, **kwargs: Any) -> Any:
+    """kombu's ``basic_consume``, noting the keys of a queue whose messages are acknowledged: only those
+    are taken by ``_TAKE`` (which records every message it takes as unacknowledged)."""
+    acked: set[str] = self.__dict__.setdefault("_payrecon_acked", set())
+    keys = {self._q_for_pri(queue, pri) for pri in self.priority_steps}
+    if no_ack:
+        acked.difference_update(keys)
+    else:
+        acked.update(keys)
+    return _ORIGINAL["consume"](self, queue, no_ack, *args, **kwargs)
+
+
+def _deliver_taken(channel: Any, key: str, items: list[bytes]) -> bool:
+    """Hand what ``_TAKE`` moved to the consumer, one message after the other; each is already in
+    ``unacked`` (``_append`` does not record it twice). If handing one fails, the rest are in
+    ``unacked`` too: they come back after the visibility timeout, as after a worker's death."""
+    if not items:
+        channel._payrecon_empty = getattr(channel, "_payrecon_empty", 0) + 1
+        raise _kombu.Empty()
+    channel._payrecon_empty = 0
+    queue = _kombu.bytes_to_str(key).rsplit(channel.sep, 1)[0]
+    channel._payrecon_recorded = True
+    try:
+        for item in items:
+            channel.connection._deliver(_kombu.loads(_kombu.bytes_to_str(item)), queue)
+    finally:
+        channel._payrecon_recorded = False
+    return True
+
+
+def _append(self: Any, message: Any, delivery_tag: Any) -> None:
+    """kombu's ``QoS.append``, less the write to ``unacked`` for a message ``_TAKE`` recorded."""
+    if getattr(self.channel, "_payrecon_recorded", False):
+        _VIRTUAL_QOS.append(self, message, delivery_tag)
+        return
+    _ORIGINAL["append"](self, message, delivery_tag)
 
 
 def _restore_visible(self: Any, start: int = 0, num: int = 10, interval: int = 10) -> Any:
