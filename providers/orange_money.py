@@ -30,6 +30,7 @@ import hmac
 import re
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Final
 from urllib.parse import unquote
@@ -246,26 +247,92 @@ def _query_value(query: Mapping[str, str | list[str]], name: str) -> str | None:
     return (value.strip() or None) if isinstance(value, str) else None
 
 
-def reference_of(envelope: WebhookEnvelope) -> str | None:
+def _checked(value: str, where: str) -> str:
+    checked_reference(value, where)  # names the length limit, NUL characters
+    if not _REFERENCE.fullmatch(value):
+        raise MalformedDelivery(f"{where} is not a valid reference")
+    return value
+
+
+#: The placeholder of ``ORANGE_MONEY_NOTIF_URL`` that stands for the order id.
+ORDER_ID_PLACEHOLDER: Final = "{order_id}"
+
+
+@dataclass(frozen=True, slots=True)
+class NotifUrl:
+    """Where the merchant's ``notif_url`` carries the order id (``ORANGE_MONEY_NOTIF_URL``).
+
+    Orange posts to whatever ``notif_url`` the merchant gave at init, and its body names no
+    order, so the operator declares the shape: a path with ``{order_id}`` in one segment
+    (``/orange/notif/{order_id}``, ``/om/order-{order_id}/callback``) or a query parameter
+    whose value is ``{order_id}`` (``/orange/notif?order={order_id}``). A scheme and host, if
+    given, are ignored: the receiver's envelope has the path and query it received.
+    """
+
+    template: str
+    #: The path pattern (the order id in group ``order_id``), or None for a query parameter.
+    path: re.Pattern[str] | None
+    #: The query parameter holding the order id, or None for a path template.
+    query: str | None
+
+    @classmethod
+    def parse(cls, template: str) -> NotifUrl:
+        """``ValueError`` with a sentence saying what is wrong with ``template``."""
+        text = template.strip()
+        example = "e.g. /orange/notif/{order_id} or /orange/notif?order_id={order_id}"
+        if "://" in text:
+            scheme, rest = text.split("://", 1)
+            if scheme.lower() not in ("http", "https"):
+                raise ValueError(f"must be a URL path starting with / or an http(s) URL, {example}")
+            text = rest[rest.index("/") :] if "/" in rest else "/"
+        if not text.startswith("/"):
+            raise ValueError(f"must be a URL path starting with / or an http(s) URL, {example}")
+        if "#" in text:
+            raise ValueError("must not have a #fragment: Orange never sends one")
+        if text.count(ORDER_ID_PLACEHOLDER) != 1:
+            raise ValueError(f"must contain {ORDER_ID_PLACEHOLDER} exactly once, {example}")
+        path, _, query = text.partition("?")
+        if ORDER_ID_PLACEHOLDER in query:
+            for pair in query.split("&"):
+                name, _, value = pair.partition("=")
+                if ORDER_ID_PLACEHOLDER in pair:
+                    if value != ORDER_ID_PLACEHOLDER or not name:
+                        raise ValueError(f"a query parameter must be NAME={ORDER_ID_PLACEHOLDER} as a whole, {example}")
+                    return cls(template=template.strip(), path=None, query=unquote(name))
+        if "{" in path.replace(ORDER_ID_PLACEHOLDER, "") or "}" in path.replace(ORDER_ID_PLACEHOLDER, ""):
+            raise ValueError(f"the only placeholder is {ORDER_ID_PLACEHOLDER}, {example}")
+        before, after = path.rstrip("/").split(ORDER_ID_PLACEHOLDER)
+        pattern = re.compile(f"{re.escape(unquote(before))}(?P<order_id>[^/]+){re.escape(unquote(after))}/?")
+        return cls(template=template.strip(), path=pattern, query=None)
+
+    def reference(self, envelope: WebhookEnvelope) -> str | None:
+        """The order id this URL shape finds in ``envelope``, or None if its URL has another shape."""
+        if self.query is not None:
+            value = _query_value(envelope.query, self.query)
+            return None if value is None else _checked(value, f"query parameter {self.query}")
+        found = self.path.fullmatch(unquote(envelope.path)) if self.path is not None else None
+        if found is None:
+            return None
+        return _checked(found.group("order_id"), "the notification path's order id")
+
+
+def reference_of(envelope: WebhookEnvelope, notif_url: NotifUrl | None = None) -> str | None:
     """The order id a notification's URL carries, or None.
 
-    Orange's body names no order, so merchants put it in their ``notif_url``: query
-    ``order_id`` (or ``reference``), else the segment after ``notify`` when it is the
-    last one (``https://host/orange/notify/{order_id}``).
+    Orange's body names no order, so merchants put it in their ``notif_url``. With
+    ``notif_url`` (``ORANGE_MONEY_NOTIF_URL``) it is read where that shape says; without,
+    from query ``order_id`` (or ``reference``), else the segment after ``notify`` when it
+    is the last one (``https://host/orange/notify/{order_id}``).
     """
+    if notif_url is not None:
+        return notif_url.reference(envelope)
     for name in ("order_id", "reference"):
         value = _query_value(envelope.query, name)
         if value is not None:
-            checked_reference(value, f"query parameter {name}")  # names the length limit, NUL characters
-            if not _REFERENCE.fullmatch(value):
-                raise MalformedDelivery(f"query parameter {name} is not a valid reference")
-            return value
+            return _checked(value, f"query parameter {name}")
     segments = [segment for segment in envelope.path.split("/") if segment]
     if len(segments) >= 2 and segments[-2] == NOTIFY_SEGMENT:
-        value = checked_reference(unquote(segments[-1]), "the notification path's order id")
-        if not _REFERENCE.fullmatch(value):
-            raise MalformedDelivery("the notification path's order id is not a valid reference")
-        return value
+        return _checked(unquote(segments[-1]), "the notification path's order id")
     return None
 
 
@@ -286,6 +353,7 @@ class OrangeMoneyClient(HttpClient):
         merchant_key: str,
         country: str = "dev",
         token_url: str | None = None,
+        notif_url: str | None = None,
         session: requests.Session | None = None,
         timeout: tuple[float, float] = (3.05, 10.0),
         max_attempts: int = 3,
@@ -296,8 +364,11 @@ class OrangeMoneyClient(HttpClient):
         """Configure the client; ``wait`` replaces the jittered backoff (tests pass ``wait_none()``).
 
         ``country`` is the path's country code (``dev`` in Orange's sandbox, ``ci``,
-        ``sn``, ``cm``... in production); ``clock`` times the token cache.
+        ``sn``, ``cm``... in production); ``notif_url`` is where the merchant's notif_url
+        carries the order id (see :class:`NotifUrl`; None: today's rules, :func:`reference_of`);
+        ``clock`` times the token cache. ``ValueError`` if ``notif_url`` is not a valid shape.
         """
+        self.notif_url = NotifUrl.parse(notif_url) if notif_url is not None else None
         self.api_url = api_url.rstrip("/")
         self.country = country
         self.token_url = token_url or f"{self.api_url}/oauth/v3/token"
@@ -327,12 +398,13 @@ class OrangeMoneyClient(HttpClient):
     def parse_delivery(self, envelope: WebhookEnvelope) -> Delivery:
         """Parse a notification without any network call.
 
-        The reference comes from the notification URL (see :func:`reference_of`); without
-        one, ``lookup=("notif_token", token)`` lets the pipeline find the payment
-        registered with that ``notif_token``.
+        The reference comes from the notification URL (see :func:`reference_of`);
+        ``lookup=("notif_token", token)`` lets the pipeline find the payment registered
+        with that ``notif_token`` when the URL names none, or names an order that is not
+        registered (then ``authenticate`` refuses a token of another order).
         """
         fields = notification_fields(envelope.body)
-        reference = reference_of(envelope)
+        reference = reference_of(envelope, self.notif_url)
         token = str(fields["notif_token"]).strip()
         # Orange signs nothing: the key is simply this body at this URL's order id (hex SHA-256).
         digest = hashlib.sha256(f"{reference or ''}\n{envelope.body}".encode()).hexdigest()
@@ -343,7 +415,7 @@ class OrangeMoneyClient(HttpClient):
             reference=reference,
             claimed_status=claim_text(fields.get("status")),
             provider_ids={"txnid": txnid} if txnid else {},
-            lookup=None if reference is not None else ("notif_token", token),
+            lookup=("notif_token", token),
         )
 
     def authenticate(
@@ -352,7 +424,9 @@ class OrangeMoneyClient(HttpClient):
         """Compare the body's ``notif_token`` with the registered one; raise ``ForgedDelivery``. No API call.
 
         With no registration yet (the merchant's registration and Orange's notification race),
-        raise ``AwaitingRegistration``: the pipeline authenticates it again once it arrives.
+        raise ``AwaitingRegistration``: the pipeline authenticates it again once it arrives. A
+        delivery whose URL names one order and whose token is another order's (the registration
+        the pipeline found by the token) is forged.
         """
         if registration is None:
             named = delivery.reference or "a notification without order id"
@@ -367,6 +441,11 @@ class OrangeMoneyClient(HttpClient):
         # Bytes, not str: compare_digest refuses non-ASCII str, and the body is attacker-controlled.
         if not hmac.compare_digest(expected.encode(), received.encode("utf-8", "replace")):
             raise ForgedDelivery("notif_token does not match")
+        if delivery.reference is not None and delivery.reference != registration.reference:
+            raise ForgedDelivery(
+                f"the notif_url names order {delivery.reference!r} but the notif_token is that of order "
+                f"{registration.reference!r}"
+            )
 
     # ----------------------------------------------------------------- status API
 

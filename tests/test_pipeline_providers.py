@@ -3,10 +3,14 @@ MoMo's 404 window, Wave's event deduplication, on real PostgreSQL against the sa
 
 from __future__ import annotations
 
+import json
 import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
+import pytest
 from sqlalchemy import func, select
 
 from providers.sandbox.client import SandboxClient
@@ -14,7 +18,7 @@ from reconciliation.models import DeadLetter, InboxDelivery, InboxStatus, Paymen
 from tests.helpers import age, new_reference, registration
 from worker import pipeline
 from worker.pipeline import Outcome
-from worker.runtime import Runtime
+from worker.runtime import Runtime, build_clients
 
 
 def coko(reference: str, provider: str, **over: Any) -> dict[str, Any]:
@@ -141,3 +145,114 @@ def test_expired_registration_without_answers_is_expired_on_the_providers_schedu
     later = payment.registered_at + timedelta(seconds=rt.profile("orange_money").give_up_after)
     pipeline.verify_payment(rt, payment.id, now=later)
     assert status(rt, ref) is PaymentStatus.EXPIRED
+
+
+# --------------------------------------------------------------------------- Orange: the notif_url's shape
+
+
+@pytest.fixture
+def notif_url(rt: Runtime) -> Iterator[Callable[[str | None], None]]:
+    """Run ``rt`` with ``ORANGE_MONEY_NOTIF_URL`` set to a shape (its Orange client built as the worker builds it)."""
+    original = rt.clients["orange_money"]
+
+    def use(shape: str | None) -> None:
+        assert rt.settings.orange_money is not None
+        orange = replace(rt.settings.orange_money, notif_url=shape)
+        rt.clients["orange_money"] = build_clients(replace(rt.settings, orange_money=orange))["orange_money"]
+
+    yield use
+    rt.clients["orange_money"].close()
+    rt.clients["orange_money"] = original
+
+
+def orange_order(rt: Runtime, sandbox: SandboxClient, *, register: bool = True, **options: Any) -> dict[str, Any]:
+    ref = new_reference("ORD")
+    state = sandbox.create("orange_money", reference=ref, amount=6500, currency="XOF", fate="accepted", **options)
+    if register:
+        pipeline.register_payment(rt, coko(ref, "orange_money", provider_data=state["provider_data"]))
+    return state
+
+
+SHOP_NOTIF_URL = "https://shop.example/orange/notif/{order_id}"
+
+
+def test_orange_wrong_token_at_a_declared_notif_url_is_forged_not_awaiting(
+    rt: Runtime, sandbox: SandboxClient, notif_url: Callable[[str | None], None]
+) -> None:
+    """The URL shape the operator declared names a registered order: a wrong token there is forged at once."""
+    notif_url("/orange/notif/{order_id}")
+    state = orange_order(rt, sandbox, notif_url=SHOP_NOTIF_URL)
+    envelope = sandbox.notification("orange_money", state["reference"], forged=True)
+    assert envelope["path"] == f"/orange/notif/{state['reference']}"
+    result = pipeline.ingest_webhook(rt, envelope)
+    assert (result.outcome, result.reference) == (Outcome.FORGED, state["reference"])
+    assert "notif_token does not match" in result.detail
+    # The authentic one at the same URL settles it.
+    genuine = pipeline.ingest_webhook(rt, sandbox.notification("orange_money", state["reference"]))
+    assert genuine.outcome is Outcome.ACCEPTED
+    assert status(rt, state["reference"]) is PaymentStatus.SUCCEEDED
+    assert sandbox.get("orange_money", state["reference"])["check_count"] == 1  # nothing spent on the forged one
+
+
+@pytest.mark.parametrize(
+    ("shape", "sandbox_url"),
+    [
+        ("/notif/{order_id}", "/notif/{order_id}"),
+        ("/webhooks/orange-money/{order_id}/", "https://shop.example/webhooks/orange-money/{order_id}/"),
+        ("https://shop.example/om/callback?order={order_id}", "https://shop.example/om/callback?order={order_id}"),
+        ("/orange_money/notif_url/{order_id}", "http://shop.example/orange_money/notif_url/{order_id}?lang=fr"),
+    ],
+)
+def test_orange_url_of_one_order_with_another_registered_orders_token_is_forged(
+    rt: Runtime, sandbox: SandboxClient, notif_url: Callable[[str | None], None], shape: str, sandbox_url: str
+) -> None:
+    """URL names E, the token is F's (valid): refused, whether E is registered or not, and F is untouched."""
+    notif_url(shape)
+    f = orange_order(rt, sandbox, notif_url=sandbox_url)
+    e_registered = orange_order(rt, sandbox, notif_url=sandbox_url)
+    e_unknown = orange_order(rt, sandbox, register=False, notif_url=sandbox_url)
+    for e in (e_registered, e_unknown):
+        envelope = sandbox.notification("orange_money", e["reference"], tamper={"notif_token": f["notif_token"]})
+        assert e["reference"] in envelope["path"] + json.dumps(envelope["query"])
+        result = pipeline.ingest_webhook(rt, envelope)
+        assert (result.outcome, result.reference) == (Outcome.FORGED, e["reference"]), result.detail
+    assert status(rt, f["reference"]) is PaymentStatus.REGISTERED
+    assert status(rt, e_registered["reference"]) is PaymentStatus.REGISTERED
+    assert sandbox.get("orange_money", f["reference"])["check_count"] == 0
+    with rt.sessions() as session:
+        rows = session.execute(select(InboxDelivery.reference, InboxDelivery.status, InboxDelivery.detail)).all()
+    assert {(r.reference, r.status) for r in rows} == {
+        (e_registered["reference"], InboxStatus.FORGED),
+        (e_unknown["reference"], InboxStatus.FORGED),
+    }
+    unknown_detail = next(r.detail for r in rows if r.reference == e_unknown["reference"])
+    assert f"names order {e_unknown['reference']!r} but the notif_token is that of order" in unknown_detail
+
+
+def test_orange_url_of_an_unregistered_order_with_another_orders_token_is_forged_in_a_batch(
+    rt: Runtime, sandbox: SandboxClient, notif_url: Callable[[str | None], None]
+) -> None:
+    notif_url("/orange/notif/{order_id}")
+    f = orange_order(rt, sandbox, notif_url=SHOP_NOTIF_URL)
+    e = orange_order(rt, sandbox, register=False, notif_url=SHOP_NOTIF_URL)
+    forged = sandbox.notification("orange_money", e["reference"], tamper={"notif_token": f["notif_token"]})
+    genuine = sandbox.notification("orange_money", f["reference"])
+    results = pipeline.ingest_batch(rt, [forged, genuine])
+    assert [r.outcome for r in results if isinstance(r, pipeline.Result)] == [Outcome.FORGED, Outcome.ACCEPTED]
+    assert status(rt, f["reference"]) is PaymentStatus.SUCCEEDED
+
+
+def test_orange_default_rules_still_read_notify_paths_and_query(
+    rt: Runtime, sandbox: SandboxClient, notif_url: Callable[[str | None], None]
+) -> None:
+    """Without ORANGE_MONEY_NOTIF_URL: .../notify/{order_id} and ?order_id= as before; other shapes name no order."""
+    notif_url(None)
+    state = orange_order(rt, sandbox)
+    ref = state["reference"]
+    forged = pipeline.ingest_webhook(rt, sandbox.notification("orange_money", ref, forged=True))
+    assert forged.outcome is Outcome.FORGED
+    by_query = sandbox.notification("orange_money", ref, path=f"/om/callback?order_id={ref}", forged=True)
+    assert by_query["query"] == {"order_id": ref}
+    assert pipeline.ingest_webhook(rt, by_query).outcome is Outcome.FORGED
+    other_shape = pipeline.ingest_webhook(rt, sandbox.notification("orange_money", ref, path=f"/orange/notif/{ref}"))
+    assert (other_shape.outcome, other_shape.reference) == (Outcome.ACCEPTED, ref)  # found by its notif_token

@@ -101,12 +101,32 @@ def test_all_four_providers_configured() -> None:
         ({"WAVE_WEBHOOK_SECRETS": ""}, "set WAVE_WEBHOOK_SECRETS"),
         ({"PAYRECON_BUDGET_WAVE": "fast"}, "PAYRECON_BUDGET_WAVE must be 'CALLS_PER_SECOND,BURST'"),
         ({"PAYRECON_REDIS_URL": "http://x"}, "PAYRECON_REDIS_URL must be a redis:// URL"),
+        ({"ORANGE_MONEY_NOTIF_URL": "/orange/notif"}, "ORANGE_MONEY_NOTIF_URL must contain {order_id} exactly once"),
+        ({"ORANGE_MONEY_NOTIF_URL": "orange/{order_id}"}, "ORANGE_MONEY_NOTIF_URL must be a URL path starting with /"),
+        ({"ORANGE_MONEY_NOTIF_URL": "ftp://h/{order_id}"}, "ORANGE_MONEY_NOTIF_URL must be a URL path starting with /"),
+        ({"ORANGE_MONEY_NOTIF_URL": "/n?o=ORD-{order_id}"}, "ORANGE_MONEY_NOTIF_URL a query parameter must be NAME="),
+        ({"ORANGE_MONEY_NOTIF_URL": "/{shop}/{order_id}"}, "ORANGE_MONEY_NOTIF_URL the only placeholder is {order_id}"),
     ],
 )
 def test_provider_settings_errors(change: dict[str, str], message: str) -> None:
     with pytest.raises(ConfigError) as info:
         Settings.from_env({**ALL, **change})
     assert message in str(info.value)
+
+
+def test_orange_notif_url_reaches_the_client() -> None:
+    from worker.runtime import build_clients
+
+    s = Settings.from_env({**ALL, "ORANGE_MONEY_NOTIF_URL": " https://shop.example/orange/notif/{order_id} "})
+    assert s.orange_money is not None and s.orange_money.notif_url == "https://shop.example/orange/notif/{order_id}"
+    client = build_clients(s)["orange_money"]
+    try:
+        notif_url = getattr(client, "notif_url", None)
+        assert notif_url is not None and notif_url.path is not None
+        assert notif_url.path.fullmatch("/orange/notif/ORD-1") is not None
+    finally:
+        client.close()
+    assert Settings.from_env(ALL).orange_money.notif_url is None  # type: ignore[union-attr]
 
 
 def test_budget_and_schedule_overrides_reach_every_profile() -> None:

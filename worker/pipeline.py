@@ -251,7 +251,7 @@ def _screen(parsed: _Parsed, payment: Payment | None) -> _Screened:
         status = InboxStatus.IGNORED
     else:
         status, detail = _authenticate(parsed.client, parsed.envelope, delivery, payment)
-    reference = payment.reference if payment is not None else delivery.reference
+    reference = delivery.reference if delivery.reference is not None or payment is None else payment.reference
     return _Screened(delivery.dedupe_key, status, detail, reference)
 
 
@@ -341,9 +341,12 @@ def _oversized(rt: Runtime, payload: Any, raw: str, size: int) -> Result:
 
 
 def _resolve(session: Session, provider: str, delivery: Delivery) -> Payment | None:
-    """The payment a delivery is about: by our reference, else by a provider-side token."""
+    """The payment a delivery is about: by our reference, else by a provider-side token (also when
+    the reference is not registered: the token may be another payment's, which authentication refuses)."""
     if delivery.reference is not None:
-        return payments.find(session, provider, delivery.reference)
+        found = payments.find(session, provider, delivery.reference)
+        if found is not None:
+            return found
     if delivery.lookup is not None:
         return payments.find_by_provider_data(session, provider, *delivery.lookup)
     return None
@@ -909,6 +912,7 @@ def _resolve_many(session: Session, parsed: list[tuple[int, _Parsed]]) -> dict[i
     """The payments the deliveries are about: those named by reference with one query per provider."""
     named: dict[str, dict[str, list[int]]] = {}
     found: dict[int, Payment | None] = {}
+    parsed_by_index = dict(parsed)
     for i, p in parsed:
         if p.delivery.reference is not None:
             named.setdefault(p.provider, {}).setdefault(p.delivery.reference, []).append(i)
@@ -920,6 +924,9 @@ def _resolve_many(session: Session, parsed: list[tuple[int, _Parsed]]) -> dict[i
         for ref, indices in refs.items():
             for i in indices:
                 found[i] = by_ref.get(ref)
+                lookup = parsed_by_index[i].delivery.lookup
+                if found[i] is None and lookup is not None:  # not registered: the token's payment, if any
+                    found[i] = payments.find_by_provider_data(session, provider, *lookup)
     return found
 
 

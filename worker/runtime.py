@@ -95,7 +95,7 @@ def build_clients(settings: Settings) -> dict[str, ProviderClient]:
         o = settings.orange_money
         clients["orange_money"] = OrangeMoneyClient(
             api_url=o.api_url, client_id=o.client_id, client_secret=o.client_secret, merchant_key=o.merchant_key,
-            country=o.country, token_url=o.token_url, timeout=settings.http_timeout,
+            country=o.country, token_url=o.token_url, notif_url=o.notif_url, timeout=settings.http_timeout,
         )  # fmt: skip
     if settings.wave is not None:
         from providers.wave import WaveClient

@@ -78,6 +78,7 @@ class OrangeMoneySettings:
     merchant_key: str = field(repr=False)
     country: str = "ci"
     token_url: str | None = None
+    notif_url: str | None = None  # where the merchant's notif_url carries the order id (None: default rules)
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,6 +186,7 @@ class Settings:
                 merchant_key=orange["ORANGE_MONEY_MERCHANT_KEY"],
                 country=orange["ORANGE_MONEY_COUNTRY"].lower(),
                 token_url=reader.http_url("ORANGE_MONEY_TOKEN_URL", token_url) if token_url else None,
+                notif_url=reader.notif_url("ORANGE_MONEY_NOTIF_URL"),
             )
         wave = reader.group("WAVE", CREDENTIALS["wave"])
         wave_settings = None
@@ -317,6 +319,20 @@ class _Reader:
         if not value.startswith(("http://", "https://")):
             self.problems.append(f"{name} must be an http(s) URL, got {value!r}")
         return value.rstrip("/")
+
+    def notif_url(self, name: str) -> str | None:
+        """An Orange notif_url shape (``/orange/notif/{order_id}``, ``/notif?order={order_id}``)."""
+        value = self._raw(name)
+        if value is None:
+            return None
+        from providers.orange_money import NotifUrl
+
+        try:
+            NotifUrl.parse(value)
+        except ValueError as exc:
+            self.problems.append(f"{name} {exc}, got {value!r}")
+            return None
+        return value
 
     def zone(self, name: str, default: str) -> ZoneInfo:
         value = self.text(name, default) or default

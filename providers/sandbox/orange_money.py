@@ -42,7 +42,10 @@ Notifications: ``POST`` JSON ``{"status", "notif_token", "txnid"}`` (``txnid`` o
 there is one) to the transaction's ``notif_url`` / ``notify_url``, sent when it
 becomes SUCCESS or FAILED (whether Orange notifies FAILED is UNCONFIRMED; it is
 notified here so merchants handle it; INITIATED, PENDING and EXPIRED are not
-notified). Envelopes use the path ``/orange/notify/{order_id}`` (merchants embed the
+notified). Envelopes carry the path and query of the order's ``notif_url``: the one
+given at init, or the control API's ``notif_url`` (any shape the merchant chose, e.g.
+``https://shop.example/orange/notif/{order_id}`` or ``/om/callback?order={order_id}``,
+``{order_id}`` filled in); by default ``/orange/notify/{order_id}`` (merchants embed the
 order id in their notif_url, since the body does not carry it).
 
 Control API (JSON, under ``/_sandbox/orange_money/``; bad input → 400 ``{"error"}``,
@@ -54,7 +57,9 @@ unknown reference → 404, existing → 409):
     "refused" | "waiting" | "waiting_then_accepted" | "waiting_then_refused", plus
     Orange's "expired" and "waiting_then_expired"), "pending_checks" (default 1),
     "confirm_amount", "confirm_currency", "faults", "notify_url" (http(s) URL or
-    "enqueue"), "pay_token", "notif_token" (default: random), "lang"}`` → 201 with
+    "enqueue": where notifications go), "notif_url" (the merchant's notif_url or its
+    shape with ``{order_id}``: the envelopes' path and query), "pay_token",
+    "notif_token" (default: random), "lang"}`` → 201 with
     the state, including ``pay_token``, ``notif_token``, ``payment_url`` and
     ``provider_data`` = ``{"pay_token", "notif_token"}``: what the merchant registers.
     ``waiting`` fates answer INITIATED to the first status call, PENDING after.
@@ -66,8 +71,9 @@ unknown reference → 404, existing → 409):
     FAILED); ends the fate's script.
 ``POST /_sandbox/orange_money/transactions/{reference}/notification``
     ``{"forged" (a wrong notif_token), "tamper" ({field: string | null}: change or
-    remove body fields), "path" (envelope path; default ``/orange/notify/{order_id}``,
-    e.g. ``/orange/notify`` for a URL without the order id), "deliver_to", "enqueue",
+    remove body fields), "path" (envelope path, with a ``?query`` if wanted; default
+    the order's notif_url, e.g. ``/orange/notify`` for a URL without the order id),
+    "deliver_to", "enqueue",
     "method"}`` → ``{"envelope", "delivered", "delivery_error", "enqueued",
     "enqueue_error"}``.
 ``GET /_sandbox/orange_money/tokens`` → ``{"issued", "active", "token_ttl"}``;
@@ -89,7 +95,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
 from typing import Any, Final
-from urllib.parse import quote
+from urllib.parse import parse_qsl, quote, urlsplit
 
 from providers.sandbox import wire
 from providers.sandbox.state import ControlError, SandboxState, Transaction, check_transaction_id, check_url
@@ -169,6 +175,9 @@ class OrangeTransaction(Transaction):
     lang: str = "fr"
     #: The init call's other fields (return_url, cancel_url, reference...), for display.
     init: dict[str, Any] = field(default_factory=dict)
+    #: The merchant's notif_url as given at init (or its shape, ``{order_id}`` filled in): the
+    #: path and query of every notification's envelope. Empty: ``/orange/notify/{order_id}``.
+    notif_url: str = ""
 
 
 def now() -> datetime:
@@ -222,9 +231,37 @@ def notify_path(order_id: str) -> str:
     return f"{NOTIFY_PATH}/{quote(order_id, safe='')}"
 
 
-def webhook_envelope(method: str, path: str, body: str, headers: dict[str, str]) -> dict[str, Any]:
+def check_notif_url(value: Any, key: str = "notif_url") -> str:
+    """A merchant's notif_url (or its shape with ``{order_id}``): an http(s) URL or an absolute path."""
+    if not isinstance(value, str) or not value.strip():
+        raise ControlError(f"{key} must be an http(s) URL or an absolute path, got {value!r}")
+    text = value.strip()
+    split = urlsplit(text)
+    if split.scheme not in ("", "http", "https") or not split.path.startswith("/") or split.fragment:
+        raise ControlError(f"{key} must be an http(s) URL or an absolute path without #fragment, got {value!r}")
+    if any(c in text for c in " \r\n") or len(text) > 2000:
+        raise ControlError(f"{key} must be at most 2000 characters without spaces, got {text[:80]!r}")
+    return text
+
+
+def envelope_url(notif_url: str, order_id: str) -> tuple[str, dict[str, str | list[str]]]:
+    """The envelope's ``(path, query)`` of a notification posted to ``notif_url`` (``{order_id}`` filled in)."""
+    split = urlsplit((notif_url or f"{NOTIFY_PATH}/{{order_id}}").replace("{order_id}", quote(order_id, safe="")))
+    query: dict[str, str | list[str]] = {}
+    for name, value in parse_qsl(split.query, keep_blank_values=True):
+        previous = query.get(name)
+        if previous is None:
+            query[name] = value
+        else:
+            query[name] = [*previous, value] if isinstance(previous, list) else [previous, value]
+    return split.path, query
+
+
+def webhook_envelope(
+    method: str, path: str, body: str, headers: dict[str, str], query: dict[str, str | list[str]] | None = None
+) -> dict[str, Any]:
     """The ``payrecon.webhook/1`` envelope payrecon's receiver would build for this notification."""
-    return wire.webhook_envelope(NAME, method, path, body, headers)
+    return wire.webhook_envelope(NAME, method, path, body, headers, query=query)
 
 
 def _gateway_error(status: int, code: int, message: str, description: str) -> Response:
@@ -409,6 +446,7 @@ class OrangeMoneySandbox(WireSandbox):
             wire_currency=wire_currency,
             lang=lang,
             init={key: body[key] for key in ("return_url", "cancel_url", "reference") if key in body},
+            notif_url=notif_url or "",
         )
         try:
             self.state.add(txn)
@@ -486,6 +524,7 @@ class OrangeMoneySandbox(WireSandbox):
             "payment_url": self.payment_url(txn),
             "txnid": txn.operator_id,
             "init": dict(txn.init),
+            "notif_url": txn.notif_url or notify_path(txn.transaction_id),
             "provider_data": {"pay_token": txn.payment_token, "notif_token": txn.notif_token},
         }
 
@@ -508,7 +547,8 @@ class OrangeMoneySandbox(WireSandbox):
         body = self.notification_body(txn)
         headers = {"Content-Type": "application/json"}
         record: dict[str, Any] = {"kind": "auto", "status": status, "url": txn.notify_url}
-        envelope = webhook_envelope("POST", notify_path(txn.transaction_id), body, headers)
+        path, query = envelope_url(txn.notif_url, txn.transaction_id)
+        envelope = webhook_envelope("POST", path, body, headers, query)
         self.notify_later(txn, record, method="POST", url=txn.notify_url, body=body, headers=headers, envelope=envelope)
 
     def notification_fields(self, txn: OrangeTransaction) -> dict[str, Any]:

@@ -21,10 +21,11 @@ from providers.sandbox.orange_money import (
     OrangeMoneySandbox,
     OrangeTransaction,
     booked_currency,
+    check_notif_url,
     check_reference,
+    envelope_url,
     new_notif_token,
     new_pay_token,
-    notify_path,
     now,
     txnid,
     webhook_envelope,
@@ -57,7 +58,7 @@ class OrangeMoneyControl(ProviderControl[OrangeMoneySandbox, OrangeTransaction])
     transaction_type = OrangeTransaction
     statuses = STATUSES
     fates = FATES
-    create_keys = CREATE_KEYS | {"reference", "pay_token", "notif_token", "lang"}
+    create_keys = CREATE_KEYS | {"reference", "pay_token", "notif_token", "lang", "notif_url"}
     notification_keys = NOTIFICATION_KEYS | {"path"}
 
     def register(self, router: Router) -> None:
@@ -101,6 +102,7 @@ class OrangeMoneyControl(ProviderControl[OrangeMoneySandbox, OrangeTransaction])
             notif_token=_token(payload, "notif_token", new_notif_token()),
             wire_currency=wire_currency,
             lang=lang,
+            notif_url=check_notif_url(payload["notif_url"]) if payload.get("notif_url") is not None else "",
         )
         txn.faults.extend(parse_faults(payload.get("faults")))
         if txn.status in (SUCCESS, FAILED):
@@ -122,7 +124,8 @@ class OrangeMoneyControl(ProviderControl[OrangeMoneySandbox, OrangeTransaction])
         """``POST .../transactions/{reference}/notification``: an authentic (or forged) notification.
 
         Body: ``forged`` (a wrong notif_token), ``tamper`` (fields changed, or removed
-        with null, after building), ``path`` (the envelope's path), ``deliver_to`` (also
+        with null, after building), ``path`` (the envelope's path and ?query; default: the
+        order's ``notif_url``), ``deliver_to`` (also
         POST it there), ``enqueue`` (also publish it on the broker), ``method``.
         """
         forged, tamper = get_bool(payload, "forged"), payload.get("tamper") or {}
@@ -130,14 +133,14 @@ class OrangeMoneyControl(ProviderControl[OrangeMoneySandbox, OrangeTransaction])
             raise ControlError("tamper must be an object of field name -> string value (or null to remove it)")
         method = check_method(payload)
         path = get_str(payload, "path")
-        if path is not None and (not path.startswith("/") or any(c in path for c in "?# \r\n")):
-            raise ControlError(f"path must be an absolute URL path without query, got {path!r}")
+        if path is not None and (not path.startswith("/") or any(c in path for c in "# \r\n")):
+            raise ControlError(f"path must be an absolute URL path (a ?query allowed), got {path!r}")
         deliver_to = check_url(payload.get("deliver_to"), "deliver_to")
         enqueue = self._enqueue_flag(payload)
         txn = self.find(transaction_id)
         with self.wire.state.lock:
             fields = self.wire.notification_fields(txn)
-            order_id = txn.transaction_id
+            order_id, notif_url = txn.transaction_id, txn.notif_url
         if forged:
             fields["notif_token"] = new_notif_token()
         for name, value in tamper.items():
@@ -147,7 +150,8 @@ class OrangeMoneyControl(ProviderControl[OrangeMoneySandbox, OrangeTransaction])
                 fields[name] = value
         body = self.wire.notification_body(txn, fields)
         headers = {"Content-Type": "application/json"}
-        envelope = webhook_envelope(method, path or notify_path(order_id), body, headers)
+        url_path, query = envelope_url(path if path is not None else notif_url, order_id)
+        envelope = webhook_envelope(method, url_path, body, headers, query)
         result = self._deliver(method, body, headers, envelope, deliver_to=deliver_to, enqueue=enqueue)
         record = {"kind": "manual", "status": fields.get("status"), "forged": forged}
         return self._recorded(txn, record, tamper=tamper, url=deliver_to, result=result)

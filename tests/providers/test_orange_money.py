@@ -25,6 +25,7 @@ from providers.base import (
     RegistrationView,
 )
 from providers.orange_money import (
+    NotifUrl,
     OrangeMoneyClient,
     basic_authorization,
     parse_status_response,
@@ -456,7 +457,9 @@ def test_parse_delivery_from_the_sandbox(sandbox: SandboxClient, orange: OrangeM
     assert body == {"status": "SUCCESS", "notif_token": view.provider_data["notif_token"], "txnid": body["txnid"]}
     delivery = orange.parse_delivery(WebhookEnvelope.model_validate(raw))
     assert (delivery.kind, delivery.reference, delivery.claimed_status) == (DeliveryKind.PAYMENT, ref, "SUCCESS")
-    assert delivery.lookup is None and delivery.provider_ids == {"txnid": body["txnid"]}
+    # The token too: if the URL's order is not registered, a token of another order is refused.
+    assert delivery.lookup == ("notif_token", view.provider_data["notif_token"])
+    assert delivery.provider_ids == {"txnid": body["txnid"]}
     assert delivery.claimed_amount is None  # Orange's notification carries no amount
 
 
@@ -486,6 +489,73 @@ def test_dedupe_key() -> None:
 def test_reference_of(path: str, query: dict[str, Any], expected: str | None) -> None:
     body = {"status": "SUCCESS", "notif_token": "tok"}
     assert reference_of(envelope(body, path=path, query=query)) == expected
+
+
+@pytest.mark.parametrize(
+    ("shape", "path", "query", "expected"),
+    [
+        ("/orange/notif/{order_id}", "/orange/notif/OM-1", {}, "OM-1"),
+        ("/orange/notif/{order_id}", "/orange/notif/OM-1/", {}, "OM-1"),
+        ("/orange/notif/{order_id}", "/orange/notif/OM%3A7", {}, "OM:7"),
+        ("/orange/notif/{order_id}", "/orange/notify/OM-1", {}, None),  # another shape: no order named
+        ("/orange/notif/{order_id}", "/prefix/orange/notif/OM-1", {}, None),
+        ("/orange/notif/{order_id}", "/orange/notif", {"order_id": "OM-2"}, None),  # the default rules are off
+        ("https://shop.example/om/order-{order_id}/cb", "/om/order-OM-3/cb", {}, "OM-3"),
+        ("/om/callback?shop=1&order={order_id}", "/anything", {"order": "OM-4"}, "OM-4"),
+        ("/om/callback?order={order_id}", "/om/callback", {"order_id": "OM-4"}, None),
+    ],
+)
+def test_reference_of_a_declared_notif_url(
+    shape: str, path: str, query: dict[str, Any], expected: str | None
+) -> None:
+    body = {"status": "SUCCESS", "notif_token": "tok"}
+    assert reference_of(envelope(body, path=path, query=query), NotifUrl.parse(shape)) == expected
+
+
+@pytest.mark.parametrize(
+    ("shape", "path", "query", "fragment"),
+    [
+        ("/orange/notif/{order_id}", "/orange/notif/a%20b", {}, "path's order id is not a valid reference"),
+        ("/orange/notif/{order_id}", "/orange/notif/" + "x" * 101, {}, "101 characters long"),
+        ("/n?order={order_id}", "/n", {"order": ["a", "b"]}, "2 times"),
+        ("/n?order={order_id}", "/n", {"order": "../x"}, "query parameter order is not a valid reference"),
+    ],
+)
+def test_declared_notif_url_with_a_bad_order_id_is_malformed(
+    shape: str, path: str, query: dict[str, Any], fragment: str
+) -> None:
+    client = OrangeMoneyClient(
+        api_url="http://127.0.0.1:9", client_id="i", client_secret="s", merchant_key="m", notif_url=shape
+    )
+    with pytest.raises(MalformedDelivery, match=fragment):
+        client.parse_delivery(envelope({"status": "SUCCESS", "notif_token": "t"}, path=path, query=query))
+    client.close()
+
+
+def test_a_bad_notif_url_shape_is_refused_by_the_client() -> None:
+    with pytest.raises(ValueError, match="exactly once"):
+        OrangeMoneyClient(api_url="http://127.0.0.1:9", client_id="i", client_secret="s", merchant_key="m",
+                          notif_url="/orange/notif")  # fmt: skip
+
+
+def test_sandbox_notifications_follow_the_merchants_notif_url(
+    sandbox_server: SandboxServer, sandbox: SandboxClient, ref: str
+) -> None:
+    """Orange posts to whatever notif_url the merchant chose: the envelopes carry its path and query."""
+    token = bearer(sandbox_server.url)
+    shape = {"notif_url": f"https://shop.example/om/callback?shop=7&order={ref}"}
+    answer = requests.post(f"{sandbox_server.url}{INIT_PATH}", json=init_body(ref, shape),
+                           headers={"Authorization": f"Bearer {token}"}, timeout=5)  # fmt: skip
+    assert answer.status_code == 201
+    raw = sandbox.notification("orange_money", ref)
+    assert (raw["path"], raw["query"]) == ("/om/callback", {"shop": "7", "order": ref})
+    other = new_reference()
+    state = sandbox.create("orange_money", reference=other, amount=5000, notif_url="/orange/notif/{order_id}/")
+    assert state["notif_url"] == "/orange/notif/{order_id}/"
+    assert sandbox.notification("orange_money", other)["path"] == f"/orange/notif/{other}/"
+    assert sandbox.notification("orange_money", other, path=f"/n?order_id={other}")["query"] == {"order_id": other}
+    with pytest.raises(SandboxError, match="notif_url"):
+        sandbox.create("orange_money", reference=new_reference(), amount=5000, notif_url="ftp://x/{order_id}")
 
 
 @pytest.mark.parametrize(
