@@ -88,6 +88,11 @@ class VerifiedStatus:
     provider_transaction_id: str | None = None
     paid_at: datetime | None = None  # the provider's payment time, never our clock
     raw: str = ""  # response body as received
+    #: The question named the registered amount (Orange's ``transactionstatus`` is keyed by order_id,
+    #: amount and pay_token) though the answer may echo none: a success without ``amount`` is settled
+    #: at the registered amount, which stays unconfirmed by the provider (``amount`` None) until the
+    #: statement confirms it at reconciliation. False: a success without an amount posts nothing.
+    registered_amount_asked: bool = False
 
 
 @dataclass(frozen=True, slots=True)

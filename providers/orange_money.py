@@ -153,11 +153,13 @@ def major_amount(amount: int, currency: str) -> int:
 def parse_status_response(registration: RegistrationView, text: str, *, http_status: int = 201) -> VerifiedStatus:
     """Turn the body of a 2xx ``transactionstatus`` answer into a ``VerifiedStatus``.
 
-    Amount: Orange answers SUCCESS only for the ``(order_id, amount, pay_token)`` it
-    was asked about, so a SUCCESS confirms the registered amount. When the answer
-    echoes an ``amount`` (and maybe ``currency``) itself, that echo is what Orange says
-    was paid and wins: the pipeline then compares it with the ledger (tampering).
-    Non-success answers confirm no amount unless one is echoed.
+    Amount: Orange's documented answer is ``{status, order_id, txnid}``: no amount, no
+    currency, so the answer confirms none (``amount`` None). The question named the
+    registered amount (``registered_amount_asked``): a SUCCESS is settled at it, and the
+    statement confirms it at reconciliation. When the answer echoes an ``amount`` (and
+    maybe ``currency``), as some deployments do, that echo is what Orange says was paid:
+    it is recorded as confirmed and the pipeline compares it with the registration
+    (tampering).
     """
     where: dict[str, Any] = {"provider": PROVIDER, "http_status": http_status}
     body = json_object(text, "status answer", **where)
@@ -174,7 +176,7 @@ def parse_status_response(registration: RegistrationView, text: str, *, http_sta
             f"status answer is about order {str(order_id)[:100]!r}, not {registration.reference!r}", **where
         )
     try:
-        amount, currency = _confirmed_money(body, registration, outcome)
+        amount, currency = _confirmed_money(body, registration)
     except (AmountError, ValueError) as exc:
         raise ProviderProtocolError(f"status answer: {str(exc)[:150]}", **where) from None
     txnid = body.get("txnid")
@@ -190,17 +192,14 @@ def parse_status_response(registration: RegistrationView, text: str, *, http_sta
         provider_transaction_id=str(txnid) if txnid else None,
         paid_at=None,  # the status answer carries no date; never substitute our clock
         raw=text,
+        registered_amount_asked=True,
     )
 
 
-def _confirmed_money(
-    body: Mapping[str, Any], registration: RegistrationView, outcome: Outcome
-) -> tuple[int | None, str | None]:
+def _confirmed_money(body: Mapping[str, Any], registration: RegistrationView) -> tuple[int | None, str | None]:
+    """The amount and currency the answer itself echoes, or ``(None, None)``: never the registration's."""
     raw_amount = body.get("amount")
     if raw_amount is None or (isinstance(raw_amount, str) and not raw_amount.strip()):
-        if outcome is Outcome.SUCCEEDED:
-            # SUCCESS to a question keyed by (order_id, amount, pay_token) confirms that amount.
-            return registration.amount, registration.currency
         return None, None
     if isinstance(raw_amount, bool) or not isinstance(raw_amount, str | int | Decimal):
         raise ValueError(f"amount has type {type(raw_amount).__name__}")

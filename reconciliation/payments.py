@@ -281,7 +281,7 @@ def apply_answer(
         )
         notes.append("webhook claim differs from the provider's answer")
     if step.money_moved:
-        notes.append(_settle_paid(session, payment, ctx))
+        notes.append(_settle_paid(session, payment, ctx, registered_amount_asked=answer.registered_amount_asked))
     if step.status is PaymentStatus.REFUNDED and previous is PaymentStatus.SUCCEEDED:
         notes.append(_refunded(session, payment, ctx, reason=f"reported by {payment.provider}", by=None))
     if step.status in FINAL_STATUSES:
@@ -340,17 +340,19 @@ class Answer:
 
 def is_plain_success(payment: Payment, answer: VerifiedStatus, claim: Delivery | None, plans: dict[str, Plan]) -> bool:
     """The common case, settled set-wise by ``apply_answers``: a registered (or pending) payment the
-    provider confirms paid, for the amount and currency registered, as the callback said, with a
-    plan in the catalogue. Anything else takes ``apply_answer``."""
+    provider confirms paid, for the amount and currency registered (or, with no amount in its
+    answer, to a question that named the registered amount), as the callback said, with a plan in
+    the catalogue. Anything else takes ``apply_answer``."""
     return (
         payment.status in (PaymentStatus.REGISTERED, PaymentStatus.PENDING)
         and answer.outcome is Outcome.SUCCEEDED
         and not payment.is_orphan
         and not payment.settled
-        and answer.amount is not None
-        and answer.amount == payment.amount
-        and answer.currency is not None
-        and answer.currency == payment.currency
+        and (
+            (answer.amount is not None and answer.amount == payment.amount and answer.currency == payment.currency)
+            # No amount echoed to a question that named the registered one (Orange): settled at it.
+            or (answer.amount is None and answer.currency is None and answer.registered_amount_asked)
+        )
         and payment.account is not None
         and payment.plan_code in plans
         and plans[payment.plan_code].active
@@ -428,7 +430,10 @@ def apply_answers(
                 claimed=normalize_claim(a.claim.claimed_status),
                 confirmed=answer.outcome.value,
             )
-        decision = f"confirmed paid; settled: {grant['days']} days granted, access until {grant['ends_at'].isoformat()}"
+        decision = (
+            f"confirmed paid; settled: {grant['days']} days granted, access until {grant['ends_at'].isoformat()}"
+            + ("" if answer.amount is not None else f"; {UNCONFIRMED_AMOUNT}")
+        )
         decisions.append(decision)
         verifications.append(
             _verification_row(
@@ -630,10 +635,31 @@ def _claim_disagrees(claim: Delivery, answer: VerifiedStatus) -> bool:
     )
 
 
-def _settle_paid(session: Session, payment: Payment, ctx: Context) -> str:
-    """Post the money of a confirmed success and grant access, or hold it in suspense."""
+#: The decision's note when a success is settled at the registered amount the provider did not echo.
+UNCONFIRMED_AMOUNT = (
+    "amount not confirmed by the provider (its answer carries none; the question named the registered "
+    "amount): settled at the registered amount, to be confirmed by the statement at reconciliation"
+)
+
+
+def _settle_paid(session: Session, payment: Payment, ctx: Context, *, registered_amount_asked: bool = False) -> str:
+    """Post the money of a confirmed success and grant access, or hold it in suspense.
+
+    ``registered_amount_asked``: the provider's answer is to a question that named the registered
+    amount (Orange); without an amount of its own, it is settled at the registered one, which is not
+    recorded as confirmed."""
     amount = payment.confirmed_amount
     currency = payment.confirmed_currency
+    unconfirmed = (
+        amount is None
+        and currency is None
+        and registered_amount_asked
+        and not payment.is_orphan
+        and payment.amount is not None
+        and payment.currency is not None
+    )
+    if unconfirmed:
+        amount, currency = payment.amount, payment.currency
     if amount is None or currency is None:
         # The provider said paid without an amount: we cannot post what we do not know.
         flag(session, payment, FlagKind.AMOUNT_MISMATCH, "provider confirmed success without an amount")
@@ -673,8 +699,9 @@ def _settle_paid(session: Session, payment: Payment, ctx: Context) -> str:
         return f"{mismatch[0].value}: no access granted, money held in suspense"
     if payment.settled:
         return "already settled"
-    journal_ = _settlement_journal(payment)  # the registered amount: it is the confirmed one here
+    journal_ = _settlement_journal(payment)  # the registered amount: the confirmed one, or the one asked about
     ledger.post(session, journal_.lines, kind=journal_.kind, payment_id=payment.id, memo=journal_.memo)
     result = grant_for_payment(session, payment, ctx.now, ctx.tz)
     payment.settled = True
-    return f"settled: {result.grant.days} days granted, access until {result.grant.ends_at.isoformat()}"
+    settled = f"settled: {result.grant.days} days granted, access until {result.grant.ends_at.isoformat()}"
+    return f"{settled}; {UNCONFIRMED_AMOUNT}" if unconfirmed else settled

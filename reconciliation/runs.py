@@ -245,6 +245,40 @@ def apply_refunds(sessions: sessionmaker[Session], run_id: int, policy: Policy) 
     return len(items)
 
 
+def flag_mismatches(sessions: sessionmaker[Session], run_id: int) -> int:
+    """Flag ``amount_mismatch`` / ``currency_mismatch`` on each payment the statement reports paid for
+    another amount or currency than ours (the confirmed one, else the registered one: what an Orange
+    status answer never confirms), once per payment and kind; returns how many items were looked at.
+    The app is told (``payment.flagged``); the money stays where it was posted, for a person to decide."""
+    kinds = {ReconClass.AMOUNT_MISMATCH.value: FlagKind.AMOUNT_MISMATCH,
+             ReconClass.CURRENCY_MISMATCH.value: FlagKind.CURRENCY_MISMATCH}  # fmt: skip
+    with sessions() as session:
+        run = session.get(ReconRun, run_id)
+        assert run is not None  # noqa: S101
+        day = run.business_date
+        items = session.execute(
+            select(ReconItem.payment_id, ReconItem.cls, ReconItem.internal_amount, ReconItem.internal_currency,
+                   ReconItem.provider_amount, ReconItem.provider_currency)
+            .where(ReconItem.run_id == run_id, ReconItem.cls.in_(list(kinds)), ReconItem.payment_id.is_not(None))
+            .order_by(ReconItem.payment_id)
+        ).all()  # fmt: skip
+    if not items:
+        return 0
+    with transaction(sessions) as session:
+        for payment_id, cls, ours, our_currency, theirs, their_currency in items:
+            payment = session.get(Payment, payment_id)
+            if payment is None:  # pragma: no cover - payments are never deleted
+                continue
+            payments.flag(
+                session,
+                payment,
+                kinds[cls],
+                f"the statement of {day} (run {run_id}) reports {theirs} {their_currency}, "
+                f"we recorded {ours} {our_currency}",
+            )
+    return len(items)
+
+
 #: Fee journals posted per transaction: a 1,000,000-payment day is 200 transactions, not a million.
 FEE_CHUNK = 5_000
 
@@ -473,6 +507,7 @@ def reconcile_stored(
     try:
         classify_run(sessions, run_id, policy)
         heal(sessions, run_id, policy)
+        flag_mismatches(sessions, run_id)
         apply_refunds(sessions, run_id, policy)
         post_fees(sessions, run_id)
         post_payouts(sessions, run_id)

@@ -55,6 +55,12 @@ def payment_detail(session: Session, payment: Payment) -> dict[str, Any]:
         "settled": payment.settled,
         "confirmed_amount": payment.confirmed_amount,
         "confirmed_currency": payment.confirmed_currency,
+        # Paid, but no amount in the provider's answer (Orange's status answer has none): null when not paid.
+        "amount_confirmed_by_provider": (
+            payment.confirmed_amount is not None
+            if payment.status in (PaymentStatus.SUCCEEDED, PaymentStatus.REFUNDED)
+            else None
+        ),
         "provider_transaction_id": payment.provider_transaction_id,
         "paid_at": iso(payment.paid_at),
         "registered_at": iso(payment.registered_at),

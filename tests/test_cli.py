@@ -63,8 +63,31 @@ def test_payments_show_json_has_the_history(rt: Runtime, sandbox: SandboxClient,
     assert [v["answered"]["outcome"] for v in data["verifications"]] == ["succeeded"]
     assert data["grant"]["days"] == 90
     assert [j["kind"] for j in data["journals"]] == ["settlement"]
+    assert (data["confirmed_amount"], data["amount_confirmed_by_provider"]) == (15000, True)
     text_out = run(cli_env, "payments", "show", ref).output
     assert "SUCCEEDED" in text_out and "15 000 XOF" in text_out
+    assert "confirmed  15 000 XOF" in text_out
+
+
+def test_payments_show_says_orange_did_not_confirm_the_amount(
+    rt: Runtime, sandbox: SandboxClient, cli_env: dict[str, str]
+) -> None:
+    ref = new_reference("ORD")
+    state = sandbox.create("orange_money", reference=ref, amount=6500, currency="XOF", fate="accepted")
+    pipeline.register_payment(rt, registration(ref, provider="orange_money", amount=6500, plan="coko-premium-monthly",
+                                               provider_data=state["provider_data"]))  # fmt: skip
+    pipeline.ingest_webhook(rt, sandbox.notification("orange_money", ref))
+    data = json.loads(run(cli_env, "payments", "show", ref, "--json").output)
+    assert (data["status"], data["settled"], data["amount"]) == ("succeeded", True, 6500)
+    assert (data["confirmed_amount"], data["confirmed_currency"], data["amount_confirmed_by_provider"]) == (
+        None,
+        None,
+        False,
+    )
+    assert [v["answered"]["amount"] for v in data["verifications"] if v["answered"]["outcome"]] == [None]
+    text_out = run(cli_env, "payments", "show", ref).output
+    assert "\n  confirmed  - (amount not confirmed by the provider: its status answer carries none" in text_out
+    assert "confirmed  6 500 XOF" not in text_out
 
 
 def test_payments_show_unknown_reference_fails(rt: Runtime, cli_env: dict[str, str]) -> None:

@@ -98,7 +98,9 @@ def test_paid(flow: Flow) -> None:
     view = flow.start("accepted")
     flow.notify(view)
     payment = flow.wait_status(view, PaymentStatus.SUCCEEDED)
-    assert payment.settled and payment.confirmed_amount == flow.amount
+    # Orange's status answer carries no amount: settled at the registered one, recorded as unconfirmed.
+    confirmed = None if flow.kit.name == "orange_money" else flow.amount
+    assert payment.settled and payment.confirmed_amount == confirmed
     assert flow.grants() == 1
 
 

@@ -551,6 +551,11 @@ def _print_payment(d: dict[str, Any], settings: Settings) -> None:
     if d["confirmed_amount"] is not None:
         confirmed = format_amount(d["confirmed_amount"], d["confirmed_currency"])
         click.echo(f"  confirmed  {confirmed}  paid {_local(d['paid_at'], settings)}")
+    elif d["amount_confirmed_by_provider"] is False:
+        click.echo(
+            "  confirmed  - (amount not confirmed by the provider: its status answer carries none; settled at the "
+            "registered amount, the statement confirms it at reconciliation)"
+        )
     for f in d["flags"]:
         click.echo(f"  FLAG {f['kind']}: {f['detail']}")
     click.echo("  verifications:")

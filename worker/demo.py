@@ -112,8 +112,11 @@ def scenario(count: int) -> list[Case]:
             case = Case(provider, ref, "forged 'paid' callback for a refused payment", "refused", periods,
                         PaymentStatus.FAILED, forged=True)  # fmt: skip
         elif kind == 5:
+            # Orange's documented status answer has no amount: here, a deployment that echoes it (one that
+            # does not is settled at the registered amount and its statement flags the difference).
+            echo = {"echo_amount": True} if provider == "orange_money" else {}
             case = Case(provider, ref, "provider confirms a smaller amount (tampered)", periods=periods,
-                        options={"confirm_amount": price * periods // 5})  # fmt: skip
+                        options={"confirm_amount": price * periods // 5, **echo})  # fmt: skip
         elif kind == 6:
             case = Case(provider, ref, "callback before its registration", periods=periods, register_late=True)
         elif kind == 7:

@@ -26,17 +26,19 @@ Wire API (what a merchant's code calls):
 * ``POST /orange-money-webpay/{cc}/v1/transactionstatus`` JSON ``{order_id, amount,
   pay_token}`` → **201** (one trace reports 201; clients must accept 200 too)
   ``{"status", "order_id", "txnid"}``, status INITIATED / PENDING / SUCCESS / FAILED /
-  EXPIRED. On SUCCESS the answer also echoes ``amount`` (int, major units) and
-  ``currency``: what Orange says was paid (MED: some deployments echo it; the
-  documented shape has none). Unknown order_id → 404 ``{"status": 404, ...}``;
+  EXPIRED: the documented shape, with no amount and no currency. An order created with
+  ``echo_amount`` also echoes, on SUCCESS, ``amount`` (int, major units) and ``currency``:
+  what Orange says was paid (MED: some deployments echo it). Unknown order_id → 404
+  ``{"status": 404, ...}``;
   pay_token not the order's → 400; ``amount`` not the amount the order was initiated
   with → 400 "amount does not match" (real Orange's answer to a mismatch is
   UNCONFIRMED).
 
 Tampering, two ways: ``confirm_amount`` means the payer really paid that amount (the
 order was initiated with it); a status call made with the registered amount still
-answers SUCCESS but echoes ``confirm_amount``, which the client reports. A status
-call whose ``amount`` differs from the order's init amount answers 400 instead.
+answers SUCCESS, echoing ``confirm_amount`` if the order has ``echo_amount`` (else
+only the statement shows it). A status call whose ``amount`` differs from the order's
+init amount answers 400 instead.
 
 Notifications: ``POST`` JSON ``{"status", "notif_token", "txnid"}`` (``txnid`` once
 there is one) to the transaction's ``notif_url`` / ``notify_url``, sent when it
@@ -58,8 +60,9 @@ unknown reference → 404, existing → 409):
     Orange's "expired" and "waiting_then_expired"), "pending_checks" (default 1),
     "confirm_amount", "confirm_currency", "faults", "notify_url" (http(s) URL or
     "enqueue": where notifications go), "notif_url" (the merchant's notif_url or its
-    shape with ``{order_id}``: the envelopes' path and query), "pay_token",
-    "notif_token" (default: random), "lang"}`` → 201 with
+    shape with ``{order_id}``: the envelopes' path and query), "echo_amount" (SUCCESS
+    answers echo amount and currency), "pay_token", "notif_token" (default: random),
+    "lang"}`` → 201 with
     the state, including ``pay_token``, ``notif_token``, ``payment_url`` and
     ``provider_data`` = ``{"pay_token", "notif_token"}``: what the merchant registers.
     ``waiting`` fates answer INITIATED to the first status call, PENDING after.
@@ -178,6 +181,9 @@ class OrangeTransaction(Transaction):
     #: The merchant's notif_url as given at init (or its shape, ``{order_id}`` filled in): the
     #: path and query of every notification's envelope. Empty: ``/orange/notify/{order_id}``.
     notif_url: str = ""
+    #: Whether SUCCESS answers echo ``amount`` and ``currency`` (some deployments; the documented
+    #: ``transactionstatus`` answer has neither).
+    echo_amount: bool = False
 
 
 def now() -> datetime:
@@ -493,7 +499,7 @@ class OrangeMoneySandbox(WireSandbox):
 
     def _status_answer(self, txn: OrangeTransaction) -> Response:
         payload: dict[str, Any] = {"status": txn.status, "order_id": txn.transaction_id, "txnid": txn.operator_id}
-        if txn.status == SUCCESS:
+        if txn.status == SUCCESS and txn.echo_amount:
             payload["amount"] = whole_major(txn.reported_amount, txn.reported_currency)
             payload["currency"] = txn.confirm_currency or txn.wire_currency or txn.currency
         return json_response(201, payload)
@@ -525,6 +531,7 @@ class OrangeMoneySandbox(WireSandbox):
             "txnid": txn.operator_id,
             "init": dict(txn.init),
             "notif_url": txn.notif_url or notify_path(txn.transaction_id),
+            "echo_amount": txn.echo_amount,
             "provider_data": {"pay_token": txn.payment_token, "notif_token": txn.notif_token},
         }
 

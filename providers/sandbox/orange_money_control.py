@@ -58,7 +58,7 @@ class OrangeMoneyControl(ProviderControl[OrangeMoneySandbox, OrangeTransaction])
     transaction_type = OrangeTransaction
     statuses = STATUSES
     fates = FATES
-    create_keys = CREATE_KEYS | {"reference", "pay_token", "notif_token", "lang", "notif_url"}
+    create_keys = CREATE_KEYS | {"reference", "pay_token", "notif_token", "lang", "notif_url", "echo_amount"}
     notification_keys = NOTIFICATION_KEYS | {"path"}
 
     def register(self, router: Router) -> None:
@@ -103,6 +103,7 @@ class OrangeMoneyControl(ProviderControl[OrangeMoneySandbox, OrangeTransaction])
             wire_currency=wire_currency,
             lang=lang,
             notif_url=check_notif_url(payload["notif_url"]) if payload.get("notif_url") is not None else "",
+            echo_amount=get_bool(payload, "echo_amount"),
         )
         txn.faults.extend(parse_faults(payload.get("faults")))
         if txn.status in (SUCCESS, FAILED):

@@ -125,13 +125,7 @@ def test_business_calls_need_a_valid_bearer(sandbox_server: SandboxServer, sandb
     token = bearer(sandbox_server.url)
     ok = requests.post(url, json=body, headers={"Authorization": f"Bearer {token}"}, timeout=5)
     assert ok.status_code == 201
-    assert ok.json() == {
-        "status": "SUCCESS",
-        "order_id": ref,
-        "txnid": ok.json()["txnid"],
-        "amount": 5000,
-        "currency": "XOF",
-    }
+    assert ok.json() == {"status": "SUCCESS", "order_id": ref, "txnid": ok.json()["txnid"]}  # Orange's documented shape
     requests.post(f"{sandbox_server.url}/_sandbox/orange_money/tokens/expire", timeout=5).raise_for_status()
     expired = requests.post(url, json=body, headers={"Authorization": f"Bearer {token}"}, timeout=5)
     assert (expired.status_code, expired.json()["code"], expired.json()["message"]) == (401, 42, "Expired credentials")
@@ -172,8 +166,9 @@ def test_init_then_check_then_force(
 
     sandbox.set_status("orange_money", ref, "SUCCESS")
     paid = orange.check(view)
-    assert (paid.outcome, paid.amount, paid.currency) == (Outcome.SUCCEEDED, 1500, "XOF")
-    assert json.loads(paid.raw)["currency"] == "OUV"  # echoed as on the wire; read in the registered currency
+    # The documented answer has no amount: none is recorded as confirmed; the question named 1500.
+    assert (paid.outcome, paid.amount, paid.currency) == (Outcome.SUCCEEDED, None, None)
+    assert paid.registered_amount_asked and set(json.loads(paid.raw)) == {"status", "order_id", "txnid"}
     assert paid.provider_transaction_id and paid.provider_transaction_id.startswith("MP")
     assert paid.paid_at is None  # the answer carries no date; the client never invents one
     state = sandbox.get("orange_money", ref)
@@ -220,11 +215,28 @@ def test_init_reused_order_id_conflicts(sandbox_server: SandboxServer, ref: str)
 
 
 def test_status_call_wire_body(sandbox: SandboxClient, orange: OrangeMoneyClient, ref: str) -> None:
-    view = create(sandbox, ref, 1200, "USD", "accepted")
+    view = create(sandbox, ref, 1200, "USD", "accepted", echo_amount=True)  # a deployment that echoes the amount
     assert orange.status_request(view) == {"order_id": ref, "amount": 12, "pay_token": view.provider_data["pay_token"]}
     answer = orange.check(view)
     assert (answer.amount, answer.currency) == (1200, "USD")  # 12 USD on the wire, minor units here
     assert json.loads(answer.raw)["amount"] == 12
+
+
+def test_an_echoed_dev_currency_is_read_in_the_registered_one(
+    sandbox: SandboxClient, orange: OrangeMoneyClient, ref: str
+) -> None:
+    view = create(sandbox, ref, 1500, "OUV", "accepted", echo_amount=True)
+    answer = orange.check(RegistrationView(ref, 1500, "XOF", view.provider_data))
+    assert json.loads(answer.raw)["currency"] == "OUV"  # echoed as on the wire; read in the registered currency
+    assert (answer.amount, answer.currency) == (1500, "XOF")
+
+
+def test_success_without_echo_confirms_no_amount(sandbox: SandboxClient, orange: OrangeMoneyClient, ref: str) -> None:
+    """Even when the payer paid another amount: without an echo, the answer says nothing about it."""
+    view = create(sandbox, ref, 5000, "XOF", "accepted", confirm_amount=300, echo_amount=False)
+    answer = orange.check(view)
+    assert (answer.outcome, answer.amount, answer.currency) == (Outcome.SUCCEEDED, None, None)
+    assert answer.registered_amount_asked
 
 
 def test_amount_not_whole_in_major_units_is_refused_offline(orange: OrangeMoneyClient, ref: str) -> None:
@@ -282,7 +294,7 @@ def test_per_transaction_faults_and_200_answers(sandbox: SandboxClient, orange: 
     answer = orange.check(view)  # 503 retried in the call, then an HTTP 200 answer (not 201)
     assert (answer.outcome, answer.amount, answer.provider_transaction_id) == (
         Outcome.SUCCEEDED,
-        5000,
+        None,
         "MP150709.1341.A00073",
     )
     assert sandbox.get("orange_money", ref)["check_count"] == 2
@@ -314,12 +326,14 @@ def test_unreadable_answers_are_protocol_errors(
 def test_parse_status_response_without_echo() -> None:
     view = RegistrationView("OM-1", 5000, "XOF", {"pay_token": "p"})
     paid = parse_status_response(view, '{"status": "SUCCESS", "order_id": "OM-1", "txnid": "MP1"}', http_status=200)
+    # Orange's documented answer: nothing about the amount is recorded as confirmed.
     assert (paid.outcome, paid.amount, paid.currency, paid.provider_transaction_id) == (
         Outcome.SUCCEEDED,
-        5000,
-        "XOF",
+        None,
+        None,
         "MP1",
     )
+    assert paid.registered_amount_asked
     pending = parse_status_response(view, '{"status": "PENDING", "order_id": "OM-1", "txnid": null}')
     assert (pending.outcome, pending.amount, pending.currency) == (Outcome.PENDING, None, None)
 
@@ -505,9 +519,7 @@ def test_reference_of(path: str, query: dict[str, Any], expected: str | None) ->
         ("/om/callback?order={order_id}", "/om/callback", {"order_id": "OM-4"}, None),
     ],
 )
-def test_reference_of_a_declared_notif_url(
-    shape: str, path: str, query: dict[str, Any], expected: str | None
-) -> None:
+def test_reference_of_a_declared_notif_url(shape: str, path: str, query: dict[str, Any], expected: str | None) -> None:
     body = {"status": "SUCCESS", "notif_token": "tok"}
     assert reference_of(envelope(body, path=path, query=query), NotifUrl.parse(shape)) == expected
 
