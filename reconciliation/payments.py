@@ -485,6 +485,39 @@ def record_error(
     )
 
 
+def record_refusal(
+    session: Session,
+    payment: Payment,
+    error: str,
+    ctx: Context,
+    *,
+    trigger: str,
+    claim: Delivery | None = None,
+    inbox_id: int | None = None,
+) -> Verification:
+    """The provider refused the question itself (an HTTP 4xx about the request: Orange's 400 for a
+    pay_token or amount that is not the order's). Asking again would get the same refusal, so the
+    payment is no longer re-checked on schedule, nor expired (its status is unknown, not unpaid), and
+    is flagged ``provider_refused`` (once; the app is told). The nightly reconciliation still classifies
+    it against the statement (healed if paid there, ``missing_after_sla`` if absent), and a replayed
+    delivery asks again."""
+    flag(session, payment, FlagKind.PROVIDER_REFUSED, f"the provider refused the status question: {error}"[:2000])
+    notes = ["the provider refused the question (not an outage): flagged provider_refused"]
+    if payment.status not in FINAL_STATUSES:
+        payment.next_check_at = None
+        notes.append("no more re-checks on schedule (the same question gets the same refusal)")
+    return _verification(
+        session,
+        payment,
+        ctx,
+        trigger=trigger,
+        claim=claim,
+        inbox_id=inbox_id,
+        error=error,
+        decision="; ".join(notes),
+    )
+
+
 def _verification(
     session: Session,
     payment: Payment,

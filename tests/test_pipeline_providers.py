@@ -14,7 +14,15 @@ import pytest
 from sqlalchemy import func, select
 
 from providers.sandbox.client import SandboxClient
-from reconciliation.models import DeadLetter, InboxDelivery, InboxStatus, Payment, PaymentStatus, Verification
+from reconciliation.models import (
+    DeadLetter,
+    FlagKind,
+    InboxDelivery,
+    InboxStatus,
+    Payment,
+    PaymentStatus,
+    Verification,
+)
 from tests.helpers import age, new_reference, registration
 from worker import pipeline
 from worker.pipeline import Outcome
@@ -22,7 +30,7 @@ from worker.runtime import Runtime, build_clients
 
 
 def coko(reference: str, provider: str, **over: Any) -> dict[str, Any]:
-    return registration(reference, provider=provider, amount=6500, plan="coko-premium-monthly", **over)
+    return registration(reference, **{"provider": provider, "amount": 6500, "plan": "coko-premium-monthly", **over})
 
 
 def status(rt: Runtime, reference: str) -> PaymentStatus:
@@ -256,3 +264,67 @@ def test_orange_default_rules_still_read_notify_paths_and_query(
     assert pipeline.ingest_webhook(rt, by_query).outcome is Outcome.FORGED
     other_shape = pipeline.ingest_webhook(rt, sandbox.notification("orange_money", ref, path=f"/orange/notif/{ref}"))
     assert (other_shape.outcome, other_shape.reference) == (Outcome.ACCEPTED, ref)  # found by its notif_token
+
+
+# --------------------------------------------------------------------------- Orange: HTTP 400 from the status API
+
+
+@pytest.mark.parametrize(
+    ("wrong", "fragment"),
+    [
+        ({"provider_data": {"pay_token": "0" * 64}}, "invalid pay_token"),
+        ({"amount": 13000, "periods": 2}, "amount does not match"),  # registered for more than Orange's order
+    ],
+)
+def test_orange_400_on_a_recheck_flags_the_payment_and_stops_asking(
+    rt: Runtime, sandbox: SandboxClient, wrong: dict[str, Any], fragment: str
+) -> None:
+    """A question Orange refuses (HTTP 400) gets the same refusal every time: not 'no answer', retried until expiry."""
+    ref = new_reference("ORD")
+    state = sandbox.create("orange_money", reference=ref, amount=6500, currency="XOF", fate="accepted")
+    pipeline.register_payment(rt, coko(ref, "orange_money", **{"provider_data": state["provider_data"], **wrong}))
+    with rt.sessions() as session:
+        payment = session.scalars(select(Payment)).one()
+    result = pipeline.verify_payment(rt, payment.id)
+    assert result.outcome is Outcome.FAILED and "refused the question" in result.detail
+    with rt.sessions() as session:
+        p = session.scalars(select(Payment)).one()
+        flags = {f.kind: f.detail for f in p.flags}
+        last = session.scalars(select(Verification).order_by(Verification.id.desc())).first()
+    assert (p.status, p.next_check_at) == (PaymentStatus.REGISTERED, None)  # not expired, not re-asked
+    assert list(flags) == [FlagKind.PROVIDER_REFUSED] and "HTTP 400" in flags[FlagKind.PROVIDER_REFUSED]
+    assert fragment in flags[FlagKind.PROVIDER_REFUSED]
+    assert last is not None and last.error and "HTTP 400" in last.error and "no more re-checks" in last.decision
+    assert pipeline.claim_due(rt, now=p.registered_at + timedelta(days=30)) == []  # beat never asks again
+    assert sandbox.get("orange_money", ref)["check_count"] == 1
+
+
+def test_orange_400_on_a_notification_dead_letters_it_and_flags_the_payment(
+    rt: Runtime, sandbox: SandboxClient
+) -> None:
+    ref = new_reference("ORD")
+    state = sandbox.create("orange_money", reference=ref, amount=6500, currency="XOF", fate="accepted")
+    data = {**state["provider_data"], "pay_token": "0" * 64}  # the notif_token is right: it authenticates
+    pipeline.register_payment(rt, coko(ref, "orange_money", provider_data=data))
+    result = pipeline.ingest_webhook(rt, sandbox.notification("orange_money", ref))
+    assert result.outcome is Outcome.FAILED and "provider refused the verification" in result.detail
+    with rt.sessions() as session:
+        letter = session.scalars(select(DeadLetter)).one()
+        p = session.scalars(select(Payment)).one()
+        kinds = [f.kind for f in p.flags]
+    assert letter.reason == "provider_error" and "HTTP 400" in letter.detail
+    assert (p.status, p.next_check_at, kinds) == (PaymentStatus.REGISTERED, None, [FlagKind.PROVIDER_REFUSED])
+
+
+def test_an_outage_is_still_no_answer_and_asked_again(rt: Runtime, sandbox: SandboxClient) -> None:
+    ref = new_reference("ORD")
+    faults = [{"status": 503}] * 3
+    state = sandbox.create("orange_money", reference=ref, amount=6500, currency="XOF", fate="accepted", faults=faults)
+    pipeline.register_payment(rt, coko(ref, "orange_money", provider_data=state["provider_data"]))
+    with rt.sessions() as session:
+        payment_id = session.scalars(select(Payment.id)).one()
+    assert pipeline.verify_payment(rt, payment_id).outcome is Outcome.RETRY
+    with rt.sessions() as session:
+        p = session.scalars(select(Payment)).one()
+        assert p.next_check_at is not None and p.flags == []
+    assert pipeline.verify_payment(rt, payment_id).outcome is Outcome.ACCEPTED

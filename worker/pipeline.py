@@ -33,6 +33,7 @@ from providers.base import (
     DeliveryKind,
     ForgedDelivery,
     MalformedDelivery,
+    ProviderBadRequest,
     ProviderClient,
     ProviderError,
     ProviderNotFound,
@@ -682,6 +683,13 @@ def _not_yet_visible(rt: Runtime, provider: str, payment: Payment | None, exc: P
     return now < payment.registered_at + timedelta(seconds=grace)
 
 
+def refused_question(exc: ProviderError) -> bool:
+    """The provider answered that the request itself is wrong (HTTP 400, 409, 422...: a ``ProviderBadRequest``
+    with an HTTP status; Orange's 400 for a pay_token or amount not the order's): asking again changes
+    nothing. Not credentials (401/403), throttling (429), an unknown payment (404) or an outage (5xx)."""
+    return isinstance(exc, ProviderBadRequest) and exc.http_status is not None
+
+
 def _verification_failed(
     rt: Runtime, provider: str, reference: str, delivery: Delivery, exc: ProviderError, *, work: inbox.Work
 ) -> Result:
@@ -690,7 +698,11 @@ def _verification_failed(
     with transaction(rt.sessions) as session:
         ctx = rt.context(provider)
         payment = payments.find(session, provider, reference, lock=True)
-        if payment is not None:
+        if payment is not None and refused_question(exc):
+            payments.record_refusal(
+                session, payment, str(exc), ctx, trigger="webhook", claim=delivery, inbox_id=work.id
+            )
+        elif payment is not None:
             payments.record_error(
                 session, payment, str(exc), ctx, trigger="webhook", claim=delivery, inbox_id=work.id, reschedule=False
             )
@@ -1247,6 +1259,9 @@ def verify_payment(rt: Runtime, payment_id: int, *, now: datetime | None = None,
             message = str(error)
             if isinstance(error, ProviderError) and _not_yet_visible(rt, provider, locked, error, ctx.now):
                 message = f"not visible at the provider yet (normal shortly after registration): {error}"
+            if isinstance(error, ProviderError) and refused_question(error):
+                verification = payments.record_refusal(session, locked, message, ctx, trigger=trigger)
+                return Result(Outcome.FAILED, verification.decision, reference=reference)
             verification = payments.record_error(session, locked, message, ctx, trigger=trigger)
             return Result(Outcome.RETRY, verification.decision, reference=reference)
         verification = payments.apply_answer(session, locked, answer, ctx, trigger=trigger, asked_at=asked_at)
