@@ -8,10 +8,11 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
 from providers.sandbox.client import SandboxClient
 from reconciliation.models import (
@@ -23,6 +24,7 @@ from reconciliation.models import (
     PaymentStatus,
     Verification,
 )
+from tests.conftest import _truncate as truncate
 from tests.helpers import age, new_reference, registration
 from worker import pipeline
 from worker.pipeline import Outcome
@@ -328,3 +330,39 @@ def test_an_outage_is_still_no_answer_and_asked_again(rt: Runtime, sandbox: Sand
         p = session.scalars(select(Payment)).one()
         assert p.next_check_at is not None and p.flags == []
     assert pipeline.verify_payment(rt, payment_id).outcome is Outcome.ACCEPTED
+
+
+# --------------------------------------------------------------------------- MoMo: a run in MTN's sandbox (EUR)
+
+
+def test_the_readmes_mtn_sandbox_recipe_settles_a_eur_payment(rt: Runtime, sandbox: SandboxClient) -> None:
+    """MTN's sandbox only takes EUR and the catalogue is XOF: the README's plan makes a EUR run settle."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("#### MTN's sandbox") :]
+    sql = section[section.index("```sql") + len("```sql") : section.index("```", section.index("```sql") + 6)]
+    ref = str(uuid.uuid4())
+    try:
+        with rt.engine.begin() as conn:
+            conn.execute(text(sql))
+            conn.execute(text(sql))  # idempotent
+        sandbox.create("mtn_momo", reference=ref, amount=500, currency="EUR", fate="accepted")
+        result = pipeline.register_payment(
+            rt, coko(ref, "mtn_momo", amount=500, currency="EUR", plan="coko-premium-monthly-eur")
+        )
+        assert result.outcome is Outcome.CREATED, result.detail
+        assert pipeline.ingest_webhook(rt, sandbox.notification("mtn_momo", ref)).outcome is Outcome.ACCEPTED
+        with rt.sessions() as session:
+            p = session.scalars(select(Payment)).one()
+            assert (p.status, p.settled, p.confirmed_amount, p.confirmed_currency) == (
+                PaymentStatus.SUCCEEDED,
+                True,
+                500,
+                "EUR",
+            )
+        # The XOF plan refuses a EUR registration: the reason the recipe is needed.
+        refused = pipeline.register_payment(rt, coko(str(uuid.uuid4()), "mtn_momo", amount=500, currency="EUR"))
+        assert refused.outcome is Outcome.FAILED and "sold in XOF, not EUR" in refused.detail
+    finally:
+        truncate(rt)
+        with rt.engine.begin() as conn:
+            conn.execute(text("DELETE FROM plans WHERE code = 'coko-premium-monthly-eur'"))

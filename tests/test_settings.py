@@ -114,6 +114,30 @@ def test_provider_settings_errors(change: dict[str, str], message: str) -> None:
     assert message in str(info.value)
 
 
+@pytest.mark.parametrize(
+    ("change", "url"),
+    [
+        ({}, "https://proxy.momoapi.mtn.com"),  # ALL targets mtnivorycoast: production
+        ({"MTN_MOMO_TARGET_ENVIRONMENT": "sandbox"}, "https://sandbox.momodeveloper.mtn.com"),
+        (
+            {"MTN_MOMO_TARGET_ENVIRONMENT": "sandbox", "MTN_MOMO_API_URL": "http://127.0.0.1:8765/"},
+            "http://127.0.0.1:8765",
+        ),
+        ({"MTN_MOMO_API_URL": "https://momo.example"}, "https://momo.example"),
+    ],
+)
+def test_momo_base_url_follows_the_target_environment(change: dict[str, str], url: str) -> None:
+    from worker.runtime import build_clients
+
+    s = Settings.from_env({**ALL, **change})
+    assert s.mtn_momo is not None and s.mtn_momo.api_url == url
+    client = build_clients(s)["mtn_momo"]
+    try:
+        assert getattr(client, "api_url", None) == url
+    finally:
+        client.close()
+
+
 def test_orange_notif_url_reaches_the_client() -> None:
     from worker.runtime import build_clients
 

@@ -15,7 +15,10 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from reconciliation.db import normalize_database_url
 
 CINETPAY_DEFAULT_URL = "https://api-checkout.cinetpay.com"
-MTN_MOMO_DEFAULT_URL = "https://proxy.momoapi.mtn.com"
+MTN_MOMO_DEFAULT_URL = "https://proxy.momoapi.mtn.com"  # production (X-Target-Environment mtn<country>)
+MTN_MOMO_SANDBOX_URL = "https://sandbox.momodeveloper.mtn.com"  # MTN's sandbox (X-Target-Environment sandbox)
+#: The ``MTN_MOMO_TARGET_ENVIRONMENT`` of MTN's sandbox, whose API lives on its own host.
+MTN_MOMO_SANDBOX_ENVIRONMENT = "sandbox"
 ORANGE_MONEY_DEFAULT_URL = "https://api.orange.com"
 WAVE_DEFAULT_URL = "https://api.wave.com"
 PROVIDERS = ("cinetpay", "mtn_momo", "orange_money", "wave")
@@ -167,8 +170,12 @@ class Settings:
         momo = reader.group("MTN_MOMO", CREDENTIALS["mtn_momo"])
         momo_settings = None
         if momo is not None:
+            sandboxed = momo["MTN_MOMO_TARGET_ENVIRONMENT"] == MTN_MOMO_SANDBOX_ENVIRONMENT
             momo_settings = MtnMomoSettings(
-                api_url=reader.http_url("MTN_MOMO_API_URL", MTN_MOMO_DEFAULT_URL),
+                # The host follows the target environment unless MTN_MOMO_API_URL says otherwise.
+                api_url=reader.http_url(
+                    "MTN_MOMO_API_URL", MTN_MOMO_SANDBOX_URL if sandboxed else MTN_MOMO_DEFAULT_URL
+                ),
                 api_user=momo["MTN_MOMO_API_USER"],
                 api_key=momo["MTN_MOMO_API_KEY"],
                 subscription_key=momo["MTN_MOMO_SUBSCRIPTION_KEY"],
