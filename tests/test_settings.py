@@ -138,6 +138,34 @@ def test_momo_base_url_follows_the_target_environment(change: dict[str, str], ur
         client.close()
 
 
+@pytest.mark.parametrize("value", ["30,,120", "1.5", "2m", "0,30", "30;120", ","])
+def test_recheck_schedule_format_is_whole_seconds_comma_separated(value: str) -> None:
+    with pytest.raises(ConfigError, match="PAYRECON_RECHECK_SCHEDULE must be comma-separated positive seconds"):
+        Settings.from_env({**ALL, "PAYRECON_RECHECK_SCHEDULE": value})
+
+
+def test_recheck_schedule_as_the_readme_writes_it() -> None:
+    from worker.runtime import build_profiles
+
+    s = Settings.from_env({**ALL, "PAYRECON_RECHECK_SCHEDULE": "30, 120,300,900,3600"})
+    assert s.recheck_schedule == (30, 120, 300, 900, 3600)
+    assert {p.recheck_schedule for p in build_profiles(s).values()} == {(30, 120, 300, 900, 3600)}
+
+
+def test_wave_timestamp_tolerance_is_payrecons_default_and_configurable() -> None:
+    from worker.runtime import build_clients
+
+    for env, expected in (({}, 300), ({"WAVE_WEBHOOK_TOLERANCE": "600"}, 600)):
+        s = Settings.from_env({**ALL, **env})
+        client = build_clients(s)["wave"]
+        try:
+            assert getattr(client, "tolerance", None) == expected
+        finally:
+            client.close()
+    with pytest.raises(ConfigError, match="WAVE_WEBHOOK_TOLERANCE must be >= 1"):
+        Settings.from_env({**ALL, "WAVE_WEBHOOK_TOLERANCE": "0"})
+
+
 def test_orange_notif_url_reaches_the_client() -> None:
     from worker.runtime import build_clients
 

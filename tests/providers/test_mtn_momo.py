@@ -182,6 +182,21 @@ def test_callback_host_sanity_check_refuses(offline: MtnMomoClient, headers: dic
         offline.authenticate(env, offline.parse_delivery(env), view(REF))
 
 
+def test_callback_host_behind_a_proxy(offline: MtnMomoClient) -> None:
+    """What the README's proxy section says: a proxy that rewrites Host makes genuine callbacks forged; one
+    that passes the original host (Host or an overwritten X-Forwarded-Host) does not."""
+    rewritten = envelope(headers={"Host": "127.0.0.1:8000"})
+    with pytest.raises(ForgedDelivery, match=r"'127\.0\.0\.1:8000', not the registered callback host"):
+        offline.authenticate(rewritten, offline.parse_delivery(rewritten), view(REF))
+    for headers in ({"Host": "pay.example.com"}, {"Host": "127.0.0.1:8000", "X-Forwarded-Host": "pay.example.com"}):
+        kept = envelope(headers=headers)
+        offline.authenticate(kept, offline.parse_delivery(kept), view(REF))
+    # An appended X-Forwarded-Host: its first value (the client's) is the one read, hence "overwrite".
+    appended = envelope(headers={"Host": "127.0.0.1:8000", "X-Forwarded-Host": "evil.io, pay.example.com"})
+    with pytest.raises(ForgedDelivery):
+        offline.authenticate(appended, offline.parse_delivery(appended), view(REF))
+
+
 def test_without_callback_host_everything_is_accepted(momo: MtnMomoClient) -> None:
     env = envelope(headers={"Host": "anything.invalid"})
     momo.authenticate(env, momo.parse_delivery(env), None)  # MoMo signs nothing: nothing to refuse
