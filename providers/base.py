@@ -161,6 +161,12 @@ class ProviderBadRequest(ProviderError):
     """The provider refused the request itself (4xx, malformed parameters)."""
 
 
+class ProviderRefusedQuestion(ProviderBadRequest):
+    """The provider refused the status question about one payment for that payment's own data, so the
+    same question will always be refused (Orange's HTTP 400 to ``transactionstatus``: the registered
+    pay_token or amount is not the order's). The pipeline stops re-checking it and flags it."""
+
+
 class ProviderNotFound(ProviderError):
     """The provider does not know this payment."""
 

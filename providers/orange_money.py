@@ -50,6 +50,7 @@ from providers.base import (
     ProviderAuthError,
     ProviderBadRequest,
     ProviderProtocolError,
+    ProviderRefusedQuestion,
     RegistrationView,
     VerifiedStatus,
     bounded_dedupe_key,
@@ -449,9 +450,25 @@ class OrangeMoneyClient(HttpClient):
     # ----------------------------------------------------------------- status API
 
     def check(self, registration: RegistrationView) -> VerifiedStatus:
-        """Ask ``transactionstatus`` about ``registration`` (order_id, amount, pay_token)."""
+        """Ask ``transactionstatus`` about ``registration`` (order_id, amount, pay_token).
+
+        An HTTP 400 is Orange refusing this order's question (its pay_token or amount is not the
+        order's): ``ProviderRefusedQuestion``, which asking again would not change.
+        """
         payload = self.status_request(registration)
-        response = self._post(self.status_url, payload)
+        try:
+            response = self._post(self.status_url, payload)
+        except ProviderBadRequest as exc:
+            if exc.http_status != 400:
+                raise
+            raise ProviderRefusedQuestion(
+                f"Orange refused the status question about {registration.reference} (is the registered pay_token "
+                f"and amount the order's?): {exc.message}",
+                provider=PROVIDER,
+                http_status=exc.http_status,
+                code=exc.code,
+                request_id=exc.request_id,
+            ) from exc
         return parse_status_response(registration, response.text, http_status=response.status_code)
 
     def status_request(self, registration: RegistrationView) -> dict[str, Any]:

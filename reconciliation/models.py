@@ -118,7 +118,7 @@ class FlagKind(StrEnum):
     REGRESSION_IGNORED = "regression_ignored"  # failed/pending answer after a success
     CLAIM_DISAGREES = "claim_disagrees"  # the webhook claimed something the API denied
     HEALED = "healed"  # a lost webhook, found and settled by the nightly reconciliation
-    PROVIDER_REFUSED = "provider_refused"  # the provider refused the status question itself (HTTP 4xx): not re-asked
+    PROVIDER_REFUSED = "provider_refused"  # the provider refused the status question for its data: not re-asked
 
 
 class Payment(Base):

@@ -495,8 +495,8 @@ def record_refusal(
     claim: Delivery | None = None,
     inbox_id: int | None = None,
 ) -> Verification:
-    """The provider refused the question itself (an HTTP 4xx about the request: Orange's 400 for a
-    pay_token or amount that is not the order's). Asking again would get the same refusal, so the
+    """The provider refused the question for the payment's own data (Orange's HTTP 400 for a pay_token
+    or amount that is not the order's). Asking again would get the same refusal, so the
     payment is no longer re-checked on schedule, nor expired (its status is unknown, not unpaid), and
     is flagged ``provider_refused`` (once; the app is told). The nightly reconciliation still classifies
     it against the statement (healed if paid there, ``missing_after_sla`` if absent), and a replayed

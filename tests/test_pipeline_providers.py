@@ -318,9 +318,12 @@ def test_orange_400_on_a_notification_dead_letters_it_and_flags_the_payment(
     assert (p.status, p.next_check_at, kinds) == (PaymentStatus.REGISTERED, None, [FlagKind.PROVIDER_REFUSED])
 
 
-def test_an_outage_is_still_no_answer_and_asked_again(rt: Runtime, sandbox: SandboxClient) -> None:
+@pytest.mark.parametrize(("status_code", "answers"), [(503, 3), (422, 1)])  # 5xx are retried in the call
+def test_an_outage_or_another_refusal_is_still_asked_again(
+    rt: Runtime, sandbox: SandboxClient, status_code: int, answers: int
+) -> None:
     ref = new_reference("ORD")
-    faults = [{"status": 503}] * 3
+    faults = [{"status": status_code}] * answers
     state = sandbox.create("orange_money", reference=ref, amount=6500, currency="XOF", fate="accepted", faults=faults)
     pipeline.register_payment(rt, coko(ref, "orange_money", provider_data=state["provider_data"]))
     with rt.sessions() as session:

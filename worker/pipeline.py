@@ -33,10 +33,10 @@ from providers.base import (
     DeliveryKind,
     ForgedDelivery,
     MalformedDelivery,
-    ProviderBadRequest,
     ProviderClient,
     ProviderError,
     ProviderNotFound,
+    ProviderRefusedQuestion,
     RegistrationView,
     VerifiedStatus,
 )
@@ -684,10 +684,10 @@ def _not_yet_visible(rt: Runtime, provider: str, payment: Payment | None, exc: P
 
 
 def refused_question(exc: ProviderError) -> bool:
-    """The provider answered that the request itself is wrong (HTTP 400, 409, 422...: a ``ProviderBadRequest``
-    with an HTTP status; Orange's 400 for a pay_token or amount not the order's): asking again changes
-    nothing. Not credentials (401/403), throttling (429), an unknown payment (404) or an outage (5xx)."""
-    return isinstance(exc, ProviderBadRequest) and exc.http_status is not None
+    """The provider refused the question for the payment's own data (``ProviderRefusedQuestion``: Orange's
+    HTTP 400 when the registered pay_token or amount is not the order's): asking again changes nothing.
+    Other refusals (credentials, a request error that may be our configuration) keep the re-checks."""
+    return isinstance(exc, ProviderRefusedQuestion)
 
 
 def _verification_failed(

@@ -21,6 +21,7 @@ from providers.base import (
     ProviderClient,
     ProviderNotFound,
     ProviderProtocolError,
+    ProviderRefusedQuestion,
     ProviderTransientError,
     RegistrationView,
 )
@@ -268,6 +269,20 @@ def test_wrong_pay_token_amount_or_order(sandbox: SandboxClient, orange: OrangeM
     with pytest.raises(ProviderNotFound):
         orange.check(RegistrationView("OM-UNKNOWN", 5000, "XOF", view.provider_data))
     assert sandbox.get("orange_money", ref)["check_count"] == 2
+
+
+def test_a_400_is_a_refused_question_other_4xx_are_not(
+    sandbox: SandboxClient, orange: OrangeMoneyClient, ref: str
+) -> None:
+    view = create(sandbox, ref, 5000, "XOF", "accepted")
+    with pytest.raises(ProviderRefusedQuestion, match="refused the status question about") as refused:
+        orange.check(RegistrationView(ref, 5000, "XOF", {"pay_token": "0" * 64}))
+    assert (refused.value.http_status, refused.value.retryable) == (400, False)
+    sandbox.add_faults(STATUS_PATH, [{"status": 422}, {"status": 409}])
+    for _ in range(2):
+        with pytest.raises(ProviderBadRequest) as other:
+            orange.check(view)
+        assert not isinstance(other.value, ProviderRefusedQuestion)
 
 
 def test_wrong_country_is_not_found(sandbox_server: SandboxServer, sandbox: SandboxClient, ref: str) -> None:

@@ -1,7 +1,7 @@
-"""Payment flag ``provider_refused``: the provider refused the status question itself (an HTTP 4xx such
-as Orange's 400 for a pay_token or amount that is not the order's). Asking again changes nothing, so the
-payment is no longer re-checked on schedule (nor expired: its status is unknown) and is flagged for a
-person; the statement at reconciliation, or a replayed delivery after the fix, decides it.
+"""Payment flag ``provider_refused``: the provider refused the status question for the payment's own data
+(Orange's HTTP 400 when the registered pay_token or amount is not the order's). Asking again changes
+nothing, so the payment is no longer re-checked on schedule (nor expired: its status is unknown) and is
+flagged for a person; the statement at reconciliation, or a replayed delivery, decides it.
 
 Revision ID: 0011
 Revises: 0010
