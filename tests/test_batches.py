@@ -298,9 +298,13 @@ def test_a_batch_is_not_capped_by_the_prefetch_of_its_threads(
             with e2e.sessions() as session:
                 return session.scalar(select(func.count()).select_from(Payment).where(Payment.settled)) == len(refs)
 
+        def sizes() -> list[int]:
+            return [int(n) for n in re.findall(r"batch settled: (\d+) set-wise", worker.log())]
+
         wait_for(all_settled, timeout=60, what="every payment settled")
-        sizes = [int(n) for n in re.findall(r"batch settled: (\d+) set-wise", worker.log())]
-        assert sum(sizes) == len(refs) and max(sizes) > 4 * 3, sizes
+        # The line is logged once the settlement has committed: it may come a moment after the rows.
+        wait_for(lambda: sum(sizes()) == len(refs), timeout=10, what="every settlement logged")
+        assert max(sizes()) > 4 * 3, sizes()
     finally:
         worker.stop()
     with private_redis.client() as client:  # every message acknowledged: nothing held, nothing left
