@@ -2,24 +2,35 @@
 schedule with jitter until delivered or given up (then dead-lettered). At least once: a
 receiver deduplicates on the event id, which never changes between attempts.
 
-HTTP deliveries are signed like Wave's and Stripe's webhooks::
+HTTP deliveries are signed by the Standard Webhooks specification (https://www.standardwebhooks.com),
+so a merchant app verifies them with the official library of its language::
 
-    PayRecon-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>.<raw body>")>
-    PayRecon-Event-Id: evt_...
+    webhook-id: evt_...                        (the event id: the same on every attempt)
+    webhook-timestamp: <unix seconds of this attempt>
+    webhook-signature: v1,<base64 HMAC-SHA256(key, "<id>.<timestamp>.<raw body>")> [v1,<...> ...]
 
-and the body is ``{"id", "type", "created_at", "data": {...}}``.
+one ``v1,`` signature per configured secret, newest first (key rotation). An app still configured
+with a plain secret (payrecon's form before Standard Webhooks) also gets the legacy headers
+``PayRecon-Event-Id`` and ``PayRecon-Signature: t=<t>,v1=<hex HMAC-SHA256(secret, "<t>.<raw body>")>``
+during the transition; a ``whsec_`` secret ends them. The body is ``{"id", "type", "created_at",
+"data": {...}}``. Redirects are not followed: a 3xx is a failed attempt, so the signed body never
+goes to a URL the operator did not configure.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import json
 import logging
 import random
+import re
 import time
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
+from urllib.parse import quote, unquote, urlsplit
 
 import requests
 from sqlalchemy import and_, or_, select, true, update
@@ -29,7 +40,7 @@ from reconciliation.db import transaction
 from reconciliation.dialect import insert
 from reconciliation.models import OutboxDelivery, OutboxEvent
 from worker.runtime import Runtime
-from worker.settings import AppSettings
+from worker.settings import AppSettings, SigningKey
 
 log = logging.getLogger(__name__)
 
@@ -47,10 +58,47 @@ def body(event: OutboxEvent) -> str:
     )
 
 
-def signature(secret: str, timestamp: int, raw: str) -> str:
-    """``t=...,v1=...`` for ``raw`` (the exact body sent)."""
-    mac = hmac.new(secret.encode(), f"{timestamp}.{raw}".encode(), hashlib.sha256).hexdigest()
+def standard_signature(keys: Sequence[SigningKey], event_id: str, timestamp: int, raw: str) -> str:
+    """The ``webhook-signature`` header: ``v1,<base64>`` per key, space-separated, for ``raw`` (the
+    exact body sent)."""
+    signed = f"{event_id}.{timestamp}.{raw}".encode()
+    return " ".join("v1," + base64.b64encode(hmac.new(k.key, signed, hashlib.sha256).digest()).decode() for k in keys)
+
+
+def legacy_signature(key: bytes, timestamp: int, raw: str) -> str:
+    """The deprecated ``PayRecon-Signature`` header: ``t=...,v1=<hex>`` for ``raw``."""
+    mac = hmac.new(key, f"{timestamp}.{raw}".encode(), hashlib.sha256).hexdigest()
     return f"t={timestamp},v1={mac}"
+
+
+def headers(app: AppSettings, event_id: str, timestamp: int, raw: str) -> dict[str, str]:
+    """The headers of one HTTP attempt."""
+    sent = {
+        "Content-Type": "application/json",
+        "User-Agent": "payrecon-events/1",
+        "webhook-id": event_id,
+        "webhook-timestamp": str(timestamp),
+        "webhook-signature": standard_signature(app.keys, event_id, timestamp, raw),
+    }
+    if not app.keys[0].standard:  # configured as before Standard Webhooks: what its receiver checks today
+        sent["PayRecon-Event-Id"] = event_id
+        sent["PayRecon-Signature"] = legacy_signature(app.keys[0].key, timestamp, raw)
+    return sent
+
+
+_QUERY = re.compile(r"(https?://[^\s'\"?#]*)\?[^\s'\")#]*")
+
+
+def scrubbed(message: str, url: str) -> str:
+    """``message`` without ``url``'s query string, fragment or password (tokens some apps put there),
+    in every form an HTTP library may quote it; and any other URL's query masked too (a redirect's
+    ``Location``)."""
+    parts = urlsplit(url)
+    for secret in (parts.query, parts.fragment, parts.password):
+        if secret:
+            for form in {secret, unquote(secret), quote(unquote(secret), safe="=&")}:
+                message = message.replace(form, "***")
+    return _QUERY.sub(r"\1?***", message)
 
 
 def fan_out(rt: Runtime, now: datetime) -> int:
@@ -147,20 +195,24 @@ def send(rt: Runtime, app: AppSettings, event: OutboxEvent, raw: str) -> str | N
         except Exception as exc:
             return f"broker: {type(exc).__name__}: {exc}"
         return None
-    assert app.secret is not None  # noqa: S101 - settings refuse an HTTP app without a secret
-    headers = {
-        "Content-Type": "application/json",
-        "PayRecon-Event-Id": event.id,
-        "PayRecon-Signature": signature(app.secret, int(time.time()), raw),
-        "User-Agent": "payrecon-events/1",
-    }
+    assert app.keys  # noqa: S101 - settings refuse an HTTP app without a secret
+    sent = headers(app, event.id, int(time.time()), raw)
     try:
-        response = requests.post(app.url, data=raw.encode(), headers=headers, timeout=TIMEOUT)
+        # Never follow a redirect: it would carry the signed body to a URL nobody configured.
+        response = requests.post(app.url, data=raw.encode(), headers=sent, timeout=TIMEOUT, allow_redirects=False)
     except requests.RequestException as exc:
-        return f"{type(exc).__name__}: {exc}"
+        return scrubbed(f"{type(exc).__name__}: {exc}", app.url)
     if 200 <= response.status_code < 300:
         return None
-    return f"HTTP {response.status_code}: {response.text[:200]}"
+    if 300 <= response.status_code < 400:
+        location = response.headers.get("Location", "(no Location)")
+        location = location.split("?", 1)[0] + ("?***" if "?" in location else "")  # relative ones too
+        return scrubbed(
+            f"HTTP {response.status_code}: redirect to {location} not followed (the signed body goes only to "
+            "the configured URL): set the app's URL to where it should be delivered",
+            app.url,
+        )
+    return scrubbed(f"HTTP {response.status_code}: {response.text[:200]}", app.url)
 
 
 def redeliver(rt: Runtime, *, event_ids: list[str] | None = None, failed: bool = False, now: datetime) -> int:

@@ -81,22 +81,36 @@ class TextFormatter(logging.Formatter):
 
 
 def secrets_of(settings: Any) -> list[str]:
-    """Every secret value in the settings (fields hidden from repr are the secret ones)."""
+    """Every secret value in the settings (fields hidden from repr are the secret ones): text, keys
+    given as bytes (as text and base64, the ``whsec_`` form), and a hidden URL's query string and
+    password (an app's token, as an HTTP library's debug line quotes it)."""
+    import base64
     from dataclasses import fields, is_dataclass
+    from urllib.parse import unquote, urlsplit
 
     found: list[str] = []
+
+    def hidden(value: Any) -> None:
+        if isinstance(value, bytes):
+            found.extend((base64.b64encode(value).decode(), base64.b64encode(value).decode().rstrip("=")))
+            value = value.decode("utf-8", errors="ignore")
+        if not isinstance(value, str):
+            return
+        found.append(value)
+        if "://" in value:
+            parts = urlsplit(value)
+            found.extend(part for part in (parts.query, unquote(parts.query), parts.password) if part)
 
     def walk(obj: Any) -> None:
         if not is_dataclass(obj):
             return
         for f in fields(obj):
             value = getattr(obj, f.name)
-            if is_dataclass(value):
-                walk(value)
-            elif not f.repr and isinstance(value, str):
-                found.append(value)
-            elif not f.repr and isinstance(value, tuple):
-                found.extend(v for v in value if isinstance(v, str))
+            for item in value if isinstance(value, tuple) else (value,):
+                if is_dataclass(item):
+                    walk(item)
+                elif not f.repr:
+                    hidden(item)
 
     walk(settings)
     return found

@@ -6,6 +6,8 @@ silently defaulted except the documented defaults below.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -93,13 +95,46 @@ class WaveSettings:
     tolerance: int = 300
 
 
+#: Standard Webhooks symmetric secrets: ``whsec_`` + base64 of 24 to 64 random bytes.
+WHSEC_PREFIX = "whsec_"
+WHSEC_BYTES = (24, 64)
+
+
+@dataclass(frozen=True, slots=True)
+class SigningKey:
+    """One of an app's event-signing secrets: the HMAC key and the form it was given in."""
+
+    key: bytes = field(repr=False)
+    #: True for ``whsec_<base64>`` (the key is the decoded bytes); False for a plain secret, payrecon's
+    #: form before Standard Webhooks (the key is its UTF-8 bytes, and the legacy header is sent too).
+    standard: bool = True
+
+    @classmethod
+    def parse(cls, text: str) -> SigningKey:
+        """``whsec_<base64>`` or a plain secret; ValueError (without the secret) for a bad ``whsec_``."""
+        if not text.startswith(WHSEC_PREFIX):
+            return cls(key=text.encode(), standard=False)
+        encoded = text.removeprefix(WHSEC_PREFIX)
+        try:  # unpadded base64 is accepted, as the official libraries accept it
+            key = base64.b64decode(encoded + "=" * (-len(encoded) % 4), validate=True)
+        except (binascii.Error, ValueError):
+            raise ValueError("is not whsec_ followed by base64") from None
+        low, high = WHSEC_BYTES
+        if not low <= len(key) <= high:
+            raise ValueError(f"decodes to {len(key)} bytes; a whsec_ secret is {low} to {high} random bytes")
+        return cls(key=key, standard=True)
+
+
 @dataclass(frozen=True, slots=True)
 class AppSettings:
     """A merchant app that receives payrecon's events (``PAYRECON_APPS``)."""
 
     name: str
-    url: str  # https://... (signed POST) or celery://QUEUE/TASK (a Celery task on the app's queue)
-    secret: str | None = field(default=None, repr=False)
+    # https://... (signed POST) or celery://QUEUE/TASK (a Celery task on the app's queue). Not in the
+    # repr: a query string may carry the app's token.
+    url: str = field(repr=False)
+    #: Newest first: every one signs each delivery (Standard Webhooks' rotation), the first the legacy header.
+    keys: tuple[SigningKey, ...] = field(default=(), repr=False)
     products: tuple[str, ...] = ()  # empty: every product
 
     @property
@@ -393,18 +428,25 @@ class _Reader:
         for name in names:
             prefix = f"PAYRECON_APP_{name.upper().replace('-', '_')}"
             url = self.text(f"{prefix}_URL")
-            secret = self.text(f"{prefix}_SECRET")
+            secrets = [part.strip() for part in (self.text(f"{prefix}_SECRET") or "").split(",") if part.strip()]
             if url is None:
                 self.problems.append(f"{prefix}_URL is not set (app {name!r} is in PAYRECON_APPS)")
                 continue
             if not url.startswith(("http://", "https://", "celery://")):
-                self.problems.append(f"{prefix}_URL must be https://... or celery://QUEUE/TASK, got {url!r}")
+                shown = url.split("?", 1)[0] + ("?***" if "?" in url else "")  # a query may hold a token
+                self.problems.append(f"{prefix}_URL must be https://... or celery://QUEUE/TASK, got {shown!r}")
                 continue
-            if not url.startswith("celery://") and not secret:
+            if not url.startswith("celery://") and not secrets:
                 self.problems.append(f"{prefix}_SECRET is not set: HTTP deliveries are signed with it")
                 continue
+            keys = []
+            for number, secret in enumerate(secrets, start=1):
+                try:
+                    keys.append(SigningKey.parse(secret))
+                except ValueError as exc:
+                    self.problems.append(f"{prefix}_SECRET: secret {number} of {len(secrets)} {exc}")
             products = tuple(p.strip() for p in (self.text(f"{prefix}_PRODUCTS") or "").split(",") if p.strip())
-            apps.append(AppSettings(name=name, url=url, secret=secret, products=products))
+            apps.append(AppSettings(name=name, url=url, keys=tuple(keys), products=products))
         return tuple(apps)
 
     def clock(self, name: str, default: tuple[int, int]) -> tuple[int, int]:
