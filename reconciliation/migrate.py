@@ -46,3 +46,75 @@ def current_heads(url: str) -> tuple[str | None, str | None]:
     finally:
         engine.dispose()
     return current, head
+
+
+class GrantError(Exception):
+    """The application role cannot be given its privileges; the message says why."""
+
+
+#: Tables the application appends to and reads, never changes: the ledger (its triggers refuse an UPDATE
+#: or DELETE too, but a TRUNCATE fires no row trigger, and a table's owner may disable triggers).
+APPEND_ONLY = ("ledger_journals", "ledger_entries")
+#: Tables the application only reads.
+READ_ONLY = ("alembic_version",)
+
+
+def grant_app_role(url: str, role: str) -> None:
+    """Give ``role``, the login the worker, beat and the commands run as, what they need and nothing more.
+
+    Run by ``payrecon migrate --grant-to ROLE`` as the tables' owner (the migration role), after the
+    upgrade, so tables a new revision adds are covered; idempotent (each table's grants are reset first).
+    The role gets: SELECT, INSERT, UPDATE, DELETE on payrecon's tables (INSERT and SELECT only on the
+    ledger, SELECT only on ``alembic_version``); USAGE on their sequences; and a schema of its own name,
+    first on PostgreSQL's default ``search_path``, for the staging tables of a statement import. Never
+    TRUNCATE, REFERENCES, TRIGGER, ownership or DDL on payrecon's tables: it cannot disable or drop the
+    ledger's triggers, alter a table, or empty one.
+    """
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(url)
+    try:
+        if engine.dialect.name != "postgresql":
+            raise GrantError(f"--grant-to needs PostgreSQL (this database is {engine.dialect.name})")
+        quote = engine.dialect.identifier_preparer.quote
+        with engine.begin() as conn:
+            found = conn.execute(
+                text(
+                    "SELECT rolsuper, rolname = current_user, pg_has_role(rolname, current_user, 'USAGE'), "
+                    "current_database() FROM pg_roles WHERE rolname = :role"
+                ),
+                {"role": role},
+            ).first()
+            if found is None:
+                raise GrantError(
+                    f"role {role!r} does not exist: create it first (a LOGIN role, not a superuser; "
+                    "ops/postgres/init-roles.sh does it for compose)"
+                )
+            superuser, itself, member, database = found
+            if superuser:
+                raise GrantError(
+                    f"role {role!r} is a superuser: whatever it is granted, it can disable the ledger's "
+                    "append-only triggers; give the application a plain LOGIN role"
+                )
+            if itself or member:
+                raise GrantError(
+                    f"role {role!r} is the role migrate runs as, or a member of it, and so owns the tables: "
+                    "the application needs a role of its own"
+                )
+            r, tables = quote(role), "ALL TABLES IN SCHEMA public"
+            for statement in (
+                f"GRANT CONNECT ON DATABASE {quote(database)} TO {r}",
+                f"GRANT USAGE ON SCHEMA public TO {r}",
+                f"REVOKE ALL ON {tables} FROM {r}",
+                f"GRANT SELECT, INSERT, UPDATE, DELETE ON {tables} TO {r}",
+                f"REVOKE UPDATE, DELETE ON {', '.join(APPEND_ONLY)} FROM {r}",
+                f"REVOKE INSERT, UPDATE, DELETE ON {', '.join(READ_ONLY)} FROM {r}",
+                f"REVOKE ALL ON ALL SEQUENCES IN SCHEMA public FROM {r}",
+                f"GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO {r}",
+                # "$user" comes first on the default search_path: a statement import's staging tables go here.
+                f"CREATE SCHEMA IF NOT EXISTS {r}",
+                f"GRANT USAGE, CREATE ON SCHEMA {r} TO {r}",
+            ):
+                conn.execute(text(statement))
+    finally:
+        engine.dispose()

@@ -139,13 +139,27 @@ def beat(loglevel: str, metrics_port: int, wait: bool, celery_args: tuple[str, .
 
 
 @main.command()
-def migrate() -> None:
-    """Bring the database schema to the latest revision."""
+@click.option(
+    "--grant-to",
+    "role",
+    envvar="PAYRECON_DB_APP_ROLE",
+    metavar="ROLE",
+    help="Then give this PostgreSQL role (the one the worker connects as) only what the application needs: "
+    "data access, no DDL, the ledger append-only (default: $PAYRECON_DB_APP_ROLE).",
+)
+def migrate(role: str | None) -> None:
+    """Bring the database schema to the latest revision (run it as the tables' owner)."""
     settings = _settings()
     from reconciliation import migrate as migrations
 
     migrations.upgrade(settings.database_url)
     click.echo("database is at the latest revision")
+    if role:
+        try:
+            migrations.grant_app_role(settings.database_url, role)
+        except migrations.GrantError as exc:
+            raise click.ClickException(str(exc)) from None
+        click.echo(f"role {role!r} may read and write payrecon's data; the ledger is append-only to it; no DDL")
 
 
 @main.command()
