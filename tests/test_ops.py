@@ -8,15 +8,20 @@ renamed metric would otherwise leave an alert silently never firing). promtool (
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
+import redis
 from prometheus_client.metrics import MetricWrapperBase
 
+from tests.helpers import REDIS_SERVER, _free_port
 from worker import metrics
+from worker.settings import CREDENTIALS
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMETHEUS = ROOT / "ops" / "prometheus"
@@ -227,43 +232,236 @@ def test_grafana_provisioning_points_at_prometheus_and_the_dashboards() -> None:
 # --------------------------------------------------------------------------- docker compose
 
 
-def test_compose_file_has_prometheus_and_grafana() -> None:
+ENV_EXAMPLE = ROOT / ".env.example"
+SANDBOX_ENV = ROOT / "ops" / "sandbox.env"
+INIT_ROLES = ROOT / "ops" / "postgres" / "init-roles.sh"
+#: Secrets that must be non-blank (``${VAR:?…}``): compose stops without them.
+REQUIRED_SECRETS = (
+    "POSTGRES_PASSWORD", "PAYRECON_DB_OWNER_PASSWORD", "PAYRECON_DB_APP_PASSWORD", "REDIS_PASSWORD",
+    "GRAFANA_ADMIN_PASSWORD",
+)  # fmt: skip
+#: Provider credentials (``${VAR?…}``): must be listed in .env; blank disables the provider.
+PROVIDER_SECRETS = (*(name for names in CREDENTIALS.values() for name in names), "WAVE_WEBHOOK_SECRETS")
+#: The only variables compose may default, and to what (never a secret, never the sandbox).
+DEFAULTS = {
+    "PAYRECON_TIMEZONE": "Africa/Abidjan",
+    "PAYRECON_RECEIVER_NAME": "compose-receiver",
+    "FORWARDED_ALLOW_IPS": "127.0.0.1",
+    "CINETPAY_API_URL": "",  # blank: the real provider's URL (worker.settings)
+    "MTN_MOMO_API_URL": "",
+    "ORANGE_MONEY_API_URL": "",
+    "WAVE_API_URL": "",
+    "WAVE_WEBHOOK_SHARED_SECRET": "",  # optional: unset unless given
+}
+
+
+def docker_compose() -> str:
+    executable = shutil.which("docker-compose")
+    if executable is None:
+        pytest.skip("docker-compose is not installed (PyYAML is not a dependency to parse the file)")
+    return executable
+
+
+def compose(env_file: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """``docker-compose`` as an operator runs it, with ``env_file`` as its .env and nothing else from
+    this process's environment (a variable set here would override the file)."""
+    command = [docker_compose(), "--env-file", str(env_file), "-f", str(COMPOSE), *args]
+    env = {"PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", "/tmp")}  # noqa: S108
+    return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60, check=False)
+
+
+def env_file(path: Path, **values: str | None) -> Path:
+    """.env.example filled in: every required secret given, then ``values`` (None: the line removed)."""
+    lines = {}
+    for line in ENV_EXAMPLE.read_text().splitlines():
+        if re.match(r"^[A-Z_]+=", line):
+            name, _, value = line.partition("=")
+            lines[name] = f"{name}-{os.getpid()}" if name in REQUIRED_SECRETS else value
+    for name, value in values.items():
+        if value is None:
+            lines.pop(name, None)
+        else:
+            lines[name] = value
+    path.write_text("".join(f"{name}={value}\n" for name, value in lines.items()))
+    return path
+
+
+def service(rendered: str, name: str) -> str:
+    """One service's block of ``docker-compose config``'s output."""
+    lines = rendered.splitlines()
+    start = lines.index(f"  {name}:")
+    end = next(i for i in range(start + 1, len(lines)) if re.match(r"^  \S", lines[i]) or re.match(r"^\S", lines[i]))
+    return "\n".join(lines[start:end])
+
+
+def environment(block: str) -> dict[str, str]:
+    if "    environment:\n" not in block:
+        return {}
+    part = block[block.index("    environment:\n") + len("    environment:\n") :]
+    found = {}
+    for line in part.splitlines():
+        match = re.match(r"^      (\w+): ?(.*)$", line)
+        if match is None:
+            break
+        found[match.group(1)] = match.group(2).strip("'\"")
+    return found
+
+
+@pytest.fixture
+def production(tmp_path: Path) -> str:
+    """``docker-compose config`` of a production .env: real-looking CinetPay credentials, no URL, the
+    other providers blank (disabled)."""
+    path = env_file(
+        tmp_path / ".env", CINETPAY_API_KEY="live-key-7f3a", CINETPAY_SITE_ID="5551234",
+        CINETPAY_SECRET_KEY="live-secret-9c1d",
+    )  # fmt: skip
+    rendered = compose(path, "config")
+    assert rendered.returncode == 0, rendered.stderr
+    return rendered.stdout
+
+
+def test_compose_file_has_prometheus_and_grafana(production: str, tmp_path: Path) -> None:
     text = COMPOSE.read_text()
     for mount in ("./ops/prometheus:", "./ops/grafana/provisioning:", "./ops/grafana/dashboards:"):
         assert mount in text
         assert (ROOT / mount.rstrip(":")).is_dir()
     assert '"127.0.0.1:9090:9090"' in text
     assert '"127.0.0.1:3000:3000"' in text
-
-    executable = shutil.which("docker-compose")
-    if executable is None:
-        pytest.skip("docker-compose is not installed (PyYAML is not a dependency to parse the file)")
-
-    def compose(*args: str) -> subprocess.CompletedProcess[str]:
-        command = [executable, "-f", str(COMPOSE), *args]
-        return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=60, check=False)
-
-    checked = compose("config", "-q")
-    assert checked.returncode == 0, checked.stderr
-    services = compose("config", "--services")
+    assert compose(env_file(tmp_path / "prod.env"), "config", "-q").returncode == 0
+    services = compose(env_file(tmp_path / "prod.env"), "config", "--services")
     assert services.returncode == 0, services.stderr
     assert {"prometheus", "grafana", "worker", "beat"} <= set(services.stdout.split())
 
 
-def test_compose_runs_the_receiver_with_the_broker_only() -> None:
-    executable = shutil.which("docker-compose")
-    if executable is None:
-        pytest.skip("docker-compose is not installed (PyYAML is not a dependency to parse the file)")
-    rendered = subprocess.run(
-        [executable, "-f", str(COMPOSE), "config"], cwd=ROOT, capture_output=True, text=True, timeout=60, check=False
-    )
-    assert rendered.returncode == 0, rendered.stderr
-    lines = rendered.stdout.splitlines()
-    start = lines.index("  receiver:")
-    end = next(i for i in range(start + 1, len(lines)) if re.match(r"^  \S", lines[i]))
-    block = "\n".join(lines[start:end])
+def test_compose_runs_the_receiver_with_the_broker_only(production: str) -> None:
+    block = service(production, "receiver")
     assert "- payrecon\n    - receive\n    - --host\n    - 0.0.0.0\n    - --port\n    - '8000'" in block
-    environment = block[block.index("    environment:\n") :].split("\n    healthcheck:")[0]
-    names = re.findall(r"^      (\w+):", environment, flags=re.MULTILINE)
-    assert sorted(names) == ["CELERY_BROKER_URL", "FORWARDED_ALLOW_IPS", "PAYRECON_RECEIVER_NAME"]  # no secrets
+    names = sorted(environment(block))
+    assert names == ["CELERY_BROKER_URL", "FORWARDED_ALLOW_IPS", "PAYRECON_RECEIVER_NAME"]  # no secrets
     assert "127.0.0.1:8000:8000" in block and "http://127.0.0.1:8000/healthz" in block
+
+
+def test_no_secret_in_compose_has_a_default() -> None:
+    text = COMPOSE.read_text()
+    references = re.findall(r"\$\{(\w+)(:?[-?])?([^}]*)\}", text)
+    assert references, "no ${VAR} found: the pattern is wrong"
+    for name, operator, rest in references:
+        if name in REQUIRED_SECRETS:
+            assert operator == ":?" and rest, f"{name} must be ${{{name}:?message}}"
+        elif name in PROVIDER_SECRETS:
+            assert operator == "?" and rest, f"{name} must be ${{{name}?message}} (listed in .env, blank disables)"
+        else:
+            assert name in DEFAULTS and operator == ":-", f"{name}: not a known setting, or used without a default"
+            assert rest == DEFAULTS[name], f"{name} defaults to {rest!r}"
+    assert {name for name, _, _ in references} >= {*REQUIRED_SECRETS, *PROVIDER_SECRETS}
+    assert "sandbox-" not in text and "sandbox:8765" not in text  # no published sandbox value
+
+
+def test_compose_refuses_a_missing_or_blank_secret_by_name(tmp_path: Path) -> None:
+    for name in REQUIRED_SECRETS:
+        for value in (None, ""):
+            checked = compose(env_file(tmp_path / f"{name}.env", **{name: value}), "config", "-q")
+            assert checked.returncode != 0, name
+            assert f"set {name} in .env" in checked.stderr
+    for name in PROVIDER_SECRETS:  # forgotten: refused; blank: the provider is off
+        checked = compose(env_file(tmp_path / f"{name}.env", **{name: None}), "config", "-q")
+        assert checked.returncode != 0 and f"list {name} in .env" in checked.stderr, name
+    assert compose(env_file(tmp_path / "blank.env"), "config", "-q").returncode == 0
+
+
+def test_a_real_key_with_no_url_goes_to_the_real_provider_and_blank_disables(production: str) -> None:
+    from worker.settings import CINETPAY_DEFAULT_URL, Settings
+
+    worker = environment(service(production, "worker"))
+    assert worker["CINETPAY_API_KEY"] == "live-key-7f3a" and worker["CINETPAY_API_URL"] == ""
+    assert not any("sandbox" in value for value in worker.values())
+    # What the worker makes of that environment (the variables compose passes, as it passes them).
+    settings = Settings.from_env(worker)
+    assert settings.providers == ("cinetpay",)
+    assert settings.cinetpay is not None and settings.cinetpay.api_url == CINETPAY_DEFAULT_URL
+
+
+def test_the_sandbox_is_opt_in_and_the_demo_env_matches_it(production: str, tmp_path: Path) -> None:
+    from providers.sandbox import mtn_momo, orange_money, server, wave
+
+    for name in ("postgres", "redis", "migrate", "receiver", "worker", "beat", "prometheus", "grafana"):
+        assert "    profiles:" not in service(production, name), name
+    assert "    profiles:\n    - sandbox\n" in service(production, "sandbox")
+    # The demo: ops/sandbox.env turns the profile on and points every provider at the sandbox.
+    demo = compose(SANDBOX_ENV, "--profile", "sandbox", "config")
+    assert demo.returncode == 0, demo.stderr
+    assert "COMPOSE_PROFILES=sandbox" in SANDBOX_ENV.read_text().splitlines()
+    worker = environment(service(demo.stdout, "worker"))
+    assert environment(service(demo.stdout, "sandbox")).keys() == {"CELERY_BROKER_URL"}  # no provider secret
+    orange, momo, wave_config = orange_money.OrangeMoneyConfig(), mtn_momo.MtnMomoConfig(), wave.WaveConfig()
+    published = {
+        "CINETPAY_API_KEY": server.SANDBOX_API_KEY, "CINETPAY_SITE_ID": server.SANDBOX_SITE_ID,
+        "CINETPAY_SECRET_KEY": server.SANDBOX_SECRET_KEY, "MTN_MOMO_API_USER": momo.api_user,
+        "MTN_MOMO_API_KEY": momo.api_key, "MTN_MOMO_SUBSCRIPTION_KEY": momo.subscription_key,
+        "ORANGE_MONEY_CLIENT_ID": orange.client_id, "ORANGE_MONEY_CLIENT_SECRET": orange.client_secret,
+        "ORANGE_MONEY_MERCHANT_KEY": orange.merchant_key, "WAVE_API_KEY": wave_config.api_key,
+        "WAVE_WEBHOOK_SECRETS": wave_config.webhook_secrets[0],
+    }  # fmt: skip
+    for name, value in published.items():
+        assert worker[name] == value, name
+    for provider in ("CINETPAY", "MTN_MOMO", "ORANGE_MONEY", "WAVE"):
+        assert worker[f"{provider}_API_URL"] == "http://sandbox:8765"
+
+
+def test_the_app_and_the_migrations_use_separate_database_roles(production: str) -> None:
+    def user(url: str) -> str:
+        return url.split("://", 1)[1].split(":", 1)[0]
+
+    postgres = environment(service(production, "postgres"))
+    migrate = environment(service(production, "migrate"))
+    assert user(migrate["DATABASE_URL"]) == "payrecon_owner" and migrate["PAYRECON_DB_APP_ROLE"] == "payrecon_app"
+    assert sorted(migrate) == ["DATABASE_URL", "PAYRECON_DB_APP_ROLE"]  # no broker, no provider secret
+    for name in ("worker", "beat"):
+        assert user(environment(service(production, name))["DATABASE_URL"]) == "payrecon_app", name
+    assert postgres["POSTGRES_USER"] not in {"payrecon_owner", "payrecon_app"}  # the superuser is nobody's
+    assert f"- {INIT_ROLES}:/docker-entrypoint-initdb.d/10-payrecon-roles.sh:ro" in service(production, "postgres")
+    script = INIT_ROLES.read_text()  # its defaults are the names compose uses
+    for default in (
+        "PAYRECON_DB_NAME:=payrecon}",
+        "PAYRECON_DB_OWNER:=payrecon_owner}",
+        "PAYRECON_DB_APP:=payrecon_app}",
+    ):
+        assert default in script
+    assert INIT_ROLES.stat().st_mode & 0o111  # executed, not sourced, by the image's entrypoint
+
+
+def test_redis_requires_the_password_every_client_sends(production: str, tmp_path: Path) -> None:
+    password = f"REDIS_PASSWORD-{os.getpid()}"
+    for name in ("receiver", "worker", "beat"):
+        assert environment(service(production, name))["CELERY_BROKER_URL"] == f"redis://:{password}@redis:6379/0"
+    redis_block = service(production, "redis")
+    assert "requirepass" in redis_block and "REDISCLI_AUTH=" in redis_block and "grep -q PONG" in redis_block
+    if REDIS_SERVER is None:
+        pytest.skip("redis-server is not installed")
+    # The configuration the service writes, given to a real redis-server.
+    template = re.search(r"printf '([^']*)' \"\$\$REDIS_PASSWORD\"", COMPOSE.read_text())
+    assert template is not None
+    config = tmp_path / "redis.conf"
+    config.write_text(template.group(1).replace("\\n", "\n") % "s3cret-hex")
+    port = _free_port()
+    argv = [REDIS_SERVER, str(config), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(tmp_path)]
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    try:
+        anonymous = redis.Redis(host="127.0.0.1", port=port, socket_timeout=5)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                anonymous.ping()
+                raise AssertionError("redis answered without the password")
+            except redis.AuthenticationError:
+                break
+            except redis.ConnectionError:
+                assert time.monotonic() < deadline, "redis-server did not start"
+                time.sleep(0.05)
+        assert redis.Redis(host="127.0.0.1", port=port, password="s3cret-hex", socket_timeout=5).ping()
+        assert redis.Redis(host="127.0.0.1", port=port, password="s3cret-hex").config_get("appendonly") == {
+            "appendonly": "yes"
+        }
+    finally:
+        proc.kill()
+        proc.wait()
