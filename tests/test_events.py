@@ -399,3 +399,19 @@ def test_the_readme_verification_example_accepts_a_delivery() -> None:
         namespace["verify"](raw.encode(), sent, new_secret())
     with pytest.raises(WebhookVerificationError):
         namespace["verify"]((raw + " ").encode(), sent, SECRET)
+
+
+def test_scrubbed_masks_a_query_in_every_form_without_mangling_the_rest() -> None:
+    refused = "ConnectionError: Max retries exceeded with url: /hook?ab (Caused by NewConnectionError('ab-cd'))"
+    assert events.scrubbed(refused, "http://127.0.0.1:9/hook?ab") == (
+        "ConnectionError: Max retries exceeded with url: /hook?*** (Caused by NewConnectionError('ab-cd'))"
+    )  # a short query: masked where it is a query, not elsewhere
+    quoted = "HTTP 400: bad token=a/b+c for user:pa55word"
+    assert (
+        events.scrubbed(quoted, "https://user:pa55word@x.example/h?token=a%2Fb%2Bc") == "HTTP 400: bad *** for user:***"
+    )
+    moved = "HTTP 301: redirect to https://elsewhere.example/in?key=k1 not followed"
+    assert (
+        events.scrubbed(moved, "https://x.example/h")
+        == "HTTP 301: redirect to https://elsewhere.example/in?*** not followed"
+    )

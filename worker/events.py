@@ -86,18 +86,20 @@ def headers(app: AppSettings, event_id: str, timestamp: int, raw: str) -> dict[s
     return sent
 
 
-_QUERY = re.compile(r"(https?://[^\s'\"?#]*)\?[^\s'\")#]*")
+#: A URL, or a path as an HTTP library's message quotes it (``url: /hook?token=…``), with its query.
+_QUERY = re.compile(r"(https?://[^\s'\"?#]*|/[^\s'\"?#]*)\?[^\s'\")#]+")
 
 
 def scrubbed(message: str, url: str) -> str:
     """``message`` without ``url``'s query string, fragment or password (tokens some apps put there),
-    in every form an HTTP library may quote it; and any other URL's query masked too (a redirect's
-    ``Location``)."""
+    in every form an HTTP library may quote it; and any other URL's or path's query masked too (a
+    redirect's ``Location``)."""
     parts = urlsplit(url)
     for secret in (parts.query, parts.fragment, parts.password):
         if secret:
             for form in {secret, unquote(secret), quote(unquote(secret), safe="=&")}:
-                message = message.replace(form, "***")
+                if len(form) >= 3:  # a shorter one would mask ordinary text; the pattern below catches it
+                    message = message.replace(form, "***")
     return _QUERY.sub(r"\1?***", message)
 
 
