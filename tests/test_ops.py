@@ -252,6 +252,8 @@ DEFAULTS = {
     "ORANGE_MONEY_API_URL": "",
     "WAVE_API_URL": "",
     "WAVE_WEBHOOK_SHARED_SECRET": "",  # optional: unset unless given
+    "MTN_MOMO_CALLBACK_HOST": "",  # optional: the callback host check is off unless given
+    "ORANGE_MONEY_NOTIF_URL": "",  # optional: the default notif_url rules unless given
 }
 
 
