@@ -23,6 +23,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
 from sqlalchemy import case, func, select, text
 from sqlalchemy import insert as sa_insert
@@ -313,15 +314,25 @@ class Balance:
         return self.debits - self.credits
 
 
-def balances(session: Session) -> list[Balance]:
+def balances(session: Session, *, before: datetime | None = None) -> list[Balance]:
+    """Every account's debits, credits and balance, summed in SQL from the entries.
+
+    ``before``: only the journals posted (``created_at``) before that instant, and only the accounts
+    with an entry by then (``ledger balances --as-of`` passes the end of a business day). Without
+    it, every journal and every account, an account without entries at 0.
+    """
     debit_sum = func.coalesce(func.sum(case((Entry.side == DEBIT, Entry.amount), else_=0)), 0)
     credit_sum = func.coalesce(func.sum(case((Entry.side == CREDIT, Entry.amount), else_=0)), 0)
-    rows = session.execute(
-        select(Account.code, Account.currency, debit_sum, credit_sum)
-        .join(Entry, Entry.account_id == Account.id, isouter=True)
-        .group_by(Account.code, Account.currency)
-        .order_by(Account.code, Account.currency)
-    ).all()
+    stmt = select(Account.code, Account.currency, debit_sum, credit_sum)
+    if before is None:
+        stmt = stmt.join(Entry, Entry.account_id == Account.id, isouter=True)
+    else:
+        stmt = (
+            stmt.join(Entry, Entry.account_id == Account.id)
+            .join(Journal, Journal.id == Entry.journal_id)
+            .where(Journal.created_at < before)
+        )
+    rows = session.execute(stmt.group_by(Account.code, Account.currency).order_by(Account.code, Account.currency)).all()
     return [Balance(code, cur, int(d), int(c)) for code, cur, d, c in rows]
 
 

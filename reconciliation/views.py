@@ -21,6 +21,7 @@ from reconciliation.models import (
     Subscription,
     SubscriptionGrant,
 )
+from schemas.currency import MINOR_UNIT_EXPONENT, exponent, to_major
 
 
 def iso(value: datetime | None) -> str | None:
@@ -196,7 +197,9 @@ def subscriptions_of(session: Session, account: str, product: str | None, now: d
     return result
 
 
-def balances(session: Session) -> list[dict[str, Any]]:
+def balances(session: Session, *, before: datetime | None = None) -> list[dict[str, Any]]:
+    """Every account's balance (debits - credits, minor units), with the balance in major units as an
+    exact decimal string; ``before``: the journals posted before that instant only."""
     return [
         {
             "account": b.account,
@@ -204,8 +207,11 @@ def balances(session: Session) -> list[dict[str, Any]]:
             "debits": b.debits,
             "credits": b.credits,
             "balance": b.balance,
+            "balance_major": f"{to_major(b.balance, b.currency):.{exponent(b.currency)}f}"
+            if b.currency in MINOR_UNIT_EXPONENT
+            else None,
         }
-        for b in ledger.balances(session)
+        for b in ledger.balances(session, before=before)
     ]
 
 
