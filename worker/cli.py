@@ -724,19 +724,94 @@ def ledger() -> None:
 
 
 @ledger.command("balances")
+@click.option("--as-of", "as_of", type=click.DateTime(["%Y-%m-%d"]),
+              help="Balances at the end of this business day (PAYRECON_TIMEZONE): the journals posted up to "
+                   "its midnight. Default: every journal so far.")  # fmt: skip
 @click.option("--json", "as_json", is_flag=True)
-def ledger_balances(as_json: bool) -> None:
-    """Balance of every account (debits - credits), per currency."""
+def ledger_balances(as_of: datetime | None, as_json: bool) -> None:
+    """Balance of every account (debits - credits, so a credit balance is negative), per currency, in
+    minor units and formatted; each currency's balances sum to zero. Exit 1 if they do not (run
+    payrecon ledger check)."""
     settings = _settings()
-    from reconciliation import views
+    from reconciliation import accounting, views
+    from schemas.currency import MINOR_UNIT_EXPONENT, format_amount
 
+    before = accounting.day_end(as_of.date(), settings.timezone) if as_of else None
     with _sessions(settings)() as session:
-        rows = views.balances(session)
+        rows = views.balances(session, before=before)
+    sums: dict[str, int] = {}
+    for row in rows:
+        sums[row["currency"]] = sums.get(row["currency"], 0) + row["balance"]
+    off = {currency: total for currency, total in sums.items() if total}
     if as_json:
         _dump(rows)
-        return
-    for row in rows:
-        click.echo(f"{row['account']:<32} {row['currency']}  {row['balance']:>14}")
+    else:
+        if as_of is not None and before is not None:
+            local = before.astimezone(settings.timezone)
+            click.echo(
+                f"balances at the end of {as_of.date()} ({settings.timezone.key}): journals posted before "
+                f"{local:%Y-%m-%d %H:%M} local, {before:%Y-%m-%d %H:%M} UTC"
+            )
+        for row in rows:
+            currency = row["currency"]
+            shown = format_amount(row["balance"], currency) if currency in MINOR_UNIT_EXPONENT else str(row["balance"])
+            click.echo(f"{row['account']:<32} {currency}  {row['balance']:>16}  {shown:>22}")
+    if off:
+        _fail(f"balances do not sum to zero: {off} (debit - credit); run payrecon ledger check")
+
+
+@ledger.command("export")
+@click.option("--from", "first", type=click.DateTime(["%Y-%m-%d"]), required=True,
+              help="First business day (PAYRECON_TIMEZONE) whose journals are exported.")  # fmt: skip
+@click.option("--to", "last", type=click.DateTime(["%Y-%m-%d"]), required=True,
+              help="Last business day, included.")  # fmt: skip
+@click.option("--format", "fmt", type=click.Choice(["csv", "xlsx"]), required=True)
+@click.option("--out", "out", type=click.Path(dir_okay=False, writable=True, path_type=Path), required=True,
+              help="The file to write (replaced whole at the end; nothing is written on failure).")  # fmt: skip
+@click.option("--chart", type=click.Path(dir_okay=False, path_type=Path), envvar="PAYRECON_LEDGER_CHART",
+              show_envvar=True, help="The account-to-chart mapping (CSV; docs/ledger-chart.example.csv).")  # fmt: skip
+@click.option("--unmapped", type=click.Choice(["fail", "keep"]), default="fail", show_default=True,
+              help="An account the chart does not map: refuse the export (listing them all), or keep its "
+                   "payrecon code as the account code (for a review, not an import).")  # fmt: skip
+def ledger_export(  # noqa: PLR0917 - click passes the options by name
+    first: datetime, last: datetime, fmt: str, out: Path, chart: Path | None, unmapped: str
+) -> None:
+    """Write the general journal of the journals posted from --from to --to (business days): one row
+    per entry with its date, journal, account in the merchant's chart, debit and credit (major units,
+    exact, and minor units), currency and reference, each journal balanced. Exit 1 when an account
+    is unmapped, the mapping file is invalid, or a journal does not balance; nothing is written then."""
+    if last.date() < first.date():
+        _fail(f"--to {last.date()} is before --from {first.date()}", 2)
+    settings = _settings()
+    from reconciliation import accounting
+
+    try:
+        mapping = accounting.load_chart(chart) if chart is not None else accounting.EMPTY_CHART
+    except accounting.ChartError as exc:
+        _fail(f"{exc}\n(set by --chart or PAYRECON_LEDGER_CHART)")
+    period = accounting.Period(first.date(), last.date(), settings.timezone)
+    try:
+        with _sessions(settings)() as session:
+            totals, kept = accounting.export(session, out, fmt, period, mapping, keep_unmapped=unmapped == "keep")
+    except accounting.UnmappedAccounts as exc:
+        hint = "add them to the chart mapping" if chart else "set PAYRECON_LEDGER_CHART (or --chart) to a mapping file"
+        _fail(f"{exc}; {hint}, or pass --unmapped keep")
+    except accounting.ExportError as exc:
+        _fail(str(exc))
+    except OSError as exc:
+        _fail(f"cannot write {out}: {exc}")
+    if kept:
+        click.echo(f"warning: kept {len(kept)} unmapped account(s) under their payrecon code: "
+                   + ", ".join(f"{code} ({currency})" for code, currency in kept), err=True)  # fmt: skip
+    click.echo(
+        f"wrote {totals.entries} entries of {totals.journals} journal(s) posted {first.date()} to {last.date()} "
+        f"({settings.timezone.key}) to {out}"
+    )
+    for currency in sorted(totals.debit):
+        click.echo(
+            f"  {currency}: debit {accounting.major(totals.debit[currency], currency)} = "
+            f"credit {accounting.major(totals.credit[currency], currency)}"
+        )
 
 
 @ledger.command("check")
