@@ -15,7 +15,7 @@ import tracemalloc
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from datetime import date, datetime, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -28,8 +28,8 @@ from click.testing import CliRunner, Result
 from sqlalchemy import select, text
 
 from providers.sandbox.client import SandboxClient
-from reconciliation import accounting, ledger, runs
-from reconciliation.db import transaction
+from reconciliation import accounting, ledger, migrate, runs
+from reconciliation.db import make_engine, session_factory, transaction
 from reconciliation.models import Account, Entry, Journal, ReconRun
 from tests.conftest import ROOT, worker_env
 from tests.helpers import new_reference, registration
@@ -430,6 +430,10 @@ def test_an_unbalanced_journal_is_never_exported(
         assert result.exit_code == 1
         assert f"journal {journal_id} does not balance: debit - credit = {{'XOF': 7}}" in result.output
         assert not out.exists() and list(tmp_path.iterdir()) == []
+        out.write_text("an earlier export", encoding="utf-8")
+        assert export(env, out, "--chart", str(EXAMPLE_CHART), fmt=fmt).exit_code == 1
+        assert out.read_text(encoding="utf-8") == "an earlier export"  # a failed export replaces nothing
+        out.unlink()
 
 
 def test_text_that_a_spreadsheet_would_run_as_a_formula_is_defused(
@@ -445,6 +449,19 @@ def test_text_that_a_spreadsheet_would_run_as_a_formula_is_defused(
     assert export(env, xlsx_out, "--chart", str(EXAMPLE_CHART), fmt="xlsx", last=DAY).exit_code == 0
     memo = openpyxl.load_workbook(xlsx_out)["General journal"]["D2"]
     assert (memo.value, memo.data_type) == ('\'=HYPERLINK("http://evil.example","x")', "s")
+
+
+def test_rows_come_in_posting_order(rt: Runtime, env: dict[str, str], tmp_path: Path) -> None:
+    with transaction(rt.sessions) as session:
+        first, second = (
+            ledger.post(session, ledger.transfer(ledger.clearing("wave"), ledger.REVENUE, amount, "XOF"), kind=kind)
+            for amount, kind in ((100, "settlement"), (200, "suspense"))
+        )
+    posted_at(rt, [first.id], local(DAY, 18, 0))
+    posted_at(rt, [second.id], local(DAY, 9, 0))  # a journal with a later id, posted earlier in the day
+    out = tmp_path / "j.csv"
+    assert export(env, out, "--chart", str(EXAMPLE_CHART), last=DAY).exit_code == 0
+    assert [int(r["journal_id"]) for r in read_csv(out)] == [second.id, second.id, first.id, first.id]
 
 
 def test_an_export_larger_than_a_sheet_is_refused_in_xlsx(
@@ -482,6 +499,48 @@ def test_an_invalid_chart_fails_the_export_naming_the_line(env: dict[str, str], 
     result = export(env, tmp_path / "x.csv", "--chart", str(chart))
     assert result.exit_code == 1
     assert f"chart mapping {chart}:\n  line 3: code is empty" in result.output
+
+
+def test_balances_and_export_on_the_demos_sqlite(tmp_path: Path) -> None:
+    """The embedded demo's database (SQLite, timestamps stored as UTC text) answers the same way."""
+    url = f"sqlite:///{tmp_path / 'demo.sqlite'}"
+    migrate.upgrade(url)
+    engine = make_engine(url)
+    try:
+        with transaction(session_factory(engine)) as session:
+            accounts = ledger.account_ids(session, [(ledger.clearing("wave"), "XOF"), (ledger.REVENUE, "XOF")])
+            for journal_id, day, hh, amount in ((1, DAY, 23, 5000), (2, NEXT, 0, 700)):
+                at = local(day, hh, 30).astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")  # as SQLite's now() writes it
+                session.execute(  # SQLite has no balance guard: a journal, then its entries, posted at a given time
+                    text(
+                        "INSERT INTO ledger_journals (id, kind, memo, created_at) VALUES (:id, 'settlement', '', :at)"
+                    ),
+                    {"id": journal_id, "at": at},
+                )
+                for code, side in ((ledger.clearing("wave"), "debit"), (ledger.REVENUE, "credit")):
+                    session.execute(
+                        text(
+                            "INSERT INTO ledger_entries (journal_id, account_id, side, amount, currency) "
+                            "VALUES (:j, :a, :side, :amount, 'XOF')"
+                        ),
+                        {"j": journal_id, "a": accounts[code, "XOF"], "side": side, "amount": amount},
+                    )
+        env = {"DATABASE_URL": url, "PAYRECON_TIMEZONE": "Africa/Douala"}
+        as_of = json.loads(cli(env, "ledger", "balances", "--as-of", DAY.isoformat(), "--json").output)
+        assert {(r["account"], r["balance"]) for r in as_of} == {
+            ("provider_clearing:wave", 5000),
+            (ledger.REVENUE, -5000),
+        }
+        out = tmp_path / "j.csv"
+        result = export(env, out, "--chart", str(EXAMPLE_CHART), fmt="csv")
+        assert result.exit_code == 0, result.output
+        rows = read_csv(out)
+        assert_balanced(rows)
+        assert [(r["date"], r["account_code"], r["debit"]) for r in rows if r["debit"] != "0"] == [
+            ("2026-11-20", "5523", "5000"), ("2026-11-21", "5523", "700")
+        ]  # fmt: skip
+    finally:
+        engine.dispose()
 
 
 # --------------------------------------------------------------------------- the chart file
