@@ -122,7 +122,7 @@ def _duration(seconds: int) -> str:
 
 
 def markdown_table() -> str:
-    """The profiles as the README shows them (a test keeps the README in step)."""
+    """The profiles as docs/providers.md shows them (a test keeps the page in step)."""
     lines = [
         "| provider | callbacks authenticated by | re-checks (then the last repeats) | gives up after "
         "| call budget | unauthenticated callbacks | settlement SLA |",

@@ -104,9 +104,9 @@ def test_a_broker_that_is_down_is_named_and_nothing_is_claimed_sent(tmp_path: Pa
 def test_the_readme_says_what_the_sandbox_answers_and_the_envelope_in_it_is_what_to_send(
     private_redis: PrivateRedis, sandbox_server: SandboxServer
 ) -> None:
-    """The README's sandbox example: its notification answer wraps the envelope (the fields the README
+    """docs/sandbox.md's example: its notification answer wraps the envelope (the fields the page
     names, no others); the whole answer is refused with what to send, its envelope is sent."""
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    readme = (ROOT / "docs" / "sandbox.md").read_text(encoding="utf-8")  # the sandbox's page, linked from the README
     sentence = readme[readme.index("A notification route answers a JSON object") :].split("\n\n")[0]
     documented_fields = set(re.findall(r"`(\w+)`", sentence)) - {"deliver_to"}  # the option, not a field
     ref = new_reference()
@@ -128,7 +128,7 @@ def test_the_readme_says_what_the_sandbox_answers_and_the_envelope_in_it_is_what
     assert refused.stderr.startswith(
         'line 1: this is the sandbox\'s notification answer, not an envelope: send its "envelope" field'
     )
-    # What the README pipes into `payrecon enqueue webhook -`: `jq -c .envelope`, one line.
+    # What docs/sandbox.md pipes into `payrecon enqueue webhook -`: `jq -c .envelope`, one line.
     sent = enqueue(private_redis.url, "webhook", "-", stdin=json.dumps(wrapper["envelope"]) + "\n")
     assert sent.returncode == 0, sent.stderr
     with private_redis.client() as client:

@@ -385,12 +385,12 @@ def test_the_readme_verification_example_accepts_a_delivery() -> None:
     import time
     from pathlib import Path
 
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    readme = (Path(__file__).resolve().parent.parent / "docs" / "events.md").read_text(encoding="utf-8")
     snippet = (
         "from standardwebhooks import Webhook\n" + readme.split("```python\nfrom standardwebhooks import Webhook\n")[1]
     )
     namespace: dict[str, Any] = {}
-    exec(snippet.split("```")[0], namespace)  # noqa: S102 - our own README's code
+    exec(snippet.split("```")[0], namespace)  # noqa: S102 - our own docs' code
     raw = '{"id": "evt_1", "type": "subscription.granted"}'
     app = AppSettings(name="depannage", url="https://x/hook", keys=(SigningKey.parse(SECRET),))
     sent = events.headers(app, "evt_1", int(time.time()), raw)

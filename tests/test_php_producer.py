@@ -1,4 +1,4 @@
-"""The README's PHP producer (the raw Redis message, no Celery client), run by PHP against the session's
+"""The PHP producer of docs/producers.md (the raw Redis message, no Celery client), run by PHP against the session's
 broker: the real worker settles the payment it registered and notified. Skipped without ``php`` and the
 phpredis extension (``apt install php-cli php-redis``)."""
 
@@ -26,8 +26,8 @@ PHP = shutil.which("php")
 
 
 def readme_php() -> str:
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    section = readme[readme.index("### Sending with no Celery client") :]
+    readme = (ROOT / "docs" / "producers.md").read_text(encoding="utf-8")  # linked from the README's contract
+    section = readme[readme.index("# Sending with no Celery client") :]
     block = section[section.index("```php\n") + len("```php\n") :]
     return block[: block.index("\n```")]
 
@@ -54,7 +54,7 @@ def test_the_readmes_php_producer_is_settled_by_the_worker(
     code = readme_php()
     connect = "$redis->connect('127.0.0.1', 6379);"
     assert code.count(connect) == 1 and code.startswith("<?php\n")
-    # The README's code, with this suite's Redis and the two messages read from files.
+    # The documented code, with this suite's Redis and the two messages read from files.
     code = code.replace(
         connect, f"$redis->connect('{broker.hostname}', {broker.port}); $redis->select({broker.path[1:]});"
     )

@@ -339,9 +339,9 @@ def test_an_outage_or_another_refusal_is_still_asked_again(
 
 
 def test_the_readmes_mtn_sandbox_recipe_settles_a_eur_payment(rt: Runtime, sandbox: SandboxClient) -> None:
-    """MTN's sandbox only takes EUR and the catalogue is XOF: the README's plan makes a EUR run settle."""
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
-    section = readme[readme.index("#### MTN's sandbox") :]
+    """MTN's sandbox only takes EUR and the catalogue is XOF: the plan in docs/providers.md makes a EUR run settle."""
+    readme = (Path(__file__).resolve().parent.parent / "docs" / "providers.md").read_text(encoding="utf-8")
+    section = readme[readme.index("## MTN's sandbox") :]
     sql = section[section.index("```sql") + len("```sql") : section.index("```", section.index("```sql") + 6)]
     ref = str(uuid.uuid4())
     try:

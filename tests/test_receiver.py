@@ -1,6 +1,6 @@
-"""``payrecon receive`` started exactly as the README starts it: a real process, real HTTP, a real Redis.
+"""``payrecon receive`` started exactly as docs/receiver.md starts it: a real process, real HTTP, a real Redis.
 
-The command is read from the README (its environment assignment and arguments, with only the broker URL
+The command is read from docs/receiver.md (its environment assignment and arguments, with only the broker URL
 and the port changed) and run with no other environment than ``PATH``. Callbacks are POSTed as the
 providers send them and found on the queue as ``payrecon.ingest_webhook`` messages; the end-to-end cases
 have the sandbox deliver each provider's callback to the receiver and a real worker settle the payment.
@@ -37,9 +37,9 @@ from tests.providers.kits import Kit
 from tests.test_e2e_providers import KITS, PLAN, registration
 from worker.runtime import Runtime
 
-README = ROOT / "README.md"
+RECEIVER_DOC = ROOT / "docs" / "receiver.md"  # the receiver's page, linked from the README
 SCHEMA = json.loads((ROOT / "schemas" / "webhook-envelope.v1.schema.json").read_text())
-MAX_BODY = 64 * 1024  # the default: the README's command does not set --max-body-bytes
+MAX_BODY = 64 * 1024  # the default: the documented command does not set --max-body-bytes
 
 
 def free_port() -> int:
@@ -49,9 +49,9 @@ def free_port() -> int:
 
 
 def readme_command() -> tuple[dict[str, str], list[str]]:
-    """The README's ``payrecon receive`` command: its environment assignments and its argv."""
-    text = README.read_text(encoding="utf-8")
-    section = text[text.index("## Receiving webhooks: `payrecon receive`") :]
+    """docs/receiver.md's ``payrecon receive`` command: its environment assignments and its argv."""
+    text = RECEIVER_DOC.read_text(encoding="utf-8")
+    section = text[text.index("# Receiving webhooks: `payrecon receive`") :]
     block = section[section.index("```sh\n") + len("```sh\n") :]
     words = shlex.split(block[: block.index("\n```")])
     env = {}
@@ -62,7 +62,7 @@ def readme_command() -> tuple[dict[str, str], list[str]]:
 
 
 class Receiver:
-    """``payrecon receive`` as the README runs it, on ``broker_url`` and a free port."""
+    """``payrecon receive`` as docs/receiver.md runs it, on ``broker_url`` and a free port."""
 
     def __init__(self, broker_url: str, log_path: Path) -> None:
         readme_env, argv = readme_command()

@@ -199,7 +199,7 @@ def test_readme_shows_the_trust_profiles_as_they_are() -> None:
 
     from providers.profiles import markdown_table
 
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    readme = (Path(__file__).resolve().parent.parent / "docs" / "providers.md").read_text(encoding="utf-8")
     shown = readme.split("<!-- trust-profiles:start -->\n")[1].split("\n<!-- trust-profiles:end -->")[0]
     assert shown == markdown_table()
 

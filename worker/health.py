@@ -55,7 +55,7 @@ def _providers(settings: Settings) -> Check:
         "providers",
         False,
         "none configured: set one provider's credentials (e.g. CINETPAY_API_KEY, CINETPAY_SITE_ID, "
-        "CINETPAY_SECRET_KEY; see the README's configuration table)",
+        "CINETPAY_SECRET_KEY; see docs/configuration.md)",
     )
 
 

@@ -183,7 +183,7 @@ def test_callback_host_sanity_check_refuses(offline: MtnMomoClient, headers: dic
 
 
 def test_callback_host_behind_a_proxy(offline: MtnMomoClient) -> None:
-    """What the README's proxy section says: a proxy that rewrites Host makes genuine callbacks forged; one
+    """What docs/providers.md's proxy section says: a proxy that rewrites Host makes genuine callbacks forged; one
     that passes the original host (Host or an overwritten X-Forwarded-Host) does not."""
     rewritten = envelope(headers={"Host": "127.0.0.1:8000"})
     with pytest.raises(ForgedDelivery, match=r"'127\.0\.0\.1:8000', not the registered callback host"):
