@@ -43,8 +43,8 @@ worker_max_tasks_per_child = None
 worker_hijack_root_logger = False
 
 # Redis hands an unacknowledged message to another worker after the visibility timeout, so
-# that a killed worker's messages come back. PostgreSQL holds all unfinished work (design
-# §2.1), so nothing waits on the broker for long: wake-up countdowns are 10 s at most
+# that a killed worker's messages come back. PostgreSQL holds all unfinished work
+# (docs/pipeline.md), so nothing waits on the broker for long: wake-up countdowns are 10 s at most
 # (worker.tasks.WAKE_UP_MAX), the webhook-path tasks end within 45 s (their time limit), and
 # the long jobs (reconciliation, beat's) are acknowledged on receipt and re-driven from the
 # database. 60 s is above the longest of those; a killed worker's messages are back within

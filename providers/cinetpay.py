@@ -1,6 +1,6 @@
 """CinetPay checkout API v2: notification parsing, x-token authentication, status check.
 
-Facts used here (see ``/work/shared/reference/providers.md`` §1):
+Facts used here (from CinetPay's API documentation; docs/providers.md sums up what payrecon relies on):
 
 * notifications are form-encoded POSTs of the ``cpm_*`` fields plus an ``x-token``
   header, HMAC-SHA256 (key = the site's *Secret Key*) over the 16 fields in

@@ -1,6 +1,6 @@
 """MTN MoMo Collection API (Request to Pay): callback parsing, token cache, status check.
 
-Facts used here (see ``/work/shared/reference/providers.md`` §2 and §5):
+Facts used here (from MTN's MoMo API documentation; docs/providers.md sums up what payrecon relies on):
 
 * every business call carries ``Authorization: Bearer <token>``, ``X-Target-Environment``
   and ``Ocp-Apim-Subscription-Key``; the token comes from ``POST /collection/token/``

@@ -1,6 +1,6 @@
 """Orange Money Web Payment API ("OM WebPay"): OAuth token, notification parsing, status check.
 
-Facts used here (see ``/work/shared/reference/providers.md`` §3 and §5):
+Facts used here (from Orange's WebPay API documentation; docs/providers.md sums up what payrecon relies on):
 
 * every call carries an OAuth 2.0 client-credentials token from ``POST /oauth/v3/token``
   (``Authorization: Basic base64(client_id:client_secret)``, form

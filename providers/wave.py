@@ -1,6 +1,6 @@
 """Wave: Checkout API (status of a session), webhooks, Balance & Reconciliation API.
 
-Facts used here (see ``/work/shared/reference/providers.md`` §4 and §5):
+Facts used here (from Wave's API documentation; docs/providers.md sums up what payrecon relies on):
 
 * every call carries ``Authorization: Bearer <api key>``; a key is bound to one wallet;
 * a checkout session (``cos-…``) has two statuses: ``checkout_status`` (open, complete,

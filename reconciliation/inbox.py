@@ -1,6 +1,6 @@
 """The inbox of webhook deliveries: first raw delivery kept byte for byte, repeats counted.
 
-A ``received`` row is unfinished work (design §2.1). ``next_attempt_at`` is when it is due and,
+A ``received`` row is unfinished work (docs/pipeline.md). ``next_attempt_at`` is when it is due and,
 while a worker holds it, when that worker's lease ends: taking a row moves it to ``now + LEASE``
 in one conditional UPDATE, so two workers never both take it while the lease runs, and a worker
 that dies holding it (SIGKILL, lost connection) only delays it until the lease ends. A message

@@ -184,7 +184,7 @@ class PaymentFlag(Base):
 class InboxDelivery(Base):
     """Every webhook delivery. The first raw envelope is kept byte for byte, repeats counted.
 
-    A ``received`` row is unfinished work (design §2.1): ``next_attempt_at`` is both when it is
+    A ``received`` row is unfinished work (docs/pipeline.md): ``next_attempt_at`` is both when it is
     due and, while a worker holds it, the end of that worker's lease. Any worker may take a row
     that is due, so a worker that dies leaves nothing behind but a lease that runs out.
     """

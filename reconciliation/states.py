@@ -1,4 +1,4 @@
-"""The payment state machine as a pure function (design §3).
+"""The payment state machine as a pure function (docs/payments.md).
 
 ``registered -> pending -> succeeded | failed | expired``; later ``succeeded -> refunded``.
 The provider's answer drives it. A success after failed/expired is honoured and

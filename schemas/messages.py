@@ -1,4 +1,4 @@
-"""The public message contract (design §1.1): webhook envelope and payment registration.
+"""The public message contract (README, "The contract"): webhook envelope and payment registration.
 
 These models are the single source of the JSON Schema files checked in next to
 them (``schemas/*.schema.json``); ``python -m schemas.generate`` rewrites those

@@ -1,4 +1,4 @@
-"""Sending the contract's messages (design §1.1) to payrecon's Celery broker, from Python.
+"""Sending the contract's messages (README, "The contract") to payrecon's Celery broker, from Python.
 
 One producer for everything in the repository that sends: ``payrecon receive`` (each callback
 as ``payrecon.ingest_webhook``), ``payrecon enqueue`` (envelopes or registrations) and the

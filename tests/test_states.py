@@ -1,4 +1,4 @@
-"""The payment state machine, as a table (design §3)."""
+"""The payment state machine, as a table (docs/payments.md)."""
 
 from __future__ import annotations
 

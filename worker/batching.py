@@ -1,6 +1,6 @@
 """Webhook messages consumed in batches: the Celery strategy of ``payrecon.ingest_webhook``.
 
-The contract does not change (design §1.1): one envelope per message, the same task name, queue
+The contract does not change (README, "The contract"): one envelope per message, the same task name, queue
 and kwargs; a producer cannot tell. What changes is how a worker consumes them. Celery's default
 strategy gives every message a request object and a pool job of its own (about 1 ms of CPU per
 message before any work); this one keeps the messages as they arrive, and hands them to the pool

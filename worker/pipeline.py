@@ -1,4 +1,4 @@
-"""The pipeline of one webhook (design §2), as plain functions the Celery tasks wrap.
+"""The pipeline of one webhook (README, "How it works"), as plain functions the Celery tasks wrap.
 
   1. validate the envelope            -> invalid: dead letter (raw kept, reason)
   2. parse the delivery               -> malformed: inbox + dead letter

@@ -47,7 +47,7 @@ from schemas.producer import BrokerPublisher, mask_url
 log = logging.getLogger("payrecon.receiver")
 
 PREFIX: Final = "/webhooks"
-#: The methods each provider calls back with (the provider fact sheet): nothing else is taken.
+#: The methods each provider calls back with (as each provider documents its callbacks): nothing else is taken.
 METHODS: Final[dict[str, tuple[str, ...]]] = {
     "cinetpay": ("GET", "POST"),  # the form-encoded notification, and an empty GET "ping"
     "mtn_momo": ("POST", "PUT"),

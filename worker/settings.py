@@ -1,4 +1,4 @@
-"""Configuration from the environment (design §1.2), read and checked in one place.
+"""Configuration from the environment (docs/configuration.md), read and checked in one place.
 
 Every problem is reported at start-up with the variable's name; nothing is
 silently defaulted except the documented defaults below.

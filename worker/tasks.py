@@ -1,7 +1,7 @@
 """Celery tasks: thin wrappers around ``worker.pipeline``.
 
 ``payrecon.ingest_webhook`` and ``payrecon.register_payment`` are the public
-contract (design §1.1): their names, queue and kwargs never change.
+contract (README, "The contract"): their names, queue and kwargs never change.
 """
 
 from __future__ import annotations

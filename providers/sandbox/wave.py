@@ -74,7 +74,7 @@ Control API (JSON under ``/_sandbox/wave/``; errors ``{"error": ...}`` 400/404/4
 ``GET /_sandbox/wave/pay/{session_id}``: the ``wave_launch_url`` target (state + how to pay);
 ``GET /_sandbox/wave/return/{outcome}``: where the default success_url / error_url lead.
 
-Assumptions (UNCONFIRMED in the fact sheet): an expired session shows payment_status
+Assumptions (not confirmed by Wave's public documentation): an expired session shows payment_status
 processing; a refund is only visible in the statement (the session object does not change);
 Wave sends no event when a session expires.
 """
