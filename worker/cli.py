@@ -1,4 +1,4 @@
-"""The ``payrecon`` command line (design §1.3). Exit codes: 0 ok, 1 failure, 2 bad usage."""
+"""The ``payrecon`` command line (the README's "Command line" table). Exit codes: 0 ok, 1 failure, 2 bad usage."""
 
 from __future__ import annotations
 
