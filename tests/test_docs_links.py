@@ -128,3 +128,14 @@ def test_the_readme_links_every_docs_page() -> None:
             linked.add((ROOT / unquote(file_part)).resolve())
     pages = {p.resolve() for p in (ROOT / "docs").rglob("*.md")}
     assert pages - linked == set()
+
+
+def test_the_readme_opens_with_the_two_set_up_commands_and_ci_runs_the_test_one() -> None:
+    """The first two code blocks of the README are the demo and the test suite; ``.ci/run`` runs the second
+    verbatim."""
+    blocks = re.findall(r"^```sh\n(.*?)\n```$", (ROOT / "README.md").read_text(encoding="utf-8"), re.S | re.M)
+    demo, suite = blocks[0], blocks[1]
+    assert demo == "python3 -m venv .venv && .venv/bin/pip install -q -e . && .venv/bin/payrecon demo"
+    assert suite == "python3 -m venv .venv && .venv/bin/pip install -q -e '.[dev]' && .venv/bin/pytest"
+    ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8").splitlines()
+    assert ci[-1] == suite
