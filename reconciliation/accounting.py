@@ -36,11 +36,12 @@ from pathlib import Path
 from typing import Any, TextIO
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from reconciliation.ledger import CREDIT, DEBIT
 from reconciliation.models import Account, Entry, Journal, Payment, PayoutPosting
+from reconciliation.progress import Progress, silent
 from reconciliation.reports_common import formula_safe
 from schemas.currency import MINOR_UNIT_EXPONENT, exponent, to_major
 
@@ -465,20 +466,58 @@ class Period:
         return day_end(self.last, self.tz)
 
 
+def count_entries(session: Session, start: datetime, end: datetime) -> int:
+    """How many entries the journals posted in [start, end) have (the general journal's rows)."""
+    return int(
+        session.scalar(
+            select(func.count())
+            .select_from(Entry)
+            .join(Journal, Journal.id == Entry.journal_id)
+            .where(Journal.created_at >= start, Journal.created_at < end)
+        )
+        or 0
+    )
+
+
+#: Entries between two reports to ``progress``.
+PROGRESS_EVERY = 1_000
+
+
+def _counted(lines: Iterator[JournalLine], total: int, progress: Progress) -> Generator[JournalLine]:
+    done = 0
+    progress("entries", 0, total)
+    for line in lines:
+        yield line
+        done += 1
+        if done % PROGRESS_EVERY == 0:
+            progress("entries", done, max(total, done))
+    progress("entries", done, max(total, done))
+
+
 def export(
-    session: Session, path: Path, fmt: str, period: Period, chart: Chart, *, keep_unmapped: bool = False
+    session: Session,
+    path: Path,
+    fmt: str,
+    period: Period,
+    chart: Chart,
+    *,
+    keep_unmapped: bool = False,
+    progress: Progress = silent,
 ) -> tuple[Totals, list[tuple[str, str]]]:
     """Write the general journal of ``period`` to ``path`` (``csv`` or ``xlsx``); returns what was
     written and the accounts kept unmapped. Refuses (``UnmappedAccounts``, nothing written) when an
-    account with entries in the period is not in the chart, unless ``keep_unmapped``."""
+    account with entries in the period is not in the chart, unless ``keep_unmapped``. ``progress``
+    hears the ``entries`` stage, in entries written (counted first when someone listens)."""
     if fmt not in ("csv", "xlsx"):
         raise ValueError(f"format must be csv or xlsx, got {fmt!r}")
     missing = unmapped(session, chart, period.start, period.end)
     if missing and not keep_unmapped:
         raise UnmappedAccounts(missing)
     totals = Totals()
-    lines = checked(iter_journal(session, period.start, period.end, period.tz, chart, keep_unmapped=keep_unmapped),
-                    totals)  # fmt: skip
+    journal = iter_journal(session, period.start, period.end, period.tz, chart, keep_unmapped=keep_unmapped)
+    if progress is not silent:
+        journal = _counted(journal, count_entries(session, period.start, period.end), progress)
+    lines = checked(journal, totals)
     partial = path.with_name(f".{path.name}.partial")
     try:
         if fmt == "csv":

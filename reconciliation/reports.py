@@ -84,6 +84,7 @@ from sqlalchemy import String, and_, case, func, literal, or_, select, union_all
 from sqlalchemy.orm import Session
 
 from reconciliation.models import PayoutPosting, ReconItem, ReconPayout, ReconRun
+from reconciliation.progress import Progress, silent
 from reconciliation.reports_common import (
     EXCEPTION_ORDER,
     MATCHED,
@@ -554,21 +555,25 @@ _WRITERS = {
 }
 
 
-def export_files(session: Session, run_id: int, fmt: str, out_dir: Path) -> list[Path]:
+def export_files(session: Session, run_id: int, fmt: str, out_dir: Path, *, progress: Progress = silent) -> list[Path]:
     """Write the run's report in ``fmt`` (one of ``FORMATS``) into ``out_dir``; return every file written.
 
     One file per format, except CSV: the items CSV, then the payouts CSV (``FORMAT_PARTS``).
+    ``progress`` hears the ``reports`` stage, in files written.
     """
     if fmt not in FORMATS:
         raise ValueError(f"unknown report format {fmt!r}; choose from {', '.join(FORMATS)}")
     run = _run(session, run_id)
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for part in FORMAT_PARTS[fmt]:
+    paths: list[Path] = []
+    parts = FORMAT_PARTS[fmt]
+    progress("reports", 0, len(parts))
+    for part in parts:
         path = out_dir / file_name(run, fmt, part)
         with _replacing(path) as tmp:
             _WRITERS[fmt, part](session, run, tmp)
         paths.append(path)
+        progress("reports", len(paths), len(parts))
     return paths
 
 
@@ -589,7 +594,7 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def export_all(session: Session, run_id: int, out_dir: Path) -> list[Path]:
+def export_all(session: Session, run_id: int, out_dir: Path, *, progress: Progress = silent) -> list[Path]:
     """Write every report file and ``manifest.json`` (name, format, content, size, SHA-256 of each) into ``out_dir``.
 
     Returns the report paths in ``FORMATS`` order (the items CSV, the payouts CSV, XLSX, JSON, HTML),
@@ -600,9 +605,12 @@ def export_all(session: Session, run_id: int, out_dir: Path) -> list[Path]:
     """
     run = _run(session, run_id)
     written: list[tuple[str, str, Path]] = []
+    total = sum(len(FORMAT_PARTS[fmt]) for fmt in FORMATS) + 1  # and the manifest
+    progress("reports", 0, total)
     for fmt in FORMATS:
         files = export_files(session, run_id, fmt, out_dir)
         written += [(fmt, part, path) for part, path in zip(FORMAT_PARTS[fmt], files, strict=True)]
+        progress("reports", len(written), total)
     paths = [path for _, _, path in written]
     manifest = {
         "schema": MANIFEST_SCHEMA,
@@ -623,6 +631,7 @@ def export_all(session: Session, run_id: int, out_dir: Path) -> list[Path]:
     manifest_path = out_dir / "manifest.json"
     with _replacing(manifest_path) as tmp:
         tmp.write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    progress("reports", total, total)
     return [*paths, manifest_path]
 
 

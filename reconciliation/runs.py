@@ -9,10 +9,11 @@ customer gets the subscription and the payment is flagged.
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
+from functools import partial
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -36,6 +37,7 @@ from reconciliation.models import (
     ReconRun,
     StatementLine,
 )
+from reconciliation.progress import Progress, silent
 
 FEE = "fee"  # journal kind: the provider's fee, Dr fees:<provider> / Cr provider clearing
 PAYOUT = "payout"  # journal kind: a matched payout reached the bank, Dr bank:<provider> / Cr provider clearing
@@ -497,20 +499,34 @@ def reconcile_stored(
     *,
     trigger: str = "manual",
     failures: int = 0,
+    progress: Progress = silent,
 ) -> int:
     """Classify, heal and close a run over the statement lines already stored; returns the run id.
 
     ``failures``: status checks that got no answer while fetching; the run is kept (its items are
     useful) but marked failed, since references without an answer may show as false exceptions.
+    ``progress`` hears two stages, in steps: ``classify`` (classify, heal, flag, refunds) and
+    ``fees`` (fee journals, payouts).
     """
     run_id = start(sessions, provider, day, policy, trigger)
     try:
-        classify_run(sessions, run_id, policy)
-        heal(sessions, run_id, policy)
-        flag_mismatches(sessions, run_id)
-        apply_refunds(sessions, run_id, policy)
-        post_fees(sessions, run_id)
-        post_payouts(sessions, run_id)
+        stages: tuple[tuple[str, tuple[Callable[[], object], ...]], ...] = (
+            (
+                "classify",
+                (
+                    partial(classify_run, sessions, run_id, policy),
+                    partial(heal, sessions, run_id, policy),
+                    partial(flag_mismatches, sessions, run_id),
+                    partial(apply_refunds, sessions, run_id, policy),
+                ),
+            ),
+            ("fees", (partial(post_fees, sessions, run_id), partial(post_payouts, sessions, run_id))),
+        )
+        for stage, steps in stages:
+            progress(stage, 0, len(steps))
+            for done, step in enumerate(steps, 1):
+                step()
+                progress(stage, done, len(steps))
     except Exception as exc:
         finish(sessions, run_id, error=f"{type(exc).__name__}: {exc}"[:2000])
         raise

@@ -26,6 +26,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from reconciliation.models import StatementImport, StatementLine
+from reconciliation.progress import Progress, silent
 from reconciliation.statements_pg import YEARS
 from schemas.currency import MINOR_UNIT_EXPONENT
 
@@ -118,16 +119,24 @@ class Imported:
 
 
 def import_file(
-    session: Session, provider: str, path: Path, *, business_tz: ZoneInfo, sessions: int | None = None
+    session: Session,
+    provider: str,
+    path: Path,
+    *,
+    business_tz: ZoneInfo,
+    sessions: int | None = None,
+    progress: Progress = silent,
 ) -> Imported:
     """Import a statement file in the caller's transaction (roll back on ``StatementError``).
 
     ``sessions``: on PostgreSQL, how many sessions load a large file side by side (default
-    ``statements_pg.WORKERS``)."""
+    ``statements_pg.WORKERS``). ``progress`` hears each stage: ``checksum`` (bytes), then on
+    PostgreSQL ``check`` and ``copy`` (bytes) and ``insert`` (rows), else ``rows``."""
     mapping = MAPPINGS.get(provider)
     if mapping is None:
         raise StatementError(f"no statement mapping for provider {provider!r}; known: {', '.join(MAPPINGS)}")
-    record = StatementImport(provider=provider, filename=path.name, sha256=_sha256(path), rows=0)
+    digest, lines = _sha256(path, progress=progress)
+    record = StatementImport(provider=provider, filename=path.name, sha256=digest, rows=0)
     try:
         with session.begin_nested():  # the (provider, sha256) key refuses a file imported before, or meanwhile
             session.add(record)
@@ -140,7 +149,7 @@ def import_file(
         try:
             rows, errors, days = import_copy(
                 session, path, mapping, provider=provider, import_id=record.id, business_tz=business_tz,
-                workers=sessions,
+                workers=sessions, progress=progress,
             )  # fmt: skip
         except LayoutError:
             pass  # a row COPY cannot even split: the streamed path below lists every bad row
@@ -156,8 +165,10 @@ def import_file(
     writer = _Writer(session)
     try:
         with path.open(newline="", encoding="utf-8-sig") as handle:
+            progress("rows", 0, max(lines - 1, 0))
             for chunk in _chunks(parser.rows(handle)):
                 rows += len(chunk)
+                progress("rows", rows, max(lines - 1, rows))
                 if not parser.errors:  # after the first bad row: validate on, write no more
                     writer.write(chunk)
     except UnicodeDecodeError:
@@ -262,12 +273,19 @@ def _not_utf8(path: Path) -> tuple[int, str]:
     return line, "not UTF-8 text; export the statement as UTF-8"
 
 
-def _sha256(path: Path) -> str:
+def _sha256(path: Path, *, progress: Progress = silent) -> tuple[str, int]:
+    """(SHA-256 of the file, its number of lines)."""
     digest = hashlib.sha256()
+    size, done, lines, last = path.stat().st_size, 0, 0, b"\n"
+    progress("checksum", 0, size)
     with path.open("rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
-    return digest.hexdigest()
+            lines += block.count(b"\n")
+            last = block[-1:]
+            done += len(block)
+            progress("checksum", done, max(size, done))
+    return digest.hexdigest(), lines + (last != b"\n")
 
 
 def _minor(text: str, currency: str, what: str) -> int:

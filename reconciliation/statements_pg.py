@@ -27,6 +27,7 @@ import psycopg2
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
+from reconciliation.progress import Progress, silent
 from schemas.currency import MINOR_UNIT_EXPONENT
 
 if TYPE_CHECKING:
@@ -94,6 +95,7 @@ def import_copy(
     import_id: int,
     business_tz: ZoneInfo,
     workers: int | None = None,
+    progress: Progress = silent,
 ) -> tuple[int, list[tuple[int, str]], tuple[date, ...]]:
     """(rows inserted, errors, business days). Nothing is inserted when there are errors.
 
@@ -125,7 +127,7 @@ def import_copy(
     side = engine.raw_connection()
     try:
         _sweep(side, import_id)
-        staged, wide = _stage(side, stage, len(names), path)
+        staged, wide = _stage(side, stage, len(names), path, progress=progress)
     finally:
         side.close()
     col = {
@@ -142,10 +144,13 @@ def import_copy(
         stage, col=col, fee=fee, payout=payout, raw=raw, currencies=currencies, statuses=statuses, spaces=spaces
     )
     workers = WORKERS if workers is None else workers
+    progress("insert", 0, staged)
     if staged >= PARALLEL_FROM and workers > 1:
-        fast = _load_side_by_side(engine, sql, params, staged, workers)
+        fast = _load_side_by_side(engine, sql, params, staged, workers, progress=progress)
     else:
         fast = _fast_insert(cursor, sql, params)
+        if fast is not None:
+            progress("insert", staged, staged)
     if fast is not None:
         cursor.execute(f"DROP TABLE {stage}")  # with the import: a stage table left behind marks a failed load
         return sum(fast.values()), [], tuple(sorted(fast))
@@ -247,12 +252,12 @@ def _strict(
     return sum(strict.values()), errors, tuple(strict)
 
 
-def _stage(side: Any, stage: str, width: int, path: Path) -> tuple[int, bool]:
+def _stage(side: Any, stage: str, width: int, path: Path, *, progress: Progress = silent) -> tuple[int, bool]:
     """COPY the file as text into an unlogged table the side sessions can read: (its rows, whether
     the file holds whitespace other than space, CR and LF)."""
     columns = ", ".join(f"c{i} text" for i in range(width))
     copied = ", ".join(f"c{i}" for i in range(width))
-    end, wide = _scan(path)
+    end, wide = _scan(path, progress=progress)
     cursor = side.cursor()
     try:
         cursor.execute(f"CREATE UNLOGGED TABLE {stage} (line_no bigint GENERATED ALWAYS AS IDENTITY, {columns})")
@@ -260,7 +265,7 @@ def _stage(side: Any, stage: str, width: int, path: Path) -> tuple[int, bool]:
             cursor.copy_expert(
                 f"COPY {stage} ({copied}) "
                 f"FROM STDIN WITH (FORMAT csv, HEADER true, ENCODING 'UTF8', FORCE_NOT_NULL ({copied}))",
-                _Prefix(handle, end),
+                _Prefix(handle, end, progress),
             )
         staged = int(cursor.rowcount)
         side.commit()
@@ -279,7 +284,7 @@ _ASCII_SPACES = b"\t\x0b\x0c\x1c\x1d\x1e\x1f"
 _WIDE_SPACES = re.compile("[" + "".join(c for c in WHITESPACE if ord(c) > 127) + "]")
 
 
-def _scan(path: Path) -> tuple[int, bool]:
+def _scan(path: Path, *, progress: Progress = silent) -> tuple[int, bool]:
     r"""(bytes COPY reads, whether the file holds whitespace other than space, CR and LF).
 
     COPY reads up to the last line with content: blank lines at the end (spreadsheets write them)
@@ -288,10 +293,14 @@ def _scan(path: Path) -> tuple[int, bool]:
     spaces, CR and LF around its values (most are) lets the optimistic path trim them cheaply.
     """
     wide = False
+    size, done = path.stat().st_size, 0
+    progress("check", 0, size)
     with path.open("rb") as handle:
         carry = b""  # the last, unfinished line of the blocks read so far
         first = True
         for block in iter(lambda: handle.read(1 << 20), b""):
+            done += len(block)
+            progress("check", done, max(size, done))
             if first:
                 _line_ends(block)
                 first = False
@@ -340,15 +349,17 @@ def _spaces(lines: bytes) -> bool:
 
 
 class _Prefix:
-    """The first ``size`` bytes of a binary file, for COPY."""
+    """The first ``size`` bytes of a binary file, for COPY (``progress``: its ``copy`` stage, in bytes)."""
 
-    def __init__(self, handle: Any, size: int) -> None:
-        self.handle, self.left = handle, size
+    def __init__(self, handle: Any, size: int, progress: Progress = silent) -> None:
+        self.handle, self.left, self.size, self.progress = handle, size, size, progress
+        progress("copy", 0, size)
 
     def read(self, n: int = -1) -> bytes:
         n = self.left if n < 0 else min(n, self.left)
         data: bytes = self.handle.read(n)
         self.left -= len(data)
+        self.progress("copy", self.size - self.left, self.size)
         return data
 
 
@@ -378,21 +389,24 @@ def _sweep(side: Any, current: int) -> None:
 
 
 def _load_side_by_side(
-    engine: Any, sql: str, params: dict[str, Any], staged: int, workers: int
+    engine: Any, sql: str, params: dict[str, Any], staged: int, workers: int, *, progress: Progress = silent
 ) -> dict[date, int] | None:
-    """The optimistic load in ``workers`` sessions, a range of lines each; all commit, or none does."""
+    """The optimistic load in ``workers`` sessions, a range of lines each; all commit, or none does.
+    ``progress`` hears the ``insert`` stage as each range is done (in lines)."""
     step = staged // workers + 1
     ranges = [(k * step + 1, (k + 1) * step) for k in range(workers)]
     connections: list[Any] = []
+    results: list[dict[date, int] | None] = []
     try:
         connections += [engine.raw_connection() for _ in ranges]
         with ThreadPoolExecutor(workers, thread_name_prefix="statement-load") as pool:
-            results = list(
-                pool.map(
-                    lambda job: _fast_insert(job[0].cursor(), sql, {**params, "lo": job[1][0], "hi": job[1][1]}),
-                    zip(connections, ranges, strict=True),
-                )
-            )
+            jobs = [
+                pool.submit(_fast_insert, connection.cursor(), sql, {**params, "lo": lo, "hi": hi})
+                for connection, (lo, hi) in zip(connections, ranges, strict=True)
+            ]
+            for job, (_, hi) in zip(jobs, ranges, strict=True):  # in order: reported as each range ends
+                results.append(job.result())
+                progress("insert", min(hi, staged), staged)
         if any(result is None for result in results):
             for connection in connections:
                 connection.rollback()

@@ -394,3 +394,34 @@ def test_a_file_that_is_not_utf8_is_refused_with_its_line(rt: Runtime, tmp_path:
 
 def test_the_whitespace_trimmed_in_sql_is_what_python_strips() -> None:
     assert "".join(chr(c) for c in range(0x110000) if chr(c).isspace()) == statements_pg.WHITESPACE
+
+
+@pytest.mark.parametrize("way", ["side_by_side", "one_session", "python"])
+def test_an_import_reports_each_stage_until_done(
+    rt: Runtime, way: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each stage starts at 0 and ends at its total, never going back; a large file loaded by four
+    sessions reports each one's range as it ends; the Python path reports its rows."""
+    path = tmp_path / "cinetpay.csv"
+    rows = [f"T{n},OP{n},2026-11-21 10:00:00,5000,XOF,0,ACCEPTED" for n in range(1, 41)]
+    path.write_text("transaction_id,operator_id,payment_date,amount,currency,fees,status\n" + "\n".join(rows) + "\n")
+    monkeypatch.setattr(statements_pg, "PARALLEL_FROM", 1 if way == "side_by_side" else 10**9)
+    if way == "python":
+        monkeypatch.setattr(statements_pg, "import_copy", _refused)
+    heard: list[tuple[str, int, int]] = []
+    with rt.sessions() as session, session.begin():
+        imported = import_file(
+            session, "cinetpay", path, business_tz=TZ, sessions=4, progress=lambda *e: heard.append(e)
+        )
+    assert imported.rows == 40
+    stages = list(dict.fromkeys(stage for stage, _, _ in heard))
+    size = path.stat().st_size
+    expected = {"python": ["checksum", "rows"]}.get(way, ["checksum", "check", "copy", "insert"])
+    assert stages == expected
+    for stage in stages:
+        seen = [(done, total) for s, done, total in heard if s == stage]
+        assert seen[0][0] == 0 and seen[-1][0] == seen[-1][1], (stage, seen)
+        assert [d for d, _ in seen] == sorted(d for d, _ in seen), (stage, seen)
+        assert seen[-1][1] == {"checksum": size, "check": size, "copy": size}.get(stage, 40)
+    inserts = [done for stage, done, _ in heard if stage == "insert"]
+    assert inserts == ([0, 11, 22, 33, 40] if way == "side_by_side" else [0, 40] if way == "one_session" else [])

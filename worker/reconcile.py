@@ -25,6 +25,7 @@ from providers.base import ProviderClient, ProviderError, StatementEntry, Statem
 from reconciliation import payments, runs, statements
 from reconciliation.db import transaction
 from reconciliation.models import Payment, PaymentStatus, StatementLine
+from reconciliation.progress import Progress, silent
 from worker.observability import timed_call
 from worker.runtime import Runtime
 from worker.settings import CREDENTIALS
@@ -54,15 +55,19 @@ class NothingToReconcile(ValueError):
     """The provider has neither an imported statement file for the day nor a configured API client."""
 
 
-def reconcile(rt: Runtime, provider: str, day: date, *, trigger: str = "manual") -> int:
+def reconcile(rt: Runtime, provider: str, day: date, *, trigger: str = "manual", progress: Progress = silent) -> int:
     """Fetch, classify, heal; returns the run id. A run whose provider view is incomplete fails.
 
     ``NothingToReconcile`` (no run is opened) when the provider's side of the day has no source.
+    ``progress`` hears the stages ``import`` (the provider's side: a statement file, listing days or
+    status checks) then ``classify`` and ``fees`` (``runs.reconcile_stored``).
     """
     rules = policy(rt, provider)
     start, end = runs.business_window(day, rules.tz)
-    fetched, failures = collect(rt, provider, day, start, end)
-    run_id = runs.reconcile_stored(rt.sessions, provider, day, rules, trigger=trigger, failures=failures)
+    fetched, failures = collect(rt, provider, day, start, end, progress=progress)
+    run_id = runs.reconcile_stored(
+        rt.sessions, provider, day, rules, trigger=trigger, failures=failures, progress=progress
+    )
     log.info(
         "reconciliation of %s %s: run %d, %d provider lines, %d checks failed",
         provider, day, run_id, fetched, failures, extra={"provider": provider},
@@ -70,7 +75,9 @@ def reconcile(rt: Runtime, provider: str, day: date, *, trigger: str = "manual")
     return run_id
 
 
-def collect(rt: Runtime, provider: str, day: date, start: datetime, end: datetime) -> tuple[int, int]:
+def collect(
+    rt: Runtime, provider: str, day: date, start: datetime, end: datetime, *, progress: Progress = silent
+) -> tuple[int, int]:
     """Refresh the provider's lines for ``day``: (lines stored, status checks that failed).
 
     An imported statement file is the provider's own word for its day, at every provider (Wave's
@@ -91,7 +98,9 @@ def collect(rt: Runtime, provider: str, day: date, start: datetime, end: datetim
             )
         )
     if from_file:
+        progress("import", 0, int(from_file))
         _replace_lines(rt, provider, day, ("listing", "status_api"), [])
+        progress("import", int(from_file), int(from_file))
         return int(from_file), 0
     client = rt.client(provider)
     if client is None:
@@ -101,8 +110,8 @@ def collect(rt: Runtime, provider: str, day: date, start: datetime, end: datetim
             f"configured (set {', '.join(CREDENTIALS[provider])})"
         )
     if isinstance(client, StatementSource):
-        return _listing(rt, client, day, start, end), 0
-    return _status_checks(rt, client, day, start, end)
+        return _listing(rt, client, day, start, end, progress=progress), 0
+    return _status_checks(rt, client, day, start, end, progress=progress)
 
 
 def _replace_lines(
@@ -121,12 +130,16 @@ def _replace_lines(
             session.execute(insert(StatementLine), lines)
 
 
-def _listing(rt: Runtime, client: Any, day: date, start: datetime, end: datetime) -> int:
-    """The provider's own listing of the UTC days that overlap the business day."""
+def _listing(
+    rt: Runtime, client: Any, day: date, start: datetime, end: datetime, *, progress: Progress = silent
+) -> int:
+    """The provider's own listing of the UTC days that overlap the business day (``progress``: in days)."""
     provider = client.name
     lines: list[dict[str, Any]] = []
-    utc_day = start.date()
-    while utc_day <= (end - timedelta(microseconds=1)).date():
+    utc_day, last = start.date(), (end - timedelta(microseconds=1)).date()
+    days = (last - utc_day).days + 1
+    progress("import", 0, days)
+    while utc_day <= last:
         entries: list[StatementEntry] = timed_call(provider, "listing", partial(_all, client, utc_day))
         for entry in entries:
             if not start <= entry.occurred_at < end:
@@ -139,6 +152,7 @@ def _listing(rt: Runtime, client: Any, day: date, start: datetime, end: datetime
                 "raw": entry.raw[:2000],
             })  # fmt: skip
         utc_day += timedelta(days=1)
+        progress("import", days - (last - utc_day).days - 1, days)
     _replace_lines(rt, provider, day, ("listing",), lines)
     return len(lines)
 
@@ -147,8 +161,11 @@ def _all(client: StatementSource, day: date) -> list[StatementEntry]:
     return list(client.statement(day))
 
 
-def _status_checks(rt: Runtime, client: ProviderClient, day: date, start: datetime, end: datetime) -> tuple[int, int]:
-    """Ask the status API about every payment of the day that is not final, and every success."""
+def _status_checks(
+    rt: Runtime, client: ProviderClient, day: date, start: datetime, end: datetime, *, progress: Progress = silent
+) -> tuple[int, int]:
+    """Ask the status API about every payment of the day that is not final, and every success
+    (``progress``: in payments checked)."""
     provider = client.name
     business_time = func.coalesce(Payment.paid_at, Payment.registered_at, Payment.created_at)
     with rt.sessions() as session:
@@ -174,8 +191,10 @@ def _status_checks(rt: Runtime, client: ProviderClient, day: date, start: dateti
 
     lines: list[dict[str, Any]] = []
     failures = 0
+    progress("import", 0, len(todo))
     with ThreadPoolExecutor(STATUS_CHECK_THREADS) as pool:
-        for payment, answer in pool.map(check, todo):
+        for done, (payment, answer) in enumerate(pool.map(check, todo), 1):
+            progress("import", done, len(todo))
             if answer is None:
                 failures += 1
                 continue
