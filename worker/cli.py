@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
 from worker.settings import ConfigError, Settings
+
+if TYPE_CHECKING:
+    from reconciliation.progress import Progress
 
 
 def _fail(message: str, code: int = 1) -> NoReturn:
@@ -66,6 +71,53 @@ def _ready(settings: Settings, *, needs_providers: bool, wait: bool) -> None:
 
 def _dump(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, ensure_ascii=False, default=str))
+
+
+def _on_terminal(as_json: bool = False) -> bool:
+    """Whether to draw progress: a person is watching (stdout and stderr are terminals) and no
+    program reads the output (no ``--json``)."""
+    return not as_json and sys.stdout.isatty() and sys.stderr.isatty()
+
+
+class _Bars:
+    """A ``reconciliation.progress.Progress`` that draws each stage as a click progress bar on stderr."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self.stage: str | None = None
+        self.bar: Any = None
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        if stage != self.stage:
+            self.close()
+            self.stage = stage
+            self.bar = click.progressbar(length=max(total, 1), label=f"{self.prefix}{stage}", file=sys.stderr)
+            self.bar.__enter__()
+        self.bar.length = max(total, 1)
+        if done > self.bar.pos:
+            self.bar.update(done - self.bar.pos)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(None, None, None)
+            self.bar, self.stage = None, None
+
+
+def _silent(stage: str, done: int, total: int) -> None:
+    """No progress (not on a terminal, or --json)."""
+
+
+@contextmanager
+def _progress(show: bool, prefix: str = "") -> Iterator[Progress]:
+    """A progress callback for the library's long operations: bars on stderr when ``show``, else silent."""
+    if not show:
+        yield _silent
+        return
+    bars = _Bars(prefix)
+    try:
+        yield bars
+    finally:
+        bars.close()
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -340,7 +392,8 @@ def reconcile(provider: str | None, day: datetime, out_dir: Path | None, as_json
     try:
         for name in names:
             try:
-                run_id = recon.reconcile(rt, name, day.date(), trigger="manual")
+                with _progress(_on_terminal(as_json), f"{name}: ") as progress:
+                    run_id = recon.reconcile(rt, name, day.date(), trigger="manual", progress=progress)
             except recon.NothingToReconcile as exc:
                 if provider:
                     _fail(str(exc))
@@ -379,7 +432,8 @@ def _report_run(sessions: Any, run_id: int, out_dir: Path | None, as_json: bool)
         summary = reports.summary(session, run_id)
         document = {**summary, "changes": reports.changes(session, run_id)} if as_json else summary
         if out_dir is not None:
-            document["files"] = [str(p) for p in reports.export_all(session, run_id, out_dir)]
+            with _progress(_on_terminal(as_json), f"{summary['run']['provider']}: ") as progress:
+                document["files"] = [str(p) for p in reports.export_all(session, run_id, out_dir, progress=progress)]
         if not as_json and out_dir is None:
             click.echo(reports.render_terminal(session, run_id))
     if not as_json and out_dir is not None:
@@ -416,10 +470,11 @@ def statements_import(provider: str, file: Path) -> None:
     from reconciliation.statements import StatementError, import_file
 
     try:
-        with transaction(_sessions(settings)) as session:
+        with transaction(_sessions(settings)) as session, _progress(_on_terminal(), f"{file.name}: ") as progress:
             result = import_file(
-                session, provider, file, business_tz=settings.timezone, sessions=settings.recon_sessions
-            )
+                session, provider, file, business_tz=settings.timezone, sessions=settings.recon_sessions,
+                progress=progress,
+            )  # fmt: skip
     except StatementError as exc:
         _fail(str(exc))
     days = ", ".join(d.isoformat() for d in result.days)
@@ -459,13 +514,13 @@ def report_export(run_id: int, fmt: str, out_dir: Path) -> None:
     from reconciliation.models import ReconRun
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    with _sessions(settings)() as session:
+    with _sessions(settings)() as session, _progress(_on_terminal(), f"run {run_id}: ") as progress:
         if session.get(ReconRun, run_id) is None:
             _fail(f"no reconciliation run #{run_id}")
         files = (
-            reports.export_all(session, run_id, out_dir)
+            reports.export_all(session, run_id, out_dir, progress=progress)
             if fmt == "all"
-            else reports.export_files(session, run_id, fmt, out_dir)
+            else reports.export_files(session, run_id, fmt, out_dir, progress=progress)
         )
     for path in files:
         click.echo(str(path))
@@ -791,8 +846,10 @@ def ledger_export(  # noqa: PLR0917 - click passes the options by name
         _fail(f"{exc}\n(set by --chart or PAYRECON_LEDGER_CHART)")
     period = accounting.Period(first.date(), last.date(), settings.timezone)
     try:
-        with _sessions(settings)() as session:
-            totals, kept = accounting.export(session, out, fmt, period, mapping, keep_unmapped=unmapped == "keep")
+        with _sessions(settings)() as session, _progress(_on_terminal(), f"{out.name}: ") as progress:
+            totals, kept = accounting.export(
+                session, out, fmt, period, mapping, keep_unmapped=unmapped == "keep", progress=progress
+            )
     except accounting.UnmappedAccounts as exc:
         hint = "add them to the chart mapping" if chart else "set PAYRECON_LEDGER_CHART (or --chart) to a mapping file"
         _fail(f"{exc}; {hint}, or pass --unmapped keep")
