@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
+from schemas.messages import Provider
 from worker.settings import ConfigError, Settings
 
 if TYPE_CHECKING:
@@ -67,6 +68,17 @@ def _ready(settings: Settings, *, needs_providers: bool, wait: bool) -> None:
             click.echo(f"waiting: {problem}", err=True)
             said = problem
         time.sleep(2)
+
+
+#: Every ``--provider``: a choice of the contract's providers (``schemas.messages.Provider``).
+PROVIDER_CHOICE = click.Choice([provider.value for provider in Provider])
+
+_json_option = click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print JSON on stdout instead of text, for programs (nothing else on stdout, no progress on stderr).",
+)
 
 
 def _dump(data: Any) -> None:
@@ -131,12 +143,15 @@ def main() -> None:
 
 @main.command(context_settings={"ignore_unknown_options": True})
 @click.option("--concurrency", "-c", type=int, help="Threads (default PAYRECON_WORKER_CONCURRENCY or 32).")
-@click.option("--queues", "-Q", default="webhooks,verify,maintenance", show_default=True)
+@click.option("--queues", "-Q", default="webhooks,verify,maintenance", show_default=True,
+              help="Comma-separated queues to consume.")  # fmt: skip
 @click.option("--pool", "-P", envvar="PAYRECON_WORKER_POOL", default="threads", show_default=True,
               type=click.Choice(["threads", "prefork", "solo"]),
               help="threads: many provider calls in flight per process; prefork: one process per slot.")  # fmt: skip
 @click.option("--beat", "-B", "embed_beat", is_flag=True, help="Run beat inside the worker (one node only).")
-@click.option("--loglevel", "-l", default="info", show_default=True)
+@click.option(
+    "--loglevel", "-l", default="info", show_default=True, help="Celery's log level (debug, info, warning, error)."
+)
 @click.option("--metrics-port", type=int, envvar="PAYRECON_METRICS_PORT", default=9808, show_default=True,
               help="Serve Prometheus metrics on this port (0: off).")  # fmt: skip
 @click.option("--wait", is_flag=True, help="Wait for the database to be reachable and migrated instead of exiting 1.")
@@ -173,15 +188,21 @@ def worker(  # noqa: PLR0917 - click passes the options by name
 
 
 @main.command(context_settings={"ignore_unknown_options": True})
-@click.option("--loglevel", "-l", default="info", show_default=True)
+@click.option(
+    "--loglevel", "-l", default="info", show_default=True, help="Celery's log level (debug, info, warning, error)."
+)
 @click.option("--metrics-port", type=int, envvar="PAYRECON_BEAT_METRICS_PORT", default=9809, show_default=True,
               help="Serve beat's Prometheus metrics on this port (0: off).")  # fmt: skip
 @click.option("--wait", is_flag=True, help="Wait for the database to be reachable and migrated instead of exiting 1.")
 @click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
 def beat(loglevel: str, metrics_port: int, wait: bool, celery_args: tuple[str, ...]) -> None:
-    """Run Celery beat: the janitor (due re-checks and deliveries), subscription expiry and reminders,
-    event delivery, the nightly reconciliation and retention. Refuses to start (exit 1) when the
-    database is unreachable or not migrated."""
+    """Run Celery beat, the one scheduler (run exactly one). It schedules: the janitor, due payment
+    re-checks (every PAYRECON_RECHECK_INTERVAL seconds, 15); subscription expiry (every
+    PAYRECON_EXPIRE_INTERVAL seconds, 60); renewal reminders (every 10 minutes); event delivery to
+    the merchant apps (every PAYRECON_EVENTS_INTERVAL seconds, 5); the nightly reconciliation of
+    every provider's previous business day and its re-runs (at PAYRECON_RECON_AT, 02:00, business
+    time zone); retention (daily at 03:30, when PAYRECON_RETENTION_DAYS is set). Refuses to start
+    (exit 1) when the database is unreachable or not migrated."""
     settings = _settings(require_broker=True)
     _ready(settings, needs_providers=False, wait=wait)
     import os
@@ -215,8 +236,8 @@ def migrate(role: str | None) -> None:
 
 
 @main.command()
-@click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=8765, show_default=True, type=int)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8765, show_default=True, type=int, help="Port to listen on.")
 @click.option(
     "--broker-url",
     envvar="CELERY_BROKER_URL",
@@ -224,7 +245,9 @@ def migrate(role: str | None) -> None:
 )
 @click.option("--latency", default=0.0, show_default=True, type=float, help="Seconds added to every API answer.")
 def sandbox(host: str, port: int, broker_url: str | None, latency: float) -> None:
-    """Run the local provider sandbox (CinetPay's wire format) until interrupted."""
+    """Run the local provider sandbox until interrupted: CinetPay, MTN MoMo, Orange Money and Wave,
+    each in its real wire format (payments, status checks, signed notifications), with faults and
+    latency on demand under /_sandbox/."""
     from providers.sandbox.server import serve
 
     serve(host, port, broker_url=broker_url or None, latency=latency)
@@ -299,7 +322,7 @@ def enqueue(kind: str, source: Any, raw: bool) -> None:
 
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0: every interface).")
-@click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535), help="Port to listen on.")
 @click.option("--receiver-name", envvar="PAYRECON_RECEIVER_NAME", default="payrecon-receive", show_default=True,
               help="The envelopes' receiver field (say which app or machine took the callback).")  # fmt: skip
 @click.option("--max-body-bytes", envvar="PAYRECON_RECEIVER_MAX_BODY_BYTES", default=64 * 1024, show_default=True,
@@ -335,7 +358,7 @@ def receive(host: str, port: int, receiver_name: str, max_body_bytes: int, forwa
 
 @main.command()
 @click.option("--beat-max-age", default=120.0, show_default=True, help="Seconds since beat's last heartbeat.")
-@click.option("--json", "as_json", is_flag=True)
+@_json_option
 def health(beat_max_age: float, as_json: bool) -> None:
     """Check the database, migrations, broker, beat and providers. Exit 3 database, 4 migrations, 5 broker,
     6 beat, 7 no provider configured."""
@@ -361,8 +384,6 @@ def health(beat_max_age: float, as_json: bool) -> None:
 
 # --------------------------------------------------------------------------- reconciliation
 
-PROVIDER_CHOICE = click.Choice(["cinetpay", "mtn_momo", "orange_money", "wave"])
-
 
 @main.command()
 @click.option("--provider", "-p", type=PROVIDER_CHOICE,
@@ -370,7 +391,7 @@ PROVIDER_CHOICE = click.Choice(["cinetpay", "mtn_momo", "orange_money", "wave"])
 @click.option("--date", "-d", "day", type=click.DateTime(["%Y-%m-%d"]), required=True, help="Business day.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
               help="Write each run's report files into OUT/<provider>/ and print their paths.")  # fmt: skip
-@click.option("--json", "as_json", is_flag=True)
+@_json_option
 def reconcile(provider: str | None, day: datetime, out_dir: Path | None, as_json: bool) -> None:
     """Reconcile a business day now: one provider, or every provider that can be (one run each).
 
@@ -461,7 +482,7 @@ def statements() -> None:
 
 
 @statements.command("import")
-@click.option("--provider", "-p", type=PROVIDER_CHOICE, required=True)
+@click.option("--provider", "-p", type=PROVIDER_CHOICE, required=True, help="The provider whose portal exported FILE.")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 def statements_import(provider: str, file: Path) -> None:
     """Import a statement CSV (whole or not at all); see docs/statements/ for each provider's columns."""
@@ -488,7 +509,7 @@ def report() -> None:
 
 @report.command("show")
 @click.argument("run_id", type=int)
-@click.option("--json", "as_json", is_flag=True)
+@_json_option
 def report_show(run_id: int, as_json: bool) -> None:
     """A run's summary, what changed since the previous run of the day, and its exceptions."""
     settings = _settings()
@@ -504,11 +525,12 @@ def report_show(run_id: int, as_json: bool) -> None:
 @report.command("export")
 @click.argument("run_id", type=int)
 @click.option("--format", "fmt", type=click.Choice(["csv", "xlsx", "json", "html", "all"]), default="all",
-              show_default=True)  # fmt: skip
-@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True)
+              show_default=True, help="One format, or all of them and the manifest.")  # fmt: skip
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Directory to write the files into (created if missing).")  # fmt: skip
 def report_export(run_id: int, fmt: str, out_dir: Path) -> None:
     """Write a run's report files (CSV of items and of payouts, XLSX, JSON, HTML, and a manifest with
-    SHA-256 by default; ``--format csv`` writes both CSV files)."""
+    SHA-256 by default; --format csv writes both CSV files)."""
     settings = _settings()
     from reconciliation import reports
     from reconciliation.models import ReconRun
@@ -535,9 +557,10 @@ def events() -> None:
 
 
 @events.command("list")
-@click.option("--status", type=click.Choice(["pending", "delivered", "failed"]))
-@click.option("--limit", default=100, show_default=True)
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--status", type=click.Choice(["pending", "delivered", "failed"]),
+              help="Only events with a delivery in this state.")  # fmt: skip
+@click.option("--limit", default=100, show_default=True, help="At most this many, newest first.")
+@_json_option
 def events_list(status: str | None, limit: int, as_json: bool) -> None:
     """Recent events and their delivery to each app."""
     settings = _settings()
@@ -586,8 +609,8 @@ def payments() -> None:
 
 @payments.command("show")
 @click.argument("reference")
-@click.option("--provider", help="Provider, when the reference exists at several.")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--provider", type=PROVIDER_CHOICE, help="Provider, when the reference exists at several.")
+@_json_option
 def payments_show(reference: str, provider: str | None, as_json: bool) -> None:
     """A payment with its verification history, deliveries, journals and grant."""
     settings = _settings()
@@ -650,7 +673,7 @@ def subscriptions() -> None:
 @subscriptions.command("show")
 @click.argument("account")
 @click.option("--product", help="depannage, coko, ... (default: all of the account's products).")
-@click.option("--json", "as_json", is_flag=True)
+@_json_option
 def subscriptions_show(account: str, product: str | None, as_json: bool) -> None:
     """An account's subscriptions with every grant and its payment."""
     settings = _settings()
@@ -675,7 +698,8 @@ def subscriptions_show(account: str, product: str | None, as_json: bool) -> None
 def _grant_options(command: Any) -> Any:
     for option in reversed([
         click.option("--plan", required=True, help="Plan code (its product is the subscription's)."),
-        click.option("--periods", type=click.IntRange(1, 120), default=1, show_default=True),
+        click.option("--periods", type=click.IntRange(1, 120), default=1, show_default=True,
+                     help="How many of the plan's periods."),
         click.option("--reason", required=True, help="Why: kept with the grant (audit)."),
         click.option("--by", "by", required=True, help="Who decided: kept with the grant (audit)."),
     ]):  # fmt: skip
@@ -746,9 +770,9 @@ def subscriptions_import(file: Path, by: str) -> None:
 
 @payments.command("refund")
 @click.argument("reference")
-@click.option("--provider", help="Provider, when the reference exists at several.")
-@click.option("--reason", required=True)
-@click.option("--by", "by", required=True)
+@click.option("--provider", type=PROVIDER_CHOICE, help="Provider, when the reference exists at several.")
+@click.option("--reason", required=True, help="Why: kept with the refund (audit).")
+@click.option("--by", "by", required=True, help="Who recorded it: kept with the refund (audit).")
 def payments_refund(reference: str, provider: str | None, reason: str, by: str) -> None:
     """Record a refund the provider made: journals reversed, access shortened, the app told."""
     settings = _settings()
@@ -782,7 +806,7 @@ def ledger() -> None:
 @click.option("--as-of", "as_of", type=click.DateTime(["%Y-%m-%d"]),
               help="Balances at the end of this business day (PAYRECON_TIMEZONE): the journals posted up to "
                    "its midnight. Default: every journal so far.")  # fmt: skip
-@click.option("--json", "as_json", is_flag=True)
+@_json_option
 def ledger_balances(as_of: datetime | None, as_json: bool) -> None:
     """Balance of every account (debits - credits, so a credit balance is negative), per currency, in
     minor units and formatted; each currency's balances sum to zero. Exit 1 if they do not (run
@@ -820,7 +844,7 @@ def ledger_balances(as_of: datetime | None, as_json: bool) -> None:
               help="First business day (PAYRECON_TIMEZONE) whose journals are exported.")  # fmt: skip
 @click.option("--to", "last", type=click.DateTime(["%Y-%m-%d"]), required=True,
               help="Last business day, included.")  # fmt: skip
-@click.option("--format", "fmt", type=click.Choice(["csv", "xlsx"]), required=True)
+@click.option("--format", "fmt", type=click.Choice(["csv", "xlsx"]), required=True, help="The file's format.")
 @click.option("--out", "out", type=click.Path(dir_okay=False, writable=True, path_type=Path), required=True,
               help="The file to write (replaced whole at the end; nothing is written on failure).")  # fmt: skip
 @click.option("--chart", type=click.Path(dir_okay=False, path_type=Path), envvar="PAYRECON_LEDGER_CHART",
@@ -872,7 +896,7 @@ def ledger_export(  # noqa: PLR0917 - click passes the options by name
 
 
 @ledger.command("check")
-@click.option("--json", "as_json", is_flag=True)
+@_json_option
 def ledger_check(as_json: bool) -> None:
     """Exit 1 if any journal does not balance."""
     settings = _settings()
@@ -908,7 +932,7 @@ def ledger_check(as_json: bool) -> None:
     type=click.Path(dir_okay=False, writable=True),
     help="Append every deleted row to this file first, one JSON object per line.",
 )
-@click.option("--json", "as_json", is_flag=True)
+@_json_option
 def purge(days: int, archive: str | None, as_json: bool) -> None:
     """Delete what finished long ago (never unfinished work). Beat runs it daily when
     PAYRECON_RETENTION_DAYS is set."""
@@ -937,8 +961,10 @@ def dead_letters() -> None:
 
 @dead_letters.command("list")
 @click.option("--all", "include_replayed", is_flag=True, help="Include replayed ones.")
-@click.option("--json", "as_json", is_flag=True)
+@_json_option
 def dead_letters_list(include_replayed: bool, as_json: bool) -> None:
+    """Dead letters not replayed yet (--all: every one), oldest first: id, reason, provider,
+    reference and what went wrong."""
     settings = _settings()
     from reconciliation import deadletters
 
