@@ -497,7 +497,7 @@ def test_an_invalid_chart_fails_the_export_naming_the_line(env: dict[str, str], 
         "payrecon_account,code,name\nrevenue:subscriptions,7061,Ventes\nsuspense,,Attente\n", encoding="utf-8"
     )
     result = export(env, tmp_path / "x.csv", "--chart", str(chart))
-    assert result.exit_code == 1
+    assert result.exit_code == 2  # bad input
     assert f"chart mapping {chart}:\n  line 3: code is empty" in result.output
 
 

@@ -225,7 +225,7 @@ def test_reconcile_report_and_statements_commands(
     bad = Path(tmp_path) / "bad.csv"
     bad.write_text("transaction_id,operator_id,payment_date,amount,currency,status\nT1,,nope,5000,XOF,ACCEPTED\n")
     refused = CliRunner().invoke(main, ["statements", "import", "--provider", "cinetpay", str(bad)], env=cli_env)
-    assert refused.exit_code == 1 and "line 2: time 'nope'" in refused.output
+    assert refused.exit_code == 2 and "line 2: time 'nope'" in refused.output  # bad input, as enqueue's
     sample = Path(__file__).resolve().parent.parent / "docs" / "statements" / "cinetpay.csv"
     imported = run(cli_env, "statements", "import", "--provider", "cinetpay", str(sample))
     assert imported.exit_code == 0 and "imported 3 row(s)" in imported.output

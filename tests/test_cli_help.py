@@ -123,9 +123,33 @@ def payrecon(env: dict[str, str], *args: str, stdin: str = "") -> subprocess.Com
     )
 
 
-def test_the_readme_states_the_shell_completion_that_works(tmp_path: Path) -> None:
+def test_a_bad_input_file_exits_2_like_bad_usage(env: dict[str, str], tmp_path: Path) -> None:
+    """enqueue, statements import and subscriptions import refuse a bad file alike: exit 2, as click
+    does for a bad option, with the problem on stderr and nothing on stdout."""
+    bad_json = tmp_path / "payments.jsonl"
+    bad_json.write_text("{oops\n", encoding="utf-8")
+    bad_statement = tmp_path / "statement.csv"
+    bad_statement.write_text(
+        "transaction_id,operator_id,payment_date,amount,currency,status\nT1,,nope,5000,XOF,ACCEPTED\n"
+    )
+    bad_subscriptions = tmp_path / "subscriptions.csv"
+    bad_subscriptions.write_text("account,plan,ends_at\ntech-1,gold,2099-01-31\n", encoding="utf-8")
+    cases = {
+        "enqueue": (["enqueue", "payment", str(bad_json)], "line 1: not JSON"),
+        "statements import": (["statements", "import", "--provider", "cinetpay", str(bad_statement)], "line 2: time"),
+        "subscriptions import": (["subscriptions", "import", str(bad_subscriptions), "--by", "m"], "unknown plan"),
+        "bad usage": (["statements", "import", "--provider", "paypal", str(bad_statement)], "Invalid value"),
+    }
+    for name, (args, problem) in cases.items():
+        result = payrecon(env, *args)
+        assert (result.returncode, result.stdout) == (2, ""), (name, result)
+        assert problem in result.stderr, (name, result.stderr)
+
+
+def test_the_readme_states_the_exit_codes_and_completion_that_work(tmp_path: Path) -> None:
     """Shell completion as the README says to enable it: click's completion script for each shell."""
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert "Exit codes: 0 ok, 1 failure, 2 bad usage or bad input" in readme
     scripts = (("bash", "complete -o nosort -F _payrecon_completion payrecon"), ("zsh", "#compdef payrecon"),
                ("fish", "complete --no-files --command payrecon"))  # fmt: skip
     for shell, marker in scripts:

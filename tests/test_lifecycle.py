@@ -177,7 +177,7 @@ def test_import_of_a_live_platforms_subscriptions(rt: Runtime, env: dict[str, st
     assert subscription(rt, "tech-101").active is False  # ended long ago: imported as expired
     assert len(events(rt, "subscription.imported")) == 3
     again = CliRunner().invoke(main, ["subscriptions", "import", str(good), "--by", "migration"], env=env)
-    assert again.exit_code == 1 and "already has a depannage subscription in payrecon" in again.output
+    assert again.exit_code == 2 and "already has a depannage subscription in payrecon" in again.output
 
 
 def test_import_reports_bad_rows_and_imports_nothing(rt: Runtime, env: dict[str, str], tmp_path: Any) -> None:
@@ -192,7 +192,7 @@ def test_import_reports_bad_rows_and_imports_nothing(rt: Runtime, env: dict[str,
         encoding="utf-8",
     )
     result = CliRunner().invoke(main, ["subscriptions", "import", str(bad), "--by", "m"], env=env)
-    assert result.exit_code == 1
+    assert result.exit_code == 2  # bad input, as click's bad usage
     expected = [
         "line 3: account is empty",
         "line 4: unknown plan 'gold'",

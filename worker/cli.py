@@ -485,7 +485,8 @@ def statements() -> None:
 @click.option("--provider", "-p", type=PROVIDER_CHOICE, required=True, help="The provider whose portal exported FILE.")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 def statements_import(provider: str, file: Path) -> None:
-    """Import a statement CSV (whole or not at all); see docs/statements/ for each provider's columns."""
+    """Import a statement CSV (whole or not at all); see docs/statements/ for each provider's columns.
+    Exit 2 when the file is refused (each bad row named with its line, or already imported)."""
     settings = _settings()
     from reconciliation.db import transaction
     from reconciliation.statements import StatementError, import_file
@@ -497,7 +498,7 @@ def statements_import(provider: str, file: Path) -> None:
                 progress=progress,
             )  # fmt: skip
     except StatementError as exc:
-        _fail(str(exc))
+        _fail(str(exc), 2)
     days = ", ".join(d.isoformat() for d in result.days)
     click.echo(f"imported {result.rows} row(s) from {file.name} (import #{result.import_id}); business days: {days}")
 
@@ -755,7 +756,8 @@ def _change_access(account: str, plan: str, periods: int, reason: str, by: str, 
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--by", "by", required=True, help="Who imports (kept with each grant).")
 def subscriptions_import(file: Path, by: str) -> None:
-    """Load a live platform's subscriptions (account, plan, ends_at[, payment_reference]); all or nothing."""
+    """Load a live platform's subscriptions (account, plan, ends_at[, payment_reference]); all or
+    nothing. Exit 2 when the file is refused (each bad row named with its line)."""
     settings = _settings()
     from reconciliation.db import transaction
     from reconciliation.subscription_import import ImportError_, import_subscriptions
@@ -764,7 +766,7 @@ def subscriptions_import(file: Path, by: str) -> None:
         with transaction(_sessions(settings)) as session:
             count = import_subscriptions(session, file, tz=settings.timezone, now=datetime.now(UTC), by=by)
     except ImportError_ as exc:
-        _fail(str(exc))
+        _fail(str(exc), 2)
     click.echo(f"imported {count} subscription(s) from {file.name}")
 
 
@@ -857,8 +859,9 @@ def ledger_export(  # noqa: PLR0917 - click passes the options by name
 ) -> None:
     """Write the general journal of the journals posted from --from to --to (business days): one row
     per entry with its date, journal, account in the merchant's chart, debit and credit (major units,
-    exact, and minor units), currency and reference, each journal balanced. Exit 1 when an account
-    is unmapped, the mapping file is invalid, or a journal does not balance; nothing is written then."""
+    exact, and minor units), currency and reference, each journal balanced. Exit 2 when the mapping
+    file is invalid; exit 1 when an account is unmapped or a journal does not balance. Nothing is
+    written then."""
     if last.date() < first.date():
         _fail(f"--to {last.date()} is before --from {first.date()}", 2)
     settings = _settings()
@@ -867,7 +870,7 @@ def ledger_export(  # noqa: PLR0917 - click passes the options by name
     try:
         mapping = accounting.load_chart(chart) if chart is not None else accounting.EMPTY_CHART
     except accounting.ChartError as exc:
-        _fail(f"{exc}\n(set by --chart or PAYRECON_LEDGER_CHART)")
+        _fail(f"{exc}\n(set by --chart or PAYRECON_LEDGER_CHART)", 2)
     period = accounting.Period(first.date(), last.date(), settings.timezone)
     try:
         with _sessions(settings)() as session, _progress(_on_terminal(), f"{out.name}: ") as progress:
