@@ -20,6 +20,10 @@ if TYPE_CHECKING:
 
 
 def _fail(message: str, code: int = 1) -> NoReturn:
+    """Print the error on stderr and exit ``code``: 1 for a failure while doing the work (the database,
+    the broker, a provider, a run that failed, data in the database an export refuses); 2 for bad
+    input, a file or stdin refused whole before anything is done (``enqueue``'s messages, a statement
+    or subscriptions file, a chart mapping), as click exits 2 on a bad option or argument."""
     click.echo(f"error: {message}", err=True)
     sys.exit(code)
 
