@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -142,6 +143,37 @@ def test_dead_letters_list_and_replay(
     everything = json.loads(run(cli_env, "dead-letters", "list", "--all", "--json").output)
     replayed = next(d for d in everything if d["id"] == listed[0]["id"])
     assert replayed["replayed_at"] is not None
+
+
+def test_a_replay_naming_a_missing_letter_sends_none_and_marks_none(
+    rt: Runtime, cli_env: dict[str, str], redis_url: str
+) -> None:
+    ref = new_reference()
+    pipeline.register_payment(rt, registration(ref, plan="not-a-plan"))
+    (letter,) = json.loads(run(cli_env, "dead-letters", "list", "--json").output)
+    client = redis.Redis.from_url(redis_url)
+    client.delete("webhooks")
+    result = CliRunner().invoke(main, ["dead-letters", "replay", str(letter["id"]), "999999"], env=cli_env)
+    assert result.exit_code == 1 and "no dead letter #999999: nothing was replayed" in result.output
+    assert client.llen("webhooks") == 0  # the good one was not sent either
+    assert [d["id"] for d in json.loads(run(cli_env, "dead-letters", "list", "--json").output)] == [letter["id"]]
+    client.close()
+
+
+def test_a_replay_with_the_broker_away_marks_nothing_it_did_not_send(rt: Runtime, cli_env: dict[str, str]) -> None:
+    ref = new_reference()
+    pipeline.register_payment(rt, registration(ref, plan="not-a-plan"))
+    (letter,) = json.loads(run(cli_env, "dead-letters", "list", "--json").output)
+    away = {**os.environ, **cli_env, "CELERY_BROKER_URL": "redis://127.0.0.1:1/0"}
+    # A process of its own, as a user runs it (this one's Celery app already holds the suite's broker).
+    result = subprocess.run(
+        [sys.executable, "-m", "worker.cli", "dead-letters", "replay", str(letter["id"])],
+        env=away, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert result.returncode == 1 and f"could not send dead letter #{letter['id']}" in result.stderr
+    assert "0 of 1 replayed before it" in result.stderr
+    pending = json.loads(run(cli_env, "dead-letters", "list", "--json").output)
+    assert [d["id"] for d in pending] == [letter["id"]]  # still pending: replay it once the broker is back
 
 
 def test_an_oversized_dead_letter_cannot_be_replayed_and_says_why(

@@ -999,30 +999,48 @@ def dead_letters_list(include_replayed: bool, as_json: bool) -> None:
 @dead_letters.command("replay")
 @click.argument("ids", nargs=-1, type=int, required=True)
 def dead_letters_replay(ids: tuple[int, ...]) -> None:
-    """Send dead letters back to their task (after fixing the cause)."""
+    """Send dead letters back to their task (after fixing the cause).
+
+    Every letter named is checked before any is sent; each is marked replayed once its message is on
+    the broker (a letter sent but not marked, if the command dies in between, is sent again by the next
+    replay: the tasks are idempotent). No database transaction is held open while sending."""
     settings = _settings(require_broker=True)
+    from sqlalchemy import update
+
     from reconciliation.db import transaction
     from reconciliation.models import DeadLetter
     from worker.app import app
 
     kwarg = {"payrecon.ingest_webhook": "envelope", "payrecon.register_payment": "payment"}
-    with transaction(_sessions(settings)) as session:
-        for letter_id in ids:
+    sessions = _sessions(settings)
+    messages: list[tuple[int, str, Any]] = []
+    with transaction(sessions) as session:
+        for letter_id in dict.fromkeys(ids):
             letter = session.get(DeadLetter, letter_id)
             if letter is None:
-                _fail(f"no dead letter #{letter_id}")
+                _fail(f"no dead letter #{letter_id}: nothing was replayed")
             if letter.reason == "oversized_envelope":
                 _fail(
                     f"dead letter #{letter_id} was too large to keep whole (only its head and SHA-256 are stored): "
-                    "have the sender deliver it again, under PAYRECON_MAX_ENVELOPE_BYTES or with the limit raised"
+                    "have the sender deliver it again, under PAYRECON_MAX_ENVELOPE_BYTES or with the limit raised; "
+                    "nothing was replayed"
                 )
             try:
                 payload = json.loads(letter.payload)
             except json.JSONDecodeError:
-                _fail(f"dead letter #{letter_id} holds no JSON payload; fix it by hand")
-            app.send_task(letter.task, kwargs={kwarg[letter.task]: payload}, queue="webhooks")
-            letter.replayed_at = datetime.now(UTC)
-            click.echo(f"replayed #{letter_id} to {letter.task}")
+                _fail(f"dead letter #{letter_id} holds no JSON payload; fix it by hand; nothing was replayed")
+            messages.append((letter_id, letter.task, payload))
+    for done, (letter_id, task, payload) in enumerate(messages):
+        try:
+            app.send_task(task, kwargs={kwarg[task]: payload}, queue="webhooks")
+        except Exception as exc:  # the broker: what was sent is marked, the rest is not
+            _fail(
+                f"could not send dead letter #{letter_id} ({type(exc).__name__}: {exc}); {done} of {len(messages)} "
+                "replayed before it, the others are still pending"
+            )
+        with transaction(sessions) as session:
+            session.execute(update(DeadLetter).where(DeadLetter.id == letter_id).values(replayed_at=datetime.now(UTC)))
+        click.echo(f"replayed #{letter_id} to {task}")
 
 
 if __name__ == "__main__":
