@@ -395,10 +395,10 @@ def write_xlsx(path: Path, lines: Iterator[JournalLine], totals: Totals, about: 
     from openpyxl import Workbook  # type: ignore[import-untyped]
     from openpyxl.cell import WriteOnlyCell  # type: ignore[import-untyped]
     from openpyxl.cell.cell import ILLEGAL_CHARACTERS_RE  # type: ignore[import-untyped]
-    from openpyxl.styles import Font  # type: ignore[import-untyped]
     from openpyxl.utils import get_column_letter  # type: ignore[import-untyped]
 
-    bold = Font(bold=True)
+    from reconciliation.reports_xlsx import header_sheet
+
     wb = Workbook(write_only=True)
 
     def cell(ws: Any, value: Any, number_format: str | None = None, *, text: bool = False) -> Any:
@@ -412,17 +412,7 @@ def write_xlsx(path: Path, lines: Iterator[JournalLine], totals: Totals, about: 
         return c
 
     def sheet(title: str, columns: Sequence[tuple[str, int]]) -> Any:
-        ws = wb.create_sheet(title)
-        for index, (_, width) in enumerate(columns, start=1):
-            ws.column_dimensions[get_column_letter(index)].width = width
-        ws.freeze_panes = "A2"
-        header = []
-        for name, _ in columns:
-            h = WriteOnlyCell(ws, value=name)
-            h.font = bold
-            header.append(h)
-        ws.append(header)
-        return ws
+        return header_sheet(wb, title, columns)
 
     ws = sheet("General journal", GENERAL_JOURNAL_COLUMNS)
     try:

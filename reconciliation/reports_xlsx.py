@@ -24,7 +24,7 @@ with a last row saying how many were left out.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -83,7 +83,7 @@ def _int(ws: Any, value: int) -> Any:
     return cell
 
 
-def _sheet(wb: Any, title: str, columns: tuple[tuple[str, int], ...]) -> Any:
+def header_sheet(wb: Any, title: str, columns: Sequence[tuple[str, int]]) -> Any:
     """A sheet with its column widths, a frozen bold header row (set before any row: write-only)."""
     ws = wb.create_sheet(title)
     for index, (_, width) in enumerate(columns, start=1):
@@ -191,7 +191,7 @@ def write_xlsx(
     wb.properties.title = f"Reconciliation run {summ['run']['id']}"
     _write_summary(wb, summ, notes)
 
-    ws = _sheet(wb, "Exceptions", ITEM_SHEET_COLUMNS)
+    ws = header_sheet(wb, "Exceptions", ITEM_SHEET_COLUMNS)
     rows = _write_items(ws, exceptions(exception_limit))
     if exception_limit is not None:
         left_out = counts["exceptions"] - exception_limit
@@ -199,12 +199,12 @@ def write_xlsx(
         rows += 1
     _filter(ws, len(ITEM_SHEET_COLUMNS), rows)
 
-    ws = _sheet(wb, "Payouts", PAYOUT_SHEET_COLUMNS)
+    ws = header_sheet(wb, "Payouts", PAYOUT_SHEET_COLUMNS)
     rows = _write_payouts(ws, summ["payouts"])
     _filter(ws, len(PAYOUT_SHEET_COLUMNS), rows)
 
     if write_all:
-        ws = _sheet(wb, "All lines", ITEM_SHEET_COLUMNS)
+        ws = header_sheet(wb, "All lines", ITEM_SHEET_COLUMNS)
         # The limit guards the sheet should items be added after the summary was read.
         rows = _write_items(ws, all_items(data_rows))
         _filter(ws, len(ITEM_SHEET_COLUMNS), rows)
@@ -225,7 +225,7 @@ def _total_row(ws: Any, total: dict[str, Any], keys: tuple[str, str, str], amoun
 
 
 def _write_summary(wb: Any, summ: dict[str, Any], notes: list[str]) -> None:
-    ws = _sheet(wb, "Summary", SUMMARY_COLUMNS)
+    ws = header_sheet(wb, "Summary", SUMMARY_COLUMNS)
     totals = summ["totals"]
     for total in totals:
         ws.append(_total_row(ws, total, ("class", "count", "healed"), ("internal", "provider", "fee")))
