@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 from decimal import Decimal, InvalidOperation
 from enum import StrEnum
-from typing import Any, Final, Protocol, runtime_checkable
+from typing import Any, Final, Protocol, TypeVar, runtime_checkable
 
 from schemas.currency import MINOR_UNIT_EXPONENT, AmountError, to_minor
 from schemas.messages import WebhookEnvelope
@@ -108,6 +108,9 @@ class RegistrationView:
 # --------------------------------------------------------------------------- errors
 
 
+E = TypeVar("E", bound="ProviderError")
+
+
 class ProviderError(Exception):
     """Base of every error a provider client raises.
 
@@ -131,6 +134,12 @@ class ProviderError(Exception):
         self.http_status = http_status
         self.code = code
         self.request_id = request_id
+
+    def restated(self, cls: type[E], message: str) -> E:
+        """This error as ``cls`` saying ``message``, with where it came from (provider, HTTP status,
+        provider code, request id) kept."""
+        return cls(message, provider=self.provider, http_status=self.http_status, code=self.code,
+                   request_id=self.request_id)  # fmt: skip
 
     def __str__(self) -> str:
         parts = [f"{self.provider}: {self.message}"]

@@ -370,13 +370,10 @@ class MtnMomoClient(HttpClient):
         except ProviderNotFound as exc:
             # The pipeline decides whether this is "not visible yet" (MoMo answers 404 for a
             # while after its 202) or "never created": the client only says what it saw.
-            raise ProviderNotFound(
+            raise exc.restated(
+                ProviderNotFound,
                 f"request to pay {reference[:60]!r} not found (MoMo also answers 404 shortly after "
                 f"accepting a request): {exc.message}",
-                provider=PROVIDER,
-                http_status=exc.http_status,
-                code=exc.code,
-                request_id=exc.request_id,
             ) from None
         if response.status_code != 200:
             # 202/204 or a 3xx: not the documented answer; an empty 2xx body is unreadable anyway.
@@ -441,10 +438,7 @@ def _raise_config_error(exc: ProviderTransientError, what: str) -> None:
     credentials: retrying those later is useless, an operator must fix the settings.
     """
     if exc.code in CONFIG_ERROR_CODES:
-        raise ProviderAuthError(
+        raise exc.restated(
+            ProviderAuthError,
             f"{what}: MoMo refused our configuration ({exc.code}): {exc.message}",
-            provider=PROVIDER,
-            http_status=exc.http_status,
-            code=exc.code,
-            request_id=exc.request_id,
         ) from exc

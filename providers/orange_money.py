@@ -461,13 +461,10 @@ class OrangeMoneyClient(HttpClient):
         except ProviderBadRequest as exc:
             if exc.http_status != 400:
                 raise
-            raise ProviderRefusedQuestion(
+            raise exc.restated(
+                ProviderRefusedQuestion,
                 f"Orange refused the status question about {registration.reference} (is the registered pay_token "
                 f"and amount the order's?): {exc.message}",
-                provider=PROVIDER,
-                http_status=exc.http_status,
-                code=exc.code,
-                request_id=exc.request_id,
             ) from exc
         return parse_status_response(registration, response.text, http_status=response.status_code)
 
@@ -517,11 +514,8 @@ class OrangeMoneyClient(HttpClient):
                 data={"grant_type": "client_credentials"},
             )
         except ProviderAuthError as exc:
-            raise ProviderAuthError(
+            raise exc.restated(
+                ProviderAuthError,
                 f"token request refused (check client_id/client_secret): {exc.message}",
-                provider=PROVIDER,
-                http_status=exc.http_status,
-                code=exc.code,
-                request_id=exc.request_id,
             ) from exc
         return parse_token_response(response.text)
