@@ -13,8 +13,10 @@ from click.testing import CliRunner
 from reconciliation import migrate
 from tests.conftest import PG_BASE, worker_env
 from tests.helpers import scratch_database
+from worker import health as health_checks
 from worker.cli import main
 from worker.runtime import Runtime
+from worker.settings import Settings
 from worker.signals import beat_heartbeat
 
 
@@ -60,6 +62,16 @@ def test_database_down(env: dict[str, str]) -> None:
     database = report["checks"][1]
     assert database == {"name": "database", "ok": False, "detail": database["detail"]}
     assert database["detail"].startswith("unreachable (DATABASE_URL): OperationalError: connection to server")
+
+
+def test_database_gone_between_the_checks_is_unreachable_not_a_crash(env: dict[str, str]) -> None:
+    # `payrecon worker --wait` asks `cannot_start` again and again; PostgreSQL restarting after the
+    # reachability check and before the migrations check made the migrations check raise, and the
+    # waiting worker exit 1 with a traceback. It is the database being unreachable: wait on.
+    gone = Settings.from_env({**env, "DATABASE_URL": "postgresql+psycopg2://postgres@127.0.0.1:1/nowhere"})
+    check = health_checks._migrations(gone)
+    assert check.name == "database" and check.ok is False
+    assert check.detail.startswith("unreachable (DATABASE_URL): OperationalError: connection to server")
 
 
 @pytest.fixture

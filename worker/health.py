@@ -66,14 +66,21 @@ def _database(settings: Settings) -> Check:
             conn.execute(text("SELECT 1"))
         return Check("database", True, "reachable")
     except Exception as exc:
-        first = str(getattr(exc, "orig", exc)).strip().splitlines()[0][:200] if str(exc).strip() else ""
-        return Check("database", False, f"unreachable (DATABASE_URL): {type(exc).__name__}: {first}")
+        return _unreachable(exc)
     finally:
         engine.dispose()
 
 
+def _unreachable(exc: Exception) -> Check:
+    first = str(getattr(exc, "orig", exc)).strip().splitlines()[0][:200] if str(exc).strip() else ""
+    return Check("database", False, f"unreachable (DATABASE_URL): {type(exc).__name__}: {first}")
+
+
 def _migrations(settings: Settings) -> Check:
-    current, head = migrate.current_heads(settings.database_url)
+    try:
+        current, head = migrate.current_heads(settings.database_url)
+    except Exception as exc:  # gone since the reachability check (a restart): unreachable, not a crash
+        return _unreachable(exc)
     if current == head:
         return Check("migrations", True, f"at head {head}")
     return Check("migrations", False, f"at {current or 'nothing'}, code expects {head}: run `payrecon migrate`")
