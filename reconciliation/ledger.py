@@ -55,6 +55,11 @@ def bank(provider: str) -> str:
     return f"bank:{provider}"
 
 
+def writeoffs(provider: str) -> str:
+    """Exceptions of the provider written off by a person: a loss (debit) or a gain (credit)."""
+    return f"writeoffs:{provider}"
+
+
 class UnbalancedJournal(ValueError):
     """Debits and credits of a journal differ."""
 

@@ -612,3 +612,80 @@ class PayoutPosting(Base):
     journal_id: Mapped[int] = mapped_column(ForeignKey("ledger_journals.id"), unique=True)
     run_id: Mapped[int] = mapped_column(ForeignKey("recon_runs.id"))
     posted_at: Mapped[datetime] = mapped_column(UtcDateTime(), server_default=func.now())
+
+
+# --------------------------------------------------------------------------- exceptions as work
+
+
+class CaseStatus(StrEnum):
+    OPEN = "open"  # found by a run, nobody on it yet
+    INVESTIGATING = "investigating"  # somebody is on it
+    RESOLVED = "resolved"  # closed: see ``resolution``
+    WRITTEN_OFF = "written_off"  # closed with a write-off journal in the ledger
+
+
+class Resolution(StrEnum):
+    HEALED = "healed"  # a run settled the lost webhook itself
+    MATCHED_LATER = "matched_later"  # a later run of the day matches it, or finance found the match
+    CLEARED = "cleared"  # a later run of the day no longer finds the reference at all (data restated)
+    REFUNDED = "refunded"  # the payment was refunded (by a run that applied the provider's refund, or by hand)
+    WRITTEN_OFF = "written_off"  # the difference written off with a ledger journal
+    DISMISSED = "dismissed"  # not a problem after all (the reason is in the note)
+
+
+class ReconCase(Base):
+    """An exception found by reconciliation, as work: one case per (provider, business day, reference),
+    carried across every run and re-run of its day until a run or a person resolves it."""
+
+    __tablename__ = "recon_cases"
+    __table_args__ = (
+        UniqueConstraint("provider", "business_date", "reference"),
+        Index("ix_recon_cases_open", "status", "business_date"),
+        CheckConstraint("priority IN ('high', 'medium', 'low')", name="priority_valid"),
+        CheckConstraint(
+            "(status IN ('resolved', 'written_off')) = (resolution IS NOT NULL)", name="closed_has_resolution"
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    provider: Mapped[str] = mapped_column(String(32))
+    business_date: Mapped[date] = mapped_column(Date)  # the day it became a break
+    reference: Mapped[str] = mapped_column(String(100))
+    cls: Mapped[str] = mapped_column(String(24))  # its class in the latest run that found it
+    payment_id: Mapped[int | None] = mapped_column(BigInteger)
+    currency: Mapped[str | None] = mapped_column(String(3))
+    amount: Mapped[int | None] = mapped_column(BigInteger)  # the amount at stake, minor units (see cases.exposure)
+    internal_amount: Mapped[int | None] = mapped_column(BigInteger)
+    internal_currency: Mapped[str | None] = mapped_column(String(3))
+    provider_amount: Mapped[int | None] = mapped_column(BigInteger)
+    provider_currency: Mapped[str | None] = mapped_column(String(3))
+    internal_status: Mapped[str | None] = mapped_column(String(16))
+    provider_status: Mapped[str | None] = mapped_column(String(16))
+    detail: Mapped[str] = mapped_column(Text, default="")
+    priority: Mapped[str] = mapped_column(String(8))
+    sla_due: Mapped[date] = mapped_column(Date)  # to be resolved by the end of this business day
+    status: Mapped[CaseStatus] = mapped_column(_enum(CaseStatus, "case_status"))
+    assignee: Mapped[str | None] = mapped_column(String(100))
+    resolution: Mapped[Resolution | None] = mapped_column(_enum(Resolution, "case_resolution"))
+    resolution_note: Mapped[str | None] = mapped_column(Text)
+    resolved_by: Mapped[str | None] = mapped_column(String(100))
+    resolved_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    journal_id: Mapped[int | None] = mapped_column(ForeignKey("ledger_journals.id"))  # the write-off
+    opened_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    opened_run_id: Mapped[int] = mapped_column(BigInteger)
+    last_run_id: Mapped[int] = mapped_column(BigInteger)  # the latest run of its day (found or not)
+    runs_seen: Mapped[int] = mapped_column(Integer, default=1)  # runs of its day that found it
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
+class ReconCaseEvent(Base):
+    """The audit trail of a case: who did what, when. Appended, never changed."""
+
+    __tablename__ = "recon_case_events"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    case_id: Mapped[int] = mapped_column(ForeignKey("recon_cases.id"), index=True)
+    at: Mapped[datetime] = mapped_column(UtcDateTime())
+    actor: Mapped[str] = mapped_column(String(100))  # a person (--by), or "run <id>"
+    action: Mapped[str] = mapped_column(String(24))
+    detail: Mapped[str] = mapped_column(Text, default="")

@@ -21,7 +21,7 @@ from sqlalchemy import func, or_, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from providers.base import Outcome, VerifiedStatus
-from reconciliation import facts, ledger, payments, statements
+from reconciliation import cases, facts, ledger, payments, statements
 from reconciliation.db import transaction
 from reconciliation.dialect import insert
 from reconciliation.matching import Window, classify, match_payouts
@@ -466,7 +466,8 @@ def post_payout(
 
 
 def finish(sessions: sessionmaker[Session], run_id: int, *, error: str | None = None) -> dict[str, int]:
-    """Store the counts per class and close the run."""
+    """Store the counts per class and close the run; a run that succeeded brings its day's exception cases
+    up to date in the same transaction (``cases.sync``)."""
     with transaction(sessions) as session:
         run = session.get(ReconRun, run_id)
         assert run is not None  # noqa: S101
@@ -479,6 +480,9 @@ def finish(sessions: sessionmaker[Session], run_id: int, *, error: str | None = 
         run.status = "failed" if error else "succeeded"
         run.error = error
         run.finished_at = datetime.now(UTC)
+        if not error:  # its exceptions become (or update) the day's cases, with the run: both or neither
+            session.flush()
+            cases.sync(session, run_id, now=run.finished_at)
         facts.note(
             session,
             "recon_run",

@@ -42,7 +42,7 @@ TABLES = (
     "payment_flags, verifications, subscription_grants, subscriptions, ledger_entries, "
     "ledger_journals, ledger_accounts, inbox, dead_letters, payments, heartbeats, recon_items, recon_runs, "
     "statement_lines, statement_imports, outbox_deliveries, outbox_events, recon_payouts, subscription_reminders, "
-    "payout_postings"
+    "payout_postings, recon_case_events, recon_cases"
 )
 
 

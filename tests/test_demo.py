@@ -94,6 +94,20 @@ def test_demo_leaves_its_day_to_reconcile_and_the_command_it_prints_finds_every_
     assert healed["status"] == "succeeded" and healed["grant"]["days"] == 30
     assert [(r["class"], r["healed"]) for r in healed["reconciliation"]] == [("missing_in_ledger", True)]
 
+    # The exceptions to work, as printed: a case for each exception of the four runs (SQLite, as the demo runs).
+    listing = next(line.strip() for line in out.splitlines() if line.strip().endswith(" exceptions list"))
+    listed = subprocess.run(
+        ["/bin/sh", "-c", f"{listing} --status all --json"], env=env, capture_output=True, text=True, timeout=60,
+        check=False, cwd=tmp_path,
+    )  # fmt: skip
+    assert listed.returncode == 0, listed.stderr
+    all_cases = json.loads(listed.stdout)
+    assert {c["class"] for c in all_cases} == EVERY_CLASS - {"matched"}
+    assert {(c["class"], c["status"], c["resolution"]) for c in all_cases if c["status"] != "open"} <= {
+        ("missing_in_ledger", "resolved", "healed"), ("status_mismatch", "resolved", "refunded"),
+    }  # fmt: skip
+    assert any(c["resolution"] == "healed" for c in all_cases) and any(c["status"] == "open" for c in all_cases)
+
 
 def test_demo_tmp_is_thrown_away(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "CELERY_BROKER_URL"}}

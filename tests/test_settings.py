@@ -212,6 +212,7 @@ def test_readme_shows_the_trust_profiles_as_they_are() -> None:
         ({"PAYRECON_FEES_WAVE": "-1"}, "PAYRECON_FEES_WAVE must be >= 0"),
         ({"PAYRECON_RECON_SESSIONS": "0"}, "PAYRECON_RECON_SESSIONS must be >= 1"),
         ({"PAYRECON_RECON_SESSIONS": "8", "PAYRECON_DB_POOL_SIZE": "4"}, "needs PAYRECON_DB_POOL_SIZE >= 5"),
+        ({"PAYRECON_LANGUAGE": "de"}, "PAYRECON_LANGUAGE must be one of en, fr, got 'de'"),
     ],
 )
 def test_reconciliation_settings_errors(env: dict[str, str], message: str) -> None:
@@ -227,6 +228,9 @@ def test_reconciliation_settings() -> None:
     assert (s.recon_at, s.recon_reruns, s.fees_bps, s.recon_tolerance) == ((3, 30), (2, 7), {"wave": 150}, 5)
     assert (s.recon_sessions, str(s.reports_dir)) == (4, "/srv/reports")
     assert (Settings.from_env(BASE).recon_sessions, Settings.from_env(BASE).reports_dir) == (2, None)
+    assert (Settings.from_env(BASE).language, Settings.from_env({**BASE, "PAYRECON_LANGUAGE": " FR "}).language) == (
+        "en", "fr",
+    )  # fmt: skip
 
 
 @pytest.mark.parametrize(

@@ -926,6 +926,197 @@ def ledger_check(as_json: bool) -> None:
     sys.exit(1 if bad else 0)
 
 
+# --------------------------------------------------------------------------- exception cases
+
+#: Age buckets of ``exceptions list --age`` (days since the business day; reconciliation.cases.AGE_BUCKETS).
+AGE_CHOICE = click.Choice(["0-1", "2-7", "8-30", "31+"])
+CASE_STATUS_CHOICE = click.Choice(["open", "investigating", "resolved", "written_off", "all"])
+_by_option = click.option("--by", "by", required=True, help="Who does it: kept in the case's history (audit).")
+
+
+@main.group()
+def exceptions() -> None:
+    """Exception cases: what reconciliation found, as work that ages until a run or a person resolves it
+    (docs/exceptions.md)."""
+
+
+def _today(settings: Settings) -> Any:
+    return datetime.now(settings.timezone).date()
+
+
+@exceptions.command("list")
+@click.option(
+    "--status",
+    "statuses",
+    type=CASE_STATUS_CHOICE,
+    multiple=True,
+    help="Only cases in this status (repeatable; default: open and investigating; all: every one).",
+)
+@click.option("--provider", "-p", type=PROVIDER_CHOICE, help="Only this provider's cases.")
+@click.option("--age", type=AGE_CHOICE, help="Only cases this many days old (since their business day).")
+@click.option("--assignee", help="Only the cases assigned to this person.")
+@click.option("--limit", type=click.IntRange(1), help="At most this many.")
+@_json_option
+def exceptions_list(  # noqa: PLR0917 - click passes the options by name
+    statuses: tuple[str, ...], provider: str | None, age: str | None, assignee: str | None, limit: int | None,
+    as_json: bool,
+) -> None:  # fmt: skip
+    """The cases, oldest business day first, then the largest amount: id, age, priority, class, amount,
+    status, assignee, provider, day and reference."""
+    settings = _settings()
+    from reconciliation import cases, labels
+    from reconciliation.models import CaseStatus
+    from reconciliation.reports_common import display_amount
+
+    chosen = (
+        tuple(CaseStatus)
+        if "all" in statuses
+        else tuple(CaseStatus(s) for s in statuses)
+        if statuses
+        else cases.OPEN_STATUSES
+    )
+    where = cases.Filter(statuses=chosen, provider=provider, age=age, assignee=assignee, limit=limit)
+    with _sessions(settings)() as session:
+        rows = cases.listing(session, _today(settings), where)
+    if as_json:
+        _dump(rows)
+        return
+    lang = settings.language
+    if not rows:
+        click.echo("no exception case" if lang == "en" else "aucun dossier d'écart")
+        return
+    for r in rows:
+        overdue = " OVERDUE" if r["overdue"] and lang == "en" else " EN RETARD" if r["overdue"] else ""
+        click.echo(
+            f"#{r['id']:<6} {r['age_days']:>3} d  {labels.label(labels.PRIORITIES, r['priority'], lang):<8} "
+            f"{labels.label(labels.CLASSES, r['class'], lang):<48} {display_amount(r['amount'], r['currency']):>14}  "
+            f"{labels.label(labels.CASE_STATUSES, r['status'], lang)}{overdue}  {r['assignee'] or '-'}  "
+            f"{labels.label(labels.PROVIDERS, r['provider'], lang)} {r['business_date']} {r['reference']}"
+        )
+    one, many = ("case", "cases") if lang == "en" else ("dossier", "dossiers")
+    click.echo(labels.plural(len(rows), one, many, lang))
+
+
+@exceptions.command("show")
+@click.argument("case_id", type=int)
+@_json_option
+def exceptions_show(case_id: int, as_json: bool) -> None:
+    """One case: both sides, the amount at stake, what finance does, and its history (who, when, what)."""
+    settings = _settings()
+    from reconciliation import cases, labels
+    from reconciliation.reports_common import display_amount
+
+    try:
+        with _sessions(settings)() as session:
+            case = cases.show(session, case_id, _today(settings))
+    except cases.CaseError as exc:
+        _fail(str(exc), 2)
+    if as_json:
+        _dump(case)
+        return
+    lang = settings.language
+    ours, theirs = case["ours"], case["theirs"]
+    lines = [
+        f"case #{case['id']}: {labels.label(labels.CLASSES, case['class'], lang)} ({case['class']})",
+        f"  provider      {labels.label(labels.PROVIDERS, case['provider'], lang)}, business day "
+        f"{case['business_date']}, reference {case['reference']}",
+        f"  status        {labels.label(labels.CASE_STATUSES, case['status'], lang)}"
+        + (f" ({labels.label(labels.RESOLUTIONS, case['resolution'], lang)})" if case["resolution"] else "")
+        + (f", assigned to {case['assignee']}" if case["assignee"] else ""),
+        f"  priority      {labels.label(labels.PRIORITIES, case['priority'], lang)}, resolve by {case['sla_due']}"
+        + (" (overdue)" if case["overdue"] else ""),
+        f"  age           {case['age_days']} days ({case['age_bucket']}), found by {case['runs_seen']} run(s) "
+        f"since run {case['opened_run_id']}",
+        f"  at stake      {display_amount(case['amount'], case['currency'])}",
+        f"  ours          {ours['status'] or '-'}, {display_amount(ours['amount'], ours['currency'])}",
+        f"  provider's    {theirs['status'] or '-'}, {display_amount(theirs['amount'], theirs['currency'])}",
+        f"  what to do    {labels.label(labels.ACTIONS, case['class'], lang)}",
+    ]
+    if case["detail"]:
+        lines.append(f"  detail        {case['detail']}")
+    if case["journal_id"]:
+        lines.append(f"  journal       {case['journal_id']}")
+    lines.append("  history:")
+    lines += [
+        f"    {e['at'][:19].replace('T', ' ')}  {e['actor']:<16} {e['action']:<12} {e['detail']}"
+        for e in case["history"]
+    ]
+    click.echo("\n".join(lines))
+
+
+def _change_case(change: Any, case_id: int, **kwargs: Any) -> None:
+    settings = _settings()
+    from reconciliation import cases
+    from reconciliation.db import transaction
+
+    try:
+        with transaction(_sessions(settings)) as session:
+            case = change(session, case_id, **kwargs)
+            said = f"case #{case.id}: {case.status.value}" + (f" ({case.resolution.value})" if case.resolution else "")
+            if case.journal_id:
+                said += f", journal {case.journal_id}"
+    except cases.CaseError as exc:
+        _fail(str(exc), 2)
+    click.echo(said)
+
+
+@exceptions.command("assign")
+@click.argument("case_id", type=int)
+@click.option("--to", "assignee", required=True, help="Who looks into it.")
+@_by_option
+def exceptions_assign(case_id: int, assignee: str, by: str) -> None:
+    """Give a case to somebody: it is then investigating."""
+    from reconciliation import cases
+
+    _change_case(cases.assign, case_id, assignee=assignee, by=by)
+
+
+@exceptions.command("note")
+@click.argument("case_id", type=int)
+@click.argument("text")
+@_by_option
+def exceptions_note(case_id: int, text: str, by: str) -> None:
+    """Add a note to a case's history."""
+    from reconciliation import cases
+
+    _change_case(cases.note, case_id, text=text, by=by)
+
+
+@exceptions.command("resolve")
+@click.argument("case_id", type=int)
+@click.option(
+    "--how",
+    type=click.Choice(["matched_later", "refunded", "written_off", "dismissed"]),
+    required=True,
+    help="matched_later: the money is found; refunded: the customer was refunded; written_off: post the "
+    "loss (or gain) to writeoffs:<provider> against the provider's clearing; dismissed: not a problem.",
+)
+@click.option("--note", required=True, help="Why: kept with the case (audit).")
+@click.option(
+    "--amount",
+    type=click.IntRange(1),
+    help="written_off: minor units to write off (default: the amount at stake in our ledger).",
+)
+@_by_option
+def exceptions_resolve(case_id: int, how: str, note: str, amount: int | None, by: str) -> None:
+    """Close a case, saying how and why. A write-off posts its journal to the ledger, once."""
+    from reconciliation import cases
+    from reconciliation.models import Resolution
+
+    _change_case(cases.resolve, case_id, how=Resolution(how), note=note, by=by, amount=amount)
+
+
+@exceptions.command("reopen")
+@click.argument("case_id", type=int)
+@click.option("--note", required=True, help="Why: kept with the case (audit).")
+@_by_option
+def exceptions_reopen(case_id: int, note: str, by: str) -> None:
+    """Open a resolved case again (a written-off one stays closed: post a correcting journal instead)."""
+    from reconciliation import cases
+
+    _change_case(cases.reopen, case_id, note=note, by=by)
+
+
 @main.command()
 @click.option(
     "--older-than",

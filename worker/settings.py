@@ -15,6 +15,7 @@ from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from reconciliation.db import normalize_database_url
+from reconciliation.labels import LANGUAGES, Language
 
 CINETPAY_DEFAULT_URL = "https://api-checkout.cinetpay.com"
 MTN_MOMO_DEFAULT_URL = "https://proxy.momoapi.mtn.com"  # production (X-Target-Environment mtn<country>)
@@ -175,6 +176,7 @@ class Settings:
     recon_tolerance: int = 0  # amount tolerance in minor units (default exact)
     reports_dir: Path | None = None  # where the reconcile task writes each run's report files
     recon_sessions: int = 2  # PostgreSQL sessions side by side for a large statement import or a run
+    language: Language = "en"  # of the words people read: reports, exception cases (reconciliation.labels)
     fees_bps: dict[str, int | None] = field(default_factory=dict)  # expected fee per provider
     apps: tuple[AppSettings, ...] = ()
     event_retries: tuple[int, ...] = DEFAULT_EVENT_RETRIES
@@ -289,6 +291,7 @@ class Settings:
             recon_tolerance=reader.integer("PAYRECON_RECON_TOLERANCE", 0, minimum=0),
             reports_dir=Path(reports) if (reports := reader.text("PAYRECON_REPORTS_DIR")) else None,
             recon_sessions=reader.integer("PAYRECON_RECON_SESSIONS", 2, minimum=1),
+            language=reader.language("PAYRECON_LANGUAGE"),
             fees_bps={
                 provider: reader.integer(f"PAYRECON_FEES_{provider.upper()}", 0, minimum=0)
                 for provider in PROVIDERS
@@ -383,6 +386,14 @@ class _Reader:
         except (ZoneInfoNotFoundError, ValueError):
             self.problems.append(f"{name} is not an IANA time zone (e.g. Africa/Abidjan), got {value!r}")
             return ZoneInfo(default)
+
+    def language(self, name: str) -> Language:
+        value = (self.text(name, "en") or "en").strip().lower()
+        for known in LANGUAGES:
+            if value == known:
+                return known
+        self.problems.append(f"{name} must be one of {', '.join(LANGUAGES)}, got {value!r}")
+        return "en"
 
     def integer(self, name: str, default: int, *, minimum: int) -> int:
         value = self._raw(name)

@@ -1,0 +1,106 @@
+"""Words for people: what finance staff read instead of code names, in English or French.
+
+French is the working language of most merchants payrecon serves; ``PAYRECON_LANGUAGE`` (``en``, the
+default, or ``fr``) chooses. Code names (``missing_at_provider``, ``orange_money``) stay in every file a
+program reads (CSV columns, JSON, ``--json``); these labels are for the columns and texts people read.
+No database access here.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+Language = Literal["en", "fr"]
+LANGUAGES: tuple[Language, ...] = ("en", "fr")
+
+PROVIDERS: dict[str, dict[Language, str]] = {
+    "cinetpay": {"en": "CinetPay", "fr": "CinetPay"},
+    "mtn_momo": {"en": "MTN MoMo", "fr": "MTN MoMo"},
+    "orange_money": {"en": "Orange Money", "fr": "Orange Money"},
+    "wave": {"en": "Wave", "fr": "Wave"},
+}
+
+CLASSES: dict[str, dict[Language, str]] = {
+    "matched": {"en": "Matched", "fr": "Rapproché"},
+    "missing_in_ledger": {"en": "Paid at the provider, not recorded by us", "fr": "Payé chez l'opérateur, absent chez nous"},
+    "missing_at_provider": {"en": "Recorded paid by us, unknown to the provider", "fr": "Payé chez nous, inconnu de l'opérateur"},
+    "amount_mismatch": {"en": "Amounts differ", "fr": "Montants différents"},
+    "currency_mismatch": {"en": "Currencies differ", "fr": "Devises différentes"},
+    "status_mismatch": {"en": "Statuses differ", "fr": "Statuts différents"},
+    "duplicate": {"en": "Reported more than once by the provider", "fr": "Déclaré plusieurs fois par l'opérateur"},
+    "fee_variance": {"en": "Fee differs from the tariff", "fr": "Frais différents du barème"},
+    "missing_after_sla": {"en": "Still not final after its deadline", "fr": "Toujours en attente après le délai"},
+}  # fmt: skip
+
+#: What finance does about each class (docs/reports.md, "Reconciliation classes", says the same).
+ACTIONS: dict[str, dict[Language, str]] = {
+    "matched": {"en": "Nothing: the provider's fee is booked.", "fr": "Rien : les frais de l'opérateur sont comptabilisés."},
+    "missing_in_ledger": {
+        "en": "Healed by the run (the customer has access). An unknown reference waits in suspense: find whose money it is, or refund it.",
+        "fr": "Régularisé par le rapprochement (le client a son accès). Une référence inconnue reste en attente : trouver à qui est l'argent, ou le rembourser.",
+    },
+    "missing_at_provider": {
+        "en": "Claim it from the provider with the payment's evidence (payrecon payments show REF); write it off if it is lost.",
+        "fr": "Le réclamer à l'opérateur avec les preuves du paiement (payrecon payments show REF) ; le passer en perte s'il est perdu.",
+    },
+    "amount_mismatch": {
+        "en": "Claim the difference from the provider, or have its export corrected; write the difference off if it is lost.",
+        "fr": "Réclamer la différence à l'opérateur, ou faire corriger son relevé ; passer la différence en perte si elle est perdue.",
+    },
+    "currency_mismatch": {
+        "en": "Ask the provider: a wrong account or a conversion.",
+        "fr": "Interroger l'opérateur : mauvais compte ou conversion.",
+    },
+    "status_mismatch": {
+        "en": "Ask the provider whether the money arrived (the customer has access); a refund it reports is applied by the run.",
+        "fr": "Demander à l'opérateur si l'argent est arrivé (le client a son accès) ; un remboursement qu'il déclare est appliqué par le rapprochement.",
+    },
+    "duplicate": {
+        "en": "The customer may have paid twice: have the provider refund one.",
+        "fr": "Le client a peut-être payé deux fois : faire rembourser l'un des paiements par l'opérateur.",
+    },
+    "fee_variance": {
+        "en": "Claim the overcharge, or update the tariff (PAYRECON_FEES_<PROVIDER>); the fee is posted as charged.",
+        "fr": "Réclamer le trop-perçu, ou mettre à jour le barème (PAYRECON_FEES_<PROVIDER>) ; les frais sont comptabilisés tels que prélevés.",
+    },
+    "missing_after_sla": {
+        "en": "Chase it with the customer or the provider; it expires at the provider's give-up point.",
+        "fr": "Relancer le client ou l'opérateur ; le paiement expire au délai d'abandon de l'opérateur.",
+    },
+}  # fmt: skip
+
+CASE_STATUSES: dict[str, dict[Language, str]] = {
+    "open": {"en": "Open", "fr": "Ouvert"},
+    "investigating": {"en": "Investigating", "fr": "En cours d'examen"},
+    "resolved": {"en": "Resolved", "fr": "Résolu"},
+    "written_off": {"en": "Written off", "fr": "Passé en perte"},
+}
+
+RESOLUTIONS: dict[str, dict[Language, str]] = {
+    "healed": {"en": "Healed by a run", "fr": "Régularisé par un rapprochement"},
+    "matched_later": {"en": "Matched later", "fr": "Rapproché plus tard"},
+    "cleared": {"en": "No longer in the day's data", "fr": "Disparu des données du jour"},
+    "refunded": {"en": "Refunded", "fr": "Remboursé"},
+    "written_off": {"en": "Written off", "fr": "Passé en perte"},
+    "dismissed": {"en": "Dismissed", "fr": "Classé sans suite"},
+}
+
+PRIORITIES: dict[str, dict[Language, str]] = {
+    "high": {"en": "High", "fr": "Haute"},
+    "medium": {"en": "Medium", "fr": "Moyenne"},
+    "low": {"en": "Low", "fr": "Basse"},
+}
+
+
+def label(table: dict[str, dict[Language, str]], code: str | None, language: Language = "en") -> str:
+    """The label of ``code`` in ``language``; the code itself when it has none (never an empty cell)."""
+    if code is None:
+        return ""
+    entry = table.get(code)
+    return entry[language] if entry is not None else code
+
+
+def plural(count: int, one: str, many: str, language: Language = "en") -> str:
+    """``1 case``, ``2 cases``, ``0 cases``; in French 0 and 1 take the singular (``0 dossier``)."""
+    singular = count == 1 or (language == "fr" and count == 0)
+    return f"{count} {one if singular else many}"
