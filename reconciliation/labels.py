@@ -85,11 +85,62 @@ RESOLUTIONS: dict[str, dict[Language, str]] = {
     "dismissed": {"en": "Dismissed", "fr": "Classé sans suite"},
 }
 
+PAYOUT_STATUSES: dict[str, dict[Language, str]] = {
+    "matched": {"en": "matched", "fr": "rapproché"},
+    "mismatch": {"en": "amount differs", "fr": "montant différent"},
+    "pending": {"en": "not paid out yet", "fr": "pas encore reversé"},
+    "unexplained": {"en": "unexplained", "fr": "inexpliqué"},
+}
+
 PRIORITIES: dict[str, dict[Language, str]] = {
     "high": {"en": "High", "fr": "Haute"},
     "medium": {"en": "Medium", "fr": "Moyenne"},
     "low": {"en": "Low", "fr": "Basse"},
 }
+
+
+#: The words of the day-at-a-glance page and workbook (``reconciliation.glance_render``).
+WORDS: dict[str, dict[Language, str]] = {
+    "title": {"en": "The day at a glance", "fr": "La journée en un coup d'œil"},
+    "business_day": {"en": "business day", "fr": "journée"},
+    "providers": {"en": "Providers", "fr": "Opérateurs"},
+    "provider": {"en": "Provider", "fr": "Opérateur"},
+    "payments": {"en": "Payments", "fr": "Paiements"},
+    "paid": {"en": "Paid", "fr": "Encaissé"},
+    "success_rate": {"en": "Success rate", "fr": "Taux de succès"},
+    "matched": {"en": "Matched", "fr": "Rapproché"},
+    "exceptions": {"en": "Exceptions", "fr": "Écarts"},
+    "fees": {"en": "Fees", "fr": "Frais"},
+    "payouts": {"en": "Payouts", "fr": "Reversements"},
+    "not_reconciled": {"en": "not reconciled yet", "fr": "pas encore rapproché"},
+    "run_failed": {"en": "run failed", "fr": "rapprochement en échec"},
+    "by_class": {"en": "Exceptions of the day by class", "fr": "Écarts de la journée par type"},
+    "class": {"en": "Exception", "fr": "Écart"},
+    "count": {"en": "Count", "fr": "Nombre"},
+    "open": {"en": "Open", "fr": "Ouverts"},
+    "at_stake": {"en": "At stake", "fr": "Montant en jeu"},
+    "open_cases": {"en": "Open exceptions, every day, oldest and largest first", "fr": "Écarts ouverts, tous jours confondus, les plus anciens et les plus gros d'abord"},
+    "case": {"en": "Case", "fr": "Dossier"},
+    "age": {"en": "Age (days)", "fr": "Âge (jours)"},
+    "priority": {"en": "Priority", "fr": "Priorité"},
+    "day": {"en": "Day", "fr": "Jour"},
+    "status": {"en": "Status", "fr": "Statut"},
+    "assignee": {"en": "Assigned to", "fr": "Attribué à"},
+    "reference": {"en": "Reference", "fr": "Référence"},
+    "todo": {"en": "What to do", "fr": "Que faire"},
+    "overdue": {"en": "overdue", "fr": "en retard"},
+    "none_open": {"en": "No open exception: nothing to work on.", "fr": "Aucun écart ouvert : rien à traiter."},
+    "chart_rate": {"en": "Success rate per provider, last 30 days (%)", "fr": "Taux de succès par opérateur, 30 derniers jours (%)"},
+    "chart_classes": {"en": "Exceptions of the day by class", "fr": "Écarts de la journée par type"},
+    "chart_age": {"en": "Open exceptions by age (days)", "fr": "Écarts ouverts par âge (jours)"},
+    "chart_settled": {"en": "Settled by us vs reported paid by the providers", "fr": "Encaissé chez nous et déclaré payé par les opérateurs"},
+    "ours": {"en": "Settled (payrecon)", "fr": "Encaissé (payrecon)"},
+    "theirs": {"en": "Reported (providers)", "fr": "Déclaré (opérateurs)"},
+    "case_one": {"en": "open exception", "fr": "écart ouvert"},
+    "case_many": {"en": "open exceptions", "fr": "écarts ouverts"},
+    "charts": {"en": "Charts", "fr": "Graphiques"},
+    "data": {"en": "Chart data", "fr": "Données des graphiques"},
+}  # fmt: skip
 
 
 def label(table: dict[str, dict[Language, str]], code: str | None, language: Language = "en") -> str:

@@ -94,3 +94,6 @@ def test_a_queued_reconciliation_writes_its_reports_where_configured(
     manifest = json.loads((folder / "manifest.json").read_text())
     assert sorted(p.suffix for p in folder.iterdir()) == [".csv", ".csv", ".html", ".json", ".json", ".xlsx"]
     assert len(manifest["files"]) == 5
+    # And the day at a glance, across the providers, rewritten as each provider's run of the day ends.
+    assert sorted(p.name for p in (tmp_path / "days").iterdir()) == ["day_2026-11-21.html", "day_2026-11-21.xlsx"]
+    assert "CinetPay" in (tmp_path / "days" / "day_2026-11-21.html").read_text()

@@ -553,6 +553,31 @@ def report_export(run_id: int, fmt: str, out_dir: Path) -> None:
         click.echo(str(path))
 
 
+@report.command("day")
+@click.option("--date", "-d", "day", type=click.DateTime(["%Y-%m-%d"]), required=True, help="Business day.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Directory to write day_<date>.html and .xlsx into (created if missing).")  # fmt: skip
+@click.option("--format", "fmt", type=click.Choice(["html", "xlsx", "all"]), default="all", show_default=True,
+              help="One format, or both.")  # fmt: skip
+@_json_option
+def report_day(day: datetime, out_dir: Path | None, fmt: str, as_json: bool) -> None:
+    """The day at a glance across every provider: payments, success rate, matched share, exceptions with the
+    amount at stake, payouts and fees per provider; the open exception cases of every age; charts. In
+    PAYRECON_LANGUAGE (en or fr). --json prints its data; --out writes the HTML page and the XLSX workbook."""
+    settings = _settings()
+    from reconciliation import glance, glance_render
+
+    if out_dir is None and not as_json:
+        _fail("say where to write the files (--out DIR), or print the data (--json)", 2)
+    with _sessions(settings)() as session:
+        data = glance.day_glance(session, day.date(), settings.timezone)
+    if as_json:
+        _dump(data)
+    if out_dir is not None:
+        for path in glance_render.write_files(data, out_dir, fmt, settings.language):
+            click.echo(str(path), err=as_json)
+
+
 # --------------------------------------------------------------------------- events
 
 

@@ -212,8 +212,9 @@ def _status_checks(
 
 
 def write_reports(rt: Runtime, run_id: int) -> list[Path]:
-    """The run's report files and manifest into ``PAYRECON_REPORTS_DIR/<provider>/<day>/run<id>/``."""
-    from reconciliation import reports
+    """The run's report files and manifest into ``PAYRECON_REPORTS_DIR/<provider>/<day>/run<id>/``, and the
+    day at a glance into ``PAYRECON_REPORTS_DIR/days/day_<day>.html`` and ``.xlsx``."""
+    from reconciliation import glance, glance_render, reports
     from reconciliation.models import ReconRun
 
     base = rt.settings.reports_dir
@@ -225,6 +226,9 @@ def write_reports(rt: Runtime, run_id: int) -> list[Path]:
             raise ValueError(f"no reconciliation run #{run_id}")
         out = base / run.provider / run.business_date.isoformat() / f"run{run_id}"
         files = reports.export_all(session, run_id, out)
+        # The day at a glance, every provider's latest run of the day: rewritten as each of them ends.
+        data = glance.day_glance(session, run.business_date, rt.settings.timezone)
+    files += glance_render.write_files(data, base / "days", language=rt.settings.language)
     log.info("reports of run %d written to %s", run_id, out, extra={"provider": run.provider})
     return files
 
