@@ -143,6 +143,42 @@ WORDS: dict[str, dict[Language, str]] = {
 }  # fmt: skip
 
 
+#: Why an item is an exception, in words (``reports_common.why`` fills in the two sides): what the report's
+#: Detail column says when the run recorded nothing more specific.
+WHY: dict[str, dict[Language, str]] = {
+    "missing_in_ledger": {
+        "en": "the provider reports it paid ({theirs}); we had it {ours_status}",
+        "fr": "l'opérateur le déclare payé ({theirs}) ; chez nous : {ours_status}",
+    },
+    "missing_at_provider": {
+        "en": "we recorded it paid ({ours}); the provider's data for the day does not have it",
+        "fr": "payé chez nous ({ours}) ; absent des données de l'opérateur pour la journée",
+    },
+    "amount_mismatch": {
+        "en": "we recorded {ours}, the provider {theirs}",
+        "fr": "{ours} chez nous, {theirs} chez l'opérateur",
+    },
+    "currency_mismatch": {
+        "en": "we recorded {ours}, the provider {theirs}",
+        "fr": "{ours} chez nous, {theirs} chez l'opérateur",
+    },
+    "status_mismatch": {
+        "en": "we say {ours_status}, the provider says {theirs_status}",
+        "fr": "statut chez nous : {ours_status} ; chez l'opérateur : {theirs_status}",
+    },
+    "duplicate": {"en": "the provider reports it {lines} times", "fr": "l'opérateur le déclare {lines} fois"},
+    "fee_variance": {
+        "en": "the provider took a fee of {fee}; its tariff says {expected_fee}",
+        "fr": "l'opérateur a prélevé {fee} de frais ; son barème dit {expected_fee}",
+    },
+    "missing_after_sla": {
+        "en": "still {ours_status} past the provider's deadline, and nothing at the provider",
+        "fr": "toujours {ours_status} après le délai de l'opérateur, et rien chez l'opérateur",
+    },
+}
+NOT_AT_ALL: dict[Language, str] = {"en": "not at all", "fr": "rien"}
+
+
 def label(table: dict[str, dict[Language, str]], code: str | None, language: Language = "en") -> str:
     """The label of ``code`` in ``language``; the code itself when it has none (never an empty cell)."""
     if code is None:

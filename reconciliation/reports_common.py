@@ -8,7 +8,9 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, NamedTuple
+from zoneinfo import ZoneInfo
 
+from reconciliation.labels import NOT_AT_ALL, WHY, Language
 from reconciliation.models import ReconClass
 from schemas.currency import AmountError, exponent, format_amount, to_major
 
@@ -164,6 +166,31 @@ def spreadsheet_amount(minor: int, currency: str | None) -> tuple[Decimal | int,
     if currency is None or exp is None:
         return minor, "#,##0"
     return to_major(minor, currency), "#,##0" if exp == 0 else "#,##0." + "0" * exp
+
+
+def why(item: ItemRow, language: Language = "en") -> str:
+    """What the Detail column says: the run's own detail, else why the item is an exception, in words
+    (``labels.WHY``); empty for a matched item."""
+    if item.detail or item.cls not in WHY:
+        return item.detail
+    return WHY[item.cls][language].format(
+        ours=display_amount(item.internal_amount, item.internal_currency),
+        theirs=display_amount(item.provider_amount, item.provider_currency),
+        ours_status=item.internal_status or NOT_AT_ALL[language],
+        theirs_status=item.provider_status or NOT_AT_ALL[language],
+        lines=item.provider_lines,
+        fee=display_amount(item.fee, item.fee_currency),
+        expected_fee=display_amount(item.expected_fee, item.fee_currency),
+    )
+
+
+def local_time(value: str | datetime | None, zone: str) -> str:
+    """A timestamp for people: in the business time zone, to the second, without microseconds
+    (``2026-11-21 02:00:13``); ``—`` when missing."""
+    if value is None:
+        return "—"
+    when = datetime.fromisoformat(value.replace("Z", "+00:00")) if isinstance(value, str) else value
+    return when.astimezone(ZoneInfo(zone)).strftime("%Y-%m-%d %H:%M:%S")
 
 
 def iso_utc(value: datetime | None) -> str | None:

@@ -13,7 +13,8 @@ import html
 from collections.abc import Sequence
 from typing import Any
 
-from reconciliation.reports_common import PAYOUT_MATCHED, ItemRow, display_amount, printable
+from reconciliation.labels import CLASSES, PROVIDERS, label
+from reconciliation.reports_common import PAYOUT_MATCHED, ItemRow, display_amount, local_time, printable, why
 
 _CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;padding:12px;color:#1a1a1a;
@@ -61,14 +62,19 @@ def _table(
     return f'<div class="scroll"><table><thead><tr>{head}</tr></thead>\n<tbody>\n{body}\n</tbody></table></div>'
 
 
-def _totals_rows(summ: dict[str, Any]) -> list[list[Any]]:
-    provider = summ["run"]["provider"]
+def _totals_rows(summ: dict[str, Any], *, words: bool = True) -> list[list[Any]]:
+    """Totals per currency and class; ``words``: labels for people (the HTML page), else code names (the
+    terminal, whose columns programs and operators read)."""
+    provider = label(PROVIDERS, summ["run"]["provider"]) if words else summ["run"]["provider"]
     return [
         [
             provider,
             t["currency"] or "",
-            t["class"],
-            t["count"],
+            # count 0: the provider's side of a currency mismatch, totalled in the provider's currency
+            (label(CLASSES, t["class"]) + (" (the provider's currency)" if t["count"] == 0 else ""))
+            if words
+            else t["class"],
+            (t["count"] or "—") if words else t["count"],
             t["healed"],
             display_amount(t["internal_total_minor"], t["currency"]),
             display_amount(t["provider_total_minor"], t["currency"]),
@@ -119,12 +125,17 @@ def _change_label(change: dict[str, Any]) -> tuple[str, str]:
 def _headline(summ: dict[str, Any]) -> str:
     counts = summ["counts"]
     if counts["exceptions"] == 0:
-        return f"Balanced: all {counts['items']:,} items matched."
+        return f"Balanced: {_n(counts['items'], 'item', 'items')}, all matched."
     healed = counts["healed"]
     return (
-        f"{counts['exceptions']:,} exceptions of {counts['items']:,} items"
+        f"{_n(counts['exceptions'], 'exception', 'exceptions')} of {_n(counts['items'], 'item', 'items')}"
         f" ({healed:,} healed by the run, {counts['exceptions'] - healed:,} to act on)."
     )
+
+
+def _n(count: int, one: str, many: str) -> str:
+    """``1 exception``, ``1,200 exceptions``."""
+    return f"{count:,} {one if count == 1 else many}"
 
 
 def render_html(
@@ -134,7 +145,7 @@ def render_html(
     matched first, highlighted), totals per provider/currency/class, changes since the previous run
     (likewise), run metadata."""
     run, counts = summ["run"], summ["counts"]
-    title = f"Reconciliation {run['provider']} {run['business_date']} (run {run['id']})"
+    title = f"Reconciliation {label(PROVIDERS, run['provider'])} {run['business_date']} (run {run['id']})"
     parts = [
         '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
@@ -147,14 +158,14 @@ def render_html(
     if exceptions:
         rows = [
             [
-                it.cls + (" (healed)" if it.healed else ""),
+                label(CLASSES, it.cls) + (" (healed)" if it.healed else ""),
                 it.reference or "",
                 it.provider_txn_id or "",
                 display_amount(it.internal_amount, it.internal_currency),
                 display_amount(it.provider_amount, it.provider_currency),
                 "" if it.difference is None else display_amount(it.difference, it.currency),
                 f"{it.internal_status or '—'} / {it.provider_status or '—'}",
-                it.detail,
+                why(it),
             ]
             for it in exceptions
         ]
@@ -170,7 +181,8 @@ def render_html(
         parts.append(_table((*exception_headers, "Detail"), rows, frozenset({3, 4, 5})))
         if counts["exceptions"] > len(exceptions):
             rest = counts["exceptions"] - len(exceptions)
-            parts.append(f'<p class="more">… and {rest:,} more exceptions: see the CSV or XLSX report.</p>')
+            more = "more exception" if rest == 1 else "more exceptions"
+            parts.append(f'<p class="more">… and {rest:,} {more}: see the CSV or XLSX report.</p>')
     else:
         parts.append("<p>None.</p>")
 
@@ -194,7 +206,11 @@ def render_html(
             parts.append("<p>No item changed class.</p>")
 
     parts.append("<h2>Run</h2>\n<dl>")
-    parts.extend(f"<dt>{_e(key)}</dt><dd>{_e(value) or '—'}</dd>" for key, value in run.items())
+    shown = {
+        key: local_time(value, run["timezone"]) + f" ({run['timezone']})" if key.endswith("_at") and value else value
+        for key, value in run.items()
+    }
+    parts.extend(f"<dt>{_e(key)}</dt><dd>{_e(value) or '—'}</dd>" for key, value in shown.items())
     parts.append('</dl>\n<p class="more">Generated by payrecon.</p>\n</body>\n</html>\n')
     return "\n".join(parts)
 
@@ -237,7 +253,9 @@ def render_text(
         lines.append(f"  error     {_clip(run['error'], 200)}")
     lines += ["", _headline(summ), ""]
 
-    rows = [[printable(r) if isinstance(r, str) else f"{r:,}" for r in row[1:]] for row in _totals_rows(summ)]
+    rows = [
+        [printable(r) if isinstance(r, str) else f"{r:,}" for r in row[1:]] for row in _totals_rows(summ, words=False)
+    ]
     headers = ("CURRENCY", "CLASS", "COUNT", "HEALED", "INTERNAL TOTAL", "PROVIDER TOTAL", "FEES")
     lines += _text_table(headers, rows, frozenset({2, 3, 4, 5, 6})) if rows else ["(no items)"]
 
@@ -272,7 +290,7 @@ def render_text(
                 _clip(it.reference or it.provider_txn_id, 30),
                 display_amount(it.internal_amount, it.internal_currency),
                 display_amount(it.provider_amount, it.provider_currency),
-                _clip(it.detail, 60),
+                _clip(why(it), 60),
             ]
             for it in exceptions
         ]

@@ -34,7 +34,7 @@ from openpyxl.cell.cell import ILLEGAL_CHARACTERS_RE  # type: ignore[import-unty
 from openpyxl.styles import Font  # type: ignore[import-untyped]
 from openpyxl.utils import get_column_letter  # type: ignore[import-untyped]
 
-from reconciliation.reports_common import ItemRow, formula_safe, payout_totals, spreadsheet_amount
+from reconciliation.reports_common import ItemRow, formula_safe, payout_totals, spreadsheet_amount, why
 
 #: Item columns of the Exceptions and All lines sheets, with their widths.
 ITEM_SHEET_COLUMNS: tuple[tuple[str, int], ...] = (
@@ -117,7 +117,7 @@ def _item_cells(ws: Any, item: ItemRow) -> list[Any]:
         _money(ws, item.fee, item.fee_currency),
         _money(ws, item.expected_fee, item.fee_currency),
         _text(ws, item.provider_currency),
-        _text(ws, item.detail),
+        _text(ws, why(item)),
     ]
 
 

@@ -316,6 +316,9 @@ def test_xlsx(rt: Runtime, two_runs: tuple[int, int], tmp_path: Path) -> None:
     assert evil[col["detail"]].value == "'+SUM(A1:A9)"
     assert all(c.data_type != "f" for row in all_lines.iter_rows() for c in row)
     assert next(r[0].value for r in exceptions.iter_rows(min_row=2)) == "missing_at_provider"
+    # The Detail column always says why (the run's own detail, else in words).
+    details = {r[col["reference"]].value: r[col["detail"]].value for r in exceptions.iter_rows(min_row=2)}
+    assert all(details.values()) and details["REF-S1"] == "we say succeeded, the provider says failed"
     assert "matched" not in [r[0].value for r in exceptions.iter_rows(min_row=2)]
     summary_rows = [[c.value for c in r] for r in wb["Summary"].iter_rows()]
     assert summary_rows[0] == ["currency", "class", "count", "healed", "internal_total", "provider_total", "fee_total"]
@@ -489,6 +492,40 @@ def test_html(rt: Runtime, two_runs: tuple[int, int], tmp_path: Path) -> None:
         "matched", "2", "70 785 XOF", "70 785 XOF", "0 XOF", f"journal {journal_of(rt, 'PO-OK')} (run {run_id})",
     ]  # fmt: skip
     assert "tr.bad" in page  # the highlight is styled inline
+
+
+def test_html_speaks_to_people(rt: Runtime, two_runs: tuple[int, int], tmp_path: Path) -> None:
+    """Labels for classes and the provider, a Detail that always says why, plurals, timestamps to the second in
+    the business time zone, and no bare count of 0 in the totals (#13)."""
+    _, run_id = two_runs
+    with rt.sessions() as session:
+        page = reports.export(session, run_id, "html", tmp_path).read_text(encoding="utf-8")
+    parser = _Page()
+    parser.feed(page)
+    start = next(n for n, (_, cells) in enumerate(parser.rows) if cells[:2] == ["Class", "Reference"])
+    exceptions = [cells for _, cells in parser.rows[start + 1 : start + 10]]
+    assert [cells[0] for cells in exceptions][:3] == [
+        "Recorded paid by us, unknown to the provider", "Amounts differ", "Currencies differ",
+    ]  # fmt: skip
+    details = {cells[1]: cells[-1] for cells in exceptions}
+    assert all(details.values())  # the run's own detail, or why in words
+    assert details["REF-P1"] == "no such transaction at the provider"  # the run's own is kept
+    assert details["REF-C1"] == "we recorded 1 000 XOF, the provider 2.00 USD"
+    assert details["REF-S1"] == "we say succeeded, the provider says failed"
+    assert details["REF-F1"] == "the provider took a fee of 1.50 USD; its tariff says 1.00 USD"
+    assert details[""] == "the provider reports it 2 times"
+    assert "<title>Reconciliation CinetPay 2026-11-20" in page
+    # The provider's side of the currency mismatch is totalled in USD: no count of its own, and it says so.
+    totals = next(n for n, (_, cells) in enumerate(parser.rows) if cells[:3] == ["Provider", "Currency", "Class"])
+    usd = [cells for _, cells in parser.rows[totals + 1 :] if cells[1:2] == ["USD"]]
+    assert ["CinetPay", "USD", "Currencies differ (the provider's currency)", "—"] in [c[:4] for c in usd]
+    assert "0" not in [c[3] for c in usd]
+    assert "started_at2026-11-21 00:00:00 (Africa/Abidjan)" in "".join(parser.text)
+    clean(rt)
+    one = make_run(rt, [item("matched", "REF-X", "XOF", 1, 1), item("missing_at_provider", "REF-Y", "XOF", 5, None)])
+    with rt.sessions() as session:
+        page = reports.export(session, one, "html", tmp_path).read_text(encoding="utf-8")
+    assert "1 exception of 2 items" in page and "1 exceptions" not in page
 
 
 def test_html_without_payouts(rt: Runtime, tmp_path: Path) -> None:
