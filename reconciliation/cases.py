@@ -208,7 +208,8 @@ def sync(session: Session, run_id: int, *, now: datetime | None = None) -> Synce
             resolved += 1
     gone = [case for reference, case in cases.items() if reference not in items]
     resolved += _close_gone(session, run_id, gone, events, now)
-    session.flush()  # the new cases' ids, for their events
+    session.flush()  # the new cases' ids, for their events and for the other days' cases they match
+    resolved += _match_across_days(session, run, items, events, now)
     _audit(session, [(case.id, actor, action, detail) for case, action, detail in events], now)
     return Synced(opened=opened, seen_again=seen, resolved=resolved, reopened=reopened)
 
@@ -230,6 +231,70 @@ def _close_gone(
             events.append((case, "resolved", f"{how.value}: {note}"))
             resolved += 1
     return resolved
+
+
+#: One side of a payment booked on one business day by us and on the next by the provider (a cut-off at
+#: midnight, a payment at 23:59): the two classes the two days' runs find for it.
+_ACROSS = {
+    ReconClass.MISSING_AT_PROVIDER.value: ReconClass.MISSING_IN_LEDGER.value,
+    ReconClass.MISSING_IN_LEDGER.value: ReconClass.MISSING_AT_PROVIDER.value,
+}
+
+
+def _match_across_days(
+    session: Session, run: ReconRun, items: dict[str, Any], events: list[tuple[ReconCase, str, str]], now: datetime
+) -> int:
+    """A payment we booked on one day that the provider reports on another is one payment, not two breaks:
+    where this run's ``missing_at_provider`` (or ``missing_in_ledger``) has its counterpart among another
+    day's cases of the provider, for the same amount and currency, both are resolved ``matched_later``.
+    The other day's cases are locked with SKIP LOCKED (that day's run holding them finds this day's cases
+    itself)."""
+    wanted = {ref: item for ref, item in items.items() if item.cls in _ACROSS}
+    if not wanted:
+        return 0
+    own = {
+        c.reference: c
+        for c in session.scalars(
+            select(ReconCase).where(
+                ReconCase.provider == run.provider,
+                ReconCase.business_date == run.business_date,
+                ReconCase.reference.in_(list(wanted)),
+            )
+        )
+    }
+    others = session.scalars(
+        select(ReconCase)
+        .where(
+            ReconCase.provider == run.provider,
+            ReconCase.business_date != run.business_date,
+            ReconCase.reference.in_(list(wanted)),
+        )
+        .order_by(ReconCase.id)
+        .with_for_update(skip_locked=True)
+    ).all()
+    resolved = 0
+    for other in others:
+        mine = own.get(other.reference)
+        if mine is None or other.cls != _ACROSS[mine.cls] or not _same_money(mine, other):
+            continue
+        for case, counterpart in ((other, mine), (mine, other)):
+            note = f"the same payment is case {counterpart.id} of {counterpart.business_date} ({counterpart.cls})"
+            if case.status in OPEN_STATUSES or (case.resolution is Resolution.HEALED and _by_a_run(case)):
+                _close(case, Resolution.MATCHED_LATER, note, f"run {run.id}", now)
+                events.append((case, "resolved", f"{Resolution.MATCHED_LATER.value}: {note}"))
+                resolved += 1
+    return resolved
+
+
+def _same_money(a: ReconCase, b: ReconCase) -> bool:
+    """Both sides name the same amount in the same currency (ours on one day, the provider's on the other)."""
+
+    def side(case: ReconCase) -> tuple[int | None, str | None]:
+        if case.cls == ReconClass.MISSING_AT_PROVIDER.value:
+            return case.internal_amount, case.internal_currency
+        return case.provider_amount, case.provider_currency
+
+    return side(a) == side(b) and side(a)[0] is not None
 
 
 def _found(item: Any) -> str:

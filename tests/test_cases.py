@@ -169,6 +169,29 @@ def test_a_person_s_decision_stands_when_the_day_is_re_run(rt: Runtime, day: dic
     )  # fmt: skip
 
 
+def test_a_payment_booked_on_two_days_is_matched_later_across_them(rt: Runtime) -> None:
+    """We booked it on DAY (at 23:30), the provider on the next day: DAY's run finds it missing at the provider,
+    the next day's run finds the provider's line missing in our ledger. One payment: both cases matched later."""
+    ref, other_amount = new_reference(), new_reference()
+    late = NOON + timedelta(hours=11, minutes=30)
+    payment(rt, ref, PaymentStatus.SUCCEEDED, at=late)
+    payment(rt, other_amount, PaymentStatus.SUCCEEDED, at=late)
+    first = run_day(rt)
+    line(rt, ref, at=late + timedelta(hours=1))
+    line(rt, other_amount, amount=4000, at=late + timedelta(hours=1))  # another amount: not the same payment
+    second = runs.reconcile_stored(rt.sessions, "cinetpay", DAY + timedelta(days=1), policy(rt, fee_bps=100))
+    with rt.sessions() as session:
+        found = {
+            (c.business_date, c.reference): (c.cls, c.status, c.resolution, c.resolved_by)
+            for c in session.scalars(select(ReconCase))
+        }
+    nxt = DAY + timedelta(days=1)
+    assert found[(DAY, ref)] == ("missing_at_provider", CaseStatus.RESOLVED, Resolution.MATCHED_LATER, f"run {second}")
+    assert found[(nxt, ref)] == ("missing_in_ledger", CaseStatus.RESOLVED, Resolution.MATCHED_LATER, f"run {second}")
+    assert found[(DAY, other_amount)][:2] == ("missing_at_provider", CaseStatus.OPEN)
+    assert first != second
+
+
 def test_an_older_run_finishing_after_a_newer_one_does_not_change_the_cases(rt: Runtime, day: dict[str, str]) -> None:
     first = run_day(rt)
     run_day(rt)
