@@ -83,6 +83,7 @@ from typing import Any
 from sqlalchemy import String, and_, case, func, literal, or_, select, union_all
 from sqlalchemy.orm import Session
 
+from reconciliation.labels import Language
 from reconciliation.models import PayoutPosting, ReconItem, ReconPayout, ReconRun
 from reconciliation.progress import Progress, silent
 from reconciliation.reports_common import (
@@ -521,7 +522,7 @@ def _write_json(session: Session, run: ReconRun, path: Path) -> None:
         fh.write("\n]}\n")
 
 
-def _write_xlsx(session: Session, run: ReconRun, path: Path) -> None:
+def _write_xlsx(session: Session, run: ReconRun, path: Path, *, language: Language = "en") -> None:
     from reconciliation.reports_xlsx import write_xlsx
 
     write_xlsx(
@@ -531,10 +532,11 @@ def _write_xlsx(session: Session, run: ReconRun, path: Path) -> None:
         lambda limit: iter_items(session, run.id, limit=limit),
         max_rows=XLSX_MAX_ROWS,
         all_lines_max=XLSX_ALL_LINES,
+        language=language,
     )
 
 
-def _write_html(session: Session, run: ReconRun, path: Path) -> None:
+def _write_html(session: Session, run: ReconRun, path: Path, *, language: Language = "en") -> None:
     from reconciliation.reports_render import render_html
 
     page = render_html(
@@ -542,11 +544,15 @@ def _write_html(session: Session, run: ReconRun, path: Path) -> None:
         changes(session, run.id, limit=HTML_EXCEPTIONS),
         count_changes(session, run.id),
         list(iter_items(session, run.id, exceptions_only=True, limit=HTML_EXCEPTIONS)),
+        language,
     )
     path.write_text(page, encoding="utf-8")
 
 
-_WRITERS = {
+#: The formats people read (their words follow ``language``).
+FOR_PEOPLE = frozenset({"html", "xlsx"})
+
+_WRITERS: dict[tuple[str, str], Any] = {
     ("csv", ""): _write_csv,
     ("csv", "payouts"): _write_payouts_csv,
     ("xlsx", ""): _write_xlsx,
@@ -555,11 +561,14 @@ _WRITERS = {
 }
 
 
-def export_files(session: Session, run_id: int, fmt: str, out_dir: Path, *, progress: Progress = silent) -> list[Path]:
+def export_files(
+    session: Session, run_id: int, fmt: str, out_dir: Path, *, progress: Progress = silent, language: Language = "en"
+) -> list[Path]:
     """Write the run's report in ``fmt`` (one of ``FORMATS``) into ``out_dir``; return every file written.
 
     One file per format, except CSV: the items CSV, then the payouts CSV (``FORMAT_PARTS``).
-    ``progress`` hears the ``reports`` stage, in files written.
+    ``progress`` hears the ``reports`` stage, in files written. ``language``: of the words people read (the
+    HTML page, the XLSX Detail column); CSV and JSON are for programs and keep code names.
     """
     if fmt not in FORMATS:
         raise ValueError(f"unknown report format {fmt!r}; choose from {', '.join(FORMATS)}")
@@ -571,7 +580,10 @@ def export_files(session: Session, run_id: int, fmt: str, out_dir: Path, *, prog
     for part in parts:
         path = out_dir / file_name(run, fmt, part)
         with _replacing(path) as tmp:
-            _WRITERS[fmt, part](session, run, tmp)
+            if fmt in FOR_PEOPLE:
+                _WRITERS[fmt, part](session, run, tmp, language=language)
+            else:
+                _WRITERS[fmt, part](session, run, tmp)
         paths.append(path)
         progress("reports", len(paths), len(parts))
     return paths
@@ -594,7 +606,9 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def export_all(session: Session, run_id: int, out_dir: Path, *, progress: Progress = silent) -> list[Path]:
+def export_all(
+    session: Session, run_id: int, out_dir: Path, *, progress: Progress = silent, language: Language = "en"
+) -> list[Path]:
     """Write every report file and ``manifest.json`` (name, format, content, size, SHA-256 of each) into ``out_dir``.
 
     Returns the report paths in ``FORMATS`` order (the items CSV, the payouts CSV, XLSX, JSON, HTML),
@@ -608,7 +622,7 @@ def export_all(session: Session, run_id: int, out_dir: Path, *, progress: Progre
     total = sum(len(FORMAT_PARTS[fmt]) for fmt in FORMATS) + 1  # and the manifest
     progress("reports", 0, total)
     for fmt in FORMATS:
-        files = export_files(session, run_id, fmt, out_dir)
+        files = export_files(session, run_id, fmt, out_dir, language=language)
         written += [(fmt, part, path) for part, path in zip(FORMAT_PARTS[fmt], files, strict=True)]
         progress("reports", len(written), total)
     paths = [path for _, _, path in written]

@@ -13,7 +13,7 @@ import html
 from collections.abc import Sequence
 from typing import Any
 
-from reconciliation.labels import CLASSES, PROVIDERS, label
+from reconciliation.labels import CLASSES, PAYOUT_STATUSES, PROVIDERS, RUN_WORDS, Language, label
 from reconciliation.reports_common import PAYOUT_MATCHED, ItemRow, display_amount, local_time, printable, why
 
 _CSS = """
@@ -44,12 +44,13 @@ def _table(
     rows: Sequence[Sequence[Any]],
     numeric: frozenset[int] = frozenset(),
     flagged: Sequence[bool] = (),
+    detail: int | None = None,
 ) -> str:
-    """An escaped table in a horizontally scrolling wrapper; ``numeric`` columns align right,
-    rows whose ``flagged`` entry is true are highlighted (``tr.bad``)."""
+    """An escaped table in a horizontally scrolling wrapper; ``numeric`` columns align right, the
+    ``detail`` column wraps, rows whose ``flagged`` entry is true are highlighted (``tr.bad``)."""
 
     def cell(tag: str, index: int, value: Any) -> str:
-        cls = ' class="num"' if index in numeric else ' class="wrap"' if headers[index] == "Detail" else ""
+        cls = ' class="num"' if index in numeric else ' class="wrap"' if index == detail else ""
         return f"<{tag}{cls}>{_e(value)}</{tag}>"
 
     def tr(n: int) -> str:
@@ -62,16 +63,27 @@ def _table(
     return f'<div class="scroll"><table><thead><tr>{head}</tr></thead>\n<tbody>\n{body}\n</tbody></table></div>'
 
 
-def _totals_rows(summ: dict[str, Any], *, words: bool = True) -> list[list[Any]]:
+def _t(key: str, language: Language, **fields: Any) -> str:
+    text = RUN_WORDS[key][language]
+    return text.format(**fields) if fields else text
+
+
+def _n(count: int, one: str, many: str, language: Language = "en") -> str:
+    """``1 exception``, ``1,200 exceptions`` (French: ``0 écart``, ``1 écart``, ``2 écarts``)."""
+    singular = count == 1 or (language == "fr" and count == 0)
+    return f"{count:,} {_t(one if singular else many, language)}"
+
+
+def _totals_rows(summ: dict[str, Any], *, words: bool = True, language: Language = "en") -> list[list[Any]]:
     """Totals per currency and class; ``words``: labels for people (the HTML page), else code names (the
     terminal, whose columns programs and operators read)."""
-    provider = label(PROVIDERS, summ["run"]["provider"]) if words else summ["run"]["provider"]
+    provider = label(PROVIDERS, summ["run"]["provider"], language) if words else summ["run"]["provider"]
     return [
         [
             provider,
             t["currency"] or "",
             # count 0: the provider's side of a currency mismatch, totalled in the provider's currency
-            (label(CLASSES, t["class"]) + (" (the provider's currency)" if t["count"] == 0 else ""))
+            (label(CLASSES, t["class"], language) + (_t("their_currency", language) if t["count"] == 0 else ""))
             if words
             else t["class"],
             (t["count"] or "—") if words else t["count"],
@@ -84,134 +96,130 @@ def _totals_rows(summ: dict[str, Any], *, words: bool = True) -> list[list[Any]]
     ]
 
 
-def _posting(payout: dict[str, Any]) -> str:
+def _posting(payout: dict[str, Any], language: Language = "en") -> str:
     if not payout["posted"]:
-        return "not posted"
-    return f"journal {payout['journal_id']} (run {payout['posted_run_id']})"
+        return _t("not_posted", language)
+    return _t("posted", language, journal=payout["journal_id"], run=payout["posted_run_id"])
 
 
-def _payouts_html(payouts: Sequence[dict[str, Any]]) -> list[str]:
+def _payouts_html(payouts: Sequence[dict[str, Any]], language: Language = "en") -> list[str]:
     """The payouts section: not matched first (``reports.payouts`` order), highlighted like exceptions."""
     unmatched = sum(1 for p in payouts if p["status"] != PAYOUT_MATCHED)
-    parts = [f"<h2>Payouts ({len(payouts):,}, {unmatched:,} not matched)</h2>"]
+    parts = [f"<h2>{_e(_t('payouts', language, n=f'{len(payouts):,}', unmatched=f'{unmatched:,}'))}</h2>"]
     if not payouts:
-        return [*parts, "<p>None reported for this day.</p>"]
+        return [*parts, f"<p>{_e(_t('no_payouts', language))}</p>"]
     rows = [
         [
             p["payout_id"],
-            p["status"],
+            label(PAYOUT_STATUSES, p["status"], language) if language != "en" else p["status"],
             p["payments"],
             display_amount(p["payout_amount"], p["currency"]),
             display_amount(p["settled_net"], p["currency"]),
             "" if p["difference"] is None else display_amount(p["difference"], p["currency"]),
-            _posting(p),
+            _posting(p, language),
         ]
         for p in payouts
     ]
-    headers = ("Payout", "Status", "Payments", "Paid out", "Net of payments", "Difference", "Ledger (bank)")
+    keys = ("h_payout", "h_status", "h_payments", "h_paid_out", "h_net", "h_difference", "h_bank")
     flagged = [p["status"] != PAYOUT_MATCHED for p in payouts]
-    parts.append(_table(headers, rows, frozenset({2, 3, 4, 5}), flagged))
-    parts.append(
-        '<p class="more">Matched payouts are posted once to the bank account (Dr bank / Cr provider clearing);'
-        " the others are for finance to look at.</p>"
-    )
+    parts.append(_table([_t(k, language) for k in keys], rows, frozenset({2, 3, 4, 5}), flagged))
+    parts.append(f'<p class="more">{_e(_t("payouts_note", language))}</p>')
     return parts
 
 
-def _change_label(change: dict[str, Any]) -> tuple[str, str]:
-    return change["from_class"] or "(not in previous run)", change["to_class"] or "(not in this run)"
+def _change_label(change: dict[str, Any], language: Language = "en") -> tuple[str, str]:
+    return change["from_class"] or _t("not_before", language), change["to_class"] or _t("not_now", language)
 
 
-def _headline(summ: dict[str, Any]) -> str:
+def _headline(summ: dict[str, Any], language: Language = "en") -> str:
     counts = summ["counts"]
+    items = _n(counts["items"], "item", "items", language)
     if counts["exceptions"] == 0:
-        return f"Balanced: {_n(counts['items'], 'item', 'items')}, all matched."
+        return _t("balanced", language, items=items)
     healed = counts["healed"]
-    return (
-        f"{_n(counts['exceptions'], 'exception', 'exceptions')} of {_n(counts['items'], 'item', 'items')}"
-        f" ({healed:,} healed by the run, {counts['exceptions'] - healed:,} to act on)."
-    )
-
-
-def _n(count: int, one: str, many: str) -> str:
-    """``1 exception``, ``1,200 exceptions``."""
-    return f"{count:,} {one if count == 1 else many}"
+    return _t(
+        "headline", language, exceptions=_n(counts["exceptions"], "exception", "exceptions", language), items=items,
+        healed=_n(healed, "healed_one", "healed_many", language), act=f"{counts['exceptions'] - healed:,}",
+    )  # fmt: skip
 
 
 def render_html(
-    summ: dict[str, Any], changes: Sequence[dict[str, Any]], n_changes: int, exceptions: Sequence[ItemRow]
+    summ: dict[str, Any],
+    changes: Sequence[dict[str, Any]],
+    n_changes: int,
+    exceptions: Sequence[ItemRow],
+    language: Language = "en",
 ) -> str:
-    """The page: headline, exceptions first (those given, with a count of the rest), payouts (not
-    matched first, highlighted), totals per provider/currency/class, changes since the previous run
+    """The page, in ``language``: headline, exceptions first (those given, with a count of the rest), payouts
+    (not matched first, highlighted), totals per provider/currency/class, changes since the previous run
     (likewise), run metadata."""
     run, counts = summ["run"], summ["counts"]
-    title = f"Reconciliation {label(PROVIDERS, run['provider'])} {run['business_date']} (run {run['id']})"
+    title = _t(
+        "title", language, provider=label(PROVIDERS, run["provider"], language), day=run["business_date"], run=run["id"]
+    )
     parts = [
-        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">',
+        f'<!DOCTYPE html>\n<html lang="{language}">\n<head>\n<meta charset="utf-8">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
         f"<title>{_e(title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>",
         f"<h1>{_e(title)}</h1>",
-        f'<p class="banner {"ok" if counts["exceptions"] == 0 else "bad"}">{_e(_headline(summ))}</p>',
+        f'<p class="banner {"ok" if counts["exceptions"] == 0 else "bad"}">{_e(_headline(summ, language))}</p>',
     ]
 
-    parts.append(f"<h2>Exceptions ({counts['exceptions']:,})</h2>")
+    parts.append(f"<h2>{_e(_t('Exceptions', language))} ({counts['exceptions']:,})</h2>")
     if exceptions:
         rows = [
             [
-                label(CLASSES, it.cls) + (" (healed)" if it.healed else ""),
+                label(CLASSES, it.cls, language) + (_t("healed", language) if it.healed else ""),
                 it.reference or "",
                 it.provider_txn_id or "",
                 display_amount(it.internal_amount, it.internal_currency),
                 display_amount(it.provider_amount, it.provider_currency),
                 "" if it.difference is None else display_amount(it.difference, it.currency),
                 f"{it.internal_status or '—'} / {it.provider_status or '—'}",
-                why(it),
+                why(it, language),
             ]
             for it in exceptions
         ]
-        exception_headers = (
-            "Class",
-            "Reference",
-            "Provider txn",
-            "Internal",
-            "Provider",
-            "Difference",
-            "Status (ours / theirs)",
-        )
-        parts.append(_table((*exception_headers, "Detail"), rows, frozenset({3, 4, 5})))
+        keys = ("h_class", "h_reference", "h_txn", "h_internal", "h_provider", "h_difference", "h_statuses")
+        headers = [*(_t(k, language) for k in keys), _t("h_detail", language)]
+        parts.append(_table(headers, rows, frozenset({3, 4, 5}), detail=len(headers) - 1))
         if counts["exceptions"] > len(exceptions):
             rest = counts["exceptions"] - len(exceptions)
-            more = "more exception" if rest == 1 else "more exceptions"
-            parts.append(f'<p class="more">… and {rest:,} {more}: see the CSV or XLSX report.</p>')
+            more = _t("more_exceptions", language, n=_n(rest, "exception", "exceptions", language))
+            parts.append(f'<p class="more">{_e(more)}</p>')
     else:
-        parts.append("<p>None.</p>")
+        parts.append(f"<p>{_e(_t('none', language))}</p>")
 
-    parts.extend(_payouts_html(summ.get("payouts", [])))
+    parts.extend(_payouts_html(summ.get("payouts", []), language))
 
-    parts.append("<h2>Totals</h2>")
-    headers = ("Provider", "Currency", "Class", "Count", "Healed", "Internal total", "Provider total", "Fees")
-    parts.append(_table(headers, _totals_rows(summ), frozenset({3, 4, 5, 6, 7})))
+    parts.append(f"<h2>{_e(_t('totals', language))}</h2>")
+    total_keys = ("h_provider", "h_currency", "h_class", "h_count", "h_healed", "h_internal_total",
+                  "h_provider_total", "h_fees")  # fmt: skip
+    parts.append(
+        _table([_t(k, language) for k in total_keys], _totals_rows(summ, language=language), frozenset({3, 4, 5, 6, 7}))
+    )
 
     previous = run["previous_run_id"]
     if previous is None:
-        parts.append("<h2>Changes since the previous run</h2>\n<p>First run of this business day.</p>")
+        parts.append(f"<h2>{_e(_t('changes_first', language))}</h2>\n<p>{_e(_t('first_run', language))}</p>")
     else:
-        parts.append(f"<h2>Changes since run {_e(previous)} ({n_changes:,})</h2>")
+        parts.append(f"<h2>{_e(_t('changes', language, previous=previous, n=f'{n_changes:,}'))}</h2>")
         if changes:
-            rows = [[c["reference"] or c["provider_txn_id"] or "", *_change_label(c)] for c in changes]
-            parts.append(_table(("Reference", "Was", "Now"), rows))
+            rows = [[c["reference"] or c["provider_txn_id"] or "", *_change_label(c, language)] for c in changes]
+            parts.append(_table([_t(k, language) for k in ("h_reference", "h_was", "h_now")], rows))
             if n_changes > len(changes):
-                parts.append(f'<p class="more">… and {n_changes - len(changes):,} more: see the JSON report.</p>')
+                more = _t("more_changes", language, n=f"{n_changes - len(changes):,}")
+                parts.append(f'<p class="more">{_e(more)}</p>')
         else:
-            parts.append("<p>No item changed class.</p>")
+            parts.append(f"<p>{_e(_t('no_change', language))}</p>")
 
-    parts.append("<h2>Run</h2>\n<dl>")
+    parts.append(f"<h2>{_e(_t('run', language))}</h2>\n<dl>")
     shown = {
         key: local_time(value, run["timezone"]) + f" ({run['timezone']})" if key.endswith("_at") and value else value
         for key, value in run.items()
     }
     parts.extend(f"<dt>{_e(key)}</dt><dd>{_e(value) or '—'}</dd>" for key, value in shown.items())
-    parts.append('</dl>\n<p class="more">Generated by payrecon.</p>\n</body>\n</html>\n')
+    parts.append(f'</dl>\n<p class="more">{_e(_t("generated", language))}</p>\n</body>\n</html>\n')
     return "\n".join(parts)
 
 

@@ -34,6 +34,7 @@ from openpyxl.cell.cell import ILLEGAL_CHARACTERS_RE  # type: ignore[import-unty
 from openpyxl.styles import Font  # type: ignore[import-untyped]
 from openpyxl.utils import get_column_letter  # type: ignore[import-untyped]
 
+from reconciliation.labels import Language
 from reconciliation.reports_common import ItemRow, formula_safe, payout_totals, spreadsheet_amount, why
 
 #: Item columns of the Exceptions and All lines sheets, with their widths.
@@ -102,7 +103,7 @@ def _filter(ws: Any, columns: int, rows: int) -> None:
     ws.auto_filter.ref = f"A1:{get_column_letter(columns)}{max(rows, 1)}"
 
 
-def _item_cells(ws: Any, item: ItemRow) -> list[Any]:
+def _item_cells(ws: Any, item: ItemRow, language: Language = "en") -> list[Any]:
     return [
         _text(ws, item.cls),
         item.healed,
@@ -117,14 +118,14 @@ def _item_cells(ws: Any, item: ItemRow) -> list[Any]:
         _money(ws, item.fee, item.fee_currency),
         _money(ws, item.expected_fee, item.fee_currency),
         _text(ws, item.provider_currency),
-        _text(ws, why(item)),
+        _text(ws, why(item, language)),
     ]
 
 
-def _write_items(ws: Any, items: Iterable[ItemRow]) -> int:
+def _write_items(ws: Any, items: Iterable[ItemRow], language: Language = "en") -> int:
     rows = 1
     for item in items:
-        ws.append(_item_cells(ws, item))
+        ws.append(_item_cells(ws, item, language))
         rows += 1
     return rows
 
@@ -159,10 +160,12 @@ def write_xlsx(
     *,
     max_rows: int,
     all_lines_max: int | None = None,
+    language: Language = "en",
 ) -> None:
     """Write the workbook to ``path``. ``summ`` is ``reports.summary()``; ``exceptions`` and
     ``all_items`` stream items, at most the number given (``None``: all). ``all_lines_max``: above
-    this many items the All lines sheet is left out (with a note), though Excel could hold it."""
+    this many items the All lines sheet is left out (with a note), though Excel could hold it.
+    ``language``: of the Detail column's words (the columns keep code names, for filters and programs)."""
     counts = summ["counts"]
     data_rows = max_rows - 1  # the header takes one
     notes: list[str] = []
@@ -192,7 +195,7 @@ def write_xlsx(
     _write_summary(wb, summ, notes)
 
     ws = header_sheet(wb, "Exceptions", ITEM_SHEET_COLUMNS)
-    rows = _write_items(ws, exceptions(exception_limit))
+    rows = _write_items(ws, exceptions(exception_limit), language)
     if exception_limit is not None:
         left_out = counts["exceptions"] - exception_limit
         ws.append([_text(ws, f"… {left_out:,} more exceptions not shown (Excel row limit): see the CSV report")])
@@ -206,7 +209,7 @@ def write_xlsx(
     if write_all:
         ws = header_sheet(wb, "All lines", ITEM_SHEET_COLUMNS)
         # The limit guards the sheet should items be added after the summary was read.
-        rows = _write_items(ws, all_items(data_rows))
+        rows = _write_items(ws, all_items(data_rows), language)
         _filter(ws, len(ITEM_SHEET_COLUMNS), rows)
     wb.save(path)
 

@@ -528,6 +528,30 @@ def test_html_speaks_to_people(rt: Runtime, two_runs: tuple[int, int], tmp_path:
     assert "1 exception of 2 items" in page and "1 exceptions" not in page
 
 
+def test_html_and_xlsx_in_french(rt: Runtime, two_runs: tuple[int, int], tmp_path: Path) -> None:
+    """PAYRECON_LANGUAGE=fr: the page's words, labels and the Detail column in French; the files for programs
+    (CSV, JSON) and the XLSX columns keep the code names."""
+    _, run_id = two_runs
+    with rt.sessions() as session:
+        files = reports.export_all(session, run_id, tmp_path, language="fr")
+    page = next(p for p in files if p.suffix == ".html").read_text(encoding="utf-8")
+    parser = _Page()
+    parser.feed(page)
+    text = "".join(parser.text)
+    assert '<html lang="fr">' in page and "Rapprochement CinetPay du 2026-11-20" in text
+    assert "9 écarts sur 11 lignes (1 régularisé par le rapprochement, 8 à traiter)." in text
+    assert "Payé chez nous, inconnu de l'opérateur" in parser.cells
+    assert "statut chez nous : succeeded ; chez l'opérateur : failed" in parser.cells
+    assert "Reversements (4, 3 non rapprochés)" in text and "montant différent" in parser.cells
+    assert "Exceptions" not in text and "Payouts" not in text
+    wb = openpyxl.load_workbook(next(p for p in files if p.suffix == ".xlsx"))
+    header = [c.value for c in wb["Exceptions"][1]]
+    details = [r[header.index("detail")].value for r in wb["Exceptions"].iter_rows(min_row=2)]
+    assert "l'opérateur le déclare 2 fois" in details and header[0] == "class"
+    csv_file = next(p for p in files if p.suffix == ".csv" and "payouts" not in p.name)
+    assert "l'opérateur" not in csv_file.read_text(encoding="utf-8")
+
+
 def test_html_without_payouts(rt: Runtime, tmp_path: Path) -> None:
     clean(rt)
     run_id = make_run(rt, [item("matched", "REF-X", "XOF", 1, 1)])

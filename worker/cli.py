@@ -16,6 +16,7 @@ from schemas.messages import Provider
 from worker.settings import ConfigError, Settings
 
 if TYPE_CHECKING:
+    from reconciliation.labels import Language
     from reconciliation.progress import Progress
 
 
@@ -430,7 +431,7 @@ def reconcile(provider: str | None, day: datetime, out_dir: Path | None, as_json
                 click.echo(f"error: {name}: {exc}", err=True)
                 problems += 1
                 continue
-            document = _report_run(rt.sessions, run_id, out_dir / name if out_dir else None, as_json)
+            document = _report_run(rt.sessions, run_id, out_dir / name if out_dir else None, as_json, settings.language)
             documents.append(document)
             classes.update(cls for cls, n in document["counts"]["by_class"].items() if n)
             if document["run"]["status"] != "succeeded":
@@ -448,7 +449,9 @@ def reconcile(provider: str | None, day: datetime, out_dir: Path | None, as_json
     sys.exit(1 if problems else 0)
 
 
-def _report_run(sessions: Any, run_id: int, out_dir: Path | None, as_json: bool) -> dict[str, Any]:
+def _report_run(
+    sessions: Any, run_id: int, out_dir: Path | None, as_json: bool, language: Language = "en"
+) -> dict[str, Any]:
     """Write the run's report files into ``out_dir`` (if given) and print them, or print its summary
     (unless ``as_json``); returns the run's summary with its changes and the files written."""
     from reconciliation import reports
@@ -458,7 +461,8 @@ def _report_run(sessions: Any, run_id: int, out_dir: Path | None, as_json: bool)
         document = {**summary, "changes": reports.changes(session, run_id)} if as_json else summary
         if out_dir is not None:
             with _progress(_on_terminal(as_json), f"{summary['run']['provider']}: ") as progress:
-                document["files"] = [str(p) for p in reports.export_all(session, run_id, out_dir, progress=progress)]
+                files = reports.export_all(session, run_id, out_dir, progress=progress, language=language)
+                document["files"] = [str(p) for p in files]
         if not as_json and out_dir is None:
             click.echo(reports.render_terminal(session, run_id))
     if not as_json and out_dir is not None:
@@ -545,9 +549,9 @@ def report_export(run_id: int, fmt: str, out_dir: Path) -> None:
         if session.get(ReconRun, run_id) is None:
             _fail(f"no reconciliation run #{run_id}")
         files = (
-            reports.export_all(session, run_id, out_dir, progress=progress)
+            reports.export_all(session, run_id, out_dir, progress=progress, language=settings.language)
             if fmt == "all"
-            else reports.export_files(session, run_id, fmt, out_dir, progress=progress)
+            else reports.export_files(session, run_id, fmt, out_dir, progress=progress, language=settings.language)
         )
     for path in files:
         click.echo(str(path))

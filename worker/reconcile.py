@@ -225,7 +225,7 @@ def write_reports(rt: Runtime, run_id: int) -> list[Path]:
         if run is None:
             raise ValueError(f"no reconciliation run #{run_id}")
         out = base / run.provider / run.business_date.isoformat() / f"run{run_id}"
-        files = reports.export_all(session, run_id, out)
+        files = reports.export_all(session, run_id, out, language=rt.settings.language)
         # The day at a glance, every provider's latest run of the day: rewritten as each of them ends.
         data = glance.day_glance(session, run.business_date, rt.settings.timezone)
     files += glance_render.write_files(data, base / "days", language=rt.settings.language)
