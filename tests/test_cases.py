@@ -7,6 +7,7 @@ import json
 import threading
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 from click.testing import CliRunner
@@ -111,6 +112,34 @@ def test_a_run_opens_a_case_per_exception_with_age_priority_and_sla(rt: Runtime,
     assert {r["age_days"] for r in listed} == {9} and {r["age_bucket"] for r in listed} == {"8-30"}
     assert len(listed) == 6  # the healed case is not open
     assert [r["amount"] for r in listed] == sorted((r["amount"] for r in listed), reverse=True)  # largest first
+
+
+def test_open_cases_are_gauges_on_the_metrics_page(rt: Runtime, day: dict[str, str]) -> None:
+    from worker.observability import StateCollector
+
+    run_day(rt)
+    with transaction(rt.sessions) as session:  # one case past its SLA date
+        session.execute(
+            update(ReconCase)
+            .where(ReconCase.reference == day["fee"])
+            .values(sla_due=datetime.now(UTC).date() - timedelta(days=2))
+        )
+    gauges = {
+        (family.name, tuple(sorted(s.labels.items()))): s.value
+        for family in StateCollector(rt.sessions, None, tz=ZoneInfo("Africa/Abidjan")).collect()
+        for s in family.samples
+        if family.name.startswith("payrecon_exception_cases")
+    }
+
+    def open_cases(bucket: str, priority: str, provider: str = "cinetpay") -> float:
+        key = (("age_bucket", bucket), ("priority", priority), ("provider", provider))
+        return gauges["payrecon_exception_cases_open", key]
+
+    bucket = cases.age_bucket(cases.age_days(DAY, datetime.now(ZoneInfo("Africa/Abidjan")).date()))
+    assert (open_cases(bucket, "high"), open_cases(bucket, "medium"), open_cases(bucket, "low")) == (2, 3, 1)
+    assert open_cases("0-1", "high") == 0 and open_cases(bucket, "high", "wave") == 0  # the healed one is not open
+    assert gauges["payrecon_exception_cases_overdue", (("provider", "cinetpay"),)] == 1
+    assert gauges["payrecon_exception_cases_overdue", (("provider", "wave"),)] == 0
 
 
 def test_age_buckets() -> None:

@@ -41,6 +41,8 @@ SCRAPE_TIME = {
     "payrecon_delivery_overdue_seconds",
     "payrecon_queue_depth",
     "payrecon_reconciliation_last_success_timestamp_seconds",
+    "payrecon_exception_cases_open",
+    "payrecon_exception_cases_overdue",
     "payrecon_reconciliation_runs_total",
     "payrecon_reconciliation_items_total",
     "payrecon_reconciliation_duration_seconds_bucket",

@@ -8,7 +8,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, tzinfo
 from typing import Any, TypeVar
 
 from prometheus_client import REGISTRY, CollectorRegistry, start_http_server
@@ -17,8 +17,8 @@ from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 
 from providers.base import ProviderError, ProviderRateLimited, ProviderTransientError
-from reconciliation import facts
-from reconciliation.models import FINAL_STATUSES, DeadLetter, InboxDelivery, InboxStatus, Payment, ReconRun
+from reconciliation import cases, facts
+from reconciliation.models import FINAL_STATUSES, DeadLetter, InboxDelivery, InboxStatus, Payment, ReconCase, ReconRun
 from worker import metrics
 from worker.settings import PROVIDERS
 
@@ -92,8 +92,9 @@ class StateCollector(Collector):
     """Gauges read at scrape time in the serving process: pending payments and the age of the
     oldest, dead letters waiting, queue depth. Cached briefly so scrapes stay cheap."""
 
-    def __init__(self, sessions: Any, redis_url: str | None, *, ttl: float = 5.0) -> None:
+    def __init__(self, sessions: Any, redis_url: str | None, *, ttl: float = 5.0, tz: tzinfo = UTC) -> None:
         self._sessions = sessions
+        self._tz = tz  # the business time zone: the age of exception cases counts its days
         self._redis_url = redis_url
         self._ttl = ttl
         self._lock = threading.Lock()
@@ -141,6 +142,16 @@ class StateCollector(Collector):
             "How long the most overdue delivery has been due without a worker taking it (0 if none).",
             labels=["provider"],
         )
+        cases_open = GaugeMetricFamily(
+            f"{metrics.NAMESPACE}_exception_cases_open",
+            "Reconciliation exception cases open or under investigation, by age in days since their business day.",
+            labels=["provider", "age_bucket", "priority"],
+        )
+        cases_overdue = GaugeMetricFamily(
+            f"{metrics.NAMESPACE}_exception_cases_overdue",
+            "Reconciliation exception cases still open past their SLA date.",
+            labels=["provider"],
+        )
         last_success = GaugeMetricFamily(
             f"{metrics.NAMESPACE}_reconciliation_last_success_timestamp_seconds",
             "When the last successful reconciliation run of each provider finished (Unix time).",
@@ -162,6 +173,11 @@ class StateCollector(Collector):
                 select(Payment.provider, func.count(), func.min(Payment.created_at))
                 .where(Payment.status.not_in(list(FINAL_STATUSES)))
                 .group_by(Payment.provider)
+            ).all()
+            open_cases = session.execute(
+                select(ReconCase.provider, ReconCase.business_date, ReconCase.priority, ReconCase.sla_due, func.count())
+                .where(ReconCase.status.in_(cases.OPEN_STATUSES))
+                .group_by(ReconCase.provider, ReconCase.business_date, ReconCase.priority, ReconCase.sla_due)
             ).all()
             counts = session.execute(
                 select(DeadLetter.reason, func.count())
@@ -185,7 +201,20 @@ class StateCollector(Collector):
         for provider, finished in runs:
             if finished is not None:
                 last_success.add_metric([provider], finished.timestamp())
-        return [pending, oldest, letters, waiting, overdue, last_success]
+        today = now.astimezone(self._tz).date()
+        by_age: dict[tuple[str, str, str], int] = {}
+        late: dict[str, int] = dict.fromkeys(PROVIDERS, 0)
+        for provider, day, priority, sla_due, count in open_cases:
+            key = (provider, cases.age_bucket(cases.age_days(day, today)), priority)
+            by_age[key] = by_age.get(key, 0) + count
+            late[provider] = late.get(provider, 0) + (count if today > sla_due else 0)
+        for provider in PROVIDERS:  # every series present, at 0 when empty, so rates and alerts see it
+            for bucket, _, _ in cases.AGE_BUCKETS:
+                for priority in cases.PRIORITY_ORDER:
+                    cases_open.add_metric([provider, bucket, priority], by_age.get((provider, bucket, priority), 0))
+        for provider, count in sorted(late.items()):
+            cases_overdue.add_metric([provider], count)
+        return [pending, oldest, letters, waiting, overdue, last_success, cases_open, cases_overdue]
 
     def _queues(self) -> GaugeMetricFamily:
         import redis

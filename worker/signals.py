@@ -35,7 +35,7 @@ def _serve_worker_metrics(sender: Any = None, **_: Any) -> None:
     redis_url = rt.settings.redis_url or (
         rt.settings.broker_url if rt.settings.broker_url.startswith(("redis://", "rediss://")) else None
     )
-    collector = observability.StateCollector(rt.sessions, redis_url)
+    collector = observability.StateCollector(rt.sessions, redis_url, tz=rt.settings.timezone)
     try:
         observability.serve(port, observability.serving_registry(collector))
     except OSError as exc:  # a second worker node on the same host: say so, keep working
