@@ -100,7 +100,7 @@ EXPECTED_CHANGES = [
 
 
 def clean(rt: Runtime) -> None:
-    # conftest truncates only the tables it lists.
+    # Before a second set of runs in one test (conftest empties every table before each test).
     with rt.sessions.begin() as session:
         session.execute(delete(ReconItem))
         session.execute(delete(PayoutPosting))
