@@ -219,6 +219,17 @@ class AwaitingRegistration(DeliveryError):
 # --------------------------------------------------------------------------- delivery helpers
 
 
+def query_value(query: Mapping[str, str | list[str]], name: str) -> str | None:
+    """One query parameter of a delivery's URL, stripped; ``None`` when absent, empty or blank. Given more
+    than once (``?ref=A&ref=B``) it is ambiguous: ``MalformedDelivery``, never a guess at which one counts."""
+    value = query.get(name)
+    if isinstance(value, list):
+        if len(value) > 1:
+            raise MalformedDelivery(f"query parameter {name!r} is given {len(value)} times")
+        value = value[0] if value else None
+    return (value.strip() or None) if isinstance(value, str) else None
+
+
 def unstorable(value: str) -> str | None:
     """What in ``value`` PostgreSQL cannot store as text (``"a NUL character"``...), or None."""
     found = _UNSTORABLE.search(value)

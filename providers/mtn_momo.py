@@ -49,6 +49,7 @@ from providers.base import (
     checked_reference,
     claim_text,
     delivery_json,
+    query_value,
 )
 from providers.http import HttpClient, json_body, json_object, retry_policy
 from schemas.currency import MINOR_UNIT_EXPONENT, AmountError
@@ -196,15 +197,6 @@ def _error_code(response: requests.Response) -> str | None:
 # --------------------------------------------------------------------------- callbacks
 
 
-def _query_value(query: Mapping[str, str | list[str]], key: str) -> str | None:
-    value = query.get(key)
-    if isinstance(value, list):
-        if len(value) > 1:
-            raise MalformedDelivery(f"query parameter {key!r} is given {len(value)} times")
-        value = value[0] if value else None
-    return value.strip() if value and value.strip() else None
-
-
 def _checked_reference(value: str, where: str) -> str:
     checked_reference(value, where)  # names the length limit, NUL characters
     if not _REFERENCE.fullmatch(value):
@@ -225,7 +217,7 @@ def find_reference(body: Mapping[str, Any], path: str, query: Mapping[str, str |
     if in_body is not None and not isinstance(in_body, str):
         raise MalformedDelivery("body referenceId is not a string")
     for key in REFERENCE_QUERY_KEYS:
-        value = _query_value(query, key)
+        value = query_value(query, key)
         if value is not None:
             return _checked_reference(value, f"query parameter {key}")
     last = unquote(urlsplit(path).path.rstrip("/").rsplit("/", 1)[-1])

@@ -59,6 +59,7 @@ from providers.base import (
     claim_text,
     delivery_json,
     load_json,
+    query_value,
     unstorable,
 )
 from providers.http import HttpClient, json_body, json_object, retry_policy
@@ -238,15 +239,6 @@ def notification_fields(body: str) -> dict[str, Any]:
     return fields
 
 
-def _query_value(query: Mapping[str, str | list[str]], name: str) -> str | None:
-    value = query.get(name)
-    if isinstance(value, list):
-        if len(value) != 1:
-            raise MalformedDelivery(f"query parameter {name} is given {len(value)} times")
-        value = value[0]
-    return (value.strip() or None) if isinstance(value, str) else None
-
-
 def _checked(value: str, where: str) -> str:
     checked_reference(value, where)  # names the length limit, NUL characters
     if not _REFERENCE.fullmatch(value):
@@ -308,7 +300,7 @@ class NotifUrl:
     def reference(self, envelope: WebhookEnvelope) -> str | None:
         """The order id this URL shape finds in ``envelope``, or None if its URL has another shape."""
         if self.query is not None:
-            value = _query_value(envelope.query, self.query)
+            value = query_value(envelope.query, self.query)
             return None if value is None else _checked(value, f"query parameter {self.query}")
         found = self.path.fullmatch(unquote(envelope.path)) if self.path is not None else None
         if found is None:
@@ -327,7 +319,7 @@ def reference_of(envelope: WebhookEnvelope, notif_url: NotifUrl | None = None) -
     if notif_url is not None:
         return notif_url.reference(envelope)
     for name in ("order_id", "reference"):
-        value = _query_value(envelope.query, name)
+        value = query_value(envelope.query, name)
         if value is not None:
             return _checked(value, f"query parameter {name}")
     segments = [segment for segment in envelope.path.split("/") if segment]

@@ -356,3 +356,22 @@ def test_delivery_error_messages_are_storable() -> None:
         wave().parse_delivery(wave_envelope(event_type="checkout.\0", client_reference=None))
     assert "\0" not in str(info.value) and "\ufffd" in str(info.value)
     assert str(ForgedDelivery("a\ud800b")) == "a\ufffdb"
+
+
+@pytest.mark.parametrize(
+    ("query", "expected"),
+    [
+        ({"ref": "A-1"}, "A-1"),
+        ({"ref": [" A-1 "]}, "A-1"),
+        ({"ref": []}, None),  # present without a value: absent (Orange's copy said "given 0 times")
+        ({"ref": "  "}, None),
+        ({}, None),
+    ],
+)
+def test_one_reading_of_a_query_parameter_for_every_provider(query: dict[str, Any], expected: str | None) -> None:
+    assert base.query_value(query, "ref") == expected
+
+
+def test_a_query_parameter_given_twice_is_malformed_not_a_guess() -> None:
+    with pytest.raises(MalformedDelivery, match="query parameter 'ref' is given 2 times"):
+        base.query_value({"ref": ["A-1", "B-2"]}, "ref")
