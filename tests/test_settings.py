@@ -240,3 +240,15 @@ def test_reconciliation_settings() -> None:
 def test_every_form_of_a_postgresql_url_runs_on_psycopg2(given: str) -> None:
     settings = Settings.from_env({**BASE, "DATABASE_URL": given})
     assert settings.database_url == "postgresql+psycopg2://u:p@db:5432/app"
+
+
+def test_every_provider_of_the_contract_has_its_settings_client_and_profile() -> None:
+    """Adding a provider: an entry in each registry, none forgotten (#15)."""
+    from providers.profiles import PROFILES
+    from schemas.messages import Provider
+    from worker.runtime import CLIENTS
+    from worker.settings import PROVIDERS, READERS
+
+    contract = [p.value for p in Provider]
+    assert list(PROVIDERS) == contract
+    assert list(READERS) == list(CLIENTS) == contract and set(PROFILES) == set(contract)

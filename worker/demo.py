@@ -42,9 +42,9 @@ from reconciliation.db import make_engine, normalize_database_url, session_facto
 from reconciliation.models import FlagKind, InboxDelivery, InboxStatus, Payment, PaymentFlag, PaymentStatus
 from reconciliation.statements import MAPPINGS, import_file
 from schemas.currency import format_amount, to_major
+from worker.settings import PROVIDERS
 
 CREDENTIALS = {"api_key": "demo-api-key", "site_id": "100000", "secret_key": "demo-secret-key"}
-PROVIDERS = ("cinetpay", "mtn_momo", "orange_money", "wave")
 #: (plan, price per period): the marketplace sells through CinetPay, the reading platform the others.
 PLANS = {
     "cinetpay": ("depannage-monthly", 5000),

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
@@ -70,42 +72,57 @@ class Runtime:
         self.engine.dispose()
 
 
+def _cinetpay(c: Any, timeout: tuple[float, float]) -> ProviderClient:
+    from providers.cinetpay import CinetPayClient
+
+    return CinetPayClient(
+        api_url=c.api_url, api_key=c.api_key, site_id=c.site_id, secret_key=c.secret_key, timeout=timeout
+    )
+
+
+def _mtn_momo(m: Any, timeout: tuple[float, float]) -> ProviderClient:
+    from providers.mtn_momo import MtnMomoClient
+
+    return MtnMomoClient(
+        api_url=m.api_url, api_user=m.api_user, api_key=m.api_key, subscription_key=m.subscription_key,
+        target_environment=m.target_environment, callback_host=m.callback_host, timeout=timeout,
+    )  # fmt: skip
+
+
+def _orange_money(o: Any, timeout: tuple[float, float]) -> ProviderClient:
+    from providers.orange_money import OrangeMoneyClient
+
+    return OrangeMoneyClient(
+        api_url=o.api_url, client_id=o.client_id, client_secret=o.client_secret, merchant_key=o.merchant_key,
+        country=o.country, token_url=o.token_url, notif_url=o.notif_url, timeout=timeout,
+    )  # fmt: skip
+
+
+def _wave(w: Any, timeout: tuple[float, float]) -> ProviderClient:
+    from providers.wave import WaveClient
+
+    return WaveClient(
+        api_url=w.api_url, api_key=w.api_key, webhook_secrets=w.webhook_secrets,
+        webhook_shared_secret=w.webhook_shared_secret, tolerance=w.tolerance, timeout=timeout,
+    )  # fmt: skip
+
+
+#: Each provider's client, from its settings (``worker.settings.READERS``) and the operator's timeouts.
+CLIENTS: dict[str, Callable[[Any, tuple[float, float]], ProviderClient]] = {
+    "cinetpay": _cinetpay,
+    "mtn_momo": _mtn_momo,
+    "orange_money": _orange_money,
+    "wave": _wave,
+}
+
+
 def build_clients(settings: Settings) -> dict[str, ProviderClient]:
     """One client per configured provider, with the operator's timeouts."""
-    clients: dict[str, ProviderClient] = {}
-    if settings.cinetpay is not None:
-        from providers.cinetpay import CinetPayClient
-
-        c = settings.cinetpay
-        clients["cinetpay"] = CinetPayClient(
-            api_url=c.api_url, api_key=c.api_key, site_id=c.site_id, secret_key=c.secret_key,
-            timeout=settings.http_timeout,
-        )  # fmt: skip
-    if settings.mtn_momo is not None:
-        from providers.mtn_momo import MtnMomoClient
-
-        m = settings.mtn_momo
-        clients["mtn_momo"] = MtnMomoClient(
-            api_url=m.api_url, api_user=m.api_user, api_key=m.api_key, subscription_key=m.subscription_key,
-            target_environment=m.target_environment, callback_host=m.callback_host, timeout=settings.http_timeout,
-        )  # fmt: skip
-    if settings.orange_money is not None:
-        from providers.orange_money import OrangeMoneyClient
-
-        o = settings.orange_money
-        clients["orange_money"] = OrangeMoneyClient(
-            api_url=o.api_url, client_id=o.client_id, client_secret=o.client_secret, merchant_key=o.merchant_key,
-            country=o.country, token_url=o.token_url, notif_url=o.notif_url, timeout=settings.http_timeout,
-        )  # fmt: skip
-    if settings.wave is not None:
-        from providers.wave import WaveClient
-
-        w = settings.wave
-        clients["wave"] = WaveClient(
-            api_url=w.api_url, api_key=w.api_key, webhook_secrets=w.webhook_secrets,
-            webhook_shared_secret=w.webhook_shared_secret, tolerance=w.tolerance, timeout=settings.http_timeout,
-        )  # fmt: skip
-    return clients
+    return {
+        name: CLIENTS[name](configured, settings.http_timeout)
+        for name in settings.providers
+        if (configured := getattr(settings, name)) is not None
+    }
 
 
 def build_profiles(settings: Settings) -> dict[str, TrustProfile]:

@@ -9,13 +9,15 @@ from __future__ import annotations
 import base64
 import binascii
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from reconciliation.db import normalize_database_url
 from reconciliation.labels import LANGUAGES, Language
+from schemas.messages import Provider
 
 CINETPAY_DEFAULT_URL = "https://api-checkout.cinetpay.com"
 MTN_MOMO_DEFAULT_URL = "https://proxy.momoapi.mtn.com"  # production (X-Target-Environment mtn<country>)
@@ -24,7 +26,8 @@ MTN_MOMO_SANDBOX_URL = "https://sandbox.momodeveloper.mtn.com"  # MTN's sandbox 
 MTN_MOMO_SANDBOX_ENVIRONMENT = "sandbox"
 ORANGE_MONEY_DEFAULT_URL = "https://api.orange.com"
 WAVE_DEFAULT_URL = "https://api.wave.com"
-PROVIDERS = ("cinetpay", "mtn_momo", "orange_money", "wave")
+#: Every provider of the contract (``schemas.messages.Provider``), in its order.
+PROVIDERS: tuple[str, ...] = tuple(provider.value for provider in Provider)
 #: The variables that enable each provider (all of them or none).
 CREDENTIALS: dict[str, tuple[str, ...]] = {
     "cinetpay": ("CINETPAY_API_KEY", "CINETPAY_SITE_ID", "CINETPAY_SECRET_KEY"),
@@ -195,62 +198,7 @@ class Settings:
         database_url = reader.database("DATABASE_URL")
         broker_url = reader.broker("CELERY_BROKER_URL", required=require_broker)
         timezone = reader.zone("PAYRECON_TIMEZONE", "Africa/Abidjan")
-        cinetpay = reader.group("CINETPAY", CREDENTIALS["cinetpay"])
-        cinetpay_settings = None
-        if cinetpay is not None:
-            cinetpay_settings = CinetPaySettings(
-                api_url=reader.http_url("CINETPAY_API_URL", CINETPAY_DEFAULT_URL),
-                api_key=cinetpay["CINETPAY_API_KEY"],
-                site_id=cinetpay["CINETPAY_SITE_ID"],
-                secret_key=cinetpay["CINETPAY_SECRET_KEY"],
-            )
-        momo = reader.group("MTN_MOMO", CREDENTIALS["mtn_momo"])
-        momo_settings = None
-        if momo is not None:
-            sandboxed = momo["MTN_MOMO_TARGET_ENVIRONMENT"] == MTN_MOMO_SANDBOX_ENVIRONMENT
-            momo_settings = MtnMomoSettings(
-                # The host follows the target environment unless MTN_MOMO_API_URL says otherwise.
-                api_url=reader.http_url(
-                    "MTN_MOMO_API_URL", MTN_MOMO_SANDBOX_URL if sandboxed else MTN_MOMO_DEFAULT_URL
-                ),
-                api_user=momo["MTN_MOMO_API_USER"],
-                api_key=momo["MTN_MOMO_API_KEY"],
-                subscription_key=momo["MTN_MOMO_SUBSCRIPTION_KEY"],
-                target_environment=momo["MTN_MOMO_TARGET_ENVIRONMENT"],
-                callback_host=reader.text("MTN_MOMO_CALLBACK_HOST"),
-            )
-        orange = reader.group("ORANGE_MONEY", CREDENTIALS["orange_money"])
-        orange_settings = None
-        if orange is not None:
-            token_url = reader.text("ORANGE_MONEY_TOKEN_URL")
-            orange_settings = OrangeMoneySettings(
-                api_url=reader.http_url("ORANGE_MONEY_API_URL", ORANGE_MONEY_DEFAULT_URL),
-                client_id=orange["ORANGE_MONEY_CLIENT_ID"],
-                client_secret=orange["ORANGE_MONEY_CLIENT_SECRET"],
-                merchant_key=orange["ORANGE_MONEY_MERCHANT_KEY"],
-                country=orange["ORANGE_MONEY_COUNTRY"].lower(),
-                token_url=reader.http_url("ORANGE_MONEY_TOKEN_URL", token_url) if token_url else None,
-                notif_url=reader.notif_url("ORANGE_MONEY_NOTIF_URL"),
-            )
-        wave = reader.group("WAVE", CREDENTIALS["wave"])
-        wave_settings = None
-        if wave is not None:
-            secrets = tuple(
-                part.strip() for part in (reader.text("WAVE_WEBHOOK_SECRETS") or "").split(",") if part.strip()
-            )
-            shared = reader.text("WAVE_WEBHOOK_SHARED_SECRET")
-            if not secrets and not shared:
-                problems.append(
-                    "WAVE is half configured: set WAVE_WEBHOOK_SECRETS (comma-separated, newest first) "
-                    "or WAVE_WEBHOOK_SHARED_SECRET, or webhooks cannot be authenticated"
-                )
-            wave_settings = WaveSettings(
-                api_url=reader.http_url("WAVE_API_URL", WAVE_DEFAULT_URL),
-                api_key=wave["WAVE_API_KEY"],
-                webhook_secrets=secrets,
-                webhook_shared_secret=shared,
-                tolerance=reader.integer("WAVE_WEBHOOK_TOLERANCE", 300, minimum=1),
-            )
+        provider_settings = {name: read(reader) for name, read in READERS.items()}
         budgets = {
             provider: budget
             for provider in PROVIDERS
@@ -261,13 +209,10 @@ class Settings:
         if redis_url is not None and not redis_url.startswith(("redis://", "rediss://")):
             problems.append(f"PAYRECON_REDIS_URL must be a redis:// URL, got {redis_url!r}")
         settings = cls(
+            **provider_settings,
             database_url=database_url or "",
             broker_url=broker_url or "",
             timezone=timezone,
-            cinetpay=cinetpay_settings,
-            mtn_momo=momo_settings,
-            orange_money=orange_settings,
-            wave=wave_settings,
             redis_url=redis_url,
             budgets=budgets,
             worker_concurrency=reader.integer("PAYRECON_WORKER_CONCURRENCY", 32, minimum=1),
@@ -514,3 +459,81 @@ class _Reader:
             self.problems.append(f"{label} is half configured: {', '.join(missing)} not set")
             return None
         return present
+
+
+# --------------------------------------------------------------------------- each provider's settings
+
+
+def _read_cinetpay(reader: _Reader) -> CinetPaySettings | None:
+    found = reader.group("CINETPAY", CREDENTIALS["cinetpay"])
+    if found is None:
+        return None
+    return CinetPaySettings(
+        api_url=reader.http_url("CINETPAY_API_URL", CINETPAY_DEFAULT_URL),
+        api_key=found["CINETPAY_API_KEY"],
+        site_id=found["CINETPAY_SITE_ID"],
+        secret_key=found["CINETPAY_SECRET_KEY"],
+    )
+
+
+def _read_mtn_momo(reader: _Reader) -> MtnMomoSettings | None:
+    found = reader.group("MTN_MOMO", CREDENTIALS["mtn_momo"])
+    if found is None:
+        return None
+    sandboxed = found["MTN_MOMO_TARGET_ENVIRONMENT"] == MTN_MOMO_SANDBOX_ENVIRONMENT
+    return MtnMomoSettings(
+        # The host follows the target environment unless MTN_MOMO_API_URL says otherwise.
+        api_url=reader.http_url("MTN_MOMO_API_URL", MTN_MOMO_SANDBOX_URL if sandboxed else MTN_MOMO_DEFAULT_URL),
+        api_user=found["MTN_MOMO_API_USER"],
+        api_key=found["MTN_MOMO_API_KEY"],
+        subscription_key=found["MTN_MOMO_SUBSCRIPTION_KEY"],
+        target_environment=found["MTN_MOMO_TARGET_ENVIRONMENT"],
+        callback_host=reader.text("MTN_MOMO_CALLBACK_HOST"),
+    )
+
+
+def _read_orange_money(reader: _Reader) -> OrangeMoneySettings | None:
+    found = reader.group("ORANGE_MONEY", CREDENTIALS["orange_money"])
+    if found is None:
+        return None
+    token_url = reader.text("ORANGE_MONEY_TOKEN_URL")
+    return OrangeMoneySettings(
+        api_url=reader.http_url("ORANGE_MONEY_API_URL", ORANGE_MONEY_DEFAULT_URL),
+        client_id=found["ORANGE_MONEY_CLIENT_ID"],
+        client_secret=found["ORANGE_MONEY_CLIENT_SECRET"],
+        merchant_key=found["ORANGE_MONEY_MERCHANT_KEY"],
+        country=found["ORANGE_MONEY_COUNTRY"].lower(),
+        token_url=reader.http_url("ORANGE_MONEY_TOKEN_URL", token_url) if token_url else None,
+        notif_url=reader.notif_url("ORANGE_MONEY_NOTIF_URL"),
+    )
+
+
+def _read_wave(reader: _Reader) -> WaveSettings | None:
+    found = reader.group("WAVE", CREDENTIALS["wave"])
+    if found is None:
+        return None
+    secrets = tuple(part.strip() for part in (reader.text("WAVE_WEBHOOK_SECRETS") or "").split(",") if part.strip())
+    shared = reader.text("WAVE_WEBHOOK_SHARED_SECRET")
+    if not secrets and not shared:
+        reader.problems.append(
+            "WAVE is half configured: set WAVE_WEBHOOK_SECRETS (comma-separated, newest first) "
+            "or WAVE_WEBHOOK_SHARED_SECRET, or webhooks cannot be authenticated"
+        )
+    return WaveSettings(
+        api_url=reader.http_url("WAVE_API_URL", WAVE_DEFAULT_URL),
+        api_key=found["WAVE_API_KEY"],
+        webhook_secrets=secrets,
+        webhook_shared_secret=shared,
+        tolerance=reader.integer("WAVE_WEBHOOK_TOLERANCE", 300, minimum=1),
+    )
+
+
+#: Each provider's settings, read from the environment (None: not configured). A new provider adds its reader
+#: here, its client factory to ``worker.runtime.CLIENTS`` and its profile to ``providers.profiles.PROFILES``;
+#: tests/test_settings.py checks the three cover ``schemas.messages.Provider``.
+READERS: dict[str, Callable[[_Reader], Any]] = {
+    "cinetpay": _read_cinetpay,
+    "mtn_momo": _read_mtn_momo,
+    "orange_money": _read_orange_money,
+    "wave": _read_wave,
+}
