@@ -11,6 +11,8 @@ import os
 from celery.schedules import crontab
 from kombu import Queue
 
+from schemas.producer import INGEST_TASK, QUEUE, REGISTER_TASK
+
 broker_url = os.environ.get("CELERY_BROKER_URL", "")
 broker_connection_retry_on_startup = True
 
@@ -59,17 +61,17 @@ broker_transport_options = {
 task_time_limit = 300
 task_soft_time_limit = 240
 
-task_default_queue = "webhooks"
+task_default_queue = QUEUE
 # Each queue has its own routing key, so the bindings say what they mean (a queue declared
 # without one is bound with the default queue's key; Celery still routes by queue name).
 task_queues = (
-    Queue("webhooks", routing_key="webhooks"),  # contract: ingest_webhook and register_payment
+    Queue(QUEUE, routing_key=QUEUE),  # contract: ingest_webhook and register_payment
     Queue("verify", routing_key="verify"),  # retries and janitor re-checks
     Queue("maintenance", routing_key="maintenance"),  # beat jobs
 )
 task_routes = {
-    "payrecon.ingest_webhook": {"queue": "webhooks"},
-    "payrecon.register_payment": {"queue": "webhooks"},
+    INGEST_TASK: {"queue": QUEUE},
+    REGISTER_TASK: {"queue": QUEUE},
     "payrecon.retry_delivery": {"queue": "verify"},
     "payrecon.verify_payment": {"queue": "verify"},
     "payrecon.recheck_due": {"queue": "maintenance"},

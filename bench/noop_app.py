@@ -26,6 +26,7 @@ from typing import Any
 import redis
 from celery import Celery
 
+from schemas.producer import INGEST_TASK
 from worker import broker_recovery
 
 broker_recovery.apply()
@@ -51,7 +52,7 @@ def _redis() -> redis.Redis:
 
 
 # The same options as payrecon's task (worker.tasks.WEBHOOK_PATH_LIMITS), so Celery does the same around it.
-@app.task(name="payrecon.ingest_webhook", bind=True, soft_time_limit=40, time_limit=45)
+@app.task(name=INGEST_TASK, bind=True, soft_time_limit=40, time_limit=45)
 def ingest_webhook(self: Any, envelope: Any = None, **unexpected: Any) -> None:
     """Nothing but counting the message."""
     pipe = _redis().pipeline(transaction=False)

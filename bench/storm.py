@@ -80,6 +80,7 @@ sys.path.insert(0, str(ROOT))
 
 from providers.sandbox.client import SandboxClient, SandboxError
 from providers.sandbox.server import SandboxServer
+from schemas.producer import INGEST_TASK, QUEUE, REGISTER_TASK
 
 PROVIDERS = ("cinetpay", "mtn_momo", "orange_money", "wave")
 #: The field naming a transaction in each provider's sandbox control API.
@@ -645,12 +646,12 @@ def malformed_message(kind: str, nonce: str, rng: random.Random) -> tuple[str, d
             "schema": "payrecon.payment/1", "provider": "wave", "reference": tag, "amount": "6500",
             "currency": "XOF", "account": "nobody", "plan": "coko-premium-monthly", "periods": 1,
         }  # fmt: skip
-        return "payrecon.register_payment", {"payment": payment}
+        return REGISTER_TASK, {"payment": payment}
     if kind == "envelope":
         envelope: Any = rng.choice(
             [{"schema": "payrecon.webhook/1", "provider": "cinetpay", "body": tag}, ["not", "an", "envelope", tag]]
         )
-        return "payrecon.ingest_webhook", {"envelope": envelope}
+        return INGEST_TASK, {"envelope": envelope}
     provider = rng.choice(PROVIDERS)
     body, path, content_type = {
         "cinetpay": (f"cpm_site_id=100000&cpm_designation={tag}", "/depannage/api/cinetpay/notify/", "form"),
@@ -665,7 +666,7 @@ def malformed_message(kind: str, nonce: str, rng: random.Random) -> tuple[str, d
         "headers": {"Content-Type": "application/json" if content_type == "json" else form},
         "body": body, "receiver": "storm",
     }  # fmt: skip
-    return "payrecon.ingest_webhook", {"envelope": envelope}
+    return INGEST_TASK, {"envelope": envelope}
 
 
 class Producer:
@@ -693,7 +694,7 @@ class Producer:
                     while pending:
                         task, kwargs = pending[0]
                         self.app.send_task(
-                            task, kwargs=kwargs, queue="webhooks", serializer="json", connection=connection,
+                            task, kwargs=kwargs, queue=QUEUE, serializer="json", connection=connection,
                             ignore_result=True, retry=False,
                         )  # fmt: skip
                         pending.pop(0)
@@ -764,11 +765,11 @@ class Traffic:
     def _run(self, event: Event) -> None:
         pay = event.pay
         if event.kind == "register" and pay is not None:
-            self.producer.send([("payrecon.register_payment", {"payment": pay.registration()})])
+            self.producer.send([(REGISTER_TASK, {"payment": pay.registration()})])
             self.count("registrations")
         elif event.kind == "webhook" and pay is not None:
             envelope = self.client().notification(pay.provider, pay.reference)
-            self.producer.send([("payrecon.ingest_webhook", {"envelope": envelope})] * int(event.arg))
+            self.producer.send([(INGEST_TASK, {"envelope": envelope})] * int(event.arg))
             self.count("webhooks", int(event.arg))
         elif event.kind in ("forged", "tampered") and pay is not None:
             options: dict[str, Any] = {"forged": True} if event.kind == "forged" else {"tamper": TAMPER[pay.provider]}
@@ -780,7 +781,7 @@ class Traffic:
                     self.must_quarantine.append((pay.provider, envelope["body"], dict(envelope["headers"])))
             with self.lock:
                 self.targeted.add(pay.key)
-            self.producer.send([("payrecon.ingest_webhook", {"envelope": envelope})])
+            self.producer.send([(INGEST_TASK, {"envelope": envelope})])
             self.count(event.kind)
         elif event.kind == "force" and pay is not None:
             self.client().set_status(pay.provider, pay.reference, str(event.arg))

@@ -69,6 +69,7 @@ sys.path.insert(0, str(ROOT))
 
 from providers.sandbox.client import SandboxClient
 from reconciliation import migrate
+from schemas.producer import INGEST_TASK, QUEUE
 from tests.helpers import PrivateRedis, scratch_database
 from worker import pipeline, runtime
 from worker.runtime import Runtime
@@ -76,7 +77,7 @@ from worker.settings import Settings
 
 PG_BASE = os.environ.get("PAYRECON_TEST_PG", "postgresql+psycopg2://postgres@127.0.0.1:5432")
 CREDS = {"api_key": "bench-key", "site_id": "100000", "secret_key": "bench-secret"}
-QUEUE = "webhooks"
+
 STAGED = "payrecon-bench:staged"  # where the messages wait until the workers poll
 DONE_KEY = "payrecon-bench:noop:done"  # as bench/noop_app.py (not imported: it patches kombu on import)
 LAST_KEY = "payrecon-bench:noop:last"
@@ -328,7 +329,7 @@ class Broker:
         self.producer.conf.broker_url = url
 
     def send(self, envelope: dict[str, Any]) -> None:
-        self.producer.send_task("payrecon.ingest_webhook", kwargs={"envelope": envelope}, queue=QUEUE)
+        self.producer.send_task(INGEST_TASK, kwargs={"envelope": envelope}, queue=QUEUE)
 
     def stage(self, envelopes: Sequence[dict[str, Any]]) -> None:
         """Queue the messages as a receiver does, then move them aside (no worker is running)."""

@@ -26,6 +26,8 @@ TASKS: Final[dict[str, tuple[str, str]]] = {
     "webhook": (INGEST_TASK, "envelope"),
     "payment": (REGISTER_TASK, "payment"),
 }
+#: Each contract task's one keyword argument, by task name.
+KWARGS: Final[dict[str, str]] = dict(TASKS.values())
 #: A producer must not hang on a broker that does not answer (Redis: no connect timeout by default).
 REDIS_TIMEOUTS: Final = {"socket_connect_timeout": 3.0, "socket_timeout": 10.0}
 

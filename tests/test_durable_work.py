@@ -26,6 +26,7 @@ from providers.sandbox.server import SandboxServer
 from reconciliation import inbox
 from reconciliation.models import DeadLetter, InboxDelivery, InboxStatus, Payment, PaymentStatus, Plan
 from schemas.messages import WebhookEnvelope
+from schemas.producer import INGEST_TASK
 from tests.conftest import ROOT, wait_for, worker_env
 from tests.helpers import new_reference, registration, resigned
 from worker import pipeline, tasks
@@ -516,7 +517,7 @@ def test_a_too_long_reference_is_a_malformed_delivery_with_an_inbox_row(rt: Runt
 def replay(rt: Runtime, letter: DeadLetter) -> pipeline.Result:
     """What ``payrecon dead-letters replay`` sends, run as its task runs it."""
     payload = json.loads(letter.payload)
-    if letter.task == pipeline.INGEST_TASK:
+    if letter.task == INGEST_TASK:
         return pipeline.ingest_webhook(rt, payload)
     return pipeline.register_payment(rt, payload)
 

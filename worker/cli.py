@@ -1229,9 +1229,9 @@ def dead_letters_replay(ids: tuple[int, ...]) -> None:
 
     from reconciliation.db import transaction
     from reconciliation.models import DeadLetter
+    from schemas.producer import KWARGS, QUEUE
     from worker.app import app
 
-    kwarg = {"payrecon.ingest_webhook": "envelope", "payrecon.register_payment": "payment"}
     sessions = _sessions(settings)
     messages: list[tuple[int, str, Any]] = []
     with transaction(sessions) as session:
@@ -1252,7 +1252,7 @@ def dead_letters_replay(ids: tuple[int, ...]) -> None:
             messages.append((letter_id, letter.task, payload))
     for done, (letter_id, task, payload) in enumerate(messages):
         try:
-            app.send_task(task, kwargs={kwarg[task]: payload}, queue="webhooks")
+            app.send_task(task, kwargs={KWARGS[task]: payload}, queue=QUEUE)
         except Exception as exc:  # the broker: what was sent is marked, the rest is not
             _fail(
                 f"could not send dead letter #{letter_id} ({type(exc).__name__}: {exc}); {done} of {len(messages)} "

@@ -42,6 +42,7 @@ from reconciliation.db import make_engine, normalize_database_url, session_facto
 from reconciliation.models import FlagKind, InboxDelivery, InboxStatus, Payment, PaymentFlag, PaymentStatus
 from reconciliation.statements import MAPPINGS, import_file
 from schemas.currency import format_amount, to_major
+from schemas.producer import INGEST_TASK, QUEUE, REGISTER_TASK
 from worker.settings import PROVIDERS
 
 CREDENTIALS = {"api_key": "demo-api-key", "site_id": "100000", "secret_key": "demo-secret-key"}
@@ -494,7 +495,7 @@ def _send(cases: list[Case], sandbox: SandboxClient, broker_url: str) -> None:
     producer.conf.update(task_serializer="json", accept_content=["json"])
 
     def send(task: str, **kwargs: Any) -> None:
-        producer.send_task(task, kwargs=kwargs, queue="webhooks")
+        producer.send_task(task, kwargs=kwargs, queue=QUEUE)
 
     late, registered = [], 0
     for index, case in enumerate(cases):
@@ -510,17 +511,17 @@ def _send(cases: list[Case], sandbox: SandboxClient, broker_url: str) -> None:
         if case.register_late:
             late.append((index, case))
         else:
-            send("payrecon.register_payment", payment=_registration(case, index))
+            send(REGISTER_TASK, payment=_registration(case, index))
     deliveries = 0
     for case in cases:
         if not case.deliveries:
             continue
         envelope = sandbox.notification(case.provider, case.reference, forged=case.forged)
         for _ in range(case.deliveries):
-            send("payrecon.ingest_webhook", envelope=envelope)
+            send(INGEST_TASK, envelope=envelope)
             deliveries += 1
     for index, case in late:
-        send("payrecon.register_payment", payment=_registration(case, index))
+        send(REGISTER_TASK, payment=_registration(case, index))
     producer.close()
     click.echo(f"\nsent {registered} registrations and {deliveries} webhook deliveries; waiting for the worker...")
 

@@ -46,6 +46,7 @@ from reconciliation.db import storable_text, transaction
 from reconciliation.models import FINAL_STATUSES, InboxStatus, Payment, PaymentStatus, Plan
 from reconciliation.subscriptions import UnknownPlan, expire_due
 from schemas.messages import PaymentRegistration, WebhookEnvelope
+from schemas.producer import INGEST_TASK, REGISTER_TASK
 from worker import metrics
 from worker.budget import BudgetUnavailable, rounded_wait
 from worker.observability import timed_call
@@ -54,9 +55,6 @@ from worker.runtime import Runtime
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-INGEST_TASK = "payrecon.ingest_webhook"
-REGISTER_TASK = "payrecon.register_payment"
 
 
 class Outcome(StrEnum):

@@ -15,6 +15,7 @@ from celery import Task
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from schemas.messages import Provider
+from schemas.producer import INGEST_TASK, REGISTER_TASK
 from worker import metrics, pipeline, runtime
 from worker.app import app
 
@@ -107,11 +108,11 @@ def _wake(result: pipeline.Result) -> None:
             log.warning("delivery %s: wake-up not sent (%s); the janitor will take it", inbox_id, exc)
 
 
-@app.task(name="payrecon.ingest_webhook", bind=True, Strategy="worker.batching:strategy", **WEBHOOK_PATH_LIMITS)
+@app.task(name=INGEST_TASK, bind=True, Strategy="worker.batching:strategy", **WEBHOOK_PATH_LIMITS)
 def ingest_webhook(self: Task, envelope: Any = None, **unexpected: Any) -> dict[str, Any]:
     """One raw provider delivery (``payrecon.webhook/1``)."""
     payload = envelope if not unexpected else {"envelope": envelope, **unexpected}
-    result = _guarded(self, pipeline.INGEST_TASK, payload, lambda: pipeline.ingest_webhook(runtime.get(), payload))
+    result = _guarded(self, INGEST_TASK, payload, lambda: pipeline.ingest_webhook(runtime.get(), payload))
     _wake(result)
     return _report("ingest_webhook", result, payload)
 
@@ -133,12 +134,12 @@ def run_batch(envelopes: list[Any]) -> list[bool] | None:
             # Each message counts as the task run it is (Celery's task signals do not fire for a batch).
             if isinstance(outcome, pipeline.NotStored):
                 sent = _send_again(envelope, outcome)
-                metrics.TASKS.labels(pipeline.INGEST_TASK, "retried" if sent else "failed").inc()
+                metrics.TASKS.labels(INGEST_TASK, "retried" if sent else "failed").inc()
                 dispositions.append(sent)
                 continue
             _wake(outcome)
             _report("ingest_webhook", outcome, envelope)
-            metrics.TASKS.labels(pipeline.INGEST_TASK, "succeeded").inc()
+            metrics.TASKS.labels(INGEST_TASK, "succeeded").inc()
             dispositions.append(True)
         return dispositions
     except Exception:
@@ -150,20 +151,20 @@ def _send_again(envelope: Any, not_stored: pipeline.NotStored) -> bool:
     """PostgreSQL was away before the delivery was stored: its message is sent again, due in a few
     seconds, as a retry (which takes the per-message path and its unbounded retries)."""
     reason = str(getattr(not_stored.cause, "orig", not_stored.cause)).strip().splitlines()[0][:200]
-    log.warning("%s: database unavailable, retrying in a few seconds: %s", pipeline.INGEST_TASK, reason)
+    log.warning("%s: database unavailable, retrying in a few seconds: %s", INGEST_TASK, reason)
     try:
         ingest_webhook.apply_async(kwargs={"envelope": envelope}, countdown=_outage_delay(0), retries=1)
     except Exception as exc:  # the broker is away too: the message goes back to the queue
-        log.warning("%s: could not send the message again (%s); it goes back to the queue", pipeline.INGEST_TASK, exc)
+        log.warning("%s: could not send the message again (%s); it goes back to the queue", INGEST_TASK, exc)
         return False
     return True
 
 
-@app.task(name="payrecon.register_payment", bind=True, **WEBHOOK_PATH_LIMITS)
+@app.task(name=REGISTER_TASK, bind=True, **WEBHOOK_PATH_LIMITS)
 def register_payment(self: Task, payment: Any = None, **unexpected: Any) -> dict[str, Any]:
     """A payment the merchant app initiated (``payrecon.payment/1``)."""
     payload = payment if not unexpected else {"payment": payment, **unexpected}
-    result = _guarded(self, pipeline.REGISTER_TASK, payload, lambda: pipeline.register_payment(runtime.get(), payload))
+    result = _guarded(self, REGISTER_TASK, payload, lambda: pipeline.register_payment(runtime.get(), payload))
     _wake(result)
     return _report("register_payment", result, payload)
 
