@@ -136,6 +136,6 @@ def test_the_readme_opens_with_the_two_set_up_commands_and_ci_runs_the_test_one(
     blocks = re.findall(r"^```sh\n(.*?)\n```$", (ROOT / "README.md").read_text(encoding="utf-8"), re.S | re.M)
     demo, suite = blocks[0], blocks[1]
     assert demo == "python3 -m venv .venv && .venv/bin/pip install -q -e . && .venv/bin/payrecon demo"
-    assert suite == "python3 -m venv .venv && .venv/bin/pip install -q -e '.[dev]' && .venv/bin/pytest"
+    assert suite == "python3 -m venv .venv && .venv/bin/pip install -q -e '.[dev]' && .venv/bin/pytest -n 2"
     ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8").splitlines()
     assert ci[-1] == suite
