@@ -94,6 +94,16 @@ def test_demo_leaves_its_day_to_reconcile_and_the_command_it_prints_finds_every_
     assert healed["status"] == "succeeded" and healed["grant"]["days"] == 30
     assert [(r["class"], r["healed"]) for r in healed["reconciliation"]] == [("missing_in_ledger", True)]
 
+    # The day at a glance, as printed: both files, every provider on the page.
+    glance = next(line.strip() for line in out.splitlines() if " report day --date " in line)
+    written = subprocess.run(
+        ["/bin/sh", "-c", glance], env=env, capture_output=True, text=True, timeout=60, check=False, cwd=tmp_path
+    )
+    assert written.returncode == 0, written.stderr
+    page = (kept / "reports" / f"day_{day}.html").read_text()
+    assert (kept / "reports" / f"day_{day}.xlsx").exists()
+    assert all(name in page for name in ("CinetPay", "MTN MoMo", "Orange Money", "Wave")) and page.count("<svg") == 4
+
     # The exceptions to work, as printed: a case for each exception of the four runs (SQLite, as the demo runs).
     listing = next(line.strip() for line in out.splitlines() if line.strip().endswith(" exceptions list"))
     listed = subprocess.run(

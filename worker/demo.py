@@ -410,6 +410,8 @@ def _next_steps(cases: list[Case], workdir: Path, day: date, database_url: str, 
     click.echo("It classifies each payment of the day against the statements, heals the lost webhooks, and writes")
     click.echo(f"each run's reports (csv, xlsx, json, html + manifest) into {out}/<provider>/. Then look at one:")
     click.echo(f"  {shlex.join(show)}")
+    click.echo("the day at a glance across the four providers, with charts (HTML and XLSX):")
+    click.echo(f"  {shlex.join([*prefix, payrecon, 'report', 'day', '--date', day.isoformat(), '--out', out])}")
     click.echo("and the exceptions finance works, each a case that ages until resolved (docs/exceptions.md):")
     click.echo(f"  {shlex.join([*prefix, payrecon, 'exceptions', 'list'])}")
     if given:
