@@ -24,7 +24,7 @@ REQUIRED = ("account", "plan", "ends_at")
 
 
 @dataclass
-class ImportError_(Exception):
+class SubscriptionImportError(Exception):
     message: str
     errors: list[tuple[int, str]] = field(default_factory=list)
 
@@ -60,7 +60,7 @@ def import_subscriptions(session: Session, path: Path, *, tz: ZoneInfo, now: dat
         reader = csv.DictReader(handle)
         missing = [c for c in REQUIRED if c not in (reader.fieldnames or [])]
         if missing:
-            raise ImportError_(f"missing column(s) {', '.join(missing)}; expected {', '.join(REQUIRED)}")
+            raise SubscriptionImportError(f"missing column(s) {', '.join(missing)}; expected {', '.join(REQUIRED)}")
         for line, record in enumerate(reader, start=2):
             account = (record.get("account") or "").strip()
             plan = plans.get((record.get("plan") or "").strip())
@@ -93,7 +93,7 @@ def import_subscriptions(session: Session, path: Path, *, tz: ZoneInfo, now: dat
         if (row.plan.product, row.account) in existing:
             errors.append((row.line, f"{row.account!r} already has a {row.plan.product} subscription in payrecon"))
     if errors:
-        raise ImportError_(f"{path.name}: {len(errors)} bad row(s); nothing imported", sorted(errors))
+        raise SubscriptionImportError(f"{path.name}: {len(errors)} bad row(s); nothing imported", sorted(errors))
     for row in rows:
         active = row.ends_at > now
         sub = Subscription(

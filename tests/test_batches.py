@@ -26,18 +26,18 @@ from reconciliation.models import (
 from tests.conftest import wait_for
 from tests.helpers import new_reference, registration, resigned
 from worker import pipeline
-from worker.pipeline import NotStored, Outcome, Result
+from worker.pipeline import Disposition, NotStored, Result
 from worker.runtime import Runtime
 
 
 def paid(rt: Runtime, sandbox: SandboxClient, ref: str, **over: Any) -> dict[str, Any]:
     faults = over.pop("faults", None)
-    assert pipeline.register_payment(rt, registration(ref, **over)).outcome is Outcome.CREATED
+    assert pipeline.register_payment(rt, registration(ref, **over)).outcome is Disposition.CREATED
     sandbox.create_cinetpay(ref, over.get("amount", 5000), **({"faults": faults} if faults else {}))
     return sandbox.cinetpay_notification(ref)
 
 
-def outcomes(results: list[Result | NotStored]) -> list[Outcome]:
+def outcomes(results: list[Result | NotStored]) -> list[Disposition]:
     return [r.outcome for r in results if isinstance(r, Result)]
 
 
@@ -54,7 +54,11 @@ def test_a_batch_settles_each_delivery_as_it_would_alone(rt: Runtime, sandbox: S
 
     results = pipeline.ingest_batch(rt, batch)
 
-    assert outcomes(results) == [Outcome.ACCEPTED] * 6 + [Outcome.DUPLICATE, Outcome.MALFORMED, Outcome.FORGED]
+    assert outcomes(results) == [Disposition.ACCEPTED] * 6 + [
+        Disposition.DUPLICATE,
+        Disposition.MALFORMED,
+        Disposition.FORGED,
+    ]
     assert all(status(rt, ref) is PaymentStatus.SUCCEEDED for ref in refs)
     assert [sandbox.get_cinetpay(ref)["check_count"] for ref in refs] == [1] * 6
     with rt.sessions() as session:
@@ -76,7 +80,7 @@ def test_two_payments_of_one_account_in_one_batch_stack_their_periods(rt: Runtim
         paid(rt, sandbox, first, account="tech-stack", periods=1),
         paid(rt, sandbox, second, account="tech-stack", periods=3, amount=15000),
     ]
-    assert outcomes(pipeline.ingest_batch(rt, envelopes)) == [Outcome.ACCEPTED, Outcome.ACCEPTED]
+    assert outcomes(pipeline.ingest_batch(rt, envelopes)) == [Disposition.ACCEPTED, Disposition.ACCEPTED]
     with rt.sessions() as session:
         grants = session.scalars(select(SubscriptionGrant).order_by(SubscriptionGrant.id)).all()
         sub = session.scalars(select(Subscription).where(Subscription.account == "tech-stack")).one()
@@ -93,7 +97,7 @@ def test_a_second_delivery_of_a_payment_in_the_batch_spends_no_call(rt: Runtime,
     # The provider's second notification of the same payment (another delivery, same reference).
     again = resigned(envelope, cpm_trans_date="2026-12-05 10:00:01")
     results = pipeline.ingest_batch(rt, [envelope, again])
-    assert outcomes(results) == [Outcome.ACCEPTED, Outcome.DUPLICATE]
+    assert outcomes(results) == [Disposition.ACCEPTED, Disposition.DUPLICATE]
     assert "of the same batch" in results[1].detail  # type: ignore[union-attr]
     assert sandbox.get_cinetpay(ref)["check_count"] == 1
     with rt.sessions() as session:
@@ -105,7 +109,7 @@ def test_a_provider_failure_in_a_batch_puts_off_that_delivery_only(rt: Runtime, 
     good, bad = new_reference(), new_reference()
     envelopes = [paid(rt, sandbox, good), paid(rt, sandbox, bad, faults=[{"status": 503}] * 12)]
     results = pipeline.ingest_batch(rt, envelopes)
-    assert outcomes(results) == [Outcome.ACCEPTED, Outcome.RETRY]
+    assert outcomes(results) == [Disposition.ACCEPTED, Disposition.RETRY]
     put_off = results[1]
     assert isinstance(put_off, Result) and put_off.due is not None and put_off.inbox_id is not None
     assert status(rt, good) is PaymentStatus.SUCCEEDED
@@ -125,7 +129,7 @@ def test_a_batch_that_cannot_be_settled_together_is_settled_one_by_one(
         raise RuntimeError("a bug in the set-wise settlement")
 
     monkeypatch.setattr(pipeline, "_settle_all", broken)
-    assert outcomes(pipeline.ingest_batch(rt, envelopes)) == [Outcome.ACCEPTED] * 3
+    assert outcomes(pipeline.ingest_batch(rt, envelopes)) == [Disposition.ACCEPTED] * 3
     assert all(status(rt, ref) is PaymentStatus.SUCCEEDED for ref in refs)
 
 
@@ -226,10 +230,10 @@ def test_the_set_wise_settlement_writes_what_one_at_a_time_does(rt: Runtime, san
         together_env = [paid(rt, sandbox, ref, account=f"t-{i}", periods=i + 1, amount=5000 * (i + 1))
                         for i, ref in enumerate(together)]  # fmt: skip
         noted.clear()
-        assert [pipeline.ingest_webhook(rt, e).outcome for e in alone_env] == [Outcome.ACCEPTED] * 3
+        assert [pipeline.ingest_webhook(rt, e).outcome for e in alone_env] == [Disposition.ACCEPTED] * 3
         one_by_one = sorted(map(repr, noted))
         noted.clear()
-        assert outcomes(pipeline.ingest_batch(rt, together_env)) == [Outcome.ACCEPTED] * 3
+        assert outcomes(pipeline.ingest_batch(rt, together_env)) == [Disposition.ACCEPTED] * 3
         assert ("batch_settled", {"set_wise": 3, "one_by_one": 0}) in noted
         assert sorted(repr(fact) for fact in noted if fact[0] != "batch_settled") == one_by_one
     finally:
@@ -243,7 +247,7 @@ def test_an_unusual_answer_in_a_batch_is_settled_one_by_one_beside_the_plain_one
     from reconciliation import facts
 
     plain, short = new_reference(), new_reference()
-    assert pipeline.register_payment(rt, registration(short)).outcome is Outcome.CREATED
+    assert pipeline.register_payment(rt, registration(short)).outcome is Disposition.CREATED
     sandbox.create_cinetpay(short, 4000)  # the customer paid less than registered
     envelopes = [paid(rt, sandbox, plain), sandbox.cinetpay_notification(short)]
     noted: list[tuple[str, dict[str, Any]]] = []
@@ -253,7 +257,7 @@ def test_an_unusual_answer_in_a_batch_is_settled_one_by_one_beside_the_plain_one
 
     facts.subscribe(listener)
     try:
-        assert outcomes(pipeline.ingest_batch(rt, envelopes)) == [Outcome.ACCEPTED, Outcome.MISMATCH]
+        assert outcomes(pipeline.ingest_batch(rt, envelopes)) == [Disposition.ACCEPTED, Disposition.MISMATCH]
     finally:
         facts.unsubscribe(listener)
     assert ("batch_settled", {"set_wise": 1, "one_by_one": 1}) in noted
@@ -327,7 +331,7 @@ def test_a_bug_reading_one_delivery_dead_letters_it_and_the_batch_goes_on(
 
     monkeypatch.setattr(client, "parse_delivery", buggy)
     results = pipeline.ingest_batch(rt, envelopes)
-    assert outcomes(results) == [Outcome.ACCEPTED, Outcome.FAILED]
+    assert outcomes(results) == [Disposition.ACCEPTED, Disposition.FAILED]
     assert status(rt, good) is PaymentStatus.SUCCEEDED
     with rt.sessions() as session:
         letters = session.scalars(select(DeadLetter)).all()

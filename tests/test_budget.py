@@ -17,7 +17,7 @@ from reconciliation.models import InboxDelivery, InboxStatus, Payment, PaymentSt
 from tests.helpers import new_reference, registration
 from worker import pipeline
 from worker.budget import LocalBudget, RedisBudget
-from worker.pipeline import Outcome
+from worker.pipeline import Disposition
 from worker.runtime import Runtime
 
 
@@ -78,7 +78,7 @@ def test_exhausted_budget_defers_webhooks_and_loses_none(tight: Runtime, sandbox
         sandbox.create_cinetpay(ref, 5000)
         results.append(pipeline.ingest_webhook(tight, sandbox.cinetpay_notification(ref)))
     outcomes = [r.outcome for r in results]
-    assert outcomes == [Outcome.ACCEPTED] * 2 + [Outcome.RETRY] * 3
+    assert outcomes == [Disposition.ACCEPTED] * 2 + [Disposition.RETRY] * 3
     assert all(r.delay and r.delay > 1 for r in results[2:])  # wait for a refill, not an attempt
     assert "call budget" in results[2].detail
     # Each deferred delivery holds its own slot, in arrival order (one run each, no stampede).
@@ -91,7 +91,7 @@ def test_exhausted_budget_defers_webhooks_and_loses_none(tight: Runtime, sandbox
         assert len(list(waiting)) == 3  # kept, to be verified when the budget allows
     # Its wake-up comes at its slot: the token is already its own, so it takes none again.
     woken = pipeline.retry_delivery(tight, results[2].inbox_id or 0, version=results[2].due)
-    assert woken.outcome is Outcome.ACCEPTED
+    assert woken.outcome is Disposition.ACCEPTED
     assert sum(sandbox.get_cinetpay(ref)["check_count"] for ref in refs) == 3
 
 
@@ -104,7 +104,7 @@ def test_exhausted_budget_defers_the_janitor_and_records_it(tight: Runtime, sand
     with tight.sessions() as session:
         payment = session.scalars(select(Payment).where(Payment.reference == ref)).one()
     result = pipeline.verify_payment(tight, payment.id)
-    assert result.outcome is Outcome.RETRY and result.delay and result.delay > 1
+    assert result.outcome is Disposition.RETRY and result.delay and result.delay > 1
     with tight.sessions() as session:
         after = session.scalars(select(Payment).where(Payment.reference == ref)).one()
         decision = session.scalars(select(Verification.decision)).one()
@@ -147,8 +147,8 @@ def test_a_flood_of_fake_momo_callbacks_cannot_exhaust_the_api_budget(
 ) -> None:
     results = [pipeline.ingest_webhook(momo_tight, momo_callback(str(uuid.uuid4()))) for _ in range(40)]
     outcomes = Counter(r.outcome for r in results)
-    assert outcomes[Outcome.RETRY] == 37  # deferred, not dropped, and no API call spent on them
-    assert all("rate-limited" in r.detail for r in results if r.outcome is Outcome.RETRY)
+    assert outcomes[Disposition.RETRY] == 37  # deferred, not dropped, and no API call spent on them
+    assert all("rate-limited" in r.detail for r in results if r.outcome is Disposition.RETRY)
     with momo_tight.sessions() as session:
         kept = session.scalar(select(func.count()).select_from(InboxDelivery))
     assert kept == 40  # every delivery is in the inbox, to be verified later
@@ -158,7 +158,7 @@ def test_a_flood_of_fake_momo_callbacks_cannot_exhaust_the_api_budget(
                                                        plan="coko-premium-monthly"))  # fmt: skip
     with momo_tight.sessions() as session:
         payment = session.scalars(select(Payment).where(Payment.reference == view["reference"])).one()
-    assert pipeline.verify_payment(momo_tight, payment.id).outcome is Outcome.ACCEPTED
+    assert pipeline.verify_payment(momo_tight, payment.id).outcome is Disposition.ACCEPTED
 
 
 def test_a_callback_for_a_final_momo_payment_spends_nothing(momo_tight: Runtime, sandbox: SandboxClient) -> None:
@@ -166,13 +166,13 @@ def test_a_callback_for_a_final_momo_payment_spends_nothing(momo_tight: Runtime,
     sandbox.create("mtn_momo", reference=reference, amount=6500, currency="XOF", fate="refused")
     pipeline.register_payment(momo_tight, registration(reference, provider="mtn_momo", amount=6500,
                                                        plan="coko-premium-monthly"))  # fmt: skip
-    assert pipeline.ingest_webhook(momo_tight, momo_callback(reference, "FAILED")).outcome is Outcome.ACCEPTED
+    assert pipeline.ingest_webhook(momo_tight, momo_callback(reference, "FAILED")).outcome is Disposition.ACCEPTED
     checks = sandbox.get("mtn_momo", reference)["check_count"]
     for _ in range(5):  # replays of a fake "SUCCESSFUL", each with another body
         fake = momo_callback(reference)
         fake["body"] = fake["body"].replace('"123"', f'"{uuid.uuid4()}"')  # type: ignore[union-attr]
         result = pipeline.ingest_webhook(momo_tight, fake)
-        assert result.outcome is Outcome.DUPLICATE and "spends no API call" in result.detail
+        assert result.outcome is Disposition.DUPLICATE and "spends no API call" in result.detail
     assert sandbox.get("mtn_momo", reference)["check_count"] == checks
     with momo_tight.sessions() as session:
         assert session.scalars(select(Payment.status)).one() is PaymentStatus.FAILED

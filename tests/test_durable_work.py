@@ -31,7 +31,7 @@ from tests.conftest import ROOT, wait_for, worker_env
 from tests.helpers import new_reference, registration, resigned
 from worker import pipeline, tasks
 from worker.budget import RedisBudget
-from worker.pipeline import Outcome
+from worker.pipeline import Disposition
 from worker.runtime import Runtime
 
 
@@ -102,10 +102,10 @@ def test_a_redelivered_message_goes_on_with_the_work_a_killed_worker_left(
 ) -> None:
     ref, envelope, inbox_id = killed_mid_call
     # The broker hands the message to another worker: while the lease runs, the work is not taken twice...
-    assert pipeline.ingest_webhook(rt, envelope).outcome is Outcome.DUPLICATE
+    assert pipeline.ingest_webhook(rt, envelope).outcome is Disposition.DUPLICATE
     end_lease(rt, inbox_id)
     # ... and once it has run out, the redelivery finishes it (it used to be dropped as a duplicate).
-    assert pipeline.ingest_webhook(rt, envelope).outcome is Outcome.ACCEPTED
+    assert pipeline.ingest_webhook(rt, envelope).outcome is Disposition.ACCEPTED
     assert settled(rt, ref) and row(rt, inbox_id).status is InboxStatus.PROCESSED
 
 
@@ -117,8 +117,8 @@ def test_the_janitor_takes_up_the_work_a_killed_worker_left(
     end_lease(rt, inbox_id)
     ((claimed, version),) = pipeline.claim_due_deliveries(rt)
     assert claimed == inbox_id and pipeline.claim_due_deliveries(rt) == []  # leased to the janitor's message
-    assert pipeline.retry_delivery(rt, inbox_id).outcome is Outcome.DUPLICATE  # a stale message cannot take it
-    assert pipeline.retry_delivery(rt, inbox_id, version=version).outcome is Outcome.ACCEPTED
+    assert pipeline.retry_delivery(rt, inbox_id).outcome is Disposition.DUPLICATE  # a stale message cannot take it
+    assert pipeline.retry_delivery(rt, inbox_id, version=version).outcome is Disposition.ACCEPTED
     assert settled(rt, ref)
 
 
@@ -129,7 +129,7 @@ def test_due_deliveries_are_taken_oldest_first_and_only_when_due(rt: Runtime, sa
         pipeline.register_payment(rt, registration(ref))
         sandbox.create_cinetpay(ref, 5000, faults=[{"status": 503}] * 3)
         result = pipeline.ingest_webhook(rt, sandbox.cinetpay_notification(ref))
-        assert result.outcome is Outcome.RETRY and result.inbox_id is not None
+        assert result.outcome is Disposition.RETRY and result.inbox_id is not None
         ids.append(result.inbox_id)
     assert pipeline.claim_due_deliveries(rt) == []
     later = datetime.now(UTC) + timedelta(minutes=1)  # past every retry's due time (5 s, jittered)
@@ -173,13 +173,13 @@ def test_an_unreachable_budget_store_is_a_wait_not_a_dead_letter(rt: Runtime, sa
     envelope = sandbox.cinetpay_notification(ref)
     down = dataclasses.replace(rt, budget=RedisBudget("redis://127.0.0.1:1/0"))  # nothing listens there
     result = pipeline.ingest_webhook(down, envelope)
-    assert result.outcome is Outcome.RETRY and "budget store unavailable: ConnectionError" in result.detail
+    assert result.outcome is Disposition.RETRY and "budget store unavailable: ConnectionError" in result.detail
     assert result.delay == pipeline.BUDGET_OUTAGE_WAIT and result.inbox_id is not None
     assert letters(rt) == [] and sandbox.get_cinetpay(ref)["check_count"] == 0
     waiting = row(rt, result.inbox_id)
     assert (waiting.status, waiting.deferrals, waiting.attempts) == (InboxStatus.RECEIVED, 1, 0)
     # The store is back: the wake-up settles it.
-    assert pipeline.retry_delivery(rt, result.inbox_id, version=result.due).outcome is Outcome.ACCEPTED
+    assert pipeline.retry_delivery(rt, result.inbox_id, version=result.due).outcome is Disposition.ACCEPTED
 
 
 def test_broker_settings_bring_a_killed_workers_messages_back_within_about_a_minute() -> None:
@@ -242,13 +242,13 @@ def test_a_forged_copy_of_an_unfinished_delivery_takes_nothing(rt: Runtime, sand
     pipeline.register_payment(rt, registration(ref, provider="wave", amount=5000))
     genuine = sandbox.notification("wave", ref)
     first = pipeline.ingest_webhook(rt, genuine)
-    assert first.outcome is Outcome.RETRY and first.inbox_id is not None
+    assert first.outcome is Disposition.RETRY and first.inbox_id is not None
     end_lease(rt, first.inbox_id)
     before = row(rt, first.inbox_id).next_attempt_at
     forged = {**genuine, "headers": {**genuine["headers"], "Wave-Signature": "t=1,v1=" + "0" * 64}}
-    assert pipeline.ingest_webhook(rt, forged).outcome is Outcome.DUPLICATE
+    assert pipeline.ingest_webhook(rt, forged).outcome is Disposition.DUPLICATE
     assert row(rt, first.inbox_id).next_attempt_at == before  # still due: the genuine work is not held up
-    assert pipeline.ingest_webhook(rt, genuine).outcome is Outcome.ACCEPTED
+    assert pipeline.ingest_webhook(rt, genuine).outcome is Disposition.ACCEPTED
 
 
 def test_an_erroring_budget_store_is_a_wait_too(rt: Runtime, sandbox: SandboxClient, private_redis: Any) -> None:
@@ -260,7 +260,7 @@ def test_an_erroring_budget_store_is_a_wait_too(rt: Runtime, sandbox: SandboxCli
         client.config_set("maxmemory", 1)
     full = dataclasses.replace(rt, budget=RedisBudget(private_redis.url))
     result = pipeline.ingest_webhook(full, envelope)
-    assert result.outcome is Outcome.RETRY and "budget store unavailable: OutOfMemoryError" in result.detail
+    assert result.outcome is Disposition.RETRY and "budget store unavailable: OutOfMemoryError" in result.detail
     assert result.delay == pipeline.BUDGET_OUTAGE_WAIT and result.inbox_id is not None
     waiting = row(rt, result.inbox_id)
     assert (waiting.deferrals, waiting.errors, waiting.attempts) == (1, 0, 0)  # a wait, not an error
@@ -281,7 +281,7 @@ def test_internal_errors_are_counted_apart_from_provider_failures(
         raise ZeroDivisionError("a bug")
 
     monkeypatch.setattr(rt.client("cinetpay"), "check", broken)
-    assert pipeline.retry_delivery(rt, first.inbox_id or 0, version=first.due).outcome is Outcome.RETRY
+    assert pipeline.retry_delivery(rt, first.inbox_id or 0, version=first.due).outcome is Disposition.RETRY
     assert letters(rt) == []
 
 
@@ -327,13 +327,13 @@ def test_many_callbacks_for_one_payment_cost_one_status_call(
     )
     rt.budget.reserve("callbacks:mtn_momo", 0.01, 1)  # someone else had the only free slot
     waiting = [pipeline.ingest_webhook(rt, momo_callback(reference, str(n))) for n in range(8)]
-    assert all(r.outcome is Outcome.RETRY and r.due is not None for r in waiting)
+    assert all(r.outcome is Disposition.RETRY and r.due is not None for r in waiting)
     assert sandbox.get("mtn_momo", reference)["check_count"] == 0
     first, *rest = waiting
-    assert pipeline.retry_delivery(rt, first.inbox_id or 0, version=first.due).outcome is Outcome.ACCEPTED
+    assert pipeline.retry_delivery(rt, first.inbox_id or 0, version=first.due).outcome is Disposition.ACCEPTED
     # The provider's answer came after the other seven arrived: it covers them, no call of their own.
     woken = [pipeline.retry_delivery(rt, r.inbox_id or 0, version=r.due).outcome for r in rest]
-    assert woken == [Outcome.DUPLICATE] * 7
+    assert woken == [Disposition.DUPLICATE] * 7
     assert sandbox.get("mtn_momo", reference)["check_count"] == 1
     with rt.sessions() as session:
         statuses = set(session.scalars(select(InboxDelivery.status)))
@@ -368,10 +368,10 @@ def test_a_re_check_finishes_the_callbacks_waiting_for_their_turn(
     )
     rt.budget.reserve("callbacks:mtn_momo", 0.01, 1)  # the only free slot went elsewhere
     waiting = [pipeline.ingest_webhook(rt, momo_callback(reference, str(n))) for n in range(3)]
-    assert all(r.outcome is Outcome.RETRY for r in waiting)
+    assert all(r.outcome is Disposition.RETRY for r in waiting)
     with rt.sessions() as session:
         payment_id = session.scalar(select(Payment.id).where(Payment.reference == reference))
-    assert pipeline.verify_payment(rt, payment_id or 0).outcome is Outcome.ACCEPTED  # beat's re-check
+    assert pipeline.verify_payment(rt, payment_id or 0).outcome is Disposition.ACCEPTED  # beat's re-check
     with rt.sessions() as session:
         assert set(session.scalars(select(InboxDelivery.status))) == {InboxStatus.PROCESSED}
     assert sandbox.get("mtn_momo", reference)["check_count"] == 1
@@ -395,10 +395,10 @@ def test_a_delivery_that_arrived_while_the_provider_was_answering_is_verified(
     # Meanwhile the customer pays and CinetPay notifies again: it waits for its budget turn.
     second = pipeline.ingest_webhook(rt, resigned(envelope, cpm_trans_date="2026-12-05 10:00:00"))
     first.join()
-    assert results[0].outcome is Outcome.ACCEPTED and second.outcome is Outcome.RETRY
+    assert results[0].outcome is Disposition.ACCEPTED and second.outcome is Disposition.RETRY
     with rt.sessions() as session:
         assert session.scalar(select(Payment.status).where(Payment.reference == ref)) is PaymentStatus.PENDING
-    assert pipeline.retry_delivery(rt, second.inbox_id or 0, version=second.due).outcome is Outcome.ACCEPTED
+    assert pipeline.retry_delivery(rt, second.inbox_id or 0, version=second.due).outcome is Disposition.ACCEPTED
     assert settled(rt, ref) and sandbox.get_cinetpay(ref)["check_count"] == 2
 
 
@@ -408,7 +408,7 @@ def test_a_notification_whose_registration_commits_while_a_worker_holds_it_is_no
     ref = new_reference("ORD")
     state = sandbox.create("orange_money", reference=ref, amount=6500, currency="XOF", fate="accepted")
     early = pipeline.ingest_webhook(rt, sandbox.notification("orange_money", ref))
-    assert early.outcome is Outcome.RETRY and early.inbox_id is not None
+    assert early.outcome is Disposition.RETRY and early.inbox_id is not None
     # A worker takes it again and finds no registration; the registration commits before it puts it off.
     with rt.sessions.begin() as session:
         work = inbox.take(session, early.inbox_id, datetime.now(UTC), version=early.due)
@@ -423,8 +423,8 @@ def test_a_notification_whose_registration_commits_while_a_worker_holds_it_is_no
     ((woken, version),) = registered.wake  # still not authenticated, so woken even while held
     assert woken == early.inbox_id
     held = pipeline._await_registration(rt, client, delivery, work, "awaiting registration")
-    assert held.outcome is Outcome.DUPLICATE  # its lease went with the wake-up: it puts nothing off
-    assert pipeline.retry_delivery(rt, early.inbox_id, version=version).outcome is Outcome.ACCEPTED
+    assert held.outcome is Disposition.DUPLICATE  # its lease went with the wake-up: it puts nothing off
+    assert pipeline.retry_delivery(rt, early.inbox_id, version=version).outcome is Disposition.ACCEPTED
 
 
 def test_a_forged_notification_waiting_for_its_registration_is_never_finished_by_another_ones_answer(
@@ -435,22 +435,22 @@ def test_a_forged_notification_waiting_for_its_registration_is_never_finished_by
     genuine = sandbox.notification("orange_money", ref)
     forged = sandbox.notification("orange_money", ref, forged=True)
     early = pipeline.ingest_webhook(rt, forged)  # before the registration: cannot be told forged yet
-    assert early.outcome is Outcome.RETRY and early.inbox_id is not None
+    assert early.outcome is Disposition.RETRY and early.inbox_id is not None
     pipeline.register_payment(
         rt, registration(ref, provider="orange_money", amount=6500, plan="coko-premium-monthly",
                          provider_data=state["provider_data"])
     )  # fmt: skip
-    assert pipeline.ingest_webhook(rt, genuine).outcome is Outcome.ACCEPTED  # the provider answers
+    assert pipeline.ingest_webhook(rt, genuine).outcome is Disposition.ACCEPTED  # the provider answers
     assert row(rt, early.inbox_id).status is InboxStatus.RECEIVED  # not taken as answered
     woken = pipeline.retry_delivery(rt, early.inbox_id, version=datetime.now(UTC))
-    assert woken.outcome is Outcome.FORGED and row(rt, early.inbox_id).status is InboxStatus.FORGED
+    assert woken.outcome is Disposition.FORGED and row(rt, early.inbox_id).status is InboxStatus.FORGED
 
 
 def test_an_unsigned_callback_about_a_payment_the_provider_does_not_know_is_quarantined(
     rt: Runtime, sandbox: SandboxClient
 ) -> None:
     result = pipeline.ingest_webhook(rt, momo_callback(str(uuid.uuid4()), "1"))
-    assert result.outcome is Outcome.FORGED and "does not know this payment" in result.detail
+    assert result.outcome is Disposition.FORGED and "does not know this payment" in result.detail
     assert letters(rt) == []
 
 
@@ -467,7 +467,7 @@ def test_an_oversized_envelope_is_dead_lettered_with_its_head_and_digest(rt: Run
     _, envelope = cinetpay_envelope(sandbox)
     envelope["body"] += "&padding=" + "x" * rt.settings.max_envelope_bytes
     result = pipeline.ingest_webhook(rt, envelope)
-    assert result.outcome is Outcome.MALFORMED and "PAYRECON_MAX_ENVELOPE_BYTES" in result.detail
+    assert result.outcome is Disposition.MALFORMED and "PAYRECON_MAX_ENVELOPE_BYTES" in result.detail
     (letter,) = letters(rt)
     raw = json.dumps(envelope, ensure_ascii=False, sort_keys=True)
     assert letter.reason == "oversized_envelope" and letter.provider == "cinetpay"
@@ -481,7 +481,7 @@ def test_a_lone_surrogate_is_dead_lettered_with_the_input_kept_whole(rt: Runtime
     _, envelope = cinetpay_envelope(sandbox)
     envelope["body"] += "&name=\udce9"  # a receiver that decoded Latin-1 bytes with surrogateescape
     result = pipeline.ingest_webhook(rt, envelope)
-    assert result.outcome is Outcome.MALFORMED and "body: Input should be a valid string" in result.detail
+    assert result.outcome is Disposition.MALFORMED and "body: Input should be a valid string" in result.detail
     (letter,) = letters(rt)
     assert letter.reason == "invalid_envelope" and json.loads(letter.payload) == envelope  # replayable as it came
 
@@ -492,11 +492,11 @@ def test_nul_characters_are_stored_escaped_and_the_delivery_is_processed(rt: Run
     envelope["headers"] = {**envelope["headers"], "X-Note": "a\x00b"}
     envelope["path"] += "\x00"
     result = pipeline.ingest_webhook(rt, envelope)
-    assert result.outcome is Outcome.ACCEPTED and result.inbox_id is not None
+    assert result.outcome is Disposition.ACCEPTED and result.inbox_id is not None
     stored = row(rt, result.inbox_id)
     assert stored.headers["X-Note"] == "a\\u0000b" and stored.path.endswith("\\u0000")
     assert json.loads(stored.envelope_raw) == envelope  # the raw envelope reads back exactly
-    assert pipeline.ingest_webhook(rt, envelope).outcome is Outcome.DUPLICATE
+    assert pipeline.ingest_webhook(rt, envelope).outcome is Disposition.DUPLICATE
     assert row(rt, result.inbox_id).repeat_count == 1
 
 
@@ -506,7 +506,7 @@ def test_a_too_long_reference_is_a_malformed_delivery_with_an_inbox_row(rt: Runt
     envelope["body"] = "&".join(f"cpm_trans_id={'R' * 101}" if p.startswith("cpm_trans_id=") else p for p in body)
     for _ in range(2):
         result = pipeline.ingest_webhook(rt, envelope)
-        assert result.outcome is Outcome.MALFORMED and "limit is 100" in result.detail
+        assert result.outcome is Disposition.MALFORMED and "limit is 100" in result.detail
     assert result.inbox_id is not None and row(rt, result.inbox_id).repeat_count == 1  # repeats are counted
     assert [letter.reason for letter in letters(rt)] == ["malformed_body"]
 
@@ -526,10 +526,10 @@ def test_replay_after_the_provider_was_configured(rt: Runtime, sandbox: SandboxC
     ref, envelope = cinetpay_envelope(sandbox)
     pipeline.register_payment(rt, registration(ref))
     bare = dataclasses.replace(rt, clients={})
-    assert pipeline.ingest_webhook(bare, envelope).outcome is Outcome.FAILED
+    assert pipeline.ingest_webhook(bare, envelope).outcome is Disposition.FAILED
     (letter,) = letters(rt)
     assert letter.reason == "provider_not_configured"
-    assert replay(rt, letter).outcome is Outcome.ACCEPTED and settled(rt, ref)
+    assert replay(rt, letter).outcome is Disposition.ACCEPTED and settled(rt, ref)
 
 
 def test_replay_after_the_provider_came_back(rt: Runtime, sandbox: SandboxClient) -> None:
@@ -541,10 +541,10 @@ def test_replay_after_the_provider_came_back(rt: Runtime, sandbox: SandboxClient
     first = pipeline.ingest_webhook(rt, sandbox.cinetpay_notification(ref))
     assert first.inbox_id is not None
     age(rt, first.inbox_id, rt.profile("cinetpay").give_up_after)
-    assert pipeline.retry_delivery(rt, first.inbox_id, version=first.due).outcome is Outcome.FAILED
+    assert pipeline.retry_delivery(rt, first.inbox_id, version=first.due).outcome is Disposition.FAILED
     (letter,) = letters(rt)
     assert letter.reason == "provider_unavailable"
-    assert replay(rt, letter).outcome is Outcome.ACCEPTED and settled(rt, ref)
+    assert replay(rt, letter).outcome is Disposition.ACCEPTED and settled(rt, ref)
 
 
 def test_replay_after_a_bug_was_fixed(rt: Runtime, sandbox: SandboxClient, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -557,24 +557,24 @@ def test_replay_after_a_bug_was_fixed(rt: Runtime, sandbox: SandboxClient, monke
 
     monkeypatch.setattr(client, "check", broken)  # the only stand-in: a bug cannot be made real
     result = pipeline.ingest_webhook(rt, envelope)
-    while result.outcome is Outcome.RETRY:  # internal errors retry like provider failures, then give up
+    while result.outcome is Disposition.RETRY:  # internal errors retry like provider failures, then give up
         result = pipeline.retry_delivery(rt, result.inbox_id or 0, version=result.due)
-    assert result.outcome is Outcome.FAILED
+    assert result.outcome is Disposition.FAILED
     (letter,) = letters(rt)
     assert letter.reason == "internal_error" and "ZeroDivisionError" in letter.detail
     assert row(rt, result.inbox_id or 0).errors == rt.settings.verify_max_retries - 1
     monkeypatch.undo()
-    assert replay(rt, letter).outcome is Outcome.ACCEPTED and settled(rt, ref)
+    assert replay(rt, letter).outcome is Disposition.ACCEPTED and settled(rt, ref)
 
 
 def test_replay_of_a_registration_after_its_plan_was_added(rt: Runtime) -> None:
     ref = new_reference()
-    assert pipeline.register_payment(rt, registration(ref, plan="not-yet")).outcome is Outcome.FAILED
+    assert pipeline.register_payment(rt, registration(ref, plan="not-yet")).outcome is Disposition.FAILED
     (letter,) = letters(rt)
     assert letter.reason == "unknown_plan"
     with rt.sessions.begin() as session:
         session.add(Plan(code="not-yet", product="depannage", name="Later", price=5000, currency="XOF", period_days=30))
-    assert replay(rt, letter).outcome is Outcome.CREATED
+    assert replay(rt, letter).outcome is Disposition.CREATED
     with rt.sessions() as session:
         assert session.scalar(select(Payment.status).where(Payment.reference == ref)) is PaymentStatus.REGISTERED
 
@@ -583,10 +583,10 @@ def test_replay_after_the_provider_stopped_refusing(rt: Runtime, sandbox: Sandbo
     ref = new_reference()
     pipeline.register_payment(rt, registration(ref))
     sandbox.create_cinetpay(ref, 5000, faults=[{"status": 403}])  # a refusal, not an outage
-    assert pipeline.ingest_webhook(rt, sandbox.cinetpay_notification(ref)).outcome is Outcome.FAILED
+    assert pipeline.ingest_webhook(rt, sandbox.cinetpay_notification(ref)).outcome is Disposition.FAILED
     (letter,) = letters(rt)
     assert letter.reason == "provider_error" and "403" in letter.detail
-    assert replay(rt, letter).outcome is Outcome.ACCEPTED and settled(rt, ref)
+    assert replay(rt, letter).outcome is Disposition.ACCEPTED and settled(rt, ref)
 
 
 @pytest.mark.parametrize("reason", ["invalid_registration", "registration_conflict"])
@@ -597,7 +597,7 @@ def test_replay_of_a_registration_refused_for_good_says_so_again(rt: Runtime, re
         payload = registration(ref, amount=10000, periods=2)  # the same reference, other terms
     else:
         payload = {"schema": "payrecon.payment/1", "reference": ref, "amount": "5000"}
-    assert pipeline.register_payment(rt, payload).outcome in (Outcome.FAILED, Outcome.MALFORMED)
+    assert pipeline.register_payment(rt, payload).outcome in (Disposition.FAILED, Disposition.MALFORMED)
     (letter,) = letters(rt)
     assert letter.reason == reason
     replay(rt, letter)
@@ -607,7 +607,7 @@ def test_replay_of_a_registration_refused_for_good_says_so_again(rt: Runtime, re
 @pytest.mark.parametrize(
     ("payload", "reason", "again", "letters_after"),
     [
-        ({"schema": "payrecon.webhook/1"}, "invalid_envelope", Outcome.MALFORMED, 2),
+        ({"schema": "payrecon.webhook/1"}, "invalid_envelope", Disposition.MALFORMED, 2),
         (
             {
                 "schema": "payrecon.webhook/1",
@@ -620,13 +620,13 @@ def test_replay_of_a_registration_refused_for_good_says_so_again(rt: Runtime, re
                 "body": "not=a&cinetpay=notification",
             },
             "malformed_body",
-            Outcome.MALFORMED,
+            Disposition.MALFORMED,
             1,
         ),
     ],
 )
 def test_replay_of_input_that_can_never_be_processed_says_so_again(
-    rt: Runtime, payload: Any, reason: str, again: Outcome, letters_after: int
+    rt: Runtime, payload: Any, reason: str, again: Disposition, letters_after: int
 ) -> None:
     """Replayed unchanged, such input is refused the same way: a new letter, or a repeat counted on
     its inbox row, whose letter is not written twice (fixed input is sent as a new message)."""

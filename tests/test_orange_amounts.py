@@ -30,7 +30,7 @@ from reconciliation.models import (
 from reconciliation.statements import import_file
 from tests.helpers import new_reference, registration
 from worker import pipeline
-from worker.pipeline import Outcome
+from worker.pipeline import Disposition
 from worker.runtime import Runtime
 
 PRICE = 6500
@@ -71,7 +71,7 @@ def settled_at_the_registered_amount(rt: Runtime, ref: str) -> Payment:
 def test_a_webhook_settles_at_the_registered_amount_unconfirmed(rt: Runtime, sandbox: SandboxClient) -> None:
     state = order(rt, sandbox)
     result = pipeline.ingest_webhook(rt, sandbox.notification("orange_money", state["reference"]))
-    assert result.outcome is Outcome.ACCEPTED, result.detail
+    assert result.outcome is Disposition.ACCEPTED, result.detail
     settled_at_the_registered_amount(rt, state["reference"])
 
 
@@ -88,7 +88,7 @@ def test_a_batch_settles_it_set_wise_at_the_registered_amount(rt: Runtime, sandb
         assert payments.is_plain_success(p, answer, None, plans)
         assert not payments.is_plain_success(p, replace(answer, registered_amount_asked=False), None, plans)
     results = pipeline.ingest_batch(rt, [sandbox.notification("orange_money", s["reference"]) for s in states])
-    assert [getattr(r, "outcome", r) for r in results] == [Outcome.ACCEPTED] * 3
+    assert [getattr(r, "outcome", r) for r in results] == [Disposition.ACCEPTED] * 3
     for s in states:
         settled_at_the_registered_amount(rt, s["reference"])
 
@@ -97,7 +97,7 @@ def test_a_recheck_settles_at_the_registered_amount(rt: Runtime, sandbox: Sandbo
     state = order(rt, sandbox)
     with rt.sessions() as session:
         payment_id = session.scalars(select(Payment.id).where(Payment.reference == state["reference"])).one()
-    assert pipeline.verify_payment(rt, payment_id).outcome is Outcome.ACCEPTED
+    assert pipeline.verify_payment(rt, payment_id).outcome is Disposition.ACCEPTED
     settled_at_the_registered_amount(rt, state["reference"])
 
 
@@ -124,7 +124,7 @@ def test_the_statement_confirms_the_amount_or_flags_the_difference(
     paid_right, paid_less = order(rt, sandbox), order(rt, sandbox, confirm_amount=1300)
     for state in (paid_right, paid_less):
         assert pipeline.ingest_webhook(rt, sandbox.notification("orange_money", state["reference"])).outcome is (
-            Outcome.ACCEPTED
+            Disposition.ACCEPTED
         )
         settled_at_the_registered_amount(rt, state["reference"])  # both: Orange's answer said SUCCESS only
     tz = ZoneInfo("Africa/Abidjan")

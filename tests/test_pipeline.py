@@ -27,7 +27,7 @@ from reconciliation.models import (
 from reconciliation.views import balances
 from tests.helpers import age, new_reference, registration, resigned
 from worker import pipeline
-from worker.pipeline import Outcome
+from worker.pipeline import Disposition
 from worker.runtime import Runtime
 
 
@@ -63,9 +63,9 @@ def paid(sandbox: SandboxClient, reference: str, amount: int = 5000, **options: 
 
 def test_accepted_payment_settles_with_ledger_and_subscription(rt: Runtime, sandbox: SandboxClient) -> None:
     ref = new_reference()
-    assert register(rt, ref).outcome is Outcome.CREATED
+    assert register(rt, ref).outcome is Disposition.CREATED
     result = pipeline.ingest_webhook(rt, paid(sandbox, ref))
-    assert result.outcome is Outcome.ACCEPTED
+    assert result.outcome is Disposition.ACCEPTED
     p = payment(rt, ref)
     assert (p.status, p.settled, p.confirmed_amount, p.confirmed_currency) == (
         PaymentStatus.SUCCEEDED,
@@ -109,7 +109,7 @@ def test_pending_then_accepted_without_a_second_callback(rt: Runtime, sandbox: S
     due = pipeline.claim_due(rt, now=later)
     assert due == [p.id]
     assert pipeline.claim_due(rt, now=later) == []  # leased: not handed out twice
-    assert pipeline.verify_payment(rt, p.id, now=later).outcome is Outcome.ACCEPTED
+    assert pipeline.verify_payment(rt, p.id, now=later).outcome is Disposition.ACCEPTED
     assert payment(rt, ref).status is PaymentStatus.SUCCEEDED
     assert count(rt, SubscriptionGrant) == 1
     assert count(rt, Verification) == 2
@@ -144,7 +144,7 @@ def test_forged_notification_is_quarantined_without_an_api_call(rt: Runtime, san
     register(rt, ref)
     sandbox.create_cinetpay(ref, 5000)
     result = pipeline.ingest_webhook(rt, sandbox.cinetpay_notification(ref, forged=True))
-    assert result.outcome is Outcome.FORGED
+    assert result.outcome is Disposition.FORGED
     assert sandbox.get_cinetpay(ref)["check_count"] == 0
     assert payment(rt, ref).status is PaymentStatus.REGISTERED
     assert count(rt, InboxDelivery, InboxDelivery.status == InboxStatus.FORGED) == 1
@@ -157,7 +157,7 @@ def test_unsigned_notification_is_forged(rt: Runtime, sandbox: SandboxClient) ->
     sandbox.create_cinetpay(ref, 5000)
     envelope = sandbox.cinetpay_notification(ref)
     envelope["headers"] = {k: v for k, v in envelope["headers"].items() if k.lower() != "x-token"}
-    assert pipeline.ingest_webhook(rt, envelope).outcome is Outcome.FORGED
+    assert pipeline.ingest_webhook(rt, envelope).outcome is Disposition.FORGED
     assert sandbox.get_cinetpay(ref)["check_count"] == 0
 
 
@@ -174,7 +174,7 @@ def test_mismatch_grants_nothing_and_holds_the_money_in_suspense(
     ref = new_reference()
     register(rt, ref)
     sandbox.create_cinetpay(ref, 5000, **options)
-    assert pipeline.ingest_webhook(rt, sandbox.cinetpay_notification(ref)).outcome is Outcome.MISMATCH
+    assert pipeline.ingest_webhook(rt, sandbox.cinetpay_notification(ref)).outcome is Disposition.MISMATCH
     p = payment(rt, ref)
     assert (p.status, p.settled) == (PaymentStatus.SUCCEEDED, False)
     assert flag in flags(rt, ref)
@@ -187,13 +187,13 @@ def test_tampered_notification_amount_never_decides(rt: Runtime, sandbox: Sandbo
     register(rt, ref)
     sandbox.create_cinetpay(ref, 5000)
     envelope = sandbox.cinetpay_notification(ref, tamper={"cpm_amount": "1"})
-    assert pipeline.ingest_webhook(rt, envelope).outcome is Outcome.FORGED
+    assert pipeline.ingest_webhook(rt, envelope).outcome is Disposition.FORGED
     assert payment(rt, ref).status is PaymentStatus.REGISTERED
 
 
 def test_unknown_reference_is_an_orphan_in_suspense(rt: Runtime, sandbox: SandboxClient) -> None:
     ref = new_reference()
-    assert pipeline.ingest_webhook(rt, paid(sandbox, ref)).outcome is Outcome.ORPHAN
+    assert pipeline.ingest_webhook(rt, paid(sandbox, ref)).outcome is Disposition.ORPHAN
     p = payment(rt, ref)
     assert p.is_orphan and p.status is PaymentStatus.SUCCEEDED
     assert FlagKind.ORPHAN in flags(rt, ref)
@@ -203,7 +203,7 @@ def test_unknown_reference_is_an_orphan_in_suspense(rt: Runtime, sandbox: Sandbo
 def test_registration_after_its_webhook_adopts_the_orphan(rt: Runtime, sandbox: SandboxClient) -> None:
     ref = new_reference()
     pipeline.ingest_webhook(rt, paid(sandbox, ref))
-    assert register(rt, ref).outcome is Outcome.ADOPTED
+    assert register(rt, ref).outcome is Disposition.ADOPTED
     p = payment(rt, ref)
     assert (p.status, p.settled, p.is_orphan) == (PaymentStatus.SUCCEEDED, True, False)
     assert {FlagKind.ORPHAN, FlagKind.ADOPTED} <= flags(rt, ref)
@@ -217,7 +217,7 @@ def test_registration_after_its_webhook_adopts_the_orphan(rt: Runtime, sandbox: 
 def test_adopted_orphan_with_other_amount_stays_in_suspense(rt: Runtime, sandbox: SandboxClient) -> None:
     ref = new_reference()
     pipeline.ingest_webhook(rt, paid(sandbox, ref, amount=1000))
-    assert register(rt, ref).outcome is Outcome.ADOPTED
+    assert register(rt, ref).outcome is Disposition.ADOPTED
     assert FlagKind.AMOUNT_MISMATCH in flags(rt, ref)
     assert count(rt, SubscriptionGrant) == 0
     assert ledger(rt) == {"provider_clearing:cinetpay": 1000, "suspense": -1000}
@@ -228,7 +228,7 @@ def test_identical_deliveries_are_counted_and_settle_once(rt: Runtime, sandbox: 
     register(rt, ref)
     envelope = paid(sandbox, ref)
     results = [pipeline.ingest_webhook(rt, envelope) for _ in range(3)]
-    assert [r.outcome for r in results] == [Outcome.ACCEPTED, Outcome.DUPLICATE, Outcome.DUPLICATE]
+    assert [r.outcome for r in results] == [Disposition.ACCEPTED, Disposition.DUPLICATE, Disposition.DUPLICATE]
     with rt.sessions() as session:
         row = session.scalars(select(InboxDelivery)).one()
     assert row.repeat_count == 2
@@ -241,15 +241,15 @@ def test_an_authentic_delivery_agreeing_with_a_final_payment_spends_no_call(
     ref = new_reference()
     register(rt, ref)
     envelope = paid(sandbox, ref)
-    assert pipeline.ingest_webhook(rt, envelope).outcome is Outcome.ACCEPTED
+    assert pipeline.ingest_webhook(rt, envelope).outcome is Disposition.ACCEPTED
     # CinetPay notifies again, signed, with another date: a new delivery that says what we know.
     again = resigned(envelope, cpm_trans_date="2026-12-05 10:00:00")
     result = pipeline.ingest_webhook(rt, again)
-    assert result.outcome is Outcome.DUPLICATE and "as the delivery says" in result.detail
+    assert result.outcome is Disposition.DUPLICATE and "as the delivery says" in result.detail
     assert sandbox.get_cinetpay(ref)["check_count"] == 1
     # One that claims something else is verified.
     refused = resigned(envelope, cpm_result="01", cpm_trans_date="2026-12-05 11:00:00")
-    assert pipeline.ingest_webhook(rt, refused).outcome is Outcome.ACCEPTED
+    assert pipeline.ingest_webhook(rt, refused).outcome is Disposition.ACCEPTED
     assert sandbox.get_cinetpay(ref)["check_count"] == 2
 
 
@@ -259,7 +259,7 @@ def test_first_raw_delivery_is_never_overwritten(rt: Runtime, sandbox: SandboxCl
     envelope = paid(sandbox, ref)
     pipeline.ingest_webhook(rt, envelope)
     replay = {**envelope, "received_at": "2030-01-01T00:00:00+00:00", "receiver": "replayer"}
-    assert pipeline.ingest_webhook(rt, replay).outcome is Outcome.DUPLICATE
+    assert pipeline.ingest_webhook(rt, replay).outcome is Disposition.DUPLICATE
     with rt.sessions() as session:
         row = session.scalars(select(InboxDelivery)).one()
     assert row.body == envelope["body"]
@@ -273,7 +273,7 @@ def test_concurrent_distinct_deliveries_for_one_payment_settle_once(rt: Runtime,
     sandbox.create_cinetpay(ref, 5000)
     envelopes = [resigned(sandbox.cinetpay_notification(ref), cpm_designation=f"attempt {i}") for i in range(5)]
     barrier = threading.Barrier(5)
-    outcomes: list[Outcome] = []
+    outcomes: list[Disposition] = []
 
     def run(envelope: dict[str, Any]) -> None:
         barrier.wait()
@@ -295,7 +295,7 @@ def test_five_identical_deliveries_at_once_settle_once(rt: Runtime, sandbox: San
     register(rt, ref)
     envelope = paid(sandbox, ref)
     barrier = threading.Barrier(5)
-    outcomes: list[Outcome] = []
+    outcomes: list[Disposition] = []
 
     def run() -> None:
         barrier.wait()
@@ -306,7 +306,7 @@ def test_five_identical_deliveries_at_once_settle_once(rt: Runtime, sandbox: San
         t.start()
     for t in threads:
         t.join()
-    assert sorted(outcomes) == sorted([Outcome.ACCEPTED] + [Outcome.DUPLICATE] * 4)
+    assert sorted(outcomes) == sorted([Disposition.ACCEPTED] + [Disposition.DUPLICATE] * 4)
     assert count(rt, SubscriptionGrant) == 1
     assert sandbox.get_cinetpay(ref)["check_count"] == 1
     assert ledger(rt) == {"provider_clearing:cinetpay": 5000, "revenue:subscriptions": -5000}
@@ -316,7 +316,7 @@ def test_provider_500_then_429_then_success_is_retried_inside_the_call(rt: Runti
     ref = new_reference()
     register(rt, ref)
     sandbox.create_cinetpay(ref, 5000, faults=[{"status": 500}, {"status": 429, "retry_after": 0}])
-    assert pipeline.ingest_webhook(rt, sandbox.cinetpay_notification(ref)).outcome is Outcome.ACCEPTED
+    assert pipeline.ingest_webhook(rt, sandbox.cinetpay_notification(ref)).outcome is Disposition.ACCEPTED
     assert sandbox.get_cinetpay(ref)["check_count"] == 3
     assert payment(rt, ref).status is PaymentStatus.SUCCEEDED
 
@@ -328,17 +328,17 @@ def test_provider_down_is_a_wait_in_the_inbox_then_a_dead_letter_after_its_windo
     register(rt, ref)
     sandbox.create_cinetpay(ref, 5000, faults=[{"status": 503}] * 12)
     result = pipeline.ingest_webhook(rt, sandbox.cinetpay_notification(ref))
-    assert result.outcome is Outcome.RETRY and result.inbox_id is not None and result.due is not None
+    assert result.outcome is Disposition.RETRY and result.inbox_id is not None and result.due is not None
     with rt.sessions() as session:
         row = session.get(InboxDelivery, result.inbox_id)
         assert row is not None
         assert (row.status, row.attempts, row.next_attempt_at) == (InboxStatus.RECEIVED, 1, result.due)
-    assert pipeline.retry_delivery(rt, result.inbox_id).outcome is Outcome.DUPLICATE  # not due yet
+    assert pipeline.retry_delivery(rt, result.inbox_id).outcome is Disposition.DUPLICATE  # not due yet
     again = pipeline.retry_delivery(rt, result.inbox_id, version=result.due)  # its wake-up
-    assert again.outcome is Outcome.RETRY and again.due is not None
+    assert again.outcome is Disposition.RETRY and again.due is not None
     age(rt, result.inbox_id, rt.profile("cinetpay").give_up_after)  # the provider's give-up window passes
     final = pipeline.retry_delivery(rt, result.inbox_id, version=again.due)
-    assert final.outcome is Outcome.FAILED
+    assert final.outcome is Disposition.FAILED
     with rt.sessions() as session:
         letter = session.scalars(select(DeadLetter)).one()
         errors = list(session.scalars(select(Verification.error)))
@@ -353,8 +353,8 @@ def test_retry_after_recovery_settles(rt: Runtime, sandbox: SandboxClient) -> No
     register(rt, ref)
     sandbox.create_cinetpay(ref, 5000, faults=[{"status": 503}] * 3)
     result = pipeline.ingest_webhook(rt, sandbox.cinetpay_notification(ref))
-    assert result.outcome is Outcome.RETRY and result.inbox_id is not None
-    assert pipeline.retry_delivery(rt, result.inbox_id, version=result.due).outcome is Outcome.ACCEPTED
+    assert result.outcome is Disposition.RETRY and result.inbox_id is not None
+    assert pipeline.retry_delivery(rt, result.inbox_id, version=result.due).outcome is Disposition.ACCEPTED
     assert payment(rt, ref).settled
 
 
@@ -375,7 +375,7 @@ def test_retry_after_recovery_settles(rt: Runtime, sandbox: SandboxClient) -> No
 )
 def test_malformed_envelope_is_dead_lettered_with_the_raw_input(rt: Runtime, payload: Any) -> None:
     result = pipeline.ingest_webhook(rt, payload)
-    assert result.outcome is Outcome.MALFORMED
+    assert result.outcome is Disposition.MALFORMED
     with rt.sessions() as session:
         letter = session.scalars(select(DeadLetter)).one()
     assert letter.reason == "invalid_envelope"
@@ -395,7 +395,7 @@ def test_malformed_body_is_kept_and_dead_lettered(rt: Runtime, sandbox: SandboxC
     ref = new_reference()
     sandbox.create_cinetpay(ref, 5000)
     envelope = {**sandbox.cinetpay_notification(ref), "body": body}
-    assert pipeline.ingest_webhook(rt, envelope).outcome is Outcome.MALFORMED
+    assert pipeline.ingest_webhook(rt, envelope).outcome is Disposition.MALFORMED
     with rt.sessions() as session:
         row = session.scalars(select(InboxDelivery)).one()
         letter = session.scalars(select(DeadLetter)).one()
@@ -404,7 +404,7 @@ def test_malformed_body_is_kept_and_dead_lettered(rt: Runtime, sandbox: SandboxC
 
 
 def test_ping_is_recorded_and_ignored(rt: Runtime, sandbox: SandboxClient) -> None:
-    assert pipeline.ingest_webhook(rt, sandbox.cinetpay_ping()).outcome is Outcome.PING
+    assert pipeline.ingest_webhook(rt, sandbox.cinetpay_ping()).outcome is Disposition.PING
     assert count(rt, Payment) == 0
 
 
@@ -438,9 +438,9 @@ def test_pending_after_success_changes_nothing(rt: Runtime, sandbox: SandboxClie
 def test_registration_conflict_and_unknown_plan_are_dead_lettered(rt: Runtime) -> None:
     ref = new_reference()
     register(rt, ref)
-    assert register(rt, ref).outcome is Outcome.DUPLICATE
-    assert register(rt, ref, amount=10000).outcome is Outcome.FAILED
-    assert register(rt, new_reference(), plan="gold").outcome is Outcome.FAILED
+    assert register(rt, ref).outcome is Disposition.DUPLICATE
+    assert register(rt, ref, amount=10000).outcome is Disposition.FAILED
+    assert register(rt, new_reference(), plan="gold").outcome is Disposition.FAILED
     with rt.sessions() as session:
         reasons = sorted(session.scalars(select(DeadLetter.reason)))
     assert reasons == ["registration_conflict", "unknown_plan"]
@@ -448,7 +448,7 @@ def test_registration_conflict_and_unknown_plan_are_dead_lettered(rt: Runtime) -
 
 def test_invalid_registration_is_dead_lettered(rt: Runtime) -> None:
     result = pipeline.register_payment(rt, registration("TXN-1", amount=50.5))
-    assert result.outcome is Outcome.MALFORMED
+    assert result.outcome is Disposition.MALFORMED
     assert "amount" in result.detail
 
 
@@ -469,10 +469,10 @@ def test_a_given_up_delivery_is_verified_again_when_it_arrives_again(rt: Runtime
     first = pipeline.ingest_webhook(rt, envelope)
     assert first.inbox_id is not None
     age(rt, first.inbox_id, rt.profile("cinetpay").give_up_after)
-    assert pipeline.retry_delivery(rt, first.inbox_id, version=first.due).outcome is Outcome.FAILED
-    assert pipeline.ingest_webhook(rt, envelope).outcome is Outcome.ACCEPTED
+    assert pipeline.retry_delivery(rt, first.inbox_id, version=first.due).outcome is Disposition.FAILED
+    assert pipeline.ingest_webhook(rt, envelope).outcome is Disposition.ACCEPTED
     assert payment(rt, ref).settled
-    assert pipeline.ingest_webhook(rt, envelope).outcome is Outcome.DUPLICATE
+    assert pipeline.ingest_webhook(rt, envelope).outcome is Disposition.DUPLICATE
 
 
 @pytest.fixture

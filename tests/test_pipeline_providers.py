@@ -27,7 +27,7 @@ from reconciliation.models import (
 from tests.conftest import _truncate as truncate
 from tests.helpers import age, new_reference, registration
 from worker import pipeline
-from worker.pipeline import Outcome
+from worker.pipeline import Disposition
 from worker.runtime import Runtime, build_clients
 
 
@@ -45,13 +45,13 @@ def test_orange_notification_before_its_registration_waits_then_settles(rt: Runt
     state = sandbox.create("orange_money", reference=ref, amount=6500, currency="XOF", fate="accepted")
     envelope = sandbox.notification("orange_money", ref)
     early = pipeline.ingest_webhook(rt, envelope)
-    assert early.outcome is Outcome.RETRY and early.delay and "awaiting registration" in early.detail
+    assert early.outcome is Disposition.RETRY and early.delay and "awaiting registration" in early.detail
     assert early.inbox_id is not None
     assert sandbox.get("orange_money", ref)["check_count"] == 0  # nothing spent on an unauthenticated one
     registered = pipeline.register_payment(rt, coko(ref, "orange_money", provider_data=state["provider_data"]))
     (woken,) = registered.wake  # the registration makes the waiting notification due at once
     assert woken[0] == early.inbox_id
-    assert pipeline.retry_delivery(rt, early.inbox_id, version=woken[1]).outcome is Outcome.ACCEPTED
+    assert pipeline.retry_delivery(rt, early.inbox_id, version=woken[1]).outcome is Disposition.ACCEPTED
     assert status(rt, ref) is PaymentStatus.SUCCEEDED
 
 
@@ -61,10 +61,10 @@ def test_orange_notification_whose_registration_never_comes_stops_waiting(rt: Ru
     early = pipeline.ingest_webhook(rt, sandbox.notification("orange_money", ref))
     assert early.inbox_id is not None and early.delay == 30
     again = pipeline.retry_delivery(rt, early.inbox_id, version=early.due)
-    assert again.outcome is Outcome.RETRY and again.delay == 60  # the waits grow
+    assert again.outcome is Disposition.RETRY and again.delay == 60  # the waits grow
     age(rt, early.inbox_id, rt.settings.await_registration)
     final = pipeline.retry_delivery(rt, early.inbox_id, version=again.due)
-    assert final.outcome is Outcome.FORGED and "no registration arrived within 1 h" in final.detail
+    assert final.outcome is Disposition.FORGED and "no registration arrived within 1 h" in final.detail
     with rt.sessions() as session:
         row = session.get(InboxDelivery, early.inbox_id)
         assert row is not None and row.status is InboxStatus.FORGED and row.next_attempt_at is None
@@ -78,7 +78,7 @@ def test_orange_notification_without_order_id_is_found_by_its_notif_token(rt: Ru
     pipeline.register_payment(rt, coko(ref, "orange_money", provider_data=state["provider_data"]))
     envelope = sandbox.notification("orange_money", ref, path="/orange/notify")
     result = pipeline.ingest_webhook(rt, envelope)
-    assert (result.outcome, result.reference) == (Outcome.ACCEPTED, ref)
+    assert (result.outcome, result.reference) == (Disposition.ACCEPTED, ref)
     assert status(rt, ref) is PaymentStatus.SUCCEEDED
 
 
@@ -88,7 +88,7 @@ def test_orange_notification_with_another_orders_token_is_forged(rt: Runtime, sa
         state = sandbox.create("orange_money", reference=ref, amount=6500, currency="XOF", fate="accepted")
         pipeline.register_payment(rt, coko(ref, "orange_money", provider_data=state["provider_data"]))
     envelope = sandbox.notification("orange_money", mine, forged=True)
-    assert pipeline.ingest_webhook(rt, envelope).outcome is Outcome.FORGED
+    assert pipeline.ingest_webhook(rt, envelope).outcome is Disposition.FORGED
     assert sandbox.get("orange_money", mine)["check_count"] == 0
 
 
@@ -98,16 +98,16 @@ def test_momo_404_right_after_registration_is_not_a_failure(rt: Runtime, sandbox
     pipeline.register_payment(rt, coko(ref, "mtn_momo"))
     callback = sandbox.notification("mtn_momo", ref)
     first = pipeline.ingest_webhook(rt, callback)
-    assert first.outcome is Outcome.RETRY  # not FAILED, not dead-lettered
+    assert first.outcome is Disposition.RETRY  # not FAILED, not dead-lettered
     with rt.sessions() as session:
         payment = session.scalars(select(Payment)).one()
         assert session.scalar(select(DeadLetter.id)) is None
     result = pipeline.verify_payment(rt, payment.id)
-    assert result.outcome is Outcome.RETRY
+    assert result.outcome is Disposition.RETRY
     with rt.sessions() as session:
         last = session.scalars(select(Verification).order_by(Verification.id.desc())).first()
     assert last is not None and "not visible at the provider yet" in (last.error or "")
-    assert pipeline.verify_payment(rt, payment.id).outcome is Outcome.ACCEPTED
+    assert pipeline.verify_payment(rt, payment.id).outcome is Disposition.ACCEPTED
     assert status(rt, ref) is PaymentStatus.SUCCEEDED
 
 
@@ -117,7 +117,7 @@ def test_momo_404_long_after_registration_is_a_provider_error(rt: Runtime, sandb
     created = "2026-01-01T10:00:00+00:00"  # registered long before: the grace is over
     pipeline.register_payment(rt, coko(ref, "mtn_momo", created_at=created))
     result = pipeline.ingest_webhook(rt, sandbox.notification("mtn_momo", ref))
-    assert result.outcome is Outcome.FAILED
+    assert result.outcome is Disposition.FAILED
     with rt.sessions() as session:
         assert session.scalars(select(DeadLetter.reason)).one() == "provider_error"
 
@@ -129,8 +129,8 @@ def test_wave_redelivered_event_is_a_duplicate(rt: Runtime, sandbox: SandboxClie
     first = sandbox.notification("wave", ref)
     again = sandbox.notification("wave", ref)  # Wave resends the same event id, signed anew
     assert first["body"] == again["body"]
-    assert pipeline.ingest_webhook(rt, first).outcome is Outcome.ACCEPTED
-    assert pipeline.ingest_webhook(rt, again).outcome is Outcome.DUPLICATE
+    assert pipeline.ingest_webhook(rt, first).outcome is Disposition.ACCEPTED
+    assert pipeline.ingest_webhook(rt, again).outcome is Disposition.DUPLICATE
     with rt.sessions() as session:
         assert session.scalars(select(InboxDelivery.status)).one() is InboxStatus.PROCESSED
 
@@ -140,7 +140,7 @@ def test_wave_stale_signature_is_forged(rt: Runtime, sandbox: SandboxClient) -> 
     state = sandbox.create("wave", reference=ref, amount=6500, currency="XOF", fate="accepted")
     pipeline.register_payment(rt, coko(ref, "wave", provider_data=state["provider_data"]))
     result = pipeline.ingest_webhook(rt, sandbox.notification("wave", ref, stale=True))
-    assert result.outcome is Outcome.FORGED and "stale" in result.detail
+    assert result.outcome is Disposition.FORGED and "stale" in result.detail
 
 
 def test_expired_registration_without_answers_is_expired_on_the_providers_schedule(
@@ -195,11 +195,11 @@ def test_orange_wrong_token_at_a_declared_notif_url_is_forged_not_awaiting(
     envelope = sandbox.notification("orange_money", state["reference"], forged=True)
     assert envelope["path"] == f"/orange/notif/{state['reference']}"
     result = pipeline.ingest_webhook(rt, envelope)
-    assert (result.outcome, result.reference) == (Outcome.FORGED, state["reference"])
+    assert (result.outcome, result.reference) == (Disposition.FORGED, state["reference"])
     assert "notif_token does not match" in result.detail
     # The authentic one at the same URL settles it.
     genuine = pipeline.ingest_webhook(rt, sandbox.notification("orange_money", state["reference"]))
-    assert genuine.outcome is Outcome.ACCEPTED
+    assert genuine.outcome is Disposition.ACCEPTED
     assert status(rt, state["reference"]) is PaymentStatus.SUCCEEDED
     assert sandbox.get("orange_money", state["reference"])["check_count"] == 1  # nothing spent on the forged one
 
@@ -225,7 +225,7 @@ def test_orange_url_of_one_order_with_another_registered_orders_token_is_forged(
         envelope = sandbox.notification("orange_money", e["reference"], tamper={"notif_token": f["notif_token"]})
         assert e["reference"] in envelope["path"] + json.dumps(envelope["query"])
         result = pipeline.ingest_webhook(rt, envelope)
-        assert (result.outcome, result.reference) == (Outcome.FORGED, e["reference"]), result.detail
+        assert (result.outcome, result.reference) == (Disposition.FORGED, e["reference"]), result.detail
     assert status(rt, f["reference"]) is PaymentStatus.REGISTERED
     assert status(rt, e_registered["reference"]) is PaymentStatus.REGISTERED
     assert sandbox.get("orange_money", f["reference"])["check_count"] == 0
@@ -248,7 +248,7 @@ def test_orange_url_of_an_unregistered_order_with_another_orders_token_is_forged
     forged = sandbox.notification("orange_money", e["reference"], tamper={"notif_token": f["notif_token"]})
     genuine = sandbox.notification("orange_money", f["reference"])
     results = pipeline.ingest_batch(rt, [forged, genuine])
-    assert [r.outcome for r in results if isinstance(r, pipeline.Result)] == [Outcome.FORGED, Outcome.ACCEPTED]
+    assert [r.outcome for r in results if isinstance(r, pipeline.Result)] == [Disposition.FORGED, Disposition.ACCEPTED]
     assert status(rt, f["reference"]) is PaymentStatus.SUCCEEDED
 
 
@@ -260,12 +260,12 @@ def test_orange_default_rules_still_read_notify_paths_and_query(
     state = orange_order(rt, sandbox)
     ref = state["reference"]
     forged = pipeline.ingest_webhook(rt, sandbox.notification("orange_money", ref, forged=True))
-    assert forged.outcome is Outcome.FORGED
+    assert forged.outcome is Disposition.FORGED
     by_query = sandbox.notification("orange_money", ref, path=f"/om/callback?order_id={ref}", forged=True)
     assert by_query["query"] == {"order_id": ref}
-    assert pipeline.ingest_webhook(rt, by_query).outcome is Outcome.FORGED
+    assert pipeline.ingest_webhook(rt, by_query).outcome is Disposition.FORGED
     other_shape = pipeline.ingest_webhook(rt, sandbox.notification("orange_money", ref, path=f"/orange/notif/{ref}"))
-    assert (other_shape.outcome, other_shape.reference) == (Outcome.ACCEPTED, ref)  # found by its notif_token
+    assert (other_shape.outcome, other_shape.reference) == (Disposition.ACCEPTED, ref)  # found by its notif_token
 
 
 # --------------------------------------------------------------------------- Orange: HTTP 400 from the status API
@@ -288,7 +288,7 @@ def test_orange_400_on_a_recheck_flags_the_payment_and_stops_asking(
     with rt.sessions() as session:
         payment = session.scalars(select(Payment)).one()
     result = pipeline.verify_payment(rt, payment.id)
-    assert result.outcome is Outcome.FAILED and "refused the question" in result.detail
+    assert result.outcome is Disposition.FAILED and "refused the question" in result.detail
     with rt.sessions() as session:
         p = session.scalars(select(Payment)).one()
         flags = {f.kind: f.detail for f in p.flags}
@@ -309,7 +309,7 @@ def test_orange_400_on_a_notification_dead_letters_it_and_flags_the_payment(
     data = {**state["provider_data"], "pay_token": "0" * 64}  # the notif_token is right: it authenticates
     pipeline.register_payment(rt, coko(ref, "orange_money", provider_data=data))
     result = pipeline.ingest_webhook(rt, sandbox.notification("orange_money", ref))
-    assert result.outcome is Outcome.FAILED and "provider refused the verification" in result.detail
+    assert result.outcome is Disposition.FAILED and "provider refused the verification" in result.detail
     with rt.sessions() as session:
         letter = session.scalars(select(DeadLetter)).one()
         p = session.scalars(select(Payment)).one()
@@ -328,11 +328,11 @@ def test_an_outage_or_another_refusal_is_still_asked_again(
     pipeline.register_payment(rt, coko(ref, "orange_money", provider_data=state["provider_data"]))
     with rt.sessions() as session:
         payment_id = session.scalars(select(Payment.id)).one()
-    assert pipeline.verify_payment(rt, payment_id).outcome is Outcome.RETRY
+    assert pipeline.verify_payment(rt, payment_id).outcome is Disposition.RETRY
     with rt.sessions() as session:
         p = session.scalars(select(Payment)).one()
         assert p.next_check_at is not None and p.flags == []
-    assert pipeline.verify_payment(rt, payment_id).outcome is Outcome.ACCEPTED
+    assert pipeline.verify_payment(rt, payment_id).outcome is Disposition.ACCEPTED
 
 
 # --------------------------------------------------------------------------- MoMo: a run in MTN's sandbox (EUR)
@@ -352,8 +352,8 @@ def test_the_readmes_mtn_sandbox_recipe_settles_a_eur_payment(rt: Runtime, sandb
         result = pipeline.register_payment(
             rt, coko(ref, "mtn_momo", amount=500, currency="EUR", plan="coko-premium-monthly-eur")
         )
-        assert result.outcome is Outcome.CREATED, result.detail
-        assert pipeline.ingest_webhook(rt, sandbox.notification("mtn_momo", ref)).outcome is Outcome.ACCEPTED
+        assert result.outcome is Disposition.CREATED, result.detail
+        assert pipeline.ingest_webhook(rt, sandbox.notification("mtn_momo", ref)).outcome is Disposition.ACCEPTED
         with rt.sessions() as session:
             p = session.scalars(select(Payment)).one()
             assert (p.status, p.settled, p.confirmed_amount, p.confirmed_currency) == (
@@ -364,7 +364,7 @@ def test_the_readmes_mtn_sandbox_recipe_settles_a_eur_payment(rt: Runtime, sandb
             )
         # The XOF plan refuses a EUR registration: the reason the recipe is needed.
         refused = pipeline.register_payment(rt, coko(str(uuid.uuid4()), "mtn_momo", amount=500, currency="EUR"))
-        assert refused.outcome is Outcome.FAILED and "sold in XOF, not EUR" in refused.detail
+        assert refused.outcome is Disposition.FAILED and "sold in XOF, not EUR" in refused.detail
     finally:
         truncate(rt)
         with rt.engine.begin() as conn:

@@ -793,12 +793,12 @@ def subscriptions_import(file: Path, by: str) -> None:
     nothing. Exit 2 when the file is refused (each bad row named with its line)."""
     settings = _settings()
     from reconciliation.db import transaction
-    from reconciliation.subscription_import import ImportError_, import_subscriptions
+    from reconciliation.subscription_import import SubscriptionImportError, import_subscriptions
 
     try:
         with transaction(_sessions(settings)) as session:
             count = import_subscriptions(session, file, tz=settings.timezone, now=datetime.now(UTC), by=by)
-    except ImportError_ as exc:
+    except SubscriptionImportError as exc:
         _fail(str(exc), 2)
     click.echo(f"imported {count} subscription(s) from {file.name}")
 

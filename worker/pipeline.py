@@ -57,7 +57,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-class Outcome(StrEnum):
+class Disposition(StrEnum):
     """What happened to one message; also the ``outcome`` label of the delivery metrics."""
 
     ACCEPTED = "accepted"  # verified and settled (paid, failed or still pending)
@@ -75,7 +75,7 @@ class Outcome(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class Result:
-    outcome: Outcome
+    outcome: Disposition
     detail: str = ""
     inbox_id: int | None = None
     reference: str | None = None
@@ -199,13 +199,13 @@ def _parse(rt: Runtime, payload: Any) -> Result | _Parsed:
     except ValidationError as exc:
         detail = f"invalid webhook envelope: {_errors(exc)}"
         _dead_letter(rt, INGEST_TASK, "invalid_envelope", detail, raw)
-        return Result(Outcome.MALFORMED, detail)
+        return Result(Disposition.MALFORMED, detail)
     provider = envelope.provider.value
     client = rt.client(provider)
     if client is None:
         detail = f"provider {provider!r} is not configured on this worker"
         _dead_letter(rt, INGEST_TASK, "provider_not_configured", detail, raw, provider=provider)
-        return Result(Outcome.FAILED, detail)
+        return Result(Disposition.FAILED, detail)
     try:
         delivery = client.parse_delivery(envelope)
     except MalformedDelivery as exc:
@@ -294,15 +294,15 @@ def _after_admission(admitted: _Admitted) -> Result | None:
     stored, reference, detail, provider = admitted.stored, admitted.reference, admitted.detail, admitted.parsed.provider
     if not stored.is_new and admitted.work is None:
         return Result(
-            Outcome.DUPLICATE, f"repeat of inbox delivery {stored.id}", stored.id, reference, provider=provider
+            Disposition.DUPLICATE, f"repeat of inbox delivery {stored.id}", stored.id, reference, provider=provider
         )
     if admitted.status is InboxStatus.FORGED:
         log.warning("forged %s delivery for %s quarantined: %s", provider, reference or "-", detail)
-        return Result(Outcome.FORGED, detail, stored.id, reference, provider=provider)
+        return Result(Disposition.FORGED, detail, stored.id, reference, provider=provider)
     if admitted.status is InboxStatus.PING:
-        return Result(Outcome.PING, "", stored.id, provider=provider)
+        return Result(Disposition.PING, "", stored.id, provider=provider)
     if admitted.status is InboxStatus.IGNORED:
-        return Result(Outcome.ACCEPTED, "authentic delivery about nothing we track", stored.id, provider=provider)
+        return Result(Disposition.ACCEPTED, "authentic delivery about nothing we track", stored.id, provider=provider)
     assert admitted.work is not None  # noqa: S101 - a received delivery this worker holds
     return None
 
@@ -336,7 +336,7 @@ def _oversized(rt: Runtime, payload: Any, raw: str, size: int) -> Result:
         raw[:OVERSIZED_HEAD],
         provider=provider if isinstance(provider, str) and len(provider) <= 32 else None,
     )
-    return Result(Outcome.MALFORMED, detail)
+    return Result(Disposition.MALFORMED, detail)
 
 
 def _resolve(session: Session, provider: str, delivery: Delivery) -> Payment | None:
@@ -391,7 +391,7 @@ def _store_malformed(rt: Runtime, envelope: WebhookEnvelope, raw: str, detail: s
                 provider=envelope.provider.value,
                 now=rt.context().now,
             )
-    return Result(Outcome.MALFORMED, detail, stored.id)
+    return Result(Disposition.MALFORMED, detail, stored.id)
 
 
 def retry_delivery(rt: Runtime, inbox_id: int, *, version: datetime | None = None) -> Result:
@@ -400,7 +400,7 @@ def retry_delivery(rt: Runtime, inbox_id: int, *, version: datetime | None = Non
     with transaction(rt.sessions) as session:
         work = inbox.take(session, inbox_id, rt.context().now, version=version)
     if work is None:
-        return Result(Outcome.DUPLICATE, "finished, held by another worker, or not due", inbox_id)
+        return Result(Disposition.DUPLICATE, "finished, held by another worker, or not due", inbox_id)
     client = rt.client(work.provider)
     if client is None:  # this worker lacks the provider's settings: the delivery waits for one that has them
         detail = f"provider {work.provider!r} is not configured on this worker"
@@ -418,8 +418,8 @@ def _resume(rt: Runtime, client: ProviderClient, work: inbox.Work) -> Result:
         status, detail = _authenticate(client, envelope, delivery, payment)
         if status is InboxStatus.FORGED:
             if not inbox.finish(session, work, InboxStatus.FORGED, detail):
-                return Result(Outcome.DUPLICATE, "taken over by another worker", work.id, delivery.reference)
-            return Result(Outcome.FORGED, detail, work.id, delivery.reference)
+                return Result(Disposition.DUPLICATE, "taken over by another worker", work.id, delivery.reference)
+            return Result(Disposition.FORGED, detail, work.id, delivery.reference)
         if not detail:
             inbox.authenticated(session, work.id)
         if payment is not None and payment.reference != delivery.reference:  # found by a provider token
@@ -501,9 +501,9 @@ def _before_call(
             with transaction(rt.sessions) as session:
                 finished = inbox.finish(session, work, InboxStatus.PROCESSED, known)
             if not finished:
-                return Result(Outcome.DUPLICATE, "taken over by another worker", work.id, reference)
+                return Result(Disposition.DUPLICATE, "taken over by another worker", work.id, reference)
             _release(rt, provider, work.budget_slot)
-            return Result(Outcome.DUPLICATE, known, work.id, reference)
+            return Result(Disposition.DUPLICATE, known, work.id, reference)
 
     slot = work.budget_slot
     stages = _stages(profile)
@@ -523,7 +523,7 @@ def _before_call(
                 f"{why}: its turn in {turn:.2f} s" if own else f"{why}: no turn free yet, asks again in {turn:.2f} s"
             )
             result = _put_off(rt, work, reference, turn, detail, deferred=True, budget_slot=slot)
-            if result.outcome is not Outcome.RETRY:  # the lease was lost: the slots taken here go back
+            if result.outcome is not Disposition.RETRY:  # the lease was lost: the slots taken here go back
                 _release(rt, provider, slot, after=work.budget_slot)
             return result
 
@@ -578,9 +578,9 @@ def _await_registration(
         )
         with transaction(rt.sessions) as session:
             if not inbox.finish(session, work, InboxStatus.FORGED, detail):
-                return Result(Outcome.DUPLICATE, "taken over by another worker", work.id, delivery.reference)
+                return Result(Disposition.DUPLICATE, "taken over by another worker", work.id, delivery.reference)
         log.warning("%s delivery %s quarantined: %s", client.name, work.id, detail)
-        return Result(Outcome.FORGED, detail, work.id, delivery.reference)
+        return Result(Disposition.FORGED, detail, work.id, delivery.reference)
     # A registration that commits meanwhile wakes the row (it is marked as not authenticated from its
     # arrival): this worker then finds its lease gone, and the wake-up message takes the row.
     delay = AWAIT_REGISTRATION_DELAYS[min(work.deferrals, len(AWAIT_REGISTRATION_DELAYS) - 1)]
@@ -652,8 +652,8 @@ def _put_off(
             budget_slot=budget_slot,
         )
     if due is None:
-        return Result(Outcome.DUPLICATE, "taken over by another worker", work.id, reference)
-    return Result(Outcome.RETRY, detail, work.id, reference, delay=delay, due=due)
+        return Result(Disposition.DUPLICATE, "taken over by another worker", work.id, reference)
+    return Result(Disposition.RETRY, detail, work.id, reference, delay=delay, due=due)
 
 
 def _duration(value: timedelta) -> str:
@@ -665,12 +665,12 @@ def _duration(value: timedelta) -> str:
     return f"{seconds} s"
 
 
-def _classify(payment: Payment, answer: VerifiedStatus) -> Outcome:
+def _classify(payment: Payment, answer: VerifiedStatus) -> Disposition:
     if payment.is_orphan:
-        return Outcome.ORPHAN
+        return Disposition.ORPHAN
     if payment.status is PaymentStatus.SUCCEEDED and not payment.settled:
-        return Outcome.MISMATCH
-    return Outcome.ACCEPTED
+        return Disposition.MISMATCH
+    return Disposition.ACCEPTED
 
 
 def _not_yet_visible(rt: Runtime, provider: str, payment: Payment | None, exc: ProviderError, now: datetime) -> bool:
@@ -708,9 +708,9 @@ def _verification_failed(
             if not profile.callbacks_authenticated and isinstance(exc, ProviderNotFound) and payment is None:
                 detail = f"the provider does not know this payment: an unsigned callback about nothing ({exc})"
                 if not inbox.finish(session, work, InboxStatus.FORGED, detail):
-                    return Result(Outcome.DUPLICATE, "taken over by another worker", work.id, reference)
+                    return Result(Disposition.DUPLICATE, "taken over by another worker", work.id, reference)
                 log.warning("%s delivery %s quarantined: %s", provider, work.id, detail)
-                return Result(Outcome.FORGED, detail, work.id, reference)
+                return Result(Disposition.FORGED, detail, work.id, reference)
             return _give_up(session, work, "provider_error", f"provider refused the verification: {exc}", reference)
         window = timedelta(seconds=profile.give_up_after)
         if ctx.now - work.opened_at >= window:
@@ -723,7 +723,7 @@ def _give_up(session: Session, work: inbox.Work, reason: str, detail: str, refer
     """End the delivery's work and dead-letter it, replayable (a repeat reopens it); only while the
     caller still holds it (the worker that took it over decides instead)."""
     if not inbox.finish(session, work, InboxStatus.FAILED, detail):
-        return Result(Outcome.DUPLICATE, "taken over by another worker", work.id, reference)
+        return Result(Disposition.DUPLICATE, "taken over by another worker", work.id, reference)
     deadletters.record(
         session,
         task=INGEST_TASK,
@@ -735,7 +735,7 @@ def _give_up(session: Session, work: inbox.Work, reason: str, detail: str, refer
         now=datetime.now(UTC),
     )
     log.warning("delivery %s dead-lettered (%s): %s", work.id, reason, detail)
-    return Result(Outcome.FAILED, detail, work.id, reference)
+    return Result(Disposition.FAILED, detail, work.id, reference)
 
 
 def _internal_error(rt: Runtime, work: inbox.Work, exc: Exception) -> Result:
@@ -886,7 +886,7 @@ def _work_batch(rt: Runtime, admitted: list[tuple[int, _Admitted]], results: lis
         assert adm.work is not None  # noqa: S101
         if adm.work.id in finished:
             detail = f"answered by the provider for delivery {finished[adm.work.id]} of the same batch"
-            results[i] = Result(Outcome.DUPLICATE, detail, adm.work.id, adm.reference, provider=adm.parsed.provider)
+            results[i] = Result(Disposition.DUPLICATE, detail, adm.work.id, adm.reference, provider=adm.parsed.provider)
         else:
             work = adm.work
             results[i] = _held(rt, adm, lambda work=work, adm=adm: _resume(rt, adm.parsed.client, work))  # type: ignore[misc]
@@ -915,7 +915,7 @@ def _unexpected(rt: Runtime, payload: Any, exc: Exception) -> Result | NotStored
         dead_letter(rt, INGEST_TASK, "internal_error", detail, payload)
     except (OperationalError, InterfaceError) as inner:
         return NotStored(inner)
-    return Result(Outcome.FAILED, detail)
+    return Result(Disposition.FAILED, detail)
 
 
 def _resolve_many(session: Session, parsed: list[tuple[int, _Parsed]]) -> dict[int, Payment | None]:
@@ -963,7 +963,7 @@ def _failed(rt: Runtime, adm: _Admitted, exc: Exception) -> Result:
     if isinstance(exc, (OperationalError, InterfaceError)):
         reason = str(getattr(exc, "orig", exc)).strip().splitlines()[0][:200] if str(exc) else type(exc).__name__
         detail = f"database unavailable: taken up again when its lease ends ({reason})"
-        return Result(Outcome.RETRY, detail, work.id, adm.reference, provider=client.name)
+        return Result(Disposition.RETRY, detail, work.id, adm.reference, provider=client.name)
     log.error("%s delivery %s: unexpected error", client.name, work.id, exc_info=exc)
     try:
         return replace(_internal_error(rt, work, exc), provider=client.name)
@@ -1144,7 +1144,7 @@ def register_payment(rt: Runtime, payload: Any) -> Result:
     except ValidationError as exc:
         detail = f"invalid payment registration: {_errors(exc)}"
         _dead_letter(rt, REGISTER_TASK, "invalid_registration", detail, raw)
-        return Result(Outcome.MALFORMED, detail)
+        return Result(Disposition.MALFORMED, detail)
     try:
         with transaction(rt.sessions) as session:
             ctx = rt.context(registration.provider.value)
@@ -1163,11 +1163,11 @@ def register_payment(rt: Runtime, payload: Any) -> Result:
             provider=registration.provider.value,
             reference=registration.reference,
         )
-        return Result(Outcome.FAILED, str(exc), reference=registration.reference)
+        return Result(Disposition.FAILED, str(exc), reference=registration.reference)
     mapped = {
-        payments.RegisterOutcome.CREATED: Outcome.CREATED,
-        payments.RegisterOutcome.DUPLICATE: Outcome.DUPLICATE,
-        payments.RegisterOutcome.ADOPTED: Outcome.ADOPTED,
+        payments.RegisterOutcome.CREATED: Disposition.CREATED,
+        payments.RegisterOutcome.DUPLICATE: Disposition.DUPLICATE,
+        payments.RegisterOutcome.ADOPTED: Disposition.ADOPTED,
     }[outcome]
     return Result(mapped, reference=reference, wake=tuple(wake))
 
@@ -1212,9 +1212,9 @@ def verify_payment(rt: Runtime, payment_id: int, *, now: datetime | None = None,
     with transaction(rt.sessions) as session:
         payment = session.get(Payment, payment_id)
         if payment is None:
-            return Result(Outcome.FAILED, f"no payment {payment_id}")
+            return Result(Disposition.FAILED, f"no payment {payment_id}")
         if payment.status in FINAL_STATUSES:
-            return Result(Outcome.DUPLICATE, f"already {payment.status.value}", reference=payment.reference)
+            return Result(Disposition.DUPLICATE, f"already {payment.status.value}", reference=payment.reference)
         provider, reference = payment.provider, payment.reference
         view = payments.registration_view(payment)
     client = rt.client(provider)
@@ -1252,16 +1252,16 @@ def verify_payment(rt: Runtime, payment_id: int, *, now: datetime | None = None,
                 delay,
                 trigger=trigger,
             )
-            return Result(Outcome.RETRY, verification.decision, reference=reference, delay=delay)
+            return Result(Disposition.RETRY, verification.decision, reference=reference, delay=delay)
         if answer is None:
             message = str(error)
             if isinstance(error, ProviderError) and _not_yet_visible(rt, provider, locked, error, ctx.now):
                 message = f"not visible at the provider yet (normal shortly after registration): {error}"
             if isinstance(error, ProviderError) and refused_question(error):
                 verification = payments.record_refusal(session, locked, message, ctx, trigger=trigger)
-                return Result(Outcome.FAILED, verification.decision, reference=reference)
+                return Result(Disposition.FAILED, verification.decision, reference=reference)
             verification = payments.record_error(session, locked, message, ctx, trigger=trigger)
-            return Result(Outcome.RETRY, verification.decision, reference=reference)
+            return Result(Disposition.RETRY, verification.decision, reference=reference)
         verification = payments.apply_answer(session, locked, answer, ctx, trigger=trigger, asked_at=asked_at)
         assert asked_at is not None  # noqa: S101 - an answer was asked for
         unused = inbox.coalesce(

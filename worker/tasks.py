@@ -40,7 +40,7 @@ def _report(task: str, result: pipeline.Result, payload: Any = None) -> dict[str
         result.detail,
         extra={"provider": provider, "reference": result.reference, "outcome": result.outcome.value},
     )
-    if task in ("ingest_webhook", "retry_delivery") and result.outcome is not pipeline.Outcome.RETRY:
+    if task in ("ingest_webhook", "retry_delivery") and result.outcome is not pipeline.Disposition.RETRY:
         # Each delivery counts once, at its final outcome (a retry in progress is not one).
         metrics.DELIVERIES.labels(provider, result.outcome.value).inc()
     elif task == "register_payment":
@@ -83,7 +83,7 @@ def _guarded(task: Task, name: str, payload: Any, work: Callable[[], pipeline.Re
             pipeline.dead_letter(runtime.get(), name, "internal_error", detail, payload)
         except Exception as inner:
             raise task.retry(exc=inner, countdown=_outage_delay(task.request.retries), max_retries=None) from inner
-        return pipeline.Result(pipeline.Outcome.FAILED, detail)
+        return pipeline.Result(pipeline.Disposition.FAILED, detail)
 
 
 def _outage_delay(retries: int) -> float:
@@ -94,7 +94,7 @@ def _wake(result: pipeline.Result) -> None:
     """Wake-up messages for deliveries due soon; best effort (the janitor finds them anyway)."""
     due: list[tuple[int, Any, float]] = [(inbox_id, version, 0.0) for inbox_id, version in result.wake]
     if (
-        result.outcome is pipeline.Outcome.RETRY
+        result.outcome is pipeline.Disposition.RETRY
         and result.inbox_id is not None
         and result.due is not None
         and result.delay is not None
@@ -183,7 +183,7 @@ def retry_delivery(inbox_id: int, attempt: Any = None, deferrals: Any = None, du
     except (OperationalError, InterfaceError) as exc:
         reason = str(getattr(exc, "orig", exc)).strip().splitlines()[0][:200]
         log.warning("delivery %s: database unavailable; the janitor takes it up again: %s", inbox_id, reason)
-        return {"outcome": pipeline.Outcome.RETRY.value, "reference": None, "inbox_id": inbox_id}
+        return {"outcome": pipeline.Disposition.RETRY.value, "reference": None, "inbox_id": inbox_id}
     _wake(result)
     return _report("retry_delivery", result)
 
