@@ -24,29 +24,23 @@ import hashlib
 import hmac
 import json
 import logging
-import random
 import re
 import time
 from collections.abc import Sequence
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
 import requests
-from sqlalchemy import and_, or_, select, true, update
 
-from reconciliation import deadletters
+from reconciliation import outbox
 from reconciliation.db import transaction
-from reconciliation.dialect import insert
-from reconciliation.models import OutboxDelivery, OutboxEvent
+from reconciliation.models import OutboxEvent
 from worker.runtime import Runtime
 from worker.settings import AppSettings, SigningKey
 
 log = logging.getLogger(__name__)
 
-#: Events are fanned out to the apps configured at the time, over this window.
-FAN_OUT_WINDOW = timedelta(days=1)
-LEASE = timedelta(seconds=120)
 TIMEOUT = (3.05, 10.0)
 
 
@@ -105,46 +99,14 @@ def scrubbed(message: str, url: str) -> str:
 
 def fan_out(rt: Runtime, now: datetime) -> int:
     """A pending delivery per (recent event, interested app), created once."""
-    created = 0
     with transaction(rt.sessions) as session:
-        for app in rt.settings.apps:
-            events = select(OutboxEvent.id, OutboxEvent.created_at).where(
-                OutboxEvent.created_at >= now - FAN_OUT_WINDOW,
-                or_(OutboxEvent.product.is_(None), OutboxEvent.product.in_(app.products)) if app.products else true(),
-                ~select(OutboxDelivery.id)
-                .where(and_(OutboxDelivery.event_id == OutboxEvent.id, OutboxDelivery.app == app.name))
-                .exists(),
-            )
-            rows = [
-                {"event_id": eid, "app": app.name, "status": "pending", "attempts": 0, "next_attempt_at": at}
-                for eid, at in session.execute(events).all()
-            ]
-            if rows:
-                session.execute(
-                    insert(session, OutboxDelivery)
-                    .values(rows)
-                    .on_conflict_do_nothing(index_elements=["event_id", "app"])
-                )
-                created += len(rows)
-    return created
+        return outbox.fan_out(session, [(app.name, app.products) for app in rt.settings.apps], now)
 
 
 def deliver_due(rt: Runtime, now: datetime, *, limit: int = 200) -> dict[str, int]:
     """Send what is due; returns counts by result (delivered, retry, failed)."""
     with transaction(rt.sessions) as session:
-        due = list(
-            session.scalars(
-                select(OutboxDelivery.id)
-                .where(OutboxDelivery.status == "pending", OutboxDelivery.next_attempt_at <= now)
-                .order_by(OutboxDelivery.next_attempt_at)
-                .limit(limit)
-                .with_for_update(skip_locked=True)
-            )
-        )
-        if due:  # leased: another worker does not take them meanwhile
-            session.execute(
-                update(OutboxDelivery).where(OutboxDelivery.id.in_(due)).values(next_attempt_at=now + LEASE)
-            )
+        due = outbox.lease_due(session, now, limit=limit)  # another worker does not take them meanwhile
     apps = {app.name: app for app in rt.settings.apps}
     results = {"delivered": 0, "retry": 0, "failed": 0}
     for delivery_id in due:
@@ -154,32 +116,12 @@ def deliver_due(rt: Runtime, now: datetime, *, limit: int = 200) -> dict[str, in
 
 def _attempt(rt: Runtime, delivery_id: int, apps: dict[str, AppSettings], now: datetime) -> str:
     with rt.sessions() as session:
-        delivery = session.get(OutboxDelivery, delivery_id)
-        assert delivery is not None  # noqa: S101
-        event = session.get(OutboxEvent, delivery.event_id)
-        assert event is not None  # noqa: S101
-        app = apps.get(delivery.app)
+        name, event = outbox.to_send(session, delivery_id)
         raw = body(event)
-    error = "app no longer configured" if app is None else send(rt, app, event, raw)
+    app = apps.get(name)
+    error = "app no longer configured" if app is None else send(rt, app, event, raw)  # no transaction held
     with transaction(rt.sessions) as session:
-        row = session.get(OutboxDelivery, delivery_id)
-        assert row is not None  # noqa: S101
-        row.attempts += 1
-        if error is None:
-            row.status, row.delivered_at, row.last_error = "delivered", now, None
-            return "delivered"
-        row.last_error = error[:2000]
-        schedule = rt.settings.event_retries
-        if row.attempts > len(schedule):
-            row.status = "failed"
-            deadletters.record(
-                session, task="payrecon.deliver_events", reason="event_undeliverable",
-                detail=f"{row.app}: gave up after {row.attempts} attempts: {error}"[:2000], payload=raw, now=now,
-            )  # fmt: skip
-            return "failed"
-        delay = schedule[row.attempts - 1] * random.uniform(0.8, 1.2)  # noqa: S311 - jitter
-        row.next_attempt_at = now + timedelta(seconds=delay)
-        return "retry"
+        return outbox.record_attempt(session, delivery_id, error, schedule=rt.settings.event_retries, raw=raw, now=now)
 
 
 def send(rt: Runtime, app: AppSettings, event: OutboxEvent, raw: str) -> str | None:
@@ -220,32 +162,9 @@ def send(rt: Runtime, app: AppSettings, event: OutboxEvent, raw: str) -> str | N
 def redeliver(rt: Runtime, *, event_ids: list[str] | None = None, failed: bool = False, now: datetime) -> int:
     """Send events again now (an operator's decision): given-up ones, or by id."""
     with transaction(rt.sessions) as session:
-        query = update(OutboxDelivery).values(status="pending", next_attempt_at=now, attempts=0)
-        if event_ids:
-            query = query.where(OutboxDelivery.event_id.in_(event_ids))
-        elif failed:
-            query = query.where(OutboxDelivery.status == "failed")
-        else:
-            return 0
-        return int(getattr(session.execute(query), "rowcount", 0) or 0)
+        return outbox.redeliver(session, event_ids=event_ids, failed=failed, now=now)
 
 
 def listing(rt: Runtime, *, status: str | None, limit: int) -> list[dict[str, Any]]:
     with rt.sessions() as session:
-        query = (
-            select(OutboxEvent, OutboxDelivery)
-            .join(OutboxDelivery, OutboxDelivery.event_id == OutboxEvent.id, isouter=True)
-            .order_by(OutboxEvent.created_at.desc())
-            .limit(limit)
-        )
-        if status:
-            query = query.where(OutboxDelivery.status == status)
-        return [
-            {
-                "id": e.id, "type": e.type, "product": e.product, "created_at": e.created_at.isoformat(),
-                "app": d.app if d else None, "status": d.status if d else "not fanned out",
-                "attempts": d.attempts if d else 0, "last_error": d.last_error if d else None,
-                "next_attempt_at": d.next_attempt_at.isoformat() if d and d.status == "pending" else None,
-            }
-            for e, d in session.execute(query).all()
-        ]  # fmt: skip
+        return outbox.listing(session, status=status, limit=limit)
