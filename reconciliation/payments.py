@@ -738,3 +738,23 @@ def _settle_paid(session: Session, payment: Payment, ctx: Context, *, registered
     payment.settled = True
     settled = f"settled: {result.grant.days} days granted, access until {result.grant.ends_at.isoformat()}"
     return f"{settled}; {UNCONFIRMED_AMOUNT}" if unconfirmed else settled
+
+
+def lease_due(session: Session, now: datetime, *, limit: int, lease: timedelta) -> list[int]:
+    """Ids of non-final payments due for a re-check, oldest due first, leased until ``now + lease`` (SKIP
+    LOCKED: two janitors never take one; a lost re-check message only delays it by the lease)."""
+    ids = list(
+        session.scalars(
+            select(Payment.id)
+            .where(
+                Payment.status.in_([PaymentStatus.REGISTERED, PaymentStatus.PENDING]),
+                Payment.next_check_at <= now,
+            )
+            .order_by(Payment.next_check_at)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+    )
+    if ids:
+        session.execute(update(Payment).where(Payment.id.in_(ids)).values(next_check_at=now + lease))
+    return ids

@@ -23,7 +23,7 @@ from enum import StrEnum
 from typing import Any, TypeVar
 
 from pydantic import ValidationError
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
@@ -1189,22 +1189,7 @@ def claim_due(
     (a lost message only delays a re-check by the lease)."""
     ctx = rt.context(now=now)
     with transaction(rt.sessions) as session:
-        due = (
-            select(Payment.id)
-            .where(
-                Payment.status.in_([PaymentStatus.REGISTERED, PaymentStatus.PENDING]),
-                Payment.next_check_at <= ctx.now,
-            )
-            .order_by(Payment.next_check_at)
-            .limit(limit)
-            .with_for_update(skip_locked=True)
-        )
-        ids = list(session.scalars(due))
-        if ids:
-            session.execute(
-                update(Payment).where(Payment.id.in_(ids)).values(next_check_at=ctx.now + timedelta(seconds=lease))
-            )
-    return ids
+        return payments.lease_due(session, ctx.now, limit=limit, lease=timedelta(seconds=lease))
 
 
 def verify_payment(rt: Runtime, payment_id: int, *, now: datetime | None = None, trigger: str = "recheck") -> Result:
