@@ -8,6 +8,7 @@ so any number of concurrent deliveries settle a payment once.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -758,3 +759,17 @@ def lease_due(session: Session, now: datetime, *, limit: int, lease: timedelta) 
     if ids:
         session.execute(update(Payment).where(Payment.id.in_(ids)).values(next_check_at=now + lease))
     return ids
+
+
+def to_confirm(session: Session, provider: str, start: datetime, end: datetime) -> Sequence[Payment]:
+    """The payments of ``provider`` in the business window [start, end) a run asks the status API about when
+    there is no statement: every one not final yet, and every success (to be confirmed)."""
+    business_time = func.coalesce(Payment.paid_at, Payment.registered_at, Payment.created_at)
+    return session.scalars(
+        select(Payment).where(
+            Payment.provider == provider,
+            business_time >= start,
+            business_time < end,
+            Payment.status.in_([PaymentStatus.REGISTERED, PaymentStatus.PENDING, PaymentStatus.SUCCEEDED]),
+        )
+    ).all()

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import IO, Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import ColumnElement, insert, or_, select
+from sqlalchemy import ColumnElement, delete, func, insert, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -116,6 +116,39 @@ class Imported:
     import_id: int
     rows: int
     days: tuple[date, ...]
+
+
+def lines_from_file(session: Session, provider: str, day: date) -> int:
+    """How many lines of ``provider``'s ``day`` come from an imported statement file (visible ones)."""
+    return int(
+        session.scalar(
+            select(func.count())
+            .select_from(StatementLine)
+            .where(
+                StatementLine.provider == provider,
+                StatementLine.source == "file",
+                StatementLine.business_date == day,
+                visible(),
+            )
+        )
+        or 0
+    )
+
+
+def replace_lines(
+    session: Session, provider: str, day: date, sources: tuple[str, ...], lines: list[dict[str, Any]]
+) -> None:
+    """The provider's lines of ``day`` from ``sources`` (``listing``, ``status_api``) become ``lines`` (none:
+    they are dropped)."""
+    session.execute(
+        delete(StatementLine).where(
+            StatementLine.provider == provider,
+            StatementLine.business_date == day,
+            StatementLine.source.in_(sources),
+        )
+    )
+    if lines:
+        session.execute(insert(StatementLine), lines)
 
 
 def import_file(

@@ -19,12 +19,10 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import delete, func, insert, select
-
 from providers.base import ProviderClient, ProviderError, StatementEntry, StatementSource, VerifiedStatus
 from reconciliation import payments, runs, statements
 from reconciliation.db import transaction
-from reconciliation.models import Payment, PaymentStatus, StatementLine
+from reconciliation.models import Payment
 from reconciliation.progress import Progress, silent
 from worker.observability import timed_call
 from worker.runtime import Runtime
@@ -87,16 +85,7 @@ def collect(
     the status API; ``NothingToReconcile`` when the provider's client is not configured either.
     """
     with rt.sessions() as session:
-        from_file = session.scalar(
-            select(func.count())
-            .select_from(StatementLine)
-            .where(
-                StatementLine.provider == provider,
-                StatementLine.source == "file",
-                StatementLine.business_date == day,
-                statements.visible(),
-            )
-        )
+        from_file = statements.lines_from_file(session, provider, day)
     if from_file:
         progress("import", 0, int(from_file))
         _replace_lines(rt, provider, day, ("listing", "status_api"), [])
@@ -117,17 +106,8 @@ def collect(
 def _replace_lines(
     rt: Runtime, provider: str, day: date, sources: tuple[str, ...], lines: list[dict[str, Any]]
 ) -> None:
-    """The provider's lines of ``day`` from ``sources`` become ``lines`` (none: they are dropped)."""
     with transaction(rt.sessions) as session:
-        session.execute(
-            delete(StatementLine).where(
-                StatementLine.provider == provider,
-                StatementLine.business_date == day,
-                StatementLine.source.in_(sources),
-            )
-        )
-        if lines:
-            session.execute(insert(StatementLine), lines)
+        statements.replace_lines(session, provider, day, sources, lines)
 
 
 def _listing(
@@ -167,16 +147,8 @@ def _status_checks(
     """Ask the status API about every payment of the day that is not final, and every success
     (``progress``: in payments checked)."""
     provider = client.name
-    business_time = func.coalesce(Payment.paid_at, Payment.registered_at, Payment.created_at)
     with rt.sessions() as session:
-        todo = session.scalars(
-            select(Payment).where(
-                Payment.provider == provider,
-                business_time >= start,
-                business_time < end,
-                Payment.status.in_([PaymentStatus.REGISTERED, PaymentStatus.PENDING, PaymentStatus.SUCCEEDED]),
-            )
-        ).all()
+        todo = payments.to_confirm(session, provider, start, end)
     profile = rt.profile(provider)
 
     def check(payment: Payment) -> tuple[Payment, VerifiedStatus | None]:
