@@ -1,19 +1,21 @@
 """Celery configuration for payrecon workers and beat.
 
-Read by ``worker.app``. Values come from the environment through
-``worker.settings`` (the broker URL) so that a worker and a producer agree.
+Read by ``worker.app``. Values from the environment come through ``worker.settings.CelerySettings``,
+checked like every other setting (a bad PAYRECON_RECON_AT is a ConfigError naming it, not a traceback),
+so that a worker, beat and a producer agree.
 """
 
 from __future__ import annotations
-
-import os
 
 from celery.schedules import crontab
 from kombu import Queue
 
 from schemas.producer import INGEST_TASK, QUEUE, REGISTER_TASK
+from worker.settings import CelerySettings
 
-broker_url = os.environ.get("CELERY_BROKER_URL", "")
+_settings = CelerySettings.from_env()
+
+broker_url = _settings.broker_url
 broker_connection_retry_on_startup = True
 
 # JSON only: producers in any language; no pickle ever crosses the broker.
@@ -37,7 +39,7 @@ task_acks_on_timeout = True
 # worker leaves waiting for the visibility timeout.
 # The pool is chosen by `payrecon worker --pool` (default threads), not here: Celery
 # ignores an explicit `-P prefork` whenever `worker_pool` is configured.
-worker_concurrency = int(os.environ.get("PAYRECON_WORKER_CONCURRENCY", "32"))
+worker_concurrency = _settings.worker_concurrency
 worker_prefetch_multiplier = 1
 # (Webhook messages held for a batch raise the prefetch one by one, up to three batches:
 # worker.batching.)
@@ -83,23 +85,23 @@ task_routes = {
     "payrecon.purge": {"queue": "maintenance"},
 }
 
-timezone = os.environ.get("PAYRECON_TIMEZONE", "Africa/Abidjan")
+timezone = _settings.timezone.key
 enable_utc = True
 
 beat_schedule = {
     "recheck-due-payments": {
         "task": "payrecon.recheck_due",
-        "schedule": float(os.environ.get("PAYRECON_RECHECK_INTERVAL", "15")),
+        "schedule": _settings.recheck_interval,
     },
     "expire-subscriptions": {
         "task": "payrecon.expire_subscriptions",
-        "schedule": float(os.environ.get("PAYRECON_EXPIRE_INTERVAL", "60")),
+        "schedule": _settings.expire_interval,
     },
     "send-reminders": {"task": "payrecon.send_reminders", "schedule": 600.0},
     # Outbox events to the merchant apps (never in the way of settlement).
     "deliver-events": {
         "task": "payrecon.deliver_events",
-        "schedule": float(os.environ.get("PAYRECON_EVENTS_INTERVAL", "5")),
+        "schedule": _settings.events_interval,
     },
     # Retention (PAYRECON_RETENTION_DAYS; the task does nothing without it), in the quiet hours.
     "purge": {"task": "payrecon.purge", "schedule": crontab(hour=3, minute=30)},
@@ -107,10 +109,7 @@ beat_schedule = {
     # in the business time zone (``timezone`` above).
     "nightly-reconciliation": {
         "task": "payrecon.nightly_reconciliation",
-        "schedule": crontab(
-            hour=os.environ.get("PAYRECON_RECON_AT", "02:00").split(":")[0],
-            minute=os.environ.get("PAYRECON_RECON_AT", "02:00").split(":")[1],
-        ),
+        "schedule": crontab(hour=_settings.recon_at[0], minute=_settings.recon_at[1]),
     },
 }
 

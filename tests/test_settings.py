@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from worker.settings import CINETPAY_DEFAULT_URL, ConfigError, Settings
+
+ROOT = Path(__file__).resolve().parent.parent
 
 BASE = {"DATABASE_URL": "sqlite:///x.sqlite", "CELERY_BROKER_URL": "redis://127.0.0.1:6379/0"}
 
@@ -252,3 +259,31 @@ def test_every_provider_of_the_contract_has_its_settings_client_and_profile() ->
     contract = [p.value for p in Provider]
     assert list(PROVIDERS) == contract
     assert list(READERS) == list(CLIENTS) == contract and set(PROFILES) == set(contract)
+
+
+def _celeryconfig(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """Import celeryconfig in a process of its own with exactly ``env`` (as `celery -A worker.app` does)."""
+    code = (
+        "import celeryconfig as c; s = c.beat_schedule; "
+        "print(c.timezone, c.worker_concurrency, s['recheck-due-payments']['schedule'], "
+        "s['deliver-events']['schedule'], s['nightly-reconciliation']['schedule'])"
+    )
+    return subprocess.run(
+        [sys.executable, "-c", code], env={"PATH": os.environ["PATH"], **env}, cwd=ROOT,
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+
+
+def test_celery_reads_its_settings_through_the_same_checks() -> None:
+    """celeryconfig.py read five variables itself, unchecked: a bad value was a float() traceback, or a schedule
+    nobody validated (#15). It reads them through CelerySettings now, the reader Settings uses."""
+    good = _celeryconfig({"PAYRECON_TIMEZONE": "Africa/Douala", "PAYRECON_WORKER_CONCURRENCY": "8",
+                          "PAYRECON_RECHECK_INTERVAL": "7.5", "PAYRECON_EVENTS_INTERVAL": "2",
+                          "PAYRECON_RECON_AT": "03:45"})  # fmt: skip
+    assert good.returncode == 0, good.stderr
+    assert good.stdout.split()[:4] == ["Africa/Douala", "8", "7.5", "2.0"] and "45 3 * * *" in good.stdout
+    bad = _celeryconfig({"PAYRECON_RECON_AT": "25:99", "PAYRECON_RECHECK_INTERVAL": "soon"})
+    assert bad.returncode == 1
+    assert "PAYRECON_RECHECK_INTERVAL must be a number of seconds, got 'soon'" in bad.stderr
+    assert "PAYRECON_RECON_AT must be a local time HH:MM" in bad.stderr
+    assert Settings.from_env({**BASE, "PAYRECON_EVENTS_INTERVAL": "3"}).events_interval == 3.0

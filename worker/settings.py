@@ -151,6 +151,41 @@ DEFAULT_EVENT_RETRIES = (900, 1800, 7200, 43200, 86400)
 
 
 @dataclass(frozen=True, slots=True)
+class CelerySettings:
+    """What Celery itself is configured with (``celeryconfig.py``): read and checked like every other setting,
+    by the same reader, and part of ``Settings`` (one source for each variable)."""
+
+    broker_url: str = field(repr=False)  # "" when not set (a producer-only command needs none)
+    timezone: ZoneInfo
+    worker_concurrency: int
+    recheck_interval: float
+    expire_interval: float
+    events_interval: float
+    recon_at: tuple[int, int]
+
+    @classmethod
+    def read(cls, reader: _Reader, *, require_broker: bool = False) -> CelerySettings:
+        return cls(
+            broker_url=reader.broker("CELERY_BROKER_URL", required=require_broker) or "",
+            timezone=reader.zone("PAYRECON_TIMEZONE", "Africa/Abidjan"),
+            worker_concurrency=reader.integer("PAYRECON_WORKER_CONCURRENCY", 32, minimum=1),
+            recheck_interval=reader.number("PAYRECON_RECHECK_INTERVAL", 15.0),
+            expire_interval=reader.number("PAYRECON_EXPIRE_INTERVAL", 60.0),
+            events_interval=reader.number("PAYRECON_EVENTS_INTERVAL", 5.0),
+            recon_at=reader.clock("PAYRECON_RECON_AT", (2, 0)),
+        )
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> CelerySettings:
+        """``ConfigError`` naming every bad variable, as ``Settings.from_env``."""
+        problems: list[str] = []
+        found = cls.read(_Reader(os.environ if env is None else env, problems))
+        if problems:
+            raise ConfigError(problems)
+        return found
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     database_url: str = field(repr=False)  # may carry a password
     broker_url: str = field(repr=False)
@@ -174,6 +209,7 @@ class Settings:
     await_registration: int = 3600  # seconds a delivery waits for the registration that authenticates it
     retention_days: int | None = None  # None: keep finished inbox rows, dead letters and responses forever
     expire_interval: float = 60.0
+    events_interval: float = 5.0  # how often beat sends the outbox's due events
     recon_at: tuple[int, int] = (2, 0)  # local time of the nightly reconciliation
     recon_reruns: tuple[int, ...] = (1, 3)  # re-runs at T+1 and T+3 for late entries
     recon_tolerance: int = 0  # amount tolerance in minor units (default exact)
@@ -196,8 +232,7 @@ class Settings:
         reader = _Reader(env, problems)
 
         database_url = reader.database("DATABASE_URL")
-        broker_url = reader.broker("CELERY_BROKER_URL", required=require_broker)
-        timezone = reader.zone("PAYRECON_TIMEZONE", "Africa/Abidjan")
+        celery = CelerySettings.read(reader, require_broker=require_broker)
         provider_settings = {name: read(reader) for name, read in READERS.items()}
         budgets = {
             provider: budget
@@ -211,27 +246,28 @@ class Settings:
         settings = cls(
             **provider_settings,
             database_url=database_url or "",
-            broker_url=broker_url or "",
-            timezone=timezone,
+            broker_url=celery.broker_url,
+            timezone=celery.timezone,
             redis_url=redis_url,
             budgets=budgets,
-            worker_concurrency=reader.integer("PAYRECON_WORKER_CONCURRENCY", 32, minimum=1),
+            worker_concurrency=celery.worker_concurrency,
             batch_size=reader.integer("PAYRECON_BATCH_SIZE", 100, minimum=1),
             batch_wait=reader.number("PAYRECON_BATCH_WAIT", 0.05),
             db_pool_size=reader.integer("PAYRECON_DB_POOL_SIZE", 10, minimum=1),
             http_timeout=reader.timeout("PAYRECON_HTTP_TIMEOUT", (3.05, 10.0)),
-            recheck_interval=reader.number("PAYRECON_RECHECK_INTERVAL", 15.0),
+            recheck_interval=celery.recheck_interval,
             recheck_schedule=reader.schedule("PAYRECON_RECHECK_SCHEDULE"),
             give_up_after=reader.optional_integer("PAYRECON_GIVE_UP_AFTER", minimum=1),
             verify_max_retries=reader.integer("PAYRECON_VERIFY_MAX_RETRIES", 8, minimum=1),
             max_envelope_bytes=reader.integer("PAYRECON_MAX_ENVELOPE_BYTES", 256 * 1024, minimum=1024),
             await_registration=reader.integer("PAYRECON_AWAIT_REGISTRATION", 3600, minimum=1),
             retention_days=reader.optional_integer("PAYRECON_RETENTION_DAYS", minimum=1),
-            expire_interval=reader.number("PAYRECON_EXPIRE_INTERVAL", 60.0),
+            expire_interval=celery.expire_interval,
+            events_interval=celery.events_interval,
             apps=apps,
             event_retries=reader.schedule("PAYRECON_EVENTS_RETRY_SCHEDULE") or DEFAULT_EVENT_RETRIES,
             reminder_days=reader.schedule("PAYRECON_REMINDER_DAYS", "days") or (7, 3),
-            recon_at=reader.clock("PAYRECON_RECON_AT", (2, 0)),
+            recon_at=celery.recon_at,
             recon_reruns=reader.schedule("PAYRECON_RECON_RERUNS", "days") or (1, 3),
             recon_tolerance=reader.integer("PAYRECON_RECON_TOLERANCE", 0, minimum=0),
             reports_dir=Path(reports) if (reports := reader.text("PAYRECON_REPORTS_DIR")) else None,
