@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, select, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 from sqlalchemy.orm import Session, sessionmaker
@@ -112,3 +113,27 @@ def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
         raise
     finally:
         session.close()
+
+
+def lease_rows(
+    session: Session,
+    model: Any,
+    due: Any,
+    *,
+    where: Sequence[Any],
+    until: datetime,
+    limit: int,
+    order: Sequence[Any] = (),
+) -> list[int]:
+    """Ids of up to ``limit`` rows of ``model`` due (``where``), oldest ``due`` first, leased: their ``due``
+    moves to ``until`` in the same transaction. SKIP LOCKED: two workers leasing at once take different
+    rows, and a worker that dies holding them only delays them until ``until``. The one way payrecon takes
+    work from PostgreSQL (inbox deliveries, payment re-checks, event deliveries)."""
+    ids = list(
+        session.scalars(
+            select(model.id).where(*where).order_by(due, *order).limit(limit).with_for_update(skip_locked=True)
+        )
+    )
+    if ids:
+        session.execute(update(model).where(model.id.in_(ids)).values({due.key: until}))
+    return ids

@@ -14,10 +14,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import ColumnElement, Table, bindparam, or_, select, text, update
+from sqlalchemy import ColumnElement, Table, bindparam, or_, text, update
 from sqlalchemy.orm import Session
 
-from reconciliation.db import storable_text
+from reconciliation.db import lease_rows, storable_text
 from reconciliation.dialect import insert
 from reconciliation.models import InboxDelivery, InboxStatus
 from schemas.messages import WebhookEnvelope
@@ -249,18 +249,11 @@ def schedule(
 
 def claim_due(session: Session, now: datetime, *, limit: int) -> list[tuple[int, datetime]]:
     """Due deliveries, oldest first, leased for the janitor's messages: (id, version) pairs."""
-    due = (
-        select(InboxDelivery.id)
-        .where(InboxDelivery.status == InboxStatus.RECEIVED, InboxDelivery.next_attempt_at <= now)
-        .order_by(InboxDelivery.next_attempt_at, InboxDelivery.id)
-        .limit(limit)
-        .with_for_update(skip_locked=True)
-    )
-    ids = list(session.scalars(due))
-    if not ids:
-        return []
     lease = now + LEASE
-    session.execute(update(InboxDelivery).where(InboxDelivery.id.in_(ids)).values(next_attempt_at=lease))
+    ids = lease_rows(
+        session, InboxDelivery, InboxDelivery.next_attempt_at, until=lease, limit=limit, order=[InboxDelivery.id],
+        where=[InboxDelivery.status == InboxStatus.RECEIVED, InboxDelivery.next_attempt_at <= now],
+    )  # fmt: skip
     return [(inbox_id, lease) for inbox_id in ids]
 
 

@@ -25,6 +25,7 @@ from sqlalchemy import Table, and_, insert, or_, select, true, update
 from sqlalchemy.orm import Session
 
 from reconciliation import deadletters
+from reconciliation.db import lease_rows
 from reconciliation.dialect import insert as upsert
 from reconciliation.models import OutboxDelivery, OutboxEvent, Payment, Plan
 
@@ -109,18 +110,10 @@ def fan_out(session: Session, apps: Sequence[tuple[str, tuple[str, ...]]], now: 
 
 def lease_due(session: Session, now: datetime, *, limit: int) -> list[int]:
     """Due deliveries, oldest first, leased until ``now + LEASE`` (SKIP LOCKED: another worker takes others)."""
-    due = list(
-        session.scalars(
-            select(OutboxDelivery.id)
-            .where(OutboxDelivery.status == DeliveryStatus.PENDING, OutboxDelivery.next_attempt_at <= now)
-            .order_by(OutboxDelivery.next_attempt_at)
-            .limit(limit)
-            .with_for_update(skip_locked=True)
-        )
-    )
-    if due:
-        session.execute(update(OutboxDelivery).where(OutboxDelivery.id.in_(due)).values(next_attempt_at=now + LEASE))
-    return due
+    return lease_rows(
+        session, OutboxDelivery, OutboxDelivery.next_attempt_at, until=now + LEASE, limit=limit,
+        where=[OutboxDelivery.status == DeliveryStatus.PENDING, OutboxDelivery.next_attempt_at <= now],
+    )  # fmt: skip
 
 
 def to_send(session: Session, delivery_id: int) -> tuple[str, OutboxEvent]:

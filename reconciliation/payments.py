@@ -21,6 +21,7 @@ from sqlalchemy.orm.attributes import set_committed_value
 
 from providers.base import Delivery, Outcome, RegistrationView, VerifiedStatus
 from reconciliation import facts, ledger, outbox, subscriptions
+from reconciliation.db import lease_rows
 from reconciliation.dialect import insert
 from reconciliation.models import (
     FINAL_STATUSES,
@@ -744,21 +745,10 @@ def _settle_paid(session: Session, payment: Payment, ctx: Context, *, registered
 def lease_due(session: Session, now: datetime, *, limit: int, lease: timedelta) -> list[int]:
     """Ids of non-final payments due for a re-check, oldest due first, leased until ``now + lease`` (SKIP
     LOCKED: two janitors never take one; a lost re-check message only delays it by the lease)."""
-    ids = list(
-        session.scalars(
-            select(Payment.id)
-            .where(
-                Payment.status.in_([PaymentStatus.REGISTERED, PaymentStatus.PENDING]),
-                Payment.next_check_at <= now,
-            )
-            .order_by(Payment.next_check_at)
-            .limit(limit)
-            .with_for_update(skip_locked=True)
-        )
-    )
-    if ids:
-        session.execute(update(Payment).where(Payment.id.in_(ids)).values(next_check_at=now + lease))
-    return ids
+    return lease_rows(
+        session, Payment, Payment.next_check_at, until=now + lease, limit=limit,
+        where=[Payment.status.in_([PaymentStatus.REGISTERED, PaymentStatus.PENDING]), Payment.next_check_at <= now],
+    )  # fmt: skip
 
 
 def to_confirm(session: Session, provider: str, start: datetime, end: datetime) -> Sequence[Payment]:
