@@ -266,7 +266,7 @@ def test_reconcile_report_and_statements_commands(
 def test_nightly_job_plans_yesterday_and_the_reruns(rt: Runtime) -> None:
     from datetime import date
 
-    from worker.reconcile import due_runs
+    from worker.nightly import due_runs
 
     jobs = due_runs(rt, date(2026, 11, 21))
     cinetpay = [(d.isoformat(), trigger) for p, d, trigger in jobs if p == "cinetpay"]

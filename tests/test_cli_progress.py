@@ -145,7 +145,7 @@ def test_report_export_shows_files_written_on_a_terminal_and_only_paths_on_pipes
     rt: Runtime, sandbox: SandboxClient, env: dict[str, str], tmp_path: Path
 ) -> None:
     from reconciliation import runs
-    from worker.reconcile import policy
+    from worker.nightly import policy
 
     reference = new_reference()
     pipeline.register_payment(rt, registration(reference))
@@ -190,7 +190,7 @@ def test_ledger_export_counts_entries_on_a_terminal_and_nothing_on_pipes(
 
 def test_reconcile_reports_each_status_check_then_its_steps(rt: Runtime, sandbox: SandboxClient) -> None:
     """Without a statement file: the ``import`` stage counts the payments asked about."""
-    from worker.reconcile import reconcile
+    from worker.nightly import run_day
 
     for _ in range(3):
         reference = new_reference()
@@ -198,7 +198,7 @@ def test_reconcile_reports_each_status_check_then_its_steps(rt: Runtime, sandbox
         sandbox.create_cinetpay(reference, 5000)
     heard: list[tuple[str, int, int]] = []
     day = datetime.now(rt.settings.timezone).date()
-    reconcile(rt, "cinetpay", day, progress=lambda *event: heard.append(event))
+    run_day(rt, "cinetpay", day, progress=lambda *event: heard.append(event))
     assert heard == [
         ("import", 0, 3), ("import", 1, 3), ("import", 2, 3), ("import", 3, 3),
         ("classify", 0, 4), ("classify", 1, 4), ("classify", 2, 4), ("classify", 3, 4), ("classify", 4, 4),

@@ -81,8 +81,12 @@ def test_demo_leaves_its_day_to_reconcile_and_the_command_it_prints_finds_every_
         counts = json.loads((folder / report).read_text())["counts"]["by_class"]
         seen |= {cls for cls, n in counts.items() if n}
         assert str(folder.relative_to(tmp_path) / report) in reconciled.stdout  # its paths are printed
-    assert seen == EVERY_CLASS
-    assert f"classes seen: {', '.join(sorted(EVERY_CLASS))}" in reconciled.stdout
+    # In a day's first hour the pending payment is not past the SLA yet: the demo says so, and the class may be
+    # missing (it appears once the day is older than the SLA).
+    young = "reconcile after that to see missing_after_sla" in out
+    expected = EVERY_CLASS - {"missing_after_sla"} if young and "missing_after_sla" not in seen else EVERY_CLASS
+    assert seen == expected
+    assert f"classes seen: {', '.join(sorted(expected))}" in reconciled.stdout
 
     # The lost webhook it healed: paid, settled, and the reader has the subscription.
     show = next(line.strip() for line in out.splitlines() if " payments show " in line)
@@ -112,7 +116,7 @@ def test_demo_leaves_its_day_to_reconcile_and_the_command_it_prints_finds_every_
     )  # fmt: skip
     assert listed.returncode == 0, listed.stderr
     all_cases = json.loads(listed.stdout)
-    assert {c["class"] for c in all_cases} == EVERY_CLASS - {"matched"}
+    assert {c["class"] for c in all_cases} == expected - {"matched"}
     assert {(c["class"], c["status"], c["resolution"]) for c in all_cases if c["status"] != "open"} <= {
         ("missing_in_ledger", "resolved", "healed"), ("status_mismatch", "resolved", "refunded"),
     }  # fmt: skip

@@ -29,8 +29,7 @@ from reconciliation.models import (
 )
 from reconciliation.statements import StatementError, import_file
 from tests.helpers import new_reference, registration
-from worker import pipeline
-from worker import reconcile as recon
+from worker import nightly, pipeline
 from worker.runtime import Runtime
 
 DAY = date(2026, 11, 20)
@@ -162,7 +161,7 @@ def test_a_lost_webhook_is_healed_end_to_end_from_the_status_api(rt: Runtime, sa
     sandbox.create_cinetpay(ref, 5000, fate="accepted")
     today = datetime.now(rt.settings.timezone).date()
     pipeline.register_payment(rt, registration(ref))
-    run_id = recon.reconcile(rt, "cinetpay", today)
+    run_id = nightly.run_day(rt, "cinetpay", today)
     assert classes(rt, run_id)[ref] == "missing_in_ledger"
     with rt.sessions() as session:
         p = session.scalars(select(Payment).where(Payment.reference == ref)).one()
@@ -228,7 +227,7 @@ def test_wave_listing_over_several_pages_with_fees(rt: Runtime, sandbox: Sandbox
         pipeline.register_payment(rt, {**reg, "provider_data": state["provider_data"]})
         if n % 2 == 0:  # half the webhooks arrive; the other half are lost
             pipeline.ingest_webhook(rt, sandbox.notification("wave", ref))
-    run_id = recon.reconcile(rt, "wave", today)
+    run_id = nightly.run_day(rt, "wave", today)
     found = classes(rt, run_id)
     assert len(found) == 120
     assert sorted(set(found.values())) == ["matched", "missing_in_ledger"]
@@ -253,7 +252,7 @@ def test_wave_reconciles_from_its_imported_statement_rather_than_its_listing(
         reg = registration(ref, provider="wave", amount=6500, plan="coko-premium-monthly", account=f"reader-{n}")
         pipeline.register_payment(rt, {**reg, "provider_data": state["provider_data"]})
         pipeline.ingest_webhook(rt, sandbox.notification("wave", ref))
-    from_listing = recon.reconcile(rt, "wave", today)
+    from_listing = nightly.run_day(rt, "wave", today)
     assert classes(rt, from_listing) == {refs[0]: "matched", refs[1]: "matched"}
     when = datetime.now(UTC).isoformat()
     statement = tmp_path / "wave.csv"
@@ -265,7 +264,7 @@ def test_wave_reconciles_from_its_imported_statement_rather_than_its_listing(
     )
     with rt.sessions() as session, session.begin():
         import_file(session, "wave", statement, business_tz=rt.settings.timezone)
-    from_file = recon.reconcile(rt, "wave", today, trigger="rerun")
+    from_file = nightly.run_day(rt, "wave", today, trigger="rerun")
     assert classes(rt, from_file) == {refs[0]: "matched", refs[1]: "amount_mismatch"}  # once each: no duplicate
     with rt.sessions() as session:
         sources = session.scalars(select(StatementLine.source).where(StatementLine.provider == "wave")).all()

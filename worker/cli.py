@@ -407,8 +407,7 @@ def reconcile(provider: str | None, day: datetime, out_dir: Path | None, as_json
     """
     settings = _settings()
     from providers.base import ProviderError
-    from worker import reconcile as recon
-    from worker import runtime
+    from worker import nightly, runtime
 
     names = [provider] if provider else list(PROVIDER_CHOICE.choices)
     rt = runtime.build(settings)
@@ -419,8 +418,8 @@ def reconcile(provider: str | None, day: datetime, out_dir: Path | None, as_json
         for name in names:
             try:
                 with _progress(_on_terminal(as_json), f"{name}: ") as progress:
-                    run_id = recon.reconcile(rt, name, day.date(), trigger="manual", progress=progress)
-            except recon.NothingToReconcile as exc:
+                    run_id = nightly.run_day(rt, name, day.date(), trigger="manual", progress=progress)
+            except nightly.NothingToReconcile as exc:
                 if provider:
                     _fail(str(exc))
                 click.echo(f"skipped {name}: no statement file of {day.date()} and no API client configured", err=True)

@@ -28,6 +28,7 @@ import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
+from datetime import time as clock_time
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -35,10 +36,13 @@ from zoneinfo import ZoneInfo
 import click
 from sqlalchemy import func, select
 
+from providers.profiles import PROFILES
 from providers.sandbox.client import SandboxClient
 from providers.sandbox.server import SandboxServer
 from reconciliation import migrate, views
 from reconciliation.db import make_engine, normalize_database_url, session_factory, transaction
+from reconciliation.labels import PROVIDERS as PROVIDERS_LABELS
+from reconciliation.labels import label
 from reconciliation.models import FlagKind, InboxDelivery, InboxStatus, Payment, PaymentFlag, PaymentStatus
 from reconciliation.statements import MAPPINGS, import_file
 from schemas.currency import format_amount, to_major
@@ -70,6 +74,7 @@ class Case:
     register_late: bool = False
     provider_data: dict[str, Any] = field(default_factory=dict)
     created_hours_ago: int = 0
+    created_at: datetime | None = None  # as registered (``_created_at``)
     paid_later: bool = False  # paid at the provider once the worker has stopped looking: a lost webhook
 
     @property
@@ -219,7 +224,7 @@ def _leave_the_day(
     for case in cases:
         if case.paid_later:  # the customer pays after the worker's last check; its webhook is lost
             control.set_status(case.provider, case.reference, PAID[case.provider])
-    tz = ZoneInfo(os.environ.get("PAYRECON_TIMEZONE") or "Africa/Abidjan")
+    tz = _zone()
     day = datetime.now(tz).date()
     _statements(control, sessions, cases, workdir / "statements", day=day, tz=tz)
     _next_steps(cases, workdir, day, database_url, tmp=tmp)
@@ -288,7 +293,7 @@ def _stop(worker: subprocess.Popen[bytes]) -> None:
 
 
 #: The provider's fee in its statement, basis points of the gross amount: what payrecon expects
-#: (``worker.reconcile.DEFAULT_FEES_BPS``) and, for CinetPay, whose fees payrecon has no schedule
+#: (``worker.nightly.DEFAULT_FEES_BPS``) and, for CinetPay, whose fees payrecon has no schedule
 #: for, its common 3.5 %.
 FEES_BPS = {"cinetpay": 350, "mtn_momo": 250, "orange_money": 200, "wave": 100}
 #: The sandbox state's field holding the provider's transaction id.
@@ -407,6 +412,7 @@ def _next_steps(cases: list[Case], workdir: Path, day: date, database_url: str, 
     show = [*prefix, payrecon, "payments", "show", lost.reference]
     click.secho("\nNext: reconcile the day at the four providers (the demo did not)", bold=True)
     click.echo(f"  {shlex.join(reconcile)}")
+    _sla_note(cases)
     click.echo("It classifies each payment of the day against the statements, heals the lost webhooks, and writes")
     click.echo(f"each run's reports (csv, xlsx, json, html + manifest) into {out}/<provider>/. Then look at one:")
     click.echo(f"  {shlex.join(show)}")
@@ -416,6 +422,21 @@ def _next_steps(cases: list[Case], workdir: Path, day: date, database_url: str, 
     click.echo(f"  {shlex.join([*prefix, payrecon, 'exceptions', 'list'])}")
     if given:
         click.echo("(with this demo's DATABASE_URL set)")
+
+
+def _sla_note(cases: list[Case]) -> None:
+    """In the first hour of a day, the demo's payment stuck past its SLA is not past it yet: say from when."""
+    stuck = next((c for c in cases if c.story == SLA and c.created_at is not None), None)
+    if stuck is None or stuck.created_at is None:
+        return
+    past = stuck.created_at + timedelta(seconds=PROFILES[stuck.provider].settle_sla)
+    if past > datetime.now(UTC):
+        local = past.astimezone(_zone())
+        click.echo(
+            f"(The day began less than {label(PROVIDERS_LABELS, stuck.provider)}'s settlement SLA ago: its pending "
+            "payment is past the SLA "
+            f"from {local:%H:%M} local; reconcile after that to see missing_after_sla.)"
+        )
 
 
 def _payrecon() -> str:
@@ -471,7 +492,23 @@ def _start_worker(env: dict[str, str], workdir: Path, log_path: Path) -> subproc
     return proc
 
 
+def _zone() -> ZoneInfo:
+    return ZoneInfo(os.environ.get("PAYRECON_TIMEZONE") or "Africa/Abidjan")
+
+
+def _created_at(case: Case) -> datetime | None:
+    """When the registration says a payment was created (None: now). The payment stuck past its SLA was
+    registered ``created_hours_ago``, but never before the demo's business day (today) began: in the first
+    hours of a day it is younger, and past the SLA only once the day is older than it (``_sla_note``)."""
+    if not case.created_hours_ago:
+        return None
+    now = datetime.now(UTC)
+    day_start = datetime.combine(now.astimezone(_zone()).date(), clock_time(0), tzinfo=_zone()).astimezone(UTC)
+    return max(now - timedelta(hours=case.created_hours_ago), day_start + timedelta(minutes=1))
+
+
 def _registration(case: Case, index: int) -> dict[str, Any]:
+    case.created_at = _created_at(case)
     return {
         "schema": "payrecon.payment/1",
         "provider": case.provider,
@@ -482,11 +519,7 @@ def _registration(case: Case, index: int) -> dict[str, Any]:
         "plan": PLANS[case.provider][0],
         "periods": case.periods,
         "provider_data": case.provider_data,
-        **(
-            {"created_at": (datetime.now(UTC) - timedelta(hours=case.created_hours_ago)).isoformat()}
-            if case.created_hours_ago
-            else {}
-        ),
+        **({"created_at": case.created_at.isoformat()} if case.created_at is not None else {}),
     }
 
 

@@ -225,8 +225,8 @@ def reconcile(provider: str, day: str, trigger: str = "manual") -> int:
     ``payrecon report export`` writes them again)."""
     from datetime import date
 
-    from worker.reconcile import reconcile as run
-    from worker.reconcile import write_reports
+    from worker.nightly import run_day as run
+    from worker.nightly import write_reports
 
     rt = runtime.get()
     run_id = run(rt, provider, date.fromisoformat(day), trigger=trigger)
@@ -239,7 +239,7 @@ def nightly_reconciliation() -> int:
     """Beat, daily: yesterday for every provider, and the re-runs of earlier days (T+1, T+3)."""
     from datetime import datetime
 
-    from worker.reconcile import due_runs
+    from worker.nightly import due_runs
 
     rt = runtime.get()
     today = datetime.now(rt.settings.timezone).date()

@@ -53,7 +53,7 @@ class NothingToReconcile(ValueError):
     """The provider has neither an imported statement file for the day nor a configured API client."""
 
 
-def reconcile(rt: Runtime, provider: str, day: date, *, trigger: str = "manual", progress: Progress = silent) -> int:
+def run_day(rt: Runtime, provider: str, day: date, *, trigger: str = "manual", progress: Progress = silent) -> int:
     """Fetch, classify, heal; returns the run id. A run whose provider view is incomplete fails.
 
     ``NothingToReconcile`` (no run is opened) when the provider's side of the day has no source.
