@@ -1,27 +1,7 @@
 """CinetPay checkout API v2, sandboxed: the real wire format, an in-memory back office.
 
-Wire API (what a merchant's code calls, bodies JSON or form-encoded):
-
-* ``POST /v2/payment`` initialises a payment. Validation follows CinetPay's code
-  table: missing fields → 608, bad ``apikey`` → 609, bad ``site_id`` → 613, amount
-  not an integer multiple of 5 → 611, currency outside XOF/XAF/CDF/GNF/USD → 612,
-  reused ``transaction_id`` → 620 (CinetPay's answer to reuse is undocumented).
-  Success: ``{"code": "201", "message": "CREATED", "data": {"payment_token",
-  "payment_url"}}``. The transaction then waits (fate ``waiting``) until the control
-  API forces a status.
-* ``POST /v2/payment/check`` answers exactly the documented shapes: ``00 SUCCES``
-  (``data.status`` ACCEPTED), ``627 TRANSACTION_CANCEL`` (REFUSED, ``operator_id``
-  null, ``payment_date`` " ") or ``662 WAITING_CUSTOMER_PAYMENT``
-  (WAITING_FOR_CUSTOMER). **Unknown transaction_id**: CinetPay's answer is
-  undocumented; the sandbox answers HTTP 200 ``{"code": "627", "message":
-  "TRANSACTION_CANCEL", "data": null}``. It is a code CinetPay does use and a
-  client that ignores the missing data still reads "will never be paid" (FAILED);
-  ``providers.cinetpay`` reads a 627 without data as ``ProviderNotFound``.
-
-All wire answers use HTTP 200, as the documentation's examples do; HTTP errors
-(429, 5xx, 403...) only happen when injected as faults.
-
-Control API (JSON; errors are ``{"error": ...}`` with 400/404/409): see ``register``.
+Its wire API (what a merchant's code calls) and control API (how a test scripts a transaction) are
+documented in docs/sandbox-api.md; keep that page true to this module.
 """
 
 from __future__ import annotations
