@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from providers.base import Outcome, VerifiedStatus
 from reconciliation import cases, facts, ledger, payments, statements
-from reconciliation.db import transaction
+from reconciliation.db import is_postgres, transaction
 from reconciliation.dialect import insert
 from reconciliation.matching import Window, classify, match_payouts
 from reconciliation.models import (
@@ -281,25 +281,48 @@ def flag_mismatches(sessions: sessionmaker[Session], run_id: int) -> int:
     return len(items)
 
 
-#: Fee journals posted per transaction: a 1,000,000-payment day is 200 transactions, not a million.
+#: On SQLite (the embedded demo): fee journals built in Python and posted per transaction.
 FEE_CHUNK = 5_000
+#: On PostgreSQL: item ids per transaction (see ``post_fees``): a 1,000,000-payment day is ten. Each
+#: holds its payments' locks until it commits, so a refund or a webhook of one of them waits that
+#: long (1-4 s: about 100,000 journals and 200,000 entries).
+FEE_CHUNK_SQL = 100_000
+#: On PostgreSQL: sessions posting chunks side by side (one run at a time per process, as for
+#: ``classify_run``): each chunk is CPU-bound in its backend (inserts, foreign keys, the guard).
+FEE_SESSIONS = 2
+
+#: The items whose fee is posted: what the provider reports it took on a payment it settled.
+_FEE_DUE = or_(
+    ReconItem.cls.in_([ReconClass.MATCHED.value, ReconClass.FEE_VARIANCE.value]),
+    ReconItem.healed.is_(True),  # a lost webhook, settled now: the provider took its fee
+)
 
 
 def post_fees(sessions: sessionmaker[Session], run_id: int) -> int:
     """Post each matched payment's provider fee to ``fees:<provider>``, once per payment; returns how many.
 
-    One journal per payment (Dr ``fees:<provider>`` / Cr provider clearing), written a chunk at a
-    time: the chunk's payments locked in id order (a refund holds the same lock), then its journals
-    and their entries written by one statement (``ledger.post_many``, which the ledger's guard
-    checks as one set), the journals with ``ON CONFLICT DO NOTHING`` on the (payment, kind) key, so
-    a journal the key refuses was posted before (and its entries are not written). Only payments
-    still settled as paid: a refund reversed the journals of its payment already, and a fee posted
-    after it would stay unreversed.
+    One journal per payment (Dr ``fees:<provider>`` / Cr provider clearing), in the item's
+    (provider's) currency, for the matched items, the fee variances and the healed items. Only
+    payments still settled as paid: a refund reversed the journals of its payment already, and a
+    fee posted after it would stay unreversed. Each chunk is one transaction: its payments locked
+    in id order (``FOR UPDATE`` of those still ``succeeded``: a refund holds the same lock, and a
+    payment refunded meanwhile drops out), then its journals inserted with ``ON CONFLICT DO
+    NOTHING`` on the (payment, kind) key, so a journal the key refuses was posted before (by an
+    earlier call, or by a concurrent one, whose commit the insert waits for) and gets no entries.
+
+    On PostgreSQL a chunk (``FEE_CHUNK_SQL`` item ids) is two set-based statements (``_FEES_DUE``,
+    ``_FEES_POST``): the lock, then the journals with their entries, which the ledger's guard checks
+    as one set; no row passes through Python, and ``FEE_SESSIONS`` sessions post chunks side by
+    side. SQLite (the embedded demo) builds the journals in Python, ``FEE_CHUNK``
+    at a time, and posts them with ``ledger.post_many``.
     """
     with sessions() as session:
         run = session.get(ReconRun, run_id)
         assert run is not None  # noqa: S101
         provider = run.provider
+        postgres = is_postgres(session)
+    if postgres:
+        return _post_fees_set_based(sessions, run_id, provider)
     posted, after = 0, 0
     while True:
         with transaction(sessions) as session:
@@ -312,10 +335,7 @@ def post_fees(sessions: sessionmaker[Session], run_id: int) -> int:
                     ReconItem.fee > 0,
                     ReconItem.payment_id.is_not(None),
                     ReconItem.provider_currency.is_not(None),
-                    or_(
-                        ReconItem.cls.in_([ReconClass.MATCHED.value, ReconClass.FEE_VARIANCE.value]),
-                        ReconItem.healed.is_(True),  # a lost webhook, settled now: the provider took its fee
-                    ),
+                    _FEE_DUE,
                 )
                 .order_by(ReconItem.id)
                 .limit(FEE_CHUNK)
@@ -340,12 +360,109 @@ def _post_fee_chunk(session: Session, run_id: int, provider: str, chunk: Sequenc
             ledger.transfer(ledger.fees(provider), ledger.clearing(provider), row.fee, row.provider_currency),
             kind=FEE,
             payment_id=row.payment_id,
-            memo=f"{provider} fee on {row.reference} (run {run_id})",
+            memo=_fee_memo(provider, row.reference, run_id),
         )
         for row in chunk
         if row.payment_id in paid
     ]
     return sum(journal_id is not None for journal_id in ledger.post_many(session, journals, skip_posted=True))
+
+
+def _fee_memo(provider: str, reference: str | None, run_id: int) -> str:
+    return f"{provider} fee on {reference} (run {run_id})"
+
+
+# One chunk of a run's fees, on PostgreSQL, in two statements. ``_FEES_DUE``: the chunk's items whose
+# payment is still paid, the payments locked in id order (the sort runs below the lock; a payment
+# refunded while we waited for its lock is re-checked and dropped), each with its journal id drawn
+# from the sequence, so that the entries can name their journal in the statement that inserts it (a
+# journal and its entries must be one statement for the ledger's guard). They go to a temporary
+# table, not a CTE: the planner then knows how many rows there are (the run's items are seldom
+# analyzed yet; estimated at one row, the journals were joined to their drafts by a nested loop,
+# quadratic in the chunk). ``_FEES_POST``: the journals the (payment, kind) key lets in, and only
+# theirs, entries Dr fees / Cr clearing in the item's currency, in journal order, debit first
+# (``ledger.reverse`` mirrors entries by id). The memo is ``_fee_memo``'s.
+_FEES_DUE = """
+CREATE TEMPORARY TABLE payrecon_fee_draft ON COMMIT DROP AS
+SELECT nextval('ledger_journals_id_seq') AS id, due.*
+  FROM (SELECT p.id AS payment_id, i.fee, i.provider_currency AS currency, i.reference
+          FROM recon_items i
+          JOIN payments p ON p.id = i.payment_id
+         WHERE i.run_id = :run_id AND i.id >= :low AND i.id < :high
+           AND i.fee > 0 AND i.provider_currency IS NOT NULL
+           AND (i.cls IN (:matched, :fee_variance) OR i.healed)
+           AND p.status = :succeeded
+         ORDER BY p.id
+           FOR UPDATE OF p) AS due
+"""
+_FEES_POST = """
+WITH posted AS (
+    INSERT INTO ledger_journals (id, payment_id, kind, memo)
+    SELECT id, payment_id, :kind, :memo_head || coalesce(reference, 'None') || :memo_tail
+      FROM payrecon_fee_draft ORDER BY id
+        ON CONFLICT (payment_id, kind) DO NOTHING
+    RETURNING id
+),
+accounts AS (
+    SELECT * FROM unnest(CAST(:currencies AS text[]), CAST(:fee_accounts AS bigint[]),
+                         CAST(:clearing_accounts AS bigint[])) AS a (currency, fees, clearing)
+),
+entries AS (
+    INSERT INTO ledger_entries (journal_id, account_id, side, amount, currency)
+    SELECT d.id, CASE s.side WHEN 'debit' THEN a.fees ELSE a.clearing END, s.side, d.fee, d.currency
+      FROM posted
+      JOIN payrecon_fee_draft d ON d.id = posted.id
+      JOIN accounts a ON a.currency = d.currency
+     CROSS JOIN (VALUES (1, 'debit'), (2, 'credit')) AS s (n, side)
+     ORDER BY d.id, s.n
+)
+SELECT count(*) FROM posted
+"""
+
+
+def _post_fees_set_based(sessions: sessionmaker[Session], run_id: int, provider: str) -> int:
+    """PostgreSQL: the run's fees, ``FEE_CHUNK_SQL`` item ids a transaction (see ``post_fees``)."""
+    due = (ReconItem.run_id == run_id, ReconItem.fee > 0, ReconItem.payment_id.is_not(None),
+           ReconItem.provider_currency.is_not(None), _FEE_DUE)  # fmt: skip
+    with transaction(sessions) as session:
+        spans = session.execute(
+            select(ReconItem.provider_currency, func.min(ReconItem.id), func.max(ReconItem.id))
+            .where(*due)
+            .group_by(ReconItem.provider_currency)
+        ).all()
+        if not spans:
+            return 0
+        currencies = sorted({currency for currency, _, _ in spans if currency is not None})
+        accounts = ledger.account_ids(
+            session, [(code(provider), c) for c in currencies for code in (ledger.fees, ledger.clearing)]
+        )
+    low, last = min(span[1] for span in spans), max(span[2] for span in spans)
+    params: dict[str, Any] = {
+        "run_id": run_id,
+        "matched": ReconClass.MATCHED.value,
+        "fee_variance": ReconClass.FEE_VARIANCE.value,
+        "succeeded": PaymentStatus.SUCCEEDED.value,
+        "kind": FEE,
+        "memo_head": f"{provider} fee on ",
+        "memo_tail": f" (run {run_id})",
+        "currencies": currencies,
+        "fee_accounts": [accounts[ledger.fees(provider), c] for c in currencies],
+        "clearing_accounts": [accounts[ledger.clearing(provider), c] for c in currencies],
+    }
+
+    def chunk(start: int) -> int:
+        with transaction(sessions) as session:
+            session.execute(text(_FEES_DUE), params | {"low": start, "high": start + FEE_CHUNK_SQL})
+            return int(session.scalar(text(_FEES_POST), params) or 0)
+
+    starts = range(low, last + 1, FEE_CHUNK_SQL)
+    if not (FEE_SESSIONS > 1 and len(starts) > 1 and _SIDE_BY_SIDE.acquire(blocking=False)):
+        return sum(chunk(start) for start in starts)
+    try:  # the chunks lock disjoint payments (the same payment in two chunks: one waits for the other)
+        with ThreadPoolExecutor(FEE_SESSIONS, thread_name_prefix="fees") as pool:
+            return sum(pool.map(chunk, starts))
+    finally:
+        _SIDE_BY_SIDE.release()
 
 
 #: Payouts posted per transaction by ``post_payouts``.

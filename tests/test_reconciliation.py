@@ -3,13 +3,17 @@ in a zone that is not UTC, re-runs, statement imports."""
 
 from __future__ import annotations
 
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
-from sqlalchemy import insert, select
+from sqlalchemy import func, insert, select, text
+from sqlalchemy.exc import IntegrityError
 
 from providers.sandbox.client import SandboxClient
 from reconciliation import ledger, runs
@@ -531,7 +535,8 @@ def test_a_healed_payment_is_paid_when_the_provider_says(rt: Runtime) -> None:
 def test_fees_are_posted_once_per_settled_payment_a_chunk_at_a_time(
     rt: Runtime, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(runs, "FEE_CHUNK", 2)  # three chunks for five items
+    monkeypatch.setattr(runs, "FEE_CHUNK", 2)  # three chunks for five items (SQLite)
+    monkeypatch.setattr(runs, "FEE_CHUNK_SQL", 2)  # chunks of two item ids, two sessions (PostgreSQL)
     paid = [new_reference() for _ in range(4)]
     refunded = new_reference()
     for n, ref in enumerate(paid):
@@ -553,6 +558,107 @@ def test_fees_are_posted_once_per_settled_payment_a_chunk_at_a_time(
     assert [ref for ref, _ in fees] == sorted(paid)
     assert all(memo.startswith("cinetpay fee on ") and memo.endswith(f"(run {first})") for _, memo in fees)
     assert balances[("fees:cinetpay", "XOF")] == 100 + 101 + 102 + 103
+
+
+def classified_run(rt: Runtime) -> int:
+    """A run of DAY classified, its fees not posted yet (``reconcile_stored`` would post them)."""
+    run_id = runs.start(rt.sessions, "cinetpay", DAY, policy(rt), "manual")
+    runs.classify_run(rt.sessions, run_id, policy(rt))
+    return run_id
+
+
+def fee_journals(rt: Runtime) -> dict[str, tuple[str, list[tuple[str, str, int, str]]]]:
+    """Each fee journal by its payment's reference: its memo and its entries in id order."""
+    with rt.sessions() as session:
+        journals = session.execute(
+            select(Journal.id, Journal.memo, Payment.reference)
+            .join(Payment, Payment.id == Journal.payment_id)
+            .where(Journal.kind == runs.FEE)
+        ).all()
+        return {
+            reference: (memo, [(code, side, amount, currency) for code, side, amount, currency in session.execute(
+                select(Account.code, Entry.side, Entry.amount, Entry.currency)
+                .join(Account, Account.id == Entry.account_id)
+                .where(Entry.journal_id == journal_id)
+                .order_by(Entry.id)
+            )])
+            for journal_id, memo, reference in journals
+        }  # fmt: skip
+
+
+def test_fees_posted_by_two_callers_at_once_are_posted_once_and_balance(
+    rt: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two posters of one run at once, each in chunks (the first side by side in two sessions): every
+    fee once, Dr fees / Cr clearing in the provider's currency, debit first, the memo as before."""
+    monkeypatch.setattr(runs, "FEE_CHUNK_SQL", 3)
+    refs = [new_reference() for _ in range(12)]
+    for n, ref in enumerate(refs):
+        payment(rt, ref, PaymentStatus.SUCCEEDED)
+        line(rt, ref, fee=10 + n)
+    run_id = classified_run(rt)
+    start = threading.Barrier(2)
+
+    def post(_: int) -> int:
+        start.wait()
+        return runs.post_fees(rt.sessions, run_id)
+
+    with ThreadPoolExecutor(2) as pool:
+        posted = list(pool.map(post, range(2)))
+    assert sum(posted) == 12 and runs.post_fees(rt.sessions, run_id) == 0
+    assert fee_journals(rt) == {
+        ref: (f"cinetpay fee on {ref} (run {run_id})", [
+            ("fees:cinetpay", "debit", 10 + n, "XOF"), ("provider_clearing:cinetpay", "credit", 10 + n, "XOF"),
+        ])
+        for n, ref in enumerate(refs)
+    }  # fmt: skip
+    with rt.sessions() as session:
+        assert ledger.unbalanced_journals(session) == []
+
+
+def test_a_payment_refunded_while_fees_wait_for_its_lock_gets_no_fee(rt: Runtime) -> None:
+    """The refund holds the payment's lock; the fee poster waits for it, sees the payment refunded,
+    and posts the other fees only."""
+    paid, refunded = new_reference(), new_reference()
+    payment(rt, paid, PaymentStatus.SUCCEEDED)
+    line(rt, paid, fee=50)
+    refunded_id = payment(rt, refunded, PaymentStatus.SUCCEEDED)
+    line(rt, refunded, fee=60)
+    run_id = classified_run(rt)
+    with ThreadPoolExecutor(1) as pool, rt.sessions() as refund, refund.begin():
+        row = refund.get(Payment, refunded_id, with_for_update=True)
+        assert row is not None
+        row.status = PaymentStatus.REFUNDED
+        refund.flush()
+        posting = pool.submit(runs.post_fees, rt.sessions, run_id)
+        deadline = time.monotonic() + 10
+        with rt.sessions() as watch:  # the poster waits for the refund's lock
+            while not watch.scalar(text(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
+            )):  # fmt: skip
+                assert time.monotonic() < deadline and not posting.done()
+                time.sleep(0.02)
+    assert posting.result(timeout=10) == 1
+    assert list(fee_journals(rt)) == [paid]
+
+
+def test_the_ledger_guard_still_refuses_an_unbalanced_fee_chunk(rt: Runtime, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The set-based fee statement is checked by the ledger's own guard: a credit one unit short is
+    refused with its whole chunk, and nothing is posted."""
+    refs = [new_reference() for _ in range(3)]
+    for ref in refs:
+        payment(rt, ref, PaymentStatus.SUCCEEDED)
+        line(rt, ref, fee=50)
+    run_id = classified_run(rt)
+    short = runs._FEES_POST.replace("s.side, d.fee,", "s.side, CASE s.n WHEN 1 THEN d.fee ELSE d.fee - 1 END,")
+    assert short != runs._FEES_POST
+    monkeypatch.setattr(runs, "_FEES_POST", short)
+    with pytest.raises(IntegrityError, match="does not balance"):
+        runs.post_fees(rt.sessions, run_id)
+    with rt.sessions() as session:
+        assert session.scalar(select(func.count()).select_from(Journal).where(Journal.kind == runs.FEE)) == 0
+    monkeypatch.undo()
+    assert runs.post_fees(rt.sessions, run_id) == 3
 
 
 def test_a_second_run_at_once_classifies_in_one_session(rt: Runtime, monkeypatch: pytest.MonkeyPatch) -> None:
