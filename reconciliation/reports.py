@@ -75,14 +75,16 @@ import hashlib
 import json
 import os
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from functools import cache, partial
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import String, and_, case, func, literal, or_, select, union_all
 from sqlalchemy.orm import Session
 
+from reconciliation import reports_pg
 from reconciliation.labels import Language
 from reconciliation.models import PayoutPosting, ReconItem, ReconPayout, ReconRun
 from reconciliation.progress import Progress, silent
@@ -138,6 +140,10 @@ _RANK = case(
     value=ReconItem.cls,
     else_=len(EXCEPTION_ORDER),
 )
+
+
+#: The run's ``summary``, computed once for the formats of one export.
+Summarize = Callable[[], dict[str, Any]]
 
 
 class RunNotFoundError(LookupError):
@@ -425,8 +431,13 @@ def _csv_file(path: Path, header: Sequence[str], rows: Iterable[Sequence[str | i
         writer.writerows(rows)
 
 
-def _write_csv(session: Session, run: ReconRun, path: Path) -> None:
-    _csv_file(path, CSV_COLUMNS, (csv_row(run, item) for item in iter_items(session, run.id)))
+def _write_csv(session: Session, run: ReconRun, path: Path, _summary: Summarize) -> None:
+    if not reports_pg.usable(session):
+        _csv_file(path, CSV_COLUMNS, (csv_row(run, item) for item in iter_items(session, run.id)))
+        return
+    _csv_file(path, CSV_COLUMNS, [])  # the header
+    with path.open("ab") as fh:  # the rows, formatted by PostgreSQL as csv_row does
+        reports_pg.copy_csv_items(session, run.id, run.provider, run.business_date.isoformat(), fh)
 
 
 def payout_csv_row(run: ReconRun, payout: dict[str, Any]) -> list[str | int]:
@@ -456,7 +467,7 @@ def payout_csv_row(run: ReconRun, payout: dict[str, Any]) -> list[str | int]:
     ]
 
 
-def _write_payouts_csv(session: Session, run: ReconRun, path: Path) -> None:
+def _write_payouts_csv(session: Session, run: ReconRun, path: Path, _summary: Summarize) -> None:
     _csv_file(path, PAYOUT_CSV_COLUMNS, (payout_csv_row(run, payout) for payout in payouts(session, run.id)))
 
 
@@ -500,8 +511,8 @@ def item_json(item: ItemRow) -> dict[str, Any]:
     }
 
 
-def _write_json(session: Session, run: ReconRun, path: Path) -> None:
-    summ = summary(session, run.id)
+def _write_json(session: Session, run: ReconRun, path: Path, summarize: Summarize) -> None:
+    summ = summarize()
     head = {
         "schema": REPORT_SCHEMA,
         "run": summ["run"],
@@ -510,6 +521,12 @@ def _write_json(session: Session, run: ReconRun, path: Path) -> None:
         "payouts": [payout_json(p) for p in summ["payouts"]],
         "changes": changes(session, run.id),
     }
+    if reports_pg.usable(session):
+        with path.open("wb") as out:  # the items formatted by PostgreSQL as item_json and json.dumps do
+            out.write((json.dumps(head, ensure_ascii=False)[:-1] + ', "items": [').encode())
+            reports_pg.copy_json_items(session, run.id, out)
+            out.write(b"]}\n")
+        return
     with path.open("w", encoding="utf-8") as fh:
         # The head without its closing brace, then the items array one element at a time.
         fh.write(json.dumps(head, ensure_ascii=False)[:-1])
@@ -522,12 +539,14 @@ def _write_json(session: Session, run: ReconRun, path: Path) -> None:
         fh.write("\n]}\n")
 
 
-def _write_xlsx(session: Session, run: ReconRun, path: Path, *, language: Language = "en") -> None:
+def _write_xlsx(
+    session: Session, run: ReconRun, path: Path, summarize: Summarize, *, language: Language = "en"
+) -> None:
     from reconciliation.reports_xlsx import write_xlsx
 
     write_xlsx(
         path,
-        summary(session, run.id),
+        summarize(),
         lambda limit: iter_items(session, run.id, exceptions_only=True, limit=limit),
         lambda limit: iter_items(session, run.id, limit=limit),
         max_rows=XLSX_MAX_ROWS,
@@ -536,11 +555,13 @@ def _write_xlsx(session: Session, run: ReconRun, path: Path, *, language: Langua
     )
 
 
-def _write_html(session: Session, run: ReconRun, path: Path, *, language: Language = "en") -> None:
+def _write_html(
+    session: Session, run: ReconRun, path: Path, summarize: Summarize, *, language: Language = "en"
+) -> None:
     from reconciliation.reports_render import render_html
 
     page = render_html(
-        summary(session, run.id),
+        summarize(),
         changes(session, run.id, limit=HTML_EXCEPTIONS),
         count_changes(session, run.id),
         list(iter_items(session, run.id, exceptions_only=True, limit=HTML_EXCEPTIONS)),
@@ -573,6 +594,20 @@ def export_files(
     if fmt not in FORMATS:
         raise ValueError(f"unknown report format {fmt!r}; choose from {', '.join(FORMATS)}")
     run = _run(session, run_id)
+    summarize = cache(partial(summary, session, run_id))
+    return _export_files(session, run, fmt, out_dir, progress=progress, summarize=summarize, language=language)
+
+
+def _export_files(
+    session: Session,
+    run: ReconRun,
+    fmt: str,
+    out_dir: Path,
+    *,
+    progress: Progress,
+    summarize: Summarize,
+    language: Language = "en",
+) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     paths: list[Path] = []
     parts = FORMAT_PARTS[fmt]
@@ -581,9 +616,9 @@ def export_files(
         path = out_dir / file_name(run, fmt, part)
         with _replacing(path) as tmp:
             if fmt in FOR_PEOPLE:
-                _WRITERS[fmt, part](session, run, tmp, language=language)
+                _WRITERS[fmt, part](session, run, tmp, summarize, language=language)
             else:
-                _WRITERS[fmt, part](session, run, tmp)
+                _WRITERS[fmt, part](session, run, tmp, summarize)
         paths.append(path)
         progress("reports", len(paths), len(parts))
     return paths
@@ -621,8 +656,9 @@ def export_all(
     written: list[tuple[str, str, Path]] = []
     total = sum(len(FORMAT_PARTS[fmt]) for fmt in FORMATS) + 1  # and the manifest
     progress("reports", 0, total)
+    summarize = cache(partial(summary, session, run_id))  # one summary for the formats that show it
     for fmt in FORMATS:
-        files = export_files(session, run_id, fmt, out_dir, language=language)
+        files = _export_files(session, run, fmt, out_dir, progress=silent, summarize=summarize, language=language)
         written += [(fmt, part, path) for part, path in zip(FORMAT_PARTS[fmt], files, strict=True)]
         progress("reports", len(written), total)
     paths = [path for _, _, path in written]

@@ -667,3 +667,43 @@ def test_xlsx_leaves_all_lines_out_above_its_size_limit(
     with rt.sessions() as session:
         path = reports.export(session, run_id, "xlsx", tmp_path / "kept")
     assert openpyxl.load_workbook(path).sheetnames == ["Summary", "Exceptions", "Payouts", "All lines"]
+
+
+# Text that CSV must quote or escape, that JSON must escape, that a spreadsheet would read as a formula,
+# and amounts in currencies with and without decimals, negative, zero, unknown.
+AWKWARD = [
+    item("matched", 'a,b "quoted"', "XOF", 15000, 15000, fee=0, detail="line one\nline two"),
+    item("amount_mismatch", "crlf\r\nin it", "USD", -5, 0, difference=5, detail='tab\there \\ back "q"'),
+    item("duplicate", "=1+1", "EUR", 1, 100, provider_txn_id="-neg", detail="@at"),
+    item("status_mismatch", "\tlead", "CDF", 123456789, 99, provider_status="+plus", detail="\rcr"),
+    item("fee_variance", "ünïcödé — 日本", "GHS", 10, 20, fee=1, expected_fee=2, detail="\x01\x1f\x7f ctl"),
+    item("missing_at_provider", "", "ZZZ", 700, None, detail=""),  # unknown currency: no major amount
+    item("missing_in_ledger", None, "XOF", None, 800, healed=True, provider_txn_id="T,1"),
+    item("currency_mismatch", 'odd ""', "XOF", 1000, None, provider_amount=200, provider_currency="USD"),
+    item("matched", "last\n", "XAF", 0, 0, internal_currency="", detail='"'),
+    item("matched", "\\.", "XOF", 1, 1),
+]
+
+
+def test_postgresql_writes_the_csv_and_json_items_byte_for_byte_as_python(
+    rt: Runtime, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """On PostgreSQL the items of the CSV and JSON files are formatted by the server (``reports_pg``):
+    the same bytes as the Python writers, with quotes, newlines, formulas and currencies to trip on,
+    more rows than one block of the copy, and none."""
+    from reconciliation import reports_pg
+
+    clean(rt)
+    monkeypatch.setattr(reports_pg, "BLOCK_ROWS", 3)
+    runs_ = [make_run(rt, AWKWARD), make_run(rt, [])]
+    with rt.sessions() as session:
+        assert reports_pg.usable(session)
+        for run_id in runs_:
+            for fmt in ("csv", "json"):
+                server = reports.export(session, run_id, fmt, tmp_path / "server")
+                with monkeypatch.context() as python:
+                    python.setattr(reports_pg, "usable", lambda _session: False)
+                    local = reports.export(session, run_id, fmt, tmp_path / "python")
+                assert server.read_bytes() == local.read_bytes(), (fmt, run_id)
+    with (tmp_path / "server" / local.name.replace(".json", ".csv")).open(newline="") as fh:
+        assert len(list(csv.reader(fh))) == 1  # the empty run: its header only
