@@ -376,14 +376,16 @@ def _fee_memo(provider: str, reference: str | None, run_id: int) -> str:
 # payment is still paid, the payments locked in id order (the sort runs below the lock; a payment
 # refunded while we waited for its lock is re-checked and dropped), each with its journal id drawn
 # from the sequence, so that the entries can name their journal in the statement that inserts it (a
-# journal and its entries must be one statement for the ledger's guard). They go to a temporary
-# table, not a CTE: the planner then knows how many rows there are (the run's items are seldom
-# analyzed yet; estimated at one row, the journals were joined to their drafts by a nested loop,
-# quadratic in the chunk). ``_FEES_POST``: the journals the (payment, kind) key lets in, and only
-# theirs, entries Dr fees / Cr clearing in the item's currency, in journal order, debit first
-# (``ledger.reverse`` mirrors entries by id). The memo is ``_fee_memo``'s.
+# journal and its entries must be one statement for the ledger's guard). They go to a table of the
+# transaction's own (unlogged, in the role's schema as a statement import's stage, dropped before
+# COMMIT; the application role may not create temporary tables), not a CTE: the planner then knows
+# how many rows there are (the run's items are seldom analyzed yet; estimated at one row, the
+# journals were joined to their drafts by a nested loop, quadratic in the chunk). ``_FEES_POST``:
+# the journals the (payment, kind) key lets in, and only theirs, entries Dr fees / Cr clearing in
+# the item's currency, in journal order, debit first (``ledger.reverse`` mirrors entries by id).
+# The memo is ``_fee_memo``'s.
 _FEES_DUE = """
-CREATE TEMPORARY TABLE payrecon_fee_draft ON COMMIT DROP AS
+CREATE UNLOGGED TABLE {draft} AS
 SELECT nextval('ledger_journals_id_seq') AS id, due.*
   FROM (SELECT p.id AS payment_id, i.fee, i.provider_currency AS currency, i.reference
           FROM recon_items i
@@ -399,7 +401,7 @@ _FEES_POST = """
 WITH posted AS (
     INSERT INTO ledger_journals (id, payment_id, kind, memo)
     SELECT id, payment_id, :kind, :memo_head || coalesce(reference, 'None') || :memo_tail
-      FROM payrecon_fee_draft ORDER BY id
+      FROM {draft} ORDER BY id
         ON CONFLICT (payment_id, kind) DO NOTHING
     RETURNING id
 ),
@@ -411,7 +413,7 @@ entries AS (
     INSERT INTO ledger_entries (journal_id, account_id, side, amount, currency)
     SELECT d.id, CASE s.side WHEN 'debit' THEN a.fees ELSE a.clearing END, s.side, d.fee, d.currency
       FROM posted
-      JOIN payrecon_fee_draft d ON d.id = posted.id
+      JOIN {draft} d ON d.id = posted.id
       JOIN accounts a ON a.currency = d.currency
      CROSS JOIN (VALUES (1, 'debit'), (2, 'credit')) AS s (n, side)
      ORDER BY d.id, s.n
@@ -437,14 +439,15 @@ def _post_fees_set_based(sessions: sessionmaker[Session], run_id: int, provider:
             session, [(code(provider), c) for c in currencies for code in (ledger.fees, ledger.clearing)]
         )
     low, last = min(span[1] for span in spans), max(span[2] for span in spans)
+    memo_head, memo_tail = _fee_memo(provider, "\0", run_id).split("\0")  # around the reference
     params: dict[str, Any] = {
         "run_id": run_id,
         "matched": ReconClass.MATCHED.value,
         "fee_variance": ReconClass.FEE_VARIANCE.value,
         "succeeded": PaymentStatus.SUCCEEDED.value,
         "kind": FEE,
-        "memo_head": f"{provider} fee on ",
-        "memo_tail": f" (run {run_id})",
+        "memo_head": memo_head,
+        "memo_tail": memo_tail,
         "currencies": currencies,
         "fee_accounts": [accounts[ledger.fees(provider), c] for c in currencies],
         "clearing_accounts": [accounts[ledger.clearing(provider), c] for c in currencies],
@@ -452,8 +455,11 @@ def _post_fees_set_based(sessions: sessionmaker[Session], run_id: int, provider:
 
     def chunk(start: int) -> int:
         with transaction(sessions) as session:
-            session.execute(text(_FEES_DUE), params | {"low": start, "high": start + FEE_CHUNK_SQL})
-            return int(session.scalar(text(_FEES_POST), params) or 0)
+            draft = f"payrecon_fee_draft_{int(session.scalar(text('SELECT pg_backend_pid()')) or 0)}"
+            session.execute(text(_FEES_DUE.format(draft=draft)), params | {"low": start, "high": start + FEE_CHUNK_SQL})
+            posted = int(session.scalar(text(_FEES_POST.format(draft=draft)), params) or 0)
+            session.execute(text(f"DROP TABLE {draft}"))
+            return posted
 
     starts = range(low, last + 1, FEE_CHUNK_SQL)
     if not (FEE_SESSIONS > 1 and len(starts) > 1 and _SIDE_BY_SIDE.acquire(blocking=False)):
