@@ -10,6 +10,12 @@ and the set-based classification of the day (two sessions). ``--reports`` also t
 run's report files (not part of the goal). Peak memory (max RSS) is printed so that runs of
 different sizes can be compared. ``--fees``: the provider takes 50 XOF a payment, and posting the
 fees to the ledger is timed too (not part of the goal). Needs PostgreSQL as for the tests (PAYRECON_TEST_PG).
+
+The floor, measured in the same run on the same file and database before the timed part: COPY of the
+file into an unindexed text table, then one FULL OUTER JOIN of the day's payments and the file's
+lines (grouped by reference), classified and inserted into an unindexed table. The last line printed
+is ``total_s=<import + classify> floor_s=<floor> ratio=<total/floor> fees_s=<s|none> reports_s=<s|none>``
+(``none``: ``--fees`` or ``--reports`` not given).
 """
 
 from __future__ import annotations
@@ -99,6 +105,51 @@ def write_statement(path: Path, n: int, shuffled: bool, fee: int = 0) -> None:
             out.writerow([f"TXN-UNKNOWN{j:06d}", f"OPX{j}", "2026-11-20 12:00:00", 5000, "XOF", 0, "ACCEPTED"])
 
 
+def measure_floor(url: str, statement: Path) -> float:
+    """Seconds for COPY of the file into an unindexed text table + a set-based classification of the
+    day into an unindexed table: what no implementation of import + classify can beat by much."""
+    engine = create_engine(url)
+    start, end = datetime(2026, 11, 20, tzinfo=UTC), datetime(2026, 11, 21, tzinfo=UTC)
+    raw = engine.raw_connection()
+    try:
+        cursor = raw.cursor()
+        cursor.execute(
+            "CREATE TABLE floor_stage (transaction_id text, operator_id text, payment_date text, amount text, "
+            "currency text, fees text, status text); "
+            "CREATE TABLE floor_items (reference text, cls text, internal_amount bigint, provider_amount bigint)"
+        )
+        raw.commit()
+        started = time.perf_counter()
+        with statement.open("rb") as fh:
+            cursor.copy_expert("COPY floor_stage FROM STDIN WITH (FORMAT csv, HEADER)", fh)
+        cursor.execute(
+            """
+            INSERT INTO floor_items (reference, cls, internal_amount, provider_amount)
+            SELECT coalesce(p.reference, s.transaction_id),
+                   CASE WHEN p.id IS NULL THEN 'missing_in_ledger'
+                        WHEN s.transaction_id IS NULL THEN 'missing_at_provider'
+                        WHEN s.n > 1 THEN 'duplicate'
+                        WHEN p.amount <> s.amount THEN 'amount_mismatch'
+                        ELSE 'matched' END,
+                   p.amount, s.amount
+              FROM (SELECT id, reference, amount FROM payments
+                     WHERE provider = 'cinetpay' AND created_at >= %s AND created_at < %s) AS p
+              FULL JOIN (SELECT transaction_id, sum(amount::bigint) AS amount, count(*) AS n
+                           FROM floor_stage GROUP BY transaction_id) AS s
+                ON s.transaction_id = p.reference
+            """,
+            (start, end),
+        )
+        raw.commit()
+        floor = time.perf_counter() - started
+        cursor.execute("DROP TABLE floor_stage, floor_items")
+        raw.commit()
+    finally:
+        raw.close()
+    engine.dispose()
+    return floor
+
+
 def _setup(url: str, n: int, statement: Path, shuffled: bool, fee: int) -> None:
     seed_payments(url, n, shuffled)
     write_statement(statement, n, shuffled, fee)
@@ -128,6 +179,8 @@ def main() -> None:
             setup.join()
             print(f"seeded {args.payments} payments and wrote the statement in {time.perf_counter() - t:.1f} s")
             size = statement.stat().st_size / 2**20
+            floor = measure_floor(url, statement)
+            print(f"floor (COPY into an unindexed text table + classify into an unindexed table): {floor:.2f} s")
             engine = make_engine(url, pool_size=2)
             sessions = session_factory(engine)
             rss0 = max_rss_mib()
@@ -152,21 +205,27 @@ def main() -> None:
             f"total: {done - started:.2f} s; peak memory {max_rss_mib():.0f} MiB (before the timed part {rss0:.0f} MiB)"
         )
         print(f"classes: {dict(sorted(counts.items()))}")
+        fees_s = reports_s = "none"
         if args.fees:
             started_fees = time.perf_counter()
             journals = runs.post_fees(sessions, run_id)
-            print(f"fees posted ({journals} journals): {time.perf_counter() - started_fees:.2f} s; "
-                  f"peak memory {max_rss_mib():.0f} MiB")  # fmt: skip
+            fees_s = f"{time.perf_counter() - started_fees:.2f}"
+            print(f"fees posted ({journals} journals): {fees_s} s; peak memory {max_rss_mib():.0f} MiB")
         if args.reports:
             from reconciliation import reports
 
             written = time.perf_counter()
             with tempfile.TemporaryDirectory() as out, sessions() as session:
                 files = reports.export_all(session, run_id, Path(out))
+                reports_s = f"{time.perf_counter() - written:.2f}"
                 size_mib = sum(p.stat().st_size for p in files) / 2**20
-                print(f"reports ({len(files)} files, {size_mib:.0f} MiB): {time.perf_counter() - written:.2f} s; "
+                print(f"reports ({len(files)} files, {size_mib:.0f} MiB): {reports_s} s; "
                       f"peak memory {max_rss_mib():.0f} MiB")  # fmt: skip
         engine.dispose()
+        total = done - started
+        print(
+            f"total_s={total:.2f} floor_s={floor:.2f} ratio={total / floor:.2f} fees_s={fees_s} reports_s={reports_s}"
+        )
 
 
 if __name__ == "__main__":

@@ -3,8 +3,10 @@
 Every export reads one run (``recon_runs``), its classified items (``recon_items``) and its payouts
 (``recon_payouts``, with their ledger posting from ``payout_postings``), and streams the items from a
 server-side cursor, so memory does not grow with the size of the run (payouts are few: a handful a
-day). Files are written next to their final name and renamed into place, so a reader never sees half
-a report. File names: ``recon_<provider>_<business_date>_run<id>.<csv|xlsx|json|html>``, and
+day); on PostgreSQL the items of the CSV and JSON files come formatted from a ``COPY`` instead, the
+same bytes (``reports_pg``; ``export_all`` sorts them once for both files). Files are written next
+to their final name and renamed into place, so a reader never sees half a report. File names:
+``recon_<provider>_<business_date>_run<id>.<csv|xlsx|json|html>``, and
 ``recon_<provider>_<business_date>_run<id>_payouts.csv`` for the payouts (the CSV format writes both
 CSV files); ``export_all`` writes all five and ``manifest.json`` (each file with its size and SHA-256).
 Items are listed exceptions first, most serious first (``reports_common.EXCEPTION_ORDER``), then by
@@ -511,7 +513,8 @@ def item_json(item: ItemRow) -> dict[str, Any]:
     }
 
 
-def _write_json(session: Session, run: ReconRun, path: Path, summarize: Summarize) -> None:
+def _json_head(session: Session, run: ReconRun, summarize: Summarize) -> str:
+    """The JSON report up to its items: the head without its closing brace, then ``, "items": [``."""
     summ = summarize()
     head = {
         "schema": REPORT_SCHEMA,
@@ -521,16 +524,19 @@ def _write_json(session: Session, run: ReconRun, path: Path, summarize: Summariz
         "payouts": [payout_json(p) for p in summ["payouts"]],
         "changes": changes(session, run.id),
     }
+    return json.dumps(head, ensure_ascii=False)[:-1] + ', "items": ['
+
+
+def _write_json(session: Session, run: ReconRun, path: Path, summarize: Summarize) -> None:
     if reports_pg.usable(session):
         with path.open("wb") as out:  # the items formatted by PostgreSQL as item_json and json.dumps do
-            out.write((json.dumps(head, ensure_ascii=False)[:-1] + ', "items": [').encode())
+            out.write(_json_head(session, run, summarize).encode())
             reports_pg.copy_json_items(session, run.id, out)
             out.write(b"]}\n")
         return
     with path.open("w", encoding="utf-8") as fh:
-        # The head without its closing brace, then the items array one element at a time.
-        fh.write(json.dumps(head, ensure_ascii=False)[:-1])
-        fh.write(', "items": [')
+        # The head, then the items array one element at a time.
+        fh.write(_json_head(session, run, summarize))
         sep = "\n"
         for item in iter_items(session, run.id):
             fh.write(sep)
@@ -570,6 +576,18 @@ def _write_html(
     path.write_text(page, encoding="utf-8")
 
 
+def _write_csv_and_json(session: Session, run: ReconRun, csv_path: Path, json_path: Path, summarize: Summarize) -> None:
+    """PostgreSQL: the items CSV and the JSON report as ``_write_csv`` and ``_write_json`` write them,
+    from one sort of the run's items (``export_all``)."""
+    _csv_file(csv_path, CSV_COLUMNS, [])  # the header
+    with csv_path.open("ab") as csv_out, json_path.open("wb") as json_out:
+        json_out.write(_json_head(session, run, summarize).encode())
+        reports_pg.copy_csv_and_json_items(
+            session, run.id, run.provider, run.business_date.isoformat(), csv_out=csv_out, json_out=json_out
+        )
+        json_out.write(b"]}\n")
+
+
 #: The formats people read (their words follow ``language``).
 FOR_PEOPLE = frozenset({"html", "xlsx"})
 
@@ -607,18 +625,21 @@ def _export_files(
     progress: Progress,
     summarize: Summarize,
     language: Language = "en",
+    written: frozenset[tuple[str, str]] = frozenset(),
 ) -> list[Path]:
+    """``export_files`` of ``run``; the (format, part) files in ``written`` are there already."""
     out_dir.mkdir(parents=True, exist_ok=True)
     paths: list[Path] = []
     parts = FORMAT_PARTS[fmt]
     progress("reports", 0, len(parts))
     for part in parts:
         path = out_dir / file_name(run, fmt, part)
-        with _replacing(path) as tmp:
-            if fmt in FOR_PEOPLE:
-                _WRITERS[fmt, part](session, run, tmp, summarize, language=language)
-            else:
-                _WRITERS[fmt, part](session, run, tmp, summarize)
+        if (fmt, part) not in written:
+            with _replacing(path) as tmp:
+                if fmt in FOR_PEOPLE:
+                    _WRITERS[fmt, part](session, run, tmp, summarize, language=language)
+                else:
+                    _WRITERS[fmt, part](session, run, tmp, summarize)
         paths.append(path)
         progress("reports", len(paths), len(parts))
     return paths
@@ -657,8 +678,17 @@ def export_all(
     total = sum(len(FORMAT_PARTS[fmt]) for fmt in FORMATS) + 1  # and the manifest
     progress("reports", 0, total)
     summarize = cache(partial(summary, session, run_id))  # one summary for the formats that show it
+    together: frozenset[tuple[str, str]] = frozenset()
+    if reports_pg.usable(session):  # the items CSV and the JSON from one sort of the items
+        out_dir.mkdir(parents=True, exist_ok=True)
+        csv_path, json_path = out_dir / file_name(run, "csv"), out_dir / file_name(run, "json")
+        with _replacing(csv_path) as csv_tmp, _replacing(json_path) as json_tmp:
+            _write_csv_and_json(session, run, csv_tmp, json_tmp, summarize)
+        together = frozenset({("csv", ""), ("json", "")})
     for fmt in FORMATS:
-        files = _export_files(session, run, fmt, out_dir, progress=silent, summarize=summarize, language=language)
+        files = _export_files(
+            session, run, fmt, out_dir, progress=silent, summarize=summarize, language=language, written=together
+        )
         written += [(fmt, part, path) for part, path in zip(FORMAT_PARTS[fmt], files, strict=True)]
         progress("reports", len(written), total)
     paths = [path for _, _, path in written]

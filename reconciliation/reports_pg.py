@@ -14,6 +14,12 @@ blocks: the files are byte for byte those of ``reports.csv_row`` and ``reports.i
   ``ensure_ascii=False``: ``\\" \\\\ \\b \\f \\n \\r \\t``, other control characters ``\\u00xx``), sent
   through ``FORMAT csv`` with a delimiter and a quote character that ``to_json`` always escapes, so
   that no line is ever quoted; the lines are joined with ``,\\n`` (``_JsonLines``).
+- **Both at once** (``export_all``, which writes every format): one COPY sorts the items once and
+  sends, per item, its JSON line and its CSV line (built in SQL: ``_csv_text`` quotes as Python's
+  ``csv`` does), separated by that delimiter; a row is quoted only when its CSV line holds CR, LF
+  or one of the two control characters, and then read with the ``csv`` module (``_BothRows``).
+  Measured on a million items: 6.3 s for both files, against ~4 s each from two COPYs (the sort of
+  the million rows is most of each).
 
 The text of the item queries is built from constants only (classes, currencies); the run's values
 are bound by psycopg2 (``mogrify``). Both need the connection's client encoding to be UTF-8 (the
@@ -22,11 +28,13 @@ files are UTF-8): ``usable`` says whether it is, else ``reports`` keeps to Pytho
 
 from __future__ import annotations
 
+import csv
+import io
 from typing import Any, BinaryIO
 
 from sqlalchemy.orm import Session
 
-from reconciliation.reports_common import EXCEPTION_ORDER, FORMULA_TRIGGERS, MATCHED
+from reconciliation.reports_common import EXCEPTION_ORDER, FORMULA_TRIGGERS, MATCHED, formula_safe
 from schemas.currency import MINOR_UNIT_EXPONENT
 
 #: Rows handed over by psycopg2 (one ``write`` per row) gathered before a block goes to the file.
@@ -70,19 +78,48 @@ def _plain(minor: str, currency: str) -> str:
     return f"CASE {currency} {cases} END"
 
 
+# The items CSV's columns (``reports.CSV_COLUMNS``), as ``reports.csv_row`` writes them: each a
+# column or expression, and whether it is text (escaped against formulas, may need quoting).
+_CSV_FIELDS = (
+    ("%(run_id)s", False),
+    ("%(provider)s", False),  # formula-safe already (``formula_safe``); in CSV form for ``_BOTH_ITEMS``
+    ("%(business_date)s", False),
+    ("cls", True),
+    ("CASE WHEN healed THEN 'true' ELSE 'false' END", False),
+    ("reference", True),
+    ("provider_txn_id", True),
+    ("internal_status", True),
+    ("provider_status", True),
+    (_CURRENCY, True),
+    ("internal_amount", False),
+    ("provider_amount", False),
+    ("difference", False),
+    ("fee", False),
+    ("expected_fee", False),
+    (_plain("internal_amount", "internal_currency"), False),
+    (_plain("provider_amount", "provider_currency"), False),
+    ("detail", True),
+    ("provider_currency", True),
+)
 _CSV_ITEMS = f"""
 COPY (
-    SELECT %(run_id)s, nullif(%(provider)s, ''), %(business_date)s, {_safe("cls")},
-           CASE WHEN healed THEN 'true' ELSE 'false' END, {_safe("reference")}, {_safe("provider_txn_id")},
-           {_safe("internal_status")}, {_safe("provider_status")}, {_safe(_CURRENCY)},
-           internal_amount, provider_amount, difference, fee, expected_fee,
-           {_plain("internal_amount", "internal_currency")}, {_plain("provider_amount", "provider_currency")},
-           {_safe("detail")}, {_safe("provider_currency")}
+    SELECT {", ".join(_safe(field) if text else field for field, text in _CSV_FIELDS)}
       FROM recon_items
      WHERE run_id = %(run_id)s
      ORDER BY {_ORDER}
 ) TO STDOUT WITH (FORMAT csv)
 """  # noqa: S608 - built from constants; the run's values are bound
+
+
+def _csv_text(column: str) -> str:
+    """A text field as ``csv_row`` and Python's ``csv`` (QUOTE_MINIMAL) write it: ``formula_safe``, then
+    quoted when it holds a quote (doubled), a comma, CR or LF; NULL stays NULL (``concat``: nothing)."""
+    prefix = f"CASE WHEN left({column}, 1) IN ({_TRIGGERS}) THEN '''' ELSE '' END"
+    special = " OR ".join(f"strpos({column}, {char}) > 0" for char in ("'\"'", "','", "E'\\r'", "E'\\n'"))
+    return (
+        f"CASE WHEN {special} THEN '\"' || {prefix} || replace({column}, '\"', '\"\"') || '\"' "
+        f"ELSE {prefix} || {column} END"
+    )
 
 
 def _json(value: str) -> str:
@@ -128,6 +165,19 @@ COPY (
 """  # noqa: S608 - built from constants; the run's values are bound
 
 
+# Both files' lines from one sort: each COPY row is the JSON line, then (after the delimiter) the CSV
+# line built here (COPY quotes it only when it holds CR, LF or one of the two control characters).
+_BOTH_ITEMS = f"""
+COPY (
+    SELECT {_JSON_LINE} || '}}',
+           concat({", ',', ".join(_csv_text(field) if text else field for field, text in _CSV_FIELDS)})
+      FROM recon_items
+     WHERE run_id = %(run_id)s
+     ORDER BY {_ORDER}
+) TO STDOUT WITH (FORMAT csv, DELIMITER E'\\x02', QUOTE E'\\x01')
+"""  # noqa: S608 - built from constants; the run's values are bound
+
+
 def usable(session: Session) -> bool:
     """True on PostgreSQL with a UTF-8 client encoding (what the files are written in)."""
     if session.get_bind().dialect.name != "postgresql":
@@ -137,18 +187,24 @@ def usable(session: Session) -> bool:
 
 def copy_csv_items(session: Session, run_id: int, provider: str, business_date: str, out: BinaryIO) -> None:
     """The items CSV's rows (after its header), in ``reports.csv_row``'s bytes, to ``out``."""
-    params = {"run_id": run_id, "provider": _formula_safe(provider), "business_date": business_date}
+    params = {"run_id": run_id, "provider": formula_safe(provider) or None, "business_date": business_date}
     _copy(session, _CSV_ITEMS, params, _CsvRows(out))
+
+
+def copy_csv_and_json_items(
+    session: Session, run_id: int, provider: str, business_date: str, *, csv_out: BinaryIO, json_out: BinaryIO
+) -> None:
+    """``copy_csv_items`` and ``copy_json_items`` from one COPY: the items sorted once, not twice."""
+    line = io.StringIO()
+    csv.writer(line, lineterminator="").writerow([formula_safe(provider)])
+    params = {"run_id": run_id, "provider": line.getvalue() if provider else "", "business_date": business_date}
+    _copy(session, _BOTH_ITEMS, params, _BothRows(csv_out, json_out))
 
 
 def copy_json_items(session: Session, run_id: int, out: BinaryIO) -> None:
     """The JSON report's items array content (between ``[`` and ``]``), as ``reports._write_json``
     wrote it: ``\\n`` then the items separated by ``,\\n``, then ``\\n``."""
     _copy(session, _JSON_ITEMS, {"run_id": run_id}, _JsonLines(out))
-
-
-def _formula_safe(value: str) -> str:
-    return "'" + value if value.startswith(FORMULA_TRIGGERS) else value
 
 
 def _copy(session: Session, sql: str, params: dict[str, Any], sink: _Block) -> None:
@@ -226,3 +282,41 @@ class _JsonLines(_Block):
     def close(self) -> None:
         super().close()
         self.out.write(self.pending + b"\n")
+
+
+class _BothRows(_Block):
+    """Each row split at its delimiter: the JSON line to ``_JsonLines``, the CSV line (CRLF) to the CSV.
+
+    A row holding the quote character (a CSV line with CR, LF or one of the two control characters
+    inside) is read with the ``csv`` module; the others are split as bytes."""
+
+    def __init__(self, csv_out: BinaryIO, json_out: BinaryIO) -> None:
+        super().__init__(csv_out)
+        self.json = _JsonLines(json_out)
+
+    def put(self, block: bytes) -> None:
+        if b"\x01" in block:
+            text = block.decode("utf-8")
+            pairs = [(j.encode(), c.encode()) for j, c in csv.reader(io.StringIO(text, newline=""), _DIALECT)]
+        else:
+            pairs = [tuple(line.split(b"\x02", 1)) for line in block.split(b"\n")[:-1]]  # type: ignore[misc]
+        if pairs:
+            self.json.put(b"\n".join(j for j, _ in pairs) + b"\n")
+            self.out.write(b"\r\n".join(c for _, c in pairs) + b"\r\n")
+
+    def close(self) -> None:
+        super().close()
+        self.json.close()
+
+
+class _Dialect(csv.Dialect):
+    delimiter = "\x02"
+    quotechar = "\x01"
+    doublequote = True
+    lineterminator = "\n"
+    quoting = csv.QUOTE_MINIMAL
+    skipinitialspace = False
+    strict = True
+
+
+_DIALECT = _Dialect()

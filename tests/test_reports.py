@@ -688,9 +688,10 @@ AWKWARD = [
 def test_postgresql_writes_the_csv_and_json_items_byte_for_byte_as_python(
     rt: Runtime, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    """On PostgreSQL the items of the CSV and JSON files are formatted by the server (``reports_pg``):
-    the same bytes as the Python writers, with quotes, newlines, formulas and currencies to trip on,
-    more rows than one block of the copy, and none."""
+    """On PostgreSQL the items of the CSV and JSON files are formatted by the server (``reports_pg``),
+    each file by its own COPY or both by one (``export_all``): the same bytes as the Python writers,
+    with quotes, newlines, formulas and currencies to trip on, more rows than one block of the copy,
+    and none."""
     from reconciliation import reports_pg
 
     clean(rt)
@@ -705,5 +706,10 @@ def test_postgresql_writes_the_csv_and_json_items_byte_for_byte_as_python(
                     python.setattr(reports_pg, "usable", lambda _session: False)
                     local = reports.export(session, run_id, fmt, tmp_path / "python")
                 assert server.read_bytes() == local.read_bytes(), (fmt, run_id)
+            # export_all writes the items CSV and the JSON from one COPY of the items.
+            together = {p.name: p.read_bytes() for p in reports.export_all(session, run_id, tmp_path / str(run_id))}
+            for fmt in ("csv", "json"):
+                local = tmp_path / "python" / reports.file_name(reports._run(session, run_id), fmt)
+                assert together[local.name] == local.read_bytes(), (fmt, run_id)
     with (tmp_path / "server" / local.name.replace(".json", ".csv")).open(newline="") as fh:
         assert len(list(csv.reader(fh))) == 1  # the empty run: its header only
