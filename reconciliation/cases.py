@@ -15,8 +15,8 @@ A run's exceptions are rows of that run (``recon_items``); a *case* is the excep
 Every change is a row of ``recon_case_events`` (who, when, what), in the transaction of the change; the
 case row is locked for it (``FOR UPDATE``), so two people acting on one case are serialised, and a
 write-off is posted once (the case is closed in the same transaction; the ledger's (payment, kind) key
-refuses a second write-off journal of a payment). Runs of one day sync one at a time (the day's first run
-row is their lock), and only the day's latest succeeded run changes its cases.
+refuses a second write-off journal of a payment). A provider's runs sync one at a time (``lock_provider``),
+and only the day's latest succeeded run changes its cases.
 
 Age is counted from the business day (the day it became a break), in days, with Formance's buckets
 (0-1, 2-7, 8-30, > 30 days). Priority comes from the class and the amount at stake; the SLA date is the
@@ -35,6 +35,7 @@ from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
 from reconciliation import ledger
+from reconciliation.db import advisory_lock
 from reconciliation.models import (
     CaseStatus,
     Payment,
@@ -138,7 +139,8 @@ class Synced:
     skipped: bool = False  # a later run of the day had succeeded: it decides
 
 
-_ITEM_COLUMNS = (
+#: The columns of an item a case (and ``exposure``) reads.
+ITEM_COLUMNS = (
     ReconItem.reference, ReconItem.cls, ReconItem.payment_id, ReconItem.internal_amount,
     ReconItem.internal_currency, ReconItem.provider_amount, ReconItem.provider_currency,
     ReconItem.internal_status, ReconItem.provider_status, ReconItem.fee, ReconItem.expected_fee,
@@ -152,12 +154,11 @@ def sync(session: Session, run_id: int, *, now: datetime | None = None) -> Synce
     run = session.get(ReconRun, run_id)
     if run is None or run.status != "succeeded":
         raise CaseError(f"run {run_id} did not succeed: its items may be incomplete, its day's cases stay as they are")
-    # The day's first run row is the day's lock: its runs sync one at a time.
+    lock_provider(session, run.provider)  # the caller (runs.finish) holds it already: re-entrant
     day_runs = session.execute(
-        select(ReconRun.id, ReconRun.status)
-        .where(ReconRun.provider == run.provider, ReconRun.business_date == run.business_date)
-        .order_by(ReconRun.id)
-        .with_for_update()
+        select(ReconRun.id, ReconRun.status).where(
+            ReconRun.provider == run.provider, ReconRun.business_date == run.business_date
+        )
     ).all()
     if any(rid > run_id and status == "succeeded" for rid, status in day_runs):
         return Synced(skipped=True)
@@ -166,7 +167,7 @@ def sync(session: Session, run_id: int, *, now: datetime | None = None) -> Synce
     items = {
         row.reference: row
         for row in session.execute(
-            select(*_ITEM_COLUMNS).where(ReconItem.run_id == run_id, ReconItem.cls != ReconClass.MATCHED.value)
+            select(*ITEM_COLUMNS).where(ReconItem.run_id == run_id, ReconItem.cls != ReconClass.MATCHED.value)
         )
         if row.reference is not None
     }
@@ -194,13 +195,19 @@ def sync(session: Session, run_id: int, *, now: datetime | None = None) -> Synce
             case.runs_seen += 1
             case.last_run_id = run_id
             case.updated_at = now
-            if case.cls != item.cls:
-                events.append((case, "reclassified", f"{case.cls} -> {item.cls}: {_found(item)}"))
-            _describe(case, item)
-            if case.status in CLOSED_STATUSES and case.resolution in BY_RUN and _by_a_run(case) and by_run is None:
-                _reopen(case, now)
-                events.append((case, "reopened", f"found again: {_found(item)}"))
-                reopened += 1
+            if _by_a_person(case):
+                # Closed by a person: it keeps what it was closed with (a write-off's journal says that amount);
+                # what the run finds now is in its history, for finance to act on if it differs.
+                if (case.cls, case.amount, case.currency) != (item.cls, *exposure(item)):
+                    events.append((case, "seen_again", f"closed by {case.resolved_by}; the run finds {_found(item)}"))
+            else:
+                if case.cls != item.cls:
+                    events.append((case, "reclassified", f"{case.cls} -> {item.cls}: {_found(item)}"))
+                _describe(case, item)
+                if case.status in CLOSED_STATUSES and by_run is None:
+                    _reopen(case, now)
+                    events.append((case, "reopened", f"found again: {_found(item)}"))
+                    reopened += 1
         if by_run is not None and case.status in OPEN_STATUSES:
             how, note = by_run
             _close(case, how, note, actor, now)
@@ -220,8 +227,13 @@ def _close_gone(
     """Cases of the day the run no longer finds: the open ones are resolved (matched later, or cleared)."""
     actor, resolved = f"run {run_id}", 0
     matched = _matched_references(session, run_id, [c.reference for c in gone if c.status in OPEN_STATUSES])
+    written_off = [c.reference for c in gone if c.status is CaseStatus.WRITTEN_OFF]
+    arrived = _matched_references(session, run_id, written_off)
     for case in gone:
         case.last_run_id = run_id
+        if case.reference in arrived:
+            note = f"run {run_id} matches it now: the money written off (journal {case.journal_id}) has arrived"
+            events.append((case, "seen_again", f"{note}; post a journal reversing the write-off"))
         if case.status in OPEN_STATUSES:
             if case.reference in matched:
                 how, note = Resolution.MATCHED_LATER, f"run {run_id} matches it"
@@ -247,8 +259,8 @@ def _match_across_days(
     """A payment we booked on one day that the provider reports on another is one payment, not two breaks:
     where this run's ``missing_at_provider`` (or ``missing_in_ledger``) has its counterpart among another
     day's cases of the provider, for the same amount and currency, both are resolved ``matched_later``.
-    The other day's cases are locked with SKIP LOCKED (that day's run holding them finds this day's cases
-    itself)."""
+    Another day's sync never runs meanwhile (``lock_provider``); a person working one of its cases holds it
+    only for their own short transaction."""
     wanted = {ref: item for ref, item in items.items() if item.cls in _ACROSS}
     if not wanted:
         return 0
@@ -270,16 +282,27 @@ def _match_across_days(
             ReconCase.reference.in_(list(wanted)),
         )
         .order_by(ReconCase.id)
-        .with_for_update(skip_locked=True)
+        .with_for_update()
     ).all()
     resolved = 0
     for other in others:
         mine = own.get(other.reference)
         if mine is None or other.cls != _ACROSS[mine.cls] or not _same_money(mine, other):
             continue
+        closed = next((c for c in (other, mine) if _by_a_person(c)), None)
+        if closed is not None:  # a person decided (a write-off's journal, say): they decide again, told why
+            counterpart = mine if closed is other else other
+            note = (
+                f"the same payment is case {closed.id} of {closed.business_date}, {closed.status.value} by "
+                f"{closed.resolved_by}"
+                + (f" (journal {closed.journal_id})" if closed.journal_id else "")
+                + ": check that decision"
+            )
+            events.append((counterpart, "seen_again", note))
+            continue
         for case, counterpart in ((other, mine), (mine, other)):
             note = f"the same payment is case {counterpart.id} of {counterpart.business_date} ({counterpart.cls})"
-            if case.status in OPEN_STATUSES or (case.resolution is Resolution.HEALED and _by_a_run(case)):
+            if case.status in OPEN_STATUSES or _by_a_run(case):
                 _close(case, Resolution.MATCHED_LATER, note, f"run {run.id}", now)
                 events.append((case, "resolved", f"{Resolution.MATCHED_LATER.value}: {note}"))
                 resolved += 1
@@ -295,6 +318,14 @@ def _same_money(a: ReconCase, b: ReconCase) -> bool:
         return case.provider_amount, case.provider_currency
 
     return side(a) == side(b) and side(a)[0] is not None
+
+
+def lock_provider(session: Session, provider: str) -> None:
+    """One provider's runs bring their cases up to date one at a time, whatever their days: a transaction-level
+    advisory lock, taken before the run's own row is written (``runs.finish``), so two runs finishing together
+    wait for each other instead of deadlocking on each other's rows, and a run matching another day's cases
+    (``_match_across_days``) always sees that day's latest ones."""
+    advisory_lock(session, f"cases:{provider}")
 
 
 def _found(item: Any) -> str:
@@ -364,6 +395,11 @@ def _closed_by_run(item: Any, refunded: set[int]) -> tuple[Resolution, str] | No
 
 def _by_a_run(case: ReconCase) -> bool:
     return (case.resolved_by or "").startswith("run ")
+
+
+def _by_a_person(case: ReconCase) -> bool:
+    """Closed by a person (``resolve``): a run never changes it again (a person's ``reopen`` does)."""
+    return case.status in CLOSED_STATUSES and not _by_a_run(case)
 
 
 def _matched_references(session: Session, run_id: int, references: Sequence[str]) -> set[str]:
@@ -492,10 +528,13 @@ def write_off(session: Session, case: ReconCase, *, amount: int | None, note: st
     currency = case.internal_currency
     at_stake = case.amount if cls == ReconClass.AMOUNT_MISMATCH.value else case.internal_amount
     value = at_stake if amount is None else amount
-    if currency is None or value is None:
+    if currency is None or value is None or at_stake is None:
         raise CaseError("the case has no amount in our ledger's currency")
     if isinstance(value, bool) or value <= 0:
         raise CaseError(f"a write-off is a positive amount in minor units, got {value}")
+    if value > at_stake:
+        raise CaseError(f"{value} is more than the {at_stake} {currency} at stake: nothing more can be lost")
+    _payment_as_run_saw_it(session, case)
     gain = (
         cls == ReconClass.AMOUNT_MISMATCH.value
         and case.provider_amount is not None
@@ -513,6 +552,29 @@ def write_off(session: Session, case: ReconCase, *, amount: int | None, note: st
         f"by {by}: {note}"
     )
     return ledger.post(session, lines, kind=WRITEOFF, payment_id=case.payment_id, memo=memo[:2000])
+
+
+def _payment_as_run_saw_it(session: Session, case: ReconCase) -> None:
+    """The case's payment, locked (as every journal of a payment is posted: a refund takes the same lock), still
+    paid as the run that found the case saw it; else the case is out of date (a refund reversed its journals
+    since, say) and a write-off would post against money that is no longer there: re-run the day first."""
+    if case.payment_id is None:
+        raise CaseError("the case names no payment of ours: nothing in our ledger to write off")
+    payment = session.scalar(select(Payment).where(Payment.id == case.payment_id).with_for_update())
+    seen = (PaymentStatus.SUCCEEDED, case.internal_amount, case.internal_currency)
+    now = None if payment is None else (payment.status, *_booked(payment))
+    if now != seen:
+        shown = "gone" if payment is None else f"{payment.status.value}, {now[1]} {now[2]}"  # type: ignore[index]
+        raise CaseError(
+            f"payment {case.payment_id} changed since run {case.last_run_id} saw it (now {shown}): re-run "
+            f"{case.provider}'s {case.business_date} first (payrecon reconcile --provider {case.provider} "
+            f"--date {case.business_date})"
+        )
+
+
+def _booked(payment: Payment) -> tuple[int | None, str | None]:
+    """What our ledger holds for a paid payment: the confirmed amount, else the registered one (as the run reads it)."""
+    return payment.confirmed_amount or payment.amount, payment.confirmed_currency or payment.currency
 
 
 _WRITABLE = frozenset(

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, select, update
+from sqlalchemy import Engine, create_engine, event, select, text, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 from sqlalchemy.orm import Session, sessionmaker
@@ -137,3 +138,11 @@ def lease_rows(
     if ids:
         session.execute(update(model).where(model.id.in_(ids)).values({due.key: until}))
     return ids
+
+
+def advisory_lock(session: Session, name: str) -> None:
+    """Hold the transaction-level advisory lock ``name`` until the session's transaction ends (PostgreSQL; on
+    SQLite, the demo's, writers take turns anyway). One lock per name in every process of the installation."""
+    if session.get_bind().dialect.name == "postgresql":
+        key = int.from_bytes(hashlib.sha256(f"payrecon:{name}".encode()).digest()[:8], "big") >> 1
+        session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})

@@ -15,7 +15,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Date, case, cast, func, select
+from sqlalchemy import Date, cast, func, select
 from sqlalchemy.orm import Session
 
 from reconciliation import cases, reports
@@ -24,6 +24,8 @@ from reconciliation.models import (
     Payment,
     PaymentStatus,
     ReconCase,
+    ReconClass,
+    ReconItem,
     ReconRun,
     StatementLine,
 )
@@ -84,6 +86,24 @@ def _rate(by_status: dict[str, int]) -> float | None:
     return round(paid / final, 4) if final else None
 
 
+def run_exceptions(session: Session, run_id: int) -> dict[str, dict[str, Any]]:
+    """The run's exceptions by class: how many, the amount at stake per currency (``cases.exposure`` of each
+    item, as its case holds it), and their references. Read from the run's own items: a case of the day the
+    run no longer finds (matched since, or cleared) is not counted."""
+    found: dict[str, dict[str, Any]] = {}
+    items = session.execute(
+        select(*cases.ITEM_COLUMNS).where(ReconItem.run_id == run_id, ReconItem.cls != ReconClass.MATCHED.value)
+    )
+    for item in items:
+        row = found.setdefault(item.cls, {"count": 0, "at_stake": {}, "references": set()})
+        row["count"] += 1
+        row["references"].add(item.reference)
+        amount, currency = cases.exposure(item)
+        if amount is not None and currency:
+            row["at_stake"][currency] = row["at_stake"].get(currency, 0) + amount
+    return found
+
+
 def _provider_day(session: Session, run: ReconRun | None, payments: dict[str, Any]) -> dict[str, Any]:
     entry: dict[str, Any] = {
         "payments": payments.get("count", 0),
@@ -104,26 +124,14 @@ def _provider_day(session: Session, run: ReconRun | None, payments: dict[str, An
     entry["matched_share"] = (
         round(counts["by_class"].get("matched", 0) / counts["items"], 4) if counts["items"] else None
     )
-    at_stake: dict[tuple[str, str | None], int] = defaultdict(int)
-    for cls, currency, amount in session.execute(
-        select(ReconCase.cls, ReconCase.currency, func.sum(ReconCase.amount))
-        .where(ReconCase.provider == run.provider, ReconCase.business_date == run.business_date)
-        .group_by(ReconCase.cls, ReconCase.currency)
-    ):
-        at_stake[(cls, currency)] += int(amount or 0)
-    exceptions: dict[str, dict[str, Any]] = {}
     for total in summ["totals"]:
-        if total["class"] == "matched":
+        if total["class"] == "matched" or (total["class"] == "fee_variance" and total["currency"]):
             entry["fees"][total["currency"]] = entry["fees"].get(total["currency"], 0) + total["fee_total_minor"]
-            continue
-        row = exceptions.setdefault(total["class"], {"class": total["class"], "count": 0, "at_stake": {}})
-        row["count"] += total["count"]
-        if total["class"] == "fee_variance" and total["currency"]:
-            entry["fees"][total["currency"]] = entry["fees"].get(total["currency"], 0) + total["fee_total_minor"]
-    for (cls, currency), amount in at_stake.items():
-        if cls in exceptions and currency:
-            exceptions[cls]["at_stake"][currency] = amount
-    entry["exceptions"] = sorted(exceptions.values(), key=lambda r: class_rank(r["class"]))
+    exceptions = run_exceptions(session, run.id)
+    entry["exceptions"] = [
+        {"class": cls, "count": row["count"], "at_stake": row["at_stake"]}
+        for cls, row in sorted(exceptions.items(), key=lambda kv: class_rank(kv[0]))
+    ]
     entry["payouts"] = summ["payouts"]
     return entry
 
@@ -210,19 +218,22 @@ def day_glance(session: Session, day: date, tz: ZoneInfo, *, today: date | None 
     by_age: dict[str, dict[str, int]] = {name: {} for name, _, _ in cases.AGE_BUCKETS}
     for c in open_cases:
         by_age[c["age_bucket"]][c["priority"]] = by_age[c["age_bucket"]].get(c["priority"], 0) + 1
-    day_cases = session.execute(
-        select(ReconCase.cls, ReconCase.currency, func.count(), func.sum(ReconCase.amount),
-               func.sum(case((ReconCase.status.in_(cases.OPEN_STATUSES), 1), else_=0)))
-        .where(ReconCase.business_date == day)
-        .group_by(ReconCase.cls, ReconCase.currency)
-    ).all()  # fmt: skip
+    open_refs = {
+        (provider, reference)
+        for provider, reference in session.execute(
+            select(ReconCase.provider, ReconCase.reference).where(
+                ReconCase.business_date == day, ReconCase.status.in_(cases.OPEN_STATUSES)
+            )
+        )
+    }
     by_class: dict[str, dict[str, Any]] = {}
-    for cls, currency, n, amount, still_open in day_cases:
-        row = by_class.setdefault(cls, {"class": cls, "count": 0, "open": 0, "at_stake": {}})
-        row["count"] += int(n)
-        row["open"] += int(still_open or 0)
-        if currency:
-            row["at_stake"][currency] = row["at_stake"].get(currency, 0) + int(amount or 0)
+    for provider, run in runs.items():  # the day's exceptions: each provider's latest run's
+        for cls, found in run_exceptions(session, run.id).items():
+            row = by_class.setdefault(cls, {"class": cls, "count": 0, "open": 0, "at_stake": {}})
+            row["count"] += found["count"]
+            row["open"] += sum((provider, ref) in open_refs for ref in found["references"])
+            for currency, amount in found["at_stake"].items():
+                row["at_stake"][currency] = row["at_stake"].get(currency, 0) + amount
     return {
         "business_date": day.isoformat(),
         "timezone": tz.key,

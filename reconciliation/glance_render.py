@@ -11,8 +11,10 @@ over the data sheet), so they stay live when finance filters or edits the number
 from __future__ import annotations
 
 import html
+import os
 import re
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -105,8 +107,10 @@ def charts_svg(data: dict[str, Any], language: Language) -> dict[str, str]:
     settled.x_labels = days
     settled.x_labels_major = days[::5]
     if main is not None:
-        settled.add(w("ours", language), charts["settled"][main]["ours"])
-        settled.add(w("theirs", language), charts["settled"][main]["theirs"])
+        for side in ("ours", "theirs"):  # major units, as the workbook shows them
+            settled.add(
+                w(side, language), [float(spreadsheet_amount(v, main)[0]) for v in charts["settled"][main][side]]
+            )
     drawn = {"success_rate": rate, "exceptions_by_class": classes, "open_by_age": age, "settled": settled}
     return {name: _inline(c.render(is_unicode=True)) for name, c in drawn.items()}
 
@@ -358,17 +362,24 @@ FORMATS = ("html", "xlsx")
 
 
 def write_files(data: dict[str, Any], out_dir: Path, fmt: str = "all", language: Language = "en") -> list[Path]:
-    """``day_<date>.html`` and/or ``day_<date>.xlsx`` in ``out_dir``, each replaced whole (written aside,
-    then renamed over the old one: a reader never sees half a file)."""
+    """``day_<date>.html`` and/or ``day_<date>.xlsx`` in ``out_dir``, each replaced whole (written aside under a
+    name of its own, then renamed over the old one: a reader never sees half a file, two writers never share
+    one). The nightly job writes it under a lock (``worker.nightly.write_reports``), newest data last."""
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for kind in FORMATS if fmt == "all" else (fmt,):
         path = out_dir / f"day_{data['business_date']}.{kind}"
-        aside = path.with_name(f".{path.name}.partial")
-        if kind == "html":
-            aside.write_text(render_html(data, language), encoding="utf-8")
-        else:
-            write_xlsx(data, aside, language)
-        aside.replace(path)
+        # A name of this writer's own: two providers' runs of the day may write at once.
+        fd, name = tempfile.mkstemp(dir=out_dir, prefix=f".{path.name}.", suffix=".partial")
+        os.close(fd)
+        aside = Path(name)
+        try:
+            if kind == "html":
+                aside.write_text(render_html(data, language), encoding="utf-8")
+            else:
+                write_xlsx(data, aside, language)
+            aside.replace(path)
+        finally:
+            aside.unlink(missing_ok=True)
         written.append(path)
     return written

@@ -592,6 +592,9 @@ def finish(sessions: sessionmaker[Session], run_id: int, *, error: str | None = 
     """Store the counts per class and close the run; a run that succeeded brings its day's exception cases
     up to date in the same transaction (``cases.sync``)."""
     with transaction(sessions) as session:
+        provider = session.scalar(select(ReconRun.provider).where(ReconRun.id == run_id))
+        assert provider is not None  # noqa: S101
+        cases.lock_provider(session, provider)  # before the run's row: see cases.lock_provider
         run = session.get(ReconRun, run_id)
         assert run is not None  # noqa: S101
         counts = dict(
@@ -658,5 +661,9 @@ def reconcile_stored(
         finish(sessions, run_id, error=f"{type(exc).__name__}: {exc}"[:2000])
         raise
     error = f"{failures} status check(s) got no answer: re-run when the provider answers" if failures else None
-    finish(sessions, run_id, error=error)
+    try:
+        finish(sessions, run_id, error=error)
+    except Exception as exc:  # closing it (or its cases) failed: the run is failed, never left "running"
+        finish(sessions, run_id, error=f"closing the run failed: {type(exc).__name__}: {exc}"[:2000])
+        raise
     return run_id

@@ -3,6 +3,7 @@ the re-runs of their day, resolved by a run or by a person, written off through 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 from datetime import UTC, date, datetime, timedelta
@@ -362,3 +363,129 @@ def test_the_exceptions_command(
     assert json.loads(old.output) == []  # DAY is long past: no case is 0-1 days old
     missing = cli.invoke(main, ["exceptions", "show", "999999"], env=env)
     assert missing.exit_code == 2 and "no exception case 999999" in missing.output
+
+
+# --------------------------------------------------------------------------- found by review
+
+
+def test_two_runs_of_a_day_finishing_together_wait_for_each_other(
+    rt: Runtime, day: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each finish wrote its own run row, then locked every run row of the day: two at once deadlocked, and the
+    loser stayed 'running'. The provider's case lock is taken first now: the second waits for the first."""
+    first = runs.start(rt.sessions, "cinetpay", DAY, policy(rt), "manual")
+    second = runs.start(rt.sessions, "cinetpay", DAY, policy(rt), "rerun")
+    for run_id in (first, second):
+        runs.classify_run(rt.sessions, run_id, policy(rt), parallel=1)
+    meet, real_sync, failures = threading.Barrier(2), cases.sync, []
+
+    def sync_together(session: Any, run_id: int, **kw: Any) -> cases.Synced:
+        # Both finishes inside at once, as in production when they overlap (the lock keeps one out now).
+        with contextlib.suppress(threading.BrokenBarrierError):
+            meet.wait(timeout=3)
+        return real_sync(session, run_id, **kw)
+
+    monkeypatch.setattr(cases, "sync", sync_together)
+
+    def finish(run_id: int) -> None:
+        try:
+            runs.finish(rt.sessions, run_id)
+        except Exception as exc:
+            failures.append(f"{type(exc).__name__}: {exc}")
+
+    threads = [threading.Thread(target=finish, args=(run_id,)) for run_id in (first, second)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert failures == []
+    with rt.sessions() as session:
+        statuses = {r.id: r.status for r in session.scalars(select(ReconRun))}
+    assert statuses == {first: "succeeded", second: "succeeded"}
+    assert {c.last_run_id for c in all_cases(rt).values()} <= {first, second}
+
+
+def test_a_person_s_closed_case_keeps_what_it_was_closed_with(rt: Runtime, day: dict[str, str]) -> None:
+    run_day(rt)
+    short = all_cases(rt)[day["amount"]]
+    with transaction(rt.sessions) as session:
+        cases.resolve(session, short.id, Resolution.WRITTEN_OFF, note="CinetPay will not pay the 1 000", by="awa")
+    with transaction(rt.sessions) as session:  # the provider restates: 3 000 short now
+        session.execute(update(StatementLine).where(StatementLine.reference == day["amount"]).values(amount=2000))
+    again = run_day(rt)
+    short = all_cases(rt)[day["amount"]]
+    assert (short.status, short.amount, short.runs_seen) == (CaseStatus.WRITTEN_OFF, 1000, 2)  # as written off
+    assert events(rt, short.id)[-1] == (f"run {again}", "seen_again")
+    with transaction(rt.sessions) as session:  # and then pays in full: the written-off money arrived
+        session.execute(update(StatementLine).where(StatementLine.reference == day["amount"]).values(amount=5000))
+    last = run_day(rt)
+    with rt.sessions() as session:
+        said = session.scalars(
+            select(ReconCaseEvent.detail).where(ReconCaseEvent.case_id == short.id).order_by(ReconCaseEvent.id.desc())
+        ).first()
+    assert said is not None and f"run {last} matches it now" in said and "reversing the write-off" in said
+
+
+def test_a_write_off_is_refused_when_the_payment_changed_since_the_run(rt: Runtime, day: dict[str, str]) -> None:
+    """A refund after the run reversed the payment's journals: writing it off would credit clearing twice."""
+    from reconciliation import payments as payments_mod
+
+    run_day(rt)
+    case_id = all_cases(rt)[day["missing"]].id
+    with transaction(rt.sessions) as session:
+        found = payments_mod.find(session, "cinetpay", day["missing"], lock=True)
+        assert found is not None
+        payments_mod.refund(session, found, rt.context("cinetpay"), reason="customer asked", by="awa")
+    with transaction(rt.sessions) as session, pytest.raises(cases.CaseError, match="changed since run"):
+        cases.resolve(session, case_id, Resolution.WRITTEN_OFF, note="lost", by="awa")
+    with transaction(rt.sessions) as session, pytest.raises(cases.CaseError, match="more than the 5000 XOF"):
+        cases.resolve(session, case_id, Resolution.WRITTEN_OFF, note="lost", by="awa", amount=5001)
+    assert "writeoffs:cinetpay" not in _balances(rt)
+
+
+def test_a_payment_written_off_on_one_day_and_reported_on_the_next_asks_the_person_again(rt: Runtime) -> None:
+    ref = new_reference()
+    late = NOON + timedelta(hours=11, minutes=30)
+    payment(rt, ref, PaymentStatus.SUCCEEDED, at=late)
+    run_day(rt)
+    written = all_cases(rt)[ref]
+    with transaction(rt.sessions) as session:
+        cases.resolve(session, written.id, Resolution.WRITTEN_OFF, note="never arrived", by="awa")
+    line(rt, ref, at=late + timedelta(hours=1))
+    runs.reconcile_stored(rt.sessions, "cinetpay", DAY + timedelta(days=1), policy(rt, fee_bps=100))
+    with rt.sessions() as session:
+        nxt = session.scalars(select(ReconCase).where(ReconCase.business_date == DAY + timedelta(days=1))).one()
+        said = session.scalars(select(ReconCaseEvent.detail).where(ReconCaseEvent.case_id == nxt.id)).all()
+    assert nxt.resolution is not Resolution.MATCHED_LATER  # not quietly matched against a write-off
+    assert any(f"case {written.id}" in d and "written_off" in d and "check that decision" in d for d in said)
+    with rt.sessions() as session:  # the person's decision stands
+        first = session.scalars(select(ReconCase).where(ReconCase.business_date == DAY)).one()
+    assert first.status is CaseStatus.WRITTEN_OFF
+
+
+def test_a_second_write_off_of_one_payment_is_refused_by_the_ledger_with_a_clear_error(
+    rt: Runtime, day: dict[str, str], pg_url: str, redis_url: str, sandbox_server: Any
+) -> None:
+    """Two cases naming one payment (found on two days): the ledger's (payment, kind) key refuses the second
+    write-off journal; the command says so (exit 2), no traceback; and provider text is never printed raw."""
+    run_day(rt)
+    first = all_cases(rt)[day["missing"]]
+    with transaction(rt.sessions) as session:
+        twin = ReconCase(
+            provider="cinetpay", business_date=DAY + timedelta(days=1), reference=first.reference + "\x1b[31m",
+            cls=first.cls, payment_id=first.payment_id, currency="XOF", amount=5000, internal_amount=5000,
+            internal_currency="XOF", internal_status="succeeded", detail="", priority="high",
+            sla_due=first.sla_due, status=CaseStatus.OPEN, opened_at=first.opened_at, opened_run_id=1,
+            last_run_id=first.last_run_id, runs_seen=1, updated_at=first.opened_at,
+        )  # fmt: skip
+        session.add(twin)
+        session.flush()
+        twin_id = twin.id
+    env = worker_env(pg_url, redis_url, sandbox_server)
+    cli = CliRunner()
+    resolve = ["exceptions", "resolve", "--how", "written_off", "--note", "lost", "--by", "awa"]
+    assert cli.invoke(main, [*resolve[:2], str(first.id), *resolve[2:]], env=env).exit_code == 0
+    second = cli.invoke(main, [*resolve[:2], str(twin_id), *resolve[2:]], env=env)
+    assert second.exit_code == 2 and "the ledger refuses it" in second.output and "Traceback" not in second.output
+    shown = cli.invoke(main, ["exceptions", "show", str(twin_id)], env=env)
+    assert "\x1b" not in shown.output and "?[31m" in shown.output

@@ -16,7 +16,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from click.testing import CliRunner
 from openpyxl import load_workbook  # type: ignore[import-untyped]
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from reconciliation import cases, glance, glance_render, runs
 from reconciliation.models import Payment, PaymentStatus, ReconCase, ReconItem, StatementLine
@@ -191,3 +191,22 @@ def test_the_report_day_command(
     ]  # fmt: skip
     nowhere = cli.invoke(main, ["report", "day", "--date", DAY.isoformat()], env=env)
     assert nowhere.exit_code == 2 and "--out DIR" in nowhere.output
+
+
+def test_a_corrected_exception_leaves_the_day_s_amount_at_stake(rt: Runtime, reconciled: dict[str, Any]) -> None:
+    """The amount at stake is the latest run's: an exception the provider corrected (its case resolved matched
+    later by the re-run) is no longer counted, in the provider's row or in the day's chart."""
+    with rt.sessions.begin() as session:
+        session.execute(
+            update(StatementLine).where(StatementLine.reference == reconciled["refs"]["short"]).values(amount=5000)
+        )
+    runs.reconcile_stored(rt.sessions, "cinetpay", DAY, policy(rt))
+    with rt.sessions() as session:
+        data = glance.day_glance(session, DAY, TZ)
+    cinetpay = data["providers"]["cinetpay"]
+    assert [(e["class"], e["count"], e["at_stake"]) for e in cinetpay["exceptions"]] == [
+        ("missing_at_provider", 1, {"XOF": 7000}),
+    ]
+    assert [(r["class"], r["count"], r["open"], r["at_stake"]) for r in data["charts"]["exceptions_by_class"]] == [
+        ("missing_at_provider", 1, 1, {"XOF": 7000}),
+    ]

@@ -994,7 +994,7 @@ def exceptions_list(  # noqa: PLR0917 - click passes the options by name
     settings = _settings()
     from reconciliation import cases, labels
     from reconciliation.models import CaseStatus
-    from reconciliation.reports_common import display_amount
+    from reconciliation.reports_common import display_amount, printable
 
     chosen = (
         tuple(CaseStatus)
@@ -1018,8 +1018,8 @@ def exceptions_list(  # noqa: PLR0917 - click passes the options by name
         click.echo(
             f"#{r['id']:<6} {r['age_days']:>3} d  {labels.label(labels.PRIORITIES, r['priority'], lang):<8} "
             f"{labels.label(labels.CLASSES, r['class'], lang):<48} {display_amount(r['amount'], r['currency']):>14}  "
-            f"{labels.label(labels.CASE_STATUSES, r['status'], lang)}{overdue}  {r['assignee'] or '-'}  "
-            f"{labels.label(labels.PROVIDERS, r['provider'], lang)} {r['business_date']} {r['reference']}"
+            f"{labels.label(labels.CASE_STATUSES, r['status'], lang)}{overdue}  {printable(r['assignee'] or '-')}  "
+            f"{labels.label(labels.PROVIDERS, r['provider'], lang)} {r['business_date']} {printable(r['reference'])}"
         )
     one, many = ("case", "cases") if lang == "en" else ("dossier", "dossiers")
     click.echo(labels.plural(len(rows), one, many, lang))
@@ -1032,7 +1032,7 @@ def exceptions_show(case_id: int, as_json: bool) -> None:
     """One case: both sides, the amount at stake, what finance does, and its history (who, when, what)."""
     settings = _settings()
     from reconciliation import cases, labels
-    from reconciliation.reports_common import display_amount
+    from reconciliation.reports_common import display_amount, printable
 
     try:
         with _sessions(settings)() as session:
@@ -1045,12 +1045,12 @@ def exceptions_show(case_id: int, as_json: bool) -> None:
     lang = settings.language
     ours, theirs = case["ours"], case["theirs"]
     lines = [
-        f"case #{case['id']}: {labels.label(labels.CLASSES, case['class'], lang)} ({case['class']})",
+        f"case #{case['id']}: {labels.label(labels.CLASSES, case['class'], lang)} ({printable(case['class'])})",
         f"  provider      {labels.label(labels.PROVIDERS, case['provider'], lang)}, business day "
-        f"{case['business_date']}, reference {case['reference']}",
+        f"{case['business_date']}, reference {printable(case['reference'])}",
         f"  status        {labels.label(labels.CASE_STATUSES, case['status'], lang)}"
         + (f" ({labels.label(labels.RESOLUTIONS, case['resolution'], lang)})" if case["resolution"] else "")
-        + (f", assigned to {case['assignee']}" if case["assignee"] else ""),
+        + (f", assigned to {printable(case['assignee'])}" if case["assignee"] else ""),
         f"  priority      {labels.label(labels.PRIORITIES, case['priority'], lang)}, resolve by {case['sla_due']}"
         + (" (overdue)" if case["overdue"] else ""),
         f"  age           {case['age_days']} days ({case['age_bucket']}), found by {case['runs_seen']} run(s) "
@@ -1061,12 +1061,12 @@ def exceptions_show(case_id: int, as_json: bool) -> None:
         f"  what to do    {labels.label(labels.ACTIONS, case['class'], lang)}",
     ]
     if case["detail"]:
-        lines.append(f"  detail        {case['detail']}")
+        lines.append(f"  detail        {printable(case['detail'])}")
     if case["journal_id"]:
         lines.append(f"  journal       {case['journal_id']}")
     lines.append("  history:")
     lines += [
-        f"    {e['at'][:19].replace('T', ' ')}  {e['actor']:<16} {e['action']:<12} {e['detail']}"
+        f"    {e['at'][:19].replace('T', ' ')}  {printable(e['actor']):<16} {e['action']:<12} {printable(e['detail'])}"
         for e in case["history"]
     ]
     click.echo("\n".join(lines))
@@ -1074,6 +1074,8 @@ def exceptions_show(case_id: int, as_json: bool) -> None:
 
 def _change_case(change: Any, case_id: int, **kwargs: Any) -> None:
     settings = _settings()
+    from sqlalchemy.exc import IntegrityError
+
     from reconciliation import cases
     from reconciliation.db import transaction
 
@@ -1085,6 +1087,8 @@ def _change_case(change: Any, case_id: int, **kwargs: Any) -> None:
                 said += f", journal {case.journal_id}"
     except cases.CaseError as exc:
         _fail(str(exc), 2)
+    except IntegrityError as exc:  # the ledger's key: one write-off journal per payment
+        _fail(f"the ledger refuses it: {str(getattr(exc, 'orig', exc)).strip().splitlines()[0]}", 2)
     click.echo(said)
 
 

@@ -21,7 +21,7 @@ from typing import Any
 
 from providers.base import ProviderClient, ProviderError, StatementEntry, StatementSource, VerifiedStatus
 from reconciliation import payments, runs, statements
-from reconciliation.db import transaction
+from reconciliation.db import advisory_lock, transaction
 from reconciliation.models import Payment
 from reconciliation.progress import Progress, silent
 from worker.observability import timed_call
@@ -198,9 +198,12 @@ def write_reports(rt: Runtime, run_id: int) -> list[Path]:
             raise ValueError(f"no reconciliation run #{run_id}")
         out = base / run.provider / run.business_date.isoformat() / f"run{run_id}"
         files = reports.export_all(session, run_id, out, language=rt.settings.language)
-        # The day at a glance, every provider's latest run of the day: rewritten as each of them ends.
+    # The day at a glance, every provider's latest run of the day: rewritten as each of them ends, one writer
+    # at a time (a lock held while it reads and writes), so the last file written has the newest data.
+    with transaction(rt.sessions) as session:
+        advisory_lock(session, f"day-page:{run.business_date}")
         data = glance.day_glance(session, run.business_date, rt.settings.timezone)
-    files += glance_render.write_files(data, base / "days", language=rt.settings.language)
+        files += glance_render.write_files(data, base / "days", language=rt.settings.language)
     log.info("reports of run %d written to %s", run_id, out, extra={"provider": run.provider})
     return files
 
