@@ -182,32 +182,25 @@ def sync(session: Session, run_id: int, *, now: datetime | None = None) -> Synce
     }
     refunded = _refunded(session, [row.payment_id for row in items.values() if _reports_refund(row)])
     events: list[tuple[ReconCase, str, str]] = []
-    opened = seen = resolved = reopened = 0
+    seen = resolved = reopened = 0
+    new_rows: list[dict[str, Any]] = []
+    new_events: dict[str, list[tuple[str, str]]] = {}
     for reference, item in items.items():
         by_run = _closed_by_run(item, refunded)
         case = cases.get(reference)
-        if case is None:
-            case = _open(session, run, item, now=now, opened_on=opened_on)
-            events.append((case, "opened", _found(item)))
-            opened += 1
-        else:
-            seen += 1
-            case.runs_seen += 1
-            case.last_run_id = run_id
-            case.updated_at = now
-            if _by_a_person(case):
-                # Closed by a person: it keeps what it was closed with (a write-off's journal says that amount);
-                # what the run finds now is in its history, for finance to act on if it differs.
-                if (case.cls, case.amount, case.currency) != (item.cls, *exposure(item)):
-                    events.append((case, "seen_again", f"closed by {case.resolved_by}; the run finds {_found(item)}"))
-            else:
-                if case.cls != item.cls:
-                    events.append((case, "reclassified", f"{case.cls} -> {item.cls}: {_found(item)}"))
-                _describe(case, item)
-                if case.status in CLOSED_STATUSES and by_run is None:
-                    _reopen(case, now)
-                    events.append((case, "reopened", f"found again: {_found(item)}"))
-                    reopened += 1
+        if case is None:  # written together below (one statement for a day's new cases, not an object each)
+            row = _new_row(run, item, now=now, opened_on=opened_on)
+            new_events[reference] = [("opened", _found(item))]
+            if by_run is not None:
+                how, note = by_run
+                row |= {"status": CaseStatus.RESOLVED, "resolution": how, "resolution_note": note,
+                        "resolved_by": actor, "resolved_at": now}  # fmt: skip
+                new_events[reference].append(("resolved", f"{how.value}: {note}"))
+                resolved += 1
+            new_rows.append(row)
+            continue
+        seen += 1
+        reopened += _found_again(case, item, by_run, run_id=run_id, events=events, now=now)
         if by_run is not None and case.status in OPEN_STATUSES:
             how, note = by_run
             _close(case, how, note, actor, now)
@@ -215,10 +208,48 @@ def sync(session: Session, run_id: int, *, now: datetime | None = None) -> Synce
             resolved += 1
     gone = [case for reference, case in cases.items() if reference not in items]
     resolved += _close_gone(session, run_id, gone, events, now)
-    session.flush()  # the new cases' ids, for their events and for the other days' cases they match
+    session.flush()
+    audit = _insert_new(session, new_rows, new_events, actor)
     resolved += _match_across_days(session, run, items, events, now)
-    _audit(session, [(case.id, actor, action, detail) for case, action, detail in events], now)
-    return Synced(opened=opened, seen_again=seen, resolved=resolved, reopened=reopened)
+    audit += [(case.id, actor, action, detail) for case, action, detail in events]
+    _audit(session, audit, now)
+    return Synced(opened=len(new_rows), seen_again=seen, resolved=resolved, reopened=reopened)
+
+
+def _found_again(
+    case: ReconCase, item: Any, by_run: Any, *, run_id: int, events: list[tuple[ReconCase, str, str]], now: datetime
+) -> int:
+    """A case the run finds again (1 if it reopened it)."""
+    case.runs_seen += 1
+    case.last_run_id = run_id
+    case.updated_at = now
+    if _by_a_person(case):
+        # Closed by a person: it keeps what it was closed with (a write-off's journal says that amount);
+        # what the run finds now is in its history, for finance to act on if it differs.
+        if (case.cls, case.amount, case.currency) != (item.cls, *exposure(item)):
+            events.append((case, "seen_again", f"closed by {case.resolved_by}; the run finds {_found(item)}"))
+        return 0
+    if case.cls != item.cls:
+        events.append((case, "reclassified", f"{case.cls} -> {item.cls}: {_found(item)}"))
+    _describe(case, item)
+    if case.status in CLOSED_STATUSES and by_run is None:
+        _reopen(case, now)
+        events.append((case, "reopened", f"found again: {_found(item)}"))
+        return 1
+    return 0
+
+
+def _insert_new(
+    session: Session, rows: list[dict[str, Any]], said: dict[str, list[tuple[str, str]]], actor: str
+) -> list[tuple[int, str, str, str]]:
+    """The day's new cases in one statement; their audit rows (opened, and resolved when the run settled it)."""
+    if not rows:
+        return []
+    inserted = session.execute(
+        insert(ReconCase).returning(ReconCase.id, ReconCase.reference, sort_by_parameter_order=True), rows
+    )
+    ids = {reference: case_id for case_id, reference in inserted}
+    return [(ids[ref], actor, action, detail) for ref, events in said.items() for action, detail in events]
 
 
 def _close_gone(
@@ -334,36 +365,39 @@ def _found(item: Any) -> str:
     return f"{item.cls}{at_stake}" + (f" ({item.detail})" if item.detail else "")
 
 
-def _open(session: Session, run: ReconRun, item: Any, *, now: datetime, opened_on: date) -> ReconCase:
-    case = ReconCase(
-        provider=run.provider,
-        business_date=run.business_date,
-        reference=item.reference,
-        status=CaseStatus.OPEN,
-        opened_at=now,
-        opened_run_id=run.id,
-        last_run_id=run.id,
-        runs_seen=1,
-        updated_at=now,
-    )
-    _describe(case, item)
-    case.sla_due = sla_due(opened_on, case.priority)
-    session.add(case)
-    return case
+def _new_row(run: ReconRun, item: Any, *, now: datetime, opened_on: date) -> dict[str, Any]:
+    """A new case's row: open, described as the run found it (``_description``), its SLA from today."""
+    described = _description(item)
+    return {
+        "provider": run.provider, "business_date": run.business_date, "reference": item.reference,
+        "status": CaseStatus.OPEN, "resolution": None, "resolution_note": None, "resolved_by": None,
+        "resolved_at": None, "assignee": None, "journal_id": None, "opened_at": now, "opened_run_id": run.id,
+        "last_run_id": run.id, "runs_seen": 1, "updated_at": now,
+        "sla_due": sla_due(opened_on, described["priority"]), **described,
+    }  # fmt: skip
+
+
+def _description(item: Any) -> dict[str, Any]:
+    """What a run says of a case: class, both sides, the amount at stake, its priority."""
+    amount, currency = exposure(item)
+    return {
+        "cls": item.cls, "payment_id": item.payment_id,
+        "internal_amount": item.internal_amount, "internal_currency": item.internal_currency,
+        "provider_amount": item.provider_amount, "provider_currency": item.provider_currency,
+        "internal_status": item.internal_status, "provider_status": item.provider_status,
+        "amount": amount, "currency": currency, "detail": item.detail or "",
+        "priority": priority(item.cls, amount, currency),
+    }  # fmt: skip
 
 
 def _describe(case: ReconCase, item: Any) -> None:
-    """What the latest run says of the case: class, both sides, the amount at stake, its priority."""
-    case.cls = item.cls
-    case.payment_id = item.payment_id if item.payment_id is not None else case.payment_id
-    case.internal_amount, case.internal_currency = item.internal_amount, item.internal_currency
-    case.provider_amount, case.provider_currency = item.provider_amount, item.provider_currency
-    case.internal_status, case.provider_status = item.internal_status, item.provider_status
-    case.amount, case.currency = exposure(item)
-    case.detail = item.detail or ""
+    """The case as the latest run describes it (``_description``); the SLA follows a new priority, from the day
+    the case opened."""
     before = case.priority
-    case.priority = priority(item.cls, case.amount, case.currency)
-    if case.sla_due is not None and before != case.priority:  # the SLA follows the priority, from the day it opened
+    for name, value in _description(item).items():
+        if name != "payment_id" or value is not None:
+            setattr(case, name, value)
+    if before != case.priority:
         case.sla_due = sla_due(case.sla_due - timedelta(days=SLA_DAYS[before]), case.priority)
 
 
