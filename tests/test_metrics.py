@@ -263,3 +263,20 @@ def test_worker_and_beat_started_as_the_readme_says_export_what_the_dashboard_us
     assert worker.returncode == 0
     # The worker's own metrics directory went with it.
     assert not (Path(tempfile.gettempdir()) / f"payrecon-metrics-{worker.pid}").exists()
+
+
+def test_the_metrics_port_comes_from_the_command_line_else_the_environment_checked(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`payrecon worker --metrics-port` told the signal handler by writing os.environ (#15); it says it in
+    worker.serving now, and a process Celery started itself reads the variable, checked."""
+    from worker import serving
+
+    monkeypatch.setattr(serving, "PORTS", {})
+    assert serving.port("worker", {}) == 9808 and serving.port("beat", {}) == 9809
+    assert serving.port("worker", {"PAYRECON_METRICS_PORT": "0"}) == 0
+    assert serving.port("beat", {"PAYRECON_BEAT_METRICS_PORT": " 9911 "}) == 9911
+    assert serving.port("worker", {"PAYRECON_METRICS_PORT": "nine"}) == 0
+    assert "PAYRECON_METRICS_PORT must be a port number (0: off), got 'nine'" in caplog.text
+    serving.PORTS["worker"] = 9999
+    assert serving.port("worker", {"PAYRECON_METRICS_PORT": "1234"}) == 9999

@@ -175,13 +175,11 @@ def worker(  # noqa: PLR0917 - click passes the options by name
     the database is unreachable or not migrated, or no provider is configured."""
     settings = _settings(require_broker=True)
     _ready(settings, needs_providers=True, wait=wait)
-    import os
-
-    from worker import metrics_dir
+    from worker import metrics_dir, serving
 
     # Before anything imports prometheus_client: every pool process writes to this clean directory.
     directory = metrics_dir.prepare()
-    os.environ["PAYRECON_METRICS_PORT"] = str(metrics_port)
+    serving.PORTS["worker"] = metrics_port
 
     argv = ["worker", "-Q", queues, "-P", pool, "-l", loglevel, "-c", str(concurrency or settings.worker_concurrency)]
     if embed_beat:
@@ -210,9 +208,9 @@ def beat(loglevel: str, metrics_port: int, wait: bool, celery_args: tuple[str, .
     (exit 1) when the database is unreachable or not migrated."""
     settings = _settings(require_broker=True)
     _ready(settings, needs_providers=False, wait=wait)
-    import os
+    from worker import serving
 
-    os.environ["PAYRECON_BEAT_METRICS_PORT"] = str(metrics_port)
+    serving.PORTS["beat"] = metrics_port
     _celery(["beat", "-l", loglevel, *celery_args])
 
 

@@ -12,21 +12,16 @@ from typing import Any
 
 from celery import signals
 
-from worker import metrics, observability
+from worker import metrics, observability, serving
 
 log = logging.getLogger(__name__)
 
 _in_beat = False
 
 
-def _port(name: str, default: int) -> int:
-    value = os.environ.get(name, "").strip()
-    return int(value) if value else default
-
-
 @signals.worker_ready.connect
 def _serve_worker_metrics(sender: Any = None, **_: Any) -> None:
-    port = _port("PAYRECON_METRICS_PORT", 9808)
+    port = serving.port("worker")
     if not port:
         return
     from worker import runtime
@@ -69,7 +64,7 @@ def _task_retried(sender: Any = None, **_: Any) -> None:
 def _serve_beat_metrics(sender: Any = None, **_: Any) -> None:
     global _in_beat  # noqa: PLW0603 - this process is beat
     _in_beat = True
-    port = _port("PAYRECON_BEAT_METRICS_PORT", 9809)
+    port = serving.port("beat")
     if port:
         try:
             observability.serve(port, observability.serving_registry())
