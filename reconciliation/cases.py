@@ -78,8 +78,6 @@ OPEN_STATUSES = (CaseStatus.OPEN, CaseStatus.INVESTIGATING)
 CLOSED_STATUSES = (CaseStatus.RESOLVED, CaseStatus.WRITTEN_OFF)
 #: How a person may resolve a case (the others are a run's).
 BY_HAND = (Resolution.MATCHED_LATER, Resolution.REFUNDED, Resolution.DISMISSED, Resolution.WRITTEN_OFF)
-#: Resolutions a run makes, and may undo when a later run of the day finds the exception again.
-BY_RUN = (Resolution.HEALED, Resolution.MATCHED_LATER, Resolution.CLEARED, Resolution.REFUNDED)
 
 
 class CaseError(Exception):

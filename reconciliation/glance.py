@@ -29,6 +29,7 @@ from reconciliation.models import (
     ReconRun,
     StatementLine,
 )
+from reconciliation.payments import business_time
 from reconciliation.reports_common import class_rank
 from reconciliation.runs import business_window
 from reconciliation.statements import visible
@@ -46,10 +47,6 @@ def _paid_currency() -> Any:
     return func.coalesce(Payment.confirmed_currency, Payment.currency)
 
 
-def _when() -> Any:
-    return func.coalesce(Payment.paid_at, Payment.registered_at, Payment.created_at)
-
-
 def latest_runs(session: Session, day: date) -> dict[str, ReconRun]:
     """The latest run of each provider for ``day`` (a succeeded one when there is one)."""
     found: dict[str, ReconRun] = {}
@@ -64,7 +61,7 @@ def _payments_of_day(session: Session, day: date, tz: ZoneInfo) -> dict[str, dic
     start, end = business_window(day, tz)
     rows = session.execute(
         select(Payment.provider, Payment.status, _paid_currency(), func.count(), func.sum(_paid_amount()))
-        .where(_when() >= start, _when() < end)
+        .where(business_time() >= start, business_time() < end)
         .group_by(Payment.provider, Payment.status, _paid_currency())
     ).all()
     out: dict[str, dict[str, Any]] = defaultdict(lambda: {"count": 0, "by_status": {}, "paid": {}})
@@ -187,16 +184,16 @@ def _daily_payments(
     """Final payments between ``start`` and ``end`` per (provider, status, currency, business day in ``tz``):
     count and amount. PostgreSQL groups them itself; SQLite (the demo) in Python."""
     columns = (Payment.provider, Payment.status, _paid_currency())
-    final = (_when() >= start, _when() < end, Payment.status.in_(FINAL_STATUSES))
+    final = (business_time() >= start, business_time() < end, Payment.status.in_(FINAL_STATUSES))
     if session.get_bind().dialect.name == "postgresql":
-        local = cast(func.timezone(tz.key, _when()), Date)
+        local = cast(func.timezone(tz.key, business_time()), Date)
         rows = session.execute(
             select(*columns, local, func.count(), func.sum(_paid_amount())).where(*final).group_by(*columns, local)
         )
         return [(p, st, cur, d.isoformat(), int(n), int(a or 0)) for p, st, cur, d, n, a in rows]
     totals: dict[tuple[str, PaymentStatus, str | None, str], list[int]] = defaultdict(lambda: [0, 0])
     for provider, status, currency, when, amount in session.execute(
-        select(*columns, _when(), _paid_amount()).where(*final)
+        select(*columns, business_time(), _paid_amount()).where(*final)
     ):
         key = (provider, status, currency, _as_utc(when).astimezone(tz).date().isoformat())
         totals[key][0] += 1

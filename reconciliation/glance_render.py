@@ -10,7 +10,6 @@ over the data sheet), so they stay live when finance filters or edits the number
 
 from __future__ import annotations
 
-import html
 import os
 import re
 import sys
@@ -35,6 +34,7 @@ from reconciliation.labels import (
     plural,
 )
 from reconciliation.reports_common import display_amount, formula_safe, spreadsheet_amount
+from reconciliation.reports_render import escaped, html_table
 
 # pygal appends a legacy import hook to sys.meta_path for its map plugins (``pygal.maps.*``, unused here). It
 # has no ``find_spec``, so every failed import after pygal's (optional dependencies probing) warns on Python
@@ -44,10 +44,6 @@ sys.meta_path[:] = [finder for finder in sys.meta_path if type(finder).__name__ 
 
 def w(key: str, language: Language) -> str:
     return WORDS[key][language]
-
-
-def _e(value: Any) -> str:
-    return "" if value is None else html.escape(str(value), quote=True)
 
 
 def _money(amounts: dict[str, int]) -> str:
@@ -153,19 +149,6 @@ tr.high td{background:#fdecea}tr.overdue td:first-child{border-left:4px solid #8
 """
 
 
-def _table(
-    headers: Sequence[str], rows: Sequence[Sequence[Any]], numeric: frozenset[int], classes: Sequence[str] = ()
-) -> str:
-    head = "".join(f"<th{' class=num' if i in numeric else ''}>{_e(h)}</th>" for i, h in enumerate(headers))
-    body = "\n".join(
-        (f'<tr class="{classes[n]}">' if n < len(classes) and classes[n] else "<tr>")
-        + "".join(f"<td{' class=num' if i in numeric else ''}>{_e(v)}</td>" for i, v in enumerate(row))
-        + "</tr>"
-        for n, row in enumerate(rows)
-    )
-    return f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>\n{body}\n</tbody></table></div>'
-
-
 def provider_rows(data: dict[str, Any], language: Language) -> list[list[str]]:
     rows = []
     for provider, p in data["providers"].items():
@@ -209,29 +192,30 @@ def render_html(data: dict[str, Any], language: Language = "en") -> str:
     parts = [
         f'<!DOCTYPE html>\n<html lang="{language}"><head><meta charset="utf-8">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        f"<title>{_e(title)}</title><style>{_CSS}</style></head><body>",
-        f"<h1>{_e(title)}</h1>",
-        f'<p class="more">{_e(w("business_day", language))} {_e(data["business_date"])} ({_e(data["timezone"])}) · '
-        f"{_e(plural(len(cases), w('case_one', language), w('case_many', language), language))}</p>",
-        f"<h2>{_e(w('providers', language))}</h2>",
-        _table(
+        f"<title>{escaped(title)}</title><style>{_CSS}</style></head><body>",
+        f"<h1>{escaped(title)}</h1>",
+        f'<p class="more">{escaped(w("business_day", language))} {escaped(data["business_date"])} '
+        f'({escaped(data["timezone"])}) · '
+        f"{escaped(plural(len(cases), w('case_one', language), w('case_many', language), language))}</p>",
+        f"<h2>{escaped(w('providers', language))}</h2>",
+        html_table(
             [w(k, language) for k in PROVIDER_COLUMNS],
             provider_rows(data, language), frozenset({1, 2, 3, 4, 5, 6}),
         ),
-        f"<h2>{_e(w('by_class', language))}</h2>",
-        _table([w(k, language) for k in ("class", "count", "open", "at_stake")], class_rows, frozenset({1, 2, 3}))
+        f"<h2>{escaped(w('by_class', language))}</h2>",
+        html_table([w(k, language) for k in ("class", "count", "open", "at_stake")], class_rows, frozenset({1, 2, 3}))
         if class_rows else '<p class="more">—</p>',
-        f"<h2>{_e(w('charts', language))}</h2>",
+        f"<h2>{escaped(w('charts', language))}</h2>",
         '<div class="charts">' + "".join(f"<figure>{svg}</figure>" for svg in svgs.values()) + "</div>",
-        f"<h2>{_e(w('open_cases', language))}</h2>",
+        f"<h2>{escaped(w('open_cases', language))}</h2>",
     ]  # fmt: skip
     if cases:
         headers = [w(k, language) for k in CASE_COLUMNS]
         flags = ["high overdue" if c["priority"] == "high" and c["overdue"] else "high" if c["priority"] == "high"
                  else "overdue" if c["overdue"] else "" for c in cases]  # fmt: skip
-        parts.append(_table(headers, case_rows(data, language), frozenset({1, 6}), flags))
+        parts.append(html_table(headers, case_rows(data, language), frozenset({1, 6}), classes=flags))
     else:
-        parts.append(f"<p>{_e(w('none_open', language))}</p>")
+        parts.append(f"<p>{escaped(w('none_open', language))}</p>")
     parts.append("</body></html>\n")
     return "\n".join(parts)
 

@@ -256,6 +256,6 @@ def label(table: dict[str, dict[Language, str]], code: str | None, language: Lan
 
 
 def plural(count: int, one: str, many: str, language: Language = "en") -> str:
-    """``1 case``, ``2 cases``, ``0 cases``; in French 0 and 1 take the singular (``0 dossier``)."""
+    """``1 case``, ``1,200 cases``, ``0 cases``; in French 0 and 1 take the singular (``0 dossier``)."""
     singular = count == 1 or (language == "fr" and count == 0)
-    return f"{count} {one if singular else many}"
+    return f"{count:,} {one if singular else many}"

@@ -751,15 +751,21 @@ def lease_due(session: Session, now: datetime, *, limit: int, lease: timedelta) 
     )  # fmt: skip
 
 
+def business_time() -> Any:
+    """When a payment counts for a business day: paid, else registered, else created (the classification's
+    ``coalesce(paid_at, registered_at, created_at)``, ``reconciliation.matching``)."""
+    return func.coalesce(Payment.paid_at, Payment.registered_at, Payment.created_at)
+
+
 def to_confirm(session: Session, provider: str, start: datetime, end: datetime) -> Sequence[Payment]:
     """The payments of ``provider`` in the business window [start, end) a run asks the status API about when
     there is no statement: every one not final yet, and every success (to be confirmed)."""
-    business_time = func.coalesce(Payment.paid_at, Payment.registered_at, Payment.created_at)
+    when = business_time()
     return session.scalars(
         select(Payment).where(
             Payment.provider == provider,
-            business_time >= start,
-            business_time < end,
+            when >= start,
+            when < end,
             Payment.status.in_([PaymentStatus.REGISTERED, PaymentStatus.PENDING, PaymentStatus.SUCCEEDED]),
         )
     ).all()

@@ -13,7 +13,7 @@ import html
 from collections.abc import Sequence
 from typing import Any
 
-from reconciliation.labels import CLASSES, PAYOUT_STATUSES, PROVIDERS, RUN_WORDS, Language, label
+from reconciliation.labels import CLASSES, PAYOUT_STATUSES, PROVIDERS, RUN_WORDS, Language, label, plural
 from reconciliation.reports_common import PAYOUT_MATCHED, ItemRow, display_amount, local_time, printable, why
 
 _CSS = """
@@ -35,26 +35,30 @@ tr.bad td{background:#fdecea}
 """
 
 
-def _e(value: Any) -> str:
+def escaped(value: Any) -> str:
     return "" if value is None else html.escape(str(value), quote=True)
 
 
-def _table(
+def html_table(
     headers: Sequence[str],
     rows: Sequence[Sequence[Any]],
     numeric: frozenset[int] = frozenset(),
     flagged: Sequence[bool] = (),
+    *,
     detail: int | None = None,
+    classes: Sequence[str] = (),
 ) -> str:
     """An escaped table in a horizontally scrolling wrapper; ``numeric`` columns align right, the
-    ``detail`` column wraps, rows whose ``flagged`` entry is true are highlighted (``tr.bad``)."""
+    ``detail`` column wraps, rows whose ``flagged`` entry is true are highlighted (``tr.bad``), or each row
+    gets its entry of ``classes`` as its CSS class (the day at a glance: ``high``, ``overdue``)."""
 
     def cell(tag: str, index: int, value: Any) -> str:
         cls = ' class="num"' if index in numeric else ' class="wrap"' if index == detail else ""
-        return f"<{tag}{cls}>{_e(value)}</{tag}>"
+        return f"<{tag}{cls}>{escaped(value)}</{tag}>"
 
     def tr(n: int) -> str:
-        return '<tr class="bad">' if n < len(flagged) and flagged[n] else "<tr>"
+        cls = classes[n] if n < len(classes) else "bad" if n < len(flagged) and flagged[n] else ""
+        return f'<tr class="{cls}">' if cls else "<tr>"
 
     head = "".join(cell("th", i, h) for i, h in enumerate(headers))
     body = "\n".join(
@@ -69,9 +73,8 @@ def _t(key: str, language: Language, **fields: Any) -> str:
 
 
 def _n(count: int, one: str, many: str, language: Language = "en") -> str:
-    """``1 exception``, ``1,200 exceptions`` (French: ``0 écart``, ``1 écart``, ``2 écarts``)."""
-    singular = count == 1 or (language == "fr" and count == 0)
-    return f"{count:,} {_t(one if singular else many, language)}"
+    """``labels.plural`` of the page's words ``one`` and ``many``."""
+    return plural(count, _t(one, language), _t(many, language), language)
 
 
 def _totals_rows(summ: dict[str, Any], *, words: bool = True, language: Language = "en") -> list[list[Any]]:
@@ -105,9 +108,9 @@ def _posting(payout: dict[str, Any], language: Language = "en") -> str:
 def _payouts_html(payouts: Sequence[dict[str, Any]], language: Language = "en") -> list[str]:
     """The payouts section: not matched first (``reports.payouts`` order), highlighted like exceptions."""
     unmatched = sum(1 for p in payouts if p["status"] != PAYOUT_MATCHED)
-    parts = [f"<h2>{_e(_t('payouts', language, n=f'{len(payouts):,}', unmatched=f'{unmatched:,}'))}</h2>"]
+    parts = [f"<h2>{escaped(_t('payouts', language, n=f'{len(payouts):,}', unmatched=f'{unmatched:,}'))}</h2>"]
     if not payouts:
-        return [*parts, f"<p>{_e(_t('no_payouts', language))}</p>"]
+        return [*parts, f"<p>{escaped(_t('no_payouts', language))}</p>"]
     rows = [
         [
             p["payout_id"],
@@ -122,8 +125,8 @@ def _payouts_html(payouts: Sequence[dict[str, Any]], language: Language = "en") 
     ]
     keys = ("h_payout", "h_status", "h_payments", "h_paid_out", "h_net", "h_difference", "h_bank")
     flagged = [p["status"] != PAYOUT_MATCHED for p in payouts]
-    parts.append(_table([_t(k, language) for k in keys], rows, frozenset({2, 3, 4, 5}), flagged))
-    parts.append(f'<p class="more">{_e(_t("payouts_note", language))}</p>')
+    parts.append(html_table([_t(k, language) for k in keys], rows, frozenset({2, 3, 4, 5}), flagged))
+    parts.append(f'<p class="more">{escaped(_t("payouts_note", language))}</p>')
     return parts
 
 
@@ -160,12 +163,12 @@ def render_html(
     parts = [
         f'<!DOCTYPE html>\n<html lang="{language}">\n<head>\n<meta charset="utf-8">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        f"<title>{_e(title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>",
-        f"<h1>{_e(title)}</h1>",
-        f'<p class="banner {"ok" if counts["exceptions"] == 0 else "bad"}">{_e(_headline(summ, language))}</p>',
+        f"<title>{escaped(title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>",
+        f"<h1>{escaped(title)}</h1>",
+        f'<p class="banner {"ok" if counts["exceptions"] == 0 else "bad"}">{escaped(_headline(summ, language))}</p>',
     ]
 
-    parts.append(f"<h2>{_e(_t('Exceptions', language))} ({counts['exceptions']:,})</h2>")
+    parts.append(f"<h2>{escaped(_t('Exceptions', language))} ({counts['exceptions']:,})</h2>")
     if exceptions:
         rows = [
             [
@@ -182,44 +185,46 @@ def render_html(
         ]
         keys = ("h_class", "h_reference", "h_txn", "h_internal", "h_provider", "h_difference", "h_statuses")
         headers = [*(_t(k, language) for k in keys), _t("h_detail", language)]
-        parts.append(_table(headers, rows, frozenset({3, 4, 5}), detail=len(headers) - 1))
+        parts.append(html_table(headers, rows, frozenset({3, 4, 5}), detail=len(headers) - 1))
         if counts["exceptions"] > len(exceptions):
             rest = counts["exceptions"] - len(exceptions)
             more = _t("more_exceptions", language, n=_n(rest, "exception", "exceptions", language))
-            parts.append(f'<p class="more">{_e(more)}</p>')
+            parts.append(f'<p class="more">{escaped(more)}</p>')
     else:
-        parts.append(f"<p>{_e(_t('none', language))}</p>")
+        parts.append(f"<p>{escaped(_t('none', language))}</p>")
 
     parts.extend(_payouts_html(summ.get("payouts", []), language))
 
-    parts.append(f"<h2>{_e(_t('totals', language))}</h2>")
+    parts.append(f"<h2>{escaped(_t('totals', language))}</h2>")
     total_keys = ("h_provider", "h_currency", "h_class", "h_count", "h_healed", "h_internal_total",
                   "h_provider_total", "h_fees")  # fmt: skip
     parts.append(
-        _table([_t(k, language) for k in total_keys], _totals_rows(summ, language=language), frozenset({3, 4, 5, 6, 7}))
+        html_table(
+            [_t(k, language) for k in total_keys], _totals_rows(summ, language=language), frozenset({3, 4, 5, 6, 7})
+        )
     )
 
     previous = run["previous_run_id"]
     if previous is None:
-        parts.append(f"<h2>{_e(_t('changes_first', language))}</h2>\n<p>{_e(_t('first_run', language))}</p>")
+        parts.append(f"<h2>{escaped(_t('changes_first', language))}</h2>\n<p>{escaped(_t('first_run', language))}</p>")
     else:
-        parts.append(f"<h2>{_e(_t('changes', language, previous=previous, n=f'{n_changes:,}'))}</h2>")
+        parts.append(f"<h2>{escaped(_t('changes', language, previous=previous, n=f'{n_changes:,}'))}</h2>")
         if changes:
             rows = [[c["reference"] or c["provider_txn_id"] or "", *_change_label(c, language)] for c in changes]
-            parts.append(_table([_t(k, language) for k in ("h_reference", "h_was", "h_now")], rows))
+            parts.append(html_table([_t(k, language) for k in ("h_reference", "h_was", "h_now")], rows))
             if n_changes > len(changes):
                 more = _t("more_changes", language, n=f"{n_changes - len(changes):,}")
-                parts.append(f'<p class="more">{_e(more)}</p>')
+                parts.append(f'<p class="more">{escaped(more)}</p>')
         else:
-            parts.append(f"<p>{_e(_t('no_change', language))}</p>")
+            parts.append(f"<p>{escaped(_t('no_change', language))}</p>")
 
-    parts.append(f"<h2>{_e(_t('run', language))}</h2>\n<dl>")
+    parts.append(f"<h2>{escaped(_t('run', language))}</h2>\n<dl>")
     shown = {
         key: local_time(value, run["timezone"]) + f" ({run['timezone']})" if key.endswith("_at") and value else value
         for key, value in run.items()
     }
-    parts.extend(f"<dt>{_e(key)}</dt><dd>{_e(value) or '—'}</dd>" for key, value in shown.items())
-    parts.append(f'</dl>\n<p class="more">{_e(_t("generated", language))}</p>\n</body>\n</html>\n')
+    parts.extend(f"<dt>{escaped(key)}</dt><dd>{escaped(value) or '—'}</dd>" for key, value in shown.items())
+    parts.append(f'</dl>\n<p class="more">{escaped(_t("generated", language))}</p>\n</body>\n</html>\n')
     return "\n".join(parts)
 
 
