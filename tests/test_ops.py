@@ -247,6 +247,7 @@ PROVIDER_SECRETS = (*(name for names in CREDENTIALS.values() for name in names),
 #: The only variables compose may default, and to what (never a secret, never the sandbox).
 DEFAULTS = {
     "PAYRECON_TIMEZONE": "Africa/Abidjan",
+    "PAYRECON_LANGUAGE": "en",  # the words of the reports and exception cases (en or fr)
     "PAYRECON_RECEIVER_NAME": "compose-receiver",
     "FORWARDED_ALLOW_IPS": "127.0.0.1",
     "CINETPAY_API_URL": "",  # blank: the real provider's URL (worker.settings)
@@ -383,6 +384,7 @@ def test_a_real_key_with_no_url_goes_to_the_real_provider_and_blank_disables(pro
     settings = Settings.from_env(worker)
     assert settings.providers == ("cinetpay",)
     assert settings.cinetpay is not None and settings.cinetpay.api_url == CINETPAY_DEFAULT_URL
+    assert worker["PAYRECON_LANGUAGE"] == "en" and settings.language == "en"  # .env may say fr
 
 
 def test_the_sandbox_is_opt_in_and_the_demo_env_matches_it(production: str, tmp_path: Path) -> None:
