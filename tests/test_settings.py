@@ -113,6 +113,10 @@ def test_all_four_providers_configured() -> None:
         ({"ORANGE_MONEY_NOTIF_URL": "ftp://h/{order_id}"}, "ORANGE_MONEY_NOTIF_URL must be a URL path starting with /"),
         ({"ORANGE_MONEY_NOTIF_URL": "/n?o=ORD-{order_id}"}, "ORANGE_MONEY_NOTIF_URL a query parameter must be NAME="),
         ({"ORANGE_MONEY_NOTIF_URL": "/{shop}/{order_id}"}, "ORANGE_MONEY_NOTIF_URL the only placeholder is {order_id}"),
+        # MTN compares the header as written, and only 'sandbox' selects its sandbox host.
+        ({"MTN_MOMO_TARGET_ENVIRONMENT": "Sandbox"}, "MTN_MOMO_TARGET_ENVIRONMENT must be 'sandbox' or MTN's name"),
+        ({"MTN_MOMO_TARGET_ENVIRONMENT": "MTNIvoryCoast"}, "MTN_MOMO_TARGET_ENVIRONMENT must be 'sandbox' or MTN's"),
+        ({"MTN_MOMO_TARGET_ENVIRONMENT": "ivorycoast"}, "MTN_MOMO_TARGET_ENVIRONMENT must be 'sandbox' or MTN's name"),
     ],
 )
 def test_provider_settings_errors(change: dict[str, str], message: str) -> None:
@@ -145,10 +149,17 @@ def test_momo_base_url_follows_the_target_environment(change: dict[str, str], ur
         client.close()
 
 
-@pytest.mark.parametrize("value", ["30,,120", "1.5", "2m", "0,30", "30;120", ","])
+@pytest.mark.parametrize("value", ["30,,120", "1.5", "2m", "0,30", "30;120", ",", "1_000", "+30", "\u0663\u0660"])
 def test_recheck_schedule_format_is_whole_seconds_comma_separated(value: str) -> None:
     with pytest.raises(ConfigError, match="PAYRECON_RECHECK_SCHEDULE must be comma-separated positive seconds"):
         Settings.from_env({**ALL, "PAYRECON_RECHECK_SCHEDULE": value})
+
+
+def test_orange_notif_url_is_checked_while_orange_is_off() -> None:
+    env = {k: v for k, v in ALL.items() if not k.startswith("ORANGE_MONEY_")}
+    assert Settings.from_env({**env, "ORANGE_MONEY_NOTIF_URL": "/orange/notif/{order_id}"}).orange_money is None
+    with pytest.raises(ConfigError, match=r"ORANGE_MONEY_NOTIF_URL must contain \{order_id\} exactly once"):
+        Settings.from_env({**env, "ORANGE_MONEY_NOTIF_URL": "/orange/notif"})
 
 
 def test_recheck_schedule_as_the_readme_writes_it() -> None:

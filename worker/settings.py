@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +26,8 @@ MTN_MOMO_SANDBOX_URL = "https://sandbox.momodeveloper.mtn.com"  # MTN's sandbox 
 #: The ``MTN_MOMO_TARGET_ENVIRONMENT`` of MTN's sandbox, whose API lives on its own host.
 MTN_MOMO_SANDBOX_ENVIRONMENT = "sandbox"
 ORANGE_MONEY_DEFAULT_URL = "https://api.orange.com"
+_MOMO_ENVIRONMENT = re.compile(r"sandbox|mtn[a-z]+")
+_DIGITS = re.compile(r"[0-9]+")
 WAVE_DEFAULT_URL = "https://api.wave.com"
 #: Every provider of the contract (``schemas.messages.Provider``), in its order.
 PROVIDERS: tuple[str, ...] = tuple(provider.value for provider in Provider)
@@ -234,6 +237,8 @@ class Settings:
         database_url = reader.database("DATABASE_URL")
         celery = CelerySettings.read(reader, require_broker=require_broker)
         provider_settings = {name: read(reader) for name, read in READERS.items()}
+        if provider_settings["orange_money"] is None:
+            reader.notif_url("ORANGE_MONEY_NOTIF_URL")  # a wrong shape is wrong before Orange is switched on, too
         budgets = {
             provider: budget
             for provider in PROVIDERS
@@ -475,14 +480,23 @@ class _Reader:
         value = self._raw(name)
         if value is None:
             return None
-        try:
-            delays = tuple(int(part) for part in value.split(","))
-        except ValueError:
-            delays = ()
+        parts = [part.strip() for part in value.split(",")]
+        # Digits only: int() would also take '1_000', '+30' and '٣٠'.
+        delays = tuple(int(part) for part in parts) if all(_DIGITS.fullmatch(part) for part in parts) else ()
         if not delays or any(d <= 0 for d in delays):
             self.problems.append(f"{name} must be comma-separated positive {unit}, e.g. '30,120,300', got {value!r}")
             return None
         return delays
+
+    def momo_environment(self, name: str, value: str) -> str:
+        """MTN's ``X-Target-Environment``: ``sandbox`` or ``mtn<country>`` (``mtnivorycoast``), lower case as MTN
+        spells it: the header is compared as written, and only ``sandbox`` selects MTN's sandbox host."""
+        if not _MOMO_ENVIRONMENT.fullmatch(value):
+            self.problems.append(
+                f"{name} must be {MTN_MOMO_SANDBOX_ENVIRONMENT!r} or MTN's name of the country's system in lower case "
+                f"(e.g. 'mtnivorycoast', 'mtncameroon'), got {value!r}"
+            )
+        return value
 
     def group(self, label: str, names: tuple[str, ...]) -> dict[str, str] | None:
         """All of ``names`` set (provider enabled) or none (disabled); half is an error."""
@@ -516,14 +530,15 @@ def _read_mtn_momo(reader: _Reader) -> MtnMomoSettings | None:
     found = reader.group("MTN_MOMO", CREDENTIALS["mtn_momo"])
     if found is None:
         return None
-    sandboxed = found["MTN_MOMO_TARGET_ENVIRONMENT"] == MTN_MOMO_SANDBOX_ENVIRONMENT
+    environment = reader.momo_environment("MTN_MOMO_TARGET_ENVIRONMENT", found["MTN_MOMO_TARGET_ENVIRONMENT"])
+    sandboxed = environment == MTN_MOMO_SANDBOX_ENVIRONMENT
     return MtnMomoSettings(
         # The host follows the target environment unless MTN_MOMO_API_URL says otherwise.
         api_url=reader.http_url("MTN_MOMO_API_URL", MTN_MOMO_SANDBOX_URL if sandboxed else MTN_MOMO_DEFAULT_URL),
         api_user=found["MTN_MOMO_API_USER"],
         api_key=found["MTN_MOMO_API_KEY"],
         subscription_key=found["MTN_MOMO_SUBSCRIPTION_KEY"],
-        target_environment=found["MTN_MOMO_TARGET_ENVIRONMENT"],
+        target_environment=environment,
         callback_host=reader.text("MTN_MOMO_CALLBACK_HOST"),
     )
 
