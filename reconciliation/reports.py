@@ -12,58 +12,8 @@ CSV files); ``export_all`` writes all five and ``manifest.json`` (each file with
 Items are listed exceptions first, most serious first (``reports_common.EXCEPTION_ORDER``), then by
 reference; payouts not matched first (``reports_common.PAYOUT_ORDER``), then by payout id.
 
-CSV (RFC 4180, UTF-8 without BOM, CRLF, header row always, one row per item). Columns, in order:
-
-=======================  ==================================================================
-run_id                   the run
-provider                 ``cinetpay``, ``mtn_momo``, ...
-business_date            ``YYYY-MM-DD`` in the run's business time zone
-class                    matched, missing_in_ledger, missing_at_provider, amount_mismatch,
-                         currency_mismatch, status_mismatch, duplicate, fee_variance, missing_after_sla
-healed                   ``true`` when the run fixed it (a missing_in_ledger payment recorded), else ``false``
-reference                the merchant's reference (empty if the provider line has none)
-provider_txn_id          the provider's transaction id
-internal_status          our payment status
-provider_status          the provider's status
-currency                 ISO 4217: ours, else the provider's
-internal_amount_minor    integer, minor units of ``currency``
-provider_amount_minor    integer, minor units of ``provider_currency``
-difference_minor         integer, signed, as the matcher computed it
-fee_minor                integer, the fee the provider took
-expected_fee_minor       integer, the fee expected from the provider's tariff
-internal_amount          display in major units: ``15000`` (XOF), ``12.50`` (USD); empty if unknown
-provider_amount          same, in ``provider_currency``
-detail                   the matcher's explanation
-provider_currency        ISO 4217 of the provider amount (differs from ``currency`` on currency_mismatch)
-=======================  ==================================================================
-
-Payouts CSV (same conventions; one row per payout the business day touches, header row always,
-also when the run has none). Columns, in order:
-
-=======================  ==================================================================
-run_id                   the run
-provider                 ``cinetpay``, ``mtn_momo``, ...
-business_date            ``YYYY-MM-DD`` in the run's business time zone
-payout_id                the provider's payout id
-status                   matched (paid out = net of its payments), mismatch, pending (its payments
-                         are reported, the payout not yet), unexplained (no payment of ours behind it)
-currency                 ISO 4217
-payout_amount_minor      integer, minor units: what the provider paid out (empty when pending)
-settled_net_minor        integer: sum of its payments' amounts less their fees (empty when unexplained)
-difference_minor         integer, signed: payout_amount_minor - settled_net_minor (empty if either is)
-payments                 integer: how many payments it settles
-payout_amount            display in major units, like the item amounts
-settled_net              same
-difference               same
-posted                   ``true`` when the payout is in the ledger (Dr ``bank:<provider>`` / Cr
-                         ``provider_clearing:<provider>``; only matched payouts are posted), else ``false``
-journal_id               the ledger journal that posted it (empty if not posted)
-posted_run_id            the run that posted it: this one, or another run of the provider (a payout
-                         is posted once, by the first run that finds it matched)
-=======================  ==================================================================
-
-Empty cell = no value (NULL). Text cells that start with ``= + - @`` tab, CR or NUL get a leading
-``'`` (OWASP CSV injection); numeric columns are never altered. Read columns by header name.
+CSV (RFC 4180, UTF-8 without BOM, CRLF, header row always): ``CSV_COLUMNS`` and ``PAYOUT_CSV_COLUMNS``, each
+column described for finance staff in docs/reports.md ("CSV columns"; a test holds the two together).
 
 XLSX: sheets Summary (with payout counts and totals), Exceptions, Payouts, All lines (see
 ``reports_xlsx``). JSON: ``payrecon.recon-report/1``, schema ``schemas/recon-report.v1.schema.json``

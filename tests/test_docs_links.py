@@ -139,3 +139,12 @@ def test_the_readme_opens_with_the_two_set_up_commands_and_ci_runs_the_test_one(
     assert suite == "python3 -m venv .venv && .venv/bin/pip install -q -e '.[dev]' && .venv/bin/pytest -n 2"
     ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8").splitlines()
     assert ci[-1] == suite
+
+
+def test_the_report_csv_columns_are_documented_in_order() -> None:
+    """docs/reports.md's two column tables name exactly the CSV files' columns, in the files' order."""
+    from reconciliation.reports import CSV_COLUMNS, PAYOUT_CSV_COLUMNS
+
+    section = (ROOT / "docs" / "reports.md").read_text().split("### CSV columns", 1)[1].split("\n#", 1)[0]
+    tables = [re.findall(r"^\| `([a-z_]+)` \|", block, re.M) for block in section.split("| column |")[1:]]
+    assert tables == [list(CSV_COLUMNS), list(PAYOUT_CSV_COLUMNS)]

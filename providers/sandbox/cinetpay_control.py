@@ -1,7 +1,7 @@
 """The sandbox's CinetPay control API: script transactions, force statuses, build notifications.
 
 Routes (JSON in and out; bad input → 400 ``{"error": ...}``, unknown id → 404,
-existing id → 409) are listed in ``providers/sandbox/__init__.py``.
+existing id → 409) are listed in docs/sandbox-api.md.
 """
 
 from __future__ import annotations

@@ -326,7 +326,7 @@ def serve(
             "  point a payrecon worker at it with (sandbox credentials, not secrets):\n"
             + "".join(f"    export {name}={value}\n" for name, value in server.worker_env().items())
             + f"  notifications: {notifications}\n"
-            f"  control API: {server.url}/_sandbox/ (see providers/sandbox/__init__.py)\n"
+            f"  control API: {server.url}/_sandbox/ (see docs/sandbox-api.md)\n"
             "Press Ctrl+C to stop.\n"
         )
         sys.stdout.flush()
