@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from reconciliation import ledger
+from reconciliation import cases, ledger
 from reconciliation.models import (
+    FINAL_STATUSES,
+    DeadLetter,
     InboxDelivery,
+    InboxStatus,
     Journal,
     Payment,
     PaymentStatus,
     Plan,
+    ReconCase,
     ReconClass,
     ReconItem,
     ReconRun,
@@ -261,3 +266,46 @@ def _recon_items(session: Session, payment: Payment) -> list[Any]:
     )
     union = exceptions.union_all(matched).subquery()
     return list(session.execute(select(union).order_by(union.c.run_id)).all())
+
+
+@dataclass(frozen=True, slots=True)
+class HealthCounts:
+    """What the health gauges show, counted by PostgreSQL at scrape time (true after a restart, and for work
+    done by hand): each a list of rows, grouped as its name says."""
+
+    unfinished_payments: list[tuple[str, int, datetime | None]]  # provider, count, oldest created_at
+    dead_letters: list[tuple[str, int]]  # reason, count not replayed
+    waiting_deliveries: list[tuple[str, int, datetime | None]]  # provider, received rows, earliest due
+    last_successful_runs: list[tuple[str, datetime | None]]  # provider, when its last succeeded run finished
+    open_cases: list[tuple[str, date, str, date, int]]  # provider, business day, priority, SLA date, count
+
+
+def health_counts(session: Session) -> HealthCounts:
+    def rows(query: Any) -> list[Any]:
+        return [tuple(row) for row in session.execute(query)]
+
+    return HealthCounts(
+        unfinished_payments=rows(
+            select(Payment.provider, func.count(), func.min(Payment.created_at))
+            .where(Payment.status.not_in(list(FINAL_STATUSES)))
+            .group_by(Payment.provider)
+        ),
+        dead_letters=rows(
+            select(DeadLetter.reason, func.count()).where(DeadLetter.replayed_at.is_(None)).group_by(DeadLetter.reason)
+        ),
+        waiting_deliveries=rows(
+            select(InboxDelivery.provider, func.count(), func.min(InboxDelivery.next_attempt_at))
+            .where(InboxDelivery.status == InboxStatus.RECEIVED)
+            .group_by(InboxDelivery.provider)
+        ),
+        last_successful_runs=rows(
+            select(ReconRun.provider, func.max(ReconRun.finished_at))
+            .where(ReconRun.status == "succeeded")
+            .group_by(ReconRun.provider)
+        ),
+        open_cases=rows(
+            select(ReconCase.provider, ReconCase.business_date, ReconCase.priority, ReconCase.sla_due, func.count())
+            .where(ReconCase.status.in_(cases.OPEN_STATUSES))
+            .group_by(ReconCase.provider, ReconCase.business_date, ReconCase.priority, ReconCase.sla_due)
+        ),
+    )

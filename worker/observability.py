@@ -14,11 +14,9 @@ from typing import Any, TypeVar
 from prometheus_client import REGISTRY, CollectorRegistry, start_http_server
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
-from sqlalchemy import func, select
 
 from providers.base import ProviderError, ProviderRateLimited, ProviderTransientError
-from reconciliation import cases, facts
-from reconciliation.models import FINAL_STATUSES, DeadLetter, InboxDelivery, InboxStatus, Payment, ReconCase, ReconRun
+from reconciliation import cases, facts, views
 from worker import metrics
 from worker.settings import PROVIDERS
 
@@ -158,32 +156,14 @@ class StateCollector(Collector):
             labels=["provider"],
         )
         with self._sessions() as session:
-            # Read from the runs themselves: true after a restart, and for runs made by hand.
-            runs = session.execute(
-                select(ReconRun.provider, func.max(ReconRun.finished_at))
-                .where(ReconRun.status == "succeeded")
-                .group_by(ReconRun.provider)
-            ).all()
-            work = session.execute(
-                select(InboxDelivery.provider, func.count(), func.min(InboxDelivery.next_attempt_at))
-                .where(InboxDelivery.status == InboxStatus.RECEIVED)
-                .group_by(InboxDelivery.provider)
-            ).all()
-            rows = session.execute(
-                select(Payment.provider, func.count(), func.min(Payment.created_at))
-                .where(Payment.status.not_in(list(FINAL_STATUSES)))
-                .group_by(Payment.provider)
-            ).all()
-            open_cases = session.execute(
-                select(ReconCase.provider, ReconCase.business_date, ReconCase.priority, ReconCase.sla_due, func.count())
-                .where(ReconCase.status.in_(cases.OPEN_STATUSES))
-                .group_by(ReconCase.provider, ReconCase.business_date, ReconCase.priority, ReconCase.sla_due)
-            ).all()
-            counts = session.execute(
-                select(DeadLetter.reason, func.count())
-                .where(DeadLetter.replayed_at.is_(None))
-                .group_by(DeadLetter.reason)
-            ).all()
+            health = views.health_counts(session)
+        rows, counts, work, runs, open_cases = (
+            health.unfinished_payments,
+            health.dead_letters,
+            health.waiting_deliveries,
+            health.last_successful_runs,
+            health.open_cases,
+        )
         seen = {provider for provider, _, _ in rows}
         for provider, count, first in rows:
             pending.add_metric([provider], count)
