@@ -14,7 +14,6 @@ Types: ``payment.succeeded``, ``payment.failed``, ``payment.expired``, ``payment
 
 from __future__ import annotations
 
-import random
 import secrets
 from collections.abc import Sequence
 from datetime import datetime, timedelta
@@ -28,6 +27,7 @@ from reconciliation import deadletters
 from reconciliation.db import lease_rows
 from reconciliation.dialect import insert as upsert
 from reconciliation.models import OutboxDelivery, OutboxEvent, Payment, Plan
+from reconciliation.retries import Schedule
 
 #: Events are fanned out to the apps configured at the time, over this window.
 FAN_OUT_WINDOW = timedelta(days=1)
@@ -126,10 +126,11 @@ def to_send(session: Session, delivery_id: int) -> tuple[str, OutboxEvent]:
 
 
 def record_attempt(
-    session: Session, delivery_id: int, error: str | None, *, schedule: Sequence[int], raw: str, now: datetime
+    session: Session, delivery_id: int, error: str | None, *, schedule: Schedule, raw: str, now: datetime
 ) -> str:
-    """The result of one attempt: ``delivered``; ``retry`` after the schedule's next delay (jittered ±20 %);
-    or ``failed`` once the schedule is spent (the body dead-lettered with why)."""
+    """The result of one attempt: ``delivered``; ``retry`` after the schedule's next delay (jittered,
+    ``reconciliation.retries.EVENT_DELIVERY``); or ``failed`` once the schedule is spent (the body
+    dead-lettered with why)."""
     row = session.get(OutboxDelivery, delivery_id)
     assert row is not None  # noqa: S101
     row.attempts += 1
@@ -137,15 +138,14 @@ def record_attempt(
         row.status, row.delivered_at, row.last_error = DeliveryStatus.DELIVERED, now, None
         return "delivered"
     row.last_error = error[:2000]
-    if row.attempts > len(schedule):
+    if schedule.spent(row.attempts - 1):
         row.status = DeliveryStatus.FAILED
         deadletters.record(
             session, task=DELIVER_TASK, reason="event_undeliverable",
             detail=f"{row.app}: gave up after {row.attempts} attempts: {error}"[:2000], payload=raw, now=now,
         )  # fmt: skip
         return "failed"
-    delay = schedule[row.attempts - 1] * random.uniform(0.8, 1.2)  # noqa: S311 - jitter
-    row.next_attempt_at = now + timedelta(seconds=delay)
+    row.next_attempt_at = now + timedelta(seconds=schedule.delay(row.attempts - 1))
     return "retry"
 
 

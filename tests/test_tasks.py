@@ -1,19 +1,29 @@
-"""The Celery task wrappers: nothing is lost to an unexpected error."""
+"""The Celery tasks and their base class: nothing is lost to an unexpected error or an outage, each task
+meets failure by its retry rule, and each run is counted once."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from celery import signals
+from prometheus_client import REGISTRY
+from sqlalchemy import create_engine, select
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import sessionmaker
 
+from reconciliation import retries
 from reconciliation.models import DeadLetter
 from reconciliation.statements import import_file
+from tests.helpers import registration
 from worker import pipeline, runtime, tasks
 from worker.runtime import Runtime
+
+NOWHERE = "postgresql+psycopg2://postgres@127.0.0.1:1/nowhere"  # nothing listens there
 
 
 @pytest.fixture
@@ -45,12 +55,6 @@ def test_unexpected_kwargs_are_kept_in_the_dead_letter(installed: Runtime) -> No
     with installed.sessions() as session:
         letter = session.scalars(select(DeadLetter)).one()
     assert '"extra": 1' in letter.payload
-
-
-def test_retry_delay_grows_and_is_jittered() -> None:
-    first = [pipeline.retry_delay(0) for _ in range(50)]
-    assert all(4.0 <= d <= 6.0 for d in first) and len(set(first)) > 1
-    assert 720 <= pipeline.retry_delay(99) <= 1080
 
 
 def test_each_internal_task_lands_in_its_own_queue_only(redis_base: str) -> None:
@@ -97,3 +101,90 @@ def test_a_queued_reconciliation_writes_its_reports_where_configured(
     # And the day at a glance, across the providers, rewritten as each provider's run of the day ends.
     assert sorted(p.name for p in (tmp_path / "days").iterdir()) == ["day_2026-11-21.html", "day_2026-11-21.xlsx"]
     assert "CinetPay" in (tmp_path / "days" / "day_2026-11-21.html").read_text()
+
+
+# --------------------------------------------------------------------------- the base class's retry rules
+
+
+@pytest.fixture
+def database_down(installed: Runtime, monkeypatch: pytest.MonkeyPatch) -> Iterator[Runtime]:
+    """The installed runtime with PostgreSQL unreachable (a real connection refused)."""
+    dead = create_engine(NOWHERE, pool_pre_ping=False)
+    down = dataclasses.replace(installed, sessions=sessionmaker(dead, expire_on_commit=False))
+    monkeypatch.setattr(runtime, "_runtime", down)
+    yield down
+    dead.dispose()
+
+
+def runs(task: Any, state: str) -> float:
+    return REGISTRY.get_sample_value("payrecon_tasks_total", {"task": task.name, "state": state}) or 0.0
+
+
+def test_every_task_has_the_base_class_and_a_rule_that_fits_its_acknowledgement() -> None:
+    declared = {name: t for name, t in tasks.app.tasks.items() if name.startswith("payrecon.")}
+    assert len(declared) == 11 and all(isinstance(t, tasks.PayreconTask) for t in declared.values())
+    rules = {name.removeprefix("payrecon."): t.rule for name, t in declared.items()}
+    assert {n for n, r in rules.items() if r is tasks.INPUT} == {"ingest_webhook", "register_payment"}
+    assert {n for n, r in rules.items() if r is tasks.STORED} == {"retry_delivery", "verify_payment"}
+    for t in declared.values():
+        assert t.acks_late is t.rule.acks_late
+        # Only a task whose rule retries it may retry, and then for as long as the outage lasts.
+        assert t.max_retries == (None if t.rule is tasks.INPUT else 0)
+
+
+def test_an_input_task_retries_its_message_through_an_outage(
+    installed: Runtime, database_down: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PostgreSQL away before the registration is stored: the message is sent again after a DB_OUTAGE delay,
+    as often as it takes; the run after the outage stores it."""
+    countdowns: list[float] = []
+
+    def outage_ends(request: Any = None, reason: Any = None, **_: Any) -> None:
+        countdowns.append(reason.when)
+        if len(countdowns) == 3:
+            monkeypatch.setattr(runtime, "_runtime", installed)
+
+    signals.task_retry.connect(outage_ends, weak=False)
+    retried, succeeded = runs(tasks.register_payment, "retried"), runs(tasks.register_payment, "succeeded")
+    try:
+        result = tasks.register_payment.apply(kwargs={"payment": registration("TXN-OUTAGE-1")}).get()
+    finally:
+        signals.task_retry.disconnect(outage_ends)
+    assert result["outcome"] == "created"
+    lows = [d * 0.8 for d in retries.DB_OUTAGE.delays[:3]]
+    assert [low <= c <= low / 0.8 * 1.2 for low, c in zip(lows, countdowns, strict=True)] == [True] * 3
+    assert runs(tasks.register_payment, "retried") - retried == 3
+    assert runs(tasks.register_payment, "succeeded") - succeeded == 1
+    with installed.sessions() as session:
+        assert session.scalars(select(DeadLetter)).all() == []
+
+
+@pytest.mark.parametrize("name", ["retry_delivery", "verify_payment"])
+def test_work_on_a_stored_row_is_left_to_the_janitor_in_an_outage(database_down: Runtime, name: str) -> None:
+    task = getattr(tasks, name)
+    before = runs(task, "retried")
+    result = task.apply(args=(1,)).get()  # no exception: the row's lease brings it back
+    assert result["outcome"] == "retry" and result["inbox_id"] is None
+    assert runs(task, "retried") - before == 1
+
+
+def test_a_scheduled_job_fails_in_an_outage(database_down: Runtime) -> None:
+    before = runs(tasks.expire_subscriptions, "failed")
+    outcome = tasks.expire_subscriptions.apply()
+    assert outcome.failed() and isinstance(outcome.result, OperationalError)
+    assert runs(tasks.expire_subscriptions, "failed") - before == 1
+
+
+def test_a_bug_in_work_on_a_stored_row_fails_the_task_and_dead_letters_nothing(
+    installed: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(rt: Runtime, payment_id: int) -> pipeline.Result:
+        raise ZeroDivisionError("a bug in the pipeline")
+
+    monkeypatch.setattr(pipeline, "verify_payment", broken)  # the only stand-in: a bug cannot be made real
+    before = runs(tasks.verify_payment, "failed")
+    outcome = tasks.verify_payment.apply(args=(1,))
+    assert outcome.failed() and isinstance(outcome.result, ZeroDivisionError)
+    assert runs(tasks.verify_payment, "failed") - before == 1
+    with installed.sessions() as session:
+        assert session.scalars(select(DeadLetter)).all() == []

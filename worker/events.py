@@ -33,7 +33,7 @@ from urllib.parse import quote, unquote, urlsplit
 
 import requests
 
-from reconciliation import outbox
+from reconciliation import outbox, retries
 from reconciliation.db import transaction
 from reconciliation.models import OutboxEvent
 from worker.runtime import Runtime
@@ -121,7 +121,9 @@ def _attempt(rt: Runtime, delivery_id: int, apps: dict[str, AppSettings], now: d
     app = apps.get(name)
     error = "app no longer configured" if app is None else send(rt, app, event, raw)  # no transaction held
     with transaction(rt.sessions) as session:
-        return outbox.record_attempt(session, delivery_id, error, schedule=rt.settings.event_retries, raw=raw, now=now)
+        return outbox.record_attempt(
+            session, delivery_id, error, schedule=retries.event_delivery(rt.settings.event_retries), raw=raw, now=now
+        )
 
 
 def send(rt: Runtime, app: AppSettings, event: OutboxEvent, raw: str) -> str | None:

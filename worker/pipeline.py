@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -44,6 +43,7 @@ from providers.profiles import TrustProfile
 from reconciliation import deadletters, facts, inbox, payments
 from reconciliation.db import storable_text, transaction
 from reconciliation.models import FINAL_STATUSES, InboxStatus, Payment, PaymentStatus, Plan
+from reconciliation.retries import AWAIT_REGISTRATION, BUDGET_OUTAGE_WAIT, PROVIDER_FAILURE
 from reconciliation.subscriptions import UnknownPlan, expire_due
 from schemas.messages import PaymentRegistration, WebhookEnvelope
 from schemas.producer import INGEST_TASK, REGISTER_TASK
@@ -128,20 +128,8 @@ def _dead_letter(rt: Runtime, task: str, reason: str, detail: str, payload: str,
 
 # --------------------------------------------------------------------------- webhooks
 
-#: Seconds before the n-th retry of a verification the provider did not answer (jittered); the
-#: last repeats until the provider's give-up window (its trust profile) has passed.
-RETRY_DELAYS = (5, 15, 30, 60, 120, 300, 600, 900)
-#: Seconds between tries of a delivery that waits for its registration to be authenticated.
-AWAIT_REGISTRATION_DELAYS = (30, 60, 120, 300, 600, 900)
-#: How long a delivery waits when the call budget's store does not answer.
-BUDGET_OUTAGE_WAIT = 5.0
 #: Bytes of an oversized envelope kept in its dead letter (with its size and SHA-256).
 OVERSIZED_HEAD = 4096
-
-
-def retry_delay(attempt: int) -> float:
-    base = RETRY_DELAYS[min(attempt, len(RETRY_DELAYS) - 1)]
-    return base * random.uniform(0.8, 1.2)  # noqa: S311 - jitter, not security
 
 
 @dataclass(frozen=True, slots=True)
@@ -405,7 +393,7 @@ def retry_delivery(rt: Runtime, inbox_id: int, *, version: datetime | None = Non
     if client is None:  # this worker lacks the provider's settings: the delivery waits for one that has them
         detail = f"provider {work.provider!r} is not configured on this worker"
         return replace(
-            _put_off(rt, work, None, retry_delay(work.attempts), detail, failed=True), provider=work.provider
+            _put_off(rt, work, None, PROVIDER_FAILURE.delay(work.attempts), detail, failed=True), provider=work.provider
         )
     return _work(rt, client, work, lambda: _resume(rt, client, work))
 
@@ -583,7 +571,7 @@ def _await_registration(
         return Result(Disposition.FORGED, detail, work.id, delivery.reference)
     # A registration that commits meanwhile wakes the row (it is marked as not authenticated from its
     # arrival): this worker then finds its lease gone, and the wake-up message takes the row.
-    delay = AWAIT_REGISTRATION_DELAYS[min(work.deferrals, len(AWAIT_REGISTRATION_DELAYS) - 1)]
+    delay = AWAIT_REGISTRATION.delay(work.deferrals)
     return _put_off(rt, work, delivery.reference, delay, awaiting, deferred=True)
 
 
@@ -716,7 +704,7 @@ def _verification_failed(
         if ctx.now - work.opened_at >= window:
             detail = f"provider still unavailable after {_duration(window)}: {exc}"
             return _give_up(session, work, "provider_unavailable", detail, reference)
-    return _put_off(rt, work, reference, retry_delay(work.attempts), str(exc), failed=True)
+    return _put_off(rt, work, reference, PROVIDER_FAILURE.delay(work.attempts), str(exc), failed=True)
 
 
 def _give_up(session: Session, work: inbox.Work, reason: str, detail: str, reference: str | None) -> Result:
@@ -743,7 +731,9 @@ def _internal_error(rt: Runtime, work: inbox.Work, exc: Exception) -> Result:
     if work.errors + 1 >= rt.settings.verify_max_retries:
         with transaction(rt.sessions) as session:
             return _give_up(session, work, "internal_error", detail, None)
-    return _put_off(rt, work, None, retry_delay(work.errors), detail, errored=True, budget_slot=work.budget_slot)
+    return _put_off(
+        rt, work, None, PROVIDER_FAILURE.delay(work.errors), detail, errored=True, budget_slot=work.budget_slot
+    )
 
 
 # --------------------------------------------------------------------------- batches

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from reconciliation import retries
 from reconciliation.db import normalize_database_url
 from reconciliation.labels import LANGUAGES, Language
 from schemas.messages import Provider
@@ -149,10 +150,6 @@ class AppSettings:
         return self.url.startswith("celery://")
 
 
-#: Delays between delivery attempts of an event (Kill Bill's: 15 min, 30 min, 2 h, 12 h, 1 d).
-DEFAULT_EVENT_RETRIES = (900, 1800, 7200, 43200, 86400)
-
-
 @dataclass(frozen=True, slots=True)
 class CelerySettings:
     """What Celery itself is configured with (``celeryconfig.py``): read and checked like every other setting,
@@ -221,7 +218,7 @@ class Settings:
     language: Language = "en"  # of the words people read: reports, exception cases (reconciliation.labels)
     fees_bps: dict[str, int | None] = field(default_factory=dict)  # expected fee per provider
     apps: tuple[AppSettings, ...] = ()
-    event_retries: tuple[int, ...] = DEFAULT_EVENT_RETRIES
+    event_retries: tuple[float, ...] = retries.EVENT_DELIVERY.delays  # delays of reconciliation.retries.EVENT_DELIVERY
     reminder_days: tuple[int, ...] = (7, 3)  # subscription.expiring this many days before the end
 
     @property
@@ -270,7 +267,7 @@ class Settings:
             expire_interval=celery.expire_interval,
             events_interval=celery.events_interval,
             apps=apps,
-            event_retries=reader.schedule("PAYRECON_EVENTS_RETRY_SCHEDULE") or DEFAULT_EVENT_RETRIES,
+            event_retries=reader.schedule("PAYRECON_EVENTS_RETRY_SCHEDULE") or retries.EVENT_DELIVERY.delays,
             reminder_days=reader.schedule("PAYRECON_REMINDER_DAYS", "days") or (7, 3),
             recon_at=celery.recon_at,
             recon_reruns=reader.schedule("PAYRECON_RECON_RERUNS", "days") or (1, 3),

@@ -1,4 +1,5 @@
-"""Celery signal handlers: metrics endpoints, per-task counters, beat's heartbeat, JSON logs.
+"""Celery signal handlers: metrics endpoints, beat's heartbeat, JSON logs (per-task counters are the task
+base class's: ``worker.tasks.PayreconTask``).
 
 Imported by ``worker.app``; everything here runs in worker or beat processes only.
 """
@@ -40,21 +41,6 @@ def _serve_worker_metrics(sender: Any = None, **_: Any) -> None:
 @signals.worker_process_shutdown.connect
 def _child_gone(pid: int | None = None, **_: Any) -> None:
     observability.mark_process_dead(pid or os.getpid())
-
-
-@signals.task_success.connect
-def _task_succeeded(sender: Any = None, **_: Any) -> None:
-    metrics.TASKS.labels(getattr(sender, "name", "unknown"), "succeeded").inc()
-
-
-@signals.task_failure.connect
-def _task_failed(sender: Any = None, **_: Any) -> None:
-    metrics.TASKS.labels(getattr(sender, "name", "unknown"), "failed").inc()
-
-
-@signals.task_retry.connect
-def _task_retried(sender: Any = None, **_: Any) -> None:
-    metrics.TASKS.labels(getattr(sender, "name", "unknown"), "retried").inc()
 
 
 # --------------------------------------------------------------------------- beat

@@ -1,4 +1,5 @@
-"""Celery tasks: thin wrappers around ``worker.pipeline``.
+"""Celery tasks: thin wrappers around ``worker.pipeline``, each declared with ``task`` on one base class
+(``PayreconTask``: unit of work, retry rule, counts, report).
 
 ``payrecon.ingest_webhook`` and ``payrecon.register_payment`` are the public
 contract (README, "The contract"): their names, queue and kwargs never change.
@@ -7,15 +8,21 @@ contract (README, "The contract"): their names, queue and kwargs never change.
 from __future__ import annotations
 
 import logging
-import random
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from enum import StrEnum
+from typing import Any, cast
 
 from celery import Task
 from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.orm import Session
 
+from reconciliation import retries
+from reconciliation.db import transaction
 from schemas.messages import Provider
-from schemas.producer import INGEST_TASK, REGISTER_TASK
+from schemas.producer import INGEST_TASK, KWARGS, REGISTER_TASK
 from worker import metrics, pipeline, runtime
 from worker.app import app
 
@@ -48,9 +55,6 @@ def _report(task: str, result: pipeline.Result, payload: Any = None) -> dict[str
     return {"outcome": result.outcome.value, "reference": result.reference, "inbox_id": result.inbox_id}
 
 
-#: Countdowns (seconds) of a message retried while PostgreSQL is unreachable: short, and as
-#: many as it takes (an outage is a wait). Only input not yet in PostgreSQL waits on the broker.
-DB_OUTAGE_DELAYS = (1, 2, 5, 10)
 #: A delivery put off for at most this long gets a wake-up message; a longer wait is found by the
 #: janitor's sweep (beat, every PAYRECON_RECHECK_INTERVAL). Broker countdowns stay this short, so
 #: the visibility timeout can be short too (celeryconfig.VISIBILITY_TIMEOUT).
@@ -61,33 +65,137 @@ WAKE_UP_MAX = 10.0
 WEBHOOK_PATH_LIMITS = {"soft_time_limit": 40, "time_limit": 45}
 
 
-def _guarded(task: Task, name: str, payload: Any, work: Callable[[], pipeline.Result]) -> pipeline.Result:
-    """Run ``work``; never lose the message to an error.
+# --------------------------------------------------------------------------- the task base class
 
-    A database outage retries the message after a few seconds, for as long as the outage lasts:
-    until its input is in PostgreSQL, the message is its only copy. Any other unexpected error
-    (a bug) dead-letters the raw input with the error, so it can be replayed once fixed, and the
-    worker goes on with the next message. (Work already stored is not lost either way: the
-    delivery keeps its row and lease, and the janitor takes it up again.)
+
+class OnOutage(StrEnum):
+    """What a task does when PostgreSQL is unreachable."""
+
+    RETRY = "retry"  # the message is its input's only copy: sent again on retries.DB_OUTAGE, as long as it takes
+    LEAVE = "leave"  # the work is a row: left as it is; when its lease ends the janitor sends it a message
+    FAIL = "fail"  # a scheduled job: the task fails (logged, counted); its next run does the work
+
+
+@dataclass(frozen=True, slots=True)
+class RetryRule:
+    """How a task meets failure: a database outage, a bug, a worker killed under it."""
+
+    on_outage: OnOutage
+    #: A bug (any other error): True dead-letters the input with the error and the task returns, so the
+    #: worker goes on with the next message; False fails the task (its work stays where it is).
+    dead_letter_bugs: bool
+    #: Acknowledge the message once the task is done (True: a worker killed under it leaves it to another
+    #: worker; every task so acknowledged is safe to run twice), or on receipt (long jobs, re-driven from
+    #: the database by their next run).
+    acks_late: bool
+
+
+#: The contract's tasks: until their input is stored, the message is its only copy.
+INPUT = RetryRule(OnOutage.RETRY, dead_letter_bugs=True, acks_late=True)
+#: Work on a stored row (a put-off delivery, a payment's re-check): the row's lease is the retry, and
+#: the pipeline dead-letters what keeps failing (PAYRECON_VERIFY_MAX_RETRIES).
+STORED = RetryRule(OnOutage.LEAVE, dead_letter_bugs=False, acks_late=True)
+#: Beat's jobs and the nightly run: acknowledged on receipt, done again by their next run.
+SCHEDULED = RetryRule(OnOutage.FAIL, dead_letter_bugs=False, acks_late=False)
+
+
+class PayreconTask(Task):  # type: ignore[misc]
+    """The base of every payrecon task: its unit of work, its retry rule, its counts and its report.
+
+    - Unit of work: ``self.runtime`` (the process's runtime) and ``self.transaction()`` (one transaction,
+      committed when the block ends). Work on the webhook path keeps its own transactions
+      (``worker.pipeline``: none is open while a provider is called), and every message a task sends
+      goes out after the transaction that made it due committed.
+    - Retry rule (``rule``, one of INPUT, STORED, SCHEDULED): what a database outage or a bug does.
+    - Metrics: ``payrecon_tasks_total`` by state (succeeded, failed, retried: sent again, or left to the
+      janitor by an outage), counted in Celery's own hooks, which a hard time limit fires too.
+    - Report: a task on the webhook path returns a ``pipeline.Result``; the base class sends the
+      wake-up messages of deliveries due soon, logs the outcome, counts the delivery or registration
+      and returns its JSON form. (The task id is bound to every log line by ``worker.signals``, around
+      Celery's own lines too.)
     """
-    try:
-        return work()
-    except (OperationalError, InterfaceError) as exc:
+
+    rule: RetryRule = SCHEDULED
+
+    @property
+    def runtime(self) -> runtime.Runtime:
+        return runtime.get()
+
+    @contextmanager
+    def transaction(self) -> Iterator[Session]:
+        with transaction(self.runtime.sessions) as session:
+            yield session
+
+    def input_of(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """A contract task's input, whole, as dead letters keep it: its one argument, or a mapping with
+        every unexpected one beside it when there are others. None for other tasks."""
+        name = KWARGS.get(self.name)
+        if name is None:
+            return None
+        given = {name: args[0], **kwargs} if args else dict(kwargs)
+        value = given.pop(name, None)
+        return value if not given else {name: value, **given}
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            result = super().__call__(*args, **kwargs)
+        except (OperationalError, InterfaceError) as exc:
+            result = self._outage(exc)
+        except Exception as exc:
+            if not self.rule.dead_letter_bugs:
+                raise
+            result = self._dead_letter(exc, self.input_of(args, kwargs))
+        if not isinstance(result, pipeline.Result):
+            return result
+        _wake(result)
+        return _report(self.name.removeprefix("payrecon."), result, self.input_of(args, kwargs))
+
+    def _outage(self, exc: Exception) -> pipeline.Result:
         reason = str(getattr(exc, "orig", exc)).strip().splitlines()[0][:200]
-        log.warning("%s: database unavailable, retrying in a few seconds: %s", name, reason)
-        raise task.retry(exc=exc, countdown=_outage_delay(task.request.retries), max_retries=None) from exc
-    except Exception as exc:
-        log.exception("%s: unexpected error; input dead-lettered", name)
+        if self.rule.on_outage is OnOutage.RETRY:
+            log.warning("%s: database unavailable, retrying in a few seconds: %s", self.name, reason)
+            raise self.retry(exc=exc, countdown=retries.DB_OUTAGE.delay(self.request.retries)) from exc
+        if self.rule.on_outage is OnOutage.LEAVE:
+            log.warning(
+                "%s%r: database unavailable; the janitor takes it up again: %s", self.name, self.request.args, reason
+            )
+            self.request.left_to_janitor = True
+            return pipeline.Result(pipeline.Disposition.RETRY, f"database unavailable: {reason}")
+        raise exc
+
+    def _dead_letter(self, exc: Exception, payload: Any) -> pipeline.Result:
+        """A bug: the raw input dead-lettered with the error, so it can be replayed once fixed. (Work
+        already stored is not lost either way: the delivery keeps its row and lease.)"""
+        log.exception("%s: unexpected error; input dead-lettered", self.name)
         detail = f"{type(exc).__name__}: {exc}"[:2000]
         try:
-            pipeline.dead_letter(runtime.get(), name, "internal_error", detail, payload)
+            pipeline.dead_letter(self.runtime, self.name, "internal_error", detail, payload)
         except Exception as inner:
-            raise task.retry(exc=inner, countdown=_outage_delay(task.request.retries), max_retries=None) from inner
+            raise self.retry(exc=inner, countdown=retries.DB_OUTAGE.delay(self.request.retries)) from inner
         return pipeline.Result(pipeline.Disposition.FAILED, detail)
 
+    def on_success(self, retval: Any, task_id: str, args: Any, kwargs: Any) -> None:
+        state = "retried" if getattr(self.request, "left_to_janitor", False) else "succeeded"
+        metrics.TASKS.labels(self.name, state).inc()
 
-def _outage_delay(retries: int) -> float:
-    return DB_OUTAGE_DELAYS[min(retries, len(DB_OUTAGE_DELAYS) - 1)] * random.uniform(0.8, 1.2)  # noqa: S311
+    def on_failure(self, exc: Exception, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
+        metrics.TASKS.labels(self.name, "failed").inc()
+
+    def on_retry(self, exc: Exception, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
+        metrics.TASKS.labels(self.name, "retried").inc()
+
+
+def task(name: str, rule: RetryRule, **options: Any) -> Callable[[Callable[..., Any]], PayreconTask]:
+    """Declare a payrecon task: bound (its body gets the task: ``self.runtime``, ``self.transaction()``),
+    with its retry rule (which also says when its message is acknowledged and how often it may retry)."""
+    retried = rule.on_outage is OnOutage.RETRY or rule.dead_letter_bugs
+    return cast(
+        Callable[[Callable[..., Any]], PayreconTask],
+        app.task(
+            name=name, base=PayreconTask, bind=True, rule=rule, acks_late=rule.acks_late,
+            max_retries=None if retried else 0, **options,
+        ),
+    )  # fmt: skip
 
 
 def _wake(result: pipeline.Result) -> None:
@@ -108,13 +216,10 @@ def _wake(result: pipeline.Result) -> None:
             log.warning("delivery %s: wake-up not sent (%s); the janitor will take it", inbox_id, exc)
 
 
-@app.task(name=INGEST_TASK, bind=True, Strategy="worker.batching:strategy", **WEBHOOK_PATH_LIMITS)
-def ingest_webhook(self: Task, envelope: Any = None, **unexpected: Any) -> dict[str, Any]:
+@task(INGEST_TASK, INPUT, Strategy="worker.batching:strategy", **WEBHOOK_PATH_LIMITS)
+def ingest_webhook(self: PayreconTask, envelope: Any = None, **unexpected: Any) -> pipeline.Result:
     """One raw provider delivery (``payrecon.webhook/1``)."""
-    payload = envelope if not unexpected else {"envelope": envelope, **unexpected}
-    result = _guarded(self, INGEST_TASK, payload, lambda: pipeline.ingest_webhook(runtime.get(), payload))
-    _wake(result)
-    return _report("ingest_webhook", result, payload)
+    return pipeline.ingest_webhook(self.runtime, self.input_of((envelope,), unexpected))
 
 
 def run_batch(envelopes: list[Any]) -> list[bool] | None:
@@ -153,56 +258,45 @@ def _send_again(envelope: Any, not_stored: pipeline.NotStored) -> bool:
     reason = str(getattr(not_stored.cause, "orig", not_stored.cause)).strip().splitlines()[0][:200]
     log.warning("%s: database unavailable, retrying in a few seconds: %s", INGEST_TASK, reason)
     try:
-        ingest_webhook.apply_async(kwargs={"envelope": envelope}, countdown=_outage_delay(0), retries=1)
+        ingest_webhook.apply_async(kwargs={"envelope": envelope}, countdown=retries.DB_OUTAGE.delay(0), retries=1)
     except Exception as exc:  # the broker is away too: the message goes back to the queue
         log.warning("%s: could not send the message again (%s); it goes back to the queue", INGEST_TASK, exc)
         return False
     return True
 
 
-@app.task(name=REGISTER_TASK, bind=True, **WEBHOOK_PATH_LIMITS)
-def register_payment(self: Task, payment: Any = None, **unexpected: Any) -> dict[str, Any]:
+@task(REGISTER_TASK, INPUT, **WEBHOOK_PATH_LIMITS)
+def register_payment(self: PayreconTask, payment: Any = None, **unexpected: Any) -> pipeline.Result:
     """A payment the merchant app initiated (``payrecon.payment/1``)."""
-    payload = payment if not unexpected else {"payment": payment, **unexpected}
-    result = _guarded(self, REGISTER_TASK, payload, lambda: pipeline.register_payment(runtime.get(), payload))
-    _wake(result)
-    return _report("register_payment", result, payload)
+    return pipeline.register_payment(self.runtime, self.input_of((payment,), unexpected))
 
 
-@app.task(name="payrecon.retry_delivery", **WEBHOOK_PATH_LIMITS)
-def retry_delivery(inbox_id: int, attempt: Any = None, deferrals: Any = None, due: str | None = None) -> dict[str, Any]:
+@task("payrecon.retry_delivery", STORED, **WEBHOOK_PATH_LIMITS)
+def retry_delivery(
+    self: PayreconTask, inbox_id: int, attempt: Any = None, deferrals: Any = None, due: str | None = None
+) -> pipeline.Result:
     """Work on a stored delivery that is due: put off earlier (provider failure, call budget,
     awaiting its registration) or left by a worker that died. The row says what was done so far;
     ``due`` is the schedule this message was sent for. (``attempt`` and ``deferrals`` are what
     messages sent by earlier versions carry; the row counts them now.)"""
-    from datetime import datetime
-
-    version = datetime.fromisoformat(due) if due else None
-    try:
-        result = pipeline.retry_delivery(runtime.get(), inbox_id, version=version)
-    except (OperationalError, InterfaceError) as exc:
-        reason = str(getattr(exc, "orig", exc)).strip().splitlines()[0][:200]
-        log.warning("delivery %s: database unavailable; the janitor takes it up again: %s", inbox_id, reason)
-        return {"outcome": pipeline.Disposition.RETRY.value, "reference": None, "inbox_id": inbox_id}
-    _wake(result)
-    return _report("retry_delivery", result)
+    return pipeline.retry_delivery(self.runtime, inbox_id, version=datetime.fromisoformat(due) if due else None)
 
 
-@app.task(name="payrecon.verify_payment", **WEBHOOK_PATH_LIMITS)
-def verify_payment(payment_id: int) -> dict[str, Any]:
+@task("payrecon.verify_payment", STORED, **WEBHOOK_PATH_LIMITS)
+def verify_payment(self: PayreconTask, payment_id: int) -> pipeline.Result:
     """Re-check one non-final payment with its provider (the janitor's unit of work).
 
     A deferral (budget) moved the payment's next check; the janitor finds it again then.
     """
-    return _report("verify_payment", pipeline.verify_payment(runtime.get(), payment_id))
+    return pipeline.verify_payment(self.runtime, payment_id)
 
 
-@app.task(name="payrecon.recheck_due", acks_late=False)
-def recheck_due() -> int:
+@task("payrecon.recheck_due", SCHEDULED)
+def recheck_due(self: PayreconTask) -> int:
     """Beat, the janitor: payments due for a re-check and deliveries whose work is due (put off,
     or left by a worker that died), each leased and given one message. A message lost on the way
     costs only the lease: the row is due again when it ends."""
-    rt = runtime.get()
+    rt = self.runtime
     ids = pipeline.claim_due(rt)
     for payment_id in ids:  # published after the claim committed
         verify_payment.apply_async((payment_id,))
@@ -212,36 +306,32 @@ def recheck_due() -> int:
     return len(ids) + len(deliveries)
 
 
-@app.task(name="payrecon.expire_subscriptions", acks_late=False)
-def expire_subscriptions() -> int:
+@task("payrecon.expire_subscriptions", SCHEDULED)
+def expire_subscriptions(self: PayreconTask) -> int:
     """Beat: switch off subscriptions whose end has passed."""
-    return pipeline.expire_subscriptions(runtime.get())
+    return pipeline.expire_subscriptions(self.runtime)
 
 
-@app.task(name="payrecon.reconcile", acks_late=False, time_limit=3 * 3600, soft_time_limit=3 * 3600 - 60)
-def reconcile(provider: str, day: str, trigger: str = "manual") -> int:
+@task("payrecon.reconcile", SCHEDULED, time_limit=3 * 3600, soft_time_limit=3 * 3600 - 60)
+def reconcile(self: PayreconTask, provider: str, day: str, trigger: str = "manual") -> int:
     """Reconcile one provider's business day (ISO date), store the run, and write its report files
     when ``PAYRECON_REPORTS_DIR`` is set (a failure to write them fails the task; the run is kept and
     ``payrecon report export`` writes them again)."""
-    from datetime import date
-
     from worker.nightly import run_day as run
     from worker.nightly import write_reports
 
-    rt = runtime.get()
+    rt = self.runtime
     run_id = run(rt, provider, date.fromisoformat(day), trigger=trigger)
     write_reports(rt, run_id)
     return run_id
 
 
-@app.task(name="payrecon.nightly_reconciliation", acks_late=False)
-def nightly_reconciliation() -> int:
+@task("payrecon.nightly_reconciliation", SCHEDULED)
+def nightly_reconciliation(self: PayreconTask) -> int:
     """Beat, daily: yesterday for every provider, and the re-runs of earlier days (T+1, T+3)."""
-    from datetime import datetime
-
     from worker.nightly import due_runs
 
-    rt = runtime.get()
+    rt = self.runtime
     today = datetime.now(rt.settings.timezone).date()
     jobs = due_runs(rt, today)
     for provider, day, trigger in jobs:
@@ -249,14 +339,12 @@ def nightly_reconciliation() -> int:
     return len(jobs)
 
 
-@app.task(name="payrecon.deliver_events", acks_late=False)
-def deliver_events() -> dict[str, int]:
+@task("payrecon.deliver_events", SCHEDULED)
+def deliver_events(self: PayreconTask) -> dict[str, int]:
     """Beat, every few seconds: fan new outbox events out to the apps, send what is due."""
-    from datetime import UTC, datetime
-
     from worker import events
 
-    rt = runtime.get()
+    rt = self.runtime
     if not rt.settings.apps:
         return {}
     now = datetime.now(UTC)
@@ -264,28 +352,22 @@ def deliver_events() -> dict[str, int]:
     return events.deliver_due(rt, now)
 
 
-@app.task(name="payrecon.send_reminders", acks_late=False)
-def send_reminders() -> int:
+@task("payrecon.send_reminders", SCHEDULED)
+def send_reminders(self: PayreconTask) -> int:
     """Beat: ``subscription.expiring`` N days before each end (PAYRECON_REMINDER_DAYS), once each."""
-    from datetime import UTC, datetime
-
-    from reconciliation.db import transaction
     from reconciliation.subscriptions import send_reminders as send
 
-    rt = runtime.get()
-    with transaction(rt.sessions) as session:
-        return send(session, datetime.now(UTC), rt.settings.reminder_days)
+    with self.transaction() as session:
+        return send(session, datetime.now(UTC), self.runtime.settings.reminder_days)
 
 
-@app.task(name="payrecon.purge", acks_late=False)
-def purge() -> dict[str, int]:
+@task("payrecon.purge", SCHEDULED)
+def purge(self: PayreconTask) -> dict[str, int]:
     """Beat, daily when PAYRECON_RETENTION_DAYS is set: finished inbox rows, dead letters and
     providers' raw answers older than that go (``payrecon purge``; never unfinished work)."""
-    from datetime import UTC, datetime, timedelta
-
     from reconciliation.retention import purge as run
 
-    rt = runtime.get()
+    rt = self.runtime
     if rt.settings.retention_days is None:
         return {}
     return run(rt.sessions, datetime.now(UTC) - timedelta(days=rt.settings.retention_days)).as_dict()
