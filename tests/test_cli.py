@@ -145,6 +145,40 @@ def test_dead_letters_list_and_replay(
     assert replayed["replayed_at"] is not None
 
 
+def test_a_replay_sends_each_letter_with_no_transaction_open_and_marks_it_after(
+    rt: Runtime, cli_env: dict[str, str], redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The letters are read in a transaction that commits before anything is sent: a slow broker holds no
+    row lock or snapshot, and a letter is marked replayed only once its message is on the broker."""
+    from worker.app import app
+
+    ref = new_reference()
+    pipeline.register_payment(rt, registration(ref, plan="not-a-plan"))
+    (letter,) = json.loads(run(cli_env, "dead-letters", "list", "--json").output)
+    seen: list[tuple[int, Any]] = []
+    send_task = app.send_task
+
+    def watched(*args: Any, **kwargs: Any) -> Any:
+        with rt.sessions() as session:  # another connection: what PostgreSQL sees while the message goes out
+            open_transactions = session.execute(
+                text(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                    "AND state LIKE 'idle in transaction%' AND pid <> pg_backend_pid()"
+                )
+            ).scalar_one()
+            marked = session.execute(
+                text("SELECT replayed_at FROM dead_letters WHERE id = :id"), {"id": letter["id"]}
+            ).scalar_one()
+        seen.append((open_transactions, marked))
+        return send_task(*args, **kwargs)
+
+    monkeypatch.setattr(app, "send_task", watched)  # a watch on the real send: the message does go out
+    assert run(cli_env, "dead-letters", "replay", str(letter["id"])).exit_code == 0
+    assert seen == [(0, None)]
+    everything = json.loads(run(cli_env, "dead-letters", "list", "--all", "--json").output)
+    assert next(d for d in everything if d["id"] == letter["id"])["replayed_at"] is not None
+
+
 def test_a_replay_naming_a_missing_letter_sends_none_and_marks_none(
     rt: Runtime, cli_env: dict[str, str], redis_url: str
 ) -> None:
