@@ -1,4 +1,5 @@
-"""Bearer tokens shared by the threads of one client (MTN MoMo, Orange Money).
+"""Bearer tokens shared by the threads of one client (MTN MoMo, Orange Money), and the construction
+those clients share (``TokenClient``).
 
 A token is fetched once, reused until shortly before the provider says it expires, and
 replaced once when a business call answers 401 (the provider may expire it early).
@@ -6,13 +7,25 @@ replaced once when a business call answers 401 (the provider may expire it early
 
 from __future__ import annotations
 
+import base64
 import threading
+import time
 from collections.abc import Callable
-from typing import TypeVar
+from typing import ClassVar, TypedDict, TypeVar
+
+import requests
+from tenacity.wait import wait_base
 
 from providers.base import ProviderAuthError
+from providers.http import CodeExtractor, HttpClient, retry_policy
 
 T = TypeVar("T")
+
+
+def basic_authorization(user: str, secret: str) -> str:
+    """The token call's ``Authorization`` value: ``Basic base64(user:secret)`` (MoMo's API user and key,
+    Orange's client id and secret)."""
+    return "Basic " + base64.b64encode(f"{user}:{secret}".encode()).decode("ascii")
 
 
 class TokenCache:
@@ -83,3 +96,65 @@ class TokenCache:
                 if self._token == token:  # unless another thread already replaced it
                     self._token = None
         return request(self.get(stale=token))
+
+
+class Transport(TypedDict, total=False):
+    """How a token client talks to its provider; every key may be left out (``TokenClient``'s defaults).
+
+    ``session``: a pooled session to use (None: a new one, closed by ``close``); ``timeout``: (connect,
+    read) seconds; ``max_attempts`` and ``deadline``: the retry policy inside one call; ``wait`` replaces
+    its jittered backoff (tests pass ``wait_none()``); ``clock`` (seconds, monotonic) times the token cache.
+    """
+
+    session: requests.Session | None
+    timeout: tuple[float, float]
+    max_attempts: int
+    deadline: float
+    wait: wait_base | None
+    clock: Callable[[], float]
+
+
+class TokenClient(HttpClient):
+    """A provider client whose API calls carry a bearer token got with a Basic-authenticated token call
+    (MTN MoMo, Orange Money): the API URL, the token call's authorization, the HTTP session, timeout and
+    retry policy, and the token cache, built once here. A subclass sets how its provider's tokens are
+    refreshed (the three class attributes) and fetches one (``_fetch_token``)."""
+
+    #: A token is refreshed ``min(token_margin, lifetime / token_margin_divisor)`` seconds before it expires.
+    token_margin: ClassVar[float]
+    token_margin_divisor: ClassVar[float]
+    #: Whether a token refused with 401 is forgotten before the refresh (``TokenCache``).
+    forget_refused_token: ClassVar[bool]
+
+    def __init__(
+        self,
+        error_code: CodeExtractor,
+        *,
+        api_url: str,
+        user: str,
+        secret: str,
+        session: requests.Session | None = None,
+        timeout: tuple[float, float] = (3.05, 10.0),
+        max_attempts: int = 3,
+        deadline: float = 20.0,
+        wait: wait_base | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        """Nothing is sent until the first call. Secrets live in underscored attributes that ``__repr__``
+        never shows."""
+        self.api_url = api_url.rstrip("/")
+        self._basic = basic_authorization(user, secret)
+        super().__init__(error_code, session, timeout, retry_policy(max_attempts, deadline, wait))
+        self._tokens = TokenCache(
+            self._fetch_token, clock=clock, margin=self.token_margin, margin_divisor=self.token_margin_divisor,
+            forget_refused=self.forget_refused_token,
+        )  # fmt: skip
+
+    def _fetch_token(self) -> tuple[str, float]:
+        """The provider's token call (the cache holds its lock): ``(token, lifetime in seconds)``."""
+        raise NotImplementedError
+
+    @property
+    def tokens_fetched(self) -> int:
+        """How many tokens this client obtained (observability; tests check the cache with it)."""
+        return self._tokens.fetched

@@ -19,19 +19,16 @@ Facts used here (from MTN's MoMo API documentation; docs/providers.md sums up wh
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import re
-import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from decimal import Decimal
-from typing import Any, Final
+from typing import Any, Final, Unpack
 from urllib.parse import quote, unquote, urlsplit
 
 import requests
-from tenacity.wait import wait_base
 
-from providers.auth import TokenCache
+from providers.auth import TokenClient, Transport
 from providers.base import (
     Delivery,
     DeliveryKind,
@@ -51,7 +48,7 @@ from providers.base import (
     delivery_json,
     query_value,
 )
-from providers.http import HttpClient, json_body, json_object, retry_policy
+from providers.http import json_body, json_object
 from schemas.currency import MINOR_UNIT_EXPONENT, AmountError
 from schemas.messages import WebhookEnvelope
 
@@ -98,11 +95,6 @@ def is_uuid(value: str) -> bool:
 def is_uuid4(value: str) -> bool:
     """Whether ``value`` is a UUID version 4 (what MoMo requires as ``X-Reference-Id``)."""
     return bool(_UUID4.fullmatch(value))
-
-
-def basic_auth(api_user: str, api_key: str) -> str:
-    """The token endpoint's ``Authorization`` value: ``Basic base64(api_user:api_key)``."""
-    return "Basic " + base64.b64encode(f"{api_user}:{api_key}".encode()).decode("ascii")
 
 
 # --------------------------------------------------------------------------- answers
@@ -247,10 +239,13 @@ def _hosts_match(configured: str, received: str) -> bool:
 # --------------------------------------------------------------------------- client
 
 
-class MtnMomoClient(HttpClient):
+class MtnMomoClient(TokenClient):
     """``ProviderClient`` for MTN MoMo's Collection API (Request to Pay)."""
 
     name = PROVIDER
+    token_margin = TOKEN_MARGIN
+    token_margin_divisor = 2
+    forget_refused_token = True  # a failed refresh leaves no token to reuse
 
     def __init__(
         self,
@@ -261,33 +256,20 @@ class MtnMomoClient(HttpClient):
         subscription_key: str,
         target_environment: str,
         callback_host: str | None = None,
-        session: requests.Session | None = None,
-        timeout: tuple[float, float] = (3.05, 10.0),
-        max_attempts: int = 3,
-        deadline: float = 20.0,
-        wait: wait_base | None = None,
-        clock: Callable[[], float] = time.monotonic,
+        **transport: Unpack[Transport],
     ) -> None:
         """Configure the client; nothing is sent until the first ``check``.
 
         ``callback_host``: the host registered as ``providerCallbackHost``; when set, a
         callback whose ``Host`` (or ``X-Forwarded-Host``) differs is refused as forged.
-        ``wait`` replaces the jittered backoff (tests pass ``wait_none()``); ``clock``
-        (seconds, monotonic) times the token cache.
+        ``transport``: see ``providers.auth.Transport``.
         """
-        self.api_url = api_url.rstrip("/")
         self.api_user = api_user
         self.target_environment = target_environment
         self.callback_host = callback_host or None
-        # Secrets live in underscored attributes that __repr__ never shows.
         self._api_key = api_key
         self._subscription_key = subscription_key
-        self._basic = basic_auth(api_user, api_key)
-        super().__init__(_error_code, session, timeout, retry_policy(max_attempts, deadline, wait))
-        # A 401'd token is forgotten at once: a failed refresh leaves no token to reuse.
-        self._tokens = TokenCache(
-            self._fetch_token, clock=clock, margin=TOKEN_MARGIN, margin_divisor=2, forget_refused=True
-        )
+        super().__init__(_error_code, api_url=api_url, user=api_user, secret=api_key, **transport)
 
     def __repr__(self) -> str:
         return (

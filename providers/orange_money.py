@@ -24,21 +24,18 @@ whose URL does not carry the order id).
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import hmac
 import re
-import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any, Final
+from typing import Any, Final, Unpack
 from urllib.parse import unquote
 
 import requests
-from tenacity.wait import wait_base
 
-from providers.auth import TokenCache
+from providers.auth import TokenClient, Transport
 from providers.base import (
     AwaitingRegistration,
     Delivery,
@@ -62,7 +59,7 @@ from providers.base import (
     query_value,
     unstorable,
 )
-from providers.http import HttpClient, json_body, json_object, retry_policy
+from providers.http import json_body, json_object
 from schemas.currency import MINOR_UNIT_EXPONENT, AmountError, to_major
 from schemas.messages import WebhookEnvelope
 
@@ -91,12 +88,6 @@ _REFERENCE = re.compile(r"^[A-Za-z0-9._:\-]{1,100}$")
 _MAX_TOKEN_CHARS = 256
 #: The path segment after which a notif_url carries the order id: ``.../notify/{order_id}``.
 NOTIFY_SEGMENT: Final = "notify"
-
-
-def basic_authorization(client_id: str, client_secret: str) -> str:
-    """The ``Authorization`` header value of the token call: ``Basic base64(id:secret)``."""
-    raw = f"{client_id}:{client_secret}".encode()
-    return "Basic " + base64.b64encode(raw).decode("ascii")
 
 
 def _error_code(response: requests.Response) -> str | None:
@@ -331,10 +322,13 @@ def reference_of(envelope: WebhookEnvelope, notif_url: NotifUrl | None = None) -
 # --------------------------------------------------------------------------- client
 
 
-class OrangeMoneyClient(HttpClient):
+class OrangeMoneyClient(TokenClient):
     """``ProviderClient`` for Orange Money's Web Payment API."""
 
     name = PROVIDER
+    token_margin = TOKEN_REFRESH_MARGIN
+    token_margin_divisor = 10
+    forget_refused_token = False  # a 401'd token is kept until a new one replaces it
 
     def __init__(
         self,
@@ -346,44 +340,27 @@ class OrangeMoneyClient(HttpClient):
         country: str = "dev",
         token_url: str | None = None,
         notif_url: str | None = None,
-        session: requests.Session | None = None,
-        timeout: tuple[float, float] = (3.05, 10.0),
-        max_attempts: int = 3,
-        deadline: float = 20.0,
-        wait: wait_base | None = None,
-        clock: Callable[[], float] = time.monotonic,
+        **transport: Unpack[Transport],
     ) -> None:
-        """Configure the client; ``wait`` replaces the jittered backoff (tests pass ``wait_none()``).
+        """Configure the client; nothing is sent until the first ``check``.
 
         ``country`` is the path's country code (``dev`` in Orange's sandbox, ``ci``,
         ``sn``, ``cm``... in production); ``notif_url`` is where the merchant's notif_url
         carries the order id (see :class:`NotifUrl`; None: today's rules, :func:`reference_of`);
-        ``clock`` times the token cache. ``ValueError`` if ``notif_url`` is not a valid shape.
+        ``transport``: see ``providers.auth.Transport``. ``ValueError`` if ``notif_url`` is not a valid shape.
         """
         self.notif_url = NotifUrl.parse(notif_url) if notif_url is not None else None
-        self.api_url = api_url.rstrip("/")
         self.country = country
-        self.token_url = token_url or f"{self.api_url}/oauth/v3/token"
-        self.status_url = f"{self.api_url}/orange-money-webpay/{country}/v1/transactionstatus"
         self.client_id = client_id
-        # Secrets live in underscored attributes that __repr__ never shows. The merchant
-        # key is only needed to initiate payments; it is kept for redaction.
+        # The merchant key is only needed to initiate payments; it is kept for redaction.
         self._client_secret = client_secret
         self._merchant_key = merchant_key
-        self._basic = basic_authorization(client_id, client_secret)
-        super().__init__(_error_code, session, timeout, retry_policy(max_attempts, deadline, wait))
-        # A 401'd token is kept until a new one replaces it (a failed refresh leaves it in place).
-        self._tokens = TokenCache(
-            self._fetch_token, clock=clock, margin=TOKEN_REFRESH_MARGIN, margin_divisor=10, forget_refused=False
-        )
+        super().__init__(_error_code, api_url=api_url, user=client_id, secret=client_secret, **transport)
+        self.token_url = token_url or f"{self.api_url}/oauth/v3/token"
+        self.status_url = f"{self.api_url}/orange-money-webpay/{country}/v1/transactionstatus"
 
     def __repr__(self) -> str:
         return f"OrangeMoneyClient(api_url={self.api_url!r}, country={self.country!r}, client_id={self.client_id!r})"
-
-    @property
-    def tokens_fetched(self) -> int:
-        """How many tokens this client obtained (observability; tests check the cache with it)."""
-        return self._tokens.fetched
 
     # ----------------------------------------------------------------- webhooks
 

@@ -19,13 +19,13 @@ from functools import partial
 from typing import Any, Final
 from urllib.parse import parse_qs, urlsplit
 
+from providers.auth import basic_authorization
 from providers.mtn_momo import (
     FAILED,
     PENDING,
     REQUEST_TO_PAY_PATH,
     SUCCESSFUL,
     TOKEN_PATH,
-    basic_auth,
     is_uuid4,
 )
 from providers.sandbox import wire
@@ -314,7 +314,7 @@ class MtnMomoSandbox(WireSandbox):
         error = self._subscription_error(request)
         if error is not None:
             return error
-        expected = basic_auth(self.config.api_user, self.config.api_key)
+        expected = basic_authorization(self.config.api_user, self.config.api_key)
         given = request.header("authorization") or ""
         if not hmac.compare_digest(given.encode("utf-8", "replace"), expected.encode()):
             return json_response(401, {"error": "login_failed"})

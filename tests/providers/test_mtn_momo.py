@@ -14,6 +14,7 @@ import pytest
 import requests
 from kombu import Connection
 
+from providers.auth import basic_authorization
 from providers.base import (
     DeliveryKind,
     ForgedDelivery,
@@ -24,7 +25,7 @@ from providers.base import (
     ProviderProtocolError,
     RegistrationView,
 )
-from providers.mtn_momo import MtnMomoClient, basic_auth, parse_reason, parse_status_response
+from providers.mtn_momo import MtnMomoClient, parse_reason, parse_status_response
 from providers.sandbox import SandboxClient, SandboxError, SandboxServer
 from providers.sandbox.mtn_momo import (
     DEFAULT_API_KEY,
@@ -260,7 +261,9 @@ def test_repr_and_errors_hide_secrets(sandbox: SandboxClient, sandbox_server: Sa
         with pytest.raises(ProviderAuthError) as info:
             client.check(view(new_ref()))
         assert info.value.http_status == 401
-        assert "secret" not in str(info.value) and basic_auth(DEFAULT_API_USER, "top-secret-key") not in str(info.value)
+        assert "secret" not in str(info.value) and basic_authorization(DEFAULT_API_USER, "top-secret-key") not in str(
+            info.value
+        )
     finally:
         client.close()
 
@@ -272,7 +275,7 @@ def _token(url: str) -> str:
     response = requests.post(
         f"{url}/collection/token/",
         headers={
-            "Authorization": basic_auth(DEFAULT_API_USER, DEFAULT_API_KEY),
+            "Authorization": basic_authorization(DEFAULT_API_USER, DEFAULT_API_KEY),
             "Ocp-Apim-Subscription-Key": DEFAULT_SUBSCRIPTION_KEY,
         },
         timeout=5,
@@ -364,7 +367,7 @@ def test_wire_credentials(sandbox: SandboxClient, sandbox_server: SandboxServer)
     assert (wrong_env.status_code, wrong_env.json()["code"]) == (500, "NOT_ALLOWED_TARGET_ENVIRONMENT")
     login = requests.post(
         f"{sandbox_server.url}/collection/token/",
-        headers={"Authorization": basic_auth(DEFAULT_API_USER, "wrong"), "Ocp-Apim-Subscription-Key": "x"},
+        headers={"Authorization": basic_authorization(DEFAULT_API_USER, "wrong"), "Ocp-Apim-Subscription-Key": "x"},
         timeout=5,
     )
     assert login.status_code == 401

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import requests
 
+from providers.auth import basic_authorization
 from providers.base import (
     DeliveryKind,
     ForgedDelivery,
@@ -28,7 +29,6 @@ from providers.base import (
 from providers.orange_money import (
     NotifUrl,
     OrangeMoneyClient,
-    basic_authorization,
     parse_status_response,
     parse_token_response,
     reference_of,
