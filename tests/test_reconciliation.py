@@ -1,5 +1,6 @@
-"""Nightly reconciliation on real PostgreSQL: every class, healing a lost webhook, fees, a business day
-in a zone that is not UTC, re-runs, statement imports."""
+"""Nightly reconciliation on real PostgreSQL, end to end: every class, healing a lost webhook, refunds,
+fees, payouts, statement imports. The modules' own tests: tests/test_matching.py (what a reference is
+classified as, payouts matched), tests/test_runs.py (a run's day, re-runs, how it is closed and measured)."""
 
 from __future__ import annotations
 
@@ -122,41 +123,6 @@ def test_every_class(rt: Runtime, sessions: int) -> None:
     assert unknown.is_orphan and unknown.status is PaymentStatus.SUCCEEDED  # unknown money: suspense
     assert balances["fees:cinetpay"] == 50 + 90  # fees of matched and fee-variance payments, posted once
     assert balances["suspense"] == -5000
-
-
-def test_amount_tolerance(rt: Runtime) -> None:
-    ref = new_reference()
-    payment(rt, ref, PaymentStatus.SUCCEEDED)
-    line(rt, ref, amount=4995)
-    assert classes(rt, runs.reconcile_stored(rt.sessions, "cinetpay", DAY, policy(rt)))[ref] == "amount_mismatch"
-    assert classes(rt, runs.reconcile_stored(rt.sessions, "cinetpay", DAY, policy(rt, tolerance=5)))[ref] == "matched"
-
-
-def test_business_day_in_a_zone_that_is_not_utc(rt: Runtime) -> None:
-    lagos = ZoneInfo("Africa/Lagos")  # UTC+1: the day starts at 23:00 UTC the evening before
-    before, inside, after = new_reference(), new_reference(), new_reference()
-    payment(rt, before, PaymentStatus.SUCCEEDED, at=datetime(2026, 11, 19, 22, 59, tzinfo=UTC))
-    payment(rt, inside, PaymentStatus.SUCCEEDED, at=datetime(2026, 11, 19, 23, 1, tzinfo=UTC))
-    payment(rt, after, PaymentStatus.SUCCEEDED, at=datetime(2026, 11, 20, 23, 1, tzinfo=UTC))
-    run_id = runs.reconcile_stored(rt.sessions, "cinetpay", DAY, policy(rt, tz=lagos))
-    assert set(classes(rt, run_id)) == {inside}
-    assert runs.business_window(DAY, lagos) == (
-        datetime(2026, 11, 19, 23, tzinfo=UTC),
-        datetime(2026, 11, 20, 23, tzinfo=UTC),
-    )
-
-
-def test_rerun_is_a_new_run_after_the_previous_and_heals_once(rt: Runtime) -> None:
-    ref = new_reference()
-    payment(rt, ref, PaymentStatus.PENDING)
-    line(rt, ref)
-    first = runs.reconcile_stored(rt.sessions, "cinetpay", DAY, policy(rt))
-    second = runs.reconcile_stored(rt.sessions, "cinetpay", DAY, policy(rt), trigger="rerun")
-    assert classes(rt, first)[ref] == "missing_in_ledger"
-    assert classes(rt, second)[ref] == "matched"  # healed by the first run
-    with rt.sessions() as session:
-        assert session.get(ReconRun, second).previous_run_id == first  # type: ignore[union-attr]
-        assert len(session.scalars(select(SubscriptionGrant)).all()) == 1
 
 
 def test_a_lost_webhook_is_healed_end_to_end_from_the_status_api(rt: Runtime, sandbox: SandboxClient) -> None:
@@ -325,37 +291,6 @@ def test_statement_rows_convert_exactly(rt: Runtime, tmp_path: Path) -> None:
     assert result.days == (date(2026, 11, 21),)
 
 
-def test_runs_are_measured(rt: Runtime) -> None:
-    from prometheus_client import REGISTRY
-
-    import worker.observability  # noqa: F401 - subscribes the metrics to the facts
-
-    def sample(name: str, **labels: str) -> float:
-        return REGISTRY.get_sample_value(name, labels) or 0.0
-
-    before = sample("payrecon_reconciliation_runs_total", provider="cinetpay", status="succeeded")
-    mismatches = sample("payrecon_reconciliation_items_total", provider="cinetpay", **{"class": "amount_mismatch"})
-    ref = new_reference()
-    payment(rt, ref, PaymentStatus.SUCCEEDED)
-    line(rt, ref, amount=1)
-    runs.reconcile_stored(rt.sessions, "cinetpay", DAY, policy(rt))
-    assert sample("payrecon_reconciliation_runs_total", provider="cinetpay", status="succeeded") == before + 1
-    assert (
-        sample("payrecon_reconciliation_items_total", provider="cinetpay", **{"class": "amount_mismatch"})
-        == mismatches + 1
-    )
-    # Read from the runs at scrape time (a restarted worker, or a run made by hand, still shows it).
-    from worker.observability import StateCollector
-
-    gauges = {
-        (family.name, s.labels.get("provider")): s.value
-        for family in StateCollector(rt.sessions, None).collect()
-        for s in family.samples
-    }
-    last = gauges["payrecon_reconciliation_last_success_timestamp_seconds", "cinetpay"]
-    assert abs(last - datetime.now(UTC).timestamp()) < 60
-
-
 def test_a_refund_in_the_statement_refunds_the_payment(rt: Runtime, sandbox: SandboxClient) -> None:
     ref = new_reference()
     pipeline.register_payment(rt, registration(ref, account="tech-refund"))
@@ -370,37 +305,6 @@ def test_a_refund_in_the_statement_refunds_the_payment(rt: Runtime, sandbox: San
         revenue = {b.account: b.balance for b in ledger.balances(session)}["revenue:subscriptions"]
         detail = session.scalars(select(ReconItem.detail).where(ReconItem.reference == ref)).one()
     assert p.status is PaymentStatus.REFUNDED and revenue == 0 and "journals reversed" in detail
-
-
-def test_payouts_are_matched_to_the_payments_they_settle(rt: Runtime) -> None:
-    def stored(ref: str | None, status: str, amount: int, fee: int, payout: str, at: datetime) -> None:
-        with rt.sessions() as session, session.begin():
-            session.execute(insert(StatementLine), [{
-                "provider": "wave", "business_date": at.date(), "source": "file", "reference": ref,
-                "status": status, "amount": amount, "currency": "XOF", "fee": fee, "occurred_at": at,
-                "provider_txn_id": f"T-{new_reference()}", "payout_id": payout, "raw": "",
-            }])  # fmt: skip
-
-    next_day = NOON + timedelta(days=1)
-    stored("CR-1", "succeeded", 6500, 65, "PO-1", NOON)
-    stored("CR-2", "succeeded", 65000, 650, "PO-1", NOON)
-    stored(None, "payout", 70785, 0, "PO-1", next_day)  # paid out the next day: found by its id
-    stored("CR-3", "succeeded", 6500, 65, "PO-2", NOON)
-    stored(None, "payout", 6000, 0, "PO-2", NOON)
-    stored("CR-4", "succeeded", 6500, 65, "PO-3", NOON)  # its payout is not reported yet
-    stored(None, "payout", 1000, 0, "PO-4", NOON)  # nothing of ours behind it
-    run_id = runs.reconcile_stored(rt.sessions, "wave", DAY, policy(rt))
-    with rt.sessions() as session:
-        from reconciliation import reports
-
-        found = {p["payout_id"]: p for p in reports.payouts(session, run_id)}
-        text = reports.render_terminal(session, run_id)
-    assert {k: v["status"] for k, v in found.items()} == {
-        "PO-1": "matched", "PO-2": "mismatch", "PO-3": "pending", "PO-4": "unexplained",
-    }  # fmt: skip
-    assert (found["PO-1"]["payments"], found["PO-1"]["settled_net"]) == (2, 70785)
-    assert found["PO-2"]["difference"] == 6000 - 6435
-    assert "PO-2: mismatch, 1 payment(s), paid 6000 vs net 6435 XOF" in text
 
 
 def payout_journals(rt: Runtime) -> list[tuple[int, str, list[tuple[str, str, int, str]]]]:
@@ -504,20 +408,6 @@ def test_evidence_lists_a_payments_items_of_every_run_matched_or_not(rt: Runtime
     with rt.sessions() as session:
         found = views.payment_detail(session, views.find_payments(session, ref)[0])["reconciliation"]
     assert [(r["run"], r["class"]) for r in found] == [(first, "matched"), (second, "duplicate")]
-
-
-def test_a_refunded_payment_matches_a_refund_and_is_never_healed_back(rt: Runtime) -> None:
-    """After a refund (the operator's, or one a statement reported), re-runs see both sides refunded."""
-    agreed, disputed = new_reference(), new_reference()
-    payment(rt, agreed, PaymentStatus.REFUNDED)
-    payment(rt, disputed, PaymentStatus.REFUNDED)
-    line(rt, agreed, "refunded")
-    line(rt, disputed)  # the provider still says paid: finance must look, we must not settle it again
-    run_id = runs.reconcile_stored(rt.sessions, "cinetpay", DAY, policy(rt))
-    assert classes(rt, run_id) == {agreed: "matched", disputed: "status_mismatch"}
-    with rt.sessions() as session:
-        statuses = dict(session.execute(select(Payment.reference, Payment.status)).all())
-    assert statuses == {agreed: PaymentStatus.REFUNDED, disputed: PaymentStatus.REFUNDED}
 
 
 def test_a_healed_payment_is_paid_when_the_provider_says(rt: Runtime) -> None:

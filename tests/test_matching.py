@@ -1,0 +1,136 @@
+"""Matching (``reconciliation.matching``): one set-based pass classifies a business day's references,
+our payments against the provider's lines, and the payouts the day touches. Real PostgreSQL; the
+run around it is ``tests/test_runs.py``, the whole nightly reconciliation ``tests/test_reconciliation.py``."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import insert, select
+
+from reconciliation import matching, runs
+from reconciliation.db import transaction
+from reconciliation.models import Payment, PaymentStatus, ReconItem, StatementLine
+from tests.helpers import new_reference
+from tests.test_reconciliation import DAY, NOON, classes, line, payment, policy
+from worker.runtime import Runtime
+
+START, END = runs.business_window(DAY, ZoneInfo("Africa/Abidjan"))
+
+
+def classify(rt: Runtime, *, part: tuple[int, int] | None = None, **over: Any) -> dict[str | None, str]:
+    """``matching.classify`` of the day in a run of its own: {reference: class}."""
+    run_id = runs.start(rt.sessions, "cinetpay", DAY, policy(rt), "manual")
+    window = matching.Window(**{"provider": "cinetpay", "start": START, "end": END, "sla_cutoff": NOON, **over})
+    with transaction(rt.sessions) as session:
+        written = matching.classify(session, run_id, window, DAY, part)
+    found = classes(rt, run_id)
+    assert written == len(found)
+    return found
+
+
+def test_every_reference_is_classified_in_exactly_one_share(rt: Runtime) -> None:
+    """``part=(k, n)``: the shares are disjoint and together are the whole day, each reference whole in one."""
+    refs = [new_reference() for _ in range(24)]
+    for n, ref in enumerate(refs):
+        payment(rt, ref, PaymentStatus.SUCCEEDED)
+        line(rt, ref, amount=5000 if n % 3 else 4000)
+        if n % 4 == 0:
+            line(rt, ref)  # a second line: the reference must not be split between shares
+    whole = classify(rt)
+    shares = [classify(rt, part=(k, 3)) for k in range(3)]
+    assert sum(len(share) for share in shares) == len(whole) == len(refs)
+    assert {ref: cls for share in shares for ref, cls in share.items()} == whole
+    assert all(share for share in shares)  # 24 references spread over all three
+
+
+def test_a_payment_still_pending_within_its_sla_is_not_an_exception_yet(rt: Runtime) -> None:
+    waiting, silent = new_reference(), new_reference()
+    payment(rt, waiting, PaymentStatus.PENDING)
+    line(rt, waiting, "pending")
+    payment(rt, silent, PaymentStatus.REGISTERED)
+    assert classify(rt, sla_cutoff=NOON - timedelta(hours=1)) == {}
+    assert classify(rt, sla_cutoff=NOON + timedelta(minutes=1)) == {
+        waiting: "missing_after_sla",
+        silent: "missing_after_sla",
+    }
+
+
+def test_the_expected_fee_rounds_half_up_and_no_fee_schedule_checks_no_fee(rt: Runtime) -> None:
+    exact, short = new_reference(), new_reference()
+    for ref, fee in ((exact, 1), (short, 0)):  # 1 % of 50 is 0.5: 1 expected
+        payment(rt, ref, PaymentStatus.SUCCEEDED, amount=50)
+        line(rt, ref, amount=50, fee=fee)
+    assert classify(rt, fee_bps=100) == {exact: "matched", short: "fee_variance"}
+    with rt.sessions() as session:
+        assert set(session.scalars(select(ReconItem.expected_fee).where(ReconItem.reference == exact))) == {1}
+    assert classify(rt) == {exact: "matched", short: "matched"}
+
+
+def test_a_tolerance_excuses_an_amount_never_another_currency(rt: Runtime) -> None:
+    ref = new_reference()
+    payment(rt, ref, PaymentStatus.SUCCEEDED)
+    line(rt, ref, amount=5000, currency="XAF")
+    assert classify(rt, tolerance=5) == {ref: "currency_mismatch"}
+
+
+def test_only_the_lines_of_the_business_day_count(rt: Runtime) -> None:
+    ref = new_reference()
+    payment(rt, ref, PaymentStatus.SUCCEEDED)
+    line(rt, ref, at=NOON + timedelta(days=1))  # the provider put it on the next day
+    assert classify(rt) == {ref: "missing_at_provider"}
+
+
+def test_amount_tolerance(rt: Runtime) -> None:
+    ref = new_reference()
+    payment(rt, ref, PaymentStatus.SUCCEEDED)
+    line(rt, ref, amount=4995)
+    assert classes(rt, runs.reconcile_stored(rt.sessions, "cinetpay", DAY, policy(rt)))[ref] == "amount_mismatch"
+    assert classes(rt, runs.reconcile_stored(rt.sessions, "cinetpay", DAY, policy(rt, tolerance=5)))[ref] == "matched"
+
+
+def test_payouts_are_matched_to_the_payments_they_settle(rt: Runtime) -> None:
+    def stored(ref: str | None, status: str, amount: int, fee: int, payout: str, at: datetime) -> None:
+        with rt.sessions() as session, session.begin():
+            session.execute(insert(StatementLine), [{
+                "provider": "wave", "business_date": at.date(), "source": "file", "reference": ref,
+                "status": status, "amount": amount, "currency": "XOF", "fee": fee, "occurred_at": at,
+                "provider_txn_id": f"T-{new_reference()}", "payout_id": payout, "raw": "",
+            }])  # fmt: skip
+
+    next_day = NOON + timedelta(days=1)
+    stored("CR-1", "succeeded", 6500, 65, "PO-1", NOON)
+    stored("CR-2", "succeeded", 65000, 650, "PO-1", NOON)
+    stored(None, "payout", 70785, 0, "PO-1", next_day)  # paid out the next day: found by its id
+    stored("CR-3", "succeeded", 6500, 65, "PO-2", NOON)
+    stored(None, "payout", 6000, 0, "PO-2", NOON)
+    stored("CR-4", "succeeded", 6500, 65, "PO-3", NOON)  # its payout is not reported yet
+    stored(None, "payout", 1000, 0, "PO-4", NOON)  # nothing of ours behind it
+    run_id = runs.reconcile_stored(rt.sessions, "wave", DAY, policy(rt))
+    with rt.sessions() as session:
+        from reconciliation import reports
+
+        found = {p["payout_id"]: p for p in reports.payouts(session, run_id)}
+        text = reports.render_terminal(session, run_id)
+    assert {k: v["status"] for k, v in found.items()} == {
+        "PO-1": "matched", "PO-2": "mismatch", "PO-3": "pending", "PO-4": "unexplained",
+    }  # fmt: skip
+    assert (found["PO-1"]["payments"], found["PO-1"]["settled_net"]) == (2, 70785)
+    assert found["PO-2"]["difference"] == 6000 - 6435
+    assert "PO-2: mismatch, 1 payment(s), paid 6000 vs net 6435 XOF" in text
+
+
+def test_a_refunded_payment_matches_a_refund_and_is_never_healed_back(rt: Runtime) -> None:
+    """After a refund (the operator's, or one a statement reported), re-runs see both sides refunded."""
+    agreed, disputed = new_reference(), new_reference()
+    payment(rt, agreed, PaymentStatus.REFUNDED)
+    payment(rt, disputed, PaymentStatus.REFUNDED)
+    line(rt, agreed, "refunded")
+    line(rt, disputed)  # the provider still says paid: finance must look, we must not settle it again
+    run_id = runs.reconcile_stored(rt.sessions, "cinetpay", DAY, policy(rt))
+    assert classes(rt, run_id) == {agreed: "matched", disputed: "status_mismatch"}
+    with rt.sessions() as session:
+        statuses = dict(session.execute(select(Payment.reference, Payment.status)).all())
+    assert statuses == {agreed: PaymentStatus.REFUNDED, disputed: PaymentStatus.REFUNDED}
