@@ -199,21 +199,6 @@ def test_broker_settings_bring_a_killed_workers_messages_back_within_about_a_min
         assert getattr(tasks, name).acks_late is False
 
 
-def test_a_worker_that_outlived_its_lease_cannot_overwrite_the_one_that_took_over(
-    rt: Runtime, killed_mid_call: tuple[str, dict[str, Any], int]
-) -> None:
-    _, _, inbox_id = killed_mid_call
-    with rt.sessions.begin() as session:
-        (slow,) = [inbox.take(session, inbox_id, datetime.now(UTC) + inbox.LEASE * 2)]
-    assert slow is not None
-    end_lease(rt, inbox_id)
-    with rt.sessions.begin() as session:
-        taken_over = inbox.take(session, inbox_id, datetime.now(UTC))
-        assert taken_over is not None
-        assert not inbox.finish(session, slow, InboxStatus.FORGED, "too late")  # the slow one's verdict is ignored
-        assert inbox.finish(session, taken_over, InboxStatus.PROCESSED, "done")
-
-
 def test_a_row_written_by_a_worker_of_the_previous_version_is_due_at_once(rt: Runtime) -> None:
     """During a rolling upgrade, old workers insert received rows without the new columns."""
     with rt.sessions.begin() as session:
