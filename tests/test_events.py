@@ -19,9 +19,7 @@ from sqlalchemy import select
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from providers.sandbox.client import SandboxClient
-from reconciliation.db import transaction
 from reconciliation.models import DeadLetter, OutboxDelivery, OutboxEvent
-from reconciliation.subscriptions import expire_due
 from tests.conftest import worker_env
 from tests.helpers import new_reference, registration
 from worker import events, logs, pipeline
@@ -112,26 +110,6 @@ def paid(rt: Runtime, sandbox: SandboxClient, **over: Any) -> str:
 def types(rt: Runtime) -> list[str]:
     with rt.sessions() as session:
         return list(session.scalars(select(OutboxEvent.type).order_by(OutboxEvent.created_at, OutboxEvent.type)))
-
-
-def test_events_are_written_with_the_change(rt: Runtime, sandbox: SandboxClient) -> None:
-    paid(rt, sandbox)
-    assert sorted(types(rt)) == ["payment.succeeded", "subscription.granted"]
-    with rt.sessions() as session:
-        granted = session.scalars(select(OutboxEvent).where(OutboxEvent.type == "subscription.granted")).one()
-    assert granted.product == "depannage" and granted.payload["days"] == 30 and granted.payload["ends_at"]
-
-
-def test_a_rolled_back_change_writes_no_event(rt: Runtime, sandbox: SandboxClient) -> None:
-    paid(rt, sandbox)
-    later = datetime.now(UTC) + timedelta(days=40)
-    with pytest.raises(RuntimeError), transaction(rt.sessions) as session:
-        assert len(expire_due(session, later)) == 1
-        raise RuntimeError("forced rollback")
-    assert "subscription.expired" not in types(rt)
-    with transaction(rt.sessions) as session:
-        expire_due(session, later)
-    assert "subscription.expired" in types(rt)
 
 
 def test_mismatch_and_refusal_are_told(rt: Runtime, sandbox: SandboxClient) -> None:
