@@ -392,24 +392,6 @@ def test_payouts_not_matched_post_nothing(rt: Runtime) -> None:
     assert payout_journals(rt) == [] and "bank:cinetpay" not in accounts
 
 
-def test_evidence_lists_a_payments_items_of_every_run_matched_or_not(rt: Runtime) -> None:
-    """Matched items are found through the runs of the payment's day, exceptions by reference."""
-    from reconciliation import views
-
-    ref, other = new_reference(), new_reference()
-    payment(rt, ref, PaymentStatus.SUCCEEDED)
-    payment(rt, other, PaymentStatus.SUCCEEDED)
-    line(rt, ref)
-    line(rt, other)
-    first = runs.reconcile_stored(rt.sessions, "cinetpay", DAY, policy(rt))
-    line(rt, ref, amount=4000, txn="T-late-copy")  # the provider now reports it twice
-    second = runs.reconcile_stored(rt.sessions, "cinetpay", DAY, policy(rt))
-    runs.reconcile_stored(rt.sessions, "cinetpay", DAY + timedelta(days=5), policy(rt))  # another day: not its
-    with rt.sessions() as session:
-        found = views.payment_detail(session, views.find_payments(session, ref)[0])["reconciliation"]
-    assert [(r["run"], r["class"]) for r in found] == [(first, "matched"), (second, "duplicate")]
-
-
 def test_a_healed_payment_is_paid_when_the_provider_says(rt: Runtime) -> None:
     lost = new_reference()
     payment(rt, lost, PaymentStatus.PENDING)
