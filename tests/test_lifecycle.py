@@ -12,9 +12,8 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import select, update
 
-from providers.base import Outcome, VerifiedStatus
 from providers.sandbox.client import SandboxClient
-from reconciliation import ledger, payments
+from reconciliation import ledger
 from reconciliation.db import transaction
 from reconciliation.models import OutboxEvent, Payment, PaymentStatus, Plan, Subscription
 from reconciliation.subscriptions import expire_due, grant_manual, send_reminders
@@ -104,21 +103,6 @@ def test_operator_refund_reverses_journals_and_shortens_access(
     again = CliRunner().invoke(main, ["payments", "refund", second, "--reason", "x", "--by", "y"], env=env)
     assert again.exit_code == 1 and "only a succeeded payment is refunded" in again.output
     assert first
-
-
-def test_a_refund_reported_by_the_provider_has_the_same_effects(rt: Runtime, sandbox: SandboxClient) -> None:
-    ref = settled(rt, sandbox, "tech-2")
-    with transaction(rt.sessions) as session:
-        payment = payments.find(session, "cinetpay", ref, lock=True)
-        assert payment is not None
-        answer = VerifiedStatus(reference=ref, outcome=Outcome.REFUNDED, provider_status="REFUNDED",
-                                provider_code="660", amount=5000, currency="XOF")  # fmt: skip
-        payments.apply_answer(session, payment, answer, rt.context("cinetpay"), trigger="recheck")
-    sub = subscription(rt, "tech-2")
-    assert sub.active is False  # its only 30 days taken back: access ends now
-    with rt.sessions() as session:
-        assert {b.account: b.balance for b in ledger.balances(session)}["revenue:subscriptions"] == 0
-    assert len(events(rt, "payment.refunded")) == 1 and len(events(rt, "subscription.shortened")) == 1
 
 
 def test_reminders_are_sent_once_each_nearest_first(rt: Runtime) -> None:
