@@ -7,10 +7,9 @@ outage's end, a provider's give-up window); a bounded one is spent after its las
 given up).
 
 Waits that are not retry schedules live with what they wait on: a pending payment's re-checks are part of
-its provider's trust profile (``providers/profiles.py``, ``PAYRECON_RECHECK_SCHEDULE``; not jittered: the
-janitor's lease spreads them), the call budget says itself how long to wait (``worker/budget.py``), and
-the few retries inside one provider call are tenacity's (``providers/http.RetryPolicy``: exponential with
-full jitter, seconds).
+its provider's trust profile (``providers/profiles.py``, ``PAYRECON_RECHECK_SCHEDULE``; not jittered), the
+call budget says itself how long to wait (``worker/budget.py``), and the few retries inside one provider
+call are tenacity's (``providers/http.RetryPolicy``: exponential with full jitter, seconds).
 """
 
 from __future__ import annotations
