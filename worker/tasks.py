@@ -236,7 +236,7 @@ def run_batch(envelopes: list[Any]) -> list[bool] | None:
         metrics.BATCHES.observe(len(envelopes))
         dispositions = []
         for envelope, outcome in zip(envelopes, outcomes, strict=True):
-            # Each message counts as the task run it is (Celery's task signals do not fire for a batch).
+            # Each message counts as the task run it is (no task runs for a batch: PayreconTask's hooks do not).
             if isinstance(outcome, pipeline.NotStored):
                 sent = _send_again(envelope, outcome)
                 metrics.TASKS.labels(INGEST_TASK, "retried" if sent else "failed").inc()
