@@ -157,14 +157,17 @@ def test_a_replay_sends_each_letter_with_no_transaction_open_and_marks_it_after(
     (letter,) = json.loads(run(cli_env, "dead-letters", "list", "--json").output)
     seen: list[tuple[int, Any]] = []
     send_task = app.send_task
+    with rt.sessions() as session:  # the command's connections are opened from now on (its own engine)
+        since = session.execute(text("SELECT clock_timestamp()")).scalar_one()
 
     def watched(*args: Any, **kwargs: Any) -> Any:
         with rt.sessions() as session:  # another connection: what PostgreSQL sees while the message goes out
             open_transactions = session.execute(
                 text(
                     "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-                    "AND state LIKE 'idle in transaction%' AND pid <> pg_backend_pid()"
-                )
+                    "AND state LIKE 'idle in transaction%' AND pid <> pg_backend_pid() AND backend_start >= :since"
+                ),
+                {"since": since},
             ).scalar_one()
             marked = session.execute(
                 text("SELECT replayed_at FROM dead_letters WHERE id = :id"), {"id": letter["id"]}
