@@ -29,7 +29,8 @@ result_backend = None
 # each one is idempotent by database constraints and row locks.
 task_acks_late = True
 task_reject_on_worker_lost = True
-# A failed task is acknowledged: its input is already in the dead letters (worker.tasks._guarded).
+# A failed task is acknowledged: a contract task's input is already in the dead letters, stored work keeps
+# its row and lease, a beat job runs again next time (the retry rules of worker.tasks).
 task_acks_on_failure = True
 task_acks_on_timeout = True
 

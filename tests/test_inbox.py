@@ -172,7 +172,8 @@ def test_a_given_up_delivery_is_reopened_once_with_its_counts_reset(rt: Runtime)
 
 
 def test_a_worker_that_outlived_its_lease_cannot_overwrite_the_one_that_took_over(rt: Runtime) -> None:
-    inbox_id = store(rt, "k1").id  # stored a day ago by a worker that died holding it (its lease is over)
+    a_day_ago = datetime.now(UTC) - timedelta(days=1)
+    inbox_id = store(rt, "k1", now=a_day_ago).id  # by a worker that died holding it (its lease is over)
     with rt.sessions.begin() as session:
         (slow,) = [inbox.take(session, inbox_id, datetime.now(UTC) + inbox.LEASE * 2)]
     assert slow is not None

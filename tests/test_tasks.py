@@ -5,12 +5,19 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from billiard.einfo import ExceptionInfo
 from celery import signals
+from celery.app.trace import build_tracer
+from celery.canvas import Signature
+from celery.contrib.testing.mocks import TaskMessage
+from celery.exceptions import Reject, WorkerLostError
+from celery.worker.request import Request
 from prometheus_client import REGISTRY
 from sqlalchemy import create_engine, select
 from sqlalchemy.exc import OperationalError
@@ -136,12 +143,14 @@ def test_an_input_task_retries_its_message_through_an_outage(
     installed: Runtime, database_down: Runtime, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """PostgreSQL away before the registration is stored: the message is sent again after a DB_OUTAGE delay,
-    as often as it takes; the run after the outage stores it."""
+    as often as it takes (more than Celery's default of 3 retries, which would drop it); the run after the
+    outage stores it."""
     countdowns: list[float] = []
+    tries = 6
 
     def outage_ends(request: Any = None, reason: Any = None, **_: Any) -> None:
         countdowns.append(reason.when)
-        if len(countdowns) == 3:
+        if len(countdowns) == tries:
             monkeypatch.setattr(runtime, "_runtime", installed)
 
     signals.task_retry.connect(outage_ends, weak=False)
@@ -151,12 +160,55 @@ def test_an_input_task_retries_its_message_through_an_outage(
     finally:
         signals.task_retry.disconnect(outage_ends)
     assert result["outcome"] == "created"
-    lows = [d * 0.8 for d in retries.DB_OUTAGE.delays[:3]]
-    assert [low <= c <= low / 0.8 * 1.2 for low, c in zip(lows, countdowns, strict=True)] == [True] * 3
-    assert runs(tasks.register_payment, "retried") - retried == 3
+    delays = retries.DB_OUTAGE.delays
+    bases = [delays[min(n, len(delays) - 1)] for n in range(tries)]  # the last delay repeats
+    assert [b * 0.8 <= c <= b * 1.2 for b, c in zip(bases, countdowns, strict=True)] == [True] * tries
+    assert runs(tasks.register_payment, "retried") - retried == tries
     assert runs(tasks.register_payment, "succeeded") - succeeded == 1
     with installed.sessions() as session:
         assert session.scalars(select(DeadLetter)).all() == []
+
+
+def test_a_retry_the_broker_refuses_puts_the_message_back_not_away(
+    database_down: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PostgreSQL and the broker away at once: the retry cannot be sent, and Celery's own answer would be to
+    reject the message for good, losing an input never stored. It goes back to the queue instead, counted as
+    retried, not failed."""
+    monkeypatch.setattr(tasks, "SEND_FAILED_WAIT", 0.0)
+
+    def broker_down(self: Any, *args: Any, **kwargs: Any) -> Any:
+        raise ConnectionError("Error 111 connecting to redis:6379. Connection refused.")
+
+    monkeypatch.setattr(Signature, "apply_async", broker_down)
+    task = tasks.register_payment
+    task_id, kwargs = str(uuid.uuid4()), {"payment": registration("TXN-OUTAGE-2")}
+    retried, failed = runs(task, "retried"), runs(task, "failed")
+    trace = build_tracer(task.name, task, eager=False, propagate=False, app=tasks.app)
+    outcome = trace(task_id, (), kwargs, {"id": task_id, "retries": 0, "delivery_info": {}, "is_eager": False})
+    rejected = getattr(outcome.retval.exception, "exc", outcome.retval.exception)  # as the pool hands it back
+    assert isinstance(rejected, Reject) and rejected.requeue
+    message = TaskMessage(task.name, id=task_id, kwargs=kwargs)
+    request = Request(message, app=tasks.app, task=task, on_reject=message.reject_log_error)  # as the worker's
+    request.on_failure(outcome.retval, return_ok=True)  # what the worker does with the pool's answer
+    message.reject_log_error.assert_called_once()
+    assert message.reject_log_error.call_args.args[-1] is True  # requeue
+    assert not message.ack_log_error.called
+    assert (runs(task, "retried") - retried, runs(task, "failed") - failed) == (1, 0)
+
+
+def test_a_child_lost_under_a_scheduled_job_counts_as_failed() -> None:
+    """A prefork child killed under a job acknowledged on receipt: Celery fails it in the main process, where
+    the task's own hooks do not run; the failure is counted there."""
+    task = tasks.expire_subscriptions
+    assert task.acks_late is False
+    before = runs(task, "failed")
+    request = Request(TaskMessage(task.name, id=str(uuid.uuid4())), app=tasks.app, task=task)
+    try:
+        raise WorkerLostError("Worker exited prematurely: signal 9 (SIGKILL).")
+    except WorkerLostError:
+        request.on_failure(ExceptionInfo(), return_ok=False)
+    assert runs(task, "failed") - before == 1
 
 
 @pytest.mark.parametrize("name", ["retry_delivery", "verify_payment"])

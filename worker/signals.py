@@ -1,5 +1,5 @@
-"""Celery signal handlers: metrics endpoints, beat's heartbeat, JSON logs (per-task counters are the task
-base class's: ``worker.tasks.PayreconTask``).
+"""Celery signal handlers: metrics endpoints, beat's heartbeat, JSON logs, and the task failures decided
+outside the task (the other per-task counts are the task base class's: ``worker.tasks.PayreconTask``).
 
 Imported by ``worker.app``; everything here runs in worker or beat processes only.
 """
@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from celery import signals
+from celery.exceptions import Reject, WorkerLostError
 
 from worker import metrics, observability, serving
 
@@ -36,6 +37,15 @@ def _serve_worker_metrics(sender: Any = None, **_: Any) -> None:
         observability.serve(port, observability.serving_registry(collector))
     except OSError as exc:  # a second worker node on the same host: say so, keep working
         log.error("metrics port %d unavailable (%s): set PAYRECON_METRICS_PORT per worker node", port, exc)
+
+
+@signals.task_failure.connect
+def _failed_outside_the_task(sender: Any = None, exception: BaseException | None = None, **_: Any) -> None:
+    """Failures Celery decides in the worker's main process, where the task's own hooks do not run: a prefork
+    child lost under a task whose message is not requeued, a message rejected for good. Every other
+    outcome is counted by the task base class (``worker.tasks.PayreconTask``)."""
+    if sender is not None and isinstance(exception, (WorkerLostError, Reject)):
+        metrics.TASKS.labels(sender.name, "failed").inc()
 
 
 @signals.worker_process_shutdown.connect

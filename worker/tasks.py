@@ -8,14 +8,16 @@ contract (README, "The contract"): their names, queue and kwargs never change.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from enum import StrEnum
-from typing import Any, cast
+from typing import Any, NoReturn, cast
 
 from celery import Task
+from celery.exceptions import Reject
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
@@ -27,6 +29,9 @@ from worker import metrics, pipeline, runtime
 from worker.app import app
 
 log = logging.getLogger(__name__)
+
+#: Seconds before a message whose retry could not be sent (the broker away too) goes back to the queue.
+SEND_FAILED_WAIT = 2.0
 
 PROVIDERS = frozenset(p.value for p in Provider)
 
@@ -154,7 +159,7 @@ class PayreconTask(Task):  # type: ignore[misc]
         reason = str(getattr(exc, "orig", exc)).strip().splitlines()[0][:200]
         if self.rule.on_outage is OnOutage.RETRY:
             log.warning("%s: database unavailable, retrying in a few seconds: %s", self.name, reason)
-            raise self.retry(exc=exc, countdown=retries.DB_OUTAGE.delay(self.request.retries)) from exc
+            self._retry(exc)
         if self.rule.on_outage is OnOutage.LEAVE:
             log.warning(
                 "%s%r: database unavailable; the janitor takes it up again: %s", self.name, self.request.args, reason
@@ -171,8 +176,24 @@ class PayreconTask(Task):  # type: ignore[misc]
         try:
             pipeline.dead_letter(self.runtime, self.name, "internal_error", detail, payload)
         except Exception as inner:
-            raise self.retry(exc=inner, countdown=retries.DB_OUTAGE.delay(self.request.retries)) from inner
+            self._retry(inner)
         return pipeline.Result(pipeline.Disposition.FAILED, detail)
+
+    def _retry(self, exc: Exception) -> NoReturn:
+        """The message sent again after the outage's next delay. If even that cannot be sent (the broker
+        is away or refuses writes too), Celery would reject the message without requeueing it, dropping an
+        input that was never stored: it goes back to the queue instead, after a pause, and is counted as
+        retried. (Should the broker refuse that too, it stays unacknowledged and comes back with the
+        visibility timeout.)"""
+        try:
+            raise self.retry(exc=exc, countdown=retries.DB_OUTAGE.delay(self.request.retries)) from exc
+        except Reject as rejected:
+            if rejected.requeue:
+                raise
+            log.warning("%s: could not send it again either, back to the queue: %s", self.name, rejected.reason)
+            time.sleep(SEND_FAILED_WAIT)
+            metrics.TASKS.labels(self.name, "retried").inc()
+            raise Reject(rejected.reason, requeue=True) from exc
 
     def on_success(self, retval: Any, task_id: str, args: Any, kwargs: Any) -> None:
         state = "retried" if getattr(self.request, "left_to_janitor", False) else "succeeded"
