@@ -286,13 +286,17 @@ class Journal(Base):
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
-    payment_id: Mapped[int | None] = mapped_column(ForeignKey("payments.id"), index=True)
+    # The payment and the reversed journal exist: checked per statement by the ledger's guard, not by
+    # foreign keys (migration 0013), as are an entry's journal and account.
+    payment_id: Mapped[int | None] = mapped_column(BigId, index=True)
     kind: Mapped[str] = mapped_column(String(40))
     memo: Mapped[str] = mapped_column(Text, default="")
-    reverses_id: Mapped[int | None] = mapped_column(ForeignKey("ledger_journals.id"))
+    reverses_id: Mapped[int | None] = mapped_column(BigId)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime(), server_default=func.now())
 
-    entries: Mapped[list[Entry]] = relationship(order_by="Entry.id")
+    entries: Mapped[list[Entry]] = relationship(
+        order_by="Entry.id", primaryjoin="Journal.id == foreign(Entry.journal_id)", viewonly=True
+    )
 
 
 class Entry(Base):
@@ -305,8 +309,8 @@ class Entry(Base):
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
-    journal_id: Mapped[int] = mapped_column(ForeignKey("ledger_journals.id"), index=True)
-    account_id: Mapped[int] = mapped_column(ForeignKey("ledger_accounts.id"), index=True)
+    journal_id: Mapped[int] = mapped_column(BigId, index=True)  # no foreign keys: see Journal.payment_id
+    account_id: Mapped[int] = mapped_column(BigId, index=True)
     side: Mapped[str] = mapped_column(String(6))
     amount: Mapped[int] = mapped_column(BigInteger)
     currency: Mapped[str] = mapped_column(String(3))

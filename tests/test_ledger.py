@@ -170,6 +170,9 @@ def test_database_refuses_a_statement_with_one_unbalanced_journal_among_many(rt:
         "DELETE FROM ledger_entries",
         "UPDATE ledger_journals SET memo = 'x'",
         "DELETE FROM ledger_journals",
+        "UPDATE ledger_accounts SET currency = 'USD' WHERE code = 'x'",
+        "UPDATE ledger_accounts SET id = id + 100",
+        "DELETE FROM ledger_accounts WHERE code = 'u'",  # even one no entry uses
     ],
 )
 def test_ledger_rows_are_append_only(rt: Runtime, statement: str) -> None:
@@ -177,6 +180,105 @@ def test_ledger_rows_are_append_only(rt: Runtime, statement: str) -> None:
         _raw_journal(conn, 100, 100)
     with pytest.raises(DBAPIError, match="append-only"), rt.engine.begin() as conn:
         conn.execute(text(statement))
+
+
+# The references of journals and entries (migration 0013: checked per statement by the guard, not by
+# per-row foreign keys): each refusal, with a statement that balances, so that only the reference is wrong.
+ENTRIES_OF = (
+    "INSERT INTO ledger_entries (journal_id, account_id, side, amount, currency) VALUES "
+    "(:j, (SELECT id FROM ledger_accounts WHERE code = 'x'), 'debit', 5, 'XOF'), "
+    "(:j, :credit_account, 'credit', 5, 'XOF')"
+)
+
+
+def _journal_of(conn: Connection, payment_id: object = None, reverses_id: object = None) -> None:
+    conn.execute(
+        text(
+            "WITH j AS (INSERT INTO ledger_journals (kind, memo, payment_id, reverses_id) "
+            "VALUES ('ref', '', :p, :r) RETURNING id) "
+            "INSERT INTO ledger_entries (journal_id, account_id, side, amount, currency) "
+            "SELECT j.id, a.id, e.side, 5, 'XOF' FROM j, (VALUES ('x', 'debit'), ('y', 'credit')) AS e (code, side) "
+            "JOIN ledger_accounts a ON a.code = e.code AND a.currency = 'XOF'"
+        ),
+        {"p": payment_id, "r": reverses_id},
+    )
+
+
+def test_database_refuses_entries_of_a_journal_that_does_not_exist(rt: Runtime) -> None:
+    with rt.engine.begin() as conn:
+        _accounts(conn)
+    refused = pytest.raises(IntegrityError, match="ledger entries refer to journal 999, which does not exist")
+    with refused, rt.engine.begin() as conn:
+        credit = conn.execute(text("SELECT id FROM ledger_accounts WHERE code = 'y'")).scalar()
+        conn.execute(text(ENTRIES_OF), {"j": 999, "credit_account": credit})
+    assert _count(rt, "ledger_entries") == 0
+
+
+def test_database_refuses_an_entry_on_an_account_that_does_not_exist(rt: Runtime) -> None:
+    with rt.engine.begin() as conn:
+        _raw_journal(conn, 100, 100)  # journal 1
+    refused = pytest.raises(IntegrityError, match="journal 1 posts to account 999, which does not exist")
+    with refused, rt.engine.begin() as conn:
+        conn.execute(text(ENTRIES_OF), {"j": 1, "credit_account": 999})
+    assert _count(rt, "ledger_entries") == 2
+
+
+def test_database_refuses_a_journal_of_a_payment_or_reversing_a_journal_that_does_not_exist(rt: Runtime) -> None:
+    (payment,) = _payments(rt, 1)
+    with rt.engine.begin() as conn:
+        _accounts(conn)
+        _journal_of(conn, payment_id=payment)  # journal 1, of a payment that exists
+        _journal_of(conn, reverses_id=1)
+    refused = pytest.raises(IntegrityError, match=r"journal 3 is of payment 999, which does not exist")
+    with refused, rt.engine.begin() as conn:
+        _journal_of(conn, payment_id=999)
+    refused = pytest.raises(IntegrityError, match=r"journal 4 reverses journal 999, which does not exist")
+    with refused, rt.engine.begin() as conn:
+        _journal_of(conn, reverses_id=999)
+    assert _count(rt, "ledger_journals") == 2
+
+
+@pytest.mark.parametrize(
+    ("statement", "error"),
+    [
+        ("DELETE FROM payments", "payment 1 has ledger journals: DELETE refused"),
+        ("UPDATE payments SET id = 7", "payment 1 has ledger journals: UPDATE refused"),
+        ("TRUNCATE ledger_journals CASCADE", "TRUNCATE of ledger_journals refused: ledger rows refer to it"),
+        ("TRUNCATE ledger_accounts", "TRUNCATE of ledger_accounts refused: ledger rows refer to it"),
+        ("TRUNCATE payments CASCADE", "TRUNCATE of payments refused: ledger rows refer to it"),
+    ],
+)
+def test_what_the_ledger_refers_to_cannot_go(rt: Runtime, statement: str, error: str) -> None:
+    (payment,) = _payments(rt, 1)
+    with rt.engine.begin() as conn:
+        _accounts(conn)
+        _journal_of(conn, payment_id=payment)
+    with pytest.raises(IntegrityError, match=error), rt.engine.begin() as conn:
+        conn.execute(text(statement))
+    with rt.engine.begin() as conn:  # a payment without journals goes; the others' updates are not refused
+        conn.execute(text("UPDATE payments SET check_count = check_count + 1, id = id WHERE id = :p"), {"p": payment})
+        conn.execute(text("TRUNCATE ledger_journals, ledger_entries, ledger_accounts CASCADE"))
+        conn.execute(text("DELETE FROM payments"))
+    assert _count(rt, "payments") == 0
+
+
+def test_a_journal_holds_its_payment_until_it_commits(rt: Runtime) -> None:
+    """The guard locks a new journal's payments FOR KEY SHARE, as the foreign key did: a concurrent DELETE
+    of the payment waits for the journal's transaction, then sees the journal and is refused."""
+    (payment,) = _payments(rt, 1)
+    with rt.engine.begin() as conn:
+        _accounts(conn)
+    with rt.engine.connect() as writer, rt.engine.connect() as deleter:
+        writer.begin()
+        _journal_of(writer, payment_id=payment)
+        deleter.begin()
+        deleter.execute(text("SET LOCAL lock_timeout = '100ms'"))
+        with pytest.raises(DBAPIError, match="lock timeout"):
+            deleter.execute(text("DELETE FROM payments WHERE id = :p"), {"p": payment})
+        deleter.rollback()
+        writer.commit()
+        with pytest.raises(IntegrityError, match="has ledger journals"), deleter.begin():
+            deleter.execute(text("DELETE FROM payments WHERE id = :p"), {"p": payment})
 
 
 def test_reverse_mirrors_the_original(rt: Runtime) -> None:
@@ -454,3 +556,41 @@ def test_a_payout_chunk_that_meets_a_posted_payout_falls_back_to_one_at_a_time(r
             ).all()
         )
     assert {payout: amounts[journal] for payout, journal in posted.items()} == {"PO-1": 100, "PO-2": 200, "PO-3": 300}
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "INSERT INTO ledger_entries (journal_id, account_id, side, amount, currency) VALUES (999, 1, 'debit', 5, 'X')",
+        "INSERT INTO ledger_entries (journal_id, account_id, side, amount, currency) VALUES (1, 999, 'debit', 5, 'X')",
+        "INSERT INTO ledger_journals (kind, memo, payment_id) VALUES ('x', '', 999)",
+        "INSERT INTO ledger_journals (kind, memo, reverses_id) VALUES ('x', '', 999)",
+        "DELETE FROM payments",
+        "UPDATE payments SET id = 7",
+        "DELETE FROM ledger_accounts",
+        "UPDATE ledger_accounts SET currency = 'USD'",
+    ],
+)
+def test_the_embedded_demo_database_keeps_the_ledger_references_too(tmp_path: Path, statement: str) -> None:
+    """SQLite (the demo) has no statement-level guard: row triggers refuse what the foreign keys did."""
+    url = f"sqlite:///{tmp_path / 'demo.sqlite'}"
+    migrate.upgrade(url)
+    engine = make_engine(url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(text("INSERT INTO payments (provider, reference, status, amount, currency, account, "
+                              "plan_code, periods, provider_data, check_count, settled, created_at, updated_at) "
+                              "VALUES ('wave', 'P-1', 'succeeded', 5, 'XOF', 'a', 'p', 1, '{}', 0, 1, "
+                              "'2026-12-06', '2026-12-06')"))  # fmt: skip
+            _accounts(conn)
+            conn.execute(text("INSERT INTO ledger_journals (kind, memo, payment_id) VALUES ('k', '', 1)"))
+            conn.execute(
+                text(
+                    "INSERT INTO ledger_entries (journal_id, account_id, side, amount, currency) "
+                    "VALUES (1, 1, 'debit', 5, 'XOF'), (1, 2, 'credit', 5, 'XOF')"
+                )
+            )
+        with pytest.raises(IntegrityError), engine.begin() as conn:
+            conn.execute(text(statement))
+    finally:
+        engine.dispose()
