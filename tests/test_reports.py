@@ -685,17 +685,18 @@ AWKWARD = [
 ]
 
 
+@pytest.mark.parametrize("block", [1, 7, 64, 1 << 20])
 def test_postgresql_writes_the_csv_and_json_items_byte_for_byte_as_python(
-    rt: Runtime, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    rt: Runtime, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, block: int
 ) -> None:
     """On PostgreSQL the items of the CSV and JSON files are formatted by the server (``reports_pg``),
     each file by its own COPY or both by one (``export_all``): the same bytes as the Python writers,
-    with quotes, newlines, formulas and currencies to trip on, more rows than one block of the copy,
-    and none."""
+    with quotes, newlines, formulas and currencies to trip on, blocks of the copy cut anywhere (within
+    a row, a quoted field, a character), and no row."""
     from reconciliation import reports_pg
 
     clean(rt)
-    monkeypatch.setattr(reports_pg, "BLOCK_ROWS", 3)
+    monkeypatch.setattr(reports_pg, "BLOCK_BYTES", block)
     runs_ = [make_run(rt, AWKWARD), make_run(rt, [])]
     with rt.sessions() as session:
         assert reports_pg.usable(session)
