@@ -6,10 +6,11 @@ AFTER INSERT trigger per statement on each ledger table (migration 0010) reads t
 rows as one set and refuses the statement unless every new journal has entries, the new entries
 of each journal sum to zero per currency, and each entry is in its account's currency. Since
 migration 0013 the same triggers check the references, in place of per-row foreign keys: each new
-entry's journal and account exist, each new journal's payment (locked ``FOR KEY SHARE``, as a
-foreign key locks it) and reversed journal exist. Other triggers refuse any UPDATE or DELETE of
-journals, entries and accounts (corrections are new journals), the DELETE of a payment with
-journals, and a TRUNCATE that would leave ledger rows referring to nothing.
+entry's journal and account exist, each new journal's payment and reversed journal exist (a
+DELETE of a payment waits for the transactions writing journals, then looks for its journals).
+Other triggers refuse any UPDATE or DELETE of journals, entries and accounts (corrections are new
+journals), the DELETE of a payment with journals, and a TRUNCATE that would leave ledger rows
+referring to nothing.
 
 The guard runs at the end of each statement, not at COMMIT (a statement-level trigger cannot be
 deferred), so **a journal and its entries are written by one SQL statement**. On PostgreSQL this

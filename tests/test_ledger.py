@@ -263,8 +263,9 @@ def test_what_the_ledger_refers_to_cannot_go(rt: Runtime, statement: str, error:
 
 
 def test_a_journal_holds_its_payment_until_it_commits(rt: Runtime) -> None:
-    """The guard locks a new journal's payments FOR KEY SHARE, as the foreign key did: a concurrent DELETE
-    of the payment waits for the journal's transaction, then sees the journal and is refused."""
+    """What the foreign key's row lock did: a DELETE of a payment while a journal of it is being written
+    waits for the journal's transaction (it locks the journals against writers), then sees the journal
+    and is refused."""
     (payment,) = _payments(rt, 1)
     with rt.engine.begin() as conn:
         _accounts(conn)
@@ -594,3 +595,27 @@ def test_the_embedded_demo_database_keeps_the_ledger_references_too(tmp_path: Pa
             conn.execute(text(statement))
     finally:
         engine.dispose()
+
+
+def test_a_journal_whose_snapshot_predates_the_deletion_of_its_payment_is_refused(rt: Runtime) -> None:
+    """Under REPEATABLE READ the guard's view of the payments is the transaction's snapshot, which may
+    still show a payment deleted since: there it locks them FOR KEY SHARE, as the foreign key did, and
+    the lock fails. A DELETE of a payment is refused under anything but READ COMMITTED (its check must
+    see every journal committed before it)."""
+    (payment,) = _payments(rt, 1)
+    with rt.engine.begin() as conn:
+        _accounts(conn)
+    with rt.engine.connect() as writer:
+        writer.begin()
+        writer.execute(text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ"))
+        writer.execute(text("SELECT count(*) FROM payments")).scalar()  # its snapshot: the payment is there
+        with rt.engine.connect() as deleter:
+            with pytest.raises(DBAPIError, match="under READ COMMITTED only"), deleter.begin():
+                deleter.execute(text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ"))
+                deleter.execute(text("DELETE FROM payments WHERE id = :p"), {"p": payment})
+            with deleter.begin():
+                deleter.execute(text("DELETE FROM payments WHERE id = :p"), {"p": payment})
+        with pytest.raises(DBAPIError, match="could not serialize access due to concurrent"):
+            _journal_of(writer, payment_id=payment)
+        writer.rollback()
+    assert _count(rt, "ledger_journals") == 0
