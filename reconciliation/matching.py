@@ -122,6 +122,11 @@ def classify(session: Session, run_id: int, window: Window, day: object, part: t
         # crash before the WAL reaches the disk loses nothing that cannot be redone.
         session.execute(text("SET LOCAL work_mem = '256MB'"))
         session.execute(text("SET LOCAL synchronous_commit = off"))
+        # The day's lines were just imported and are not analyzed yet (estimated at one row): the
+        # planner would sort them by reference to group them; hashing them is faster (one share of a
+        # 250,000-payment day: 0.91 s against 1.10-1.56 s, EXPLAIN ANALYZE, alternately). Nothing else
+        # in the statement sorts: the join is hashed either way.
+        session.execute(text("SET LOCAL enable_sort = off"))
     sql = (
         _CLASSIFY.replace("{part_i}", _part("reference", part))
         .replace("{part_p}", _part("reference", part))
