@@ -5,10 +5,11 @@
 Old guard: migration 0001's deferrable constraint trigger FOR EACH ROW on entries and journals
 (three queries per row, run at COMMIT). New guard: migration 0010's AFTER INSERT triggers FOR EACH
 STATEMENT over the transition tables. Each guard gets a scratch PostgreSQL database of its own
-(migrated to 0009, and to head), and a third one at head with the balance triggers disabled shows
-what the writes cost with no guard at all. In each, N two-entry journals (Dr clearing / Cr
-revenue, XOF) are posted in ONE transaction, timed until its COMMIT returns (the old guard does
-its work there), through:
+(migrated to 0009, and to 0012), and a third one at 0012 with the balance triggers disabled shows
+what the writes cost with no guard at all (the foreign keys still there); a fourth, at head,
+measures 0013's guard, which also checks the references that have no foreign keys any more. In
+each, N two-entry journals (Dr clearing / Cr revenue, XOF) are posted in ONE transaction, timed
+until its COMMIT returns (the old guard does its work there), through:
 
 - ``post_many``: ``ledger.post_many``, one statement per ``ledger.POST_CHUNK`` journals;
 - ``post``: ``ledger.post``, one call (one statement) per journal, as the webhook path does;
@@ -161,8 +162,10 @@ def measure(sessions: sessionmaker[Session], writer: Callable[[Session, int], No
 #: (label, Alembic revision, balance triggers disabled, writers measured)
 GUARDS = [
     ("old: row-level, deferred (0001)", "0009", False, list(WRITERS)),
-    ("new: statement-level (0010)", "head", False, ["post_many", "post"]),
-    ("none: balance triggers disabled", "head", True, list(WRITERS)),
+    ("new: statement-level (0010)", "0012", False, ["post_many", "post"]),
+    ("none: balance triggers disabled", "0012", True, list(WRITERS)),
+    # 0013: the guard also checks the references, which have no foreign keys any more.
+    ("0013: guard checks references, no FKs", "head", False, ["post_many", "post"]),
 ]
 
 

@@ -288,7 +288,7 @@ FEE_CHUNK = 5_000
 #: long (1-4 s: about 100,000 journals and 200,000 entries).
 FEE_CHUNK_SQL = 100_000
 #: On PostgreSQL: sessions posting chunks side by side (one run at a time per process, as for
-#: ``classify_run``): each chunk is CPU-bound in its backend (inserts, foreign keys, the guard).
+#: ``classify_run``): each chunk is CPU-bound in its backend (inserts, the guard).
 FEE_SESSIONS = 2
 
 #: The items whose fee is posted: what the provider reports it took on a payment it settled.
