@@ -38,10 +38,11 @@ from sqlalchemy import create_engine, func, select
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from reconciliation import migrate, runs
+from reconciliation import migrate
 from reconciliation.db import make_engine, session_factory, transaction
 from reconciliation.models import ReconItem
-from reconciliation.statements import import_file
+from reconciliation.nightly import runs
+from reconciliation.statements.files import import_file
 from tests.helpers import scratch_database
 
 PG_BASE = os.environ.get("PAYRECON_TEST_PG", "postgresql+psycopg2://postgres@127.0.0.1:5432")
@@ -212,7 +213,7 @@ def main() -> None:
             fees_s = f"{time.perf_counter() - started_fees:.2f}"
             print(f"fees posted ({journals} journals): {fees_s} s; peak memory {max_rss_mib():.0f} MiB")
         if args.reports:
-            from reconciliation import reports
+            from reconciliation.reports import run as reports
 
             written = time.perf_counter()
             with tempfile.TemporaryDirectory() as out, sessions() as session:

@@ -42,7 +42,7 @@ from sqlalchemy.orm import Session
 from reconciliation.ledger import CREDIT, DEBIT
 from reconciliation.models import Account, Entry, Journal, Payment, PayoutPosting
 from reconciliation.progress import Progress, silent
-from reconciliation.reports_common import formula_safe
+from reconciliation.reports.common import formula_safe
 from schemas.currency import MINOR_UNIT_EXPONENT, exponent, to_major
 
 #: Rows fetched per round trip from the server-side cursor of an export.
@@ -397,7 +397,7 @@ def write_xlsx(path: Path, lines: Iterator[JournalLine], totals: Totals, about: 
     from openpyxl.cell.cell import ILLEGAL_CHARACTERS_RE  # type: ignore[import-untyped]
     from openpyxl.utils import get_column_letter  # type: ignore[import-untyped]
 
-    from reconciliation.reports_xlsx import header_sheet
+    from reconciliation.reports.xlsx import header_sheet
 
     wb = Workbook(write_only=True)
 

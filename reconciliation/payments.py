@@ -753,7 +753,7 @@ def lease_due(session: Session, now: datetime, *, limit: int, lease: timedelta) 
 
 def business_time() -> Any:
     """When a payment counts for a business day: paid, else registered, else created (the classification's
-    ``coalesce(paid_at, registered_at, created_at)``, ``reconciliation.matching``)."""
+    ``coalesce(paid_at, registered_at, created_at)``, ``reconciliation.nightly.matching``)."""
     return func.coalesce(Payment.paid_at, Payment.registered_at, Payment.created_at)
 
 

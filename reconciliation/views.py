@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from reconciliation import cases, ledger
+from reconciliation import ledger
 from reconciliation.models import (
     FINAL_STATUSES,
     DeadLetter,
@@ -26,6 +26,7 @@ from reconciliation.models import (
     Subscription,
     SubscriptionGrant,
 )
+from reconciliation.nightly import cases
 from schemas.currency import MINOR_UNIT_EXPONENT, exponent, to_major
 
 

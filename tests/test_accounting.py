@@ -28,9 +28,10 @@ from click.testing import CliRunner, Result
 from sqlalchemy import select, text
 
 from providers.sandbox.client import SandboxClient
-from reconciliation import accounting, ledger, migrate, runs
+from reconciliation import accounting, ledger, migrate
 from reconciliation.db import make_engine, session_factory, transaction
 from reconciliation.models import Account, Entry, Journal, ReconRun
+from reconciliation.nightly import runs
 from tests.conftest import ROOT, worker_env
 from tests.helpers import new_reference, registration
 from worker import pipeline

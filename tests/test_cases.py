@@ -1,4 +1,4 @@
-"""Exceptions as work (reconciliation.cases, ``payrecon exceptions``): cases opened by a run, carried across
+"""Exceptions as work (reconciliation.nightly.cases, ``payrecon exceptions``): cases opened by a run, carried across
 the re-runs of their day, resolved by a run or by a person, written off through the ledger, audited."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import delete, select, update
 
-from reconciliation import cases, ledger, runs
+from reconciliation import ledger
 from reconciliation.db import transaction
 from reconciliation.models import (
     CaseStatus,
@@ -27,6 +27,7 @@ from reconciliation.models import (
     Resolution,
     StatementLine,
 )
+from reconciliation.nightly import cases, runs
 from tests.conftest import worker_env
 from tests.helpers import new_reference
 from tests.test_reconciliation import DAY, NOON, line, payment, policy

@@ -419,7 +419,7 @@ def test_a_large_statement_import_has_connections_for_all_its_sessions(
     """Four sessions side by side and the importing one: the command's pool lends five."""
     from pathlib import Path
 
-    from reconciliation import statements_pg
+    from reconciliation.statements import pg as statements_pg
 
     monkeypatch.setattr(statements_pg, "PARALLEL_FROM", 1)  # the sample is loaded as a large file is
     taken: list[bool] = []

@@ -144,7 +144,7 @@ def test_reconcile_shows_its_stages_on_a_terminal_and_none_with_json(
 def test_report_export_shows_files_written_on_a_terminal_and_only_paths_on_pipes(
     rt: Runtime, sandbox: SandboxClient, env: dict[str, str], tmp_path: Path
 ) -> None:
-    from reconciliation import runs
+    from reconciliation.nightly import runs
     from worker.nightly import policy
 
     reference = new_reference()

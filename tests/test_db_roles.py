@@ -200,8 +200,8 @@ def test_a_large_statement_import_takes_the_copy_path_as_the_app_role(
 
     from sqlalchemy.orm import Session
 
-    from reconciliation import statements_pg
-    from reconciliation.statements import import_file
+    from reconciliation.statements import pg as statements_pg
+    from reconciliation.statements.files import import_file
 
     monkeypatch.setattr(statements_pg, "PARALLEL_FROM", 1)  # side by side, as for a large file
     taken: list[bool] = []

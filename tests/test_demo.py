@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from reconciliation.statements import MAPPINGS
+from reconciliation.statements.files import MAPPINGS
 from tests.conftest import worker_env
 
 pytestmark = pytest.mark.e2e

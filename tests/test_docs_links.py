@@ -143,7 +143,7 @@ def test_the_readme_opens_with_the_two_set_up_commands_and_ci_runs_the_test_one(
 
 def test_the_report_csv_columns_are_documented_in_order() -> None:
     """docs/reports.md's two column tables name exactly the CSV files' columns, in the files' order."""
-    from reconciliation.reports import CSV_COLUMNS, PAYOUT_CSV_COLUMNS
+    from reconciliation.reports.run import CSV_COLUMNS, PAYOUT_CSV_COLUMNS
 
     section = (ROOT / "docs" / "reports.md").read_text().split("### CSV columns", 1)[1].split("\n#", 1)[0]
     tables = [re.findall(r"^\| `([a-z_]+)` \|", block, re.M) for block in section.split("| column |")[1:]]

@@ -1,4 +1,4 @@
-"""The day at a glance (reconciliation.glance, glance_render, ``payrecon report day``): its numbers against
+"""The day at a glance (reconciliation.reports.glance, glance_render, ``payrecon report day``): its numbers against
 the database, its charts' data, the page and workbook as people open them (English and French)."""
 
 from __future__ import annotations
@@ -18,8 +18,9 @@ from click.testing import CliRunner
 from openpyxl import load_workbook  # type: ignore[import-untyped]
 from sqlalchemy import func, select, update
 
-from reconciliation import cases, glance, glance_render, runs
 from reconciliation.models import Payment, PaymentStatus, ReconCase, ReconItem, StatementLine
+from reconciliation.nightly import cases, runs
+from reconciliation.reports import glance, glance_render
 from tests.conftest import worker_env
 from tests.helpers import new_reference
 from tests.test_reconciliation import DAY, NOON, line, payment, policy

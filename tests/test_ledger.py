@@ -13,9 +13,10 @@ import pytest
 from sqlalchemy import Connection, event, func, inspect, select, text
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
-from reconciliation import ledger, migrate, runs
+from reconciliation import ledger, migrate
 from reconciliation.db import make_engine, session_factory, transaction
 from reconciliation.models import Entry, Journal, Payment, PaymentStatus, PayoutPosting, ReconRun
+from reconciliation.nightly import runs
 from worker.runtime import Runtime
 
 

@@ -1,4 +1,4 @@
-"""Matching (``reconciliation.matching``): one set-based pass classifies a business day's references,
+"""Matching (``reconciliation.nightly.matching``): one set-based pass classifies a business day's references,
 our payments against the provider's lines, and the payouts the day touches. Real PostgreSQL; the
 run around it is ``tests/test_runs.py``, the whole nightly reconciliation ``tests/test_reconciliation.py``."""
 
@@ -10,9 +10,9 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy import insert, select
 
-from reconciliation import matching, runs
 from reconciliation.db import transaction
 from reconciliation.models import Payment, PaymentStatus, ReconItem, StatementLine
+from reconciliation.nightly import matching, runs
 from tests.helpers import new_reference
 from tests.test_reconciliation import DAY, NOON, classes, line, payment, policy
 from worker.runtime import Runtime
@@ -110,7 +110,7 @@ def test_payouts_are_matched_to_the_payments_they_settle(rt: Runtime) -> None:
     stored(None, "payout", 1000, 0, "PO-4", NOON)  # nothing of ours behind it
     run_id = runs.reconcile_stored(rt.sessions, "wave", DAY, policy(rt))
     with rt.sessions() as session:
-        from reconciliation import reports
+        from reconciliation.reports import run as reports
 
         found = {p["payout_id"]: p for p in reports.payouts(session, run_id)}
         text = reports.render_terminal(session, run_id)

@@ -16,7 +16,7 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import select
 
 from providers.sandbox.client import SandboxClient
-from reconciliation import ledger, payments, runs
+from reconciliation import ledger, payments
 from reconciliation.models import (
     FlagKind,
     Journal,
@@ -27,7 +27,8 @@ from reconciliation.models import (
     SubscriptionGrant,
     Verification,
 )
-from reconciliation.statements import import_file
+from reconciliation.nightly import runs
+from reconciliation.statements.files import import_file
 from tests.helpers import new_reference, registration
 from worker import pipeline
 from worker.pipeline import Disposition

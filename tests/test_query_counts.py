@@ -11,8 +11,8 @@ from typing import Any
 from sqlalchemy import Engine, event
 
 from providers.sandbox.client import SandboxClient
-from reconciliation import runs
 from reconciliation.models import PaymentStatus
+from reconciliation.nightly import runs
 from tests.helpers import new_reference
 from tests.test_batches import outcomes, paid
 from tests.test_reconciliation import DAY, line, payment, policy

@@ -17,7 +17,7 @@ from sqlalchemy import func, insert, select, text
 from sqlalchemy.exc import IntegrityError
 
 from providers.sandbox.client import SandboxClient
-from reconciliation import ledger, runs
+from reconciliation import ledger
 from reconciliation.models import (
     Account,
     Entry,
@@ -32,7 +32,8 @@ from reconciliation.models import (
     StatementLine,
     SubscriptionGrant,
 )
-from reconciliation.statements import StatementError, import_file
+from reconciliation.nightly import runs
+from reconciliation.statements.files import StatementError, import_file
 from tests.helpers import new_reference, registration
 from worker import nightly, pipeline
 from worker.runtime import Runtime
@@ -338,7 +339,7 @@ def test_a_matched_payout_is_posted_to_the_bank_once_and_clearing_keeps_what_is_
     first = runs.reconcile_stored(rt.sessions, "cinetpay", DAY, policy(rt))
 
     with rt.sessions() as session:
-        from reconciliation import reports
+        from reconciliation.reports import run as reports
 
         statuses = {p["payout_id"]: p["status"] for p in reports.payouts(session, first)}
         balances = {b.account: b.balance for b in ledger.balances(session)}
@@ -382,7 +383,7 @@ def test_payouts_not_matched_post_nothing(rt: Runtime) -> None:
     line(rt, None, "payout", amount=9000, fee=0, payout="PO-STRANGER")  # unexplained
     run_id = runs.reconcile_stored(rt.sessions, "cinetpay", DAY, policy(rt))
     with rt.sessions() as session:
-        from reconciliation import reports
+        from reconciliation.reports import run as reports
 
         statuses = sorted(p["status"] for p in reports.payouts(session, run_id))
         accounts = {b.account for b in ledger.balances(session)}

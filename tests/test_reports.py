@@ -15,9 +15,10 @@ import openpyxl
 import pytest
 from sqlalchemy import delete, insert
 
-from reconciliation import reports, runs
 from reconciliation.db import transaction
 from reconciliation.models import PayoutPosting, ReconItem, ReconPayout, ReconRun
+from reconciliation.nightly import runs
+from reconciliation.reports import run as reports
 from worker.runtime import Runtime
 
 SCHEMA = Path(__file__).resolve().parent.parent / "schemas" / "recon-report.v1.schema.json"
@@ -693,7 +694,7 @@ def test_postgresql_writes_the_csv_and_json_items_byte_for_byte_as_python(
     each file by its own COPY or both by one (``export_all``): the same bytes as the Python writers,
     with quotes, newlines, formulas and currencies to trip on, blocks of the copy cut anywhere (within
     a row, a quoted field, a character), and no row."""
-    from reconciliation import reports_pg
+    from reconciliation.reports import pg as reports_pg
 
     clean(rt)
     monkeypatch.setattr(reports_pg, "BLOCK_BYTES", block)

@@ -1,4 +1,4 @@
-"""A reconciliation run (``reconciliation.runs``): its business day, its steps (classify, heal, flag, refunds,
+"""A reconciliation run (``reconciliation.nightly.runs``): its business day, its steps (classify, heal, flag, refunds,
 fees, payouts) and how it is closed. Real PostgreSQL; what each reference is classified as is
 ``tests/test_matching.py``, the whole nightly reconciliation ``tests/test_reconciliation.py``."""
 
@@ -11,8 +11,8 @@ from zoneinfo import ZoneInfo
 import pytest
 from sqlalchemy import select
 
-from reconciliation import runs
 from reconciliation.models import FlagKind, Payment, PaymentStatus, ReconCase, ReconClass, ReconRun, SubscriptionGrant
+from reconciliation.nightly import runs
 from tests.helpers import new_reference
 from tests.test_reconciliation import DAY, classes, line, payment, policy
 from worker.runtime import Runtime

@@ -11,9 +11,10 @@ from zoneinfo import ZoneInfo
 import pytest
 from sqlalchemy import delete, func, select, text
 
-from reconciliation import runs, statements_pg
 from reconciliation.models import PaymentStatus, StatementImport, StatementLine
-from reconciliation.statements import StatementError, import_file, visible
+from reconciliation.nightly import runs
+from reconciliation.statements import pg as statements_pg
+from reconciliation.statements.files import StatementError, import_file, visible
 from tests.helpers import new_reference
 from worker.runtime import Runtime
 
@@ -256,7 +257,7 @@ def test_every_share_of_a_run_sees_the_same_database(
     rt: Runtime, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """An import committing while a run is classified counts for every reference of the run or none."""
-    from reconciliation import matching
+    from reconciliation.nightly import matching
     from tests.test_reconciliation import DAY, classes, payment, policy
 
     refs = [new_reference() for _ in range(12)]

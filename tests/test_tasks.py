@@ -25,7 +25,7 @@ from sqlalchemy.orm import sessionmaker
 
 from reconciliation import retries
 from reconciliation.models import DeadLetter
-from reconciliation.statements import import_file
+from reconciliation.statements.files import import_file
 from tests.helpers import registration
 from worker import pipeline, runtime, tasks
 from worker.runtime import Runtime

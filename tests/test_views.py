@@ -8,9 +8,10 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy import update
 
-from reconciliation import deadletters, runs, subscriptions, views
+from reconciliation import deadletters, subscriptions, views
 from reconciliation.db import transaction
 from reconciliation.models import Payment, PaymentStatus, Plan, ReconRun
+from reconciliation.nightly import runs
 from tests.helpers import new_reference, registration
 from tests.test_reconciliation import DAY, line, payment, policy
 from worker import pipeline

@@ -16,8 +16,8 @@ from schemas.messages import Provider
 from worker.settings import ConfigError, Settings
 
 if TYPE_CHECKING:
-    from reconciliation.labels import Language
     from reconciliation.progress import Progress
+    from reconciliation.reports.labels import Language
 
 
 def _fail(message: str, code: int = 1) -> NoReturn:
@@ -451,7 +451,7 @@ def _report_run(
 ) -> dict[str, Any]:
     """Write the run's report files into ``out_dir`` (if given) and print them, or print its summary
     (unless ``as_json``); returns the run's summary with its changes and the files written."""
-    from reconciliation import reports
+    from reconciliation.reports import run as reports
 
     with sessions() as session:
         summary = reports.summary(session, run_id)
@@ -472,7 +472,7 @@ def _report_run(
 
 
 def _show_run(sessions: Any, run_id: int, as_json: bool) -> None:
-    from reconciliation import reports
+    from reconciliation.reports import run as reports
 
     with sessions() as session:
         if as_json:
@@ -494,7 +494,7 @@ def statements_import(provider: str, file: Path) -> None:
     Exit 2 when the file is refused (each bad row named with its line, or already imported)."""
     settings = _settings()
     from reconciliation.db import transaction
-    from reconciliation.statements import StatementError, import_file
+    from reconciliation.statements.files import StatementError, import_file
 
     try:
         with transaction(_sessions(settings)) as session, _progress(_on_terminal(), f"{file.name}: ") as progress:
@@ -538,8 +538,8 @@ def report_export(run_id: int, fmt: str, out_dir: Path) -> None:
     """Write a run's report files (CSV of items and of payouts, XLSX, JSON, HTML, and a manifest with
     SHA-256 by default; --format csv writes both CSV files)."""
     settings = _settings()
-    from reconciliation import reports
     from reconciliation.models import ReconRun
+    from reconciliation.reports import run as reports
 
     out_dir.mkdir(parents=True, exist_ok=True)
     with _sessions(settings)() as session, _progress(_on_terminal(), f"run {run_id}: ") as progress:
@@ -566,7 +566,7 @@ def report_day(day: datetime, out_dir: Path | None, fmt: str, as_json: bool) -> 
     amount at stake, payouts and fees per provider; the open exception cases of every age; charts. In
     PAYRECON_LANGUAGE (en or fr). --json prints its data; --out writes the HTML page and the XLSX workbook."""
     settings = _settings()
-    from reconciliation import glance, glance_render
+    from reconciliation.reports import glance, glance_render
 
     if out_dir is None and not as_json:
         _fail("say where to write the files (--out DIR), or print the data (--json)", 2)
@@ -954,7 +954,7 @@ def ledger_check(as_json: bool) -> None:
 
 # --------------------------------------------------------------------------- exception cases
 
-#: Age buckets of ``exceptions list --age`` (days since the business day; reconciliation.cases.AGE_BUCKETS).
+#: Age buckets of ``exceptions list --age`` (days since the business day; reconciliation.nightly.cases.AGE_BUCKETS).
 AGE_CHOICE = click.Choice(["0-1", "2-7", "8-30", "31+"])
 CASE_STATUS_CHOICE = click.Choice(["open", "investigating", "resolved", "written_off", "all"])
 _by_option = click.option("--by", "by", required=True, help="Who does it: kept in the case's history (audit).")
@@ -990,9 +990,10 @@ def exceptions_list(  # noqa: PLR0917 - click passes the options by name
     """The cases, oldest business day first, then the largest amount: id, age, priority, class, amount,
     status, assignee, provider, day and reference."""
     settings = _settings()
-    from reconciliation import cases, labels
     from reconciliation.models import CaseStatus
-    from reconciliation.reports_common import display_amount, printable
+    from reconciliation.nightly import cases
+    from reconciliation.reports import labels
+    from reconciliation.reports.common import display_amount, printable
 
     chosen = (
         tuple(CaseStatus)
@@ -1029,8 +1030,9 @@ def exceptions_list(  # noqa: PLR0917 - click passes the options by name
 def exceptions_show(case_id: int, as_json: bool) -> None:
     """One case: both sides, the amount at stake, what finance does, and its history (who, when, what)."""
     settings = _settings()
-    from reconciliation import cases, labels
-    from reconciliation.reports_common import display_amount, printable
+    from reconciliation.nightly import cases
+    from reconciliation.reports import labels
+    from reconciliation.reports.common import display_amount, printable
 
     try:
         with _sessions(settings)() as session:
@@ -1074,8 +1076,8 @@ def _change_case(change: Any, case_id: int, **kwargs: Any) -> None:
     settings = _settings()
     from sqlalchemy.exc import IntegrityError
 
-    from reconciliation import cases
     from reconciliation.db import transaction
+    from reconciliation.nightly import cases
 
     try:
         with transaction(_sessions(settings)) as session:
@@ -1096,7 +1098,7 @@ def _change_case(change: Any, case_id: int, **kwargs: Any) -> None:
 @_by_option
 def exceptions_assign(case_id: int, assignee: str, by: str) -> None:
     """Give a case to somebody: it is then investigating."""
-    from reconciliation import cases
+    from reconciliation.nightly import cases
 
     _change_case(cases.assign, case_id, assignee=assignee, by=by)
 
@@ -1107,7 +1109,7 @@ def exceptions_assign(case_id: int, assignee: str, by: str) -> None:
 @_by_option
 def exceptions_note(case_id: int, text: str, by: str) -> None:
     """Add a note to a case's history."""
-    from reconciliation import cases
+    from reconciliation.nightly import cases
 
     _change_case(cases.note, case_id, text=text, by=by)
 
@@ -1130,8 +1132,8 @@ def exceptions_note(case_id: int, text: str, by: str) -> None:
 @_by_option
 def exceptions_resolve(case_id: int, how: str, note: str, amount: int | None, by: str) -> None:
     """Close a case, saying how and why. A write-off posts its journal to the ledger, once."""
-    from reconciliation import cases
     from reconciliation.models import Resolution
+    from reconciliation.nightly import cases
 
     _change_case(cases.resolve, case_id, how=Resolution(how), note=note, by=by, amount=amount)
 
@@ -1142,7 +1144,7 @@ def exceptions_resolve(case_id: int, how: str, note: str, amount: int | None, by
 @_by_option
 def exceptions_reopen(case_id: int, note: str, by: str) -> None:
     """Open a resolved case again (a written-off one stays closed: post a correcting journal instead)."""
-    from reconciliation import cases
+    from reconciliation.nightly import cases
 
     _change_case(cases.reopen, case_id, note=note, by=by)
 

@@ -41,10 +41,10 @@ from providers.sandbox.client import SandboxClient
 from providers.sandbox.server import SandboxServer
 from reconciliation import migrate, views
 from reconciliation.db import make_engine, normalize_database_url, session_factory, transaction
-from reconciliation.labels import PROVIDERS as PROVIDERS_LABELS
-from reconciliation.labels import label
 from reconciliation.models import FlagKind, InboxDelivery, InboxStatus, Payment, PaymentFlag, PaymentStatus
-from reconciliation.statements import MAPPINGS, import_file
+from reconciliation.reports.labels import PROVIDERS as PROVIDERS_LABELS
+from reconciliation.reports.labels import label
+from reconciliation.statements.files import MAPPINGS, import_file
 from schemas.currency import format_amount, to_major
 from schemas.producer import INGEST_TASK, QUEUE, REGISTER_TASK
 from worker.settings import PROVIDERS

@@ -1,5 +1,5 @@
 """The nightly reconciliation, worker side: fetch the provider's view of a business day, then
-classify, heal and store a run (``reconciliation.runs``).
+classify, heal and store a run (``reconciliation.nightly.runs``).
 
 Sources of truth, per provider, in order of preference:
 - statement files finance staff imported (``payrecon statements import``): a day with one is
@@ -20,10 +20,12 @@ from pathlib import Path
 from typing import Any
 
 from providers.base import ProviderClient, ProviderError, StatementEntry, StatementSource, VerifiedStatus
-from reconciliation import payments, runs, statements
+from reconciliation import payments
 from reconciliation.db import advisory_lock, transaction
 from reconciliation.models import Payment
+from reconciliation.nightly import runs
 from reconciliation.progress import Progress, silent
+from reconciliation.statements import files as statements
 from worker.observability import timed_call
 from worker.runtime import Runtime
 from worker.settings import CREDENTIALS
@@ -186,8 +188,9 @@ def _status_checks(
 def write_reports(rt: Runtime, run_id: int) -> list[Path]:
     """The run's report files and manifest into ``PAYRECON_REPORTS_DIR/<provider>/<day>/run<id>/``, and the
     day at a glance into ``PAYRECON_REPORTS_DIR/days/day_<day>.html`` and ``.xlsx``."""
-    from reconciliation import glance, glance_render, reports
     from reconciliation.models import ReconRun
+    from reconciliation.reports import glance, glance_render
+    from reconciliation.reports import run as reports
 
     base = rt.settings.reports_dir
     if base is None:

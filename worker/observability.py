@@ -16,7 +16,8 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from providers.base import ProviderError, ProviderRateLimited, ProviderTransientError
-from reconciliation import cases, facts, views
+from reconciliation import facts, views
+from reconciliation.nightly import cases
 from worker import metrics
 from worker.settings import PROVIDERS
 

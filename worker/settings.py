@@ -18,7 +18,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from reconciliation import retries
 from reconciliation.db import normalize_database_url
-from reconciliation.labels import LANGUAGES, Language
+from reconciliation.reports.labels import LANGUAGES, Language
 from schemas.messages import Provider
 
 CINETPAY_DEFAULT_URL = "https://api-checkout.cinetpay.com"
@@ -215,7 +215,7 @@ class Settings:
     recon_tolerance: int = 0  # amount tolerance in minor units (default exact)
     reports_dir: Path | None = None  # where the reconcile task writes each run's report files
     recon_sessions: int = 2  # PostgreSQL sessions side by side for a large statement import or a run
-    language: Language = "en"  # of the words people read: reports, exception cases (reconciliation.labels)
+    language: Language = "en"  # of the words people read: reports, exception cases (reconciliation.reports.labels)
     fees_bps: dict[str, int | None] = field(default_factory=dict)  # expected fee per provider
     apps: tuple[AppSettings, ...] = ()
     event_retries: tuple[float, ...] = retries.EVENT_DELIVERY.delays  # delays of reconciliation.retries.EVENT_DELIVERY

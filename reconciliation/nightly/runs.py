@@ -21,10 +21,9 @@ from sqlalchemy import func, or_, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from providers.base import Outcome, VerifiedStatus
-from reconciliation import cases, facts, ledger, payments, statements
+from reconciliation import facts, ledger, payments
 from reconciliation.db import is_postgres, transaction
 from reconciliation.dialect import insert
-from reconciliation.matching import Window, classify, match_payouts
 from reconciliation.models import (
     FlagKind,
     Journal,
@@ -37,7 +36,10 @@ from reconciliation.models import (
     ReconRun,
     StatementLine,
 )
+from reconciliation.nightly import cases
+from reconciliation.nightly.matching import Window, classify, match_payouts
 from reconciliation.progress import Progress, silent
+from reconciliation.statements import files as statements
 
 FEE = "fee"  # journal kind: the provider's fee, Dr fees:<provider> / Cr provider clearing
 PAYOUT = "payout"  # journal kind: a matched payout reached the bank, Dr bank:<provider> / Cr provider clearing

@@ -13,8 +13,8 @@ import html
 from collections.abc import Sequence
 from typing import Any
 
-from reconciliation.labels import CLASSES, PAYOUT_STATUSES, PROVIDERS, RUN_WORDS, Language, label, plural
-from reconciliation.reports_common import PAYOUT_MATCHED, ItemRow, display_amount, local_time, printable, why
+from reconciliation.reports.common import PAYOUT_MATCHED, ItemRow, display_amount, local_time, printable, why
+from reconciliation.reports.labels import CLASSES, PAYOUT_STATUSES, PROVIDERS, RUN_WORDS, Language, label, plural
 
 _CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;padding:12px;color:#1a1a1a;

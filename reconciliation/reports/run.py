@@ -36,11 +36,10 @@ from typing import Any
 from sqlalchemy import String, and_, case, func, literal, or_, select, union_all
 from sqlalchemy.orm import Session
 
-from reconciliation import reports_pg
-from reconciliation.labels import Language
 from reconciliation.models import PayoutPosting, ReconItem, ReconPayout, ReconRun
 from reconciliation.progress import Progress, silent
-from reconciliation.reports_common import (
+from reconciliation.reports import pg as reports_pg
+from reconciliation.reports.common import (
     EXCEPTION_ORDER,
     MATCHED,
     ItemRow,
@@ -50,6 +49,7 @@ from reconciliation.reports_common import (
     payout_rank,
     plain_amount,
 )
+from reconciliation.reports.labels import Language
 
 FORMATS = ("csv", "xlsx", "json", "html")
 REPORT_SCHEMA = "payrecon.recon-report/1"
@@ -498,7 +498,7 @@ def _write_json(session: Session, run: ReconRun, path: Path, summarize: Summariz
 def _write_xlsx(
     session: Session, run: ReconRun, path: Path, summarize: Summarize, *, language: Language = "en"
 ) -> None:
-    from reconciliation.reports_xlsx import write_xlsx
+    from reconciliation.reports.xlsx import write_xlsx
 
     write_xlsx(
         path,
@@ -514,7 +514,7 @@ def _write_xlsx(
 def _write_html(
     session: Session, run: ReconRun, path: Path, summarize: Summarize, *, language: Language = "en"
 ) -> None:
-    from reconciliation.reports_render import render_html
+    from reconciliation.reports.render import render_html
 
     page = render_html(
         summarize(),
@@ -668,7 +668,7 @@ def export_all(
 def render_terminal(session: Session, run_id: int) -> str:
     """The text of ``payrecon report show RUN``: metadata, counts and totals per class and currency,
     changes since the previous run, then the first exceptions."""
-    from reconciliation.reports_render import render_text
+    from reconciliation.reports.render import render_text
 
     return render_text(
         summary(session, run_id),

@@ -34,7 +34,7 @@ from typing import Any, BinaryIO
 
 from sqlalchemy.orm import Session
 
-from reconciliation.reports_common import EXCEPTION_ORDER, FORMULA_TRIGGERS, MATCHED, formula_safe
+from reconciliation.reports.common import EXCEPTION_ORDER, FORMULA_TRIGGERS, MATCHED, formula_safe
 from schemas.currency import MINOR_UNIT_EXPONENT
 
 #: Bytes of COPY output gathered before a block is split and written to the files: psycopg2 hands over

@@ -17,7 +17,7 @@ from sqlalchemy import bindparam, text
 from sqlalchemy.orm import Session
 
 from reconciliation.models import UtcDateTime
-from reconciliation.statements import VISIBLE_SQL
+from reconciliation.statements.files import VISIBLE_SQL
 
 
 @dataclass(frozen=True, slots=True)

@@ -34,8 +34,8 @@ from openpyxl.cell.cell import ILLEGAL_CHARACTERS_RE  # type: ignore[import-unty
 from openpyxl.styles import Font  # type: ignore[import-untyped]
 from openpyxl.utils import get_column_letter  # type: ignore[import-untyped]
 
-from reconciliation.labels import Language
-from reconciliation.reports_common import ItemRow, formula_safe, payout_totals, spreadsheet_amount, why
+from reconciliation.reports.common import ItemRow, formula_safe, payout_totals, spreadsheet_amount, why
+from reconciliation.reports.labels import Language
 
 #: Item columns of the Exceptions and All lines sheets, with their widths.
 ITEM_SHEET_COLUMNS: tuple[tuple[str, int], ...] = (

@@ -1,6 +1,6 @@
 """The day at a glance: one business day across every provider, for finance staff (docs/reports.md).
 
-``day_glance`` reads what the page shows, as plain data (rendered by ``reconciliation.glance_render``): per
+``day_glance`` reads what the page shows, as plain data (rendered by ``reconciliation.reports.glance_render``): per
 provider, the day's payments, amount paid, success rate, matched share, exceptions by class with the amount
 at stake, payouts and fees (from the day's latest run); the open exception cases of every age and day,
 oldest and largest first; and the series the charts draw: the success rate per provider and the amount we
@@ -18,7 +18,6 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import Date, cast, func, select
 from sqlalchemy.orm import Session
 
-from reconciliation import cases, reports
 from reconciliation.models import (
     CaseStatus,
     Payment,
@@ -29,10 +28,12 @@ from reconciliation.models import (
     ReconRun,
     StatementLine,
 )
+from reconciliation.nightly import cases
+from reconciliation.nightly.runs import business_window
 from reconciliation.payments import business_time
-from reconciliation.reports_common import class_rank
-from reconciliation.runs import business_window
-from reconciliation.statements import visible
+from reconciliation.reports import run as reports
+from reconciliation.reports.common import class_rank
+from reconciliation.statements.files import visible
 
 #: Days the trend charts look back (the day itself included).
 TREND_DAYS = 30

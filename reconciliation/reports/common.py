@@ -1,4 +1,4 @@
-"""Shared pieces of the reconciliation reports (``reconciliation.reports``): the item row, the
+"""Shared pieces of the reconciliation reports (``reconciliation.reports.run``): the item row, the
 order of classes and of payout statuses, payout totals, money display, and escaping of untrusted
 text. No database access here."""
 
@@ -10,8 +10,8 @@ from decimal import Decimal
 from typing import Any, NamedTuple
 from zoneinfo import ZoneInfo
 
-from reconciliation.labels import NOT_AT_ALL, WHY, Language
 from reconciliation.models import ReconClass
+from reconciliation.reports.labels import NOT_AT_ALL, WHY, Language
 from schemas.currency import AmountError, exponent, format_amount, to_major
 
 #: Exceptions, most serious first. Every item listing uses this order, then unknown classes, then matched.

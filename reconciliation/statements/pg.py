@@ -31,7 +31,7 @@ from reconciliation.progress import Progress, silent
 from schemas.currency import MINOR_UNIT_EXPONENT
 
 if TYPE_CHECKING:
-    from reconciliation.statements import Mapping
+    from reconciliation.statements.files import Mapping
 
 #: The years a statement's times may have (as text), in every import path: wide enough for any
 #: statement, narrow enough that a business day stays a date every driver can hold (0001 at UTC+1 is BC).
@@ -117,7 +117,7 @@ def import_copy(
     position = {name: f"c{i}" for i, name in enumerate(names)}
     missing = [name for name in mapping.required if name not in position]
     if missing:
-        from reconciliation.statements import StatementError  # the module that imports this one
+        from reconciliation.statements.files import StatementError  # the module that imports this one
 
         raise StatementError(f"missing column(s) {', '.join(missing)}; expected at least {', '.join(mapping.required)}")
     stage = f"{STAGE_PREFIX}{int(import_id)}"

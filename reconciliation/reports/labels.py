@@ -99,7 +99,7 @@ PRIORITIES: dict[str, dict[Language, str]] = {
 }
 
 
-#: The words of the day-at-a-glance page and workbook (``reconciliation.glance_render``).
+#: The words of the day-at-a-glance page and workbook (``reconciliation.reports.glance_render``).
 WORDS: dict[str, dict[Language, str]] = {
     "title": {"en": "The day at a glance", "fr": "La journée en un coup d'œil"},
     "business_day": {"en": "business day", "fr": "journée"},
@@ -179,7 +179,7 @@ WHY: dict[str, dict[Language, str]] = {
 NOT_AT_ALL: dict[Language, str] = {"en": "not at all", "fr": "rien"}
 
 
-#: The words of a run's HTML page (``reconciliation.reports_render``); ``{}`` fields are filled in there.
+#: The words of a run's HTML page (``reconciliation.reports.render``); ``{}`` fields are filled in there.
 RUN_WORDS: dict[str, dict[Language, str]] = {
     "title": {
         "en": "Reconciliation {provider} {day} (run {run})",

@@ -21,7 +21,8 @@ from typing import Any
 import pygal
 from pygal.style import Style
 
-from reconciliation.labels import (
+from reconciliation.reports.common import display_amount, formula_safe, spreadsheet_amount
+from reconciliation.reports.labels import (
     ACTIONS,
     CASE_STATUSES,
     CLASSES,
@@ -33,8 +34,7 @@ from reconciliation.labels import (
     label,
     plural,
 )
-from reconciliation.reports_common import display_amount, formula_safe, spreadsheet_amount
-from reconciliation.reports_render import escaped, html_table
+from reconciliation.reports.render import escaped, html_table
 
 # pygal appends a legacy import hook to sys.meta_path for its map plugins (``pygal.maps.*``, unused here). It
 # has no ``find_spec``, so every failed import after pygal's (optional dependencies probing) warns on Python

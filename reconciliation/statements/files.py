@@ -27,7 +27,7 @@ from sqlalchemy.orm import Session
 
 from reconciliation.models import StatementImport, StatementLine
 from reconciliation.progress import Progress, silent
-from reconciliation.statements_pg import YEARS
+from reconciliation.statements.pg import YEARS
 from schemas.currency import MINOR_UNIT_EXPONENT
 
 MAX_ERRORS = 50
@@ -177,7 +177,7 @@ def import_file(
     except IntegrityError:
         raise StatementError(f"{path.name} was already imported for {provider} (same SHA-256)") from None
     if session.get_bind().dialect.name == "postgresql":
-        from reconciliation.statements_pg import LayoutError, import_copy
+        from reconciliation.statements.pg import LayoutError, import_copy
 
         try:
             rows, errors, days = import_copy(

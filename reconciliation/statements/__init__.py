@@ -1,0 +1,1 @@
+"""Provider statements: the files finance staff download from provider portals, read and loaded."""
