@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from reconciliation import facts
@@ -43,3 +43,8 @@ def pending(session: Session, *, include_replayed: bool = False, limit: int = 10
     if not include_replayed:
         query = query.where(DeadLetter.replayed_at.is_(None))
     return list(session.scalars(query))
+
+
+def mark_replayed(session: Session, letter_id: int, now: datetime) -> None:
+    """The letter was sent again (``payrecon dead-letters replay``), after its message went out."""
+    session.execute(update(DeadLetter).where(DeadLetter.id == letter_id).values(replayed_at=now))

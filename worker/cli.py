@@ -1228,8 +1228,7 @@ def dead_letters_replay(ids: tuple[int, ...]) -> None:
     the broker (a letter sent but not marked, if the command dies in between, is sent again by the next
     replay: the tasks are idempotent). No database transaction is held open while sending."""
     settings = _settings(require_broker=True)
-    from sqlalchemy import update
-
+    from reconciliation import deadletters
     from reconciliation.db import transaction
     from reconciliation.models import DeadLetter
     from schemas.producer import KWARGS, QUEUE
@@ -1262,7 +1261,7 @@ def dead_letters_replay(ids: tuple[int, ...]) -> None:
                 "replayed before it, the others are still pending"
             )
         with transaction(sessions) as session:
-            session.execute(update(DeadLetter).where(DeadLetter.id == letter_id).values(replayed_at=datetime.now(UTC)))
+            deadletters.mark_replayed(session, letter_id, datetime.now(UTC))
         click.echo(f"replayed #{letter_id} to {task}")
 
 

@@ -5,11 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import select, text
+from sqlalchemy import text
 
-from reconciliation import migrate
+from reconciliation import heartbeats, migrate
 from reconciliation.db import make_engine, session_factory
-from reconciliation.models import Heartbeat
 from worker.settings import Settings, masked
 
 #: Exit code of each failed check (the first failure in the order of ``run`` decides).
@@ -105,7 +104,7 @@ def _beat(settings: Settings, max_age: float, now: datetime) -> Check:
     engine = make_engine(settings.database_url, pool_size=1)
     try:
         with session_factory(engine)() as session:
-            seen = session.scalar(select(Heartbeat.at).where(Heartbeat.name == "beat"))
+            seen = heartbeats.last(session, "beat")
     except Exception as exc:
         return Check("beat", False, f"heartbeat unreadable: {type(exc).__name__}")
     finally:

@@ -82,18 +82,12 @@ def _beat_dispatch(sender: str | None = None, **_: Any) -> None:
 
 
 def beat_heartbeat(now: datetime | None = None) -> None:
+    from reconciliation import heartbeats
     from reconciliation.db import transaction
-    from reconciliation.dialect import insert
-    from reconciliation.models import Heartbeat
     from worker import runtime
 
-    at = now or datetime.now(UTC)
     with transaction(runtime.get().sessions) as session:
-        session.execute(
-            insert(session, Heartbeat)
-            .values(name="beat", at=at)
-            .on_conflict_do_update(index_elements=["name"], set_={"at": at})
-        )
+        heartbeats.record(session, "beat", now or datetime.now(UTC))
 
 
 # --------------------------------------------------------------------------- logs
