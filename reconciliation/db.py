@@ -52,6 +52,8 @@ def _tune_sqlite(engine: Engine) -> None:
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute("PRAGMA foreign_keys=ON")
+        # A REPLACE that deletes a conflicting row fires its delete triggers (the ledger's references, 0013) only so.
+        cursor.execute("PRAGMA recursive_triggers=ON")
         cursor.execute("PRAGMA busy_timeout=30000")
         cursor.close()
 

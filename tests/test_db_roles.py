@@ -115,7 +115,41 @@ REFUSED = (
     "DROP TABLE subscriptions",
     "CREATE TABLE public.shadow (id int)",
     "UPDATE alembic_version SET version_num = version_num",
+    # The function that locks ledger_journals as its owner serves the payments trigger only.
+    "CREATE TABLE own_rows (id int); CREATE TRIGGER own_lock BEFORE DELETE ON own_rows "
+    "FOR EACH ROW EXECUTE FUNCTION public.ledger_keep_journaled_payment()",
 )
+
+
+#: Views of the application role's own (its schema comes first on its search_path) named as the ledger's tables,
+#: each claiming a row the real table does not have.
+SHADOWS = (
+    "CREATE VIEW ledger_journals AS SELECT id, payment_id FROM public.ledger_journals UNION ALL SELECT 424242, NULL",
+    "CREATE VIEW ledger_accounts AS SELECT id, currency FROM public.ledger_accounts UNION ALL SELECT 777777, 'XOF'",
+    "CREATE VIEW payments AS SELECT id FROM public.payments UNION ALL SELECT 555555",
+)
+ORPHANS = (
+    "INSERT INTO public.ledger_entries (journal_id, account_id, side, amount, currency) "
+    "VALUES (424242, 777777, 'debit', 7, 'XOF'), (424242, 777777, 'credit', 7, 'XOF')",
+    "WITH j AS (INSERT INTO public.ledger_journals (kind, memo, payment_id, reverses_id) "
+    "VALUES ('evil', '', 555555, 424242) RETURNING id) "
+    "INSERT INTO public.ledger_entries (journal_id, account_id, side, amount, currency) "
+    "SELECT j.id, 777777, s.side, 3, 'XOF' FROM j, (VALUES ('debit'), ('credit')) s (side)",
+)
+
+
+@pytest.mark.parametrize("statement", ORPHANS)
+def test_the_app_role_cannot_make_the_ledger_guard_read_tables_of_its_own(
+    migrated: dict[str, str], statement: str
+) -> None:
+    """The guard's references are checked in the ledger's own schema, whatever the caller's search_path."""
+    with psycopg2.connect(migrated["app_url"].replace("postgresql+psycopg2", "postgresql")) as conn:
+        with conn.cursor() as cur:
+            for shadow in SHADOWS:
+                cur.execute(shadow)
+            with pytest.raises(psycopg2.errors.ForeignKeyViolation):
+                cur.execute(statement)
+        conn.rollback()
 
 
 @pytest.mark.parametrize("statement", REFUSED)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import Connection, event, func, inspect, select, text
-from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError, NotSupportedError
 
 from reconciliation import ledger, migrate
 from reconciliation.db import make_engine, session_factory, transaction
@@ -261,6 +261,16 @@ def test_what_the_ledger_refers_to_cannot_go(rt: Runtime, statement: str, error:
         conn.execute(text("TRUNCATE ledger_journals, ledger_entries, ledger_accounts CASCADE"))
         conn.execute(text("DELETE FROM payments"))
     assert _count(rt, "payments") == 0
+
+
+def test_a_truncate_of_what_the_ledger_refers_to_needs_read_committed(rt: Runtime) -> None:
+    """An older snapshot could miss ledger rows committed since it was taken, and let the TRUNCATE through."""
+    with rt.engine.connect() as conn:
+        conn.execute(text("BEGIN ISOLATION LEVEL REPEATABLE READ"))
+        conn.execute(text("SELECT count(*) FROM ledger_entries"))  # the snapshot
+        with pytest.raises(NotSupportedError, match="TRUNCATE of payments runs under READ COMMITTED only"):
+            conn.execute(text("TRUNCATE payments CASCADE"))
+        conn.rollback()
 
 
 def test_a_journal_holds_its_payment_until_it_commits(rt: Runtime) -> None:
@@ -571,6 +581,15 @@ def test_a_payout_chunk_that_meets_a_posted_payout_falls_back_to_one_at_a_time(r
         "UPDATE payments SET id = 7",
         "DELETE FROM ledger_accounts",
         "UPDATE ledger_accounts SET currency = 'USD'",
+        # A REPLACE deletes the row it conflicts with: its delete triggers must fire (recursive_triggers).
+        "INSERT OR REPLACE INTO payments (id, provider, reference, status, amount, currency, account, plan_code, "
+        "periods, provider_data, check_count, settled, created_at, updated_at) SELECT 2, provider, reference, "
+        "status, amount, currency, account, plan_code, periods, provider_data, check_count, settled, created_at, "
+        "updated_at FROM payments WHERE id = 1",
+        "INSERT OR REPLACE INTO ledger_accounts (id, code, currency, created_at) "
+        "SELECT 9, code, currency, created_at FROM ledger_accounts WHERE id = 1",
+        "INSERT OR REPLACE INTO ledger_journals (id, kind, memo, payment_id, created_at) "
+        "SELECT id, kind, 'edited', payment_id, created_at FROM ledger_journals WHERE id = 1",
     ],
 )
 def test_the_embedded_demo_database_keeps_the_ledger_references_too(tmp_path: Path, statement: str) -> None:

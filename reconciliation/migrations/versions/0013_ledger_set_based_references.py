@@ -27,8 +27,12 @@ What the foreign keys also refused, and what refuses it now:
   on DELETE and on UPDATE OF id only, so the pipeline's updates of payments fire nothing; such a
   statement runs under READ COMMITTED only, see above);
 - TRUNCATE of ``ledger_journals``, ``ledger_accounts`` or ``payments`` leaving rows that refer to
-  them: an AFTER TRUNCATE trigger on each (``TRUNCATE`` of all of them in one statement, as the
-  tests' clean-up does, still works).
+  them: an AFTER TRUNCATE trigger on each, under READ COMMITTED only (``TRUNCATE`` of all of them in
+  one statement, as the tests' clean-up does, still works).
+
+The guard functions read the tables by name with their ``search_path`` pinned to the tables' schema
+(``pin_search_path``): the foreign keys' checks named their tables exactly, and without it a role
+could shadow a table with one of its own.
 
 The errors are ``foreign_key_violation`` (SQLSTATE 23503), an ``IntegrityError`` as before.
 SQLite (the embedded demo) keeps the same properties with row triggers (it has no TRUNCATE and
@@ -44,6 +48,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0013"
@@ -159,8 +164,7 @@ END $$;
 -- ones until this one ends, so that it sees every journal of the payment, committed before it or
 -- still to come; it needs READ COMMITTED (a later snapshot than the transaction's first). Payments
 -- are never deleted by payrecon: the cost is this rare statement's, not every journal's.
-CREATE FUNCTION ledger_keep_journaled_payment() RETURNS trigger LANGUAGE plpgsql
-    SECURITY DEFINER SET search_path FROM CURRENT AS $$
+CREATE FUNCTION ledger_keep_journaled_payment() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER AS $$
 BEGIN
     IF TG_OP = 'DELETE' OR NEW.id IS DISTINCT FROM OLD.id THEN
         IF current_setting('transaction_isolation') <> 'read committed' THEN
@@ -179,9 +183,14 @@ BEGIN
     RETURN NEW;
 END $$;
 
--- TRUNCATE fires no row trigger: the table must not leave ledger rows referring to it behind.
+-- TRUNCATE fires no row trigger: the table must not leave ledger rows referring to it behind. Under READ
+-- COMMITTED only: an older snapshot (REPEATABLE READ) may miss ledger rows committed since it was taken.
 CREATE FUNCTION ledger_check_truncate() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
+    IF current_setting('transaction_isolation') <> 'read committed' THEN
+        RAISE EXCEPTION 'TRUNCATE of % runs under READ COMMITTED only (%)', TG_TABLE_NAME,
+            current_setting('transaction_isolation') USING ERRCODE = 'feature_not_supported';
+    END IF;
     IF (TG_TABLE_NAME IN ('ledger_journals', 'ledger_accounts') AND EXISTS (SELECT 1 FROM ledger_entries))
        OR (TG_TABLE_NAME = 'payments' AND EXISTS (SELECT 1 FROM ledger_journals WHERE payment_id IS NOT NULL)) THEN
         RAISE EXCEPTION 'TRUNCATE of % refused: ledger rows refer to it', TG_TABLE_NAME
@@ -288,6 +297,24 @@ SQLITE_TRIGGERS = (
 SQLITE_0001 = SQLITE_GUARDS[:4]
 
 
+def pin_search_path() -> None:
+    """Every ledger guard function reads tables by name: its search_path is pinned to the schema they live in
+    (``pg_temp`` last), so no role can make it read a table or view of its own instead (the application role
+    has a schema of its own, first on its path, and may create temporary tables). The function that locks
+    ``ledger_journals`` as its owner runs for the payments trigger only: nobody may call it otherwise."""
+    bind = op.get_bind()
+    schema = bind.execute(sa.text("SELECT quote_ident(current_schema())")).scalar_one()
+    functions = bind.execute(
+        sa.text(
+            "SELECT p.oid::regprocedure::text FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace"
+            " WHERE n.nspname = current_schema() AND p.proname LIKE 'ledger\\_%'"
+        )
+    ).scalars()
+    for function in functions:
+        op.execute(f"ALTER FUNCTION {function} SET search_path = pg_catalog, {schema}, pg_temp")
+    op.execute("REVOKE EXECUTE ON FUNCTION ledger_keep_journaled_payment() FROM PUBLIC")
+
+
 def upgrade() -> None:
     postgres = op.get_bind().dialect.name == "postgresql"
     if not postgres:
@@ -299,6 +326,7 @@ def upgrade() -> None:
                 batch_op.drop_constraint(name, type_="foreignkey")
     if postgres:
         op.execute(PG_GUARD)
+        pin_search_path()
     else:
         for statement in SQLITE_GUARDS:
             op.execute(statement)
