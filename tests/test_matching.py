@@ -8,7 +8,7 @@ from datetime import datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import insert, select
+from sqlalchemy import insert, select, text
 
 from reconciliation.db import transaction
 from reconciliation.models import Payment, PaymentStatus, ReconItem, StatementLine
@@ -134,3 +134,14 @@ def test_a_refunded_payment_matches_a_refund_and_is_never_healed_back(rt: Runtim
     with rt.sessions() as session:
         statuses = dict(session.execute(select(Payment.reference, Payment.status)).all())
     assert statuses == {agreed: PaymentStatus.REFUNDED, disputed: PaymentStatus.REFUNDED}
+
+
+def test_the_classification_s_planner_settings_end_with_its_statement(rt: Runtime) -> None:
+    """``enable_sort`` off and a large ``work_mem`` are for the classifying statement only, not for what the run
+    does next in the same transaction (payouts, healing)."""
+    run_id = runs.start(rt.sessions, "cinetpay", DAY, policy(rt), "manual")
+    window = matching.Window(provider="cinetpay", start=START, end=END, sla_cutoff=NOON)
+    with transaction(rt.sessions) as session:
+        before = [session.execute(text(f"SHOW {name}")).scalar() for name in ("enable_sort", "work_mem")]
+        matching.classify(session, run_id, window, DAY)
+        assert [session.execute(text(f"SHOW {name}")).scalar() for name in ("enable_sort", "work_mem")] == before

@@ -13,7 +13,7 @@ from typing import Any
 import jsonschema
 import openpyxl
 import pytest
-from sqlalchemy import delete, insert
+from sqlalchemy import delete, insert, text
 
 from reconciliation.db import transaction
 from reconciliation.models import PayoutPosting, ReconItem, ReconPayout, ReconRun
@@ -641,6 +641,18 @@ def test_streams_large_runs(rt: Runtime, tmp_path: Path) -> None:
         refs = [r["reference"] for r in csv.DictReader(fh)]
     assert len(refs) == n and refs == sorted(set(refs))
     assert len(json.loads(json_path.read_text(encoding="utf-8"))["items"]) == n
+
+
+def test_the_report_copy_s_planner_settings_end_with_it(rt: Runtime, tmp_path: Path) -> None:
+    """The parallel plan and the sort memory of the items' COPY are for that statement only, not the rest of the
+    export's transaction (each parallel process would take that much memory again)."""
+    clean(rt)
+    run_id = make_run(rt, [item("matched", "R000001", "XOF", 100, 100)])
+    names = ("work_mem", "parallel_setup_cost", "parallel_tuple_cost")
+    with rt.sessions() as session:
+        before = [session.execute(text(f"SHOW {name}")).scalar() for name in names]
+        reports.export(session, run_id, "csv", tmp_path)
+        assert [session.execute(text(f"SHOW {name}")).scalar() for name in names] == before
 
 
 def test_unknown_run_and_format(rt: Runtime, tmp_path: Path) -> None:

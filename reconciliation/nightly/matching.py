@@ -150,6 +150,9 @@ def classify(session: Session, run_id: int, window: Window, day: object, part: t
             "day": day,
         },
     )
+    if session.get_bind().dialect.name == "postgresql":  # for this statement only, not the rest of the run
+        session.execute(text("SET LOCAL enable_sort TO DEFAULT"))
+        session.execute(text("SET LOCAL work_mem TO DEFAULT"))
     return int(getattr(result, "rowcount", 0) or 0)
 
 

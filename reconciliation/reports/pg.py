@@ -229,6 +229,8 @@ def _copy(session: Session, sql: str, params: dict[str, Any], sink: _Block) -> N
         buffered.flush()
     finally:
         cursor.close()
+    for name in ("work_mem", *PARALLEL):  # for the COPY only, not the rest of the transaction
+        connection.exec_driver_sql(f"SET LOCAL {name} TO DEFAULT")
     sink.close()
 
 
