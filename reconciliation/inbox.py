@@ -14,9 +14,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import ColumnElement, Table, bindparam, or_, text, update
+from sqlalchemy import ColumnElement, Table, or_, text, update
 from sqlalchemy.orm import Session
 
+from reconciliation import bulk
 from reconciliation.db import lease_rows, storable_text
 from reconciliation.dialect import insert
 from reconciliation.models import InboxDelivery, InboxStatus
@@ -311,13 +312,11 @@ def mark_many(session: Session, done: dict[int, str], status: InboxStatus = Inbo
     """``mark`` for many deliveries, one statement executed for each (inbox id -> detail)."""
     if not done:
         return
-    table = cast(Table, InboxDelivery.__table__)
-    session.execute(
-        update(table)
-        .where(table.c.id == bindparam("b_id"))
-        .values(status=status, detail=bindparam("b_detail"), next_attempt_at=None, budget_slot=None,
-                awaiting_registration=False),
-        [{"b_id": inbox_id, "b_detail": detail} for inbox_id, detail in done.items()],
+    bulk.update_rows(
+        session,
+        cast(Table, InboxDelivery.__table__),
+        [{"id": inbox_id, "status": status, "detail": detail, "next_attempt_at": None, "budget_slot": None,
+          "awaiting_registration": False} for inbox_id, detail in done.items()],
     )  # fmt: skip
 
 

@@ -20,10 +20,10 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any, cast
 
-from sqlalchemy import Table, and_, insert, or_, select, true, update
+from sqlalchemy import Table, and_, or_, select, true, update
 from sqlalchemy.orm import Session
 
-from reconciliation import deadletters
+from reconciliation import bulk, deadletters
 from reconciliation.db import lease_rows
 from reconciliation.dialect import insert as upsert
 from reconciliation.models import OutboxDelivery, OutboxEvent, Payment, Plan
@@ -56,7 +56,7 @@ def event_row(type_: str, *, product: str | None, data: dict[str, Any], now: dat
 def emit_rows(session: Session, rows: list[dict[str, Any]]) -> None:
     """Insert ``event_row`` rows with one statement."""
     if rows:
-        session.execute(insert(cast(Table, OutboxEvent.__table__)), rows)
+        bulk.insert_rows(session, cast(Table, OutboxEvent.__table__), rows)
 
 
 def product_of(session: Session, payment: Payment) -> str | None:

@@ -15,12 +15,12 @@ from enum import StrEnum
 from typing import Any, cast
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Table, bindparam, func, select, update
+from sqlalchemy import Table, func, select
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
 from providers.base import Delivery, Outcome, RegistrationView, VerifiedStatus
-from reconciliation import facts, ledger, outbox, subscriptions
+from reconciliation import bulk, facts, ledger, outbox, subscriptions
 from reconciliation.db import lease_rows
 from reconciliation.dialect import insert
 from reconciliation.models import (
@@ -417,7 +417,7 @@ def apply_answers(
         }
         for name, value in values.items():
             set_committed_value(payment, name, value)
-        payment_rows.append({"b_id": payment.id, **values})
+        payment_rows.append({"id": payment.id, **values})
         grant, granted = subscriptions.grant_held(
             session, subs[(plan.product, str(payment.account))], plan, payment, now=ctx.now, tz=ctx.tz
         )
@@ -449,13 +449,9 @@ def apply_answers(
                 asked_at=a.asked_at,
             )
         )
-    table = cast(Table, Payment.__table__)
-    session.execute(
-        update(table).where(table.c.id == bindparam("b_id")).values({name: bindparam(name) for name in values}),
-        payment_rows,
-    )
+    bulk.update_rows(session, cast(Table, Payment.__table__), payment_rows)
     subscriptions.write_held(session, list(subs.values()), grants)
-    session.execute(insert(session, Verification.__table__), verifications)
+    bulk.insert_rows(session, cast(Table, Verification.__table__), verifications)
     outbox.emit_rows(session, events)
     return decisions
 

@@ -12,10 +12,10 @@ from datetime import datetime, timedelta
 from typing import Any, cast
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Table, bindparam, select, tuple_, update
+from sqlalchemy import Table, select, tuple_, update
 from sqlalchemy.orm import Session
 
-from reconciliation import facts, outbox
+from reconciliation import bulk, facts, outbox
 from reconciliation.dialect import insert
 from reconciliation.models import Payment, Plan, Subscription, SubscriptionGrant, SubscriptionReminder
 
@@ -163,14 +163,9 @@ def grant_held(
 def write_held(session: Session, held: list[Held], grants: list[dict[str, Any]]) -> None:
     """Write ``held`` subscriptions back (one multi-row statement) and insert their ``grants``."""
     table = cast(Table, Subscription.__table__)
-    changed = [{"b_id": sub.id, **{name: getattr(sub, name) for name in _WRITTEN}} for sub in held]
-    if changed:
-        session.execute(
-            update(table).where(table.c.id == bindparam("b_id")).values({name: bindparam(name) for name in _WRITTEN}),
-            changed,
-        )
-    if grants:
-        session.execute(insert(session, SubscriptionGrant.__table__), grants)
+    changed = [{"id": sub.id, **{name: getattr(sub, name) for name in _WRITTEN}} for sub in held]
+    bulk.update_rows(session, table, changed)
+    bulk.insert_rows(session, cast(Table, SubscriptionGrant.__table__), grants)
     # ORM copies of these rows the session may hold (a one-by-one settlement of the same batch) are stale.
     ids = {sub.id for sub in held}
     for obj in list(session.identity_map.values()):

@@ -1,0 +1,86 @@
+"""reconciliation.bulk writes the rows SQLAlchemy's own statements would (PostgreSQL, arrays)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any, cast
+
+import pytest
+from sqlalchemy import Table, bindparam, select, update
+
+from reconciliation import bulk
+from reconciliation.db import transaction
+from reconciliation.dialect import insert
+from reconciliation.models import InboxDelivery, InboxStatus
+from worker.runtime import Runtime
+
+INBOX = cast(Table, InboxDelivery.__table__)
+NOW = datetime(2026, 12, 6, 1, 2, 3, 456789, tzinfo=UTC)
+
+
+def _row(key: str, **extra: Any) -> dict[str, Any]:
+    # Enum, JSON (with a None in it), aware timestamps, NULLs; repeat_count, detail, attempts... left
+    # to their Python-side defaults.
+    return {
+        "provider": "cinetpay",
+        "dedupe_key": key,
+        "status": InboxStatus.RECEIVED,
+        "reference": None,
+        "method": "POST",
+        "path": "/webhooks/cinetpay",
+        "headers": {"x-token": "é", "empty": None},
+        "body": "cpm_trans_id=1",
+        "envelope_raw": "{}",
+        "received_at": NOW.astimezone(tz=None),
+        "first_seen_at": NOW,
+        "last_seen_at": NOW,
+        "next_attempt_at": None,
+        **extra,
+    }
+
+
+def _read(rt: Runtime, keys: list[str]) -> list[dict[str, Any]]:
+    with rt.sessions() as session:
+        rows = session.execute(select(INBOX).where(INBOX.c.dedupe_key.in_(keys)).order_by(INBOX.c.dedupe_key))
+        return [{k: v for k, v in row._mapping.items() if k not in ("id", "dedupe_key")} for row in rows]
+
+
+def test_inserted_rows_are_those_sqlalchemy_inserts(rt: Runtime) -> None:
+    with transaction(rt.sessions) as session:
+        session.execute(insert(session, INBOX), [_row("a-sqlalchemy"), _row("b-sqlalchemy", reference="R1")])
+        returned = bulk.insert_rows(
+            session, INBOX, [_row("a-bulk"), _row("b-bulk", reference="R1")], returning=("dedupe_key", "status")
+        )
+    assert sorted(tuple(r) for r in returned) == [("a-bulk", "received"), ("b-bulk", "received")]
+    assert _read(rt, ["a-bulk", "b-bulk"]) == _read(rt, ["a-sqlalchemy", "b-sqlalchemy"])
+    assert _read(rt, ["a-bulk"])[0]["headers"] == {"x-token": "é", "empty": None}
+
+
+def test_updated_rows_are_those_sqlalchemy_updates(rt: Runtime) -> None:
+    with transaction(rt.sessions) as session:
+        bulk.insert_rows(session, INBOX, [_row(k) for k in ("a-sqlalchemy", "b-sqlalchemy", "a-bulk", "b-bulk")])
+    with rt.sessions() as session:
+        ids = {key: id_ for key, id_ in session.execute(select(INBOX.c.dedupe_key, INBOX.c.id))}
+    later = NOW + timedelta(minutes=5)
+
+    def changes(prefix: str) -> list[dict[str, Any]]:
+        return [
+            {"id": ids[f"a-{prefix}"], "status": InboxStatus.PROCESSED, "detail": "done", "next_attempt_at": None},
+            {"id": ids[f"b-{prefix}"], "status": InboxStatus.FAILED, "detail": "", "next_attempt_at": later},
+        ]
+
+    with transaction(rt.sessions) as session:
+        session.execute(
+            update(INBOX)
+            .where(INBOX.c.id == bindparam("b_id"))
+            .values({name: bindparam("b_" + name) for name in ("status", "detail", "next_attempt_at")}),
+            [{"b_" + k: v for k, v in row.items()} for row in changes("sqlalchemy")],
+        )
+        bulk.update_rows(session, INBOX, changes("bulk"))
+    assert _read(rt, ["a-bulk", "b-bulk"]) == _read(rt, ["a-sqlalchemy", "b-sqlalchemy"])
+    assert [r["status"] for r in _read(rt, ["a-bulk", "b-bulk"])] == ["processed", "failed"]
+
+
+def test_a_naive_timestamp_is_refused_as_the_orm_refuses_it(rt: Runtime) -> None:
+    with pytest.raises(ValueError, match="naive datetime"), transaction(rt.sessions) as session:
+        bulk.insert_rows(session, INBOX, [_row("naive", received_at=datetime(2026, 12, 6, 1, 2, 3))])  # noqa: DTZ001
