@@ -10,17 +10,24 @@ Three rules live here and nowhere else:
 
 from __future__ import annotations
 
+import http.client
+import os
+import select
+import ssl
+import threading
 import time
+import zlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 import requests
 from requests.adapters import HTTPAdapter
 from requests.structures import CaseInsensitiveDict
-from requests.utils import guess_json_utf
+from requests.utils import DEFAULT_CA_BUNDLE_PATH, get_encoding_from_headers, guess_json_utf, select_proxy
 from tenacity import (
     RetryCallState,
     Retrying,
@@ -72,22 +79,30 @@ class RateLimited(ProviderRateLimited):
 
 
 class ProviderSession(requests.Session):
-    """A ``requests.Session`` whose provider calls skip what they never use, at two thirds of the CPU.
+    """A ``requests.Session`` whose provider calls skip what they never use, at a third of the CPU.
 
     ``Session.request`` reads the environment (proxy variables, ``~/.netrc``, CA bundle variables) on
-    every request and runs the cookie jar, the hooks and the redirect machinery; a worker settling a
-    batch makes hundreds of calls a second, and that was a fifth of its CPU. Here the environment is
-    read once per scheme and host, as requests would read it (proxies and CA bundle; not ``~/.netrc``,
-    whose credentials would replace a provider's own ``Authorization``), and the request is prepared (method,
-    URL and params, the session's headers with the call's own, body) and sent through the mounted
-    adapter directly: the same pooled keep-alive connections, TLS verification, proxies and
-    timeouts, the same ``Response``. A call that asks for anything else (cookies, auth, files,
-    streaming, redirects...) takes requests' own path.
+    every request and runs the cookie jar, the hooks and the redirect machinery, and its adapter goes
+    through urllib3's pool manager, connection pool and response objects; a worker settling a batch
+    makes hundreds of calls a second, and that was most of a call's CPU. Here the environment is read
+    once per scheme and host, as requests would read it (proxies and CA bundle; not ``~/.netrc``, whose
+    credentials would replace a provider's own ``Authorization``), the request is prepared as requests
+    prepares it (method, URL and params, the session's headers with the call's own, body: the same
+    bytes), and sent on a keep-alive ``http.client`` connection of the session's own pool (TLS verified
+    with requests' CA bundle or the one configured; the connect and read timeouts; a pooled connection
+    the server closed meanwhile is not used). The answer is a ``requests.Response`` (status, reason,
+    headers, body decoded from gzip/deflate as urllib3 does); a failure is the exception requests would
+    raise (``ConnectTimeout``, ``ReadTimeout``, ``ConnectionError``, ``SSLError``). A call through a
+    proxy or with a client certificate, through an adapter mounted by the caller, or asking for anything
+    else (cookies, auth, files, streaming, redirects...) takes requests' own path.
     """
 
     def __init__(self) -> None:
         super().__init__()
         self._environment: dict[tuple[str, str], dict[str, Any]] = {}
+        self._idle: dict[tuple[str, str, int, Any], list[http.client.HTTPConnection]] = {}
+        self._idle_lock = threading.Lock()
+        self._tls: dict[Any, ssl.SSLContext] = {}
 
     def request(self, method: str | bytes, url: str | bytes, *args: Any, **kwargs: Any) -> requests.Response:
         if (
@@ -115,7 +130,12 @@ class ProviderSession(requests.Session):
         prepared.prepare_hooks({})
         assert prepared.url is not None  # noqa: S101 - prepare_url set it
         adapter = self.get_adapter(prepared.url)
-        response = adapter.send(prepared, timeout=kwargs.get("timeout"), **self._settings(prepared.url))
+        settings = self._settings(prepared.url)
+        timeout = kwargs.get("timeout")
+        proxy = select_proxy(prepared.url, settings["proxies"])
+        if type(adapter) is HTTPAdapter and settings["cert"] is None and not proxy:
+            return self._send_direct(prepared, adapter, timeout, settings["verify"])
+        response = adapter.send(prepared, timeout=timeout, **settings)
         response.content  # noqa: B018 - read the body: the connection goes back to the pool
         return response
 
@@ -130,6 +150,143 @@ class ProviderSession(requests.Session):
             settings = {name: merged[name] for name in ("proxies", "verify", "cert")}
             self._environment[key] = settings
         return settings
+
+    def _send_direct(
+        self, prepared: requests.PreparedRequest, adapter: HTTPAdapter, timeout: Any, verify: Any
+    ) -> requests.Response:
+        """``prepared`` on a pooled keep-alive connection; the answer read whole."""
+        assert prepared.url is not None and prepared.method is not None  # noqa: S101 - prepared above
+        parts = urlsplit(prepared.url)
+        scheme, host = parts.scheme.lower(), parts.hostname or ""
+        port = parts.port or (443 if scheme == "https" else 80)
+        connect, read = timeout if isinstance(timeout, tuple) else (timeout, timeout)
+        key = (scheme, host, port, verify if scheme == "https" else None)
+        conn = self._take(key) or self._connect(key, connect, prepared)
+        try:
+            assert conn.sock is not None  # noqa: S101 - connected
+            conn.sock.settimeout(read)
+            body = prepared.body.encode("utf-8") if isinstance(prepared.body, str) else prepared.body  # as urllib3
+            conn.request(prepared.method, prepared.path_url, body, dict(prepared.headers))
+            answer = conn.getresponse()
+            content = answer.read()
+        except TimeoutError as exc:
+            conn.close()
+            raise requests.exceptions.ReadTimeout(exc, request=prepared) from exc
+        except ssl.SSLError as exc:
+            conn.close()
+            raise requests.exceptions.SSLError(exc, request=prepared) from exc
+        except (OSError, http.client.HTTPException) as exc:
+            conn.close()
+            raise requests.exceptions.ConnectionError(exc, request=prepared) from exc
+        merged: dict[str, tuple[str, str]] = {}  # a header given twice is one, joined (as urllib3 does)
+        for name, value in answer.getheaders():
+            first = merged.get(name.lower())
+            merged[name.lower()] = (first[0], f"{first[1]}, {value}") if first else (name, value)
+        response = requests.Response()
+        response.status_code = answer.status
+        response.reason = answer.reason
+        response.headers = CaseInsensitiveDict(dict(merged.values()))
+        response.encoding = get_encoding_from_headers(response.headers)
+        response._content = _decoded(content, response.headers.get("Content-Encoding"))
+        response.url = prepared.url
+        response.request = prepared
+        response.connection = adapter
+        if answer.will_close:
+            conn.close()
+        else:
+            self._give_back(key, conn)
+        return response
+
+    def _connect(
+        self, key: tuple[str, str, int, Any], timeout: Any, prepared: requests.PreparedRequest
+    ) -> http.client.HTTPConnection:
+        scheme, host, port, verify = key
+        conn: http.client.HTTPConnection
+        if scheme == "https":
+            conn = http.client.HTTPSConnection(host, port, timeout=timeout, context=self._tls_context(verify))
+        else:
+            conn = http.client.HTTPConnection(host, port, timeout=timeout)
+        try:
+            conn.connect()
+        except TimeoutError as exc:
+            conn.close()
+            raise requests.exceptions.ConnectTimeout(exc, request=prepared) from exc
+        except ssl.SSLError as exc:
+            conn.close()
+            raise requests.exceptions.SSLError(exc, request=prepared) from exc
+        except OSError as exc:
+            conn.close()
+            raise requests.exceptions.ConnectionError(exc, request=prepared) from exc
+        return conn
+
+    def _tls_context(self, verify: Any) -> ssl.SSLContext:
+        """TLS as requests configures urllib3: its CA bundle (``verify=True``), the bundle or directory
+        ``verify`` names, or no verification (``verify=False``)."""
+        context = self._tls.get(verify)
+        if context is None:
+            if verify is False:
+                context = ssl.create_default_context()
+                context.check_hostname = False
+                context.verify_mode = ssl.CERT_NONE
+            elif verify is True:
+                context = ssl.create_default_context(cafile=DEFAULT_CA_BUNDLE_PATH)
+            elif os.path.isdir(verify):
+                context = ssl.create_default_context(capath=verify)
+            else:
+                context = ssl.create_default_context(cafile=verify)
+            self._tls[verify] = context
+        return context
+
+    def _take(self, key: tuple[str, str, int, Any]) -> http.client.HTTPConnection | None:
+        """An idle connection to ``key``'s host the server has not closed meanwhile, or None."""
+        while True:
+            with self._idle_lock:
+                idle = self._idle.get(key)
+                conn = idle.pop() if idle else None
+            if conn is None:
+                return None
+            sock = conn.sock
+            # Readable while idle: the server closed it (or sent something unasked): not reusable.
+            if sock is not None and not select.select([sock], [], [], 0)[0]:
+                return conn
+            conn.close()
+
+    def _give_back(self, key: tuple[str, str, int, Any], conn: http.client.HTTPConnection) -> None:
+        with self._idle_lock:
+            idle = self._idle.setdefault(key, [])
+            if len(idle) < POOL_MAXSIZE:
+                idle.append(conn)
+                return
+        conn.close()
+
+    def close(self) -> None:
+        super().close()
+        with self._idle_lock:
+            idle, self._idle = self._idle, {}
+        for conns in idle.values():
+            for conn in conns:
+                conn.close()
+
+
+def _decoded(body: bytes, encoding: str | None) -> bytes:
+    """The body without its ``Content-Encoding`` (gzip or deflate, the ones requests asks for)."""
+    coding = (encoding or "").strip().lower()
+    if not body or coding not in ("gzip", "x-gzip", "deflate"):
+        return body
+    try:
+        if coding == "deflate":
+            try:
+                return zlib.decompress(body)
+            except zlib.error:  # raw deflate, without the zlib header (as urllib3 accepts)
+                return zlib.decompress(body, -zlib.MAX_WBITS)
+        return zlib.decompress(body, 16 + zlib.MAX_WBITS)
+    except zlib.error as exc:
+        raise requests.exceptions.ContentDecodingError(exc) from exc
+
+
+#: Keep-alive connections a ``ProviderSession`` keeps per host: one for each call a worker process has
+#: in flight (worker.runtime.CALLS_IN_FLIGHT: a batch's calls are made in parallel).
+POOL_MAXSIZE = 512
 
 
 #: The arguments of a call ``ProviderSession`` sends itself.
@@ -146,7 +303,7 @@ def build_session(user_agent: str = "payrecon/0.1") -> requests.Session:
     # max_retries=0: urllib3 must not retry behind our back; send() owns the policy.
     # pool_maxsize: a keep-alive connection for each call a worker process has in flight
     # (worker.runtime.CALLS_IN_FLIGHT: a batch's calls are made in parallel).
-    adapter = HTTPAdapter(pool_connections=8, pool_maxsize=512, max_retries=0)
+    adapter = HTTPAdapter(pool_connections=8, pool_maxsize=POOL_MAXSIZE, max_retries=0)
     session.mount("https://", adapter)
     session.mount("http://", adapter)
     session.headers["User-Agent"] = user_agent

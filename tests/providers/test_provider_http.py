@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import gzip
+import socket
+import threading
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from typing import Any
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, ClassVar
 
 import pytest
 import requests
@@ -196,3 +201,85 @@ def test_the_proxy_in_the_environment_is_used_and_read_once_per_host(monkeypatch
     assert [r.path for r in proxy.received] == ["http://provider.invalid/v2/payment/check"] * 3
     assert [r.path for r in direct.received] == ["/direct"]
     assert counted == ["http://provider.invalid/v2/payment/check", direct.url]  # once per host
+
+
+class _Answering(BaseHTTPRequestHandler):
+    """Answers every POST with a gzip-encoded JSON body on a keep-alive connection; with the path
+    ``/close``, closes the connection after answering without saying so (a server's idle timeout)."""
+
+    protocol_version = "HTTP/1.1"
+    connections: ClassVar[list[int]] = []
+
+    def setup(self) -> None:
+        super().setup()
+        self.connections.append(id(self.connection))
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        body = gzip.compress(b'{"code": "00", "path": "' + self.path.encode() + b'"}')
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Encoding", "gzip")
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("X-Twice", "a")
+        self.send_header("X-Twice", "b")
+        self.end_headers()
+        self.wfile.write(body)
+        self.wfile.flush()
+        if self.path == "/close":
+            self.close_connection = True
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def answering() -> Iterator[str]:
+    _Answering.connections = []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Answering)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_calls_share_a_keep_alive_connection_and_read_the_body_as_requests_does(
+    session: requests.Session, answering: str
+) -> None:
+    """The session's own path: one connection for calls one after the other, the body decoded from
+    gzip, a header given twice joined, the encoding JSON's."""
+    answers = [
+        send(session, "p", "POST", answering + "/check", json={}, policy=no_wait(), allow_redirects=False)
+        for _ in range(3)
+    ]
+    assert [a.json() for a in answers] == [{"code": "00", "path": "/check"}] * 3
+    assert answers[0].headers["x-twice"] == "a, b" and answers[0].encoding == "utf-8"
+    assert len(_Answering.connections) == 1
+    plain = requests.post(answering + "/check", json={}, timeout=3)
+    assert (plain.content, plain.headers["X-Twice"], plain.status_code) == (
+        answers[0].content,
+        answers[0].headers["X-Twice"],
+        answers[0].status_code,
+    )
+
+
+def test_a_connection_the_server_closed_is_not_used_again(session: requests.Session, answering: str) -> None:
+    """A pooled connection the server has closed meanwhile is left, not sent on (which would fail the call):
+    with no retries allowed, every call still succeeds, on a new connection."""
+    for _ in range(3):
+        answer = send(session, "p", "POST", answering + "/close", json={}, policy=no_wait(1), allow_redirects=False)
+        assert answer.json() == {"code": "00", "path": "/close"}
+        time.sleep(0.05)  # the server's close reaches the client's socket
+    assert len(_Answering.connections) == 3
+
+
+def test_a_provider_that_does_not_answer_in_time_is_a_timeout(session: requests.Session) -> None:
+    """The read timeout on the session's own path is requests' ReadTimeout, hence a transient 'timeout'."""
+    with socket.socket() as silent:  # accepts connections (the backlog) and never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(4)
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}/check"
+        with pytest.raises(ProviderTransientError, match="timeout after") as info:
+            send(session, "p", "POST", url, json={}, timeout=(3, 0.2), policy=no_wait(1), allow_redirects=False)
+        assert isinstance(info.value.__cause__, requests.exceptions.ReadTimeout)
