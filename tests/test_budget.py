@@ -176,3 +176,52 @@ def test_a_callback_for_a_final_momo_payment_spends_nothing(momo_tight: Runtime,
     assert sandbox.get("mtn_momo", reference)["check_count"] == checks
     with momo_tight.sessions() as session:
         assert session.scalars(select(Payment.status)).one() is PaymentStatus.FAILED
+
+
+def test_reserving_many_at_once_is_reserving_each_in_turn(redis_url: str, bucket: str) -> None:
+    """reserve_many(n): the waits and ownership n callers reserving one after the other would get, on
+    Redis and in process; release_many(n) gives n back."""
+    now = [100.0]
+    for make in (lambda: RedisBudget(redis_url), lambda: LocalBudget(clock=lambda: now[0])):
+        budget = make()
+        one_by_one = [budget.reserve(bucket + "a", 1.0, 2) for _ in range(5)]
+        together = budget.reserve_many(bucket + "b", 1.0, 2, 5)
+        assert [own for _, own in together] == [own for _, own in one_by_one] == [True] * 5
+        assert [w for w, _ in together] == pytest.approx([w for w, _ in one_by_one], abs=0.05)
+        assert [round(w) for w, _ in together] == [0, 0, 1, 2, 3]
+        budget.release_many(bucket + "b", 1.0, 2, 5)  # back to the burst: the next two are free
+        assert [
+            round(w) for w in (budget.reserve(bucket + "b", 1.0, 2)[0], budget.reserve(bucket + "b", 1.0, 2)[0])
+        ] == [0, 0]
+        if isinstance(budget, RedisBudget):
+            budget.reset(bucket + "a")
+            budget.reset(bucket + "b")
+            budget.close()
+
+
+def test_a_batch_reserves_its_calls_in_one_step_with_each_deliverys_slot(
+    tight: Runtime, sandbox: SandboxClient
+) -> None:
+    """A batch of 5 under a budget of 2: as one at a time (2 verified, 3 put off, each with its own slot in
+    arrival order), with one round trip to the budget's store."""
+    assert isinstance(tight.budget, RedisBudget)
+    refs = [new_reference() for _ in range(5)]
+    envelopes = []
+    for ref in refs:
+        pipeline.register_payment(tight, registration(ref))
+        sandbox.create_cinetpay(ref, 5000)
+        envelopes.append(sandbox.cinetpay_notification(ref))
+    calls: list[int] = []
+    original = tight.budget.reserve_many
+    tight.budget.reserve_many = lambda *a: calls.append(a[3]) or original(*a)  # type: ignore[method-assign]
+    try:
+        results = pipeline.ingest_batch(tight, envelopes)
+    finally:
+        del tight.budget.reserve_many
+    assert calls == [5]
+    assert [r.outcome for r in results if isinstance(r, pipeline.Result)] == [Disposition.ACCEPTED] * 2 + [
+        Disposition.RETRY
+    ] * 3
+    deferred = [r for r in results if isinstance(r, pipeline.Result) and r.outcome is Disposition.RETRY]
+    assert [round(r.delay or 0) for r in deferred] == [100, 200, 300]
+    assert sum(sandbox.get_cinetpay(ref)["check_count"] for ref in refs) == 2

@@ -31,17 +31,19 @@ import redis
 
 KEY_PREFIX = "payrecon:budget:"
 
-# KEYS[1] bucket; ARGV rate (tokens/s), burst, mode, backlog. Modes:
+# KEYS[1] bucket; ARGV rate (tokens/s), burst, mode, backlog, count. Modes:
 # "take": a token now, or the wait until one is free (nothing taken);
 # "reserve": a token now or in the future, unless the bucket is already ``backlog`` tokens below
 #   zero (then, as "take", the wait until one is free and nothing reserved);
 # "release": give back a token taken or reserved and not used (never above ``burst``).
-# Returns {wait in seconds as a string, 1 if the token is the caller's (now or after the wait)}.
+# ``count`` times in a row (one caller after the other, in one step). Returns {wait in seconds as a
+# string, 1 if the token is the caller's (now or after the wait)} for each, one after the other.
 _TAKE = """
 local rate = tonumber(ARGV[1])
 local burst = tonumber(ARGV[2])
 local mode = ARGV[3]
 local backlog = tonumber(ARGV[4])
+local count = tonumber(ARGV[5] or '1')
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local state = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
@@ -49,22 +51,27 @@ local tokens = tonumber(state[1])
 local ts = tonumber(state[2])
 if tokens == nil then tokens = burst; ts = now end
 tokens = math.min(burst, tokens + math.max(0, now - ts) * rate)
-local wait = 0
-local own = 1
-if mode == 'release' then
-  tokens = math.min(burst, tokens + 1)
-elseif tokens >= 1 then
-  tokens = tokens - 1
-elseif mode == 'reserve' and tokens - 1 >= -backlog then
-  tokens = tokens - 1
-  wait = -tokens / rate
-else
-  wait = (1 - tokens) / rate
-  own = 0
+local out = {}
+for i = 1, count do
+  local wait = 0
+  local own = 1
+  if mode == 'release' then
+    tokens = math.min(burst, tokens + 1)
+  elseif tokens >= 1 then
+    tokens = tokens - 1
+  elseif mode == 'reserve' and tokens - 1 >= -backlog then
+    tokens = tokens - 1
+    wait = -tokens / rate
+  else
+    wait = (1 - tokens) / rate
+    own = 0
+  end
+  out[2 * i - 1] = tostring(wait)
+  out[2 * i] = own
 end
 redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'ts', tostring(now))
 redis.call('EXPIRE', KEYS[1], math.ceil((burst - math.min(tokens, 0)) / rate) + 60)
-return {tostring(wait), own}
+return out
 """
 
 #: How far ahead the budget hands out reservations, in seconds of its rate: beyond that a caller
@@ -95,6 +102,14 @@ class Budget(Protocol):
         """Give back a token taken or reserved and not used."""
         ...
 
+    def reserve_many(self, bucket: str, rate: float, burst: int, count: int) -> list[tuple[float, bool]]:
+        """``reserve`` for ``count`` callers one after the other, in one step."""
+        ...
+
+    def release_many(self, bucket: str, rate: float, burst: int, count: int) -> None:
+        """``release`` of ``count`` tokens, in one step."""
+        ...
+
 
 class RedisBudget:
     """The fleet-wide budget (production, tests)."""
@@ -112,14 +127,23 @@ class RedisBudget:
     def release(self, bucket: str, rate: float, burst: int) -> None:
         self._call(bucket, rate, burst, "release")
 
+    def reserve_many(self, bucket: str, rate: float, burst: int, count: int) -> list[tuple[float, bool]]:
+        return self._call_many(bucket, rate, burst, "reserve", count)
+
+    def release_many(self, bucket: str, rate: float, burst: int, count: int) -> None:
+        self._call_many(bucket, rate, burst, "release", count)
+
     def _call(self, bucket: str, rate: float, burst: int, mode: str) -> tuple[float, bool]:
+        return self._call_many(bucket, rate, burst, mode, 1)[0]
+
+    def _call_many(self, bucket: str, rate: float, burst: int, mode: str, count: int) -> list[tuple[float, bool]]:
         try:
-            wait, own = self._take(keys=[KEY_PREFIX + bucket], args=[rate, burst, mode, backlog(rate)])
+            out = self._take(keys=[KEY_PREFIX + bucket], args=[rate, burst, mode, backlog(rate), count])
         except redis.exceptions.NoScriptError:
             raise
         except redis.RedisError as exc:  # unreachable, read-only after a failover, out of memory, ...
             raise BudgetUnavailable(f"call budget store unavailable: {type(exc).__name__}: {exc}"[:300]) from exc
-        return float(wait), bool(own)
+        return [(float(out[i]), bool(out[i + 1])) for i in range(0, len(out), 2)]
 
     def reset(self, bucket: str) -> None:
         self._redis.delete(KEY_PREFIX + bucket)
@@ -133,7 +157,7 @@ class LocalBudget:
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self._buckets: dict[str, tuple[float, float]] = {}
 
     def take(self, bucket: str, rate: float, burst: int) -> float:
@@ -144,6 +168,15 @@ class LocalBudget:
 
     def release(self, bucket: str, rate: float, burst: int) -> None:
         self._take(bucket, rate, burst, "release")
+
+    def reserve_many(self, bucket: str, rate: float, burst: int, count: int) -> list[tuple[float, bool]]:
+        with self._lock:  # one step: no other caller in between
+            return [self._take(bucket, rate, burst, "reserve") for _ in range(count)]
+
+    def release_many(self, bucket: str, rate: float, burst: int, count: int) -> None:
+        with self._lock:
+            for _ in range(count):
+                self._take(bucket, rate, burst, "release")
 
     def _take(self, bucket: str, rate: float, burst: int, mode: str) -> tuple[float, bool]:
         """The Lua script's rules (above), in process."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -48,7 +49,7 @@ from reconciliation.subscriptions import UnknownPlan, expire_due
 from schemas.messages import PaymentRegistration, WebhookEnvelope
 from schemas.producer import INGEST_TASK, REGISTER_TASK
 from worker import metrics
-from worker.budget import BudgetUnavailable, rounded_wait
+from worker.budget import Budget, BudgetUnavailable, rounded_wait
 from worker.observability import timed_call
 from worker.runtime import Runtime
 
@@ -473,9 +474,11 @@ def _before_call(
     *,
     awaiting: str,
     asked: datetime | None,
+    budget: Budget | None = None,
 ) -> Result | _Call:
     """Everything before the provider call: the Result of a delivery that needs none (waits for its
-    registration, already answered, put off by the call budget), else the call to make."""
+    registration, already answered, put off by the call budget), else the call to make. ``budget``:
+    the call budget to reserve from (a batch's own, see ``_BatchBudget``; else the runtime's)."""
     provider = client.name
     if awaiting:
         return _await_registration(rt, client, delivery, work, awaiting)
@@ -498,7 +501,7 @@ def _before_call(
     names = [name for name, _, _ in stages]
     for name, rate, burst in stages[names.index(slot) + 1 if slot else 0 :]:
         try:
-            wait, own = rt.budget.reserve(f"{name}:{provider}", rate, burst)
+            wait, own = (budget or rt.budget).reserve(f"{name}:{provider}", rate, burst)
         except BudgetUnavailable as exc:
             return _put_off(rt, work, reference, BUDGET_OUTAGE_WAIT, str(exc), deferred=True, budget_slot=slot)
         if own:
@@ -844,17 +847,21 @@ def _work_batch(rt: Runtime, admitted: list[tuple[int, _Admitted]], results: lis
     calls: list[tuple[int, _Admitted, _Call]] = []
     later: list[tuple[int, _Admitted]] = []  # a second delivery of a payment asked about in this batch
     asking: set[tuple[str, str]] = set()
-    for i, adm in admitted:
-        key = (adm.parsed.provider, adm.reference or "")
-        if adm.reference is not None and not adm.detail and key in asking:
-            later.append((i, adm))
-            continue
-        step = _held(rt, adm, lambda adm=adm: _before_call_admitted(rt, adm))  # type: ignore[misc]
-        if isinstance(step, _Call):
-            asking.add(key)
-            calls.append((i, adm, step))
-        else:
-            results[i] = step
+    budget = _BatchBudget(rt.budget, Counter(adm.parsed.provider for _, adm in admitted))
+    try:
+        for i, adm in admitted:
+            key = (adm.parsed.provider, adm.reference or "")
+            if adm.reference is not None and not adm.detail and key in asking:
+                later.append((i, adm))
+                continue
+            step = _held(rt, adm, lambda adm=adm: _before_call_admitted(rt, adm, budget))  # type: ignore[misc]
+            if isinstance(step, _Call):
+                asking.add(key)
+                calls.append((i, adm, step))
+            else:
+                results[i] = step
+    finally:
+        budget.give_back()
 
     answered: list[tuple[int, _Admitted, VerifiedStatus, datetime]] = []
     for (i, adm, call), (asked_at, answer) in zip(calls, _ask_all(rt, calls), strict=True):
@@ -930,11 +937,75 @@ def _resolve_many(session: Session, parsed: list[tuple[int, _Parsed]]) -> dict[i
     return found
 
 
-def _before_call_admitted(rt: Runtime, adm: _Admitted) -> Result | _Call:
+def _before_call_admitted(rt: Runtime, adm: _Admitted, budget: Budget) -> Result | _Call:
     assert adm.work is not None  # noqa: S101
     return _before_call(
-        rt, adm.parsed.client, adm.parsed.delivery, adm.payment, adm.work, awaiting=adm.detail, asked=adm.asked
+        rt,
+        adm.parsed.client,
+        adm.parsed.delivery,
+        adm.payment,
+        adm.work,
+        awaiting=adm.detail,
+        asked=adm.asked,
+        budget=budget,
     )
+
+
+class _BatchBudget:
+    """The call budget as one batch uses it: the first reservation from a bucket reserves, in one step
+    (one round trip to the budget's store instead of one per delivery), a token for each delivery of
+    the batch's from that bucket's provider, in turn, as if each had asked in its turn; they are handed
+    out in that order, and those not handed out (a delivery that needed no call, or was put off at an
+    earlier stage) are given back by ``give_back``. An outage of the store is the same outage for each
+    delivery of the batch."""
+
+    def __init__(self, budget: Budget, deliveries: Counter[str]) -> None:
+        self.budget = budget
+        self.deliveries = deliveries  # per provider
+        self.reserved: dict[str, tuple[float, int, list[tuple[float, bool]]]] = {}
+        self.unavailable: dict[str, BudgetUnavailable] = {}
+
+    def take(self, bucket: str, rate: float, burst: int) -> float:
+        return self.budget.take(bucket, rate, burst)
+
+    def reserve(self, bucket: str, rate: float, burst: int) -> tuple[float, bool]:
+        if bucket in self.unavailable:
+            raise self.unavailable[bucket]
+        if bucket not in self.reserved:
+            count = max(1, self.deliveries[bucket.partition(":")[2]])
+            try:
+                tokens = self.budget.reserve_many(bucket, rate, burst, count)
+            except BudgetUnavailable as exc:
+                self.unavailable[bucket] = exc
+                raise
+            self.reserved[bucket] = (rate, burst, tokens[::-1])
+        rate_, burst_, left = self.reserved[bucket]
+        if left and (rate_, burst_) == (rate, burst):
+            return left.pop()
+        return self.budget.reserve(bucket, rate, burst)
+
+    def release(self, bucket: str, rate: float, burst: int) -> None:
+        self.budget.release(bucket, rate, burst)
+
+    def reserve_many(self, bucket: str, rate: float, burst: int, count: int) -> list[tuple[float, bool]]:
+        return [self.reserve(bucket, rate, burst) for _ in range(count)]
+
+    def release_many(self, bucket: str, rate: float, burst: int, count: int) -> None:
+        self.budget.release_many(bucket, rate, burst, count)
+
+    def give_back(self) -> None:
+        """The tokens reserved and not handed out go back (those the bucket had no room for were not taken)."""
+        for bucket, (rate, burst, left) in self.reserved.items():
+            unused = sum(1 for _, own in left if own)
+            if not unused:
+                continue
+            try:
+                self.budget.release_many(bucket, rate, burst, unused)
+            except BudgetUnavailable:
+                log.info(
+                    "%s: %d unused call-budget token(s) could not be given back (store unavailable)", bucket, unused
+                )
+            left.clear()
 
 
 def _held(rt: Runtime, adm: _Admitted, step: Callable[[], T]) -> T | Result:
