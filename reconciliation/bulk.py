@@ -34,12 +34,22 @@ _PG = postgresql.dialect()  # type: ignore[no-untyped-call]
 
 
 def insert_rows(
-    session: Session, table: Table, rows: Sequence[dict[str, Any]], *, returning: Sequence[str] = ()
+    session: Session,
+    table: Table,
+    rows: Sequence[dict[str, Any]],
+    *,
+    returning: Sequence[str] = (),
+    tail: str = "",
+    tail_params: dict[str, Any] | None = None,
 ) -> list[Row[Any]]:
     """INSERT ``rows`` (dicts with the same keys) into ``table`` in one statement; with ``returning``,
-    those columns of the rows inserted (in no promised order: match them by a key)."""
+    those columns of the rows inserted (in no promised order: match them by a key). ``tail``, on
+    PostgreSQL only: SQL after the rows instead (an ``ON CONFLICT`` clause and a ``RETURNING`` list, whose
+    rows are returned), with ``tail_params`` bound."""
     if not rows:
         return []
+    if tail and session.get_bind().dialect.name != "postgresql":
+        raise ValueError("a tail of SQL is for PostgreSQL only")
     if session.get_bind().dialect.name != "postgresql":
         statement = insert(session, table)
         if returning:
@@ -49,12 +59,12 @@ def insert_rows(
         return []
     names = tuple(rows[0])
     defaults = _defaults(table, names)
-    statement = _statement(_insert_sql, table, names + tuple(defaults), tuple(returning))
-    params = _columns(table, names, rows)
+    statement = _statement(_insert_sql, table, names + tuple(defaults), (tuple(returning), tail))
+    params: dict[str, Any] = {**_columns(table, names, rows), **(tail_params or {})}
     for name, default in defaults.items():
         params[name] = [default() for _ in rows]
     result = session.execute(statement, params)
-    return list(result) if returning else []
+    return list(result) if returning or "RETURNING" in tail.upper() else []
 
 
 def update_rows(session: Session, table: Table, rows: Sequence[dict[str, Any]], *, key: str = "id") -> None:
@@ -165,10 +175,13 @@ def _arrays(table: Table, names: tuple[str, ...]) -> str:
     return ", ".join(f"CAST(:{name} AS {_array_type(table.c[name])})" for name in names)
 
 
-def _insert_sql(table: Table, names: tuple[str, ...], returning: tuple[str, ...]) -> str:
+def _insert_sql(table: Table, names: tuple[str, ...], extra: tuple[tuple[str, ...], str]) -> str:
+    returning, tail = extra
     columns = ", ".join(f'"{table.c[name].name}"' for name in names)
-    # Names from the table's metadata only; every value is a bound parameter.
+    # Names from the table's metadata only (and the caller's own SQL tail); every value is a bound parameter.
     sql = f'INSERT INTO "{table.name}" ({columns}) SELECT * FROM unnest({_arrays(table, names)})'  # noqa: S608
+    if tail:
+        return f"{sql} {tail}"
     if returning:
         sql += " RETURNING " + ", ".join(f'"{table.c[name].name}"' for name in returning)
     return sql

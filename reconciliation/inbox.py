@@ -120,34 +120,50 @@ def store_many(
             }
         )
     rows.sort(key=lambda r: (r["provider"], r["dedupe_key"]))
-    # One statement compiled once (cached), executed for every row: SQLAlchemy sends the rows as
-    # multi-row VALUES ("insertmanyvalues"), RETURNING each.
-    statement = (
-        insert(session, table)
-        .on_conflict_do_update(
-            index_elements=["provider", "dedupe_key"],
-            set_={"repeat_count": table.c.repeat_count + 1, "last_seen_at": now},
+    if session.get_bind().dialect.name == "postgresql":
+        # One statement over arrays (reconciliation.bulk); a repeat's first raw body comes back, a new
+        # row's is the one just sent.
+        returned = bulk.insert_rows(session, cast(Table, table), rows, tail=_STORE_TAIL, tail_params={"now": now})
+        raws = {(r["provider"], r["dedupe_key"]): r["envelope_raw"] for r in rows}
+        written = {
+            (r.provider, r.dedupe_key): Stored(
+                id=r.id,
+                is_new=r.repeat_count == 0,
+                status=InboxStatus(r.status),
+                envelope_raw=r.envelope_raw if r.envelope_raw is not None else raws[(r.provider, r.dedupe_key)],
+                first_seen_at=r.first_seen_at,
+            )
+            for r in returned
+        }
+    else:
+        # SQLAlchemy's statement compiled once (cached), executed for every row: multi-row VALUES
+        # ("insertmanyvalues"), RETURNING each.
+        statement = (
+            insert(session, table)
+            .on_conflict_do_update(
+                index_elements=["provider", "dedupe_key"],
+                set_={"repeat_count": table.c.repeat_count + 1, "last_seen_at": now},
+            )
+            .returning(
+                table.c.provider,
+                table.c.dedupe_key,
+                table.c.id,
+                table.c.repeat_count,
+                table.c.status,
+                table.c.envelope_raw,
+                table.c.first_seen_at,
+            )
         )
-        .returning(
-            table.c.provider,
-            table.c.dedupe_key,
-            table.c.id,
-            table.c.repeat_count,
-            table.c.status,
-            table.c.envelope_raw,
-            table.c.first_seen_at,
-        )
-    )
-    written = {
-        (r.provider, r.dedupe_key): Stored(
-            id=r.id,
-            is_new=r.repeat_count == 0,
-            status=InboxStatus(r.status),
-            envelope_raw=r.envelope_raw,
-            first_seen_at=r.first_seen_at,
-        )
-        for r in session.execute(statement, rows)
-    }
+        written = {
+            (r.provider, r.dedupe_key): Stored(
+                id=r.id,
+                is_new=r.repeat_count == 0,
+                status=InboxStatus(r.status),
+                envelope_raw=r.envelope_raw,
+                first_seen_at=r.first_seen_at,
+            )
+            for r in session.execute(statement, rows)
+        }
     stored: list[Stored] = []
     for n, (envelope, raw, row) in enumerate(deliveries):
         key = (envelope.provider.value, row["dedupe_key"])
@@ -156,6 +172,16 @@ def store_many(
         else:  # the same delivery twice in one call: the second is a repeat of the first
             stored.append(store_many(session, [(envelope, raw, row)], now=now)[0])
     return stored
+
+
+#: ``store_many``'s upsert on PostgreSQL, after the rows: a repeat counts, and only a repeat's stored
+#: raw body comes back (a new row's is the caller's own).
+_STORE_TAIL = (
+    "ON CONFLICT (provider, dedupe_key) DO UPDATE SET repeat_count = inbox.repeat_count + 1, "
+    "last_seen_at = CAST(:now AS timestamptz) "
+    "RETURNING provider, dedupe_key, id, repeat_count, status, "
+    "CASE WHEN repeat_count > 0 THEN envelope_raw END AS envelope_raw, first_seen_at"
+)
 
 
 def mark(session: Session, inbox_id: int, status: InboxStatus, detail: str = "") -> None:
