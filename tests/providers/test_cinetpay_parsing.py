@@ -28,10 +28,12 @@ from providers.base import (
 from providers.cinetpay import (
     CPM_FIELDS,
     CinetPayClient,
+    _parsed_form,
     build_notification,
     classify,
     compute_x_token,
     parse_check_response,
+    parse_form,
 )
 from schemas.messages import WebhookEnvelope
 
@@ -307,3 +309,18 @@ def test_parse_bad_answers(text: str, error: type[ProviderError], match: str) ->
         parse_check_response("ref-1", text)
     assert info.value.provider == "cinetpay"
     assert type(info.value) is error
+
+
+def test_a_body_parsed_again_is_read_from_the_cache_and_each_caller_gets_its_own_fields() -> None:
+    """parse_delivery then authenticate read the same body: the second parse is the first's, and neither
+    caller can change what the other reads; a malformed body is refused every time."""
+    body = urlencode(FIELDS)
+    _parsed_form.cache_clear()
+    first = parse_form(body)
+    first["cpm_amount"] = "1"
+    assert parse_form(body) == FIELDS and _parsed_form.cache_info().hits == 1
+    for _ in range(2):
+        with pytest.raises(MalformedDelivery, match="given 2 times"):
+            parse_form(body + "&cpm_amount=2")
+    long = urlencode({**FIELDS, "cpm_designation": "x" * 5000})
+    assert parse_form(long)["cpm_designation"] == "x" * 5000 and _parsed_form.cache_info().currsize == 1  # not kept
