@@ -246,8 +246,9 @@ class ProviderSession(requests.Session):
             if conn is None:
                 return None
             sock = conn.sock
-            # Readable while idle: the server closed it (or sent something unasked): not reusable.
-            if sock is not None and not select.select([sock], [], [], 0)[0]:
+            # Readable while idle: the server closed it (or sent something unasked): not reusable. (poll,
+            # as urllib3 does, not select: a busy worker's descriptors may pass select's 1024.)
+            if sock is not None and not _readable(sock):
                 return conn
             conn.close()
 
@@ -266,6 +267,12 @@ class ProviderSession(requests.Session):
         for conns in idle.values():
             for conn in conns:
                 conn.close()
+
+
+def _readable(sock: Any) -> bool:
+    poller = select.poll()
+    poller.register(sock, select.POLLIN)
+    return bool(poller.poll(0))
 
 
 def _decoded(body: bytes, encoding: str | None) -> bytes:

@@ -283,3 +283,26 @@ def test_a_provider_that_does_not_answer_in_time_is_a_timeout(session: requests.
         with pytest.raises(ProviderTransientError, match="timeout after") as info:
             send(session, "p", "POST", url, json={}, timeout=(3, 0.2), policy=no_wait(1), allow_redirects=False)
         assert isinstance(info.value.__cause__, requests.exceptions.ReadTimeout)
+
+
+def test_a_pooled_connection_is_checked_whatever_its_descriptor_number(
+    session: requests.Session, answering: str
+) -> None:
+    """A busy worker's sockets may have descriptors past select()'s 1024: the check that a pooled connection is
+    still open must work there too (it is reused, not failed)."""
+    import resource
+
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < 1200:
+        pytest.skip("the descriptor limit is too low to pass 1024")
+    padding = [socket.socket() for _ in range(1100)]  # the next descriptors are past 1024
+    try:
+        answers = [
+            send(session, "p", "POST", answering + "/check", json={}, policy=no_wait(1), allow_redirects=False)
+            for _ in range(2)
+        ]
+    finally:
+        for sock in padding:
+            sock.close()
+    assert [a.json()["code"] for a in answers] == ["00", "00"]
+    assert len(_Answering.connections) == 1
