@@ -79,7 +79,7 @@ class RateLimited(ProviderRateLimited):
 
 
 class ProviderSession(requests.Session):
-    """A ``requests.Session`` whose provider calls skip what they never use, at a third of the CPU.
+    """A ``requests.Session`` whose provider calls skip what they never use, at under half the CPU.
 
     ``Session.request`` reads the environment (proxy variables, ``~/.netrc``, CA bundle variables) on
     every request and runs the cookie jar, the hooks and the redirect machinery, and its adapter goes
