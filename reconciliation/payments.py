@@ -8,7 +8,7 @@ so any number of concurrent deliveries settle a payment once.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -88,6 +88,21 @@ def find(session: Session, provider: str, reference: str, *, lock: bool = False)
     if lock:
         query = query.with_for_update().execution_options(populate_existing=True)
     return session.scalars(query).one_or_none()
+
+
+def find_many(session: Session, provider: str, references: Collection[str]) -> dict[str, Payment]:
+    """The payments of ``provider`` among ``references`` (one query for a batch), by reference."""
+    rows = session.scalars(select(Payment).where(Payment.provider == provider, Payment.reference.in_(references)))
+    return {row.reference: row for row in rows}
+
+
+def lock_many(session: Session, ids: Collection[int]) -> dict[int, Payment]:
+    """The payments ``ids`` locked for update in id order (two batches sharing payments cannot deadlock on
+    them), read afresh, by id."""
+    if not ids:
+        return {}
+    query = select(Payment).where(Payment.id.in_(sorted(ids))).order_by(Payment.id).with_for_update()
+    return {row.id: row for row in session.scalars(query.execution_options(populate_existing=True))}
 
 
 def find_by_provider_data(session: Session, provider: str, key: str, value: str) -> Payment | None:

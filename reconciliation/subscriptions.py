@@ -7,6 +7,7 @@ whatever daylight-saving changes lie between.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
@@ -36,6 +37,14 @@ def get_plan(session: Session, code: str) -> Plan:
     if plan is None or not plan.active:
         raise UnknownPlan(f"plan {code!r} is not in the catalogue (or not active)")
     return plan
+
+
+def plans(session: Session, codes: Collection[str]) -> dict[str, Plan]:
+    """The plans ``codes`` (one query for a batch), by code. Held by the caller, they stay in the session's
+    identity map, so ``get_plan`` of one of them asks the database nothing."""
+    if not codes:
+        return {}
+    return {plan.code: plan for plan in session.scalars(select(Plan).where(Plan.code.in_(codes)))}
 
 
 def _locked_subscription(session: Session, product: str, account: str, plan_code: str, now: datetime) -> Subscription:

@@ -23,7 +23,6 @@ from enum import StrEnum
 from typing import Any, TypeVar
 
 from pydantic import ValidationError
-from sqlalchemy import select
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
@@ -41,9 +40,9 @@ from providers.base import (
     VerifiedStatus,
 )
 from providers.profiles import TrustProfile
-from reconciliation import deadletters, facts, inbox, payments
+from reconciliation import deadletters, facts, inbox, payments, subscriptions
 from reconciliation.db import storable_text, transaction
-from reconciliation.models import FINAL_STATUSES, InboxStatus, Payment, PaymentStatus, Plan
+from reconciliation.models import FINAL_STATUSES, InboxStatus, Payment, PaymentStatus
 from reconciliation.retries import AWAIT_REGISTRATION, BUDGET_OUTAGE_WAIT, PROVIDER_FAILURE
 from reconciliation.subscriptions import UnknownPlan, expire_due
 from schemas.messages import PaymentRegistration, WebhookEnvelope
@@ -926,8 +925,7 @@ def _resolve_many(session: Session, parsed: list[tuple[int, _Parsed]]) -> dict[i
         else:
             found[i] = _resolve(session, p.provider, p.delivery)
     for provider, refs in named.items():
-        rows = session.scalars(select(Payment).where(Payment.provider == provider, Payment.reference.in_(refs)))
-        by_ref = {row.reference: row for row in rows}
+        by_ref = payments.find_many(session, provider, refs)
         for ref, indices in refs.items():
             for i in indices:
                 found[i] = by_ref.get(ref)
@@ -1100,21 +1098,11 @@ def _deadlock(exc: OperationalError) -> bool:
 def _settle_all(
     session: Session, rt: Runtime, answered: list[tuple[int, _Admitted, VerifiedStatus, datetime]]
 ) -> tuple[dict[int, Result], dict[int, int], list[tuple[str, str | None]]]:
-    known = sorted({adm.payment.id for _, adm, _, _ in answered if adm.payment is not None})
-    locked: dict[int, Payment] = {}
-    if known:
-        rows = session.scalars(
-            select(Payment)
-            .where(Payment.id.in_(known))
-            .order_by(Payment.id)
-            .with_for_update()
-            .execution_options(populate_existing=True)
-        )
-        locked = {row.id: row for row in rows}
+    locked = payments.lock_many(session, {adm.payment.id for _, adm, _, _ in answered if adm.payment is not None})
     # The plans of the batch, held here: the session's identity map then serves every lookup of
     # them (it keeps objects only while they are referenced).
     codes = {adm.payment.plan_code for _, adm, _, _ in answered if adm.payment is not None and adm.payment.plan_code}
-    plans = {plan.code: plan for plan in session.scalars(select(Plan).where(Plan.code.in_(codes)))} if codes else {}
+    plans = subscriptions.plans(session, codes)
     # Known payments in id order (locked so above), then orphans created in reference order.
     order = sorted(answered, key=lambda a: (a[1].payment.id if a[1].payment else 1 << 62, a[1].reference))
     settled: dict[int, Result] = {}
