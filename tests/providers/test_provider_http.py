@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import gzip
+import shutil
 import socket
+import ssl
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -306,3 +309,97 @@ def test_a_pooled_connection_is_checked_whatever_its_descriptor_number(
             sock.close()
     assert [a.json()["code"] for a in answers] == ["00", "00"]
     assert len(_Answering.connections) == 1
+
+
+# --------------------------------------------------------------------------- TLS on ProviderSession's own path
+
+
+@pytest.fixture(scope="module")
+def tls_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, str]]:
+    """An HTTPS server on 127.0.0.1 whose certificate, for the name ``localhost`` only, is signed by a CA of its
+    own (both made by the openssl command, as a provider's is by its CA): its port and the CA's certificate."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("the openssl command is missing")
+    folder = tmp_path_factory.mktemp("tls")
+    ca, ca_key, cert, key, request = (str(folder / n) for n in ("ca.pem", "ca.key", "cert.pem", "key.pem", "req.pem"))
+    (folder / "leaf.cnf").write_text(
+        "subjectAltName=DNS:localhost\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\n"
+        "extendedKeyUsage=serverAuth\nauthorityKeyIdentifier=keyid\nsubjectKeyIdentifier=hash\n"
+    )
+    for command in (
+        ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", ca_key, "-out", ca, "-days", "2",
+         "-subj", "/CN=payrecon test CA", "-addext", "basicConstraints=critical,CA:TRUE",
+         "-addext", "keyUsage=critical,keyCertSign,cRLSign"],
+        ["req", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", request, "-subj", "/CN=localhost"],
+        ["x509", "-req", "-in", request, "-CA", ca, "-CAkey", ca_key, "-CAcreateserial", "-out", cert,
+         "-days", "2", "-extfile", str(folder / "leaf.cnf")],
+    ):  # fmt: skip
+        subprocess.run([openssl, *command], check=True, capture_output=True)
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"  # keep-alive
+
+        def do_GET(self) -> None:
+            body = b'{"status": "ACCEPTED"}'
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server.server_address[1], ca
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_https_on_its_own_path_verifies_the_certificate_and_keeps_the_connection(
+    tls_server: tuple[int, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    port, ca = tls_server
+
+    def not_this_way(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("requests' adapter was used")
+
+    monkeypatch.setattr(requests.adapters.HTTPAdapter, "send", not_this_way)
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", ca)  # the provider's CA is trusted (as requests reads it)
+    session = ProviderSession()
+    url = f"https://localhost:{port}/v2/payment/check"
+    try:
+        first = session.request("GET", url, timeout=(3, 3), allow_redirects=False)
+        second = session.request("GET", url, timeout=(3, 3), allow_redirects=False)
+        assert (first.status_code, first.json(), second.json()) == (200, {"status": "ACCEPTED"}, {"status": "ACCEPTED"})
+        assert sum(len(idle) for idle in session._idle.values()) == 1  # one connection, used twice
+    finally:
+        session.close()
+
+
+@pytest.mark.parametrize(
+    ("host", "trusted", "why"),
+    [
+        ("localhost", False, "certificate verify failed"),  # not signed by a CA of requests' own bundle
+        ("127.0.0.1", True, "certificate verify failed"),  # signed by a trusted CA, for another name
+    ],
+)
+def test_https_on_its_own_path_refuses_a_certificate_it_cannot_verify(
+    tls_server: tuple[int, str], host: str, trusted: bool, why: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    port, ca = tls_server
+    monkeypatch.delenv("CURL_CA_BUNDLE", raising=False)
+    if trusted:
+        monkeypatch.setenv("REQUESTS_CA_BUNDLE", ca)
+    else:
+        monkeypatch.delenv("REQUESTS_CA_BUNDLE", raising=False)
+    with ProviderSession() as session, pytest.raises(requests.exceptions.SSLError, match=why):
+        session.request("GET", f"https://{host}:{port}/v2/payment/check", timeout=(3, 3), allow_redirects=False)
