@@ -166,7 +166,10 @@ class ProviderSession(requests.Session):
             assert conn.sock is not None  # noqa: S101 - connected
             conn.sock.settimeout(read)
             body = prepared.body.encode("utf-8") if isinstance(prepared.body, str) else prepared.body  # as urllib3
-            conn.request(prepared.method, prepared.path_url, body, dict(prepared.headers))
+            headers = CaseInsensitiveDict(prepared.headers)
+            if "Accept-Encoding" in headers:
+                headers["Accept-Encoding"] = _decodable(headers["Accept-Encoding"])
+            conn.request(prepared.method, prepared.path_url, body, dict(headers))
             answer = conn.getresponse()
             content = answer.read()
         except TimeoutError as exc:
@@ -273,6 +276,17 @@ def _readable(sock: Any) -> bool:
     poller = select.poll()
     poller.register(sock, select.POLLIN)
     return bool(poller.poll(0))
+
+
+def _decodable(accepted: str) -> str:
+    """``Accept-Encoding`` without the codings ``_decoded`` cannot read (requests asks for br or zstd too
+    where their libraries are installed, which urllib3 would decode and this path would not)."""
+    kept = [
+        part.strip()
+        for part in accepted.split(",")
+        if part.split(";")[0].strip().lower() in ("gzip", "x-gzip", "deflate", "identity")
+    ]
+    return ", ".join(kept) or "identity"
 
 
 def _decoded(body: bytes, encoding: str | None) -> bytes:

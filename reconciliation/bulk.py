@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import enum
 import json
+import re
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from functools import partial
@@ -57,7 +58,7 @@ def insert_rows(
             return list(session.execute(statement, list(rows)))
         session.execute(statement, list(rows))
         return []
-    names = tuple(rows[0])
+    names = _same_keys(rows)
     defaults = _defaults(table, names)
     statement = _statement(_insert_sql, table, names + tuple(defaults), (tuple(returning), tail))
     params: dict[str, Any] = {**_columns(table, names, rows), **(tail_params or {})}
@@ -72,7 +73,9 @@ def update_rows(session: Session, table: Table, rows: Sequence[dict[str, Any]], 
     with the same keys), in one statement."""
     if not rows:
         return
-    names = tuple(rows[0])
+    names = _same_keys(rows)
+    if len({row[key] for row in rows}) != len(rows):
+        raise ValueError(f"update_rows: two rows of {table.name} with the same {key}: which one wins is unsaid")
     if session.get_bind().dialect.name != "postgresql":
         statement = (
             update(table)
@@ -82,6 +85,14 @@ def update_rows(session: Session, table: Table, rows: Sequence[dict[str, Any]], 
         session.execute(statement, [{"b_" + name: value for name, value in row.items()} for row in rows])
         return
     session.execute(_statement(_update_sql, table, names, key), _columns(table, names, rows))
+
+
+def _same_keys(rows: Sequence[dict[str, Any]]) -> tuple[str, ...]:
+    """The rows' keys, the same for every row (a key only some rows have would be dropped unsaid)."""
+    names = tuple(rows[0])
+    if any(row.keys() != rows[0].keys() for row in rows):
+        raise ValueError("every row must have the same keys")
+    return names
 
 
 def _columns(table: Table, names: tuple[str, ...], rows: Sequence[dict[str, Any]]) -> dict[str, list[Any]]:
@@ -152,9 +163,15 @@ def _same(value: Any) -> Any:
 
 
 def _array_type(column: Column[Any]) -> str:
+    """The column's type as an array, without its length or precision: an explicit cast to ``VARCHAR(200)``
+    would cut a longer value silently, where the INSERT's or UPDATE's own conversion to the column refuses
+    it ("value too long"), as SQLAlchemy's statements did."""
     kind = column.type.dialect_impl(_PG)
     impl = getattr(kind, "impl", kind)
-    return f"{impl.compile(dialect=_PG)}[]"
+    return _MODIFIERS.sub("", impl.compile(dialect=_PG)) + "[]"
+
+
+_MODIFIERS = re.compile(r"\(\s*\d+(\s*,\s*\d+)?\s*\)")
 
 
 #: Statements by (kind, table, columns, extra): their text depends on nothing else.

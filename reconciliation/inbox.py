@@ -11,7 +11,7 @@ message the janitor sent for a row it leased may take it, and a stale one may no
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 from sqlalchemy import ColumnElement, Table, or_, text, update
@@ -131,7 +131,7 @@ def store_many(
                 is_new=r.repeat_count == 0,
                 status=InboxStatus(r.status),
                 envelope_raw=r.envelope_raw if r.envelope_raw is not None else raws[(r.provider, r.dedupe_key)],
-                first_seen_at=r.first_seen_at,
+                first_seen_at=r.first_seen_at.astimezone(UTC),  # the raw statement's: the session's zone
             )
             for r in returned
         }

@@ -225,3 +225,30 @@ def test_a_batch_reserves_its_calls_in_one_step_with_each_deliverys_slot(
     deferred = [r for r in results if isinstance(r, pipeline.Result) and r.outcome is Disposition.RETRY]
     assert [round(r.delay or 0) for r in deferred] == [100, 200, 300]
     assert sum(sandbox.get_cinetpay(ref)["check_count"] for ref in refs) == 2
+
+
+def test_a_batch_reserves_tokens_by_chunks_and_none_for_a_payments_repeats(
+    rt: Runtime, sandbox: SandboxClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Tokens are reserved for what the batch can spend, a chunk at a time: a repeat of a payment in the batch
+    (it waits for the first delivery's answer) reserves nothing, and other workers never see the bucket
+    lowered by a whole batch's worth of tokens it will not use."""
+    assert isinstance(rt.budget, RedisBudget)
+    monkeypatch.setattr(pipeline, "RESERVE_CHUNK", 4)
+    refs = [new_reference() for _ in range(10)]
+    envelopes = []
+    for ref in refs:
+        pipeline.register_payment(rt, registration(ref))
+        sandbox.create_cinetpay(ref, 5000)
+        envelopes.append(sandbox.cinetpay_notification(ref))
+    repeats = [sandbox.cinetpay_notification(refs[0]) for _ in range(3)]
+    calls: list[int] = []
+    original = rt.budget.reserve_many
+    rt.budget.reserve_many = lambda *a: calls.append(a[3]) or original(*a)  # type: ignore[method-assign]
+    try:
+        results = pipeline.ingest_batch(rt, envelopes + repeats)
+    finally:
+        del rt.budget.reserve_many
+    assert calls == [4, 4, 2]
+    assert [r.outcome for r in results[:10] if isinstance(r, pipeline.Result)] == [Disposition.ACCEPTED] * 10
+    assert sum(sandbox.get_cinetpay(ref)["check_count"] for ref in refs) == 10

@@ -7,6 +7,7 @@ from typing import Any, cast
 
 import pytest
 from sqlalchemy import Table, bindparam, select, update
+from sqlalchemy.exc import DataError
 
 from reconciliation import bulk
 from reconciliation.db import transaction
@@ -84,3 +85,26 @@ def test_updated_rows_are_those_sqlalchemy_updates(rt: Runtime) -> None:
 def test_a_naive_timestamp_is_refused_as_the_orm_refuses_it(rt: Runtime) -> None:
     with pytest.raises(ValueError, match="naive datetime"), transaction(rt.sessions) as session:
         bulk.insert_rows(session, INBOX, [_row("naive", received_at=datetime(2026, 12, 6, 1, 2, 3))])  # noqa: DTZ001
+
+
+@pytest.mark.parametrize("how", ["insert", "update"])
+def test_a_value_too_long_for_its_column_is_refused_not_cut(rt: Runtime, how: str) -> None:
+    """As SQLAlchemy's statements: an over-long value is an error, never stored cut (a provider's transaction id
+    cut short would no longer match its statement line)."""
+    too_long = "k" * (INBOX.c.dedupe_key.type.length + 1)  # type: ignore[attr-defined]
+    with transaction(rt.sessions) as session:
+        (stored,) = bulk.insert_rows(session, INBOX, [_row("fits")], returning=("id",))
+    with pytest.raises(DataError, match="value too long"), transaction(rt.sessions) as session:
+        if how == "insert":
+            bulk.insert_rows(session, INBOX, [_row(too_long)])
+        else:
+            bulk.update_rows(session, INBOX, [{"id": stored.id, "dedupe_key": too_long}])
+    with rt.sessions() as session:
+        assert session.scalars(select(INBOX.c.dedupe_key)).all() == ["fits"]
+
+
+def test_rows_of_different_keys_or_an_update_twice_of_one_row_are_refused(rt: Runtime) -> None:
+    with pytest.raises(ValueError, match="same keys"), transaction(rt.sessions) as session:
+        bulk.insert_rows(session, INBOX, [_row("a"), {**_row("b"), "detail": "only here"}])
+    with pytest.raises(ValueError, match="with the same id"), transaction(rt.sessions) as session:
+        bulk.update_rows(session, INBOX, [{"id": 1, "detail": "x"}, {"id": 1, "detail": "y"}])

@@ -846,7 +846,9 @@ def _work_batch(rt: Runtime, admitted: list[tuple[int, _Admitted]], results: lis
     calls: list[tuple[int, _Admitted, _Call]] = []
     later: list[tuple[int, _Admitted]] = []  # a second delivery of a payment asked about in this batch
     asking: set[tuple[str, str]] = set()
-    budget = _BatchBudget(rt.budget, Counter(adm.parsed.provider for _, adm in admitted))
+    # A second delivery of a payment waits for the first's answer: one call per payment at most.
+    distinct = {(adm.parsed.provider, adm.reference if adm.reference is not None else i) for i, adm in admitted}
+    budget = _BatchBudget(rt.budget, Counter(provider for provider, _ in distinct))
     try:
         for i, adm in admitted:
             key = (adm.parsed.provider, adm.reference or "")
@@ -949,18 +951,25 @@ def _before_call_admitted(rt: Runtime, adm: _Admitted, budget: Budget) -> Result
     )
 
 
+#: Tokens a batch reserves from a bucket in one step (see ``_BatchBudget``).
+RESERVE_CHUNK = 8
+
+
 class _BatchBudget:
-    """The call budget as one batch uses it: the first reservation from a bucket reserves, in one step
-    (one round trip to the budget's store instead of one per delivery), a token for each delivery of
-    the batch's from that bucket's provider, in turn, as if each had asked in its turn; they are handed
-    out in that order, and those not handed out (a delivery that needed no call, or was put off at an
-    earlier stage) are given back by ``give_back``. An outage of the store is the same outage for each
-    delivery of the batch."""
+    """The call budget as one batch uses it: a reservation from a bucket reserves, in one step (one round
+    trip to the budget's store instead of one per delivery), tokens for the next deliveries of the batch
+    from that bucket's provider, at most ``RESERVE_CHUNK`` of them, in turn, as if each had asked in its
+    turn; they are handed out in that order, and those not handed out (a delivery that needed no call,
+    or was put off at an earlier stage) are given back by ``give_back``. Reserving by chunks, not the
+    whole batch at once, keeps what other workers see of the bucket close to what it would be one by one
+    (a batch of repeats or of deliveries already answered holds no tokens it will not use). An outage of
+    the store is the same outage for each delivery of the batch."""
 
     def __init__(self, budget: Budget, deliveries: Counter[str]) -> None:
         self.budget = budget
-        self.deliveries = deliveries  # per provider
+        self.deliveries = deliveries  # per provider: an upper bound of the calls the batch may make
         self.reserved: dict[str, tuple[float, int, list[tuple[float, bool]]]] = {}
+        self.handed: Counter[str] = Counter()  # tokens handed out per bucket
         self.unavailable: dict[str, BudgetUnavailable] = {}
 
     def take(self, bucket: str, rate: float, burst: int) -> float:
@@ -969,18 +978,21 @@ class _BatchBudget:
     def reserve(self, bucket: str, rate: float, burst: int) -> tuple[float, bool]:
         if bucket in self.unavailable:
             raise self.unavailable[bucket]
-        if bucket not in self.reserved:
-            count = max(1, self.deliveries[bucket.partition(":")[2]])
+        rate_, burst_, left = self.reserved.get(bucket, (rate, burst, []))
+        if (rate_, burst_) != (rate, burst):
+            return self.budget.reserve(bucket, rate, burst)
+        if not left:
+            wanted = self.deliveries[bucket.partition(":")[2]] - self.handed[bucket]
+            count = max(1, min(RESERVE_CHUNK, wanted))
             try:
                 tokens = self.budget.reserve_many(bucket, rate, burst, count)
             except BudgetUnavailable as exc:
                 self.unavailable[bucket] = exc
                 raise
-            self.reserved[bucket] = (rate, burst, tokens[::-1])
-        rate_, burst_, left = self.reserved[bucket]
-        if left and (rate_, burst_) == (rate, burst):
-            return left.pop()
-        return self.budget.reserve(bucket, rate, burst)
+            left = tokens[::-1]
+            self.reserved[bucket] = (rate, burst, left)
+        self.handed[bucket] += 1
+        return left.pop()
 
     def release(self, bucket: str, rate: float, burst: int) -> None:
         self.budget.release(bucket, rate, burst)

@@ -403,3 +403,15 @@ def test_https_on_its_own_path_refuses_a_certificate_it_cannot_verify(
         monkeypatch.delenv("REQUESTS_CA_BUNDLE", raising=False)
     with ProviderSession() as session, pytest.raises(requests.exceptions.SSLError, match=why):
         session.request("GET", f"https://{host}:{port}/v2/payment/check", timeout=(3, 3), allow_redirects=False)
+
+
+def test_its_own_path_asks_only_for_the_encodings_it_decodes(session: requests.Session) -> None:
+    """requests asks for br and zstd where their libraries are installed (urllib3 decodes them); this path
+    reads gzip and deflate only, so it asks for no other."""
+    assert isinstance(session, ProviderSession)
+    session.headers["Accept-Encoding"] = "gzip, deflate, br, zstd"
+    with receiving("/v2/payment/check", ("POST",)) as receiver:
+        session.request("POST", receiver.url, timeout=(3, 3), allow_redirects=False, json={})
+        session.request("POST", receiver.url, timeout=(3, 3), allow_redirects=False, json={},
+                        headers={"Accept-Encoding": "br;q=1.0"})  # fmt: skip
+    assert [r.headers.get("Accept-Encoding") for r in receiver.received] == ["gzip, deflate", "identity"]
