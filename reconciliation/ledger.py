@@ -32,11 +32,11 @@ from datetime import datetime
 
 from sqlalchemy import case, func, select, text
 from sqlalchemy import insert as sa_insert
-from sqlalchemy.orm import Session, make_transient_to_detached
+from sqlalchemy.orm import Session, aliased, make_transient_to_detached
 
 from reconciliation.db import is_postgres
 from reconciliation.dialect import insert
-from reconciliation.models import Account, Entry, Journal
+from reconciliation.models import Account, Entry, Journal, Payment
 
 DEBIT = "debit"
 CREDIT = "credit"
@@ -359,3 +359,23 @@ def unbalanced_journals(session: Session) -> list[tuple[int, str, int]]:
         select(Journal.id).where(~select(Entry.id).where(Entry.journal_id == Journal.id).exists())
     ).scalars()
     return [(jid, cur, int(diff)) for jid, cur, diff in rows] + [(jid, "", 0) for jid in empty]
+
+
+_Reversed = aliased(Journal)
+
+
+def dangling_references(session: Session) -> list[tuple[str, int, int]]:
+    """Ledger rows that refer to nothing, which the guard refuses to write (no foreign key does, since 0013):
+    (what, the row's id, the id it names), e.g. rows written with triggers off."""
+    found: list[tuple[str, int, int]] = []
+    checks = (
+        ("entry's journal", Entry.id, Entry.journal_id, Journal.id),
+        ("entry's account", Entry.id, Entry.account_id, Account.id),
+        ("journal's payment", Journal.id, Journal.payment_id, Payment.id),
+        ("journal's reversed journal", Journal.id, Journal.reverses_id, _Reversed.id),
+    )
+    for what, row_id, ref, target in checks:
+        missing = ~select(target).where(target == ref).exists()
+        rows = session.execute(select(row_id, ref).where(ref.is_not(None), missing).order_by(row_id).limit(100))
+        found += [(what, int(row), int(named)) for row, named in rows if named is not None]
+    return found

@@ -127,6 +127,37 @@ def test_ledger_balances_and_check(rt: Runtime, sandbox: SandboxClient, cli_env:
     bad = CliRunner().invoke(main, ["ledger", "check", "--json"], env=cli_env)
     assert bad.exit_code == 1
     assert json.loads(bad.output)["unbalanced"] == [{"journal": 1, "currency": "XOF", "difference": 7}]
+    assert json.loads(bad.output)["dangling"] == []
+
+
+def test_ledger_check_reports_rows_that_refer_to_nothing(
+    rt: Runtime, sandbox: SandboxClient, cli_env: dict[str, str]
+) -> None:
+    """The guard refuses them (no foreign key since migration 0013); rows written with the triggers off are
+    found by the check."""
+    settle(rt, sandbox, new_reference())
+    with rt.engine.begin() as conn:
+        conn.execute(text("SET LOCAL session_replication_role = replica"))
+        conn.execute(text("INSERT INTO ledger_journals (id, kind, memo, payment_id, reverses_id) "
+                          "VALUES (90, 'k', '', 999, 998)"))  # fmt: skip
+        conn.execute(
+            text(
+                "INSERT INTO ledger_entries (journal_id, account_id, side, amount, currency) "
+                "VALUES (997, 1, 'debit', 7, 'XOF'), (997, 1, 'credit', 7, 'XOF'), "
+                "(90, 996, 'debit', 3, 'XOF'), (90, 996, 'credit', 3, 'XOF')"
+            )
+        )
+    bad = CliRunner().invoke(main, ["ledger", "check", "--json"], env=cli_env)
+    assert bad.exit_code == 1
+    found = {(d["what"], d["names"]) for d in json.loads(bad.output)["dangling"]}
+    assert found == {
+        ("entry's journal", 997),
+        ("entry's account", 996),
+        ("journal's payment", 999),
+        ("journal's reversed journal", 998),
+    }
+    text_output = run(cli_env, "ledger", "check").output
+    assert "journal's payment 999 does not exist (journal 90)" in text_output
 
 
 def test_dead_letters_list_and_replay(

@@ -931,25 +931,29 @@ def ledger_export(  # noqa: PLR0917 - click passes the options by name
 @ledger.command("check")
 @_json_option
 def ledger_check(as_json: bool) -> None:
-    """Exit 1 if any journal does not balance."""
+    """Exit 1 if any journal does not balance or a ledger row refers to nothing."""
     settings = _settings()
     from reconciliation import ledger as ledger_mod
 
     with _sessions(settings)() as session:
         bad = ledger_mod.unbalanced_journals(session)
+        dangling = ledger_mod.dangling_references(session)
     if as_json:
         _dump(
             {
                 "balanced": not bad,
                 "unbalanced": [{"journal": j, "currency": c, "difference": d} for j, c, d in bad],
+                "dangling": [{"what": what, "row": row, "names": named} for what, row, named in dangling],
             }
         )
-    elif bad:
+    else:
         for journal, currency, diff in bad:
             click.echo(f"journal {journal} does not balance in {currency or '-'}: debit - credit = {diff}")
-    else:
-        click.echo("every journal balances")
-    sys.exit(1 if bad else 0)
+        for what, row, named in dangling:
+            click.echo(f"{what} {named} does not exist ({what.split(chr(39))[0]} {row})")
+        if not bad and not dangling:
+            click.echo("every journal balances and every ledger reference holds")
+    sys.exit(1 if bad or dangling else 0)
 
 
 # --------------------------------------------------------------------------- exception cases
