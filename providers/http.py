@@ -190,7 +190,11 @@ class ProviderSession(requests.Session):
         response.reason = answer.reason
         response.headers = CaseInsensitiveDict(dict(merged.values()))
         response.encoding = get_encoding_from_headers(response.headers)
-        response._content = _decoded(content, response.headers.get("Content-Encoding"))
+        try:
+            response._content = _decoded(content, response.headers.get("Content-Encoding"))
+        except requests.exceptions.ContentDecodingError:
+            conn.close()
+            raise
         response.url = prepared.url
         response.request = prepared
         response.connection = adapter
@@ -460,7 +464,11 @@ def _attempt(
         response = session.request(method, url, timeout=timeout, **kwargs)
     except requests.Timeout as exc:
         raise ProviderTransientError(f"timeout after {timeout} s", provider=provider) from exc
-    except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as exc:
+    except (
+        requests.ConnectionError,
+        requests.exceptions.ChunkedEncodingError,
+        requests.exceptions.ContentDecodingError,  # a body cut or garbled on the way: the wire's, not ours
+    ) as exc:
         # Never echo the exception text blindly: it may contain the full URL; the type is enough.
         raise ProviderTransientError(f"connection failed ({type(exc).__name__})", provider=provider) from exc
     except requests.RequestException as exc:

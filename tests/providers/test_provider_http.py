@@ -220,6 +220,8 @@ class _Answering(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         self.rfile.read(int(self.headers.get("Content-Length") or 0))
         body = gzip.compress(b'{"code": "00", "path": "' + self.path.encode() + b'"}')
+        if self.path == "/corrupt":  # cut short: not a gzip stream one can read
+            body = body[: len(body) // 2]
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Encoding", "gzip")
@@ -245,6 +247,19 @@ def answering() -> Iterator[str]:
     yield f"http://127.0.0.1:{server.server_address[1]}"
     server.shutdown()
     server.server_close()
+
+
+def test_a_body_that_cannot_be_decoded_is_a_passing_fault_and_its_connection_is_not_kept(
+    session: requests.Session, answering: str
+) -> None:
+    """A gzip body cut short is the wire's fault, asked again later (as a connection failure), not a request
+    of ours to give up on; the connection it came on is closed, not handed to the next call."""
+    with pytest.raises(ProviderTransientError, match="ContentDecodingError"):
+        send(session, "p", "POST", answering + "/corrupt", json={}, policy=no_wait(), allow_redirects=False)
+    assert isinstance(session, ProviderSession)
+    assert sum(len(idle) for idle in session._idle.values()) == 0
+    answer = send(session, "p", "POST", answering + "/check", json={}, policy=no_wait(), allow_redirects=False)
+    assert answer.json() == {"code": "00", "path": "/check"}
 
 
 def test_calls_share_a_keep_alive_connection_and_read_the_body_as_requests_does(
