@@ -10,8 +10,14 @@ from typing import Any
 
 from sqlalchemy import Engine, create_engine, event, select, text, update
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError
+from sqlalchemy.exc import ArgumentError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session, sessionmaker
+
+#: What "the database is unavailable" looks like (a wait, never a loss): the server unreachable, gone or
+#: refusing (OperationalError, InterfaceError), or no connection of the pool free in time (every one busy on a
+#: slow server): work meeting one of these is put off and done again, not taken for a bug.
+DB_UNAVAILABLE: tuple[type[Exception], ...] = (OperationalError, InterfaceError, PoolTimeout)
 
 
 def make_engine(url: str, *, pool_size: int = 10, echo: bool = False) -> Engine:

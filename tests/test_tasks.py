@@ -169,6 +169,33 @@ def test_an_input_task_retries_its_message_through_an_outage(
         assert session.scalars(select(DeadLetter)).all() == []
 
 
+def test_no_pooled_connection_free_in_time_is_an_outage_not_a_bug(
+    installed: Runtime, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every connection of the pool busy (a slow server) until the pool's timeout: the message is retried like
+    in an outage, not dead-lettered as a bug."""
+    busy = create_engine(installed.settings.database_url, pool_size=1, max_overflow=0, pool_timeout=0.1)
+    held = busy.connect()  # the pool's only connection, taken
+    monkeypatch.setattr(runtime, "_runtime", dataclasses.replace(installed, sessions=sessionmaker(busy)))
+    retried: list[Any] = []
+
+    def pool_free_again(request: Any = None, reason: Any = None, **_: Any) -> None:
+        retried.append(reason)
+        monkeypatch.setattr(runtime, "_runtime", installed)
+
+    signals.task_retry.connect(pool_free_again, weak=False)
+    try:
+        result = tasks.register_payment.apply(kwargs={"payment": registration("TXN-POOL-1")}).get()
+    finally:
+        signals.task_retry.disconnect(pool_free_again)
+        held.close()
+        busy.dispose()
+    assert result["outcome"] == "created" and len(retried) == 1
+    assert "database unavailable, retrying" in caplog.text and "unexpected error" not in caplog.text
+    with installed.sessions() as session:
+        assert session.scalars(select(DeadLetter)).all() == []
+
+
 def test_a_retry_the_broker_refuses_puts_the_message_back_not_away(
     database_down: Runtime, monkeypatch: pytest.MonkeyPatch
 ) -> None:

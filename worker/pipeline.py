@@ -23,7 +23,7 @@ from enum import StrEnum
 from typing import Any, TypeVar
 
 from pydantic import ValidationError
-from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from providers.base import (
@@ -41,7 +41,7 @@ from providers.base import (
 )
 from providers.profiles import TrustProfile
 from reconciliation import deadletters, facts, inbox, payments, subscriptions
-from reconciliation.db import storable_text, transaction
+from reconciliation.db import DB_UNAVAILABLE, storable_text, transaction
 from reconciliation.models import FINAL_STATUSES, InboxStatus, Payment, PaymentStatus
 from reconciliation.retries import AWAIT_REGISTRATION, BUDGET_OUTAGE_WAIT, PROVIDER_FAILURE
 from reconciliation.subscriptions import UnknownPlan, expire_due
@@ -421,7 +421,7 @@ def _work(rt: Runtime, client: ProviderClient, work: inbox.Work, process: Callab
     like a provider failure and, after PAYRECON_VERIFY_MAX_RETRIES of them, dead-letters it."""
     try:
         return replace(process(), provider=client.name)
-    except (OperationalError, InterfaceError):
+    except DB_UNAVAILABLE:
         raise  # an outage: the row keeps its lease and is taken again when the lease ends
     except Exception as exc:
         log.exception("%s delivery %s: unexpected error", client.name, work.id)
@@ -782,7 +782,7 @@ def _store_batch(
     for i, payload in enumerate(payloads):
         try:
             item = _parse(rt, payload)
-        except (OperationalError, InterfaceError) as exc:
+        except DB_UNAVAILABLE as exc:
             results[i] = NotStored(exc)
             continue
         except Exception as exc:  # a bug reading this one: its input is kept, the others go on
@@ -796,7 +796,7 @@ def _store_batch(
         return []
     try:
         admitted = _store_together(rt, parsed)
-    except (OperationalError, InterfaceError) as exc:
+    except DB_UNAVAILABLE as exc:
         for i, _ in parsed:
             results[i] = NotStored(exc)
         return []
@@ -899,7 +899,7 @@ def ingest_alone(rt: Runtime, payload: Any) -> Result | NotStored:
     """One delivery of a batch on the per-delivery path (a bug there dead-letters its input)."""
     try:
         return ingest_webhook(rt, payload)
-    except (OperationalError, InterfaceError) as exc:
+    except DB_UNAVAILABLE as exc:
         return NotStored(exc)
     except Exception as exc:
         return _unexpected(rt, payload, exc)
@@ -911,7 +911,7 @@ def _unexpected(rt: Runtime, payload: Any, exc: Exception) -> Result | NotStored
     detail = f"{type(exc).__name__}: {exc}"[:2000]
     try:
         dead_letter(rt, INGEST_TASK, "internal_error", detail, payload)
-    except (OperationalError, InterfaceError) as inner:
+    except DB_UNAVAILABLE as inner:
         return NotStored(inner)
     return Result(Disposition.FAILED, detail)
 
@@ -1031,14 +1031,14 @@ def _failed(rt: Runtime, adm: _Admitted, exc: Exception) -> Result:
     (taken up again when the lease ends); anything else (a bug) puts it off as an internal error."""
     assert adm.work is not None  # noqa: S101
     client, work = adm.parsed.client, adm.work
-    if isinstance(exc, (OperationalError, InterfaceError)):
+    if isinstance(exc, DB_UNAVAILABLE):
         reason = str(getattr(exc, "orig", exc)).strip().splitlines()[0][:200] if str(exc) else type(exc).__name__
         detail = f"database unavailable: taken up again when its lease ends ({reason})"
         return Result(Disposition.RETRY, detail, work.id, adm.reference, provider=client.name)
     log.error("%s delivery %s: unexpected error", client.name, work.id, exc_info=exc)
     try:
         return replace(_internal_error(rt, work, exc), provider=client.name)
-    except (OperationalError, InterfaceError) as outage:
+    except DB_UNAVAILABLE as outage:
         return _failed(rt, adm, outage)
 
 
@@ -1088,7 +1088,7 @@ def _settle_batch(
             for i, adm, _, _ in answered:
                 results[i] = _failed(rt, adm, exc)
             return {}
-        except InterfaceError as exc:
+        except DB_UNAVAILABLE as exc:  # not a deadlock: unreachable, gone, or no connection free in time
             for i, adm, _, _ in answered:
                 results[i] = _failed(rt, adm, exc)
             return {}

@@ -18,11 +18,10 @@ from typing import Any, NoReturn, cast
 
 from celery import Task
 from celery.exceptions import Reject
-from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
 from reconciliation import retries
-from reconciliation.db import transaction
+from reconciliation.db import DB_UNAVAILABLE, transaction
 from schemas.messages import Provider
 from schemas.producer import INGEST_TASK, KWARGS, REGISTER_TASK
 from worker import metrics, pipeline, runtime
@@ -144,7 +143,7 @@ class PayreconTask(Task):  # type: ignore[misc]
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         try:
             result = super().__call__(*args, **kwargs)
-        except (OperationalError, InterfaceError) as exc:
+        except DB_UNAVAILABLE as exc:
             result = self._outage(exc)
         except Exception as exc:
             if not self.rule.dead_letter_bugs:
