@@ -166,21 +166,14 @@ class ProviderSession(requests.Session):
             assert conn.sock is not None  # noqa: S101 - connected
             conn.sock.settimeout(read)
             body = prepared.body.encode("utf-8") if isinstance(prepared.body, str) else prepared.body  # as urllib3
-            headers = CaseInsensitiveDict(prepared.headers)
-            if "Accept-Encoding" in headers:
-                headers["Accept-Encoding"] = _decodable(headers["Accept-Encoding"])
-            conn.request(prepared.method, prepared.path_url, body, dict(headers))
+            if "Accept-Encoding" in prepared.headers:  # the request as sent, in response.request too
+                prepared.headers["Accept-Encoding"] = _decodable(prepared.headers["Accept-Encoding"])
+            conn.request(prepared.method, prepared.path_url, body, dict(prepared.headers))
             answer = conn.getresponse()
             content = answer.read()
-        except TimeoutError as exc:
-            conn.close()
-            raise requests.exceptions.ReadTimeout(exc, request=prepared) from exc
-        except ssl.SSLError as exc:
-            conn.close()
-            raise requests.exceptions.SSLError(exc, request=prepared) from exc
         except (OSError, http.client.HTTPException) as exc:
             conn.close()
-            raise requests.exceptions.ConnectionError(exc, request=prepared) from exc
+            raise _as_requests_error(exc, prepared, requests.exceptions.ReadTimeout) from exc
         merged: dict[str, tuple[str, str]] = {}  # a header given twice is one, joined (as urllib3 does)
         for name, value in answer.getheaders():
             first = merged.get(name.lower())
@@ -215,15 +208,9 @@ class ProviderSession(requests.Session):
             conn = http.client.HTTPConnection(host, port, timeout=timeout)
         try:
             conn.connect()
-        except TimeoutError as exc:
-            conn.close()
-            raise requests.exceptions.ConnectTimeout(exc, request=prepared) from exc
-        except ssl.SSLError as exc:
-            conn.close()
-            raise requests.exceptions.SSLError(exc, request=prepared) from exc
         except OSError as exc:
             conn.close()
-            raise requests.exceptions.ConnectionError(exc, request=prepared) from exc
+            raise _as_requests_error(exc, prepared, requests.exceptions.ConnectTimeout) from exc
         return conn
 
     def _tls_context(self, verify: Any) -> ssl.SSLContext:
@@ -280,6 +267,18 @@ def _readable(sock: Any) -> bool:
     poller = select.poll()
     poller.register(sock, select.POLLIN)
     return bool(poller.poll(0))
+
+
+def _as_requests_error(
+    exc: Exception, prepared: requests.PreparedRequest, timed_out: type[requests.exceptions.Timeout]
+) -> requests.exceptions.RequestException:
+    """The exception requests would raise for ``exc``: ``timed_out`` (connecting or reading), ``SSLError``, or
+    ``ConnectionError`` for anything else on the wire."""
+    if isinstance(exc, TimeoutError):
+        return timed_out(exc, request=prepared)
+    if isinstance(exc, ssl.SSLError):
+        return requests.exceptions.SSLError(exc, request=prepared)
+    return requests.exceptions.ConnectionError(exc, request=prepared)
 
 
 def _decodable(accepted: str) -> str:
