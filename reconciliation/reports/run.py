@@ -33,7 +33,7 @@ from functools import cache, partial
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import String, and_, case, func, literal, or_, select, union_all
+from sqlalchemy import String, and_, case, func, literal, select
 from sqlalchemy.orm import Session
 
 from reconciliation.models import PayoutPosting, ReconItem, ReconPayout, ReconRun
@@ -130,56 +130,52 @@ def run_metadata(run: ReconRun) -> dict[str, Any]:
     }
 
 
-def _totals(session: Session, run_id: int) -> list[dict[str, Any]]:
+def _groups(session: Session, run_id: int) -> list[Any]:
+    """The run's items in one pass, grouped by class and both currencies: what ``summary`` needs of a
+    million items (the counts per class, the totals per currency and class) is folded in Python from
+    these few groups. Each sum covers the group's non-NULL values (NULL when there are none)."""
+    stmt = (
+        select(
+            ReconItem.cls,
+            ReconItem.internal_currency,
+            ReconItem.provider_currency,
+            func.count(),
+            func.count().filter(ReconItem.healed),
+            func.sum(ReconItem.internal_amount),
+            func.sum(ReconItem.provider_amount),
+            func.sum(ReconItem.fee),
+        )
+        .where(ReconItem.run_id == run_id)
+        .group_by(ReconItem.cls, ReconItem.internal_currency, ReconItem.provider_currency)
+    )
+    return list(session.execute(stmt))
+
+
+_TOTAL_KEYS = ("count", "healed", "internal_total_minor", "provider_total_minor", "fee_total_minor")
+
+
+def _totals(groups: Iterable[Any]) -> list[dict[str, Any]]:
     # An item counts once, in its currency (ours, else the provider's). Amounts are totalled in their
     # own currency: on a currency_mismatch the provider amount and fee land in the provider's currency.
-    primary = func.coalesce(ReconItem.internal_currency, ReconItem.provider_currency)
-    same = or_(ReconItem.provider_currency.is_(None), ReconItem.provider_currency == primary)
-    own = select(
-        ReconItem.cls.label("cls"),
-        primary.label("currency"),
-        literal(1).label("n"),
-        case((ReconItem.healed, 1), else_=0).label("healed"),
-        ReconItem.internal_amount.label("internal"),
-        case((same, ReconItem.provider_amount)).label("provider"),
-        case((same, ReconItem.fee)).label("fee"),
-    ).where(ReconItem.run_id == run_id)
-    foreign = select(
-        ReconItem.cls,
-        ReconItem.provider_currency,
-        literal(0),
-        literal(0),
-        literal(None, ReconItem.internal_amount.type),
-        ReconItem.provider_amount,
-        ReconItem.fee,
-    ).where(
-        ReconItem.run_id == run_id,
-        ReconItem.internal_currency.is_not(None),
-        ReconItem.provider_currency.is_not(None),
-        ReconItem.provider_currency != ReconItem.internal_currency,
-    )
-    both = union_all(own, foreign).subquery("amounts")
-    stmt = select(
-        both.c.currency,
-        both.c.cls,
-        func.sum(both.c.n),
-        func.sum(both.c.healed),
-        func.sum(both.c.internal),
-        func.sum(both.c.provider),
-        func.sum(both.c.fee),
-    ).group_by(both.c.currency, both.c.cls)
-    rows = [
-        {
-            "currency": currency,
-            "class": cls,
-            "count": int(n or 0),
-            "healed": int(healed or 0),
-            "internal_total_minor": int(internal or 0),
-            "provider_total_minor": int(provider or 0),
-            "fee_total_minor": int(fee or 0),
-        }
-        for currency, cls, n, healed, internal, provider, fee in session.execute(stmt)
-    ]
+    totals: dict[tuple[str | None, str], dict[str, Any]] = {}
+
+    def add(currency: str | None, cls: str, values: tuple[Any, ...]) -> None:
+        row = totals.setdefault(
+            (currency, cls),
+            {"currency": currency, "class": cls, "count": 0, "healed": 0, "internal_total_minor": 0,
+             "provider_total_minor": 0, "fee_total_minor": 0},
+        )  # fmt: skip
+        for key, value in zip(_TOTAL_KEYS, values, strict=True):
+            row[key] += int(value or 0)
+
+    for cls, internal_currency, provider_currency, n, healed, internal, provider, fee in groups:
+        primary = internal_currency if internal_currency is not None else provider_currency
+        if provider_currency is None or provider_currency == primary:
+            add(primary, cls, (n, healed, internal, provider, fee))
+        else:  # the provider's amount and fee in its own currency, the item counted in ours
+            add(primary, cls, (n, healed, internal, None, None))
+            add(provider_currency, cls, (0, 0, None, provider, fee))
+    rows = list(totals.values())
     rows.sort(key=lambda r: (r["currency"] or "", class_rank(r["class"]), r["class"]))
     return rows
 
@@ -193,15 +189,11 @@ def summary(session: Session, run_id: int) -> dict[str, Any]:
     internal_total_minor, provider_total_minor, fee_total_minor}``; ``payouts`` is ``payouts()``.
     """
     run = _run(session, run_id)
+    groups = _groups(session, run_id)
     by_class: dict[str, int] = {}
     healed = 0
-    stmt = (
-        select(ReconItem.cls, func.count(), func.count().filter(ReconItem.healed))
-        .where(ReconItem.run_id == run_id)
-        .group_by(ReconItem.cls)
-    )
-    for cls, n, n_healed in session.execute(stmt):
-        by_class[cls] = int(n)
+    for cls, _, _, n, n_healed, *_ in groups:
+        by_class[cls] = by_class.get(cls, 0) + int(n)
         healed += int(n_healed)
     ordered = dict(sorted(by_class.items(), key=lambda kv: (class_rank(kv[0]), kv[0])))
     items = sum(ordered.values())
@@ -213,7 +205,7 @@ def summary(session: Session, run_id: int) -> dict[str, Any]:
             "healed": healed,
             "by_class": ordered,
         },
-        "totals": _totals(session, run_id),
+        "totals": _totals(groups),
         "payouts": payouts(session, run_id),
     }
 
