@@ -287,8 +287,9 @@ class Journal(Base):
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     # The payment and the reversed journal exist: checked per statement by the ledger's guard, not by
-    # foreign keys (migration 0013), as are an entry's journal and account.
-    payment_id: Mapped[int | None] = mapped_column(BigId, index=True)
+    # foreign keys (migration 0013), as are an entry's journal and account. Found by payment through the
+    # unique key above, which starts with it (no index of its own since 0014).
+    payment_id: Mapped[int | None] = mapped_column(BigId)
     kind: Mapped[str] = mapped_column(String(40))
     memo: Mapped[str] = mapped_column(Text, default="")
     reverses_id: Mapped[int | None] = mapped_column(BigId)
