@@ -68,23 +68,34 @@ _RANK = (
 )
 _ORDER = f"{_RANK}, healed, reference, id"
 _CURRENCY = "coalesce(nullif(internal_currency, ''), provider_currency)"  # ItemRow.currency
-# NUL cannot be in a PostgreSQL text value: the other triggers are enough.
-_TRIGGERS = ", ".join(_literal(t) for t in FORMULA_TRIGGERS if t != "\0")
+# The formula triggers by code point: ``ascii`` of the first character is an integer compared with a list,
+# where ``left(…, 1) IN (…)`` made a string per field and compared strings. NUL cannot be in a PostgreSQL
+# text value: the other triggers are enough.
+_TRIGGER_CODES = ", ".join(str(ord(t)) for t in FORMULA_TRIGGERS if t != "\0")
+
+
+def _formula(column: str) -> str:
+    """True when the value starts as a formula would (``formula_safe``'s test); NULL for NULL, false for ''."""
+    return f"ascii({column}) IN ({_TRIGGER_CODES})"
 
 
 def _safe(column: str) -> str:
     """``formula_safe``, and NULL for an empty value (written as nothing, as ``None``)."""
-    return f"CASE WHEN left({column}, 1) IN ({_TRIGGERS}) THEN '''' || {column} ELSE nullif({column}, '') END"
+    return f"CASE WHEN {_formula(column)} THEN '''' || {column} ELSE nullif({column}, '') END"
 
 
 def _plain(minor: str, currency: str) -> str:
-    """``plain_amount``: major units with the currency's decimals; NULL when either is, or unknown."""
+    """``plain_amount``: major units with the currency's decimals; NULL when either is, or unknown.
+    The currencies are grouped by their decimals: a list per group, not a comparison per currency."""
+    groups: dict[int, list[str]] = {}
+    for code, exp in sorted(MINOR_UNIT_EXPONENT.items()):
+        groups.setdefault(exp, []).append(_literal(code))
     cases = " ".join(
-        f"WHEN {_literal(code)} THEN "
+        f"WHEN {currency} IN ({', '.join(codes)}) THEN "
         + (f"{minor}::text" if exp == 0 else f"round({minor}::numeric / {10**exp}, {exp})::text")
-        for code, exp in sorted(MINOR_UNIT_EXPONENT.items())
+        for exp, codes in sorted(groups.items())
     )
-    return f"CASE {currency} {cases} END"
+    return f"CASE {cases} END"
 
 
 # The items CSV's columns (``reports.CSV_COLUMNS``), as ``reports.csv_row`` writes them: each a
@@ -123,7 +134,7 @@ COPY (
 def _csv_text(column: str) -> str:
     """A text field as ``csv_row`` and Python's ``csv`` (QUOTE_MINIMAL) write it: ``formula_safe``, then
     quoted when it holds a quote (doubled), a comma, CR or LF; NULL stays NULL (``concat``: nothing)."""
-    prefix = f"CASE WHEN left({column}, 1) IN ({_TRIGGERS}) THEN '''' ELSE '' END"
+    prefix = f"CASE WHEN {_formula(column)} THEN '''' ELSE '' END"
     special = " OR ".join(f"strpos({column}, {char}) > 0" for char in ("'\"'", "','", "E'\\r'", "E'\\n'"))
     return (
         f"CASE WHEN {special} THEN '\"' || {prefix} || replace({column}, '\"', '\"\"') || '\"' "
