@@ -395,11 +395,25 @@ def write_xlsx(path: Path, lines: Iterator[JournalLine], totals: Totals, about: 
     from openpyxl import Workbook  # type: ignore[import-untyped]
     from openpyxl.cell import WriteOnlyCell  # type: ignore[import-untyped]
     from openpyxl.cell.cell import ILLEGAL_CHARACTERS_RE  # type: ignore[import-untyped]
+    from openpyxl.styles import Font  # type: ignore[import-untyped]
     from openpyxl.utils import get_column_letter  # type: ignore[import-untyped]
 
-    from reconciliation.reports.xlsx import header_sheet
-
     wb = Workbook(write_only=True)
+    bold = Font(bold=True)
+
+    def header_sheet(title: str, columns: Sequence[tuple[str, int]]) -> Any:
+        """A sheet with its column widths, a frozen bold header row (set before any row: write-only)."""
+        ws = wb.create_sheet(title)
+        for index, (_, width) in enumerate(columns, start=1):
+            ws.column_dimensions[get_column_letter(index)].width = width
+        ws.freeze_panes = "A2"
+        header = []
+        for name, _ in columns:
+            head = WriteOnlyCell(ws, value=name)
+            head.font = bold
+            header.append(head)
+        ws.append(header)
+        return ws
 
     def cell(ws: Any, value: Any, number_format: str | None = None, *, text: bool = False) -> Any:
         if text:
@@ -412,7 +426,7 @@ def write_xlsx(path: Path, lines: Iterator[JournalLine], totals: Totals, about: 
         return c
 
     def sheet(title: str, columns: Sequence[tuple[str, int]]) -> Any:
-        return header_sheet(wb, title, columns)
+        return header_sheet(title, columns)
 
     ws = sheet("General journal", GENERAL_JOURNAL_COLUMNS)
     try:

@@ -1,4 +1,4 @@
-"""The XLSX report (openpyxl, write-only workbook: rows stream to disk).
+"""The XLSX report (XlsxWriter in its constant-memory mode: each row goes to disk as it is written).
 
 Sheets:
 
@@ -20,19 +20,21 @@ exceed it, or more than ``all_lines_max`` items (``reports.XLSX_ALL_LINES``, 100
 million-row sheet takes minutes to write and is barely usable), the sheet is left out and
 Summary says so; if Exceptions alone exceeds it, it is cut
 with a last row saying how many were left out.
+
+Why XlsxWriter and not openpyxl (which writes the day-at-a-glance workbook and the general journal):
+its cells are written straight out as XML, where openpyxl's write-only sheets build a cell object per
+value; the Exceptions sheet of a million-payment day (16,500 rows) took 2.5-3 s of CPU with openpyxl
+and takes about a third of that (BENCHMARKS.md).
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from openpyxl import Workbook  # type: ignore[import-untyped]
-from openpyxl.cell import WriteOnlyCell  # type: ignore[import-untyped]
-from openpyxl.cell.cell import ILLEGAL_CHARACTERS_RE  # type: ignore[import-untyped]
-from openpyxl.styles import Font  # type: ignore[import-untyped]
-from openpyxl.utils import get_column_letter  # type: ignore[import-untyped]
+import xlsxwriter  # type: ignore[import-untyped]
 
 from reconciliation.reports.common import ItemRow, formula_safe, payout_totals, spreadsheet_amount, why
 from reconciliation.reports.labels import Language
@@ -55,101 +57,133 @@ PAYOUT_SHEET_COLUMNS: tuple[tuple[str, int], ...] = (
 SUMMARY_PAYOUT_HEADER = ("currency", "payout status", "count", "posted", "paid out", "net of payments", "difference")
 #: Excel's limit of characters in one cell.
 CELL_MAX_CHARS = 32_767
-_BOLD = Font(bold=True)
+#: The control characters XML 1.0 cannot hold (tab, LF and CR it can): removed from text cells.
+ILLEGAL_CHARACTERS_RE = re.compile(r"[\000-\010]|[\013-\014]|[\016-\037]")
 
 ItemSource = Callable[[int | None], Iterator[ItemRow]]
 
 
-def _text(ws: Any, value: str | None) -> Any:
-    """A string cell: escaped against formulas, XML-illegal characters removed, forced to type ``s``."""
+class _Sheet:
+    """A worksheet written row after row (constant memory: a row cannot be gone back to)."""
+
+    def __init__(self, book: _Book, title: str, columns: Sequence[tuple[str, int]]) -> None:
+        self.book = book
+        self.ws = book.wb.add_worksheet(title)
+        for index, (_, width) in enumerate(columns):
+            self.ws.set_column(index, index, width)
+        self.ws.freeze_panes(1, 0)
+        self.row = 0
+        self.append([(name, "bold") for name, _ in columns])
+
+    def append(self, cells: Sequence[Any]) -> None:
+        """One row. Each cell is ``None`` (empty), a bool, an int, ``(text, "text" | "bold")`` or
+        ``(number, number_format)``."""
+        ws, row, formats = self.ws, self.row, self.book.formats
+        for col, cell in enumerate(cells):
+            if cell is None:
+                continue
+            if isinstance(cell, bool):
+                ws.write_boolean(row, col, cell)
+            elif isinstance(cell, int):
+                ws.write_number(row, col, cell)
+            elif cell[1] == "text":
+                ws.write_string(row, col, cell[0])
+            elif cell[1] == "bold":
+                ws.write_string(row, col, cell[0], formats["bold"])
+            else:
+                ws.write_number(row, col, cell[0], formats[cell[1]])
+        self.row += 1
+
+    def filter(self, columns: int) -> None:
+        """An autofilter over the header and the rows written so far."""
+        self.ws.autofilter(0, 0, max(self.row, 1) - 1, columns - 1)
+
+
+class _Book:
+    def __init__(self, path: Path, title: str) -> None:
+        self.wb = xlsxwriter.Workbook(str(path), {"constant_memory": True})
+        self.wb.set_properties({"title": title, "author": "payrecon"})
+        self.formats = _Formats(self.wb)
+
+    def sheet(self, title: str, columns: Sequence[tuple[str, int]]) -> _Sheet:
+        return _Sheet(self, title, columns)
+
+
+class _Formats(dict[str, Any]):
+    """The workbook's cell formats by name (``bold``) or number format (``#,##0``), made once each."""
+
+    def __init__(self, wb: Any) -> None:
+        super().__init__()
+        self.wb = wb
+        self["bold"] = wb.add_format({"bold": True})
+
+    def __missing__(self, number_format: str) -> Any:
+        made = self[number_format] = self.wb.add_format({"num_format": number_format})
+        return made
+
+
+def _text(value: str | None) -> tuple[str, str] | None:
+    """A string cell: escaped against formulas, XML-illegal characters removed (never a formula or a number)."""
     if value is None:
         return None
-    cell = WriteOnlyCell(ws, value=ILLEGAL_CHARACTERS_RE.sub("", formula_safe(value))[:CELL_MAX_CHARS])
-    cell.data_type = "s"
-    return cell
+    return ILLEGAL_CHARACTERS_RE.sub("", formula_safe(value))[:CELL_MAX_CHARS], "text"
 
 
-def _money(ws: Any, minor: int | None, currency: str | None) -> Any:
+def _bold(value: str) -> tuple[str, str]:
+    return ILLEGAL_CHARACTERS_RE.sub("", formula_safe(value))[:CELL_MAX_CHARS], "bold"
+
+
+def _money(minor: int | None, currency: str | None) -> tuple[Any, str] | None:
     if minor is None:
         return None
-    value, number_format = spreadsheet_amount(minor, currency)
-    cell = WriteOnlyCell(ws, value=value)
-    cell.number_format = number_format
-    return cell
+    return spreadsheet_amount(minor, currency)
 
 
-def _int(ws: Any, value: int) -> Any:
-    cell = WriteOnlyCell(ws, value=value)
-    cell.number_format = "#,##0"
-    return cell
+def _int(value: int) -> tuple[int, str]:
+    return value, "#,##0"
 
 
-def header_sheet(wb: Any, title: str, columns: Sequence[tuple[str, int]]) -> Any:
-    """A sheet with its column widths, a frozen bold header row (set before any row: write-only)."""
-    ws = wb.create_sheet(title)
-    for index, (_, width) in enumerate(columns, start=1):
-        ws.column_dimensions[get_column_letter(index)].width = width
-    ws.freeze_panes = "A2"
-    header = []
-    for name, _ in columns:
-        cell = WriteOnlyCell(ws, value=name)
-        cell.font = _BOLD
-        header.append(cell)
-    ws.append(header)
-    return ws
-
-
-def _filter(ws: Any, columns: int, rows: int) -> None:
-    ws.auto_filter.ref = f"A1:{get_column_letter(columns)}{max(rows, 1)}"
-
-
-def _item_cells(ws: Any, item: ItemRow, language: Language = "en") -> list[Any]:
+def _item_cells(item: ItemRow, language: Language = "en") -> list[Any]:
     return [
-        _text(ws, item.cls),
+        _text(item.cls),
         item.healed,
-        _text(ws, item.reference),
-        _text(ws, item.provider_txn_id),
-        _text(ws, item.internal_status),
-        _text(ws, item.provider_status),
-        _text(ws, item.currency),
-        _money(ws, item.internal_amount, item.internal_currency),
-        _money(ws, item.provider_amount, item.provider_currency),
-        _money(ws, item.difference, item.currency),
-        _money(ws, item.fee, item.fee_currency),
-        _money(ws, item.expected_fee, item.fee_currency),
-        _text(ws, item.provider_currency),
-        _text(ws, why(item, language)),
+        _text(item.reference),
+        _text(item.provider_txn_id),
+        _text(item.internal_status),
+        _text(item.provider_status),
+        _text(item.currency),
+        _money(item.internal_amount, item.internal_currency),
+        _money(item.provider_amount, item.provider_currency),
+        _money(item.difference, item.currency),
+        _money(item.fee, item.fee_currency),
+        _money(item.expected_fee, item.fee_currency),
+        _text(item.provider_currency),
+        _text(why(item, language)),
     ]
 
 
-def _write_items(ws: Any, items: Iterable[ItemRow], language: Language = "en") -> int:
-    rows = 1
+def _write_items(ws: _Sheet, items: Iterable[ItemRow], language: Language = "en") -> None:
     for item in items:
-        ws.append(_item_cells(ws, item, language))
-        rows += 1
-    return rows
+        ws.append(_item_cells(item, language))
 
 
-def _write_payouts(ws: Any, payouts: Iterable[dict[str, Any]]) -> int:
-    rows = 1
+def _write_payouts(ws: _Sheet, payouts: Iterable[dict[str, Any]]) -> None:
     for p in payouts:
         currency = p["currency"]
         ws.append(
             [
-                _text(ws, p["payout_id"]),
-                _text(ws, p["status"]),
-                _text(ws, currency),
-                _int(ws, p["payments"]),
-                _money(ws, p["payout_amount"], currency),
-                _money(ws, p["settled_net"], currency),
-                _money(ws, p["difference"], currency),
+                _text(p["payout_id"]),
+                _text(p["status"]),
+                _text(currency),
+                _int(p["payments"]),
+                _money(p["payout_amount"], currency),
+                _money(p["settled_net"], currency),
+                _money(p["difference"], currency),
                 p["posted"],
                 p["journal_id"],
                 p["posted_run_id"],
             ]
         )
-        rows += 1
-    return rows
 
 
 def write_xlsx(
@@ -189,71 +223,62 @@ def write_xlsx(
             "Every item is in the CSV and JSON reports."
         )
 
-    wb = Workbook(write_only=True)
-    wb.properties.creator = "payrecon"
-    wb.properties.title = f"Reconciliation run {summ['run']['id']}"
-    _write_summary(wb, summ, notes)
+    book = _Book(path, f"Reconciliation run {summ['run']['id']}")
+    try:
+        _write_summary(book, summ, notes)
 
-    ws = header_sheet(wb, "Exceptions", ITEM_SHEET_COLUMNS)
-    rows = _write_items(ws, exceptions(exception_limit), language)
-    if exception_limit is not None:
-        left_out = counts["exceptions"] - exception_limit
-        ws.append([_text(ws, f"… {left_out:,} more exceptions not shown (Excel row limit): see the CSV report")])
-        rows += 1
-    _filter(ws, len(ITEM_SHEET_COLUMNS), rows)
+        ws = book.sheet("Exceptions", ITEM_SHEET_COLUMNS)
+        _write_items(ws, exceptions(exception_limit), language)
+        if exception_limit is not None:
+            left_out = counts["exceptions"] - exception_limit
+            ws.append([_text(f"… {left_out:,} more exceptions not shown (Excel row limit): see the CSV report")])
+        ws.filter(len(ITEM_SHEET_COLUMNS))
 
-    ws = header_sheet(wb, "Payouts", PAYOUT_SHEET_COLUMNS)
-    rows = _write_payouts(ws, summ["payouts"])
-    _filter(ws, len(PAYOUT_SHEET_COLUMNS), rows)
+        ws = book.sheet("Payouts", PAYOUT_SHEET_COLUMNS)
+        _write_payouts(ws, summ["payouts"])
+        ws.filter(len(PAYOUT_SHEET_COLUMNS))
 
-    if write_all:
-        ws = header_sheet(wb, "All lines", ITEM_SHEET_COLUMNS)
-        # The limit guards the sheet should items be added after the summary was read.
-        rows = _write_items(ws, all_items(data_rows), language)
-        _filter(ws, len(ITEM_SHEET_COLUMNS), rows)
-    wb.save(path)
+        if write_all:
+            ws = book.sheet("All lines", ITEM_SHEET_COLUMNS)
+            # The limit guards the sheet should items be added after the summary was read.
+            _write_items(ws, all_items(data_rows), language)
+            ws.filter(len(ITEM_SHEET_COLUMNS))
+    finally:
+        book.wb.close()  # also on a failure: its temporary files go (the caller drops the partial file)
 
 
-def _total_row(ws: Any, total: dict[str, Any], keys: tuple[str, str, str], amounts: tuple[str, ...]) -> list[Any]:
+def _total_row(total: dict[str, Any], keys: tuple[str, str, str], amounts: tuple[str, ...]) -> list[Any]:
     """A Summary row: currency, a label, two counts, then ``<amount>_total_minor`` money cells."""
     label, first, second = keys
     currency = total["currency"]
     return [
-        _text(ws, currency),
-        _text(ws, total[label]),
-        _int(ws, total[first]),
-        _int(ws, total[second]),
-        *(_money(ws, total[f"{name}_total_minor"], currency) for name in amounts),
+        _text(currency),
+        _text(total[label]),
+        _int(total[first]),
+        _int(total[second]),
+        *(_money(total[f"{name}_total_minor"], currency) for name in amounts),
     ]
 
 
-def _write_summary(wb: Any, summ: dict[str, Any], notes: list[str]) -> None:
-    ws = header_sheet(wb, "Summary", SUMMARY_COLUMNS)
-    totals = summ["totals"]
-    for total in totals:
-        ws.append(_total_row(ws, total, ("class", "count", "healed"), ("internal", "provider", "fee")))
-    _filter(ws, len(SUMMARY_COLUMNS), len(totals) + 1)
+def _write_summary(book: _Book, summ: dict[str, Any], notes: list[str]) -> None:
+    ws = book.sheet("Summary", SUMMARY_COLUMNS)
+    for total in summ["totals"]:
+        ws.append(_total_row(total, ("class", "count", "healed"), ("internal", "provider", "fee")))
+    ws.filter(len(SUMMARY_COLUMNS))
     ws.append([])
-    header = []
-    for name in SUMMARY_PAYOUT_HEADER:
-        cell = _text(ws, name)
-        cell.font = _BOLD
-        header.append(cell)
-    ws.append(header)
+    ws.append([_bold(name) for name in SUMMARY_PAYOUT_HEADER])
     for total in payout_totals(summ["payouts"]):
-        ws.append(_total_row(ws, total, ("status", "count", "posted"), ("payout", "settled_net", "difference")))
+        ws.append(_total_row(total, ("status", "count", "posted"), ("payout", "settled_net", "difference")))
     if not summ["payouts"]:
-        ws.append([_text(ws, "no payout reported for this day")])
+        ws.append([_text("no payout reported for this day")])
     ws.append([])
     for note in notes:
-        cell = _text(ws, f"Note: {note}")
-        cell.font = _BOLD
-        ws.append([cell])
+        ws.append([_bold(f"Note: {note}")])
     if notes:
         ws.append([])
     counts = summ["counts"]
     for key in ("items", "exceptions", "healed"):
-        ws.append([_text(ws, key), None, _int(ws, counts[key])])
+        ws.append([_text(key), None, _int(counts[key])])
     ws.append([])
     for key, value in summ["run"].items():
-        ws.append([_text(ws, key), value if isinstance(value, int) else _text(ws, value)])
+        ws.append([_text(key), value if isinstance(value, int) else _text(value)])
