@@ -297,7 +297,15 @@ class _JsonLines(_Block):
         body = self.pending + block
         head, found, self.pending = body.rpartition(b"\n")
         if found:
-            self.out.write(self.separator + head.replace(b"\n", b",\n"))
+            self.out.write(self.separator)
+            self.out.write(head.replace(b"\n", b",\n"))
+            self.separator = b",\n"
+
+    def lines(self, lines: list[bytes]) -> None:
+        """Whole lines (no LF in them), for a writer fed only so (``put`` keeps a partial line pending)."""
+        if lines:
+            self.out.write(self.separator)
+            self.out.write(b",\n".join(lines))
             self.separator = b",\n"
 
     def close(self) -> None:
@@ -319,24 +327,24 @@ class _BothRows(_Block):
         self.carry = b""
 
     def put(self, block: bytes) -> None:
-        data = self.carry + block
-        end = _rows_end(data)
+        data = self.carry + block if self.carry else block
+        quoted = b"\x01" in data
+        end = _rows_end(data) if quoted else data.rfind(b"\n") + 1
         self.carry = data[end:]
-        self._rows(data[:end])
+        self._rows(data[:end] if end < len(data) else data, quoted=quoted)
 
-    def _rows(self, block: bytes) -> None:
-        if b"\x01" in block:
+    def _rows(self, block: bytes, *, quoted: bool = True) -> None:
+        if quoted and b"\x01" in block:
             text = block.decode("utf-8")
             pairs = [(j.encode(), c.encode()) for j, c in csv.reader(io.StringIO(text, newline=""), _DIALECT)]
             if pairs:
-                self.json.put(b"\n".join(j for j, _ in pairs) + b"\n")
+                self.json.lines([j for j, _ in pairs])
                 self.out.write(b"\r\n".join(c for _, c in pairs) + b"\r\n")
-        elif block:  # every row is one JSON line, the delimiter, one CSV line: split them all at once
-            lines = block.split(b"\n")
-            lines.pop()  # after the last LF
-            parts = b"\x02".join(lines).split(b"\x02")
-            self.json.put(b"\n".join(parts[0::2]) + b"\n")
-            self.out.write(b"\r\n".join(parts[1::2]) + b"\r\n")
+        elif block:  # every row is one JSON line, the delimiter, one CSV line, LF: split them all at once
+            parts = block.replace(b"\n", b"\x02").split(b"\x02")  # ends with b"" (after the last LF)
+            self.json.lines(parts[0:-1:2])
+            self.out.write(b"\r\n".join(parts[1::2]))
+            self.out.write(b"\r\n")
 
     def close(self) -> None:
         if not self.closed:
