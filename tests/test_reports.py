@@ -727,3 +727,67 @@ def test_postgresql_writes_the_csv_and_json_items_byte_for_byte_as_python(
                 assert together[local.name] == local.read_bytes(), (fmt, run_id)
     with (tmp_path / "server" / local.name.replace(".json", ".csv")).open(newline="") as fh:
         assert len(list(csv.reader(fh))) == 1  # the empty run: its header only
+
+
+# Text XlsxWriter would take for its own rich-text XML ("<r>…</r>"), written unescaped: the first breaks
+# the file, the second changes what the cell says, the third puts a formula into another cell.
+MARKUP = [
+    "<r>&</r>",
+    "<r><t>inj</t></r>",
+    '<r><t>x</t></r></is></c><c r="C2" t="str"><f>HYPERLINK("http://evil.example","Open")</f><v>Open</v></c>'
+    '<c r="O2" t="inlineStr"><is><r><t></t></r>',
+]
+
+
+def test_xlsx_writes_text_that_looks_like_spreadsheet_markup_as_text(rt: Runtime, tmp_path: Path) -> None:
+    clean(rt)
+    items = [item("missing_in_ledger", f"REF-{i}", "XOF", None, 500, detail=t) for i, t in enumerate(MARKUP)]
+    items.append(item("missing_in_ledger", MARKUP[1], "XOF", None, 500, provider_txn_id=MARKUP[0]))
+    run_id = make_run(rt, [*items, item("matched", "REF-OK", "XOF", 5, 5, provider_txn_id="")])
+    with rt.sessions() as session:
+        path = reports.export(session, run_id, "xlsx", tmp_path)
+    wb = openpyxl.load_workbook(path)  # the first markup would make it unreadable
+    for name in ("Exceptions", "All lines"):
+        header = [c.value for c in wb[name][1]]
+        rows = {r[header.index("reference")].value: r for r in wb[name].iter_rows(min_row=2)}
+        assert [rows[f"REF-{i}"][header.index("detail")].value for i in range(3)] == MARKUP, name
+        assert rows[MARKUP[1]][header.index("provider_txn_id")].value == MARKUP[0]
+        assert all(c.data_type != "f" for row in wb[name].iter_rows() for c in row)
+        assert wb[name]["C2"].value != "Open"
+    # An empty text is an empty cell (as openpyxl wrote it), not an empty string.
+    ok = next(r for r in wb["All lines"].iter_rows(min_row=2) if r[2].value == "REF-OK")
+    assert ok[3].value is None and ok[13].value is None  # provider_txn_id "", a matched item's detail ""
+
+
+def test_reports_keep_to_python_on_a_server_that_is_not_utf8(tmp_path: Path) -> None:
+    """``ascii()`` of a character beyond ASCII fails in EUC_JP: such a server keeps the Python writers."""
+    from sqlalchemy import create_engine
+
+    from reconciliation.reports import pg as reports_pg
+    from tests.conftest import PG_BASE
+    from tests.helpers import scratch_database
+
+    admin = create_engine(f"{PG_BASE}/postgres", isolation_level="AUTOCOMMIT")
+    name = f"payrecon_eucjp_{hashlib.sha256(str(tmp_path).encode()).hexdigest()[:6]}"
+    try:
+        with admin.connect() as conn:
+            conn.execute(
+                text(f"CREATE DATABASE {name} ENCODING 'EUC_JP' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0")
+            )
+        engine = create_engine(f"{PG_BASE}/{name}", connect_args={"client_encoding": "utf8"})
+        with engine.connect() as conn, pytest.raises(Exception, match="too large"):
+            conn.exec_driver_sql("SELECT ascii('日本')").scalar()
+        from sqlalchemy.orm import Session
+
+        with Session(engine) as session:
+            assert not reports_pg.usable(session)
+        engine.dispose()
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        admin.dispose()
+    with scratch_database(PG_BASE, "payrecon_utf8") as url:
+        engine = create_engine(url)
+        with Session(engine) as session:
+            assert reports_pg.usable(session)
+        engine.dispose()

@@ -23,7 +23,7 @@ blocks: the files are byte for byte those of ``reports.csv_row`` and ``reports.i
 
 The text of the item queries is built from constants only (classes, currencies); the run's values
 are bound by psycopg2 (``mogrify``). Both need the connection's client encoding to be UTF-8 (the
-files are UTF-8): ``usable`` says whether it is, else ``reports`` keeps to Python.
+files are UTF-8), and the server's encoding too: ``usable`` says whether they are, else ``reports`` keeps to Python.
 """
 
 from __future__ import annotations
@@ -199,10 +199,13 @@ COPY (
 
 
 def usable(session: Session) -> bool:
-    """True on PostgreSQL with a UTF-8 client encoding (what the files are written in)."""
+    """True on PostgreSQL with UTF-8 as the client encoding (what the files are written in) and the
+    server's (``ascii`` of a character beyond ASCII fails in EUC_JP and the other multibyte encodings)."""
     if session.get_bind().dialect.name != "postgresql":
         return False
-    return bool(session.connection().exec_driver_sql("SHOW client_encoding").scalar() in ("UTF8", "UNICODE"))
+    connection = session.connection()
+    encodings = {connection.exec_driver_sql(f"SHOW {name}").scalar() for name in ("client_encoding", "server_encoding")}
+    return encodings <= {"UTF8", "UNICODE"}
 
 
 def copy_csv_items(session: Session, run_id: int, provider: str, business_date: str, out: BinaryIO) -> None:

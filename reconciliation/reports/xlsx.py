@@ -29,6 +29,7 @@ and takes about a third of that (BENCHMARKS.md).
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
@@ -86,13 +87,20 @@ class _Sheet:
                 ws.write_boolean(row, col, cell)
             elif isinstance(cell, int):
                 ws.write_number(row, col, cell)
-            elif cell[1] == "text":
-                ws.write_string(row, col, cell[0])
-            elif cell[1] == "bold":
-                ws.write_string(row, col, cell[0], formats["bold"])
+            elif cell[1] in ("text", "bold"):
+                self._string(row, col, cell[0], formats[cell[1]])
             else:
                 ws.write_number(row, col, cell[0], formats[cell[1]])
         self.row += 1
+
+    def _string(self, row: int, col: int, value: str, fmt: Any) -> None:
+        if value.startswith("<r>") and value.endswith("</r>"):
+            # XlsxWriter takes such a string for its own rich-text XML and writes it unescaped (text from a
+            # statement could then break the file or inject a formula): as two runs of one format, escaped.
+            run = self.book.formats["plain"] if fmt is None else fmt
+            self.ws.write_rich_string(row, col, run, value[:1], run, value[1:])
+        else:
+            self.ws.write_string(row, col, value, fmt)
 
     def filter(self, columns: int) -> None:
         """An autofilter over the header and the rows written so far."""
@@ -115,6 +123,8 @@ class _Formats(dict[str, Any]):
     def __init__(self, wb: Any) -> None:
         super().__init__()
         self.wb = wb
+        self["text"] = None  # the default
+        self["plain"] = wb.add_format({})
         self["bold"] = wb.add_format({"bold": True})
 
     def __missing__(self, number_format: str) -> Any:
@@ -122,15 +132,15 @@ class _Formats(dict[str, Any]):
         return made
 
 
-def _text(value: str | None) -> tuple[str, str] | None:
-    """A string cell: escaped against formulas, XML-illegal characters removed (never a formula or a number)."""
-    if value is None:
-        return None
-    return ILLEGAL_CHARACTERS_RE.sub("", formula_safe(value))[:CELL_MAX_CHARS], "text"
+def _text(value: str | None, style: str = "text") -> tuple[str, str] | None:
+    """A string cell: escaped against formulas, XML-illegal characters removed (never a formula or a
+    number); an empty string is an empty cell, as ``None`` is."""
+    clean = ILLEGAL_CHARACTERS_RE.sub("", formula_safe(value))[:CELL_MAX_CHARS] if value else ""
+    return (clean, style) if clean else None
 
 
-def _bold(value: str) -> tuple[str, str]:
-    return ILLEGAL_CHARACTERS_RE.sub("", formula_safe(value))[:CELL_MAX_CHARS], "bold"
+def _bold(value: str) -> tuple[str, str] | None:
+    return _text(value, "bold")
 
 
 def _money(minor: int | None, currency: str | None) -> tuple[Any, str] | None:
@@ -243,8 +253,11 @@ def write_xlsx(
             # The limit guards the sheet should items be added after the summary was read.
             _write_items(ws, all_items(data_rows), language)
             ws.filter(len(ITEM_SHEET_COLUMNS))
-    finally:
-        book.wb.close()  # also on a failure: its temporary files go (the caller drops the partial file)
+    except BaseException:
+        with contextlib.suppress(Exception):  # its temporary files go; the caller drops the partial file
+            book.wb.close()
+        raise
+    book.wb.close()
 
 
 def _total_row(total: dict[str, Any], keys: tuple[str, str, str], amounts: tuple[str, ...]) -> list[Any]:
