@@ -791,3 +791,23 @@ def test_reports_keep_to_python_on_a_server_that_is_not_utf8(tmp_path: Path) -> 
         with Session(engine) as session:
             assert reports_pg.usable(session)
         engine.dispose()
+
+
+def test_xlsx_keeps_the_error_that_stopped_it_when_closing_fails_too(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import xlsxwriter  # type: ignore[import-untyped]
+
+    from reconciliation.reports import xlsx
+
+    def broken(_limit: int | None) -> Any:
+        raise ValueError("the items could not be read")
+        yield  # a generator
+
+    def full_disk(self: Any) -> None:
+        raise OSError("no space left on device")
+
+    monkeypatch.setattr(xlsxwriter.Workbook, "close", full_disk)
+    summ = {"run": {"id": 1}, "counts": {"items": 1, "exceptions": 1, "healed": 0}, "totals": [], "payouts": []}
+    with pytest.raises(ValueError, match="could not be read"):
+        xlsx.write_xlsx(tmp_path / "r.xlsx", summ, broken, broken, max_rows=100)
