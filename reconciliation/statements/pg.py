@@ -442,11 +442,14 @@ def _fast_sql(
     its savepoint, and the strict path names every bad row. Times without an offset are read
     in the file's zone: the session's, for the length of the statement.
     """
-    v = {key: f"btrim(s.{column}, {spaces})" for key, column in col.items()}  # each field, trimmed as Python does
-    # Spaces inside a number are thousands separators ("5 000"), as in the other paths.
-    amount, time_ = f"replace({v['amount']}, ' ', '')", f"{v['time']}"
-    fee_text = f"nullif(replace(btrim(s.{fee}, {spaces}), ' ', ''), '')" if fee else "NULL"
-    payout_expr = f"nullif(btrim(s.{payout}, {spaces}), '')" if payout else "NULL::text"
+    # Each field trimmed as Python does, once per line (``trimmed``): the conversion refers to each several
+    # times, and an expression is evaluated at every reference.
+    fields = {key: f"btrim(s.{column}, {spaces})" for key, column in col.items()}
+    fields["amount"] = f"replace({fields['amount']}, ' ', '')"  # spaces inside a number: thousands ("5 000")
+    fields["fee_text"] = f"nullif(replace(btrim(s.{fee}, {spaces}), ' ', ''), '')" if fee else "NULL::text"
+    fields["payout"] = f"nullif(btrim(s.{payout}, {spaces}), '')" if payout else "NULL::text"
+    trimmed = ", ".join(f"{expr} AS f_{key}" for key, expr in fields.items())
+    amount, time_, fee_text = "t.f_amount", "t.f_time", "t.f_fee_text"
     return f"""
             WITH inserted AS (
             INSERT INTO statement_lines (provider, business_date, source, import_id, line_no, provider_txn_id,
@@ -458,8 +461,8 @@ def _fast_sql(
                              AND NOT (status = 'payout' AND payout IS NULL) THEN status END,
                    amount, currency, fee, occ, payout, raw
             FROM (
-                SELECT s.line_no, nullif({v["txn_id"]}, '') AS txn,
-                       nullif({v["reference"]}, '') AS ref, st.status, cur.code AS currency,
+                SELECT t.line_no, nullif(t.f_txn_id, '') AS txn,
+                       nullif(t.f_reference, '') AS ref, st.status, cur.code AS currency,
                        {_minor(amount)} AS amount,
                        {fee_text} AS fee_text,
                        {_minor(fee_text)} AS fee,
@@ -467,14 +470,18 @@ def _fast_sql(
                                  AND substr({time_}, 17, 3) <> ':60'
                                  AND substr({time_}, 1, 4) BETWEEN '{YEARS[0]}' AND '{YEARS[1]}'
                             THEN {time_}::timestamptz END AS occ,
-                       {payout_expr} AS payout,
-                       left(concat_ws(',', {raw}), 2000) AS raw
-                FROM {stage} s
+                       t.f_payout AS payout,
+                       t.raw
+                FROM (
+                    SELECT s.line_no, {trimmed}, left(concat_ws(',', {raw}), 2000) AS raw
+                      FROM {stage} s
+                     WHERE s.line_no BETWEEN %(lo)s AND %(hi)s
+                    OFFSET 0  -- each field trimmed once, not at each of its uses below
+                ) AS t
                 LEFT JOIN (SELECT code, power(10::numeric, exp) AS mult, (10 ^ exp)::bigint AS imult
                            FROM (VALUES {currencies}) AS c(code, exp))
-                    AS cur ON cur.code = upper({v["currency"]})
-                LEFT JOIN (VALUES {statuses}) AS st(word, status) ON st.word = lower({v["status"]})
-                WHERE s.line_no BETWEEN %(lo)s AND %(hi)s
+                    AS cur ON cur.code = upper(t.f_currency)
+                LEFT JOIN (VALUES {statuses}) AS st(word, status) ON st.word = lower(t.f_status)
                 OFFSET 0  -- computed once: a pulled-up subquery would repeat each conversion per use
             ) AS converted
             RETURNING business_date)
