@@ -804,7 +804,10 @@ def test_xlsx_keeps_the_error_that_stopped_it_when_closing_fails_too(
         raise ValueError("the items could not be read")
         yield  # a generator
 
+    close = xlsxwriter.Workbook.close
+
     def full_disk(self: Any) -> None:
+        close(self)  # its temporary files closed, as a failure late in close leaves them
         raise OSError("no space left on device")
 
     monkeypatch.setattr(xlsxwriter.Workbook, "close", full_disk)
