@@ -285,3 +285,66 @@ def test_messages_of_a_queue_consumed_without_acknowledgements_are_not_recorded(
         assert received == [{"reply": 0}, {"reply": 1}, {"reply": 2}]
         with private_redis.client() as client:
             assert client.hlen("unacked") == 0 and client.llen("replies:incoming") == 0
+
+
+def test_a_batch_is_acknowledged_in_one_round_trip(private_redis: PrivateRedis) -> None:
+    """The messages of a batch whose work is done are acknowledged together (``Batcher._acknowledge`` with
+    ``broker_recovery.ack_together``): one Redis pipeline removes every record from ``unacked``, where kombu
+    sends one per message; each message still ends acknowledged, and a message sent back (its work not done)
+    is put back on its queue as before."""
+    from kombu import Connection, Consumer, Queue
+
+    from worker import broker_recovery
+    from worker.batching import Batcher
+
+    broker_recovery.apply()
+    broker_recovery.apply_reliable_fetch()
+    app = Celery("producer", broker=private_redis.url)
+    app.conf.update(task_serializer="json", accept_content=["json"])
+    try:
+        for i in range(6):
+            app.send_task("payrecon.ingest_webhook", kwargs={"envelope": {"n": i}}, queue="webhooks")
+    finally:
+        app.close()
+    received: list[Any] = []
+    with Connection(private_redis.url) as conn:
+        channel = conn.channel()
+        consumer = Consumer(channel, [Queue("webhooks", routing_key="webhooks")], callbacks=[
+            lambda body, message: received.append(message)])  # fmt: skip
+        consumer.qos(prefetch_count=50)
+        with consumer:
+            deadline = time.monotonic() + 10
+            while len(received) < 6 and time.monotonic() < deadline:
+                conn.drain_events(timeout=1)
+            assert len(received) == 6
+
+            class Pool:  # the job's outcome at once: the first five done, the last sent back
+                def apply_async(self, _fn: Any, args: Any, callback: Any, error_callback: Any) -> None:
+                    callback([True] * 5 + [False])
+
+            stub: Any = type("Consumer", (), {})()
+            timer = type(
+                "Timer", (), {"call_after": lambda self, wait, fn: type("Entry", (), {"cancel": lambda e: None})()}
+            )()
+            stub.pool, stub.timer, stub.connection_errors = Pool(), timer, conn.connection_errors
+            stub.qos = type("Qos", (), {"increment_eventually": lambda self: None,
+                                        "decrement_eventually": lambda self, n: None})()  # fmt: skip
+            stub.task_consumer = consumer
+            batcher = Batcher(stub, None, size=6, wait=1.0)
+            with private_redis.client() as client:
+                client.config_resetstat()
+            for message in received:
+                batcher(message, None, message.ack_log_error, message.reject_log_error, [])
+            with private_redis.client() as client:
+                stats = client.info("commandstats")
+                assert client.hlen("unacked") == 0 and client.zcard("unacked_index") == 0
+                assert client.llen("webhooks") == 1  # the one sent back
+            # One pipeline for the five (kombu: one each), one to put the sixth back (as before).
+            assert stats["cmdstat_exec"]["calls"] == 2, stats
+            assert [m.acknowledged for m in received] == [True] * 6
+            assert [m._state for m in received] == ["ACK"] * 5 + ["REJECTED"]
+            channel.qos._flush()
+            assert not channel.qos._delivered
+        channel.close()
+    with private_redis.client() as client:  # nothing comes back on close: every record is gone
+        assert client.llen("webhooks") == 1 and client.hlen("unacked") == 0

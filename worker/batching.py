@@ -39,6 +39,8 @@ from celery.worker.consumer import Consumer
 from celery.worker.strategy import default as default_strategy
 from kombu.message import Message
 
+from worker import broker_recovery
+
 log = logging.getLogger(__name__)
 
 
@@ -122,10 +124,9 @@ class Batcher:
                 time.sleep(JOB_FAILED_WAIT)  # not straight back: whatever failed may need a moment
                 dispositions = [False] * len(items)
             for item, acknowledge in zip(items, dispositions, strict=True):
-                if acknowledge:
-                    item.ack(log, self.connection_errors)
-                else:
+                if not acknowledge:
                     item.reject(log, self.connection_errors, requeue=True)
+            self._acknowledge([item for item, acknowledge in zip(items, dispositions, strict=True) if acknowledge])
             self._lower(items)
 
         def lost(*_: Any) -> None:  # prefork: the child running the batch died; the messages go back
@@ -140,6 +141,28 @@ class Batcher:
             for item in items:
                 item.reject(log, self.connection_errors, requeue=True)
             self._lower(items)
+
+    def _acknowledge(self, items: list[_Held]) -> None:
+        """Acknowledge a batch's messages whose work is done, on the consumer's event loop (where Celery
+        acknowledges): on Redis in one round trip (``broker_recovery.ack_together``), then each message's
+        own acknowledgement (Celery's callback: the message marked acknowledged, the prefetch restored after a
+        reconnection), which finds nothing left to send."""
+        if not items:
+            return
+
+        def together() -> None:
+            try:
+                broker_recovery.ack_together([item.message for item in items])
+            except Exception:  # a bug here must not keep the messages from their own acknowledgements
+                log.exception("acknowledging %d messages together failed: each is acknowledged alone", len(items))
+            for item in items:
+                item.ack(log, self.connection_errors)
+
+        call_soon = getattr(self.consumer, "call_soon_ack", None)
+        if call_soon is None:
+            together()
+        else:
+            call_soon(together)
 
     def _lower(self, items: list[_Held]) -> None:
         raised = sum(1 for item in items if item.raised)

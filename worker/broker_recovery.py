@@ -36,6 +36,7 @@ was detached (``tests/test_broker_restart.py`` tells: it passes without the patc
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 from kombu.transport import redis as redis_transport
@@ -78,6 +79,10 @@ def apply() -> None:
         return None
 
     def ack(self: Any, delivery_tag: Any) -> None:
+        removed = self.__dict__.get(_REMOVED)
+        if removed and delivery_tag in removed:  # acknowledged with its batch already (``ack_together``)
+            removed.discard(delivery_tag)
+            return
         if not _detached(self):
             original_ack(self, delivery_tag)
             return
@@ -92,6 +97,46 @@ def apply() -> None:
     for name, method in (("restore_unacked_once", restore_unacked_once), ("ack", ack), ("reject", reject)):
         setattr(method, _MARK, True)
         setattr(qos_class, name, method)
+
+
+#: The attribute of a Redis QoS holding the delivery tags ``ack_together`` acknowledged (see there).
+_REMOVED = "_payrecon_acked_together"
+
+
+def ack_together(messages: Sequence[Any]) -> None:
+    """Acknowledge many messages of a Redis channel in one round trip: their records removed from
+    ``unacked`` and ``unacked_index`` in one pipeline (kombu's ``QoS.ack`` sends one per message), then
+    dropped from the channel's bookkeeping as ``QoS.ack`` drops them. Runs on the consumer's event loop,
+    where kombu acknowledges. Each message's own ``ack`` (Celery's callback, still called afterwards: it
+    marks the message acknowledged and restores the prefetch after a reconnection) then finds its record
+    gone and sends nothing. A message of another transport, of a channel whose connection is gone, or
+    already acknowledged is left to its own ``ack``; so are those of a pipeline that failed (each then
+    tries alone, and what stays in ``unacked`` comes back after the visibility timeout, as before)."""
+    if not getattr(redis_transport.QoS.ack, _MARK, False):
+        return  # without ``apply``'s QoS.ack, each message's own ack would remove its record again
+    channels: dict[int, tuple[Any, list[Any]]] = {}
+    for message in messages:
+        channel = message.channel
+        qos = getattr(channel, "qos", None) if channel is not None else None
+        if not isinstance(qos, redis_transport.QoS) or _detached(qos) or message.acknowledged:
+            continue
+        consumer_tag = message.delivery_info.get("consumer_tag")
+        if channel.no_ack_consumers is not None and consumer_tag in channel.no_ack_consumers:
+            continue  # nothing to acknowledge (kombu's Message.ack does nothing)
+        channels.setdefault(id(qos), (qos, []))[1].append(message.delivery_tag)
+    for qos, tags in channels.values():
+        try:
+            with qos.pipe_or_acquire() as pipe:
+                for tag in tags:
+                    qos._remove_from_indices(tag, pipe)
+                pipe.execute()
+        except qos.channel.connection_errors as exc:
+            log.warning("%d acknowledgement(s) could not be sent together (%r): each is sent alone", len(tags), exc)
+            continue
+        removed = qos.__dict__.setdefault(_REMOVED, set())
+        for tag in tags:
+            _VIRTUAL_QOS.ack(qos, tag)  # off the channel's books (what QoS.ack does after its pipeline)
+            removed.add(tag)
 
 
 def _forget(qos: Any, delivery_tag: Any, what: str) -> None:
