@@ -558,3 +558,28 @@ def test_the_own_exchange_sends_host_and_encoding_as_http_client_does() -> None:
         assert ours == theirs
         assert sent[0] == sent[1]
     assert sent[1].startswith(b"GET /v2/payment/check HTTP/1.1\r\nHost: provider.example\r\nAccept-Encoding: gzip\r\n")
+
+
+def test_a_request_made_again_is_not_prepared_again(session: requests.Session, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Method, URL and headers of a call are prepared once and kept for the next call with the same ones (only
+    the body changes from one status check to the next); a change to the session's headers or the call's
+    is prepared anew, and sent."""
+    prepared: list[str] = []
+    original = requests.PreparedRequest.prepare_url
+
+    def counting(self: requests.PreparedRequest, url: Any, params: Any) -> None:
+        prepared.append(url)
+        original(self, url, params)
+
+    monkeypatch.setattr(requests.PreparedRequest, "prepare_url", counting)
+    with receiving("/v2/payment/check", ("POST",)) as receiver:
+        for n in range(3):
+            session.request("POST", receiver.url, timeout=(3, 3), allow_redirects=False, json={"n": n})
+        session.headers["X-Session"] = "1"
+        session.request("POST", receiver.url, timeout=(3, 3), allow_redirects=False, json={"n": 3})
+        session.request("POST", receiver.url, timeout=(3, 3), allow_redirects=False, json={"n": 4},
+                        headers={"Authorization": "Bearer t"})  # fmt: skip
+    assert len(prepared) == 3  # the first call, the session's new header, the call's own header
+    assert [r.body for r in receiver.received] == [f'{{"n": {n}}}' for n in range(5)]
+    assert [r.headers.get("X-Session") for r in receiver.received] == [None] * 3 + ["1"] * 2
+    assert [r.headers.get("Authorization") for r in receiver.received] == [None] * 4 + ["Bearer t"]
