@@ -368,18 +368,12 @@ def _read_answer(sock: Any, method: str) -> _Answer:
             if status != 100:
                 break
             _header_lines(fp)  # 100 Continue: its headers are dropped, the answer follows
-        if version in ("HTTP/1.0", "HTTP/0.9"):
-            number = 10
-        elif version.startswith("HTTP/1."):
-            number = 11
-        else:
-            raise http.client.UnknownProtocol(version)
         fields = _header_fields(_header_lines(fp))
         first: dict[str, str] = {}
         for name, value in fields:
             first.setdefault(name.lower(), value)
         connection = first.get("connection", "").lower()
-        if number == 11:
+        if version == 11:
             will_close = "close" in connection
         else:
             will_close = not (
@@ -415,7 +409,7 @@ def _read_answer(sock: Any, method: str) -> _Answer:
         fp.close()
 
 
-def _status_line(fp: Any) -> tuple[str, int, str]:
+def _status_line(fp: Any) -> tuple[int, int, str]:
     line = str(fp.readline(_MAXLINE + 1), "iso-8859-1")
     if len(line) > _MAXLINE:
         raise http.client.LineTooLong("status line")
@@ -431,7 +425,13 @@ def _status_line(fp: Any) -> tuple[str, int, str]:
         raise http.client.BadStatusLine(line) from None
     if not 100 <= status <= 999:
         raise http.client.BadStatusLine(line)
-    return version, status, (parts[2] if len(parts) > 2 else "").strip()
+    if version == "HTTP/1.0":
+        number = 10
+    elif version.startswith("HTTP/1."):
+        number = 11
+    else:
+        raise http.client.UnknownProtocol(version)
+    return number, status, (parts[2] if len(parts) > 2 else "").strip()
 
 
 def _header_lines(fp: Any) -> list[str]:
