@@ -196,7 +196,7 @@ class ProviderSession(requests.Session):
                 prepared.headers["Accept-Encoding"] = _decodable(prepared.headers["Accept-Encoding"])
             conn.request(prepared.method, prepared.path_url, body, dict(prepared.headers))
             answer = conn.getresponse()
-            content = answer.read()
+            content = _read_whole(answer)
         except (OSError, http.client.HTTPException) as exc:
             conn.close()
             raise _as_requests_error(exc, prepared, requests.exceptions.ReadTimeout) from exc
@@ -305,6 +305,25 @@ def _as_requests_error(
     if isinstance(exc, ssl.SSLError):
         return requests.exceptions.SSLError(exc, request=prepared)
     return requests.exceptions.ConnectionError(exc, request=prepared)
+
+
+#: The largest answer body read whole (a status check's is a few hundred bytes).
+MAX_BODY = 64 << 20
+
+
+def _read_whole(answer: http.client.HTTPResponse) -> bytes:
+    """The answer's body, refusing (as a failed exchange: the connection is dropped, the call retried) what
+    http.client would get wrong: an informational answer other than 100 (a 103 Early Hints) taken for the
+    answer, which would leave the real one on the kept-alive connection for the next call to read (another
+    payment's); and a body it would allocate whole at the size the other end claims (``MemoryError``)."""
+    if 100 <= answer.status < 200:
+        raise http.client.HTTPException(f"an informational answer ({answer.status}) where the answer was due")
+    if answer.length is not None and answer.length > MAX_BODY:
+        raise http.client.HTTPException(f"an answer body of {answer.length} bytes: more than {MAX_BODY}")
+    try:
+        return answer.read()
+    except MemoryError as exc:  # a chunk size beyond any memory
+        raise http.client.HTTPException("an answer body larger than memory") from exc
 
 
 def _decodable(accepted: str) -> str:

@@ -455,3 +455,87 @@ def test_a_request_made_again_is_not_prepared_again(session: requests.Session, m
     assert [r.body for r in receiver.received] == [f'{{"n": {n}}}' for n in range(5)]
     assert [r.headers.get("X-Session") for r in receiver.received] == [None] * 3 + ["1"] * 2
     assert [r.headers.get("Authorization") for r in receiver.received] == [None] * 4 + ["Bearer t"]
+
+
+class _KeepAlive:
+    """One kept-alive connection; for each request received, ``script[i](conn)`` answers it."""
+
+    def __init__(self, script: list[Any]) -> None:
+        self.script = script
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.server.accept()
+            except OSError:
+                return
+            with conn:
+                buffered = b""
+                for step in self.script:
+                    while b"\r\n\r\n" not in buffered:
+                        data = conn.recv(65536)
+                        if not data:
+                            break
+                        buffered += data
+                    else:
+                        _, _, buffered = buffered.partition(b"\r\n\r\n")
+                        step(conn)
+                        continue
+                    break
+
+    def close(self) -> None:
+        self.server.close()
+
+
+def test_an_early_hints_answer_is_a_failed_exchange_not_the_next_calls_answer() -> None:
+    """http.client takes a 103 for the answer: kept, the connection would go back to the pool with the real
+    answer still on it, and the next call would read this call's answer (another payment's). The session drops
+    the connection and reports a connection error (retried); the next call gets its own answer."""
+    from providers.http import build_session
+
+    def first(conn: socket.socket) -> None:
+        conn.sendall(b"HTTP/1.1 103 Early Hints\r\nLink: </x>; rel=preload\r\n\r\n")
+        time.sleep(0.3)
+        conn.sendall(b'HTTP/1.1 200 OK\r\nContent-Length: 15\r\n\r\n{"ref": "AAAA"}')
+
+    def second(conn: socket.socket) -> None:
+        conn.sendall(b'HTTP/1.1 200 OK\r\nContent-Length: 14\r\n\r\n{"ref":"BBBB"}')
+
+    server = _KeepAlive([first, second])
+    session = build_session()
+    try:
+        url = f"http://127.0.0.1:{server.port}/check"
+        with pytest.raises(requests.exceptions.ConnectionError, match="informational"):
+            session.request("GET", url + "/AAAA", timeout=(2, 2), allow_redirects=False)
+        server.script = [second]
+        answer = session.request("GET", url + "/BBBB", timeout=(2, 2), allow_redirects=False)
+        assert (answer.status_code, answer.content) == (200, b'{"ref":"BBBB"}')
+    finally:
+        session.close()
+        server.close()
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"HTTP/1.1 200 OK\r\nContent-Length: 1000000000000000\r\n\r\nok",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nfffffffffffffff\r\nok",
+    ],
+    ids=["length", "chunk"],
+)
+def test_an_answer_claiming_a_huge_body_is_a_failed_exchange_not_an_allocation(answer: bytes) -> None:
+    """http.client would allocate what the other end claims (MemoryError, which no caller expects: a batch job
+    would fail and come back again and again); the session reports a connection error, retried."""
+    from providers.http import build_session
+
+    server = _KeepAlive([lambda conn: conn.sendall(answer)])
+    session = build_session()
+    try:
+        with pytest.raises(requests.exceptions.ConnectionError):
+            session.request("GET", f"http://127.0.0.1:{server.port}/check", timeout=(2, 2), allow_redirects=False)
+    finally:
+        session.close()
+        server.close()
