@@ -23,8 +23,8 @@ with a last row saying how many were left out.
 
 Why XlsxWriter and not openpyxl (which writes the day-at-a-glance workbook and the general journal):
 its cells are written straight out as XML, where openpyxl's write-only sheets build a cell object per
-value; the Exceptions sheet of a million-payment day (16,500 rows) took 2.5-3 s of CPU with openpyxl
-and takes about a third of that (BENCHMARKS.md).
+value; the Exceptions sheet of a million-payment day (16,500 rows) took 2.9-4.0 s of CPU with openpyxl
+and takes 1.4 s (BENCHMARKS.md).
 """
 
 from __future__ import annotations
