@@ -401,7 +401,7 @@ def write_xlsx(path: Path, lines: Iterator[JournalLine], totals: Totals, about: 
     wb = Workbook(write_only=True)
     bold = Font(bold=True)
 
-    def header_sheet(title: str, columns: Sequence[tuple[str, int]]) -> Any:
+    def sheet(title: str, columns: Sequence[tuple[str, int]]) -> Any:
         """A sheet with its column widths, a frozen bold header row (set before any row: write-only)."""
         ws = wb.create_sheet(title)
         for index, (_, width) in enumerate(columns, start=1):
@@ -424,9 +424,6 @@ def write_xlsx(path: Path, lines: Iterator[JournalLine], totals: Totals, about: 
         if number_format is not None:
             c.number_format = number_format
         return c
-
-    def sheet(title: str, columns: Sequence[tuple[str, int]]) -> Any:
-        return header_sheet(title, columns)
 
     ws = sheet("General journal", GENERAL_JOURNAL_COLUMNS)
     try:

@@ -15,6 +15,8 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -224,11 +226,28 @@ def test_a_message_a_killed_worker_had_just_taken_is_not_lost(
         engine.dispose()
 
 
+@contextmanager
+def _taking(conn: Any, channel: Any, count: int) -> Iterator[list[Any]]:
+    """The messages of ``webhooks`` a kombu consumer (prefetch 50) has received, once ``count`` are in or 10 s
+    have passed; the consumer stays open in the block (unacknowledged messages stay in ``unacked``)."""
+    from kombu import Consumer, Queue
+
+    received: list[Any] = []
+    consumer = Consumer(channel, [Queue("webhooks", routing_key="webhooks")], callbacks=[
+        lambda body, message: received.append(message)])  # fmt: skip
+    consumer.qos(prefetch_count=50)
+    with consumer:
+        deadline = time.monotonic() + 10
+        while len(received) < count and time.monotonic() < deadline:
+            conn.drain_events(timeout=1)
+        yield received
+
+
 def test_messages_taken_together_are_recorded_as_kombu_records_them(private_redis: PrivateRedis) -> None:
     """Under load the worker takes many messages in one round trip (``broker_recovery._TAKE``): each is
     in ``unacked`` exactly as kombu's own ``QoS.append`` writes it, from the moment it leaves its
     queue, so that kombu restores it (here: the consumer closes without acknowledging)."""
-    from kombu import Connection, Consumer, Queue
+    from kombu import Connection
 
     from worker import broker_recovery
 
@@ -237,16 +256,9 @@ def test_messages_taken_together_are_recorded_as_kombu_records_them(private_redi
     ids = send_registrations(private_redis.url, references)
     with private_redis.client() as client:
         client.config_resetstat()
-    received: list[Any] = []
     with Connection(private_redis.url) as conn:
         channel = conn.channel()
-        consumer = Consumer(channel, [Queue("webhooks", routing_key="webhooks")], callbacks=[
-            lambda body, message: received.append(message)])  # fmt: skip
-        consumer.qos(prefetch_count=50)
-        with consumer:
-            deadline = time.monotonic() + 10
-            while len(received) < 5 and time.monotonic() < deadline:
-                conn.drain_events(timeout=1)
+        with _taking(conn, channel, 5) as received:
             with private_redis.client() as client:
                 stats = client.info("commandstats")
                 assert client.llen("webhooks") == 0 and client.llen("webhooks:incoming") == 0
@@ -292,7 +304,7 @@ def test_a_batch_is_acknowledged_in_one_round_trip(private_redis: PrivateRedis) 
     ``broker_recovery.ack_together``): one Redis pipeline removes every record from ``unacked``, where kombu
     sends one per message; each message still ends acknowledged, and a message sent back (its work not done)
     is put back on its queue as before."""
-    from kombu import Connection, Consumer, Queue
+    from kombu import Connection
 
     from worker import broker_recovery
     from worker.batching import Batcher
@@ -306,16 +318,9 @@ def test_a_batch_is_acknowledged_in_one_round_trip(private_redis: PrivateRedis) 
             app.send_task("payrecon.ingest_webhook", kwargs={"envelope": {"n": i}}, queue="webhooks")
     finally:
         app.close()
-    received: list[Any] = []
     with Connection(private_redis.url) as conn:
         channel = conn.channel()
-        consumer = Consumer(channel, [Queue("webhooks", routing_key="webhooks")], callbacks=[
-            lambda body, message: received.append(message)])  # fmt: skip
-        consumer.qos(prefetch_count=50)
-        with consumer:
-            deadline = time.monotonic() + 10
-            while len(received) < 6 and time.monotonic() < deadline:
-                conn.drain_events(timeout=1)
+        with _taking(conn, channel, 6) as received:
             assert len(received) == 6
 
             class Pool:  # the job's outcome at once: the first five done, the last sent back
@@ -329,7 +334,7 @@ def test_a_batch_is_acknowledged_in_one_round_trip(private_redis: PrivateRedis) 
             stub.pool, stub.timer, stub.connection_errors = Pool(), timer, conn.connection_errors
             stub.qos = type("Qos", (), {"increment_eventually": lambda self: None,
                                         "decrement_eventually": lambda self, n: None})()  # fmt: skip
-            stub.task_consumer = consumer
+            stub.task_consumer = type("TaskConsumer", (), {"channel": channel})()  # whose channel is current
             batcher = Batcher(stub, None, size=6, wait=1.0)
             with private_redis.client() as client:
                 client.config_resetstat()
