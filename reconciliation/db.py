@@ -148,9 +148,11 @@ def lease_rows(
     return ids
 
 
-def advisory_lock(session: Session, name: str) -> None:
+def advisory_lock(session: Session, name: str, *, shared: bool = False) -> None:
     """Hold the transaction-level advisory lock ``name`` until the session's transaction ends (PostgreSQL; on
-    SQLite, the demo's, writers take turns anyway). One lock per name in every process of the installation."""
+    SQLite, the demo's, writers take turns anyway). One lock per name in every process of the installation;
+    ``shared``: held by any number of transactions at once, and excluding the exclusive holder."""
     if session.get_bind().dialect.name == "postgresql":
         key = int.from_bytes(hashlib.sha256(f"payrecon:{name}".encode()).digest()[:8], "big") >> 1
-        session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
+        function = "pg_advisory_xact_lock_shared" if shared else "pg_advisory_xact_lock"
+        session.execute(text(f"SELECT {function}(:key)"), {"key": key})

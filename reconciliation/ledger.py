@@ -34,7 +34,7 @@ from sqlalchemy import case, func, select, text
 from sqlalchemy import insert as sa_insert
 from sqlalchemy.orm import Session, aliased, make_transient_to_detached
 
-from reconciliation.db import is_postgres
+from reconciliation.db import advisory_lock, is_postgres
 from reconciliation.dialect import insert
 from reconciliation.models import Account, Entry, Journal, Payment
 
@@ -63,6 +63,18 @@ def bank(provider: str) -> str:
 def writeoffs(provider: str) -> str:
     """Exceptions of the provider written off by a person: a loss (debit) or a gain (credit)."""
     return f"writeoffs:{provider}"
+
+
+def hold_fees(session: Session, provider: str, *, posting: bool) -> None:
+    """The lock between posting a provider's fees and refunding one of its payments, held until the
+    transaction ends (PostgreSQL; the demo's SQLite takes writers in turn).
+
+    Fee posting (``posting``) holds it shared, so that its chunks run side by side, and reads its payments
+    without locking them (a row lock writes each payment's tuple: 450 MB of WAL for a million); a refund
+    holds it alone, before it reads the journals it reverses. A refund therefore either commits before a
+    chunk reads its payments (which no longer counts the refunded one as paid), or waits for the chunks
+    under way to commit and then reverses the fee they posted too."""
+    advisory_lock(session, f"fees:{provider}", shared=posting)
 
 
 class UnbalancedJournal(ValueError):

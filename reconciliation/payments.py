@@ -629,6 +629,7 @@ def refund(session: Session, payment: Payment, ctx: Context, *, reason: str, by:
 
 def _refunded(session: Session, payment: Payment, ctx: Context, *, reason: str, by: str | None) -> str:
     """Reverse the payment's journals with new ones, take its access back, tell the app."""
+    ledger.hold_fees(session, payment.provider, posting=False)  # a fee posted meanwhile is reversed too
     reversed_kinds = []
     for original in session.scalars(
         select(Journal).where(Journal.payment_id == payment.id, Journal.reverses_id.is_(None)).order_by(Journal.id)

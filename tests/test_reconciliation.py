@@ -17,7 +17,7 @@ from sqlalchemy import func, insert, select, text
 from sqlalchemy.exc import IntegrityError
 
 from providers.sandbox.client import SandboxClient
-from reconciliation import ledger
+from reconciliation import ledger, payments
 from reconciliation.models import (
     Account,
     Entry,
@@ -489,9 +489,29 @@ def test_fees_posted_by_two_callers_at_once_are_posted_once_and_balance(
         assert ledger.unbalanced_journals(session) == []
 
 
-def test_a_payment_refunded_while_fees_wait_for_its_lock_gets_no_fee(rt: Runtime) -> None:
-    """The refund holds the payment's lock; the fee poster waits for it, sees the payment refunded,
-    and posts the other fees only."""
+def _refund(rt: Runtime, session: Any, payment_id: int) -> str:
+    """Record a refund of the payment in ``session``'s transaction, as an operator would."""
+    row = session.get(Payment, payment_id, with_for_update=True)
+    assert row is not None
+    ctx = payments.Context(now=datetime.now(UTC), tz=ZoneInfo("Africa/Abidjan"), policy=rt.context("cinetpay").policy)
+    return payments.refund(session, row, ctx, reason="customer asked", by="ops")
+
+
+def _waiting_for_an_advisory_lock(rt: Runtime, how_many: int, still: Any) -> None:
+    """Wait until ``how_many`` sessions of the test database wait for an advisory lock (``still()`` true)."""
+    deadline = time.monotonic() + 10
+    with rt.sessions() as watch:
+        while watch.scalar(text(
+            "SELECT count(*) FROM pg_locks l JOIN pg_database d ON d.oid = l.database"
+            " WHERE d.datname = current_database() AND l.locktype = 'advisory' AND NOT l.granted"
+        )) < how_many:  # fmt: skip
+            assert time.monotonic() < deadline and still()
+            time.sleep(0.02)
+
+
+def test_a_payment_refunded_while_fees_wait_for_the_refund_gets_no_fee(rt: Runtime) -> None:
+    """A refund under way holds the provider's fee lock alone: the fee poster waits for it, then sees the
+    payment refunded and posts the other fees only (the payments themselves are not locked)."""
     paid, refunded = new_reference(), new_reference()
     payment(rt, paid, PaymentStatus.SUCCEEDED)
     line(rt, paid, fee=50)
@@ -499,20 +519,48 @@ def test_a_payment_refunded_while_fees_wait_for_its_lock_gets_no_fee(rt: Runtime
     line(rt, refunded, fee=60)
     run_id = classified_run(rt)
     with ThreadPoolExecutor(1) as pool, rt.sessions() as refund, refund.begin():
-        row = refund.get(Payment, refunded_id, with_for_update=True)
-        assert row is not None
-        row.status = PaymentStatus.REFUNDED
-        refund.flush()
+        _refund(rt, refund, refunded_id)
         posting = pool.submit(runs.post_fees, rt.sessions, run_id)
-        deadline = time.monotonic() + 10
-        with rt.sessions() as watch:  # the poster waits for the refund's lock
-            while not watch.scalar(text(
-                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
-            )):  # fmt: skip
-                assert time.monotonic() < deadline and not posting.done()
-                time.sleep(0.02)
+        _waiting_for_an_advisory_lock(rt, 1, lambda: not posting.done())
     assert posting.result(timeout=10) == 1
     assert list(fee_journals(rt)) == [paid]
+
+
+def test_a_refund_waits_for_the_fees_under_way_and_reverses_the_fee_they_post(
+    rt: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fee chunk holds the provider's fee lock shared until it commits: a refund of one of its payments
+    waits for it, then reverses the fee it posted with the settlement (without the lock, the refund would
+    not see the fee journal, which would stay unreversed)."""
+    ref = new_reference()
+    payment_id = payment(rt, ref, PaymentStatus.SUCCEEDED)
+    line(rt, ref, fee=50)
+    run_id = classified_run(rt)
+    pause = 7_014_014  # an advisory lock of the test's own, held while the chunk is under way
+    monkeypatch.setattr(
+        runs, "_FEES_POST", runs._FEES_POST.replace("SELECT count(*) FROM posted", "SELECT count(*) FROM posted, "
+                                                    f"(SELECT pg_advisory_xact_lock_shared({pause})) AS pause")
+    )  # fmt: skip
+    with ThreadPoolExecutor(2) as pool, rt.sessions() as holder, holder.begin():
+        holder.execute(text(f"SELECT pg_advisory_xact_lock({pause})"))
+        posting = pool.submit(runs.post_fees, rt.sessions, run_id)
+        _waiting_for_an_advisory_lock(rt, 1, lambda: not posting.done())  # the chunk, at the pause
+
+        def refund() -> str:
+            with rt.sessions() as session, session.begin():
+                return _refund(rt, session, payment_id)
+
+        refunding = pool.submit(refund)
+        _waiting_for_an_advisory_lock(rt, 2, lambda: not refunding.done())  # the refund, at the fee lock
+        holder.rollback()
+        assert posting.result(timeout=10) == 1
+        assert refunding.result(timeout=10).startswith("refunded: journals reversed (fee)")
+    with rt.sessions() as session:
+        kinds = session.execute(
+            select(Journal.kind, func.count()).where(Journal.payment_id == payment_id).group_by(Journal.kind)
+        ).all()
+        assert dict(kinds) == {runs.FEE: 1, f"{runs.FEE}_refund": 1}
+        assert ledger.unbalanced_journals(session) == []
 
 
 def test_the_ledger_guard_still_refuses_an_unbalanced_fee_chunk(rt: Runtime, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -286,8 +286,9 @@ def flag_mismatches(sessions: sessionmaker[Session], run_id: int) -> int:
 #: On SQLite (the embedded demo): fee journals built in Python and posted per transaction.
 FEE_CHUNK = 5_000
 #: On PostgreSQL: item ids per transaction (see ``post_fees``): a 1,000,000-payment day is ten. Each
-#: holds its payments' locks until it commits, so a refund or a webhook of one of them waits that
-#: long (1-4 s: about 100,000 journals and 200,000 entries).
+#: holds the provider's fee lock (``ledger.hold_fees``) shared until it commits, so a refund of one
+#: of the provider's payments waits for the chunks under way (1-4 s: about 100,000 journals and
+#: 200,000 entries each); webhooks and settlements do not wait.
 FEE_CHUNK_SQL = 100_000
 #: On PostgreSQL: sessions posting chunks side by side (one run at a time per process, as for
 #: ``classify_run``): each chunk is CPU-bound in its backend (inserts, the guard).
@@ -306,14 +307,15 @@ def post_fees(sessions: sessionmaker[Session], run_id: int) -> int:
     One journal per payment (Dr ``fees:<provider>`` / Cr provider clearing), in the item's
     (provider's) currency, for the matched items, the fee variances and the healed items. Only
     payments still settled as paid: a refund reversed the journals of its payment already, and a
-    fee posted after it would stay unreversed. Each chunk is one transaction: its payments locked
-    in id order (``FOR UPDATE`` of those still ``succeeded``: a refund holds the same lock, and a
-    payment refunded meanwhile drops out), then its journals inserted with ``ON CONFLICT DO
-    NOTHING`` on the (payment, kind) key, so a journal the key refuses was posted before (by an
-    earlier call, or by a concurrent one, whose commit the insert waits for) and gets no entries.
+    fee posted after it would stay unreversed. Each chunk is one transaction holding the provider's fee
+    lock shared (``ledger.hold_fees``; a refund holds it alone: one committed before the chunk reads
+    its payments drops out of it, one that waits reverses the chunk's fee too), then its journals
+    inserted with ``ON CONFLICT DO NOTHING`` on the (payment, kind) key, so a journal the key refuses
+    was posted before (by an earlier call, or by a concurrent one, whose commit the insert waits for)
+    and gets no entries. The payments are not locked.
 
     On PostgreSQL a chunk (``FEE_CHUNK_SQL`` item ids) is two set-based statements (``_FEES_DUE``,
-    ``_FEES_POST``): the lock, then the journals with their entries, which the ledger's guard checks
+    ``_FEES_POST``): the drafts, then the journals with their entries, which the ledger's guard checks
     as one set; no row passes through Python, and ``FEE_SESSIONS`` sessions post chunks side by
     side. SQLite (the embedded demo) builds the journals in Python, ``FEE_CHUNK``
     at a time, and posts them with ``ledger.post_many``.
@@ -374,12 +376,11 @@ def _fee_memo(provider: str, reference: str | None, run_id: int) -> str:
     return f"{provider} fee on {reference} (run {run_id})"
 
 
-# One chunk of a run's fees, on PostgreSQL, in two statements. ``_FEES_DUE``: the chunk's items whose
-# payment is still paid, the payments locked in id order (the sort runs below the lock; a payment
-# refunded while we waited for its lock is re-checked and dropped), each with its journal id drawn
-# from the sequence, so that the entries can name their journal in the statement that inserts it (a
-# journal and its entries must be one statement for the ledger's guard). They go to a table of the
-# transaction's own (unlogged, in the role's schema as a statement import's stage, dropped before
+# One chunk of a run's fees, on PostgreSQL, in two statements, after the fee lock (``post_fees``).
+# ``_FEES_DUE``: the chunk's items whose payment is still paid, in payment id order, each with its
+# journal id drawn from the sequence, so that the entries can name their journal in the statement
+# that inserts it (a journal and its entries must be one statement for the ledger's guard). They go
+# to a table of the transaction's own (unlogged, in the role's schema as a statement import's stage, dropped before
 # COMMIT; the application role may not create temporary tables), not a CTE: the planner then knows
 # how many rows there are (the run's items are seldom analyzed yet; estimated at one row, the
 # journals were joined to their drafts by a nested loop, quadratic in the chunk). ``_FEES_POST``:
@@ -396,8 +397,7 @@ SELECT nextval('ledger_journals_id_seq') AS id, due.*
            AND i.fee > 0 AND i.provider_currency IS NOT NULL
            AND (i.cls IN (:matched, :fee_variance) OR i.healed)
            AND p.status = :succeeded
-         ORDER BY p.id
-           FOR UPDATE OF p) AS due
+         ORDER BY p.id) AS due
 """
 _FEES_POST = """
 WITH posted AS (
@@ -457,6 +457,8 @@ def _post_fees_set_based(sessions: sessionmaker[Session], run_id: int, provider:
 
     def chunk(start: int) -> int:
         with transaction(sessions) as session:
+            ledger.hold_fees(session, provider, posting=True)
+            session.execute(text("SET LOCAL work_mem = '64MB'"))  # the drafts' and entries' sorts in memory
             draft = f"payrecon_fee_draft_{int(session.scalar(text('SELECT pg_backend_pid()')) or 0)}"
             session.execute(text(_FEES_DUE.format(draft=draft)), params | {"low": start, "high": start + FEE_CHUNK_SQL})
             posted = int(session.scalar(text(_FEES_POST.format(draft=draft)), params) or 0)
