@@ -449,9 +449,7 @@ class StatementLine(Base):
     __table_args__ = (
         # A run reads its provider's day; nothing looks lines up by reference alone (a B-tree on the
         # reference cost more than the rest of a 1,000,000-line import when references are random).
-        # A day's lines lie together (appended an import at a time): BRIN finds them, at almost no cost
-        # per line inserted (the B-tree it replaced cost a tenth of an import, 0017).
-        Index("ix_statement_lines_day", "provider", "business_date", postgresql_using="brin"),
+        Index("ix_statement_lines_day", "provider", "business_date"),
         Index("ix_statement_lines_payout", "provider", "payout_id", postgresql_where=text("payout_id IS NOT NULL")),
         # An import's lines lie together: BRIN finds those of a load that never committed (statements_pg._sweep).
         Index("ix_statement_lines_import", "import_id", postgresql_using="brin"),
