@@ -73,8 +73,13 @@ def hold_fees(session: Session, provider: str, *, posting: bool) -> None:
     without locking them (a row lock writes each payment's tuple: 450 MB of WAL for a million); a refund
     holds it alone, before it reads the journals it reverses. A refund therefore either commits before a
     chunk reads its payments (which no longer counts the refunded one as paid), or waits for the chunks
-    under way to commit and then reverses the fee they posted too."""
+    under way to commit and then reverses the fee they posted too. That takes READ COMMITTED (each statement
+    after the lock sees what committed while it waited): under a snapshot taken earlier, ``RuntimeError``."""
     advisory_lock(session, f"fees:{provider}", shared=posting)
+    if is_postgres(session):
+        isolation = session.scalar(text("SELECT current_setting('transaction_isolation')"))
+        if isolation != "read committed":
+            raise RuntimeError(f"the fee lock needs READ COMMITTED, not {isolation}: a refund could miss a fee")
 
 
 class UnbalancedJournal(ValueError):

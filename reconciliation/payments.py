@@ -3,12 +3,14 @@
 Every function here runs inside the caller's transaction. Whatever touches a
 payment's money or access first takes the payment's row lock
 (``SELECT ... FOR UPDATE``), and the ledger and grants are unique per payment,
-so any number of concurrent deliveries settle a payment once.
+so any number of concurrent deliveries settle a payment once. The nightly fee
+posting is the exception: it locks no payment, and a refund serializes with it
+through the provider's fee lock (``ledger.hold_fees``, ``hold_refunds``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -103,6 +105,18 @@ def lock_many(session: Session, ids: Collection[int]) -> dict[int, Payment]:
         return {}
     query = select(Payment).where(Payment.id.in_(sorted(ids))).order_by(Payment.id).with_for_update()
     return {row.id: row for row in session.scalars(query.execution_options(populate_existing=True))}
+
+
+def hold_refunds(session: Session, answers: Iterable[tuple[str, VerifiedStatus]]) -> None:
+    """Take, providers in order, the fee lock (``ledger.hold_fees``, alone) of every provider whose answer in
+    ``answers`` (provider, answer) is a refund: what ``_refunded`` takes before it reverses journals.
+
+    A transaction that applies several answers calls this right after locking its payments and before it
+    locks anything else (a subscription, a flag): otherwise two such transactions could each hold one
+    provider's lock and wait for the other's, or one hold the lock and wait for a subscription the other
+    locked for a grant while it waits for the lock."""
+    for provider in sorted({provider for provider, answer in answers if answer.outcome is Outcome.REFUNDED}):
+        ledger.hold_fees(session, provider, posting=False)
 
 
 def find_by_provider_data(session: Session, provider: str, key: str, value: str) -> Payment | None:

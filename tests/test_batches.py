@@ -337,3 +337,43 @@ def test_a_bug_reading_one_delivery_dead_letters_it_and_the_batch_goes_on(
         letters = session.scalars(select(DeadLetter)).all()
         assert [(d.reason, bad in d.payload) for d in letters] == [("internal_error", True)]
         assert "RuntimeError: a bug reading this delivery" in letters[0].detail
+
+
+def test_a_batch_takes_its_refunds_fee_locks_before_it_applies_any_answer(
+    rt: Runtime, sandbox: SandboxClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A refund reverses its journals under the provider's fee lock (``ledger.hold_fees``). A batch takes the
+    locks of all its refunds, providers in order, right after its payments' row locks: taken at each refund
+    instead, two batches could each hold one provider's lock and wait for the other's (or one hold a
+    subscription granted earlier in the batch while it waits for the lock): a deadlock."""
+    import json
+
+    from providers.base import Outcome
+    from reconciliation import payments
+
+    ref = new_reference()
+    refunded = {"code": "660", "message": "REFUNDED", "api_response_id": "1.0", "data": {
+        "amount": "5000", "currency": "XOF", "status": "ACCEPTED", "payment_method": "OM", "description": "",
+        "metadata": None, "operator_id": "MP241120.1200.A00001", "payment_date": "2026-11-20 12:00:00",
+        "fund_availability_date": None,
+    }}  # fmt: skip
+    paid(rt, sandbox, ref, faults=[{"status": 200, "content_type": "application/json", "body": json.dumps(refunded)}])
+    sandbox.set_cinetpay_status(ref, "REFUSED")  # what the notification claims: not what we hold, so we ask
+    envelope = sandbox.cinetpay_notification(ref)
+    with rt.sessions() as session, session.begin():  # paid before the provider refunded it
+        row = session.scalars(select(Payment).where(Payment.reference == ref)).one()
+        row.status, row.confirmed_amount, row.confirmed_currency, row.settled = PaymentStatus.SUCCEEDED, 5000, "XOF", True
+    held_when_applied: list[int] = []
+    real = payments.apply_answer
+
+    def spy(session: Any, payment: Any, answer: Any, *args: Any, **kwargs: Any) -> Any:
+        if answer.outcome is Outcome.REFUNDED:
+            held_when_applied.append(int(session.scalar(text(
+                "SELECT count(*) FROM pg_locks WHERE pid = pg_backend_pid() AND locktype = 'advisory' AND granted"
+            ))))  # fmt: skip
+        return real(session, payment, answer, *args, **kwargs)
+
+    monkeypatch.setattr(payments, "apply_answer", spy)
+    results = pipeline.ingest_batch(rt, [envelope])
+    assert held_when_applied == [1], results  # cinetpay's fee lock, taken before the answer was applied
+    assert status(rt, ref) is PaymentStatus.REFUNDED

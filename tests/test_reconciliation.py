@@ -603,3 +603,14 @@ def test_a_second_run_at_once_classifies_in_one_session(rt: Runtime, monkeypatch
     free = runs.reconcile_stored(rt.sessions, "cinetpay", DAY, policy(rt, sessions=2))
     assert shares[0] is None and sorted(shares[1:]) == [(0, 2), (1, 2)]
     assert classes(rt, busy) == classes(rt, free) == {ref: "matched"}
+
+
+def test_the_fee_lock_refuses_a_snapshot_older_than_itself(rt: Runtime) -> None:
+    """Under REPEATABLE READ a refund would read the journals as they were before it waited for the fee
+    lock, and miss a fee posted meanwhile: the lock refuses that isolation."""
+    with rt.sessions() as session, session.begin():
+        session.execute(text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ"))
+        with pytest.raises(RuntimeError, match="READ COMMITTED"):
+            ledger.hold_fees(session, "cinetpay", posting=False)
+    with rt.sessions() as session, session.begin():
+        ledger.hold_fees(session, "cinetpay", posting=True)  # the default isolation: fine

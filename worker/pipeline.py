@@ -1111,6 +1111,7 @@ def _settle_all(
     session: Session, rt: Runtime, answered: list[tuple[int, _Admitted, VerifiedStatus, datetime]]
 ) -> tuple[dict[int, Result], dict[int, int], list[tuple[str, str | None]]]:
     locked = payments.lock_many(session, {adm.payment.id for _, adm, _, _ in answered if adm.payment is not None})
+    payments.hold_refunds(session, [(adm.parsed.provider, answer) for _, adm, answer, _ in answered])
     # The plans of the batch, held here: the session's identity map then serves every lookup of
     # them (it keeps objects only while they are referenced).
     codes = {adm.payment.plan_code for _, adm, _, _ in answered if adm.payment is not None and adm.payment.plan_code}

@@ -587,7 +587,7 @@ def write_off(session: Session, case: ReconCase, *, amount: int | None, note: st
 
 
 def _payment_as_run_saw_it(session: Session, case: ReconCase) -> None:
-    """The case's payment, locked (as every journal of a payment is posted: a refund takes the same lock), still
+    """The case's payment, locked (as its settlement and its refund lock it: the fees lock none), still
     paid as the run that found the case saw it; else the case is out of date (a refund reversed its journals
     since, say) and a write-off would post against money that is no longer there: re-run the day first."""
     if case.payment_id is None:

@@ -288,7 +288,8 @@ FEE_CHUNK = 5_000
 #: On PostgreSQL: item ids per transaction (see ``post_fees``): a 1,000,000-payment day is ten. Each
 #: holds the provider's fee lock (``ledger.hold_fees``) shared until it commits, so a refund of one
 #: of the provider's payments waits for the chunks under way (1-4 s: about 100,000 journals and
-#: 200,000 entries each); webhooks and settlements do not wait.
+#: 200,000 entries each), and so does a batch of webhooks that carries a refund (with its payments
+#: locked); the other webhooks and settlements do not wait.
 FEE_CHUNK_SQL = 100_000
 #: On PostgreSQL: sessions posting chunks side by side (one run at a time per process, as for
 #: ``classify_run``): each chunk is CPU-bound in its backend (inserts, the guard).
@@ -468,7 +469,7 @@ def _post_fees_set_based(sessions: sessionmaker[Session], run_id: int, provider:
     starts = range(low, last + 1, FEE_CHUNK_SQL)
     if not (FEE_SESSIONS > 1 and len(starts) > 1 and _SIDE_BY_SIDE.acquire(blocking=False)):
         return sum(chunk(start) for start in starts)
-    try:  # the chunks lock disjoint payments (the same payment in two chunks: one waits for the other)
+    try:  # the chunks lock no payment (the same payment's fee in two chunks: the (payment, kind) key makes one wait)
         with ThreadPoolExecutor(FEE_SESSIONS, thread_name_prefix="fees") as pool:
             return sum(pool.map(chunk, starts))
     finally:
