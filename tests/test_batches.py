@@ -362,7 +362,8 @@ def test_a_batch_takes_its_refunds_fee_locks_before_it_applies_any_answer(
     envelope = sandbox.cinetpay_notification(ref)
     with rt.sessions() as session, session.begin():  # paid before the provider refunded it
         row = session.scalars(select(Payment).where(Payment.reference == ref)).one()
-        row.status, row.confirmed_amount, row.confirmed_currency, row.settled = PaymentStatus.SUCCEEDED, 5000, "XOF", True
+        row.status, row.confirmed_amount, row.confirmed_currency = PaymentStatus.SUCCEEDED, 5000, "XOF"
+        row.settled = True
     held_when_applied: list[int] = []
     real = payments.apply_answer
 

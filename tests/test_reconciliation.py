@@ -537,10 +537,8 @@ def test_a_refund_waits_for_the_fees_under_way_and_reverses_the_fee_they_post(
     line(rt, ref, fee=50)
     run_id = classified_run(rt)
     pause = 7_014_014  # an advisory lock of the test's own, held while the chunk is under way
-    monkeypatch.setattr(
-        runs, "_FEES_POST", runs._FEES_POST.replace("SELECT count(*) FROM posted", "SELECT count(*) FROM posted, "
-                                                    f"(SELECT pg_advisory_xact_lock_shared({pause})) AS pause")
-    )  # fmt: skip
+    paused = "SELECT count(*) FROM posted, (SELECT pg_advisory_xact_lock_shared(7014014)) AS pause"
+    monkeypatch.setattr(runs, "_FEES_POST", runs._FEES_POST.replace("SELECT count(*) FROM posted", paused))
     with ThreadPoolExecutor(2) as pool, rt.sessions() as holder, holder.begin():
         holder.execute(text(f"SELECT pg_advisory_xact_lock({pause})"))
         posting = pool.submit(runs.post_fees, rt.sessions, run_id)
