@@ -104,6 +104,11 @@ class _Handler(BaseHTTPRequestHandler):
             if "Content-Type" not in headers:
                 self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(body)))
+            if self.command != "HEAD" and self.request_version != "HTTP/0.9":
+                # Head and body in one write (one TCP segment: the client reads the answer in one go).
+                self._headers_buffer.append(b"\r\n" + body)  # type: ignore[attr-defined]
+                self.flush_headers()
+                return
             self.end_headers()
             if self.command != "HEAD":
                 self.wfile.write(body)

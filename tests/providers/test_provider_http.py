@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import http.client
 import shutil
 import socket
 import ssl
@@ -539,3 +540,59 @@ def test_an_answer_claiming_a_huge_body_is_a_failed_exchange_not_an_allocation(a
     finally:
         session.close()
         server.close()
+
+
+def test_a_request_with_a_body_is_written_in_one_send(
+    session: requests.Session, answering: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Head and body of a call go out in one write on the session's own path (http.client makes two: the
+    server then wakes up twice for one request), the same bytes as http.client's two writes."""
+    sent: list[bytes] = []
+    original = socket.socket.sendall
+    caller = threading.get_ident()
+
+    def recording(sock: socket.socket, data: Any, *args: Any) -> None:
+        if threading.get_ident() == caller:  # the client's writes, not the server's
+            sent.append(bytes(data))
+        original(sock, data, *args)
+
+    monkeypatch.setattr(socket.socket, "sendall", recording)
+    answer = send(session, "p", "POST", answering + "/check", json={"a": 1}, policy=no_wait(), allow_redirects=False)
+    assert answer.json() == {"code": "00", "path": "/check"}
+    ours, sent[:] = list(sent), []
+    plain = http.client.HTTPConnection(answering.removeprefix("http://"), timeout=3)
+    plain.request("POST", "/check", answer.request.body, dict(answer.request.headers))
+    assert plain.getresponse().read()
+    plain.close()
+    assert len(ours) == 1 and len(sent) == 2
+    assert ours[0] == b"".join(sent) and ours[0].endswith(b'\r\n\r\n{"a": 1}')
+
+
+def test_the_sandbox_writes_an_answer_in_one_send(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The sandbox writes an answer's head and body in one send (``BaseHTTPRequestHandler`` makes two: the
+    client then reads the answer in two wakeups), and a HEAD answer (here a 405) as before: its head alone."""
+    sent: list[bytes] = []
+    original = socket.socket.sendall
+    caller = threading.get_ident()
+
+    def recording(sock: socket.socket, data: Any, *args: Any) -> None:
+        if threading.get_ident() != caller:  # the sandbox's writes
+            sent.append(bytes(data))
+        original(sock, data, *args)
+
+    monkeypatch.setattr(socket.socket, "sendall", recording)
+    with SandboxServer() as server:
+        for method in ("GET", "HEAD"):
+            host, port = server.url.removeprefix("http://").split(":")
+            with socket.create_connection((host, int(port)), timeout=5) as sock:
+                sock.sendall(f"{method} /_sandbox/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+                received = b""
+                while chunk := sock.recv(65536):
+                    received += chunk
+            head, _, body = received.partition(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 ") and b"Content-Length: " in head
+            if method == "GET":
+                assert sent == [received] and b'"status": "ok"' in body
+            else:
+                assert sent == [received] and body == b""
+            sent.clear()
