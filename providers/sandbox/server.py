@@ -42,10 +42,16 @@ SANDBOX_API_KEY = "sandbox-api-key"
 SANDBOX_SITE_ID = "100000"
 SANDBOX_SECRET_KEY = "sandbox-secret-key"  # noqa: S105 - a published test value
 MAX_BODY = 1_000_000
+#: Connections waiting to be accepted (``listen``'s backlog).
+LISTEN_BACKLOG = 1024
 
 
 class _HTTPServer(ThreadingHTTPServer):
     daemon_threads = True
+    # socketserver listens with a backlog of 5: a worker opening its batch's hundred keep-alive connections at
+    # once overflowed it, and each connection dropped so waited for the client's SYN retransmission (1 s, then
+    # 3...) while its batch waited for it. The kernel caps this at net.core.somaxconn.
+    request_queue_size = LISTEN_BACKLOG
     router: Router
     verbose: bool
 

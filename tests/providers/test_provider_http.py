@@ -596,3 +596,22 @@ def test_the_sandbox_writes_an_answer_in_one_send(monkeypatch: pytest.MonkeyPatc
             else:
                 assert sent == [received] and body == b""
             sent.clear()
+
+
+def test_the_sandbox_takes_a_batchs_connections_at_once() -> None:
+    """The sandbox's listening socket holds a worker's burst of new keep-alive connections (a batch's hundred
+    calls) until it accepts them: with socketserver's backlog of 5 the kernel dropped the rest, and each
+    such connection waited a second or more for its SYN to be sent again."""
+    from providers.sandbox.server import _Handler, _HTTPServer
+
+    server = _HTTPServer(("127.0.0.1", 0), _Handler)  # listening, not accepting yet
+    clients: list[socket.socket] = []
+    port = server.server_address[1]
+    try:
+        for _ in range(100):
+            clients.append(socket.create_connection(("127.0.0.1", port), timeout=0.5))
+    finally:
+        for client in clients:
+            client.close()
+        server.server_close()
+    assert len(clients) == 100
