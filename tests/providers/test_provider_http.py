@@ -615,3 +615,157 @@ def test_the_sandbox_takes_a_batchs_connections_at_once() -> None:
             client.close()
         server.server_close()
     assert len(clients) == 100
+
+
+# --------------------------------------------------------------------------- the exchange, against http.client's
+
+
+class _Canned:
+    """A server that records each request's raw bytes and answers each connection's first request with the
+    next canned answer, then closes the connection."""
+
+    def __init__(self, answers: list[bytes]) -> None:
+        self.answers = list(answers)
+        self.requests: list[bytes] = []
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        for answer in self.answers:
+            conn, _ = self.server.accept()
+            with conn:
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    data += conn.recv(65536)
+                head, _, body = data.partition(b"\r\n\r\n")
+                lengths = [line for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")]
+                length = int(lengths[0].split(b":")[1]) if lengths else 0
+                while len(body) < length:
+                    body += conn.recv(65536)
+                self.requests.append(data[: len(head) + 4] + body)
+                conn.sendall(answer)
+
+    def close(self) -> None:
+        self.server.close()
+
+
+def _both(answer: bytes, method: str = "POST", **request: Any) -> tuple[Any, Any, list[bytes]]:
+    """What http.client reads of ``answer`` and what the session's own exchange reads of it, each outcome a
+    tuple or the exception raised; and the request bytes each sent."""
+    from providers.http import _exchange
+
+    canned = _Canned([answer, answer])
+    headers = request.get("headers", {"User-Agent": "payrecon/0.1", "Content-Type": "application/json",
+                                      "Content-Length": "2"})  # fmt: skip
+    body = request.get("body", b"{}")
+    outcomes: list[Any] = []
+    try:
+        for own in (False, True):
+            conn = http.client.HTTPConnection("127.0.0.1", canned.port, timeout=3)
+            conn.connect()
+            try:
+                if own:
+                    got: Any = _exchange(conn, method, "/v2/payment/check", headers, body)
+                    content = got.content
+                else:
+                    conn.request(method, "/v2/payment/check", body, dict(headers))
+                    got = conn.getresponse()
+                    content = got.read()
+                outcomes.append((got.status, got.reason, got.getheaders(), content, got.will_close))
+            except (OSError, http.client.HTTPException) as exc:
+                outcomes.append((type(exc), str(exc)))
+            finally:
+                conn.close()
+    finally:
+        canned.close()
+    return outcomes[0], outcomes[1], canned.requests
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 13\r\n\r\n{"code":"00"}',
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b'5;ext=1\r\n{"a":\r\n3\r\n 1}\r\n0\r\nX-Trailer: t\r\n\r\n',
+        b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nup to the close",
+        b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nup to the close",
+        b"HTTP/1.1 100 Continue\r\nX-Early: 1\r\n\r\nHTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\nok",
+        b"HTTP/1.1 204 No Content\r\nX-Twice: a\r\nX-Folded: one\r\n two\r\nx-twice: b\r\n\r\n",
+        b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 3\r\nContent-Length: 4\r\n\r\nbusy",
+        b"HTTP/1.1 200\r\nContent-Length: 0\r\nBad Header Line\r\nX-After: lost\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\ncut",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n10\r\nshort",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok",
+        b"HTTP/2.0 200 OK\r\n\r\n",
+        b"HTTP/0.9 200 OK\r\nContent-Length: 2\r\n\r\nok",
+        b"SMTP ready\r\n\r\n",
+        b"",
+        b"HTTP/1.1 99 Low\r\n\r\n",
+    ],
+    ids=[
+        "length",
+        "chunked",
+        "http10",
+        "close",
+        "continue",
+        "204-folded-twice",
+        "503",
+        "bad-header",
+        "cut",
+        "bad-chunk",
+        "short-chunk",
+        "no-crlf",
+        "http2",
+        "http09",
+        "not-http",
+        "nothing",
+        "bad-status",
+    ],
+)
+def test_the_own_exchange_reads_an_answer_as_http_client_does(answer: bytes) -> None:
+    """ProviderSession's exchange on a pooled connection (``providers.http._exchange``, which replaces
+    ``conn.request`` + ``getresponse().read()``) sends the bytes http.client sends and reads every kind of
+    answer as http.client does: status, reason, headers, body, whether the connection closes, or the
+    exception."""
+    theirs, ours, sent = _both(answer)
+    assert ours == theirs
+    assert sent[0] == sent[1]
+
+
+def test_the_own_exchange_sends_host_and_encoding_as_http_client_does() -> None:
+    """The Host and Accept-Encoding http.client adds when the headers have none, and a header it was given
+    instead, in the headers' order; a GET without a body."""
+    answer = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"
+    for headers in ({"Accept": "application/json"}, {"Host": "provider.example", "Accept-Encoding": "gzip"}):
+        theirs, ours, sent = _both(answer, "GET", headers=headers, body=None)
+        assert ours == theirs
+        assert sent[0] == sent[1]
+    assert sent[1].startswith(b"GET /v2/payment/check HTTP/1.1\r\nHost: provider.example\r\nAccept-Encoding: gzip\r\n")
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n" + b"x" * 40,  # up to the close
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n14\r\n" + b"x" * 20 + b"\r\n14\r\n" + b"x" * 20,
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n-5\r\n" + b"x" * 40,  # a negative chunk size
+    ],
+    ids=["close-delimited", "chunks", "negative-chunk"],
+)
+def test_the_own_exchange_reads_no_more_than_the_largest_body(answer: bytes, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A body read up to the close, or chunk after chunk, stops at ``MAX_BODY`` (a connection error, retried)
+    instead of reading whatever the other end sends; a negative chunk size is a cut body, not "read it all"."""
+    import providers.http
+
+    monkeypatch.setattr(providers.http, "MAX_BODY", 30)
+    server = _KeepAlive([lambda conn: conn.sendall(answer)])
+    session = build_session()
+    try:
+        with pytest.raises(requests.exceptions.ConnectionError):
+            session.request("GET", f"http://127.0.0.1:{server.port}/check", timeout=(2, 2), allow_redirects=False)
+    finally:
+        session.close()
+        server.close()
