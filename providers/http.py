@@ -92,12 +92,12 @@ class ProviderSession(requests.Session):
     bytes), and sent on a keep-alive ``http.client`` connection of the session's own pool (TLS verified
     with requests' CA bundle or the one configured; the connect and read timeouts; a pooled connection
     the server closed meanwhile is not used), written and read by :func:`_exchange` (http.client's bytes
-    and rules at a third of its CPU, head and body in one write; a body to stream goes through http.client
-    itself). The answer is a ``requests.Response`` (status, reason, headers, body decoded from gzip/deflate
-    as urllib3 does); a failure is the exception requests would raise (``ConnectTimeout``, ``ReadTimeout``,
-    ``ConnectionError``, ``SSLError``). A call through a
-    proxy or with a client certificate, through an adapter mounted by the caller, or asking for anything
-    else (cookies, auth, files, streaming, redirects...) takes requests' own path.
+    and rules at a third of its CPU, head and body in one write). The answer is a ``requests.Response``
+    (status, reason, headers, body decoded from gzip/deflate as urllib3 does, never more than ``MAX_BODY``
+    either way); a failure is the exception requests would raise (``ConnectTimeout``, ``ReadTimeout``,
+    ``ConnectionError``, ``SSLError``, ``ContentDecodingError``). A call through a proxy or with a client
+    certificate, through an adapter mounted by the caller, or asking for anything
+    else (cookies, auth, files, a body to stream, redirects...) takes requests' own path.
     """
 
     def __init__(self) -> None:
@@ -130,7 +130,8 @@ class ProviderSession(requests.Session):
         settings = self._settings(prepared.url)
         timeout = kwargs.get("timeout")
         proxy = select_proxy(prepared.url, settings["proxies"])
-        if type(adapter) is HTTPAdapter and settings["cert"] is None and not proxy:
+        streamed = not (prepared.body is None or isinstance(prepared.body, bytes | str))  # an iterator, a file
+        if type(adapter) is HTTPAdapter and settings["cert"] is None and not proxy and not streamed:
             return self._send_direct(prepared, adapter, timeout, settings["verify"])
         response = adapter.send(prepared, timeout=timeout, **settings)
         response.content  # noqa: B018 - read the body: the connection goes back to the pool
@@ -197,17 +198,14 @@ class ProviderSession(requests.Session):
             body = prepared.body.encode("utf-8") if isinstance(prepared.body, str) else prepared.body  # as urllib3
             if "Accept-Encoding" in prepared.headers:  # the request as sent, in response.request too
                 prepared.headers["Accept-Encoding"] = _decodable(prepared.headers["Accept-Encoding"])
-            answer: _Answer | http.client.HTTPResponse
-            if body is None or isinstance(body, bytes):
-                answer = _exchange(conn, prepared.method, prepared.path_url, prepared.headers, body)
-                content = answer.content
-            else:  # a body to stream (an iterator, a file): http.client sends it
-                conn.request(prepared.method, prepared.path_url, body, dict(prepared.headers))
-                answer = conn.getresponse()
-                content = _read_whole(answer)
+            answer = _exchange(conn, prepared.method, prepared.path_url, prepared.headers, body)
+            content = answer.content
         except (OSError, http.client.HTTPException) as exc:
             conn.close()
             raise _as_requests_error(exc, prepared, requests.exceptions.ReadTimeout) from exc
+        except BaseException:  # anything else mid-exchange (a header requests lets through, a time limit): never pooled
+            conn.close()
+            raise
         merged: dict[str, tuple[str, str]] = {}  # a header given twice is one, joined (as urllib3 does)
         for name, value in answer.getheaders():
             first = merged.get(name.lower())
@@ -390,6 +388,9 @@ def _read_answer(sock: Any, method: str) -> _Answer:
                 or "keep-alive" in first.get("proxy-connection", "").lower()
             )
         chunked = first.get("transfer-encoding", "").lower() == "chunked"
+        lengths = {value.strip() for name, value in fields if name.lower() == "content-length"}
+        if len(lengths) > 1 and not chunked:  # which one frames the body? (urllib3 refuses them too)
+            raise http.client.HTTPException(f"conflicting Content-Length headers: {', '.join(sorted(lengths))}")
         length: int | None = None
         if not chunked and first.get("content-length"):
             try:
@@ -488,8 +489,7 @@ def _header_fields(lines: list[str]) -> list[tuple[str, str]]:
 def _read_chunked(fp: Any) -> bytes:
     """A chunked body (http.client's ``_read_chunked``): the chunks joined, the trailer read and dropped; cut
     short or unreadable, ``IncompleteRead`` with the chunks read whole."""
-    chunks: list[bytes] = []
-    total = 0
+    chunks = bytearray()  # not a list of them: a million one-byte chunks would cost 40 times their size
     while True:
         line = fp.readline(_MAXLINE + 1)
         if len(line) > _MAXLINE:
@@ -497,26 +497,25 @@ def _read_chunked(fp: Any) -> bytes:
         try:
             size = int(line.split(b";", 1)[0], 16)
         except ValueError:
-            raise http.client.IncompleteRead(b"".join(chunks)) from None
+            raise http.client.IncompleteRead(bytes(chunks)) from None
         if size == 0:
             break
         if size < 0:  # read(-n) would read to the end
-            raise http.client.IncompleteRead(b"".join(chunks))
-        total += size
-        if total > MAX_BODY:
+            raise http.client.IncompleteRead(bytes(chunks))
+        if len(chunks) + size > MAX_BODY:
             raise http.client.HTTPException(f"a chunked answer body of more than {MAX_BODY} bytes")
         chunk = fp.read(size)
         if len(chunk) < size:
-            raise http.client.IncompleteRead(b"".join(chunks))
-        chunks.append(chunk)
+            raise http.client.IncompleteRead(bytes(chunks))
+        chunks += chunk
         if len(fp.read(2)) < 2:  # the chunk's CRLF
-            raise http.client.IncompleteRead(b"".join(chunks))
+            raise http.client.IncompleteRead(bytes(chunks))
     while True:  # the trailer
         line = fp.readline(_MAXLINE + 1)
         if len(line) > _MAXLINE:
             raise http.client.LineTooLong("trailer line")
         if line in (b"\r\n", b"\n", b""):
-            return b"".join(chunks)
+            return bytes(chunks)
 
 
 def _readable(sock: Any) -> bool:
@@ -541,21 +540,6 @@ def _as_requests_error(
 MAX_BODY = 64 << 20
 
 
-def _read_whole(answer: http.client.HTTPResponse) -> bytes:
-    """The answer's body, refusing (as a failed exchange: the connection is dropped, the call retried) what
-    http.client would get wrong: an informational answer other than 100 (a 103 Early Hints) taken for the
-    answer, which would leave the real one on the kept-alive connection for the next call to read (another
-    payment's); and a body it would allocate whole at the size the other end claims (``MemoryError``)."""
-    if 100 <= answer.status < 200:
-        raise http.client.HTTPException(f"an informational answer ({answer.status}) where the answer was due")
-    if answer.length is not None and answer.length > MAX_BODY:
-        raise http.client.HTTPException(f"an answer body of {answer.length} bytes: more than {MAX_BODY}")
-    try:
-        return answer.read()
-    except MemoryError as exc:  # a chunk size beyond any memory
-        raise http.client.HTTPException("an answer body larger than memory") from exc
-
-
 def _decodable(accepted: str) -> str:
     """``Accept-Encoding`` without the codings ``_decoded`` cannot read (requests asks for br or zstd too
     where their libraries are installed, which urllib3 would decode and this path would not)."""
@@ -568,19 +552,32 @@ def _decodable(accepted: str) -> str:
 
 
 def _decoded(body: bytes, encoding: str | None) -> bytes:
-    """The body without its ``Content-Encoding`` (gzip or deflate, the ones requests asks for)."""
+    """The body without its ``Content-Encoding`` (gzip or deflate), never more than ``MAX_BODY`` decoded."""
     coding = (encoding or "").strip().lower()
     if not body or coding not in ("gzip", "x-gzip", "deflate"):
         return body
     try:
         if coding == "deflate":
             try:
-                return zlib.decompress(body)
+                return _inflate(body, zlib.MAX_WBITS)
             except zlib.error:  # raw deflate, without the zlib header (as urllib3 accepts)
-                return zlib.decompress(body, -zlib.MAX_WBITS)
-        return zlib.decompress(body, 16 + zlib.MAX_WBITS)
+                return _inflate(body, -zlib.MAX_WBITS)
+        return _inflate(body, 16 + zlib.MAX_WBITS)
     except zlib.error as exc:
         raise requests.exceptions.ContentDecodingError(exc) from exc
+
+
+def _inflate(data: bytes, wbits: int) -> bytes:
+    out = bytearray()
+    while data:  # gzip: one member after another, as urllib3
+        inflater = zlib.decompressobj(wbits)
+        out += inflater.decompress(data, MAX_BODY + 1 - len(out))  # >= 1: never "unlimited"
+        if len(out) > MAX_BODY or inflater.unconsumed_tail:
+            raise requests.exceptions.ContentDecodingError(f"an answer body decoding to more than {MAX_BODY} bytes")
+        if not inflater.eof:
+            raise zlib.error("incomplete or truncated stream")
+        data = inflater.unused_data if wbits == 16 + zlib.MAX_WBITS else b""
+    return bytes(out)
 
 
 #: Keep-alive connections a ``ProviderSession`` keeps per host: one for each call a worker process has

@@ -750,7 +750,11 @@ def test_the_own_exchange_sends_host_and_encoding_as_http_client_does() -> None:
     "answer",
     [
         b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n" + b"x" * 40,  # up to the close
-        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n14\r\n" + b"x" * 20 + b"\r\n14\r\n" + b"x" * 20,
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n14\r\n"
+        + b"x" * 20
+        + b"\r\n14\r\n"
+        + b"x" * 20
+        + b"\r\n0\r\n\r\n",  # whole: only the sum of the chunks is over
         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n-5\r\n" + b"x" * 40,  # a negative chunk size
     ],
     ids=["close-delimited", "chunks", "negative-chunk"],
@@ -761,6 +765,99 @@ def test_the_own_exchange_reads_no_more_than_the_largest_body(answer: bytes, mon
     import providers.http
 
     monkeypatch.setattr(providers.http, "MAX_BODY", 30)
+    server = _KeepAlive([lambda conn: conn.sendall(answer)])
+    session = build_session()
+    try:
+        with pytest.raises(requests.exceptions.ConnectionError):
+            session.request("GET", f"http://127.0.0.1:{server.port}/check", timeout=(2, 2), allow_redirects=False)
+    finally:
+        session.close()
+        server.close()
+
+
+def _answer(body: bytes, *head: bytes) -> bytes:
+    return (
+        b"HTTP/1.1 200 OK\r\n" + b"".join(h + b"\r\n" for h in head) + b"Content-Length: %d\r\n\r\n" % len(body) + body
+    )
+
+
+def test_max_body_applies_to_the_decoded_body(monkeypatch: pytest.MonkeyPatch) -> None:
+    """MAX_BODY bounds the decoded body too: 1 MB of zeros is ~1 kB gzipped (about 1000:1), so a 64 MiB answer
+    could inflate to ~64 GiB (the worker killed for its memory, again at each redelivery)."""
+    import providers.http
+
+    monkeypatch.setattr(providers.http, "MAX_BODY", 100_000)
+    bomb = gzip.compress(b"\0" * 1_000_000)
+    assert len(bomb) < 2_000
+    server = _KeepAlive([lambda conn: conn.sendall(_answer(bomb, b"Content-Encoding: gzip"))])
+    session = build_session()
+    try:
+        with pytest.raises(requests.exceptions.RequestException):
+            session.request("GET", f"http://127.0.0.1:{server.port}/check", timeout=(2, 2), allow_redirects=False)
+    finally:
+        session.close()
+        server.close()
+
+
+def test_a_multi_member_gzip_body_is_decoded_whole_as_urllib3_does() -> None:
+    body = gzip.compress(b'{"status": ') + gzip.compress(b'"ACCEPTED"}')
+    server = _KeepAlive([lambda conn: conn.sendall(_answer(body, b"Content-Encoding: gzip"))])
+    session = build_session()
+    try:
+        url = f"http://127.0.0.1:{server.port}/check"
+        theirs = requests.get(url, timeout=(2, 2)).content  # requests' adapter (urllib3), first connection
+        ours = session.request("GET", url, timeout=(2, 2), allow_redirects=False).content  # the second
+    finally:
+        session.close()
+        server.close()
+    assert ours == theirs == b'{"status": "ACCEPTED"}'
+
+
+def test_a_streamed_body_is_sent_chunk_encoded() -> None:
+    """A body to stream (an iterator) takes requests' own path, which frames it in chunks as its header says
+    (http.client, given requests' Transfer-Encoding header, sent it raw)."""
+    received: list[bytes] = []
+
+    def serve(listener: socket.socket) -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.settimeout(1)
+            data = b""
+            try:
+                while chunk := conn.recv(65536):
+                    data += chunk
+                    if data.endswith(b"0\r\n\r\n") or data.endswith(b"abcd"):
+                        break
+            except TimeoutError:
+                pass
+            received.append(data)
+            conn.sendall(_answer(b"{}"))
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    thread = threading.Thread(target=serve, args=(listener,), daemon=True)
+    thread.start()
+    session = build_session()
+    try:
+        session.request(
+            "POST",
+            f"http://127.0.0.1:{listener.getsockname()[1]}/check",
+            data=iter([b"ab", b"cd"]),
+            timeout=(2, 2),
+            allow_redirects=False,
+        )
+    finally:
+        session.close()
+        thread.join(3)
+        listener.close()
+    head, _, body = received[0].partition(b"\r\n\r\n")
+    assert b"Transfer-Encoding: chunked" in head
+    assert body == b"2\r\nab\r\n2\r\ncd\r\n0\r\n\r\n", body
+
+
+def test_conflicting_content_lengths_fail_the_exchange() -> None:
+    """Two Content-Length headers that differ: which frames the body? The exchange fails (urllib3 refuses them
+    too) instead of keeping a connection whose next answer may start inside this one."""
+    answer = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 5\r\n\r\n{}xyz"
     server = _KeepAlive([lambda conn: conn.sendall(answer)])
     session = build_session()
     try:
