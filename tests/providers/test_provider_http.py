@@ -491,6 +491,18 @@ class _KeepAlive:
         self.server.close()
 
 
+def _exchange_fails(answer: bytes, error: type[Exception] = requests.exceptions.ConnectionError) -> None:
+    """A call of the session's own exchange to a server that answers ``answer`` raises ``error``."""
+    server = _KeepAlive([lambda conn: conn.sendall(answer)])
+    session = build_session()
+    try:
+        with pytest.raises(error):
+            session.request("GET", f"http://127.0.0.1:{server.port}/check", timeout=(2, 2), allow_redirects=False)
+    finally:
+        session.close()
+        server.close()
+
+
 def test_an_early_hints_answer_is_a_failed_exchange_not_the_next_calls_answer() -> None:
     """http.client takes a 103 for the answer: kept, the connection would go back to the pool with the real
     answer still on it, and the next call would read this call's answer (another payment's). The session drops
@@ -530,16 +542,8 @@ def test_an_early_hints_answer_is_a_failed_exchange_not_the_next_calls_answer() 
 def test_an_answer_claiming_a_huge_body_is_a_failed_exchange_not_an_allocation(answer: bytes) -> None:
     """http.client would allocate what the other end claims (MemoryError, which no caller expects: a batch job
     would fail and come back again and again); the session reports a connection error, retried."""
-    from providers.http import build_session
 
-    server = _KeepAlive([lambda conn: conn.sendall(answer)])
-    session = build_session()
-    try:
-        with pytest.raises(requests.exceptions.ConnectionError):
-            session.request("GET", f"http://127.0.0.1:{server.port}/check", timeout=(2, 2), allow_redirects=False)
-    finally:
-        session.close()
-        server.close()
+    _exchange_fails(answer)
 
 
 def test_a_request_with_a_body_is_written_in_one_send(
@@ -765,14 +769,7 @@ def test_the_own_exchange_reads_no_more_than_the_largest_body(answer: bytes, mon
     import providers.http
 
     monkeypatch.setattr(providers.http, "MAX_BODY", 30)
-    server = _KeepAlive([lambda conn: conn.sendall(answer)])
-    session = build_session()
-    try:
-        with pytest.raises(requests.exceptions.ConnectionError):
-            session.request("GET", f"http://127.0.0.1:{server.port}/check", timeout=(2, 2), allow_redirects=False)
-    finally:
-        session.close()
-        server.close()
+    _exchange_fails(answer)
 
 
 def _answer(body: bytes, *head: bytes) -> bytes:
@@ -789,14 +786,7 @@ def test_max_body_applies_to_the_decoded_body(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setattr(providers.http, "MAX_BODY", 100_000)
     bomb = gzip.compress(b"\0" * 1_000_000)
     assert len(bomb) < 2_000
-    server = _KeepAlive([lambda conn: conn.sendall(_answer(bomb, b"Content-Encoding: gzip"))])
-    session = build_session()
-    try:
-        with pytest.raises(requests.exceptions.RequestException):
-            session.request("GET", f"http://127.0.0.1:{server.port}/check", timeout=(2, 2), allow_redirects=False)
-    finally:
-        session.close()
-        server.close()
+    _exchange_fails(_answer(bomb, b"Content-Encoding: gzip"), requests.exceptions.RequestException)
 
 
 def test_a_multi_member_gzip_body_is_decoded_whole_as_urllib3_does() -> None:
@@ -858,11 +848,4 @@ def test_conflicting_content_lengths_fail_the_exchange() -> None:
     """Two Content-Length headers that differ: which frames the body? The exchange fails (urllib3 refuses them
     too) instead of keeping a connection whose next answer may start inside this one."""
     answer = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 5\r\n\r\n{}xyz"
-    server = _KeepAlive([lambda conn: conn.sendall(answer)])
-    session = build_session()
-    try:
-        with pytest.raises(requests.exceptions.ConnectionError):
-            session.request("GET", f"http://127.0.0.1:{server.port}/check", timeout=(2, 2), allow_redirects=False)
-    finally:
-        session.close()
-        server.close()
+    _exchange_fails(answer)
