@@ -100,3 +100,21 @@ def test_broker_down_names_the_url_without_its_password(env: dict[str, str]) -> 
     broker = next(c for c in report["checks"] if c["name"] == "broker")
     assert code == 5 and "redis://:***@127.0.0.1:1/0 unreachable (CELERY_BROKER_URL)" in broker["detail"]
     assert "s3cret" not in json.dumps(report)
+
+
+def test_a_started_worker_freezes_what_it_holds_out_of_the_collectors_reach() -> None:
+    """At ``worker_ready`` the objects of the started worker are frozen (``gc.freeze``): the collector's full
+    passes then leave them alone."""
+    import gc
+
+    from celery import signals
+
+    from worker.signals import _freeze_startup_objects
+
+    assert _freeze_startup_objects in [receiver() for _, receiver in signals.worker_ready.receivers]
+    gc.unfreeze()
+    try:
+        _freeze_startup_objects()  # alone: the signal's other receiver would serve metrics in the test process
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
