@@ -4,6 +4,7 @@ a real worker process consumes its messages in batches."""
 
 from __future__ import annotations
 
+import json
 import re
 import sys
 from datetime import timedelta
@@ -12,8 +13,9 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select, text
 
+from providers.base import Outcome
 from providers.sandbox.client import SandboxClient
-from reconciliation import ledger
+from reconciliation import ledger, payments
 from reconciliation.models import (
     DeadLetter,
     InboxDelivery,
@@ -346,11 +348,6 @@ def test_a_batch_takes_its_refunds_fee_locks_before_it_applies_any_answer(
     locks of all its refunds, providers in order, right after its payments' row locks: taken at each refund
     instead, two batches could each hold one provider's lock and wait for the other's (or one hold a
     subscription granted earlier in the batch while it waits for the lock): a deadlock."""
-    import json
-
-    from providers.base import Outcome
-    from reconciliation import payments
-
     ref = new_reference()
     refunded = {"code": "660", "message": "REFUNDED", "api_response_id": "1.0", "data": {
         "amount": "5000", "currency": "XOF", "status": "ACCEPTED", "payment_method": "OM", "description": "",

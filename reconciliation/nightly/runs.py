@@ -381,10 +381,10 @@ def _fee_memo(provider: str, reference: str | None, run_id: int) -> str:
 # ``_FEES_DUE``: the chunk's items whose payment is still paid, in payment id order, each with its
 # journal id drawn from the sequence, so that the entries can name their journal in the statement
 # that inserts it (a journal and its entries must be one statement for the ledger's guard). They go
-# to a table of the transaction's own (unlogged, in the role's schema as a statement import's stage, dropped before
-# COMMIT; the application role may not create temporary tables), not a CTE: the planner then knows
-# how many rows there are (the run's items are seldom analyzed yet; estimated at one row, the
-# journals were joined to their drafts by a nested loop, quadratic in the chunk). ``_FEES_POST``:
+# to a table of the transaction's own (unlogged, in the role's schema as a statement import's stage,
+# dropped before COMMIT; the application role may not create temporary tables), not a CTE: the
+# planner then knows how many rows there are (the run's items are seldom analyzed yet; estimated at
+# one row, the journals were joined to their drafts by a nested loop, quadratic in the chunk). ``_FEES_POST``:
 # the journals the (payment, kind) key lets in, and only theirs, entries Dr fees / Cr clearing in
 # the item's currency, in journal order, debit first (``ledger.reverse`` mirrors entries by id).
 # The memo is ``_fee_memo``'s.
