@@ -145,3 +145,36 @@ def test_the_classification_s_planner_settings_end_with_its_statement(rt: Runtim
         before = [session.execute(text(f"SHOW {name}")).scalar() for name in ("enable_sort", "work_mem")]
         matching.classify(session, run_id, window, DAY)
         assert [session.execute(text(f"SHOW {name}")).scalar() for name in ("enable_sort", "work_mem")] == before
+
+
+def _scans(plan: dict[str, Any]) -> list[tuple[str, str | None, str | None]]:
+    """(node type, relation, index) of every node of an EXPLAIN (FORMAT JSON) plan."""
+    found = [(plan["Node Type"], plan.get("Relation Name"), plan.get("Index Name"))]
+    for child in plan.get("Plans", []):
+        found += _scans(child)
+    return found
+
+
+def test_a_day_s_payments_are_found_by_index_not_by_reading_every_payment_ever(rt: Runtime) -> None:
+    """Classification reads the day's payments through ``ix_payments_business_time``: a merchant's nightly run
+    must not grow with its history (60 days of payments here, rolled back; without the index, a sequential scan)."""
+    with transaction(rt.sessions) as session:
+        session.execute(
+            text(
+                "INSERT INTO payments (provider, reference, status, amount, currency, periods, provider_data, "
+                "settled, check_count, created_at, updated_at, paid_at) "
+                "SELECT 'cinetpay', 'HISTORY-' || n, 'succeeded', 5000, 'XOF', 1, '{}', true, 0, at, at, at "
+                "FROM generate_series(1, 30000) AS n, LATERAL (SELECT :day - n * interval '173 seconds' AS at) AS t"
+            ),
+            {"day": NOON},
+        )
+        session.execute(text("ANALYZE payments"))
+        session.execute(text("SET LOCAL enable_sort = off"))  # as classify sets it
+        params = {"run_id": 0, "provider": "cinetpay", "start": START, "end": END, "sla_cutoff": NOON,
+                  "tolerance": 0, "fee_bps": None, "day": DAY}  # fmt: skip
+        for part in (None, (1, 2)):
+            plan = session.execute(matching.classification(part, prefix="EXPLAIN (FORMAT JSON) "), params).scalar()
+            on_payments = [(node, index) for node, relation, index in _scans(plan[0]["Plan"]) if relation == "payments"]
+            assert on_payments, plan
+            assert all(index == "ix_payments_business_time" for _, index in on_payments), on_payments
+        session.rollback()
