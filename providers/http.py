@@ -365,7 +365,7 @@ def _read_answer(sock: Any, method: str) -> _Answer:
             version, status, reason = _status_line(fp)
             if status != 100:
                 break
-            _header_lines(fp)  # 100 Continue: its headers are dropped, the answer follows
+            header_lines(fp)  # 100 Continue: its headers are dropped, the answer follows
         if 100 <= status < 200:  # a 103 Early Hints taken for the answer would leave the real one on the connection
             raise http.client.HTTPException(f"an informational answer ({status}) where the answer was due")
         if version in ("HTTP/1.0", "HTTP/0.9"):
@@ -374,7 +374,7 @@ def _read_answer(sock: Any, method: str) -> _Answer:
             number = 11
         else:
             raise http.client.UnknownProtocol(version)
-        fields = _header_fields(_header_lines(fp))
+        fields = header_fields(header_lines(fp))
         first: dict[str, str] = {}
         for name, value in fields:
             first.setdefault(name.lower(), value)
@@ -445,8 +445,9 @@ def _status_line(fp: Any) -> tuple[str, int, str]:
     return version, status, (parts[2] if len(parts) > 2 else "").strip()
 
 
-def _header_lines(fp: Any) -> list[str]:
-    """The header lines up to the blank line (http.client's ``_read_headers``), decoded as it does."""
+def header_lines(fp: Any) -> list[str]:
+    """The header lines up to the blank line (http.client's ``_read_headers``), decoded as it does: an answer's
+    here, a request's in the sandbox (``providers.sandbox.server``)."""
     lines: list[str] = []
     while True:
         line = fp.readline(_MAXLINE + 1)
@@ -459,7 +460,7 @@ def _header_lines(fp: Any) -> list[str]:
             raise http.client.HTTPException(f"got more than {_MAXHEADERS} headers")
 
 
-def _header_fields(lines: list[str]) -> list[tuple[str, str]]:
+def header_fields(lines: list[str]) -> list[tuple[str, str]]:
     """``(name, value)`` of each header, as ``HTTPResponse.getheaders()`` gives them (email's compat32
     parsing: a continuation line kept in the value, the first line that is not a header ends them)."""
     fields: list[tuple[str, str]] = []
