@@ -196,7 +196,7 @@ class _Handler(BaseHTTPRequestHandler):
         )
         response = server.router.dispatch(request)
         if response.delay:
-            threading.Event().wait(response.delay)
+            time.sleep(response.delay)
         if response.drop:
             self.close_connection = True
             return
