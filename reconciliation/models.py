@@ -130,10 +130,10 @@ class Payment(Base):
         CheckConstraint("amount IS NULL OR amount > 0", name="amount_positive"),
         CheckConstraint("periods >= 1", name="periods_positive"),
         Index("ix_payments_due", "next_check_at"),
-        # A business day's payments (classification, the status-API run, the day-at-a-glance report) by the
-        # time that places a payment in a day (``payments.business_time``): without it each nightly run
-        # read every payment ever stored (migration 0017).
-        Index("ix_payments_business_time", text("coalesce(paid_at, registered_at, created_at)"), "provider"),
+        # A provider's business day of payments (classification, the status-API run, the day-at-a-glance
+        # report) by the time that places a payment in a day (``payments.business_time``): without it each
+        # nightly run read every payment ever stored (migration 0017).
+        Index("ix_payments_business_time", "provider", text("coalesce(paid_at, registered_at, created_at)")),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)

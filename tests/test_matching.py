@@ -4,11 +4,12 @@ run around it is ``tests/test_runs.py``, the whole nightly reconciliation ``test
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import insert, select, text
+from sqlalchemy import event, insert, select, text
 
 from reconciliation.db import transaction
 from reconciliation.models import Payment, PaymentStatus, ReconItem, StatementLine
@@ -147,34 +148,85 @@ def test_the_classification_s_planner_settings_end_with_its_statement(rt: Runtim
         assert [session.execute(text(f"SHOW {name}")).scalar() for name in ("enable_sort", "work_mem")] == before
 
 
-def _scans(plan: dict[str, Any]) -> list[tuple[str, str | None, str | None]]:
-    """(node type, relation, index) of every node of an EXPLAIN (FORMAT JSON) plan."""
-    found = [(plan["Node Type"], plan.get("Relation Name"), plan.get("Index Name"))]
-    for child in plan.get("Plans", []):
-        found += _scans(child)
-    return found
+def _nodes(plan: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every node of an EXPLAIN (FORMAT JSON) plan."""
+    return [plan, *(node for child in plan.get("Plans", []) for node in _nodes(child))]
+
+
+def _add_payments(session: Any, provider: str, n: int, step: str) -> None:
+    """``n`` succeeded payments of ``provider``, one every ``step`` back from noon of the day."""
+    session.execute(
+        text(
+            "INSERT INTO payments (provider, reference, status, amount, currency, periods, provider_data, "
+            "settled, check_count, created_at, updated_at, paid_at) "
+            "SELECT :provider, :provider || '-' || :step || '-' || n, 'succeeded', 5000, 'XOF', 1, '{}', true, 0, "
+            "at, at, at FROM generate_series(1, :n) AS n, LATERAL (SELECT :day - n * CAST(:step AS interval) AS at) t"
+        ),
+        {"provider": provider, "n": n, "step": step, "day": NOON},
+    )
+    session.execute(text("ANALYZE payments"))
+
+
+def _plans(session: Any, run: Callable[[], object]) -> list[Any]:
+    """EXPLAIN (FORMAT JSON) of each SELECT on payments that ``run`` makes."""
+    asked: list[tuple[str, Any]] = []
+
+    def record(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, many: bool) -> None:
+        if statement.lstrip().upper().startswith("SELECT") and "payments" in statement:
+            asked.append((statement, parameters))
+
+    engine = session.get_bind()
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        run()
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+    cursor = session.connection().connection.cursor()
+    plans = []
+    for statement, parameters in asked:
+        cursor.execute("EXPLAIN (FORMAT JSON) " + statement, parameters)
+        plans.append(cursor.fetchone()[0])
+    return plans
+
+
+def _through_the_index(plans: list[Any]) -> None:
+    assert plans
+    for plan in plans:
+        nodes = _nodes(plan[0]["Plan"])
+        assert not [n for n in nodes if n["Node Type"] == "Seq Scan" and n.get("Relation Name") == "payments"], plan
+        assert "ix_payments_business_time" in {n.get("Index Name") for n in nodes}, plan
 
 
 def test_a_day_s_payments_are_found_by_index_not_by_reading_every_payment_ever(rt: Runtime) -> None:
-    """Classification reads the day's payments through ``ix_payments_business_time``: a merchant's nightly run
-    must not grow with its history (60 days of payments here, rolled back; without the index, a sequential scan)."""
+    """Classification, the status-API run's question list and the day-at-a-glance report reach the day's payments
+    through ``ix_payments_business_time``, never by a sequential scan: a merchant's nightly run must not grow with
+    its history (60 days of two providers' payments here), nor with another provider's busy day (Wave's, the same
+    day as CinetPay's). Rolled back; without the index, or with the time before the provider in it, the plans read
+    more."""
+    from reconciliation.payments import to_confirm
+    from reconciliation.reports import glance
+
+    tz = ZoneInfo("Africa/Abidjan")
     with transaction(rt.sessions) as session:
-        session.execute(
-            text(
-                "INSERT INTO payments (provider, reference, status, amount, currency, periods, provider_data, "
-                "settled, check_count, created_at, updated_at, paid_at) "
-                "SELECT 'cinetpay', 'HISTORY-' || n, 'succeeded', 5000, 'XOF', 1, '{}', true, 0, at, at, at "
-                "FROM generate_series(1, 30000) AS n, LATERAL (SELECT :day - n * interval '173 seconds' AS at) AS t"
-            ),
-            {"day": NOON},
+        _add_payments(session, "cinetpay", 20_000, "259 seconds")  # 60 days
+        _add_payments(session, "wave", 20_000, "251 seconds")
+        _through_the_index(
+            _plans(
+                session,
+                lambda: (
+                    glance._payments_of_day(session, DAY, tz),
+                    glance._daily_payments(session, START - timedelta(days=2), END, tz),
+                ),
+            )
         )
-        session.execute(text("ANALYZE payments"))
-        session.execute(text("SET LOCAL enable_sort = off"))  # as classify sets it
+        _add_payments(session, "wave", 40_000, "1 second")  # Wave's busy day
+        plans = _plans(session, lambda: to_confirm(session, "cinetpay", START, END))
+        session.execute(text("SET LOCAL enable_sort = off"))  # as classify sets them
+        session.execute(text("SET LOCAL work_mem = '256MB'"))
         params = {"run_id": 0, "provider": "cinetpay", "start": START, "end": END, "sla_cutoff": NOON,
                   "tolerance": 0, "fee_bps": None, "day": DAY}  # fmt: skip
         for part in (None, (1, 2)):
-            plan = session.execute(matching.classification(part, prefix="EXPLAIN (FORMAT JSON) "), params).scalar()
-            on_payments = [(node, index) for node, relation, index in _scans(plan[0]["Plan"]) if relation == "payments"]
-            assert on_payments, plan
-            assert all(index == "ix_payments_business_time" for _, index in on_payments), on_payments
+            explain = matching.classification(part, prefix="EXPLAIN (FORMAT JSON) ")
+            plans.append(session.execute(explain, params).scalar())
+        _through_the_index(plans)
         session.rollback()

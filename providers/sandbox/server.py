@@ -74,10 +74,10 @@ _date: tuple[int, str] = (0, "")
 def _now() -> str:
     """The ``Date`` of an answer (``BaseHTTPRequestHandler.date_time_string``), formatted once a second."""
     global _date  # noqa: PLW0603 - a cache; a tuple is replaced whole, so a thread reads one or the other
-    second = int(time.time())
-    if _date[0] != second:
-        _date = (second, email.utils.formatdate(second, usegmt=True))
-    return _date[1]
+    second, cached = int(time.time()), _date
+    if cached[0] != second:
+        cached = _date = (second, email.utils.formatdate(second, usegmt=True))
+    return cached[1]
 
 
 class _Headers:
@@ -134,7 +134,7 @@ class _Handler(BaseHTTPRequestHandler):
             if (major, minor) >= (1, 1) and self.protocol_version >= "HTTP/1.1":
                 self.close_connection = False
             if (major, minor) >= (2, 0):
-                self.send_error(HTTPStatus.HTTP_VERSION_NOT_SUPPORTED, f"Invalid HTTP version ({major}.{minor})")
+                self.send_error(HTTPStatus.HTTP_VERSION_NOT_SUPPORTED, f"Invalid HTTP version ({version[5:]})")
                 return False
             self.request_version = version
         if not 2 <= len(words) <= 3:
@@ -213,11 +213,6 @@ class _Handler(BaseHTTPRequestHandler):
             if "Content-Type" not in headers:
                 self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(body)))
-            if self.command != "HEAD" and self.request_version != "HTTP/0.9":
-                # Head and body in one write (one TCP segment: the client reads the answer in one go).
-                self._headers_buffer.append(b"\r\n" + body)  # type: ignore[attr-defined]
-                self.flush_headers()
-                return
             self.end_headers()
             if self.command != "HEAD":
                 self.wfile.write(body)

@@ -56,9 +56,15 @@ def _run(connection: object) -> None:
     with context.begin_transaction(), warnings.catch_warnings():
         # SQLAlchemy cannot reflect SQLite's expression indexes (``ix_payments_business_time``): it says so and
         # skips them, and so does the drift check (it compares them on PostgreSQL).
-        warnings.filterwarnings("ignore", "Skipped unsupported reflection of expression-based index", SAWarning)
-        warnings.filterwarnings("ignore", "autogenerate skipping metadata-specified expression-based index .*"
-                                "dialect 'sqlite'", UserWarning)  # fmt: skip
+        warnings.filterwarnings(
+            "ignore", "Skipped unsupported reflection of expression-based index ix_payments_business_time$", SAWarning
+        )
+        warnings.filterwarnings(
+            "ignore",
+            "autogenerate skipping metadata-specified expression-based index 'ix_payments_business_time'; "
+            "dialect 'sqlite'",
+            UserWarning,
+        )
         if connection.dialect.name == "postgresql":  # type: ignore[attr-defined]
             # Two deploys migrating at once must not interleave.
             context.execute("SELECT pg_advisory_xact_lock(7072698)")

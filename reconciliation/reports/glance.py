@@ -34,6 +34,10 @@ from reconciliation.payments import business_time
 from reconciliation.reports import run as reports
 from reconciliation.reports.common import class_rank
 from reconciliation.statements.files import visible
+from schemas.messages import Provider
+
+#: Every provider a payment can have (a registration or a webhook names one of them).
+PROVIDER_NAMES = tuple(provider.value for provider in Provider)
 
 #: Days the trend charts look back (the day itself included).
 TREND_DAYS = 30
@@ -58,11 +62,17 @@ def latest_runs(session: Session, day: date) -> dict[str, ReconRun]:
     return found
 
 
+def _of_window(start: datetime, end: datetime) -> tuple[Any, ...]:
+    """Payments of every provider in the business window [start, end): the providers named, so that each one's
+    window is read through ``ix_payments_business_time`` (provider first), not every payment ever stored."""
+    return (Payment.provider.in_(PROVIDER_NAMES), business_time() >= start, business_time() < end)
+
+
 def _payments_of_day(session: Session, day: date, tz: ZoneInfo) -> dict[str, dict[str, Any]]:
     start, end = business_window(day, tz)
     rows = session.execute(
         select(Payment.provider, Payment.status, _paid_currency(), func.count(), func.sum(_paid_amount()))
-        .where(business_time() >= start, business_time() < end)
+        .where(*_of_window(start, end))
         .group_by(Payment.provider, Payment.status, _paid_currency())
     ).all()
     out: dict[str, dict[str, Any]] = defaultdict(lambda: {"count": 0, "by_status": {}, "paid": {}})
@@ -185,7 +195,7 @@ def _daily_payments(
     """Final payments between ``start`` and ``end`` per (provider, status, currency, business day in ``tz``):
     count and amount. PostgreSQL groups them itself; SQLite (the demo) in Python."""
     columns = (Payment.provider, Payment.status, _paid_currency())
-    final = (business_time() >= start, business_time() < end, Payment.status.in_(FINAL_STATUSES))
+    final = (*_of_window(start, end), Payment.status.in_(FINAL_STATUSES))
     if session.get_bind().dialect.name == "postgresql":
         local = cast(func.timezone(tz.key, business_time()), Date)
         rows = session.execute(

@@ -708,6 +708,7 @@ def _both(answer: bytes, method: str = "POST", **request: Any) -> tuple[Any, Any
         b"SMTP ready\r\n\r\n",
         b"",
         b"HTTP/1.1 99 Low\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nX-A: 1\rContent-Length: 2\r\n\r\nok",
     ],
     ids=[
         "length",
@@ -727,6 +728,7 @@ def _both(answer: bytes, method: str = "POST", **request: Any) -> tuple[Any, Any
         "not-http",
         "nothing",
         "bad-status",
+        "bare-cr",  # a CR alone ends a header line: Content-Length is a header of its own
     ],
 )
 def test_the_own_exchange_reads_an_answer_as_http_client_does(answer: bytes) -> None:

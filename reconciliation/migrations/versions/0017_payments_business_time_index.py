@@ -1,6 +1,7 @@
-"""Payments get an index on the time that places them in a business day, ``coalesce(paid_at, registered_at,
-created_at)`` (``payments.business_time``), then the provider: the nightly classification, the status-API run
-and the day-at-a-glance report read one day's payments by it. Without it each of them read every payment ever
+"""Payments get an index on their provider, then the time that places them in a business day,
+``coalesce(paid_at, registered_at, created_at)`` (``payments.business_time``): the nightly classification and
+the status-API run read one provider's day of payments by it, the day-at-a-glance report each provider's (the
+provider first: another provider's busy day is not read to find this one's). Without it each of them read every payment ever
 stored, and a merchant's nightly run grew with its history: a day of 10,000 payments among 5,000,000 took
 400 ms to find instead of 4 ms (BENCHMARKS.md).
 
@@ -29,7 +30,7 @@ def upgrade() -> None:
     op.create_index(
         "ix_payments_business_time",
         "payments",
-        [sa.text("coalesce(paid_at, registered_at, created_at)"), "provider"],
+        ["provider", sa.text("coalesce(paid_at, registered_at, created_at)")],
         unique=False,
     )
 
