@@ -4,9 +4,10 @@
 
 The sandbox runs in a process of its own (``serve``, as ``payrecon sandbox`` runs it, without its request log);
 this process creates 200 transactions through the wire API, then ``--connections`` threads each ask the status
-of them over one keep-alive connection (``http.client``, as a worker's session does), ``--checks`` in all, three
-times. It prints the sandbox process's CPU (user + system, from ``/proc``) per check for each round. With
-``--latency 0.2`` (the throughput bench's) the checks wait as they do there, and far fewer fit in a round.
+of them over one keep-alive connection (``http.client``, as a worker's session does), ``--checks`` in all,
+``--rounds`` times; each answer's CinetPay code is checked (the sandbox answers its errors with HTTP 200). It
+prints the sandbox process's CPU (user + system, from ``/proc``) per check for each round. With ``--latency
+0.2`` (the throughput bench's) the checks wait as they do there, and far fewer fit in a round.
 """
 
 from __future__ import annotations
@@ -44,17 +45,45 @@ def _cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
-def _ask(port: int, first: int, n: int) -> None:
+def _post(conn: http.client.HTTPConnection, path: str, body: dict[str, object], code: str) -> None:
+    """POST ``body`` as JSON; the sandbox answers its errors with HTTP 200 too, so CinetPay's ``code`` is checked."""
+    conn.request("POST", path, json.dumps(body), {"Content-Type": "application/json", "User-Agent": "payrecon/0.1"})
+    answer = conn.getresponse()
+    data = answer.read()
+    if answer.status != 200 or json.loads(data).get("code") != code:
+        raise RuntimeError(f"{path}: HTTP {answer.status} {data[:200]!r}, expected code {code}")
+
+
+def _ask(port: int, first: int, n: int, done: list[int], failures: list[BaseException]) -> None:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-    headers = {"Content-Type": "application/json", "User-Agent": "payrecon/0.1", "Accept": "*/*"}
-    for j in range(n):
-        body = json.dumps({**CREDS, "transaction_id": f"CPU-{(first + j) % TRANSACTIONS:05d}"})
-        conn.request("POST", "/v2/payment/check", body, headers)
-        answer = conn.getresponse()
-        answer.read()
-        if answer.status != 200:
-            raise SystemExit(f"the sandbox answered {answer.status}")
-    conn.close()
+    try:
+        for j in range(n):
+            _post(
+                conn, "/v2/payment/check", {**CREDS, "transaction_id": f"CPU-{(first + j) % TRANSACTIONS:05d}"}, "662"
+            )
+            done.append(1)
+    except Exception as exc:  # any failure: the main thread reports it and fails the run
+        failures.append(exc)
+    finally:
+        conn.close()
+
+
+def _started(sandbox: subprocess.Popen[bytes], port: int) -> None:
+    deadline = time.monotonic() + 30
+    while True:
+        if sandbox.poll() is not None:
+            raise SystemExit(f"the sandbox exited ({sandbox.returncode}) before it answered")
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        try:
+            conn.request("GET", "/_sandbox/health")
+            conn.getresponse().read()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise SystemExit("the sandbox did not answer within 30 s") from None
+            time.sleep(0.1)
+        finally:
+            conn.close()
 
 
 def main() -> None:
@@ -66,44 +95,37 @@ def main() -> None:
     args = parser.parse_args()
     port = _free_port()
     argv = [sys.executable, "-c", SANDBOX_MAIN, str(port), str(args.latency)]
-    sandbox = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    sandbox = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.DEVNULL)  # its errors on this terminal
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-                conn.request("GET", "/_sandbox/health")
-                conn.getresponse().read()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise SystemExit("the sandbox did not start") from None
-                time.sleep(0.1)
-        for i in range(TRANSACTIONS):
-            body = json.dumps({
-                **CREDS, "transaction_id": f"CPU-{i:05d}", "amount": 5000, "currency": "XOF", "description": "bench",
-                "notify_url": "http://127.0.0.1:9/notify", "return_url": "http://127.0.0.1:9/return", "channels": "ALL",
-            })  # fmt: skip
-            conn.request("POST", "/v2/payment", body, {"Content-Type": "application/json"})
-            answer = conn.getresponse()
-            answer.read()
-            if answer.status not in (200, 201):
-                raise SystemExit(f"creating a transaction: HTTP {answer.status}")
+        _started(sandbox, port)
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        try:
+            for i in range(TRANSACTIONS):
+                _post(conn, "/v2/payment", {
+                    **CREDS, "transaction_id": f"CPU-{i:05d}", "amount": 5000, "currency": "XOF",
+                    "description": "bench", "notify_url": "http://127.0.0.1:9/notify",
+                    "return_url": "http://127.0.0.1:9/return", "channels": "ALL",
+                }, "201")  # fmt: skip
+        finally:
+            conn.close()
         each = args.checks // args.connections
         for _ in range(args.rounds):
+            done: list[int] = []
+            failures: list[BaseException] = []
             before, started = _cpu(sandbox.pid), time.perf_counter()
             threads = [
-                threading.Thread(target=_ask, args=(port, k * 7, each)) for k in range(args.connections)
-            ]  # fmt: skip
+                threading.Thread(target=_ask, args=(port, k * 7, each, done, failures)) for k in range(args.connections)
+            ]
             for thread in threads:
                 thread.start()
             for thread in threads:
                 thread.join()
-            checks = each * args.connections
             spent = _cpu(sandbox.pid) - before
+            if failures:
+                raise SystemExit(f"{len(failures)} connection(s) failed, the first: {failures[0]!r}")
             print(
-                f"{checks} checks over {args.connections} connections in {time.perf_counter() - started:.2f} s: "
-                f"sandbox CPU {1000 * spent / checks:.3f} ms a check",
+                f"{len(done)} checks over {args.connections} connections in {time.perf_counter() - started:.2f} s: "
+                f"sandbox CPU {1000 * spent / len(done):.3f} ms a check",
                 flush=True,
             )
     finally:

@@ -464,8 +464,9 @@ def header_lines(fp: Any) -> list[str]:
 def header_fields(lines: list[str]) -> list[tuple[str, str]]:
     """``(name, value)`` of each header, as ``HTTPResponse.getheaders()`` gives them (email's compat32
     parsing: a continuation line kept in the value, the first line that is not a header ends them)."""
-    if any("\r" in line[:-2] for line in lines):  # a CR alone ends a line too, for email's parser
-        lines = io.StringIO("".join(lines), newline="").readlines()
+    joined = "".join(lines)
+    if joined.count("\r") != joined.count("\r\n"):  # a CR alone ends a line too, for email's parser
+        lines = io.StringIO(joined, newline="").readlines()
     fields: list[tuple[str, str]] = []
     current: list[str] = []
 

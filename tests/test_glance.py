@@ -211,3 +211,15 @@ def test_a_corrected_exception_leaves_the_day_s_amount_at_stake(rt: Runtime, rec
     assert [(r["class"], r["count"], r["open"], r["at_stake"]) for r in data["charts"]["exceptions_by_class"]] == [
         ("missing_at_provider", 1, 1, {"XOF": 7000}),
     ]
+
+
+def test_the_report_reads_the_payments_of_every_provider_a_client_exists_for() -> None:
+    """The day's payments are read provider by provider (``glance.PROVIDER_NAMES``, so that the business-time index
+    serves them): a provider with a client but missing from the list would drop out of the report unseen."""
+    from providers.cinetpay import CinetPayClient
+    from providers.mtn_momo import MtnMomoClient
+    from providers.orange_money import OrangeMoneyClient
+    from providers.wave import WaveClient
+
+    clients = {client.name for client in (CinetPayClient, MtnMomoClient, OrangeMoneyClient, WaveClient)}
+    assert clients == set(glance.PROVIDER_NAMES)

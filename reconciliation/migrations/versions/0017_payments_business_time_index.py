@@ -1,9 +1,9 @@
 """Payments get an index on their provider, then the time that places them in a business day,
 ``coalesce(paid_at, registered_at, created_at)`` (``payments.business_time``): the nightly classification and
 the status-API run read one provider's day of payments by it, the day-at-a-glance report each provider's (the
-provider first: another provider's busy day is not read to find this one's). Without it each of them read every payment ever
-stored, and a merchant's nightly run grew with its history: a day of 10,000 payments among 5,000,000 took
-400 ms to find instead of 4 ms (BENCHMARKS.md).
+provider first: another provider's busy day is not read to find this one's). Without it each of them read every
+payment ever stored, and a merchant's nightly run grew with its history: 10,000 payments among 5,000,000 took
+398 ms to find instead of 1.6-2.9 ms (BENCHMARKS.md).
 
 Building it holds a lock that makes writes to ``payments`` wait (not fail) for as long as the build takes,
 about a second per million payments; upgrade a large database when little is arriving.
