@@ -709,6 +709,7 @@ def _both(answer: bytes, method: str = "POST", **request: Any) -> tuple[Any, Any
         b"",
         b"HTTP/1.1 99 Low\r\n\r\n",
         b"HTTP/1.1 200 OK\r\nX-A: 1\rContent-Length: 2\r\n\r\nok",
+        b"HTTP/1.1 200 OK\r\nConnection: close\r\nX-A: 1 \ra",
     ],
     ids=[
         "length",
@@ -729,6 +730,7 @@ def _both(answer: bytes, method: str = "POST", **request: Any) -> tuple[Any, Any
         "nothing",
         "bad-status",
         "bare-cr",  # a CR alone ends a header line: Content-Length is a header of its own
+        "bare-cr-at-the-close",  # the same in the last line, cut by the close: "a" is not X-A's
     ],
 )
 def test_the_own_exchange_reads_an_answer_as_http_client_does(answer: bytes) -> None:
