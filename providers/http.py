@@ -15,6 +15,7 @@ import io
 import os
 import re
 import select
+import socket
 import ssl
 import threading
 import time
@@ -199,7 +200,8 @@ class ProviderSession(requests.Session):
             body = prepared.body.encode("utf-8") if isinstance(prepared.body, str) else prepared.body  # as urllib3
             if "Accept-Encoding" in prepared.headers:  # the request as sent, in response.request too
                 prepared.headers["Accept-Encoding"] = _decodable(prepared.headers["Accept-Encoding"])
-            answer = _exchange(conn, prepared.method, prepared.path_url, prepared.headers, body)
+            deadline = None if read is None else time.monotonic() + read  # the whole answer, not each read
+            answer = _exchange(conn, prepared.method, prepared.path_url, prepared.headers, body, deadline=deadline)
             content = answer.content
         except (OSError, http.client.HTTPException) as exc:
             conn.close()
@@ -322,7 +324,13 @@ class _Answer:
 
 
 def _exchange(
-    conn: http.client.HTTPConnection, method: str, path: str, headers: Mapping[str, Any], body: bytes | None
+    conn: http.client.HTTPConnection,
+    method: str,
+    path: str,
+    headers: Mapping[str, Any],
+    body: bytes | None,
+    *,
+    deadline: float | None = None,
 ) -> _Answer:
     """Send a request on ``conn``'s socket and read its answer whole, as ``conn.request`` and
     ``conn.getresponse().read()`` would, at a third of their CPU (measured: 0.04 against 0.13 ms an
@@ -331,11 +339,13 @@ def _exchange(
     write where http.client makes two), and the answer read by the same rules (a ``100 Continue`` skipped;
     the body by ``Content-Length``, chunked, or up to the close; no body for 1xx, 204 and 304 or a HEAD;
     headers as email's parser gives them to http.client) with the same exceptions (``BadStatusLine``,
-    ``RemoteDisconnected``, ``LineTooLong``, ``IncompleteRead``...)."""
+    ``RemoteDisconnected``, ``LineTooLong``, ``IncompleteRead``...). ``deadline`` (``time.monotonic()``): the
+    answer must be read whole by then, else ``TimeoutError``, however steadily it trickles in (the socket's
+    own timeout bounds each read only, as http.client's and requests' do)."""
     sock = conn.sock
     assert sock is not None  # noqa: S101 - connected
     sock.sendall(_request_head(conn, method, path, headers) + (body or b""))
-    return _read_answer(sock, method)
+    return _read_answer(sock, method, deadline)
 
 
 def _request_head(conn: http.client.HTTPConnection, method: str, path: str, headers: Mapping[str, Any]) -> bytes:
@@ -358,9 +368,26 @@ def _request_head(conn: http.client.HTTPConnection, method: str, path: str, head
     return b"\r\n".join(lines)
 
 
-def _read_answer(sock: Any, method: str) -> _Answer:
-    """An answer read whole from ``sock`` (``HTTPResponse.begin`` and ``read``)."""
-    fp = sock.makefile("rb")
+class _UntilDeadline(io.RawIOBase):
+    """A socket read with what is left of a deadline as each read's timeout."""
+
+    def __init__(self, sock: socket.socket, deadline: float) -> None:
+        self.sock, self.deadline, self.timeout = sock, deadline, sock.gettimeout()
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("the answer was not read whole within the read timeout")
+        self.sock.settimeout(left if self.timeout is None else min(left, self.timeout))
+        return self.sock.recv_into(buffer)
+
+
+def _read_answer(sock: Any, method: str, deadline: float | None = None) -> _Answer:
+    """An answer read whole from ``sock`` (``HTTPResponse.begin`` and ``read``), by ``deadline`` if one is given."""
+    fp = sock.makefile("rb") if deadline is None else io.BufferedReader(_UntilDeadline(sock, deadline))
     try:
         while True:
             version, status, reason = _status_line(fp)

@@ -304,6 +304,40 @@ def test_a_provider_that_does_not_answer_in_time_is_a_timeout(session: requests.
         assert isinstance(info.value.__cause__, requests.exceptions.ReadTimeout)
 
 
+def test_an_answer_that_trickles_in_is_a_timeout_once_the_read_timeout_has_passed(session: requests.Session) -> None:
+    """The read timeout bounds the whole answer on the session's own path, not each read: a provider sending its
+    answer a byte every 0.1 s (each read well within 0.5 s) would otherwise hold the call, and a batch's
+    settlement with it, for as long as it likes (here 12 s for its 120 bytes)."""
+    answer = b'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 13\r\n\r\n{"code":"00"}'
+    answer += b" " * (120 - len(answer))
+    stop = threading.Event()
+
+    def trickle(server: socket.socket) -> None:
+        conn, _ = server.accept()
+        with conn:
+            conn.recv(65536)
+            for byte in answer:
+                if stop.wait(0.1):
+                    return
+                conn.sendall(bytes([byte]))
+
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(1)
+        thread = threading.Thread(target=trickle, args=(server,), daemon=True)
+        thread.start()
+        url = f"http://127.0.0.1:{server.getsockname()[1]}/check"
+        started = time.monotonic()
+        try:
+            with pytest.raises(ProviderTransientError, match="timeout after") as info:
+                send(session, "p", "POST", url, json={}, timeout=(3, 0.5), policy=no_wait(1), allow_redirects=False)
+        finally:
+            stop.set()
+            thread.join(5)
+        assert isinstance(info.value.__cause__, requests.exceptions.ReadTimeout)
+        assert time.monotonic() - started < 3  # the 0.5 s, not the 12 s the answer would take
+
+
 def test_a_pooled_connection_is_checked_whatever_its_descriptor_number(
     session: requests.Session, answering: str
 ) -> None:
