@@ -58,6 +58,8 @@ def test_secrets_stay_out_of_repr() -> None:
         ({**BASE, "PAYRECON_WORKER_CONCURRENCY": "many"}, "PAYRECON_WORKER_CONCURRENCY must be an integer"),
         ({**BASE, "PAYRECON_RECHECK_SCHEDULE": "30,-1"}, "PAYRECON_RECHECK_SCHEDULE must be comma-separated"),
         ({**BASE, "PAYRECON_HTTP_TIMEOUT": "3"}, "PAYRECON_HTTP_TIMEOUT must be 'CONNECT,READ'"),
+        ({**BASE, "PAYRECON_HTTP_TIMEOUT": "3,0"}, "PAYRECON_HTTP_TIMEOUT must be two numbers of seconds above 0"),
+        ({**BASE, "PAYRECON_HTTP_TIMEOUT": "inf,10"}, "PAYRECON_HTTP_TIMEOUT must be two numbers of seconds above 0"),
     ],
 )
 def test_bad_settings_name_the_variable(env: dict[str, str], message: str) -> None:

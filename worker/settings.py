@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import math
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -412,6 +413,9 @@ class _Reader:
             connect, read = (float(part) for part in value.split(","))
         except ValueError:
             self.problems.append(f"{name} must be 'CONNECT,READ' in seconds, e.g. '3.05,10', got {value!r}")
+            return default
+        if not (0 < connect < math.inf and 0 < read < math.inf):  # 0 would be a timeout before any answer
+            self.problems.append(f"{name} must be two numbers of seconds above 0, e.g. '3.05,10', got {value!r}")
             return default
         return connect, read
 
