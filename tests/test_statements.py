@@ -126,6 +126,16 @@ def test_the_optimistic_path_leaves_the_session_time_zone_as_it_was(rt: Runtime)
         ("TXN-9,OP9,2027-02-29 10:00:00,5000,XOF,0,ACCEPTED", "time '2027-02-29 10:00:00'"),
         ("TXN-9,OP9,0001-01-01 00:00+01:00,5000,XOF,0,ACCEPTED", "time '0001-01-01 00:00+01:00'"),
         ("TXN-9,OP9,9999-12-31 23:59:59-01:00,5000,XOF,0,ACCEPTED", "time '9999-12-31 23:59:59-01:00'"),
+        # The common layout's own check (statements_pg._common_time): a separator, a space or a letter where a
+        # digit belongs, a wide digit, the years, hour and second it leaves out.
+        ("TXN-9,OP9,2026-1--21 10:00:00,5000,XOF,0,ACCEPTED", "time '2026-1--21 10:00:00'"),
+        ("TXN-9,OP9,2026-11-21  0:00:00,5000,XOF,0,ACCEPTED", "time '2026-11-21  0:00:00'"),
+        ("TXN-9,OP9,2026-11-21 10:0::00,5000,XOF,0,ACCEPTED", "time '2026-11-21 10:0::00'"),
+        ("TXN-9,OP9,2026-11-2a 10:00:00,5000,XOF,0,ACCEPTED", "time '2026-11-2a 10:00:00'"),
+        ("TXN-9,OP9,2026-11-21 1\uff10:00:00,5000,XOF,0,ACCEPTED", "time '2026-11-21 1\uff10:00:00'"),  # a wide 0
+        ("TXN-9,OP9,1969-12-31 23:59:59,5000,XOF,0,ACCEPTED", "time '1969-12-31 23:59:59'"),
+        ("TXN-9,OP9,3000-01-01 00:00:00,5000,XOF,0,ACCEPTED", "time '3000-01-01 00:00:00'"),
+        ("TXN-9,OP9,2026-11-21 23:60:00,5000,XOF,0,ACCEPTED", "time"),
     ],
 )
 @pytest.mark.parametrize("path_taken", ["database", "side_by_side", "python"])
