@@ -126,16 +126,17 @@ def test_the_optimistic_path_leaves_the_session_time_zone_as_it_was(rt: Runtime)
         ("TXN-9,OP9,2027-02-29 10:00:00,5000,XOF,0,ACCEPTED", "time '2027-02-29 10:00:00'"),
         ("TXN-9,OP9,0001-01-01 00:00+01:00,5000,XOF,0,ACCEPTED", "time '0001-01-01 00:00+01:00'"),
         ("TXN-9,OP9,9999-12-31 23:59:59-01:00,5000,XOF,0,ACCEPTED", "time '9999-12-31 23:59:59-01:00'"),
-        # The common layout's own check (statements_pg._common_time): a separator, a space or a letter where a
-        # digit belongs, a wide digit, the years, hour and second it leaves out.
+        # The common layout's own check (statements_pg._common_time): a separator or a space where a digit
+        # belongs, a wide digit, the years; and values PostgreSQL's cast would take (wrongly) if it did not check
+        # that each digit is one: a T or a letter in a digit's place.
         ("TXN-9,OP9,2026-1--21 10:00:00,5000,XOF,0,ACCEPTED", "time '2026-1--21 10:00:00'"),
         ("TXN-9,OP9,2026-11-21  0:00:00,5000,XOF,0,ACCEPTED", "time '2026-11-21  0:00:00'"),
-        ("TXN-9,OP9,2026-11-21 10:0::00,5000,XOF,0,ACCEPTED", "time '2026-11-21 10:0::00'"),
-        ("TXN-9,OP9,2026-11-2a 10:00:00,5000,XOF,0,ACCEPTED", "time '2026-11-2a 10:00:00'"),
         ("TXN-9,OP9,2026-11-21 1\uff10:00:00,5000,XOF,0,ACCEPTED", "time '2026-11-21 1\uff10:00:00'"),  # a wide 0
         ("TXN-9,OP9,1969-12-31 23:59:59,5000,XOF,0,ACCEPTED", "time '1969-12-31 23:59:59'"),
         ("TXN-9,OP9,3000-01-01 00:00:00,5000,XOF,0,ACCEPTED", "time '3000-01-01 00:00:00'"),
-        ("TXN-9,OP9,2026-11-21 23:60:00,5000,XOF,0,ACCEPTED", "time"),
+        ("TXN-9,OP9,2026-11-2T 10:00:00,5000,XOF,0,ACCEPTED", "time '2026-11-2T 10:00:00'"),
+        ("TXN-9,OP9,2026-11-21 10:00:0s,5000,XOF,0,ACCEPTED", "time '2026-11-21 10:00:0s'"),
+        ("TXN-9,OP9,2026-11-21 a0:00:00,5000,XOF,0,ACCEPTED", "time '2026-11-21 a0:00:00'"),
     ],
 )
 @pytest.mark.parametrize("path_taken", ["database", "side_by_side", "python"])
@@ -436,3 +437,24 @@ def test_an_import_reports_each_stage_until_done(
         assert seen[-1][1] == {"checksum": size, "check": size, "copy": size}.get(stage, 40)
     inserts = [done for stage, done, _ in heard if stage == "insert"]
     assert inserts == ([0, 11, 22, 33, 40] if way == "side_by_side" else [0, 40] if way == "one_session" else [])
+
+
+@pytest.mark.parametrize(
+    "time_", ["2026-11-21 10:00:0s", "2026-11-2T 10:00:00", "2026-11-21  0:00:00", "1969-12-31 23:59:59"]
+)
+def test_a_file_without_tabs_takes_the_narrow_trim_and_the_same_time_checks(
+    rt: Runtime, tmp_path: Path, time_: str
+) -> None:
+    """A file whose only whitespace is spaces, CR and LF is trimmed with the narrow set (``statements_pg._stage``):
+    the common time layout's check holds there too."""
+    path = tmp_path / "cinetpay.csv"
+    path.write_text(
+        "transaction_id,operator_id,payment_date,amount,currency,fees,status\r\n"
+        "TXN-1,OP1,2026-11-21 09:00:00,5000,XOF,0,ACCEPTED\r\n"
+        f"TXN-2,OP2,{time_},5000,XOF,0,ACCEPTED\r\n",
+        encoding="utf-8",
+    )
+    with pytest.raises(StatementError) as info, rt.sessions() as session, session.begin():
+        import_file(session, "cinetpay", path, business_tz=TZ)
+    assert info.value.errors == [(3, info.value.errors[0][1])]
+    assert f"time '{time_}'" in info.value.errors[0][1]

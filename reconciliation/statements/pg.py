@@ -497,13 +497,13 @@ def _fast_sql(
 
 def _common_time(text: str, digits: str) -> str:
     """SQL: ``text`` is ``YYYY-MM-DD HH:MM:SS`` (``TIME_SHAPES``' first with seconds), ``digits`` being ``text``
-    without its dashes, colons and spaces. Exactly: 19 one-byte characters with the separators in place (LIKE),
-    of which 14 are left without them, every one a digit. Its year, hour and second then need no ``substr``
-    (which counts characters from the start): a fixed position, a prefix compared byte by byte. Cheaper than
-    ``_time_shape``'s ``translate`` (UTF-8 character by character: a sixth of the optimistic conversion's CPU);
-    every other layout still takes it."""
+    without its dashes, colons and spaces. Exactly: 19 characters with the separators in place (LIKE), and
+    without them 14 bytes left, every one a digit (so none of the 14 places held a separator, a space or a
+    wider character). Its year, hour and second then need no ``substr`` (which counts characters from the
+    start): a fixed position, a prefix compared byte by byte. Cheaper than ``_time_shape``'s ``translate`` (UTF-8
+    character by character, the conversion's largest cost); every other layout still takes it."""
     return (
-        f"(octet_length({text}) = 19 AND {text} LIKE '____-__-__ __:__:__' "
+        f"({text} LIKE '____-__-__ __:__:__' "
         f"AND octet_length({digits}) = 14 AND ltrim({digits}, '0123456789') = '')"
     )
 
