@@ -502,10 +502,9 @@ def _common_time(text: str, digits: str) -> str:
     wider character). Its year, hour and second then need no ``substr`` (which counts characters from the
     start): a fixed position, a prefix compared byte by byte. Cheaper than ``_time_shape``'s ``translate`` (UTF-8
     character by character, the conversion's largest cost); every other layout still takes it."""
-    return (
-        f"({text} LIKE '____-__-__ __:__:__' "
-        f"AND octet_length({digits}) = 14 AND ltrim({digits}, '0123456789') = '')"
-    )
+    shape = f"{text} LIKE '____-__-__ __:__:__'"
+    all_digits = f"octet_length({digits}) = 14 AND ltrim({digits}, '0123456789') = ''"
+    return f"({shape} AND {all_digits})"
 
 
 def _time_shape(text: str) -> str:
