@@ -25,6 +25,10 @@ class Provider(StrEnum):
     WAVE = "wave"
 
 
+#: Every provider's name, in the contract's order (a payment, a delivery, a setting names one of them).
+PROVIDER_NAMES: tuple[str, ...] = tuple(provider.value for provider in Provider)
+
+
 HttpMethod = Annotated[str, Field(pattern=r"^[A-Z]{3,7}$", description="HTTP method as received")]
 Currency = Annotated[
     str,

@@ -20,7 +20,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from reconciliation import retries
 from reconciliation.db import normalize_database_url
 from reconciliation.reports.labels import LANGUAGES, Language
-from schemas.messages import Provider
+from schemas.messages import PROVIDER_NAMES
 
 CINETPAY_DEFAULT_URL = "https://api-checkout.cinetpay.com"
 MTN_MOMO_DEFAULT_URL = "https://proxy.momoapi.mtn.com"  # production (X-Target-Environment mtn<country>)
@@ -32,7 +32,7 @@ _MOMO_ENVIRONMENT = re.compile(r"sandbox|mtn[a-z]+")
 _DIGITS = re.compile(r"[0-9]+")
 WAVE_DEFAULT_URL = "https://api.wave.com"
 #: Every provider of the contract (``schemas.messages.Provider``), in its order.
-PROVIDERS: tuple[str, ...] = tuple(provider.value for provider in Provider)
+PROVIDERS: tuple[str, ...] = PROVIDER_NAMES
 #: The variables that enable each provider (all of them or none).
 CREDENTIALS: dict[str, tuple[str, ...]] = {
     "cinetpay": ("CINETPAY_API_KEY", "CINETPAY_SITE_ID", "CINETPAY_SECRET_KEY"),

@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 
 from reconciliation import retries
 from reconciliation.db import DB_UNAVAILABLE, transaction
-from schemas.messages import Provider
+from schemas.messages import PROVIDER_NAMES
 from schemas.producer import INGEST_TASK, KWARGS, REGISTER_TASK
 from worker import metrics, pipeline, runtime
 from worker.app import app
@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 #: Seconds before a message whose retry could not be sent (the broker away too) goes back to the queue.
 SEND_FAILED_WAIT = 2.0
 
-PROVIDERS = frozenset(p.value for p in Provider)
+PROVIDERS = frozenset(PROVIDER_NAMES)
 
 
 def _provider_of(payload: Any) -> str:

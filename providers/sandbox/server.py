@@ -203,25 +203,9 @@ class _Handler(BaseHTTPRequestHandler):
         self._write(response.status, response.body, response.headers)
 
     def _write(self, status: int, body: bytes, headers: Any) -> None:
-        if self.command != "HEAD" and self.request_version != "HTTP/0.9":
-            self._write_whole(status, body, headers)
-            return
-        try:
-            self.send_response(status)
-            for name, value in headers.items():
-                self.send_header(name, value)
-            if "Content-Type" not in headers:
-                self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            if self.command != "HEAD":
-                self.wfile.write(body)
-        except (ConnectionError, TimeoutError):
-            self.close_connection = True
-
-    def _write_whole(self, status: int, body: bytes, headers: Any) -> None:
-        """An answer with its body, head and body in one write (one TCP segment: the client reads it in one go):
-        the bytes ``send_response``, ``send_header`` and ``end_headers`` would write, built at once."""
+        """An answer in one write (one TCP segment: the client reads it in one go), built at once: the bytes
+        ``send_response``, ``send_header`` and ``end_headers`` would write, then the body (none for a HEAD; the
+        body alone for HTTP/0.9, which has no head)."""
         self.log_request(status)
         reason = self.responses[status][0] if status in self.responses else ""
         head = [f"{self.protocol_version} {status} {reason}", f"Server: {self.version_string()}", f"Date: {_now()}"]
@@ -235,8 +219,13 @@ class _Handler(BaseHTTPRequestHandler):
         if "Content-Type" not in headers:
             head.append("Content-Type: application/json")
         head.append(f"Content-Length: {len(body)}")
+        data = (
+            b"" if self.request_version == "HTTP/0.9" else "\r\n".join(head).encode("latin-1", "strict") + b"\r\n\r\n"
+        )
+        if self.command != "HEAD":
+            data += body
         try:
-            self.wfile.write("\r\n".join(head).encode("latin-1", "strict") + b"\r\n\r\n" + body)
+            self.wfile.write(data)
         except (ConnectionError, TimeoutError):
             self.close_connection = True
 

@@ -34,10 +34,7 @@ from reconciliation.payments import business_time
 from reconciliation.reports import run as reports
 from reconciliation.reports.common import class_rank
 from reconciliation.statements.files import visible
-from schemas.messages import Provider
-
-#: Every provider a payment can have (a registration or a webhook names one of them).
-PROVIDER_NAMES = tuple(provider.value for provider in Provider)
+from schemas.messages import PROVIDER_NAMES
 
 #: Days the trend charts look back (the day itself included).
 TREND_DAYS = 30

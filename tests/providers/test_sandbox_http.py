@@ -18,8 +18,7 @@ from providers.sandbox import SandboxServer
 
 def _connect(server: SandboxServer) -> socket.socket:
     parts = urlsplit(server.url)
-    sock = socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 80), timeout=5)
-    return sock
+    return socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 80), timeout=5)
 
 
 def _answer(sock: socket.socket) -> tuple[str, dict[str, str], bytes]:
