@@ -16,6 +16,7 @@ from typing import ClassVar, TypedDict, TypeVar
 import requests
 from tenacity.wait import wait_base
 
+from providers import hub as call_hub
 from providers.base import ProviderAuthError
 from providers.http import CodeExtractor, HttpClient, retry_policy
 
@@ -74,7 +75,8 @@ class TokenCache:
             if token is not None and token != stale and self._clock() < self._refresh_at:
                 return token
             started = self._clock()
-            token, ttl = self._fetch()
+            with call_hub.alone():  # this greenlet holds the lock: no other call of its hub may run meanwhile
+                token, ttl = self._fetch()
             self._token = token
             self._refresh_at = started + ttl - min(self._margin, ttl / self._margin_divisor)
             self.fetched += 1

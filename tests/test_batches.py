@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import re
 import sys
+import threading
 from datetime import timedelta
 from typing import Any
 
@@ -74,6 +75,32 @@ def test_a_batch_settles_each_delivery_as_it_would_alone(rt: Runtime, sandbox: S
         # One settlement transaction: every settled payment row was last written by the same one.
         xids = session.execute(text("SELECT count(DISTINCT xmin::text) FROM payments WHERE settled")).scalar_one()
         assert xids == 1
+
+
+def test_a_batchs_checks_wait_together_in_the_batchs_own_thread(
+    rt: Runtime, sandbox: SandboxClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch's provider checks wait for their answers together (the provider answers each in 0.3 s here), in the
+    thread that runs the batch (a greenlet each, ``providers.hub``): not one after the other, and not on threads
+    of their own."""
+    refs = [new_reference() for _ in range(4)]
+    envelopes = [paid(rt, sandbox, ref, faults=[{"delay": 0.3}]) for ref in refs]
+    client = rt.client("cinetpay")
+    assert client is not None
+    check, seen = client.check, []
+
+    def spied(view: Any) -> Any:
+        seen.append(("asks", threading.get_ident()))
+        try:
+            return check(view)
+        finally:
+            seen.append(("answered", threading.get_ident()))
+
+    monkeypatch.setattr(client, "check", spied)
+    assert outcomes(pipeline.ingest_batch(rt, envelopes)) == [Disposition.ACCEPTED] * 4
+    assert [step for step, _ in seen] == ["asks"] * 4 + ["answered"] * 4
+    assert {thread for _, thread in seen} == {threading.get_ident()}
+    assert [sandbox.get_cinetpay(ref)["check_count"] for ref in refs] == [1] * 4
 
 
 def test_two_payments_of_one_account_in_one_batch_stack_their_periods(rt: Runtime, sandbox: SandboxClient) -> None:

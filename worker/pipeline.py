@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
+from functools import partial
 from typing import Any, TypeVar
 
 from pydantic import ValidationError
@@ -39,6 +40,7 @@ from providers.base import (
     RegistrationView,
     VerifiedStatus,
 )
+from providers.hub import Hub
 from providers.profiles import TrustProfile
 from reconciliation import deadletters, facts, inbox, payments, subscriptions
 from reconciliation.db import DB_UNAVAILABLE, storable_text, transaction
@@ -1057,8 +1059,7 @@ def _ask_all(
 
     if len(calls) == 1:
         return [ask(calls[0][1], calls[0][2])]
-    futures = [rt.call_pool().submit(ask, adm, call) for _, adm, call in calls]
-    return [future.result() for future in futures]
+    return Hub(rt.call_pool()).run([partial(ask, adm, call) for _, adm, call in calls])
 
 
 #: Times a batch's settlement is tried again when PostgreSQL chose it as a deadlock's victim.

@@ -40,8 +40,9 @@ class Runtime:
     _calls: ThreadPoolExecutor | None = field(default=None, repr=False)
 
     def call_pool(self) -> ThreadPoolExecutor:
-        """Threads that make the batches' provider calls in parallel: three batches' worth, as many as a
-        worker holds (at most ``CALLS_IN_FLIGHT``), each over a keep-alive connection of the client's pool."""
+        """Threads for what a batch's provider calls must not do in the batch's own thread, where they wait together
+        (``providers.hub``: a greenlet each): open a connection, or take requests' own path. Three batches' worth at
+        most (at most ``CALLS_IN_FLIGHT``), started only as needed: with keep-alive connections, seldom."""
         if self._calls is None:
             with _lock:
                 if self._calls is None:

@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from functools import partial
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, ClassVar
 
@@ -304,10 +305,13 @@ def test_a_provider_that_does_not_answer_in_time_is_a_timeout(session: requests.
         assert isinstance(info.value.__cause__, requests.exceptions.ReadTimeout)
 
 
-def test_an_answer_that_trickles_in_is_a_timeout_once_the_read_timeout_has_passed(session: requests.Session) -> None:
+@pytest.mark.parametrize("in_hub", [False, True], ids=["thread", "hub"])
+def test_an_answer_that_trickles_in_is_a_timeout_once_the_read_timeout_has_passed(
+    session: requests.Session, in_hub: bool
+) -> None:
     """The read timeout bounds the whole answer on the session's own path, not each read: a provider sending its
     answer a byte every 0.1 s (each read well within 0.5 s) would otherwise hold the call, and a batch's
-    settlement with it, for as long as it likes (here about 9 s until its body is whole)."""
+    settlement with it, for as long as it likes (here about 9 s until its body is whole). In a hub too."""
     answer = b'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 13\r\n\r\n{"code":"00"}'
     answer += b" " * (120 - len(answer))
     stop = threading.Event()
@@ -333,7 +337,9 @@ def test_an_answer_that_trickles_in_is_a_timeout_once_the_read_timeout_has_passe
         started = time.monotonic()
         try:
             with pytest.raises(ProviderTransientError, match="timeout after") as info:
-                send(session, "p", "POST", url, json={}, timeout=(3, 0.5), policy=no_wait(1), allow_redirects=False)
+                call = partial(send, session, "p", "POST", url, json={}, timeout=(3, 0.5), policy=no_wait(1),
+                               allow_redirects=False)  # fmt: skip
+                _hub().run([call]) if in_hub else call()
         finally:
             stop.set()
             thread.join(5)
@@ -697,18 +703,24 @@ def _both(answer: bytes, method: str = "POST", **request: Any) -> tuple[Any, Any
     tuple or the exception raised; and the request bytes each sent."""
     from providers.http import _exchange
 
-    canned = _Canned([answer, answer])
+    canned = _Canned([answer, answer, answer])
     headers = request.get("headers", {"User-Agent": "payrecon/0.1", "Content-Type": "application/json",
                                       "Content-Length": "2"})  # fmt: skip
     body = request.get("body", b"{}")
     outcomes: list[Any] = []
     try:
-        for own in (False, True):
+        for way in ("http.client", "own", "own in a hub"):
             conn = http.client.HTTPConnection("127.0.0.1", canned.port, timeout=3)
             conn.connect()
             try:
-                if own:  # with a read timeout, as every call has: through the deadline's reader
+                if way == "own":  # with a read timeout, as every call has: through the deadline's reader
                     got: Any = _exchange(conn, method, "/v2/payment/check", headers, body, within=3)
+                    content = got.content
+                elif way == "own in a hub":  # non-blocking, each wait a switch to the hub
+                    assert conn.sock is not None
+                    conn.sock.setblocking(False)
+                    exchange = partial(_exchange, conn, method, "/v2/payment/check", headers, body, within=3)
+                    got = _hub().run([partial(exchange, together=True)])[0]
                     content = got.content
                 else:
                     conn.request(method, "/v2/payment/check", body, dict(headers))
@@ -721,6 +733,8 @@ def _both(answer: bytes, method: str = "POST", **request: Any) -> tuple[Any, Any
                 conn.close()
     finally:
         canned.close()
+    assert outcomes[2] == outcomes[1]  # in a hub as outside one: the same answer, or the same exception
+    assert canned.requests[2] == canned.requests[1]
     return outcomes[0], outcomes[1], canned.requests
 
 
@@ -890,3 +904,195 @@ def test_conflicting_content_lengths_fail_the_exchange() -> None:
     too) instead of keeping a connection whose next answer may start inside this one."""
     answer = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 5\r\n\r\n{}xyz"
     _exchange_fails(answer)
+
+
+# --------------------------------------------------------------------------- a batch's calls in one thread (hub)
+
+
+def _ok(body: bytes = b'{"code":"00"}') -> bytes:
+    return b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+
+
+class _Barrier:
+    """A server that answers no request before ``n`` connections have each sent one: calls made one after the
+    other would wait for their answer forever (until their read timeout); calls side by side all get theirs."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.server = socket.create_server(("127.0.0.1", 0), backlog=n)
+        self.url = f"http://127.0.0.1:{self.server.getsockname()[1]}"
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        conns = []
+        try:
+            for _ in range(self.n):
+                conn, _ = self.server.accept()
+                data = b""
+                while not data.endswith(b"{}"):  # the head and the two-byte body of each call below
+                    data += conn.recv(65536)
+                conns.append(conn)
+            for i, conn in enumerate(conns):
+                conn.sendall(_ok(b'{"n": %d}' % i))
+        except OSError:
+            pass
+        finally:
+            time.sleep(0.2)
+            for conn in conns:
+                conn.close()
+
+    def close(self) -> None:
+        self.server.close()
+        self.thread.join(5)
+
+
+def _hub() -> Any:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from providers.hub import Hub
+
+    return Hub(ThreadPoolExecutor(4, thread_name_prefix="test-offload"))
+
+
+def test_a_hub_runs_its_calls_side_by_side_in_one_thread(session: requests.Session) -> None:
+    """Each call of a hub runs while the others wait for their answers, all in the calling thread: the barrier
+    server answers only once all five have asked, so calls made one after the other would time out. Results
+    come back in the calls' order; each call had its own connection (opened off the thread), and all five are
+    kept for the next calls."""
+    barrier = _Barrier(5)
+    threads: list[int] = []
+
+    def call() -> Any:
+        threads.append(threading.get_ident())
+        answer = send(session, "p", "POST", barrier.url + "/check", json={}, timeout=(3, 3), policy=no_wait(1),
+                      allow_redirects=False)  # fmt: skip
+        return answer.json()
+
+    try:
+        answers = _hub().run([call] * 5)
+    finally:
+        barrier.close()
+    assert sorted(a["n"] for a in answers) == [0, 1, 2, 3, 4]
+    assert set(threads) == {threading.get_ident()}
+    assert isinstance(session, ProviderSession)
+    assert sum(len(idle) for idle in session._idle.values()) == 5
+
+
+def test_a_hub_opens_connections_off_its_thread(session: requests.Session, answering: str, monkeypatch: Any) -> None:
+    """A new connection (name lookup, TCP and TLS handshakes: as long as the connect timeout) is opened on an
+    offload thread while the hub goes on; the call then runs in the hub's thread again."""
+    opened: list[int] = []
+    connect = ProviderSession._connect
+
+    def spy(self: ProviderSession, *args: Any) -> Any:
+        opened.append(threading.get_ident())
+        return connect(self, *args)
+
+    monkeypatch.setattr(ProviderSession, "_connect", spy)
+    answer = _hub().run([lambda: send(session, "p", "POST", answering + "/check", json={}, policy=no_wait(),
+                                      allow_redirects=False)])  # fmt: skip
+    assert answer[0].json() == {"code": "00", "path": "/check"}
+    assert len(opened) == 1 and opened[0] != threading.get_ident()
+
+
+def test_a_connection_kept_in_a_hub_serves_calls_outside_it_and_back(session: requests.Session, answering: str) -> None:
+    """The pooled connection is non-blocking while a hub uses it and blocking with its timeouts outside one: the
+    same connection serves calls in both, one after the other."""
+
+    def call() -> Any:
+        return send(session, "p", "POST", answering + "/check", json={}, policy=no_wait(1), allow_redirects=False)
+
+    hub = _hub()
+    answers = [*hub.run([call]), call(), *hub.run([call]), call()]
+    assert [a.json()["code"] for a in answers] == ["00"] * 4
+    assert len(_Answering.connections) == 1
+
+
+def test_a_call_that_fails_in_a_hub_fails_alone(session: requests.Session, answering: str) -> None:
+    """A provider that does not answer in time is a read timeout for its call only, in a hub as outside one (the
+    deadline bounds the wait); the other calls get their answers, and the first exception is raised once every
+    call is done."""
+    done: list[str] = []
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(4)
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}/check"
+
+        def hangs() -> None:
+            try:
+                send(session, "p", "POST", url, json={}, timeout=(3, 0.3), policy=no_wait(1), allow_redirects=False)
+            finally:
+                done.append("silent")
+
+        def answers() -> None:
+            send(session, "p", "POST", answering + "/check", json={}, policy=no_wait(1), allow_redirects=False)
+            done.append("answered")
+
+        with pytest.raises(ProviderTransientError, match="timeout after") as info:
+            _hub().run([hangs, answers, answers])
+    assert isinstance(info.value.__cause__, requests.exceptions.ReadTimeout)
+    assert sorted(done) == ["answered", "answered", "silent"]
+
+
+def test_a_pause_in_a_hub_lets_the_other_calls_run() -> None:
+    """``providers.hub.sleep`` (the retry loop's pause between attempts) pauses its call, not the thread: the
+    second call starts while the first sleeps. Outside a hub it is ``time.sleep``."""
+    from providers import hub
+
+    order: list[str] = []
+
+    def first() -> None:
+        order.append("first asks")
+        hub.sleep(0.05)
+        order.append("first again")
+
+    def second() -> None:
+        order.append("second asks")
+
+    _hub().run([first, second])
+    assert order == ["first asks", "second asks", "first again"]
+    assert RetryPolicy().sleep is hub.sleep
+    started = time.monotonic()
+    hub.sleep(0.05)
+    assert time.monotonic() - started >= 0.05
+
+
+def test_calls_that_share_a_token_do_not_lock_each_other_out_in_a_hub(
+    sandbox_server: SandboxServer, sandbox: SandboxClient
+) -> None:
+    """MTN MoMo's calls take a token from a cache whose lock is held while the token is fetched. In a hub the
+    fetch runs alone (it blocks the thread), so a second call of the same hub never waits for a lock its own
+    thread holds (which would block the thread, and the batch, for good): both checks are answered, with one
+    token between them."""
+    from tests.providers import kit_mtn_momo as momo
+
+    views = [momo.create(sandbox, momo.new_reference(), 1000, "EUR", "accepted") for _ in range(2)]
+    client = momo.make_client(sandbox_server.url)
+    outcome: list[Any] = []
+    worker = threading.Thread(target=lambda: outcome.append(_hub().run([lambda v=v: client.check(v) for v in views])),
+                              daemon=True)  # fmt: skip
+    try:
+        worker.start()
+        worker.join(20)
+        assert not worker.is_alive(), "the hub's thread is blocked"
+        assert [answer.reference for answer in outcome[0]] == [view.reference for view in views]
+        assert client.tokens_fetched == 1
+    finally:
+        client.close()
+
+
+def test_https_in_a_hub(tls_server: tuple[int, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """TLS on a non-blocking socket: its reads and writes wait through the hub (``SSLWantReadError``) as a plain
+    socket's do; the connection is kept and serves the second call."""
+    port, ca = tls_server
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", ca)
+    session = ProviderSession()
+    url = f"https://localhost:{port}/v2/payment/check"
+    try:
+        answers = _hub().run([lambda: session.request("GET", url, timeout=(3, 3), allow_redirects=False)] * 2)
+        again = _hub().run([lambda: session.request("GET", url, timeout=(3, 3), allow_redirects=False)])
+        assert [a.json() for a in [*answers, *again]] == [{"status": "ACCEPTED"}] * 3
+        assert sum(len(idle) for idle in session._idle.values()) == 2
+    finally:
+        session.close()
