@@ -68,15 +68,26 @@ class TokenCache:
         """The cached token, or a new one if it is (nearly) expired or is ``stale`` (refused with 401).
 
         The lock makes concurrent callers share one refresh: a thread that waited while
-        another refreshed gets the new token instead of fetching its own.
+        another refreshed gets the new token instead of fetching its own. In a hub
+        (``providers.hub``) the lock never blocks the hub's thread: a valid token is taken if the
+        lock is free at once; otherwise the wait for the lock and the refresh run on one of the
+        hub's offload threads while its other calls go on.
         """
+        if call_hub.current() is not None:
+            if self._lock.acquire(blocking=False):
+                try:
+                    token = self._token
+                    if token is not None and token != stale and self._clock() < self._refresh_at:
+                        return token
+                finally:
+                    self._lock.release()
+            return call_hub.offload(lambda: self.get(stale=stale))
         with self._lock:
             token = self._token
             if token is not None and token != stale and self._clock() < self._refresh_at:
                 return token
             started = self._clock()
-            with call_hub.alone():  # this greenlet holds the lock: no other call of its hub may run meanwhile
-                token, ttl = self._fetch()
+            token, ttl = self._fetch()
             self._token = token
             self._refresh_at = started + ttl - min(self._margin, ttl / self._margin_divisor)
             self.fetched += 1
@@ -93,11 +104,15 @@ class TokenCache:
         except ProviderAuthError as exc:
             if exc.http_status != 401:
                 raise
+        return request(call_hub.offload(lambda: self._replace(token)))  # in a hub: the lock on an offload thread
+
+    def _replace(self, refused: str) -> str:
+        """A token other than ``refused`` (forgotten first if ``forget_refused``)."""
         if self._forget_refused:
             with self._lock:
-                if self._token == token:  # unless another thread already replaced it
+                if self._token == refused:  # unless another thread already replaced it
                     self._token = None
-        return request(self.get(stale=token))
+        return self.get(stale=refused)
 
 
 class Transport(TypedDict, total=False):

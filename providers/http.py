@@ -194,7 +194,7 @@ class ProviderSession(requests.Session):
         connect, read = timeout if isinstance(timeout, tuple) else (timeout, timeout)
         key = (scheme, host, port, verify if scheme == "https" else None)
         together = call_hub.current() is not None
-        conn = self._take(key) or call_hub.offload(lambda: self._connect(key, connect, prepared))
+        conn = self._take(key) or call_hub.offload(lambda: self._connect(key, connect, prepared), _close)
         try:
             assert conn.sock is not None  # noqa: S101 - connected
             conn.sock.settimeout(0.0 if together else read)
@@ -345,8 +345,8 @@ def _exchange(
     ``RemoteDisconnected``, ``LineTooLong``, ``IncompleteRead``...). ``within`` (seconds): the answer must be
     read whole within that time of the request's sending, else ``TimeoutError``, however steadily it trickles
     in (the socket's own timeout bounds each read only, as http.client's and requests' do). ``together``: in a
-    hub (``providers.hub``), on a non-blocking socket, each wait a switch to the hub, ``within`` bounding each
-    wait to write as the socket's timeout does."""
+    hub (``providers.hub``), on a non-blocking socket, each wait a switch to the hub, ``within`` bounding the
+    whole write as the socket's timeout bounds ``sendall``."""
     sock = conn.sock
     assert sock is not None  # noqa: S101 - connected
     data = _request_head(conn, method, path, headers) + (body or b"")
@@ -359,7 +359,9 @@ def _exchange(
 
 
 def _send_together(sock: Any, data: bytes, timeout: float | None) -> None:
-    """``sock.sendall(data)`` on a non-blocking socket in a hub: each wait to write at most ``timeout``."""
+    """``sock.sendall(data)`` on a non-blocking socket in a hub: all of it within ``timeout``, as the socket's
+    timeout bounds the whole of ``sendall`` (Python 3.5+; for TLS, the one ``SSL_write`` of ``SSLSocket.sendall``)."""
+    deadline = None if timeout is None else time.monotonic() + timeout
     view = memoryview(data)
     while view:
         try:
@@ -369,7 +371,8 @@ def _send_together(sock: Any, data: bytes, timeout: float | None) -> None:
             events = call_hub.WRITE
         except ssl.SSLWantReadError:  # TLS may need to read before it writes
             events = call_hub.READ
-        if not call_hub.wait(sock, events, timeout):
+        left = None if deadline is None else deadline - time.monotonic()
+        if (left is not None and left <= 0) or not call_hub.wait(sock, events, left):
             raise TimeoutError("timed out")
 
 
@@ -614,6 +617,10 @@ def _adapter_send(
     response = adapter.send(prepared, timeout=timeout, **settings)
     response.content  # noqa: B018 - read the body: the connection goes back to the pool
     return response
+
+
+def _close(conn: http.client.HTTPConnection) -> None:
+    conn.close()
 
 
 def _readable(sock: Any) -> bool:

@@ -15,9 +15,10 @@ time is up.
 What would block the thread for long and is not written for the hub runs on a thread of ``offload`` while
 the hub goes on with the other calls (``offload``): opening a connection (name lookup, TCP and TLS
 handshakes), and a request that takes requests' own path (a proxy, a client certificate). Code that holds a
-thread lock while it calls a provider (a token cache's refresh) runs ``alone()``: its calls block the thread,
-so that no other call of the hub can run into the lock its greenlet holds (which would block the thread for
-good). Outside a hub (``current()`` is None) everything blocks as before.
+thread lock while it calls a provider must not hold it in a greenlet of the hub (another call of the hub would
+run into it and block the thread for good), nor wait for it there (the thread, and every call of the hub, would
+wait with it): it takes the lock on an offload thread (a token cache's refresh: ``providers.auth``). Outside a
+hub (``current()`` is None) everything blocks as before.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import selectors
 import socket
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, Future
 from typing import Any, TypeVar
 
@@ -46,7 +47,6 @@ class _Call(greenlet.greenlet):  # type: ignore[misc]  # greenlet's class is unt
     def __init__(self, hub: Hub, run: Callable[[], Any]) -> None:
         super().__init__(run)
         self.hub = hub
-        self.alone = 0  # depth of ``alone()`` blocks: while above 0, its I/O blocks the thread
         self.token = 0  # the wait it is in (a later wake-up for an earlier wait is ignored)
 
 
@@ -173,7 +173,7 @@ class Hub:
                 with contextlib.suppress(KeyError):
                     self._selector.unregister(sock)
 
-    def _offloaded(self, task: _Call, work: Callable[[], T]) -> T:
+    def _offloaded(self, task: _Call, work: Callable[[], T], undo: Callable[[T], Any] | None = None) -> T:
         token = task.token = next(self._order)
         future = self._offload.submit(work)
         waker = self._waker
@@ -187,14 +187,19 @@ class Hub:
                 pass
 
         future.add_done_callback(finished)
-        result: Future[T] = self._main.switch()
+        try:
+            result: Future[T] = self._main.switch()
+        except BaseException:  # the hub ends the call (GreenletExit) before the work is done: no one takes its result
+            if undo is not None:
+                future.add_done_callback(lambda done: None if done.exception() is not None else undo(done.result()))
+            raise
         return result.result()
 
 
 def current() -> tuple[Hub, _Call] | None:
-    """The hub the calling code runs in and its call, or None: outside a hub, or ``alone()``."""
+    """The hub the calling code runs in and its call, or None outside a hub."""
     task = greenlet.getcurrent()
-    if isinstance(task, _Call) and not task.alone:
+    if isinstance(task, _Call):
         return task.hub, task
     return None
 
@@ -219,24 +224,11 @@ def sleep(seconds: float) -> None:
     hub._wait(task, None, 0, max(0.0, seconds))
 
 
-def offload(work: Callable[[], T]) -> T:
-    """``work()``: in a hub, on one of its offload threads while the other calls go on; else here."""
+def offload(work: Callable[[], T], undo: Callable[[T], Any] | None = None) -> T:
+    """``work()``: in a hub, on one of its offload threads while the other calls go on; else here. ``undo``: what
+    to do with the result of work whose call the hub ended before it was done (close a connection)."""
     found = current()
     if found is None:
         return work()
     hub, task = found
-    return hub._offloaded(task, work)
-
-
-@contextlib.contextmanager
-def alone() -> Iterator[None]:
-    """Within it, the calling code's I/O blocks the thread even in a hub (for code holding a thread lock)."""
-    task = greenlet.getcurrent()
-    if not isinstance(task, _Call):
-        yield
-        return
-    task.alone += 1
-    try:
-        yield
-    finally:
-        task.alone -= 1
+    return hub._offloaded(task, work, undo)

@@ -757,7 +757,7 @@ def ingest_batch(rt: Runtime, payloads: Sequence[Any]) -> list[Result | NotStore
     """Steps 1-6 for many deliveries at once, each with the same outcome as ``ingest_webhook``.
 
     The deliveries are stored in one transaction, their payments read with one query per provider,
-    the provider asked about them in parallel (``PAYRECON_BATCH_SIZE`` calls in flight), and the
+    the provider asked about them side by side (in this thread: ``providers.hub``), and the
     answers settled in one transaction with the payment rows locked in id order. What is unusual
     (a delivery that cannot be read, waits for its registration, is already answered, is put off
     by the call budget, or whose provider does not answer) goes its own way, as in
@@ -1047,7 +1047,8 @@ def _failed(rt: Runtime, adm: _Admitted, exc: Exception) -> Result:
 def _ask_all(
     rt: Runtime, calls: list[tuple[int, _Admitted, _Call]]
 ) -> list[tuple[datetime, VerifiedStatus | Exception]]:
-    """Every call of a batch, in parallel over the clients' keep-alive connections."""
+    """Every call of a batch, side by side over the clients' keep-alive connections: a greenlet each in this
+    thread (``providers.hub``), what blocks for long (opening a connection) on the runtime's call pool."""
 
     def ask(adm: _Admitted, call: _Call) -> tuple[datetime, VerifiedStatus | Exception]:
         client = adm.parsed.client

@@ -1062,9 +1062,9 @@ def test_calls_that_share_a_token_do_not_lock_each_other_out_in_a_hub(
     sandbox_server: SandboxServer, sandbox: SandboxClient
 ) -> None:
     """MTN MoMo's calls take a token from a cache whose lock is held while the token is fetched. In a hub the
-    fetch runs alone (it blocks the thread), so a second call of the same hub never waits for a lock its own
-    thread holds (which would block the thread, and the batch, for good): both checks are answered, with one
-    token between them."""
+    lock is taken and the token fetched on an offload thread, so a second call of the same hub never waits for a
+    lock its own thread holds (which would block the thread, and the batch, for good): both checks are answered,
+    with one token between them."""
     from tests.providers import kit_mtn_momo as momo
 
     views = [momo.create(sandbox, momo.new_reference(), 1000, "EUR", "accepted") for _ in range(2)]
@@ -1096,3 +1096,199 @@ def test_https_in_a_hub(tls_server: tuple[int, str], monkeypatch: pytest.MonkeyP
         assert sum(len(idle) for idle in session._idle.values()) == 2
     finally:
         session.close()
+
+
+# --------------------------------------------------------------------------- review of the hub (c2a7afe)
+
+
+def _finishing(finished: dict[str, float], name: str, started: float, call: Any) -> Any:
+    def run() -> None:
+        try:
+            call()
+        finally:
+            finished[name] = time.monotonic() - started
+
+    return run
+
+
+def test_a_token_refresh_in_a_hub_holds_up_only_the_calls_that_need_its_token(
+    sandbox_server: SandboxServer, sandbox: SandboxClient, session: requests.Session, answering: str
+) -> None:
+    """A MoMo check whose token must be fetched waits for the token endpoint (here a second; a slow or failing one
+    takes the token call's whole retry budget, about 30 s); the batch's other calls do not: a call to another
+    provider in the same hub has its answer at once, as it had on a thread of its own."""
+    from tests.providers import kit_mtn_momo as momo
+
+    view = momo.create(sandbox, momo.new_reference(), 1000, "EUR", "accepted")
+    client = momo.make_client(sandbox_server.url)
+    sandbox.add_faults("/collection/token/", [{"delay": 1.0}])
+    finished: dict[str, float] = {}
+    started = time.monotonic()
+    other = partial(send, session, "p", "POST", answering + "/check", json={}, policy=no_wait(1), allow_redirects=False)
+    try:
+        _hub().run([_finishing(finished, "momo", started, lambda: client.check(view)),
+                    _finishing(finished, "other", started, other)])  # fmt: skip
+    finally:
+        client.close()
+    assert finished["momo"] >= 1.0
+    assert finished["other"] < 0.5, f"the other provider's call waited {finished['other']:.2f} s for MoMo's token"
+    assert client.tokens_fetched == 1
+
+
+def test_a_token_another_thread_is_fetching_does_not_block_a_hubs_thread(
+    sandbox_server: SandboxServer, sandbox: SandboxClient, session: requests.Session, answering: str
+) -> None:
+    """While another thread (another batch, a single delivery) holds the token cache's lock to fetch a token, a
+    check of a hub that needs the token waits for it without blocking the hub's thread: the hub's other calls go
+    on; the check then uses the token the other thread fetched."""
+    from tests.providers import kit_mtn_momo as momo
+
+    views = [momo.create(sandbox, momo.new_reference(), 1000, "EUR", "accepted") for _ in range(2)]
+    client = momo.make_client(sandbox_server.url)
+    sandbox.add_faults("/collection/token/", [{"delay": 1.0}])
+    elsewhere = threading.Thread(target=lambda: client.check(views[0]), daemon=True)
+    finished: dict[str, float] = {}
+    other = partial(send, session, "p", "POST", answering + "/check", json={}, policy=no_wait(1), allow_redirects=False)
+    try:
+        elsewhere.start()
+        time.sleep(0.2)  # the other thread holds the lock, fetching
+        started = time.monotonic()
+        _hub().run([_finishing(finished, "momo", started, lambda: client.check(views[1])),
+                    _finishing(finished, "other", started, other)])  # fmt: skip
+        elsewhere.join(5)
+    finally:
+        client.close()
+    assert finished["other"] < 0.5, f"the hub's thread was blocked {finished['other']:.2f} s on the token lock"
+    assert finished["momo"] >= 0.5
+    assert client.tokens_fetched == 1
+
+
+class _SlowReader:
+    """A server that reads what it is sent slowly (8 KB every 0.05 s, through a small receive buffer) and never
+    answers: a request body of some size takes seconds to send."""
+
+    def __init__(self) -> None:
+        self.server = socket.socket()
+        self.server.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # inherited by accepted connections
+        self.server.bind(("127.0.0.1", 0))
+        self.server.listen(4)
+        self.url = f"http://127.0.0.1:{self.server.getsockname()[1]}/check"
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        try:
+            conn, _ = self.server.accept()
+        except OSError:
+            return
+        with conn:
+            conn.settimeout(5)
+            try:
+                while not self.stop.is_set() and conn.recv(8192):
+                    time.sleep(0.05)
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        self.stop.set()
+        self.server.close()
+        self.thread.join(5)
+
+
+@pytest.mark.parametrize("in_hub", [False, True], ids=["thread", "hub"])
+def test_a_request_sent_slower_than_the_read_timeout_is_a_timeout(
+    session: requests.Session, monkeypatch: pytest.MonkeyPatch, in_hub: bool
+) -> None:
+    """Outside a hub the socket's timeout bounds the whole ``sendall`` (Python 3.5+; one ``SSL_write`` for TLS):
+    a provider that takes the request in slowly is a timeout once the read timeout has passed. In a hub too (each
+    wait to write bounded alone, it would take as long as the provider likes: here about 2 s for 256 KB)."""
+    connect = ProviderSession._connect
+
+    def small_buffer(self: ProviderSession, *args: Any) -> Any:  # so that the body does not fit in the kernel's
+        conn = connect(self, *args)
+        conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8192)
+        return conn
+
+    monkeypatch.setattr(ProviderSession, "_connect", small_buffer)
+    slow = _SlowReader()
+    call = partial(send, session, "p", "POST", slow.url, data=b"x" * (256 << 10), timeout=(3, 0.5), policy=no_wait(1),
+                   allow_redirects=False)  # fmt: skip
+    started = time.monotonic()
+    try:
+        with pytest.raises(ProviderTransientError, match="timeout after"):
+            _hub().run([call]) if in_hub else call()
+    finally:
+        slow.close()
+    assert time.monotonic() - started < 1.2
+
+
+class _HubFails(Exception):
+    pass
+
+
+def test_a_connection_opened_for_a_call_the_hub_ended_is_closed(
+    session: requests.Session, answering: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When the hub itself fails (a signal's exception in its thread) while a call waits for its new connection
+    on an offload thread, the hub ends the call (GreenletExit); the connection, opened after that, is closed, not
+    left open for the garbage collector (and the provider's idle timeout)."""
+    import signal
+
+    opened: list[Any] = []
+    connect = ProviderSession._connect
+
+    def slow(self: ProviderSession, *args: Any) -> Any:
+        time.sleep(0.3)
+        conn = connect(self, *args)
+        opened.append(conn)
+        return conn
+
+    def fail(*_: Any) -> None:
+        raise _HubFails
+
+    monkeypatch.setattr(ProviderSession, "_connect", slow)
+    previous = signal.signal(signal.SIGALRM, fail)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.1)
+        with pytest.raises(_HubFails):
+            _hub().run([partial(send, session, "p", "POST", answering + "/check", json={}, policy=no_wait(1),
+                                allow_redirects=False)])  # fmt: skip
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    time.sleep(0.5)  # the connect finishes on its thread
+    assert len(opened) == 1
+    assert opened[0].sock is None, "the connection is left open"
+
+
+def test_a_call_that_timed_out_leaves_nothing_registered_in_its_hub(session: requests.Session, answering: str) -> None:
+    """A call whose read timed out closes its connection, and its socket is taken off the hub's selector first: a
+    later call of the same hub whose new connection gets the same descriptor number (the lowest free one) waits
+    on it as on any other (a descriptor left registered would fail that call: "already registered")."""
+    from providers import hub
+
+    outcomes: dict[str, Any] = {}
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(4)
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}/check"
+
+        def hangs() -> None:
+            try:
+                send(session, "p", "POST", url, json={}, timeout=(3, 0.2), policy=no_wait(1), allow_redirects=False)
+            except Exception as exc:
+                outcomes["hangs"] = exc
+
+        def later() -> None:
+            hub.sleep(0.5)  # after the first call has timed out and closed its connection
+            try:
+                answer = send(session, "p", "POST", answering + "/check", json={}, policy=no_wait(1),
+                              allow_redirects=False)  # fmt: skip
+                outcomes["later"] = answer.json()
+            except Exception as exc:
+                outcomes["later"] = exc
+
+        _hub().run([hangs, later])
+    assert isinstance(outcomes["hangs"], ProviderTransientError) and "timeout after" in str(outcomes["hangs"])
+    assert outcomes["later"] == {"code": "00", "path": "/check"}
