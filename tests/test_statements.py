@@ -126,9 +126,9 @@ def test_the_optimistic_path_leaves_the_session_time_zone_as_it_was(rt: Runtime)
         ("TXN-9,OP9,2027-02-29 10:00:00,5000,XOF,0,ACCEPTED", "time '2027-02-29 10:00:00'"),
         ("TXN-9,OP9,0001-01-01 00:00+01:00,5000,XOF,0,ACCEPTED", "time '0001-01-01 00:00+01:00'"),
         ("TXN-9,OP9,9999-12-31 23:59:59-01:00,5000,XOF,0,ACCEPTED", "time '9999-12-31 23:59:59-01:00'"),
-        # The common layout's own check (statements_pg._common_time): a separator or a space where a digit
-        # belongs, a wide digit, the years; and values PostgreSQL's cast would take (wrongly) if it did not check
-        # that each digit is one: a T or a letter in a digit's place.
+        # The common layout, nearly: a separator or a space where a digit belongs, a wide digit, the years; and
+        # values PostgreSQL's cast would take (wrongly) if the shape were not checked digit by digit: a T or a
+        # letter in a digit's place.
         ("TXN-9,OP9,2026-1--21 10:00:00,5000,XOF,0,ACCEPTED", "time '2026-1--21 10:00:00'"),
         ("TXN-9,OP9,2026-11-21  0:00:00,5000,XOF,0,ACCEPTED", "time '2026-11-21  0:00:00'"),
         ("TXN-9,OP9,2026-11-21 1\uff10:00:00,5000,XOF,0,ACCEPTED", "time '2026-11-21 1\uff10:00:00'"),  # a wide 0
@@ -446,7 +446,7 @@ def test_a_file_without_tabs_takes_the_narrow_trim_and_the_same_time_checks(
     rt: Runtime, tmp_path: Path, time_: str
 ) -> None:
     """A file whose only whitespace is spaces, CR and LF is trimmed with the narrow set (``statements_pg._stage``):
-    the common time layout's check holds there too."""
+    the time checks hold there too."""
     path = tmp_path / "cinetpay.csv"
     path.write_text(
         "transaction_id,operator_id,payment_date,amount,currency,fees,status\r\n"

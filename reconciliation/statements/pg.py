@@ -448,8 +448,6 @@ def _fast_sql(
     fields["amount"] = f"replace({fields['amount']}, ' ', '')"  # spaces inside a number: thousands ("5 000")
     fields["fee_text"] = f"nullif(replace(btrim(s.{fee}, {spaces}), ' ', ''), '')" if fee else "NULL::text"
     fields["payout"] = f"nullif(btrim(s.{payout}, {spaces}), '')" if payout else "NULL::text"
-    # The time without the separators of its common layout, for ``_common_time``.
-    fields["time_digits"] = f"replace(replace(replace({fields['time']}, '-', ''), ':', ''), ' ', '')"
     trimmed = ", ".join(f"{expr} AS f_{key}" for key, expr in fields.items())
     amount, time_, fee_text = "t.f_amount", "t.f_time", "t.f_fee_text"
     return f"""
@@ -468,11 +466,7 @@ def _fast_sql(
                        {_minor(amount)} AS amount,
                        {fee_text} AS fee_text,
                        {_minor(fee_text)} AS fee,
-                       CASE WHEN {_common_time(time_, "t.f_time_digits")}
-                                 THEN CASE WHEN {time_} NOT LIKE '___________24%%' AND {time_} NOT LIKE '%%:60'
-                                                AND {time_} COLLATE "C" BETWEEN '{YEARS[0]}' AND '{YEARS[1]}~'
-                                           THEN {time_}::timestamptz END
-                            WHEN {_time_shape(time_)} AND substr({time_}, 12, 2) <> '24'
+                       CASE WHEN {_time_shape(time_)} AND substr({time_}, 12, 2) <> '24'
                                  AND substr({time_}, 17, 3) <> ':60'
                                  AND substr({time_}, 1, 4) BETWEEN '{YEARS[0]}' AND '{YEARS[1]}'
                             THEN {time_}::timestamptz END AS occ,
@@ -493,18 +487,6 @@ def _fast_sql(
             RETURNING business_date)
             SELECT business_date, count(*) FROM inserted GROUP BY business_date
         """  # noqa: S608
-
-
-def _common_time(text: str, digits: str) -> str:
-    """SQL: ``text`` is ``YYYY-MM-DD HH:MM:SS`` (``TIME_SHAPES``' first with seconds), ``digits`` being ``text``
-    without its dashes, colons and spaces. Exactly: 19 characters with the separators in place (LIKE), and
-    without them 14 bytes left, every one a digit (so none of the 14 places held a separator, a space or a
-    wider character). Its year, hour and second then need no ``substr`` (which counts characters from the
-    start): a fixed position, a prefix compared byte by byte. Cheaper than ``_time_shape``'s ``translate`` (UTF-8
-    character by character, the conversion's largest cost); every other layout still takes it."""
-    shape = f"{text} LIKE '____-__-__ __:__:__'"
-    all_digits = f"octet_length({digits}) = 14 AND ltrim({digits}, '0123456789') = ''"
-    return f"({shape} AND {all_digits})"
 
 
 def _time_shape(text: str) -> str:

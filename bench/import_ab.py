@@ -1,0 +1,138 @@
+"""One statement import timed stage by stage, for two versions of the code alternated on copies of one database (#14).
+
+    .venv/bin/python bench/import_ab.py --payments 1000000 --pairs 3                     # this tree, three times
+    .venv/bin/python bench/import_ab.py --payments 1000000 --pairs 3 --code /path/to/other/checkout
+
+``bench/reconcile_scale.py`` times a whole run once; a change to one stage of the import (a cheaper check in the
+convert-and-insert statement) moves less than the machine's noise between two such runs. Here the bench's
+CinetPay day (``reconcile_scale.seed_payments`` and ``write_statement``: N payments, the day's statement file) is
+built once in a template database (``VACUUM ANALYZE``d, checkpointed), and each import runs on a fresh copy of it
+(``CREATE DATABASE ... TEMPLATE``), in a child process started in the code tree under test (its own
+``PYTHONPATH``), alternately for each ``--code`` (default: this tree; give one to compare it with this tree,
+``--code`` twice to compare two others). The trees must share the schema of this tree's migrations. Each
+import's ``progress`` stages are timed: ``checksum`` (the file's SHA-256), ``check`` (reading the file for what
+COPY cannot take), ``copy`` (COPY to the stage table), ``insert`` (the optimistic convert-and-insert statement,
+two sessions side by side), from the first report of a stage to the first of the next, and the whole
+``import_file``; and the CPU the import cost PostgreSQL (every process of its cluster, ended ones included, as
+``bench/throughput.py`` counts them: on a shared machine other databases' work counts too), less noisy than the
+times when the machine's speed moves. Last line, per tree:
+``code=<dir> insert_s=<median> import_s=<median> postgres_cpu_s=<median>``.
+Needs PostgreSQL as for the tests (``PAYRECON_TEST_PG``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from sqlalchemy import create_engine, text
+from sqlalchemy.pool import NullPool
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+import reconcile_scale
+from throughput import CLOCK_TICKS, _proc_table, _tree_ticks, postgres_roots
+
+from reconciliation import migrate
+from tests.helpers import scratch_database
+
+PG_BASE = os.environ.get("PAYRECON_TEST_PG", "postgresql+psycopg2://postgres@127.0.0.1:5432")
+STAGES = ("checksum", "check", "copy", "insert")
+
+#: What a child runs in the tree under test: one import, its stages' times as JSON on the last line.
+CHILD = """
+import json, sys, time
+from pathlib import Path
+from zoneinfo import ZoneInfo
+from reconciliation.db import make_engine, session_factory, transaction
+from reconciliation.statements.files import import_file
+
+url, path = sys.argv[1], Path(sys.argv[2])
+first = {}
+def progress(stage, done, total):
+    first.setdefault(stage, time.perf_counter())
+engine = make_engine(url, pool_size=2)
+sessions = session_factory(engine)
+started = time.perf_counter()
+with transaction(sessions) as session:
+    imported = import_file(session, "cinetpay", path, business_tz=ZoneInfo("Africa/Abidjan"), progress=progress)
+ended = time.perf_counter()
+engine.dispose()
+marks = sorted(first.items(), key=lambda item: item[1]) + [("end", ended)]
+stages = {name: marks[i + 1][1] - at for i, (name, at) in enumerate(marks[:-1])}
+print(json.dumps({"rows": imported.rows, "import": ended - started, "stages": stages}))
+"""
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--payments", type=int, default=1_000_000)
+    parser.add_argument("--pairs", type=int, default=3, help="imports per tree, alternated")
+    parser.add_argument("--code", type=Path, action="append", help="a code tree to time (repeatable)")
+    args = parser.parse_args()
+    trees = [ROOT, *args.code] if args.code and len(args.code) == 1 else (args.code or [ROOT])
+    trees = [tree.resolve() for tree in trees]
+    admin = create_engine(f"{PG_BASE}/postgres", isolation_level="AUTOCOMMIT")
+    roots = postgres_roots(admin)
+    if not roots:
+        raise SystemExit("the PostgreSQL cluster's processes are out of sight: its CPU cannot be counted")
+    times: dict[Path, list[dict[str, float]]] = {tree: [] for tree in trees}
+    with scratch_database(PG_BASE, "payrecon_import_ab") as url, tempfile.TemporaryDirectory() as tmp:
+        template = url.rsplit("/", 1)[1]
+        migrate.upgrade(url)
+        statement = Path(tmp) / "cinetpay-2026-11-20.csv"
+        built = time.perf_counter()
+        reconcile_scale.seed_payments(url, args.payments, False)
+        reconcile_scale.write_statement(statement, args.payments, False)
+        with create_engine(url, isolation_level="AUTOCOMMIT", poolclass=NullPool).connect() as conn:
+            conn.execute(text("VACUUM ANALYZE"))
+            conn.execute(text("CHECKPOINT"))
+        print(f"{args.payments} payments and the day's statement in {time.perf_counter() - built:.1f} s")
+        for n in range(args.pairs):
+            for tree in trees:
+                copy = f"{template}_copy"
+                with admin.connect() as conn:
+                    conn.execute(text(f'CREATE DATABASE "{copy}" TEMPLATE "{template}"'))
+                    conn.execute(text("CHECKPOINT"))
+                before = _tree_ticks(roots, _proc_table())
+                try:
+                    child = subprocess.run(
+                        [sys.executable, "-c", CHILD, url.rsplit("/", 1)[0] + "/" + copy, str(statement)],
+                        cwd=tree,
+                        env={**os.environ, "PYTHONPATH": str(tree)},
+                        capture_output=True,
+                        text=True,
+                        check=False,
+                    )
+                    spent = (_tree_ticks(roots, _proc_table()) - before) / CLOCK_TICKS
+                finally:
+                    with admin.connect() as conn:
+                        conn.execute(text(f'DROP DATABASE IF EXISTS "{copy}" WITH (FORCE)'))
+                if child.returncode != 0:
+                    raise SystemExit(f"the import in {tree} failed:\n{child.stderr[-2000:]}")
+                result = json.loads(child.stdout.strip().splitlines()[-1])
+                figures = {**result["stages"], "import": result["import"], "postgres_cpu": spent}
+                times[tree].append(figures)
+                shown = ", ".join(
+                    f"{name} {figures.get(name, 0.0):.2f} s" for name in (*STAGES, "import", "postgres_cpu")
+                )
+                print(f"{n + 1}: {tree}: {result['rows']} lines; {shown}", flush=True)
+    admin.dispose()
+    for tree, runs in times.items():
+        insert = statistics.median(run.get("insert", 0.0) for run in runs)
+        whole = statistics.median(run["import"] for run in runs)
+        cpu = statistics.median(run["postgres_cpu"] for run in runs)
+        print(f"code={tree} insert_s={insert:.2f} import_s={whole:.2f} postgres_cpu_s={cpu:.2f}")
+
+
+if __name__ == "__main__":
+    main()
