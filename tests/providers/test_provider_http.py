@@ -11,6 +11,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from functools import partial
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -294,12 +295,18 @@ def test_a_connection_the_server_closed_is_not_used_again(session: requests.Sess
     assert len(_Answering.connections) == 3
 
 
-def test_a_provider_that_does_not_answer_in_time_is_a_timeout(session: requests.Session) -> None:
-    """The read timeout on the session's own path is requests' ReadTimeout, hence a transient 'timeout'."""
-    with socket.socket() as silent:  # accepts connections (the backlog) and never answers
+@contextmanager
+def _silent() -> Iterator[str]:
+    """The URL of a server that accepts connections (its backlog) and never answers."""
+    with socket.socket() as silent:
         silent.bind(("127.0.0.1", 0))
         silent.listen(4)
-        url = f"http://127.0.0.1:{silent.getsockname()[1]}/check"
+        yield f"http://127.0.0.1:{silent.getsockname()[1]}/check"
+
+
+def test_a_provider_that_does_not_answer_in_time_is_a_timeout(session: requests.Session) -> None:
+    """The read timeout on the session's own path is requests' ReadTimeout, hence a transient 'timeout'."""
+    with _silent() as url:
         with pytest.raises(ProviderTransientError, match="timeout after") as info:
             send(session, "p", "POST", url, json={}, timeout=(3, 0.2), policy=no_wait(1), allow_redirects=False)
         assert isinstance(info.value.__cause__, requests.exceptions.ReadTimeout)
@@ -1014,10 +1021,7 @@ def test_a_call_that_fails_in_a_hub_fails_alone(session: requests.Session, answe
     deadline bounds the wait); the other calls get their answers, and the first exception is raised once every
     call is done."""
     done: list[str] = []
-    with socket.socket() as silent:
-        silent.bind(("127.0.0.1", 0))
-        silent.listen(4)
-        url = f"http://127.0.0.1:{silent.getsockname()[1]}/check"
+    with _silent() as url:
 
         def hangs() -> None:
             try:
@@ -1269,10 +1273,7 @@ def test_a_call_that_timed_out_leaves_nothing_registered_in_its_hub(session: req
     from providers import hub
 
     outcomes: dict[str, Any] = {}
-    with socket.socket() as silent:
-        silent.bind(("127.0.0.1", 0))
-        silent.listen(4)
-        url = f"http://127.0.0.1:{silent.getsockname()[1]}/check"
+    with _silent() as url:
 
         def hangs() -> None:
             try:
