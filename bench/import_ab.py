@@ -8,14 +8,16 @@ convert-and-insert statement) moves less than the machine's noise between two su
 CinetPay day (``reconcile_scale.seed_payments`` and ``write_statement``: N payments, the day's statement file) is
 built once in a template database (``VACUUM ANALYZE``d, checkpointed), and each import runs on a fresh copy of it
 (``CREATE DATABASE ... TEMPLATE``), in a child process started in the code tree under test (its own
-``PYTHONPATH``), alternately for each ``--code`` (default: this tree; give one to compare it with this tree,
-``--code`` twice to compare two others). The trees must share the schema of this tree's migrations. Each
-import's ``progress`` stages are timed: ``checksum`` (the file's SHA-256), ``check`` (reading the file for what
-COPY cannot take), ``copy`` (COPY to the stage table), ``insert`` (the optimistic convert-and-insert statement,
-two sessions side by side), from the first report of a stage to the first of the next, and the whole
-``import_file``; and the CPU the import cost PostgreSQL (every process of its cluster, ended ones included, as
-``bench/throughput.py`` counts them: on a shared machine other databases' work counts too), less noisy than the
-times when the machine's speed moves. Last line, per tree:
+``PYTHONPATH``), for each ``--code`` in turn, then the other way round (default: this tree; give one to compare
+it with this tree, ``--code`` twice to compare two others). The trees must share the schema of this tree's
+migrations. Each import's ``progress`` stages are timed from the first report of a stage to the first of the
+next: ``checksum`` (the file's SHA-256, the import row, the load's lock, the sweep of failed loads), ``check``
+(reading the file for what COPY cannot take), ``copy`` (COPY to the stage table), ``insert`` (the optimistic
+convert-and-insert statement, two sessions side by side, to the commit); and the whole ``import_file``; and the
+CPU the import cost PostgreSQL (every process of its cluster, ended ones included, as ``bench/throughput.py``
+counts them: on a shared machine other databases' work counts too), less noisy than the times when the
+machine's speed moves. An import that leaves the optimistic path (for the strict one, or Python's) stops the
+run: its stages would not compare. Last line, per tree:
 ``code=<dir> insert_s=<median> import_s=<median> postgres_cpu_s=<median>``.
 Needs PostgreSQL as for the tests (``PAYRECON_TEST_PG``).
 """
@@ -54,7 +56,15 @@ import json, sys, time
 from pathlib import Path
 from zoneinfo import ZoneInfo
 from reconciliation.db import make_engine, session_factory, transaction
+from reconciliation.statements import pg as statements_pg
 from reconciliation.statements.files import import_file
+
+strict = []  # the optimistic statement refused a row: the strict path converted the file instead
+_strict = statements_pg._strict
+def _counted(*args, **kwargs):
+    strict.append(True)
+    return _strict(*args, **kwargs)
+statements_pg._strict = _counted
 
 url, path = sys.argv[1], Path(sys.argv[2])
 first = {}
@@ -69,7 +79,8 @@ ended = time.perf_counter()
 engine.dispose()
 marks = sorted(first.items(), key=lambda item: item[1]) + [("end", ended)]
 stages = {name: marks[i + 1][1] - at for i, (name, at) in enumerate(marks[:-1])}
-print(json.dumps({"rows": imported.rows, "import": ended - started, "stages": stages}))
+path = "python" if "rows" in first else "strict" if strict else "optimistic"
+print(json.dumps({"rows": imported.rows, "import": ended - started, "stages": stages, "path": path}))
 """
 
 
@@ -98,7 +109,7 @@ def main() -> None:
             conn.execute(text("CHECKPOINT"))
         print(f"{args.payments} payments and the day's statement in {time.perf_counter() - built:.1f} s")
         for n in range(args.pairs):
-            for tree in trees:
+            for tree in trees if n % 2 == 0 else trees[::-1]:  # ABBA: neither always goes first
                 copy = f"{template}_copy"
                 with admin.connect() as conn:
                     conn.execute(text(f'CREATE DATABASE "{copy}" TEMPLATE "{template}"'))
@@ -120,6 +131,8 @@ def main() -> None:
                 if child.returncode != 0:
                     raise SystemExit(f"the import in {tree} failed:\n{child.stderr[-2000:]}")
                 result = json.loads(child.stdout.strip().splitlines()[-1])
+                if result["path"] != "optimistic":  # its "insert" stage would be another thing, or absent
+                    raise SystemExit(f"the import in {tree} took the {result['path']} path, not the optimistic one")
                 figures = {**result["stages"], "import": result["import"], "postgres_cpu": spent}
                 times[tree].append(figures)
                 shown = ", ".join(
@@ -128,7 +141,7 @@ def main() -> None:
                 print(f"{n + 1}: {tree}: {result['rows']} lines; {shown}", flush=True)
     admin.dispose()
     for tree, runs in times.items():
-        insert = statistics.median(run.get("insert", 0.0) for run in runs)
+        insert = statistics.median(run["insert"] for run in runs)
         whole = statistics.median(run["import"] for run in runs)
         cpu = statistics.median(run["postgres_cpu"] for run in runs)
         print(f"code={tree} insert_s={insert:.2f} import_s={whole:.2f} postgres_cpu_s={cpu:.2f}")
