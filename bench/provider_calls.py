@@ -16,7 +16,6 @@ client must at least spend. The last line: ``pool_ms=<median> hub_ms=<median> fl
 from __future__ import annotations
 
 import argparse
-import http.client
 import json
 import resource
 import selectors
@@ -101,16 +100,7 @@ def main() -> None:
     socks: list[socket.socket] = []
     try:
         sandbox_cpu._started(sandbox, port)
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-        try:
-            for i in range(args.batch):
-                sandbox_cpu._post(conn, "/v2/payment", {
-                    **sandbox_cpu.CREDS, "transaction_id": f"CPU-{i:05d}", "amount": 5000, "currency": "XOF",
-                    "description": "bench", "notify_url": "http://127.0.0.1:9/notify",
-                    "return_url": "http://127.0.0.1:9/return", "channels": "ALL",
-                }, "201")  # fmt: skip
-        finally:
-            conn.close()
+        sandbox_cpu.create_transactions(port, args.batch)
         client = CinetPayClient(
             api_url=f"http://127.0.0.1:{port}",
             api_key=sandbox_cpu.CREDS["apikey"],

@@ -68,6 +68,20 @@ def _ask(port: int, first: int, n: int, done: list[int], failures: list[BaseExce
         conn.close()
 
 
+def create_transactions(port: int, count: int) -> None:
+    """CinetPay transactions ``CPU-00000`` ... at the sandbox on ``port``, by its wire API (each answer checked)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        for i in range(count):
+            _post(conn, "/v2/payment", {
+                **CREDS, "transaction_id": f"CPU-{i:05d}", "amount": 5000, "currency": "XOF",
+                "description": "bench", "notify_url": "http://127.0.0.1:9/notify",
+                "return_url": "http://127.0.0.1:9/return", "channels": "ALL",
+            }, "201")  # fmt: skip
+    finally:
+        conn.close()
+
+
 def _started(sandbox: subprocess.Popen[bytes], port: int) -> None:
     deadline = time.monotonic() + 30
     while True:
@@ -98,16 +112,7 @@ def main() -> None:
     sandbox = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.DEVNULL)  # its errors on this terminal
     try:
         _started(sandbox, port)
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-        try:
-            for i in range(TRANSACTIONS):
-                _post(conn, "/v2/payment", {
-                    **CREDS, "transaction_id": f"CPU-{i:05d}", "amount": 5000, "currency": "XOF",
-                    "description": "bench", "notify_url": "http://127.0.0.1:9/notify",
-                    "return_url": "http://127.0.0.1:9/return", "channels": "ALL",
-                }, "201")  # fmt: skip
-        finally:
-            conn.close()
+        create_transactions(port, TRANSACTIONS)
         each = args.checks // args.connections
         for _ in range(args.rounds):
             done: list[int] = []

@@ -76,15 +76,15 @@ class TokenCache:
         if call_hub.current() is not None:
             if self._lock.acquire(blocking=False):
                 try:
-                    token = self._token
-                    if token is not None and token != stale and self._clock() < self._refresh_at:
-                        return token
+                    token = self._fresh(stale)
                 finally:
                     self._lock.release()
+                if token is not None:
+                    return token
             return call_hub.offload(lambda: self.get(stale=stale))
         with self._lock:
-            token = self._token
-            if token is not None and token != stale and self._clock() < self._refresh_at:
+            token = self._fresh(stale)
+            if token is not None:
                 return token
             started = self._clock()
             token, ttl = self._fetch()
@@ -92,6 +92,11 @@ class TokenCache:
             self._refresh_at = started + ttl - min(self._margin, ttl / self._margin_divisor)
             self.fetched += 1
             return token
+
+    def _fresh(self, stale: str | None) -> str | None:
+        """The cached token if it is neither (nearly) expired nor ``stale``; the caller holds the lock."""
+        token = self._token
+        return token if token is not None and token != stale and self._clock() < self._refresh_at else None
 
     def call(self, request: Callable[[str], T]) -> T:
         """``request(token)``; on a 401, get a fresh token once and try once more.

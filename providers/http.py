@@ -194,7 +194,9 @@ class ProviderSession(requests.Session):
         connect, read = timeout if isinstance(timeout, tuple) else (timeout, timeout)
         key = (scheme, host, port, verify if scheme == "https" else None)
         together = call_hub.current() is not None
-        conn = self._take(key) or call_hub.offload(lambda: self._connect(key, connect, prepared), _close)
+        conn = self._take(key) or call_hub.offload(
+            lambda: self._connect(key, connect, prepared), http.client.HTTPConnection.close
+        )
         try:
             assert conn.sock is not None  # noqa: S101 - connected
             conn.sock.settimeout(0.0 if together else read)
@@ -371,9 +373,14 @@ def _send_together(sock: Any, data: bytes, timeout: float | None) -> None:
             events = call_hub.WRITE
         except ssl.SSLWantReadError:  # TLS may need to read before it writes
             events = call_hub.READ
-        left = None if deadline is None else deadline - time.monotonic()
-        if (left is not None and left <= 0) or not call_hub.wait(sock, events, left):
-            raise TimeoutError("timed out")
+        _wait_until(sock, events, deadline, "timed out")
+
+
+def _wait_until(sock: Any, events: int, deadline: float | None, message: str) -> None:
+    """In a hub: wait until ``sock`` is ready for ``events`` by ``deadline`` (None: no limit), else TimeoutError."""
+    left = None if deadline is None else deadline - time.monotonic()
+    if (left is not None and left <= 0) or not call_hub.wait(sock, events, left):
+        raise TimeoutError(message)
 
 
 def _request_head(conn: http.client.HTTPConnection, method: str, path: str, headers: Mapping[str, Any]) -> bytes:
@@ -413,9 +420,7 @@ class _Together(io.RawIOBase):
                 events = call_hub.READ
             except ssl.SSLWantWriteError:  # TLS may need to write before it reads
                 events = call_hub.WRITE
-            left = None if self.deadline is None else self.deadline - time.monotonic()
-            if (left is not None and left <= 0) or not call_hub.wait(self.sock, events, left):
-                raise TimeoutError("the answer was not read whole within the read timeout")
+            _wait_until(self.sock, events, self.deadline, "the answer was not read whole within the read timeout")
 
 
 class _UntilDeadline(io.RawIOBase):
@@ -617,10 +622,6 @@ def _adapter_send(
     response = adapter.send(prepared, timeout=timeout, **settings)
     response.content  # noqa: B018 - read the body: the connection goes back to the pool
     return response
-
-
-def _close(conn: http.client.HTTPConnection) -> None:
-    conn.close()
 
 
 def _readable(sock: Any) -> bool:

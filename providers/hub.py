@@ -118,9 +118,6 @@ class Hub:
     def _turn(self, wake: socket.socket) -> None:
         """Wait for the next socket, timer or offloaded work, and switch to the calls it wakes."""
         assert self._selector is not None  # noqa: S101 - running
-        while self._ready:
-            task, token, value = self._ready.popleft()
-            self._switch(task, value, token)
         timeout = None
         if self._timers:
             timeout = max(0.0, self._timers[0][0] - time.monotonic())

@@ -2,8 +2,8 @@
 ``coalesce(paid_at, registered_at, created_at)`` (``payments.business_time``): the nightly classification and
 the status-API run read one provider's day of payments by it, the day-at-a-glance report each provider's (the
 provider first: another provider's busy day is not read to find this one's). Without it each of them read every
-payment ever stored, and a merchant's nightly run grew with its history: 10,000 payments among 5,000,000 took
-398 ms to find instead of 1.6-2.9 ms (BENCHMARKS.md).
+payment ever stored, and a merchant's nightly run grew with its history: classification took 1.2-1.6 s to find
+10,417 payments among 6,000,000 instead of 8-9 ms (``bench/day_lookup.py``, BENCHMARKS.md).
 
 Building it holds a lock that makes writes to ``payments`` wait (not fail) for as long as the build takes,
 about a second per million payments; upgrade a large database when little is arriving.
