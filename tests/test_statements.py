@@ -66,6 +66,13 @@ def test_optimistic_and_strict_paths_store_the_same_lines(
         provider, path = "cinetpay", tmp_path / "cinetpay.csv"
         lines = [line for line in TRICKY.splitlines() if "\t" not in line and "\u00a0" not in line]
         path.write_bytes(("\r\n".join(lines) + "\r\n\r\n").encode())
+    _same_three_ways(rt, provider, path, monkeypatch, sessions=sessions)
+
+
+def _same_three_ways(
+    rt: Runtime, provider: str, path: Path, monkeypatch: pytest.MonkeyPatch, *, sessions: int = 1
+) -> None:
+    """``path`` imported by the optimistic path (which must take it), the strict one and Python's: the same lines."""
     taken: list[bool] = []
     optimistic = statements_pg._fast_insert
 
@@ -90,6 +97,7 @@ def test_optimistic_and_strict_paths_store_the_same_lines(
     with rt.sessions() as session, session.begin():
         python = import_file(session, provider, path, business_tz=TZ)
     assert (python.rows, python.days) == (fast.rows, fast.days) and _stored(rt, provider) == fast_lines
+    _forget(rt, provider)
 
 
 def _refused(*args: Any, **kwargs: Any) -> Any:
@@ -137,6 +145,14 @@ def test_the_optimistic_path_leaves_the_session_time_zone_as_it_was(rt: Runtime)
         ("TXN-9,OP9,2026-11-2T 10:00:00,5000,XOF,0,ACCEPTED", "time '2026-11-2T 10:00:00'"),
         ("TXN-9,OP9,2026-11-21 10:00:0s,5000,XOF,0,ACCEPTED", "time '2026-11-21 10:00:0s'"),
         ("TXN-9,OP9,2026-11-21 a0:00:00,5000,XOF,0,ACCEPTED", "time '2026-11-21 a0:00:00'"),
+        # What PostgreSQL's timestamps read and write back as given (the common layout's check), Python refuses.
+        ("TXN-9,OP9,29999-01-01 00:00:00,5000,XOF,0,ACCEPTED", "time '29999-01-01 00:00:00'"),
+        ("TXN-9,OP9,19700-01-01 00:00:00,5000,XOF,0,ACCEPTED", "time '19700-01-01 00:00:00'"),
+        ("TXN-9,OP9,infinity,5000,XOF,0,ACCEPTED", "time 'infinity'"),
+        ("TXN-9,OP9,-infinity,5000,XOF,0,ACCEPTED", "time '-infinity'"),
+        # What a bigint reads (the whole numbers' check) and Python refuses.
+        ("TXN-9,OP9,2026-11-21 10:00:00,+5000,XOF,0,ACCEPTED", "amount '+5000': not a number"),
+        ("TXN-9,OP9,2026-11-21 10:00:00,5000,XOF,+50,ACCEPTED", "fee '+50': not a number"),
     ],
 )
 @pytest.mark.parametrize("path_taken", ["database", "side_by_side", "python"])
@@ -458,3 +474,38 @@ def test_a_file_without_tabs_takes_the_narrow_trim_and_the_same_time_checks(
         import_file(session, "cinetpay", path, business_tz=TZ)
     assert info.value.errors == [(3, info.value.errors[0][1])]
     assert f"time '{time_}'" in info.value.errors[0][1]
+
+
+GOOD = "TXN-1,OP1,2026-11-21 10:00:00,5000,XOF,0,ACCEPTED"
+
+
+@pytest.mark.parametrize(
+    ("lines", "whitespace"),
+    [
+        # Nothing to trim; whole numbers PostgreSQL writes otherwise (a leading zero, -0), a fraction of a second.
+        ([GOOD, "TXN-2,OP2,2026-11-21 11:00:00.5,05000,xof,-0,accepted"], statements_pg.NONE),
+        ([GOOD, "TXN-2, OP2,2026-11-21 11:00:00,5000,XOF,0,ACCEPTED"], statements_pg.NARROW),  # after a comma
+        ([GOOD, "TXN-2 ,OP2,2026-11-21 11:00:00,5000,XOF,0,ACCEPTED"], statements_pg.NARROW),  # before one
+        ([GOOD, " TXN-2,OP2,2026-11-21 11:00:00,5000,XOF,0,ACCEPTED"], statements_pg.NARROW),  # a line's start
+        ([" TXN-2,OP2,2026-11-21 11:00:00,5000,XOF,0,ACCEPTED", GOOD], statements_pg.NARROW),  # the first line's
+        (["TXN-2,OP2,2026-11-21 11:00:00,5000,XOF,0,ACCEPTED ", GOOD], statements_pg.NARROW),  # a line's end
+        ([GOOD, "TXN-2,OP2,2026-11-21 11:00:00,5000,XOF,0,ACCEPTED "], statements_pg.NARROW),  # the file's end
+        ([GOOD, '"TXN-2 ",OP2,2026-11-21 11:00:00,5000,XOF,0,ACCEPTED'], statements_pg.NARROW),  # in quotes
+        ([GOOD, '" TXN-2",OP2,2026-11-21 11:00:00,5000,XOF,0,ACCEPTED'], statements_pg.NARROW),
+        ([GOOD, '"TXN-2\n",OP2,2026-11-21 11:00:00,5000,XOF,0,ACCEPTED'], statements_pg.NARROW),  # a quoted LF
+        ([GOOD, 'TXN-2,"\r\nOP2",2026-11-21 11:00:00,5000,XOF,0,ACCEPTED'], statements_pg.NARROW),
+        ([GOOD, "TXN-2\x0b,OP2,2026-11-21 11:00:00,5000,XOF,0,ACCEPTED"], statements_pg.WIDE),
+    ],
+)
+@pytest.mark.parametrize("ending", ["\n", "\r\n", ""])
+def test_only_whitespace_at_a_fields_edge_is_trimmed_and_all_of_it_is(
+    rt: Runtime, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, lines: list[str], whitespace: str, ending: str
+) -> None:
+    """A file none of whose fields starts or ends with whitespace is converted without trimming (most are:
+    ``statements_pg._scan``); one space at any field's edge, and the file's fields are trimmed as Python strips
+    them. ``ending``: after each line, or (empty) LF between lines and none after the last."""
+    path = tmp_path / "cinetpay.csv"
+    header = "transaction_id,operator_id,payment_date,amount,currency,fees,status"
+    path.write_text((ending or "\n").join([header, *lines]) + ending, encoding="utf-8", newline="")
+    assert statements_pg._scan(path)[1] == whitespace
+    _same_three_ways(rt, "cinetpay", path, monkeypatch)
