@@ -150,6 +150,8 @@ def test_the_optimistic_path_leaves_the_session_time_zone_as_it_was(rt: Runtime)
         ("TXN-9,OP9,19700-01-01 00:00:00,5000,XOF,0,ACCEPTED", "time '19700-01-01 00:00:00'"),
         ("TXN-9,OP9,infinity,5000,XOF,0,ACCEPTED", "time 'infinity'"),
         ("TXN-9,OP9,-infinity,5000,XOF,0,ACCEPTED", "time '-infinity'"),
+        ("TXN-9,OP9,2026-11-21 10:00:00 BC,5000,XOF,0,ACCEPTED", "time '2026-11-21 10:00:00 BC'"),
+        ("TXN-9,OP9,2026-11-21 10:00:00.5 BC,5000,XOF,0,ACCEPTED", "time '2026-11-21 10:00:00.5 BC'"),
         # What a bigint reads (the whole numbers' check) and Python refuses.
         ("TXN-9,OP9,2026-11-21 10:00:00,+5000,XOF,0,ACCEPTED", "amount '+5000': not a number"),
         ("TXN-9,OP9,2026-11-21 10:00:00,5000,XOF,+50,ACCEPTED", "fee '+50': not a number"),
@@ -484,6 +486,7 @@ GOOD = "TXN-1,OP1,2026-11-21 10:00:00,5000,XOF,0,ACCEPTED"
     [
         # Nothing to trim; whole numbers PostgreSQL writes otherwise (a leading zero, -0), a fraction of a second.
         ([GOOD, "TXN-2,OP2,2026-11-21 11:00:00.5,05000,xof,-0,accepted"], statements_pg.NONE),
+        ([GOOD, "TXN-2,OP2,2026-11-21 11:00:00,-9223372036854775808,XOF,0,ACCEPTED"], statements_pg.NONE),  # bigint's
         ([GOOD, "TXN-2, OP2,2026-11-21 11:00:00,5000,XOF,0,ACCEPTED"], statements_pg.NARROW),  # after a comma
         ([GOOD, "TXN-2 ,OP2,2026-11-21 11:00:00,5000,XOF,0,ACCEPTED"], statements_pg.NARROW),  # before one
         ([GOOD, " TXN-2,OP2,2026-11-21 11:00:00,5000,XOF,0,ACCEPTED"], statements_pg.NARROW),  # a line's start
@@ -494,6 +497,8 @@ GOOD = "TXN-1,OP1,2026-11-21 10:00:00,5000,XOF,0,ACCEPTED"
         ([GOOD, '" TXN-2",OP2,2026-11-21 11:00:00,5000,XOF,0,ACCEPTED'], statements_pg.NARROW),
         ([GOOD, '"TXN-2\n",OP2,2026-11-21 11:00:00,5000,XOF,0,ACCEPTED'], statements_pg.NARROW),  # a quoted LF
         ([GOOD, 'TXN-2,"\r\nOP2",2026-11-21 11:00:00,5000,XOF,0,ACCEPTED'], statements_pg.NARROW),
+        ([GOOD, 'TXN-2,"OP2\n",2026-11-21 11:00:00,5000,XOF,0,ACCEPTED'], statements_pg.NARROW),  # the last LF
+        ([GOOD, 'TXN-2,"OP2\r\n",2026-11-21 11:00:00,5000,XOF,0,ACCEPTED'], statements_pg.NARROW),
         ([GOOD, "TXN-2\x0b,OP2,2026-11-21 11:00:00,5000,XOF,0,ACCEPTED"], statements_pg.WIDE),
     ],
 )
@@ -508,4 +513,23 @@ def test_only_whitespace_at_a_fields_edge_is_trimmed_and_all_of_it_is(
     header = "transaction_id,operator_id,payment_date,amount,currency,fees,status"
     path.write_text((ending or "\n").join([header, *lines]) + ending, encoding="utf-8", newline="")
     assert statements_pg._scan(path)[1] == whitespace
+    _same_three_ways(rt, "cinetpay", path, monkeypatch)
+
+
+def test_a_quoted_line_break_at_the_end_of_a_block_read_is_trimmed(
+    rt: Runtime, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``statements_pg._scan`` reads the file a MiB at a time, cut after the last LF: a quoted field whose LF is
+    that last one has its closing quote in the next block, and is trimmed all the same."""
+    before = 'TXN-X,"OP-X'  # then the LF at byte 1 MiB - 1, the closing quote at 1 MiB
+    filler = "TXN-F,OP-F,2026-11-21 10:00:00,5000,XOF,0,ACCEPTED\n"
+    head = "transaction_id,operator_id,payment_date,amount,currency,fees,status\n"
+    lines, pad = divmod((1 << 20) - 1 - len(head) - len(before) - len(filler), len(GOOD) + 1)
+    head += (GOOD + "\n") * lines
+    filler = filler.replace("OP-F", "OP-F" + "F" * pad)
+    text_ = head + filler + before + '\n",2026-11-21 11:00:00,5000,XOF,0,ACCEPTED\n'
+    assert text_.index('\n",2026') == (1 << 20) - 1
+    path = tmp_path / "cinetpay.csv"
+    path.write_text(text_, encoding="utf-8", newline="")
+    assert statements_pg._scan(path)[1] == statements_pg.NARROW
     _same_three_ways(rt, "cinetpay", path, monkeypatch)

@@ -331,7 +331,7 @@ def _minor(text: str, currency: str, what: str) -> int:
         raise ValueError(f"{what} {text[:30]!r}: has more decimals than {currency} allows")
     digits = whole.lstrip("-") + fraction.ljust(exponent, "0")[:exponent]  # exact: no float, no rounding
     minor = -int(digits) if whole.startswith("-") else int(digits)
-    if not -(2**63) < minor < 2**63:  # what the database holds (bigint)
+    if not -(2**63) <= minor < 2**63:  # what the database holds (bigint)
         raise ValueError(f"{what} {text[:30]!r}: too large")
     return minor
 

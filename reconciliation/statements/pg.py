@@ -374,7 +374,8 @@ def _whitespace(lines: bytes, wide: bool, edges: bool) -> tuple[bool, bool]:
         return True, True
     if not edges:
         edges = marks.startswith(b" ") or b" ," in marks or b", " in marks
-        edges = edges or (b'"' in lines and any(pair in lines for pair in _EDGE_BREAKS))
+        # A quote at the start: the line break before it, the end of the previous block, may close a quoted field.
+        edges = edges or (b'"' in lines and (lines.startswith(b'"') or any(pair in lines for pair in _EDGE_BREAKS)))
     return False, edges
 
 
@@ -539,9 +540,9 @@ def _time(text: str, timestamp: str) -> str:
     (``now`` and kin aside, which read back otherwise) makes the statement fail, as the cast in the
     result would.
     """
-    common = (  # a year of four digits (PostgreSQL reads five and more), in YEARS
-        f"{timestamp}::text = {text} AND {text} LIKE '____-%%' AND {text} COLLATE \"C\" >= '{YEARS[0]}' "
-        f"AND {text} COLLATE \"C\" < '{int(YEARS[1]) + 1}'"
+    common = (  # a year of four digits (PostgreSQL reads five and more), in YEARS, of our era (``... BC`` reads back)
+        f"{timestamp}::text = {text} AND {text} LIKE '____-%%' AND {text} NOT LIKE '%%C' "
+        f"AND {text} COLLATE \"C\" >= '{YEARS[0]}' AND {text} COLLATE \"C\" < '{int(YEARS[1]) + 1}'"
     )
     years = f"substr({text}, 1, 4) BETWEEN '{YEARS[0]}' AND '{YEARS[1]}'"
     return (
@@ -612,7 +613,7 @@ def _fast_insert(cursor: Any, sql: str, params: dict[str, Any]) -> dict[date, in
         cursor.execute("SELECT set_config('TimeZone', %(file_tz)s, true)", params)
         cursor.execute(sql, {"lo": 1, "hi": 2**62, **params})
         days = {day: int(n) for day, n in cursor.fetchall()}
-    except psycopg2.Error:
+    except (psycopg2.Error, ValueError):  # ValueError: a date psycopg2 cannot hold (a year BC), had one passed
         cursor.execute("ROLLBACK TO SAVEPOINT fast_path")  # also puts the session's TimeZone back
         return None
     cursor.execute("SELECT set_config('TimeZone', %s, true)", (session_tz,))
