@@ -230,3 +230,28 @@ def test_a_day_s_payments_are_found_by_index_not_by_reading_every_payment_ever(r
             plans.append(session.execute(explain, params).scalar())
         _through_the_index(plans)
         session.rollback()
+
+
+def test_a_fee_chunk_looks_up_its_own_payments_not_every_payment_ever(rt: Runtime) -> None:
+    """A chunk of a run's fees (``runs._FEES_DUE``) checks that each of its items' payments is still paid by the
+    payment's key: a hash of the whole payments table for each chunk would make a month-end's fees grow with the
+    merchant's history (here 80,000 payments, 20,000 of them the run's). Rolled back."""
+    with transaction(rt.sessions) as session:
+        _add_payments(session, "cinetpay", 60_000, "43 seconds")
+        _add_payments(session, "cinetpay", 20_000, "1 second")
+        session.execute(
+            text(
+                "INSERT INTO recon_items (run_id, cls, reference, payment_id, provider_lines, healed, detail, fee, "
+                "provider_currency) SELECT 0, 'matched', reference, id, 1, false, '', 50, 'XOF' FROM payments "
+                "WHERE reference LIKE 'cinetpay-1 second-%'"
+            )
+        )
+        session.execute(text("ANALYZE recon_items"))
+        low = session.scalar(select(ReconItem.id).where(ReconItem.run_id == 0).order_by(ReconItem.id).limit(1))
+        params = {"run_id": 0, "low": low, "high": low + runs.FEE_CHUNK_SQL, "matched": "matched",
+                  "fee_variance": "fee_variance", "succeeded": "succeeded"}  # fmt: skip
+        explain = "EXPLAIN (FORMAT JSON) " + runs._FEES_DUE.format(draft="payrecon_fee_draft_plan")
+        nodes = _nodes(session.execute(text(explain), params).scalar()[0]["Plan"])
+        assert not [n for n in nodes if n.get("Relation Name") == "payments" and n["Node Type"] == "Seq Scan"], nodes
+        assert "pk_payments" in {n.get("Index Name") for n in nodes}, nodes
+        session.rollback()

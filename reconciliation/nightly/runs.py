@@ -378,9 +378,10 @@ def _fee_memo(provider: str, reference: str | None, run_id: int) -> str:
 
 
 # One chunk of a run's fees, on PostgreSQL, in two statements, after the fee lock (``post_fees``).
-# ``_FEES_DUE``: the chunk's items whose payment is still paid, in payment id order, each with its
-# journal id drawn from the sequence, so that the entries can name their journal in the statement
-# that inserts it (a journal and its entries must be one statement for the ledger's guard). They go
+# ``_FEES_DUE``: the chunk's items whose payment is still paid (each payment looked up by its key: ``OFFSET 0``
+# keeps the planner from hashing the whole payments table, months of them, for each chunk), in payment
+# id order, each with its journal id drawn from the sequence, so that the entries can name their journal in
+# the statement that inserts it (a journal and its entries must be one statement for the ledger's guard). They go
 # to a table of the transaction's own (unlogged, in the role's schema as a statement import's stage,
 # dropped before COMMIT; the application role may not create temporary tables), not a CTE: the
 # planner then knows how many rows there are (the run's items are seldom analyzed yet; estimated at
@@ -393,11 +394,10 @@ CREATE UNLOGGED TABLE {draft} AS
 SELECT nextval('ledger_journals_id_seq') AS id, due.*
   FROM (SELECT p.id AS payment_id, i.fee, i.provider_currency AS currency, i.reference
           FROM recon_items i
-          JOIN payments p ON p.id = i.payment_id
+          JOIN LATERAL (SELECT id FROM payments WHERE id = i.payment_id AND status = :succeeded OFFSET 0) AS p ON true
          WHERE i.run_id = :run_id AND i.id >= :low AND i.id < :high
            AND i.fee > 0 AND i.provider_currency IS NOT NULL
            AND (i.cls IN (:matched, :fee_variance) OR i.healed)
-           AND p.status = :succeeded
          ORDER BY p.id) AS due
 """
 _FEES_POST = """
