@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 from datetime import UTC, date, datetime
 from html.parser import HTMLParser
@@ -814,3 +815,27 @@ def test_xlsx_keeps_the_error_that_stopped_it_when_closing_fails_too(
     summ = {"run": {"id": 1}, "counts": {"items": 1, "exceptions": 1, "healed": 0}, "totals": [], "payouts": []}
     with pytest.raises(ValueError, match="could not be read"):
         xlsx.write_xlsx(tmp_path / "r.xlsx", summ, broken, broken, max_rows=100)
+
+
+def test_items_are_listed_by_reference_in_byte_order_whatever_the_columns_collation(rt: Runtime) -> None:
+    """Within a class, references sort as bytes (``reports_common.BYTE_ORDER``), as SQLite sorts them: upper case
+    before lower case, on a server whose collation sorts letters as a dictionary does (the column made ICU's
+    en-US here, in a transaction rolled back), in the streamed items and in the COPY of the CSV and JSON files."""
+    references = ["b-1", "B-2", "a-3", "A-4", "é-5", "e-6"]
+    run_id = make_run(rt, [item("matched", ref, "XOF", 100, 100) for ref in references])
+    with rt.sessions() as session, session.begin():
+        session.execute(text('ALTER TABLE recon_items ALTER COLUMN reference TYPE varchar(100) COLLATE "en-US-x-icu"'))
+        dictionary = list(session.scalars(text("SELECT reference FROM recon_items ORDER BY reference")))
+        assert dictionary != sorted(references)  # the collation orders otherwise: the test means something
+        streamed = [row.reference for row in reports.iter_items(session, run_id)]
+        csv_out, json_out = io.BytesIO(), io.BytesIO()
+        reports.reports_pg.copy_csv_and_json_items(
+            session, run_id, "cinetpay", DAY.isoformat(), csv_out=csv_out, json_out=json_out
+        )
+        session.rollback()
+    expected = sorted(references, key=lambda ref: ref.encode())
+    assert streamed == expected
+    assert [row[5] for row in csv.reader(io.StringIO(csv_out.getvalue().decode()))] == expected
+    assert [
+        json.loads(line.rstrip(","))["reference"] for line in json_out.getvalue().decode().split("\n") if line
+    ] == expected

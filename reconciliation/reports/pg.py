@@ -34,7 +34,7 @@ from typing import Any, BinaryIO
 
 from sqlalchemy.orm import Session
 
-from reconciliation.reports.common import EXCEPTION_ORDER, FORMULA_TRIGGERS, MATCHED, formula_safe
+from reconciliation.reports.common import BYTE_ORDER, EXCEPTION_ORDER, FORMULA_TRIGGERS, MATCHED, formula_safe
 from schemas.currency import MINOR_UNIT_EXPONENT
 
 #: Bytes of COPY output gathered before a block is split and written to the files: psycopg2 hands over
@@ -66,7 +66,8 @@ _RANK = (
     + " ".join(f"WHEN {_literal(cls)} THEN {rank}" for rank, cls in enumerate(EXCEPTION_ORDER))
     + f" WHEN {_literal(MATCHED)} THEN {len(EXCEPTION_ORDER) + 1} ELSE {len(EXCEPTION_ORDER)} END"
 )
-_ORDER = f"{_RANK}, healed, reference, id"
+#: The sort keys, computed beside the formatted lines and ahead of them (``_sorted``).
+_KEYS = (_RANK, "healed", f'reference COLLATE "{BYTE_ORDER}"', "id")
 _CURRENCY = "coalesce(nullif(internal_currency, ''), provider_currency)"  # ItemRow.currency
 # The formula triggers by code point: ``ascii`` of the first character is an integer compared with a list,
 # where ``left(…, 1) IN (…)`` made a string per field and compared strings. NUL cannot be in a PostgreSQL
@@ -121,14 +122,31 @@ _CSV_FIELDS = (
     ("detail", True),
     ("provider_currency", True),
 )
+
+
+def _sorted(columns: list[str]) -> str:
+    """SQL: the run's items as ``columns``, in the reports' order (``reports.iter_items``'s).
+
+    The keys come first in the rows the sort holds: the sort compares rows of equal class (a million
+    ``matched``) by their later keys, read from each row by walking its columns from the first, and
+    the formatted lines are hundreds of bytes; the reference is compared as bytes (``BYTE_ORDER``).
+    """
+    keys = ", ".join(f"{key} AS k{n}" for n, key in enumerate(_KEYS))
+    values = ", ".join(f"{column} AS v{n}" for n, column in enumerate(columns))
+    kept = ", ".join(f"v{n}" for n in range(len(columns)))
+    order = ", ".join(str(n + 1) for n in range(len(_KEYS)))
+    return f"""SELECT {kept} FROM (
+        SELECT {keys}, {values}
+          FROM recon_items
+         WHERE run_id = %(run_id)s
+         ORDER BY {order}
+        OFFSET 0
+    ) AS sorted"""  # noqa: S608 - built from constants; the run's values are bound
+
+
 _CSV_ITEMS = f"""
-COPY (
-    SELECT {", ".join(_safe(field) if text else field for field, text in _CSV_FIELDS)}
-      FROM recon_items
-     WHERE run_id = %(run_id)s
-     ORDER BY {_ORDER}
-) TO STDOUT WITH (FORMAT csv)
-"""  # noqa: S608 - built from constants; the run's values are bound
+COPY ({_sorted([_safe(field) if text else field for field, text in _CSV_FIELDS])}) TO STDOUT WITH (FORMAT csv)
+"""
 
 
 def _csv_text(column: str) -> str:
@@ -176,26 +194,16 @@ _JSON_LINE = " || ".join(
 )
 # Delimiter and quote are control characters to_json always escapes: a line is never quoted.
 _JSON_ITEMS = f"""
-COPY (
-    SELECT {_JSON_LINE} || '}}'
-      FROM recon_items
-     WHERE run_id = %(run_id)s
-     ORDER BY {_ORDER}
-) TO STDOUT WITH (FORMAT csv, DELIMITER E'\\x02', QUOTE E'\\x01')
-"""  # noqa: S608 - built from constants; the run's values are bound
+COPY ({_sorted([_JSON_LINE + " || '}'"])}) TO STDOUT WITH (FORMAT csv, DELIMITER E'\\x02', QUOTE E'\\x01')
+"""
 
 
 # Both files' lines from one sort: each COPY row is the JSON line, then (after the delimiter) the CSV
 # line built here (COPY quotes it only when it holds CR, LF or one of the two control characters).
+_CSV_LINE = "concat(" + ", ',', ".join(_csv_text(field) if text else field for field, text in _CSV_FIELDS) + ")"
 _BOTH_ITEMS = f"""
-COPY (
-    SELECT {_JSON_LINE} || '}}',
-           concat({", ',', ".join(_csv_text(field) if text else field for field, text in _CSV_FIELDS)})
-      FROM recon_items
-     WHERE run_id = %(run_id)s
-     ORDER BY {_ORDER}
-) TO STDOUT WITH (FORMAT csv, DELIMITER E'\\x02', QUOTE E'\\x01')
-"""  # noqa: S608 - built from constants; the run's values are bound
+COPY ({_sorted([_JSON_LINE + " || '}'", _CSV_LINE])}) TO STDOUT WITH (FORMAT csv, DELIMITER E'\\x02', QUOTE E'\\x01')
+"""
 
 
 def usable(session: Session) -> bool:

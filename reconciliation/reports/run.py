@@ -10,7 +10,8 @@ to their final name and renamed into place, so a reader never sees half a report
 ``recon_<provider>_<business_date>_run<id>_payouts.csv`` for the payouts (the CSV format writes both
 CSV files); ``export_all`` writes all five and ``manifest.json`` (each file with its size and SHA-256).
 Items are listed exceptions first, most serious first (``reports_common.EXCEPTION_ORDER``), then by
-reference; payouts not matched first (``reports_common.PAYOUT_ORDER``), then by payout id.
+reference in byte order (``reports_common.BYTE_ORDER``); payouts not matched first
+(``reports_common.PAYOUT_ORDER``), then by payout id.
 
 CSV (RFC 4180, UTF-8 without BOM, CRLF, header row always): ``CSV_COLUMNS`` and ``PAYOUT_CSV_COLUMNS``, each
 column described for finance staff in docs/reports.md ("CSV columns"; a test holds the two together).
@@ -40,6 +41,7 @@ from reconciliation.models import PayoutPosting, ReconItem, ReconPayout, ReconRu
 from reconciliation.progress import Progress, silent
 from reconciliation.reports import pg as reports_pg
 from reconciliation.reports.common import (
+    BYTE_ORDER,
     EXCEPTION_ORDER,
     MATCHED,
     ItemRow,
@@ -310,7 +312,9 @@ def iter_items(
     stmt = select(*ITEM_COLUMNS).where(ReconItem.run_id == run_id)
     if exceptions_only:
         stmt = stmt.where(ReconItem.cls != MATCHED)
-    stmt = stmt.order_by(_RANK, ReconItem.healed, ReconItem.reference, ReconItem.id)
+    postgres = session.get_bind().dialect.name == "postgresql"  # SQLite compares bytes already, and has no "C"
+    reference = ReconItem.reference.collate(BYTE_ORDER) if postgres else ReconItem.reference
+    stmt = stmt.order_by(_RANK, ReconItem.healed, reference, ReconItem.id)
     if limit is not None:
         stmt = stmt.limit(limit)
     result = session.execute(stmt.execution_options(yield_per=STREAM_BATCH))
