@@ -817,25 +817,34 @@ def test_xlsx_keeps_the_error_that_stopped_it_when_closing_fails_too(
         xlsx.write_xlsx(tmp_path / "r.xlsx", summ, broken, broken, max_rows=100)
 
 
-def test_items_are_listed_by_reference_in_byte_order_whatever_the_columns_collation(rt: Runtime) -> None:
-    """Within a class, references sort as bytes (``reports_common.BYTE_ORDER``), as SQLite sorts them: upper case
-    before lower case, on a server whose collation sorts letters as a dictionary does (the column made ICU's
-    en-US here, in a transaction rolled back), in the streamed items and in the COPY of the CSV and JSON files."""
+def test_items_and_changes_are_listed_by_reference_in_byte_order_whatever_the_columns_collation(rt: Runtime) -> None:
+    """Within a class, references sort as bytes (``reports_common.BYTE_ORDER``): upper case before lower case, on a
+    server whose collation sorts letters as a dictionary does (the column made ICU's en-US here, in a transaction
+    rolled back), in the streamed items, in each COPY of the CSV and JSON files, and in the changes since the
+    previous run."""
     references = ["b-1", "B-2", "a-3", "A-4", "é-5", "e-6"]
-    run_id = make_run(rt, [item("matched", ref, "XOF", 100, 100) for ref in references])
+    with rt.sessions() as session:
+        if session.scalar(text("SELECT count(*) FROM pg_collation WHERE collname = 'en-US-x-icu'")) == 0:
+            pytest.skip("this PostgreSQL has no ICU collations")
+    previous = make_run(rt, [item("matched", ref, "XOF", 100, 100) for ref in references])
+    run_id = make_run(rt, [item("amount_mismatch", ref, "XOF", 100, 90) for ref in references], previous=previous)
     with rt.sessions() as session, session.begin():
         session.execute(text('ALTER TABLE recon_items ALTER COLUMN reference TYPE varchar(100) COLLATE "en-US-x-icu"'))
-        dictionary = list(session.scalars(text("SELECT reference FROM recon_items ORDER BY reference")))
+        dictionary = list(session.scalars(text("SELECT DISTINCT reference FROM recon_items ORDER BY reference")))
         assert dictionary != sorted(references)  # the collation orders otherwise: the test means something
         streamed = [row.reference for row in reports.iter_items(session, run_id)]
-        csv_out, json_out = io.BytesIO(), io.BytesIO()
+        changed = [change["reference"] for change in reports.changes(session, run_id)]
+        both_csv, both_json, csv_out, json_out = io.BytesIO(), io.BytesIO(), io.BytesIO(), io.BytesIO()
         reports.reports_pg.copy_csv_and_json_items(
-            session, run_id, "cinetpay", DAY.isoformat(), csv_out=csv_out, json_out=json_out
+            session, run_id, "cinetpay", DAY.isoformat(), csv_out=both_csv, json_out=both_json
         )
+        reports.reports_pg.copy_csv_items(session, run_id, "cinetpay", DAY.isoformat(), csv_out)
+        reports.reports_pg.copy_json_items(session, run_id, json_out)
         session.rollback()
     expected = sorted(references, key=lambda ref: ref.encode())
-    assert streamed == expected
-    assert [row[5] for row in csv.reader(io.StringIO(csv_out.getvalue().decode()))] == expected
-    assert [
-        json.loads(line.rstrip(","))["reference"] for line in json_out.getvalue().decode().split("\n") if line
-    ] == expected
+    assert streamed == expected and changed == expected
+    for out in (both_csv, csv_out):
+        assert [row[5] for row in csv.reader(io.StringIO(out.getvalue().decode()))] == expected
+    for out in (both_json, json_out):
+        lines = [line for line in out.getvalue().decode().split("\n") if line]
+        assert [json.loads(line.rstrip(","))["reference"] for line in lines] == expected

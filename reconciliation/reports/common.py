@@ -31,10 +31,11 @@ MATCHED = ReconClass.MATCHED.value
 PAYOUT_ORDER: tuple[str, ...] = ("mismatch", "unexplained", "pending", "matched")
 PAYOUT_MATCHED = "matched"
 
-#: The collation item listings sort references in on PostgreSQL: byte order, SQLite's own (``BINARY``), the
-#: same on every server whatever its locale; and a sort of a million references by ``memcmp``, where a
-#: locale's collation (glibc's, ``C.UTF-8`` included) copies and compares each pair with ``strcoll``
-#: (measured 2026-12-06: the report COPY's sort 1.16 -> 0.81 s a worker).
+#: The collation item listings and changes sort references in on PostgreSQL: byte order (of UTF-8: code points),
+#: as SQLite's ``BINARY`` compares text, the same whatever the server's locale; and a sort of a million
+#: references by ``memcmp``, where a locale's collation (glibc's, ``C.UTF-8`` included) copies and compares
+#: each pair with ``strcoll`` (measured 2026-12-06, with the keys ahead of the formatted lines,
+#: ``reports_pg._sorted``: the report COPY's sort 1.6 -> 0.8 s a worker).
 BYTE_ORDER = "C"
 
 #: First characters that make a spreadsheet read a cell as a formula (OWASP CSV injection, CWE-1236).

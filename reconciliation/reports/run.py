@@ -239,6 +239,11 @@ def payouts(session: Session, run_id: int) -> list[dict[str, Any]]:
     return rows
 
 
+def _bytewise(session: Session, column: Any) -> Any:
+    """``column`` compared as bytes (``BYTE_ORDER``) on PostgreSQL; SQLite compares bytes already (and has no "C")."""
+    return column.collate(BYTE_ORDER) if session.get_bind().dialect.name == "postgresql" else column
+
+
 def _changes_select(run_id: int, previous_run_id: int) -> Any:
     def keyed(rid: int, name: str) -> Any:
         # One row per reference (or provider transaction id when the line has no reference).
@@ -275,13 +280,15 @@ def changes(session: Session, run_id: int, *, limit: int | None = None) -> list[
     One set-based query (a full outer join of both runs on the reference). Each change is
     ``{reference, provider_txn_id, from_class, to_class, change}`` where ``change`` is
     ``restated``, ``appeared`` (``from_class`` null) or ``disappeared`` (``to_class`` null).
-    Empty when the run has no previous run. Sorted by reference; ``limit`` keeps the first ones.
+    Empty when the run has no previous run. Sorted by reference in byte order, as the items are;
+    ``limit`` keeps the first ones.
     """
     run = _run(session, run_id)
     if run.previous_run_id is None:
         return []
     sub = _changes_select(run.id, run.previous_run_id).subquery("changes")
-    stmt = select(sub.c.reference, sub.c.provider_txn_id, sub.c.from_class, sub.c.to_class).order_by(sub.c.key)
+    stmt = select(sub.c.reference, sub.c.provider_txn_id, sub.c.from_class, sub.c.to_class)
+    stmt = stmt.order_by(_bytewise(session, sub.c.key))
     if limit is not None:
         stmt = stmt.limit(limit)
     return [
@@ -312,9 +319,7 @@ def iter_items(
     stmt = select(*ITEM_COLUMNS).where(ReconItem.run_id == run_id)
     if exceptions_only:
         stmt = stmt.where(ReconItem.cls != MATCHED)
-    postgres = session.get_bind().dialect.name == "postgresql"  # SQLite compares bytes already, and has no "C"
-    reference = ReconItem.reference.collate(BYTE_ORDER) if postgres else ReconItem.reference
-    stmt = stmt.order_by(_RANK, ReconItem.healed, reference, ReconItem.id)
+    stmt = stmt.order_by(_RANK, ReconItem.healed, _bytewise(session, ReconItem.reference), ReconItem.id)
     if limit is not None:
         stmt = stmt.limit(limit)
     result = session.execute(stmt.execution_options(yield_per=STREAM_BATCH))
