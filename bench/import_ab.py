@@ -5,9 +5,9 @@
 
 ``bench/reconcile_scale.py`` times a whole run once; a change to one stage of the import (a cheaper check in the
 convert-and-insert statement) moves less than the machine's noise between two such runs. Here the bench's
-CinetPay day (``reconcile_scale.seed_payments`` and ``write_statement``: N payments, the day's statement file) is
-built once in a template database (``VACUUM ANALYZE``d, checkpointed), and each import runs on a fresh copy of it
-(``CREATE DATABASE ... TEMPLATE``), in a child process started in the code tree under test (its own
+CinetPay day (``reconcile_scale.seed_payments`` and ``write_statement``: N payments, vacuumed, analyzed and
+checkpointed, and the day's statement file) is built once in a template database, and each import runs on a fresh
+copy of it (``CREATE DATABASE ... TEMPLATE``), in a child process started in the code tree under test (its own
 ``PYTHONPATH``), for each ``--code`` in turn, then the other way round (default: this tree; give one to compare
 it with this tree, ``--code`` twice to compare two others). The trees must share the schema of this tree's
 migrations. Each import's ``progress`` stages are timed from the first report of a stage to the first of the
@@ -35,7 +35,6 @@ import time
 from pathlib import Path
 
 from sqlalchemy import create_engine, text
-from sqlalchemy.pool import NullPool
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -104,9 +103,6 @@ def main() -> None:
         built = time.perf_counter()
         reconcile_scale.seed_payments(url, args.payments, False)
         reconcile_scale.write_statement(statement, args.payments, False)
-        with create_engine(url, isolation_level="AUTOCOMMIT", poolclass=NullPool).connect() as conn:
-            conn.execute(text("VACUUM ANALYZE"))
-            conn.execute(text("CHECKPOINT"))
         print(f"{args.payments} payments and the day's statement in {time.perf_counter() - built:.1f} s")
         for n in range(args.pairs):
             for tree in trees if n % 2 == 0 else trees[::-1]:  # ABBA: neither always goes first

@@ -35,7 +35,6 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import create_engine, func, select, text
-from sqlalchemy.pool import NullPool
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -86,13 +85,13 @@ def seed_payments(url: str, n: int, shuffled: bool) -> None:
         raw.commit()
     finally:
         raw.close()
-    engine.dispose()
     # As a nightly run finds the day's payments, written through the day: vacuumed, analyzed, checkpointed. Fresh
     # from the COPY, the first statement to read them (the floor's) would set their hint bits, and a checkpoint
     # the COPY's WAL set off would run under the timed part.
-    with create_engine(url, isolation_level="AUTOCOMMIT", poolclass=NullPool).connect() as conn:
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
         conn.execute(text("VACUUM (ANALYZE) payments"))
         conn.execute(text("CHECKPOINT"))
+    engine.dispose()
 
 
 def write_statement(path: Path, n: int, shuffled: bool, fee: int = 0) -> None:

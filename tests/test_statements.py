@@ -460,18 +460,20 @@ def test_an_import_reports_each_stage_until_done(
 @pytest.mark.parametrize(
     "time_", ["2026-11-21 10:00:0s", "2026-11-2T 10:00:00", "2026-11-21  0:00:00", "1969-12-31 23:59:59"]
 )
-def test_a_file_without_tabs_takes_the_narrow_trim_and_the_same_time_checks(
-    rt: Runtime, tmp_path: Path, time_: str
+@pytest.mark.parametrize("edge", ["", " "])
+def test_a_file_without_tabs_keeps_the_time_checks_trimmed_or_not(
+    rt: Runtime, tmp_path: Path, time_: str, edge: str
 ) -> None:
-    """A file whose only whitespace is spaces, CR and LF is trimmed with the narrow set (``statements_pg._stage``):
-    the time checks hold there too."""
+    """A file whose only whitespace is spaces, CR and LF is converted untrimmed (``statements_pg.NONE``), or, with a
+    space at a field's edge, trimmed with the narrow set (``NARROW``): the time checks hold either way."""
     path = tmp_path / "cinetpay.csv"
     path.write_text(
         "transaction_id,operator_id,payment_date,amount,currency,fees,status\r\n"
-        "TXN-1,OP1,2026-11-21 09:00:00,5000,XOF,0,ACCEPTED\r\n"
+        f"TXN-1,{edge}OP1,2026-11-21 09:00:00,5000,XOF,0,ACCEPTED\r\n"
         f"TXN-2,OP2,{time_},5000,XOF,0,ACCEPTED\r\n",
         encoding="utf-8",
     )
+    assert statements_pg._scan(path)[1] == (statements_pg.NARROW if edge else statements_pg.NONE)
     with pytest.raises(StatementError) as info, rt.sessions() as session, session.begin():
         import_file(session, "cinetpay", path, business_tz=TZ)
     assert info.value.errors == [(3, info.value.errors[0][1])]

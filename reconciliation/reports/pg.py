@@ -60,13 +60,14 @@ def _literal(value: str) -> str:
     return "E'" + "".join(ch if ch.isprintable() else f"\\x{ord(ch):02x}" for ch in escaped) + "'"
 
 
-# Items exceptions first, most serious first, then by healed, reference, id (``reports._RANK``).
+# The class's rank: exceptions first, most serious first, then unknown classes, then matched (``reports._RANK``).
 _RANK = (
     "CASE cls "
     + " ".join(f"WHEN {_literal(cls)} THEN {rank}" for rank, cls in enumerate(EXCEPTION_ORDER))
     + f" WHEN {_literal(MATCHED)} THEN {len(EXCEPTION_ORDER) + 1} ELSE {len(EXCEPTION_ORDER)} END"
 )
-#: The sort keys, computed beside the formatted lines and ahead of them (``_sorted``).
+#: The items' order (``reports.iter_items``'s): the class's rank, healed, the reference in byte order, the id;
+#: computed beside the formatted lines and ahead of them (``_sorted``).
 _KEYS = (_RANK, "healed", f'reference COLLATE "{BYTE_ORDER}"', "id")
 _CURRENCY = "coalesce(nullif(internal_currency, ''), provider_currency)"  # ItemRow.currency
 # The formula triggers by code point: ``ascii`` of the first character is an integer compared with a list,

@@ -37,6 +37,7 @@ from typing import Any
 from sqlalchemy import String, and_, case, func, literal, select
 from sqlalchemy.orm import Session
 
+from reconciliation.db import is_postgres
 from reconciliation.models import PayoutPosting, ReconItem, ReconPayout, ReconRun
 from reconciliation.progress import Progress, silent
 from reconciliation.reports import pg as reports_pg
@@ -241,7 +242,7 @@ def payouts(session: Session, run_id: int) -> list[dict[str, Any]]:
 
 def _bytewise(session: Session, column: Any) -> Any:
     """``column`` compared as bytes (``BYTE_ORDER``) on PostgreSQL; SQLite compares bytes already (and has no "C")."""
-    return column.collate(BYTE_ORDER) if session.get_bind().dialect.name == "postgresql" else column
+    return column.collate(BYTE_ORDER) if is_postgres(session) else column
 
 
 def _changes_select(run_id: int, previous_run_id: int) -> Any:

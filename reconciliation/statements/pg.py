@@ -297,7 +297,7 @@ def _scan(path: Path, *, progress: Progress = silent) -> tuple[int, str]:
     would be rows COPY refuses, sending a good file down the Python path. ``LayoutError`` for a
     line that is only ``\.``, which COPY would take for the end of the data. A file with only
     spaces, CR and LF around its values (most are) lets the optimistic path trim them cheaply, and
-    one where no field starts or ends with a space (``_edges``) needs no trim at all: trimming
+    one where no field starts or ends with whitespace (``_whitespace``) needs no trim at all: trimming
     six fields is about a tenth of the conversion's CPU.
     """
     wide = edges = False
@@ -323,7 +323,6 @@ def _scan(path: Path, *, progress: Progress = silent) -> tuple[int, str]:
         if carry.rstrip(b"\r") == b"\\.":
             raise LayoutError("a line holds only '\\.'")
         wide, edges = _whitespace(carry, wide, edges)
-        edges = edges or carry.endswith(b" ")
         size = handle.tell()
         window = min(size, 1 << 20)
         handle.seek(size - window)
@@ -373,7 +372,8 @@ def _whitespace(lines: bytes, wide: bool, edges: bool) -> tuple[bool, bool]:
     if b"w" in marks or (not lines.isascii() and _WIDE_SPACES.search(lines.decode("utf-8", "replace"))):
         return True, True
     if not edges:
-        edges = marks.startswith(b" ") or b" ," in marks or b", " in marks
+        # (Whole lines end with an LF, a comma here: only the last line of a file without a final LF ends with a space.)
+        edges = marks.startswith(b" ") or marks.endswith(b" ") or b" ," in marks or b", " in marks
         # A quote at the start: the line break before it, the end of the previous block, may close a quoted field.
         edges = edges or (b'"' in lines and (lines.startswith(b'"') or any(pair in lines for pair in _EDGE_BREAKS)))
     return False, edges
@@ -463,7 +463,7 @@ def _fast_sql(
     raw: str,
     currencies: str,
     statuses: str,
-    spaces: str | None = WS,
+    spaces: str | None,
 ) -> str:
     """The optimistic conversion and insert of the staged lines ``%(lo)s`` to ``%(hi)s``.
 
@@ -484,14 +484,15 @@ def _fast_sql(
     def trim(column: str) -> str:
         return f"btrim(s.{column}, {spaces})" if spaces else f"s.{column}"
 
-    # Each field trimmed as Python does, once per line (``trimmed``): the conversion refers to each several
-    # times, and an expression is evaluated at every reference.
+    # Each field trimmed as Python does (when any needs it), and the time read as a timestamp, once per line
+    # (``per_line``): the conversion refers to each several times, and an expression is evaluated at every reference.
     fields = {key: trim(column) for key, column in col.items()}
     fields["amount"] = f"replace({fields['amount']}, ' ', '')"  # spaces inside a number: thousands ("5 000")
     fields["fee_text"] = f"nullif(replace({trim(fee)}, ' ', ''), '')" if fee else "NULL::text"
     fields["payout"] = f"nullif({trim(payout)}, '')" if payout else "NULL::text"
-    fields["ts"] = f"{fields['time']}::timestamp"  # read once: ``_time``
-    trimmed = ", ".join(f"{expr} AS f_{key}" for key, expr in fields.items())
+    # Read once for ``_time``; only a time with a space after its date can be of the common layout.
+    fields["ts"] = f"CASE WHEN substr({fields['time']}, 11, 1) = ' ' THEN {fields['time']}::timestamp END"
+    per_line = ", ".join(f"{expr} AS f_{key}" for key, expr in fields.items())
     amount, fee_text = "t.f_amount", "t.f_fee_text"
     return f"""
             WITH inserted AS (
@@ -511,12 +512,13 @@ def _fast_sql(
                        {_minor(fee_text)} AS fee,
                        {_time("t.f_time", "t.f_ts")} AS occ,
                        t.f_payout AS payout,
+                       -- left() counts characters, walking the line: only a line of over 2,000 bytes needs it
                        CASE WHEN octet_length(t.raw) <= 2000 THEN t.raw ELSE left(t.raw, 2000) END AS raw
                 FROM (
-                    SELECT s.line_no, {trimmed}, concat_ws(',', {raw}) AS raw
+                    SELECT s.line_no, {per_line}, concat_ws(',', {raw}) AS raw
                       FROM {stage} s
                      WHERE s.line_no BETWEEN %(lo)s AND %(hi)s
-                    OFFSET 0  -- each field trimmed once, not at each of its uses below
+                    OFFSET 0  -- each field computed once, not at each of its uses below
                 ) AS t
                 LEFT JOIN (SELECT code, power(10::numeric, exp) AS mult, (10 ^ exp)::bigint AS imult
                            FROM (VALUES {currencies}) AS c(code, exp))
