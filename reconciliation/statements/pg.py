@@ -533,14 +533,14 @@ def _fast_sql(
 
 def _time(text: str, timestamp: str) -> str:
     """SQL: the ``TIME`` ``text`` as a timestamptz (in the session's zone if it names none), NULL if it is not one;
-    ``timestamp``: ``text::timestamp``.
+    ``timestamp``: ``text::timestamp`` when a space follows the date, else NULL (``_fast_sql``'s ``ts``).
 
     The common layout (``YYYY-MM-DD HH:MM:SS``) is the one that reads back as itself from a
     timestamp in ISO ``DateStyle`` (psycopg2 reads dates in no other): a digit, a separator or a space out of
     place, a 24th hour or a 60th second (which PostgreSQL carries into the next day or minute) would
-    not; its four-digit year compares as bytes. Other layouts take ``_time_shape``. A text no timestamp reads
-    (``now`` and kin aside, which read back otherwise) makes the statement fail, as the cast in the
-    result would.
+    not; its four-digit year compares as bytes. Other layouts take ``_time_shape``. A text with a space after
+    its date that no timestamp reads makes the statement fail (the strict path then names its line); ``now``
+    and kin read, but not back as themselves.
     """
     common = (  # a year of four digits (PostgreSQL reads five and more), in YEARS, of our era (``... BC`` reads back)
         f"{timestamp}::text = {text} AND {text} LIKE '____-%%' AND {text} NOT LIKE '%%C' "
