@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 from celery import Celery
 from sqlalchemy import create_engine, select
 
@@ -353,3 +354,43 @@ def test_a_batch_is_acknowledged_in_one_round_trip(private_redis: PrivateRedis) 
         channel.close()
     with private_redis.client() as client:  # nothing comes back on close: every record is gone
         assert client.llen("webhooks") == 1 and client.hlen("unacked") == 0
+
+
+def test_an_idle_worker_waits_on_the_queue_that_last_had_messages(private_redis: PrivateRedis) -> None:
+    """With every list empty, the fetch waits (``BLMOVE``, ``KEY_WAIT`` at a time) on the list that last had
+    messages, where the next one most likely comes and is then taken at once, not on each of the queues'
+    priority lists in turn (a message waited up to ``KEY_WAIT`` while the worker watched another list)."""
+    from kombu import Connection, Consumer, Producer, Queue
+
+    from worker import broker_recovery
+
+    broker_recovery.apply_reliable_fetch()
+    queues = [Queue(name, routing_key=name) for name in ("webhooks", "verify")]
+    received: list[Any] = []
+    with Connection(private_redis.url) as conn:
+        Producer(conn.channel()).publish({"n": 1}, routing_key="verify", declare=queues, serializer="json")
+        channel = conn.channel()
+        with Consumer(channel, queues, callbacks=[lambda body, message: received.append(message)]):
+            deadline = time.monotonic() + 10
+            while not received and time.monotonic() < deadline:
+                conn.drain_events(timeout=1)
+            assert len(received) == 1
+            received[0].ack()
+            with private_redis.client() as client:
+                monitor = client.monitor()
+                waits: list[list[str]] = []
+                with monitor:
+                    started = time.monotonic()
+                    with pytest.raises(TimeoutError):  # nothing more to take: the fetch waits in turns
+                        conn.drain_events(timeout=1.0)
+                    while time.monotonic() - started < 1.5:
+                        try:
+                            command = monitor.next_command()["command"]
+                        except (TimeoutError, redis.exceptions.TimeoutError):  # no more commands
+                            break
+                        if command.upper().startswith("BLMOVE "):
+                            waits.append(command.split())
+                            if len(waits) >= 4:
+                                break
+        assert len(waits) >= 4, waits
+        assert {wait[1] for wait in waits} == {"verify"}, waits  # each wait on the list that had the message

@@ -215,15 +215,17 @@ def apply_reliable_fetch() -> None:
 
     A move watches one list at a time, so the worker visits the queue keys (queues x priority
     steps) in turn without waiting (``LMOVE``), and only after a whole round found nothing waits
-    ``KEY_WAIT`` on the next one (``BLMOVE``): under load every queue gets its turn, and a new
-    message waits at most about ``KEY_WAIT``. An idle worker spends 0.6 % of a core on it (kombu's
-    BRPOP: 0.1 %; measured with 32 threads, 3 queues and kombu's 4 priority steps). Needs Redis 6.2 or
-    newer; without a ``global_keyprefix`` (payrecon sets none).
+    ``KEY_WAIT`` on one (``BLMOVE``; the one that last had messages): under load every queue gets its
+    turn, and a new message waits at most about ``KEY_WAIT`` (none on the list waited on). An idle
+    worker spends 0.6 % of a core on it (kombu's BRPOP: 0.1 %; measured with 32 threads, 3 queues and
+    kombu's 4 priority steps). Needs Redis 6.2 or newer; without a ``global_keyprefix`` (payrecon sets
+    none).
 
     Under load a visit takes many messages at once: a script (``_TAKE``) moves up to as many as the
     prefetch window has room for off the queue and records each in ``unacked`` as kombu would, in one
     step and one round trip, where a message each cost three (the move, kombu's record, the removal
-    from ``:incoming``). Only the wait on an empty queue (``BLMOVE``) still goes one message at a time.
+    from ``:incoming``). Only the wait on an empty queue (``BLMOVE``) still goes one message at a time;
+    it waits on the list that last had messages, where the next one most likely comes.
     """
     channel_class: Any = redis_transport.Channel
     qos_class: Any = redis_transport.QoS
@@ -272,8 +274,16 @@ def _brpop_start(self: Any, timeout: Any = None) -> None:
         self.client.connection.send_command(
             "EVAL", _TAKE, 3, key, self.unacked_key, self.unacked_index_key, count, repr(_kombu.time())
         )
-    else:  # everything was empty: wait a little on one list, then look at all of them again
+    else:  # everything was empty: wait a little, then look at all of them again
         self._payrecon_empty = 0
+        # The wait is on the list that last had messages (webhooks, in practice): a message there is taken
+        # the moment it arrives. Waiting on the next list of the round instead (one of the queues'
+        # priority lists, mostly empty) held a message of a worker with little to do for up to KEY_WAIT
+        # (half the load of bench/throughput.py: enqueue->settled p50 345 -> 301 ms). A message on
+        # another list still waits at most about KEY_WAIT, as before.
+        hot = getattr(self, "_payrecon_hot", None)
+        if hot in keys:
+            key = self._payrecon_moving = hot
         self.client.connection.send_command("BLMOVE", key, key + INCOMING, "RIGHT", "LEFT", KEY_WAIT)
 
 
@@ -295,6 +305,7 @@ def _brpop_read(self: Any, **options: Any) -> bool:
             self._payrecon_empty = getattr(self, "_payrecon_empty", 0) + 1
             raise _kombu.Empty()
         self._payrecon_empty = 0
+        self._payrecon_hot = key
         queue = _kombu.bytes_to_str(key).rsplit(self.sep, 1)[0]
         self.connection._deliver(_kombu.loads(_kombu.bytes_to_str(item)), queue)
         # Recorded in unacked by now (QoS.append): it may leave the incoming list.
@@ -326,6 +337,7 @@ def _deliver_taken(channel: Any, key: str, items: list[bytes]) -> bool:
         channel._payrecon_empty = getattr(channel, "_payrecon_empty", 0) + 1
         raise _kombu.Empty()
     channel._payrecon_empty = 0
+    channel._payrecon_hot = key
     queue = _kombu.bytes_to_str(key).rsplit(channel.sep, 1)[0]
     channel._payrecon_recorded = True
     try:
