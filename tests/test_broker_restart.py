@@ -16,7 +16,7 @@ import sys
 import textwrap
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -358,8 +358,8 @@ def test_a_batch_is_acknowledged_in_one_round_trip(private_redis: PrivateRedis) 
 
 def test_an_idle_worker_waits_on_the_queue_that_last_had_messages(private_redis: PrivateRedis) -> None:
     """With every list empty, the fetch waits (``BLMOVE``, ``KEY_WAIT`` at a time) on the list that last had
-    messages, where the next one most likely comes and is then taken at once, not on each of the queues'
-    priority lists in turn (a message waited up to ``KEY_WAIT`` while the worker watched another list)."""
+    messages, where the next one most likely comes and is then taken at once, not on the list where its round
+    ended (always the same priority list: a message waited up to ``KEY_WAIT`` while the worker watched it)."""
     from kombu import Connection, Consumer, Producer, Queue
 
     from worker import broker_recovery
@@ -394,3 +394,36 @@ def test_an_idle_worker_waits_on_the_queue_that_last_had_messages(private_redis:
                                 break
         assert len(waits) >= 4, waits
         assert {wait[1] for wait in waits} == {"verify"}, waits  # each wait on the list that had the message
+
+
+def test_an_idle_worker_still_takes_a_message_on_another_queue(private_redis: PrivateRedis) -> None:
+    """Waiting on the list that last had messages must not skip another list: after a webhook, an idle worker
+    still takes a message sent to ``verify`` (then to ``maintenance``) within a few ``KEY_WAIT``. (Counting the
+    wait as a visit to the round's list skipped the list after the hot one for as long as nothing else came.)"""
+    from kombu import Connection, Consumer, Producer, Queue
+
+    from worker import broker_recovery
+
+    broker_recovery.apply_reliable_fetch()
+    queues = [Queue(name, routing_key=name) for name in ("webhooks", "verify", "maintenance")]
+    received: list[Any] = []
+
+    def take(within: float) -> None:
+        deadline = time.monotonic() + within
+        while not received and time.monotonic() < deadline:
+            with suppress(TimeoutError):
+                conn.drain_events(timeout=0.2)
+
+    with Connection(private_redis.url) as conn:
+        producer = Producer(conn.channel())
+        channel = conn.channel()
+        with Consumer(channel, queues, callbacks=[lambda body, message: received.append(message)]):
+            for queue in ("webhooks", "verify", "maintenance"):
+                take(0.5)  # idle in between: the fetch waits on the list that had the last message
+                assert not received
+                producer.publish({"queue": queue}, routing_key=queue, declare=queues, serializer="json")
+                take(5.0)  # KEY_WAIT is 0.1 s
+                assert [m.payload for m in received] == [{"queue": queue}], queue
+                received.pop().ack()
+    with private_redis.client() as client:
+        assert sum(client.llen(name) for name in ("webhooks", "verify", "maintenance")) == 0

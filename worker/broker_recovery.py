@@ -277,13 +277,15 @@ def _brpop_start(self: Any, timeout: Any = None) -> None:
     else:  # everything was empty: wait a little, then look at all of them again
         self._payrecon_empty = 0
         # The wait is on the list that last had messages (webhooks, in practice): a message there is taken
-        # the moment it arrives. Waiting on the next list of the round instead (one of the queues'
-        # priority lists, mostly empty) held a message of a worker with little to do for up to KEY_WAIT
-        # (half the load of bench/throughput.py: enqueue->settled p50 345 -> 301 ms). A message on
-        # another list still waits at most about KEY_WAIT, as before.
+        # the moment it arrives. Waiting on the round's next list instead (always the same one: a priority
+        # list, mostly empty) held a message of a worker with little to do for up to KEY_WAIT (half the
+        # load of bench/throughput.py: enqueue->settled p50 330-350 -> 290-315 ms).
         hot = getattr(self, "_payrecon_hot", None)
-        if hot in keys:
+        if hot in keys and hot != key:
             key = self._payrecon_moving = hot
+            # Waiting elsewhere is no visit to the round's list: the next round visits every list, that
+            # one too, so a message on another list still waits at most about KEY_WAIT.
+            self._payrecon_empty = -1
         self.client.connection.send_command("BLMOVE", key, key + INCOMING, "RIGHT", "LEFT", KEY_WAIT)
 
 
