@@ -13,10 +13,11 @@ from datetime import datetime, timedelta
 from typing import Any, cast
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Table, select, tuple_, update
+from sqlalchemy import Table, select, text, tuple_, update
 from sqlalchemy.orm import Session
 
 from reconciliation import bulk, facts, outbox
+from reconciliation.db import is_postgres
 from reconciliation.dialect import insert
 from reconciliation.models import Payment, Plan, Subscription, SubscriptionGrant, SubscriptionReminder
 
@@ -103,22 +104,40 @@ def lock_many(session: Session, keys: list[tuple[str, str, str]], now: datetime)
     if not keys:
         return {}
     keys = sorted(set(keys))
-    session.execute(
-        insert(session, Subscription.__table__).on_conflict_do_nothing(index_elements=["product", "account"]),
-        [
-            {"product": product, "account": account, "plan_code": plan, "starts_at": now, "ends_at": now,
-             "active": False}
-            for product, account, plan in keys
-        ],
-    )  # fmt: skip
-    table = Subscription.__table__
-    rows = session.execute(
-        select(*(table.c[name] for name in Held.__slots__))
-        .where(tuple_(table.c.product, table.c.account).in_({(p, a) for p, a, _ in keys}))
-        .order_by(table.c.id)
-        .with_for_update()
-    )
+    table = cast(Table, Subscription.__table__)
+    new = [
+        {"product": product, "account": account, "plan_code": plan, "starts_at": now, "ends_at": now, "active": False}
+        for product, account, plan in keys
+    ]
+    if is_postgres(session):
+        # One statement each over arrays, the rows found by the (product, account) key: a row-wise IN list
+        # of a batch's hundred pairs became a hundred-armed OR, planned in ~7 ms among 100,000 subscriptions,
+        # and read by a sequential scan comparing every row with each pair while the table looked small.
+        bulk.insert_rows(session, table, new, tail="ON CONFLICT (product, account) DO NOTHING")
+        pairs = sorted({(product, account) for product, account, _ in keys})
+        rows = session.execute(_LOCK_MANY, {"products": [p for p, _ in pairs], "accounts": [a for _, a in pairs]}).all()
+    else:
+        session.execute(insert(session, table).on_conflict_do_nothing(index_elements=["product", "account"]), new)
+        rows = session.execute(
+            select(*(table.c[name] for name in Held.__slots__))
+            .where(tuple_(table.c.product, table.c.account).in_({(p, a) for p, a, _ in keys}))
+            .order_by(table.c.id)
+            .with_for_update()
+        ).all()
     return {(row.product, row.account): Held(*row) for row in rows}
+
+
+#: The subscriptions of (product, account) pairs given as two arrays, locked in id order: each pair's id
+#: found through the (product, account) key (a subquery per pair, so that it is an index probe whatever
+#: the planner thinks of the table's size), then the rows through the primary key. The names are
+#: ``Held``'s fields; every value is a bound parameter.
+_LOCK_MANY = text(
+    f"SELECT {', '.join('s.' + name for name in Held.__slots__)} FROM subscriptions s"  # noqa: S608
+    " WHERE s.id = ANY (ARRAY(SELECT (SELECT x.id FROM subscriptions x"
+    " WHERE x.product = k.product AND x.account = k.account)"
+    " FROM unnest(CAST(:products AS text[]), CAST(:accounts AS text[])) AS k (product, account)))"
+    " ORDER BY s.id FOR UPDATE"
+)
 
 
 def _granted(

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 from zoneinfo import ZoneInfo
 
+import pytest
 from sqlalchemy import select
+from sqlalchemy.exc import OperationalError
 
 from reconciliation import payments
 from reconciliation.db import transaction
@@ -78,3 +81,60 @@ def test_expiry_switches_off_exactly_the_ended_ones(rt: Runtime) -> None:
         active = dict(session.execute(select(Subscription.account, Subscription.active)).all())
     assert len(expired) == 1
     assert active == {"a": False, "b": True}
+
+
+def test_a_batch_s_subscriptions_are_locked_through_their_key(rt: Runtime) -> None:
+    """``lock_many`` (a batch's settlement) creates the missing subscriptions and locks all of them with one
+    statement each whose text does not depend on how many there are, each found through the (product,
+    account) key: never a row-wise IN list (a hundred-armed OR, planned in milliseconds, read by a
+    sequential scan while the table looked small). Among 20,000 subscriptions; the batch rolled back."""
+    from sqlalchemy import event, text
+
+    from reconciliation.subscriptions import lock_many
+
+    now = datetime(2026, 11, 21, 10, tzinfo=UTC)
+    with transaction(rt.sessions) as session:
+        session.execute(
+            text(
+                "INSERT INTO subscriptions (product, account, plan_code, starts_at, ends_at, active) "
+                "SELECT 'depannage', 'old-' || n, 'depannage-monthly', :now, :now, false "
+                "FROM generate_series(1, 20000) AS n"
+            ),
+            {"now": now},
+        )
+    with transaction(rt.sessions) as session:
+        session.execute(text("ANALYZE subscriptions"))
+        statements: list[tuple[str, Any]] = []
+
+        def record(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, many: bool) -> None:
+            statements.append((statement, parameters))
+
+        engine = session.get_bind()
+        event.listen(engine, "before_cursor_execute", record)
+        try:
+            few = lock_many(session, [("depannage", f"old-{n}", "depannage-monthly") for n in (7, 3)], now)
+            texts = [statement for statement, _ in statements]
+            statements.clear()
+            keys = [("depannage", f"old-{n}", "depannage-monthly") for n in range(100, 150)]
+            keys += [("depannage", f"new-{n}", "depannage-monthly") for n in range(50)]
+            many = lock_many(session, keys, now)
+        finally:
+            event.remove(engine, "before_cursor_execute", record)
+        assert [statement for statement, _ in statements] == texts and len(texts) == 2
+        assert set(few) == {("depannage", "old-7"), ("depannage", "old-3")}
+        assert set(many) == {(product, account) for product, account, _ in keys}
+        assert [held.id for held in many.values()] == sorted(held.id for held in many.values())  # id order
+        assert all(not held.active for held in many.values())
+        with rt.engine.connect() as other, pytest.raises(OperationalError, match="could not obtain lock"):
+            other.execute(text("SELECT id FROM subscriptions WHERE account = 'old-120' FOR UPDATE NOWAIT"))
+        cursor = session.connection().connection.cursor()
+        cursor.execute("EXPLAIN (FORMAT JSON) " + statements[-1][0], statements[-1][1])
+        nodes = _nodes(cursor.fetchone()[0][0]["Plan"])
+        scans = {(n["Node Type"], n.get("Index Name")) for n in nodes if n.get("Relation Name") == "subscriptions"}
+        assert scans == {("Index Scan", "uq_subscriptions_product_account"), ("Index Scan", "pk_subscriptions")}, nodes
+        session.rollback()
+
+
+def _nodes(plan: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every node of an EXPLAIN (FORMAT JSON) plan."""
+    return [plan, *(node for child in plan.get("Plans", []) for node in _nodes(child))]
