@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -19,7 +20,7 @@ from typing import Any, ClassVar
 
 import pytest
 import requests
-from tenacity import wait_none
+from tenacity import RetryCallState, Retrying, wait_none
 
 from providers.base import (
     ProviderAuthError,
@@ -109,6 +110,56 @@ def test_success_returns_the_response(
     assert response.status_code == 200 and response.json()["code"] == "608"  # the real handler answered
 
 
+@dataclass(frozen=True)
+class _Counted(RetryPolicy):
+    """A policy that records what tenacity is asked: each ``Retrying`` built, each wait with its state."""
+
+    built: list[int] = field(default_factory=list)
+    waits: list[tuple[int, float]] = field(default_factory=list)
+
+    def retrying(self) -> Retrying:
+        self.built.append(1)
+        return super().retrying()
+
+    def _wait(self, state: RetryCallState) -> float:
+        self.waits.append((state.attempt_number, state.seconds_since_start or 0.0))
+        return 0.0
+
+
+def test_a_call_answered_at_once_builds_no_retrying_and_retries_go_on_as_tenacity_decides(
+    sandbox_server: SandboxServer, sandbox: SandboxClient, session: requests.Session
+) -> None:
+    """The first attempt runs without tenacity (a ``Retrying`` and its state cost a tenth of a call's CPU); after
+    a transient failure tenacity decides from the same state as if it had made that attempt: the waits follow
+    attempts 1 and 2, the time counts from before the first, and the attempts stop at the policy's number."""
+    url = sandbox_server.url + PATH
+    policy = _Counted(max_attempts=3)
+    assert send(session, "demo", "POST", url, policy=policy, json={}).status_code == 200
+    assert policy.built == [] and policy.waits == []
+
+    sandbox.add_faults(PATH, [{"status": 500}, {"status": 503}])
+    assert send(session, "demo", "POST", url, policy=policy, json={}).json()["code"] == "608"
+    assert policy.built == [1] and [attempt for attempt, _ in policy.waits] == [1, 2]
+    assert 0 < policy.waits[0][1] <= policy.waits[1][1]  # since before the first attempt
+
+    sandbox.add_faults(PATH, [{"status": 500}, {"status": 502}, {"status": 504}, {"status": 500}])
+    with pytest.raises(ProviderTransientError, match="HTTP 504"):  # the third attempt's failure, reraised
+        send(session, "demo", "POST", url, policy=policy, json={})
+    assert sandbox.health()["faults"] == {PATH: [{"status": 500}]}  # no fourth attempt
+
+    sandbox.reset()
+    sandbox.add_faults(PATH, [{"status": 500}, {"status": 400}, {"status": 500}])
+    with pytest.raises(ProviderBadRequest):  # not transient: no more attempts
+        send(session, "demo", "POST", url, policy=policy, json={})
+    assert sandbox.health()["faults"] == {PATH: [{"status": 500}]}
+
+    sandbox.reset()
+    sandbox.add_faults(PATH, [{"status": 500}, {"status": 500}])
+    with pytest.raises(ProviderTransientError):  # the deadline counts the first attempt: none after it
+        send(session, "demo", "POST", url, policy=_Counted(max_attempts=3, deadline=0.0), json={})
+    assert sandbox.health()["faults"] == {PATH: [{"status": 500}]}
+
+
 def test_retry_after_is_honoured_and_capped(
     sandbox_server: SandboxServer, sandbox: SandboxClient, session: requests.Session
 ) -> None:
@@ -179,6 +230,45 @@ def test_a_provider_call_sends_what_requests_would(session: requests.Session) ->
     assert len(sent) == 6
     assert sent[0::2] == sent[1::2]
     assert sent[0][1] == "/v2/payment/check?q=a+b&n=1" and sent[2][3].get("Accept") is None
+
+
+def test_a_session_s_cookies_are_sent_and_an_empty_jar_takes_the_own_path(
+    session: requests.Session, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cookie in the session's jar sends the call down requests' own path, which sends it; a jar that never held
+    one, or whose cookies were cleared, is seen as empty without walking it, and the call takes payrecon's path."""
+    import providers.http as http_module
+
+    own: list[str] = []
+    walked: list[str] = []  # walks of the session's jar
+    direct = http_module.ProviderSession._send_direct
+    walk = requests.cookies.RequestsCookieJar.__iter__
+
+    def send_direct(self: Any, prepared: Any, *args: Any) -> Any:
+        own.append(prepared.url)
+        return direct(self, prepared, *args)
+
+    def iterate(jar: Any) -> Any:
+        if jar is session.cookies:  # (each requests.Response makes and walks a jar of its own)
+            walked.append("session")
+        return walk(jar)
+
+    monkeypatch.setattr(http_module.ProviderSession, "_send_direct", send_direct)
+    monkeypatch.setattr(requests.cookies.RequestsCookieJar, "__iter__", iterate)
+    with receiving("/v2/payment/check", ("POST",)) as receiver:
+        for jar in ("empty", "cookie", "cleared"):
+            if jar == "cookie":
+                session.cookies.set("sid", "abc", domain="127.0.0.1", path="/")
+            elif jar == "cleared":
+                session.cookies.clear()
+            calls_walked = len(walked)
+            response = session.request("POST", receiver.url, timeout=(3, 3), allow_redirects=False, json={})
+            assert response.status_code == 200
+            if jar != "cookie":
+                assert len(walked) == calls_walked, jar  # an empty jar is not walked
+    cookies = [r.headers.get("Cookie") for r in receiver.received]
+    assert cookies == [None, "sid=abc", None]
+    assert len(own) == 2  # the empty and the cleared jar
 
 
 def test_the_proxy_in_the_environment_is_used_and_read_once_per_host(monkeypatch: pytest.MonkeyPatch) -> None:
