@@ -1,0 +1,128 @@
+"""CPU per event of the batched webhook path, in one process: the worker's share and PostgreSQL's.
+
+    .venv/bin/python bench/batch_cpu.py --events 3000
+    .venv/bin/python bench/batch_cpu.py --events 3000 --profile batch.prof   # cProfile of the timed part
+
+``bench/throughput.py`` measures the whole system, whose figures move with the machine by a third within the
+hour; this one measures what a change to ``worker.pipeline.ingest_batch`` or to its SQL costs, steadily enough
+to compare two checkouts run one after the other (alternate them: A, B, A, B...). With the same set-up as
+``bench/throughput.py`` (its ``Bench``: a scratch database, the bench's own redis-server, the sandbox in a
+subprocess answering after ``--latency`` seconds, ``--events`` correctly signed CinetPay notifications of
+registered payments, the database vacuumed and analyzed), it calls ``ingest_batch`` on batches of
+``--batch-size`` envelopes, one after the other in this thread (a worker's pool thread does the same for each
+batch), and prints:
+
+- the process's CPU (``time.process_time``) per event: the pipeline's Python, psycopg2, the HTTP client; not
+  Celery's consumption of the messages (``bench/throughput.py``'s no-op floor measures that);
+- the CPU of the PostgreSQL backends serving the bench's database (``/proc/<pid>/stat``), per event;
+- per table, the sequential and index scans the timed part made (``pg_stat_user_tables``): a sequential scan
+  per event of a growing table is how a statement or a foreign key check that reads too much shows up.
+
+The first batch is not timed (connections, caches). Needs PostgreSQL as for the tests (``PAYRECON_TEST_PG``)
+and ``redis-server`` on PATH; PostgreSQL's processes must be visible from here (the same machine) for its CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import text
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # this checkout's code, whatever the environment has installed
+sys.path.insert(0, str(ROOT / "bench"))
+
+from throughput import PG_BASE, Bench
+
+from tests.helpers import scratch_database
+from worker import pipeline
+
+
+def _backend_seconds(bench: Bench, database: str) -> float:
+    """CPU seconds so far of the PostgreSQL backends serving ``database`` (not this query's own)."""
+    with bench.engine.connect() as conn:
+        pids = conn.execute(
+            text("SELECT pid FROM pg_stat_activity WHERE datname = :d AND pid <> pg_backend_pid()"), {"d": database}
+        ).scalars()
+        ticks = 0
+        for pid in pids:
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:  # ended, or not visible from here
+                continue
+            ticks += int(fields[11]) + int(fields[12])  # utime, stime
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def _scans(bench: Bench) -> dict[str, tuple[int, int, int]]:
+    """Per table: sequential scans, rows they read, index scans (cumulative)."""
+    with bench.engine.connect() as conn:
+        rows = conn.execute(
+            text("SELECT relname, seq_scan, seq_tup_read, coalesce(idx_scan, 0) FROM pg_stat_user_tables")
+        )
+        return {name: (seq, read, idx) for name, seq, read, idx in rows}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--events", type=int, default=3000, help="notifications to settle (default 3000)")
+    parser.add_argument("--batch-size", type=int, default=100, help="envelopes per ingest_batch call (default 100)")
+    parser.add_argument("--latency", type=float, default=0.01, help="the sandbox's answer time, s (default 0.01)")
+    parser.add_argument("--profile", type=Path, help="write a cProfile of the timed part there")
+    args = parser.parse_args(argv)
+    if args.events < 2 * args.batch_size:
+        parser.error("--events must be at least two batches")
+    options = argparse.Namespace(latency=args.latency, threads=1, budget="100000,100000", batch_size=args.batch_size,
+                                 batch_wait=None)  # fmt: skip
+    with scratch_database(PG_BASE, "payrecon_batch_cpu") as db_url:
+        bench = Bench(options, db_url, Path(tempfile.mkdtemp(prefix="payrecon-batch-cpu-")))
+        with bench.running():
+            started = time.monotonic()
+            payments = bench.prepare(args.events)
+            print(f"prepared {args.events} payments in {time.monotonic() - started:.1f} s", flush=True)
+            bench.vacuum()
+            envelopes = payments.envelopes
+            size = args.batch_size
+            pipeline.ingest_batch(bench.rt, envelopes[:size])  # warm-up, not timed
+            database = db_url.rsplit("/", 1)[1]
+            time.sleep(1)  # the statistics collector's last report (PostgreSQL 15: every second at most)
+            scans_before, pg_before = _scans(bench), _backend_seconds(bench, database)
+            profile = cProfile.Profile() if args.profile else None
+            cpu_before, wall_before = time.process_time(), time.monotonic()
+            if profile is not None:
+                profile.enable()
+            results: list[Any] = []
+            for start in range(size, len(envelopes), size):
+                results += pipeline.ingest_batch(bench.rt, envelopes[start : start + size])
+            if profile is not None:
+                profile.disable()
+                profile.dump_stats(args.profile)
+            cpu, wall = time.process_time() - cpu_before, time.monotonic() - wall_before
+            pg = _backend_seconds(bench, database) - pg_before
+            time.sleep(1)
+            scans_after = _scans(bench)
+            timed = len(envelopes) - size
+            settled, _ = bench.settled(payments.prefix)
+            accepted = sum(1 for r in results if getattr(r, "outcome", None) == pipeline.Disposition.ACCEPTED)
+            if settled != len(envelopes) or accepted != timed:
+                raise SystemExit(f"{settled} of {len(envelopes)} settled, {accepted} of {timed} accepted: see the logs")
+            print(f"{timed} events in batches of {size}, sandbox latency {args.latency * 1000:.0f} ms")
+            for name in sorted(scans_after):
+                before = scans_before.get(name, (0, 0, 0))
+                seq, read, idx = (after - b for after, b in zip(scans_after[name], before, strict=True))
+                if seq or idx:
+                    print(f"  {name}: {seq / timed:.2f} seq scans/event ({read / timed:.0f} rows), "
+                          f"{idx / timed:.2f} index scans/event")  # fmt: skip
+            print(f"worker_cpu_ms={cpu / timed * 1000:.3f} postgresql_cpu_ms={pg / timed * 1000:.3f} "
+                  f"wall_ms={wall / timed * 1000:.3f}")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
