@@ -620,8 +620,9 @@ def _read_chunked(fp: Any) -> bytes:
 
 
 def _has_cookies(jar: Any) -> bool:
-    """``bool(jar)`` without walking it when a ``CookieJar`` has never held a cookie (its ``len`` iterates
-    every cookie under a lock: a twentieth of a status check's CPU for an empty jar)."""
+    """``bool(jar)``, without walking a ``CookieJar`` that holds nothing at all (never a cookie, or cleared whole:
+    its ``len`` iterates every cookie under a lock, a twentieth of a status check's CPU for an empty jar). A jar
+    emptied otherwise (a domain cleared, a cookie deleted or expired) keeps its empty dicts and is walked."""
     held = getattr(jar, "_cookies", None)
     if isinstance(held, dict) and not held:
         return False

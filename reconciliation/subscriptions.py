@@ -128,9 +128,9 @@ def lock_many(session: Session, keys: list[tuple[str, str, str]], now: datetime)
 
 
 #: The subscriptions of (product, account) pairs given as two arrays, locked in id order: each pair's id
-#: found through the (product, account) key (a subquery per pair, so that it is an index probe whatever
-#: the planner thinks of the table's size), then the rows through the primary key. The names are
-#: ``Held``'s fields; every value is a bound parameter.
+#: found through the (product, account) key (a subquery per pair: an index probe each, but on a table of a
+#: few pages, where a scan costs less), then the rows through the primary key. The names are ``Held``'s
+#: fields; every value is a bound parameter.
 _LOCK_MANY = text(
     f"SELECT {', '.join('s.' + name for name in Held.__slots__)} FROM subscriptions s"  # noqa: S608
     " WHERE s.id = ANY (ARRAY(SELECT (SELECT x.id FROM subscriptions x"

@@ -154,10 +154,12 @@ def test_a_call_answered_at_once_builds_no_retrying_and_retries_go_on_as_tenacit
     assert sandbox.health()["faults"] == {PATH: [{"status": 500}]}
 
     sandbox.reset()
-    sandbox.add_faults(PATH, [{"status": 500}, {"status": 500}])
-    with pytest.raises(ProviderTransientError):  # the deadline counts the first attempt: none after it
-        send(session, "demo", "POST", url, policy=_Counted(max_attempts=3, deadline=0.0), json={})
+    sandbox.add_faults(PATH, [{"status": 500, "delay": 0.3}, {"status": 500}])
+    slow = _Counted(max_attempts=3, deadline=0.2)
+    with pytest.raises(ProviderTransientError):  # the deadline counts the first attempt's 0.3 s: none after it
+        send(session, "demo", "POST", url, policy=slow, json={})
     assert sandbox.health()["faults"] == {PATH: [{"status": 500}]}
+    assert slow.waits[0][1] >= 0.3
 
 
 def test_retry_after_is_honoured_and_capped(
@@ -236,7 +238,7 @@ def test_a_session_s_cookies_are_sent_and_an_empty_jar_takes_the_own_path(
     session: requests.Session, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A cookie in the session's jar sends the call down requests' own path, which sends it; a jar that never held
-    one, or whose cookies were cleared, is seen as empty without walking it, and the call takes payrecon's path."""
+    one, or that was cleared whole, is seen as empty without walking it, and the call takes payrecon's path."""
     import providers.http as http_module
 
     own: list[str] = []
