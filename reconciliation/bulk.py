@@ -4,8 +4,9 @@ per-value work.
 SQLAlchemy's ``executemany`` of an ``insert()`` or ``update()`` renders one ``VALUES`` tuple per row and
 runs each value through its type's bind processor in Python ("insertmanyvalues"); for a batch of a
 hundred settlements that was most of the worker's time in settling. Here each column is one array
-parameter (``unnest(CAST(:c AS type[]))``): a statement whose text depends only on the table and the
-column names (compiled once, cached), and one list per column, which psycopg2 adapts in C. The values
+parameter (``unnest(CAST(:c AS type[]))``), but a column whose value every row shares, which is one
+scalar parameter: a statement whose text depends only on the table, the column names and which of them
+are shared (compiled once, cached), and one list per column, which psycopg2 adapts in C. The values
 are what the ORM would store: a ``JSON``/``JSONB`` value is serialized as SQLAlchemy's JSON type does
 (``json.dumps``), an enum stored as text is its value, a timestamp must be aware (``UtcDateTime``'s
 rule), and a column a row leaves out gets its Python-side default, as an ``insert()`` would give it.
@@ -20,6 +21,7 @@ import json
 import re
 from collections.abc import Callable, Sequence
 from datetime import datetime
+from decimal import Decimal
 from functools import partial
 from typing import Any
 
@@ -60,10 +62,12 @@ def insert_rows(
         return []
     names = _same_keys(rows)
     defaults = _defaults(table, names)
-    statement = _statement(_insert_sql, table, names + tuple(defaults), (tuple(returning), tail))
-    params: dict[str, Any] = {**_columns(table, names, rows), **(tail_params or {})}
+    columns = _columns(table, names, rows)
     for name, default in defaults.items():
-        params[name] = [default() for _ in rows]
+        columns[name] = [default() for _ in rows]
+    constant = _constant(columns, keep=())
+    statement = _statement(_insert_sql, table, names + tuple(defaults), (tuple(returning), tail, constant))
+    params: dict[str, Any] = {**_folded(columns, constant), **(tail_params or {})}
     result = session.execute(statement, params)
     return list(result) if returning or "RETURNING" in tail.upper() else []
 
@@ -84,7 +88,9 @@ def update_rows(session: Session, table: Table, rows: Sequence[dict[str, Any]], 
         )
         session.execute(statement, [{"b_" + name: value for name, value in row.items()} for row in rows])
         return
-    session.execute(_statement(_update_sql, table, names, key), _columns(table, names, rows))
+    columns = _columns(table, names, rows)
+    constant = _constant(columns, keep=(key,))
+    session.execute(_statement(_update_sql, table, names, (key, constant)), _folded(columns, constant))
 
 
 def _same_keys(rows: Sequence[dict[str, Any]]) -> tuple[str, ...]:
@@ -102,6 +108,30 @@ def _columns(table: Table, names: tuple[str, ...], rows: Sequence[dict[str, Any]
         values = [row[name] for row in rows]
         params[name] = values if convert is None else [convert(v) for v in values]
     return params
+
+
+def _constant(columns: dict[str, list[Any]], *, keep: tuple[str, ...]) -> tuple[str, ...]:
+    """The columns whose value is the same in every row (a batch's status, time, counters...), but those of
+    ``keep`` and at least one other: each is sent once, as a scalar parameter, instead of as an array of one
+    value repeated (psycopg2 adapts every element in Python's C API, PostgreSQL parses each in the array's
+    text; a hundred rows' worth of each of a dozen columns was most of psycopg2's share of a batch)."""
+    same = tuple(name for name, values in columns.items() if name not in keep and len(values) > 1 and _all_same(values))
+    if len(same) == len(columns):  # unnest needs an array: the first column stays one
+        same = same[1:]
+    return same
+
+
+def _all_same(values: list[Any]) -> bool:
+    first = values[0]
+    kind = type(first)
+    if kind is Decimal:  # equal Decimals may differ in their digits (1.0, 1.00), which numeric keeps
+        return all(type(v) is kind and str(v) == str(first) for v in values)
+    return all(type(v) is kind and v == first for v in values)
+
+
+def _folded(columns: dict[str, list[Any]], constant: tuple[str, ...]) -> dict[str, Any]:
+    """The statement's parameters: an array per column, a scalar for each of ``constant``."""
+    return {name: values[0] if name in constant else values for name, values in columns.items()}
 
 
 def _converter(table: Table, name: str) -> Callable[[Any], Any] | None:
@@ -174,7 +204,7 @@ def _array_type(column: Column[Any]) -> str:
 _MODIFIERS = re.compile(r"\(\s*\d+(\s*,\s*\d+)?\s*\)")
 
 
-#: Statements by (kind, table, columns, extra): their text depends on nothing else.
+#: Statements by (kind, table, columns, extra: with the columns sent once): their text depends on nothing else.
 _STATEMENTS: dict[tuple[Any, ...], TextClause] = {}
 
 
@@ -184,19 +214,39 @@ def _statement(
     key = (render.__name__, table.name, names, extra)
     statement = _STATEMENTS.get(key)
     if statement is None:
+        if len(_STATEMENTS) >= STATEMENTS_KEPT:  # which columns a batch shares varies: the set stays bounded
+            _STATEMENTS.clear()
         statement = _STATEMENTS[key] = text(render(table, names, extra))
     return statement
+
+
+#: Statements kept by ``_statement`` before it starts afresh.
+STATEMENTS_KEPT = 500
 
 
 def _arrays(table: Table, names: tuple[str, ...]) -> str:
     return ", ".join(f"CAST(:{name} AS {_array_type(table.c[name])})" for name in names)
 
 
-def _insert_sql(table: Table, names: tuple[str, ...], extra: tuple[tuple[str, ...], str]) -> str:
-    returning, tail = extra
+def _scalar(table: Table, name: str) -> str:
+    """A column's value given once (``_constant``), cast as its array's elements are."""
+    return f"CAST(:{name} AS {_array_type(table.c[name]).removesuffix('[]')})"
+
+
+def _source(table: Table, names: tuple[str, ...], constant: tuple[str, ...]) -> tuple[str, dict[str, str]]:
+    """``unnest(...) AS v (c0, c1...)`` over the columns not in ``constant``, and each column's expression."""
+    arrays = tuple(name for name in names if name not in constant)
+    aliases = {name: f"v.c{i}" for i, name in enumerate(arrays)}
+    source = f"unnest({_arrays(table, arrays)}) AS v ({', '.join(f'c{i}' for i in range(len(arrays)))})"
+    return source, {name: aliases[name] if name in aliases else _scalar(table, name) for name in names}
+
+
+def _insert_sql(table: Table, names: tuple[str, ...], extra: tuple[tuple[str, ...], str, tuple[str, ...]]) -> str:
+    returning, tail, constant = extra
     columns = ", ".join(f'"{table.c[name].name}"' for name in names)
+    source, values = _source(table, names, constant)
     # Names from the table's metadata only (and the caller's own SQL tail); every value is a bound parameter.
-    sql = f'INSERT INTO "{table.name}" ({columns}) SELECT * FROM unnest({_arrays(table, names)})'  # noqa: S608
+    sql = f'INSERT INTO "{table.name}" ({columns}) SELECT {", ".join(values[n] for n in names)} FROM {source}'  # noqa: S608
     if tail:
         return f"{sql} {tail}"
     if returning:
@@ -204,8 +254,8 @@ def _insert_sql(table: Table, names: tuple[str, ...], extra: tuple[tuple[str, ..
     return sql
 
 
-def _update_sql(table: Table, names: tuple[str, ...], key: str) -> str:
-    aliases = {name: f"c{i}" for i, name in enumerate(names)}
-    sets = ", ".join(f'"{table.c[name].name}" = v.{aliases[name]}' for name in names if name != key)
-    source = f"unnest({_arrays(table, names)}) AS v ({', '.join(aliases.values())})"
-    return f'UPDATE "{table.name}" AS t SET {sets} FROM {source} WHERE t."{table.c[key].name}" = v.{aliases[key]}'  # noqa: S608
+def _update_sql(table: Table, names: tuple[str, ...], extra: tuple[str, tuple[str, ...]]) -> str:
+    key, constant = extra
+    source, values = _source(table, names, constant)
+    sets = ", ".join(f'"{table.c[name].name}" = {values[name]}' for name in names if name != key)
+    return f'UPDATE "{table.name}" AS t SET {sets} FROM {source} WHERE t."{table.c[key].name}" = {values[key]}'  # noqa: S608

@@ -108,3 +108,54 @@ def test_rows_of_different_keys_or_an_update_twice_of_one_row_are_refused(rt: Ru
         bulk.insert_rows(session, INBOX, [_row("a"), {**_row("b"), "detail": "only here"}])
     with pytest.raises(ValueError, match="with the same id"), transaction(rt.sessions) as session:
         bulk.update_rows(session, INBOX, [{"id": 1, "detail": "x"}, {"id": 1, "detail": "y"}])
+
+
+def test_a_value_every_row_shares_is_sent_once(rt: Runtime) -> None:
+    """A column whose value is the same in every row (a batch's status, its time, its counters) is one scalar
+    parameter, not an array of the value repeated; the rows are the same, inserted and updated, and a column that
+    differs in one row stays an array. The update's key is always an array."""
+    from sqlalchemy import event
+
+    sent: list[str] = []
+
+    def record(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, many: bool) -> None:
+        sent.append(statement)
+
+    keys = [f"same-{n}" for n in range(3)]
+    event.listen(rt.engine, "before_cursor_execute", record)
+    try:
+        with transaction(rt.sessions) as session:
+            returned = bulk.insert_rows(
+                session, INBOX, [_row(k, reference="R" if k != keys[2] else "S") for k in keys], returning=("id",)
+            )
+            ids = sorted(r.id for r in returned)
+            bulk.update_rows(session, INBOX, [{"id": i, "detail": "done", "errors": 2} for i in ids])
+    finally:
+        event.remove(rt.engine, "before_cursor_execute", record)
+    inserted, updated = sent
+    assert "CAST(%(status)s AS VARCHAR)" in inserted and "CAST(%(status)s AS VARCHAR[])" not in inserted
+    assert "CAST(%(received_at)s AS TIMESTAMP WITH TIME ZONE)" in inserted  # a Python-side default too
+    assert "CAST(%(reference)s AS VARCHAR[])" in inserted and "CAST(%(dedupe_key)s AS VARCHAR[])" in inserted
+    assert "CAST(%(detail)s AS VARCHAR)" in updated and "CAST(%(id)s AS BIGINT[])" in updated
+    rows = _read(rt, keys)
+    assert [r["reference"] for r in rows] == ["R", "R", "S"]
+    assert {(r["status"], r["detail"], r["errors"], r["repeat_count"], r["received_at"]) for r in rows} == {
+        ("received", "done", 2, 0, NOW)
+    }
+    assert rows[0]["headers"] == {"x-token": "é", "empty": None}
+
+
+def test_only_values_that_are_the_same_are_sent_once() -> None:
+    """Equal is not enough: 1 and True, or 1.0 and 1.00 as numerics, are different values."""
+    from decimal import Decimal
+
+    columns = {
+        "flag": [1, True],
+        "amount": [Decimal("1.0"), Decimal("1.00")],
+        "none": [None, None],
+        "text": ["a", "a"],
+        "id": [1, 2],
+    }
+    assert bulk._constant(columns, keep=()) == ("none", "text")
+    assert bulk._constant({"a": [1, 1], "b": [2, 2]}, keep=()) == ("b",)  # one array stays: unnest needs one
+    assert bulk._constant({"id": [5], "x": [1]}, keep=("id",)) == ()  # a single row: nothing to gain
