@@ -122,10 +122,14 @@ def _constant(columns: dict[str, list[Any]], *, keep: tuple[str, ...]) -> tuple[
 
 
 def _all_same(values: list[Any]) -> bool:
+    """Every value the same value: of one type and equal, and more than equal where ``==`` is not enough."""
     first = values[0]
     kind = type(first)
-    if kind is Decimal:  # equal Decimals may differ in their digits (1.0, 1.00), which numeric keeps
-        return all(type(v) is kind and str(v) == str(first) for v in values)
+    if kind in (Decimal, float):  # 1.0 and 1.00 (numeric keeps the digits), 0.0 and -0.0
+        return all(type(v) is kind and repr(v) == repr(first) for v in values)
+    if kind is datetime:  # in one zone, == compares wall times: a repeated hour's two instants are "equal"
+        offset = first.utcoffset()
+        return all(type(v) is kind and v == first and v.utcoffset() == offset for v in values)
     return all(type(v) is kind and v == first for v in values)
 
 

@@ -134,7 +134,8 @@ def test_a_value_every_row_shares_is_sent_once(rt: Runtime) -> None:
         event.remove(rt.engine, "before_cursor_execute", record)
     inserted, updated = sent
     assert "CAST(%(status)s AS VARCHAR)" in inserted and "CAST(%(status)s AS VARCHAR[])" not in inserted
-    assert "CAST(%(received_at)s AS TIMESTAMP WITH TIME ZONE)" in inserted  # a Python-side default too
+    assert "CAST(%(received_at)s AS TIMESTAMP WITH TIME ZONE)" in inserted
+    assert "CAST(%(repeat_count)s AS INTEGER)" in inserted  # a Python-side default too
     assert "CAST(%(reference)s AS VARCHAR[])" in inserted and "CAST(%(dedupe_key)s AS VARCHAR[])" in inserted
     assert "CAST(%(detail)s AS VARCHAR)" in updated and "CAST(%(id)s AS BIGINT[])" in updated
     rows = _read(rt, keys)
@@ -146,8 +147,15 @@ def test_a_value_every_row_shares_is_sent_once(rt: Runtime) -> None:
 
 
 def test_only_values_that_are_the_same_are_sent_once() -> None:
-    """Equal is not enough: 1 and True, or 1.0 and 1.00 as numerics, are different values."""
+    """Equal is not enough: 1 and True, 1.0 and 1.00 as numerics, 0.0 and -0.0, or the two 02:30 of the night
+    Berlin's clocks go back (equal wall times in one zone, an hour apart) are different values."""
     from decimal import Decimal
+    from zoneinfo import ZoneInfo
+
+    berlin = datetime(2026, 10, 25, 2, 30, tzinfo=ZoneInfo("Europe/Berlin"))
+    assert bulk._constant({"at": [berlin, berlin.replace(fold=1)], "n": [0.0, -0.0], "k": [1, 2]}, keep=()) == ()
+    same_instant = [berlin, berlin.astimezone(UTC).astimezone(ZoneInfo("Europe/Berlin"))]
+    assert bulk._constant({"at": same_instant, "k": [1, 2]}, keep=()) == ("at",)
 
     columns = {
         "flag": [1, True],
