@@ -217,9 +217,10 @@ def apply_reliable_fetch() -> None:
     steps) in turn without waiting (``LMOVE``), and only after a whole round found nothing waits
     ``KEY_WAIT`` on one (``BLMOVE``; the one that last had messages): under load every queue gets its
     turn, and a new message waits at most about ``KEY_WAIT`` (none on the list waited on). An idle
-    worker spends 0.6 % of a core on it (kombu's BRPOP: 0.1 %; measured with 32 threads, 3 queues and
-    kombu's 4 priority steps). Needs Redis 6.2 or newer; without a ``global_keyprefix`` (payrecon sets
-    none).
+    worker spent 0.6 % of a core on it (kombu's BRPOP: 0.1 %; measured with 32 threads, 3 queues and
+    kombu's 4 priority steps) before its wait moved to the list that last had messages, which adds one
+    visit to each round of twelve (not measured since). Needs Redis 6.2 or newer; without a
+    ``global_keyprefix`` (payrecon sets none).
 
     Under load a visit takes many messages at once: a script (``_TAKE``) moves up to as many as the
     prefetch window has room for off the queue and records each in ``unacked`` as kombu would, in one
