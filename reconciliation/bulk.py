@@ -114,7 +114,7 @@ def _constant(columns: dict[str, list[Any]], *, keep: tuple[str, ...]) -> tuple[
     """The columns whose value is the same in every row (a batch's status, time, counters...), but those of
     ``keep`` and at least one other: each is sent once, as a scalar parameter, instead of as an array of one
     value repeated (psycopg2 adapts every element in Python's C API, PostgreSQL parses each in the array's
-    text; a hundred rows' worth of each of a dozen columns was most of psycopg2's share of a batch)."""
+    text; a batch's inbox rows share a dozen columns: BENCHMARKS.md has what it saves)."""
     same = tuple(name for name, values in columns.items() if name not in keep and len(values) > 1 and _all_same(values))
     if len(same) == len(columns):  # unnest needs an array: the first column stays one
         same = same[1:]
