@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import cProfile
-import os
 import sys
 import tempfile
 import time
@@ -39,26 +38,15 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # this checkout's code, whatever the environment has installed
 sys.path.insert(0, str(ROOT / "bench"))
 
-from throughput import PG_BASE, Bench
+from throughput import CLOCK_TICKS, PG_BASE, Bench, _proc_table, _tree_ticks
 
 from tests.helpers import scratch_database
 from worker import pipeline
 
 
-def _backend_seconds(bench: Bench, database: str) -> float:
-    """CPU seconds so far of the PostgreSQL backends serving ``database`` (not this query's own)."""
-    with bench.engine.connect() as conn:
-        pids = conn.execute(
-            text("SELECT pid FROM pg_stat_activity WHERE datname = :d AND pid <> pg_backend_pid()"), {"d": database}
-        ).scalars()
-        ticks = 0
-        for pid in pids:
-            try:
-                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:  # ended, or not visible from here
-                continue
-            ticks += int(fields[11]) + int(fields[12])  # utime, stime
-    return ticks / os.sysconf("SC_CLK_TCK")
+def _backend_seconds(bench: Bench) -> float:
+    """CPU seconds so far of the PostgreSQL backends serving the bench's database."""
+    return _tree_ticks(bench.bench_db_backends(), _proc_table()) / CLOCK_TICKS
 
 
 def _scans(bench: Bench) -> dict[str, tuple[int, int, int]]:
@@ -91,9 +79,8 @@ def main(argv: list[str] | None = None) -> None:
             envelopes = payments.envelopes
             size = args.batch_size
             pipeline.ingest_batch(bench.rt, envelopes[:size])  # warm-up, not timed
-            database = db_url.rsplit("/", 1)[1]
             time.sleep(1)  # the statistics collector's last report (PostgreSQL 15: every second at most)
-            scans_before, pg_before = _scans(bench), _backend_seconds(bench, database)
+            scans_before, pg_before = _scans(bench), _backend_seconds(bench)
             profile = cProfile.Profile() if args.profile else None
             cpu_before, wall_before = time.process_time(), time.monotonic()
             if profile is not None:
@@ -105,7 +92,7 @@ def main(argv: list[str] | None = None) -> None:
                 profile.disable()
                 profile.dump_stats(args.profile)
             cpu, wall = time.process_time() - cpu_before, time.monotonic() - wall_before
-            pg = _backend_seconds(bench, database) - pg_before
+            pg = _backend_seconds(bench) - pg_before
             time.sleep(1)
             scans_after = _scans(bench)
             timed = len(envelopes) - size

@@ -171,3 +171,8 @@ def payrecon_command() -> str:
     program = Path(sys.executable).parent / "payrecon"
     assert program.exists(), f"{program} is missing: install the project (pip install -e .)"
     return str(program)
+
+
+def plan_nodes(plan: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every node of an EXPLAIN (FORMAT JSON) plan."""
+    return [plan, *(node for child in plan.get("Plans", []) for node in plan_nodes(child))]

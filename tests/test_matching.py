@@ -14,7 +14,7 @@ from sqlalchemy import event, insert, select, text
 from reconciliation.db import transaction
 from reconciliation.models import Payment, PaymentStatus, ReconItem, StatementLine
 from reconciliation.nightly import matching, runs
-from tests.helpers import new_reference
+from tests.helpers import new_reference, plan_nodes
 from tests.test_reconciliation import DAY, NOON, classes, line, payment, policy
 from worker.runtime import Runtime
 
@@ -148,11 +148,6 @@ def test_the_classification_s_planner_settings_end_with_its_statement(rt: Runtim
         assert [session.execute(text(f"SHOW {name}")).scalar() for name in ("enable_sort", "work_mem")] == before
 
 
-def _nodes(plan: dict[str, Any]) -> list[dict[str, Any]]:
-    """Every node of an EXPLAIN (FORMAT JSON) plan."""
-    return [plan, *(node for child in plan.get("Plans", []) for node in _nodes(child))]
-
-
 def _add_payments(session: Any, provider: str, n: int, step: str) -> None:
     """``n`` succeeded payments of ``provider``, one every ``step`` back from noon of the day."""
     session.execute(
@@ -192,7 +187,7 @@ def _plans(session: Any, run: Callable[[], object]) -> list[Any]:
 def _through_the_index(plans: list[Any]) -> None:
     assert plans
     for plan in plans:
-        nodes = _nodes(plan[0]["Plan"])
+        nodes = plan_nodes(plan[0]["Plan"])
         assert not [n for n in nodes if n["Node Type"] == "Seq Scan" and n.get("Relation Name") == "payments"], plan
         assert "ix_payments_business_time" in {n.get("Index Name") for n in nodes}, plan
 
@@ -251,7 +246,7 @@ def test_a_fee_chunk_looks_up_its_own_payments_not_every_payment_ever(rt: Runtim
         params = {"run_id": 0, "low": low, "high": low + runs.FEE_CHUNK_SQL, "matched": "matched",
                   "fee_variance": "fee_variance", "succeeded": "succeeded"}  # fmt: skip
         explain = "EXPLAIN (FORMAT JSON) " + runs._FEES_DUE.format(draft="payrecon_fee_draft_plan")
-        nodes = _nodes(session.execute(text(explain), params).scalar()[0]["Plan"])
+        nodes = plan_nodes(session.execute(text(explain), params).scalar()[0]["Plan"])
         assert not [n for n in nodes if n.get("Relation Name") == "payments" and n["Node Type"] == "Seq Scan"], nodes
         assert "pk_payments" in {n.get("Index Name") for n in nodes}, nodes
         session.rollback()

@@ -15,7 +15,7 @@ from reconciliation.db import transaction
 from reconciliation.models import Subscription
 from reconciliation.subscriptions import add_days, expire_due, grant_for_payment
 from schemas.messages import PaymentRegistration
-from tests.helpers import new_reference, registration
+from tests.helpers import new_reference, plan_nodes, registration
 from worker.runtime import Runtime
 
 
@@ -129,12 +129,7 @@ def test_a_batch_s_subscriptions_are_locked_through_their_key(rt: Runtime) -> No
             other.execute(text("SELECT id FROM subscriptions WHERE account = 'old-120' FOR UPDATE NOWAIT"))
         cursor = session.connection().connection.cursor()
         cursor.execute("EXPLAIN (FORMAT JSON) " + statements[-1][0], statements[-1][1])
-        nodes = _nodes(cursor.fetchone()[0][0]["Plan"])
+        nodes = plan_nodes(cursor.fetchone()[0][0]["Plan"])
         scans = {(n["Node Type"], n.get("Index Name")) for n in nodes if n.get("Relation Name") == "subscriptions"}
         assert scans == {("Index Scan", "uq_subscriptions_product_account"), ("Index Scan", "pk_subscriptions")}, nodes
         session.rollback()
-
-
-def _nodes(plan: dict[str, Any]) -> list[dict[str, Any]]:
-    """Every node of an EXPLAIN (FORMAT JSON) plan."""
-    return [plan, *(node for child in plan.get("Plans", []) for node in _nodes(child))]
