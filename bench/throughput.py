@@ -8,13 +8,14 @@ Every event is a correctly signed CinetPay notification for a registered payment
 check after ``--latency`` seconds). In one run, with the same settings:
 
 1. **No-op floor**: ``--processes`` Celery workers started exactly like payrecon's (same command line, same
-   ``celeryconfig``, same patched Redis fetch, the environment of the first payrecon run below: its
-   ``PAYRECON_BATCH_SIZE`` sets the prefetch) but for ``bench/noop_app.py``, whose
-   ``payrecon.ingest_webhook`` does nothing, consume ``--events`` messages identical to payrecon's.
+   ``celeryconfig``, same patched Redis fetch, the environment of the first payrecon run below) but for
+   ``bench/noop_app.py``, whose ``payrecon.ingest_webhook`` does nothing, consume ``--events`` messages
+   identical to payrecon's.
 2. **payrecon**: the real workers (``celery -A worker.app worker -P threads -c THREADS``) verify and settle
-   ``--events`` fresh payments; events/s. ``--batch-size`` / ``--batch-wait`` set ``PAYRECON_BATCH_SIZE`` /
-   ``PAYRECON_BATCH_WAIT`` for them (unset: the project's defaults; a worker without batching ignores
-   them); ``--sweep 1,10,50`` runs this step and the next once per batch size (the floor is measured once).
+   ``--events`` fresh payments; events/s. ``--batch-size`` / ``--batch-wait`` / ``--batches-held`` set
+   ``PAYRECON_BATCH_SIZE`` / ``PAYRECON_BATCH_WAIT`` / ``PAYRECON_BATCHES_HELD`` for them (unset: the project's
+   defaults; a worker without batching ignores them); ``--sweep 1,10,50`` runs this step and the next once per
+   batch size (the floor is measured once).
 3. **Half load**: the same workers, still running, get ``--latency-events`` fresh payments from a paced
    producer at half the rate just measured; enqueue→settled p50/p95/p99 per payment.
 
@@ -463,7 +464,7 @@ class Bench:
                 "PAYRECON_BUDGET_CINETPAY": self.args.budget,
                 "PAYRECON_METRICS_PORT": "0",  # off: several workers share the host (and other people's)
             }
-            for name in ("PAYRECON_BATCH_SIZE", "PAYRECON_BATCH_WAIT"):
+            for name in ("PAYRECON_BATCH_SIZE", "PAYRECON_BATCH_WAIT", "PAYRECON_BATCHES_HELD"):
                 self.env.pop(name, None)  # only the options set them
             migrate.upgrade(self.db_url)
             self.rt: Runtime = runtime.build(Settings.from_env(self.env))
@@ -616,12 +617,14 @@ class Bench:
 
     def worker_env(self, batch_size: int | None) -> dict[str, str]:
         """The workers' environment for ``batch_size`` (None: unset, the project's default) and
-        ``--batch-wait``. ``celeryconfig`` reads ``PAYRECON_BATCH_SIZE`` too (the prefetch)."""
+        ``--batch-wait`` / ``--batches-held``."""
         env = dict(self.env)
         if batch_size is not None:
             env["PAYRECON_BATCH_SIZE"] = str(batch_size)
         if self.args.batch_wait is not None:
             env["PAYRECON_BATCH_WAIT"] = str(self.args.batch_wait)
+        if self.args.batches_held is not None:
+            env["PAYRECON_BATCHES_HELD"] = str(self.args.batches_held)
         return env
 
     def payrecon(self, batch_size: int | None, throughput: Payments, half: Payments | None) -> Run:
@@ -811,6 +814,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--batch-size", type=int, help="PAYRECON_BATCH_SIZE for the workers (default: unset)")
     parser.add_argument("--batch-wait", type=float, help="PAYRECON_BATCH_WAIT for the workers, s (default: unset)")
+    parser.add_argument("--batches-held", type=int, help="PAYRECON_BATCHES_HELD for the workers (default: unset)")
     parser.add_argument("--sweep", type=parse_sizes, help="batch sizes to run payrecon at, e.g. 1,10,50,100,200")
     parser.add_argument("--latency-events", type=int, help="events of each half-load run (default: --events; 0: none)")
     parser.add_argument("--json", type=Path, help="write the figures there (for bench/plot_throughput.py)")
@@ -838,6 +842,7 @@ def main(argv: list[str] | None = None) -> None:
                 "processes": args.processes,
                 "budget": args.budget,
                 "batch_wait": args.batch_wait,
+                "batches_held": args.batches_held,
                 "latency_events": args.latency_events,
                 "sizes": sizes,
             }

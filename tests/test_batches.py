@@ -306,7 +306,7 @@ def test_a_batch_is_not_capped_by_the_prefetch_of_its_threads(
     tmp_path: Any,
 ) -> None:
     """A worker of 4 threads (prefetch 4) still gathers batches of many messages: each message held for
-    a batch raises the prefetch by one (three batches at most), and lowers it again once done."""
+    a batch raises the prefetch by one (PAYRECON_BATCHES_HELD batches at most), and lowers it again once done."""
     from celery import Celery
 
     from tests.conftest import WorkerProcess, worker_env
@@ -342,6 +342,56 @@ def test_a_batch_is_not_capped_by_the_prefetch_of_its_threads(
         worker.stop()
     with private_redis.client() as client:  # every message acknowledged: nothing held, nothing left
         assert client.llen("webhooks") == 0 and client.hlen("unacked") == 0
+
+
+def test_the_prefetch_is_raised_for_at_most_the_batches_a_worker_may_hold() -> None:
+    """Each message held for a batch raises the prefetch by one until ``PAYRECON_BATCHES_HELD`` batches' worth
+    are held; the messages beyond wait within the worker's own prefetch, and once a batch is done the prefetch
+    comes down by what was raised for it."""
+    from worker.batching import Batcher
+
+    jobs: list[Any] = []  # the batches handed to the pool, not done until the test says so
+    qos = {"raised": 0}
+
+    class Message:
+        payload: dict[str, Any] = {}
+        headers: dict[str, Any] = {}
+        channel = None
+
+        def __init__(self, n: int) -> None:
+            self.n = n
+
+        def decode(self) -> tuple[tuple[()], dict[str, Any], dict[str, Any]]:
+            return (), {"envelope": {"n": self.n}}, {}
+
+    stub: Any = type("Consumer", (), {})()
+    entry = type("Entry", (), {"cancel": lambda e: None})()
+    stub.pool = type(
+        "Pool", (), {"apply_async": lambda self, fn, args, callback, error_callback: jobs.append(callback)}
+    )()
+    stub.timer = type("Timer", (), {"call_after": lambda self, wait, fn: entry})()
+    stub.connection_errors = ()
+    stub.qos = type("Qos", (), {})()
+    stub.qos.increment_eventually = lambda: qos.__setitem__("raised", qos["raised"] + 1)
+    stub.qos.decrement_eventually = lambda n: qos.__setitem__("raised", qos["raised"] - n)
+    stub.call_soon_ack = None
+    acked: list[int] = []
+    batcher = Batcher(stub, None, size=4, wait=1.0, held=2)
+    messages = [Message(n) for n in range(13)]
+    for m in messages:
+        batcher(m, None, lambda *a, m=m: acked.append(m.n), lambda *a, **k: None, [])
+    # Three full batches went to the pool; the prefetch rose for the first two batches' messages only.
+    assert len(jobs) == 3 and qos["raised"] == 2 * 4
+    jobs.pop(0)([True] * 4)  # the first batch done: its four acknowledged, the prefetch down by four
+    assert acked == [0, 1, 2, 3] and qos["raised"] == 4
+    batcher(Message(13), None, lambda *a: acked.append(13), lambda *a, **k: None, [])
+    assert qos["raised"] == 5  # room again: the next message held raises it
+    jobs.pop(0)([True] * 4)
+    jobs.pop(0)([True] * 4)  # the third batch was held within the prefetch: nothing to lower for it
+    assert qos["raised"] == 1
+    batcher.flush()
+    jobs.pop(0)([True] * 2)
+    assert qos["raised"] == 0 and sorted(acked) == list(range(14))
 
 
 def test_a_bug_reading_one_delivery_dead_letters_it_and_the_batch_goes_on(

@@ -18,7 +18,11 @@ What the per-message path guarantees holds for a batch:
   count: a message ``run_batch`` sent again because PostgreSQL was away) takes Celery's own path,
   unchanged: the same task, the same guards;
 * the broker's prefetch bounds what a worker holds: it grows by one for each message held for a
-  batch (as Celery does for a message with an ETA), up to three batches, and shrinks again as they end;
+  batch (as Celery does for a message with an ETA), up to ``PAYRECON_BATCHES_HELD`` batches (default 8),
+  and shrinks again as they end. The messages a worker holds are its work in flight: each waits
+  on its provider, so the window must cover the provider's latency at full speed (at 200 ms, three
+  batches kept two cores 80 % busy; eight, 94 %: BENCHMARKS.md), and it is what a killed worker leaves
+  waiting for the visibility timeout;
 * a message held when the connection to the broker is lost is the broker's again: it is dropped, not
   done (the broker hands it out anew).
 
@@ -47,7 +51,7 @@ log = logging.getLogger(__name__)
 class Batcher:
     """The messages of one task a worker holds, waiting to be handed to the pool together."""
 
-    def __init__(self, consumer: Consumer, handle_alone: Any, size: int, wait: float) -> None:
+    def __init__(self, consumer: Consumer, handle_alone: Any, size: int, wait: float, held: int) -> None:
         self.consumer = consumer
         self.pool = consumer.pool
         self.timer = consumer.timer
@@ -55,12 +59,13 @@ class Batcher:
         self.handle_alone = handle_alone
         self.size = size
         self.wait = wait
+        self.held = held  # batches the prefetch may be raised for
         # The consumer's loop adds messages; without an event loop (the embedded demo's broker)
         # the timer runs in a thread of its own and flushes from there.
         self.lock = threading.Lock()
         self.buffer: list[_Held] = []
         self.timer_entry: Any = None
-        self.raised = 0  # how far the prefetch is raised for messages held in batches (at most 3 batches)
+        self.raised = 0  # how far the prefetch is raised for messages held in batches (at most ``held`` batches)
 
     def __call__(self, message: Message, body: Any, ack: Any, reject: Any, callbacks: Any, **kwargs: Any) -> Any:
         envelope = self._batchable(message, body)
@@ -69,8 +74,8 @@ class Batcher:
         with self.lock:
             # A message held for a batch must not stop the broker from sending the rest of the batch:
             # the prefetch window grows by one for it (as Celery does for a message with an ETA), up to
-            # three batches, and shrinks again once its batch is done.
-            raise_prefetch = self.raised < 3 * self.size
+            # ``held`` batches, and shrinks again once its batch is done.
+            raise_prefetch = self.raised < self.held * self.size
             if raise_prefetch:
                 self.raised += 1
                 self.consumer.qos.increment_eventually()
@@ -194,4 +199,4 @@ def strategy(task: Task, app: Celery, consumer: Consumer, **kwargs: Any) -> Any:
     if settings.batch_size <= 1:
         return alone
     log.info("%s: batches of up to %d messages, %.3f s wait", task.name, settings.batch_size, settings.batch_wait)
-    return Batcher(consumer, alone, settings.batch_size, settings.batch_wait)
+    return Batcher(consumer, alone, settings.batch_size, settings.batch_wait, settings.batches_held)
