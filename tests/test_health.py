@@ -104,17 +104,20 @@ def test_broker_down_names_the_url_without_its_password(env: dict[str, str]) -> 
 
 def test_a_started_worker_freezes_what_it_holds_out_of_the_collectors_reach() -> None:
     """At ``worker_ready`` the objects of the started worker are frozen (``gc.freeze``): the collector's full
-    passes then leave them alone."""
+    passes then leave them alone; and its youngest generation is collected every ``GC_YOUNG`` allocations."""
     import gc
 
     from celery import signals
 
-    from worker.signals import _freeze_startup_objects
+    from worker.signals import GC_YOUNG, _freeze_startup_objects
 
     assert _freeze_startup_objects in [receiver() for _, receiver in signals.worker_ready.receivers]
+    thresholds = gc.get_threshold()
     gc.unfreeze()
     try:
         _freeze_startup_objects()  # alone: the signal's other receiver would serve metrics in the test process
         assert gc.get_freeze_count() > 0
+        assert gc.get_threshold() == (GC_YOUNG, *thresholds[1:]) and thresholds[0] < GC_YOUNG
     finally:
         gc.unfreeze()
+        gc.set_threshold(*thresholds)

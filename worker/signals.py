@@ -20,6 +20,9 @@ log = logging.getLogger(__name__)
 
 _in_beat = False
 
+#: Allocations (less deallocations) between two collections of the youngest generation (CPython's default: 700).
+GC_YOUNG = 10_000
+
 
 @signals.worker_ready.connect
 def _freeze_startup_objects(sender: Any = None, **_: Any) -> None:
@@ -27,11 +30,18 @@ def _freeze_startup_objects(sender: Any = None, **_: Any) -> None:
     garbage collector's reach, so that its full collections, which a busy worker's allocations trigger
     every few seconds, traverse only what the work allocates since. Measured with ``bench/throughput.py``
     (batch 100, alternately, BENCHMARKS.md): workers 1.02-1.43 against 1.24-1.51 ms of CPU an event in three
-    pairs of four."""
+    pairs of four.
+
+    Then the youngest generation is collected every ``GC_YOUNG`` allocations, not CPython's 700: a batch
+    allocates tens of thousands of objects (rows, ORM states, messages) that live until its end, and every
+    young collection walked and promoted those alive. ``bench/batch_cpu.py`` with the start-up frozen, four
+    alternated pairs: 0.58-0.65 against 0.61-0.69 ms of worker CPU an event (BENCHMARKS.md). Cyclic garbage
+    waits a little longer: at most ``GC_YOUNG`` objects."""
     import gc
 
     gc.collect()
     gc.freeze()
+    gc.set_threshold(GC_YOUNG, *gc.get_threshold()[1:])
 
 
 @signals.worker_ready.connect
