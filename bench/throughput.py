@@ -33,7 +33,8 @@ the WAL writer, checkpointer and other background processes); ``redis`` (a redis
 own, no persistence, like the machine's); ``sandbox`` (a subprocess of its own); ``driver`` (this
 process: it polls for the end); ``machine`` (all cores, ``/proc/stat``), of which ``interrupts`` (charged
 to no process: loopback networking's softirqs) and ``other``: the machine less the processes above
-(interrupts, and other users' work on a shared machine).
+(interrupts, and other users' work on a shared machine). For payrecon, ``cores busy``: ``machine`` times
+events/s over the cores: below ~90 % at full speed, the workers waited on something other than the CPU.
 
 Needs PostgreSQL as for the tests (``PAYRECON_TEST_PG``) and ``redis-server`` on PATH. The last line is
 machine-readable (with ``--sweep``, the batch size with the most events/s):
@@ -671,7 +672,7 @@ class Bench:
                 f"multiplier {prefetch}; workers polling {ready:.1f} s after start; {left} message(s) left on the "
                 "broker)"
             )
-            log("  CPU ms/event: " + _cpu_line(run.cpu_ms_per_event))
+            log("  CPU ms/event: " + _cpu_line(run.cpu_ms_per_event) + _busy(run.cpu_ms_per_event, run.events_per_s))
             if (ended := run.pg_sessions_ended) > 0:
                 log(
                     f"  about {sessions} PostgreSQL sessions of the bench's database began in the window and "
@@ -734,6 +735,12 @@ def _label(batch_size: int | None) -> str:
 
 def _cpu_line(cpu: dict[str, float]) -> str:
     return ", ".join(f"{name} {value:.2f}" for name, value in cpu.items())
+
+
+def _busy(cpu: dict[str, float], events_per_s: float) -> str:
+    """The share of the machine's cores in use over the window: its CPU an event times events/s."""
+    cores = os.cpu_count() or 1
+    return f" (cores busy: {cpu.get('machine', 0.0) * events_per_s / 1000 / cores:.0%} of {cores})"
 
 
 def machine_info(engine: Engine, redis_client: redis.Redis | None = None) -> dict[str, Any]:
