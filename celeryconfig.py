@@ -42,8 +42,8 @@ task_acks_on_timeout = True
 # ignores an explicit `-P prefork` whenever `worker_pool` is configured.
 worker_concurrency = _settings.worker_concurrency
 worker_prefetch_multiplier = 1
-# (Webhook messages held for a batch raise the prefetch one by one, up to PAYRECON_BATCHES_HELD
-# batches: worker.batching.)
+# (Webhook messages held for a batch raise the prefetch one by one, up to PAYRECON_BATCH_PREFETCH
+# messages: worker.batching.)
 worker_max_tasks_per_child = None
 worker_hijack_root_logger = False
 

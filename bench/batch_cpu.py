@@ -15,6 +15,9 @@ batch), and prints:
 - the process's CPU (``time.process_time``) per event: the pipeline's Python, psycopg2, the HTTP client; not
   Celery's consumption of the messages (``bench/throughput.py``'s no-op floor measures that);
 - the CPU of the PostgreSQL backends serving the bench's database (``/proc/<pid>/stat``), per event;
+- the collector's thresholds and this process's resident memory before and after the timed batches (the
+  warm-up batch's objects are frozen and the thresholds set as a started worker does: ``--gc-young`` overrides
+  the youngest generation's);
 - per table, the sequential and index scans the timed part made (``pg_stat_user_tables``): a sequential scan
   per event of a growing table is how a statement or a foreign key check that reads too much shows up.
 
@@ -26,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import gc
 import sys
 import tempfile
 import time
@@ -42,11 +46,20 @@ from throughput import CLOCK_TICKS, PG_BASE, Bench, _proc_table, _tree_ticks
 
 from tests.helpers import scratch_database
 from worker import pipeline
+from worker.signals import _freeze_startup_objects
 
 
 def _backend_seconds(bench: Bench) -> float:
     """CPU seconds so far of the PostgreSQL backends serving the bench's database."""
     return _tree_ticks(bench.bench_db_backends(), _proc_table()) / CLOCK_TICKS
+
+
+def _rss_kib() -> int:
+    """This process's resident memory now, KiB (``/proc/self/status``)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
 
 
 def _scans(bench: Bench) -> dict[str, tuple[int, int, int]]:
@@ -64,6 +77,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=100, help="envelopes per ingest_batch call (default 100)")
     parser.add_argument("--latency", type=float, default=0.01, help="the sandbox's answer time, s (default 0.01)")
     parser.add_argument("--profile", type=Path, help="write a cProfile of the timed part there")
+    parser.add_argument(
+        "--gc-young",
+        type=int,
+        help="the youngest generation's threshold after the warm-up (default: the worker's, worker.signals.GC_YOUNG)",
+    )
     args = parser.parse_args(argv)
     if args.events < 2 * args.batch_size:
         parser.error("--events must be at least two batches")
@@ -79,6 +97,11 @@ def main(argv: list[str] | None = None) -> None:
             envelopes = payments.envelopes
             size = args.batch_size
             pipeline.ingest_batch(bench.rt, envelopes[:size])  # warm-up, not timed
+            # What a worker does once started (worker_ready): its objects frozen, its collector's thresholds.
+            _freeze_startup_objects()
+            if args.gc_young is not None:
+                gc.set_threshold(args.gc_young, *gc.get_threshold()[1:])
+            rss_before = _rss_kib()
             time.sleep(1)  # the statistics collector's last report (PostgreSQL 15: every second at most)
             scans_before, pg_before = _scans(bench), _backend_seconds(bench)
             profile = cProfile.Profile() if args.profile else None
@@ -107,6 +130,8 @@ def main(argv: list[str] | None = None) -> None:
                 if seq or idx:
                     print(f"  {name}: {seq / timed:.2f} seq scans/event ({read / timed:.0f} rows), "
                           f"{idx / timed:.2f} index scans/event")  # fmt: skip
+            memory = f"{rss_before / 1024:.1f} MiB before the timed batches, {_rss_kib() / 1024:.1f} MiB after"
+            print(f"  collector thresholds {gc.get_threshold()}; this process's resident memory {memory}")
             print(f"worker_cpu_ms={cpu / timed * 1000:.3f} postgresql_cpu_ms={pg / timed * 1000:.3f} "
                   f"wall_ms={wall / timed * 1000:.3f}")  # fmt: skip
 

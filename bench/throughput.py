@@ -12,8 +12,8 @@ check after ``--latency`` seconds). In one run, with the same settings:
    ``bench/noop_app.py``, whose ``payrecon.ingest_webhook`` does nothing, consume ``--events`` messages
    identical to payrecon's.
 2. **payrecon**: the real workers (``celery -A worker.app worker -P threads -c THREADS``) verify and settle
-   ``--events`` fresh payments; events/s. ``--batch-size`` / ``--batch-wait`` / ``--batches-held`` set
-   ``PAYRECON_BATCH_SIZE`` / ``PAYRECON_BATCH_WAIT`` / ``PAYRECON_BATCHES_HELD`` for them (unset: the project's
+   ``--events`` fresh payments; events/s. ``--batch-size`` / ``--batch-wait`` / ``--batch-prefetch`` set
+   ``PAYRECON_BATCH_SIZE`` / ``PAYRECON_BATCH_WAIT`` / ``PAYRECON_BATCH_PREFETCH`` for them (unset: the project's
    defaults; a worker without batching ignores them); ``--sweep 1,10,50`` runs this step and the next once per
    batch size (the floor is measured once).
 3. **Half load**: the same workers, still running, get ``--latency-events`` fresh payments from a paced
@@ -465,7 +465,7 @@ class Bench:
                 "PAYRECON_BUDGET_CINETPAY": self.args.budget,
                 "PAYRECON_METRICS_PORT": "0",  # off: several workers share the host (and other people's)
             }
-            for name in ("PAYRECON_BATCH_SIZE", "PAYRECON_BATCH_WAIT", "PAYRECON_BATCHES_HELD"):
+            for name in ("PAYRECON_BATCH_SIZE", "PAYRECON_BATCH_WAIT", "PAYRECON_BATCH_PREFETCH"):
                 self.env.pop(name, None)  # only the options set them
             migrate.upgrade(self.db_url)
             self.rt: Runtime = runtime.build(Settings.from_env(self.env))
@@ -618,14 +618,14 @@ class Bench:
 
     def worker_env(self, batch_size: int | None) -> dict[str, str]:
         """The workers' environment for ``batch_size`` (None: unset, the project's default) and
-        ``--batch-wait`` / ``--batches-held``."""
+        ``--batch-wait`` / ``--batch-prefetch``."""
         env = dict(self.env)
         if batch_size is not None:
             env["PAYRECON_BATCH_SIZE"] = str(batch_size)
         if self.args.batch_wait is not None:
             env["PAYRECON_BATCH_WAIT"] = str(self.args.batch_wait)
-        if self.args.batches_held is not None:
-            env["PAYRECON_BATCHES_HELD"] = str(self.args.batches_held)
+        if self.args.batch_prefetch is not None:
+            env["PAYRECON_BATCH_PREFETCH"] = str(self.args.batch_prefetch)
         return env
 
     def payrecon(self, batch_size: int | None, throughput: Payments, half: Payments | None) -> Run:
@@ -821,7 +821,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--batch-size", type=int, help="PAYRECON_BATCH_SIZE for the workers (default: unset)")
     parser.add_argument("--batch-wait", type=float, help="PAYRECON_BATCH_WAIT for the workers, s (default: unset)")
-    parser.add_argument("--batches-held", type=int, help="PAYRECON_BATCHES_HELD for the workers (default: unset)")
+    parser.add_argument("--batch-prefetch", type=int, help="PAYRECON_BATCH_PREFETCH for the workers (default: unset)")
     parser.add_argument("--sweep", type=parse_sizes, help="batch sizes to run payrecon at, e.g. 1,10,50,100,200")
     parser.add_argument("--latency-events", type=int, help="events of each half-load run (default: --events; 0: none)")
     parser.add_argument("--json", type=Path, help="write the figures there (for bench/plot_throughput.py)")
@@ -849,7 +849,7 @@ def main(argv: list[str] | None = None) -> None:
                 "processes": args.processes,
                 "budget": args.budget,
                 "batch_wait": args.batch_wait,
-                "batches_held": args.batches_held,
+                "batch_prefetch": args.batch_prefetch,
                 "latency_events": args.latency_events,
                 "sizes": sizes,
             }

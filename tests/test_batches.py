@@ -306,7 +306,7 @@ def test_a_batch_is_not_capped_by_the_prefetch_of_its_threads(
     tmp_path: Any,
 ) -> None:
     """A worker of 4 threads (prefetch 4) still gathers batches of many messages: each message held for
-    a batch raises the prefetch by one (PAYRECON_BATCHES_HELD batches at most), and lowers it again once done."""
+    a batch raises the prefetch by one (PAYRECON_BATCH_PREFETCH at most), and lowers it again once done."""
     from celery import Celery
 
     from tests.conftest import WorkerProcess, worker_env
@@ -344,26 +344,34 @@ def test_a_batch_is_not_capped_by_the_prefetch_of_its_threads(
         assert client.llen("webhooks") == 0 and client.hlen("unacked") == 0
 
 
-def test_the_prefetch_is_raised_for_at_most_the_batches_a_worker_may_hold() -> None:
-    """Each message held for a batch raises the prefetch by one until ``PAYRECON_BATCHES_HELD`` batches' worth
-    are held; the messages beyond wait within the worker's own prefetch, and once a batch is done the prefetch
-    comes down by what was raised for it."""
-    from worker.batching import Batcher
+class _Qos:
+    """A consumer's QoS as the Batcher uses it: how far the prefetch is raised."""
 
-    jobs: list[Any] = []  # the batches handed to the pool, not done until the test says so
-    qos = {"raised": 0}
+    def __init__(self) -> None:
+        self.raised = 0
 
-    class Message:
-        payload: dict[str, Any] = {}
-        headers: dict[str, Any] = {}
-        channel = None
+    def increment_eventually(self) -> None:
+        self.raised += 1
 
-        def __init__(self, n: int) -> None:
-            self.n = n
+    def decrement_eventually(self, n: int) -> None:
+        self.raised -= n
 
-        def decode(self) -> tuple[tuple[()], dict[str, Any], dict[str, Any]]:
-            return (), {"envelope": {"n": self.n}}, {}
 
+class _Message:
+    payload: dict[str, Any] = {}
+    headers: dict[str, Any] = {}
+    channel = None
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def decode(self) -> tuple[tuple[()], dict[str, Any], dict[str, Any]]:
+        return (), {"envelope": {"n": self.n}}, {}
+
+
+def _consumer(jobs: list[Any]) -> Any:
+    """A Celery consumer as the Batcher uses it; the batches handed to its pool wait in ``jobs`` (their callbacks)
+    until the test runs them."""
     stub: Any = type("Consumer", (), {})()
     entry = type("Entry", (), {"cancel": lambda e: None})()
     stub.pool = type(
@@ -371,27 +379,88 @@ def test_the_prefetch_is_raised_for_at_most_the_batches_a_worker_may_hold() -> N
     )()
     stub.timer = type("Timer", (), {"call_after": lambda self, wait, fn: entry})()
     stub.connection_errors = ()
-    stub.qos = type("Qos", (), {})()
-    stub.qos.increment_eventually = lambda: qos.__setitem__("raised", qos["raised"] + 1)
-    stub.qos.decrement_eventually = lambda n: qos.__setitem__("raised", qos["raised"] - n)
+    stub.qos = _Qos()
     stub.call_soon_ack = None
+    return stub
+
+
+def test_the_prefetch_is_raised_for_at_most_the_messages_a_worker_may_hold_for_batches() -> None:
+    """Each message held for a batch raises the prefetch by one until ``PAYRECON_BATCH_PREFETCH`` messages
+    are held; the messages beyond wait within the worker's own prefetch, and once a batch is done the prefetch
+    comes down by what was raised for it."""
+    from worker.batching import Batcher
+
+    jobs: list[Any] = []
+    consumer = _consumer(jobs)
+    qos = consumer.qos
     acked: list[int] = []
-    batcher = Batcher(stub, None, size=4, wait=1.0, held=2)
-    messages = [Message(n) for n in range(13)]
-    for m in messages:
+    batcher = Batcher(consumer, None, size=4, wait=1.0, prefetch=8)
+    for m in [_Message(n) for n in range(13)]:
         batcher(m, None, lambda *a, m=m: acked.append(m.n), lambda *a, **k: None, [])
     # Three full batches went to the pool; the prefetch rose for the first two batches' messages only.
-    assert len(jobs) == 3 and qos["raised"] == 2 * 4
+    assert len(jobs) == 3 and qos.raised == 2 * 4
     jobs.pop(0)([True] * 4)  # the first batch done: its four acknowledged, the prefetch down by four
-    assert acked == [0, 1, 2, 3] and qos["raised"] == 4
-    batcher(Message(13), None, lambda *a: acked.append(13), lambda *a, **k: None, [])
-    assert qos["raised"] == 5  # room again: the next message held raises it
+    assert acked == [0, 1, 2, 3] and qos.raised == 4
+    batcher(_Message(13), None, lambda *a: acked.append(13), lambda *a, **k: None, [])
+    assert qos.raised == 5  # room again: the next message held raises it
     jobs.pop(0)([True] * 4)
     jobs.pop(0)([True] * 4)  # the third batch was held within the prefetch: nothing to lower for it
-    assert qos["raised"] == 1
+    assert qos.raised == 1
     batcher.flush()
     jobs.pop(0)([True] * 2)
-    assert qos["raised"] == 0 and sorted(acked) == list(range(14))
+    assert qos.raised == 0 and sorted(acked) == list(range(14))
+
+
+def test_batches_of_a_lost_connection_do_not_lower_the_new_connections_prefetch() -> None:
+    """After a reconnection Celery starts a new QoS at the base prefetch (and a new Batcher): the batches still
+    running from before lower nothing on it when they end, and a batch whose end fails still lowers its own."""
+    from worker.batching import Batcher
+
+    jobs: list[Any] = []
+    consumer = _consumer(jobs)
+    old = consumer.qos
+    before = Batcher(consumer, None, size=4, wait=1.0, prefetch=8)
+    for n in range(8):
+        before(_Message(n), None, lambda *a: None, lambda *a, **k: None, [])
+    assert old.raised == 8 and len(jobs) == 2
+    consumer.qos = new = _Qos()  # the connection was lost: Celery's new QoS and a new Batcher
+    after = Batcher(consumer, None, size=4, wait=1.0, prefetch=8)
+    for n in range(8, 12):
+        after(_Message(n), None, lambda *a: None, lambda *a, **k: None, [])
+    assert new.raised == 4 and len(jobs) == 3
+    jobs.pop(0)([True] * 4)
+    jobs.pop(0)([True] * 4)  # the old batches end: the new prefetch keeps what its own batch raised
+    assert new.raised == 4 and before.raised == 0
+
+    def rejecting(*_: Any, **__: Any) -> None:
+        raise RuntimeError("the message is in a state that cannot be rejected")
+
+    after(_Message(12), None, lambda *a: None, rejecting, [])
+    after.flush()
+    with pytest.raises(RuntimeError):
+        jobs.pop()([False])  # its message sent back, which fails: what was raised for it still comes down
+    assert new.raised == 4
+    jobs.pop(0)([True] * 4)
+    assert new.raised == 0 and after.raised == 0
+
+
+def test_the_worker_batches_with_its_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``PAYRECON_BATCH_SIZE``, ``PAYRECON_BATCH_WAIT`` and ``PAYRECON_BATCH_PREFETCH`` reach the consumer's Batcher."""
+    from worker import batching, runtime
+    from worker.settings import Settings
+
+    env = {"DATABASE_URL": "sqlite://", "CELERY_BROKER_URL": "redis://127.0.0.1:6379/0"}
+    settings = Settings.from_env(
+        env | {"PAYRECON_BATCH_SIZE": "7", "PAYRECON_BATCH_WAIT": "0.3", "PAYRECON_BATCH_PREFETCH": "50"}
+    )
+    rt: Any = type("Runtime", (), {})()
+    rt.settings = settings
+    monkeypatch.setattr(runtime, "get", lambda: rt)
+    monkeypatch.setattr(batching, "default_strategy", lambda *a, **k: "alone")
+    task: Any = type("Task", (), {"name": "payrecon.ingest_webhook"})()
+    made = batching.strategy(task, None, _consumer([]))  # type: ignore[arg-type]
+    assert isinstance(made, batching.Batcher)
+    assert (made.size, made.wait, made.prefetch, made.handle_alone) == (7, 0.3, 50, "alone")
 
 
 def test_a_bug_reading_one_delivery_dead_letters_it_and_the_batch_goes_on(

@@ -336,7 +336,7 @@ def test_a_batch_is_acknowledged_in_one_round_trip(private_redis: PrivateRedis) 
             stub.qos = type("Qos", (), {"increment_eventually": lambda self: None,
                                         "decrement_eventually": lambda self, n: None})()  # fmt: skip
             stub.task_consumer = type("TaskConsumer", (), {"channel": channel})()  # whose channel is current
-            batcher = Batcher(stub, None, size=6, wait=1.0, held=3)
+            batcher = Batcher(stub, None, size=6, wait=1.0, prefetch=18)
             with private_redis.client() as client:
                 client.config_resetstat()
             for message in received:

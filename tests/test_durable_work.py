@@ -189,8 +189,8 @@ def test_broker_settings_bring_a_killed_workers_messages_back_within_about_a_min
     assert timeout <= 60
     assert timeout + options["unacked_restore_interval"] * options["unacked_restore_throttle"] <= 70
     assert tasks.WAKE_UP_MAX + tasks.WEBHOOK_PATH_LIMITS["time_limit"] < timeout
-    # One message per thread; a batch raises it by what it holds (worker.batching), PAYRECON_BATCHES_HELD
-    # batches at most.
+    # One message per thread; a batch raises it by what it holds (worker.batching), PAYRECON_BATCH_PREFETCH
+    # messages at most.
     assert celeryconfig.worker_prefetch_multiplier == 1
     for name in ("ingest_webhook", "register_payment", "retry_delivery", "verify_payment"):
         task = getattr(tasks, name)

@@ -104,7 +104,8 @@ def test_broker_down_names_the_url_without_its_password(env: dict[str, str]) -> 
 
 def test_a_started_worker_freezes_what_it_holds_out_of_the_collectors_reach() -> None:
     """At ``worker_ready`` the objects of the started worker are frozen (``gc.freeze``): the collector's full
-    passes then leave them alone; and its youngest generation is collected every ``GC_YOUNG`` allocations."""
+    passes then leave them alone; and its youngest generation is collected every ``GC_YOUNG`` allocations. So do
+    a prefork pool's children."""
     import gc
 
     from celery import signals
@@ -112,6 +113,8 @@ def test_a_started_worker_freezes_what_it_holds_out_of_the_collectors_reach() ->
     from worker.signals import GC_YOUNG, _freeze_startup_objects
 
     assert _freeze_startup_objects in [receiver() for _, receiver in signals.worker_ready.receivers]
+    # and in each child of a prefork pool (forked before worker_ready)
+    assert _freeze_startup_objects in [receiver() for _, receiver in signals.worker_process_init.receivers]
     thresholds = gc.get_threshold()
     gc.unfreeze()
     try:

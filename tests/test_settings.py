@@ -243,11 +243,11 @@ def test_reconciliation_settings_errors(env: dict[str, str], message: str) -> No
 
 def test_batch_settings() -> None:
     s = Settings.from_env({**BASE, "PAYRECON_BATCH_SIZE": "50", "PAYRECON_BATCH_WAIT": "0.2",
-                           "PAYRECON_BATCHES_HELD": "3"})  # fmt: skip
-    assert (s.batch_size, s.batch_wait, s.batches_held) == (50, 0.2, 3)
+                           "PAYRECON_BATCH_PREFETCH": "300"})  # fmt: skip
+    assert (s.batch_size, s.batch_wait, s.batch_prefetch) == (50, 0.2, 300)
     default = Settings.from_env(BASE)
-    assert (default.batch_size, default.batch_wait, default.batches_held) == (100, 0.05, 8)
-    for name in ("PAYRECON_BATCH_SIZE", "PAYRECON_BATCHES_HELD"):
+    assert (default.batch_size, default.batch_wait, default.batch_prefetch) == (100, 0.05, 512)
+    for name in ("PAYRECON_BATCH_SIZE", "PAYRECON_BATCH_PREFETCH"):
         with pytest.raises(ConfigError, match=f"{name} must be >= 1"):
             Settings.from_env({**BASE, name: "0"})
 

@@ -18,11 +18,12 @@ What the per-message path guarantees holds for a batch:
   count: a message ``run_batch`` sent again because PostgreSQL was away) takes Celery's own path,
   unchanged: the same task, the same guards;
 * the broker's prefetch bounds what a worker holds: it grows by one for each message held for a
-  batch (as Celery does for a message with an ETA), up to ``PAYRECON_BATCHES_HELD`` batches (default 8),
-  and shrinks again as they end. The messages a worker holds are its work in flight: each waits
-  on its provider, so the window must cover the provider's latency at full speed (at 200 ms, three
-  batches kept two cores 80 % busy; eight, 94 %: BENCHMARKS.md), and it is what a killed worker leaves
-  waiting for the visibility timeout;
+  batch (as Celery does for a message with an ETA), up to ``PAYRECON_BATCH_PREFETCH`` messages (default
+  512) beyond one per thread, and shrinks again as their batches end. The messages a worker holds are
+  its work in flight: each waits on its provider, so the window must cover the provider's latency at
+  full speed (at 200 ms, 300 messages kept two cores 75-83 % busy; 500-800, 89-96 %: BENCHMARKS.md); each
+  may hold a connection to its provider while asked (the pool keeps 512 per host; ``ulimit -n`` must leave
+  room), and it is what a killed worker leaves waiting for the visibility timeout;
 * a message held when the connection to the broker is lost is the broker's again: it is dropped, not
   done (the broker hands it out anew).
 
@@ -51,7 +52,7 @@ log = logging.getLogger(__name__)
 class Batcher:
     """The messages of one task a worker holds, waiting to be handed to the pool together."""
 
-    def __init__(self, consumer: Consumer, handle_alone: Any, size: int, wait: float, held: int) -> None:
+    def __init__(self, consumer: Consumer, handle_alone: Any, size: int, wait: float, prefetch: int) -> None:
         self.consumer = consumer
         self.pool = consumer.pool
         self.timer = consumer.timer
@@ -59,13 +60,13 @@ class Batcher:
         self.handle_alone = handle_alone
         self.size = size
         self.wait = wait
-        self.held = held  # batches the prefetch may be raised for
+        self.prefetch = prefetch  # how far the prefetch may be raised for messages held in batches
         # The consumer's loop adds messages; without an event loop (the embedded demo's broker)
         # the timer runs in a thread of its own and flushes from there.
         self.lock = threading.Lock()
         self.buffer: list[_Held] = []
         self.timer_entry: Any = None
-        self.raised = 0  # how far the prefetch is raised for messages held in batches (at most ``held`` batches)
+        self.raised = 0  # how far the prefetch is raised for messages held in batches (at most ``prefetch``)
 
     def __call__(self, message: Message, body: Any, ack: Any, reject: Any, callbacks: Any, **kwargs: Any) -> Any:
         envelope = self._batchable(message, body)
@@ -74,12 +75,14 @@ class Batcher:
         with self.lock:
             # A message held for a batch must not stop the broker from sending the rest of the batch:
             # the prefetch window grows by one for it (as Celery does for a message with an ETA), up to
-            # ``held`` batches, and shrinks again once its batch is done.
-            raise_prefetch = self.raised < self.held * self.size
+            # ``prefetch`` messages, and shrinks again once its batch is done.
+            raise_prefetch = self.raised < self.prefetch
             if raise_prefetch:
                 self.raised += 1
                 self.consumer.qos.increment_eventually()
-            self.buffer.append(_Held(message, envelope, ack, reject, raise_prefetch))
+            self.buffer.append(
+                _Held(message, envelope, ack, reject, raise_prefetch, self.consumer.qos if raise_prefetch else None)
+            )
             full = len(self.buffer) >= self.size
             if not full and self.timer_entry is None:
                 self.timer_entry = self.timer.call_after(self.wait, self.flush)
@@ -125,14 +128,16 @@ class Batcher:
         def done(dispositions: Any) -> None:
             # True: done or sent again, acknowledge. False (the broker was away when it had to be
             # sent again): back to the queue. Anything else: the job itself failed (see run_batch).
-            if not isinstance(dispositions, list) or len(dispositions) != len(items):
-                time.sleep(JOB_FAILED_WAIT)  # not straight back: whatever failed may need a moment
-                dispositions = [False] * len(items)
-            for item, acknowledge in zip(items, dispositions, strict=True):
-                if not acknowledge:
-                    item.reject(log, self.connection_errors, requeue=True)
-            self._acknowledge([item for item, acknowledge in zip(items, dispositions, strict=True) if acknowledge])
-            self._lower(items)
+            try:
+                if not isinstance(dispositions, list) or len(dispositions) != len(items):
+                    time.sleep(JOB_FAILED_WAIT)  # not straight back: whatever failed may need a moment
+                    dispositions = [False] * len(items)
+                for item, acknowledge in zip(items, dispositions, strict=True):
+                    if not acknowledge:
+                        item.reject(log, self.connection_errors, requeue=True)
+                self._acknowledge([item for item, acknowledge in zip(items, dispositions, strict=True) if acknowledge])
+            finally:  # whatever happened above, what was raised for these messages comes down
+                self._lower(items)
 
         def lost(*_: Any) -> None:  # prefork: the child running the batch died; the messages go back
             done(None)
@@ -170,11 +175,18 @@ class Batcher:
             call_soon(together)
 
     def _lower(self, items: list[_Held]) -> None:
-        raised = sum(1 for item in items if item.raised)
-        if raised:
-            with self.lock:
-                self.raised -= raised
-            self.consumer.qos.decrement_eventually(raised)
+        """The prefetch comes down by what was raised for ``items``, on the consumer's current QoS only: after a
+        reconnection Celery starts a new one at the base prefetch (and a new Batcher), and what was raised on the
+        old one went with it."""
+        raised = [item for item in items if item.raised]
+        if not raised:
+            return
+        with self.lock:
+            self.raised -= len(raised)
+        qos = self.consumer.qos
+        current = sum(1 for item in raised if item.qos is qos)
+        if current:
+            qos.decrement_eventually(current)
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -184,6 +196,7 @@ class _Held:
     ack: Any
     reject: Any
     raised: bool  # the prefetch was raised for it
+    qos: Any  # the consumer's QoS it was raised on (None: not raised)
 
 
 #: Seconds before the messages of a batch whose job failed go back to the queue.
@@ -199,4 +212,4 @@ def strategy(task: Task, app: Celery, consumer: Consumer, **kwargs: Any) -> Any:
     if settings.batch_size <= 1:
         return alone
     log.info("%s: batches of up to %d messages, %.3f s wait", task.name, settings.batch_size, settings.batch_wait)
-    return Batcher(consumer, alone, settings.batch_size, settings.batch_wait, settings.batches_held)
+    return Batcher(consumer, alone, settings.batch_size, settings.batch_wait, settings.batch_prefetch)

@@ -41,12 +41,13 @@ class Runtime:
 
     def call_pool(self) -> ThreadPoolExecutor:
         """Threads for what a batch's provider calls must not do in the batch's own thread, where they wait together
-        (``providers.hub``: a greenlet each): open a connection, or take requests' own path. Three batches' worth at
-        most (at most ``CALLS_IN_FLIGHT``), started only as needed: with keep-alive connections, seldom."""
+        (``providers.hub``: a greenlet each): open a connection, or take requests' own path. As many as the messages a
+        worker holds for batches (at most ``CALLS_IN_FLIGHT``), started only as needed: with keep-alive
+        connections, seldom."""
         if self._calls is None:
             with _lock:
                 if self._calls is None:
-                    size = min(CALLS_IN_FLIGHT, 3 * self.settings.batch_size)
+                    size = min(CALLS_IN_FLIGHT, max(self.settings.batch_size, self.settings.batch_prefetch))
                     self._calls = ThreadPoolExecutor(max_workers=size, thread_name_prefix="payrecon-call")
         return self._calls
 

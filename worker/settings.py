@@ -200,7 +200,7 @@ class Settings:
     worker_concurrency: int = 32
     batch_size: int = 100  # webhook messages taken and settled together; 1: one at a time
     batch_wait: float = 0.05  # seconds a batch waits to fill after its first message
-    batches_held: int = 8  # batches of messages a worker holds at most beyond its prefetch (worker.batching)
+    batch_prefetch: int = 512  # webhook messages a worker holds for batches beyond one per thread (worker.batching)
     db_pool_size: int = 10  # per worker process; as many again may overflow
     http_timeout: tuple[float, float] = (3.05, 10.0)
     recheck_interval: float = 15.0  # how often beat looks for due re-checks
@@ -257,7 +257,7 @@ class Settings:
             worker_concurrency=celery.worker_concurrency,
             batch_size=reader.integer("PAYRECON_BATCH_SIZE", 100, minimum=1),
             batch_wait=reader.number("PAYRECON_BATCH_WAIT", 0.05),
-            batches_held=reader.integer("PAYRECON_BATCHES_HELD", 8, minimum=1),
+            batch_prefetch=reader.integer("PAYRECON_BATCH_PREFETCH", 512, minimum=1),
             db_pool_size=reader.integer("PAYRECON_DB_POOL_SIZE", 10, minimum=1),
             http_timeout=reader.timeout("PAYRECON_HTTP_TIMEOUT", (3.05, 10.0)),
             recheck_interval=celery.recheck_interval,

@@ -20,11 +20,13 @@ log = logging.getLogger(__name__)
 
 _in_beat = False
 
-#: Allocations (less deallocations) between two collections of the youngest generation (CPython's default: 700).
+#: Allocations of container objects (less those freed) between two collections of the youngest generation
+#: (CPython 3.11-3.13's default: 700; 3.14's incremental collector counts differently, default 2,000).
 GC_YOUNG = 10_000
 
 
 @signals.worker_ready.connect
+@signals.worker_process_init.connect  # a prefork pool's child: forked before worker_ready, which runs in the parent
 def _freeze_startup_objects(sender: Any = None, **_: Any) -> None:
     """Move what the worker holds once started (modules, classes, settings, pools: long-lived) out of the
     garbage collector's reach, so that its full collections, which a busy worker's allocations trigger
@@ -35,8 +37,11 @@ def _freeze_startup_objects(sender: Any = None, **_: Any) -> None:
     Then the youngest generation is collected every ``GC_YOUNG`` allocations, not CPython's 700: a batch
     allocates tens of thousands of objects (rows, ORM states, messages) that live until its end, and every
     young collection walked and promoted those alive. ``bench/batch_cpu.py`` with the start-up frozen, four
-    alternated pairs: 0.58-0.65 against 0.61-0.69 ms of worker CPU an event (BENCHMARKS.md). Cyclic garbage
-    waits a little longer: at most ``GC_YOUNG`` objects."""
+    alternated pairs: 0.58-0.65 against 0.61-0.69 ms of worker CPU an event (BENCHMARKS.md). The older
+    generations keep their counts (collected after 10 younger collections each), so they come about 14 times
+    less often too: garbage in cycles that outlives a young collection waits longer, up to about a million
+    allocations (a few seconds of a busy worker) for a full collection; the worker's resident memory over
+    6,000 events was the same with either threshold (BENCHMARKS.md)."""
     import gc
 
     gc.collect()
