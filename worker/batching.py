@@ -125,6 +125,14 @@ class Batcher:
             return
         from worker.tasks import run_batch
 
+        def _reject(item: _Held) -> None:
+            # One message that cannot be sent back (a state kombu refuses) must not keep the others from
+            # theirs: it stays unacknowledged, and the broker hands it out again after the visibility timeout.
+            try:
+                item.reject(log, self.connection_errors, requeue=True)
+            except Exception:
+                log.exception("a batched message could not be sent back; the broker hands it out again later")
+
         def done(dispositions: Any) -> None:
             # True: done or sent again, acknowledge. False (the broker was away when it had to be
             # sent again): back to the queue. Anything else: the job itself failed (see run_batch).
@@ -134,7 +142,7 @@ class Batcher:
                     dispositions = [False] * len(items)
                 for item, acknowledge in zip(items, dispositions, strict=True):
                     if not acknowledge:
-                        item.reject(log, self.connection_errors, requeue=True)
+                        _reject(item)
                 self._acknowledge([item for item, acknowledge in zip(items, dispositions, strict=True) if acknowledge])
             finally:  # whatever happened above, what was raised for these messages comes down
                 self._lower(items)
@@ -148,9 +156,11 @@ class Batcher:
             )
         except Exception:  # the pool is stopping: the messages go back
             log.exception("a batch of %d could not be handed to the pool; its messages go back", len(items))
-            for item in items:
-                item.reject(log, self.connection_errors, requeue=True)
-            self._lower(items)
+            try:
+                for item in items:
+                    _reject(item)
+            finally:
+                self._lower(items)
 
     def _acknowledge(self, items: list[_Held]) -> None:
         """Acknowledge a batch's messages whose work is done, on the consumer's event loop (where Celery
@@ -181,12 +191,23 @@ class Batcher:
         raised = [item for item in items if item.raised]
         if not raised:
             return
-        with self.lock:
-            self.raised -= len(raised)
-        qos = self.consumer.qos
-        current = sum(1 for item in raised if item.qos is qos)
-        if current:
-            qos.decrement_eventually(current)
+
+        def lower() -> None:
+            with self.lock:
+                self.raised -= len(raised)
+            qos = self.consumer.qos
+            current = sum(1 for item in raised if item.qos is qos)
+            if current:
+                qos.decrement_eventually(current)
+
+        # On the consumer's event loop, where the messages raised it (and where Celery changes the QoS: it runs
+        # its loop with the QoS's lock replaced by a dummy, so a decrement from a pool thread could be lost
+        # against an increment); without a loop (the embedded demo's broker) the lock is real: at once.
+        call_soon = getattr(self.consumer, "call_soon_ack", None)
+        if call_soon is None:
+            lower()
+        else:
+            call_soon(lower)
 
 
 @dataclass(frozen=True, slots=True, eq=False)

@@ -41,7 +41,7 @@ def _freeze_startup_objects(sender: Any = None, **_: Any) -> None:
     generations keep their counts (collected after 10 younger collections each), so they come about 14 times
     less often too: garbage in cycles that outlives a young collection waits longer, up to about a million
     allocations (a few seconds of a busy worker) for a full collection; the worker's resident memory over
-    6,000 events was the same with either threshold (BENCHMARKS.md)."""
+    6,000 events was within 1 MiB with either threshold (BENCHMARKS.md)."""
     import gc
 
     gc.collect()
