@@ -21,9 +21,10 @@ What the per-message path guarantees holds for a batch:
   batch (as Celery does for a message with an ETA), up to ``PAYRECON_BATCH_PREFETCH`` messages (default
   512) beyond one per thread, and shrinks again as their batches end. The messages a worker holds are
   its work in flight: each waits on its provider, so the window must cover the provider's latency at
-  full speed (at 200 ms, 300 messages kept two cores 75-83 % busy; 500-800, 89-96 %: BENCHMARKS.md); each
-  may hold a connection to its provider while asked (the pool keeps 512 per host; ``ulimit -n`` must leave
-  room), and it is what a killed worker leaves waiting for the visibility timeout;
+  full speed (at 200 ms, 300 messages kept two cores 75-83 % busy, 500-800 about 90 %; 1,024 settled
+  fewer events than 512, each costing more CPU: BENCHMARKS.md); each may hold a connection to its
+  provider while asked (the pool keeps 512 per host; ``ulimit -n`` must leave room), and it is what a
+  killed worker leaves waiting for the visibility timeout;
 * a message held when the connection to the broker is lost is the broker's again: it is dropped, not
   done (the broker hands it out anew).
 
