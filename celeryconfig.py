@@ -44,6 +44,10 @@ worker_concurrency = _settings.worker_concurrency
 worker_prefetch_multiplier = 1
 # (Webhook messages held for a batch raise the prefetch one by one, up to PAYRECON_BATCH_PREFETCH
 # messages: worker.batching.)
+# After a reconnection Celery would lower the prefetch by the tasks still running, then raise it back by
+# one at each acknowledgement up to one per thread: that would wipe what batches raised, and their own
+# lowering then take it to 1 until the next reconnection. The batches account for what they hold.
+worker_enable_prefetch_count_reduction = False
 worker_max_tasks_per_child = None
 worker_hijack_root_logger = False
 

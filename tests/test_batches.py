@@ -466,6 +466,31 @@ def test_the_prefetch_comes_down_on_the_consumers_loop() -> None:
     assert consumer.qos.raised == 0 and batcher.raised == 0
 
 
+def test_a_reconnection_does_not_reset_what_batches_raised() -> None:
+    """Celery's restoring of a prefetch it lowered after a reconnection (one more at each acknowledgement, up to one
+    per thread) is off: it would set the QoS back to one per thread under the batches' raise, and their lowering
+    would then take the prefetch to 1."""
+    from types import SimpleNamespace
+
+    from celery.worker.consumer.consumer import Consumer
+    from kombu.common import QoS
+
+    import celeryconfig
+
+    qos = QoS(lambda **_: None, 4)  # one per thread, 4 threads
+    qos.value = 4 + 300  # and 300 raised for messages held in batches
+    consumer: Any = SimpleNamespace(
+        app=SimpleNamespace(conf=SimpleNamespace(
+            worker_enable_prefetch_count_reduction=celeryconfig.worker_enable_prefetch_count_reduction)),
+        _maximum_prefetch_restored=False,  # as after a reconnection that lowered it
+        qos=qos,
+        max_prefetch_count=4,
+        _new_prefetch_count=qos.value + 1,
+    )  # fmt: skip
+    Consumer._restore_prefetch_count_after_connection_restart(consumer, None)  # at an acknowledgement
+    assert qos.value == 304
+
+
 def test_the_worker_batches_with_its_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     """``PAYRECON_BATCH_SIZE``, ``PAYRECON_BATCH_WAIT`` and ``PAYRECON_BATCH_PREFETCH`` reach the consumer's Batcher."""
     from worker import batching, runtime
