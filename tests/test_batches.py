@@ -466,6 +466,49 @@ def test_the_prefetch_comes_down_on_the_consumers_loop() -> None:
     assert consumer.qos.raised == 0 and batcher.raised == 0
 
 
+def test_the_prefetch_comes_down_under_the_lock_its_increments_take() -> None:
+    """Without an event loop (the embedded demo's broker) a batch lowers the prefetch from its pool thread at once,
+    while the consumer's thread raises it: Celery's QoS lock is a dummy there, so both take the Batcher's."""
+    from worker.batching import Batcher
+
+    jobs: list[Any] = []
+    consumer = _consumer(jobs)
+    batcher = Batcher(consumer, None, size=4, wait=1.0, prefetch=8)
+    locked: list[bool] = []
+    decrement = consumer.qos.decrement_eventually
+    consumer.qos.decrement_eventually = lambda n: (locked.append(batcher.lock.locked()), decrement(n))
+    for n in range(4):
+        batcher(_Message(n), None, lambda *a: None, lambda *a, **k: None, [])
+    jobs.pop()([True] * 4)
+    assert locked == [True] and consumer.qos.raised == 0
+
+
+def test_a_batch_the_stopping_pool_refuses_goes_back_and_lowers_what_it_raised(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The pool refuses a batch (it is stopping): its messages are sent back, one that cannot be is logged, and the
+    prefetch comes down by what was raised for all of them."""
+    from worker.batching import Batcher
+
+    consumer = _consumer([])
+
+    def stopping(*_: Any, **__: Any) -> None:
+        raise RuntimeError("the pool is stopping")
+
+    consumer.pool.apply_async = stopping
+    sent_back: list[int] = []
+
+    def rejecting(*_: Any, **__: Any) -> None:
+        raise RuntimeError("the message is in a state that cannot be rejected")
+
+    batcher = Batcher(consumer, None, size=3, wait=1.0, prefetch=8)
+    batcher(_Message(0), None, lambda *a: None, rejecting, [])
+    batcher(_Message(1), None, lambda *a: None, lambda *a, **k: sent_back.append(1), [])
+    batcher(_Message(2), None, lambda *a: None, lambda *a, **k: sent_back.append(2), [])  # full: handed to the pool
+    assert sent_back == [1, 2] and consumer.qos.raised == 0 and batcher.raised == 0
+    assert "a batched message could not be sent back" in caplog.text
+
+
 def test_a_reconnection_does_not_reset_what_batches_raised() -> None:
     """Celery's restoring of a prefetch it lowered after a reconnection (one more at each acknowledgement, up to one
     per thread) is off: it would set the QoS back to one per thread under the batches' raise, and their lowering

@@ -194,16 +194,17 @@ class Batcher:
             return
 
         def lower() -> None:
+            # Under the lock the increments take: Celery runs its consumer with the QoS's own lock replaced by a
+            # dummy (with or without an event loop), so a decrement racing an increment could be lost.
             with self.lock:
                 self.raised -= len(raised)
-            qos = self.consumer.qos
-            current = sum(1 for item in raised if item.qos is qos)
-            if current:
-                qos.decrement_eventually(current)
+                qos = self.consumer.qos
+                current = sum(1 for item in raised if item.qos is qos)
+                if current:
+                    qos.decrement_eventually(current)
 
-        # On the consumer's event loop, where the messages raised it (and where Celery changes the QoS: it runs
-        # its loop with the QoS's lock replaced by a dummy, so a decrement from a pool thread could be lost
-        # against an increment); without a loop (the embedded demo's broker) the lock is real: at once.
+        # On the consumer's event loop, where the messages raised it and Celery changes the QoS too; without a
+        # loop (the embedded demo's broker) at once, in this thread.
         call_soon = getattr(self.consumer, "call_soon_ack", None)
         if call_soon is None:
             lower()
