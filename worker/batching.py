@@ -37,6 +37,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -77,13 +78,12 @@ class Batcher:
             # A message held for a batch must not stop the broker from sending the rest of the batch:
             # the prefetch window grows by one for it (as Celery does for a message with an ETA), up to
             # ``prefetch`` messages, and shrinks again once its batch is done.
-            raise_prefetch = self.raised < self.prefetch
-            if raise_prefetch:
+            raised_on = None
+            if self.raised < self.prefetch:
                 self.raised += 1
-                self.consumer.qos.increment_eventually()
-            self.buffer.append(
-                _Held(message, envelope, ack, reject, raise_prefetch, self.consumer.qos if raise_prefetch else None)
-            )
+                raised_on = self.consumer.qos
+                raised_on.increment_eventually()
+            self.buffer.append(_Held(message, envelope, ack, reject, raised_on))
             full = len(self.buffer) >= self.size
             if not full and self.timer_entry is None:
                 self.timer_entry = self.timer.call_after(self.wait, self.flush)
@@ -121,18 +121,10 @@ class Batcher:
         if stale:
             log.info("%d batched message(s) of a closed connection dropped (the broker sends them again)", len(stale))
             self._lower(stale)
-            items = [item for item in items if item not in stale]
+            items = [item for item in items if item.message.channel is channel]
         if not items:
             return
         from worker.tasks import run_batch
-
-        def _reject(item: _Held) -> None:
-            # One message that cannot be sent back (a state kombu refuses) must not keep the others from
-            # theirs: it stays unacknowledged, and the broker hands it out again after the visibility timeout.
-            try:
-                item.reject(log, self.connection_errors, requeue=True)
-            except Exception:
-                log.exception("a batched message could not be sent back; the broker hands it out again later")
 
         def done(dispositions: Any) -> None:
             # True: done or sent again, acknowledge. False (the broker was away when it had to be
@@ -143,7 +135,7 @@ class Batcher:
                     dispositions = [False] * len(items)
                 for item, acknowledge in zip(items, dispositions, strict=True):
                     if not acknowledge:
-                        _reject(item)
+                        self._send_back(item)
                 self._acknowledge([item for item, acknowledge in zip(items, dispositions, strict=True) if acknowledge])
             finally:  # whatever happened above, what was raised for these messages comes down
                 self._lower(items)
@@ -159,9 +151,26 @@ class Batcher:
             log.exception("a batch of %d could not be handed to the pool; its messages go back", len(items))
             try:
                 for item in items:
-                    _reject(item)
+                    self._send_back(item)
             finally:
                 self._lower(items)
+
+    def _send_back(self, item: _Held) -> None:
+        """A held message back to its queue. One that cannot be (a state kombu refuses) must not keep the others
+        from theirs: it stays unacknowledged, and the broker hands it out again after the visibility timeout."""
+        try:
+            item.reject(log, self.connection_errors, requeue=True)
+        except Exception:
+            log.exception("a batched message could not be sent back; the broker hands it out again later")
+
+    def _on_loop(self, step: Callable[[], None]) -> None:
+        """Run ``step`` on the consumer's event loop, where Celery acknowledges and changes the QoS; without a
+        loop (the embedded demo's broker), at once in this thread."""
+        call_soon = getattr(self.consumer, "call_soon_ack", None)
+        if call_soon is None:
+            step()
+        else:
+            call_soon(step)
 
     def _acknowledge(self, items: list[_Held]) -> None:
         """Acknowledge a batch's messages whose work is done, on the consumer's event loop (where Celery
@@ -179,17 +188,13 @@ class Batcher:
             for item in items:
                 item.ack(log, self.connection_errors)
 
-        call_soon = getattr(self.consumer, "call_soon_ack", None)
-        if call_soon is None:
-            together()
-        else:
-            call_soon(together)
+        self._on_loop(together)
 
     def _lower(self, items: list[_Held]) -> None:
         """The prefetch comes down by what was raised for ``items``, on the consumer's current QoS only: after a
         reconnection Celery starts a new one at the base prefetch (and a new Batcher), and what was raised on the
         old one went with it."""
-        raised = [item for item in items if item.raised]
+        raised = [item for item in items if item.raised_on is not None]
         if not raised:
             return
 
@@ -199,17 +204,11 @@ class Batcher:
             with self.lock:
                 self.raised -= len(raised)
                 qos = self.consumer.qos
-                current = sum(1 for item in raised if item.qos is qos)
+                current = sum(1 for item in raised if item.raised_on is qos)
                 if current:
                     qos.decrement_eventually(current)
 
-        # On the consumer's event loop, where the messages raised it and Celery changes the QoS too; without a
-        # loop (the embedded demo's broker) at once, in this thread.
-        call_soon = getattr(self.consumer, "call_soon_ack", None)
-        if call_soon is None:
-            lower()
-        else:
-            call_soon(lower)
+        self._on_loop(lower)  # where the messages raised it
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -218,8 +217,7 @@ class _Held:
     envelope: Any
     ack: Any
     reject: Any
-    raised: bool  # the prefetch was raised for it
-    qos: Any  # the consumer's QoS it was raised on (None: not raised)
+    raised_on: Any  # the consumer's QoS whose prefetch was raised for it (None: not raised)
 
 
 #: Seconds before the messages of a batch whose job failed go back to the queue.
