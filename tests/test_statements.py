@@ -84,7 +84,8 @@ def _same_three_ways(
     monkeypatch.setattr(statements_pg, "_fast_insert", spy)
     with rt.sessions() as session, session.begin():
         fast = import_file(session, provider, path, business_tz=TZ, sessions=sessions)
-    assert taken == [True] * sessions  # a good file: the optimistic path, in each session
+    # A good file: the optimistic path, in each session (as many as the file has parts or ranges: one, or several).
+    assert all(taken) and (len(taken) > 1) == (sessions > 1) and len(taken) <= sessions
     fast_lines = _stored(rt, provider)
     _forget(rt, provider)
     monkeypatch.setattr(statements_pg, "_fast_insert", lambda *a, **k: None)
@@ -174,6 +175,37 @@ def test_a_bad_value_is_named_with_its_line_whichever_path_finds_it(
     assert _stored(rt, "cinetpay") == []
 
 
+@pytest.mark.parametrize("quoted", ["a line break", "one line"])
+def test_a_file_cut_inside_a_quoted_value_is_staged_whole(
+    rt: Runtime, tmp_path: Path, quoted: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A large file is cut in parts at line ends; a line end inside a quoted value is no place to cut (COPY
+    refuses the part before it), and the file is then staged whole: the lines are those of the other paths."""
+    monkeypatch.setattr(statements_pg, "PARALLEL_FROM", 1)
+    lines = [f"line {k} of OP3, a value" for k in range(8)]  # 190 characters: a transaction id holds 200
+    value = '"' + ("\n" if quoted == "a line break" else " ").join(lines) + '"'
+    rows = [f"TXN-{n},OP{n},2026-11-21 10:00:{n:02d},5000,XOF,0,ACCEPTED" for n in range(1, 7)]
+    rows[2] = f"TXN-3,{value},2026-11-21 10:00:03,5000,XOF,0,ACCEPTED"
+    path = tmp_path / "cinetpay.csv"
+    path.write_text("transaction_id,operator_id,payment_date,amount,currency,fees,status\n" + "\n".join(rows) + "\n")
+    data = path.read_bytes()
+    cuts = statements_pg._cuts(path, len(data), 2)
+    middle = cuts[0][1]  # the cut, just after a line feed
+    # The middle of the file is inside the quoted value: with line breaks in it, the cut falls there.
+    assert data.index(b'"line 0') < middle < data.index(b'7 of OP3, a value"') + (quoted == "one line") * len(data)
+    staged: list[int] = []
+    stage = statements_pg._stage
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        parts = stage(*args, **kwargs)
+        staged.append(len(parts))
+        return parts
+
+    monkeypatch.setattr(statements_pg, "_stage", spy)
+    _same_three_ways(rt, "cinetpay", path, monkeypatch, sessions=2)
+    assert staged[0] == (1 if quoted == "a line break" else 2)
+
+
 def _stage_tables(rt: Runtime) -> list[str]:
     with rt.sessions() as session:
         return list(
@@ -234,7 +266,9 @@ def test_a_load_that_never_committed_is_swept_by_the_next_import(rt: Runtime, mo
     with pytest.raises(Crash), rt.sessions() as session, session.begin():
         import_file(session, "cinetpay", docs / "cinetpay.csv", business_tz=TZ)
         raise Crash  # the process dies before the import commits: its lines were written by side sessions
-    assert len(_stage_tables(rt)) == 1
+    left = _stage_tables(rt)  # a stage table per part of the file, each loaded by its own session
+    assert len(left) == statements_pg.WORKERS
+    assert left == sorted([left[0], *(f"{left[0]}_{k}" for k in range(1, len(left)))])
     with rt.sessions() as session:
         assert session.scalar(select(func.count()).select_from(StatementLine)) > 0
         assert session.scalar(select(func.count()).select_from(StatementLine).where(visible())) == 0
@@ -431,7 +465,7 @@ def test_an_import_reports_each_stage_until_done(
     rt: Runtime, way: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Each stage starts at 0 and ends at its total, never going back; a large file loaded by four
-    sessions reports each one's range as it ends; the Python path reports its rows."""
+    sessions (a part of the file each) reports each one's part as it ends; the Python path reports its rows."""
     path = tmp_path / "cinetpay.csv"
     rows = [f"T{n},OP{n},2026-11-21 10:00:00,5000,XOF,0,ACCEPTED" for n in range(1, 41)]
     path.write_text("transaction_id,operator_id,payment_date,amount,currency,fees,status\n" + "\n".join(rows) + "\n")
@@ -454,7 +488,7 @@ def test_an_import_reports_each_stage_until_done(
         assert [d for d, _ in seen] == sorted(d for d, _ in seen), (stage, seen)
         assert seen[-1][1] == {"checksum": size, "check": size, "copy": size}.get(stage, 40)
     inserts = [done for stage, done, _ in heard if stage == "insert"]
-    assert inserts == ([0, 11, 22, 33, 40] if way == "side_by_side" else [0, 40] if way == "one_session" else [])
+    assert inserts == ([0, 10, 20, 30, 40] if way == "side_by_side" else [0, 40] if way == "one_session" else [])
 
 
 @pytest.mark.parametrize(

@@ -182,7 +182,7 @@ def import_file(
         try:
             rows, errors, days = import_copy(
                 session, path, mapping, provider=provider, import_id=record.id, business_tz=business_tz,
-                workers=sessions, progress=progress,
+                workers=sessions, lines=lines, progress=progress,
             )  # fmt: skip
         except LayoutError:
             pass  # a row COPY cannot even split: the streamed path below lists every bad row

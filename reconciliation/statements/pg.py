@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import csv
 import re
+import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import date
 from pathlib import Path
@@ -95,16 +97,18 @@ def import_copy(
     import_id: int,
     business_tz: ZoneInfo,
     workers: int | None = None,
+    lines: int | None = None,
     progress: Progress = silent,
 ) -> tuple[int, list[tuple[int, str]], tuple[date, ...]]:
     """(rows inserted, errors, business days). Nothing is inserted when there are errors.
 
-    The file is staged in an unlogged table that side sessions can read (``payrecon_stage_<import
-    id>``). A large file is loaded by ``workers`` sessions side by side (default ``WORKERS``), each committing its range
-    of lines: those lines carry the import's id and stay invisible to every reader until the
-    import row itself commits with the caller's transaction (``VISIBLE``). The stage table is
-    dropped in that same transaction, so a stage table left behind marks a load that never
-    committed, whose lines the next import deletes (``_sweep``).
+    The file is staged in unlogged tables that side sessions can read (``payrecon_stage_<import
+    id>``, and ``..._<k>`` for the k-th part of a large file). A large file (``lines``, the file's line count, from
+    ``PARALLEL_FROM``) is cut into ``workers`` parts at line ends (default ``WORKERS``), each copied to its own stage
+    table and loaded by its own session side by side, each committing its lines: those lines carry the import's id
+    and stay invisible to every reader until the import row itself commits with the caller's transaction
+    (``VISIBLE``). The stage tables are dropped in that same transaction, so a stage table left behind marks a load
+    that never committed, whose lines the next import deletes (``_sweep``).
     """
     conn = session.connection().connection
     cursor = conn.cursor()
@@ -127,9 +131,12 @@ def import_copy(
     side = engine.raw_connection()
     try:
         _sweep(side, import_id)
-        staged, whitespace = _stage(side, stage, len(names), path, progress=progress)
     finally:
         side.close()
+    workers = WORKERS if workers is None else workers
+    end, whitespace = _scan(path, progress=progress)
+    large = lines is not None and lines - 1 >= PARALLEL_FROM and workers > 1
+    parts = _stage(engine, stage, len(names), path, _cuts(path, end, workers if large else 1), progress=progress)
     col = {
         key: position[getattr(mapping, key)] for key in ("reference", "txn_id", "time", "amount", "currency", "status")
     }
@@ -141,25 +148,58 @@ def import_copy(
     raw = ", ".join(f"s.c{i}" for i in range(len(names)))
     # What to trim: every kind of whitespace, the only kinds there are, or nothing (no field starts or ends with any).
     spaces = {WIDE: WS, NARROW: "E' \\r\\n'", NONE: None}[whitespace]
-    sql = _fast_sql(
-        stage, col=col, fee=fee, payout=payout, raw=raw, currencies=currencies, statuses=statuses, spaces=spaces
-    )
-    workers = WORKERS if workers is None else workers
-    progress("insert", 0, staged)
-    if staged >= PARALLEL_FROM and workers > 1:
-        fast = _load_side_by_side(engine, sql, params, staged, workers, progress=progress)
-    else:
-        fast = _fast_insert(cursor, sql, params)
-        if fast is not None:
-            progress("insert", staged, staged)
+
+    def sql(table: str) -> str:
+        return _fast_sql(
+            table, col=col, fee=fee, payout=payout, raw=raw, currencies=currencies, statuses=statuses, spaces=spaces
+        )
+
+    tables = ", ".join(table for table, _, _ in parts)
+    fast = _load(engine, cursor, sql, params, parts, workers=workers, progress=progress)
     if fast is not None:
-        cursor.execute(f"DROP TABLE {stage}")  # with the import: a stage table left behind marks a failed load
+        cursor.execute(f"DROP TABLE {tables}")  # with the import: a stage table left behind marks a failed load
         return sum(fast.values()), [], tuple(sorted(fast))
+    # The strict path reads the parts as one table, each line numbered in the whole file.
+    columns = ", ".join(f"c{i}" for i in range(len(names)))
+    source = " UNION ALL ".join(
+        f"SELECT line_no + {int(offset)} AS line_no, {columns} FROM {table}"  # noqa: S608
+        for table, offset, _ in parts
+    )
     try:
-        return _strict(cursor, stage, mapping, col=col, fee=fee, payout=payout, currencies=currencies,
+        return _strict(cursor, f"({source})", mapping, col=col, fee=fee, payout=payout, currencies=currencies,
                        statuses=statuses, params=params, width=len(names))  # fmt: skip
     finally:
-        cursor.execute(f"DROP TABLE {stage}")
+        cursor.execute(f"DROP TABLE {tables}")
+
+
+def _load(
+    engine: Any,
+    cursor: Any,
+    sql: Callable[[str], str],
+    params: dict[str, Any],
+    parts: list[tuple[str, int, int]],
+    *,
+    workers: int,
+    progress: Progress = silent,
+) -> dict[date, int] | None:
+    """The optimistic load of the staged ``parts`` (``_stage``; ``sql``: the statement for a stage table): a
+    session per part side by side, or, for a large file staged whole, a range of its lines per session (``workers``),
+    or the caller's own session for a small one. None if any line is not plainly good (nothing written)."""
+    staged = sum(rows for _, _, rows in parts)
+    progress("insert", 0, staged)
+    if len(parts) > 1:
+        jobs = [(sql(table), {**params, "offset": offset}, rows) for table, offset, rows in parts]
+        return _load_side_by_side(engine, jobs, progress=progress)
+    stage = parts[0][0]
+    if staged >= PARALLEL_FROM and workers > 1:  # the file could not be cut (a line break in a quoted value)
+        step = staged // workers + 1
+        ranges = [(k * step + 1, min((k + 1) * step, staged)) for k in range(workers)]
+        jobs = [(sql(stage), {**params, "lo": lo, "hi": hi}, max(hi - lo + 1, 0)) for lo, hi in ranges]
+        return _load_side_by_side(engine, jobs, progress=progress)
+    fast = _fast_insert(cursor, sql(stage), params)
+    if fast is not None:
+        progress("insert", staged, staged)
+    return fast
 
 
 def _strict(
@@ -253,27 +293,77 @@ def _strict(
     return sum(strict.values()), errors, tuple(strict)
 
 
-def _stage(side: Any, stage: str, width: int, path: Path, *, progress: Progress = silent) -> tuple[int, str]:
-    """COPY the file as text into an unlogged table the side sessions can read: (its rows, what
-    whitespace its fields may start or end with: ``_scan``)."""
+def _stage(
+    engine: Any, stage: str, width: int, path: Path, cuts: list[tuple[int, int]], *, progress: Progress = silent
+) -> list[tuple[str, int, int]]:
+    """COPY the file as text into unlogged tables the side sessions can read, one per part (``cuts``: byte ranges,
+    side by side): [(table, lines before it in the file, its rows)]. The first table is ``stage``, the k-th
+    ``stage_<k>``; each numbers its rows from 1 (``line_no``).
+
+    A cut inside a quoted field (a line break in a value) leaves the part before it unterminated, which COPY
+    refuses: the file is then staged whole, as one part. ``LayoutError`` when COPY refuses the file itself.
+    """
     columns = ", ".join(f"c{i} text" for i in range(width))
     copied = ", ".join(f"c{i}" for i in range(width))
-    end, whitespace = _scan(path, progress=progress)
-    cursor = side.cursor()
-    try:
-        cursor.execute(f"CREATE UNLOGGED TABLE {stage} (line_no bigint GENERATED ALWAYS AS IDENTITY, {columns})")
-        with path.open("rb") as handle:
-            cursor.copy_expert(
-                f"COPY {stage} ({copied}) "
-                f"FROM STDIN WITH (FORMAT csv, HEADER true, ENCODING 'UTF8', FORCE_NOT_NULL ({copied}))",
-                _Prefix(handle, end, progress),
-            )
-        staged = int(cursor.rowcount)
+    tables = [stage] + [f"{stage}_{k}" for k in range(1, len(cuts))]
+    copy = _CopyProgress(progress, cuts[-1][1] if cuts else 0)
+
+    def load(table: str, start: int, stop: int) -> int:
+        side = engine.raw_connection()
+        try:
+            cursor = side.cursor()
+            cursor.execute(f"CREATE UNLOGGED TABLE {table} (line_no bigint GENERATED ALWAYS AS IDENTITY, {columns})")
+            with path.open("rb") as handle:
+                handle.seek(start)
+                cursor.copy_expert(
+                    f"COPY {table} ({copied}) FROM STDIN WITH (FORMAT csv, HEADER {str(start == 0).lower()}, "
+                    f"ENCODING 'UTF8', FORCE_NOT_NULL ({copied}))",
+                    _Range(handle, stop - start, copy),
+                )
+            rows = int(cursor.rowcount)
+            side.commit()
+            return rows
+        except psycopg2.Error as exc:  # BadCopyFileFormat and kin: the table goes with the rollback
+            side.rollback()
+            raise LayoutError(str(exc)) from exc
+        finally:
+            side.close()
+
+    if len(cuts) == 1:
+        return [(stage, 0, load(stage, *cuts[0]))]
+    with ThreadPoolExecutor(len(cuts), thread_name_prefix="statement-stage") as pool:
+        jobs = [pool.submit(load, table, start, stop) for table, (start, stop) in zip(tables, cuts, strict=True)]
+        errors = [job.exception() for job in jobs]
+    if not any(errors):
+        rows = [job.result() for job in jobs]
+        return [(table, sum(rows[:k]), n) for k, (table, n) in enumerate(zip(tables, rows, strict=True))]
+    side = engine.raw_connection()
+    try:  # drop the parts that were copied
+        side.cursor().execute("DROP TABLE IF EXISTS " + ", ".join(tables))
         side.commit()
-        return staged, whitespace
-    except psycopg2.Error as exc:  # BadCopyFileFormat and kin: the stage table goes with the rollback
-        side.rollback()
-        raise LayoutError(str(exc)) from exc
+    finally:
+        side.close()
+    unexpected = next((error for error in errors if error is not None and not isinstance(error, LayoutError)), None)
+    if unexpected is not None:
+        raise unexpected
+    copy.restart()  # COPY refused a part: the cut may be inside a quoted value; the whole file, as one part
+    return [(stage, 0, load(stage, 0, cuts[-1][1]))]
+
+
+def _cuts(path: Path, end: int, parts: int) -> list[tuple[int, int]]:
+    """The first ``end`` bytes of the file in up to ``parts`` byte ranges of about equal size, each but the
+    last ending just after a line feed (a line break inside a quoted value is found out by COPY: ``_stage``)."""
+    bounds = [0]
+    with path.open("rb") as handle:
+        header = len(handle.readline())
+        for k in range(1, parts):
+            at = max(end * k // parts, header, bounds[-1])
+            handle.seek(at)
+            found = handle.read(1 << 20).find(b"\n")
+            if found < 0 or at + found + 1 >= end:
+                break
+            bounds.append(at + found + 1)
+    return list(zip(bounds, [*bounds[1:], end], strict=True))
 
 
 #: A line that is only ``\.``: COPY's end-of-data marker, even in CSV; what follows would be dropped.
@@ -379,33 +469,52 @@ def _whitespace(lines: bytes, wide: bool, edges: bool) -> tuple[bool, bool]:
     return False, edges
 
 
-class _Prefix:
-    """The first ``size`` bytes of a binary file, for COPY (``progress``: its ``copy`` stage, in bytes)."""
+class _CopyProgress:
+    """The ``copy`` stage (bytes) of parts copied side by side: one total, reported under a lock."""
 
-    def __init__(self, handle: Any, size: int, progress: Progress = silent) -> None:
-        self.handle, self.left, self.size, self.progress = handle, size, size, progress
+    def __init__(self, progress: Progress, size: int) -> None:
+        self.progress, self.size, self.done = progress, size, 0
+        self.lock = threading.Lock()
         progress("copy", 0, size)
+
+    def add(self, n: int) -> None:
+        with self.lock:
+            self.done += n
+            self.progress("copy", min(self.done, self.size), self.size)
+
+    def restart(self) -> None:
+        """The file staged again, whole: count from what was reported (the stage never goes back)."""
+        with self.lock:
+            self.size += self.done  # the whole file again, after what was read of it
+
+
+class _Range:
+    """The next ``size`` bytes of a binary file, for COPY, counted in ``copy``."""
+
+    def __init__(self, handle: Any, size: int, copy: _CopyProgress) -> None:
+        self.handle, self.left, self.copy = handle, size, copy
 
     def read(self, n: int = -1) -> bytes:
         n = self.left if n < 0 else min(n, self.left)
         data: bytes = self.handle.read(n)
         self.left -= len(data)
-        self.progress("copy", self.size - self.left, self.size)
+        self.copy.add(len(data))
         return data
 
 
 def _sweep(side: Any, current: int) -> None:
-    """Delete the lines of loads that never committed: a stage table no live transaction holds."""
+    """Delete the lines of loads that never committed: stage tables no live transaction holds."""
     cursor = side.cursor()
     cursor.execute(
         "SELECT relname FROM pg_class WHERE relkind = 'r' AND relname LIKE %s AND pg_table_is_visible(oid)",
         (STAGE_PREFIX.replace("_", "\\_") + "%",),
     )
+    loads: dict[int, list[str]] = {}  # import id -> its stage tables (``<id>``, ``<id>_<k>``)
     for (name,) in cursor.fetchall():
-        suffix = name.removeprefix(STAGE_PREFIX)
-        if not suffix.isdigit():
-            continue  # not one of ours
-        import_id = int(suffix)
+        head, _, part = name.removeprefix(STAGE_PREFIX).partition("_")
+        if head.isdigit() and (part == "" or part.isdigit()):
+            loads.setdefault(int(head), []).append(name)
+    for import_id, tables in sorted(loads.items()):
         if import_id != current:  # ours is stale by definition: this import holds the lock on its id
             cursor.execute("SELECT pg_try_advisory_xact_lock(%s, %s)", (LOCK_SPACE, _lock_key(import_id)))
             if not cursor.fetchone()[0]:
@@ -415,29 +524,30 @@ def _sweep(side: Any, current: int) -> None:
             "AND NOT EXISTS (SELECT 1 FROM statement_imports WHERE id = %(id)s)",
             {"id": import_id},
         )
-        cursor.execute(f"DROP TABLE IF EXISTS {STAGE_PREFIX}{import_id}")  # its import may have just committed
+        cursor.execute("DROP TABLE IF EXISTS " + ", ".join(tables))  # its import may have just committed
     side.commit()
 
 
 def _load_side_by_side(
-    engine: Any, sql: str, params: dict[str, Any], staged: int, workers: int, *, progress: Progress = silent
+    engine: Any, jobs: list[tuple[str, dict[str, Any], int]], *, progress: Progress = silent
 ) -> dict[date, int] | None:
-    """The optimistic load in ``workers`` sessions, a range of lines each; all commit, or none does.
-    ``progress`` hears the ``insert`` stage as each range is done (in lines)."""
-    step = staged // workers + 1
-    ranges = [(k * step + 1, (k + 1) * step) for k in range(workers)]
+    """The optimistic load in a session per job (its statement, parameters and rows), side by side; all commit,
+    or none does. ``progress`` hears the ``insert`` stage as each job is done (in lines, in the jobs' order)."""
+    staged = sum(rows for _, _, rows in jobs)
     connections: list[Any] = []
     results: list[dict[date, int] | None] = []
     try:
-        connections += [engine.raw_connection() for _ in ranges]
-        with ThreadPoolExecutor(workers, thread_name_prefix="statement-load") as pool:
-            jobs = [
-                pool.submit(_fast_insert, connection.cursor(), sql, {**params, "lo": lo, "hi": hi})
-                for connection, (lo, hi) in zip(connections, ranges, strict=True)
+        connections += [engine.raw_connection() for _ in jobs]
+        with ThreadPoolExecutor(len(jobs), thread_name_prefix="statement-load") as pool:
+            running = [
+                pool.submit(_fast_insert, connection.cursor(), sql, params)
+                for connection, (sql, params, _) in zip(connections, jobs, strict=True)
             ]
-            for job, (_, hi) in zip(jobs, ranges, strict=True):  # in order: reported as each range ends
+            done = 0
+            for job, (_, _, rows) in zip(running, jobs, strict=True):  # in order: reported as each job ends
                 results.append(job.result())
-                progress("insert", min(hi, staged), staged)
+                done += rows
+                progress("insert", min(done, staged), staged)
         if any(result is None for result in results):
             for connection in connections:
                 connection.rollback()
@@ -498,8 +608,8 @@ def _fast_sql(
             WITH inserted AS (
             INSERT INTO statement_lines (provider, business_date, source, import_id, line_no, provider_txn_id,
                 reference, status, amount, currency, fee, occurred_at, payout_id, raw)
-            SELECT %(provider)s, (occ AT TIME ZONE %(business_tz)s)::date, 'file', %(import_id)s, line_no + 1,
-                   txn, ref,
+            SELECT %(provider)s, (occ AT TIME ZONE %(business_tz)s)::date, 'file', %(import_id)s,
+                   line_no + 1 + %(offset)s, txn, ref,
                    CASE WHEN amount IS NOT NULL AND occ IS NOT NULL AND (fee IS NOT NULL OR fee_text IS NULL)
                              AND NOT (ref IS NULL AND status = 'succeeded')
                              AND NOT (status = 'payout' AND payout IS NULL) THEN status END,
@@ -613,7 +723,7 @@ def _fast_insert(cursor: Any, sql: str, params: dict[str, Any]) -> dict[date, in
     cursor.execute("SAVEPOINT fast_path")
     try:
         cursor.execute("SELECT set_config('TimeZone', %(file_tz)s, true)", params)
-        cursor.execute(sql, {"lo": 1, "hi": 2**62, **params})
+        cursor.execute(sql, {"lo": 1, "hi": 2**62, "offset": 0, **params})
         days = {day: int(n) for day, n in cursor.fetchall()}
     except (psycopg2.Error, ValueError):  # ValueError: a date psycopg2 cannot hold (a year BC), had one passed
         cursor.execute("ROLLBACK TO SAVEPOINT fast_path")  # also puts the session's TimeZone back
