@@ -1,5 +1,5 @@
-"""A statement import on PostgreSQL: COPY the file as text into a staging table, then convert and
-insert every row with one ``INSERT ... SELECT``.
+"""A statement import on PostgreSQL: COPY the file as text into staging tables (a part of the file each, side
+by side, for a large file), then convert and insert every row with one ``INSERT ... SELECT`` per part.
 
 Three tiers, fastest first, each falling back to the next; all apply the rules of the streamed
 Python path (``statements._Parser``):
@@ -74,9 +74,11 @@ def _literal(value: Any) -> str:
     return "'" + str(value).replace("'", "''") + "'"
 
 
-#: Sessions that load a large file side by side (each a range of its lines) on the optimistic path.
+#: Sessions that load a large file side by side on the optimistic path: each copies a part of the file (cut at
+#: line ends) to a stage table of its own and converts it; a file staged whole (``_stage``) is taken a range each.
 WORKERS = 2
-#: Below this many rows one session loads the file: the side sessions would cost more than they save.
+#: Below this many lines (rows, on a file staged whole) one session loads the file: the side sessions would cost
+#: more than they save.
 PARALLEL_FROM = 100_000
 #: Advisory-lock namespace of statement loads: (LOCK_SPACE, import id) is held by the importing
 #: transaction, so a load whose process died can be told from one still running (``_sweep``).
@@ -575,7 +577,8 @@ def _fast_sql(
     statuses: str,
     spaces: str | None,
 ) -> str:
-    """The optimistic conversion and insert of the staged lines ``%(lo)s`` to ``%(hi)s``.
+    """The optimistic conversion and insert of the lines ``%(lo)s`` to ``%(hi)s`` of the stage table ``stage``,
+    numbered ``%(offset)s`` on (the lines of the file's earlier parts).
 
     Casts instead of regular expressions (these cost more than the insert
     itself on a 1,000,000-row day). A row a cast refuses raises, a row a cheap check refuses
