@@ -164,6 +164,9 @@ def test_the_optimistic_path_leaves_the_session_time_zone_as_it_was(rt: Runtime)
         # What a bigint reads (the whole numbers' check) and Python refuses.
         ("TXN-9,OP9,2026-11-21 10:00:00,+5000,XOF,0,ACCEPTED", "amount '+5000': not a number"),
         ("TXN-9,OP9,2026-11-21 10:00:00,5000,XOF,+50,ACCEPTED", "fee '+50': not a number"),
+        # Longer than statement_lines keeps: named, not refused by the database with no line.
+        ("R" * 101 + ",OP9,2026-11-21 10:00:00,5000,XOF,0,ACCEPTED", f"reference {'R' * 30!r}... has 101 characters"),
+        ("TXN-9," + "O" * 201 + ",2026-11-21 10:00:00,5000,XOF,0,ACCEPTED", "transaction id 'OOOO"),
     ],
 )
 @pytest.mark.parametrize("path_taken", ["database", "side_by_side", "python"])
@@ -212,6 +215,42 @@ def test_a_file_cut_inside_a_quoted_value_is_staged_whole(
     monkeypatch.setattr(statements_pg, "_stage", spy)
     _same_three_ways(rt, "cinetpay", path, monkeypatch, sessions=2)
     assert staged[0] == (1 if quoted == "a line break" else 2)
+
+
+@pytest.mark.parametrize("sessions", [1, 2])
+def test_an_identifier_too_long_is_named_by_the_database_paths_themselves(
+    rt: Runtime, tmp_path: Path, sessions: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The strict path checks the lengths too: the line is named without falling back to the Python path."""
+    import reconciliation.statements.files as files
+
+    def python_path(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("the Python path ran")
+
+    monkeypatch.setattr(files, "_Parser", python_path)
+    monkeypatch.setattr(statements_pg, "PARALLEL_FROM", 1)
+    path = tmp_path / "cinetpay.csv"
+    path.write_text(TRICKY + "TXN-9," + "O" * 201 + ",2026-11-21 10:00:00,5000,XOF,0,ACCEPTED\n", encoding="utf-8")
+    with pytest.raises(StatementError) as info, rt.sessions() as session, session.begin():
+        import_file(session, "cinetpay", path, business_tz=TZ, sessions=sessions)
+    assert info.value.errors == [(10, f"transaction id {'O' * 30!r}... has 201 characters, more than the 200 kept")]
+
+
+def test_identifiers_as_long_as_kept_are_imported_the_same_three_ways(
+    rt: Runtime, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reference of 100 characters and a transaction id of 200, once trimmed: at the limit, not over it."""
+    path = tmp_path / "cinetpay.csv"
+    path.write_text(
+        "transaction_id,operator_id,payment_date,amount,currency,fees,status\n"
+        f" {'R' * 100} , {'O' * 200} ,2026-11-21 10:00:00,5000,XOF,0,ACCEPTED\n",
+        encoding="utf-8",
+    )
+    _same_three_ways(rt, "cinetpay", path, monkeypatch)
+    with rt.sessions() as session, session.begin():
+        import_file(session, "cinetpay", path, business_tz=TZ)
+    assert [(line[3], line[2]) for line in _stored(rt, "cinetpay")] == [("R" * 100, "O" * 200)]
+    _forget(rt, "cinetpay")
 
 
 def _stage_tables(rt: Runtime) -> list[str]:

@@ -27,7 +27,7 @@ from sqlalchemy.orm import Session
 
 from reconciliation.models import StatementImport, StatementLine
 from reconciliation.progress import Progress, silent
-from reconciliation.statements.pg import YEARS
+from reconciliation.statements.pg import YEARS, too_long
 from schemas.currency import MINOR_UNIT_EXPONENT
 
 MAX_ERRORS = 50
@@ -283,8 +283,12 @@ class _Parser:
         payout = (row[self.payout_col].strip() or None) if self.payout_col is not None else None
         if status == "payout" and payout is None:
             raise ValueError("a payout row needs its payout id")
+        txn_id = row[col["txn_id"]].strip() or None
+        for key, value in (("reference", reference), ("txn_id", txn_id), ("payout", payout)):
+            if value is not None and (error := too_long(key, value)):
+                raise ValueError(error)
         return (
-            self.provider, day, "file", self.import_id, line_no, row[col["txn_id"]].strip() or None, reference,
+            self.provider, day, "file", self.import_id, line_no, txn_id, reference,
             status, amount, currency, fee, occurred, payout, ",".join(row)[:2000],
         )  # fmt: skip
 

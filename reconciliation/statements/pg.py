@@ -29,6 +29,7 @@ import psycopg2
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
+from reconciliation.models import StatementLine
 from reconciliation.progress import Progress, silent
 from schemas.currency import MINOR_UNIT_EXPONENT
 
@@ -57,6 +58,24 @@ TIME_SHAPES = tuple(
     for offset in ("", "Z", "+99", "-99", "+9999", "-9999", "+99:99", "-99:99")
 )
 NUMBER = r"^-?[0-9]+(\.[0-9]+)?$"
+#: The identifiers a line keeps, what a file calls them, and how many characters ``statement_lines`` holds of
+#: each: every import path names a longer one with its line (the database would refuse the whole file with no line).
+IDENTIFIERS = {
+    key: (what, int(getattr(StatementLine.__table__.c[column].type, "length", 0)))
+    for key, what, column in (
+        ("reference", "reference", "reference"),
+        ("txn_id", "transaction id", "provider_txn_id"),
+        ("payout", "payout id", "payout_id"),
+    )
+}
+
+
+def too_long(key: str, value: str) -> str | None:
+    """The error for the identifier ``key`` of ``IDENTIFIERS`` (trimmed) if it is longer than what is stored."""
+    what, limit = IDENTIFIERS[key]
+    if len(value) <= limit:
+        return None
+    return f"{what} {value[:30]!r}... has {len(value)} characters, more than the {limit} kept"
 
 
 class LayoutError(Exception):
@@ -219,6 +238,9 @@ def _strict(
 ) -> tuple[int, list[tuple[int, str]], tuple[date, ...]]:
     """Name every bad row (line numbers), or convert and insert them all with the full checks."""
     v = {key: f"btrim(s.{column}, {WS})" for key, column in col.items()}  # each field, trimmed as Python does
+    identifiers = {"reference": v["reference"], "txn_id": v["txn_id"]} | (
+        {"payout": f"btrim(s.{payout}, {WS})"} if payout else {}
+    )
     fee_expr = f"nullif(replace(btrim({fee}, {WS}), ' ', ''), '')" if fee else "NULL"
     base = f"""
         FROM {stage} s
@@ -250,6 +272,7 @@ def _strict(
             THEN 'a paid row without a reference cannot be matched'
         WHEN st.status = 'payout' AND {f"nullif(btrim(s.{payout}, {WS}), '')" if payout else "NULL"} IS NULL
             THEN 'a payout row needs its payout id'
+        {" ".join(_too_long(key, expr) for key, expr in identifiers.items())}
     END"""
     cursor.execute(
         f"SELECT line_no + 1, problem FROM (SELECT s.line_no, {problem} AS problem {base}) AS checked "  # noqa: S608
@@ -293,6 +316,15 @@ def _strict(
         raise LayoutError(str(exc)) from exc
     strict = {day: int(n) for day, n in cursor.fetchall()}
     return sum(strict.values()), errors, tuple(strict)
+
+
+def _too_long(key: str, text: str) -> str:
+    """SQL: a ``CASE`` branch naming the trimmed identifier ``text`` as ``too_long`` does, when it is too long."""
+    what, limit = IDENTIFIERS[key]
+    return (
+        f"WHEN char_length({text}) > {int(limit)} THEN '{what} ' || quote_literal(left({text}, 30)) || '... has ' "
+        f"|| char_length({text}) || ' characters, more than the {int(limit)} kept'"
+    )
 
 
 def _stage(
