@@ -222,7 +222,7 @@ def test_an_identifier_too_long_is_named_by_the_database_paths_themselves(
     rt: Runtime, tmp_path: Path, sessions: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The strict path checks the lengths too: the line is named without falling back to the Python path."""
-    import reconciliation.statements.files as files
+    from reconciliation.statements import files
 
     def python_path(*args: Any, **kwargs: Any) -> Any:
         raise AssertionError("the Python path ran")

@@ -1,0 +1,184 @@
+"""One classifying share alone, then the day's shares side by side: what the sessions cost each other (#14).
+
+    .venv/bin/python bench/classify_shares.py --payments 1000000 --rounds 3
+    .venv/bin/python bench/classify_shares.py --payments 1000000 --rounds 3 --exceptions-only
+
+``bench/reconcile_scale.py`` runs the classification in two sessions side by side (``runs.classify_run``); on a
+two-core machine they are worth less than two of one. Here the bench's CinetPay day (``reconcile_scale``: N
+payments, vacuumed, analyzed and checkpointed, and the day's statement imported) is classified over and over,
+each time rolled back: share 0 of ``--shares`` alone, then all the shares at once, one session each (threads),
+``--rounds`` times. Meanwhile ``pg_stat_activity`` is sampled every 10 ms for what the classifying sessions wait
+on (``CPU`` when they wait on nothing). ``--exceptions-only``: the same statement writing only the exceptions (the
+matched items not inserted), to tell the inserts' share of the cost and of the contention from the rest. For
+comparison, two pure-CPU queries (a hash of six million numbers each) alone and side by side, which share nothing.
+
+Last line: ``alone_s=<median> together_s=<median of the slowest share> cpu_alone_s=<median> cpu_together_s=<median>``.
+Needs PostgreSQL as for the tests (``PAYRECON_TEST_PG``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import os
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import psycopg2
+from sqlalchemy import text
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+import reconcile_scale
+
+from reconciliation import migrate
+from reconciliation.db import make_engine, session_factory, transaction
+from reconciliation.nightly import matching, runs
+from reconciliation.statements.files import import_file
+from tests.helpers import scratch_database
+
+PG_BASE = os.environ.get("PAYRECON_TEST_PG", "postgresql+psycopg2://postgres@127.0.0.1:5432")
+CPU_QUERY = "SELECT sum(hashtext(i::text)) FROM generate_series(1, 6000000) AS i"
+
+
+def _dsn(url: str) -> str:
+    """A psycopg2 DSN for an SQLAlchemy URL of this bench (postgresql+psycopg2://user@host:port/db)."""
+    return url.replace("postgresql+psycopg2://", "postgresql://")
+
+
+class Waits:
+    """What the sessions of one database wait on, sampled every 10 ms while ``with`` lasts."""
+
+    def __init__(self, url: str) -> None:
+        self.url, self.seen, self.stop = url, collections.Counter[str](), threading.Event()
+
+    def __enter__(self) -> Waits:
+        self.thread = threading.Thread(target=self._sample, daemon=True)
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join()
+
+    def _sample(self) -> None:
+        conn = psycopg2.connect(_dsn(self.url))
+        conn.autocommit = True
+        cursor = conn.cursor()
+        while not self.stop.is_set():
+            cursor.execute(
+                "SELECT coalesce(wait_event_type || ':' || wait_event, 'CPU') FROM pg_stat_activity "
+                "WHERE datname = current_database() AND state = 'active' AND pid <> pg_backend_pid()"
+            )
+            self.seen.update(event for (event,) in cursor.fetchall())
+            time.sleep(0.01)
+        conn.close()
+
+    def shares(self) -> str:
+        total = sum(self.seen.values()) or 1
+        return ", ".join(f"{event} {n * 100 / total:.1f} %" for event, n in self.seen.most_common(8))
+
+
+def _cpu_pair(url: str) -> tuple[float, float]:
+    """Seconds for the CPU query alone, and for the slower of two at once."""
+
+    def one(out: list[float]) -> None:
+        conn = psycopg2.connect(_dsn(url))
+        cursor = conn.cursor()
+        cursor.execute("SET max_parallel_workers_per_gather = 0")
+        started = time.perf_counter()
+        cursor.execute(CPU_QUERY)
+        cursor.fetchall()
+        out.append(time.perf_counter() - started)
+        conn.close()
+
+    alone: list[float] = []
+    one(alone)
+    together: list[float] = []
+    threads = [threading.Thread(target=one, args=(together,)) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return alone[0], max(together)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--payments", type=int, default=1_000_000)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--shares", type=int, default=2, help="sessions side by side (PAYRECON_RECON_SESSIONS)")
+    parser.add_argument("--exceptions-only", action="store_true", help="write only the exceptions, not the matched")
+    args = parser.parse_args()
+    if args.exceptions_only:
+        matching._CLASSIFY = matching._CLASSIFY.replace(  # a variant of the statement, for this bench
+            "WHERE cls IS NOT NULL", "WHERE cls IS NOT NULL AND cls <> 'matched'"
+        )
+    with scratch_database(PG_BASE, "payrecon_shares") as url, tempfile.TemporaryDirectory() as tmp:
+        migrate.upgrade(url)
+        statement = Path(tmp) / "cinetpay-2026-11-20.csv"
+        reconcile_scale.seed_payments(url, args.payments, False)
+        reconcile_scale.write_statement(statement, args.payments, False)
+        engine = make_engine(url, pool_size=args.shares)
+        sessions = session_factory(engine)
+        with transaction(sessions) as session:
+            import_file(session, "cinetpay", statement, business_tz=reconcile_scale.TZ)
+        policy = runs.Policy(tz=reconcile_scale.TZ, sla=3600)
+        run_id = runs.start(sessions, "cinetpay", reconcile_scale.DAY, policy, "manual")
+        with sessions() as session:
+            window = session.execute(
+                text("SELECT window_start, window_end FROM recon_runs WHERE id = :id"), {"id": run_id}
+            ).one()
+        day = matching.Window(
+            provider="cinetpay", start=window[0], end=window[1], sla_cutoff=datetime.now(UTC) - timedelta(hours=1)
+        )
+
+        def share(k: int, out: list[float]) -> None:
+            with sessions() as session:  # as classify does, rolled back: each round classifies the same day
+                started = time.perf_counter()
+                matching.classify(session, run_id, day, reconcile_scale.DAY, (k, args.shares))
+                out.append(time.perf_counter() - started)
+                session.rollback()
+
+        share(0, [])  # the lines' hint bits set, the plan cached: not timed
+        alone, together, cpu_alone, cpu_together = [], [], [], []
+        for n in range(args.rounds):
+            one: list[float] = []
+            with Waits(url) as waits_alone:
+                share(0, one)
+            side: list[float] = []
+            threads = [threading.Thread(target=share, args=(k, side)) for k in range(args.shares)]
+            with Waits(url) as waits_side:
+                for thread in threads:
+                    thread.start()
+                for thread in threads:
+                    thread.join()
+            pair = _cpu_pair(url)
+            alone.append(one[0])
+            together.append(max(side))
+            cpu_alone.append(pair[0])
+            cpu_together.append(pair[1])
+            shares = ", ".join(f"{s:.2f}" for s in side)
+            print(
+                f"{n + 1}: share alone {one[0]:.2f} s; {args.shares} side by side {shares} s; "
+                f"CPU query alone {pair[0]:.2f} s, two at once {pair[1]:.2f} s",
+                flush=True,
+            )
+            print(f"   waits alone: {waits_alone.shares()}")
+            print(f"   waits side by side: {waits_side.shares()}", flush=True)
+        engine.dispose()
+    print(
+        f"alone_s={statistics.median(alone):.2f} together_s={statistics.median(together):.2f} "
+        f"cpu_alone_s={statistics.median(cpu_alone):.2f} cpu_together_s={statistics.median(cpu_together):.2f}"
+    )
+
+
+if __name__ == "__main__":
+    main()
