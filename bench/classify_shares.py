@@ -7,10 +7,11 @@
 two-core machine they are worth less than two of one. Here the bench's CinetPay day (``reconcile_scale``: N
 payments, vacuumed, analyzed and checkpointed, and the day's statement imported) is classified over and over,
 each time rolled back: share 0 of ``--shares`` alone, then all the shares at once, one session each (threads),
-``--rounds`` times. Meanwhile ``pg_stat_activity`` is sampled every 10 ms for what the classifying sessions wait
+``--rounds`` times. Meanwhile ``pg_stat_activity`` is sampled every 50 ms for what the classifying sessions wait
 on (``CPU`` when they wait on nothing). ``--exceptions-only``: the same statement writing only the exceptions (the
 matched items not inserted), to tell the inserts' share of the cost and of the contention from the rest. For
-comparison, two pure-CPU queries (a hash of six million numbers each) alone and side by side, which share nothing.
+comparison, two pure-CPU queries (a hash of six million numbers each) alone and side by side, which share nothing
+(sampled too, so that the sampler costs both the same).
 
 Last line: ``alone_s=<median> together_s=<median of the slowest share> cpu_alone_s=<median> cpu_together_s=<median>``.
 Needs PostgreSQL as for the tests (``PAYRECON_TEST_PG``).
@@ -26,6 +27,7 @@ import sys
 import tempfile
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -54,7 +56,7 @@ def _dsn(url: str) -> str:
 
 
 class Waits:
-    """What the sessions of one database wait on, sampled every 10 ms while ``with`` lasts."""
+    """What the client sessions of one database wait on, sampled every 50 ms while ``with`` lasts."""
 
     def __init__(self, url: str) -> None:
         self.url, self.seen, self.stop = url, collections.Counter[str](), threading.Event()
@@ -75,10 +77,11 @@ class Waits:
         while not self.stop.is_set():
             cursor.execute(
                 "SELECT coalesce(wait_event_type || ':' || wait_event, 'CPU') FROM pg_stat_activity "
-                "WHERE datname = current_database() AND state = 'active' AND pid <> pg_backend_pid()"
+                "WHERE datname = current_database() AND state = 'active' AND backend_type = 'client backend' "
+                "AND pid <> pg_backend_pid()"
             )
             self.seen.update(event for (event,) in cursor.fetchall())
-            time.sleep(0.01)
+            time.sleep(0.05)
         conn.close()
 
     def shares(self) -> str:
@@ -118,6 +121,8 @@ def main() -> None:
     parser.add_argument("--exceptions-only", action="store_true", help="write only the exceptions, not the matched")
     args = parser.parse_args()
     if args.exceptions_only:
+        if matching._CLASSIFY.count("WHERE cls IS NOT NULL") != 1:
+            raise SystemExit("the classifying statement changed: --exceptions-only no longer knows where to cut")
         matching._CLASSIFY = matching._CLASSIFY.replace(  # a variant of the statement, for this bench
             "WHERE cls IS NOT NULL", "WHERE cls IS NOT NULL AND cls <> 'matched'"
         )
@@ -147,20 +152,18 @@ def main() -> None:
                 out.append(time.perf_counter() - started)
                 session.rollback()
 
-        share(0, [])  # the lines' hint bits set, the plan cached: not timed
+        share(0, [])  # the lines' hint bits set, the caches warm: not timed
         alone, together, cpu_alone, cpu_together = [], [], [], []
         for n in range(args.rounds):
             one: list[float] = []
             with Waits(url) as waits_alone:
                 share(0, one)
             side: list[float] = []
-            threads = [threading.Thread(target=share, args=(k, side)) for k in range(args.shares)]
-            with Waits(url) as waits_side:
-                for thread in threads:
-                    thread.start()
-                for thread in threads:
-                    thread.join()
-            pair = _cpu_pair(url)
+            with Waits(url) as waits_side, ThreadPoolExecutor(args.shares) as pool:
+                for job in [pool.submit(share, k, side) for k in range(args.shares)]:
+                    job.result()  # a share that failed fails the bench
+            with Waits(url):  # the sampler's own cost, as for the shares
+                pair = _cpu_pair(url)
             alone.append(one[0])
             together.append(max(side))
             cpu_alone.append(pair[0])

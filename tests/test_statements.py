@@ -236,6 +236,31 @@ def test_an_identifier_too_long_is_named_by_the_database_paths_themselves(
     assert info.value.errors == [(10, f"transaction id {'O' * 30!r}... has 201 characters, more than the 200 kept")]
 
 
+@pytest.mark.parametrize("fee", [False, True])
+def test_the_strict_path_names_every_bad_row_as_python_does_numbers_too_large_included(
+    rt: Runtime, tmp_path: Path, fee: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A number too large for a bigint is a bad row on the strict path too: it names it with the others, not only
+    the rows after it (the insert it would have failed never runs when another row is bad)."""
+    huge = "99999999999999999999"
+    path = tmp_path / "cinetpay.csv"
+    path.write_text(
+        "transaction_id,operator_id,payment_date,amount,currency,fees,status\n"
+        f"TXN-1,OP1,2026-11-21 10:00:00,{'5000' if fee else huge},XOF,{huge if fee else '0'},ACCEPTED\n"
+        f"{'R' * 101},OP2,2026-11-21 10:00:00,5000,XOF,0,ACCEPTED\n",
+        encoding="utf-8",
+    )
+    found = []
+    for way in ("database", "python"):
+        if way == "python":
+            monkeypatch.setattr(statements_pg, "import_copy", _refused)
+        with pytest.raises(StatementError) as info, rt.sessions() as session, session.begin():
+            import_file(session, "cinetpay", path, business_tz=TZ)
+        found.append(info.value.errors)
+    assert found[0] == found[1]
+    assert [n for n, _ in found[0]] == [2, 3] and found[0][0][1] == f"{'fee' if fee else 'amount'} '{huge}': too large"
+
+
 def test_identifiers_as_long_as_kept_are_imported_the_same_three_ways(
     rt: Runtime, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -58,6 +58,8 @@ TIME_SHAPES = tuple(
     for offset in ("", "Z", "+99", "-99", "+9999", "-9999", "+99:99", "-99:99")
 )
 NUMBER = r"^-?[0-9]+(\.[0-9]+)?$"
+#: What a bigint holds, for the strict path's checks (in minor units), as ``BETWEEN`` bounds.
+BIGINT = f"{-(2**63)} AND {2**63 - 1}"
 #: The identifiers a line keeps, what a file calls them, and how many characters ``statement_lines`` holds of
 #: each: every import path names a longer one with its line (the database would refuse the whole file with no line).
 IDENTIFIERS = {
@@ -255,12 +257,16 @@ def _strict(
              <> trunc(replace({v["amount"]}, ' ', '')::numeric * power(10::numeric, cur.exp))
             THEN 'amount ' || quote_literal(left(s.{col["amount"]}, 30)) || ': has more decimals than '
             || cur.code || ' allows'
+        WHEN trunc(replace({v["amount"]}, ' ', '')::numeric * power(10::numeric, cur.exp)) NOT BETWEEN {BIGINT}
+            THEN 'amount ' || quote_literal(left(s.{col["amount"]}, 30)) || ': too large'
         WHEN {fee_expr} IS NOT NULL AND replace(btrim({fee or "''"}, {WS}), ' ', '') !~ '{NUMBER}'
             THEN 'fee ' || quote_literal(left({fee or "''"}, 30)) || ': not a number'
         WHEN {fee_expr}::numeric * power(10::numeric, cur.exp)
              <> trunc({fee_expr}::numeric * power(10::numeric, cur.exp))
             THEN 'fee ' || quote_literal(left({fee or "''"}, 30)) || ': has more decimals than '
             || cur.code || ' allows'
+        WHEN trunc({fee_expr}::numeric * power(10::numeric, cur.exp)) NOT BETWEEN {BIGINT}
+            THEN 'fee ' || quote_literal(left({fee or "''"}, 30)) || ': too large'
         WHEN st.word IS NULL THEN 'unknown status ' || quote_literal(left({v["status"]}, 30))
             || '; expected one of {", ".join(mapping.statuses).replace("'", "''")}'
         WHEN {v["time"]} !~ '{TIME}' THEN 'time ' || quote_literal(left({v["time"]}, 40))
