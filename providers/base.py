@@ -26,6 +26,21 @@ from schemas.messages import WebhookEnvelope
 MAX_REFERENCE_LENGTH: Final = 100
 #: Longest inbox ``dedupe_key`` (String(200)): :func:`bounded_dedupe_key` keeps every key within it.
 MAX_DEDUPE_KEY_LENGTH: Final = 200
+#: What payrecon keeps of the free text a provider's answer names a payment by (``VerifiedStatus``,
+#: ``StatementEntry``): its raw status and code (64 characters), its transaction and payout ids (200). An
+#: answer with longer ones is clipped to these, not refused by the database (the whole answer is kept raw).
+MAX_STATUS_LENGTH: Final = 64
+MAX_ID_LENGTH: Final = 200
+
+
+def clipped(value: str | None, limit: int) -> str | None:
+    """``value`` cut to ``limit`` characters, the last one an ellipsis when it was longer (so that a clipped id
+    is never taken for one that fits)."""
+    if value is None or len(value) <= limit:
+        return value
+    return value[: limit - 1] + "\u2026"
+
+
 #: Longest claimed status kept (``verifications.claimed_status`` is String(64)).
 MAX_CLAIMED_STATUS_LENGTH: Final = 64
 #: Deepest nesting of arrays and objects accepted in any JSON a provider sends (real ones: 3 or 4).
@@ -93,6 +108,11 @@ class VerifiedStatus:
     #: at the registered amount, which stays unconfirmed by the provider (``amount`` None) until the
     #: statement confirms it at reconciliation. False: a success without an amount posts nothing.
     registered_amount_asked: bool = False
+
+    def __post_init__(self) -> None:
+        for name, limit in (("provider_status", MAX_STATUS_LENGTH), ("provider_code", MAX_STATUS_LENGTH),
+                            ("provider_transaction_id", MAX_ID_LENGTH)):  # fmt: skip
+            object.__setattr__(self, name, clipped(getattr(self, name), limit))
 
 
 @dataclass(frozen=True, slots=True)
@@ -375,6 +395,13 @@ class StatementEntry:
     occurred_at: datetime
     payout_id: str | None = None
     raw: str = ""
+
+    def __post_init__(self) -> None:
+        # A reference longer than ours can be (``MAX_REFERENCE_LENGTH``) is no payment of ours: clipped, it stays
+        # one the provider reports (paid and unknown here: missing in the ledger), and never matches one of ours.
+        for name, limit in (("reference", MAX_REFERENCE_LENGTH), ("provider_transaction_id", MAX_ID_LENGTH),
+                            ("payout_id", MAX_ID_LENGTH)):  # fmt: skip
+            object.__setattr__(self, name, clipped(getattr(self, name), limit))
 
 
 @runtime_checkable

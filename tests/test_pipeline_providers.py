@@ -92,6 +92,39 @@ def test_orange_notification_with_another_orders_token_is_forged(rt: Runtime, sa
     assert sandbox.get("orange_money", mine)["check_count"] == 0
 
 
+def test_a_provider_answer_with_a_code_longer_than_kept_is_recorded_clipped(
+    rt: Runtime, sandbox: SandboxClient
+) -> None:
+    """MoMo fails a payment with a reason code of 90 characters; a verification keeps 64 of a code (the whole answer
+    stays in its raw response): the payment fails as the provider says, the verification is recorded, nothing is
+    refused by the database and retried for ever."""
+    ref, reason = str(uuid.uuid4()), "PAYER_" + "VERY_" * 16 + "LONG"
+    sandbox.create("mtn_momo", reference=ref, amount=6500, currency="XOF", fate="accepted")
+    sandbox.set_status("mtn_momo", ref, "FAILED", reason=reason)
+    pipeline.register_payment(rt, coko(ref, "mtn_momo"))
+    assert pipeline.ingest_webhook(rt, sandbox.notification("mtn_momo", ref)).outcome is Disposition.ACCEPTED
+    assert status(rt, ref) is PaymentStatus.FAILED
+    with rt.sessions() as session:
+        verification = session.scalars(select(Verification).where(Verification.outcome == "failed")).one()
+    assert verification.provider_code == reason[:63] + "\u2026" and len(reason) == 90
+    assert reason in verification.raw_response
+
+
+def test_what_providers_clip_answers_to_is_what_the_columns_hold() -> None:
+    from providers import base
+    from reconciliation.models import StatementLine
+
+    def length(column: Any) -> int:
+        return int(column.type.length)
+
+    assert length(Verification.__table__.c.provider_status) == length(Verification.__table__.c.provider_code)
+    assert length(Verification.__table__.c.provider_code) == base.MAX_STATUS_LENGTH
+    assert length(Payment.__table__.c.provider_transaction_id) == base.MAX_ID_LENGTH
+    assert length(StatementLine.__table__.c.provider_txn_id) == length(StatementLine.__table__.c.payout_id)
+    assert length(StatementLine.__table__.c.payout_id) == base.MAX_ID_LENGTH
+    assert length(StatementLine.__table__.c.reference) == base.MAX_REFERENCE_LENGTH
+
+
 def test_momo_404_right_after_registration_is_not_a_failure(rt: Runtime, sandbox: SandboxClient) -> None:
     ref = str(uuid.uuid4())
     sandbox.create("mtn_momo", reference=ref, amount=6500, currency="XOF", fate="accepted", not_found_checks=2)

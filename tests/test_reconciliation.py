@@ -13,6 +13,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
+import requests
 from sqlalchemy import func, insert, select, text
 from sqlalchemy.exc import IntegrityError
 
@@ -209,6 +210,36 @@ def test_wave_listing_over_several_pages_with_fees(rt: Runtime, sandbox: Sandbox
     assert len(settled) == 120  # the lost webhooks healed: every reader has access
     assert balances["fees:wave"] == 120 * 65  # Wave's 1 % fee, from its listing
     assert balances["provider_clearing:wave"] == 120 * (6500 - 65)  # what Wave owes us
+
+
+def test_a_listed_reference_longer_than_ours_is_kept_clipped_and_missing_in_the_ledger(
+    rt: Runtime, sandbox: SandboxClient
+) -> None:
+    """Wave takes client references of up to 255 characters; ours have at most 100. A paid one longer than ours is
+    no payment of ours: the day's listing still loads (it failed whole on the database), the line keeps the
+    reference clipped with an ellipsis, which matches no reference of ours, and the run reports it."""
+    today = datetime.now(rt.settings.timezone).date()
+    ours, theirs = new_reference("CR"), "X" * 150
+    state = sandbox.create("wave", reference=ours, amount=6500, currency="XOF", fate="accepted")
+    reg = registration(ours, provider="wave", amount=6500, plan="coko-premium-monthly", account="reader-long")
+    pipeline.register_payment(rt, {**reg, "provider_data": state["provider_data"]})
+    pipeline.ingest_webhook(rt, sandbox.notification("wave", ours))
+    # Another integration of the merchant's Wave account opens a checkout with a long reference, and it is paid.
+    created = requests.post(
+        f"{rt.settings.wave.api_url}/v1/checkout/sessions",
+        json={"amount": "6500", "currency": "XOF", "client_reference": theirs,
+              "success_url": "https://example.com/ok", "error_url": "https://example.com/no"},
+        headers={"Authorization": f"Bearer {rt.settings.wave.api_key}"},
+        timeout=10,
+    )  # fmt: skip
+    assert created.status_code == 200, created.text
+    sandbox.set_status("wave", theirs, "succeeded")
+    run_id = nightly.run_day(rt, "wave", today)
+    clipped = "X" * 99 + "\u2026"
+    assert classes(rt, run_id)[clipped] == "missing_in_ledger"
+    with rt.sessions() as session:
+        line = session.scalars(select(StatementLine).where(StatementLine.reference == clipped)).one()
+    assert line.source == "listing" and theirs in line.raw  # the whole entry, as Wave sent it
 
 
 def test_wave_reconciles_from_its_imported_statement_rather_than_its_listing(

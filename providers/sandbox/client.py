@@ -146,11 +146,11 @@ class SandboxClient:
         """State of one transaction, including ``status`` and ``check_count``."""
         return cast(dict[str, Any], self._call("GET", self._ref_path(provider, reference)))
 
-    def set_status(self, provider: str, reference: str, status: str) -> dict[str, Any]:
-        """Force a wire status now (notifies the transaction's ``notify_url``)."""
-        return cast(
-            dict[str, Any], self._call("POST", f"{self._ref_path(provider, reference)}/status", {"status": status})
-        )
+    def set_status(self, provider: str, reference: str, status: str, **fields: Any) -> dict[str, Any]:
+        """Force a wire status now (notifies the transaction's ``notify_url``); ``fields``: the provider's others
+        (MoMo: ``reason``)."""
+        payload = {"status": status, **fields}
+        return cast(dict[str, Any], self._call("POST", f"{self._ref_path(provider, reference)}/status", payload))
 
     def notification(self, provider: str, reference: str, *, enqueue: bool = False, **options: Any) -> dict[str, Any]:
         """A notification for the transaction as a ``payrecon.webhook/1`` envelope dict.
