@@ -9,7 +9,9 @@ payments, vacuumed, analyzed and checkpointed, and the day's statement imported)
 each time rolled back: share 0 of ``--shares`` alone, then all the shares at once, one session each (threads),
 ``--rounds`` times. Meanwhile ``pg_stat_activity`` is sampled every 50 ms for what the classifying sessions wait
 on (``CPU`` when they wait on nothing). ``--exceptions-only``: the same statement writing only the exceptions (the
-matched items not inserted), to tell the inserts' share of the cost and of the contention from the rest. For
+matched items not inserted), to tell the inserts' share of the cost and of the contention from the rest;
+``--packed``: the exceptions as rows and the matched items packed ``PACK`` to a row of a scratch table, an array per
+column (what a run storing its matched items compactly would write). For
 comparison, two pure-CPU queries (a hash of six million numbers each) alone and side by side, which share nothing
 (sampled too, so that the sampler costs both the same).
 
@@ -113,13 +115,43 @@ def _cpu_pair(url: str) -> tuple[float, float]:
     return alone[0], max(together)
 
 
+#: Matched items a row of the ``--packed`` variant.
+PACK = 10_000
+#: The ``--packed`` variant's table: the matched items' columns that differ between items, as arrays.
+PACKED_TABLE = """
+CREATE TABLE packed_matches (run_id bigint, part bigint, payment_ids bigint[], refs text[], txn_ids text[],
+                             internal_amounts bigint[], provider_amounts bigint[], fees bigint[], lines int[])
+"""
+
+
+def _packed(statement: str) -> str:
+    """The classifying statement writing its exceptions to ``recon_items`` and its matched items ``PACK`` to a row of
+    ``packed_matches`` (one pass over the classified rows, materialized once)."""
+    insert, select = statement.split("SELECT :run_id, cls,", 1)
+    if "INSERT INTO recon_items" not in insert:
+        raise SystemExit("the classifying statement changed: --packed no longer knows where to cut")
+    columns = insert[insert.index("(") :].strip()
+    return (
+        f"WITH c AS MATERIALIZED (SELECT :run_id AS run_id, cls,{select}),\n"  # noqa: S608 - our own statement
+        f"exceptions AS (INSERT INTO recon_items {columns} SELECT * FROM c WHERE cls <> 'matched')\n"
+        "INSERT INTO packed_matches SELECT :run_id, part, array_agg(payment_id), array_agg(reference), "
+        "array_agg(provider_txn_id), array_agg(internal_amount), array_agg(provider_amount), array_agg(fee), "
+        f"array_agg(provider_lines) FROM (SELECT c.*, (row_number() OVER ()) / {PACK} AS part FROM c "
+        "WHERE cls = 'matched') AS m GROUP BY part"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--payments", type=int, default=1_000_000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--shares", type=int, default=2, help="sessions side by side (PAYRECON_RECON_SESSIONS)")
-    parser.add_argument("--exceptions-only", action="store_true", help="write only the exceptions, not the matched")
+    variant = parser.add_mutually_exclusive_group()
+    variant.add_argument("--exceptions-only", action="store_true", help="write only the exceptions, not the matched")
+    variant.add_argument("--packed", action="store_true", help=f"the matched items {PACK} to a row, in arrays")
     args = parser.parse_args()
+    if args.packed:
+        matching._CLASSIFY = _packed(matching._CLASSIFY)
     if args.exceptions_only:
         if matching._CLASSIFY.count("WHERE cls IS NOT NULL") != 1:
             raise SystemExit("the classifying statement changed: --exceptions-only no longer knows where to cut")
@@ -128,6 +160,9 @@ def main() -> None:
         )
     with scratch_database(PG_BASE, "payrecon_shares") as url, tempfile.TemporaryDirectory() as tmp:
         migrate.upgrade(url)
+        if args.packed:
+            with make_engine(url).begin() as conn:
+                conn.execute(text(PACKED_TABLE))
         statement = Path(tmp) / "cinetpay-2026-11-20.csv"
         reconcile_scale.seed_payments(url, args.payments, False)
         reconcile_scale.write_statement(statement, args.payments, False)
