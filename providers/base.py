@@ -28,17 +28,25 @@ MAX_REFERENCE_LENGTH: Final = 100
 MAX_DEDUPE_KEY_LENGTH: Final = 200
 #: What payrecon keeps of the free text a provider's answer names a payment by (``VerifiedStatus``,
 #: ``StatementEntry``): its raw status and code (64 characters), its transaction and payout ids (200). An
-#: answer with longer ones is clipped to these, not refused by the database (the whole answer is kept raw).
+#: answer with longer ones is cut to these (``storable``), not refused by the database (the whole answer is kept raw).
 MAX_STATUS_LENGTH: Final = 64
 MAX_ID_LENGTH: Final = 200
+#: Hex digits of the SHA-256 that ``storable`` puts after the ellipsis of a value it cuts.
+CUT_HASH: Final = 10
 
 
-def clipped(value: str | None, limit: int) -> str | None:
-    """``value`` cut to ``limit`` characters, the last one an ellipsis when it was longer (so that a clipped id
-    is never taken for one that fits)."""
-    if value is None or len(value) <= limit:
+def storable(value: str | None, limit: int | None = None) -> str | None:
+    """``value`` as PostgreSQL can keep it: a NUL or a lone surrogate replaced by U+FFFD, then, if longer than
+    ``limit`` characters, cut to them: its start, an ellipsis and ``CUT_HASH`` hex digits of the whole value's
+    SHA-256 (two long values that share their start stay two, and a cut value is never taken for one that fits:
+    no reference payrecon registers holds an ellipsis)."""
+    if value is None:
+        return None
+    value = _UNSTORABLE.sub("\ufffd", value)
+    if limit is None or len(value) <= limit:
         return value
-    return value[: limit - 1] + "\u2026"
+    digest = hashlib.sha256(value.encode()).hexdigest()[:CUT_HASH]
+    return value[: limit - CUT_HASH - 1] + "\u2026" + digest
 
 
 #: Longest claimed status kept (``verifications.claimed_status`` is String(64)).
@@ -111,8 +119,10 @@ class VerifiedStatus:
 
     def __post_init__(self) -> None:
         for name, limit in (("provider_status", MAX_STATUS_LENGTH), ("provider_code", MAX_STATUS_LENGTH),
-                            ("provider_transaction_id", MAX_ID_LENGTH)):  # fmt: skip
-            object.__setattr__(self, name, clipped(getattr(self, name), limit))
+                            ("provider_message", None), ("provider_transaction_id", MAX_ID_LENGTH)):  # fmt: skip
+            object.__setattr__(self, name, storable(getattr(self, name), limit))
+        if self.amount is None and self.currency is not None and self.currency not in MINOR_UNIT_EXPONENT:
+            object.__setattr__(self, "currency", None)  # no amount to read in it ("FCFA"): not a currency we keep
 
 
 @dataclass(frozen=True, slots=True)
@@ -397,11 +407,12 @@ class StatementEntry:
     raw: str = ""
 
     def __post_init__(self) -> None:
-        # A reference longer than ours can be (``MAX_REFERENCE_LENGTH``) is no payment of ours: clipped, it stays
-        # one the provider reports (paid and unknown here: missing in the ledger), and never matches one of ours.
+        # A reference longer than ours can be (``MAX_REFERENCE_LENGTH``), or holding what no reference of ours holds,
+        # is no payment of ours: kept ``storable``, it stays one the provider reports and we do not know (missing in
+        # the ledger, then healed as any such payment), and never matches one of ours.
         for name, limit in (("reference", MAX_REFERENCE_LENGTH), ("provider_transaction_id", MAX_ID_LENGTH),
                             ("payout_id", MAX_ID_LENGTH)):  # fmt: skip
-            object.__setattr__(self, name, clipped(getattr(self, name), limit))
+            object.__setattr__(self, name, storable(getattr(self, name), limit))
 
 
 @runtime_checkable

@@ -191,7 +191,7 @@ def _error_text(error: object) -> tuple[str | None, str | None]:
     """``(code, "code: message")`` of a ``last_payment_error`` object."""
     if not isinstance(error, Mapping):
         return None, None
-    code = str(error["code"])[:64] if error.get("code") else None
+    code = str(error["code"]) if error.get("code") else None  # cut, when too long, as every code (``storable``)
     message = str(error["message"])[:200] if error.get("message") else None
     text = ": ".join(part for part in (code, message) if part) or None
     return code, text

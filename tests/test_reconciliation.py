@@ -4,6 +4,7 @@ classified as, payouts matched), tests/test_runs.py (a run's day, re-runs, how i
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -212,34 +213,42 @@ def test_wave_listing_over_several_pages_with_fees(rt: Runtime, sandbox: Sandbox
     assert balances["provider_clearing:wave"] == 120 * (6500 - 65)  # what Wave owes us
 
 
-def test_a_listed_reference_longer_than_ours_is_kept_clipped_and_missing_in_the_ledger(
+def test_listed_references_that_cannot_be_ours_are_kept_apart_and_missing_in_the_ledger(
     rt: Runtime, sandbox: SandboxClient
 ) -> None:
-    """Wave takes client references of up to 255 characters; ours have at most 100. A paid one longer than ours is
-    no payment of ours: the day's listing still loads (it failed whole on the database), the line keeps the
-    reference clipped with an ellipsis, which matches no reference of ours, and the run reports it."""
+    """Wave takes client references of up to 255 characters, and any character; ours have at most 100, of a few
+    kinds. Paid ones that cannot be ours (two long ones sharing their start, one with a NUL) are no payments of
+    ours: the day's listing still loads (it failed whole on the database), each line keeps its reference cut or
+    mended (``storable``: an ellipsis and a hash of the whole), two stay two, none matches one of ours, and the
+    run reports them."""
     today = datetime.now(rt.settings.timezone).date()
-    ours, theirs = new_reference("CR"), "X" * 150
+    ours = new_reference("CR")
     state = sandbox.create("wave", reference=ours, amount=6500, currency="XOF", fate="accepted")
     reg = registration(ours, provider="wave", amount=6500, plan="coko-premium-monthly", account="reader-long")
     pipeline.register_payment(rt, {**reg, "provider_data": state["provider_data"]})
     pipeline.ingest_webhook(rt, sandbox.notification("wave", ours))
-    # Another integration of the merchant's Wave account opens a checkout with a long reference, and it is paid.
-    created = requests.post(
-        f"{rt.settings.wave.api_url}/v1/checkout/sessions",
-        json={"amount": "6500", "currency": "XOF", "client_reference": theirs,
-              "success_url": "https://example.com/ok", "error_url": "https://example.com/no"},
-        headers={"Authorization": f"Bearer {rt.settings.wave.api_key}"},
-        timeout=10,
-    )  # fmt: skip
-    assert created.status_code == 200, created.text
-    sandbox.set_status("wave", theirs, "succeeded")
+    theirs = ["X" * 150, "X" * 149 + "Y", "ab\u0000cd"]
+    for reference in theirs:  # another integration of the merchant's Wave account opens checkouts, and they are paid
+        created = requests.post(
+            f"{rt.settings.wave.api_url}/v1/checkout/sessions",
+            json={"amount": "6500", "currency": "XOF", "client_reference": reference,
+                  "success_url": "https://example.com/ok", "error_url": "https://example.com/no"},
+            headers={"Authorization": f"Bearer {rt.settings.wave.api_key}"},
+            timeout=10,
+        )  # fmt: skip
+        assert created.status_code == 200, created.text
+        sandbox.set_status("wave", reference, "succeeded")
     run_id = nightly.run_day(rt, "wave", today)
-    clipped = "X" * 99 + "\u2026"
-    assert classes(rt, run_id)[clipped] == "missing_in_ledger"
+    kept = [
+        "X" * 89 + "\u2026" + hashlib.sha256(theirs[0].encode()).hexdigest()[:10],
+        "X" * 89 + "\u2026" + hashlib.sha256(theirs[1].encode()).hexdigest()[:10],
+        "ab\ufffdcd",
+    ]
+    assert classes(rt, run_id) == {ours: "matched"} | {reference: "missing_in_ledger" for reference in kept}
     with rt.sessions() as session:
-        line = session.scalars(select(StatementLine).where(StatementLine.reference == clipped)).one()
-    assert line.source == "listing" and theirs in line.raw  # the whole entry, as Wave sent it
+        lines = session.scalars(select(StatementLine).where(StatementLine.reference.in_(kept))).all()
+    assert len(lines) == 3 and all(line.source == "listing" for line in lines)
+    assert any(theirs[0] in line.raw for line in lines)  # the whole entry, as Wave sent it
 
 
 def test_wave_reconciles_from_its_imported_statement_rather_than_its_listing(

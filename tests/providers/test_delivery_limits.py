@@ -375,3 +375,19 @@ def test_one_reading_of_a_query_parameter_for_every_provider(query: dict[str, An
 def test_a_query_parameter_given_twice_is_malformed_not_a_guess() -> None:
     with pytest.raises(MalformedDelivery, match="query parameter 'ref' is given 2 times"):
         base.query_value({"ref": ["A-1", "B-2"]}, "ref")
+
+
+def test_an_answer_keeps_what_the_database_can_hold() -> None:
+    """A provider's answer is never refused by the database: NUL and lone surrogates mended, long texts cut with an
+    ellipsis and a hash of the whole, a currency it names without an amount dropped when it is not one we know."""
+    answer = base.VerifiedStatus(
+        reference="R1", outcome=base.Outcome.FAILED, provider_status="S" * 65, provider_code="a\x00b\ud800",
+        provider_message="m\x00", currency="FCFA", provider_transaction_id="T" * 201,
+    )  # fmt: skip
+    assert (answer.provider_code, answer.provider_message, answer.currency) == ("a\ufffdb\ufffd", "m\ufffd", None)
+    assert len(answer.provider_status or "") == base.MAX_STATUS_LENGTH and "\u2026" in (answer.provider_status or "")
+    assert len(answer.provider_transaction_id or "") == base.MAX_ID_LENGTH
+    assert base.storable("S" * 64, base.MAX_STATUS_LENGTH) == "S" * 64  # at the limit: as it is
+    paid = base.VerifiedStatus(reference="R1", outcome=base.Outcome.SUCCEEDED, provider_status="OK",
+                               provider_code=None, amount=5000, currency="XOF")  # fmt: skip
+    assert paid.currency == "XOF"
