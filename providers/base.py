@@ -33,6 +33,17 @@ MAX_STATUS_LENGTH: Final = 64
 MAX_ID_LENGTH: Final = 200
 #: Hex digits of the SHA-256 that ``storable`` puts after the ellipsis of a value it cuts.
 CUT_HASH: Final = 10
+#: Longest claimed status kept (``verifications.claimed_status`` is String(64)).
+MAX_CLAIMED_STATUS_LENGTH: Final = 64
+#: Deepest nesting of arrays and objects accepted in any JSON a provider sends (real ones: 3 or 4).
+MAX_JSON_DEPTH: Final = 64
+#: Largest amount, in minor units, the BIGINT amount columns hold.
+MAX_AMOUNT: Final = 2**63 - 1
+#: How a dedupe key derived by hashing starts; no natural key is ever kept with this start.
+HASHED_DEDUPE_KEY_PREFIX: Final = "sha256:"
+
+# Characters PostgreSQL cannot store in a text column (NUL) or UTF-8 cannot encode (lone surrogates).
+_UNSTORABLE = re.compile(r"[\x00\ud800-\udfff]")
 
 
 def storable(value: str | None, limit: int | None = None) -> str | None:
@@ -47,19 +58,6 @@ def storable(value: str | None, limit: int | None = None) -> str | None:
         return value
     digest = hashlib.sha256(value.encode()).hexdigest()[:CUT_HASH]
     return value[: limit - CUT_HASH - 1] + "\u2026" + digest
-
-
-#: Longest claimed status kept (``verifications.claimed_status`` is String(64)).
-MAX_CLAIMED_STATUS_LENGTH: Final = 64
-#: Deepest nesting of arrays and objects accepted in any JSON a provider sends (real ones: 3 or 4).
-MAX_JSON_DEPTH: Final = 64
-#: Largest amount, in minor units, the BIGINT amount columns hold.
-MAX_AMOUNT: Final = 2**63 - 1
-#: How a dedupe key derived by hashing starts; no natural key is ever kept with this start.
-HASHED_DEDUPE_KEY_PREFIX: Final = "sha256:"
-
-# Characters PostgreSQL cannot store in a text column (NUL) or UTF-8 cannot encode (lone surrogates).
-_UNSTORABLE = re.compile(r"[\x00\ud800-\udfff]")
 
 
 class Outcome(StrEnum):

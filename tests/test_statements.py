@@ -164,6 +164,7 @@ def test_the_optimistic_path_leaves_the_session_time_zone_as_it_was(rt: Runtime)
         # What a bigint reads (the whole numbers' check) and Python refuses.
         ("TXN-9,OP9,2026-11-21 10:00:00,+5000,XOF,0,ACCEPTED", "amount '+5000': not a number"),
         ("TXN-9,OP9,2026-11-21 10:00:00,5000,XOF,+50,ACCEPTED", "fee '+50': not a number"),
+        ("TXN-9,OP\x009,2026-11-21 10:00:00,5000,XOF,0,ACCEPTED", "a NUL character (byte 0)"),
         # Longer than statement_lines keeps: named, not refused by the database with no line.
         ("R" * 101 + ",OP9,2026-11-21 10:00:00,5000,XOF,0,ACCEPTED", f"reference {'R' * 30!r}... has 101 characters"),
         ("TXN-9," + "O" * 201 + ",2026-11-21 10:00:00,5000,XOF,0,ACCEPTED", "transaction id 'OOOO"),

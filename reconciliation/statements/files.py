@@ -257,6 +257,8 @@ class _Parser:
 
     def line(self, row: list[str], line_no: int) -> tuple[Any, ...]:
         col, m = self.col, self.mapping
+        if any("\0" in cell for cell in row):  # PostgreSQL keeps no NUL in text (COPY refused the file for it)
+            raise ValueError("a NUL character (byte 0), which no text column can hold")
         currency = row[col["currency"]].strip().upper()
         if currency not in MINOR_UNIT_EXPONENT:
             raise ValueError(f"unknown currency {currency[:10]!r}")
