@@ -6,7 +6,8 @@ Builds a throwaway PostgreSQL database with N succeeded CinetPay payments of one
 (COPY, then VACUUM ANALYZE and a CHECKPOINT, as a nightly run finds them; not timed), writes the
 day's statement file (N rows in CinetPay's export format, with 1 % of amounts wrong, 0.5 % missing,
 0.1 % duplicated and 500 unknown references), then times ``payrecon statements import`` (COPY to a
-stage, one optimistic convert-and-insert in two sessions) and the set-based classification of the
+stage, one optimistic convert-and-insert in two sessions; each stage's time is printed too: ``checksum``, ``check``,
+``copy``, ``insert``, as ``bench/import_ab.py`` names them) and the set-based classification of the
 day (two sessions). ``--reports`` also times writing the run's report files (not part of the goal).
 Peak memory (max RSS) is printed so that runs of different sizes can be compared. ``--fees``: the
 provider takes 50 XOF a payment, and posting the fees to the ledger is timed too (not part of the
@@ -190,9 +191,14 @@ def main() -> None:
             engine = make_engine(url, pool_size=2)
             sessions = session_factory(engine)
             rss0 = max_rss_mib()
+            stages: dict[str, float] = {}  # the import's stages, from the first report of each
+
+            def heard(stage: str, done: int, total: int) -> None:
+                stages.setdefault(stage, time.perf_counter())
+
             started = time.perf_counter()
             with transaction(sessions) as session:
-                imported = import_file(session, "cinetpay", statement, business_tz=TZ)
+                imported = import_file(session, "cinetpay", statement, business_tz=TZ, progress=heard)
             imported_at = time.perf_counter()
             policy = runs.Policy(tz=TZ, sla=3600)
             run_id = runs.start(sessions, "cinetpay", DAY, policy, "manual")
@@ -206,6 +212,8 @@ def main() -> None:
             )
         print(f"statement: {imported.rows} rows, {size:.0f} MiB")
         print(f"import (COPY, convert, validate, insert): {imported_at - started:.2f} s")
+        marks = [*sorted(stages.items(), key=lambda item: item[1]), ("end", imported_at)]
+        print("  " + ", ".join(f"{name} {marks[i + 1][1] - at:.2f} s" for i, (name, at) in enumerate(marks[:-1])))
         print(f"match + classify ({items} items): {done - imported_at:.2f} s")
         print(
             f"total: {done - started:.2f} s; peak memory {max_rss_mib():.0f} MiB (before the timed part {rss0:.0f} MiB)"
