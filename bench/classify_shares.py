@@ -33,8 +33,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import psycopg2
-from sqlalchemy import text
+from sqlalchemy import Engine, text
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -52,16 +51,11 @@ PG_BASE = os.environ.get("PAYRECON_TEST_PG", "postgresql+psycopg2://postgres@127
 CPU_QUERY = "SELECT sum(hashtext(i::text)) FROM generate_series(1, 6000000) AS i"
 
 
-def _dsn(url: str) -> str:
-    """A psycopg2 DSN for an SQLAlchemy URL of this bench (postgresql+psycopg2://user@host:port/db)."""
-    return url.replace("postgresql+psycopg2://", "postgresql://")
-
-
 class Waits:
     """What the client sessions of one database wait on, sampled every 50 ms while ``with`` lasts."""
 
-    def __init__(self, url: str) -> None:
-        self.url, self.seen, self.stop = url, collections.Counter[str](), threading.Event()
+    def __init__(self, engine: Engine) -> None:
+        self.engine, self.seen, self.stop = engine, collections.Counter[str](), threading.Event()
 
     def __enter__(self) -> Waits:
         self.thread = threading.Thread(target=self._sample, daemon=True)
@@ -73,46 +67,45 @@ class Waits:
         self.thread.join()
 
     def _sample(self) -> None:
-        conn = psycopg2.connect(_dsn(self.url))
-        conn.autocommit = True
-        cursor = conn.cursor()
-        while not self.stop.is_set():
-            cursor.execute(
-                "SELECT coalesce(wait_event_type || ':' || wait_event, 'CPU') FROM pg_stat_activity "
-                "WHERE datname = current_database() AND state = 'active' AND backend_type = 'client backend' "
-                "AND pid <> pg_backend_pid()"
-            )
-            self.seen.update(event for (event,) in cursor.fetchall())
-            time.sleep(0.05)
-        conn.close()
+        conn = self.engine.raw_connection()
+        try:
+            cursor = conn.cursor()
+            while not self.stop.is_set():
+                cursor.execute(
+                    "SELECT coalesce(wait_event_type || ':' || wait_event, 'CPU') FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND state = 'active' AND backend_type = 'client backend' "
+                    "AND pid <> pg_backend_pid()"
+                )
+                self.seen.update(event for (event,) in cursor.fetchall())
+                conn.commit()  # the next sample in a transaction of its own: a new view of the sessions
+                time.sleep(0.05)
+        finally:
+            conn.close()
 
     def shares(self) -> str:
         total = sum(self.seen.values()) or 1
         return ", ".join(f"{event} {n * 100 / total:.1f} %" for event, n in self.seen.most_common(8))
 
 
-def _cpu_pair(url: str) -> tuple[float, float]:
+def _cpu_pair(engine: Engine) -> tuple[float, float]:
     """Seconds for the CPU query alone, and for the slower of two at once."""
 
-    def one(out: list[float]) -> None:
-        conn = psycopg2.connect(_dsn(url))
-        cursor = conn.cursor()
-        cursor.execute("SET max_parallel_workers_per_gather = 0")
-        started = time.perf_counter()
-        cursor.execute(CPU_QUERY)
-        cursor.fetchall()
-        out.append(time.perf_counter() - started)
-        conn.close()
+    def one() -> float:
+        conn = engine.raw_connection()
+        try:
+            cursor = conn.cursor()
+            cursor.execute("SET LOCAL max_parallel_workers_per_gather = 0")  # one backend each
+            started = time.perf_counter()
+            cursor.execute(CPU_QUERY)
+            cursor.fetchall()
+            return time.perf_counter() - started
+        finally:
+            conn.close()  # rolled back: the setting goes with the transaction
 
-    alone: list[float] = []
-    one(alone)
-    together: list[float] = []
-    threads = [threading.Thread(target=one, args=(together,)) for _ in range(2)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    return alone[0], max(together)
+    alone = one()
+    with ThreadPoolExecutor(2) as pool:
+        together = [job.result() for job in [pool.submit(one) for _ in range(2)]]
+    return alone, max(together)
 
 
 #: Matched items a row of the ``--packed`` variant.
@@ -191,14 +184,14 @@ def main() -> None:
         alone, together, cpu_alone, cpu_together = [], [], [], []
         for n in range(args.rounds):
             one: list[float] = []
-            with Waits(url) as waits_alone:
+            with Waits(engine) as waits_alone:
                 share(0, one)
             side: list[float] = []
-            with Waits(url) as waits_side, ThreadPoolExecutor(args.shares) as pool:
+            with Waits(engine) as waits_side, ThreadPoolExecutor(args.shares) as pool:
                 for job in [pool.submit(share, k, side) for k in range(args.shares)]:
                     job.result()  # a share that failed fails the bench
-            with Waits(url):  # the sampler's own cost, as for the shares
-                pair = _cpu_pair(url)
+            with Waits(engine):  # the sampler's own cost, as for the shares
+                pair = _cpu_pair(engine)
             alone.append(one[0])
             together.append(max(side))
             cpu_alone.append(pair[0])

@@ -346,7 +346,7 @@ def _stage(
     columns = ", ".join(f"c{i} text" for i in range(width))
     copied = ", ".join(f"c{i}" for i in range(width))
     tables = [stage] + [f"{stage}_{k}" for k in range(1, len(cuts))]
-    copy = _CopyProgress(progress, cuts[-1][1] if cuts else 0)
+    copy = _CopyProgress(progress, cuts[-1][1])  # ``_cuts`` gives one range at least
 
     def load(table: str, start: int, stop: int) -> int:
         side = engine.raw_connection()
