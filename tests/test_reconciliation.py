@@ -529,6 +529,28 @@ def test_fees_posted_by_two_callers_at_once_are_posted_once_and_balance(
         assert ledger.unbalanced_journals(session) == []
 
 
+def test_a_rerun_posts_the_fees_of_its_new_matches_beside_those_posted_before(rt: Runtime) -> None:
+    """A chunk some of whose fees an earlier run posted: its plain insert of the journals meets the
+    (payment, kind) key, and the chunk posts the others, each fee once, under the run that found it."""
+    before, after = [new_reference() for _ in range(2)], [new_reference() for _ in range(3)]
+    for ref in before:
+        payment(rt, ref, PaymentStatus.SUCCEEDED)
+        line(rt, ref, fee=70)
+    first = runs.reconcile_stored(rt.sessions, "cinetpay", DAY, policy(rt))
+    for ref in after:  # the provider's statement of the day grows: the re-run matches these too
+        payment(rt, ref, PaymentStatus.SUCCEEDED)
+        line(rt, ref, fee=80)
+    second = runs.reconcile_stored(rt.sessions, "cinetpay", DAY, policy(rt))
+    assert {ref: memo for ref, (memo, _) in fee_journals(rt).items()} == {
+        **{ref: f"cinetpay fee on {ref} (run {first})" for ref in before},
+        **{ref: f"cinetpay fee on {ref} (run {second})" for ref in after},
+    }
+    with rt.sessions() as session:
+        balances = {(b.account, b.currency): b.balance for b in ledger.balances(session)}
+        assert ledger.unbalanced_journals(session) == []
+    assert balances[("fees:cinetpay", "XOF")] == 2 * 70 + 3 * 80
+
+
 def _refund(rt: Runtime, session: Any, payment_id: int) -> str:
     """Record a refund of the payment in ``session``'s transaction, as an operator would."""
     row = session.get(Payment, payment_id, with_for_update=True)

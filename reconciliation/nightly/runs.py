@@ -18,6 +18,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import func, or_, select, text
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from providers.base import Outcome, VerifiedStatus
@@ -318,8 +319,10 @@ def post_fees(sessions: sessionmaker[Session], run_id: int) -> int:
     On PostgreSQL a chunk (``FEE_CHUNK_SQL`` item ids) is two set-based statements (``_FEES_DUE``,
     ``_FEES_POST``): the drafts, then the journals with their entries, which the ledger's guard checks
     as one set; no row passes through Python, and ``FEE_SESSIONS`` sessions post chunks side by
-    side. SQLite (the embedded demo) builds the journals in Python, ``FEE_CHUNK``
-    at a time, and posts them with ``ledger.post_many``.
+    side. The journals are inserted plainly first, and with ``ON CONFLICT DO NOTHING`` only when the key
+    refuses one (``_SKIP_POSTED``): the same journals either way, the common case cheaper. SQLite (the
+    embedded demo) builds the journals in Python, ``FEE_CHUNK`` at a time, and posts them with
+    ``ledger.post_many``.
     """
     with sessions() as session:
         run = session.get(ReconRun, run_id)
@@ -400,12 +403,19 @@ SELECT nextval('ledger_journals_id_seq') AS id, due.*
            AND (i.cls IN (:matched, :fee_variance) OR i.healed)
          ORDER BY p.id) AS due
 """
+#
+# ``_FEES_POST`` inserts the journals plainly first: a speculative insertion (``ON CONFLICT``) checks each key
+# before its insert and writes a record more to the WAL for it (+60 % on the journals' insert: 0.51 against 0.31-0.37 s
+# for 98,406 journals). A journal posted before (a re-run of the day, a chunk of an earlier call that committed, a
+# concurrent call) breaks the unique key on its first row of that kind: the chunk goes back to its savepoint and
+# inserts with ``_SKIP_POSTED``, the key refusing those journals, as described in ``post_fees``.
+_JOURNAL_KEY = "uq_ledger_journals_payment_id_kind"
+_SKIP_POSTED = "\n        ON CONFLICT (payment_id, kind) DO NOTHING"
 _FEES_POST = """
 WITH posted AS (
     INSERT INTO ledger_journals (id, payment_id, kind, memo)
     SELECT id, payment_id, :kind, :memo_head || coalesce(reference, 'None') || :memo_tail
-      FROM {draft} ORDER BY id
-        ON CONFLICT (payment_id, kind) DO NOTHING
+      FROM {draft} ORDER BY id{on_conflict}
     RETURNING id
 ),
 accounts AS (
@@ -462,7 +472,14 @@ def _post_fees_set_based(sessions: sessionmaker[Session], run_id: int, provider:
             session.execute(text("SET LOCAL work_mem = '64MB'"))  # the drafts' and entries' sorts in memory
             draft = f"payrecon_fee_draft_{int(session.scalar(text('SELECT pg_backend_pid()')) or 0)}"
             session.execute(text(_FEES_DUE.format(draft=draft)), params | {"low": start, "high": start + FEE_CHUNK_SQL})
-            posted = int(session.scalar(text(_FEES_POST.format(draft=draft)), params) or 0)
+            try:
+                with session.begin_nested():  # the journals plainly inserted: none was posted before, the common case
+                    posted = int(session.scalar(text(_FEES_POST.format(draft=draft, on_conflict="")), params) or 0)
+            except IntegrityError as exc:
+                if getattr(getattr(exc.orig, "diag", None), "constraint_name", None) != _JOURNAL_KEY:
+                    raise
+                skipping = _FEES_POST.format(draft=draft, on_conflict=_SKIP_POSTED)
+                posted = int(session.scalar(text(skipping), params) or 0)
             session.execute(text(f"DROP TABLE {draft}"))
             return posted
 
