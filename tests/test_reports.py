@@ -696,6 +696,8 @@ AWKWARD = [
     item("currency_mismatch", 'odd ""', "XOF", 1000, None, provider_amount=200, provider_currency="USD"),
     item("matched", "last\n", "XAF", 0, 0, internal_currency="", detail='"'),
     item("matched", "\\.", "XOF", 1, 1),
+    # Words outside the vocabularies PostgreSQL writes as they are (``reports_pg._WORDS``): each takes the general path.
+    item('a "class",\nof old', "OLD-1", "xof", 5, 5, internal_status="=paid", provider_status="ok\\\x01"),
 ]
 
 
