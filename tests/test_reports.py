@@ -593,6 +593,29 @@ def test_export_all_and_manifest(rt: Runtime, two_runs: tuple[int, int], tmp_pat
         assert entry["sha256"] == hashlib.sha256(data).hexdigest()
 
 
+@pytest.mark.parametrize("broken", ["html", "items"])
+def test_export_all_raises_the_error_of_either_thread_and_leaves_no_partial_file(
+    rt: Runtime, two_runs: tuple[int, int], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, broken: str
+) -> None:
+    """On PostgreSQL the items' COPY and the other files are written side by side: a failure on either side is the
+    error ``export_all`` raises, once the other side is done; no temporary file stays, and no manifest is written."""
+    from reconciliation.reports import pg as reports_pg
+
+    def fail(*_args: Any, **_kw: Any) -> None:
+        raise OSError(f"the {broken} could not be written")
+
+    if broken == "html":
+        monkeypatch.setitem(reports._WRITERS, ("html", ""), fail)
+    else:
+        monkeypatch.setattr(reports_pg, "copy_csv_and_json_items", fail)
+    _, run_id = two_runs
+    out = tmp_path / "out"
+    with rt.sessions() as session, pytest.raises(OSError, match=f"the {broken} could not"):
+        reports.export_all(session, run_id, out)
+    left = sorted(p.name for p in out.iterdir())
+    assert "manifest.json" not in left and not [name for name in left if name.endswith(".part")], left
+
+
 def test_render_terminal(rt: Runtime, two_runs: tuple[int, int]) -> None:
     previous, run_id = two_runs
     with rt.sessions() as session:

@@ -29,6 +29,7 @@ import json
 import os
 import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from functools import cache, partial
 from pathlib import Path
@@ -614,6 +615,55 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _export_beside_the_items(
+    session: Session,
+    run: ReconRun,
+    out_dir: Path,
+    summarize: Summarize,
+    *,
+    language: Language,
+    digests: dict[Path, str],
+) -> dict[tuple[str, str], Path]:
+    """PostgreSQL (``export_all``): the items CSV and the JSON from one sort of the items, and meanwhile, in a thread
+    with a session of its own, the other files; returns the files written, by (format, part), each file's SHA-256
+    in ``digests``.
+
+    The COPY keeps PostgreSQL busy (its parallel workers format and sort the items) while this process only moves
+    bytes to the files; the XLSX and HTML files are this process's work, and the digests of the two large files
+    are computed while the other thread still writes. Both threads read the run as committed: its items and payouts
+    no longer change once it is finished, and the summary is computed once, before either starts."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    summary_ = summarize()
+    items = {("csv", ""): out_dir / file_name(run, "csv"), ("json", ""): out_dir / file_name(run, "json")}
+    engine = session.get_bind()
+
+    def others() -> dict[tuple[str, str], Path]:
+        with Session(bind=engine) as own:
+            mine = _run(own, run.id)
+            files: dict[tuple[str, str], Path] = {}
+            for fmt in FORMATS:
+                for part, path in zip(FORMAT_PARTS[fmt], _export_files(
+                    own, mine, fmt, out_dir, progress=silent, summarize=lambda: summary_, language=language,
+                    written=frozenset(items),
+                ), strict=True):  # fmt: skip
+                    if (fmt, part) not in items:
+                        files[fmt, part] = path
+                        digests[path] = _sha256(path)
+            return files
+
+    with ThreadPoolExecutor(1, thread_name_prefix="reports") as pool:
+        beside = pool.submit(others)
+        try:
+            with _replacing(items["csv", ""]) as csv_tmp, _replacing(items["json", ""]) as json_tmp:
+                _write_csv_and_json(session, run, csv_tmp, json_tmp, summarize)
+            for path in items.values():
+                digests[path] = _sha256(path)
+        except BaseException:
+            wait([beside])  # the other thread's files finished or removed before ours is the error raised
+            raise
+        return items | beside.result()
+
+
 def export_all(
     session: Session, run_id: int, out_dir: Path, *, progress: Progress = silent, language: Language = "en"
 ) -> list[Path]:
@@ -630,13 +680,12 @@ def export_all(
     total = sum(len(FORMAT_PARTS[fmt]) for fmt in FORMATS) + 1  # and the manifest
     progress("reports", 0, total)
     summarize = cache(partial(summary, session, run_id))  # one summary for the formats that show it
+    digests: dict[Path, str] = {}
     together: frozenset[tuple[str, str]] = frozenset()
-    if reports_pg.usable(session):  # the items CSV and the JSON from one sort of the items
-        out_dir.mkdir(parents=True, exist_ok=True)
-        csv_path, json_path = out_dir / file_name(run, "csv"), out_dir / file_name(run, "json")
-        with _replacing(csv_path) as csv_tmp, _replacing(json_path) as json_tmp:
-            _write_csv_and_json(session, run, csv_tmp, json_tmp, summarize)
-        together = frozenset({("csv", ""), ("json", "")})
+    if reports_pg.usable(session):
+        together = frozenset(
+            _export_beside_the_items(session, run, out_dir, summarize, language=language, digests=digests)
+        )
     for fmt in FORMATS:
         files = _export_files(
             session, run, fmt, out_dir, progress=silent, summarize=summarize, language=language, written=together
@@ -655,7 +704,7 @@ def export_all(
                 "format": fmt,
                 "content": part or ("items" if fmt == "csv" else "run"),
                 "size": p.stat().st_size,
-                "sha256": _sha256(p),
+                "sha256": digests.get(p) or _sha256(p),
             }
             for fmt, part, p in written
         ],
