@@ -616,6 +616,24 @@ def test_export_all_raises_the_error_of_either_thread_and_leaves_no_partial_file
     assert "manifest.json" not in left and not [name for name in left if name.endswith(".part")], left
 
 
+def test_export_all_writes_its_files_one_after_another_when_the_pool_has_no_connection_to_spare(
+    rt: Runtime, two_runs: tuple[int, int], tmp_path: Path
+) -> None:
+    """A pool of one connection, none lent beyond it: ``export_all`` does not wait for a second one (it would wait
+    for its own), it writes the other files after the items' COPY, on its one connection."""
+    from sqlalchemy import create_engine
+    from sqlalchemy.orm import sessionmaker
+
+    _, run_id = two_runs
+    engine = create_engine(rt.engine.url, pool_size=1, max_overflow=0, pool_timeout=2)
+    try:
+        with sessionmaker(engine)() as session:
+            paths = reports.export_all(session, run_id, tmp_path / "out")
+    finally:
+        engine.dispose()
+    assert [p.name for p in paths][-1] == "manifest.json" and len(paths) == 6
+
+
 def test_render_terminal(rt: Runtime, two_runs: tuple[int, int]) -> None:
     previous, run_id = two_runs
     with rt.sessions() as session:

@@ -184,8 +184,9 @@ if not all(word.replace("_", "").isalpha() and word.isascii() for words in _WORD
 
 
 def _known(value: str, words: str) -> str:
-    """SQL: true when ``value`` is one of the ``_WORDS[words]`` (NULL for NULL)."""
-    return f"{value} IN ({', '.join(_literal(word) for word in _WORDS[words])})"
+    """SQL: true when ``value`` is one of the ``_WORDS[words]`` (NULL for NULL), byte for byte: under a column's
+    nondeterministic collation a value with other bytes may compare equal to a word."""
+    return f'({value}) COLLATE "C" IN ({", ".join(_literal(word) for word in _WORDS[words])})'
 
 
 def _json_word(value: str, words: str) -> str:

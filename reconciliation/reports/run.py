@@ -28,6 +28,7 @@ import hashlib
 import json
 import os
 import re
+import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
 from contextlib import contextmanager
@@ -35,8 +36,9 @@ from functools import cache, partial
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import String, and_, case, func, literal, select
+from sqlalchemy import Engine, String, and_, case, func, literal, select
 from sqlalchemy.orm import Session
+from sqlalchemy.pool import NullPool, QueuePool
 
 from reconciliation.db import is_postgres
 from reconciliation.models import PayoutPosting, ReconItem, ReconPayout, ReconRun
@@ -615,7 +617,13 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _export_beside_the_items(
+#: One export at a time per process writes its other files beside the items' COPY (``_export_items``), with a second
+#: connection: the nightly job exports a run per provider and day at once, and each holding its connection while it
+#: waits for another could drain the pool. The others write their files one after another, on one connection.
+_BESIDE = threading.BoundedSemaphore(1)
+
+
+def _export_items(
     session: Session,
     run: ReconRun,
     out_dir: Path,
@@ -623,45 +631,78 @@ def _export_beside_the_items(
     *,
     language: Language,
     digests: dict[Path, str],
+    copied: Callable[[int], None],
 ) -> dict[tuple[str, str], Path]:
-    """PostgreSQL (``export_all``): the items CSV and the JSON from one sort of the items, and meanwhile, in a thread
-    with a session of its own, the other files; returns the files written, by (format, part), each file's SHA-256
-    in ``digests``.
+    """PostgreSQL (``export_all``): the items CSV and the JSON from one sort of the items, and meanwhile, when it can,
+    the other files in a thread with a session of its own; returns the files written, by (format, part), each
+    file's SHA-256 in ``digests``. ``copied`` hears how many files are written when the COPY's two are.
 
     The COPY keeps PostgreSQL busy (its parallel workers format and sort the items) while this process only moves
-    bytes to the files; the XLSX and HTML files are this process's work, and the digests of the two large files
-    are computed while the other thread still writes. Both threads read the run as committed: its items and payouts
-    no longer change once it is finished, and the summary is computed once, before either starts."""
+    bytes to the files; the XLSX, HTML and payouts CSV files are this process's work, and the digests of the two
+    large files are computed while the other thread still writes. The other session sees the run as committed: a
+    finished run's items and payouts no longer change, and the summary is computed once, before the thread starts.
+    A run it cannot see (the caller's, not committed yet), another export doing so already (``_BESIDE``), a pool
+    with no connection to spare (``_spare_connection``) or a session bound to one connection: the COPY alone, and
+    ``export_all`` writes the other files after it. When either side fails, the other stops at its next file and
+    its error, if any, is noted on the one raised."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    summary_ = summarize()
     items = {("csv", ""): out_dir / file_name(run, "csv"), ("json", ""): out_dir / file_name(run, "json")}
-    engine = session.get_bind()
 
-    def others() -> dict[tuple[str, str], Path]:
-        with Session(bind=engine) as own:
-            mine = _run(own, run.id)
-            files: dict[tuple[str, str], Path] = {}
-            for fmt in FORMATS:
-                for part, path in zip(FORMAT_PARTS[fmt], _export_files(
-                    own, mine, fmt, out_dir, progress=silent, summarize=lambda: summary_, language=language,
-                    written=frozenset(items),
-                ), strict=True):  # fmt: skip
-                    if (fmt, part) not in items:
+    def copy_items() -> dict[tuple[str, str], Path]:
+        with _replacing(items["csv", ""]) as csv_tmp, _replacing(items["json", ""]) as json_tmp:
+            _write_csv_and_json(session, run, csv_tmp, json_tmp, summarize)
+        for path in items.values():
+            digests[path] = _sha256(path)
+        copied(len(items))
+        return items
+
+    bind = session.get_bind()
+    if not (isinstance(bind, Engine) and _spare_connection(bind) and _BESIDE.acquire(blocking=False)):
+        return copy_items()
+    try:
+        with Session(bind=bind) as own:
+            mine = own.get(ReconRun, run.id)  # its connection taken here, before the COPY holds ours
+            if mine is None:
+                return copy_items()
+            summary_ = summarize()
+            stop = threading.Event()
+
+            def others() -> dict[tuple[str, str], Path]:
+                files: dict[tuple[str, str], Path] = {}
+                for fmt in FORMATS:
+                    for part in FORMAT_PARTS[fmt]:
+                        if (fmt, part) in items or stop.is_set():
+                            continue
+                        path = out_dir / file_name(mine, fmt, part)
+                        with _replacing(path) as tmp:
+                            if fmt in FOR_PEOPLE:
+                                _WRITERS[fmt, part](own, mine, tmp, lambda: summary_, language=language)
+                            else:
+                                _WRITERS[fmt, part](own, mine, tmp, lambda: summary_)
                         files[fmt, part] = path
                         digests[path] = _sha256(path)
-            return files
+                return files
 
-    with ThreadPoolExecutor(1, thread_name_prefix="reports") as pool:
-        beside = pool.submit(others)
-        try:
-            with _replacing(items["csv", ""]) as csv_tmp, _replacing(items["json", ""]) as json_tmp:
-                _write_csv_and_json(session, run, csv_tmp, json_tmp, summarize)
-            for path in items.values():
-                digests[path] = _sha256(path)
-        except BaseException:
-            wait([beside])  # the other thread's files finished or removed before ours is the error raised
-            raise
-        return items | beside.result()
+            with ThreadPoolExecutor(1, thread_name_prefix="reports") as pool:
+                beside = pool.submit(others)
+                try:
+                    copy_items()
+                except BaseException as exc:
+                    stop.set()
+                    wait([beside])
+                    if (theirs := beside.exception()) is not None:
+                        exc.add_note(f"writing the other report files failed too: {theirs!r}")
+                    raise
+                return items | beside.result()
+    finally:
+        _BESIDE.release()
+
+
+def _spare_connection(engine: Engine) -> bool:
+    """True when ``engine``'s pool lends another connection without waiting: fewer out than its size (``make_engine``'s
+    pools lend as many again), or a new connection each time; never a pool of one shared connection."""
+    pool = engine.pool
+    return isinstance(pool, NullPool) or (isinstance(pool, QueuePool) and pool.checkedout() < pool.size())
 
 
 def export_all(
@@ -684,8 +725,11 @@ def export_all(
     together: frozenset[tuple[str, str]] = frozenset()
     if reports_pg.usable(session):
         together = frozenset(
-            _export_beside_the_items(session, run, out_dir, summarize, language=language, digests=digests)
-        )
+            _export_items(
+                session, run, out_dir, summarize, language=language, digests=digests,
+                copied=lambda n: progress("reports", n, total),
+            )
+        )  # fmt: skip
     for fmt in FORMATS:
         files = _export_files(
             session, run, fmt, out_dir, progress=silent, summarize=summarize, language=language, written=together
