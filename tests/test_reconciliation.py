@@ -551,6 +551,20 @@ def test_a_rerun_posts_the_fees_of_its_new_matches_beside_those_posted_before(rt
     assert balances[("fees:cinetpay", "XOF")] == 2 * 70 + 3 * 80
 
 
+def test_a_rerun_skips_the_fees_posted_before_from_the_start(rt: Runtime, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A re-run's chunks insert with ``ON CONFLICT`` at once: the unique key never refuses their first insert (here
+    a refusal would not be recognized, and would fail the re-run)."""
+    for _ in range(3):
+        ref = new_reference()
+        payment(rt, ref, PaymentStatus.SUCCEEDED)
+        line(rt, ref, fee=40)
+    runs.reconcile_stored(rt.sessions, "cinetpay", DAY, policy(rt))
+    monkeypatch.setattr(runs, "_JOURNAL_KEY", "no such key")
+    rerun = runs.reconcile_stored(rt.sessions, "cinetpay", DAY, policy(rt))
+    assert runs.post_fees(rt.sessions, rerun) == 0
+    assert len(fee_journals(rt)) == 3
+
+
 def _refund(rt: Runtime, session: Any, payment_id: int) -> str:
     """Record a refund of the payment in ``session``'s transaction, as an operator would."""
     row = session.get(Payment, payment_id, with_for_update=True)

@@ -320,17 +320,18 @@ def post_fees(sessions: sessionmaker[Session], run_id: int) -> int:
     ``_FEES_POST``): the drafts, then the journals with their entries, which the ledger's guard checks
     as one set; no row passes through Python, and ``FEE_SESSIONS`` sessions post chunks side by
     side. The journals are inserted plainly first, and with ``ON CONFLICT DO NOTHING`` only when the key
-    refuses one (``_SKIP_POSTED``): the same journals either way, the common case cheaper. SQLite (the
+    refuses one (``_SKIP_POSTED``; a re-run of the day at once): the same journals either way, the common
+    case cheaper. SQLite (the
     embedded demo) builds the journals in Python, ``FEE_CHUNK`` at a time, and posts them with
     ``ledger.post_many``.
     """
     with sessions() as session:
         run = session.get(ReconRun, run_id)
         assert run is not None  # noqa: S101
-        provider = run.provider
+        provider, rerun = run.provider, run.previous_run_id is not None
         postgres = is_postgres(session)
     if postgres:
-        return _post_fees_set_based(sessions, run_id, provider)
+        return _post_fees_set_based(sessions, run_id, provider, rerun=rerun)
     posted, after = 0, 0
     while True:
         with transaction(sessions) as session:
@@ -435,8 +436,10 @@ SELECT count(*) FROM posted
 """
 
 
-def _post_fees_set_based(sessions: sessionmaker[Session], run_id: int, provider: str) -> int:
-    """PostgreSQL: the run's fees, ``FEE_CHUNK_SQL`` item ids a transaction (see ``post_fees``)."""
+def _post_fees_set_based(sessions: sessionmaker[Session], run_id: int, provider: str, *, rerun: bool) -> int:
+    """PostgreSQL: the run's fees, ``FEE_CHUNK_SQL`` item ids a transaction (see ``post_fees``). A re-run of a day
+    (``rerun``) finds most of its fees posted by the run before it: its chunks skip the posted ones from the start,
+    rather than each failing its plain insert first (and leaving an error in the server's log)."""
     due = (ReconItem.run_id == run_id, ReconItem.fee > 0, ReconItem.payment_id.is_not(None),
            ReconItem.provider_currency.is_not(None), _FEE_DUE)  # fmt: skip
     with transaction(sessions) as session:
@@ -474,7 +477,8 @@ def _post_fees_set_based(sessions: sessionmaker[Session], run_id: int, provider:
             session.execute(text(_FEES_DUE.format(draft=draft)), params | {"low": start, "high": start + FEE_CHUNK_SQL})
             try:
                 with session.begin_nested():  # the journals plainly inserted: none was posted before, the common case
-                    posted = int(session.scalar(text(_FEES_POST.format(draft=draft, on_conflict="")), params) or 0)
+                    plainly = _FEES_POST.format(draft=draft, on_conflict=_SKIP_POSTED if rerun else "")
+                    posted = int(session.scalar(text(plainly), params) or 0)
             except IntegrityError as exc:
                 if getattr(getattr(exc.orig, "diag", None), "constraint_name", None) != _JOURNAL_KEY:
                     raise
