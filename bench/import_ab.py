@@ -25,28 +25,22 @@ Needs PostgreSQL as for the tests (``PAYRECON_TEST_PG``).
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from sqlalchemy import create_engine, text
-
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
+import ab
 import reconcile_scale
-from throughput import CLOCK_TICKS, _proc_table, _tree_ticks, postgres_roots
 
 from reconciliation import migrate
 from tests.helpers import scratch_database
 
-PG_BASE = os.environ.get("PAYRECON_TEST_PG", "postgresql+psycopg2://postgres@127.0.0.1:5432")
 STAGES = ("checksum", "check", "copy", "insert")
 
 #: What a child runs in the tree under test: one import, its stages' times as JSON on the last line.
@@ -85,57 +79,27 @@ print(json.dumps({"rows": imported.rows, "import": ended - started, "stages": st
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--payments", type=int, default=1_000_000)
-    parser.add_argument("--pairs", type=int, default=3, help="imports per tree, alternated")
-    parser.add_argument("--code", type=Path, action="append", help="a code tree to time (repeatable)")
+    ab.arguments(parser, "imports")
     args = parser.parse_args()
-    trees = [ROOT, *args.code] if args.code and len(args.code) == 1 else (args.code or [ROOT])
-    trees = [tree.resolve() for tree in trees]
-    admin = create_engine(f"{PG_BASE}/postgres", isolation_level="AUTOCOMMIT")
-    roots = postgres_roots(admin)
-    if not roots:
-        raise SystemExit("the PostgreSQL cluster's processes are out of sight: its CPU cannot be counted")
+    trees = ab.trees(ROOT, args.code)
+    cluster = ab.Cluster()
     times: dict[Path, list[dict[str, float]]] = {tree: [] for tree in trees}
-    with scratch_database(PG_BASE, "payrecon_import_ab") as url, tempfile.TemporaryDirectory() as tmp:
-        template = url.rsplit("/", 1)[1]
+    with scratch_database(ab.PG_BASE, "payrecon_import_ab") as url, tempfile.TemporaryDirectory() as tmp:
         migrate.upgrade(url)
         statement = Path(tmp) / "cinetpay-2026-11-20.csv"
         built = time.perf_counter()
         reconcile_scale.seed_payments(url, args.payments, False)
         reconcile_scale.write_statement(statement, args.payments, False)
         print(f"{args.payments} payments and the day's statement in {time.perf_counter() - built:.1f} s")
-        for n in range(args.pairs):
-            for tree in trees if n % 2 == 0 else trees[::-1]:  # ABBA: neither always goes first
-                copy = f"{template}_copy"
-                with admin.connect() as conn:
-                    conn.execute(text(f'CREATE DATABASE "{copy}" TEMPLATE "{template}"'))
-                    conn.execute(text("CHECKPOINT"))
-                before = _tree_ticks(roots, _proc_table())
-                try:
-                    child = subprocess.run(
-                        [sys.executable, "-c", CHILD, url.rsplit("/", 1)[0] + "/" + copy, str(statement)],
-                        cwd=tree,
-                        env={**os.environ, "PYTHONPATH": str(tree)},
-                        capture_output=True,
-                        text=True,
-                        check=False,
-                    )
-                    spent = (_tree_ticks(roots, _proc_table()) - before) / CLOCK_TICKS
-                finally:
-                    with admin.connect() as conn:
-                        conn.execute(text(f'DROP DATABASE IF EXISTS "{copy}" WITH (FORCE)'))
-                if child.returncode != 0:
-                    raise SystemExit(f"the import in {tree} failed:\n{child.stderr[-2000:]}")
-                result = json.loads(child.stdout.strip().splitlines()[-1])
-                if result["path"] != "optimistic":  # its "insert" stage would be another thing, or absent
-                    raise SystemExit(f"the import in {tree} took the {result['path']} path, not the optimistic one")
-                figures = {**result["stages"], "import": result["import"], "postgres_cpu": spent}
-                times[tree].append(figures)
-                shown = ", ".join(
-                    f"{name} {figures.get(name, 0.0):.2f} s" for name in (*STAGES, "import", "postgres_cpu")
-                )
-                print(f"{n + 1}: {tree}: {result['rows']} lines; {shown}", flush=True)
-    admin.dispose()
+        for n, tree in ab.alternated(trees, args.pairs):
+            result, spent = cluster.run(url, tree, CHILD, str(statement))
+            if result["path"] != "optimistic":  # its "insert" stage would be another thing, or absent
+                raise SystemExit(f"the import in {tree} took the {result['path']} path, not the optimistic one")
+            figures = {**result["stages"], "import": result["import"], "postgres_cpu": spent}
+            times[tree].append(figures)
+            shown = ", ".join(f"{name} {figures.get(name, 0.0):.2f} s" for name in (*STAGES, "import", "postgres_cpu"))
+            print(f"{n}: {tree}: {result['rows']} lines; {shown}", flush=True)
+    cluster.dispose()
     for tree, runs in times.items():
         insert = statistics.median(run["insert"] for run in runs)
         whole = statistics.median(run["import"] for run in runs)

@@ -6,6 +6,7 @@ import csv
 import hashlib
 import io
 import json
+import threading
 from datetime import UTC, date, datetime
 from html.parser import HTMLParser
 from pathlib import Path
@@ -593,27 +594,50 @@ def test_export_all_and_manifest(rt: Runtime, two_runs: tuple[int, int], tmp_pat
         assert entry["sha256"] == hashlib.sha256(data).hexdigest()
 
 
-@pytest.mark.parametrize("broken", ["html", "items"])
+@pytest.mark.parametrize("broken", ["html", "items", "both"])
 def test_export_all_raises_the_error_of_either_thread_and_leaves_no_partial_file(
     rt: Runtime, two_runs: tuple[int, int], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, broken: str
 ) -> None:
-    """On PostgreSQL the items' COPY and the other files are written side by side: a failure on either side is the
-    error ``export_all`` raises, once the other side is done; no temporary file stays, and no manifest is written."""
+    """On PostgreSQL the items' COPY and the other files are written side by side, the others in a thread with a
+    connection of its own: a failure on either side is the error ``export_all`` raises once the other side is done
+    (the COPY's, with the other's noted on it, when both fail); no temporary file stays, no manifest is written, and
+    the second connection goes back to the pool."""
     from reconciliation.reports import pg as reports_pg
 
-    def fail(*_args: Any, **_kw: Any) -> None:
-        raise OSError(f"the {broken} could not be written")
+    threads: dict[str, str] = {}  # what failed -> in which thread
+    html_failed = threading.Event()
 
-    if broken == "html":
-        monkeypatch.setitem(reports._WRITERS, ("html", ""), fail)
-    else:
-        monkeypatch.setattr(reports_pg, "copy_csv_and_json_items", fail)
+    def fail(what: str) -> Any:
+        def failing(*_args: Any, **_kw: Any) -> None:
+            threads[what] = threading.current_thread().name
+            if what == "html":
+                html_failed.set()
+            elif broken == "both":  # the COPY fails last, as a million items' would
+                assert html_failed.wait(10)
+            raise OSError(f"the {what} could not be written")
+
+        return failing
+
+    if broken in ("html", "both"):
+        monkeypatch.setitem(reports._WRITERS, ("html", ""), fail("html"))
+    if broken in ("items", "both"):
+        monkeypatch.setattr(reports_pg, "copy_csv_and_json_items", fail("items"))
     _, run_id = two_runs
     out = tmp_path / "out"
-    with rt.sessions() as session, pytest.raises(OSError, match=f"the {broken} could not"):
+    lent = rt.engine.pool.checkedout()
+    with rt.sessions() as session, pytest.raises(OSError, match="could not be written") as raised:
         reports.export_all(session, run_id, out)
+    assert rt.engine.pool.checkedout() == lent
     left = sorted(p.name for p in out.iterdir())
     assert "manifest.json" not in left and not [name for name in left if name.endswith(".part")], left
+    if broken == "html":
+        assert "the html" in str(raised.value) and threads["html"].startswith("reports")  # by the other thread
+    else:
+        assert "the items" in str(raised.value) and not threads["items"].startswith("reports")
+    if broken == "both":
+        assert raised.value.__notes__ == [
+            "writing the other report files failed too: OSError('the html could not be written')"
+        ]
 
 
 def test_export_all_writes_its_files_one_after_another_when_the_pool_has_no_connection_to_spare(

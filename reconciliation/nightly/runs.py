@@ -312,8 +312,8 @@ def post_fees(sessions: sessionmaker[Session], run_id: int) -> int:
     fee posted after it would stay unreversed. Each chunk is one transaction holding the provider's fee
     lock shared (``ledger.hold_fees``; a refund holds it alone: one committed before the chunk reads
     its payments drops out of it, one that waits reverses the chunk's fee too), then its journals
-    inserted with ``ON CONFLICT DO NOTHING`` on the (payment, kind) key, so a journal the key refuses
-    was posted before (by an earlier call, or by a concurrent one, whose commit the insert waits for)
+    inserted under the (payment, kind) key, skipping those it refuses (``ON CONFLICT DO NOTHING``): a journal the
+    key refuses was posted before (by an earlier call, or by a concurrent one, whose commit the insert waits for)
     and gets no entries. The payments are not locked.
 
     On PostgreSQL a chunk (``FEE_CHUNK_SQL`` item ids) is two set-based statements (``_FEES_DUE``,
@@ -406,10 +406,11 @@ SELECT nextval('ledger_journals_id_seq') AS id, due.*
 """
 #
 # ``_FEES_POST`` inserts the journals plainly first: a speculative insertion (``ON CONFLICT``) checks each key
-# before its insert and writes a record more to the WAL for it (+60 % on the journals' insert: 0.51 against 0.31-0.37 s
-# for 98,406 journals). A journal posted before (a re-run of the day, a chunk of an earlier call that committed, a
-# concurrent call) breaks the unique key on its first row of that kind: the chunk goes back to its savepoint and
-# inserts with ``_SKIP_POSTED``, the key refusing those journals, as described in ``post_fees``.
+# before its insert and writes a record more to the WAL for it (98,406 journals, the guard off: 0.51-0.53 s against
+# 0.31-0.37 s; BENCHMARKS.md). A journal posted before (a chunk of an earlier call that committed, a concurrent
+# call) breaks the unique key on its first row of that kind: the chunk goes back to its savepoint and inserts with
+# ``_SKIP_POSTED``, the key refusing those journals, as described in ``post_fees``. A re-run of the day, which finds
+# most of its fees posted, inserts with ``_SKIP_POSTED`` at once.
 _JOURNAL_KEY = "uq_ledger_journals_payment_id_kind"
 _SKIP_POSTED = "\n        ON CONFLICT (payment_id, kind) DO NOTHING"
 _FEES_POST = """

@@ -170,8 +170,8 @@ def _json(value: str) -> str:
 
 # Words our own code writes in a text column (classes, statuses, ISO currency codes): letters and ``_`` only, so
 # that JSON and CSV write them as they are (quoted, in JSON). ``to_json`` looks up its argument's type and output
-# function at every call: six such columns were a fifth of the COPY of a million items to both files (measured
-# 2026-12-06: 5.1 -> 4.1 s, the files discarded; ``export_all``'s two files 7.8 -> 4.9 s). A value in its column's
+# function at every call: six such columns cost a sixth of the COPY of a million items to both files (measured
+# 2026-12-06, alternated, the files discarded: 5.5-5.8 -> 4.8-5.1 s; BENCHMARKS.md). A value in its column's
 # vocabulary is written without it, any other (a word an older version wrote, a provider's code we do not know)
 # takes the general path, and the CSV quoting checks likewise. A list of nine words or more is looked up by hash.
 _WORDS = {

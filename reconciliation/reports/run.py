@@ -36,7 +36,8 @@ from functools import cache, partial
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, String, and_, case, func, literal, select
+from sqlalchemy import Connection, Engine, String, and_, case, func, literal, select
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import NullPool, QueuePool
 
@@ -643,8 +644,9 @@ def _export_items(
     finished run's items and payouts no longer change, and the summary is computed once, before the thread starts.
     A run it cannot see (the caller's, not committed yet), another export doing so already (``_BESIDE``), a pool
     with no connection to spare (``_spare_connection``) or a session bound to one connection: the COPY alone, and
-    ``export_all`` writes the other files after it. When either side fails, the other stops at its next file and
-    its error, if any, is noted on the one raised."""
+    ``export_all`` writes the other files after it. When the COPY fails, the other thread stops at its next file and
+    its own error, if any, is noted on the COPY's; when the other thread fails, its error is raised once the COPY
+    is done."""
     out_dir.mkdir(parents=True, exist_ok=True)
     items = {("csv", ""): out_dir / file_name(run, "csv"), ("json", ""): out_dir / file_name(run, "json")}
 
@@ -656,46 +658,67 @@ def _export_items(
         copied(len(items))
         return items
 
-    bind = session.get_bind()
-    if not (isinstance(bind, Engine) and _spare_connection(bind) and _BESIDE.acquire(blocking=False)):
+    own = _second_session(session.get_bind(), run.id)
+    if own is None:
         return copy_items()
     try:
-        with Session(bind=bind) as own:
-            mine = own.get(ReconRun, run.id)  # its connection taken here, before the COPY holds ours
-            if mine is None:
-                return copy_items()
-            summary_ = summarize()
-            stop = threading.Event()
+        mine = _run(own, run.id)  # read already, by _second_session
+        summary_ = summarize()
 
-            def others() -> dict[tuple[str, str], Path]:
-                files: dict[tuple[str, str], Path] = {}
-                for fmt in FORMATS:
-                    for part in FORMAT_PARTS[fmt]:
-                        if (fmt, part) in items or stop.is_set():
-                            continue
-                        path = out_dir / file_name(mine, fmt, part)
-                        with _replacing(path) as tmp:
-                            if fmt in FOR_PEOPLE:
-                                _WRITERS[fmt, part](own, mine, tmp, lambda: summary_, language=language)
-                            else:
-                                _WRITERS[fmt, part](own, mine, tmp, lambda: summary_)
-                        files[fmt, part] = path
-                        digests[path] = _sha256(path)
-                return files
+        def others() -> dict[tuple[str, str], Path]:
+            files: dict[tuple[str, str], Path] = {}
+            for fmt in FORMATS:
+                for part in FORMAT_PARTS[fmt]:
+                    if (fmt, part) in items or stop.is_set():
+                        continue
+                    path = out_dir / file_name(mine, fmt, part)
+                    with _replacing(path) as tmp:
+                        if fmt in FOR_PEOPLE:
+                            _WRITERS[fmt, part](own, mine, tmp, lambda: summary_, language=language)
+                        else:
+                            _WRITERS[fmt, part](own, mine, tmp, lambda: summary_)
+                    files[fmt, part] = path
+                    digests[path] = _sha256(path)
+            return files
 
-            with ThreadPoolExecutor(1, thread_name_prefix="reports") as pool:
-                beside = pool.submit(others)
-                try:
-                    copy_items()
-                except BaseException as exc:
-                    stop.set()
-                    wait([beside])
-                    if (theirs := beside.exception()) is not None:
-                        exc.add_note(f"writing the other report files failed too: {theirs!r}")
-                    raise
-                return items | beside.result()
+        stop = threading.Event()
+        with ThreadPoolExecutor(1, thread_name_prefix="reports") as pool:
+            beside = pool.submit(others)
+            try:
+                copy_items()
+            except BaseException as exc:
+                stop.set()
+                wait([beside])
+                if (theirs := beside.exception()) is not None:
+                    exc.add_note(f"writing the other report files failed too: {theirs!r}")
+                raise
+            return items | beside.result()
     finally:
+        own.close()
         _BESIDE.release()
+
+
+def _second_session(bind: Engine | Connection, run_id: int) -> Session | None:
+    """A session of its own for ``_export_items``'s other thread, its connection taken and the run read, holding
+    ``_BESIDE``; None, and nothing held, when there is none to have: a session bound to one connection, another
+    export beside its COPY already, a pool with no connection to spare (``_spare_connection``; should another
+    thread take the last one first, the checkout waits for the pool's timeout and gives up), or a run the new
+    session does not see (the caller's, not committed yet)."""
+    if not (isinstance(bind, Engine) and _spare_connection(bind) and _BESIDE.acquire(blocking=False)):
+        return None
+    own = Session(bind=bind)
+    try:
+        if own.get(ReconRun, run_id) is not None:
+            return own
+    except PoolTimeout:
+        pass
+    except BaseException:
+        own.close()
+        _BESIDE.release()
+        raise
+    own.close()
+    _BESIDE.release()
+    return None
 
 
 def _spare_connection(engine: Engine) -> bool:
