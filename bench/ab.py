@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -81,3 +82,10 @@ class Cluster:
 
     def dispose(self) -> None:
         self.admin.dispose()
+
+
+def medians(times: dict[Path, list[dict[str, float]]], names: tuple[str, ...]) -> Iterator[str]:
+    """The last lines, one per tree: ``code=<dir> <name>_s=<median> ...``."""
+    for tree, runs in times.items():
+        figures = " ".join(f"{name}_s={statistics.median(run[name] for run in runs):.2f}" for name in names)
+        yield f"code={tree} {figures}"

@@ -19,7 +19,6 @@ Needs PostgreSQL as for the tests (``PAYRECON_TEST_PG``).
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
 import time
@@ -101,11 +100,8 @@ def main() -> None:
                 flush=True,
             )
     cluster.dispose()
-    for tree, measured in times.items():
-        fees = statistics.median(run["fees"] for run in measured)
-        written = statistics.median(run["reports"] for run in measured)
-        cpu = statistics.median(run["postgres_cpu"] for run in measured)
-        print(f"code={tree} fees_s={fees:.2f} reports_s={written:.2f} postgres_cpu_s={cpu:.2f}")
+    for line in ab.medians(times, ("fees", "reports", "postgres_cpu")):
+        print(line)
 
 
 if __name__ == "__main__":

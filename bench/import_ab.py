@@ -25,7 +25,6 @@ Needs PostgreSQL as for the tests (``PAYRECON_TEST_PG``).
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
 import time
@@ -100,11 +99,8 @@ def main() -> None:
             shown = ", ".join(f"{name} {figures.get(name, 0.0):.2f} s" for name in (*STAGES, "import", "postgres_cpu"))
             print(f"{n}: {tree}: {result['rows']} lines; {shown}", flush=True)
     cluster.dispose()
-    for tree, runs in times.items():
-        insert = statistics.median(run["insert"] for run in runs)
-        whole = statistics.median(run["import"] for run in runs)
-        cpu = statistics.median(run["postgres_cpu"] for run in runs)
-        print(f"code={tree} insert_s={insert:.2f} import_s={whole:.2f} postgres_cpu_s={cpu:.2f}")
+    for line in ab.medians(times, ("insert", "import", "postgres_cpu")):
+        print(line)
 
 
 if __name__ == "__main__":
