@@ -321,9 +321,8 @@ def post_fees(sessions: sessionmaker[Session], run_id: int) -> int:
     as one set; no row passes through Python, and ``FEE_SESSIONS`` sessions post chunks side by
     side. The journals are inserted plainly first, and with ``ON CONFLICT DO NOTHING`` only when the key
     refuses one (``_SKIP_POSTED``; a re-run of the day at once): the same journals either way, the common
-    case cheaper. SQLite (the
-    embedded demo) builds the journals in Python, ``FEE_CHUNK`` at a time, and posts them with
-    ``ledger.post_many``.
+    case cheaper. SQLite (the embedded demo) builds the journals in Python, ``FEE_CHUNK`` at a time, and
+    posts them with ``ledger.post_many``.
     """
     with sessions() as session:
         run = session.get(ReconRun, run_id)

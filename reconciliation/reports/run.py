@@ -664,6 +664,7 @@ def _export_items(
     try:
         mine = _run(own, run.id)  # read already, by _second_session
         summary_ = summarize()
+        stop = threading.Event()  # the COPY failed: no more files
 
         def others() -> dict[tuple[str, str], Path]:
             files: dict[tuple[str, str], Path] = {}
@@ -681,7 +682,6 @@ def _export_items(
                     digests[path] = _sha256(path)
             return files
 
-        stop = threading.Event()
         with ThreadPoolExecutor(1, thread_name_prefix="reports") as pool:
             beside = pool.submit(others)
             try:
