@@ -233,16 +233,16 @@ COPY ({_sorted([_JSON_LINE + " || '}'"])}) TO STDOUT WITH (FORMAT csv, DELIMITER
 """
 
 
+def _csv_field(field: str, text: bool | str) -> str:
+    """One field of ``_CSV_LINE`` (``_CSV_FIELDS``): a number as it is, text quoted as ``csv_row`` writes it."""
+    if isinstance(text, str):
+        return _csv_word(field, text)
+    return _csv_text(field) if text else field
+
+
 # Both files' lines from one sort: each COPY row is the JSON line, then (after the delimiter) the CSV
 # line built here (COPY quotes it only when it holds CR, LF or one of the two control characters).
-_CSV_LINE = (
-    "concat("
-    + ", ',', ".join(
-        (_csv_word(field, text) if isinstance(text, str) else _csv_text(field)) if text else field
-        for field, text in _CSV_FIELDS
-    )
-    + ")"
-)
+_CSV_LINE = "concat(" + ", ',', ".join(_csv_field(field, text) for field, text in _CSV_FIELDS) + ")"
 _BOTH_ITEMS = f"""
 COPY ({_sorted([_JSON_LINE + " || '}'", _CSV_LINE])}) TO STDOUT WITH (FORMAT csv, DELIMITER E'\\x02', QUOTE E'\\x01')
 """

@@ -591,14 +591,21 @@ def _export_files(
     for part in parts:
         path = out_dir / file_name(run, fmt, part)
         if (fmt, part) not in written:
-            with _replacing(path) as tmp:
-                if fmt in FOR_PEOPLE:
-                    _WRITERS[fmt, part](session, run, tmp, summarize, language=language)
-                else:
-                    _WRITERS[fmt, part](session, run, tmp, summarize)
+            _write_file(session, run, fmt, part, path, summarize=summarize, language=language)
         paths.append(path)
         progress("reports", len(paths), len(parts))
     return paths
+
+
+def _write_file(
+    session: Session, run: ReconRun, fmt: str, part: str, path: Path, *, summarize: Summarize, language: Language
+) -> None:
+    """One report file, put in place whole (``_replacing``) by its writer (``_WRITERS``)."""
+    with _replacing(path) as tmp:
+        if fmt in FOR_PEOPLE:
+            _WRITERS[fmt, part](session, run, tmp, summarize, language=language)
+        else:
+            _WRITERS[fmt, part](session, run, tmp, summarize)
 
 
 def export(session: Session, run_id: int, fmt: str, out_dir: Path) -> Path:
@@ -673,11 +680,7 @@ def _export_items(
                     if (fmt, part) in items or stop.is_set():
                         continue
                     path = out_dir / file_name(mine, fmt, part)
-                    with _replacing(path) as tmp:
-                        if fmt in FOR_PEOPLE:
-                            _WRITERS[fmt, part](own, mine, tmp, lambda: summary_, language=language)
-                        else:
-                            _WRITERS[fmt, part](own, mine, tmp, lambda: summary_)
+                    _write_file(own, mine, fmt, part, path, summarize=lambda: summary_, language=language)
                     files[fmt, part] = path
                     digests[path] = _sha256(path)
             return files
