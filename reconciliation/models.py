@@ -311,10 +311,14 @@ class Entry(Base):
     __table_args__ = (
         CheckConstraint("amount > 0", name="amount_positive"),
         CheckConstraint("side IN ('debit', 'credit')", name="side_valid"),
+        # On PostgreSQL the key is (journal_id, id), which serves the reads by journal (0018); SQLite keeps the
+        # key on id (its rowid, which numbers the entries) and this index. Alembic compares no primary keys, and
+        # the drift check honours ``ddl_if`` (migrations/env.py).
+        Index("ix_ledger_entries_journal_id", "journal_id").ddl_if(dialect="sqlite"),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
-    journal_id: Mapped[int] = mapped_column(BigId, index=True)  # no foreign keys: see Journal.payment_id
+    journal_id: Mapped[int] = mapped_column(BigId)  # no foreign keys: see Journal.payment_id
     account_id: Mapped[int] = mapped_column(BigId)  # not indexed: nothing reads entries by account alone (0016)
     side: Mapped[str] = mapped_column(String(6))
     amount: Mapped[int] = mapped_column(BigInteger)

@@ -134,3 +134,31 @@ def test_the_set_based_ledger_guard_goes_down_to_the_deferred_row_guard_and_back
             assert conn.execute(text("SELECT count(*) FROM ledger_entries")).scalar() == 2
     finally:
         engine.dispose()
+
+
+def _entries_keys(url: str) -> tuple[list[str], set[str]]:
+    """The ledger entries' primary key columns, and their other indexes."""
+    engine = create_engine(url)
+    try:
+        found = inspect(engine)
+        key = found.get_pk_constraint("ledger_entries")["constrained_columns"]
+        return key, {index["name"] for index in found.get_indexes("ledger_entries")}
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.parametrize("backend", ["postgresql", "sqlite"])
+def test_ledger_entries_are_keyed_by_journal_on_postgresql_only(backend: str, scratch_pg: str, tmp_path: Path) -> None:
+    """0018: one B-tree an entry on PostgreSQL, ``(journal_id, id)``; SQLite keeps its rowid key and the index,
+    which the drift check expects there only (``Index.ddl_if``, read by the migrations' ``env.py``)."""
+    url = scratch_pg if backend == "postgresql" else f"sqlite:///{tmp_path / 'm.sqlite'}"
+    migrate.upgrade(url)
+    if backend == "sqlite":
+        assert _entries_keys(url) == (["id"], {"ix_ledger_entries_journal_id"})
+        return
+    assert _entries_keys(url) == (["journal_id", "id"], set())
+    migrate.check(url)
+    migrate.downgrade(url, "0017")
+    assert _entries_keys(url) == (["id"], {"ix_ledger_entries_journal_id"})
+    migrate.upgrade(url)
+    assert _entries_keys(url) == (["journal_id", "id"], set())
