@@ -2,7 +2,9 @@
 fresh copies of one template database, each in a child process started in the tree under test, with the CPU the
 child cost PostgreSQL.
 
-Each run copies the template (``CREATE DATABASE ... TEMPLATE``), checkpoints, runs the child (``python -c CHILD``
+Each run copies the template (``CREATE DATABASE ... TEMPLATE``; migrated by this tree, the copy is taken down to
+the tree's own last migration when that is an older one, by this tree's migrations, so that each tree runs on its
+own schema), checkpoints, runs the child (``python -c CHILD``
 with the tree as its working directory and ``PYTHONPATH``, the copy's URL and the given arguments), counts the CPU
 of every process of the PostgreSQL cluster meanwhile (as ``bench/throughput.py`` counts it: on a shared machine
 other databases' work counts too), drops the copy, and returns the JSON object the child printed on its last line.
@@ -20,8 +22,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from alembic.config import Config
+from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, text
 from throughput import CLOCK_TICKS, _proc_table, _tree_ticks, postgres_roots
+
+from reconciliation import migrate
 
 PG_BASE = os.environ.get("PAYRECON_TEST_PG", "postgresql+psycopg2://postgres@127.0.0.1:5432")
 
@@ -61,6 +67,10 @@ class Cluster:
         copy = f"{template}_copy"
         with self.admin.connect() as conn:
             conn.execute(text(f'CREATE DATABASE "{copy}" TEMPLATE "{template}"'))
+        schema = schema_of(tree)
+        if schema != migrate.current_heads(f"{base}/{copy}")[0]:
+            migrate.downgrade(f"{base}/{copy}", schema)  # an older tree: its schema, by this tree's migrations
+        with self.admin.connect() as conn:
             conn.execute(text("CHECKPOINT"))
         before = _tree_ticks(self.roots, _proc_table())
         try:
@@ -82,6 +92,21 @@ class Cluster:
 
     def dispose(self) -> None:
         self.admin.dispose()
+
+
+def _scripts(location: Path) -> ScriptDirectory:
+    config = Config()
+    config.set_main_option("script_location", str(location))
+    return ScriptDirectory.from_config(config)
+
+
+def schema_of(tree: Path) -> str:
+    """The last migration of ``tree``'s code; one this tree does not have cannot be reached from its template."""
+    head = _scripts(tree / "reconciliation" / "migrations").get_current_head()
+    known = {script.revision for script in _scripts(migrate.MIGRATIONS).walk_revisions()}
+    if head not in known:
+        raise SystemExit(f"{tree}'s schema ({head}) is newer than this tree's: run the bench from the newer tree")
+    return str(head)
 
 
 def medians(times: dict[Path, list[dict[str, float]]], names: tuple[str, ...]) -> Iterator[str]:

@@ -136,15 +136,19 @@ def test_the_set_based_ledger_guard_goes_down_to_the_deferred_row_guard_and_back
         engine.dispose()
 
 
-def _entries_keys(url: str) -> tuple[list[str], set[str]]:
-    """The ledger entries' primary key columns, and their other indexes."""
+def _keys(url: str, table: str) -> tuple[list[str], set[str]]:
+    """A table's primary key columns, and its other indexes."""
     engine = create_engine(url)
     try:
         found = inspect(engine)
-        key = found.get_pk_constraint("ledger_entries")["constrained_columns"]
-        return key, {index["name"] for index in found.get_indexes("ledger_entries")}
+        key = found.get_pk_constraint(table)["constrained_columns"]
+        return key, {index["name"] for index in found.get_indexes(table)}
     finally:
         engine.dispose()
+
+
+def _entries_keys(url: str) -> tuple[list[str], set[str]]:
+    return _keys(url, "ledger_entries")
 
 
 @pytest.mark.parametrize("backend", ["postgresql", "sqlite"])
@@ -162,3 +166,21 @@ def test_ledger_entries_are_keyed_by_journal_on_postgresql_only(backend: str, sc
     assert _entries_keys(url) == (["id"], {"ix_ledger_entries_journal_id"})
     migrate.upgrade(url)
     assert _entries_keys(url) == (["journal_id", "id"], set())
+
+
+@pytest.mark.parametrize("backend", ["postgresql", "sqlite"])
+def test_statement_lines_are_keyed_by_day_on_postgresql_only(backend: str, scratch_pg: str, tmp_path: Path) -> None:
+    """0019: one B-tree a line on PostgreSQL, ``(provider, business_date, id)``; SQLite keeps its rowid key and the
+    day index. The other indexes of the lines stay."""
+    url = scratch_pg if backend == "postgresql" else f"sqlite:///{tmp_path / 'm.sqlite'}"
+    migrate.upgrade(url)
+    others = {"ix_statement_lines_payout", "ix_statement_lines_import"}
+    if backend == "sqlite":
+        assert _keys(url, "statement_lines") == (["id"], others | {"ix_statement_lines_day"})
+        return
+    assert _keys(url, "statement_lines") == (["provider", "business_date", "id"], others)
+    migrate.check(url)
+    migrate.downgrade(url, "0018")
+    assert _keys(url, "statement_lines") == (["id"], others | {"ix_statement_lines_day"})
+    migrate.upgrade(url)
+    assert _keys(url, "statement_lines") == (["provider", "business_date", "id"], others)
