@@ -4,7 +4,8 @@ child cost PostgreSQL.
 
 Each run copies the template (``CREATE DATABASE ... TEMPLATE``; migrated by this tree, the copy is taken down to
 the tree's own last migration when that is an older one, by this tree's migrations, so that each tree runs on its
-own schema), checkpoints, runs the child (``python -c CHILD``
+own schema; what a downgrade rebuilds is built by ``CREATE INDEX``, compact, where the template's grew row by
+row), checkpoints, runs the child (``python -c CHILD``
 with the tree as its working directory and ``PYTHONPATH``, the copy's URL and the given arguments), counts the CPU
 of every process of the PostgreSQL cluster meanwhile (as ``bench/throughput.py`` counts it: on a shared machine
 other databases' work counts too), drops the copy, and returns the JSON object the child printed on its last line.
@@ -67,13 +68,13 @@ class Cluster:
         copy = f"{template}_copy"
         with self.admin.connect() as conn:
             conn.execute(text(f'CREATE DATABASE "{copy}" TEMPLATE "{template}"'))
-        schema = schema_of(tree)
-        if schema != migrate.current_heads(f"{base}/{copy}")[0]:
-            migrate.downgrade(f"{base}/{copy}", schema)  # an older tree: its schema, by this tree's migrations
-        with self.admin.connect() as conn:
-            conn.execute(text("CHECKPOINT"))
-        before = _tree_ticks(self.roots, _proc_table())
         try:
+            schema = schema_of(tree)
+            if schema != migrate.current_heads(f"{base}/{copy}")[0]:
+                migrate.downgrade(f"{base}/{copy}", schema)  # an older tree: its schema, by this tree's migrations
+            with self.admin.connect() as conn:
+                conn.execute(text("CHECKPOINT"))
+            before = _tree_ticks(self.roots, _proc_table())
             done = subprocess.run(
                 [sys.executable, "-c", child, f"{base}/{copy}", *argv],
                 cwd=tree,

@@ -11,7 +11,8 @@ payment) is imported and classified once, by this tree, in a template database; 
 child process started in the code tree under test (its own ``PYTHONPATH``) posts the run's fees
 (``runs.post_fees``) and then writes its report files (``reports.export_all``), each timed; and the CPU the
 child cost PostgreSQL is counted as ``bench/import_ab.py`` counts it (every process of the cluster: on a shared
-machine other databases' work counts too). The trees must share the schema of this tree's migrations.
+machine other databases' work counts too). Each tree runs on the schema of its own migrations
+(``bench/ab.py``: an older tree's copy is taken down to its last migration).
 Last line, per tree: ``code=<dir> fees_s=<median> reports_s=<median> postgres_cpu_s=<median>``.
 Needs PostgreSQL as for the tests (``PAYRECON_TEST_PG``).
 """

@@ -9,18 +9,17 @@ CinetPay day (``reconcile_scale.seed_payments`` and ``write_statement``: N payme
 checkpointed, and the day's statement file) is built once in a template database, and each import runs on a fresh
 copy of it (``CREATE DATABASE ... TEMPLATE``), in a child process started in the code tree under test (its own
 ``PYTHONPATH``), for each ``--code`` in turn, then the other way round (default: this tree; give one to compare
-it with this tree, ``--code`` twice to compare two others). The trees must share the schema of this tree's
-migrations. Each import's ``progress`` stages are timed from the first report of a stage to the first of the
-next: ``checksum`` (the file's SHA-256, the import row, the load's lock, the sweep of failed loads), ``check``
-(reading the file for what COPY cannot take), ``copy`` (COPY to the stage table), ``insert`` (the optimistic
-convert-and-insert statement, two sessions side by side, to the commit); and the whole ``import_file``; and the
-CPU the import cost PostgreSQL (every process of its cluster, ended ones included, as ``bench/throughput.py``
-counts them: on a shared machine other databases' work counts too), less noisy than the times when the
-machine's speed moves. An import that leaves the optimistic path (for the strict one, or Python's) stops the
-run: its stages would not compare. Last line, per tree:
-``code=<dir> insert_s=<median> import_s=<median> postgres_cpu_s=<median>``.
-Needs PostgreSQL as for the tests (``PAYRECON_TEST_PG``).
-"""
+it with this tree, ``--code`` twice to compare two others). Each tree runs on the schema of its own
+migrations (``bench/ab.py``: an older tree's copy is taken down to its last migration). Each import's
+``progress`` stages are timed from the first report of a stage to the first of the next: ``checksum`` (the file's
+SHA-256, the import row, the load's lock, the sweep of failed loads), ``check`` (reading the file for what COPY
+cannot take), ``copy`` (COPY to the stage table), ``insert`` (the optimistic convert-and-insert statement, two
+sessions side by side, to the commit); and the whole ``import_file``; and the CPU the import cost PostgreSQL (every
+process of its cluster, ended ones included, as ``bench/throughput.py`` counts them: on a shared machine other
+databases' work counts too), less noisy than the times when the machine's speed moves. An import that leaves the
+optimistic path (for the strict one, or Python's) stops the run: its stages would not compare. Last line, per tree:
+``code=<dir> insert_s=<median> import_s=<median> postgres_cpu_s=<median>``. Needs PostgreSQL as for the tests
+(``PAYRECON_TEST_PG``)."""
 
 from __future__ import annotations
 

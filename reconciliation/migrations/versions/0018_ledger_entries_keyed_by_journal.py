@@ -7,8 +7,9 @@ Each entry paid for the second tree: a million fee journals (two million entries
 
 SQLite (the embedded demo) keeps ``id`` as its key, the rowid that numbers its entries, and the index.
 
-Rebuilding the key holds a lock that makes writes to the ledger wait (not fail) for as long as the build takes,
-about a second per million entries; upgrade a large ledger when little is being posted.
+Rebuilding the key locks the table whole: reads and writes of the ledger entries wait until the upgrade commits
+(all of an upgrade's revisions are one transaction), about a second per million entries. Upgrade with the worker
+and beat stopped, as ``payrecon migrate`` is meant to run.
 
 Revision ID: 0018
 Revises: 0017

@@ -1,14 +1,16 @@
 """On PostgreSQL the statement lines' primary key becomes ``(provider, business_date, id)`` and their day index,
 ``(provider, business_date)``, goes: one B-tree for each line an import writes instead of two. Lines are read by
-their provider's day (classification, the payouts, healing, the import's own checks, the day at a glance), which
-the key's first columns serve as the index did; nothing reads a line by its id alone. An import of a
+their provider's day (classification, the payouts, healing, the import's own checks), which the key's first
+columns serve as the index did; nothing reads a line by its id alone. (The day at a glance reads a range of days
+of every provider: neither served it.) An import of a
 1,000,000-line statement took 6.9-7.1 s with both trees, 5.7-5.8 s with the key alone, alternated
 (BENCHMARKS.md).
 
 SQLite (the embedded demo) keeps ``id`` as its key, the rowid that numbers its lines, and the day index.
 
-Rebuilding the key holds a lock that makes imports wait (not fail) for as long as the build takes, about a
-second per million lines; upgrade when no statement is being imported.
+Rebuilding the key locks the table whole: reads and writes of the statement lines wait until the upgrade commits
+(all of an upgrade's revisions are one transaction), about a second per million lines. Upgrade with the worker and
+beat stopped, as ``payrecon migrate`` is meant to run.
 
 Revision ID: 0019
 Revises: 0018
