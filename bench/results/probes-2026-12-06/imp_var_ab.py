@@ -6,6 +6,7 @@ from reconciliation import migrate
 admin = create_engine("postgresql+psycopg2://postgres@127.0.0.1:5432/postgres", isolation_level="AUTOCOMMIT")
 VARIANTS = {
     "base": [],
+    "pkday": ["ALTER TABLE statement_lines DROP CONSTRAINT pk_statement_lines, ADD CONSTRAINT pk_statement_lines PRIMARY KEY (provider, business_date, id)", "DROP INDEX ix_statement_lines_day"],
     "seqcache": ["ALTER SEQUENCE statement_lines_id_seq CACHE 100000"],
     "dayline": ["DROP INDEX ix_statement_lines_day", "CREATE INDEX ix_statement_lines_day ON statement_lines (provider, business_date, line_no)"],
     "both": ["ALTER SEQUENCE statement_lines_id_seq CACHE 100000", "DROP INDEX ix_statement_lines_day", "CREATE INDEX ix_statement_lines_day ON statement_lines (provider, business_date, line_no)"],

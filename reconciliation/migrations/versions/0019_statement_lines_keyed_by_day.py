@@ -9,7 +9,8 @@ of every provider: neither served it.) An import of a
 SQLite (the embedded demo) keeps ``id`` as its key, the rowid that numbers its lines, and the day index.
 
 Rebuilding the key locks the table whole: reads and writes of the statement lines wait until the upgrade commits
-(all of an upgrade's revisions are one transaction), about a second per million lines. Upgrade with the worker and
+(all of an upgrade's revisions are one transaction): under a second per million lines (0018 and 0019 on
+1,968,000 entries and 996,500 lines: 2.1 s, the Python start included). Upgrade with the worker and
 beat stopped, as ``payrecon migrate`` is meant to run.
 
 Revision ID: 0019
