@@ -6,6 +6,8 @@ from reconciliation import migrate
 admin = create_engine("postgresql+psycopg2://postgres@127.0.0.1:5432/postgres", isolation_level="AUTOCOMMIT")
 VARIANTS = {
     "base": [],
+    "nobrin": ["DROP INDEX ix_statement_lines_import"],
+    "nopayout": ["DROP INDEX ix_statement_lines_payout"],
     "pkday": ["ALTER TABLE statement_lines DROP CONSTRAINT pk_statement_lines, ADD CONSTRAINT pk_statement_lines PRIMARY KEY (provider, business_date, id)", "DROP INDEX ix_statement_lines_day"],
     "seqcache": ["ALTER SEQUENCE statement_lines_id_seq CACHE 100000"],
     "dayline": ["DROP INDEX ix_statement_lines_day", "CREATE INDEX ix_statement_lines_day ON statement_lines (provider, business_date, line_no)"],
@@ -15,7 +17,7 @@ if sys.argv[1] == "setup":
     with admin.connect() as c:
         c.execute(text("DROP DATABASE IF EXISTS rc_ia")); c.execute(text("CREATE DATABASE rc_ia"))
     url = "postgresql+psycopg2://postgres@127.0.0.1:5432/rc_ia"
-    migrate.upgrade(url); reconcile_scale.seed_payments(url, 1000000, False); sys.exit()
+    migrate.upgrade(url, sys.argv[2] if len(sys.argv) > 2 else "head"); reconcile_scale.seed_payments(url, 1000000, False); sys.exit()
 CHILD = """
 import sys, time
 from pathlib import Path
