@@ -1,5 +1,6 @@
 # The run's fees in chunks of payment ids instead of item ids (a sorted table of the due items first, then each
-# chunk's payments read as one range of their key): python fee_range.py, alternated with fee_ab.py; rc_tpl at 0019.
+# chunk's payments read as one range of their key): python fee_range.py, alternated with fee_ab.py NAME 2 base;
+# rc_tpl at head.
 import sys, time
 from concurrent.futures import ThreadPoolExecutor
 from sqlalchemy import text, create_engine

@@ -12,7 +12,7 @@ admin = create_engine("postgresql+psycopg2://postgres@127.0.0.1:5432/postgres", 
 with admin.connect() as c:
     c.execute(text("DROP DATABASE IF EXISTS rc_tpl")); c.execute(text("CREATE DATABASE rc_tpl"))
 url = "postgresql+psycopg2://postgres@127.0.0.1:5432/rc_tpl"
-migrate.upgrade(url)
+migrate.upgrade(url, sys.argv[2] if len(sys.argv) > 2 else "head")  # 0017: the schema before 0018-0019
 st = Path("/tmp/b/cinetpay-2026-11-20.csv")
 reconcile_scale._setup(url, n, st, False, 50)
 engine = make_engine(url, pool_size=2); sessions = session_factory(engine)

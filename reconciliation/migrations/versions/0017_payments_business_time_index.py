@@ -5,8 +5,9 @@ provider first: another provider's busy day is not read to find this one's). Wit
 payment ever stored, and a merchant's nightly run grew with its history: classification took 1.2-1.6 s to find
 10,417 payments among 6,000,000 instead of 8-9 ms (``bench/day_lookup.py``, BENCHMARKS.md).
 
-Building it holds a lock that makes writes to ``payments`` wait (not fail) for as long as the build takes,
-about a second per million payments; upgrade a large database when little is arriving.
+Building it holds a lock that makes writes to ``payments`` wait until the upgrade commits (all of an upgrade's
+revisions are one transaction), the build about a second per million payments. Upgrade with the worker and beat
+stopped, as ``payrecon migrate`` is meant to run (0018 and 0019 lock their tables whole).
 
 Revision ID: 0017
 Revises: 0016

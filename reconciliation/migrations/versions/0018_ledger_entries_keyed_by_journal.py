@@ -30,7 +30,7 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
-    if op.get_bind().dialect.name == "postgresql":
+    if op.get_context().dialect.name == "postgresql":  # offline (--sql) too
         op.execute(
             "ALTER TABLE ledger_entries DROP CONSTRAINT pk_ledger_entries,"
             " ADD CONSTRAINT pk_ledger_entries PRIMARY KEY (journal_id, id)"
@@ -39,7 +39,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    if op.get_bind().dialect.name == "postgresql":
+    if op.get_context().dialect.name == "postgresql":  # offline (--sql) too
         op.create_index("ix_ledger_entries_journal_id", "ledger_entries", ["journal_id"], unique=False)
         op.execute(
             "ALTER TABLE ledger_entries DROP CONSTRAINT pk_ledger_entries,"

@@ -3,7 +3,7 @@
 their provider's day (classification, the payouts, healing, the import's own checks), which the key's first
 columns serve as the index did; nothing reads a line by its id alone. (The day at a glance reads a range of days
 of every provider: neither served it.) An import of a
-1,000,000-line statement took 6.9-7.1 s with both trees, 5.7-5.8 s with the key alone, alternated
+996,500-line statement took 6.9-7.1 s with both trees, 5.7-5.8 s with the key alone, alternated
 (BENCHMARKS.md).
 
 SQLite (the embedded demo) keeps ``id`` as its key, the rowid that numbers its lines, and the day index.
@@ -31,7 +31,7 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
-    if op.get_bind().dialect.name == "postgresql":
+    if op.get_context().dialect.name == "postgresql":  # offline (--sql) too
         op.execute(
             "ALTER TABLE statement_lines DROP CONSTRAINT pk_statement_lines,"
             " ADD CONSTRAINT pk_statement_lines PRIMARY KEY (provider, business_date, id)"
@@ -40,7 +40,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    if op.get_bind().dialect.name == "postgresql":
+    if op.get_context().dialect.name == "postgresql":  # offline (--sql) too
         op.create_index("ix_statement_lines_day", "statement_lines", ["provider", "business_date"], unique=False)
         op.execute(
             "ALTER TABLE statement_lines DROP CONSTRAINT pk_statement_lines,"
