@@ -147,10 +147,6 @@ def _keys(url: str, table: str) -> tuple[list[str], set[str]]:
         engine.dispose()
 
 
-def _entries_keys(url: str) -> tuple[list[str], set[str]]:
-    return _keys(url, "ledger_entries")
-
-
 @pytest.mark.parametrize("backend", ["postgresql", "sqlite"])
 def test_ledger_entries_are_keyed_by_journal_on_postgresql_only(backend: str, scratch_pg: str, tmp_path: Path) -> None:
     """0018: one B-tree an entry on PostgreSQL, ``(journal_id, id)``; SQLite keeps its rowid key and the index,
@@ -159,12 +155,12 @@ def test_ledger_entries_are_keyed_by_journal_on_postgresql_only(backend: str, sc
     url = scratch_pg if backend == "postgresql" else f"sqlite:///{tmp_path / 'm.sqlite'}"
     migrate.upgrade(url)
     if backend == "sqlite":
-        assert _entries_keys(url) == (["id"], {"ix_ledger_entries_journal_id"})
+        assert _keys(url, "ledger_entries") == (["id"], {"ix_ledger_entries_journal_id"})
         return
-    assert _entries_keys(url) == (["journal_id", "id"], set())
+    assert _keys(url, "ledger_entries") == (["journal_id", "id"], set())
     migrate.check(url)
     migrate.downgrade(url, "0017")
-    assert _entries_keys(url) == (["id"], {"ix_ledger_entries_journal_id"})
+    assert _keys(url, "ledger_entries") == (["id"], {"ix_ledger_entries_journal_id"})
     migrate.upgrade(url)
     engine = create_engine(url)
     try:
@@ -176,7 +172,7 @@ def test_ledger_entries_are_keyed_by_journal_on_postgresql_only(backend: str, sc
             conn.execute(text("DROP INDEX ix_ledger_entries_journal_id"))
     finally:
         engine.dispose()
-    assert _entries_keys(url) == (["journal_id", "id"], set())
+    assert _keys(url, "ledger_entries") == (["journal_id", "id"], set())
 
 
 @pytest.mark.parametrize("backend", ["postgresql", "sqlite"])

@@ -2,9 +2,8 @@
 ``(provider, business_date)``, goes: one B-tree for each line an import writes instead of two. Lines are read by
 their provider's day (classification, the payouts, healing, the import's own checks), which the key's first
 columns serve as the index did; nothing reads a line by its id alone. (The day at a glance reads a range of days
-of every provider: neither served it.) An import of a
-996,500-line statement took 6.9-7.1 s with both trees, 5.7-5.8 s with the key alone, alternated
-(BENCHMARKS.md).
+of every provider: neither served it.) An import of a 996,500-line statement took 6.9-7.1 s with both trees,
+5.7-5.8 s with the key alone, alternated (BENCHMARKS.md).
 
 SQLite (the embedded demo) keeps ``id`` as its key, the rowid that numbers its lines, and the day index.
 
