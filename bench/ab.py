@@ -19,7 +19,8 @@ import os
 import statistics
 import subprocess
 import sys
-from collections.abc import Iterator
+import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +30,41 @@ from sqlalchemy import Engine, create_engine, text
 from throughput import CLOCK_TICKS, _proc_table, _tree_ticks, postgres_roots
 
 from reconciliation import migrate
+from tests.helpers import scratch_database
 
 PG_BASE = os.environ.get("PAYRECON_TEST_PG", "postgresql+psycopg2://postgres@127.0.0.1:5432")
+
+
+def compare(
+    doc: str,
+    *,
+    what: str,
+    database: str,
+    child: str,
+    prepare: Callable[[str, Path, int], list[str]],
+    measure: Callable[[int, Path, dict[str, Any], float], dict[str, float]],
+    names: tuple[str, ...],
+) -> None:
+    """An A/B bench's whole run, ``doc`` its help: the arguments (``what`` a pair runs), a scratch database migrated
+    by this tree, ``prepare(url, tmp, payments)`` building the template in it and returning the child's arguments,
+    then ``child`` in each tree in turn (``alternated``), ``measure(pair, tree, result, postgres_cpu)`` printing a
+    run's line and returning its figures, and the last lines: the ``names``' medians per tree."""
+    root = Path(__file__).resolve().parent.parent
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    arguments(parser, what)
+    args = parser.parse_args()
+    chosen = trees(root, args.code)
+    cluster = Cluster()
+    times: dict[Path, list[dict[str, float]]] = {tree: [] for tree in chosen}
+    with scratch_database(PG_BASE, database) as url, tempfile.TemporaryDirectory() as tmp:
+        migrate.upgrade(url)
+        argv = prepare(url, Path(tmp), args.payments)
+        for n, tree in alternated(chosen, args.pairs):
+            result, spent = cluster.run(url, tree, child, *argv)
+            times[tree].append(measure(n, tree, result, spent))
+    cluster.dispose()
+    for line in medians(times, names):
+        print(line)
 
 
 def arguments(parser: argparse.ArgumentParser, what: str) -> None:

@@ -19,11 +19,10 @@ Needs PostgreSQL as for the tests (``PAYRECON_TEST_PG``).
 
 from __future__ import annotations
 
-import argparse
 import sys
-import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -32,11 +31,9 @@ sys.path.insert(0, str(ROOT / "bench"))
 import ab
 import reconcile_scale
 
-from reconciliation import migrate
 from reconciliation.db import make_engine, session_factory, transaction
 from reconciliation.nightly import runs
 from reconciliation.statements.files import import_file
-from tests.helpers import scratch_database
 
 #: What a child runs in the tree under test: the run's fees, then its report files; the times as JSON on the last line.
 CHILD = """
@@ -78,31 +75,34 @@ def _template(url: str, payments: int, statement: Path) -> int:
     return run_id
 
 
+def _prepare(url: str, tmp: Path, payments: int) -> list[str]:
+    """The template (``_template``); the child's argument: the run's id."""
+    built = time.perf_counter()
+    run_id = _template(url, payments, tmp / "cinetpay-2026-11-20.csv")
+    print(f"{payments} payments, their statement imported and classified in {time.perf_counter() - built:.1f} s")
+    return [str(run_id)]
+
+
+def _measure(n: int, tree: Path, result: dict[str, Any], spent: float) -> dict[str, float]:
+    figures = {"fees": result["fees"], "reports": result["reports"], "postgres_cpu": spent}
+    print(
+        f"{n}: {tree}: {result['journals']} fee journals in {figures['fees']:.2f} s, report files "
+        f"({result['bytes'] / 2**20:.0f} MiB) in {figures['reports']:.2f} s, postgres_cpu {spent:.2f} s",
+        flush=True,
+    )
+    return figures
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ab.arguments(parser, "runs")
-    args = parser.parse_args()
-    trees = ab.trees(ROOT, args.code)
-    cluster = ab.Cluster()
-    times: dict[Path, list[dict[str, float]]] = {tree: [] for tree in trees}
-    with scratch_database(ab.PG_BASE, "payrecon_fees_ab") as url, tempfile.TemporaryDirectory() as tmp:
-        migrate.upgrade(url)
-        built = time.perf_counter()
-        run_id = _template(url, args.payments, Path(tmp) / "cinetpay-2026-11-20.csv")
-        took = time.perf_counter() - built
-        print(f"{args.payments} payments, their statement imported and classified in {took:.1f} s")
-        for n, tree in ab.alternated(trees, args.pairs):
-            result, spent = cluster.run(url, tree, CHILD, str(run_id))
-            figures = {"fees": result["fees"], "reports": result["reports"], "postgres_cpu": spent}
-            times[tree].append(figures)
-            print(
-                f"{n}: {tree}: {result['journals']} fee journals in {figures['fees']:.2f} s, report files "
-                f"({result['bytes'] / 2**20:.0f} MiB) in {figures['reports']:.2f} s, postgres_cpu {spent:.2f} s",
-                flush=True,
-            )
-    cluster.dispose()
-    for line in ab.medians(times, ("fees", "reports", "postgres_cpu")):
-        print(line)
+    ab.compare(
+        __doc__ or "",
+        what="runs",
+        database="payrecon_fees_ab",
+        child=CHILD,
+        prepare=_prepare,
+        measure=_measure,
+        names=("fees", "reports", "postgres_cpu"),
+    )
 
 
 if __name__ == "__main__":

@@ -23,11 +23,10 @@ optimistic path (for the strict one, or Python's) stops the run: its stages woul
 
 from __future__ import annotations
 
-import argparse
 import sys
-import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -35,9 +34,6 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import ab
 import reconcile_scale
-
-from reconciliation import migrate
-from tests.helpers import scratch_database
 
 STAGES = ("checksum", "check", "copy", "insert")
 
@@ -75,31 +71,35 @@ print(json.dumps({"rows": imported.rows, "import": ended - started, "stages": st
 """
 
 
+def _prepare(url: str, tmp: Path, payments: int) -> list[str]:
+    """The day's payments seeded and its statement written; the child's argument: the statement."""
+    statement = tmp / "cinetpay-2026-11-20.csv"
+    built = time.perf_counter()
+    reconcile_scale.seed_payments(url, payments, False)
+    reconcile_scale.write_statement(statement, payments, False)
+    print(f"{payments} payments and the day's statement in {time.perf_counter() - built:.1f} s")
+    return [str(statement)]
+
+
+def _measure(n: int, tree: Path, result: dict[str, Any], spent: float) -> dict[str, float]:
+    if result["path"] != "optimistic":  # its "insert" stage would be another thing, or absent
+        raise SystemExit(f"the import in {tree} took the {result['path']} path, not the optimistic one")
+    figures = {**result["stages"], "import": result["import"], "postgres_cpu": spent}
+    shown = ", ".join(f"{name} {figures.get(name, 0.0):.2f} s" for name in (*STAGES, "import", "postgres_cpu"))
+    print(f"{n}: {tree}: {result['rows']} lines; {shown}", flush=True)
+    return figures
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ab.arguments(parser, "imports")
-    args = parser.parse_args()
-    trees = ab.trees(ROOT, args.code)
-    cluster = ab.Cluster()
-    times: dict[Path, list[dict[str, float]]] = {tree: [] for tree in trees}
-    with scratch_database(ab.PG_BASE, "payrecon_import_ab") as url, tempfile.TemporaryDirectory() as tmp:
-        migrate.upgrade(url)
-        statement = Path(tmp) / "cinetpay-2026-11-20.csv"
-        built = time.perf_counter()
-        reconcile_scale.seed_payments(url, args.payments, False)
-        reconcile_scale.write_statement(statement, args.payments, False)
-        print(f"{args.payments} payments and the day's statement in {time.perf_counter() - built:.1f} s")
-        for n, tree in ab.alternated(trees, args.pairs):
-            result, spent = cluster.run(url, tree, CHILD, str(statement))
-            if result["path"] != "optimistic":  # its "insert" stage would be another thing, or absent
-                raise SystemExit(f"the import in {tree} took the {result['path']} path, not the optimistic one")
-            figures = {**result["stages"], "import": result["import"], "postgres_cpu": spent}
-            times[tree].append(figures)
-            shown = ", ".join(f"{name} {figures.get(name, 0.0):.2f} s" for name in (*STAGES, "import", "postgres_cpu"))
-            print(f"{n}: {tree}: {result['rows']} lines; {shown}", flush=True)
-    cluster.dispose()
-    for line in ab.medians(times, ("insert", "import", "postgres_cpu")):
-        print(line)
+    ab.compare(
+        __doc__ or "",
+        what="imports",
+        database="payrecon_import_ab",
+        child=CHILD,
+        prepare=_prepare,
+        measure=_measure,
+        names=("insert", "import", "postgres_cpu"),
+    )
 
 
 if __name__ == "__main__":
