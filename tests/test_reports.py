@@ -915,3 +915,51 @@ def test_items_and_changes_are_listed_by_reference_in_byte_order_whatever_the_co
     for out in (both_json, json_out):
         lines = [line for line in out.getvalue().decode().split("\n") if line]
         assert [json.loads(line.rstrip(","))["reference"] for line in lines] == expected
+
+
+def test_xlsx_item_rows_are_the_xml_xlsxwriter_writes_cell_by_cell(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """``_Sheet.extend`` renders the item sheets' rows itself: the sheets' XML is byte for byte what XlsxWriter's own
+    calls write, for text that needs escaping (XML, control characters, ``_xHHHH_`` look-alikes, spaces at the edges,
+    formula triggers), rows XlsxWriter must write itself (rich-text look-alikes, a text near Excel's cell limit) between
+    rendered ones, empty cells, both number formats and over a batch's length."""
+    import zipfile
+
+    from reconciliation.reports import xlsx
+    from reconciliation.reports.common import ItemRow
+
+    texts = ["plain", "a & b < c > d", " lead", "trail ", "line\r\nbreak\ttab", "_x0041_ kept", "odd \ufffe",
+             "=SUM(A1)", "+33 6", "é ü 日本", "\u00a0no-break", "ends\u2028", "nl\n", *MARKUP,
+             "x" * 20_000, ""]  # fmt: skip
+    rows = []
+    for i in range(2_600):
+        t = texts[i % len(texts)]
+        usd = i % 3 == 0
+        rows.append(ItemRow(
+            id=i, cls=["matched", "amount_mismatch", "missing_in_ledger"][i % 3], healed=i % 5 == 0,
+            reference=f"REF-{i}" if i % 7 else t, payment_id=i, provider_txn_id=t if i % 2 else None,
+            internal_status="succeeded", provider_status=None if i % 11 == 0 else "succeeded",
+            internal_amount=None if i % 13 == 0 else 5_000 + i, internal_currency="USD" if usd else "XOF",
+            provider_amount=4_990 + i, provider_currency="USD" if usd else "XOF", provider_lines=1,
+            fee=None if i % 4 else 125, expected_fee=100 if i % 6 == 0 else None, difference=-10 if i % 2 else None,
+            detail=t,
+        ))  # fmt: skip
+    summ = {"run": {"id": 7, "provider": "cinetpay"}, "totals": [], "payouts": [],
+            "counts": {"items": len(rows), "exceptions": len(rows), "healed": 0}}  # fmt: skip
+
+    def source(limit: int | None) -> Any:
+        return iter(rows[:limit])
+
+    def sheets(path: Path) -> dict[str, bytes]:
+        with zipfile.ZipFile(path) as z:
+            return {n: z.read(n) for n in z.namelist() if n.startswith("xl/worksheets/") or n == "xl/styles.xml"}
+
+    xlsx.write_xlsx(tmp_path / "rendered.xlsx", summ, source, source, max_rows=100_000)
+    monkeypatch.setattr(xlsx._Sheet, "extend", lambda self, cells: [self.append(c) for c in cells])
+    xlsx.write_xlsx(tmp_path / "by_cell.xlsx", summ, source, source, max_rows=100_000)
+    rendered, by_cell = sheets(tmp_path / "rendered.xlsx"), sheets(tmp_path / "by_cell.xlsx")
+    assert rendered.keys() == by_cell.keys() and len(rendered) == 5
+    for name, xml in by_cell.items():
+        assert rendered[name] == xml, name
+    assert by_cell["xl/worksheets/sheet4.xml"].count(b"<row ") == len(rows) + 1  # All lines: the header and each item
