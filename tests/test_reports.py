@@ -920,46 +920,66 @@ def test_items_and_changes_are_listed_by_reference_in_byte_order_whatever_the_co
 def test_xlsx_item_rows_are_the_xml_xlsxwriter_writes_cell_by_cell(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    """``_Sheet.extend`` renders the item sheets' rows itself: the sheets' XML is byte for byte what XlsxWriter's own
-    calls write, for text that needs escaping (XML, control characters, ``_xHHHH_`` look-alikes, spaces at the edges,
-    formula triggers), rows XlsxWriter must write itself (rich-text look-alikes, a text near Excel's cell limit) between
-    rendered ones, empty cells, both number formats and over a batch's length."""
+    """``_Sheet.extend`` renders the item sheets' rows itself: the sheets' XML (and the formats' numbering) is byte
+    for byte what XlsxWriter's own calls write, for text that needs escaping (XML, control characters, ``_xHHHH_``
+    look-alikes, spaces at the edges, formula triggers), rows XlsxWriter must write itself (rich-text look-alikes, a
+    text near Excel's cell limit) before, between and after rendered ones, empty cells, every number format (an
+    unknown currency's minor units too), batches cut by their length, and an Exceptions sheet cut at the row limit."""
     import zipfile
 
     from reconciliation.reports import xlsx
     from reconciliation.reports.common import ItemRow
 
-    texts = ["plain", "a & b < c > d", " lead", "trail ", "line\r\nbreak\ttab", "_x0041_ kept", "odd \ufffe",
-             "=SUM(A1)", "+33 6", "é ü 日本", "\u00a0no-break", "ends\u2028", "nl\n", *MARKUP,
-             "x" * 20_000, ""]  # fmt: skip
+    plain = ["plain", "a & b < c > d", " lead", "trail ", "line\r\nbreak\ttab", "_x0041_ kept", "odd \ufffe",
+             "=SUM(A1)", "+33 6", "é ü 日本", "\u00a0no-break", "ends\u2028", "nl\n", ""]  # fmt: skip
+    own = [*MARKUP, "x" * 20_000]  # XlsxWriter's path
+
+    def text(i: int) -> str:
+        if i in (0, 1, 2_599) or 1_200 <= i < 1_260:  # the first rows, a run in the middle, the last row
+            return own[i % len(own)]
+        return plain[i % len(plain)]
+
     rows = []
     for i in range(2_600):
-        t = texts[i % len(texts)]
-        usd = i % 3 == 0
+        t = text(i)
+        currency = ["XOF", "USD", "ZZZ"][i % 3]
         rows.append(ItemRow(
             id=i, cls=["matched", "amount_mismatch", "missing_in_ledger"][i % 3], healed=i % 5 == 0,
             reference=f"REF-{i}" if i % 7 else t, payment_id=i, provider_txn_id=t if i % 2 else None,
             internal_status="succeeded", provider_status=None if i % 11 == 0 else "succeeded",
-            internal_amount=None if i % 13 == 0 else 5_000 + i, internal_currency="USD" if usd else "XOF",
-            provider_amount=4_990 + i, provider_currency="USD" if usd else "XOF", provider_lines=1,
+            internal_amount=None if i % 13 == 0 else 5_000 + i, internal_currency=currency,
+            provider_amount=4_990 + i, provider_currency=currency, provider_lines=1,
             fee=None if i % 4 else 125, expected_fee=100 if i % 6 == 0 else None, difference=-10 if i % 2 else None,
             detail=t,
         ))  # fmt: skip
-    summ = {"run": {"id": 7, "provider": "cinetpay"}, "totals": [], "payouts": [],
-            "counts": {"items": len(rows), "exceptions": len(rows), "healed": 0}}  # fmt: skip
 
     def source(limit: int | None) -> Any:
         return iter(rows[:limit])
 
-    def sheets(path: Path) -> dict[str, bytes]:
+    def parts(path: Path) -> dict[str, bytes]:
         with zipfile.ZipFile(path) as z:
             return {n: z.read(n) for n in z.namelist() if n.startswith("xl/worksheets/") or n == "xl/styles.xml"}
 
-    xlsx.write_xlsx(tmp_path / "rendered.xlsx", summ, source, source, max_rows=100_000)
-    monkeypatch.setattr(xlsx._Sheet, "extend", lambda self, cells: [self.append(c) for c in cells])
-    xlsx.write_xlsx(tmp_path / "by_cell.xlsx", summ, source, source, max_rows=100_000)
-    rendered, by_cell = sheets(tmp_path / "rendered.xlsx"), sheets(tmp_path / "by_cell.xlsx")
-    assert rendered.keys() == by_cell.keys() and len(rendered) == 5
-    for name, xml in by_cell.items():
-        assert rendered[name] == xml, name
-    assert by_cell["xl/worksheets/sheet4.xml"].count(b"<row ") == len(rows) + 1  # All lines: the header and each item
+    rendered = []
+    row_xml = xlsx._row_xml
+
+    def spy(*args: Any) -> str | None:
+        xml = row_xml(*args)
+        rendered.append(xml is not None)
+        return xml
+
+    monkeypatch.setattr(xlsx, "_row_xml", spy)
+    counts = {"items": len(rows), "exceptions": len(rows), "healed": 0}
+    for max_rows, sheets in ((100_000, 5), (2_000, 4)):  # every item in All lines; the Exceptions cut (no All lines)
+        summ = {"run": {"id": 7, "provider": "cinetpay"}, "totals": [], "payouts": [], "counts": counts}
+        xlsx.write_xlsx(tmp_path / "rendered.xlsx", summ, source, source, max_rows=max_rows)
+        with monkeypatch.context() as cell_by_cell:
+            cell_by_cell.setattr(xlsx._Sheet, "extend", lambda self, cells: [self.append(c) for c in cells])
+            xlsx.write_xlsx(tmp_path / "by_cell.xlsx", summ, source, source, max_rows=max_rows)
+        ours, theirs = parts(tmp_path / "rendered.xlsx"), parts(tmp_path / "by_cell.xlsx")
+        assert ours.keys() == theirs.keys() and len(ours) == sheets
+        for name, xml in theirs.items():
+            assert ours[name] == xml, (max_rows, name)
+        exceptions = min(len(rows), max_rows - 2) + (max_rows < 3_000)  # the cut sheet's last row says so
+        assert theirs["xl/worksheets/sheet2.xml"].count(b"<row ") == 1 + exceptions
+    assert sum(rendered) > 0.9 * len(rendered) and not all(rendered)  # rendered here, but for XlsxWriter's rows

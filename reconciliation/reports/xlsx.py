@@ -114,31 +114,35 @@ class _Sheet:
         length limit) goes through ``append``."""
         ws, formats, letters = self.ws, self.book.formats, self.book.letters
         batch: list[str] = []
-        first = last = low = high = 0  # the batch's rows and columns
+        size = first = last = low = high = 0  # the batch's characters, rows and columns
 
         def flush() -> None:
+            nonlocal size
             if batch:
-                ws._write_single_row(first)  # the row XlsxWriter holds, if any, goes out before these
                 ws._check_dimensions(first, low)
                 ws._check_dimensions(last, high)
                 ws.fh.write("".join(batch))
                 ws.previous_row = last
                 batch.clear()
+                size = 0
 
+        ws._write_single_row(self.row)  # the rows XlsxWriter holds (the header) go first, their formats numbered
         for cells in rows:
-            xml = _row_xml(self.row, cells, formats, letters)
-            if xml is None:
+            xml = None if self.row >= ws.xls_rowmax else _row_xml(self.row, cells, formats, letters)
+            if xml is None:  # XlsxWriter's own path (which drops a row past Excel's limit)
                 flush()
                 self.append(cells)
+                ws._write_single_row(self.row)  # out at once, as the cell-by-cell path numbers its formats
                 continue
             if xml:
                 used = [col for col, cell in enumerate(cells) if cell is not None]
                 if not batch:
                     first, low, high = self.row, used[0], used[-1]
                 batch.append(xml)
+                size += len(xml)
                 last, low, high = self.row, min(low, used[0]), max(high, used[-1])
             self.row += 1
-            if len(batch) >= _XML_BATCH:
+            if len(batch) >= _XML_BATCH or size >= _XML_BATCH_CHARS:
                 flush()
         flush()
 
@@ -173,8 +177,9 @@ class _Formats(dict[str, Any]):
         return made
 
 
-#: Rows ``_Sheet.extend`` renders before writing them out together.
+#: Rows ``_Sheet.extend`` renders before writing them out together, and how many characters at most.
 _XML_BATCH = 1_000
+_XML_BATCH_CHARS = 4_000_000
 #: What XlsxWriter's ``_escape_control_characters`` changes (a control character, an ``_xHHHH_`` look-alike, a
 #: non-character), and what its ``_escape_data`` changes: a string with neither is written as it is.
 _CONTROL = re.compile("_x[0-9a-fA-F]{4}_|[\x00-\x08\x0b-\x1f\ufffe\uffff]")
