@@ -983,3 +983,26 @@ def test_xlsx_item_rows_are_the_xml_xlsxwriter_writes_cell_by_cell(
         exceptions = min(len(rows), max_rows - 2) + (max_rows < 3_000)  # the cut sheet's last row says so
         assert theirs["xl/worksheets/sheet2.xml"].count(b"<row ") == 1 + exceptions
     assert sum(rendered) > 0.9 * len(rendered) and not all(rendered)  # rendered here, but for XlsxWriter's rows
+
+
+def test_an_export_reads_the_changes_once_for_every_format(
+    rt: Runtime, two_runs: tuple[int, int], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The JSON lists every change since the previous run and the HTML the first ones and how many: one reading of
+    them (a re-run of a million-item day takes seconds a reading) serves both, in either thread of the export."""
+    _, run_id = two_runs
+    calls = []
+    changes = reports.changes
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        calls.append(kwargs)
+        return changes(*args, **kwargs)
+
+    monkeypatch.setattr(reports, "changes", counted)
+    with rt.sessions() as session:
+        files = reports.export_all(session, run_id, tmp_path)
+    assert calls == [{}]  # every change, once
+    report = json.loads(next(p for p in files if p.suffix == ".json").read_text())
+    assert [c["reference"] for c in report["changes"]] == [c["reference"] for c in EXPECTED_CHANGES]
+    html = next(p for p in files if p.suffix == ".html").read_text()
+    assert all(c["reference"] in html for c in EXPECTED_CHANGES)
