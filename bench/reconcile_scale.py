@@ -11,7 +11,9 @@ stage, one optimistic convert-and-insert in two sessions; each stage's time is p
 day (two sessions). ``--reports`` also times writing the run's report files (not part of the goal).
 Peak memory (max RSS) is printed so that runs of different sizes can be compared. ``--fees``: the
 provider takes 50 XOF a payment, and posting the fees to the ledger is timed too (not part of the
-goal). Needs PostgreSQL as for the tests (PAYRECON_TEST_PG).
+goal). ``--rerun`` (with ``--reports``): the day re-run after (a new run pointing at the first, as beat's T+1 and
+T+3 runs are), and its report files timed: a re-run's reports also list the changes since the run before.
+Needs PostgreSQL as for the tests (PAYRECON_TEST_PG).
 
 The floor, measured in the same run on the same file and database before the timed part: COPY of the
 file into an unindexed text table, then one FULL OUTER JOIN of the day's payments and the file's
@@ -172,6 +174,11 @@ def main() -> None:
     parser.add_argument(
         "--random-references", action="store_true", help="references in no relation to time (B-trees work harder)"
     )
+    parser.add_argument(
+        "--rerun",
+        action="store_true",
+        help="then re-run the day (a new run after the first, as at T+1) and time its report files (with --reports)",
+    )
     args = parser.parse_args()
     with scratch_database(PG_BASE, "payrecon_scale") as url:
         migrate.upgrade(url)
@@ -235,6 +242,17 @@ def main() -> None:
                 size_mib = sum(p.stat().st_size for p in files) / 2**20
                 print(f"reports ({len(files)} files, {size_mib:.0f} MiB): {reports_s} s; "
                       f"peak memory {max_rss_mib():.0f} MiB")  # fmt: skip
+        if args.rerun and args.reports:
+            from reconciliation.reports import run as reports
+
+            rerun_id = runs.start(sessions, "cinetpay", DAY, policy, "rerun")
+            runs.classify_run(sessions, rerun_id, policy)
+            written = time.perf_counter()
+            with tempfile.TemporaryDirectory() as out, sessions() as session:
+                files = reports.export_all(session, rerun_id, Path(out))
+                seconds = time.perf_counter() - written
+                changed = reports.count_changes(session, rerun_id)
+                print(f"re-run's reports ({len(files)} files, {changed} changes): {seconds:.2f} s")
         engine.dispose()
         total = done - started
         print(
