@@ -180,6 +180,8 @@ def main() -> None:
         help="then re-run the day (a new run after the first, as at T+1) and time its report files (with --reports)",
     )
     args = parser.parse_args()
+    if args.rerun and not args.reports:
+        parser.error("--rerun times the re-run's report files: give --reports too")
     with scratch_database(PG_BASE, "payrecon_scale") as url:
         migrate.upgrade(url)
         with tempfile.TemporaryDirectory() as tmp:

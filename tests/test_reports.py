@@ -991,18 +991,25 @@ def test_an_export_reads_the_changes_once_for_every_format(
     """The JSON lists every change since the previous run and the HTML the first ones and how many: one reading of
     them (a re-run of a million-item day takes seconds a reading) serves both, in either thread of the export."""
     _, run_id = two_runs
-    calls = []
-    changes = reports.changes
+    calls, html_threads = [], []
+    changes, write_html = reports.changes, reports._WRITERS["html", ""]
 
     def counted(*args: Any, **kwargs: Any) -> Any:
-        calls.append(kwargs)
+        calls.append((kwargs, threading.current_thread().name))
         return changes(*args, **kwargs)
 
+    def html(*args: Any, **kwargs: Any) -> Any:
+        html_threads.append(threading.current_thread().name)
+        return write_html(*args, **kwargs)
+
     monkeypatch.setattr(reports, "changes", counted)
+    monkeypatch.setitem(reports._WRITERS, ("html", ""), html)
+    monkeypatch.setattr(reports, "HTML_EXCEPTIONS", 3)
     with rt.sessions() as session:
         files = reports.export_all(session, run_id, tmp_path)
-    assert calls == [{}]  # every change, once
+    assert calls == [({}, threading.current_thread().name)]  # every change, once, by the export's own session
+    assert html_threads and html_threads[0].startswith("reports")  # the HTML written beside the COPY, from them
     report = json.loads(next(p for p in files if p.suffix == ".json").read_text())
     assert [c["reference"] for c in report["changes"]] == [c["reference"] for c in EXPECTED_CHANGES]
-    html = next(p for p in files if p.suffix == ".html").read_text()
-    assert all(c["reference"] in html for c in EXPECTED_CHANGES)
+    page = next(p for p in files if p.suffix == ".html").read_text()
+    assert f"({len(EXPECTED_CHANGES)})</h2>" in page and "… and 1 more: see the JSON report." in page

@@ -26,7 +26,7 @@ its cells are written straight out as XML, where openpyxl's write-only sheets bu
 value; the Exceptions sheet of a million-payment day (16,500 rows) took 2.9-4.0 s of CPU with openpyxl
 and takes 1.4 s (BENCHMARKS.md). The item sheets' rows skip even XlsxWriter's per-cell calls: ``_Sheet.extend``
 renders each row as the XML XlsxWriter would write (a test compares the sheets byte for byte), which took a
-90,500-item run's reports from 7.3 to 2.8 s, most of it the All lines sheet.
+90,500-item run's reports from 6.6 to 2.9 s, most of it the All lines sheet.
 """
 
 from __future__ import annotations
@@ -109,9 +109,9 @@ class _Sheet:
     def extend(self, rows: Iterable[Sequence[Any]]) -> None:
         """Rows as ``append`` writes them, byte for byte the XML XlsxWriter would write (a test compares them), but
         each row rendered here at once: XlsxWriter's per-cell path (checks, a cell object, then an XML writer call per
-        cell) costs about 5 µs a cell, and a 90,500-item run's All lines sheet (1.2 million cells) took 6.7 s of its
-        reports' 7.3 s. A row with a cell only XlsxWriter writes right (an ``<r>`` string, a string near Excel's
-        length limit) goes through ``append``."""
+        cell) costs about 5 µs a cell, and a 90,500-item run's All lines sheet (1.2 million cells) was most of its
+        reports' 6.6 s (py-spy: ~85 %). A row with a cell only XlsxWriter writes right (an ``<r>`` string, a string
+        near Excel's length limit) goes through ``append``."""
         ws, formats, letters = self.ws, self.book.formats, self.book.letters
         batch: list[str] = []
         size = first = last = low = high = 0  # the batch's characters, rows and columns
