@@ -528,7 +528,14 @@ class ReconItem(Base):
         # A run writes its items together, so a BRIN index finds them by block range at almost no
         # cost per row; exceptions are found by reference, matched items through their run
         # (views.payment_detail). Two B-trees here were a third of a 1,000,000-item run.
-        Index("ix_recon_items_run", "run_id", postgresql_using="brin"),
+        Index("ix_recon_items_run", "run_id").ddl_if(dialect="sqlite"),
+        # On PostgreSQL (migration 0020) no B-tree over every item's id, the key's (which a table there may lack:
+        # ids come from one sequence, as the statement lines' and ledger entries'): the BRIN index by run and id
+        # (a fee chunk's ids), and an exception found by its id through a partial index (heal, refunds).
+        Index("ix_recon_items_run_id", "run_id", "id", postgresql_using="brin").ddl_if(dialect="postgresql"),
+        Index("ix_recon_items_exception_id", "id", unique=True, postgresql_where=text("cls <> 'matched'")).ddl_if(
+            dialect="postgresql"
+        ),
         Index(
             "ix_recon_items_exception",
             "reference",
@@ -537,6 +544,7 @@ class ReconItem(Base):
         ),
     )
 
+    # The key of the ORM's identity map; on PostgreSQL not a constraint since migration 0020 (see above).
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     run_id: Mapped[int] = mapped_column(BigId)  # no foreign key: see StatementLine.import_id
     cls: Mapped[str] = mapped_column(String(24))

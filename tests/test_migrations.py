@@ -191,3 +191,21 @@ def test_statement_lines_are_keyed_by_day_on_postgresql_only(backend: str, scrat
     assert _keys(url, "statement_lines") == (["id"], others | {"ix_statement_lines_day"})
     migrate.upgrade(url)
     assert _keys(url, "statement_lines") == (["provider", "business_date", "id"], others)
+
+
+@pytest.mark.parametrize("backend", ["postgresql", "sqlite"])
+def test_recon_items_have_no_key_btree_on_postgresql_only(backend: str, scratch_pg: str, tmp_path: Path) -> None:
+    """0020: no B-tree over every item's id on PostgreSQL (a BRIN index by run and id, the exceptions' ids by a
+    partial unique index); SQLite keeps its rowid key and its index by run."""
+    url = scratch_pg if backend == "postgresql" else f"sqlite:///{tmp_path / 'm.sqlite'}"
+    migrate.upgrade(url)
+    if backend == "sqlite":
+        assert _keys(url, "recon_items") == (["id"], {"ix_recon_items_run", "ix_recon_items_exception"})
+        return
+    after = ([], {"ix_recon_items_run_id", "ix_recon_items_exception_id", "ix_recon_items_exception"})
+    assert _keys(url, "recon_items") == after
+    migrate.check(url)
+    migrate.downgrade(url, "0019")
+    assert _keys(url, "recon_items") == (["id"], {"ix_recon_items_run", "ix_recon_items_exception"})
+    migrate.upgrade(url)
+    assert _keys(url, "recon_items") == after
