@@ -250,3 +250,29 @@ def test_a_fee_chunk_looks_up_its_own_payments_not_every_payment_ever(rt: Runtim
         assert not [n for n in nodes if n.get("Relation Name") == "payments" and n["Node Type"] == "Seq Scan"], nodes
         assert "pk_payments" in {n.get("Index Name") for n in nodes}, nodes
         session.rollback()
+
+
+def test_healing_finds_its_exception_by_the_exceptions_index_not_by_reading_the_run(rt: Runtime) -> None:
+    """PostgreSQL keeps no B-tree over every item's id (migration 0020): healing and refunds update an exception
+    through ``runs.exception_item``, which the partial index over the exceptions serves, even for a run just written
+    (its pages not summarized in the BRIN index yet, the table not analyzed). Rolled back."""
+    from sqlalchemy import update
+    from sqlalchemy.dialects import postgresql
+
+    from reconciliation.models import ReconItem
+
+    with transaction(rt.sessions) as session:
+        session.execute(
+            text(
+                "INSERT INTO recon_items (run_id, cls, reference, provider_lines, healed, detail) "
+                "SELECT 0, CASE WHEN n % 100 = 0 THEN 'missing_in_ledger' ELSE 'matched' END, 'R' || n, 1, false, '' "
+                "FROM generate_series(1, 50000) AS n"
+            )
+        )
+        item = session.scalar(text("SELECT max(id) FROM recon_items WHERE run_id = 0 AND cls = 'missing_in_ledger'"))
+        statement = update(ReconItem).where(runs.exception_item(0, item)).values(healed=True, detail="healed")
+        sql = statement.compile(dialect=postgresql.dialect(), compile_kwargs={"literal_binds": True})
+        nodes = plan_nodes(session.execute(text(f"EXPLAIN (FORMAT JSON) {sql}")).scalar()[0]["Plan"])
+        assert "ix_recon_items_exception_id" in {n.get("Index Name") for n in nodes}, nodes
+        assert session.execute(statement).rowcount == 1
+        session.rollback()

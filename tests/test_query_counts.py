@@ -69,6 +69,7 @@ def test_healing_costs_a_fixed_number_of_statements_per_lost_webhook(rt: Runtime
 #: Statements per healed payment (its own transaction: lock or adopt the payment, settle the answer, post the
 #: journal, grant, flag, outbox, the item), and per batch of webhooks whatever its size (store, mark, read the
 #: payments, settle set-wise, coalesce, the pool's pre-pings): measured 2026-12-05. A change that moves them
-#: says so here, on purpose.
-PER_HEALED = 20
+#: says so here, on purpose: 2026-12-07, the item updated by one statement (runs.exception_item), not read then
+#: flushed, 20 -> 19.
+PER_HEALED = 19
 PER_BATCH = 15

@@ -17,7 +17,7 @@ from functools import partial
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import func, or_, select, text
+from sqlalchemy import and_, func, or_, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -210,11 +210,9 @@ def heal(sessions: sessionmaker[Session], run_id: int, policy: Policy) -> int:
             payment = payments.lock_or_create_orphan(session, provider, reference, ctx)
             verification = payments.apply_answer(session, payment, answer, ctx, trigger="reconciliation")
             payments.flag(session, payment, FlagKind.HEALED, f"lost webhook healed by run {run_id}")
-            row = session.get(ReconItem, item_id)
-            assert row is not None  # noqa: S101
-            row.healed = True
-            row.payment_id = payment.id
-            row.detail = f"healed: {verification.decision}"
+            _update_exception(
+                session, run_id, item_id, healed=True, payment_id=payment.id, detail=f"healed: {verification.decision}"
+            )
             healed += 1
     return healed
 
@@ -244,10 +242,21 @@ def apply_refunds(sessions: sessionmaker[Session], run_id: int, policy: Policy) 
             decision = payments.refund(
                 session, payment, ctx, reason=f"reported refunded (run {run_id})", by="reconciliation"
             )
-            row = session.get(ReconItem, item_id)
-            assert row is not None  # noqa: S101
-            row.detail = decision
+            _update_exception(session, run_id, item_id, detail=decision)
     return len(items)
+
+
+def exception_item(run_id: int, item_id: int) -> Any:
+    """The condition that finds an exception of a run by its id: ``ix_recon_items_exception_id``, a partial index over
+    the exceptions, serves it only when the query says it wants no matched item (PostgreSQL has no B-tree over every
+    item's id: migration 0020)."""
+    return and_(ReconItem.run_id == run_id, ReconItem.cls != ReconClass.MATCHED.value, ReconItem.id == item_id)
+
+
+def _update_exception(session: Session, run_id: int, item_id: int, **values: Any) -> None:
+    result = session.execute(update(ReconItem).where(exception_item(run_id, item_id)).values(**values))
+    if getattr(result, "rowcount", 1) != 1:
+        raise LookupError(f"no exception {item_id} in run {run_id}")
 
 
 def flag_mismatches(sessions: sessionmaker[Session], run_id: int) -> int:

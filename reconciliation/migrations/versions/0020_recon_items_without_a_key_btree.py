@@ -1,10 +1,11 @@
-"""On PostgreSQL a run's items lose their primary key's B-tree, the cost of a third of a million-item classification's
-writes: each item's id went into it, the two classifying sessions into one hot page at its right edge. Their ids
-still come from one sequence, unique as the statement lines' and ledger entries' are (0018, 0019); items are read by
-their run, through a BRIN index now over ``(run_id, id)`` (a fee chunk's range of ids within its run, as the key
-served it), and an exception by its id or reference through partial indexes over the exceptions only (healing, a
-refund, a case). Two classifying sessions side by side, rolled back, alternated: 2.88-3.05 s with the key,
-2.46-2.63 s without (BENCHMARKS.md).
+"""On PostgreSQL a run's items lose their primary key's B-tree: each item's id went into it, the two classifying
+sessions into one hot page at its right edge. Their ids still come from one sequence, unique as the statement lines'
+and ledger entries' are (0018, 0019); items are read by their run, through a BRIN index now over ``(run_id, id)``,
+and an exception by its id or reference through partial indexes over the exceptions only (healing and refunds:
+``runs.exception_item``; a case). A fee chunk's range of ids within its run reads the whole run while the run's
+pages are not summarized in the BRIN index yet (until a vacuum), where the key read only its range. Two classifying
+sessions side by side, rolled back, alternated: 2.88-3.05 s with the key, 2.46-2.63 s without; the whole bench at
+1,000,000 payments: classification 3.59-3.83 -> 2.94-2.95 s, fees 7.14-7.21 -> 7.59-7.60 s (BENCHMARKS.md).
 
 SQLite (the embedded demo) keeps ``id`` as its key and its index by run.
 
