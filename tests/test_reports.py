@@ -1013,3 +1013,24 @@ def test_an_export_reads_the_changes_once_for_every_format(
     assert [c["reference"] for c in report["changes"]] == [c["reference"] for c in EXPECTED_CHANGES]
     page = next(p for p in files if p.suffix == ".html").read_text()
     assert f"({len(EXPECTED_CHANGES)})</h2>" in page and "… and 1 more: see the JSON report." in page
+
+
+def test_an_html_report_alone_reads_only_the_changes_it_shows(
+    rt: Runtime, two_runs: tuple[int, int], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Written alone, the HTML reads its first changes and counts the rest, as before ``Summarize``: a re-run of a
+    day restated whole does not hold every change in memory for a page that shows 200."""
+    _, run_id = two_runs
+    calls = []
+    changes = reports.changes
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        calls.append(kwargs)
+        return changes(*args, **kwargs)
+
+    monkeypatch.setattr(reports, "changes", counted)
+    monkeypatch.setattr(reports, "HTML_EXCEPTIONS", 3)
+    with rt.sessions() as session:
+        page = reports.export(session, run_id, "html", tmp_path).read_text()
+    assert calls == [{"limit": 3}]
+    assert f"({len(EXPECTED_CHANGES)})</h2>" in page and "… and 1 more: see the JSON report." in page

@@ -130,6 +130,14 @@ class Summarize:
             self._changes = changes(self._session, self._run_id)
         return self._changes
 
+    def first_changes(self, limit: int) -> tuple[list[dict[str, Any]], int]:
+        """The first ``limit`` changes and how many there are: from the changes read already, else that many read
+        and the rest counted (an HTML report written alone holds no whole day's restatements in memory)."""
+        if self._changes is None and self._session is not None:
+            return changes(self._session, self._run_id, limit=limit), count_changes(self._session, self._run_id)
+        restated = self.changes()
+        return restated[:limit], len(restated)
+
 
 class RunNotFoundError(LookupError):
     """No reconciliation run with that id."""
@@ -548,11 +556,11 @@ def _write_html(
 ) -> None:
     from reconciliation.reports.render import render_html
 
-    restated = summarize.changes()
+    first, n_changes = summarize.first_changes(HTML_EXCEPTIONS)
     page = render_html(
         summarize(),
-        restated[:HTML_EXCEPTIONS],
-        len(restated),
+        first,
+        n_changes,
         list(iter_items(session, run.id, exceptions_only=True, limit=HTML_EXCEPTIONS)),
         language,
     )
