@@ -1021,16 +1021,19 @@ def test_an_html_report_alone_reads_only_the_changes_it_shows(
     """Written alone, the HTML reads its first changes and counts the rest, as before ``Summarize``: a re-run of a
     day restated whole does not hold every change in memory for a page that shows 200."""
     _, run_id = two_runs
-    calls = []
-    changes = reports.changes
+    readings = []
+    select_changes = reports._changes_select
 
-    def counted(*args: Any, **kwargs: Any) -> Any:
-        calls.append(kwargs)
-        return changes(*args, **kwargs)
+    def counted(*args: Any) -> Any:
+        readings.append(args[1:])
+        return select_changes(*args)
 
-    monkeypatch.setattr(reports, "changes", counted)
+    monkeypatch.setattr(reports, "_changes_select", counted)
     monkeypatch.setattr(reports, "HTML_EXCEPTIONS", 3)
     with rt.sessions() as session:
         page = reports.export(session, run_id, "html", tmp_path).read_text()
-    assert calls == [{"limit": 3}]
+        assert len(readings) == 1  # the first three and the count, from one reading
+        assert reports.first_changes(session, run_id, 0) == ([], len(EXPECTED_CHANGES))
+        shown, total = reports.first_changes(session, run_id, 2)
+        assert (shown, total) == (reports.changes(session, run_id)[:2], len(EXPECTED_CHANGES))
     assert f"({len(EXPECTED_CHANGES)})</h2>" in page and "… and 1 more: see the JSON report." in page

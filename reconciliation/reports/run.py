@@ -131,10 +131,10 @@ class Summarize:
         return self._changes
 
     def first_changes(self, limit: int) -> tuple[list[dict[str, Any]], int]:
-        """The first ``limit`` changes and how many there are: from the changes read already, else that many read
-        and the rest counted (an HTML report written alone holds no whole day's restatements in memory)."""
+        """The first ``limit`` changes and how many there are: from the changes read already, else only those read,
+        with the count (``first_changes``: an HTML report written alone holds no whole day's restatements)."""
         if self._changes is None and self._session is not None:
-            return changes(self._session, self._run_id, limit=limit), count_changes(self._session, self._run_id)
+            return first_changes(self._session, self._run_id, limit)
         restated = self.changes()
         return restated[:limit], len(restated)
 
@@ -313,6 +313,30 @@ def _changes_select(run_id: int, previous_run_id: int) -> Any:
     )
 
 
+def _change(reference: str | None, txn: str | None, from_cls: str | None, to_cls: str | None) -> dict[str, Any]:
+    return {
+        "reference": reference,
+        "provider_txn_id": txn,
+        "from_class": from_cls,
+        "to_class": to_cls,
+        "change": "appeared" if from_cls is None else "disappeared" if to_cls is None else "restated",
+    }
+
+
+def first_changes(session: Session, run_id: int, limit: int) -> tuple[list[dict[str, Any]], int]:
+    """The first ``limit`` of ``changes`` and how many there are, from one reading of them (the count a window over
+    every change, beside the first rows): the HTML page and the terminal show the first ones."""
+    run = _run(session, run_id)
+    if run.previous_run_id is None:
+        return [], 0
+    sub = _changes_select(run.id, run.previous_run_id).subquery("changes")
+    stmt = select(sub.c.reference, sub.c.provider_txn_id, sub.c.from_class, sub.c.to_class, func.count().over())
+    rows = session.execute(stmt.order_by(_bytewise(session, sub.c.key)).limit(limit)).all()
+    if not rows and limit == 0:
+        return [], count_changes(session, run_id)
+    return [_change(*row[:4]) for row in rows], int(rows[0][4]) if rows else 0
+
+
 def changes(session: Session, run_id: int, *, limit: int | None = None) -> list[dict[str, Any]]:
     """Items restated since the previous run of the same provider and business date.
 
@@ -330,16 +354,7 @@ def changes(session: Session, run_id: int, *, limit: int | None = None) -> list[
     stmt = stmt.order_by(_bytewise(session, sub.c.key))
     if limit is not None:
         stmt = stmt.limit(limit)
-    return [
-        {
-            "reference": reference,
-            "provider_txn_id": txn,
-            "from_class": from_cls,
-            "to_class": to_cls,
-            "change": "appeared" if from_cls is None else "disappeared" if to_cls is None else "restated",
-        }
-        for reference, txn, from_cls, to_cls in session.execute(stmt)
-    ]
+    return [_change(*row) for row in session.execute(stmt)]
 
 
 def count_changes(session: Session, run_id: int) -> int:
@@ -828,7 +843,6 @@ def render_terminal(session: Session, run_id: int) -> str:
 
     return render_text(
         summary(session, run_id),
-        changes(session, run_id, limit=TERMINAL_CHANGES),
-        count_changes(session, run_id),
+        *first_changes(session, run_id, TERMINAL_CHANGES),
         list(iter_items(session, run_id, exceptions_only=True, limit=TERMINAL_EXCEPTIONS)),
     )
