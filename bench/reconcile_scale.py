@@ -244,9 +244,7 @@ def main() -> None:
                 size_mib = sum(p.stat().st_size for p in files) / 2**20
                 print(f"reports ({len(files)} files, {size_mib:.0f} MiB): {reports_s} s; "
                       f"peak memory {max_rss_mib():.0f} MiB")  # fmt: skip
-        if args.rerun and args.reports:
-            from reconciliation.reports import run as reports
-
+        if args.rerun:  # with --reports: reports imported above
             rerun_id = runs.start(sessions, "cinetpay", DAY, policy, "rerun")
             runs.classify_run(sessions, rerun_id, policy)
             written = time.perf_counter()

@@ -14,10 +14,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from functools import partial
-from typing import Any
+from typing import Any, cast
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import and_, func, or_, select, text, update
+from sqlalchemy import CursorResult, and_, func, or_, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -254,8 +254,10 @@ def exception_item(run_id: int, item_id: int) -> Any:
 
 
 def _update_exception(session: Session, run_id: int, item_id: int, **values: Any) -> None:
-    result = session.execute(update(ReconItem).where(exception_item(run_id, item_id)).values(**values))
-    if getattr(result, "rowcount", 1) != 1:
+    result = cast(
+        "CursorResult[Any]", session.execute(update(ReconItem).where(exception_item(run_id, item_id)).values(**values))
+    )
+    if result.rowcount != 1:
         raise LookupError(f"no exception {item_id} in run {run_id}")
 
 

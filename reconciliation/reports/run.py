@@ -323,15 +323,23 @@ def _change(reference: str | None, txn: str | None, from_cls: str | None, to_cls
     }
 
 
+def _ordered_changes(session: Session, run_id: int, *extra: Any) -> Any:
+    """``changes``' statement, in their order, with the ``extra`` columns after theirs; None for a first run."""
+    run = _run(session, run_id)
+    if run.previous_run_id is None:
+        return None
+    sub = _changes_select(run.id, run.previous_run_id).subquery("changes")
+    stmt = select(sub.c.reference, sub.c.provider_txn_id, sub.c.from_class, sub.c.to_class, *extra)
+    return stmt.order_by(_bytewise(session, sub.c.key))
+
+
 def first_changes(session: Session, run_id: int, limit: int) -> tuple[list[dict[str, Any]], int]:
     """The first ``limit`` of ``changes`` and how many there are, from one reading of them (the count a window over
     every change, beside the first rows): the HTML page and the terminal show the first ones."""
-    run = _run(session, run_id)
-    if run.previous_run_id is None:
+    stmt = _ordered_changes(session, run_id, func.count().over())
+    if stmt is None:
         return [], 0
-    sub = _changes_select(run.id, run.previous_run_id).subquery("changes")
-    stmt = select(sub.c.reference, sub.c.provider_txn_id, sub.c.from_class, sub.c.to_class, func.count().over())
-    rows = session.execute(stmt.order_by(_bytewise(session, sub.c.key)).limit(limit)).all()
+    rows = session.execute(stmt.limit(limit)).all()
     if not rows and limit == 0:
         return [], count_changes(session, run_id)
     return [_change(*row[:4]) for row in rows], int(rows[0][4]) if rows else 0
@@ -346,12 +354,9 @@ def changes(session: Session, run_id: int, *, limit: int | None = None) -> list[
     Empty when the run has no previous run. Sorted by reference in byte order, as the items are;
     ``limit`` keeps the first ones.
     """
-    run = _run(session, run_id)
-    if run.previous_run_id is None:
+    stmt = _ordered_changes(session, run_id)
+    if stmt is None:
         return []
-    sub = _changes_select(run.id, run.previous_run_id).subquery("changes")
-    stmt = select(sub.c.reference, sub.c.provider_txn_id, sub.c.from_class, sub.c.to_class)
-    stmt = stmt.order_by(_bytewise(session, sub.c.key))
     if limit is not None:
         stmt = stmt.limit(limit)
     return [_change(*row) for row in session.execute(stmt)]
