@@ -461,6 +461,11 @@ class StatementLine(Base):
         # SQLite keeps the key on id (its rowid) and this index (the drift check honours ``ddl_if``: env.py).
         Index("ix_statement_lines_day", "provider", "business_date").ddl_if(dialect="sqlite"),
         Index("ix_statement_lines_payout", "provider", "payout_id", postgresql_where=text("payout_id IS NOT NULL")),
+        # A run's payouts start from its day's lines that name one (``matching._DAY_PAYOUTS``): on PostgreSQL the
+        # key would read every line of the day for them, and most providers name none (0021).
+        Index(
+            "ix_statement_lines_payout_day", "provider", "business_date", postgresql_where=text("payout_id IS NOT NULL")
+        ).ddl_if(dialect="postgresql"),
         # An import's lines lie together: BRIN finds those of a load that never committed (statements_pg._sweep).
         Index("ix_statement_lines_import", "import_id", postgresql_using="brin"),
     )

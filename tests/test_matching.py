@@ -14,6 +14,7 @@ from sqlalchemy import event, insert, select, text
 from reconciliation.db import transaction
 from reconciliation.models import Payment, PaymentStatus, ReconItem, StatementLine
 from reconciliation.nightly import matching, runs
+from reconciliation.statements.files import VISIBLE_SQL
 from tests.helpers import new_reference, plan_nodes
 from tests.test_reconciliation import DAY, NOON, classes, line, payment, policy
 from worker.runtime import Runtime
@@ -275,4 +276,26 @@ def test_healing_finds_its_exception_by_the_exceptions_index_not_by_reading_the_
         nodes = plan_nodes(session.execute(text(f"EXPLAIN (FORMAT JSON) {sql}")).scalar()[0]["Plan"])
         assert "ix_recon_items_exception_id" in {n.get("Index Name") for n in nodes}, nodes
         assert session.execute(statement).rowcount == 1
+        session.rollback()
+
+
+def test_a_run_s_payouts_start_from_its_day_s_payout_lines_not_from_every_line_of_the_day(rt: Runtime) -> None:
+    """A run's payouts start from the payout ids its day's lines name (``matching._DAY_PAYOUTS``): on PostgreSQL the
+    partial index over the lines that name one (migration 0021) finds them, where the key read every line of the day,
+    a million for a large day of a provider that names no payout at all; even with the lines just imported (not
+    analyzed). Rolled back."""
+    with transaction(rt.sessions) as session:
+        session.execute(
+            text(
+                "INSERT INTO statement_lines (provider, business_date, source, reference, status, amount, currency, "
+                "occurred_at, payout_id, raw) SELECT 'wave', :day, 'file', 'R' || n, 'succeeded', 100, 'XOF', :at, "
+                "CASE WHEN n % 1000 = 0 THEN 'PO-' || n END, '' FROM generate_series(1, 50000) AS n"
+            ),
+            {"day": DAY, "at": NOON},
+        )
+        sql = (matching._DAY_PAYOUTS + "SELECT payout_id FROM day_payouts").replace("{visible}", VISIBLE_SQL)  # noqa: S608
+        params = {"provider": "wave", "day": DAY}
+        nodes = plan_nodes(session.execute(text("EXPLAIN (FORMAT JSON) " + sql), params).scalar()[0]["Plan"])
+        assert "ix_statement_lines_payout_day" in {n.get("Index Name") for n in nodes}, nodes
+        assert len(session.execute(text(sql), params).all()) == 50
         session.rollback()

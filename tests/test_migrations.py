@@ -185,12 +185,15 @@ def test_statement_lines_are_keyed_by_day_on_postgresql_only(backend: str, scrat
     if backend == "sqlite":
         assert _keys(url, "statement_lines") == (["id"], others | {"ix_statement_lines_day"})
         return
-    assert _keys(url, "statement_lines") == (["provider", "business_date", "id"], others)
+    after = (["provider", "business_date", "id"], others | {"ix_statement_lines_payout_day"})
+    assert _keys(url, "statement_lines") == after
     migrate.check(url)
+    migrate.downgrade(url, "0020")  # 0021: the payout lines' day index (PostgreSQL only)
+    assert _keys(url, "statement_lines") == (["provider", "business_date", "id"], others)
     migrate.downgrade(url, "0018")
     assert _keys(url, "statement_lines") == (["id"], others | {"ix_statement_lines_day"})
     migrate.upgrade(url)
-    assert _keys(url, "statement_lines") == (["provider", "business_date", "id"], others)
+    assert _keys(url, "statement_lines") == after
 
 
 @pytest.mark.parametrize("backend", ["postgresql", "sqlite"])
