@@ -69,6 +69,75 @@ def test_optimistic_and_strict_paths_store_the_same_lines(
     _same_three_ways(rt, provider, path, monkeypatch, sessions=sessions)
 
 
+@pytest.mark.parametrize("sessions", [2, 3])
+def test_a_large_file_s_pages_are_loaded_a_range_at_a_time_by_whichever_session_is_free(
+    rt: Runtime, sessions: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Side by side, the sessions take the staged pages a range at a time (``_chunks``: the largest first, down to
+    ``LAST_CHUNK_PAGES``): the lines, their numbers in the file among them, are those of the other paths."""
+    monkeypatch.setattr(statements_pg, "PARALLEL_FROM", 1)
+    monkeypatch.setattr(statements_pg, "LAST_CHUNK_PAGES", 2)
+    path = tmp_path / "cinetpay.csv"
+    rows = [f"TXN-{n},OP{n},2026-11-21 10:{n % 60:02d}:00,{5000 + n},XOF,{n % 7},ACCEPTED" for n in range(3000)]
+    path.write_text(TRICKY + "\n".join(rows) + "\n", encoding="utf-8")
+    chunks: list[Any] = []
+    plan = statements_pg._chunks
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        planned = plan(*args, **kwargs)
+        chunks.append(planned)  # the optimistic path's, then the strict path's (in the default sessions)
+        return planned
+
+    monkeypatch.setattr(statements_pg, "_chunks", spy)
+    _same_three_ways(rt, "cinetpay", path, monkeypatch, sessions=sessions)
+    assert len({table for table, *_ in chunks[0]}) == sessions  # a part of the file each, copied side by side
+    assert len(chunks[0]) > 2 * sessions  # ranges of each part
+
+
+def test_a_bad_line_in_a_late_range_undoes_every_session_s_ranges(
+    rt: Runtime, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A line the optimistic path refuses in one of the last ranges: the ranges the sessions converted before are
+    rolled back with it, the strict path names the line, and nothing is stored."""
+    monkeypatch.setattr(statements_pg, "PARALLEL_FROM", 1)
+    monkeypatch.setattr(statements_pg, "LAST_CHUNK_PAGES", 2)
+    path = tmp_path / "cinetpay.csv"
+    rows = [f"TXN-{n},OP{n},2026-11-21 10:00:00,5000,XOF,0,ACCEPTED" for n in range(3000)]
+    rows[2990] = "TXN-2990,OP2990,2026-11-21 10:00:00,5000,XOF,0,LOST"
+    path.write_text("transaction_id,operator_id,payment_date,amount,currency,fees,status\n" + "\n".join(rows) + "\n")
+    taken: list[bool] = []
+    optimistic = statements_pg._fast_insert
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        result = optimistic(*args, **kwargs)
+        taken.append(result is not None)
+        return result
+
+    monkeypatch.setattr(statements_pg, "_fast_insert", spy)
+    with pytest.raises(StatementError) as info, rt.sessions() as session, session.begin():
+        import_file(session, "cinetpay", path, business_tz=TZ, sessions=2)
+    assert info.value.errors == [(2992, "unknown status 'LOST'; expected one of ACCEPTED, REFUSED, "
+                                        "WAITING_FOR_CUSTOMER, REFUNDED")]  # fmt: skip
+    assert True in taken and False in taken  # ranges were written before the refused one: undone with it
+    assert _stored(rt, "cinetpay") == []
+
+
+def test_a_range_of_pages_is_a_share_of_what_is_left_down_to_the_smallest() -> None:
+    """``_chunks``: each part's pages in order, no page twice or left out; each range a quarter of the pages left
+    for two sessions, at least ``LAST_CHUNK_PAGES``; a part's last range runs to its end."""
+    parts = [("a", 0, 50_000, 600), ("b", 50_000, 49_000, 590)]
+    chunks = statements_pg._chunks(parts, 2)
+    end = statements_pg._END_TID
+    for table, offset, _, pages in parts:
+        mine = [(lo, hi) for t, o, lo, hi in chunks if t == table and o == offset]
+        starts = [int(lo[1:].split(",")[0]) for lo, _ in mine]
+        ends = [int(hi[1:].split(",")[0]) for _, hi in mine[:-1]]
+        assert starts[0] == 0 and starts[1:] == ends and mine[-1][1] == end and starts[-1] < pages
+    sizes = [int(hi[1:].split(",")[0]) - int(lo[1:].split(",")[0]) for _, _, lo, hi in chunks if hi != end]
+    assert sizes == [298, 223, 148, 111, 83, 64, 64, 64]  # 1,190 pages: a quarter of what is left each time
+    assert statements_pg._chunks([("a", 0, 0, 0)], 2) == [("a", 0, "(0,0)", end)]  # an empty part: one range
+
+
 def _same_three_ways(
     rt: Runtime, provider: str, path: Path, monkeypatch: pytest.MonkeyPatch, *, sessions: int = 1
 ) -> None:
@@ -92,8 +161,8 @@ def _same_three_ways(
     monkeypatch.setattr(statements_pg, "_stage", staged)
     with rt.sessions() as session, session.begin():
         fast = import_file(session, provider, path, business_tz=TZ, sessions=sessions)
-    # A good file: the optimistic path, in each session (as many as the file has parts, or ranges if staged whole).
-    assert taken == [True] * (1 if sessions == 1 else len(parts) if len(parts) > 1 else sessions)
+    # A good file: the optimistic path, once in one session, or once per range of the staged pages side by side.
+    assert taken == [True] * (1 if sessions == 1 else len(statements_pg._chunks(parts, sessions)))
     fast_lines = _stored(rt, provider)
     _forget(rt, provider)
     monkeypatch.setattr(statements_pg, "_fast_insert", lambda *a, **k: None)

@@ -96,8 +96,15 @@ def _literal(value: Any) -> str:
 
 
 #: Sessions that load a large file side by side on the optimistic path: each copies a part of the file (cut at
-#: line ends) to a stage table of its own and converts it; a file staged whole (``_stage``) is taken a range each.
+#: line ends) to a stage table of its own, then they convert the staged lines a range of pages at a time (``_chunks``).
 WORKERS = 2
+#: The smallest range of a stage table's pages one statement of a side-by-side load converts (about 5,000 lines of a
+#: typical export): ranges start at a quarter of what is left for two sessions and shrink to this, so that neither
+#: session waits long for the other at the end. With a half of the file each, the second of two sessions ended
+#: 0.6 s after the first on a million lines (BENCHMARKS.md).
+LAST_CHUNK_PAGES = 64
+#: A ``tid`` past any page: the end of a stage table's last range.
+_END_TID = "(4294967295,0)"
 #: Below this many lines (rows, on a file staged whole) one session loads the file: the side sessions would cost
 #: more than they save.
 PARALLEL_FROM = 100_000
@@ -128,10 +135,11 @@ def import_copy(
     The file is staged in unlogged tables that side sessions can read (``payrecon_stage_<import
     id>``, and ``..._<k>`` for the k-th part of a large file). A large file (``lines``, the file's line count, from
     ``PARALLEL_FROM``) is cut into ``workers`` parts at line ends (default ``WORKERS``), each copied to its own stage
-    table and loaded by its own session side by side, each committing its lines: those lines carry the import's id
-    and stay invisible to every reader until the import row itself commits with the caller's transaction
-    (``VISIBLE``). The stage tables are dropped in that same transaction, so a stage table left behind marks a load
-    that never committed, whose lines the next import deletes (``_sweep``).
+    table by its own session side by side; then ``workers`` sessions convert and insert the staged lines, taking
+    ranges of the stage tables' pages in turn (``_chunks``), and all commit their lines once every range is done:
+    those lines carry the import's id and stay invisible to every reader until the import row itself commits with the
+    caller's transaction (``VISIBLE``). The stage tables are dropped in that same transaction, so a stage table left
+    behind marks a load that never committed, whose lines the next import deletes (``_sweep``).
     """
     conn = session.connection().connection
     cursor = conn.cursor()
@@ -177,7 +185,7 @@ def import_copy(
             table, col=col, fee=fee, payout=payout, raw=raw, currencies=currencies, statuses=statuses, spaces=spaces
         )
 
-    tables = ", ".join(table for table, _, _ in parts)
+    tables = ", ".join(table for table, _, _, _ in parts)
     fast = _load(engine, cursor, sql, params, parts, workers=workers, progress=progress)
     if fast is not None:
         cursor.execute(f"DROP TABLE {tables}")  # with the import: a stage table left behind marks a failed load
@@ -186,7 +194,7 @@ def import_copy(
     columns = ", ".join(f"c{i}" for i in range(len(names)))
     source = " UNION ALL ".join(
         f"SELECT line_no + {int(offset)} AS line_no, {columns} FROM {table}"  # noqa: S608
-        for table, offset, _ in parts
+        for table, offset, _, _ in parts
     )
     try:
         return _strict(cursor, f"({source})", mapping, col=col, fee=fee, payout=payout, currencies=currencies,
@@ -200,29 +208,44 @@ def _load(
     cursor: Any,
     sql: Callable[[str], str],
     params: dict[str, Any],
-    parts: list[tuple[str, int, int]],
+    parts: list[tuple[str, int, int, int]],
     *,
     workers: int,
     progress: Progress = silent,
 ) -> dict[date, int] | None:
-    """The optimistic load of the staged ``parts`` (``_stage``; ``sql``: the statement for a stage table): a
-    session per part side by side, or, for a large file staged whole, a range of its lines per session (``workers``),
-    or the caller's own session for a small one. None if any line is not plainly good (nothing written)."""
-    staged = sum(rows for _, _, rows in parts)
+    """The optimistic load of the staged ``parts`` (``_stage``; ``sql``: the statement for a stage table): by
+    ``workers`` sessions side by side, a range of pages at a time (``_chunks``), for a file cut in parts or a large
+    one; by the caller's own session for a small one. None if any line is not plainly good (nothing written)."""
+    staged = sum(rows for _, _, rows, _ in parts)
     progress("insert", 0, staged)
-    if len(parts) > 1:
-        jobs = [(sql(table), {**params, "offset": offset}, rows) for table, offset, rows in parts]
-        return _load_side_by_side(engine, jobs, progress=progress)
-    stage = parts[0][0]
-    if staged >= PARALLEL_FROM and workers > 1:  # the file could not be cut (a line break in a quoted value)
-        step = staged // workers + 1
-        ranges = [(k * step + 1, min((k + 1) * step, staged)) for k in range(workers)]
-        jobs = [(sql(stage), {**params, "lo": lo, "hi": hi}, max(hi - lo + 1, 0)) for lo, hi in ranges]
-        return _load_side_by_side(engine, jobs, progress=progress)
-    fast = _fast_insert(cursor, sql(stage), params)
+    if len(parts) > 1 or (staged >= PARALLEL_FROM and workers > 1):
+        return _load_side_by_side(
+            engine, sql, params, _chunks(parts, workers), workers=workers, staged=staged, progress=progress
+        )
+    fast = _fast_insert(cursor, sql(parts[0][0]), params)
     if fast is not None:
         progress("insert", staged, staged)
     return fast
+
+
+def _chunks(parts: list[tuple[str, int, int, int]], workers: int) -> list[tuple[str, int, str, str]]:
+    """The staged ``parts``' pages in ranges, in order: [(stage table, lines before it in the file, first ``tid``,
+    ``tid`` past the range)]. Each range is a ``2 * workers``-th of the pages left, at least ``LAST_CHUNK_PAGES``
+    (the last ones the smallest), within one table; a table's last range runs to its end. A range of pages is read
+    by a TID range scan (PostgreSQL 14 and later; earlier ones read the table and filter)."""
+    left = sum(pages for _, _, _, pages in parts)
+    chunks: list[tuple[str, int, str, str]] = []
+    for table, offset, _, pages in parts:
+        page = 0
+        while True:
+            size = max(LAST_CHUNK_PAGES, -(-left // (2 * max(workers, 1))))
+            if page + size >= pages:
+                chunks.append((table, offset, f"({page},0)", _END_TID))
+                left -= max(pages - page, 0)
+                break
+            chunks.append((table, offset, f"({page},0)", f"({page + size},0)"))
+            page, left = page + size, left - size
+    return chunks
 
 
 def _strict(
@@ -335,9 +358,9 @@ def _too_long(key: str, text: str) -> str:
 
 def _stage(
     engine: Any, stage: str, width: int, path: Path, cuts: list[tuple[int, int]], *, progress: Progress = silent
-) -> list[tuple[str, int, int]]:
+) -> list[tuple[str, int, int, int]]:
     """COPY the file as text into unlogged tables the side sessions can read, one per part (``cuts``: byte ranges,
-    side by side): [(table, lines before it in the file, its rows)]. The first table is ``stage``, the k-th
+    side by side): [(table, lines before it in the file, its rows, its pages)]. The first table is ``stage``, the k-th
     ``stage_<k>``; each numbers its rows from 1 (``line_no``).
 
     A cut inside a quoted field (a line break in a value) leaves the part before it unterminated, which COPY
@@ -348,7 +371,7 @@ def _stage(
     tables = [stage] + [f"{stage}_{k}" for k in range(1, len(cuts))]
     copy = _CopyProgress(progress, cuts[-1][1])  # ``_cuts`` gives one range at least
 
-    def load(table: str, start: int, stop: int) -> int:
+    def load(table: str, start: int, stop: int) -> tuple[int, int]:
         side = engine.raw_connection()
         try:
             cursor = side.cursor()
@@ -361,8 +384,10 @@ def _stage(
                     _Range(handle, stop - start, copy),
                 )
             rows = int(cursor.rowcount)
+            cursor.execute("SELECT pg_relation_size(%s) / current_setting('block_size')::int", (table,))
+            pages = int(cursor.fetchone()[0])
             side.commit()
-            return rows
+            return rows, pages
         except psycopg2.Error as exc:  # BadCopyFileFormat and kin: the table goes with the rollback
             side.rollback()
             raise LayoutError(str(exc)) from exc
@@ -370,13 +395,14 @@ def _stage(
             side.close()
 
     if len(cuts) == 1:
-        return [(stage, 0, load(stage, *cuts[0]))]
+        return [(stage, 0, *load(stage, *cuts[0]))]
     with ThreadPoolExecutor(len(cuts), thread_name_prefix="statement-stage") as pool:
         jobs = [pool.submit(load, table, start, stop) for table, (start, stop) in zip(tables, cuts, strict=True)]
         errors = [job.exception() for job in jobs]
     if not any(errors):
-        rows = [job.result() for job in jobs]
-        return [(table, sum(rows[:k]), n) for k, (table, n) in enumerate(zip(tables, rows, strict=True))]
+        sizes = [job.result() for job in jobs]
+        rows = [n for n, _ in sizes]
+        return [(table, sum(rows[:k]), *size) for k, (table, size) in enumerate(zip(tables, sizes, strict=True))]
     side = engine.raw_connection()
     try:  # drop the parts that were copied
         side.cursor().execute("DROP TABLE IF EXISTS " + ", ".join(tables))
@@ -387,7 +413,7 @@ def _stage(
     if unexpected is not None:
         raise unexpected
     copy.restart()  # COPY refused a part: the cut may be inside a quoted value; the whole file, as one part
-    return [(stage, 0, load(stage, 0, cuts[-1][1]))]
+    return [(stage, 0, *load(stage, 0, cuts[-1][1]))]
 
 
 def _cuts(path: Path, end: int, parts: int) -> list[tuple[int, int]]:
@@ -569,26 +595,53 @@ def _sweep(side: Any, current: int) -> None:
 
 
 def _load_side_by_side(
-    engine: Any, jobs: list[tuple[str, dict[str, Any], int]], *, progress: Progress = silent
+    engine: Any,
+    sql: Callable[[str], str],
+    params: dict[str, Any],
+    chunks: list[tuple[str, int, str, str]],
+    *,
+    workers: int,
+    staged: int,
+    progress: Progress = silent,
 ) -> dict[date, int] | None:
-    """The optimistic load in a session per job (its statement, parameters and rows), side by side; all commit,
-    or none does. ``progress`` hears the ``insert`` stage as each job is done (in lines, in the jobs' order)."""
-    staged = sum(rows for _, _, rows in jobs)
-    connections: list[Any] = []
-    results: list[dict[date, int] | None] = []
-    try:
-        connections += [engine.raw_connection() for _ in jobs]
-        with ThreadPoolExecutor(len(jobs), thread_name_prefix="statement-load") as pool:
-            running = [
-                pool.submit(_fast_insert, connection.cursor(), sql, params)
-                for connection, (sql, params, _) in zip(connections, jobs, strict=True)
-            ]
-            done = 0
-            for job, (_, _, rows) in zip(running, jobs, strict=True):  # in order: reported as each job ends
-                results.append(job.result())
-                done += rows
+    """The optimistic load of the ``chunks`` (``_chunks``) by ``workers`` sessions side by side, each taking the next
+    range as it ends one; all commit, or none does (a range not plainly good stops them all). ``progress`` hears the
+    ``insert`` stage in lines (of ``staged``) as each range is done."""
+    statements: dict[str, str] = {}
+    for table, _, _, _ in chunks:
+        statements.setdefault(table, sql(table))
+    pending = iter(chunks)
+    lock = threading.Lock()
+    refused = threading.Event()
+    done = 0
+
+    def work(connection: Any) -> dict[date, int] | None:
+        nonlocal done
+        cursor = connection.cursor()
+        days: dict[date, int] = {}
+        while not refused.is_set():
+            with lock:
+                chunk = next(pending, None)
+            if chunk is None:
+                return days
+            table, offset, lo, hi = chunk
+            result = _fast_insert(cursor, statements[table], {**params, "offset": offset, "lo": lo, "hi": hi})
+            if result is None:
+                refused.set()
+                return None
+            for day, n in result.items():
+                days[day] = days.get(day, 0) + n
+            with lock:
+                done += sum(result.values())
                 progress("insert", min(done, staged), staged)
-        if any(result is None for result in results):
+        return None
+
+    connections: list[Any] = []
+    try:
+        connections += [engine.raw_connection() for _ in range(max(1, min(workers, len(chunks))))]
+        with ThreadPoolExecutor(len(connections), thread_name_prefix="statement-load") as pool:
+            results = list(pool.map(work, connections))
+        if refused.is_set() or any(result is None for result in results):
             for connection in connections:
                 connection.rollback()
             return None
@@ -598,6 +651,8 @@ def _load_side_by_side(
         for result in results:
             for day, n in (result or {}).items():
                 days[day] = days.get(day, 0) + n
+        if done < staged:  # every range read: the lines the stage tables held
+            progress("insert", staged, staged)
         return days
     finally:
         for connection in connections:
@@ -615,8 +670,8 @@ def _fast_sql(
     statuses: str,
     spaces: str | None,
 ) -> str:
-    """The optimistic conversion and insert of the lines ``%(lo)s`` to ``%(hi)s`` of the stage table ``stage``,
-    numbered ``%(offset)s`` on (the lines of the file's earlier parts).
+    """The optimistic conversion and insert of the lines of the stage table ``stage`` on its pages from the ``tid``
+    ``%(lo)s`` to before ``%(hi)s`` (``_chunks``), numbered ``%(offset)s`` on (the lines of the file's earlier parts).
 
     Casts instead of regular expressions (these cost more than the insert
     itself on a 1,000,000-row day). A row a cast refuses raises, a row a cheap check refuses
@@ -673,7 +728,7 @@ def _fast_sql(
                 FROM (
                     SELECT s.line_no, {per_line}, concat_ws(',', {raw}) AS raw
                       FROM {stage} s
-                     WHERE s.line_no BETWEEN %(lo)s AND %(hi)s
+                     WHERE s.ctid >= %(lo)s::tid AND s.ctid < %(hi)s::tid
                     OFFSET 0  -- each field computed once, not at each of its uses below
                 ) AS t
                 LEFT JOIN (SELECT code, power(10::numeric, exp) AS mult, (10 ^ exp)::bigint AS imult
@@ -769,7 +824,7 @@ def _fast_insert(cursor: Any, sql: str, params: dict[str, Any]) -> dict[date, in
     cursor.execute("SAVEPOINT fast_path")
     try:
         cursor.execute("SELECT set_config('TimeZone', %(file_tz)s, true)", params)
-        cursor.execute(sql, {"lo": 1, "hi": 2**62, "offset": 0, **params})
+        cursor.execute(sql, {"lo": "(0,0)", "hi": _END_TID, "offset": 0, **params})
         days = {day: int(n) for day, n in cursor.fetchall()}
     except (psycopg2.Error, ValueError):  # ValueError: a date psycopg2 cannot hold (a year BC), had one passed
         cursor.execute("ROLLBACK TO SAVEPOINT fast_path")  # also puts the session's TimeZone back
