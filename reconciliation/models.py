@@ -536,8 +536,9 @@ class ReconItem(Base):
         Index("ix_recon_items_run", "run_id").ddl_if(dialect="sqlite"),
         # On PostgreSQL (migration 0020) no B-tree over every item's id, the key's (which a table there may lack:
         # ids come from one sequence, as the statement lines' and ledger entries'): the BRIN index by run and id
-        # (a fee chunk's ids), and an exception found by its id through a partial index, when the query says it
-        # wants an exception (runs.exception_item: heal, refunds).
+        # (a fee chunk's ids, once the run's pages are summarized: runs._summarize_items, 0022), and an exception
+        # found by its id through a partial index, when the query says it wants an exception (runs.exception_item:
+        # heal, refunds).
         Index("ix_recon_items_run_id", "run_id", "id", postgresql_using="brin").ddl_if(dialect="postgresql"),
         Index("ix_recon_items_exception_id", "id", unique=True, postgresql_where=text("cls <> 'matched'")).ddl_if(
             dialect="postgresql"

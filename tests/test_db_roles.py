@@ -262,3 +262,22 @@ def test_a_large_statement_import_takes_the_copy_path_as_the_app_role(
     assert imported.rows > 0
     assert taken == [True, True]
     assert left == 0  # dropped with its import
+
+
+def test_the_app_role_summarizes_the_items_index_only_through_its_function(migrated: dict[str, str]) -> None:
+    """A run's fee chunks need the items' BRIN index summarized (migration 0022): the app role may do that through
+    ``recon_items_summarize()``, which runs as the owner, and not by calling ``brin_summarize_new_values`` on an
+    index of its choosing."""
+    with psycopg2.connect(migrated["app_url"].replace("postgresql+psycopg2", "postgresql")) as conn:
+        with conn.cursor() as cursor:
+            cursor.execute(
+                "INSERT INTO recon_items (run_id, cls, reference, provider_lines, healed, detail) "
+                "SELECT 0, 'matched', 'R' || n, 1, false, '' FROM generate_series(1, 20000) AS n"
+            )
+            cursor.execute("SELECT recon_items_summarize()")
+            assert cursor.fetchone()[0] > 0  # page ranges summarized
+            cursor.execute("SAVEPOINT direct")
+            with pytest.raises(psycopg2.errors.InsufficientPrivilege):
+                cursor.execute("SELECT brin_summarize_new_values('ix_recon_items_run_id')")
+            cursor.execute("ROLLBACK TO SAVEPOINT direct")
+        conn.rollback()

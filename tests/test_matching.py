@@ -9,6 +9,7 @@ from datetime import datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import pytest
 from sqlalchemy import event, insert, select, text
 
 from reconciliation.db import transaction
@@ -299,3 +300,50 @@ def test_a_run_s_payouts_start_from_its_day_s_payout_lines_not_from_every_line_o
         assert "ix_statement_lines_payout_day" in {n.get("Index Name") for n in nodes}, nodes
         assert len(session.execute(text(sql), params).all()) == 50
         session.rollback()
+
+
+def test_a_fee_chunk_reads_only_its_pages_once_the_items_index_is_summarized(
+    rt: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The items' BRIN index (migration 0020) gives a range of a run's ids every page written since its last
+    summary; ``recon_items_summarize()`` (0022), which a run's fees call before their chunks, narrows a chunk to its
+    own pages. Rolled back."""
+    with transaction(rt.sessions) as session:
+        session.execute(
+            text(
+                "INSERT INTO recon_items (run_id, cls, reference, payment_id, provider_lines, healed, detail, fee, "
+                "provider_currency) SELECT 0, 'matched', 'R' || n, n, 1, false, '', 50, 'XOF' "
+                "FROM generate_series(1, 60000) AS n"
+            )
+        )
+        low = session.scalar(text("SELECT min(id) FROM recon_items WHERE run_id = 0"))
+        session.execute(text("SET LOCAL enable_seqscan = off"))  # as for a run of a million items
+        chunk = text(
+            "EXPLAIN (ANALYZE, FORMAT JSON) SELECT count(*) FROM recon_items "
+            "WHERE run_id = 0 AND id >= :low AND id < :low + 6000"
+        )
+
+        def heap_blocks() -> int:
+            nodes = plan_nodes(session.execute(chunk, {"low": low}).scalar()[0]["Plan"])
+            scans = [n for n in nodes if n["Node Type"] == "Bitmap Heap Scan"]
+            assert scans, nodes
+            return sum(n.get("Lossy Heap Blocks", 0) + n.get("Exact Heap Blocks", 0) for n in scans)
+
+        pages = session.scalar(text("SELECT pg_relation_size('recon_items') / current_setting('block_size')::int"))
+        before = heap_blocks()
+        assert session.scalar(text("SELECT recon_items_summarize()")) > 0
+        after = heap_blocks()
+        session.rollback()
+    assert before >= pages // 2  # every page of the run (and of what else is not summarized yet)
+    assert after < before // 3  # the chunk's tenth of the run, give or take a range either side
+    calls: list[int] = []
+    summarize = runs._summarize_items
+    monkeypatch.setattr(runs, "_summarize_items", lambda sessions: calls.append(1) or summarize(sessions))
+    ref = new_reference()
+    payment(rt, ref, PaymentStatus.SUCCEEDED)
+    line(rt, ref, fee=25)
+    run_id = runs.reconcile_stored(rt.sessions, "cinetpay", DAY, policy(rt))
+    assert calls == [1]  # before the run's chunks
+    with rt.sessions() as session:
+        assert session.scalar(text("SELECT count(*) FROM ledger_journals WHERE kind = 'fee' AND memo LIKE :m"),
+                              {"m": f"% (run {run_id})"}) == 1  # fmt: skip

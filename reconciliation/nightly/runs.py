@@ -18,7 +18,7 @@ from typing import Any, cast
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import CursorResult, and_, func, or_, select, text, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from providers.base import Outcome, VerifiedStatus
@@ -465,6 +465,7 @@ def _post_fees_set_based(sessions: sessionmaker[Session], run_id: int, provider:
         accounts = ledger.account_ids(
             session, [(code(provider), c) for c in currencies for code in (ledger.fees, ledger.clearing)]
         )
+    _summarize_items(sessions)
     low, last = min(span[1] for span in spans), max(span[2] for span in spans)
     memo_head, memo_tail = _fee_memo(provider, "\0", run_id).split("\0")  # around the reference
     params: dict[str, Any] = {
@@ -485,7 +486,14 @@ def _post_fees_set_based(sessions: sessionmaker[Session], run_id: int, provider:
             ledger.hold_fees(session, provider, posting=True)
             session.execute(text("SET LOCAL work_mem = '64MB'"))  # the drafts' and entries' sorts in memory
             draft = f"payrecon_fee_draft_{int(session.scalar(text('SELECT pg_backend_pid()')) or 0)}"
+            # The chunk's items through the BRIN index (its pages, once summarized: ``_summarize_items``): the planner
+            # knows nothing of the run just written and would read the whole table for each chunk, in parallel workers
+            # that the other chunk's session needs the cores for (0.30 s a chunk of 98,400 against 0.19 s).
+            session.execute(text("SET LOCAL enable_seqscan = off"))
+            session.execute(text("SET LOCAL max_parallel_workers_per_gather = 0"))
             session.execute(text(_FEES_DUE.format(draft=draft)), params | {"low": start, "high": start + FEE_CHUNK_SQL})
+            session.execute(text("SET LOCAL enable_seqscan TO DEFAULT"))
+            session.execute(text("SET LOCAL max_parallel_workers_per_gather TO DEFAULT"))
             try:
                 with session.begin_nested():  # the journals plainly inserted: none was posted before, the common case
                     plainly = _FEES_POST.format(draft=draft, on_conflict=_SKIP_POSTED if rerun else "")
@@ -506,6 +514,21 @@ def _post_fees_set_based(sessions: sessionmaker[Session], run_id: int, provider:
             return sum(pool.map(chunk, starts))
     finally:
         _SIDE_BY_SIDE.release()
+
+
+def _summarize_items(sessions: sessionmaker[Session]) -> None:
+    """Summarize the items' new page ranges in their BRIN index (``recon_items_summarize``, migration 0022), so
+    that each fee chunk reads the pages of its range of ids, not every page written since the last summary (a
+    whole run: ten times for a million items). It waits for no vacuum: one that holds the table's lock past
+    ``lock_timeout`` is left to summarize them (the chunks then read more, and are the same)."""
+    with transaction(sessions) as session:
+        try:
+            with session.begin_nested():
+                session.execute(text("SET LOCAL lock_timeout = '2s'"))
+                session.execute(text("SELECT recon_items_summarize()"))
+        except OperationalError as exc:
+            if getattr(exc.orig, "pgcode", None) != "55P03":  # lock_not_available: a vacuum holds the table
+                raise
 
 
 #: Payouts posted per transaction by ``post_payouts``.
