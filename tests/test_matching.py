@@ -339,11 +339,30 @@ def test_a_fee_chunk_reads_only_its_pages_once_the_items_index_is_summarized(
     calls: list[int] = []
     summarize = runs._summarize_items
     monkeypatch.setattr(runs, "_summarize_items", lambda sessions: calls.append(1) or summarize(sessions))
+    plans: list[Any] = []
+
+    def explain(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, many: bool) -> None:
+        if statement.lstrip().startswith("CREATE UNLOGGED TABLE payrecon_fee_draft"):  # a chunk's drafts
+            cursor.execute("EXPLAIN (FORMAT JSON) " + statement, parameters)  # in the chunk's session and settings
+            plans.append(cursor.fetchone()[0][0]["Plan"])
+
     ref = new_reference()
     payment(rt, ref, PaymentStatus.SUCCEEDED)
     line(rt, ref, fee=25)
-    run_id = runs.reconcile_stored(rt.sessions, "cinetpay", DAY, policy(rt))
+    engine = rt.sessions.kw["bind"]
+    event.listen(engine, "before_cursor_execute", explain)
+    try:
+        run_id = runs.reconcile_stored(rt.sessions, "cinetpay", DAY, policy(rt))
+    finally:
+        event.remove(engine, "before_cursor_execute", explain)
     assert calls == [1]  # before the run's chunks
+    assert plans  # each chunk's items through the index, in its own session (no parallel workers)
+    for plan in plans:
+        nodes = plan_nodes(plan)
+        items = [n for n in nodes if n.get("Relation Name") == "recon_items"]
+        assert [n["Node Type"] for n in items] == ["Bitmap Heap Scan"], nodes
+        assert "ix_recon_items_run_id" in {n.get("Index Name") for n in nodes}, nodes
+        assert "Gather" not in {n["Node Type"] for n in nodes}, nodes
     with rt.sessions() as session:
         assert session.scalar(text("SELECT count(*) FROM ledger_journals WHERE kind = 'fee' AND memo LIKE :m"),
                               {"m": f"% (run {run_id})"}) == 1  # fmt: skip
