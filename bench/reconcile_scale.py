@@ -18,8 +18,9 @@ Needs PostgreSQL as for the tests (PAYRECON_TEST_PG).
 The floor, measured in the same run on the same file and database before the timed part: COPY of the
 file into an unindexed text table, then one FULL OUTER JOIN of the day's payments and the file's
 lines (grouped by reference), classified and inserted into an unindexed table; measured twice, the shorter time
-taken (the machine's noise only ever adds), each time and the timed part after a CHECKPOINT (the WAL of what ran
-before is not the next one's to write). The last line printed
+taken (the machine's noise only ever adds: the ratio errs against payrecon, whose timed part runs once), each time
+and the timed part after a CHECKPOINT (the WAL of what ran before is not the next one's to write; the bench's role
+needs to be a superuser or in ``pg_checkpoint``, as for the setup's CHECKPOINT). The last line printed
 is ``total_s=<import + classify> floor_s=<floor> ratio=<total/floor> fees_s=<s|none> reports_s=<s|none>``
 (``none``: ``--fees`` or ``--reports`` not given).
 """

@@ -66,7 +66,8 @@ def grant_app_role(url: str, role: str) -> None:
     Run by ``payrecon migrate --grant-to ROLE`` as the tables' owner (the migration role), after the
     upgrade, so tables a new revision adds are covered; idempotent (each table's grants are reset first).
     The role gets: SELECT, INSERT, UPDATE, DELETE on payrecon's tables (INSERT and SELECT only on the
-    ledger, SELECT only on ``alembic_version``); USAGE on their sequences; and a schema of its own name,
+    ledger, SELECT only on ``alembic_version``); USAGE on their sequences; EXECUTE on ``recon_items_summarize()``
+    (migration 0022); and a schema of its own name,
     first on PostgreSQL's default ``search_path``, for the staging tables of a statement import. Never
     TRUNCATE, REFERENCES, TRIGGER, ownership or DDL on payrecon's tables: it cannot disable or drop the
     ledger's triggers, alter a table, or empty one.
@@ -112,6 +113,8 @@ def grant_app_role(url: str, role: str) -> None:
                 f"REVOKE INSERT, UPDATE, DELETE ON {', '.join(READ_ONLY)} FROM {r}",
                 f"REVOKE ALL ON ALL SEQUENCES IN SCHEMA public FROM {r}",
                 f"GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO {r}",
+                # A run's fees summarize the items' new BRIN ranges through it (migration 0022), as the owner.
+                f"GRANT EXECUTE ON FUNCTION recon_items_summarize() TO {r}",
                 # "$user" comes first on the default search_path: a statement import's staging tables go here.
                 f"CREATE SCHEMA IF NOT EXISTS {r}",
                 f"GRANT USAGE, CREATE ON SCHEMA {r} TO {r}",

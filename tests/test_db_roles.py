@@ -6,6 +6,7 @@ this test's own (unique names), dropped at the end.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import secrets
@@ -22,6 +23,8 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import create_engine, make_url, text
 
+from reconciliation.db import session_factory
+from reconciliation.nightly import runs
 from tests.conftest import PG_BASE, ROOT, WorkerProcess, worker_env
 from tests.helpers import REDIS_SERVER, PrivateRedis, payrecon_command
 from worker.cli import main
@@ -264,7 +267,9 @@ def test_a_large_statement_import_takes_the_copy_path_as_the_app_role(
     assert left == 0  # dropped with its import
 
 
-def test_the_app_role_summarizes_the_items_index_only_through_its_function(migrated: dict[str, str]) -> None:
+def test_the_app_role_summarizes_the_items_index_only_through_its_function(
+    migrated: dict[str, str], caplog: pytest.LogCaptureFixture
+) -> None:
     """A run's fee chunks need the items' BRIN index summarized (migration 0022): the app role may do that through
     ``recon_items_summarize()``, which runs as the owner, and not by calling ``brin_summarize_new_values`` on an
     index of its choosing."""
@@ -281,3 +286,23 @@ def test_the_app_role_summarizes_the_items_index_only_through_its_function(migra
                 cursor.execute("SELECT brin_summarize_new_values('ix_recon_items_run_id')")
             cursor.execute("ROLLBACK TO SAVEPOINT direct")
         conn.rollback()
+    owner = create_engine(migrated["owner_url"])
+    app = create_engine(migrated["app_url"])
+    try:
+        with owner.begin() as conn:  # granted to the application role, not to every role that may connect
+            grantees = conn.execute(
+                text(
+                    "SELECT array_agg(a.grantee) FROM pg_proc p, aclexplode(p.proacl) a "
+                    "WHERE p.proname = 'recon_items_summarize'"
+                )
+            ).scalar_one()
+            assert 0 not in grantees  # 0: PUBLIC
+            conn.execute(text(f'REVOKE EXECUTE ON FUNCTION recon_items_summarize() FROM "{migrated["app"]}"'))
+        with caplog.at_level(logging.WARNING, logger="reconciliation.nightly.runs"):
+            runs._summarize_items(session_factory(app))  # granted before 0022: the fees go on without it
+        assert "not summarized first" in caplog.text and "permission denied" in caplog.text
+    finally:
+        with owner.begin() as conn:
+            conn.execute(text(f'GRANT EXECUTE ON FUNCTION recon_items_summarize() TO "{migrated["app"]}"'))
+        owner.dispose()
+        app.dispose()

@@ -336,15 +336,16 @@ def test_a_fee_chunk_reads_only_its_pages_once_the_items_index_is_summarized(
         session.rollback()
     assert before >= pages // 2  # every page of the run (and of what else is not summarized yet)
     assert after < before // 3  # the chunk's tenth of the run, give or take a range either side
-    calls: list[int] = []
+    calls: list[str] = []
     summarize = runs._summarize_items
-    monkeypatch.setattr(runs, "_summarize_items", lambda sessions: calls.append(1) or summarize(sessions))
+    monkeypatch.setattr(runs, "_summarize_items", lambda sessions: calls.append("summarize") or summarize(sessions))
     plans: list[Any] = []
 
     def explain(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, many: bool) -> None:
         if statement.lstrip().startswith("CREATE UNLOGGED TABLE payrecon_fee_draft"):  # a chunk's drafts
             cursor.execute("EXPLAIN (FORMAT JSON) " + statement, parameters)  # in the chunk's session and settings
             plans.append(cursor.fetchone()[0][0]["Plan"])
+            calls.append("chunk")
 
     ref = new_reference()
     payment(rt, ref, PaymentStatus.SUCCEEDED)
@@ -355,7 +356,7 @@ def test_a_fee_chunk_reads_only_its_pages_once_the_items_index_is_summarized(
         run_id = runs.reconcile_stored(rt.sessions, "cinetpay", DAY, policy(rt))
     finally:
         event.remove(engine, "before_cursor_execute", explain)
-    assert calls == [1]  # before the run's chunks
+    assert calls == ["summarize", "chunk"]  # before the run's chunks
     assert plans  # each chunk's items through the index, in its own session (no parallel workers)
     for plan in plans:
         nodes = plan_nodes(plan)

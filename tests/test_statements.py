@@ -94,32 +94,43 @@ def test_a_large_file_s_pages_are_loaded_a_range_at_a_time_by_whichever_session_
     assert len(chunks[0]) > 2 * sessions  # ranges of each part
 
 
-def test_a_bad_line_in_a_late_range_undoes_every_session_s_ranges(
+def test_a_refused_range_undoes_every_session_s_ranges_and_stops_the_others(
     rt: Runtime, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A line the optimistic path refuses in one of the last ranges: the ranges the sessions converted before are
-    rolled back with it, the strict path names the line, and nothing is stored."""
+    """A line the optimistic path refuses in one range: the ranges both sessions converted before are rolled back
+    with it, the ranges not started yet are left (the strict path names the line), nothing is stored, and the
+    ``insert`` stage still ends at its total."""
     monkeypatch.setattr(statements_pg, "PARALLEL_FROM", 1)
     monkeypatch.setattr(statements_pg, "LAST_CHUNK_PAGES", 2)
     path = tmp_path / "cinetpay.csv"
     rows = [f"TXN-{n},OP{n},2026-11-21 10:00:00,5000,XOF,0,ACCEPTED" for n in range(3000)]
-    rows[2990] = "TXN-2990,OP2990,2026-11-21 10:00:00,5000,XOF,0,LOST"
+    rows[1500] = "TXN-1500,OP1500,2026-11-21 10:00:00,5000,XOF,0,LOST"  # in the first part's last range
     path.write_text("transaction_id,operator_id,payment_date,amount,currency,fees,status\n" + "\n".join(rows) + "\n")
-    taken: list[bool] = []
+    taken: list[tuple[str, bool]] = []
+    both = threading.Barrier(2)
     optimistic = statements_pg._fast_insert
 
     def spy(*args: Any, **kwargs: Any) -> Any:
         result = optimistic(*args, **kwargs)
-        taken.append(result is not None)
+        taken.append((threading.current_thread().name, result is not None))
+        if len(taken) <= 2:
+            both.wait(timeout=30)  # each session has converted a range before either goes on
         return result
 
+    chunks: list[Any] = []
+    plan = statements_pg._chunks
+    monkeypatch.setattr(statements_pg, "_chunks", lambda *a, **k: chunks.append(plan(*a, **k)) or chunks[-1])
     monkeypatch.setattr(statements_pg, "_fast_insert", spy)
+    heard: list[tuple[str, int, int]] = []
     with pytest.raises(StatementError) as info, rt.sessions() as session, session.begin():
-        import_file(session, "cinetpay", path, business_tz=TZ, sessions=2)
-    assert info.value.errors == [(2992, "unknown status 'LOST'; expected one of ACCEPTED, REFUSED, "
+        import_file(session, "cinetpay", path, business_tz=TZ, sessions=2, progress=lambda *e: heard.append(e))
+    assert info.value.errors == [(1502, "unknown status 'LOST'; expected one of ACCEPTED, REFUSED, "
                                         "WAITING_FOR_CUSTOMER, REFUNDED")]  # fmt: skip
-    assert True in taken and False in taken  # ranges were written before the refused one: undone with it
+    assert len({thread for thread, ok in taken if ok}) == 2  # both sessions had written ranges: undone
+    assert False in {ok for _, ok in taken} and len(taken) < len(chunks[0])  # the ranges after it never ran
     assert _stored(rt, "cinetpay") == []
+    inserted = [(done, total) for stage, done, total in heard if stage == "insert"]
+    assert inserted[-1][0] == inserted[-1][1] == 3000
 
 
 def test_a_range_of_pages_is_a_share_of_what_is_left_down_to_the_smallest() -> None:

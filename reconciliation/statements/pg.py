@@ -190,6 +190,8 @@ def import_copy(
     if fast is not None:
         cursor.execute(f"DROP TABLE {tables}")  # with the import: a stage table left behind marks a failed load
         return sum(fast.values()), [], tuple(sorted(fast))
+    staged = sum(rows for _, _, rows, _ in parts)
+    progress("insert", staged, staged)  # refused: the stage ends, and the strict path converts every line or none
     # The strict path reads the parts as one table, each line numbered in the whole file.
     columns = ", ".join(f"c{i}" for i in range(len(names)))
     source = " UNION ALL ".join(
@@ -619,26 +621,31 @@ def _load_side_by_side(
         nonlocal done
         cursor = connection.cursor()
         days: dict[date, int] = {}
-        while not refused.is_set():
-            with lock:
-                chunk = next(pending, None)
-            if chunk is None:
-                return days
-            table, offset, lo, hi = chunk
-            result = _fast_insert(cursor, statements[table], {**params, "offset": offset, "lo": lo, "hi": hi})
-            if result is None:
-                refused.set()
-                return None
-            for day, n in result.items():
-                days[day] = days.get(day, 0) + n
-            with lock:
-                done += sum(result.values())
-                progress("insert", min(done, staged), staged)
+        try:
+            while not refused.is_set():
+                with lock:
+                    chunk = next(pending, None)
+                if chunk is None:
+                    return days
+                table, offset, lo, hi = chunk
+                result = _fast_insert(cursor, statements[table], {**params, "offset": offset, "lo": lo, "hi": hi})
+                if result is None:
+                    refused.set()
+                    return None
+                for day, n in result.items():
+                    days[day] = days.get(day, 0) + n
+                with lock:
+                    done += sum(result.values())
+                    progress("insert", min(done, staged), staged)
+        except BaseException:
+            refused.set()  # the other sessions stop at their next range; the error is raised below
+            raise
         return None
 
     connections: list[Any] = []
     try:
-        connections += [engine.raw_connection() for _ in range(max(1, min(workers, len(chunks))))]
+        for _ in range(max(1, min(workers, len(chunks)))):
+            connections.append(engine.raw_connection())  # one at a time: each is closed below, whatever fails
         with ThreadPoolExecutor(len(connections), thread_name_prefix="statement-load") as pool:
             results = list(pool.map(work, connections))
         if refused.is_set() or any(result is None for result in results):

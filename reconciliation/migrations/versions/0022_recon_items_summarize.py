@@ -4,7 +4,8 @@ until its pages are summarized (a vacuum, or this) the index gives each chunk ev
 summary, the whole run, where the key read only the chunk's range. ``brin_summarize_new_values`` may be called by
 the index's owner only, which the application role is not (docs/database-roles.md): ``recon_items_summarize()``
 runs as the migration role (``SECURITY DEFINER``) and does only that, its ``search_path`` pinned to the tables'
-schema as the ledger guard's functions are (0013), so it cannot be made to summarize another index.
+schema as the ledger guard's functions are (0013), so it cannot be made to summarize another index; only the
+application role may run it (``migrate --grant-to``).
 
 SQLite (the embedded demo) has no BRIN index: nothing to add.
 
@@ -35,6 +36,9 @@ def upgrade() -> None:
         f" SET search_path = pg_catalog, {schema}, pg_temp"
         " AS $$ SELECT brin_summarize_new_values('ix_recon_items_run_id'::regclass) $$"
     )
+    # Summarizing locks the items against vacuums and other summaries until the caller's transaction ends: the
+    # application role is granted it (``migrate --grant-to``), not every role that may connect.
+    op.execute("REVOKE EXECUTE ON FUNCTION recon_items_summarize() FROM PUBLIC")
 
 
 def downgrade() -> None:
