@@ -457,9 +457,17 @@ class StatementLine(Base):
     __table_args__ = (
         # A run reads its provider's day; nothing looks lines up by reference alone (a B-tree on the
         # reference cost more than the rest of a 1,000,000-line import when references are random), nor by id
-        # alone. On PostgreSQL the key is (provider, business_date, id), which serves the day's reads (0019);
-        # SQLite keeps the key on id (its rowid) and this index (the drift check honours ``ddl_if``: env.py).
+        # alone. On PostgreSQL no B-tree over every line (0023; the key (provider, business_date, id) of 0019 went):
+        # an import writes a provider's day together, and a BRIN index by provider and day finds it. SQLite keeps
+        # the key on id (its rowid) and a day index (the drift check honours ``ddl_if``: env.py).
         Index("ix_statement_lines_day", "provider", "business_date").ddl_if(dialect="sqlite"),
+        Index(
+            "ix_statement_lines_day_range",
+            "provider",
+            "business_date",
+            postgresql_using="brin",
+            postgresql_with={"autosummarize": "on"},
+        ).ddl_if(dialect="postgresql"),
         Index("ix_statement_lines_payout", "provider", "payout_id", postgresql_where=text("payout_id IS NOT NULL")),
         # A run's payouts start from its day's lines that name one (``matching._DAY_PAYOUTS``): on PostgreSQL the
         # key would read every line of the day for them, and most providers name none (0021).

@@ -367,3 +367,28 @@ def test_a_fee_chunk_reads_only_its_pages_once_the_items_index_is_summarized(
     with rt.sessions() as session:
         assert session.scalar(text("SELECT count(*) FROM ledger_journals WHERE kind = 'fee' AND memo LIKE :m"),
                               {"m": f"% (run {run_id})"}) == 1  # fmt: skip
+
+
+def test_a_day_s_lines_are_found_by_the_brin_index_among_other_days(rt: Runtime) -> None:
+    """PostgreSQL keeps no B-tree over every statement line (migration 0023): the classification finds its day's
+    lines among months of them through the BRIN index by provider and day, an import writing a day together, once
+    the table has statistics (autovacuum's). Rolled back."""
+    with transaction(rt.sessions) as session:
+        session.execute(
+            text(
+                "INSERT INTO statement_lines (provider, business_date, source, reference, status, amount, currency, "
+                "occurred_at, raw) SELECT 'cinetpay', CAST(:day AS date) - d, 'file', 'R' || d || '-' || n, "
+                "'succeeded', 100, 'XOF', :at, '' FROM generate_series(0, 29) AS d, generate_series(1, 4000) AS n "
+                "ORDER BY d DESC"  # a day at a time, as imports write them
+            ),
+            {"day": DAY, "at": NOON},
+        )
+        session.execute(text("ANALYZE statement_lines"))
+        params = {"run_id": 0, "provider": "cinetpay", "start": START, "end": END, "sla_cutoff": NOON,
+                  "tolerance": 0, "fee_bps": None, "day": DAY}  # fmt: skip
+        plan = session.execute(matching.classification((0, 2), prefix="EXPLAIN (FORMAT JSON) "), params).scalar()
+        nodes = plan_nodes(plan[0]["Plan"])
+        lines = [n for n in nodes if n.get("Relation Name") == "statement_lines"]
+        assert [n["Node Type"] for n in lines] == ["Bitmap Heap Scan"], nodes
+        assert "ix_statement_lines_day_range" in {n.get("Index Name") for n in nodes}, nodes
+        session.rollback()

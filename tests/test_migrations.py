@@ -177,17 +177,22 @@ def test_ledger_entries_are_keyed_by_journal_on_postgresql_only(backend: str, sc
 
 @pytest.mark.parametrize("backend", ["postgresql", "sqlite"])
 def test_statement_lines_are_keyed_by_day_on_postgresql_only(backend: str, scratch_pg: str, tmp_path: Path) -> None:
-    """0019: one B-tree a line on PostgreSQL, ``(provider, business_date, id)``; SQLite keeps its rowid key and the
-    day index. The other indexes of the lines stay."""
+    """0019: one B-tree a line on PostgreSQL, ``(provider, business_date, id)``; 0023: none, a BRIN index by provider
+    and day; SQLite keeps its rowid key and the day index. The other indexes of the lines stay."""
     url = scratch_pg if backend == "postgresql" else f"sqlite:///{tmp_path / 'm.sqlite'}"
     migrate.upgrade(url)
     others = {"ix_statement_lines_payout", "ix_statement_lines_import"}
     if backend == "sqlite":
         assert _keys(url, "statement_lines") == (["id"], others | {"ix_statement_lines_day"})
         return
-    after = (["provider", "business_date", "id"], others | {"ix_statement_lines_payout_day"})
+    after = ([], others | {"ix_statement_lines_payout_day", "ix_statement_lines_day_range"})
     assert _keys(url, "statement_lines") == after
     migrate.check(url)
+    migrate.downgrade(url, "0022")  # 0023: no key B-tree, a BRIN index by provider and day (PostgreSQL only)
+    assert _keys(url, "statement_lines") == (
+        ["provider", "business_date", "id"],
+        others | {"ix_statement_lines_payout_day"},
+    )
     migrate.downgrade(url, "0020")  # 0021: the payout lines' day index (PostgreSQL only)
     assert _keys(url, "statement_lines") == (["provider", "business_date", "id"], others)
     migrate.downgrade(url, "0018")
