@@ -466,11 +466,12 @@ class StatementLine(Base):
             "provider",
             "business_date",
             postgresql_using="brin",
+            postgresql_ops={"business_date": "date_minmax_multi_ops"},  # a range keeps several days: 0023
             postgresql_with={"autosummarize": "on"},
         ).ddl_if(dialect="postgresql"),
         Index("ix_statement_lines_payout", "provider", "payout_id", postgresql_where=text("payout_id IS NOT NULL")),
         # A run's payouts start from its day's lines that name one (``matching._DAY_PAYOUTS``): on PostgreSQL the
-        # key would read every line of the day for them, and most providers name none (0021).
+        # day's index would give every line of the day for them, and most providers name none (0021).
         Index(
             "ix_statement_lines_payout_day", "provider", "business_date", postgresql_where=text("payout_id IS NOT NULL")
         ).ddl_if(dialect="postgresql"),

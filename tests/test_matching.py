@@ -369,26 +369,39 @@ def test_a_fee_chunk_reads_only_its_pages_once_the_items_index_is_summarized(
                               {"m": f"% (run {run_id})"}) == 1  # fmt: skip
 
 
-def test_a_day_s_lines_are_found_by_the_brin_index_among_other_days(rt: Runtime) -> None:
+def test_a_day_s_lines_are_read_through_the_brin_index_even_after_replaced_days_leave_holes(rt: Runtime) -> None:
     """PostgreSQL keeps no B-tree over every statement line (migration 0023): the classification finds its day's
-    lines among months of them through the BRIN index by provider and day, an import writing a day together, once
-    the table has statistics (autovacuum's). Rolled back."""
+    lines among a month of them through the BRIN index by provider and day, once the table has statistics
+    (autovacuum's). Days replaced by a listing leave holes that later days fill once vacuumed: each block range
+    keeps several days (``date_minmax_multi_ops``), so the day's scan reads its own ranges, not every range whose
+    holes a later day filled."""
+    insert_days = text(
+        "INSERT INTO statement_lines (provider, business_date, source, reference, status, amount, currency, "
+        "occurred_at, raw) SELECT 'cinetpay', CAST(:day AS date) + d, 'file', 'R' || d || '-' || n, 'succeeded', "
+        "100, 'XOF', :at, '' FROM generate_series(:first, :last) AS d, generate_series(1, 4000) AS n ORDER BY d"
+    )  # a day at a time, as imports write them
     with transaction(rt.sessions) as session:
-        session.execute(
-            text(
-                "INSERT INTO statement_lines (provider, business_date, source, reference, status, amount, currency, "
-                "occurred_at, raw) SELECT 'cinetpay', CAST(:day AS date) - d, 'file', 'R' || d || '-' || n, "
-                "'succeeded', 100, 'XOF', :at, '' FROM generate_series(0, 29) AS d, generate_series(1, 4000) AS n "
-                "ORDER BY d DESC"  # a day at a time, as imports write them
-            ),
-            {"day": DAY, "at": NOON},
-        )
-        session.execute(text("ANALYZE statement_lines"))
+        session.execute(insert_days, {"day": DAY, "at": NOON, "first": -20, "last": 9})
+    with transaction(rt.sessions) as session:  # a listing's days replaced: deleted here, written again below
+        session.execute(text("DELETE FROM statement_lines WHERE (CAST(:day AS date) - business_date) % 3 = 1"),
+                        {"day": DAY})  # fmt: skip
+    engine = rt.sessions.kw["bind"]
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.execute(text("VACUUM statement_lines"))  # the holes are free space now
+    with transaction(rt.sessions) as session:
+        session.execute(insert_days, {"day": DAY, "at": NOON, "first": 10, "last": 19})  # later days fill them
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.execute(text("SELECT brin_summarize_new_values('ix_statement_lines_day_range')"))
+        conn.execute(text("ANALYZE statement_lines"))
+        pages = conn.scalar(text("SELECT pg_relation_size('statement_lines') / current_setting('block_size')::int"))
+    with transaction(rt.sessions) as session:
         params = {"run_id": 0, "provider": "cinetpay", "start": START, "end": END, "sla_cutoff": NOON,
                   "tolerance": 0, "fee_bps": None, "day": DAY}  # fmt: skip
-        plan = session.execute(matching.classification((0, 2), prefix="EXPLAIN (FORMAT JSON) "), params).scalar()
-        nodes = plan_nodes(plan[0]["Plan"])
-        lines = [n for n in nodes if n.get("Relation Name") == "statement_lines"]
-        assert [n["Node Type"] for n in lines] == ["Bitmap Heap Scan"], nodes
-        assert "ix_statement_lines_day_range" in {n.get("Index Name") for n in nodes}, nodes
+        explain = matching.classification((0, 2), prefix="EXPLAIN (ANALYZE, FORMAT JSON) ")
+        nodes = plan_nodes(session.execute(explain, params).scalar()[0]["Plan"])
         session.rollback()
+    lines = [n for n in nodes if n.get("Relation Name") == "statement_lines"]
+    assert [n["Node Type"] for n in lines] == ["Bitmap Heap Scan"], nodes
+    assert "ix_statement_lines_day_range" in {n.get("Index Name") for n in nodes}, nodes
+    read = lines[0].get("Lossy Heap Blocks", 0) + lines[0].get("Exact Heap Blocks", 0)
+    assert pages > 1500 and read <= 3 * 128, (read, pages)  # the day's own block ranges (128 pages each)
