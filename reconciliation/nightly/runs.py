@@ -423,9 +423,23 @@ SELECT nextval('ledger_journals_id_seq') AS id, due.*
 # 0.31-0.37 s; BENCHMARKS.md). A journal posted before (a chunk of an earlier call that committed, a concurrent
 # call) breaks the unique key on its first row of that kind: the chunk goes back to its savepoint and inserts with
 # ``_SKIP_POSTED``, the key refusing those journals, as described in ``post_fees``. A re-run of the day, which finds
-# most of its fees posted, inserts with ``_SKIP_POSTED`` at once.
+# most of its fees posted, inserts with ``_SKIP_POSTED`` at once. Inserted plainly, every journal of the drafts is in,
+# and their entries come from the drafts themselves; skipping, from the drafts of the journals the insert returned.
 _JOURNAL_KEY = "uq_ledger_journals_payment_id_kind"
 _SKIP_POSTED = "\n        ON CONFLICT (payment_id, kind) DO NOTHING"
+
+
+def _fees_post(draft: str, *, skip_posted: bool) -> str:
+    """``_FEES_POST`` for the chunk's ``draft`` table: inserting every journal (one the key refuses fails the
+    statement), their entries straight from the drafts; or skipping those posted before, the entries of the journals
+    inserted only (joined to what the insert returned)."""
+    if skip_posted:
+        return _FEES_POST.format(
+            draft=draft, on_conflict=_SKIP_POSTED, entries_of=f"posted JOIN {draft} d ON d.id = posted.id"
+        )
+    return _FEES_POST.format(draft=draft, on_conflict="", entries_of=f"{draft} d")
+
+
 _FEES_POST = """
 WITH posted AS (
     INSERT INTO ledger_journals (id, payment_id, kind, memo)
@@ -440,8 +454,7 @@ accounts AS (
 entries AS (
     INSERT INTO ledger_entries (journal_id, account_id, side, amount, currency)
     SELECT d.id, CASE s.side WHEN 'debit' THEN a.fees ELSE a.clearing END, s.side, d.fee, d.currency
-      FROM posted
-      JOIN {draft} d ON d.id = posted.id
+      FROM {entries_of}
       JOIN accounts a ON a.currency = d.currency
      CROSS JOIN (VALUES (1, 'debit'), (2, 'credit')) AS s (n, side)
      ORDER BY d.id, s.n
@@ -499,12 +512,12 @@ def _post_fees_set_based(sessions: sessionmaker[Session], run_id: int, provider:
             session.execute(text("SET LOCAL max_parallel_workers_per_gather TO DEFAULT"))
             try:
                 with session.begin_nested():  # the journals plainly inserted: none was posted before, the common case
-                    plainly = _FEES_POST.format(draft=draft, on_conflict=_SKIP_POSTED if rerun else "")
+                    plainly = _fees_post(draft, skip_posted=rerun)
                     posted = int(session.scalar(text(plainly), params) or 0)
             except IntegrityError as exc:
                 if getattr(getattr(exc.orig, "diag", None), "constraint_name", None) != _JOURNAL_KEY:
                     raise
-                skipping = _FEES_POST.format(draft=draft, on_conflict=_SKIP_POSTED)
+                skipping = _fees_post(draft, skip_posted=True)
                 posted = int(session.scalar(text(skipping), params) or 0)
             session.execute(text(f"DROP TABLE {draft}"))
             return posted
