@@ -5,6 +5,7 @@ classified as, payouts matched), tests/test_runs.py (a run's day, re-runs, how i
 from __future__ import annotations
 
 import hashlib
+import itertools
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -693,3 +694,16 @@ def test_the_fee_lock_refuses_a_snapshot_older_than_itself(rt: Runtime) -> None:
             ledger.hold_fees(session, "cinetpay", posting=False)
     with rt.sessions() as session, session.begin():
         ledger.hold_fees(session, "cinetpay", posting=True)  # the default isolation: fine
+
+
+def test_a_run_s_fee_chunks_cover_its_ids_once_and_shrink_toward_the_end(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``runs._fee_ranges``: every id once, in order; at most ``FEE_CHUNK_SQL`` each, then a ``2 * sessions``-th of
+    what is left down to a tenth of it, so that two sessions end together; no sliver at the end."""
+    monkeypatch.setattr(runs, "FEE_CHUNK_SQL", 100_000)
+    ranges = runs._fee_ranges(1, 1_000_821, 2)
+    assert ranges[0][0] == 1 and ranges[-1][1] == 1_000_821
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(ranges))
+    sizes = [end - start for start, end in ranges]
+    assert sizes[:7] == [100_000] * 7 and sizes[7] == 75_205  # a quarter of the 300,820 left
+    assert sizes[:-1] == sorted(sizes[:-1], reverse=True) and min(sizes) >= 10_000 and sizes[-1] < 20_000
+    assert runs._fee_ranges(5, 6, 2) == [(5, 6)]

@@ -300,7 +300,8 @@ def flag_mismatches(sessions: sessionmaker[Session], run_id: int) -> int:
 
 #: On SQLite (the embedded demo): fee journals built in Python and posted per transaction.
 FEE_CHUNK = 5_000
-#: On PostgreSQL: item ids per transaction (see ``post_fees``): a 1,000,000-payment day is ten. Each
+#: On PostgreSQL: item ids per transaction at most (see ``post_fees``; the last chunks of a run are smaller,
+#: ``_fee_ranges``): a 1,000,000-payment day is seven such and a dozen smaller. Each
 #: holds the provider's fee lock (``ledger.hold_fees``) shared until it commits, so a refund of one
 #: of the provider's payments waits for the chunks under way (1-4 s: about 100,000 journals and
 #: 200,000 entries each), and so does a batch of webhooks that carries a refund (with its payments
@@ -330,8 +331,8 @@ def post_fees(sessions: sessionmaker[Session], run_id: int) -> int:
     key refuses was posted before (by an earlier call, or by a concurrent one, whose commit the insert waits for)
     and gets no entries. The payments are not locked.
 
-    On PostgreSQL a chunk (``FEE_CHUNK_SQL`` item ids) is two set-based statements (``_FEES_DUE``,
-    ``_FEES_POST``): the drafts, then the journals with their entries, which the ledger's guard checks
+    On PostgreSQL a chunk (at most ``FEE_CHUNK_SQL`` item ids, ``_fee_ranges``) is two set-based statements
+    (``_FEES_DUE``, ``_FEES_POST``): the drafts, then the journals with their entries, which the ledger's guard checks
     as one set; no row passes through Python, and ``FEE_SESSIONS`` sessions post chunks side by
     side. The journals are inserted plainly first, and with ``ON CONFLICT DO NOTHING`` only when the key
     refuses one (``_SKIP_POSTED``; a re-run of the day at once): the same journals either way, the common
@@ -464,9 +465,9 @@ SELECT count(*) FROM posted
 
 
 def _post_fees_set_based(sessions: sessionmaker[Session], run_id: int, provider: str, *, rerun: bool) -> int:
-    """PostgreSQL: the run's fees, ``FEE_CHUNK_SQL`` item ids a transaction (see ``post_fees``). A re-run of a day
-    (``rerun``) finds most of its fees posted by the run before it: its chunks skip the posted ones from the start,
-    rather than each failing its plain insert first (and leaving an error in the server's log)."""
+    """PostgreSQL: the run's fees, a chunk of item ids a transaction (``_fee_ranges``; see ``post_fees``). A re-run of
+    a day (``rerun``) finds most of its fees posted by the run before it: its chunks skip the posted ones from the
+    start, rather than each failing its plain insert first (and leaving an error in the server's log)."""
     due = (ReconItem.run_id == run_id, ReconItem.fee > 0, ReconItem.payment_id.is_not(None),
            ReconItem.provider_currency.is_not(None), _FEE_DUE)  # fmt: skip
     with transaction(sessions) as session:
@@ -497,7 +498,8 @@ def _post_fees_set_based(sessions: sessionmaker[Session], run_id: int, provider:
         "clearing_accounts": [accounts[ledger.clearing(provider), c] for c in currencies],
     }
 
-    def chunk(start: int) -> int:
+    def chunk(ids: tuple[int, int]) -> int:
+        start, end = ids
         with transaction(sessions) as session:
             ledger.hold_fees(session, provider, posting=True)
             session.execute(text("SET LOCAL work_mem = '64MB'"))  # the drafts' and entries' sorts in memory
@@ -507,7 +509,7 @@ def _post_fees_set_based(sessions: sessionmaker[Session], run_id: int, provider:
             # that the other chunk's session needs the cores for (0.30 s a chunk of 98,400 against 0.19 s).
             session.execute(text("SET LOCAL enable_seqscan = off"))
             session.execute(text("SET LOCAL max_parallel_workers_per_gather = 0"))
-            session.execute(text(_FEES_DUE.format(draft=draft)), params | {"low": start, "high": start + FEE_CHUNK_SQL})
+            session.execute(text(_FEES_DUE.format(draft=draft)), params | {"low": start, "high": end})
             session.execute(text("SET LOCAL enable_seqscan TO DEFAULT"))
             session.execute(text("SET LOCAL max_parallel_workers_per_gather TO DEFAULT"))
             try:
@@ -522,12 +524,12 @@ def _post_fees_set_based(sessions: sessionmaker[Session], run_id: int, provider:
             session.execute(text(f"DROP TABLE {draft}"))
             return posted
 
-    starts = range(low, last + 1, FEE_CHUNK_SQL)
-    if not (FEE_SESSIONS > 1 and len(starts) > 1 and _SIDE_BY_SIDE.acquire(blocking=False)):
-        return sum(chunk(start) for start in starts)
+    ranges = _fee_ranges(low, last + 1, FEE_SESSIONS)
+    if not (FEE_SESSIONS > 1 and len(ranges) > 1 and _SIDE_BY_SIDE.acquire(blocking=False)):
+        return sum(chunk(ids) for ids in ranges)
     try:  # the chunks lock no payment (the same payment's fee in two chunks: the (payment, kind) key makes one wait)
         with ThreadPoolExecutor(FEE_SESSIONS, thread_name_prefix="fees") as pool:
-            return sum(pool.map(chunk, starts))
+            return sum(pool.map(chunk, ranges))
     finally:
         _SIDE_BY_SIDE.release()
 
@@ -548,6 +550,23 @@ def _summarize_items(sessions: sessionmaker[Session]) -> None:
             if getattr(exc.orig, "pgcode", None) not in ("55P03", "42501"):
                 raise
             log.warning("fees of a run: the items' index not summarized first (%s)", exc.orig)
+
+
+def _fee_ranges(low: int, end: int, sessions: int) -> list[tuple[int, int]]:
+    """The item ids ``low`` to before ``end`` in chunks, in order: ``FEE_CHUNK_SQL`` ids each while that is at most a
+    ``2 * sessions``-th of what is left, then that share, down to a tenth of ``FEE_CHUNK_SQL``: the sessions take the
+    chunks in turn, and the last ones, the smallest, keep one from posting alone at the end (with ten equal chunks, one
+    session posted the last second of a million's fees alone)."""
+    smallest = max(1, FEE_CHUNK_SQL // 10)
+    ranges: list[tuple[int, int]] = []
+    start = low
+    while start < end:
+        size = max(smallest, min(FEE_CHUNK_SQL, -(-(end - start) // (2 * max(sessions, 1)))))
+        if end - start - size < smallest:  # no sliver of a chunk at the end
+            size = end - start
+        ranges.append((start, min(start + size, end)))
+        start += size
+    return ranges
 
 
 #: Payouts posted per transaction by ``post_payouts``.
