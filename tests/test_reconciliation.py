@@ -707,3 +707,4 @@ def test_a_run_s_fee_chunks_cover_its_ids_once_and_shrink_toward_the_end(monkeyp
     assert sizes[:7] == [100_000] * 7 and sizes[7] == 75_205  # a quarter of the 300,820 left
     assert sizes[:-1] == sorted(sizes[:-1], reverse=True) and min(sizes) >= 10_000 and sizes[-1] < 20_000
     assert runs._fee_ranges(5, 6, 2) == [(5, 6)]
+    assert [end - start for start, end in runs._fee_ranges(1, 250_001, 1)] == [100_000, 100_000, 50_000]  # alone

@@ -301,7 +301,7 @@ def flag_mismatches(sessions: sessionmaker[Session], run_id: int) -> int:
 #: On SQLite (the embedded demo): fee journals built in Python and posted per transaction.
 FEE_CHUNK = 5_000
 #: On PostgreSQL: item ids per transaction at most (see ``post_fees``; the last chunks of a run are smaller,
-#: ``_fee_ranges``): a 1,000,000-payment day is seven such and a dozen smaller. Each
+#: ``_fee_ranges``): a 1,000,000-payment day is seven such and eleven smaller. Each
 #: holds the provider's fee lock (``ledger.hold_fees``) shared until it commits, so a refund of one
 #: of the provider's payments waits for the chunks under way (1-4 s: about 100,000 journals and
 #: 200,000 entries each), and so does a batch of webhooks that carries a refund (with its payments
@@ -526,7 +526,7 @@ def _post_fees_set_based(sessions: sessionmaker[Session], run_id: int, provider:
 
     ranges = _fee_ranges(low, last + 1, FEE_SESSIONS)
     if not (FEE_SESSIONS > 1 and len(ranges) > 1 and _SIDE_BY_SIDE.acquire(blocking=False)):
-        return sum(chunk(ids) for ids in ranges)
+        return sum(chunk(ids) for ids in _fee_ranges(low, last + 1, 1))  # one session: no chunk smaller than need be
     try:  # the chunks lock no payment (the same payment's fee in two chunks: the (payment, kind) key makes one wait)
         with ThreadPoolExecutor(FEE_SESSIONS, thread_name_prefix="fees") as pool:
             return sum(pool.map(chunk, ranges))
@@ -537,7 +537,7 @@ def _post_fees_set_based(sessions: sessionmaker[Session], run_id: int, provider:
 def _summarize_items(sessions: sessionmaker[Session]) -> None:
     """Summarize the items' new page ranges in their BRIN index (``recon_items_summarize``, migration 0022), so
     that each fee chunk reads the pages of its range of ids, not every page written since the last summary (a
-    whole run: ten times for a million items). It waits for no vacuum: one that holds the table's lock past
+    whole run, for each of its chunks). It waits for no vacuum: one that holds the table's lock past
     ``lock_timeout`` is left to summarize them (the chunks then read more, and are the same)."""
     with transaction(sessions) as session:
         try:
@@ -554,14 +554,15 @@ def _summarize_items(sessions: sessionmaker[Session]) -> None:
 
 def _fee_ranges(low: int, end: int, sessions: int) -> list[tuple[int, int]]:
     """The item ids ``low`` to before ``end`` in chunks, in order: ``FEE_CHUNK_SQL`` ids each while that is at most a
-    ``2 * sessions``-th of what is left, then that share, down to a tenth of ``FEE_CHUNK_SQL``: the sessions take the
-    chunks in turn, and the last ones, the smallest, keep one from posting alone at the end (with ten equal chunks, one
-    session posted the last second of a million's fees alone)."""
+    ``2 * sessions``-th of what is left, then that share, down to a tenth of ``FEE_CHUNK_SQL``: each session takes the
+    next chunk as it is free, and the last ones, the smallest, keep one from posting alone at the end (with ten equal
+    chunks, one session posted the last second of a million's fees alone). One session: ``FEE_CHUNK_SQL`` each."""
     smallest = max(1, FEE_CHUNK_SQL // 10)
     ranges: list[tuple[int, int]] = []
     start = low
     while start < end:
-        size = max(smallest, min(FEE_CHUNK_SQL, -(-(end - start) // (2 * max(sessions, 1)))))
+        share = -(-(end - start) // (2 * sessions)) if sessions > 1 else FEE_CHUNK_SQL
+        size = max(smallest, min(FEE_CHUNK_SQL, share))
         if end - start - size < smallest:  # no sliver of a chunk at the end
             size = end - start
         ranges.append((start, min(start + size, end)))

@@ -33,9 +33,9 @@ for k in range(3):
         s.execute(text(runs._FEES_DUE.format(draft=d)), params | {"low": start, "high": start + runs.FEE_CHUNK_SQL})
         t2 = time.perf_counter()
         if explain:
-            for r in s.execute(text(pre + runs._FEES_POST.format(draft=d, on_conflict="")), params): print(r[0])
+            for r in s.execute(text(pre + runs._fees_post(d, skip_posted=False)), params): print(r[0])
         else:
-            n = s.scalar(text(runs._FEES_POST.format(draft=d, on_conflict="")), params)
+            n = s.scalar(text(runs._fees_post(d, skip_posted=False)), params)
         t3 = time.perf_counter()
         s.execute(text(f"DROP TABLE {d}"))
     t4 = time.perf_counter()

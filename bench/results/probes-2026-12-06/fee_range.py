@@ -38,7 +38,7 @@ def chunk(span):
         a = time.perf_counter()
         s.execute(text(DUE.format(draft=d)), params | {"lo": span[0], "hi": span[1]})
         b = time.perf_counter()
-        n = int(s.scalar(text(runs._FEES_POST.format(draft=d, on_conflict="")), params) or 0)
+        n = int(s.scalar(text(runs._fees_post(d, skip_posted=False)), params) or 0)
         c = time.perf_counter()
         s.execute(text(f"DROP TABLE {d}"))
         times.append((b - a, c - b))
