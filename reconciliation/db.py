@@ -8,7 +8,7 @@ from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, select, text, update
+from sqlalchemy import Connection, Engine, create_engine, event, select, text, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
@@ -108,6 +108,18 @@ def is_postgres(engine_or_session: Engine | Session) -> bool:
 
 def session_factory(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(bind=engine, expire_on_commit=False, autoflush=True)
+
+
+@contextmanager
+def statement_settings(session: Session | Connection, settings: dict[str, str]) -> Iterator[None]:
+    """PostgreSQL ``settings`` (``SET LOCAL``; names and values are our constants) for the statements run in the
+    block, each back to its default after it, not for the rest of the transaction. When the block raises, its
+    transaction is rolled back, and the settings with it."""
+    for name, value in settings.items():
+        session.execute(text(f"SET LOCAL {name} = '{value}'"))
+    yield
+    for name in settings:
+        session.execute(text(f"SET LOCAL {name} TO DEFAULT"))
 
 
 @contextmanager

@@ -10,12 +10,14 @@ status API), so several lines for one reference mean the provider reports it mor
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import TextClause, bindparam, text
 from sqlalchemy.orm import Session
 
+from reconciliation.db import is_postgres, statement_settings
 from reconciliation.models import UtcDateTime
 from reconciliation.statements.files import VISIBLE_SQL
 
@@ -131,32 +133,30 @@ def classify(session: Session, run_id: int, window: Window, day: object, part: t
     sessions can classify one day side by side (PostgreSQL); every reference is in exactly one share,
     with all of its payments and provider lines.
     """
-    if session.get_bind().dialect.name == "postgresql":
-        # One big join and aggregate: let them hash in memory; the run is re-runnable, so a
-        # crash before the WAL reaches the disk loses nothing that cannot be redone.
-        session.execute(text("SET LOCAL work_mem = '256MB'"))
+    planner: AbstractContextManager[None] = nullcontext()
+    if is_postgres(session):
+        # The run is re-runnable, so a crash before the WAL reaches the disk loses nothing that cannot be redone.
         session.execute(text("SET LOCAL synchronous_commit = off"))
-        # The day's lines were just imported and are not analyzed yet (estimated at one row): the
-        # planner would sort them by reference to group them; hashing them is faster (one share of a
-        # 250,000-payment day: 0.91 s against 1.10-1.56 s, EXPLAIN ANALYZE, alternately). Nothing else
-        # in the statement sorts: the join is hashed either way.
-        session.execute(text("SET LOCAL enable_sort = off"))
-    result = session.execute(
-        classification(part),
-        {
-            "run_id": run_id,
-            "provider": window.provider,
-            "start": window.start,
-            "end": window.end,
-            "sla_cutoff": window.sla_cutoff,
-            "tolerance": window.tolerance,
-            "fee_bps": window.fee_bps,
-            "day": day,
-        },
-    )
-    if session.get_bind().dialect.name == "postgresql":  # for this statement only, not the rest of the run
-        session.execute(text("SET LOCAL enable_sort TO DEFAULT"))
-        session.execute(text("SET LOCAL work_mem TO DEFAULT"))
+        # For this statement only, not the rest of the run. One big join and aggregate: let them hash in memory.
+        # The day's lines were just imported and are not analyzed yet (estimated at one row): the planner would
+        # sort them by reference to group them; hashing them is faster (one share of a 250,000-payment day: 0.91 s
+        # against 1.10-1.56 s, EXPLAIN ANALYZE, alternately). Nothing else in the statement sorts: the join is
+        # hashed either way.
+        planner = statement_settings(session, {"work_mem": "256MB", "enable_sort": "off"})
+    with planner:
+        result = session.execute(
+            classification(part),
+            {
+                "run_id": run_id,
+                "provider": window.provider,
+                "start": window.start,
+                "end": window.end,
+                "sla_cutoff": window.sla_cutoff,
+                "tolerance": window.tolerance,
+                "fee_bps": window.fee_bps,
+                "day": day,
+            },
+        )
     return int(getattr(result, "rowcount", 0) or 0)
 
 

@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from providers.base import Outcome, VerifiedStatus
 from reconciliation import facts, ledger, payments
-from reconciliation.db import is_postgres, transaction
+from reconciliation.db import is_postgres, statement_settings, transaction
 from reconciliation.dialect import insert
 from reconciliation.models import (
     FlagKind,
@@ -507,11 +507,8 @@ def _post_fees_set_based(sessions: sessionmaker[Session], run_id: int, provider:
             # The chunk's items through the BRIN index (its pages, once summarized: ``_summarize_items``): the planner
             # knows nothing of the run just written and would read the whole table for each chunk, in parallel workers
             # that the other chunk's session needs the cores for (0.30 s a chunk of 98,400 against 0.19 s).
-            session.execute(text("SET LOCAL enable_seqscan = off"))
-            session.execute(text("SET LOCAL max_parallel_workers_per_gather = 0"))
-            session.execute(text(_FEES_DUE.format(draft=draft)), params | {"low": start, "high": end})
-            session.execute(text("SET LOCAL enable_seqscan TO DEFAULT"))
-            session.execute(text("SET LOCAL max_parallel_workers_per_gather TO DEFAULT"))
+            with statement_settings(session, {"enable_seqscan": "off", "max_parallel_workers_per_gather": "0"}):
+                session.execute(text(_FEES_DUE.format(draft=draft)), params | {"low": start, "high": end})
             try:
                 with session.begin_nested():  # the journals plainly inserted: none was posted before, the common case
                     plainly = _fees_post(draft, skip_posted=rerun)

@@ -35,6 +35,7 @@ from typing import Any, BinaryIO
 
 from sqlalchemy.orm import Session
 
+from reconciliation.db import statement_settings
 from reconciliation.models import PaymentStatus, ReconClass
 from reconciliation.reports.common import BYTE_ORDER, EXCEPTION_ORDER, FORMULA_TRIGGERS, MATCHED, formula_safe
 from schemas.currency import MINOR_UNIT_EXPONENT
@@ -282,19 +283,15 @@ def copy_json_items(session: Session, run_id: int, out: BinaryIO) -> None:
 
 def _copy(session: Session, sql: str, params: dict[str, Any], sink: _Block) -> None:
     connection = session.connection()
-    connection.exec_driver_sql(f"SET LOCAL work_mem = '{SORT_MEMORY}'")
-    for name, value in PARALLEL.items():
-        connection.exec_driver_sql(f"SET LOCAL {name} = {value}")
-    raw: Any = connection.connection.dbapi_connection  # psycopg2's: copy_expert, mogrify
-    cursor = raw.cursor()
-    buffered = io.BufferedWriter(sink, buffer_size=BLOCK_BYTES)
-    try:
-        cursor.copy_expert(cursor.mogrify(sql, params).decode(), buffered)
-        buffered.flush()
-    finally:
-        cursor.close()
-    for name in ("work_mem", *PARALLEL):  # for the COPY only, not the rest of the transaction
-        connection.exec_driver_sql(f"SET LOCAL {name} TO DEFAULT")
+    with statement_settings(connection, {"work_mem": SORT_MEMORY, **PARALLEL}):  # the COPY's, not the transaction's
+        raw: Any = connection.connection.dbapi_connection  # psycopg2's: copy_expert, mogrify
+        cursor = raw.cursor()
+        buffered = io.BufferedWriter(sink, buffer_size=BLOCK_BYTES)
+        try:
+            cursor.copy_expert(cursor.mogrify(sql, params).decode(), buffered)
+            buffered.flush()
+        finally:
+            cursor.close()
     sink.close()
 
 
