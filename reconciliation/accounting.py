@@ -39,6 +39,7 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from reconciliation.aside import replacing
 from reconciliation.ledger import CREDIT, DEBIT
 from reconciliation.models import Account, Entry, Journal, Payment, PayoutPosting
 from reconciliation.progress import Progress, silent
@@ -519,22 +520,20 @@ def export(
     if progress is not silent:
         journal = _counted(journal, count_entries(session, period.start, period.end), progress)
     lines = checked(journal, totals)
-    partial = path.with_name(f".{path.name}.partial")
     try:
-        if fmt == "csv":
-            with partial.open("w", encoding="utf-8", newline="") as out:
-                write_csv(out, lines)
-        else:
-            about = {
-                "from": period.first.isoformat(),
-                "to": period.last.isoformat(),
-                "timezone": period.tz.key,
-                "chart": str(chart.path) if chart.path else "(none)",
-                "unmapped kept": ", ".join(f"{code} ({cur})" for code, cur in missing) or "none",
-            }
-            write_xlsx(partial, lines, totals, about)
-        os.replace(partial, path)
+        with replacing(path) as aside:  # written whole or not at all
+            if fmt == "csv":
+                with aside.open("w", encoding="utf-8", newline="") as out:
+                    write_csv(out, lines)
+            else:
+                about = {
+                    "from": period.first.isoformat(),
+                    "to": period.last.isoformat(),
+                    "timezone": period.tz.key,
+                    "chart": str(chart.path) if chart.path else "(none)",
+                    "unmapped kept": ", ".join(f"{code} ({cur})" for code, cur in missing) or "none",
+                }
+                write_xlsx(aside, lines, totals, about)
     finally:
         lines.close()  # the cursor, at once, when the export stopped early
-        partial.unlink(missing_ok=True)
     return totals, missing

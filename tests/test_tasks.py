@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -95,12 +97,18 @@ def test_each_internal_task_lands_in_its_own_queue_only(redis_base: str) -> None
 def test_a_queued_reconciliation_writes_its_reports_where_configured(
     installed: Runtime, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    """PAYRECON_REPORTS_DIR: the nightly runs leave finance their files, one folder per run."""
+    """PAYRECON_REPORTS_DIR: the nightly runs leave finance their files, one folder per run; what an export of
+    the day killed before it was done left aside goes."""
     sample = Path(__file__).resolve().parent.parent / "docs" / "statements" / "cinetpay.csv"
     with installed.sessions() as session, session.begin():
         import_file(session, "cinetpay", sample, business_tz=installed.settings.timezone)
     monkeypatch.setattr(installed, "settings", dataclasses.replace(installed.settings, reports_dir=tmp_path))
+    killed = tmp_path / "cinetpay" / "2026-11-21" / "run9" / ".recon_cinetpay_2026-11-21_run9.json.0a1b2c3d.part"
+    killed.parent.mkdir(parents=True)
+    killed.write_text('{"half": ')
+    os.utime(killed, (time.time() - 3600, time.time() - 3600))
     run_id = tasks.reconcile.apply(args=("cinetpay", "2026-11-21", "scheduled")).get()
+    assert not killed.exists()
     folder = tmp_path / "cinetpay" / "2026-11-21" / f"run{run_id}"
     manifest = json.loads((folder / "manifest.json").read_text())
     assert sorted(p.suffix for p in folder.iterdir()) == [".csv", ".csv", ".html", ".json", ".json", ".xlsx"]

@@ -188,6 +188,7 @@ def _status_checks(
 def write_reports(rt: Runtime, run_id: int) -> list[Path]:
     """The run's report files and manifest into ``PAYRECON_REPORTS_DIR/<provider>/<day>/run<id>/``, and the
     day at a glance into ``PAYRECON_REPORTS_DIR/days/day_<day>.html`` and ``.xlsx``."""
+    from reconciliation.aside import sweep
     from reconciliation.models import ReconRun
     from reconciliation.reports import glance, glance_render
     from reconciliation.reports import run as reports
@@ -199,7 +200,9 @@ def write_reports(rt: Runtime, run_id: int) -> list[Path]:
         run = session.get(ReconRun, run_id)
         if run is None:
             raise ValueError(f"no reconciliation run #{run_id}")
-        out = base / run.provider / run.business_date.isoformat() / f"run{run_id}"
+        day = base / run.provider / run.business_date.isoformat()
+        sweep(day, depth=1)  # what an export of the day's runs killed before it was done left aside (aside.replacing)
+        out = day / f"run{run_id}"
         files = reports.export_all(session, run_id, out, language=rt.settings.language)
     # The day at a glance, every provider's latest run of the day: rewritten as each of them ends, one writer
     # at a time (a lock held while it reads and writes), so the last file written has the newest data.

@@ -10,10 +10,8 @@ over the data sheet), so they stay live when finance filters or edits the number
 
 from __future__ import annotations
 
-import os
 import re
 import sys
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -21,6 +19,7 @@ from typing import Any
 import pygal
 from pygal.style import Style
 
+from reconciliation.aside import replacing
 from reconciliation.reports.common import display_amount, formula_safe, spreadsheet_amount
 from reconciliation.reports.labels import (
     ACTIONS,
@@ -353,17 +352,10 @@ def write_files(data: dict[str, Any], out_dir: Path, fmt: str = "all", language:
     written = []
     for kind in FORMATS if fmt == "all" else (fmt,):
         path = out_dir / f"day_{data['business_date']}.{kind}"
-        # A name of this writer's own: two providers' runs of the day may write at once.
-        fd, name = tempfile.mkstemp(dir=out_dir, prefix=f".{path.name}.", suffix=".partial")
-        os.close(fd)
-        aside = Path(name)
-        try:
+        with replacing(path) as aside:  # a name of this writer's own: two providers' runs of the day may write at once
             if kind == "html":
                 aside.write_text(render_html(data, language), encoding="utf-8")
             else:
                 write_xlsx(data, aside, language)
-            aside.replace(path)
-        finally:
-            aside.unlink(missing_ok=True)
         written.append(path)
     return written

@@ -26,12 +26,10 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-import os
 import re
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +38,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import NullPool, QueuePool
 
+from reconciliation.aside import replacing
 from reconciliation.db import is_postgres
 from reconciliation.models import PayoutPosting, ReconItem, ReconPayout, ReconRun
 from reconciliation.progress import Progress, silent
@@ -399,17 +398,6 @@ def file_name(run: ReconRun, ext: str, part: str = "") -> str:
     return f"recon_{provider}_{run.business_date.isoformat()}_run{run.id}{suffix}.{ext}"
 
 
-@contextmanager
-def _replacing(path: Path) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; rename it into place on success, remove it on failure."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def csv_row(run: ReconRun, item: ItemRow) -> list[str | int]:
     """One CSV row in ``CSV_COLUMNS`` order: text escaped against formulas, numbers untouched."""
     return [
@@ -655,8 +643,8 @@ def _export_files(
 def _write_file(
     session: Session, run: ReconRun, fmt: str, part: str, path: Path, *, summarize: Summarize, language: Language
 ) -> None:
-    """One report file, put in place whole (``_replacing``) by its writer (``_WRITERS``)."""
-    with _replacing(path) as tmp:
+    """One report file, put in place whole (``aside.replacing``) by its writer (``_WRITERS``)."""
+    with replacing(path) as tmp:
         if fmt in FOR_PEOPLE:
             _WRITERS[fmt, part](session, run, tmp, summarize, language=language)
         else:
@@ -713,7 +701,7 @@ def _export_items(
     items = {("csv", ""): out_dir / file_name(run, "csv"), ("json", ""): out_dir / file_name(run, "json")}
 
     def copy_items() -> dict[tuple[str, str], Path]:
-        with _replacing(items["csv", ""]) as csv_tmp, _replacing(items["json", ""]) as json_tmp:
+        with replacing(items["csv", ""]) as csv_tmp, replacing(items["json", ""]) as json_tmp:
             _write_csv_and_json(session, run, csv_tmp, json_tmp, summarize)
         for path in items.values():
             digests[path] = _sha256(path)
@@ -835,7 +823,7 @@ def export_all(
         ],
     }
     manifest_path = out_dir / "manifest.json"
-    with _replacing(manifest_path) as tmp:
+    with replacing(manifest_path) as tmp:
         tmp.write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     progress("reports", total, total)
     return [*paths, manifest_path]
