@@ -39,7 +39,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.pool import NullPool, QueuePool
 
 from reconciliation.aside import replacing
-from reconciliation.db import is_postgres
+from reconciliation.db import is_postgres, statement_settings
 from reconciliation.models import PayoutPosting, ReconItem, ReconPayout, ReconRun
 from reconciliation.progress import Progress, silent
 from reconciliation.reports import pg as reports_pg
@@ -188,7 +188,16 @@ def _groups(session: Session, run_id: int) -> list[Any]:
         .where(ReconItem.run_id == run_id)
         .group_by(ReconItem.cls, ReconItem.internal_currency, ReconItem.provider_currency)
     )
-    return list(session.execute(stmt))
+    if not is_postgres(session):
+        return list(session.execute(stmt))
+    # A handful of groups, hashed: a run just written has no statistics yet, and the planner, guessing 200 groups
+    # or more, sorted a million items (on disk, in 4 MB of work_mem) to group them: 1.4-1.7 s, against 0.6-1.2 s.
+    with statement_settings(session, _FEW_GROUPS):
+        return list(session.execute(stmt))
+
+
+#: The planner settings of ``_groups``'s statement (``SET LOCAL``).
+_FEW_GROUPS = {"enable_sort": "off", "work_mem": "64MB"}
 
 
 _TOTAL_KEYS = ("count", "healed", "internal_total_minor", "provider_total_minor", "fee_total_minor")
