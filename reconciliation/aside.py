@@ -38,7 +38,8 @@ def replacing(path: Path) -> Iterator[Path]:
     """A new file aside beside ``path`` (hidden, a name of its own, locked while the block runs) for the block to
     write; renamed over ``path`` when the block ends, removed when it raises. The abandoned files aside of ``path``
     are swept first (``sweep``; only those: ``path`` may be in anyone's folder). The file is created as ``open``
-    creates one (its mode after the umask), so the file it becomes reads as one written in place would."""
+    creates one (its mode after the umask), so the file it becomes reads as one written in place would. On a file
+    system that takes no locks the file is written unlocked (a sweep then goes by its age alone)."""
     sweep(path.parent, of=path.name)
     while True:
         aside = path.with_name(f".{path.name}.{secrets.token_hex(4)}.part")
@@ -48,13 +49,18 @@ def replacing(path: Path) -> Iterator[Path]:
             continue
         break
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a new file: no one else can hold it
         try:
-            yield aside
-            os.replace(aside, path)
-        except BaseException:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a new file: no one else can hold it
+        except OSError as exc:  # no locks here (some network and FUSE file systems)
+            log.warning("writing %s unlocked: %s", aside, exc)
+        yield aside
+        os.replace(aside, path)
+    except BaseException:
+        try:
             aside.unlink(missing_ok=True)
-            raise
+        except OSError as exc:  # the error that stopped the writer is the one to raise
+            log.warning("could not remove %s: %s", aside, exc)
+        raise
     finally:
         os.close(fd)  # the lock goes with it
 
@@ -62,28 +68,36 @@ def replacing(path: Path) -> Iterator[Path]:
 def sweep(directory: Path, *, of: str | None = None, depth: int = 0, older_than: float = STALE_AFTER) -> list[Path]:
     """Remove the files aside in ``directory`` (and its subdirectories, ``depth`` levels down; only those of the file
     named ``of``, if given) that no writer holds and that have not changed for ``older_than`` seconds; returns them.
-    Nothing else is touched, and a file that goes away or is held meanwhile is left alone."""
+    Nothing else is touched; a file that goes away or is held meanwhile is left alone, and a folder that cannot be
+    read is skipped (logged): a sweep never fails the writing it comes before."""
     removed: list[Path] = []
     cutoff = time.time() - older_than
     try:
         entries = list(os.scandir(directory))
     except (FileNotFoundError, NotADirectoryError):
         return removed
+    except OSError as exc:
+        log.warning("files aside not swept in %s: %s", directory, exc)
+        return removed
     for entry in entries:
-        if depth > 0 and entry.is_dir(follow_symlinks=False):
-            removed += sweep(Path(entry.path), of=of, depth=depth - 1, older_than=older_than)
-        elif (
-            _ASIDE.fullmatch(entry.name)
-            and (of is None or entry.name.startswith(f".{of}."))
-            and entry.is_file(follow_symlinks=False)
-            and _abandoned(entry, cutoff)
-        ):
-            removed.append(Path(entry.path))
+        try:
+            if depth > 0 and entry.is_dir(follow_symlinks=False):
+                removed += sweep(Path(entry.path), of=of, depth=depth - 1, older_than=older_than)
+            elif (
+                _ASIDE.fullmatch(entry.name)
+                and (of is None or entry.name.startswith(f".{of}."))
+                and entry.is_file(follow_symlinks=False)
+                and _abandoned(entry, cutoff)
+            ):
+                removed.append(Path(entry.path))
+        except OSError as exc:
+            log.warning("file aside not swept, %s: %s", entry.path, exc)
     return removed
 
 
 def _abandoned(entry: os.DirEntry[str], cutoff: float) -> bool:
-    """Remove ``entry`` if no one holds it and it has not changed since ``cutoff``; whether it was removed."""
+    """Remove ``entry`` if no one holds it and it has not changed since ``cutoff``; whether it was removed. Where
+    the file system takes no locks, its age alone decides."""
     try:
         if entry.stat(follow_symlinks=False).st_mtime > cutoff:
             return False
@@ -95,6 +109,8 @@ def _abandoned(entry: os.DirEntry[str], cutoff: float) -> bool:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:  # its writer is alive
             return False
+        except OSError:  # no locks here: old enough is abandoned enough
+            pass
         os.unlink(entry.path)
     except OSError:
         return False

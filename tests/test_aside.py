@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -36,6 +38,14 @@ def _old(path: Path, seconds: float = 2 * aside.STALE_AFTER) -> Path:
 
 
 def test_a_file_is_written_aside_then_renamed_over_the_old_one_with_the_mode_open_gives(tmp_path: Path) -> None:
+    before = os.umask(0o022)  # files readable by others: a file aside must not end up 0600 as mkstemp's do
+    try:
+        _written_aside(tmp_path)
+    finally:
+        os.umask(before)
+
+
+def _written_aside(tmp_path: Path) -> None:
     target = tmp_path / "report.csv"
     target.write_text("old")
     plain = tmp_path / "plain.csv"
@@ -46,7 +56,7 @@ def test_a_file_is_written_aside_then_renamed_over_the_old_one_with_the_mode_ope
         assert target.read_text() == "old"  # a reader sees the old file whole until the new one is
     assert target.read_text() == "new"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["plain.csv", "report.csv"]
-    assert target.stat().st_mode & 0o777 == plain.stat().st_mode & 0o777  # not mkstemp's 0600
+    assert target.stat().st_mode & 0o777 == plain.stat().st_mode & 0o777 == 0o644
 
 
 def test_a_writer_that_fails_leaves_the_old_file_and_nothing_aside(tmp_path: Path) -> None:
@@ -134,3 +144,60 @@ def test_sweep_goes_down_as_deep_as_asked_and_ignores_what_is_missing(tmp_path: 
     assert sweep(day, depth=1) == [killed]
     assert deeper.exists()
     assert sweep(tmp_path / "nowhere", depth=3) == []
+
+
+def test_a_live_writer_of_this_process_is_never_swept_however_old_its_file(tmp_path: Path) -> None:
+    """The worker's threads share one process: a sweep in one of them leaves another's file aside alone."""
+    target = tmp_path / "report.json"
+    with replacing(target) as written:
+        written.write_text("half")
+        _old(written)
+        assert sweep(tmp_path) == [] and sweep(tmp_path, of=target.name, older_than=0) == []
+        written.write_text("whole")
+    assert target.read_text() == "whole"
+
+
+def test_where_the_file_system_takes_no_locks_files_are_written_unlocked_and_swept_by_age(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def no_locks(fd: int, operation: int) -> None:
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(aside.fcntl, "flock", no_locks)
+    target = tmp_path / "journal.csv"
+    with replacing(target) as written:
+        written.write_text("whole")
+    assert target.read_text() == "whole" and [p.name for p in tmp_path.iterdir()] == ["journal.csv"]
+    assert "unlocked" in caplog.text
+    left = _written_old(tmp_path / ".journal.csv.0a1b2c3d.part")
+    (tmp_path / ".journal.csv.4e5f6a7b.part").write_text("half")
+    assert sweep(tmp_path) == [left]  # the old one; the fresh one may be being written still
+
+
+def test_a_folder_that_cannot_be_read_is_skipped_not_a_failure(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A sweep comes before writing a report: a run folder it may not read (the tests run as root, so the refusal is
+    the file system's, simulated) is logged and skipped, and the rest is swept and written."""
+    day = tmp_path / "2026-11-21"
+    (day / "run1").mkdir(parents=True)
+    (day / "run2").mkdir()
+    left = _written_old(day / "run2" / ".recon.csv.0a1b2c3d.part")
+    scandir = os.scandir
+
+    def refusing(path: Any) -> Any:
+        if Path(path).name == "run1":
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return scandir(path)
+
+    monkeypatch.setattr(aside.os, "scandir", refusing)
+    assert sweep(day, depth=1) == [left]
+    assert "not swept in" in caplog.text and "run1" in caplog.text
+    with replacing(day / "run1" / "recon.csv") as written:  # its own sweep refused too: it writes all the same
+        written.write_text("whole")
+    assert (day / "run1" / "recon.csv").read_text() == "whole"
+
+
+def _written_old(path: Path) -> Path:
+    path.write_text("half")
+    return _old(path)

@@ -103,12 +103,16 @@ def test_a_queued_reconciliation_writes_its_reports_where_configured(
     with installed.sessions() as session, session.begin():
         import_file(session, "cinetpay", sample, business_tz=installed.settings.timezone)
     monkeypatch.setattr(installed, "settings", dataclasses.replace(installed.settings, reports_dir=tmp_path))
-    killed = tmp_path / "cinetpay" / "2026-11-21" / "run9" / ".recon_cinetpay_2026-11-21_run9.json.0a1b2c3d.part"
-    killed.parent.mkdir(parents=True)
-    killed.write_text('{"half": ')
-    os.utime(killed, (time.time() - 3600, time.time() - 3600))
+    killed = [  # by a killed export of another run of the day (no run 0: not this one's), and of a day page
+        tmp_path / "cinetpay" / "2026-11-21" / "run0" / ".recon_cinetpay_2026-11-21_run0.json.0a1b2c3d.part",
+        tmp_path / "days" / ".day_2026-11-19.xlsx.0a1b2c3d.part",
+    ]
+    for path in killed:
+        path.parent.mkdir(parents=True)
+        path.write_text('{"half": ')
+        os.utime(path, (time.time() - 3600, time.time() - 3600))
     run_id = tasks.reconcile.apply(args=("cinetpay", "2026-11-21", "scheduled")).get()
-    assert not killed.exists()
+    assert not [path for path in killed if path.exists()]
     folder = tmp_path / "cinetpay" / "2026-11-21" / f"run{run_id}"
     manifest = json.loads((folder / "manifest.json").read_text())
     assert sorted(p.suffix for p in folder.iterdir()) == [".csv", ".csv", ".html", ".json", ".json", ".xlsx"]

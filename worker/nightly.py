@@ -201,7 +201,8 @@ def write_reports(rt: Runtime, run_id: int) -> list[Path]:
         if run is None:
             raise ValueError(f"no reconciliation run #{run_id}")
         day = base / run.provider / run.business_date.isoformat()
-        sweep(day, depth=1)  # what an export of the day's runs killed before it was done left aside (aside.replacing)
+        for folder, depth in ((day, 1), (base / "days", 0)):  # what writers killed before they were done left aside
+            sweep(folder, depth=depth)  # (aside.replacing): in the day's run folders, and beside the day pages
         out = day / f"run{run_id}"
         files = reports.export_all(session, run_id, out, language=rt.settings.language)
     # The day at a glance, every provider's latest run of the day: rewritten as each of them ends, one writer
