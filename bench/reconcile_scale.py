@@ -22,7 +22,8 @@ taken (the machine's noise only ever adds: the ratio errs against payrecon, whos
 and the timed part after a CHECKPOINT (the WAL of what ran before is not the next one's to write; the bench's role
 needs to be a superuser or in ``pg_checkpoint``, as for the setup's CHECKPOINT). The last line printed
 is ``total_s=<import + classify> floor_s=<floor> ratio=<total/floor> fees_s=<s|none> reports_s=<s|none>``
-(``none``: ``--fees`` or ``--reports`` not given).
+(``none``: ``--fees`` or ``--reports`` not given). The fees' and the reports' own lines also give each time as a
+multiple of the floor: how fast the machine is shows in the floor, so that figures of two machines compare.
 """
 
 from __future__ import annotations
@@ -252,7 +253,8 @@ def main() -> None:
             started_fees = time.perf_counter()
             journals = runs.post_fees(sessions, run_id)
             fees_s = f"{time.perf_counter() - started_fees:.2f}"
-            print(f"fees posted ({journals} journals): {fees_s} s; peak memory {max_rss_mib():.0f} MiB")
+            print(f"fees posted ({journals} journals): {fees_s} s ({float(fees_s) / floor:.2f} x the floor); "
+                  f"peak memory {max_rss_mib():.0f} MiB")  # fmt: skip
         if args.reports:
             from reconciliation.reports import run as reports
 
@@ -261,8 +263,8 @@ def main() -> None:
                 files = reports.export_all(session, run_id, Path(out))
                 reports_s = f"{time.perf_counter() - written:.2f}"
                 size_mib = sum(p.stat().st_size for p in files) / 2**20
-                print(f"reports ({len(files)} files, {size_mib:.0f} MiB): {reports_s} s; "
-                      f"peak memory {max_rss_mib():.0f} MiB")  # fmt: skip
+                print(f"reports ({len(files)} files, {size_mib:.0f} MiB): {reports_s} s "
+                      f"({float(reports_s) / floor:.2f} x the floor); peak memory {max_rss_mib():.0f} MiB")  # fmt: skip
         if args.rerun:  # with --reports: reports imported above
             rerun_id = runs.start(sessions, "cinetpay", DAY, policy, "rerun")
             runs.classify_run(sessions, rerun_id, policy)
