@@ -285,6 +285,40 @@ def test_wave_reconciles_from_its_imported_statement_rather_than_its_listing(
     assert sorted(txn_ids) == ["T_FILE1", "T_FILE2"]
 
 
+def test_a_file_s_payout_row_alone_on_a_day_leaves_that_day_s_payments_to_the_listing(
+    rt: Runtime, sandbox: SandboxClient, tmp_path: Path
+) -> None:
+    """Yesterday's statement file carries the payout of yesterday's payments, paid this morning (as Wave's sample
+    does): today still reconciles from the listing. Before, that one row made the file today's word, the listing was
+    not asked and its lines were dropped, and every payment of today was missing at the provider."""
+    today = datetime.now(rt.settings.timezone).date()
+    refs = [new_reference("CR") for _ in range(2)]
+    for n, ref in enumerate(refs):
+        state = sandbox.create("wave", reference=ref, amount=6500, currency="XOF", fate="accepted")
+        reg = registration(ref, provider="wave", amount=6500, plan="coko-premium-monthly", account=f"reader-{n}")
+        pipeline.register_payment(rt, {**reg, "provider_data": state["provider_data"]})
+        pipeline.ingest_webhook(rt, sandbox.notification("wave", ref))
+    yesterday = datetime.now(UTC) - timedelta(days=1)
+    payout = f"PO-{new_reference('X')}"
+    statement = tmp_path / "wave-yesterday.csv"
+    statement.write_text(
+        "client_reference,transaction_id,timestamp,amount,currency,fee,payment_status,payout_id\n"
+        f"{new_reference('CR')},T_Y1,{yesterday.isoformat()},6500,XOF,65,succeeded,{payout}\n"
+        f",,{datetime.now(UTC).isoformat()},6435,XOF,0,payout,{payout}\n",  # paid out today
+        encoding="utf-8",
+    )
+    with rt.sessions() as session, session.begin():
+        import_file(session, "wave", statement, business_tz=rt.settings.timezone)
+    run_id = nightly.run_day(rt, "wave", today)
+    assert classes(rt, run_id) == {refs[0]: "matched", refs[1]: "matched"}
+    with rt.sessions() as session:
+        sources = session.execute(
+            select(StatementLine.source, StatementLine.status)
+            .where(StatementLine.provider == "wave", StatementLine.business_date == today)
+        ).all()  # fmt: skip
+    assert sorted(sources) == [("file", "payout"), ("listing", "succeeded"), ("listing", "succeeded")]
+
+
 def test_statement_errors_found_by_the_database_path_name_their_lines(rt: Runtime, tmp_path: Path) -> None:
     """Every row has its fields (COPY accepts the file): PostgreSQL validates every row in SQL."""
     path = tmp_path / "cinetpay.csv"

@@ -80,11 +80,12 @@ def collect(
 ) -> tuple[int, int]:
     """Refresh the provider's lines for ``day``: (lines stored, status checks that failed).
 
-    An imported statement file is the provider's own word for its day, at every provider (Wave's
-    included), whether or not its API client is configured: with one, neither the listing nor the
+    An imported statement file is the provider's own word for a day on which it lists payments, at every provider
+    (Wave's included), whether or not its API client is configured: with one, neither the listing nor the
     status API is asked, and the lines they stored for the day before are dropped (they would be a
-    second, differently keyed copy of the same transactions). Without a file: Wave's listing, else
-    the status API; ``NothingToReconcile`` when the provider's client is not configured either.
+    second, differently keyed copy of the same transactions). A file's payout rows alone on a day (a payout paid the
+    morning after) do not make it that day's word: they stay beside the day's other lines. Without a file: Wave's
+    listing, else the status API; ``NothingToReconcile`` when the provider's client is not configured either.
     """
     with rt.sessions() as session:
         from_file = statements.lines_from_file(session, provider, day)

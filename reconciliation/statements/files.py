@@ -119,7 +119,10 @@ class Imported:
 
 
 def lines_from_file(session: Session, provider: str, day: date) -> int:
-    """How many lines of ``provider``'s ``day`` come from an imported statement file (visible ones)."""
+    """How many of ``provider``'s payments on ``day`` an imported statement file gives (visible lines): none when the
+    files have only payout rows on that day. A payout is often paid the morning after the payments it settles (Wave's
+    sample file: the 21st's payments, their payout on the 22nd at 06:00): that row does not make the file the
+    provider's word for the 22nd's payments, which come from the listing or the status API."""
     return int(
         session.scalar(
             select(func.count())
@@ -128,6 +131,7 @@ def lines_from_file(session: Session, provider: str, day: date) -> int:
                 StatementLine.provider == provider,
                 StatementLine.source == "file",
                 StatementLine.business_date == day,
+                StatementLine.status != "payout",
                 visible(),
             )
         )
