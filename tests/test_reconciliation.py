@@ -32,6 +32,7 @@ from reconciliation.models import (
     ReconItem,
     ReconRun,
     StatementImport,
+    StatementImportDay,
     StatementLine,
     SubscriptionGrant,
 )
@@ -395,6 +396,123 @@ def payout_journals(rt: Runtime) -> list[tuple[int, str, list[tuple[str, str, in
             )])
             for j in journals
         ]  # fmt: skip
+
+
+WAVE_DAY = "client_reference,transaction_id,timestamp,amount,currency,fee,payment_status,payout_id\n"
+
+
+def test_a_day_exported_again_is_refused_or_replaces_the_first_file_never_counted_twice(
+    rt: Runtime, tmp_path: Path
+) -> None:
+    """Wave's day exported from the portal, then exported again a day later with a late payment: the second file is
+    refused (nothing imported) unless asked to replace the first's lines of the day; either way every payment has
+    one line, and the payout, paid the next morning, one row, posted to the bank once at its amount. Before, both
+    files were kept: every payment a duplicate (no fee), and the payout, counted twice on both sides, matched and
+    posted at twice its amount."""
+    a, b, late = (new_reference("CR") for _ in range(3))
+    day = date(2026, 11, 21)
+    at = datetime(2026, 11, 21, 9, tzinfo=UTC)
+    for ref, amount in ((a, 6500), (b, 65000), (late, 13000)):
+        payment(rt, ref, PaymentStatus.SUCCEEDED, amount=amount, at=at, provider="wave")
+    rows = [
+        f"{a},T-A,2026-11-21T08:30:00Z,6500,XOF,65,succeeded,PO-1",
+        f"{b},T-B,2026-11-21T14:12:45Z,65000,XOF,650,succeeded,PO-1",
+    ]
+    payout_row = ",,2026-11-22T06:00:00Z,70785,XOF,0,payout,PO-1"
+    first, again = tmp_path / "wave-21.csv", tmp_path / "wave-21-again.csv"
+    first.write_text(WAVE_DAY + "\n".join([*rows, payout_row]) + "\n", encoding="utf-8")
+    again.write_text(
+        WAVE_DAY + "\n".join([*rows, f"{late},T-L,2026-11-21T23:10:00Z,13000,XOF,130,succeeded,", payout_row]) + "\n",
+        encoding="utf-8",
+    )
+    tz = ZoneInfo("Africa/Abidjan")
+    with rt.sessions() as session, session.begin():
+        imported = import_file(session, "wave", first, business_tz=tz)
+    with (
+        pytest.raises(StatementError, match=f"2026-11-21 by wave-21.csv \\(import #{imported.import_id}\\).*--replace"),
+        rt.sessions() as session,
+        session.begin(),
+    ):
+        import_file(session, "wave", again, business_tz=tz)
+    with rt.sessions() as session:
+        assert session.scalar(select(func.count()).select_from(StatementLine)) == 3  # the first file's, alone
+    with rt.sessions() as session, session.begin():
+        replaced = import_file(session, "wave", again, business_tz=tz, replace=True)
+    assert replaced.replaced == (day,) and replaced.days == (day, date(2026, 11, 22))
+    with rt.sessions() as session:
+        lines = session.execute(select(StatementLine.reference, StatementLine.status, StatementLine.import_id)).all()
+    assert sorted(lines, key=str) == sorted(
+        [(a, "succeeded", replaced.import_id), (b, "succeeded", replaced.import_id),
+         (late, "succeeded", replaced.import_id), (None, "payout", replaced.import_id)], key=str,
+    )  # fmt: skip
+    run_id = runs.reconcile_stored(rt.sessions, "wave", day, policy(rt))
+    assert classes(rt, run_id) == {a: "matched", b: "matched", late: "matched"}
+    [(_, _, entries)] = payout_journals(rt)
+    assert sorted(entries) == [("bank:wave", "debit", 70785, "XOF"), ("provider_clearing:wave", "credit", 70785, "XOF")]
+
+
+def test_the_next_day_s_file_takes_over_the_payout_row_the_day_before_s_file_gave(rt: Runtime, tmp_path: Path) -> None:
+    """The 21st's file carries the payout of its payments, paid on the 22nd; the 22nd's file lists that payout too,
+    with the 22nd's payments. The 22nd's file is not refused (the 21st's does not give the 22nd's payments) and the
+    payout keeps one row, the newer file's."""
+    tz = ZoneInfo("Africa/Abidjan")
+    files = {
+        "wave-21.csv": [f"{new_reference('CR')},T-1,2026-11-21T08:30:00Z,6500,XOF,65,succeeded,PO-21",
+                        ",,2026-11-22T06:00:00Z,6435,XOF,0,payout,PO-21"],
+        "wave-22.csv": [",,2026-11-22T06:00:00Z,6435,XOF,0,payout,PO-21",
+                        f"{new_reference('CR')},T-2,2026-11-22T10:00:00Z,6500,XOF,65,succeeded,PO-22"],
+    }  # fmt: skip
+    ids = []
+    for name, rows in files.items():
+        path = tmp_path / name
+        path.write_text(WAVE_DAY + "\n".join(rows) + "\n", encoding="utf-8")
+        with rt.sessions() as session, session.begin():
+            ids.append(import_file(session, "wave", path, business_tz=tz).import_id)
+    with rt.sessions() as session:
+        payouts = session.execute(
+            select(StatementLine.payout_id, StatementLine.import_id).where(StatementLine.status == "payout")
+        ).all()
+        given = session.execute(select(StatementImportDay.business_date, StatementImportDay.import_id)).all()
+    assert payouts == [("PO-21", ids[1])]
+    assert sorted(given) == [(date(2026, 11, 21), ids[0]), (date(2026, 11, 22), ids[1])]
+
+
+def test_two_imports_of_one_day_at_once_the_second_to_commit_is_refused(rt: Runtime, tmp_path: Path) -> None:
+    """The days' key, not a look first: the second import waits for the first to commit, then is refused."""
+    tz = ZoneInfo("Africa/Abidjan")
+    paths = []
+    for n in range(2):
+        path = tmp_path / f"cinetpay-{n}.csv"
+        path.write_text(
+            "transaction_id,operator_id,payment_date,amount,currency,fees,status\n"
+            f"{new_reference()},OP{n},2026-11-21 10:00:00,5000,XOF,0,ACCEPTED\n",
+            encoding="utf-8",
+        )
+        paths.append(path)
+    first = rt.sessions()
+    first.begin()
+    import_file(first, "cinetpay", paths[0], business_tz=tz)  # its day claimed, not committed yet
+    outcome: list[BaseException | None] = []
+
+    def second() -> None:
+        try:
+            with rt.sessions() as session, session.begin():
+                import_file(session, "cinetpay", paths[1], business_tz=tz)
+            outcome.append(None)
+        except BaseException as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=second)
+    thread.start()
+    time.sleep(1)
+    assert thread.is_alive()  # waiting on the key
+    first.commit()
+    first.close()
+    thread.join(30)
+    assert len(outcome) == 1 and isinstance(outcome[0], StatementError), outcome
+    assert "was imported meanwhile" in str(outcome[0])
+    with rt.sessions() as session:
+        assert session.scalar(select(func.count()).select_from(StatementImport)) == 1
 
 
 def test_a_matched_payout_is_posted_to_the_bank_once_and_clearing_keeps_what_is_still_owed(rt: Runtime) -> None:

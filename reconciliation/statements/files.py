@@ -4,7 +4,9 @@ Each provider's export has its own columns; ``MAPPINGS`` says which column holds
 by header name, never by position), and ``docs/statements/<provider>.csv`` is a sample of each.
 A file is imported whole or not at all: every bad row is reported with its line number, and
 nothing is written unless every row is good. The same file (same SHA-256) is never imported
-twice. Rows are streamed: memory does not grow with the file; on PostgreSQL they go in with COPY.
+twice, and one file gives a provider's payments of a day: a file that lists payments on a day another
+gave is refused, unless asked to replace that file's lines of the day (``import_file``). Rows are streamed:
+memory does not grow with the file; on PostgreSQL they go in with COPY.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import csv
 import hashlib
 import io
 import re
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
@@ -25,7 +28,7 @@ from sqlalchemy import ColumnElement, delete, func, insert, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from reconciliation.models import StatementImport, StatementLine
+from reconciliation.models import StatementImport, StatementImportDay, StatementLine
 from reconciliation.progress import Progress, silent
 from reconciliation.statements.pg import YEARS, too_long
 from schemas.currency import MINOR_UNIT_EXPONENT
@@ -115,7 +118,8 @@ class StatementError(Exception):
 class Imported:
     import_id: int
     rows: int
-    days: tuple[date, ...]
+    days: tuple[date, ...]  # every business day with a line of the file
+    replaced: tuple[date, ...] = ()  # the days whose lines from an earlier file it replaced (``replace``)
 
 
 def lines_from_file(session: Session, provider: str, day: date) -> int:
@@ -162,11 +166,16 @@ def import_file(
     *,
     business_tz: ZoneInfo,
     sessions: int | None = None,
+    replace: bool = False,
     progress: Progress = silent,
 ) -> Imported:
     """Import a statement file in the caller's transaction (roll back on ``StatementError``).
 
-    ``sessions``: on PostgreSQL, how many sessions load a large file side by side (default
+    One file gives a provider's payments of a business day (``StatementImportDay``): a file that lists payments on a
+    day an earlier file gave is refused, naming that file and the days, unless ``replace``: then the earlier file's
+    lines of those days go, its payout rows aside (the payout rows of a payout id this file gives again go too,
+    whatever their day: the newest file's are kept). Two imports of one day at once: the one that commits second is
+    refused. ``sessions``: on PostgreSQL, how many sessions load a large file side by side (default
     ``statements_pg.WORKERS``). ``progress`` hears each stage: ``checksum`` (bytes), then on
     PostgreSQL ``check`` and ``copy`` (bytes) and ``insert`` (rows), else ``rows``."""
     mapping = MAPPINGS.get(provider)
@@ -196,7 +205,7 @@ def import_file(
             if rows == 0:
                 raise StatementError(f"{path.name} has no rows")
             record.rows = rows
-            return Imported(record.id, rows, days)
+            return Imported(record.id, rows, tuple(sorted(days)), _claim(session, record, days, replace=replace))
     parser = _Parser(mapping, provider, record.id, business_tz)
     rows = 0
     writer = _Writer(session)
@@ -215,7 +224,86 @@ def import_file(
     if rows == 0:
         raise StatementError(f"{path.name} has no rows")
     record.rows = rows
-    return Imported(record.id, rows, tuple(sorted(parser.days)))
+    return Imported(record.id, rows, tuple(sorted(parser.days)), _claim(session, record, parser.days, replace=replace))
+
+
+def _claim(session: Session, record: StatementImport, lines: dict[date, int], *, replace: bool) -> tuple[date, ...]:
+    """Make ``record`` (its ``lines`` per business day written) the file that gives its days' payments: refuse it when
+    an earlier file gives one of them, or, with ``replace``, remove that file's lines of those days (its payout rows
+    aside); remove the payout rows of earlier files for the payout ids it gives again. Returns the days replaced."""
+    provider, days = record.provider, sorted(lines)
+    payout_rows = Counter(
+        session.scalars(
+            select(StatementLine.business_date).where(
+                StatementLine.provider == provider,
+                StatementLine.status == "payout",
+                StatementLine.business_date.in_(days),
+                StatementLine.import_id == record.id,
+            )
+        )
+    )
+    covered = [day for day in days if lines[day] > payout_rows[day]]  # a day of payout rows alone is not its own
+    earlier = session.execute(
+        select(StatementImportDay.business_date, StatementImport.id, StatementImport.filename)
+        .join(StatementImport, StatementImport.id == StatementImportDay.import_id)
+        .where(StatementImportDay.provider == provider, StatementImportDay.business_date.in_(covered))
+        .order_by(StatementImportDay.business_date)
+    ).all()
+    if earlier and not replace:
+        given = "; ".join(f"{day.isoformat()} by {name} (import #{iid})" for day, iid, name in earlier[:5])
+        more = f" and {len(earlier) - 5} more day(s)" if len(earlier) > 5 else ""
+        raise StatementError(
+            f"{record.filename} lists {provider} payments of days another file gave: {given}{more}; nothing imported. "
+            "A file gives a day's payments once: import it with --replace to take its lines for those days instead"
+        )
+    replaced = tuple(day for day, _, _ in earlier)
+    if earlier:
+        session.execute(
+            delete(StatementLine).where(
+                StatementLine.provider == provider,
+                StatementLine.source == "file",
+                StatementLine.business_date.in_(replaced),
+                StatementLine.import_id.in_({iid for _, iid, _ in earlier}),
+                StatementLine.status != "payout",
+            )
+        )
+        session.execute(
+            delete(StatementImportDay).where(
+                StatementImportDay.provider == provider, StatementImportDay.business_date.in_(replaced)
+            )
+        )
+    payouts = set(
+        session.scalars(
+            select(StatementLine.payout_id).where(
+                StatementLine.provider == provider,
+                StatementLine.status == "payout",
+                StatementLine.business_date.in_(days),
+                StatementLine.import_id == record.id,
+            )
+        )
+    )
+    if payouts:  # one row per payout id: the newest file's (an earlier file's row may lie on another day)
+        session.execute(
+            delete(StatementLine).where(
+                StatementLine.provider == provider,
+                StatementLine.status == "payout",
+                StatementLine.payout_id.in_(sorted(payouts, key=str)),
+                StatementLine.import_id != record.id,
+            )
+        )
+    try:
+        with session.begin_nested():  # the key: a concurrent import of one of the days committed first
+            session.add_all(
+                StatementImportDay(provider=provider, business_date=day, import_id=record.id) for day in covered
+            )
+            session.flush()
+    except IntegrityError:
+        named = ", ".join(day.isoformat() for day in covered)
+        raise StatementError(
+            f"{record.filename}: another {provider} file of one of its days ({named}) was imported meanwhile; "
+            "nothing imported. Import it again to see which, or with --replace"
+        ) from None
+    return replaced
 
 
 class _Parser:
@@ -228,7 +316,7 @@ class _Parser:
         self.business_tz = business_tz
         self.file_tz = ZoneInfo(mapping.tz)
         self.errors: list[tuple[int, str]] = []
-        self.days: set[date] = set()
+        self.days: Counter[date] = Counter()  # lines per business day
         self.col: dict[str, int] = {}
         self.fee_col: int | None = None
         self.payout_col: int | None = None
@@ -282,7 +370,7 @@ class _Parser:
             raise ValueError(f"time {raw_time[:40]!r} is not YYYY-MM-DD HH:MM:SS or ISO 8601") from None
         occurred = (occurred if occurred.tzinfo else occurred.replace(tzinfo=self.file_tz)).astimezone(UTC)
         day = occurred.astimezone(self.business_tz).date()
-        self.days.add(day)
+        self.days[day] += 1
         reference = row[col["reference"]].strip() or None
         if reference is None and status == "succeeded":
             raise ValueError("a paid row without a reference cannot be matched")

@@ -129,8 +129,8 @@ def import_copy(
     workers: int | None = None,
     lines: int | None = None,
     progress: Progress = silent,
-) -> tuple[int, list[tuple[int, str]], tuple[date, ...]]:
-    """(rows inserted, errors, business days). Nothing is inserted when there are errors.
+) -> tuple[int, list[tuple[int, str]], dict[date, int]]:
+    """(rows inserted, errors, lines per business day). Nothing is inserted when there are errors.
 
     The file is staged in unlogged tables that side sessions can read (``payrecon_stage_<import
     id>``, and ``..._<k>`` for the k-th part of a large file). A large file (``lines``, the file's line count, from
@@ -189,7 +189,7 @@ def import_copy(
     fast = _load(engine, cursor, sql, params, parts, workers=workers, progress=progress)
     if fast is not None:
         cursor.execute(f"DROP TABLE {tables}")  # with the import: a stage table left behind marks a failed load
-        return sum(fast.values()), [], tuple(sorted(fast))
+        return sum(fast.values()), [], fast
     staged = sum(rows for _, _, rows, _ in parts)
     progress("insert", staged, staged)  # refused: the stage ends, and the strict path converts every line or none
     # The strict path reads the parts as one table, each line numbered in the whole file.
@@ -262,7 +262,7 @@ def _strict(
     statuses: str,
     params: dict[str, Any],
     width: int,
-) -> tuple[int, list[tuple[int, str]], tuple[date, ...]]:
+) -> tuple[int, list[tuple[int, str]], dict[date, int]]:
     """Name every bad row (line numbers), or convert and insert them all with the full checks."""
     v = {key: f"btrim(s.{column}, {WS})" for key, column in col.items()}  # each field, trimmed as Python does
     identifiers = {"reference": v["reference"], "txn_id": v["txn_id"]} | (
@@ -311,7 +311,7 @@ def _strict(
     )
     errors = [(int(line), str(message)) for line, message in cursor.fetchall()]
     if errors:
-        return 0, errors, ()
+        return 0, errors, {}
     raw_line = " || ',' || ".join(f"coalesce(s.c{i}, '')" for i in range(width))
     occurred = (
         f"CASE WHEN {v['time']} ~ '(Z|[+-]\\d{{2}}(:?\\d{{2}})?)$' THEN {v['time']}::timestamptz "
@@ -346,7 +346,7 @@ def _strict(
         cursor.execute("ROLLBACK TO SAVEPOINT strict_path")
         raise LayoutError(str(exc)) from exc
     strict = {day: int(n) for day, n in cursor.fetchall()}
-    return sum(strict.values()), errors, tuple(strict)
+    return sum(strict.values()), errors, strict
 
 
 def _too_long(key: str, text: str) -> str:
