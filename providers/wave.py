@@ -26,8 +26,7 @@ import hashlib
 import hmac
 import json
 import re
-import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from decimal import Decimal
@@ -386,14 +385,14 @@ class WaveClient(HttpClient):
         max_attempts: int = 3,
         deadline: float = 20.0,
         wait: wait_base | None = None,
-        clock: Callable[[], float] = time.time,
     ) -> None:
         """Configure the client.
 
         ``webhook_secrets``: the signing secrets (``wave_…_WHS_…``) a ``Wave-Signature`` may
         use; give the new and the old one during a rotation. ``webhook_shared_secret``: the
         Bearer secret of the shared-secret strategy. ``tolerance``: seconds a signature's
-        timestamp may be away from ``clock()``. ``wait`` replaces the jittered backoff
+        timestamp may be away from the delivery's arrival (the envelope's ``received_at``, stamped by the
+        receiver), however long after it is read. ``wait`` replaces the jittered backoff
         (tests pass ``wait_none()``).
         """
         if isinstance(webhook_secrets, str):
@@ -404,7 +403,6 @@ class WaveClient(HttpClient):
         self._webhook_secrets = tuple(s for s in webhook_secrets if s)
         self._shared_secret = webhook_shared_secret or None
         self.tolerance = tolerance
-        self._clock = clock
         super().__init__(_error_code, session, timeout, retry_policy(max_attempts, deadline, wait))
 
     def __repr__(self) -> str:
@@ -481,7 +479,7 @@ class WaveClient(HttpClient):
                 failures.append(f"missing {SIGNATURE_HEADER} header")
             else:
                 try:
-                    self._check_signature(signature, envelope.body)
+                    self._check_signature(signature, envelope.body, received=envelope.received_at.timestamp())
                     return
                 except ForgedDelivery as exc:
                     failures.append(str(exc))
@@ -496,14 +494,17 @@ class WaveClient(HttpClient):
         failures.sort(key=lambda reason: reason.startswith("missing"))
         raise ForgedDelivery("; ".join(failures))
 
-    def _check_signature(self, header: str, body: str) -> None:
+    def _check_signature(self, header: str, body: str, *, received: float) -> None:
+        """The header's signature of ``body`` by one of the secrets, dated within ``tolerance`` of ``received`` (when
+        the receiver took the delivery: a delivery read late, after an outage or a backlog, or again after its
+        verification was put off, is as fresh as when it came; a replay reaches the receiver late)."""
         timestamp, candidates = parse_signature_header(header)
         expected = [compute_signature(secret, timestamp, body).encode() for secret in self._webhook_secrets]
         # Bytes, not str: compare_digest refuses non-ASCII str, and the header is attacker-controlled.
         offered = [candidate.lower().encode("utf-8", "replace") for candidate in candidates]
         if not any(hmac.compare_digest(want, got) for want in expected for got in offered):
             raise ForgedDelivery(f"{SIGNATURE_HEADER} does not match any configured secret")
-        age = self._clock() - int(timestamp)
+        age = received - int(timestamp)
         if abs(age) > self.tolerance:
             when = f"signed {age:.0f} s ago" if age > 0 else f"dated {-age:.0f} s in the future"
             raise ForgedDelivery(f"stale timestamp: {when}, tolerance {self.tolerance} s")

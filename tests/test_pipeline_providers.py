@@ -8,13 +8,14 @@ import json
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import replace
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import func, select, text
 
+from providers.base import ProviderTransientError
 from providers.sandbox.client import SandboxClient
 from reconciliation.models import (
     DeadLetter,
@@ -176,6 +177,38 @@ def test_wave_stale_signature_is_forged(rt: Runtime, sandbox: SandboxClient) -> 
     pipeline.register_payment(rt, coko(ref, "wave", provider_data=state["provider_data"]))
     result = pipeline.ingest_webhook(rt, sandbox.notification("wave", ref, stale=True))
     assert result.outcome is Disposition.FORGED and "stale" in result.detail
+
+
+def test_a_wave_delivery_read_long_after_it_arrived_is_authentic_and_settles(
+    rt: Runtime, sandbox: SandboxClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Signed and received ten minutes ago, read only now (a backlog, PostgreSQL down meanwhile), its verification
+    put off by a Wave 503 and resumed: authentic at each reading, then settled. The signature's time is held against
+    the delivery's arrival (``received_at``), not against the time it is read: before, the delivery was quarantined
+    as forged, and Wave's resend of the event counted as its duplicate."""
+    ref = new_reference("CR")
+    state = sandbox.create("wave", reference=ref, amount=6500, currency="XOF", fate="accepted")
+    pipeline.register_payment(rt, coko(ref, "wave", provider_data=state["provider_data"]))
+    envelope = sandbox.notification("wave", ref, stale=True)  # signed ten minutes ago
+    envelope["received_at"] = (datetime.now(UTC) - timedelta(minutes=10)).isoformat()  # and received then
+    client = rt.client("wave")
+    assert client is not None
+    answer = client.check
+
+    def down(view: Any) -> Any:
+        raise ProviderTransientError("503 Service Unavailable", provider="wave", http_status=503)
+
+    monkeypatch.setattr(client, "check", down)
+    first = pipeline.ingest_webhook(rt, envelope)
+    assert first.outcome is Disposition.RETRY, first.detail
+    monkeypatch.setattr(client, "check", answer)
+    with rt.sessions.begin() as session:
+        row = session.get(InboxDelivery, first.inbox_id)
+        assert row is not None
+        row.next_attempt_at = datetime.now(UTC) - timedelta(seconds=1)
+    again = pipeline.retry_delivery(rt, first.inbox_id)
+    assert again.outcome is Disposition.ACCEPTED, again.detail
+    assert status(rt, ref) is PaymentStatus.SUCCEEDED
 
 
 def test_expired_registration_without_answers_is_expired_on_the_providers_schedule(
