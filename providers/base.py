@@ -212,6 +212,14 @@ class ProviderProtocolError(ProviderError):
     """The provider answered something we cannot parse (not JSON, missing fields, bad amount)."""
 
 
+class ProviderUnreadableAnswer(ProviderProtocolError):
+    """The answer is not JSON at all: a maintenance page served with 200, a proxy's error page, an answer cut short.
+    An outage, not a refusal: retried as one, until the provider's give-up window ends. An answer in JSON that says
+    something we cannot use stays a ``ProviderProtocolError``, which is not retried."""
+
+    retryable = True
+
+
 class DeliveryError(Exception):
     """Base for problems with a webhook delivery itself (not with the provider).
 

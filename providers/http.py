@@ -53,6 +53,7 @@ from providers.base import (
     ProviderProtocolError,
     ProviderRateLimited,
     ProviderTransientError,
+    ProviderUnreadableAnswer,
     load_json,
 )
 
@@ -957,7 +958,7 @@ def json_object(text: str, what: str, *, provider: str, http_status: int) -> dic
     except JsonTooDeep as exc:
         raise ProviderProtocolError(f"{what} is {exc}", provider=provider, http_status=http_status) from None
     except ValueError:
-        raise ProviderProtocolError(
+        raise ProviderUnreadableAnswer(
             f"{what} is not JSON: {text[:80]!r}", provider=provider, http_status=http_status
         ) from None
     if not isinstance(body, dict):

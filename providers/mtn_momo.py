@@ -39,6 +39,7 @@ from providers.base import (
     ProviderNotFound,
     ProviderProtocolError,
     ProviderTransientError,
+    ProviderUnreadableAnswer,
     RegistrationView,
     VerifiedStatus,
     bounded_dedupe_key,
@@ -304,7 +305,7 @@ class MtnMomoClient(TokenClient):
         try:
             body = response.json()
         except ValueError:
-            raise ProviderProtocolError("token answer is not JSON", **where) from None
+            raise ProviderUnreadableAnswer("token answer is not JSON", **where) from None
         token = body.get("access_token") if isinstance(body, dict) else None
         if not isinstance(token, str) or not token.strip():
             raise ProviderProtocolError("token answer has no access_token", **where)

@@ -48,6 +48,7 @@ from providers.base import (
     ProviderBadRequest,
     ProviderProtocolError,
     ProviderRefusedQuestion,
+    ProviderUnreadableAnswer,
     RegistrationView,
     VerifiedStatus,
     bounded_dedupe_key,
@@ -114,7 +115,7 @@ def parse_token_response(text: str) -> tuple[str, float]:
     except JsonTooDeep as exc:
         raise ProviderProtocolError(f"token answer is {exc}", **where) from None
     except ValueError:
-        raise ProviderProtocolError("token answer is not JSON", **where) from None
+        raise ProviderUnreadableAnswer("token answer is not JSON", **where) from None
     if not isinstance(body, dict):
         raise ProviderProtocolError("token answer is not a JSON object", **where)
     token = body.get("access_token")

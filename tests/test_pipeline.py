@@ -358,6 +358,24 @@ def test_retry_after_recovery_settles(rt: Runtime, sandbox: SandboxClient) -> No
     assert payment(rt, ref).settled
 
 
+def test_a_maintenance_page_for_an_answer_is_an_outage_waited_out_not_a_refusal(
+    rt: Runtime, sandbox: SandboxClient
+) -> None:
+    """CinetPay answers its status question with an HTML page and 200 (a maintenance page, a proxy's): the delivery
+    waits and is tried again, as for a 503, and settles once the answers are JSON again. Before, the page
+    dead-lettered the delivery at once."""
+    ref = new_reference()
+    register(rt, ref)
+    page = {"status": 200, "body": "<html><body>Maintenance en cours</body></html>"}
+    sandbox.create_cinetpay(ref, 5000, fate="accepted", faults=[page])
+    result = pipeline.ingest_webhook(rt, sandbox.cinetpay_notification(ref))
+    assert result.outcome is Disposition.RETRY and "not JSON" in result.detail, result.detail
+    with rt.sessions() as session:
+        assert session.scalars(select(DeadLetter)).all() == []
+    assert pipeline.retry_delivery(rt, result.inbox_id, version=result.due).outcome is Disposition.ACCEPTED
+    assert payment(rt, ref).settled
+
+
 @pytest.mark.parametrize(
     "payload",
     [

@@ -24,6 +24,7 @@ from providers.base import (
     ProviderProtocolError,
     ProviderRateLimited,
     ProviderTransientError,
+    ProviderUnreadableAnswer,
 )
 from providers.cinetpay import (
     CPM_FIELDS,
@@ -289,7 +290,7 @@ def test_parse_refusal_with_blank_date_and_numeric_amount() -> None:
 @pytest.mark.parametrize(
     ("text", "error", "match"),
     [
-        ("<html>", ProviderProtocolError, "not JSON"),
+        ("<html>", ProviderUnreadableAnswer, "not JSON"),  # an outage's page: retried (retryable)
         ("[1]", ProviderProtocolError, "not a JSON object"),
         (answer("00", data={"status": "ACCEPTED", "amount": "10.5", "currency": "XOF"}), ProviderProtocolError, "10.5"),
         (answer("00", data={"status": "ACCEPTED", "amount": "10"}), ProviderProtocolError, "without currency"),
@@ -309,6 +310,7 @@ def test_parse_bad_answers(text: str, error: type[ProviderError], match: str) ->
         parse_check_response("ref-1", text)
     assert info.value.provider == "cinetpay"
     assert type(info.value) is error
+    assert info.value.retryable is (error is ProviderUnreadableAnswer)
 
 
 def test_a_body_parsed_again_is_read_from_the_cache_and_each_caller_gets_its_own_fields() -> None:
