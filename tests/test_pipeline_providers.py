@@ -211,6 +211,37 @@ def test_a_wave_delivery_read_long_after_it_arrived_is_authentic_and_settles(
     assert status(rt, ref) is PaymentStatus.SUCCEEDED
 
 
+def test_a_forged_copy_of_a_given_up_wave_delivery_does_not_reopen_it(
+    rt: Runtime, sandbox: SandboxClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Wave's key is the event id alone: a copy with a bad signature is a repeat of the delivery. Given up (Wave down
+    for its whole window), the delivery is reopened by an authentic copy only: a forged one takes nothing from it
+    (before, it reopened the delivery, which the janitor then verified again)."""
+    ref = new_reference("CR")
+    state = sandbox.create("wave", reference=ref, amount=6500, currency="XOF", fate="accepted")
+    pipeline.register_payment(rt, coko(ref, "wave", provider_data=state["provider_data"]))
+    client = rt.client("wave")
+    assert client is not None
+    answer = client.check
+
+    def down(view: Any) -> Any:
+        raise ProviderTransientError("503 Service Unavailable", provider="wave", http_status=503)
+
+    monkeypatch.setattr(client, "check", down)
+    first = pipeline.ingest_webhook(rt, sandbox.notification("wave", ref))
+    assert first.outcome is Disposition.RETRY and first.inbox_id is not None
+    age(rt, first.inbox_id, rt.profile("wave").give_up_after)
+    assert pipeline.retry_delivery(rt, first.inbox_id, version=first.due).outcome is Disposition.FAILED
+    monkeypatch.setattr(client, "check", answer)
+    forged = pipeline.ingest_webhook(rt, sandbox.notification("wave", ref, forged=True))
+    assert forged.outcome is Disposition.DUPLICATE and forged.inbox_id == first.inbox_id  # a repeat, taking nothing
+    with rt.sessions() as session:
+        row = session.get(InboxDelivery, first.inbox_id)
+        assert row is not None and row.status is InboxStatus.FAILED
+    assert pipeline.ingest_webhook(rt, sandbox.notification("wave", ref)).outcome is Disposition.ACCEPTED
+    assert status(rt, ref) is PaymentStatus.SUCCEEDED
+
+
 def test_expired_registration_without_answers_is_expired_on_the_providers_schedule(
     rt: Runtime, sandbox: SandboxClient
 ) -> None:

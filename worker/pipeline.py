@@ -261,7 +261,10 @@ def _take(
         work = (
             inbox.Work.opened(stored.id, parsed.provider, parsed.raw, now) if status is InboxStatus.RECEIVED else None
         )
-    elif stored.status is InboxStatus.FAILED and inbox.reopen(session, stored.id, now):
+    elif (
+        stored.status is InboxStatus.FAILED and status is InboxStatus.RECEIVED and inbox.reopen(session, stored.id, now)
+    ):
+        # (Only a copy that authenticates: a forged one with a known key must not make us ask the provider again.)
         log.info("%s delivery %s arrived again after a give-up: verifying again", parsed.provider, stored.id)
         work = inbox.Work.opened(
             stored.id, parsed.provider, stored.envelope_raw, now, first_seen_at=stored.first_seen_at
