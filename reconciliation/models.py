@@ -477,16 +477,6 @@ class StatementLine(Base):
         ).ddl_if(dialect="postgresql"),
         # An import's lines lie together: BRIN finds those of a load that never committed (statements_pg._sweep).
         Index("ix_statement_lines_import", "import_id", postgresql_using="brin"),
-        # The payout rows alone (a few a day): those of an import by day, and those of a payout id that a newer
-        # import gives again (``statements.files._claim``, 0024).
-        Index(
-            "ix_statement_lines_payout_rows",
-            "provider",
-            "business_date",
-            "payout_id",
-            postgresql_where=text("status = 'payout'"),
-            sqlite_where=text("status = 'payout'"),
-        ),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
@@ -524,15 +514,17 @@ class StatementImport(Base):
 
 
 class StatementImportDay(Base):
-    """A business day whose payments an imported statement file gives: one file per provider and day. A file that
-    lists payments on a day another file gives is refused, or replaces that file's lines of the day when asked
-    (``statements.files.import_file``); a day on which a file has only payout rows is not one of its days."""
+    """A business day an imported statement file has lines on: which days two files share, so that the newer one
+    replaces the lines the older one gave of the same transactions (``statements.files.import_file``), and nothing
+    is looked at where none are shared."""
 
     __tablename__ = "statement_import_days"
 
     provider: Mapped[str] = mapped_column(String(32), primary_key=True)
     business_date: Mapped[date] = mapped_column(Date, primary_key=True)
-    import_id: Mapped[int] = mapped_column(ForeignKey("statement_imports.id", ondelete="CASCADE"), index=True)
+    import_id: Mapped[int] = mapped_column(
+        ForeignKey("statement_imports.id", ondelete="CASCADE"), primary_key=True, index=True
+    )
 
 
 class ReconRun(Base):

@@ -88,8 +88,8 @@ def test_downgrading_the_scale_migration_clears_what_abandoned_loads_left(scratc
 
 @pytest.mark.parametrize("backend", ["postgresql", "sqlite"])
 def test_the_days_earlier_imports_gave_are_filled_in(backend: str, scratch_pg: str, tmp_path: Path) -> None:
-    """0024: per provider and day, the newest import with a payment line that day (two imports of a day, as before,
-    kept both: the newer gives it); a day of payout rows alone is none's; a load that never committed, none's."""
+    """0024: per provider and day, every committed import with a line from its file that day (a payout row too; two
+    imports of one day, as before, both); not a load that never committed, nor the listing."""
     url = scratch_pg if backend == "postgresql" else f"sqlite:///{tmp_path / 'm.sqlite'}"
     migrate.upgrade(url, "0023")
     engine = create_engine(url)
@@ -121,7 +121,12 @@ def test_the_days_earlier_imports_gave_are_filled_in(backend: str, scratch_pg: s
         migrate.upgrade(url)
         with engine.connect() as conn:
             given = conn.execute(text("SELECT provider, business_date, import_id FROM statement_import_days")).all()
-        assert sorted((p, str(d), i) for p, d, i in given) == [("cinetpay", "2026-11-21", 3), ("wave", "2026-11-21", 2)]
+        assert sorted((p, str(d), i) for p, d, i in given) == [
+            ("cinetpay", "2026-11-21", 3),
+            ("wave", "2026-11-21", 1),
+            ("wave", "2026-11-21", 2),
+            ("wave", "2026-11-22", 1),
+        ]
         migrate.downgrade(url, "0023")
         assert "statement_import_days" not in _tables(url)
     finally:
@@ -220,16 +225,14 @@ def test_ledger_entries_are_keyed_by_journal_on_postgresql_only(backend: str, sc
 @pytest.mark.parametrize("backend", ["postgresql", "sqlite"])
 def test_statement_lines_are_keyed_by_day_on_postgresql_only(backend: str, scratch_pg: str, tmp_path: Path) -> None:
     """0019: one B-tree a line on PostgreSQL, ``(provider, business_date, id)``; 0023: none, a BRIN index by provider
-    and day; SQLite keeps its rowid key and the day index. The other indexes of the lines stay (and 0024's, of the
-    payout rows)."""
+    and day; SQLite keeps its rowid key and the day index. The other indexes of the lines stay."""
     url = scratch_pg if backend == "postgresql" else f"sqlite:///{tmp_path / 'm.sqlite'}"
     migrate.upgrade(url)
     others = {"ix_statement_lines_payout", "ix_statement_lines_import"}
-    rows = {"ix_statement_lines_payout_rows"}
     if backend == "sqlite":
-        assert _keys(url, "statement_lines") == (["id"], others | rows | {"ix_statement_lines_day"})
+        assert _keys(url, "statement_lines") == (["id"], others | {"ix_statement_lines_day"})
         return
-    after = ([], others | rows | {"ix_statement_lines_payout_day", "ix_statement_lines_day_range"})
+    after = ([], others | {"ix_statement_lines_payout_day", "ix_statement_lines_day_range"})
     assert _keys(url, "statement_lines") == after
     engine = create_engine(url)
     try:  # neither the names above nor the drift check see an index's method and options
@@ -244,11 +247,6 @@ def test_statement_lines_are_keyed_by_day_on_postgresql_only(backend: str, scrat
         "postgresql_with": {"autosummarize": "on"},
     }
     migrate.check(url)
-    migrate.downgrade(url, "0023")  # 0024: the payout rows' index
-    assert _keys(url, "statement_lines") == (
-        [],
-        others | {"ix_statement_lines_payout_day", "ix_statement_lines_day_range"},
-    )
     migrate.downgrade(url, "0022")  # 0023: no key B-tree, a BRIN index by provider and day (PostgreSQL only)
     assert _keys(url, "statement_lines") == (
         ["provider", "business_date", "id"],

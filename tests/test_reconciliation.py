@@ -401,60 +401,72 @@ def payout_journals(rt: Runtime) -> list[tuple[int, str, list[tuple[str, str, in
 WAVE_DAY = "client_reference,transaction_id,timestamp,amount,currency,fee,payment_status,payout_id\n"
 
 
-def test_a_day_exported_again_is_refused_or_replaces_the_first_file_never_counted_twice(
-    rt: Runtime, tmp_path: Path
-) -> None:
-    """Wave's day exported from the portal, then exported again a day later with a late payment: the second file is
-    refused (nothing imported) unless asked to replace the first's lines of the day; either way every payment has
-    one line, and the payout, paid the next morning, one row, posted to the bank once at its amount. Before, both
-    files were kept: every payment a duplicate (no fee), and the payout, counted twice on both sides, matched and
-    posted at twice its amount."""
-    a, b, late = (new_reference("CR") for _ in range(3))
+def test_a_day_exported_again_replaces_the_first_file_s_lines_never_counted_twice(rt: Runtime, tmp_path: Path) -> None:
+    """Wave's day exported from the portal, then exported again a day later with a late payment: the second file's
+    lines replace those the first gave of the same transactions, the late one is added, and a line only the first
+    file has (a payment the second export left out) stays. Every payment has one line, the payout one row, posted
+    to the bank once at its amount. Before, both files were kept: every payment a duplicate (no fee), and the
+    payout, counted twice on both sides, matched and posted at twice its amount."""
+    a, b, late, only_first = (new_reference("CR") for _ in range(4))
     day = date(2026, 11, 21)
     at = datetime(2026, 11, 21, 9, tzinfo=UTC)
-    for ref, amount in ((a, 6500), (b, 65000), (late, 13000)):
+    for ref, amount in ((a, 6500), (b, 65000), (late, 13000), (only_first, 6500)):
         payment(rt, ref, PaymentStatus.SUCCEEDED, amount=amount, at=at, provider="wave")
     rows = [
         f"{a},T-A,2026-11-21T08:30:00Z,6500,XOF,65,succeeded,PO-1",
         f"{b},T-B,2026-11-21T14:12:45Z,65000,XOF,650,succeeded,PO-1",
+        ",,2026-11-22T06:00:00Z,70785,XOF,0,payout,PO-1",  # paid out the next morning
     ]
-    payout_row = ",,2026-11-22T06:00:00Z,70785,XOF,0,payout,PO-1"
     first, again = tmp_path / "wave-21.csv", tmp_path / "wave-21-again.csv"
-    first.write_text(WAVE_DAY + "\n".join([*rows, payout_row]) + "\n", encoding="utf-8")
+    first.write_text(
+        WAVE_DAY + "\n".join([*rows, f"{only_first},T-O,2026-11-21T10:00:00Z,6500,XOF,65,succeeded,"]) + "\n",
+        encoding="utf-8",
+    )
     again.write_text(
-        WAVE_DAY + "\n".join([*rows, f"{late},T-L,2026-11-21T23:10:00Z,13000,XOF,130,succeeded,", payout_row]) + "\n",
+        WAVE_DAY + "\n".join([*rows, f"{late},T-L,2026-11-21T23:10:00Z,13000,XOF,130,succeeded,"]) + "\n",
         encoding="utf-8",
     )
     tz = ZoneInfo("Africa/Abidjan")
     with rt.sessions() as session, session.begin():
         imported = import_file(session, "wave", first, business_tz=tz)
-    with (
-        pytest.raises(StatementError, match=f"2026-11-21 by wave-21.csv \\(import #{imported.import_id}\\).*--replace"),
-        rt.sessions() as session,
-        session.begin(),
-    ):
-        import_file(session, "wave", again, business_tz=tz)
-    with rt.sessions() as session:
-        assert session.scalar(select(func.count()).select_from(StatementLine)) == 3  # the first file's, alone
+    assert (imported.replaced, imported.restated) == (0, ())
     with rt.sessions() as session, session.begin():
-        replaced = import_file(session, "wave", again, business_tz=tz, replace=True)
-    assert replaced.replaced == (day,) and replaced.days == (day, date(2026, 11, 22))
+        replaced = import_file(session, "wave", again, business_tz=tz)
+    assert (replaced.replaced, replaced.restated) == (3, (day, date(2026, 11, 22)))
     with rt.sessions() as session:
-        lines = session.execute(select(StatementLine.reference, StatementLine.status, StatementLine.import_id)).all()
+        lines = session.execute(select(StatementLine.reference, StatementLine.import_id)).all()
     assert sorted(lines, key=str) == sorted(
-        [(a, "succeeded", replaced.import_id), (b, "succeeded", replaced.import_id),
-         (late, "succeeded", replaced.import_id), (None, "payout", replaced.import_id)], key=str,
+        [(a, replaced.import_id), (b, replaced.import_id), (late, replaced.import_id), (None, replaced.import_id),
+         (only_first, imported.import_id)], key=str,
     )  # fmt: skip
     run_id = runs.reconcile_stored(rt.sessions, "wave", day, policy(rt))
-    assert classes(rt, run_id) == {a: "matched", b: "matched", late: "matched"}
+    assert classes(rt, run_id) == {a: "matched", b: "matched", late: "matched", only_first: "matched"}
     [(_, _, entries)] = payout_journals(rt)
     assert sorted(entries) == [("bank:wave", "debit", 70785, "XOF"), ("provider_clearing:wave", "credit", 70785, "XOF")]
 
 
+def test_a_line_twice_in_one_file_is_the_provider_s_duplicate_and_stays(rt: Runtime, tmp_path: Path) -> None:
+    """Only another file's copy of a line is replaced: a provider that lists a payment twice in one export has
+    reported it twice, which the run says (``duplicate``); importing the day again keeps the new file's two."""
+    ref = new_reference("CR")
+    payment(rt, ref, PaymentStatus.SUCCEEDED, amount=6500, at=datetime(2026, 11, 21, 9, tzinfo=UTC), provider="wave")
+    row = f"{ref},T-D,2026-11-21T08:30:00Z,6500,XOF,65,succeeded,"
+    tz = ZoneInfo("Africa/Abidjan")
+    for n, extra in enumerate(("", f"{new_reference('CR')},T-X,2026-11-21T09:00:00Z,100,XOF,1,cancelled,\n")):
+        path = tmp_path / f"wave-{n}.csv"
+        path.write_text(WAVE_DAY + f"{row}\n{row}\n{extra}", encoding="utf-8")
+        with rt.sessions() as session, session.begin():
+            import_file(session, "wave", path, business_tz=tz)
+    with rt.sessions() as session:
+        kept = session.scalars(select(StatementLine.import_id).where(StatementLine.reference == ref)).all()
+    assert len(kept) == 2 and len(set(kept)) == 1  # the second file's two
+    run_id = runs.reconcile_stored(rt.sessions, "wave", date(2026, 11, 21), policy(rt))
+    assert classes(rt, run_id)[ref] == "duplicate"
+
+
 def test_the_next_day_s_file_takes_over_the_payout_row_the_day_before_s_file_gave(rt: Runtime, tmp_path: Path) -> None:
     """The 21st's file carries the payout of its payments, paid on the 22nd; the 22nd's file lists that payout too,
-    with the 22nd's payments. The 22nd's file is not refused (the 21st's does not give the 22nd's payments) and the
-    payout keeps one row, the newer file's."""
+    with the 22nd's payments: the payout keeps one row, the newer file's."""
     tz = ZoneInfo("Africa/Abidjan")
     files = {
         "wave-21.csv": [f"{new_reference('CR')},T-1,2026-11-21T08:30:00Z,6500,XOF,65,succeeded,PO-21",
@@ -472,47 +484,48 @@ def test_the_next_day_s_file_takes_over_the_payout_row_the_day_before_s_file_gav
         payouts = session.execute(
             select(StatementLine.payout_id, StatementLine.import_id).where(StatementLine.status == "payout")
         ).all()
-        given = session.execute(select(StatementImportDay.business_date, StatementImportDay.import_id)).all()
+        days = session.execute(select(StatementImportDay.business_date, StatementImportDay.import_id)).all()
     assert payouts == [("PO-21", ids[1])]
-    assert sorted(given) == [(date(2026, 11, 21), ids[0]), (date(2026, 11, 22), ids[1])]
+    assert sorted(days) == [(date(2026, 11, 21), ids[0]), (date(2026, 11, 22), ids[1])]  # the 21st's file: none left
 
 
-def test_two_imports_of_one_day_at_once_the_second_to_commit_is_refused(rt: Runtime, tmp_path: Path) -> None:
-    """The days' key, not a look first: the second import waits for the first to commit, then is refused."""
+def test_two_imports_of_one_day_at_once_take_turns_and_keep_one_copy(rt: Runtime, tmp_path: Path) -> None:
+    """The second import waits for the first to commit (a lock, not a look first), then replaces its lines of the
+    same transactions: one copy of each, the second file's."""
     tz = ZoneInfo("Africa/Abidjan")
+    shared = f"{new_reference()},OP1,2026-11-21 10:00:00,5000,XOF,0,ACCEPTED"
     paths = []
     for n in range(2):
         path = tmp_path / f"cinetpay-{n}.csv"
         path.write_text(
             "transaction_id,operator_id,payment_date,amount,currency,fees,status\n"
-            f"{new_reference()},OP{n},2026-11-21 10:00:00,5000,XOF,0,ACCEPTED\n",
+            f"{shared}\n{new_reference()},OP{n + 2},2026-11-21 11:00:00,5000,XOF,0,ACCEPTED\n",
             encoding="utf-8",
         )
         paths.append(path)
     first = rt.sessions()
     first.begin()
-    import_file(first, "cinetpay", paths[0], business_tz=tz)  # its day claimed, not committed yet
-    outcome: list[BaseException | None] = []
+    imported = import_file(first, "cinetpay", paths[0], business_tz=tz)  # its turn taken, not committed yet
+    outcome: list[Any] = []
 
     def second() -> None:
         try:
             with rt.sessions() as session, session.begin():
-                import_file(session, "cinetpay", paths[1], business_tz=tz)
-            outcome.append(None)
+                outcome.append(import_file(session, "cinetpay", paths[1], business_tz=tz))
         except BaseException as exc:
             outcome.append(exc)
 
     thread = threading.Thread(target=second)
     thread.start()
     time.sleep(1)
-    assert thread.is_alive()  # waiting on the key
+    assert thread.is_alive()  # waiting for its turn
     first.commit()
     first.close()
     thread.join(30)
-    assert len(outcome) == 1 and isinstance(outcome[0], StatementError), outcome
-    assert "was imported meanwhile" in str(outcome[0])
+    assert len(outcome) == 1 and getattr(outcome[0], "replaced", None) == 1, outcome
     with rt.sessions() as session:
-        assert session.scalar(select(func.count()).select_from(StatementImport)) == 1
+        lines = session.scalars(select(StatementLine.import_id).order_by(StatementLine.import_id)).all()
+    assert lines == [imported.import_id, outcome[0].import_id, outcome[0].import_id]
 
 
 def test_a_matched_payout_is_posted_to_the_bank_once_and_clearing_keeps_what_is_still_owed(rt: Runtime) -> None:

@@ -193,6 +193,33 @@ def _refused(*args: Any, **kwargs: Any) -> Any:
     raise statements_pg.LayoutError("as if COPY had refused the file")
 
 
+@pytest.mark.parametrize("path", ["optimistic", "strict", "python"])
+def test_a_day_imported_again_replaces_the_copies_on_every_path(
+    rt: Runtime, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, path: str
+) -> None:
+    """Whichever path loads the second file (PostgreSQL's optimistic one, its strict one, the streamed Python one),
+    its lines replace the first file's copies of the same transactions, and only those."""
+    header = "transaction_id,operator_id,payment_date,amount,currency,fees,status\n"
+    same = [f"{new_reference()},OP{n},2026-11-21 1{n}:00:00,5000,XOF,0,ACCEPTED\n" for n in range(3)]
+    first, again = tmp_path / "first.csv", tmp_path / "again.csv"
+    first.write_text(header + "".join(same) + f"{new_reference()},OPX,2026-11-21 09:00:00,700,XOF,0,REFUSED\n")
+    again.write_text(header + "".join(same) + f"{new_reference()},OPL,2026-11-21 23:00:00,900,XOF,0,ACCEPTED\n")
+    with rt.sessions() as session, session.begin():
+        kept = import_file(session, "cinetpay", first, business_tz=TZ)
+    if path == "strict":
+        monkeypatch.setattr(statements_pg, "_fast_insert", lambda *a, **k: None)
+    elif path == "python":
+        monkeypatch.setattr(statements_pg, "import_copy", _refused)
+    with rt.sessions() as session, session.begin():
+        replacing = import_file(session, "cinetpay", again, business_tz=TZ)
+    assert (replacing.rows, replacing.replaced, replacing.restated) == (4, 3, (date(2026, 11, 21),))
+    with rt.sessions() as session:
+        counts = dict(
+            session.execute(select(StatementLine.import_id, func.count()).group_by(StatementLine.import_id)).all()
+        )
+    assert counts == {kept.import_id: 1, replacing.import_id: 4}
+
+
 def test_the_optimistic_path_leaves_the_session_time_zone_as_it_was(rt: Runtime) -> None:
     with rt.sessions() as session, session.begin():
         import_file(session, "cinetpay", ROOT / "docs" / "statements" / "cinetpay.csv", business_tz=TZ)

@@ -488,14 +488,11 @@ def statements() -> None:
 
 @statements.command("import")
 @click.option("--provider", "-p", type=PROVIDER_CHOICE, required=True, help="The provider whose portal exported FILE.")
-@click.option("--replace", is_flag=True,
-              help="FILE lists payments of days another file gave: take its lines of those days instead.")  # fmt: skip
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-def statements_import(provider: str, file: Path, replace: bool) -> None:
+def statements_import(provider: str, file: Path) -> None:
     """Import a statement CSV (whole or not at all); see docs/statements/ for each provider's columns.
-    One file gives a day's payments: a file listing payments of a day another file gave is refused unless
-    --replace. Exit 2 when the file is refused (each bad row named with its line, already imported, or its
-    days given by another file)."""
+    Transactions another file gave already (the day exported again) are replaced by this file's lines.
+    Exit 2 when the file is refused (each bad row named with its line, or already imported)."""
     settings = _settings()
     from reconciliation.db import transaction
     from reconciliation.statements.files import StatementError, import_file
@@ -504,15 +501,18 @@ def statements_import(provider: str, file: Path, replace: bool) -> None:
         with transaction(_sessions(settings)) as session, _progress(_on_terminal(), f"{file.name}: ") as progress:
             result = import_file(
                 session, provider, file, business_tz=settings.timezone, sessions=settings.recon_sessions,
-                replace=replace, progress=progress,
+                progress=progress,
             )  # fmt: skip
     except StatementError as exc:
         _fail(str(exc), 2)
     days = ", ".join(d.isoformat() for d in result.days)
     click.echo(f"imported {result.rows} row(s) from {file.name} (import #{result.import_id}); business days: {days}")
     if result.replaced:
-        replaced = ", ".join(d.isoformat() for d in result.replaced)
-        click.echo(f"replaced the lines an earlier file gave for: {replaced} (re-run those days to restate them)")
+        restated = ", ".join(d.isoformat() for d in result.restated)
+        click.echo(
+            f"replaced {result.replaced} line(s) an earlier file gave of the same transactions, on {restated} "
+            "(reconcile those days again to restate them)"
+        )
 
 
 @main.group()

@@ -4,9 +4,9 @@ Each provider's export has its own columns; ``MAPPINGS`` says which column holds
 by header name, never by position), and ``docs/statements/<provider>.csv`` is a sample of each.
 A file is imported whole or not at all: every bad row is reported with its line number, and
 nothing is written unless every row is good. The same file (same SHA-256) is never imported
-twice, and one file gives a provider's payments of a day: a file that lists payments on a day another
-gave is refused, unless asked to replace that file's lines of the day (``import_file``). Rows are streamed:
-memory does not grow with the file; on PostgreSQL they go in with COPY.
+twice; a file that gives again transactions another file gave (the day exported again, overlapping date ranges)
+replaces that file's lines of them (``import_file``). Rows are streamed: memory does not grow with the file; on
+PostgreSQL they go in with COPY.
 """
 
 from __future__ import annotations
@@ -24,10 +24,11 @@ from pathlib import Path
 from typing import IO, Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import ColumnElement, delete, func, insert, or_, select
+from sqlalchemy import ColumnElement, bindparam, delete, exists, func, insert, or_, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from reconciliation.db import advisory_lock
 from reconciliation.models import StatementImport, StatementImportDay, StatementLine
 from reconciliation.progress import Progress, silent
 from reconciliation.statements.pg import YEARS, too_long
@@ -119,7 +120,8 @@ class Imported:
     import_id: int
     rows: int
     days: tuple[date, ...]  # every business day with a line of the file
-    replaced: tuple[date, ...] = ()  # the days whose lines from an earlier file it replaced (``replace``)
+    replaced: int = 0  # lines earlier files gave of the same transactions, which its own replace
+    restated: tuple[date, ...] = ()  # the days of those lines: to reconcile again
 
 
 def lines_from_file(session: Session, provider: str, day: date) -> int:
@@ -166,16 +168,14 @@ def import_file(
     *,
     business_tz: ZoneInfo,
     sessions: int | None = None,
-    replace: bool = False,
     progress: Progress = silent,
 ) -> Imported:
     """Import a statement file in the caller's transaction (roll back on ``StatementError``).
 
-    One file gives a provider's payments of a business day (``StatementImportDay``): a file that lists payments on a
-    day an earlier file gave is refused, naming that file and the days, unless ``replace``: then the earlier file's
-    lines of those days go, its payout rows aside (the payout rows of a payout id this file gives again go too,
-    whatever their day: the newest file's are kept). Two imports of one day at once: the one that commits second is
-    refused. ``sessions``: on PostgreSQL, how many sessions load a large file side by side (default
+    A transaction another file gave already (the day exported again with a late row, two overlapping date ranges)
+    is the provider's word once: the lines earlier files gave of the transactions this file gives (``_replace``)
+    go, and this file's stay (``Imported.replaced``, ``restated``). ``sessions``: on PostgreSQL, how many sessions
+    load a large file side by side (default
     ``statements_pg.WORKERS``). ``progress`` hears each stage: ``checksum`` (bytes), then on
     PostgreSQL ``check`` and ``copy`` (bytes) and ``insert`` (rows), else ``rows``."""
     mapping = MAPPINGS.get(provider)
@@ -205,7 +205,7 @@ def import_file(
             if rows == 0:
                 raise StatementError(f"{path.name} has no rows")
             record.rows = rows
-            return Imported(record.id, rows, tuple(sorted(days)), _claim(session, record, days, replace=replace))
+            return _replace(session, record, days)
     parser = _Parser(mapping, provider, record.id, business_tz)
     rows = 0
     writer = _Writer(session)
@@ -224,86 +224,70 @@ def import_file(
     if rows == 0:
         raise StatementError(f"{path.name} has no rows")
     record.rows = rows
-    return Imported(record.id, rows, tuple(sorted(parser.days)), _claim(session, record, parser.days, replace=replace))
+    return _replace(session, record, parser.days)
 
 
-def _claim(session: Session, record: StatementImport, lines: dict[date, int], *, replace: bool) -> tuple[date, ...]:
-    """Make ``record`` (its ``lines`` per business day written) the file that gives its days' payments: refuse it when
-    an earlier file gives one of them, or, with ``replace``, remove that file's lines of those days (its payout rows
-    aside); remove the payout rows of earlier files for the payout ids it gives again. Returns the days replaced."""
+#: What makes two statement lines of a provider the same transaction: its payout id for a payout row; else its
+#: transaction id, reference, status, amount, currency and time (two files' copies of a line are equal in all of
+#: them; one whose status or amount changed is another line). NULLs compare as empty texts.
+_SAME_LINE = (
+    "CASE WHEN status = 'payout' THEN 'payout|' || coalesce(payout_id, '') ELSE "
+    "coalesce(provider_txn_id, '') || '|' || coalesce(reference, '') || '|' || status || '|' "
+    "|| CAST(amount AS TEXT) || '|' || currency || '|' || coalesce(CAST(occurred_at AS TEXT), '') END"
+)
+_REPLACED = f"""
+DELETE FROM statement_lines
+ WHERE provider = :provider AND source = 'file' AND business_date IN :days
+   AND import_id <> :import_id AND import_id IN (SELECT id FROM statement_imports)
+   AND {_SAME_LINE} IN (SELECT {_SAME_LINE} FROM statement_lines
+                         WHERE provider = :provider AND business_date IN :days AND import_id = :import_id)
+RETURNING business_date
+"""  # noqa: S608 - constants only
+
+
+def _replace(session: Session, record: StatementImport, lines: dict[date, int]) -> Imported:
+    """``record``'s import (its ``lines`` per business day written): the lines earlier (committed) imports gave of
+    the same transactions (``_SAME_LINE``) on its days go, and its days are recorded (``StatementImportDay``; an
+    earlier import left with no line on one of them loses it). Imports of a provider take turns here (an advisory
+    lock until commit): the second sees the lines of the first."""
     provider, days = record.provider, sorted(lines)
-    payout_rows = Counter(
-        session.scalars(
-            select(StatementLine.business_date).where(
-                StatementLine.provider == provider,
-                StatementLine.status == "payout",
-                StatementLine.business_date.in_(days),
-                StatementLine.import_id == record.id,
+    advisory_lock(session, f"statement-import:{provider}")
+    shared = sorted(
+        set(
+            session.scalars(
+                select(StatementImportDay.business_date).where(
+                    StatementImportDay.provider == provider,
+                    StatementImportDay.business_date.in_(days),
+                    StatementImportDay.import_id != record.id,
+                )
             )
         )
     )
-    covered = [day for day in days if lines[day] > payout_rows[day]]  # a day of payout rows alone is not its own
-    earlier = session.execute(
-        select(StatementImportDay.business_date, StatementImport.id, StatementImport.filename)
-        .join(StatementImport, StatementImport.id == StatementImportDay.import_id)
-        .where(StatementImportDay.provider == provider, StatementImportDay.business_date.in_(covered))
-        .order_by(StatementImportDay.business_date)
-    ).all()
-    if earlier and not replace:
-        given = "; ".join(f"{day.isoformat()} by {name} (import #{iid})" for day, iid, name in earlier[:5])
-        more = f" and {len(earlier) - 5} more day(s)" if len(earlier) > 5 else ""
-        raise StatementError(
-            f"{record.filename} lists {provider} payments of days another file gave: {given}{more}; nothing imported. "
-            "A file gives a day's payments once: import it with --replace to take its lines for those days instead"
-        )
-    replaced = tuple(day for day, _, _ in earlier)
-    if earlier:
-        session.execute(
-            delete(StatementLine).where(
-                StatementLine.provider == provider,
-                StatementLine.source == "file",
-                StatementLine.business_date.in_(replaced),
-                StatementLine.import_id.in_({iid for _, iid, _ in earlier}),
-                StatementLine.status != "payout",
+    gone: list[date] = []
+    if shared:  # only then: a day no other file has lines on needs no look at them
+        gone = list(
+            session.scalars(
+                text(_REPLACED).bindparams(bindparam("days", expanding=True)),
+                {"provider": provider, "days": shared, "import_id": record.id},
             )
         )
+    restated = sorted(set(gone))
+    if restated:
         session.execute(
             delete(StatementImportDay).where(
-                StatementImportDay.provider == provider, StatementImportDay.business_date.in_(replaced)
+                StatementImportDay.provider == provider,
+                StatementImportDay.business_date.in_(restated),
+                StatementImportDay.import_id != record.id,
+                ~exists().where(
+                    StatementLine.provider == provider,
+                    StatementLine.business_date == StatementImportDay.business_date,
+                    StatementLine.import_id == StatementImportDay.import_id,
+                ),
             )
         )
-    payouts = set(
-        session.scalars(
-            select(StatementLine.payout_id).where(
-                StatementLine.provider == provider,
-                StatementLine.status == "payout",
-                StatementLine.business_date.in_(days),
-                StatementLine.import_id == record.id,
-            )
-        )
-    )
-    if payouts:  # one row per payout id: the newest file's (an earlier file's row may lie on another day)
-        session.execute(
-            delete(StatementLine).where(
-                StatementLine.provider == provider,
-                StatementLine.status == "payout",
-                StatementLine.payout_id.in_(sorted(payouts, key=str)),
-                StatementLine.import_id != record.id,
-            )
-        )
-    try:
-        with session.begin_nested():  # the key: a concurrent import of one of the days committed first
-            session.add_all(
-                StatementImportDay(provider=provider, business_date=day, import_id=record.id) for day in covered
-            )
-            session.flush()
-    except IntegrityError:
-        named = ", ".join(day.isoformat() for day in covered)
-        raise StatementError(
-            f"{record.filename}: another {provider} file of one of its days ({named}) was imported meanwhile; "
-            "nothing imported. Import it again to see which, or with --replace"
-        ) from None
-    return replaced
+    session.add_all(StatementImportDay(provider=provider, business_date=day, import_id=record.id) for day in days)
+    session.flush()
+    return Imported(record.id, record.rows, tuple(days), len(gone), tuple(restated))
 
 
 class _Parser:
