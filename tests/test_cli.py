@@ -8,7 +8,7 @@ import re
 import subprocess
 import sys
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -352,6 +352,42 @@ def test_nightly_job_plans_yesterday_and_the_reruns(rt: Runtime) -> None:
     cinetpay = [(d.isoformat(), trigger) for p, d, trigger in jobs if p == "cinetpay"]
     assert cinetpay == [("2026-11-20", "scheduled"), ("2026-11-19", "rerun"), ("2026-11-17", "rerun")]
     assert {p for p, _, _ in jobs} == {"cinetpay", "mtn_momo", "orange_money", "wave"}
+
+
+def test_the_nightly_job_closes_runs_a_stopped_process_left_running_and_runs_their_days_again(rt: Runtime) -> None:
+    """A worker SIGKILLed under a run (its message acknowledged on receipt), or PostgreSQL gone while it closed the
+    run, left it ``running`` for good: nothing closed it, counted it or ran its day again. The nightly job closes the
+    runs still running four hours after they started as failed and runs their days again, each day once; a run
+    under way is left alone."""
+    from datetime import date, timedelta
+    from zoneinfo import ZoneInfo
+
+    from sqlalchemy import update
+
+    from reconciliation.models import ReconRun
+    from reconciliation.nightly import runs
+    from worker.nightly import due_runs
+
+    policy = runs.Policy(tz=ZoneInfo("Africa/Abidjan"), sla=3600)
+    left = runs.start(rt.sessions, "wave", date(2026, 11, 10), policy, "rerun")
+    planned = runs.start(rt.sessions, "cinetpay", date(2026, 11, 20), policy, "scheduled")  # tonight's day anyway
+    under_way = runs.start(rt.sessions, "cinetpay", date(2026, 11, 12), policy, "manual")
+    now = datetime.now(UTC)
+    with rt.sessions.begin() as session:
+        session.execute(
+            update(ReconRun).where(ReconRun.id.in_([left, planned])).values(started_at=now - timedelta(hours=5))
+        )
+    jobs = due_runs(rt, date(2026, 11, 21), now=now)
+    assert ("wave", date(2026, 11, 10), "rerun") in jobs
+    assert [job for job in jobs if job[:2] == ("cinetpay", date(2026, 11, 20))] == [
+        ("cinetpay", date(2026, 11, 20), "scheduled")
+    ]
+    assert not [job for job in jobs if job[1] == date(2026, 11, 12)]
+    with rt.sessions() as session:
+        closed = {r.id: (r.status, r.error or "") for r in session.scalars(select(ReconRun))}
+    assert closed[left][0] == closed[planned][0] == "failed" and "abandoned" in closed[left][1]
+    assert closed[under_way] == ("running", "")
+    assert len(due_runs(rt, date(2026, 11, 21), now=now)) == len(jobs) - 1  # closed once: only the wave day was extra
 
 
 def test_nightly_reconciliation_is_scheduled_at_two_in_the_business_zone() -> None:

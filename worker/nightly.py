@@ -216,9 +216,21 @@ def write_reports(rt: Runtime, run_id: int) -> list[Path]:
     return files
 
 
-def due_runs(rt: Runtime, today: date) -> list[tuple[str, date, str]]:
-    """What the nightly job runs: every configured provider's previous day, and the re-runs."""
+def due_runs(rt: Runtime, today: date, *, now: datetime | None = None) -> list[tuple[str, date, str]]:
+    """What the nightly job runs: every configured provider's previous day, the re-runs, and (with ``now``) the days
+    of the runs a stopped process left ``running``, closed as failed first (``runs.close_abandoned``): each day
+    once."""
     jobs = [(provider, today - timedelta(days=1), "scheduled") for provider in rt.settings.providers]
     for lag in rt.settings.recon_reruns:
         jobs += [(provider, today - timedelta(days=1 + lag), "rerun") for provider in rt.settings.providers]
+    if now is not None:
+        planned = {(provider, day) for provider, day, _ in jobs}
+        for provider, day in runs.close_abandoned(rt.sessions, now=now):
+            log.warning(
+                "a reconciliation of %s %s was left running by a process that stopped: closed as failed, run again",
+                provider, day, extra={"provider": provider},
+            )  # fmt: skip
+            if (provider, day) not in planned:
+                planned.add((provider, day))
+                jobs.append((provider, day, "rerun"))
     return jobs

@@ -348,12 +348,13 @@ def reconcile(self: PayreconTask, provider: str, day: str, trigger: str = "manua
 
 @task("payrecon.nightly_reconciliation", SCHEDULED)
 def nightly_reconciliation(self: PayreconTask) -> int:
-    """Beat, daily: yesterday for every provider, and the re-runs of earlier days (T+1, T+3)."""
+    """Beat, daily: yesterday for every provider, the re-runs of earlier days (T+1, T+3), and the days whose runs a
+    stopped process left running (closed as failed first)."""
     from worker.nightly import due_runs
 
     rt = self.runtime
-    today = datetime.now(rt.settings.timezone).date()
-    jobs = due_runs(rt, today)
+    now = datetime.now(UTC)
+    jobs = due_runs(rt, now.astimezone(rt.settings.timezone).date(), now=now)
     for provider, day, trigger in jobs:
         reconcile.apply_async((provider, day.isoformat(), trigger))
     return len(jobs)

@@ -717,6 +717,32 @@ def finish(sessions: sessionmaker[Session], run_id: int, *, error: str | None = 
         return run.counts
 
 
+#: A run still ``running`` this long after it started is abandoned: the process running it stopped (a SIGKILL, the
+#: machine, PostgreSQL gone while it was closing the run) before it closed it. The reconcile task's hard time limit
+#: is 3 hours (``worker.tasks``); a day of a million payments takes a minute.
+ABANDONED_AFTER = timedelta(hours=4)
+
+
+def close_abandoned(sessions: sessionmaker[Session], *, now: datetime) -> list[tuple[str, date]]:
+    """Close as failed the runs left ``running`` for longer than ``ABANDONED_AFTER`` (``finish``: their counts, and
+    the failed runs' metric); returns their (provider, day), to reconcile again."""
+    with sessions() as session:
+        left = session.execute(
+            select(ReconRun.id, ReconRun.provider, ReconRun.business_date)
+            .where(ReconRun.status == "running", ReconRun.started_at < now - ABANDONED_AFTER)
+            .order_by(ReconRun.id)
+        ).all()
+    hours = ABANDONED_AFTER.total_seconds() / 3600
+    for run_id, _, _ in left:
+        finish(
+            sessions,
+            run_id,
+            error=f"abandoned: still running {hours:g} h after it started, the process running it stopped before it "
+            "finished (killed, or PostgreSQL went away); its day is reconciled again",
+        )
+    return [(provider, day) for _, provider, day in left]
+
+
 def reconcile_stored(
     sessions: sessionmaker[Session],
     provider: str,
