@@ -193,17 +193,57 @@ def _refused(*args: Any, **kwargs: Any) -> Any:
     raise statements_pg.LayoutError("as if COPY had refused the file")
 
 
+def _exported_twice(tmp_path: Path) -> tuple[Path, Path]:
+    """A CinetPay day exported twice: three transactions in both (one refused since, with its amount corrected),
+    one in the first only, one late in the second only."""
+    header = "transaction_id,operator_id,payment_date,amount,currency,fees,status\n"
+    ids = [new_reference() for _ in range(3)]
+    same = [f"{ids[n]},OP{n},2026-11-21 1{n}:00:00,5000,XOF,0,ACCEPTED\n" for n in range(1, 3)]
+    first, again = tmp_path / "first.csv", tmp_path / "again.csv"
+    first.write_text(
+        header + "".join(same) + f"{ids[0]},OP0,2026-11-21 10:00:00,5000,XOF,0,ACCEPTED\n"
+        f"{new_reference()},OPX,2026-11-21 09:00:00,700,XOF,0,REFUSED\n"
+    )
+    again.write_text(
+        header + "".join(same) + f"{ids[0]},OP0,2026-11-21 10:00:05,4000,XOF,0,REFUSED\n"
+        f"{new_reference()},OPL,2026-11-21 23:00:00,900,XOF,0,ACCEPTED\n"
+    )
+    return first, again
+
+
+def test_a_day_imported_again_replaces_the_copies_on_sqlite_too(tmp_path: Path) -> None:
+    """The embedded demo's database: the same replacement, its days read back as dates."""
+    from reconciliation import migrate
+    from reconciliation.db import make_engine, session_factory, transaction
+
+    url = f"sqlite:///{tmp_path / 'demo.sqlite'}"
+    migrate.upgrade(url)
+    engine = make_engine(url)
+    try:
+        sessions = session_factory(engine)
+        first, again = _exported_twice(tmp_path)
+        with transaction(sessions) as session:
+            kept = import_file(session, "cinetpay", first, business_tz=TZ)
+        with transaction(sessions) as session:
+            replacing = import_file(session, "cinetpay", again, business_tz=TZ)
+        assert (replacing.rows, replacing.replaced, replacing.restated) == (4, 3, (date(2026, 11, 21),))
+        with sessions() as session:
+            counts = dict(
+                session.execute(select(StatementLine.import_id, func.count()).group_by(StatementLine.import_id)).all()
+            )
+        assert counts == {kept.import_id: 1, replacing.import_id: 4}
+    finally:
+        engine.dispose()
+
+
 @pytest.mark.parametrize("path", ["optimistic", "strict", "python"])
 def test_a_day_imported_again_replaces_the_copies_on_every_path(
     rt: Runtime, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, path: str
 ) -> None:
     """Whichever path loads the second file (PostgreSQL's optimistic one, its strict one, the streamed Python one),
-    its lines replace the first file's copies of the same transactions, and only those."""
-    header = "transaction_id,operator_id,payment_date,amount,currency,fees,status\n"
-    same = [f"{new_reference()},OP{n},2026-11-21 1{n}:00:00,5000,XOF,0,ACCEPTED\n" for n in range(3)]
-    first, again = tmp_path / "first.csv", tmp_path / "again.csv"
-    first.write_text(header + "".join(same) + f"{new_reference()},OPX,2026-11-21 09:00:00,700,XOF,0,REFUSED\n")
-    again.write_text(header + "".join(same) + f"{new_reference()},OPL,2026-11-21 23:00:00,900,XOF,0,ACCEPTED\n")
+    its lines replace the first file's lines of the same transactions (by transaction id: one refused since, its
+    amount and time corrected, too), and only those."""
+    first, again = _exported_twice(tmp_path)
     with rt.sessions() as session, session.begin():
         kept = import_file(session, "cinetpay", first, business_tz=TZ)
     if path == "strict":

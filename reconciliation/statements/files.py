@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import IO, Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import ColumnElement, bindparam, delete, exists, func, insert, or_, select, text
+from sqlalchemy import ColumnElement, Date, bindparam, delete, exists, func, insert, or_, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -227,27 +227,32 @@ def import_file(
     return _replace(session, record, parser.days)
 
 
-#: What makes two statement lines of a provider the same transaction: its payout id for a payout row; else its
-#: transaction id, reference, status, amount, currency and time (two files' copies of a line are equal in all of
-#: them; one whose status or amount changed is another line). NULLs compare as empty texts.
-_SAME_LINE = (
-    "CASE WHEN status = 'payout' THEN 'payout|' || coalesce(payout_id, '') ELSE "
-    "coalesce(provider_txn_id, '') || '|' || coalesce(reference, '') || '|' || status || '|' "
-    "|| CAST(amount AS TEXT) || '|' || currency || '|' || coalesce(CAST(occurred_at AS TEXT), '') END"
-)
-_REPLACED = f"""
+#: The lines of other (committed) imports, on the days given, that are the same transaction as a line of this import:
+#: the same transaction id; a line without one, the same reference, status, amount, currency and time; a payout
+#: row, the same payout id. (Only other imports' lines go: a line a file lists twice is the provider's duplicate.)
+_REPLACED = """
 DELETE FROM statement_lines
  WHERE provider = :provider AND source = 'file' AND business_date IN :days
    AND import_id <> :import_id AND import_id IN (SELECT id FROM statement_imports)
-   AND {_SAME_LINE} IN (SELECT {_SAME_LINE} FROM statement_lines
-                         WHERE provider = :provider AND business_date IN :days AND import_id = :import_id)
+   AND CASE
+       WHEN status = 'payout' THEN payout_id IN (
+            SELECT n.payout_id FROM statement_lines n WHERE n.provider = :provider AND n.business_date IN :days
+               AND n.import_id = :import_id AND n.status = 'payout')
+       WHEN provider_txn_id IS NOT NULL THEN provider_txn_id IN (
+            SELECT n.provider_txn_id FROM statement_lines n WHERE n.provider = :provider AND n.business_date IN :days
+               AND n.import_id = :import_id AND n.status <> 'payout')
+       ELSE (reference, status, amount, currency, occurred_at) IN (
+            SELECT n.reference, n.status, n.amount, n.currency, n.occurred_at FROM statement_lines n
+             WHERE n.provider = :provider AND n.business_date IN :days AND n.import_id = :import_id
+               AND n.provider_txn_id IS NULL AND n.status <> 'payout')
+       END
 RETURNING business_date
-"""  # noqa: S608 - constants only
+"""
 
 
 def _replace(session: Session, record: StatementImport, lines: dict[date, int]) -> Imported:
     """``record``'s import (its ``lines`` per business day written): the lines earlier (committed) imports gave of
-    the same transactions (``_SAME_LINE``) on its days go, and its days are recorded (``StatementImportDay``; an
+    the same transactions (``_REPLACED``) on its days go, and its days are recorded (``StatementImportDay``; an
     earlier import left with no line on one of them loses it). Imports of a provider take turns here (an advisory
     lock until commit): the second sees the lines of the first."""
     provider, days = record.provider, sorted(lines)
@@ -265,10 +270,10 @@ def _replace(session: Session, record: StatementImport, lines: dict[date, int]) 
     )
     gone: list[date] = []
     if shared:  # only then: a day no other file has lines on needs no look at them
+        replaced = text(_REPLACED).bindparams(bindparam("days", expanding=True, type_=Date))
         gone = list(
             session.scalars(
-                text(_REPLACED).bindparams(bindparam("days", expanding=True)),
-                {"provider": provider, "days": shared, "import_id": record.id},
+                replaced.columns(business_date=Date), {"provider": provider, "days": shared, "import_id": record.id}
             )
         )
     restated = sorted(set(gone))

@@ -5,7 +5,8 @@ twice on one database) were both kept: every payment of the day had two lines an
 fee posted, and a payout counted on both sides at twice its amount matched and was posted to the bank account at
 twice it. ``statement_import_days`` says, per provider and business day, which imports have lines on it: an
 import whose days another import shares replaces that import's lines of the same transactions on those days
-(``statements.files.import_file``); where no day is shared, the common case, it costs nothing more.
+(``statements.files.import_file``). Where no day is shared it costs nothing more; a shared day, one pass over its
+lines (a Wave file's payout row, paid the next morning, makes each day's file share a day with the next one's).
 
 The days of the imports made before are filled in from their lines (those of committed imports). That reads
 every line imported from a file once. Upgrade with the worker and beat stopped, as ``payrecon migrate`` is meant
