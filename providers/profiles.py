@@ -98,7 +98,8 @@ PROFILES = MappingProxyType(
         "wave": TrustProfile(
             provider="wave",
             callback_auth="Wave-Signature: HMAC-SHA256 of timestamp + raw body, any v1 may match "
-            "(key rotation), timestamp within 5 minutes; or a Bearer shared secret",
+            "(key rotation), timestamp within 5 minutes of the delivery's arrival (the envelope's `received_at`, "
+            "however late it is read); or a Bearer shared secret",
             callbacks_authenticated=True,
             # Checkout sessions expire 30 minutes after creation.
             recheck_schedule=(30, 120, 300, 900, 1800, HOUR, 6 * HOUR),
