@@ -179,6 +179,19 @@ def test_wave_stale_signature_is_forged(rt: Runtime, sandbox: SandboxClient) -> 
     assert result.outcome is Disposition.FORGED and "stale" in result.detail
 
 
+def _wave_down(rt: Runtime, monkeypatch: pytest.MonkeyPatch) -> tuple[Any, Any]:
+    """Wave's status API answering 503 from now on: its client, and the check to put back when it answers again."""
+    client = rt.client("wave")
+    assert client is not None
+    answer = client.check
+
+    def down(view: Any) -> Any:
+        raise ProviderTransientError("503 Service Unavailable", provider="wave", http_status=503)
+
+    monkeypatch.setattr(client, "check", down)
+    return client, answer
+
+
 def test_a_wave_delivery_read_long_after_it_arrived_is_authentic_and_settles(
     rt: Runtime, sandbox: SandboxClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -191,14 +204,7 @@ def test_a_wave_delivery_read_long_after_it_arrived_is_authentic_and_settles(
     pipeline.register_payment(rt, coko(ref, "wave", provider_data=state["provider_data"]))
     envelope = sandbox.notification("wave", ref, stale=True)  # signed ten minutes ago
     envelope["received_at"] = (datetime.now(UTC) - timedelta(minutes=10)).isoformat()  # and received then
-    client = rt.client("wave")
-    assert client is not None
-    answer = client.check
-
-    def down(view: Any) -> Any:
-        raise ProviderTransientError("503 Service Unavailable", provider="wave", http_status=503)
-
-    monkeypatch.setattr(client, "check", down)
+    client, answer = _wave_down(rt, monkeypatch)
     first = pipeline.ingest_webhook(rt, envelope)
     assert first.outcome is Disposition.RETRY, first.detail
     monkeypatch.setattr(client, "check", answer)
@@ -220,14 +226,7 @@ def test_a_forged_copy_of_a_given_up_wave_delivery_does_not_reopen_it(
     ref = new_reference("CR")
     state = sandbox.create("wave", reference=ref, amount=6500, currency="XOF", fate="accepted")
     pipeline.register_payment(rt, coko(ref, "wave", provider_data=state["provider_data"]))
-    client = rt.client("wave")
-    assert client is not None
-    answer = client.check
-
-    def down(view: Any) -> Any:
-        raise ProviderTransientError("503 Service Unavailable", provider="wave", http_status=503)
-
-    monkeypatch.setattr(client, "check", down)
+    client, answer = _wave_down(rt, monkeypatch)
     first = pipeline.ingest_webhook(rt, sandbox.notification("wave", ref))
     assert first.outcome is Disposition.RETRY and first.inbox_id is not None
     age(rt, first.inbox_id, rt.profile("wave").give_up_after)

@@ -253,18 +253,24 @@ def test_listed_references_that_cannot_be_ours_are_kept_apart_and_missing_in_the
     assert any(theirs[0] in line.raw for line in lines)  # the whole entry, as Wave sent it
 
 
+def _wave_payments(rt: Runtime, sandbox: SandboxClient, n: int) -> list[str]:
+    """``n`` Wave payments of today, paid at the sandbox, registered and notified: their references."""
+    refs = [new_reference("CR") for _ in range(n)]
+    for k, ref in enumerate(refs):
+        state = sandbox.create("wave", reference=ref, amount=6500, currency="XOF", fate="accepted")
+        reg = registration(ref, provider="wave", amount=6500, plan="coko-premium-monthly", account=f"reader-{k}")
+        pipeline.register_payment(rt, {**reg, "provider_data": state["provider_data"]})
+        pipeline.ingest_webhook(rt, sandbox.notification("wave", ref))
+    return refs
+
+
 def test_wave_reconciles_from_its_imported_statement_rather_than_its_listing(
     rt: Runtime, sandbox: SandboxClient, tmp_path: Path
 ) -> None:
     """A statement file finance imported for the day is Wave's word for it, as at the other providers:
     the listing is not asked again, and the lines it stored for the day before are dropped."""
     today = datetime.now(rt.settings.timezone).date()
-    refs = [new_reference("CR") for _ in range(2)]
-    for n, ref in enumerate(refs):
-        state = sandbox.create("wave", reference=ref, amount=6500, currency="XOF", fate="accepted")
-        reg = registration(ref, provider="wave", amount=6500, plan="coko-premium-monthly", account=f"reader-{n}")
-        pipeline.register_payment(rt, {**reg, "provider_data": state["provider_data"]})
-        pipeline.ingest_webhook(rt, sandbox.notification("wave", ref))
+    refs = _wave_payments(rt, sandbox, 2)
     from_listing = nightly.run_day(rt, "wave", today)
     assert classes(rt, from_listing) == {refs[0]: "matched", refs[1]: "matched"}
     when = datetime.now(UTC).isoformat()
@@ -293,12 +299,7 @@ def test_a_file_s_payout_row_alone_on_a_day_leaves_that_day_s_payments_to_the_li
     does): today still reconciles from the listing. Before, that one row made the file today's word, the listing was
     not asked and its lines were dropped, and every payment of today was missing at the provider."""
     today = datetime.now(rt.settings.timezone).date()
-    refs = [new_reference("CR") for _ in range(2)]
-    for n, ref in enumerate(refs):
-        state = sandbox.create("wave", reference=ref, amount=6500, currency="XOF", fate="accepted")
-        reg = registration(ref, provider="wave", amount=6500, plan="coko-premium-monthly", account=f"reader-{n}")
-        pipeline.register_payment(rt, {**reg, "provider_data": state["provider_data"]})
-        pipeline.ingest_webhook(rt, sandbox.notification("wave", ref))
+    refs = _wave_payments(rt, sandbox, 2)
     yesterday = datetime.now(UTC) - timedelta(days=1)
     payout = f"PO-{new_reference('X')}"
     statement = tmp_path / "wave-yesterday.csv"
