@@ -211,6 +211,28 @@ def _exported_twice(tmp_path: Path) -> tuple[Path, Path]:
     return first, again
 
 
+def test_a_refund_row_sharing_its_payment_s_id_replaces_neither_and_lines_without_ids_match_nulls(
+    rt: Runtime, tmp_path: Path
+) -> None:
+    """MTN lists a refund under its payment's transaction id, with the amount negative: two exports of the day, the
+    payment in one, the refund in the other, keep both lines (one replacing the other lost the payment's fee and
+    payout, or the refund). Lines without a transaction id match on the rest, a missing reference alike."""
+    header = "reference_id,financial_transaction_id,date,amount,currency,fee,status\n"
+    ref, txn = new_reference(), new_reference()
+    bare = ",,2026-11-21 12:00:00,300,XOF,0,FAILED\n"  # no reference, no transaction id: in both files
+    first, again = tmp_path / "mtn-1.csv", tmp_path / "mtn-2.csv"
+    first.write_text(header + f"{ref},{txn},2026-11-21 10:00:00,5000,XOF,50,SUCCESSFUL\n" + bare)
+    again.write_text(header + f"{ref},{txn},2026-11-21 16:00:00,-5000,XOF,0,REFUNDED\n" + bare)
+    with rt.sessions() as session, session.begin():
+        import_file(session, "mtn_momo", first, business_tz=TZ)
+    with rt.sessions() as session, session.begin():
+        second = import_file(session, "mtn_momo", again, business_tz=TZ)
+    assert second.replaced == 1  # the bare line alone
+    with rt.sessions() as session:
+        kept = sorted(session.execute(select(StatementLine.status, StatementLine.amount)).all())
+    assert kept == [("failed", 300), ("refunded", -5000), ("succeeded", 5000)]
+
+
 def test_a_day_imported_again_replaces_the_copies_on_sqlite_too(tmp_path: Path) -> None:
     """The embedded demo's database: the same replacement, its days read back as dates."""
     from reconciliation import migrate

@@ -227,27 +227,44 @@ def import_file(
     return _replace(session, record, parser.days)
 
 
-#: The lines of other (committed) imports, on the days given, that are the same transaction as a line of this import:
-#: the same transaction id; a line without one, the same reference, status, amount, currency and time; a payout
-#: row, the same payout id. (Only other imports' lines go: a line a file lists twice is the provider's duplicate.)
-_REPLACED = """
-DELETE FROM statement_lines
- WHERE provider = :provider AND source = 'file' AND business_date IN :days
-   AND import_id <> :import_id AND import_id IN (SELECT id FROM statement_imports)
-   AND CASE
-       WHEN status = 'payout' THEN payout_id IN (
-            SELECT n.payout_id FROM statement_lines n WHERE n.provider = :provider AND n.business_date IN :days
-               AND n.import_id = :import_id AND n.status = 'payout')
-       WHEN provider_txn_id IS NOT NULL THEN provider_txn_id IN (
-            SELECT n.provider_txn_id FROM statement_lines n WHERE n.provider = :provider AND n.business_date IN :days
-               AND n.import_id = :import_id AND n.status <> 'payout')
-       ELSE (reference, status, amount, currency, occurred_at) IN (
-            SELECT n.reference, n.status, n.amount, n.currency, n.occurred_at FROM statement_lines n
-             WHERE n.provider = :provider AND n.business_date IN :days AND n.import_id = :import_id
-               AND n.provider_txn_id IS NULL AND n.status <> 'payout')
-       END
+#: The lines of other (committed) imports, on the days given, that are the same transaction as a line of this import,
+#: one DELETE per kind of line (each a semi-join, hashed, never a subquery run per line): a payout row, the same
+#: payout id; a line with a transaction id, the same id and the same sign of amount (a refund row that shares its
+#: payment's id, MTN's, is not that payment; the payment's status, amount or time may have changed since); a line
+#: without one, the same reference, status, amount, currency and time (NULLs alike). Only other imports' lines go:
+#: a line a file lists twice is the provider's duplicate.
+_OTHERS = """
+DELETE FROM statement_lines AS o
+ WHERE o.provider = :provider AND o.source = 'file' AND o.business_date IN :days
+   AND o.import_id <> :import_id AND o.import_id IN (SELECT id FROM statement_imports)
+   AND {same}
 RETURNING business_date
 """
+_MINE = (
+    "SELECT {columns} FROM statement_lines n WHERE n.provider = :provider AND n.business_date IN :days "
+    "AND n.import_id = :import_id AND {kind}"
+)
+_REPLACED = tuple(
+    _OTHERS.format(same=same)
+    for same in (
+        "o.status = 'payout' AND o.payout_id IN ("
+        + _MINE.format(columns="n.payout_id", kind="n.status = 'payout'")
+        + ")",
+        "o.status <> 'payout' AND o.provider_txn_id IS NOT NULL AND (o.provider_txn_id, o.amount < 0) IN ("
+        + _MINE.format(
+            columns="n.provider_txn_id, n.amount < 0", kind="n.status <> 'payout' AND n.provider_txn_id IS NOT NULL"
+        )
+        + ")",
+        "o.status <> 'payout' AND o.provider_txn_id IS NULL AND EXISTS ("
+        + _MINE.format(
+            columns="1",
+            kind="n.status <> 'payout' AND n.provider_txn_id IS NULL AND n.reference IS NOT DISTINCT FROM o.reference "
+            "AND n.status = o.status AND n.amount = o.amount AND n.currency = o.currency "
+            "AND n.occurred_at IS NOT DISTINCT FROM o.occurred_at",
+        )
+        + ")",
+    )
+)
 
 
 def _replace(session: Session, record: StatementImport, lines: dict[date, int]) -> Imported:
@@ -270,12 +287,10 @@ def _replace(session: Session, record: StatementImport, lines: dict[date, int]) 
     )
     gone: list[date] = []
     if shared:  # only then: a day no other file has lines on needs no look at them
-        replaced = text(_REPLACED).bindparams(bindparam("days", expanding=True, type_=Date))
-        gone = list(
-            session.scalars(
-                replaced.columns(business_date=Date), {"provider": provider, "days": shared, "import_id": record.id}
-            )
-        )
+        params = {"provider": provider, "days": shared, "import_id": record.id}
+        for sql in _REPLACED:
+            statement = text(sql).bindparams(bindparam("days", expanding=True, type_=Date))
+            gone += session.scalars(statement.columns(business_date=Date), params)
     restated = sorted(set(gone))
     if restated:
         session.execute(
