@@ -357,8 +357,8 @@ def test_nightly_job_plans_yesterday_and_the_reruns(rt: Runtime) -> None:
 def test_the_nightly_job_closes_runs_a_stopped_process_left_running_and_runs_their_days_again(rt: Runtime) -> None:
     """A worker SIGKILLed under a run (its message acknowledged on receipt), or PostgreSQL gone while it closed the
     run, left it ``running`` for good: nothing closed it, counted it or ran its day again. The nightly job closes the
-    runs still running four hours after they started as failed and runs their days again, each day once; a run
-    under way is left alone."""
+    runs no process holds (their lock free; started ten minutes ago or more) as failed, once, and runs their days
+    again, each day once; a run whose process holds its lock is left alone, however old, as is one just opened."""
     from datetime import date, timedelta
     from zoneinfo import ZoneInfo
 
@@ -372,22 +372,32 @@ def test_the_nightly_job_closes_runs_a_stopped_process_left_running_and_runs_the
     left = runs.start(rt.sessions, "wave", date(2026, 11, 10), policy, "rerun")
     planned = runs.start(rt.sessions, "cinetpay", date(2026, 11, 20), policy, "scheduled")  # tonight's day anyway
     under_way = runs.start(rt.sessions, "cinetpay", date(2026, 11, 12), policy, "manual")
+    just_opened = runs.start(rt.sessions, "cinetpay", date(2026, 11, 13), policy, "manual")
     now = datetime.now(UTC)
     with rt.sessions.begin() as session:
         session.execute(
-            update(ReconRun).where(ReconRun.id.in_([left, planned])).values(started_at=now - timedelta(hours=5))
+            update(ReconRun)
+            .where(ReconRun.id.in_([left, planned, under_way]))
+            .values(started_at=now - timedelta(hours=5))
         )
-    jobs = due_runs(rt, date(2026, 11, 21), now=now)
+    with runs._alive(rt.sessions, under_way):  # its process at work, five hours in
+        jobs = due_runs(rt, date(2026, 11, 21), now=now)
     assert ("wave", date(2026, 11, 10), "rerun") in jobs
     assert [job for job in jobs if job[:2] == ("cinetpay", date(2026, 11, 20))] == [
         ("cinetpay", date(2026, 11, 20), "scheduled")
     ]
-    assert not [job for job in jobs if job[1] == date(2026, 11, 12)]
+    assert not [job for job in jobs if job[1] in (date(2026, 11, 12), date(2026, 11, 13))]
     with rt.sessions() as session:
         closed = {r.id: (r.status, r.error or "") for r in session.scalars(select(ReconRun))}
     assert closed[left][0] == closed[planned][0] == "failed" and "abandoned" in closed[left][1]
-    assert closed[under_way] == ("running", "")
-    assert len(due_runs(rt, date(2026, 11, 21), now=now)) == len(jobs) - 1  # closed once: only the wave day was extra
+    assert closed[under_way] == closed[just_opened] == ("running", "")
+    runs.finish(rt.sessions, left)  # its own close, late: it stays as it was closed, counted once
+    with rt.sessions() as session:
+        again = session.get(ReconRun, left)
+        assert again is not None and again.status == "failed" and "abandoned" in (again.error or "")
+    later = due_runs(rt, date(2026, 11, 21), now=now)  # the five-hour run's process has stopped since (its lock free)
+    assert [job for job in later if job not in jobs] == [("cinetpay", date(2026, 11, 12), "rerun")]
+    assert ("wave", date(2026, 11, 10), "rerun") not in later  # closed once, run again once
 
 
 def test_nightly_reconciliation_is_scheduled_at_two_in_the_business_zone() -> None:

@@ -8,19 +8,22 @@ customer gets the subscription and the payment is flagged.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from functools import partial
 from typing import Any, cast
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import CursorResult, and_, func, or_, select, text, update
+from sqlalchemy import CursorResult, Engine, and_, create_engine, func, or_, select, text, update
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import NullPool
 
 from providers.base import Outcome, VerifiedStatus
 from reconciliation import facts, ledger, payments
@@ -686,13 +689,16 @@ def post_payout(
 
 def finish(sessions: sessionmaker[Session], run_id: int, *, error: str | None = None) -> dict[str, int]:
     """Store the counts per class and close the run; a run that succeeded brings its day's exception cases
-    up to date in the same transaction (``cases.sync``)."""
+    up to date in the same transaction (``cases.sync``). A run closed already (``close_abandoned`` took it for
+    abandoned) stays as it is: its counts are returned, nothing is counted again."""
     with transaction(sessions) as session:
         provider = session.scalar(select(ReconRun.provider).where(ReconRun.id == run_id))
         assert provider is not None  # noqa: S101
         cases.lock_provider(session, provider)  # before the run's row: see cases.lock_provider
-        run = session.get(ReconRun, run_id)
+        run = session.get(ReconRun, run_id, with_for_update=True)
         assert run is not None  # noqa: S101
+        if run.status != "running":  # closed already (``close_abandoned``): closed once, counted once
+            return dict(run.counts)
         counts = dict(
             session.execute(
                 select(ReconItem.cls, func.count()).where(ReconItem.run_id == run_id).group_by(ReconItem.cls)
@@ -717,30 +723,66 @@ def finish(sessions: sessionmaker[Session], run_id: int, *, error: str | None = 
         return run.counts
 
 
-#: A run still ``running`` this long after it started is abandoned: the process running it stopped (a SIGKILL, the
-#: machine, PostgreSQL gone while it was closing the run) before it closed it. The reconcile task's hard time limit
-#: is 3 hours (``worker.tasks``); a day of a million payments takes a minute.
-ABANDONED_AFTER = timedelta(hours=4)
+#: A run still ``running`` this long after it started may be abandoned: on PostgreSQL, it is when no process holds
+#: its lock (``_alive``); on SQLite (the demo), its age alone says so.
+ABANDONED_AFTER = timedelta(minutes=10)
+ABANDONED_AFTER_SQLITE = timedelta(hours=4)
+
+
+def _lock_key(run_id: int) -> int:
+    return int.from_bytes(hashlib.sha256(f"payrecon:run:{int(run_id)}".encode()).digest()[:8], "big") >> 1
+
+
+@contextmanager
+def _alive(sessions: sessionmaker[Session], run_id: int) -> Iterator[None]:
+    """While the block runs, the run's lock is held (PostgreSQL: a session-level advisory lock, on a connection of
+    its own, not the pool's): whoever finds it free knows the process running the run stopped, however it stopped
+    (the connection goes with the process). A run takes it the moment it is opened."""
+    bind = sessions.kw.get("bind")
+    if not isinstance(bind, Engine) or bind.dialect.name != "postgresql":
+        yield
+        return
+    engine = create_engine(bind.url, poolclass=NullPool)
+    try:
+        with engine.connect() as connection:
+            connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": _lock_key(run_id)})
+            connection.commit()
+            yield  # the connection's end releases the lock, whatever ends it
+    finally:
+        engine.dispose()
 
 
 def close_abandoned(sessions: sessionmaker[Session], *, now: datetime) -> list[tuple[str, date]]:
-    """Close as failed the runs left ``running`` for longer than ``ABANDONED_AFTER`` (``finish``: their counts, and
-    the failed runs' metric); returns their (provider, day), to reconcile again."""
+    """Close as failed the runs a stopped process left ``running`` (a worker killed under it, PostgreSQL gone while
+    it closed the run): on PostgreSQL those started ``ABANDONED_AFTER`` ago whose lock no process holds (``_alive``),
+    on SQLite those started ``ABANDONED_AFTER_SQLITE`` ago. ``finish`` closes each once, if it is still running.
+    Returns their (provider, day), to reconcile again."""
     with sessions() as session:
+        postgres = is_postgres(session)
+        since = now - (ABANDONED_AFTER if postgres else ABANDONED_AFTER_SQLITE)
         left = session.execute(
             select(ReconRun.id, ReconRun.provider, ReconRun.business_date)
-            .where(ReconRun.status == "running", ReconRun.started_at < now - ABANDONED_AFTER)
+            .where(ReconRun.status == "running", ReconRun.started_at < since)
             .order_by(ReconRun.id)
         ).all()
-    hours = ABANDONED_AFTER.total_seconds() / 3600
-    for run_id, _, _ in left:
+        abandoned = []
+        for run_id, provider, day in left:
+            if postgres:
+                free = session.scalar(text("SELECT pg_try_advisory_lock(:key)"), {"key": _lock_key(run_id)})
+                if not free:
+                    continue  # its process is working on it
+                session.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": _lock_key(run_id)})
+            abandoned.append((run_id, provider, day))
+    closed: list[tuple[str, date]] = []
+    for run_id, provider, day in abandoned:
         finish(
             sessions,
             run_id,
-            error=f"abandoned: still running {hours:g} h after it started, the process running it stopped before it "
-            "finished (killed, or PostgreSQL went away); its day is reconciled again",
+            error="abandoned: the process running it stopped before it finished (killed, or PostgreSQL went away); "
+            "its day is reconciled again",
         )
-    return [(provider, day) for _, provider, day in left]
+        closed.append((provider, day))
+    return closed
 
 
 def reconcile_stored(
@@ -761,6 +803,14 @@ def reconcile_stored(
     ``fees`` (fee journals, payouts).
     """
     run_id = start(sessions, provider, day, policy, trigger)
+    with _alive(sessions, run_id):
+        return _reconcile_run(sessions, run_id, policy, failures=failures, progress=progress)
+
+
+def _reconcile_run(
+    sessions: sessionmaker[Session], run_id: int, policy: Policy, *, failures: int, progress: Progress
+) -> int:
+    """``reconcile_stored``'s work on the run opened, its lock held."""
     try:
         stages: tuple[tuple[str, tuple[Callable[[], object], ...]], ...] = (
             (
