@@ -60,6 +60,24 @@ def test_a_step_that_fails_closes_the_run_failed_with_why_and_raises(
     assert run.counts["amount_mismatch"] == 1 and open_cases == []  # its items are kept, no case is opened
 
 
+def test_a_run_whose_lock_cannot_be_taken_is_closed_failed_not_left_running(
+    rt: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The run's lock needs a connection of its own: PostgreSQL refusing it (too many clients, gone meanwhile)
+    closes the run failed, saying why, rather than leaving it running until a nightly job takes it for abandoned."""
+    from sqlalchemy.exc import OperationalError
+
+    def refused(*args: Any, **kwargs: Any) -> Any:
+        raise OperationalError("connect", {}, Exception("FATAL: sorry, too many clients already"))
+
+    monkeypatch.setattr(runs, "create_engine", refused)  # the one stand-in: a refused connection on demand
+    with pytest.raises(OperationalError):
+        runs.reconcile_stored(rt.sessions, "cinetpay", DAY, policy(rt))
+    with rt.sessions() as session:
+        (run,) = session.scalars(select(ReconRun)).all()
+    assert run.status == "failed" and "its lock could not be taken" in (run.error or "") and "too many" in run.error
+
+
 def test_status_checks_without_an_answer_keep_the_run_but_mark_it_failed(rt: Runtime) -> None:
     ref = new_reference()
     payment(rt, ref, PaymentStatus.SUCCEEDED)

@@ -698,6 +698,9 @@ def finish(sessions: sessionmaker[Session], run_id: int, *, error: str | None = 
         run = session.get(ReconRun, run_id, with_for_update=True)
         assert run is not None  # noqa: S101
         if run.status != "running":  # closed already (``close_abandoned``): closed once, counted once
+            log.warning(
+                "run %d was closed already (%s): its own close changes nothing", run_id, run.error or run.status
+            )
             return dict(run.counts)
         counts = dict(
             session.execute(
@@ -803,8 +806,15 @@ def reconcile_stored(
     ``fees`` (fee journals, payouts).
     """
     run_id = start(sessions, provider, day, policy, trigger)
-    with _alive(sessions, run_id):
-        return _reconcile_run(sessions, run_id, policy, failures=failures, progress=progress)
+    working = False
+    try:
+        with _alive(sessions, run_id):
+            working = True
+            return _reconcile_run(sessions, run_id, policy, failures=failures, progress=progress)
+    except Exception as exc:
+        if not working:  # its lock not taken (no connection to spare, PostgreSQL gone): closed, not left running
+            finish(sessions, run_id, error=f"its lock could not be taken: {type(exc).__name__}: {exc}"[:2000])
+        raise
 
 
 def _reconcile_run(

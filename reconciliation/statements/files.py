@@ -18,6 +18,7 @@ import io
 import re
 from collections import Counter
 from collections.abc import Iterator
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -28,7 +29,7 @@ from sqlalchemy import ColumnElement, Date, bindparam, delete, exists, func, ins
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from reconciliation.db import advisory_lock
+from reconciliation.db import advisory_lock, is_postgres, statement_settings
 from reconciliation.models import StatementImport, StatementImportDay, StatementLine
 from reconciliation.progress import Progress, silent
 from reconciliation.statements.pg import YEARS, too_long
@@ -231,7 +232,7 @@ def import_file(
 #: one DELETE per kind of line (each a semi-join, hashed, never a subquery run per line): a payout row, the same
 #: payout id; a line with a transaction id, the same id and the same sign of amount (a refund row that shares its
 #: payment's id, MTN's, is not that payment; the payment's status, amount or time may have changed since); a line
-#: without one, the same reference, status, amount, currency and time (NULLs alike). Only other imports' lines go:
+#: without one, the same reference, status, amount, currency and time (``_BARE``). Only other imports' lines go:
 #: a line a file lists twice is the provider's duplicate.
 _OTHERS = """
 DELETE FROM statement_lines AS o
@@ -244,6 +245,10 @@ _MINE = (
     "SELECT {columns} FROM statement_lines n WHERE n.provider = :provider AND n.business_date IN :days "
     "AND n.import_id = :import_id AND {kind}"
 )
+#: A line without a transaction id, as a row of hashable values (a missing reference or time as an empty text).
+_BARE = (
+    "(coalesce({t}.reference, ''), {t}.status, {t}.amount, {t}.currency, coalesce(CAST({t}.occurred_at AS TEXT), ''))"
+)
 _REPLACED = tuple(
     _OTHERS.format(same=same)
     for same in (
@@ -255,13 +260,10 @@ _REPLACED = tuple(
             columns="n.provider_txn_id, n.amount < 0", kind="n.status <> 'payout' AND n.provider_txn_id IS NOT NULL"
         )
         + ")",
-        "o.status <> 'payout' AND o.provider_txn_id IS NULL AND EXISTS ("
-        + _MINE.format(
-            columns="1",
-            kind="n.status <> 'payout' AND n.provider_txn_id IS NULL AND n.reference IS NOT DISTINCT FROM o.reference "
-            "AND n.status = o.status AND n.amount = o.amount AND n.currency = o.currency "
-            "AND n.occurred_at IS NOT DISTINCT FROM o.occurred_at",
-        )
+        "o.status <> 'payout' AND o.provider_txn_id IS NULL AND "
+        + _BARE.format(t="o")
+        + " IN ("
+        + _MINE.format(columns=_BARE.format(t="n")[1:-1], kind="n.status <> 'payout' AND n.provider_txn_id IS NULL")
         + ")",
     )
 )
@@ -288,9 +290,13 @@ def _replace(session: Session, record: StatementImport, lines: dict[date, int]) 
     gone: list[date] = []
     if shared:  # only then: a day no other file has lines on needs no look at them
         params = {"provider": provider, "days": shared, "import_id": record.id}
-        for sql in _REPLACED:
-            statement = text(sql).bindparams(bindparam("days", expanding=True, type_=Date))
-            gone += session.scalars(statement.columns(business_date=Date), params)
+        # Joined by hash (or merge), never a loop over one side per line of the other: lines just loaded have no
+        # statistics, and a planner that guesses few of them would loop (quadratic in a day's lines).
+        planner = statement_settings(session, {"enable_nestloop": "off"}) if is_postgres(session) else nullcontext()
+        with planner:
+            for sql in _REPLACED:
+                statement = text(sql).bindparams(bindparam("days", expanding=True, type_=Date))
+                gone += session.scalars(statement.columns(business_date=Date), params)
     restated = sorted(set(gone))
     if restated:
         session.execute(
