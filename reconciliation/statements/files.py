@@ -230,7 +230,7 @@ def import_file(
 
 #: The lines of other (committed) imports, on the days given, that are the same transaction as a line of this import,
 #: one DELETE per kind of line (each a semi-join, hashed, never a subquery run per line): a payout row, the same
-#: payout id; a line with a transaction id, the same id and the same sign of amount (a refund row that shares its
+#: payout id; a line with a transaction id, the same id, reference and sign of amount (a refund row that shares its
 #: payment's id, MTN's, is not that payment; the payment's status, amount or time may have changed since); a line
 #: without one, the same reference, status, amount, currency and time (``_BARE``). Only other imports' lines go:
 #: a line a file lists twice is the provider's duplicate.
@@ -255,9 +255,11 @@ _REPLACED = tuple(
         "o.status = 'payout' AND o.payout_id IN ("
         + _MINE.format(columns="n.payout_id", kind="n.status = 'payout'")
         + ")",
-        "o.status <> 'payout' AND o.provider_txn_id IS NOT NULL AND (o.provider_txn_id, o.amount < 0) IN ("
+        "o.status <> 'payout' AND o.provider_txn_id IS NOT NULL "
+        "AND (o.provider_txn_id, coalesce(o.reference, ''), o.amount < 0) IN ("
         + _MINE.format(
-            columns="n.provider_txn_id, n.amount < 0", kind="n.status <> 'payout' AND n.provider_txn_id IS NOT NULL"
+            columns="n.provider_txn_id, coalesce(n.reference, ''), n.amount < 0",
+            kind="n.status <> 'payout' AND n.provider_txn_id IS NOT NULL",
         )
         + ")",
         "o.status <> 'payout' AND o.provider_txn_id IS NULL AND "
