@@ -160,11 +160,17 @@ def lease_rows(
     return ids
 
 
+def advisory_key(name: str) -> int:
+    """The PostgreSQL advisory lock key of ``name`` (a bigint): one per name in every process of the installation,
+    whichever kind of lock takes it (``advisory_lock``'s, for a transaction; a session's, ``runs._alive``)."""
+    return int.from_bytes(hashlib.sha256(f"payrecon:{name}".encode()).digest()[:8], "big") >> 1
+
+
 def advisory_lock(session: Session, name: str, *, shared: bool = False) -> None:
     """Hold the transaction-level advisory lock ``name`` until the session's transaction ends (PostgreSQL; on
     SQLite, the demo's, writers take turns anyway). One lock per name in every process of the installation;
     ``shared``: held by any number of transactions at once, and excluding the exclusive holder."""
     if session.get_bind().dialect.name == "postgresql":
-        key = int.from_bytes(hashlib.sha256(f"payrecon:{name}".encode()).digest()[:8], "big") >> 1
+        key = advisory_key(name)
         function = "pg_advisory_xact_lock_shared" if shared else "pg_advisory_xact_lock"
         session.execute(text(f"SELECT {function}(:key)"), {"key": key})

@@ -8,7 +8,6 @@ customer gets the subscription and the payment is flagged.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -27,7 +26,7 @@ from sqlalchemy.pool import NullPool
 
 from providers.base import Outcome, VerifiedStatus
 from reconciliation import facts, ledger, payments
-from reconciliation.db import is_postgres, statement_settings, transaction
+from reconciliation.db import advisory_key, is_postgres, statement_settings, transaction
 from reconciliation.dialect import insert
 from reconciliation.models import (
     FlagKind,
@@ -733,7 +732,7 @@ ABANDONED_AFTER_SQLITE = timedelta(hours=4)
 
 
 def _lock_key(run_id: int) -> int:
-    return int.from_bytes(hashlib.sha256(f"payrecon:run:{int(run_id)}".encode()).digest()[:8], "big") >> 1
+    return advisory_key(f"run:{int(run_id)}")
 
 
 @contextmanager

@@ -278,15 +278,16 @@ def _replace(session: Session, record: StatementImport, lines: dict[date, int]) 
     lock until commit): the second sees the lines of the first."""
     provider, days = record.provider, sorted(lines)
     advisory_lock(session, f"statement-import:{provider}")
-    shared = sorted(
-        set(
-            session.scalars(
-                select(StatementImportDay.business_date).where(
-                    StatementImportDay.provider == provider,
-                    StatementImportDay.business_date.in_(days),
-                    StatementImportDay.import_id != record.id,
-                )
+    shared = list(
+        session.scalars(
+            select(StatementImportDay.business_date)
+            .where(
+                StatementImportDay.provider == provider,
+                StatementImportDay.business_date.in_(days),
+                StatementImportDay.import_id != record.id,
             )
+            .distinct()
+            .order_by(StatementImportDay.business_date)
         )
     )
     gone: list[date] = []
