@@ -47,14 +47,14 @@ url, run_id = sys.argv[1], int(sys.argv[2])
 engine = make_engine(url, pool_size=2)
 sessions = session_factory(engine)
 started = time.perf_counter()
-journals = runs.post_fees(sessions, run_id)
+fees_posted = runs.post_fees(sessions, run_id)
 posted = time.perf_counter()
 with tempfile.TemporaryDirectory() as out, sessions() as session:
     files = reports.export_all(session, run_id, Path(out))
     written = time.perf_counter()
     size = sum(p.stat().st_size for p in files)
 engine.dispose()
-print(json.dumps({"journals": journals, "fees": posted - started, "reports": written - posted, "bytes": size}))
+print(json.dumps({"payments": fees_posted, "fees": posted - started, "reports": written - posted, "bytes": size}))
 """
 
 
@@ -86,7 +86,7 @@ def _prepare(url: str, tmp: Path, payments: int) -> list[str]:
 def _measure(n: int, tree: Path, result: dict[str, Any], spent: float) -> dict[str, float]:
     figures = {"fees": result["fees"], "reports": result["reports"], "postgres_cpu": spent}
     print(
-        f"{n}: {tree}: {result['journals']} fee journals in {figures['fees']:.2f} s, report files "
+        f"{n}: {tree}: {result['payments']} fees posted in {figures['fees']:.2f} s, report files "
         f"({result['bytes'] / 2**20:.0f} MiB) in {figures['reports']:.2f} s, postgres_cpu {spent:.2f} s",
         flush=True,
     )

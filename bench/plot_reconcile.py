@@ -7,7 +7,7 @@
 
 Each file is one run's output as the bench prints it (its ``seeded N payments`` line and its last line,
 ``total_s= floor_s= ratio= fees_s= reports_s=``). One panel: import + match + classify, the floor measured in
-the same run (COPY + classify into unindexed tables), the fee journals and the report files, one marker per
+the same run (COPY + classify into unindexed tables), the fees posted and the report files, one marker per
 run and a line through each stage's median per size; issue #14's targets dotted (10 s for the fees and for
 the reports, 2.2 x the floor for import + classify).
 """
@@ -30,7 +30,7 @@ LAST = re.compile(r"^total_s=(\S+) floor_s=(\S+) ratio=(\S+) fees_s=(\S+) report
 STAGES = (
     ("total_s", "import + match + classify", "o"),
     ("floor_s", "floor: COPY + classify, unindexed", "v"),
-    ("fees_s", "fee journals", "s"),
+    ("fees_s", "fees posted", "s"),
     ("reports_s", "report files (6)", "D"),
 )
 #: Issue #14's targets at 1,000,000 payments (seconds), drawn where they are absolute.

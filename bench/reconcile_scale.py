@@ -251,9 +251,9 @@ def main() -> None:
         fees_s = reports_s = "none"
         if args.fees:
             started_fees = time.perf_counter()
-            journals = runs.post_fees(sessions, run_id)
+            fees = runs.post_fees(sessions, run_id)
             fees_s = f"{time.perf_counter() - started_fees:.2f}"
-            print(f"fees posted ({journals} journals): {fees_s} s ({float(fees_s) / floor:.2f} x the floor); "
+            print(f"fees posted ({fees} payments): {fees_s} s ({float(fees_s) / floor:.2f} x the floor); "
                   f"peak memory {max_rss_mib():.0f} MiB")  # fmt: skip
         if args.reports:
             from reconciliation.reports import run as reports

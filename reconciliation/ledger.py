@@ -30,13 +30,13 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import case, func, select, text
+from sqlalchemy import and_, case, func, select, text
 from sqlalchemy import insert as sa_insert
 from sqlalchemy.orm import Session, aliased, make_transient_to_detached
 
 from reconciliation.db import advisory_lock, is_postgres
 from reconciliation.dialect import insert
-from reconciliation.models import Account, Entry, Journal, Payment
+from reconciliation.models import Account, Entry, FeePosting, Journal, Payment
 
 DEBIT = "debit"
 CREDIT = "credit"
@@ -44,6 +44,9 @@ CREDIT = "credit"
 REVENUE = "revenue:subscriptions"
 SUSPENSE = "suspense"
 REFUNDS = "refunds"
+
+#: The kind of the journals carrying the providers' fees (``payments.FEE``), which ``fee_postings`` rows name.
+FEE_KIND = "fee"
 
 
 def clearing(provider: str) -> str:
@@ -378,6 +381,33 @@ def unbalanced_journals(session: Session) -> list[tuple[int, str, int]]:
     return [(jid, cur, int(diff)) for jid, cur, diff in rows] + [(jid, "", 0) for jid in empty]
 
 
+def fees_not_carried(session: Session) -> list[tuple[int, str, int, int]]:
+    """Fee journals whose debits in a currency differ from the fees their postings give in it (``fee_postings``,
+    migration 0025): (journal id, currency, debits, postings' sum), e.g. rows written with triggers off, a fee journal
+    no posting names (a worker of the code before 0025 still running during the upgrade), or SQLite's, whose triggers
+    check the postings' references, not their amounts. One pass over the entries and one over the postings."""
+    debits = (
+        select(Entry.journal_id, Entry.currency, func.sum(Entry.amount).label("amount"))
+        .where(Entry.side == DEBIT)
+        .group_by(Entry.journal_id, Entry.currency)
+        .subquery()
+    )
+    posted = (
+        select(FeePosting.journal_id, FeePosting.currency, func.sum(FeePosting.amount).label("amount"))
+        .group_by(FeePosting.journal_id, FeePosting.currency)
+        .subquery()
+    )
+    carried = func.coalesce(posted.c.amount, 0)
+    rows = session.execute(
+        select(Journal.id, debits.c.currency, func.coalesce(debits.c.amount, 0), carried)
+        .join(debits, debits.c.journal_id == Journal.id, isouter=True)
+        .join(posted, and_(posted.c.journal_id == Journal.id, posted.c.currency == debits.c.currency), isouter=True)
+        .where(Journal.kind == FEE_KIND, func.coalesce(debits.c.amount, 0) != carried)
+        .order_by(Journal.id, debits.c.currency)
+    ).all()
+    return [(jid, currency or "", int(debit), int(posted_)) for jid, currency, debit, posted_ in rows]
+
+
 _Reversed = aliased(Journal)
 
 
@@ -390,6 +420,8 @@ def dangling_references(session: Session) -> list[tuple[str, int, int]]:
         ("entry's account", Entry.id, Entry.account_id, Account.id),
         ("journal's payment", Journal.id, Journal.payment_id, Payment.id),
         ("journal's reversed journal", Journal.id, Journal.reverses_id, _Reversed.id),
+        ("fee posting's payment", FeePosting.payment_id, FeePosting.payment_id, Payment.id),
+        ("fee posting's journal", FeePosting.payment_id, FeePosting.journal_id, Journal.id),
     )
     for what, row_id, ref, target in checks:
         missing = ~select(target).where(target == ref).exists()

@@ -55,7 +55,7 @@ class GrantError(Exception):
 #: Tables the application appends to and reads, never changes: the ledger (its triggers refuse an UPDATE
 #: or DELETE too, but a TRUNCATE fires no row trigger, and a table's owner may disable triggers) and the
 #: exception cases' audit trail.
-APPEND_ONLY = ("ledger_journals", "ledger_entries", "ledger_accounts", "recon_case_events")
+APPEND_ONLY = ("ledger_journals", "ledger_entries", "ledger_accounts", "fee_postings", "recon_case_events")
 #: Tables the application only reads.
 READ_ONLY = ("alembic_version",)
 

@@ -667,6 +667,33 @@ class PayoutPosting(Base):
     posted_at: Mapped[datetime] = mapped_column(UtcDateTime(), server_default=func.now())
 
 
+class FeePosting(Base):
+    """A payment's provider fee, posted to the ledger once (migration 0025): the fee's own row.
+
+    A reconciliation run posts its fees as one journal per chunk of payments and currency (``kind`` ``fee``, no
+    payment: Dr ``fees:<provider>`` / Cr provider clearing, the chunk's total), and a row here per payment, written
+    by the same statement: which journal carries the payment's fee, how much, and which run found it. The primary
+    key is what makes a fee once per payment, however often and however concurrently a day is run (as
+    ``payout_postings`` does for payouts). A refund reverses the payment's fee from its row (a ``fee_refund``
+    journal of the payment, naming the fee's journal in ``reverses_id``).
+
+    Fees posted before 0025 were a journal per payment; 0025 gave each its row here (``run_id`` from its memo).
+    Like the ledger, append-only, and without per-row foreign keys on PostgreSQL: a trigger per statement checks
+    that the payments and runs exist and that each journal named is a fee journal written by the same statement
+    whose debits are the statement's fees in it, per currency (0025; ``ledger.fees_not_carried`` finds a journal
+    whose postings do not add up to it, e.g. on SQLite, whose row triggers check the references only).
+    """
+
+    __tablename__ = "fee_postings"
+    __table_args__ = (CheckConstraint("amount > 0", name="amount_positive"),)
+
+    payment_id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=False)
+    journal_id: Mapped[int] = mapped_column(BigId)
+    run_id: Mapped[int | None] = mapped_column(BigId)  # NULL: posted before 0025 by a run its memo did not name
+    amount: Mapped[int] = mapped_column(BigInteger)
+    currency: Mapped[str] = mapped_column(String(3))
+
+
 # --------------------------------------------------------------------------- exceptions as work
 
 

@@ -27,6 +27,7 @@ from reconciliation.db import lease_rows
 from reconciliation.dialect import insert
 from reconciliation.models import (
     FINAL_STATUSES,
+    FeePosting,
     FlagKind,
     Journal,
     OutboxEvent,
@@ -45,6 +46,10 @@ from schemas.messages import PaymentRegistration
 SETTLEMENT = "settlement"  # Dr provider clearing / Cr revenue
 SUSPENSE = "suspense"  # Dr provider clearing / Cr suspense (unattributable money)
 SUSPENSE_REVERSAL = "suspense_reversal"  # mirror of SUSPENSE once the money is attributed
+# The nightly run's fees: a journal per chunk of payments (no payment of its own), each payment's fee a
+# ``fee_postings`` row; before migration 0025 a journal per payment. Reversed per payment by a refund.
+FEE = ledger.FEE_KIND
+FEE_REFUND = "fee_refund"  # Dr provider clearing / Cr fees:<provider>, the payment's fee (its posting)
 
 
 @dataclass(frozen=True, slots=True)
@@ -645,13 +650,26 @@ def _refunded(session: Session, payment: Payment, ctx: Context, *, reason: str, 
     """Reverse the payment's journals with new ones, take its access back, tell the app."""
     ledger.hold_fees(session, payment.provider, posting=False)  # a fee posted meanwhile is reversed too
     reversed_kinds = []
+    fee = session.get(FeePosting, payment.id)
     for original in session.scalars(
         select(Journal).where(Journal.payment_id == payment.id, Journal.reverses_id.is_(None)).order_by(Journal.id)
     ).all():
         kind = f"{original.kind}_refund"
-        if journal(session, payment, kind) is None:
+        # A fee posted is reversed from its posting, below; a fee journal of the payment's own that no posting names
+        # (written by a worker of the code before migration 0025, still running during the upgrade), as any journal.
+        if (original.kind != FEE or fee is None) and journal(session, payment, kind) is None:
             ledger.reverse(session, original, kind=kind, memo=f"{payment.reference} refunded: {reason}")
             reversed_kinds.append(original.kind)
+    if fee is not None and journal(session, payment, FEE_REFUND) is None:
+        ledger.post(
+            session,
+            ledger.transfer(ledger.clearing(payment.provider), ledger.fees(payment.provider), fee.amount, fee.currency),
+            kind=FEE_REFUND,
+            payment_id=payment.id,
+            memo=f"{payment.reference} refunded: {reason} (its fee, in journal {fee.journal_id})",
+            reverses_id=fee.journal_id,
+        )
+        reversed_kinds.append(FEE)
     notes = [f"refunded: journals reversed ({', '.join(reversed_kinds) or 'none'})"]
     grant = session.scalars(
         select(SubscriptionGrant).where(SubscriptionGrant.payment_id == payment.id, SubscriptionGrant.kind == "payment")

@@ -13,6 +13,7 @@ from reconciliation import ledger
 from reconciliation.models import (
     FINAL_STATUSES,
     DeadLetter,
+    FeePosting,
     InboxDelivery,
     InboxStatus,
     Journal,
@@ -44,6 +45,7 @@ def find_payments(session: Session, reference: str, provider: str | None = None)
 def payment_detail(session: Session, payment: Payment) -> dict[str, Any]:
     journals = session.scalars(select(Journal).where(Journal.payment_id == payment.id).order_by(Journal.id))
     grant = session.scalars(select(SubscriptionGrant).where(SubscriptionGrant.payment_id == payment.id)).first()
+    fee = session.get(FeePosting, payment.id)
     deliveries = session.scalars(
         select(InboxDelivery)
         .where(InboxDelivery.provider == payment.provider, InboxDelivery.reference == payment.reference)
@@ -106,6 +108,17 @@ def payment_detail(session: Session, payment: Payment) -> dict[str, Any]:
             }
             for d in deliveries
         ],
+        # The provider's fee, once a reconciliation run posted it: the journal carrying it (that run's fees of many
+        # payments, or, posted before migration 0025, a journal of this payment's own). A refund reverses it in a
+        # ``fee_refund`` journal of the payment's, below.
+        "fee": None
+        if fee is None
+        else {
+            "amount": fee.amount,
+            "currency": fee.currency,
+            "journal": fee.journal_id,
+            "run": fee.run_id,
+        },
         "journals": [
             {
                 "id": j.id,

@@ -114,6 +114,7 @@ REFUSED = (
     "TRUNCATE payments",
     "UPDATE ledger_entries SET amount = amount",
     "DELETE FROM ledger_journals",
+    "DELETE FROM fee_postings",
     "ALTER TABLE payments ADD COLUMN note text",
     "DROP TABLE subscriptions",
     "CREATE TABLE public.shadow (id int)",

@@ -97,6 +97,13 @@ def test_demo_leaves_its_day_to_reconcile_and_the_command_it_prints_finds_every_
     healed = json.loads(shown.stdout)
     assert healed["status"] == "succeeded" and healed["grant"]["days"] == 30
     assert [(r["class"], r["healed"]) for r in healed["reconciliation"]] == [("missing_in_ledger", True)]
+    assert healed["fee"]["amount"] > 0 and healed["fee"]["currency"] == healed["currency"]  # the provider took it
+    with closing(sqlite3.connect(database)) as db:  # each run's fees: a journal per currency, a posting per payment
+        posted, journaled = db.execute(
+            "SELECT (SELECT sum(amount) FROM fee_postings), (SELECT sum(e.amount) FROM ledger_entries e "
+            "JOIN ledger_journals j ON j.id = e.journal_id WHERE j.kind = 'fee' AND e.side = 'debit')"
+        ).fetchone()
+    assert posted == journaled > 0
 
     # The day at a glance, as printed: both files, every provider on the page.
     glance = next(line.strip() for line in out.splitlines() if " report day --date " in line)

@@ -263,6 +263,102 @@ def test_what_the_ledger_refers_to_cannot_go(rt: Runtime, statement: str, error:
     assert _count(rt, "payments") == 0
 
 
+#: A fee journal of a run's chunk and its postings in one statement, as ``runs._FEES_POST`` writes them: the journal
+#: (``:kind``) debits ``:debit`` XOF to x and credits it to y; the postings give the payments ``:payments`` the fees
+#: ``:fees``, under the run ``:run``.
+FEE_CHUNK = (
+    "WITH j AS (INSERT INTO ledger_journals (kind, memo) VALUES (:kind, '') RETURNING id), "
+    "e AS (INSERT INTO ledger_entries (journal_id, account_id, side, amount, currency) "
+    "SELECT j.id, a.id, s.side, :debit, 'XOF' FROM j, (VALUES ('x', 'debit'), ('y', 'credit')) AS s (code, side) "
+    "JOIN ledger_accounts a ON a.code = s.code AND a.currency = 'XOF') "
+    "INSERT INTO fee_postings (payment_id, journal_id, run_id, amount, currency) "
+    "SELECT p.id, j.id, :run, p.fee, 'XOF' FROM j, "
+    "unnest(CAST(:payments AS bigint[]), CAST(:fees AS bigint[])) AS p (id, fee)"
+)
+
+
+def _fee_chunk(rt: Runtime, **changed: object) -> dict[str, object]:
+    """Two payments, the accounts, a run: what ``FEE_CHUNK`` posts as given, unless ``changed``."""
+    payments = _payments(rt, 2)
+    with rt.engine.begin() as conn:
+        _accounts(conn)
+    return {"kind": "fee", "debit": 7, "run": _run(rt), "payments": payments, "fees": [3, 4]} | changed
+
+
+def test_a_fee_journal_and_its_postings_are_written_together(rt: Runtime) -> None:
+    with rt.engine.begin() as conn:
+        conn.execute(text(FEE_CHUNK), _fee_chunk(rt))
+    assert _count(rt, "fee_postings") == 2
+    with rt.sessions() as session:
+        assert ledger.dangling_references(session) == []
+
+
+@pytest.mark.parametrize(
+    ("changed", "error"),
+    [
+        ({"debit": 8}, r"fee postings of 7 XOF in journal \d+ whose debits in XOF are 8"),
+        ({"kind": "settlement"}, r"fee postings name journal \d+, a settlement journal, not a fee journal"),
+        ({"payments": [999, 998]}, "a fee posting is of payment 998, which does not exist"),
+        ({"run": 999}, "fee postings name run 999, which does not exist"),
+        ({"fees": [3, -3], "debit": 1}, "ck_fee_postings_amount_positive"),
+    ],
+)
+def test_the_database_refuses_fee_postings_their_journal_does_not_carry(
+    rt: Runtime, changed: dict[str, object], error: str
+) -> None:
+    """The postings' guard (migration 0025), per statement: each payment and run exists, and each journal named is a
+    fee journal whose debits in each currency are the statement's fees in it."""
+    given = _fee_chunk(rt, **changed)
+    with pytest.raises(IntegrityError, match=error), rt.engine.begin() as conn:
+        conn.execute(text(FEE_CHUNK), given)
+    assert _count(rt, "fee_postings") == _count(rt, "ledger_journals") == 0
+
+
+def test_fee_postings_are_written_with_their_journal_not_added_to_it_later(rt: Runtime) -> None:
+    """A fee journal and its postings are one statement: a later one cannot add postings to it, even adding up to its
+    debits (the journal would then carry twice what it debited, and refunds would reverse fees never posted)."""
+    given = _fee_chunk(rt)
+    with rt.engine.begin() as conn:
+        conn.execute(text(FEE_CHUNK), given | {"payments": given["payments"][:1], "fees": [7]})
+        journal = conn.execute(text("SELECT max(id) FROM ledger_journals")).scalar_one()
+        refused = pytest.raises(IntegrityError, match=f"name journal {journal}, which an earlier statement wrote")
+        with refused, conn.begin_nested():  # even in the same transaction
+            conn.execute(
+                text("INSERT INTO fee_postings (payment_id, journal_id, amount, currency) VALUES (:p, :j, 7, 'XOF')"),
+                {"p": given["payments"][1], "j": journal},
+            )
+    assert _count(rt, "fee_postings") == 1
+
+
+def test_fee_postings_naming_a_journal_that_does_not_exist_are_refused(rt: Runtime) -> None:
+    (payment,) = _payments(rt, 1)
+    refused = pytest.raises(IntegrityError, match="fee postings name journal 424242, which does not exist")
+    with refused, rt.engine.begin() as conn:
+        conn.execute(
+            text("INSERT INTO fee_postings (payment_id, journal_id, amount, currency) VALUES (:p, 424242, 5, 'XOF')"),
+            {"p": payment},
+        )
+
+
+@pytest.mark.parametrize(
+    ("statement", "error"),
+    [
+        ("UPDATE fee_postings SET amount = amount", "append-only: UPDATE on fee_postings refused"),
+        ("DELETE FROM fee_postings", "append-only: DELETE on fee_postings refused"),
+        ("DELETE FROM payments", "has a fee posted: DELETE refused"),
+        ("UPDATE payments SET id = id + 100", "has a fee posted: UPDATE refused"),
+        ("TRUNCATE payments CASCADE", "TRUNCATE of payments refused: ledger rows refer to it"),
+        ("TRUNCATE fee_postings", "TRUNCATE of fee_postings refused: ledger rows refer to it"),
+    ],
+)
+def test_a_fee_posted_stays_and_keeps_its_payment(rt: Runtime, statement: str, error: str) -> None:
+    with rt.engine.begin() as conn:
+        conn.execute(text(FEE_CHUNK), _fee_chunk(rt))
+    with pytest.raises(IntegrityError, match=error), rt.engine.begin() as conn:
+        conn.execute(text(statement))
+    assert _count(rt, "fee_postings") == 2
+
+
 def test_a_truncate_of_what_the_ledger_refers_to_needs_read_committed(rt: Runtime) -> None:
     """An older snapshot could miss ledger rows committed since it was taken, and let the TRUNCATE through."""
     with rt.engine.connect() as conn:
@@ -639,3 +735,48 @@ def test_a_journal_whose_snapshot_predates_the_deletion_of_its_payment_is_refuse
             _journal_of(writer, payment_id=payment)
         writer.rollback()
     assert _count(rt, "ledger_journals") == 0
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "UPDATE fee_postings SET amount = 6",
+        "DELETE FROM fee_postings",
+        "DELETE FROM payments",
+        "UPDATE payments SET id = 7",
+        "INSERT INTO fee_postings (payment_id, journal_id, amount, currency) VALUES (999, 1, 5, 'XOF')",
+        "INSERT INTO fee_postings (payment_id, journal_id, amount, currency) VALUES (2, 999, 5, 'XOF')",
+        "INSERT INTO fee_postings (payment_id, journal_id, run_id, amount, currency) VALUES (2, 1, 999, 5, 'XOF')",
+    ],
+)
+def test_the_embedded_demo_database_keeps_the_fee_postings_too(tmp_path: Path, statement: str) -> None:
+    """SQLite (the demo): row triggers keep a fee posting, its payment, and refuse one of a payment, journal or run
+    that does not exist (a payment 2 without a fee stays deletable)."""
+    url = f"sqlite:///{tmp_path / 'demo.sqlite'}"
+    migrate.upgrade(url)
+    engine = make_engine(url)
+    try:
+        with engine.begin() as conn:
+            for payment in (1, 2):
+                conn.execute(text("INSERT INTO payments (id, provider, reference, status, amount, currency, account, "
+                                  "plan_code, periods, provider_data, check_count, settled, created_at, updated_at) "
+                                  "VALUES (:id, 'wave', :ref, 'succeeded', 5, 'XOF', 'a', 'p', 1, '{}', 0, 1, "
+                                  "'2026-12-06', '2026-12-06')"), {"id": payment, "ref": f"P-{payment}"})  # fmt: skip
+            _accounts(conn)
+            conn.execute(text("INSERT INTO ledger_journals (kind, memo) VALUES ('fee', '')"))
+            conn.execute(
+                text(
+                    "INSERT INTO ledger_entries (journal_id, account_id, side, amount, currency) "
+                    "VALUES (1, 1, 'debit', 5, 'XOF'), (1, 2, 'credit', 5, 'XOF')"
+                )
+            )
+            conn.execute(
+                text("INSERT INTO fee_postings (payment_id, journal_id, amount, currency) VALUES (1, 1, 5, 'XOF')")
+            )
+        with pytest.raises(IntegrityError), engine.begin() as conn:
+            conn.execute(text(statement if "payments" not in statement else statement + " WHERE id = 1"))
+        with engine.begin() as conn:
+            assert conn.execute(text("SELECT count(*) FROM fee_postings")).scalar() == 1
+            conn.execute(text("DELETE FROM payments WHERE id = 2"))
+    finally:
+        engine.dispose()

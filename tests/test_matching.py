@@ -230,7 +230,7 @@ def test_a_day_s_payments_are_found_by_index_not_by_reading_every_payment_ever(r
 
 
 def test_a_fee_chunk_looks_up_its_own_payments_not_every_payment_ever(rt: Runtime) -> None:
-    """A chunk of a run's fees (``runs._FEES_DUE``) checks that each of its items' payments is still paid by the
+    """A chunk of a run's fees (``runs._FEES_POST``) checks that each of its items' payments is still paid by the
     payment's key: a hash of the whole payments table for each chunk would make a month-end's fees grow with the
     merchant's history (here 80,000 payments, 20,000 of them the run's). Rolled back."""
     with transaction(rt.sessions) as session:
@@ -246,8 +246,10 @@ def test_a_fee_chunk_looks_up_its_own_payments_not_every_payment_ever(rt: Runtim
         session.execute(text("ANALYZE recon_items"))
         low = session.scalar(select(ReconItem.id).where(ReconItem.run_id == 0).order_by(ReconItem.id).limit(1))
         params = {"run_id": 0, "low": low, "high": low + runs.FEE_CHUNK_SQL, "matched": "matched",
-                  "fee_variance": "fee_variance", "succeeded": "succeeded"}  # fmt: skip
-        explain = "EXPLAIN (FORMAT JSON) " + runs._FEES_DUE.format(draft="payrecon_fee_draft_plan")
+                  "fee_variance": "fee_variance", "succeeded": "succeeded", "kind": "fee", "memo_head": "",
+                  "memo_tail": "", "currencies": ["XOF"], "journal_ids": [1], "fee_accounts": [1],
+                  "clearing_accounts": [2]}  # fmt: skip
+        explain = "EXPLAIN (FORMAT JSON) " + runs._fees_post(skip_posted=False)  # planned, not run
         nodes = plan_nodes(session.execute(text(explain), params).scalar()[0]["Plan"])
         assert not [n for n in nodes if n.get("Relation Name") == "payments" and n["Node Type"] == "Seq Scan"], nodes
         assert "pk_payments" in {n.get("Index Name") for n in nodes}, nodes
@@ -342,7 +344,7 @@ def test_a_fee_chunk_reads_only_its_pages_once_the_items_index_is_summarized(
     plans: list[Any] = []
 
     def explain(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, many: bool) -> None:
-        if statement.lstrip().startswith("CREATE UNLOGGED TABLE payrecon_fee_draft"):  # a chunk's drafts
+        if "INSERT INTO fee_postings" in statement:  # a chunk's statement
             cursor.execute("EXPLAIN (FORMAT JSON) " + statement, parameters)  # in the chunk's session and settings
             plans.append(cursor.fetchone()[0][0]["Plan"])
             calls.append("chunk")

@@ -133,6 +133,62 @@ def test_the_days_earlier_imports_gave_are_filled_in(backend: str, scratch_pg: s
         engine.dispose()
 
 
+def _fee_journal(conn: Connection, backend: str, journal: int, payment: int | None, memo: str, fee: int) -> None:
+    """A fee journal (Dr account 1 / Cr account 2), in one statement on PostgreSQL for the ledger's guard."""
+    head = "INSERT INTO ledger_journals (id, payment_id, kind, memo) VALUES (:j, :p, 'fee', :memo)"
+    entries = (
+        "INSERT INTO ledger_entries (journal_id, account_id, side, amount, currency) "
+        "VALUES (:j, 1, 'debit', :fee, 'XOF'), (:j, 2, 'credit', :fee, 'XOF')"
+    )
+    given = {"j": journal, "p": payment, "memo": memo, "fee": fee}
+    if backend == "postgresql":
+        conn.execute(text(f"WITH j AS ({head} RETURNING id) {entries}"), given)
+    else:
+        conn.execute(text(head), given)
+        conn.execute(text(entries), given)
+
+
+@pytest.mark.parametrize("backend", ["postgresql", "sqlite"])
+def test_the_fees_posted_a_journal_each_are_given_their_postings(backend: str, scratch_pg: str, tmp_path: Path) -> None:
+    """0025: each fee journal of a payment (before 0025, a journal per fee) becomes that payment's posting, the run
+    taken from its memo when that run is there; a downgrade is refused once a journal carries many payments' fees."""
+    url = scratch_pg if backend == "postgresql" else f"sqlite:///{tmp_path / 'm.sqlite'}"
+    migrate.upgrade(url, "0024")
+    engine = create_engine(url)
+    at = "2026-11-21 00:00:00+00:00"
+    try:
+        with engine.begin() as conn:
+            for payment in (1, 2):
+                conn.execute(
+                    text("INSERT INTO payments (id, provider, reference, status, amount, currency, account, plan_code, "
+                         "periods, provider_data, check_count, settled, created_at, updated_at) VALUES (:id, "
+                         "'cinetpay', :ref, 'succeeded', 5000, 'XOF', 'a', 'p', 1, '{}', 0, :yes, :at, :at)"),
+                    {"id": payment, "ref": f"R-{payment}", "yes": True, "at": at},
+                )  # fmt: skip
+            conn.execute(
+                text("INSERT INTO recon_runs (id, provider, business_date, timezone, window_start, window_end, "
+                     "trigger, status, started_at, counts) VALUES (3, 'cinetpay', '2026-11-20', 'UTC', :at, :at, "
+                     "'manual', 'finished', :at, '{}')"),
+                {"at": at},
+            )  # fmt: skip
+            conn.execute(text("INSERT INTO ledger_accounts (id, code, currency) VALUES (1, 'fees:cinetpay', 'XOF'), "
+                              "(2, 'provider_clearing:cinetpay', 'XOF')"))  # fmt: skip
+            for journal, payment, run, fee in ((10, 1, 3, 50), (11, 2, 99, 60)):  # run 99 is not there
+                _fee_journal(conn, backend, journal, payment, f"cinetpay fee on R-{payment} (run {run})", fee)
+        migrate.upgrade(url)
+        with engine.connect() as conn:
+            given = conn.execute(text("SELECT payment_id, journal_id, run_id, amount, currency FROM fee_postings"))
+            assert sorted(given) == [(1, 10, 3, 50, "XOF"), (2, 11, None, 60, "XOF")]
+        migrate.downgrade(url, "0024")  # nothing but journals of a payment each: fine
+        migrate.upgrade(url)
+        with engine.begin() as conn:  # a run's chunk: one journal, no payment of its own
+            _fee_journal(conn, backend, 12, None, "cinetpay fees of 3 payment(s) (run 3)", 150)
+        with pytest.raises(RuntimeError, match="1 fee journal"):
+            migrate.downgrade(url, "0024")
+    finally:
+        engine.dispose()
+
+
 def _triggers(conn: Connection) -> dict[str, tuple[str, bool]]:
     """The ledger's balance triggers: name -> (row or statement, deferred)."""
     rows = conn.execute(

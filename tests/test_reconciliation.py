@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import re
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -20,10 +21,12 @@ from sqlalchemy import func, insert, select, text
 from sqlalchemy.exc import IntegrityError
 
 from providers.sandbox.client import SandboxClient
-from reconciliation import ledger, payments
+from reconciliation import ledger, payments, views
+from reconciliation.db import transaction
 from reconciliation.models import (
     Account,
     Entry,
+    FeePosting,
     FlagKind,
     Journal,
     Payment,
@@ -628,16 +631,21 @@ def test_fees_are_posted_once_per_settled_payment_a_chunk_at_a_time(
     runs.reconcile_stored(rt.sessions, "cinetpay", DAY, policy(rt))  # a re-run posts nothing again
     assert runs.post_fees(rt.sessions, first) == 0  # nor does posting the first run's fees twice
     with rt.sessions() as session:
-        fees = session.execute(
-            select(Payment.reference, Journal.memo)
-            .join(Journal, Journal.payment_id == Payment.id)
-            .where(Journal.kind == runs.FEE)
-            .order_by(Payment.reference)
-        ).all()
         balances = {(b.account, b.currency): b.balance for b in ledger.balances(session)}
-    assert [ref for ref, _ in fees] == sorted(paid)
-    assert all(memo.startswith("cinetpay fee on ") and memo.endswith(f"(run {first})") for _, memo in fees)
+    posted = fees_posted(rt)
+    assert posted == {ref: (100 + n, "XOF", first) for n, ref in enumerate(paid)}
+    journals = fee_journals(rt)
+    assert {jid for jid, *_ in posted_journals(rt)} == set(journals)  # every fee journal carries postings
+    assert sum(int(memo.split()[3]) for memo, _ in journals.values()) == 4
+    memo = re.compile(rf"cinetpay fees of \d payment\(s\) \(run {first}\)")
+    assert all(memo.fullmatch(text) for text, _ in journals.values())
     assert balances[("fees:cinetpay", "XOF")] == 100 + 101 + 102 + 103
+    with rt.sessions() as session:  # what ``payrecon payments show`` says of each
+        shown = {ref: views.payment_detail(session, p)["fee"] for ref in (*paid, refunded)
+                 for p in views.find_payments(session, ref)}  # fmt: skip
+    assert shown.pop(refunded) is None
+    assert {ref: (fee["amount"], fee["currency"], fee["run"]) for ref, fee in shown.items()} == posted
+    assert {fee["journal"] for fee in shown.values()} == set(journals)
 
 
 def classified_run(rt: Runtime) -> int:
@@ -647,22 +655,40 @@ def classified_run(rt: Runtime) -> int:
     return run_id
 
 
-def fee_journals(rt: Runtime) -> dict[str, tuple[str, list[tuple[str, str, int, str]]]]:
-    """Each fee journal by its payment's reference: its memo and its entries in id order."""
+def fees_posted(rt: Runtime) -> dict[str, tuple[int, str, int | None]]:
+    """Each fee posted, by its payment's reference: its amount, currency and run."""
     with rt.sessions() as session:
-        journals = session.execute(
-            select(Journal.id, Journal.memo, Payment.reference)
-            .join(Payment, Payment.id == Journal.payment_id)
-            .where(Journal.kind == runs.FEE)
+        rows = session.execute(
+            select(Payment.reference, FeePosting.amount, FeePosting.currency, FeePosting.run_id).join(
+                Payment, Payment.id == FeePosting.payment_id
+            )
         ).all()
+    return {reference: (amount, currency, run_id) for reference, amount, currency, run_id in rows}
+
+
+def posted_journals(rt: Runtime) -> list[tuple[int, str, int, int]]:
+    """Per fee journal and currency named by the postings: the journal, the currency, how many fees, their sum."""
+    with rt.sessions() as session:
+        rows = session.execute(
+            select(FeePosting.journal_id, FeePosting.currency, func.count(), func.sum(FeePosting.amount))
+            .group_by(FeePosting.journal_id, FeePosting.currency)
+            .order_by(FeePosting.journal_id)
+        ).all()
+    return [(jid, currency, int(n), int(total)) for jid, currency, n, total in rows]
+
+
+def fee_journals(rt: Runtime) -> dict[int, tuple[str, list[tuple[str, str, int, str]]]]:
+    """Each fee journal by id: its memo and its entries in id order."""
+    with rt.sessions() as session:
+        journals = session.execute(select(Journal.id, Journal.memo).where(Journal.kind == runs.FEE)).all()
         return {
-            reference: (memo, [(code, side, amount, currency) for code, side, amount, currency in session.execute(
+            journal_id: (memo, [(code, side, amount, currency) for code, side, amount, currency in session.execute(
                 select(Account.code, Entry.side, Entry.amount, Entry.currency)
                 .join(Account, Account.id == Entry.account_id)
                 .where(Entry.journal_id == journal_id)
                 .order_by(Entry.id)
             )])
-            for journal_id, memo, reference in journals
+            for journal_id, memo in journals
         }  # fmt: skip
 
 
@@ -686,11 +712,12 @@ def test_fees_posted_by_two_callers_at_once_are_posted_once_and_balance(
     with ThreadPoolExecutor(2) as pool:
         posted = list(pool.map(post, range(2)))
     assert sum(posted) == 12 and runs.post_fees(rt.sessions, run_id) == 0
+    assert fees_posted(rt) == {ref: (10 + n, "XOF", run_id) for n, ref in enumerate(refs)}
     assert fee_journals(rt) == {
-        ref: (f"cinetpay fee on {ref} (run {run_id})", [
-            ("fees:cinetpay", "debit", 10 + n, "XOF"), ("provider_clearing:cinetpay", "credit", 10 + n, "XOF"),
+        jid: (f"cinetpay fees of {n} payment(s) (run {run_id})", [
+            ("fees:cinetpay", "debit", total, "XOF"), ("provider_clearing:cinetpay", "credit", total, "XOF"),
         ])
-        for n, ref in enumerate(refs)
+        for jid, _, n, total in posted_journals(rt)
     }  # fmt: skip
     with rt.sessions() as session:
         assert ledger.unbalanced_journals(session) == []
@@ -699,8 +726,8 @@ def test_fees_posted_by_two_callers_at_once_are_posted_once_and_balance(
 def test_a_rerun_posts_the_fees_of_its_new_matches_beside_those_posted_before(
     rt: Runtime, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A chunk some of whose fees an earlier run posted: its plain insert of the journals meets the
-    (payment, kind) key, and the chunk posts the others, each fee once, under the run that found it. (A re-run
+    """A chunk some of whose fees an earlier run posted: its plain insert of the postings meets their key (the
+    payment), and the chunk posts the others, each fee once, under the run that found it. (A re-run
     skips the posted fees from the start: here it is taken for a first run, for its chunk to meet the key.)"""
     set_based = runs._post_fees_set_based
     monkeypatch.setattr(runs, "_post_fees_set_based", lambda *a, **kw: set_based(*a, **{**kw, "rerun": False}))
@@ -713,10 +740,14 @@ def test_a_rerun_posts_the_fees_of_its_new_matches_beside_those_posted_before(
         payment(rt, ref, PaymentStatus.SUCCEEDED)
         line(rt, ref, fee=80)
     second = runs.reconcile_stored(rt.sessions, "cinetpay", DAY, policy(rt))
-    assert {ref: memo for ref, (memo, _) in fee_journals(rt).items()} == {
-        **{ref: f"cinetpay fee on {ref} (run {first})" for ref in before},
-        **{ref: f"cinetpay fee on {ref} (run {second})" for ref in after},
+    assert fees_posted(rt) == {
+        **{ref: (70, "XOF", first) for ref in before},
+        **{ref: (80, "XOF", second) for ref in after},
     }
+    assert sorted(memo for memo, _ in fee_journals(rt).values()) == [
+        f"cinetpay fees of 2 payment(s) (run {first})",
+        f"cinetpay fees of 3 payment(s) (run {second})",
+    ]
     with rt.sessions() as session:
         balances = {(b.account, b.currency): b.balance for b in ledger.balances(session)}
         assert ledger.unbalanced_journals(session) == []
@@ -724,17 +755,17 @@ def test_a_rerun_posts_the_fees_of_its_new_matches_beside_those_posted_before(
 
 
 def test_a_rerun_skips_the_fees_posted_before_from_the_start(rt: Runtime, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A re-run's chunks insert with ``ON CONFLICT`` at once: the unique key never refuses their first insert (here
-    a refusal would not be recognized, and would fail the re-run)."""
+    """A re-run's chunks insert with ``ON CONFLICT`` at once: the postings' key never refuses their first insert
+    (here a refusal would not be recognized, and would fail the re-run)."""
     for _ in range(3):
         ref = new_reference()
         payment(rt, ref, PaymentStatus.SUCCEEDED)
         line(rt, ref, fee=40)
     runs.reconcile_stored(rt.sessions, "cinetpay", DAY, policy(rt))
-    monkeypatch.setattr(runs, "_JOURNAL_KEY", "no such key")
+    monkeypatch.setattr(runs, "_POSTING_KEY", "no such key")
     rerun = runs.reconcile_stored(rt.sessions, "cinetpay", DAY, policy(rt))
     assert runs.post_fees(rt.sessions, rerun) == 0
-    assert len(fee_journals(rt)) == 3
+    assert len(fees_posted(rt)) == 3 and len(fee_journals(rt)) == 1
 
 
 def _refund(rt: Runtime, session: Any, payment_id: int) -> str:
@@ -771,7 +802,7 @@ def test_a_payment_refunded_while_fees_wait_for_the_refund_gets_no_fee(rt: Runti
         posting = pool.submit(runs.post_fees, rt.sessions, run_id)
         _waiting_for_an_advisory_lock(rt, 1, lambda: not posting.done())
     assert posting.result(timeout=10) == 1
-    assert list(fee_journals(rt)) == [paid]
+    assert list(fees_posted(rt)) == [paid]
 
 
 def test_a_refund_waits_for_the_fees_under_way_and_reverses_the_fee_they_post(
@@ -779,7 +810,7 @@ def test_a_refund_waits_for_the_fees_under_way_and_reverses_the_fee_they_post(
 ) -> None:
     """A fee chunk holds the provider's fee lock shared until it commits: a refund of one of its payments
     waits for it, then reverses the fee it posted with the settlement (without the lock, the refund would
-    not see the fee journal, which would stay unreversed)."""
+    not see the fee posted, which would stay unreversed)."""
     ref = new_reference()
     payment_id = payment(rt, ref, PaymentStatus.SUCCEEDED)
     line(rt, ref, fee=50)
@@ -805,8 +836,52 @@ def test_a_refund_waits_for_the_fees_under_way_and_reverses_the_fee_they_post(
         kinds = session.execute(
             select(Journal.kind, func.count()).where(Journal.payment_id == payment_id).group_by(Journal.kind)
         ).all()
-        assert dict(kinds) == {runs.FEE: 1, f"{runs.FEE}_refund": 1}
+        assert dict(kinds) == {f"{runs.FEE}_refund": 1}
         assert ledger.unbalanced_journals(session) == []
+        balances = {(b.account, b.currency): b.balance for b in ledger.balances(session)}
+    assert balances[("fees:cinetpay", "XOF")] == 0 and fees_posted(rt) == {ref: (50, "XOF", run_id)}
+
+
+def _own_fee_journal(rt: Runtime, payment_id: int, ref: str, *, posted: bool) -> int:
+    """A fee journal of the payment's own, as posted before migration 0025; ``posted``: with the posting 0025 gave it
+    (in the same statement, as the postings' guard wants), else none (a worker of the code before, still running
+    during the upgrade). Returns its id."""
+    with transaction(rt.sessions) as session:
+        accounts = ledger.account_ids(session, [(ledger.fees("cinetpay"), "XOF"), (ledger.clearing("cinetpay"), "XOF")])
+        journal = (
+            "WITH j AS (INSERT INTO ledger_journals (payment_id, kind, memo) VALUES (:p, 'fee', :memo) RETURNING id), "
+            "e AS (INSERT INTO ledger_entries (journal_id, account_id, side, amount, currency) "
+            "SELECT j.id, s.account, s.side, 50, 'XOF' FROM j, (VALUES (CAST(:fees AS bigint), 'debit'), "
+            "(CAST(:clearing AS bigint), 'credit')) AS s (account, side)) "
+        )
+        posting = (
+            "INSERT INTO fee_postings (payment_id, journal_id, amount, currency) SELECT :p, j.id, 50, 'XOF' FROM j "
+            "RETURNING journal_id"
+            if posted
+            else "SELECT id FROM j"
+        )
+        return int(session.execute(text(journal + posting), {
+            "p": payment_id, "memo": f"cinetpay fee on {ref} (run 1)", "fees": accounts[ledger.fees("cinetpay"), "XOF"],
+            "clearing": accounts[ledger.clearing("cinetpay"), "XOF"],
+        }).scalar_one())  # fmt: skip
+
+
+@pytest.mark.parametrize("posted", [True, False])
+def test_a_refund_reverses_a_fee_posted_as_a_journal_of_its_own_once(rt: Runtime, posted: bool) -> None:
+    """A fee posted before migration 0025, a journal of the payment's own, whether 0025 gave it its posting or not: a
+    refund reverses it once (from the posting, or as one of the payment's journals)."""
+    ref = new_reference()
+    payment_id = payment(rt, ref, PaymentStatus.SUCCEEDED)
+    own = _own_fee_journal(rt, payment_id, ref, posted=posted)
+    with rt.sessions() as session, session.begin():
+        assert _refund(rt, session, payment_id).startswith("refunded: journals reversed (fee)")
+    with rt.sessions() as session:
+        refunds = session.execute(
+            select(Journal.kind, Journal.reverses_id).where(Journal.payment_id == payment_id, Journal.id != own)
+        ).all()
+        balances = {(b.account, b.currency): b.balance for b in ledger.balances(session)}
+    assert refunds == [("fee_refund", own)]  # once, naming the fee's journal
+    assert balances[("fees:cinetpay", "XOF")] == 0
 
 
 def test_the_ledger_guard_still_refuses_an_unbalanced_fee_chunk(rt: Runtime, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -817,13 +892,14 @@ def test_the_ledger_guard_still_refuses_an_unbalanced_fee_chunk(rt: Runtime, mon
         payment(rt, ref, PaymentStatus.SUCCEEDED)
         line(rt, ref, fee=50)
     run_id = classified_run(rt)
-    short = runs._FEES_POST.replace("s.side, d.fee,", "s.side, CASE s.n WHEN 1 THEN d.fee ELSE d.fee - 1 END,")
+    short = runs._FEES_POST.replace("s.side, t.amount,", "s.side, CASE s.n WHEN 1 THEN t.amount ELSE t.amount - 1 END,")
     assert short != runs._FEES_POST
     monkeypatch.setattr(runs, "_FEES_POST", short)
     with pytest.raises(IntegrityError, match="does not balance"):
         runs.post_fees(rt.sessions, run_id)
     with rt.sessions() as session:
         assert session.scalar(select(func.count()).select_from(Journal).where(Journal.kind == runs.FEE)) == 0
+        assert session.scalar(select(func.count()).select_from(FeePosting)) == 0
     monkeypatch.undo()
     assert runs.post_fees(rt.sessions, run_id) == 3
 

@@ -692,6 +692,10 @@ def _print_payment(d: dict[str, Any], settings: Settings) -> None:
     for v in d["verifications"]:
         answer = v["answered"]["outcome"] or f"error: {v['error']}"
         click.echo(f"    {_local(v['at'], settings)}  {v['trigger']:<12} {answer:<10} {v['decision']}")
+    if d["fee"]:
+        fee, run = d["fee"], f"run {d['fee']['run']}" if d["fee"]["run"] is not None else "its run unknown"
+        click.echo(f"  fee        {format_amount(fee['amount'], fee['currency'])} posted in journal {fee['journal']} "
+                   f"({run})")  # fmt: skip
     for j in d["journals"]:
         lines = ", ".join(f"{e['side']} {e['account']} {e['amount']} {e['currency']}" for e in j["entries"])
         click.echo(f"  journal {j['id']} {j['kind']}: {lines}")
@@ -938,19 +942,25 @@ def ledger_export(  # noqa: PLR0917 - click passes the options by name
 @ledger.command("check")
 @_json_option
 def ledger_check(as_json: bool) -> None:
-    """Exit 1 if any journal does not balance or a ledger row refers to nothing."""
+    """Exit 1 if any journal does not balance, a ledger row refers to nothing, or a fee journal's postings do not
+    add up to it."""
     settings = _settings()
     from reconciliation import ledger as ledger_mod
 
     with _sessions(settings)() as session:
         bad = ledger_mod.unbalanced_journals(session)
         dangling = ledger_mod.dangling_references(session)
+        uncarried = ledger_mod.fees_not_carried(session)
     if as_json:
         _dump(
             {
                 "balanced": not bad,
                 "unbalanced": [{"journal": j, "currency": c, "difference": d} for j, c, d in bad],
                 "dangling": [{"what": what, "row": row, "names": named} for what, row, named in dangling],
+                "fees_not_carried": [
+                    {"journal": j, "currency": c, "debits": debits, "postings": posted}
+                    for j, c, debits, posted in uncarried
+                ],
             }
         )
     else:
@@ -958,9 +968,14 @@ def ledger_check(as_json: bool) -> None:
             click.echo(f"journal {journal} does not balance in {currency or '-'}: debit - credit = {diff}")
         for what, row, named in dangling:
             click.echo(f"{what} {named} does not exist ({what.split(chr(39))[0]} {row})")
-        if not bad and not dangling:
+        for journal, currency, debits, posted in uncarried:
+            click.echo(
+                f"fee journal {journal} debits {debits} {currency or '-'}, its fee postings give {posted}"
+                f" (table fee_postings)"
+            )
+        if not bad and not dangling and not uncarried:
             click.echo("every journal balances and every ledger reference holds")
-    sys.exit(1 if bad or dangling else 0)
+    sys.exit(1 if bad or dangling or uncarried else 0)
 
 
 # --------------------------------------------------------------------------- exception cases
