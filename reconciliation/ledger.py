@@ -74,10 +74,11 @@ def hold_fees(session: Session, provider: str, *, posting: bool) -> None:
 
     Fee posting (``posting``) holds it shared, so that its chunks run side by side, and reads its payments
     without locking them (a row lock writes each payment's tuple: 450 MB of WAL for a million); a refund
-    holds it alone, before it reads the journals it reverses. A refund therefore either commits before a
-    chunk reads its payments (which no longer counts the refunded one as paid), or waits for the chunks
-    under way to commit and then reverses the fee they posted too. That takes READ COMMITTED (each statement
-    after the lock sees what committed while it waited): under a snapshot taken earlier, ``RuntimeError``."""
+    holds it alone, before it reads the journals and the fee posting it reverses. A refund therefore either
+    commits before a chunk reads its payments (which no longer counts the refunded one as paid), or waits for
+    the chunks under way to commit and then reverses the payment's fee they posted too (``fee_postings``). That
+    takes READ COMMITTED (each statement after the lock sees what committed while it waited): under a snapshot
+    taken earlier, ``RuntimeError``."""
     advisory_lock(session, f"fees:{provider}", shared=posting)
     if is_postgres(session):
         isolation = session.scalar(text("SELECT current_setting('transaction_isolation')"))
@@ -382,13 +383,16 @@ def unbalanced_journals(session: Session) -> list[tuple[int, str, int]]:
 
 
 def fees_not_carried(session: Session) -> list[tuple[int, str, int, int]]:
-    """Fee journals whose debits in a currency differ from the fees their postings give in it (``fee_postings``,
-    migration 0025): (journal id, currency, debits, postings' sum), e.g. rows written with triggers off, a fee journal
-    no posting names (a worker of the code before 0025 still running during the upgrade), or SQLite's, whose triggers
-    check the postings' references, not their amounts. One pass over the entries and one over the postings."""
+    """Fee journals and the fees their postings give (``fee_postings``, migration 0025) that differ, per journal and
+    currency: (journal id, currency, the fee journal's debits, the postings' sum), e.g. rows written with triggers
+    off, or SQLite's, whose triggers check a posting's references, not its amount. A posting in a currency its
+    journal does not debit, or naming a journal of another kind, counts against debits of 0; a fee journal no posting
+    names (a worker of the code before 0025, still running during the upgrade) has postings of 0. One pass over the
+    fee journals' entries and one over the postings."""
     debits = (
         select(Entry.journal_id, Entry.currency, func.sum(Entry.amount).label("amount"))
-        .where(Entry.side == DEBIT)
+        .join(Journal, Journal.id == Entry.journal_id)
+        .where(Journal.kind == FEE_KIND, Entry.side == DEBIT)
         .group_by(Entry.journal_id, Entry.currency)
         .subquery()
     )
@@ -397,15 +401,18 @@ def fees_not_carried(session: Session) -> list[tuple[int, str, int, int]]:
         .group_by(FeePosting.journal_id, FeePosting.currency)
         .subquery()
     )
-    carried = func.coalesce(posted.c.amount, 0)
+    journal_id = func.coalesce(debits.c.journal_id, posted.c.journal_id)
+    currency = func.coalesce(debits.c.currency, posted.c.currency)
+    debit, carried = func.coalesce(debits.c.amount, 0), func.coalesce(posted.c.amount, 0)
+    same = and_(posted.c.journal_id == debits.c.journal_id, posted.c.currency == debits.c.currency)
     rows = session.execute(
-        select(Journal.id, debits.c.currency, func.coalesce(debits.c.amount, 0), carried)
-        .join(debits, debits.c.journal_id == Journal.id, isouter=True)
-        .join(posted, and_(posted.c.journal_id == Journal.id, posted.c.currency == debits.c.currency), isouter=True)
-        .where(Journal.kind == FEE_KIND, func.coalesce(debits.c.amount, 0) != carried)
-        .order_by(Journal.id, debits.c.currency)
+        select(journal_id, currency, debit, carried)
+        .select_from(debits)
+        .join(posted, same, full=True)
+        .where(debit != carried)
+        .order_by(journal_id, currency)
     ).all()
-    return [(jid, currency or "", int(debit), int(posted_)) for jid, currency, debit, posted_ in rows]
+    return [(int(jid), code, int(amount), int(given)) for jid, code, amount, given in rows]
 
 
 _Reversed = aliased(Journal)

@@ -670,7 +670,8 @@ class PayoutPosting(Base):
 class FeePosting(Base):
     """A payment's provider fee, posted to the ledger once (migration 0025): the fee's own row.
 
-    A reconciliation run posts its fees as one journal per chunk of payments and currency (``kind`` ``fee``, no
+    A reconciliation run posts its fees as one journal per chunk of payments (``runs.FEE_CHUNK_SQL``, ``FEE_CHUNK`` on
+    SQLite) and currency (``kind`` ``fee``, no
     payment: Dr ``fees:<provider>`` / Cr provider clearing, the chunk's total), and a row here per payment, written
     by the same statement: which journal carries the payment's fee, how much, and which run found it. The primary
     key is what makes a fee once per payment, however often and however concurrently a day is run (as

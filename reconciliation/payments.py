@@ -655,9 +655,9 @@ def _refunded(session: Session, payment: Payment, ctx: Context, *, reason: str, 
         select(Journal).where(Journal.payment_id == payment.id, Journal.reverses_id.is_(None)).order_by(Journal.id)
     ).all():
         kind = f"{original.kind}_refund"
-        # A fee posted is reversed from its posting, below; a fee journal of the payment's own that no posting names
-        # (written by a worker of the code before migration 0025, still running during the upgrade), as any journal.
-        if (original.kind != FEE or fee is None) and journal(session, payment, kind) is None:
+        # A fee is reversed from its posting, below: a fee journal of the payment's own (before migration 0025, which
+        # gave each its posting, and refuses new ones) carries that payment's fee only, a run's carries many.
+        if original.kind != FEE and journal(session, payment, kind) is None:
             ledger.reverse(session, original, kind=kind, memo=f"{payment.reference} refunded: {reason}")
             reversed_kinds.append(original.kind)
     if fee is not None and journal(session, payment, FEE_REFUND) is None:

@@ -19,6 +19,8 @@ from click.testing import CliRunner
 from sqlalchemy import func, select, text
 
 from providers.sandbox.client import SandboxClient
+from reconciliation import ledger
+from reconciliation.db import transaction
 from reconciliation.models import ReconRun
 from tests.conftest import worker_env
 from tests.helpers import new_reference, registration
@@ -169,12 +171,14 @@ def test_ledger_check_reports_a_fee_journal_its_postings_do_not_add_up_to(
     rt: Runtime, sandbox: SandboxClient, cli_env: dict[str, str]
 ) -> None:
     """A run's fee journal carries what its ``fee_postings`` rows give (the guard of migration 0025 refuses anything
-    else): one written with the triggers off, or a fee journal of a payment's own that no posting names (a worker of
-    the code before 0025 still running during the upgrade), is found by the check."""
-    ref = new_reference()
-    settle(rt, sandbox, ref)
+    else); rows written with the triggers off are found by the check, per journal and currency: postings short of
+    the journal's debits, in a currency it does not debit, naming a journal of another kind, and a fee journal no
+    posting names."""
+    refs = [new_reference() for _ in range(3)]
+    for ref in refs:
+        settle(rt, sandbox, ref)
     with rt.engine.begin() as conn:
-        payment = conn.execute(text("SELECT id FROM payments WHERE reference = :r"), {"r": ref}).scalar_one()
+        ids = dict(conn.execute(text("SELECT reference, id FROM payments")).all())
         conn.execute(text("SET LOCAL session_replication_role = replica"))
         conn.execute(text("INSERT INTO ledger_journals (id, kind, memo) VALUES (80, 'fee', ''), (81, 'fee', '')"))
         conn.execute(
@@ -185,16 +189,50 @@ def test_ledger_check_reports_a_fee_journal_its_postings_do_not_add_up_to(
             )
         )
         conn.execute(
-            text("INSERT INTO fee_postings (payment_id, journal_id, amount, currency) VALUES (:p, 80, 5, 'XOF')"),
-            {"p": payment},
+            text(
+                "INSERT INTO fee_postings (payment_id, journal_id, amount, currency) "
+                "VALUES (:a, 80, 5, 'XOF'), (:b, 80, 3, 'XAF'), (:c, 1, 4, 'XOF')"
+            ),
+            {"a": ids[refs[0]], "b": ids[refs[1]], "c": ids[refs[2]]},
         )
     bad = CliRunner().invoke(main, ["ledger", "check", "--json"], env=cli_env)
     assert bad.exit_code == 1
     assert json.loads(bad.output)["fees_not_carried"] == [
+        {"journal": 1, "currency": "XOF", "debits": 0, "postings": 4},  # a settlement: it carries no fee
+        {"journal": 80, "currency": "XAF", "debits": 0, "postings": 3},
         {"journal": 80, "currency": "XOF", "debits": 7, "postings": 5},
         {"journal": 81, "currency": "XOF", "debits": 4, "postings": 0},
     ]
     assert "fee journal 81 debits 4 XOF, its fee postings give 0" in run(cli_env, "ledger", "check").output
+
+
+def test_payments_show_gives_the_fee_posted(rt: Runtime, sandbox: SandboxClient, cli_env: dict[str, str]) -> None:
+    """A run posts a payment's fee in a journal of many payments: ``payments show`` says which, how much, which run."""
+    ref = new_reference()
+    settle(rt, sandbox, ref)
+    assert " fee " not in run(cli_env, "payments", "show", ref).output
+    with transaction(rt.sessions) as session:
+        accounts = [ledger.account_id(session, code, "XOF") for code in ("fees:cinetpay", "provider_clearing:cinetpay")]
+    with rt.engine.begin() as conn:
+        journal = conn.execute(
+            text(
+                "WITH j AS (INSERT INTO ledger_journals (kind, memo) VALUES ('fee', '') RETURNING id), "
+                "e AS (INSERT INTO ledger_entries (journal_id, account_id, side, amount, currency) "
+                "SELECT j.id, s.account, s.side, 75, 'XOF' FROM j, (VALUES (CAST(:fees AS bigint), 'debit'), "
+                "(CAST(:clearing AS bigint), 'credit')) AS s (account, side)) "
+                "INSERT INTO fee_postings (payment_id, journal_id, amount, currency) "
+                "SELECT p.id, j.id, 75, 'XOF' FROM j, payments p WHERE p.reference = :ref RETURNING journal_id"
+            ),
+            {"fees": accounts[0], "clearing": accounts[1], "ref": ref},
+        ).scalar_one()
+    shown = run(cli_env, "payments", "show", ref).output
+    assert f"  fee        75 XOF posted in journal {journal} (its run unknown)" in shown
+    assert json.loads(run(cli_env, "payments", "show", ref, "--json").output)["fee"] == {
+        "amount": 75,
+        "currency": "XOF",
+        "journal": journal,
+        "run": None,
+    }
 
 
 def _letters_of(ref: str, listing: str) -> list[dict[str, Any]]:

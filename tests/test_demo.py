@@ -104,6 +104,11 @@ def test_demo_leaves_its_day_to_reconcile_and_the_command_it_prints_finds_every_
             "JOIN ledger_journals j ON j.id = e.journal_id WHERE j.kind = 'fee' AND e.side = 'debit')"
         ).fetchone()
     assert posted == journaled > 0
+    checked = subprocess.run(  # the ledger's checks on SQLite too: balances, references, fees carried
+        [sys.executable, "-m", "worker.cli", "ledger", "check"], env=env | {"DATABASE_URL": f"sqlite:///{database}"},
+        capture_output=True, text=True, timeout=60, check=False, cwd=tmp_path,
+    )  # fmt: skip
+    assert checked.returncode == 0 and "every journal balances" in checked.stdout, checked.stdout + checked.stderr
 
     # The day at a glance, as printed: both files, every provider on the page.
     glance = next(line.strip() for line in out.splitlines() if " report day --date " in line)

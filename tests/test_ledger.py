@@ -314,20 +314,29 @@ def test_the_database_refuses_fee_postings_their_journal_does_not_carry(
     assert _count(rt, "fee_postings") == _count(rt, "ledger_journals") == 0
 
 
-def test_fee_postings_are_written_with_their_journal_not_added_to_it_later(rt: Runtime) -> None:
+@pytest.mark.parametrize("later", ["statement", "transaction"])
+def test_fee_postings_are_written_with_their_journal_not_added_to_it_later(rt: Runtime, later: str) -> None:
     """A fee journal and its postings are one statement: a later one cannot add postings to it, even adding up to its
-    debits (the journal would then carry twice what it debited, and refunds would reverse fees never posted)."""
+    debits (the journal would then carry twice what it debited, and refunds would reverse fees never posted). The
+    guard compares the rows' inserting transaction and command: a later statement of the same transaction (the same
+    xmin, another cmin) and the first statement of a later one (another xmin, the same cmin, 0) are both refused."""
     given = _fee_chunk(rt)
-    with rt.engine.begin() as conn:
-        conn.execute(text(FEE_CHUNK), given | {"payments": given["payments"][:1], "fees": [7]})
+    posting = text("INSERT INTO fee_postings (payment_id, journal_id, amount, currency) VALUES (:p, :j, 7, 'XOF')")
+    refused = pytest.raises(IntegrityError, match="which an earlier statement wrote")
+    with rt.engine.connect() as conn:
+        conn.begin()
+        conn.execute(text(FEE_CHUNK), given | {"payments": given["payments"][:1], "fees": [7]})  # command 0
         journal = conn.execute(text("SELECT max(id) FROM ledger_journals")).scalar_one()
-        refused = pytest.raises(IntegrityError, match=f"name journal {journal}, which an earlier statement wrote")
-        with refused, conn.begin_nested():  # even in the same transaction
-            conn.execute(
-                text("INSERT INTO fee_postings (payment_id, journal_id, amount, currency) VALUES (:p, :j, 7, 'XOF')"),
-                {"p": given["payments"][1], "j": journal},
-            )
-    assert _count(rt, "fee_postings") == 1
+        if later == "transaction":
+            conn.commit()
+            conn.begin()
+        else:
+            assert conn.execute(text("SELECT xmin = pg_current_xact_id()::xid FROM ledger_journals WHERE id = :j"),
+                                {"j": journal}).scalar_one()  # fmt: skip
+        with refused:
+            conn.execute(posting, {"p": given["payments"][1], "j": journal})
+        conn.rollback()
+    assert _count(rt, "fee_postings") == (1 if later == "transaction" else 0)
 
 
 def test_fee_postings_naming_a_journal_that_does_not_exist_are_refused(rt: Runtime) -> None:
@@ -580,14 +589,14 @@ def test_post_many_skips_journals_posted_before_when_asked(rt: Runtime) -> None:
     first, second = _payments(rt, 2)
     fee = ledger.transfer(ledger.fees("wave"), ledger.clearing("wave"), 50, "XOF")
     with transaction(rt.sessions) as session:
-        posted = ledger.post(session, fee, kind="fee", payment_id=first)
+        posted = ledger.post(session, fee, kind="charge", payment_id=first)
     with transaction(rt.sessions) as session:
-        journals = [ledger.NewJournal(fee, kind="fee", payment_id=p) for p in (first, second, second)]
+        journals = [ledger.NewJournal(fee, kind="charge", payment_id=p) for p in (first, second, second)]
         skipped, new, again = ledger.post_many(session, journals, skip_posted=True)
     assert skipped is None and again is None  # posted before; posted by this very statement
     assert new is not None and new > posted.id  # ids are drawn before the key is looked at: gaps are fine
     with pytest.raises(IntegrityError), transaction(rt.sessions) as session:  # the key refuses it otherwise
-        ledger.post_many(session, [ledger.NewJournal(fee, kind="fee", payment_id=first)])
+        ledger.post_many(session, [ledger.NewJournal(fee, kind="charge", payment_id=first)])
     assert _count(rt, "ledger_journals") == 2 and _count(rt, "ledger_entries") == 4
 
 
@@ -629,7 +638,7 @@ def test_post_and_post_many_on_sqlite(tmp_path: Path) -> None:
             original = ledger.post(session, ledger.transfer("a", "b", 100, "XOF"), kind="s", payment_id=payment.id)
             ledger.reverse(session, original, kind="s_rev")
             fee = ledger.transfer(ledger.fees("wave"), ledger.clearing("wave"), 7, "XOF")
-            journals = [ledger.NewJournal(fee, kind=kind, payment_id=payment.id) for kind in ("s", "fee", "fee")]
+            journals = [ledger.NewJournal(fee, kind=kind, payment_id=payment.id) for kind in ("s", "charge", "charge")]
             assert ledger.post_many(session, journals, skip_posted=True) == [None, 3, None]
             assert not session.new
         with sessions() as session:

@@ -22,7 +22,6 @@ from sqlalchemy.exc import IntegrityError
 
 from providers.sandbox.client import SandboxClient
 from reconciliation import ledger, payments, views
-from reconciliation.db import transaction
 from reconciliation.models import (
     Account,
     Entry,
@@ -842,46 +841,28 @@ def test_a_refund_waits_for_the_fees_under_way_and_reverses_the_fee_they_post(
     assert balances[("fees:cinetpay", "XOF")] == 0 and fees_posted(rt) == {ref: (50, "XOF", run_id)}
 
 
-def _own_fee_journal(rt: Runtime, payment_id: int, ref: str, *, posted: bool) -> int:
-    """A fee journal of the payment's own, as posted before migration 0025; ``posted``: with the posting 0025 gave it
-    (in the same statement, as the postings' guard wants), else none (a worker of the code before, still running
-    during the upgrade). Returns its id."""
-    with transaction(rt.sessions) as session:
-        accounts = ledger.account_ids(session, [(ledger.fees("cinetpay"), "XOF"), (ledger.clearing("cinetpay"), "XOF")])
-        journal = (
-            "WITH j AS (INSERT INTO ledger_journals (payment_id, kind, memo) VALUES (:p, 'fee', :memo) RETURNING id), "
-            "e AS (INSERT INTO ledger_entries (journal_id, account_id, side, amount, currency) "
-            "SELECT j.id, s.account, s.side, 50, 'XOF' FROM j, (VALUES (CAST(:fees AS bigint), 'debit'), "
-            "(CAST(:clearing AS bigint), 'credit')) AS s (account, side)) "
-        )
-        posting = (
-            "INSERT INTO fee_postings (payment_id, journal_id, amount, currency) SELECT :p, j.id, 50, 'XOF' FROM j "
-            "RETURNING journal_id"
-            if posted
-            else "SELECT id FROM j"
-        )
-        return int(session.execute(text(journal + posting), {
-            "p": payment_id, "memo": f"cinetpay fee on {ref} (run 1)", "fees": accounts[ledger.fees("cinetpay"), "XOF"],
-            "clearing": accounts[ledger.clearing("cinetpay"), "XOF"],
-        }).scalar_one())  # fmt: skip
-
-
-@pytest.mark.parametrize("posted", [True, False])
-def test_a_refund_reverses_a_fee_posted_as_a_journal_of_its_own_once(rt: Runtime, posted: bool) -> None:
-    """A fee posted before migration 0025, a journal of the payment's own, whether 0025 gave it its posting or not: a
-    refund reverses it once (from the posting, or as one of the payment's journals)."""
-    ref = new_reference()
-    payment_id = payment(rt, ref, PaymentStatus.SUCCEEDED)
-    own = _own_fee_journal(rt, payment_id, ref, posted=posted)
-    with rt.sessions() as session, session.begin():
-        assert _refund(rt, session, payment_id).startswith("refunded: journals reversed (fee)")
-    with rt.sessions() as session:
-        refunds = session.execute(
-            select(Journal.kind, Journal.reverses_id).where(Journal.payment_id == payment_id, Journal.id != own)
-        ).all()
-        balances = {(b.account, b.currency): b.balance for b in ledger.balances(session)}
-    assert refunds == [("fee_refund", own)]  # once, naming the fee's journal
-    assert balances[("fees:cinetpay", "XOF")] == 0
+def test_a_chunk_of_fees_in_two_currencies_is_a_journal_for_each(rt: Runtime) -> None:
+    """One chunk, two currencies: a journal per currency with its total, each fee's posting naming its currency's."""
+    refs = {new_reference(): ("XOF", 50), new_reference(): ("XOF", 70), new_reference(): ("XAF", 30)}
+    for ref, (currency, fee) in refs.items():
+        payment_id = payment(rt, ref, PaymentStatus.SUCCEEDED)  # the plans are sold in XOF
+        with rt.sessions() as session, session.begin():
+            row = session.get(Payment, payment_id)
+            assert row is not None
+            row.currency = row.confirmed_currency = currency
+        line(rt, ref, currency=currency, fee=fee)
+    run_id = classified_run(rt)
+    assert runs.post_fees(rt.sessions, run_id) == 3
+    assert fees_posted(rt) == {ref: (fee, currency, run_id) for ref, (currency, fee) in refs.items()}
+    journals = fee_journals(rt)
+    assert sorted(posted_journals(rt), key=lambda row: row[1]) == [
+        (next(j for j, (_, e) in journals.items() if e[0][3] == "XAF"), "XAF", 1, 30),
+        (next(j for j, (_, e) in journals.items() if e[0][3] == "XOF"), "XOF", 2, 120),
+    ]
+    assert sorted(entries for _, entries in journals.values()) == [
+        [("fees:cinetpay", "debit", 30, "XAF"), ("provider_clearing:cinetpay", "credit", 30, "XAF")],
+        [("fees:cinetpay", "debit", 120, "XOF"), ("provider_clearing:cinetpay", "credit", 120, "XOF")],
+    ]
 
 
 def test_the_ledger_guard_still_refuses_an_unbalanced_fee_chunk(rt: Runtime, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -541,7 +541,7 @@ def _summarize_items(sessions: sessionmaker[Session]) -> None:
                 session.execute(text("SELECT recon_items_summarize()"))
         except (OperationalError, ProgrammingError) as exc:
             # lock_not_available: a vacuum holds the table; insufficient_privilege: the role was granted before 0022
-            # (``migrate --grant-to`` grants it). Either way the chunks read more pages, and post the same journals.
+            # (``migrate --grant-to`` grants it). Either way the chunks read more pages, and post the same fees.
             if getattr(exc.orig, "pgcode", None) not in ("55P03", "42501"):
                 raise
             log.warning("fees of a run: the items' index not summarized first (%s)", exc.orig)

@@ -23,10 +23,12 @@ check`` finds a fee journal whose postings do not add up to its debits on either
 
 The fees posted before are given their rows here, from their journals (``run_id`` from the memo's ``(run N)``),
 so a re-run after the upgrade posts none of them again. That reads every fee journal once, with the journals
-locked against writers. Upgrade with the worker and beat stopped, as ``payrecon migrate`` is meant to run: a
-worker of the code before, still running, would post fees as journals of their own that no posting names
-(a refund still reverses such a journal; ``payrecon ledger check`` reports it). A downgrade is refused once a chunk's journal
-was posted: without this table nothing would say which payments' fees it carries.
+locked against writers (and the journals read once more to validate the check below). Upgrade with the worker
+and beat stopped, as ``payrecon migrate`` is meant to run. A fee journal names no payment from 0025 on (a check
+of the journals after the last one before it; a trigger on SQLite): a worker of the code before, still running,
+has its fee chunk refused rather than posting fees no posting names, which the new code would post again. A
+downgrade is refused once a chunk's journal was posted: without this table nothing would say which payments'
+fees it carries.
 
 Revision ID: 0025
 Revises: 0024
@@ -226,6 +228,9 @@ SQLITE_GUARDS = (
           OR NOT EXISTS (SELECT 1 FROM ledger_journals WHERE id = NEW.journal_id AND kind = 'fee')
           OR (NEW.run_id IS NOT NULL AND NOT EXISTS (SELECT 1 FROM recon_runs WHERE id = NEW.run_id))
         BEGIN {_MISSING}; END""",  # noqa: S608 - constants
+    """CREATE TRIGGER ledger_journals_fee_of_no_payment BEFORE INSERT ON ledger_journals
+        WHEN NEW.kind = 'fee' AND NEW.payment_id IS NOT NULL
+        BEGIN SELECT RAISE(ABORT, 'CHECK constraint failed: a fee journal names no payment since 0025'); END""",
     f"""CREATE TRIGGER payments_fee_posted_no_delete BEFORE DELETE ON payments
         WHEN EXISTS (SELECT 1 FROM fee_postings WHERE payment_id = OLD.id)
         BEGIN {_MISSING}; END""",  # noqa: S608 - constants
@@ -234,7 +239,7 @@ SQLITE_GUARDS = (
         BEGIN {_MISSING}; END""",  # noqa: S608 - constants
 )
 SQLITE_TRIGGERS = (
-    "fee_postings_no_update", "fee_postings_no_delete", "fee_postings_references",
+    "fee_postings_no_update", "fee_postings_no_delete", "fee_postings_references", "ledger_journals_fee_of_no_payment",
     "payments_fee_posted_no_delete", "payments_fee_posted_no_rekey",
 )  # fmt: skip
 
@@ -287,6 +292,9 @@ def _pin(functions: Sequence[str]) -> None:
 
 
 _FUNCTIONS = ("ledger_keep_journaled_payment()", "ledger_check_truncate()")
+#: Since 0025 a fee journal carries a run's fees, and names no payment: a worker of the code before, still running,
+#: cannot post a fee as a journal of the payment's own that no posting names (the new code would post it again).
+_FEE_OF_NO_PAYMENT = "ck_ledger_journals_fee_of_no_payment"
 
 
 def upgrade() -> None:
@@ -308,6 +316,13 @@ def upgrade() -> None:
         op.execute("LOCK TABLE ledger_journals IN SHARE MODE")  # a fee journal written meanwhile gets its posting too
         op.execute(_PG_BACKFILL)
         op.execute(PG_TRIGGERS)
+        # The journals of before keep their payment: the check names the last of them (a constraint NOT VALID would
+        # do the same, but SQLAlchemy cannot reflect one, and the drift check reflects the tables).
+        last = op.get_bind().execute(sa.text("SELECT coalesce(max(id), 0) FROM ledger_journals")).scalar_one()
+        op.execute(
+            f"ALTER TABLE ledger_journals ADD CONSTRAINT {_FEE_OF_NO_PAYMENT}"
+            f" CHECK (kind <> 'fee' OR payment_id IS NULL OR id <= {int(last)})"
+        )
     else:
         for statement in SQLITE_GUARDS:
             op.execute(statement)
@@ -332,6 +347,7 @@ def downgrade() -> None:
         op.execute("DROP FUNCTION IF EXISTS ledger_check_new_fee_postings()")
         op.execute(PG_KEEP_0013)
         _pin(_FUNCTIONS)
+        op.execute(f"ALTER TABLE ledger_journals DROP CONSTRAINT IF EXISTS {_FEE_OF_NO_PAYMENT}")
     else:
         for name in SQLITE_TRIGGERS:
             op.execute(f"DROP TRIGGER IF EXISTS {name}")
