@@ -387,8 +387,7 @@ def fees_not_carried(session: Session) -> list[tuple[int, str, int, int]]:
     currency: (journal id, currency, the fee journal's debits, the postings' sum), e.g. rows written with triggers
     off, or SQLite's, whose triggers check a posting's references, not its amount. A posting in a currency its
     journal does not debit, or naming a journal of another kind, counts against debits of 0; a fee journal no posting
-    names (a worker of the code before 0025, still running during the upgrade) has postings of 0. One pass over the
-    fee journals' entries and one over the postings."""
+    names has postings of 0. One pass over the fee journals' entries and one over the postings."""
     debits = (
         select(Entry.journal_id, Entry.currency, func.sum(Entry.amount).label("amount"))
         .join(Journal, Journal.id == Entry.journal_id)

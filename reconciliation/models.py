@@ -671,12 +671,11 @@ class FeePosting(Base):
     """A payment's provider fee, posted to the ledger once (migration 0025): the fee's own row.
 
     A reconciliation run posts its fees as one journal per chunk of payments (``runs.FEE_CHUNK_SQL``, ``FEE_CHUNK`` on
-    SQLite) and currency (``kind`` ``fee``, no
-    payment: Dr ``fees:<provider>`` / Cr provider clearing, the chunk's total), and a row here per payment, written
-    by the same statement: which journal carries the payment's fee, how much, and which run found it. The primary
-    key is what makes a fee once per payment, however often and however concurrently a day is run (as
-    ``payout_postings`` does for payouts). A refund reverses the payment's fee from its row (a ``fee_refund``
-    journal of the payment, naming the fee's journal in ``reverses_id``).
+    SQLite) and currency (``kind`` ``fee``, no payment: Dr ``fees:<provider>`` / Cr provider clearing, the chunk's
+    total), and a row here per payment, written by the same statement: which journal carries the payment's fee, how
+    much, and which run found it. The primary key is what makes a fee once per payment, however often and however
+    concurrently a day is run (as ``payout_postings`` does for payouts). A refund reverses the payment's fee from its
+    row (a ``fee_refund`` journal of the payment, naming the fee's journal in ``reverses_id``).
 
     Fees posted before 0025 were a journal per payment; 0025 gave each its row here (``run_id`` from its memo).
     Like the ledger, append-only, and without per-row foreign keys on PostgreSQL: a trigger per statement checks

@@ -42,7 +42,7 @@ from reconciliation.states import transition
 from reconciliation.subscriptions import get_plan, grant_for_payment
 from schemas.messages import PaymentRegistration
 
-# Journal kinds, unique per payment.
+# Journal kinds, unique per payment (but FEE's, below).
 SETTLEMENT = "settlement"  # Dr provider clearing / Cr revenue
 SUSPENSE = "suspense"  # Dr provider clearing / Cr suspense (unattributable money)
 SUSPENSE_REVERSAL = "suspense_reversal"  # mirror of SUSPENSE once the money is attributed
@@ -654,10 +654,12 @@ def _refunded(session: Session, payment: Payment, ctx: Context, *, reason: str, 
     for original in session.scalars(
         select(Journal).where(Journal.payment_id == payment.id, Journal.reverses_id.is_(None)).order_by(Journal.id)
     ).all():
-        kind = f"{original.kind}_refund"
         # A fee is reversed from its posting, below: a fee journal of the payment's own (before migration 0025, which
         # gave each its posting, and refuses new ones) carries that payment's fee only, a run's carries many.
-        if original.kind != FEE and journal(session, payment, kind) is None:
+        if original.kind == FEE:
+            continue
+        kind = f"{original.kind}_refund"
+        if journal(session, payment, kind) is None:
             ledger.reverse(session, original, kind=kind, memo=f"{payment.reference} refunded: {reason}")
             reversed_kinds.append(original.kind)
     if fee is not None and journal(session, payment, FEE_REFUND) is None:

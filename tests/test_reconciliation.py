@@ -21,7 +21,8 @@ from sqlalchemy import func, insert, select, text
 from sqlalchemy.exc import IntegrityError
 
 from providers.sandbox.client import SandboxClient
-from reconciliation import ledger, payments, views
+from reconciliation import ledger, migrate, payments, views
+from reconciliation.db import make_engine, session_factory
 from reconciliation.models import (
     Account,
     Entry,
@@ -863,6 +864,59 @@ def test_a_chunk_of_fees_in_two_currencies_is_a_journal_for_each(rt: Runtime) ->
         [("fees:cinetpay", "debit", 30, "XAF"), ("provider_clearing:cinetpay", "credit", 30, "XAF")],
         [("fees:cinetpay", "debit", 120, "XOF"), ("provider_clearing:cinetpay", "credit", 120, "XOF")],
     ]
+
+
+def test_the_embedded_demo_posts_fees_a_journal_a_currency_and_each_payment_s_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLite (the demo) posts a chunk's fees in Python: a journal per currency, a posting per payment still paid,
+    one fee a payment even when two of its items are due (the first item's), none twice across chunks or calls."""
+    monkeypatch.setattr(runs, "FEE_CHUNK", 3)
+    url = f"sqlite:///{tmp_path / 'demo.sqlite'}"
+    migrate.upgrade(url)
+    engine = make_engine(url)
+    at = "2026-11-21 00:00:00+00:00"
+    try:
+        with engine.begin() as conn:
+            for payment_id, status in ((1, "succeeded"), (2, "succeeded"), (3, "succeeded"), (4, "refunded")):
+                conn.execute(
+                    text("INSERT INTO payments (id, provider, reference, status, amount, currency, account, plan_code, "
+                         "periods, provider_data, check_count, settled, created_at, updated_at) VALUES (:id, "
+                         "'cinetpay', :ref, :status, 5000, 'XOF', 'a', 'p', 1, '{}', 0, 1, :at, :at)"),
+                    {"id": payment_id, "ref": f"R-{payment_id}", "status": status, "at": at},
+                )  # fmt: skip
+            conn.execute(
+                text("INSERT INTO recon_runs (id, provider, business_date, timezone, window_start, window_end, "
+                     "trigger, status, started_at, counts) VALUES (7, 'cinetpay', '2026-11-20', 'UTC', :at, :at, "
+                     "'manual', 'running', :at, '{}')"),
+                {"at": at},
+            )  # fmt: skip
+            for payment_id, fee, currency in ((1, 50, "XOF"), (2, 30, "XAF"), (2, 99, "XOF"), (3, 70, "XOF"),
+                                               (4, 60, "XOF")):  # fmt: skip
+                conn.execute(
+                    text("INSERT INTO recon_items (run_id, cls, reference, payment_id, provider_lines, healed, "
+                         "detail, fee, provider_currency) VALUES (7, 'matched', :ref, :p, 1, 0, '', :fee, :cur)"),
+                    {"ref": f"R-{payment_id}", "p": payment_id, "fee": fee, "cur": currency},
+                )  # fmt: skip
+        sessions = session_factory(engine)
+        assert runs.post_fees(sessions, 7) == 3 and runs.post_fees(sessions, 7) == 0
+        with engine.connect() as conn:
+            postings = conn.execute(text("SELECT payment_id, amount, currency, run_id FROM fee_postings")).all()
+            journals = conn.execute(text(
+                "SELECT j.memo, e.side, e.amount, e.currency FROM ledger_journals j "
+                "JOIN ledger_entries e ON e.journal_id = j.id WHERE j.kind = 'fee' ORDER BY j.id, e.id"
+            )).all()  # fmt: skip
+        assert sorted(postings) == [(1, 50, "XOF", 7), (2, 30, "XAF", 7), (3, 70, "XOF", 7)]
+        assert [(side, amount, currency) for _, side, amount, currency in journals] == [
+            ("debit", 30, "XAF"), ("credit", 30, "XAF"),  # the first chunk: items 1-3, payments 1 and 2
+            ("debit", 50, "XOF"), ("credit", 50, "XOF"),
+            ("debit", 70, "XOF"), ("credit", 70, "XOF"),  # the second: payment 2 posted, payment 4 refunded
+        ]  # fmt: skip
+        assert journals[0][0] == "cinetpay fees of 1 payment(s) (run 7)"
+        with sessions() as session:
+            assert ledger.fees_not_carried(session) == [] and ledger.unbalanced_journals(session) == []
+    finally:
+        engine.dispose()
 
 
 def test_the_ledger_guard_still_refuses_an_unbalanced_fee_chunk(rt: Runtime, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -650,7 +650,7 @@ def payments() -> None:
 @click.option("--provider", type=PROVIDER_CHOICE, help="Provider, when the reference exists at several.")
 @_json_option
 def payments_show(reference: str, provider: str | None, as_json: bool) -> None:
-    """A payment with its verification history, deliveries, journals and grant."""
+    """A payment with its verification history, deliveries, fee, journals and grant."""
     settings = _settings()
     from reconciliation import views
 

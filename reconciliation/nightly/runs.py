@@ -386,7 +386,8 @@ def _post_fee_chunk(session: Session, run_id: int, provider: str, chunk: Sequenc
     due: dict[str, dict[int, int]] = {}  # currency -> payment -> fee
     for row in chunk:
         if row.payment_id in paid and row.payment_id not in posted_before:
-            due.setdefault(row.provider_currency, {}).setdefault(row.payment_id, row.fee)
+            posted_before.add(row.payment_id)  # one fee a payment, as the postings' key wants (the first item's)
+            due.setdefault(row.provider_currency, {})[row.payment_id] = row.fee
     for currency, fees in sorted(due.items()):
         journal = ledger.post(
             session,
@@ -411,7 +412,7 @@ def _fee_memo(provider: str, payments_: int | str, run_id: int) -> str:
 # whole payments table, months of them, for each chunk), in payment id order, each a ``fee_postings`` row naming
 # the journal of its currency (ids drawn from the sequence before, one a currency, ``:journal_ids``, the same
 # order as ``:currencies``); then, from what the insert returned, a journal per currency with a posting, Dr fees /
-# Cr clearing the currency's total, debit first (``payments`` reverses a fee from its posting). The journals, their
+# Cr clearing the currency's total, debit first as every journal of payrecon's. The journals, their
 # entries and the postings are one statement: the ledger's guard and the postings' guard (migration 0025) check
 # them at its end. The memo is ``_fee_memo``'s.
 #

@@ -23,10 +23,11 @@ check`` finds a fee journal whose postings do not add up to its debits on either
 
 The fees posted before are given their rows here, from their journals (``run_id`` from the memo's ``(run N)``),
 so a re-run after the upgrade posts none of them again. That reads every fee journal once, with the journals
-locked against writers (and the journals read once more to validate the check below). Upgrade with the worker
-and beat stopped, as ``payrecon migrate`` is meant to run. A fee journal names no payment from 0025 on (a check
-of the journals after the last one before it; a trigger on SQLite): a worker of the code before, still running,
-has its fee chunk refused rather than posting fees no posting names, which the new code would post again. A
+locked against writers (every journal is read: none of their indexes leads with the kind). Upgrade with the worker
+and beat stopped, as ``payrecon migrate`` is meant to run. A fee journal names no payment from 0025 on (the
+ledger's guard of new journals checks it, ``PG_JOURNALS``; a trigger on SQLite): a worker of the code before,
+still running, has its fee chunk refused rather than posting fees no posting names, which the new code would post
+again. A
 downgrade is refused once a chunk's journal was posted: without this table nothing would say which payments'
 fees it carries.
 
@@ -216,6 +217,83 @@ BEGIN
 END $$;
 """
 
+#: 0015's guard of the new journals, frozen here for the downgrade (a migration does not import another).
+PG_JOURNALS_0015 = """
+CREATE OR REPLACE FUNCTION ledger_check_new_journals() RETURNS trigger LANGUAGE plpgsql
+    SET enable_seqscan = off SET jit = off SET work_mem = '64MB' AS $$
+DECLARE
+    jid bigint;
+    bad record;
+    wanted bigint;
+    locked bigint;
+BEGIN
+    SELECT count(*) INTO wanted FROM new_journals;
+    SELECT count(DISTINCT e.journal_id) INTO locked FROM ledger_entries e
+     WHERE e.journal_id = ANY (ARRAY(SELECT id FROM new_journals));
+    IF locked < wanted THEN
+        SELECT n.id INTO jid
+          FROM new_journals n
+         WHERE (SELECT e.id FROM ledger_entries e WHERE e.journal_id = n.id LIMIT 1) IS NULL
+         ORDER BY n.id
+         LIMIT 1;
+        RAISE EXCEPTION 'journal % has no entries', jid USING ERRCODE = 'check_violation';
+    END IF;
+    SELECT n.id, n.reverses_id INTO bad
+      FROM new_journals n
+     WHERE n.reverses_id IS NOT NULL AND (SELECT j.id FROM ledger_journals j WHERE j.id = n.reverses_id) IS NULL
+     ORDER BY n.id
+     LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'journal % reverses journal %, which does not exist', bad.id, bad.reverses_id
+            USING ERRCODE = 'foreign_key_violation';
+    END IF;
+    -- The payments exist. Under READ COMMITTED this statement's snapshot is enough: a DELETE of a
+    -- payment first waits for every transaction writing journals (ledger_keep_journaled_payment). A
+    -- snapshot older than the statement (REPEATABLE READ, SERIALIZABLE) may still show a payment
+    -- deleted since: there they are locked FOR KEY SHARE, as a foreign key locks them, which fails
+    -- on a payment deleted after the snapshot.
+    IF current_setting('transaction_isolation') = 'read committed' THEN
+        SELECT count(DISTINCT payment_id) INTO wanted FROM new_journals WHERE payment_id IS NOT NULL;
+        SELECT count(*) INTO locked FROM payments p
+         WHERE p.id = ANY (ARRAY(SELECT DISTINCT payment_id FROM new_journals WHERE payment_id IS NOT NULL));
+    ELSE
+        SELECT count(*), count(l.id) INTO wanted, locked
+          FROM (SELECT DISTINCT payment_id FROM new_journals WHERE payment_id IS NOT NULL ORDER BY payment_id) AS n
+          LEFT JOIN LATERAL (SELECT p.id FROM payments p WHERE p.id = n.payment_id FOR KEY SHARE OF p) AS l ON true;
+    END IF;
+    IF locked < wanted THEN
+        SELECT n.id, n.payment_id INTO bad
+          FROM new_journals n
+         WHERE n.payment_id IS NOT NULL AND (SELECT p.id FROM payments p WHERE p.id = n.payment_id) IS NULL
+         ORDER BY n.id
+         LIMIT 1;
+        RAISE EXCEPTION 'journal % is of payment %, which does not exist', bad.id, bad.payment_id
+            USING ERRCODE = 'foreign_key_violation';
+    END IF;
+    RETURN NULL;
+END $$;
+"""
+
+#: The same with one check more, first: from 0025 on a fee journal names no payment (its fees are ``fee_postings``
+#: rows), so that a worker of the code before, still running during an upgrade, has its fee chunk refused rather than
+#: posting fees that no posting names, which the new code would post again. One more look at the statement's new
+#: journals, which the guard reads anyway.
+PG_JOURNALS = PG_JOURNALS_0015.replace(
+    "BEGIN\n",
+    """BEGIN
+    SELECT n.id, n.payment_id INTO bad
+      FROM new_journals n
+     WHERE n.kind = 'fee' AND n.payment_id IS NOT NULL
+     ORDER BY n.id
+     LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'journal % is a fee journal of payment %: since 0025 a fee journal names no payment (its fees '
+            'are fee_postings rows)', bad.id, bad.payment_id USING ERRCODE = 'check_violation';
+    END IF;
+""",
+    1,
+)
+
 _MISSING = "SELECT RAISE(ABORT, 'FOREIGN KEY constraint failed')"
 SQLITE_GUARDS = (
     *(
@@ -292,9 +370,6 @@ def _pin(functions: Sequence[str]) -> None:
 
 
 _FUNCTIONS = ("ledger_keep_journaled_payment()", "ledger_check_truncate()")
-#: Since 0025 a fee journal carries a run's fees, and names no payment: a worker of the code before, still running,
-#: cannot post a fee as a journal of the payment's own that no posting names (the new code would post it again).
-_FEE_OF_NO_PAYMENT = "ck_ledger_journals_fee_of_no_payment"
 
 
 def upgrade() -> None:
@@ -316,13 +391,8 @@ def upgrade() -> None:
         op.execute("LOCK TABLE ledger_journals IN SHARE MODE")  # a fee journal written meanwhile gets its posting too
         op.execute(_PG_BACKFILL)
         op.execute(PG_TRIGGERS)
-        # The journals of before keep their payment: the check names the last of them (a constraint NOT VALID would
-        # do the same, but SQLAlchemy cannot reflect one, and the drift check reflects the tables).
-        last = op.get_bind().execute(sa.text("SELECT coalesce(max(id), 0) FROM ledger_journals")).scalar_one()
-        op.execute(
-            f"ALTER TABLE ledger_journals ADD CONSTRAINT {_FEE_OF_NO_PAYMENT}"
-            f" CHECK (kind <> 'fee' OR payment_id IS NULL OR id <= {int(last)})"
-        )
+        op.execute(PG_JOURNALS)
+        _pin(("ledger_check_new_journals()",))
     else:
         for statement in SQLITE_GUARDS:
             op.execute(statement)
@@ -346,8 +416,8 @@ def downgrade() -> None:
             op.execute(f"DROP TRIGGER IF EXISTS {trigger} ON fee_postings")
         op.execute("DROP FUNCTION IF EXISTS ledger_check_new_fee_postings()")
         op.execute(PG_KEEP_0013)
-        _pin(_FUNCTIONS)
-        op.execute(f"ALTER TABLE ledger_journals DROP CONSTRAINT IF EXISTS {_FEE_OF_NO_PAYMENT}")
+        op.execute(PG_JOURNALS_0015)
+        _pin((*_FUNCTIONS, "ledger_check_new_journals()"))
     else:
         for name in SQLITE_TRIGGERS:
             op.execute(f"DROP TRIGGER IF EXISTS {name}")
