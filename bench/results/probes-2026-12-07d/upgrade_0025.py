@@ -3,7 +3,7 @@
     # 1. with the code before 0025 (a checkout of 1c9e94e at /work/wtA): a day of N payments, its fees a journal each
     cd /work/wtA && PYTHONPATH=/work/wtA /work/main/.venv/bin/python <this file> before 1000000
     # 2. with this tree: time ``migrate.upgrade`` (0024 -> 0025), check the postings, drop the database
-    cd /work/main && .venv/bin/python <this file> after
+    cd /work/main && PYTHONPATH=/work/main .venv/bin/python <this file> after
 """
 
 from __future__ import annotations
