@@ -136,51 +136,6 @@ CREATE TRIGGER fee_postings_truncated AFTER TRUNCATE ON fee_postings
     FOR EACH STATEMENT EXECUTE FUNCTION ledger_check_truncate();
 """
 
-#: 0013's functions with the fee postings: a payment they refer to is kept, and so are the journals.
-PG_KEEP = """
-CREATE OR REPLACE FUNCTION ledger_keep_journaled_payment() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER AS $$
-BEGIN
-    IF TG_OP = 'DELETE' OR NEW.id IS DISTINCT FROM OLD.id THEN
-        IF current_setting('transaction_isolation') <> 'read committed' THEN
-            RAISE EXCEPTION 'a payment is deleted or its id changed under READ COMMITTED only (%)',
-                current_setting('transaction_isolation') USING ERRCODE = 'feature_not_supported';
-        END IF;
-        LOCK TABLE ledger_journals IN SHARE MODE;
-        LOCK TABLE fee_postings IN SHARE MODE;
-        IF EXISTS (SELECT 1 FROM ledger_journals j WHERE j.payment_id = OLD.id) THEN
-            RAISE EXCEPTION 'payment % has ledger journals: % refused', OLD.id, TG_OP
-                USING ERRCODE = 'foreign_key_violation';
-        ELSIF EXISTS (SELECT 1 FROM fee_postings f WHERE f.payment_id = OLD.id) THEN
-            RAISE EXCEPTION 'payment % has a fee posted: % refused', OLD.id, TG_OP
-                USING ERRCODE = 'foreign_key_violation';
-        END IF;
-    END IF;
-    IF TG_OP = 'DELETE' THEN
-        RETURN OLD;
-    END IF;
-    RETURN NEW;
-END $$;
-
-CREATE OR REPLACE FUNCTION ledger_check_truncate() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    IF current_setting('transaction_isolation') <> 'read committed' THEN
-        RAISE EXCEPTION 'TRUNCATE of % runs under READ COMMITTED only (%)', TG_TABLE_NAME,
-            current_setting('transaction_isolation') USING ERRCODE = 'feature_not_supported';
-    END IF;
-    IF (TG_TABLE_NAME IN ('ledger_journals', 'ledger_accounts') AND EXISTS (SELECT 1 FROM ledger_entries))
-       OR (TG_TABLE_NAME = 'ledger_journals' AND EXISTS (SELECT 1 FROM fee_postings))
-       OR (TG_TABLE_NAME = 'payments' AND (EXISTS (SELECT 1 FROM ledger_journals WHERE payment_id IS NOT NULL)
-                                            OR EXISTS (SELECT 1 FROM fee_postings)))
-       -- without its postings, a run's fee journal would say nothing of whose fees it carries: each fee would be
-       -- posted again by a re-run, and a refund would not reverse it
-       OR (TG_TABLE_NAME = 'fee_postings' AND EXISTS (SELECT 1 FROM ledger_journals WHERE kind = 'fee')) THEN
-        RAISE EXCEPTION 'TRUNCATE of % refused: ledger rows refer to it', TG_TABLE_NAME
-            USING ERRCODE = 'foreign_key_violation';
-    END IF;
-    RETURN NULL;
-END $$;
-"""
-
 #: 0013's, as they were, for the downgrade.
 PG_KEEP_0013 = """
 CREATE OR REPLACE FUNCTION ledger_keep_journaled_payment() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER AS $$
@@ -216,6 +171,35 @@ BEGIN
     RETURN NULL;
 END $$;
 """
+
+#: 0013's functions with the fee postings: a payment they refer to is kept, and so are the journals, and the postings
+#: while fee journals exist (without them, a run's fee journal would say nothing of whose fees it carries: each fee
+#: would be posted again by a re-run, and a refund would not reverse it).
+PG_KEEP = (
+    PG_KEEP_0013.replace(
+        "        LOCK TABLE ledger_journals IN SHARE MODE;\n",
+        "        LOCK TABLE ledger_journals IN SHARE MODE;\n        LOCK TABLE fee_postings IN SHARE MODE;\n",
+    )
+    .replace(
+        """                USING ERRCODE = 'foreign_key_violation';
+        END IF;
+    END IF;""",
+        """                USING ERRCODE = 'foreign_key_violation';
+        ELSIF EXISTS (SELECT 1 FROM fee_postings f WHERE f.payment_id = OLD.id) THEN
+            RAISE EXCEPTION 'payment % has a fee posted: % refused', OLD.id, TG_OP
+                USING ERRCODE = 'foreign_key_violation';
+        END IF;
+    END IF;""",
+    )
+    .replace(
+        "       OR (TG_TABLE_NAME = 'payments' AND EXISTS (SELECT 1 FROM ledger_journals WHERE payment_id IS NOT NULL)) THEN",
+        """       OR (TG_TABLE_NAME = 'ledger_journals' AND EXISTS (SELECT 1 FROM fee_postings))
+       OR (TG_TABLE_NAME = 'payments' AND (EXISTS (SELECT 1 FROM ledger_journals WHERE payment_id IS NOT NULL)
+                                            OR EXISTS (SELECT 1 FROM fee_postings)))
+       OR (TG_TABLE_NAME = 'fee_postings' AND EXISTS (SELECT 1 FROM ledger_journals WHERE kind = 'fee')) THEN""",
+    )
+)
+
 
 #: 0015's guard of the new journals, frozen here for the downgrade (a migration does not import another).
 PG_JOURNALS_0015 = """
